@@ -1,0 +1,1 @@
+"""Code shared by every deployable of the rates platform."""

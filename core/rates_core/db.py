@@ -1,0 +1,91 @@
+"""PostgreSQL connections and the one place where psycopg2 errors are classified."""
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.pool
+
+from .errors import PermanentError, TemporaryError
+
+# SQLSTATE classes after which the same statement may succeed on a new try:
+# connection loss, serialization/deadlock, resources, shutdown/cancel, system errors.
+_RETRYABLE_CLASSES = {"08", "40", "53", "55", "57", "58", "XX"}
+
+
+def classify(exc: BaseException) -> Exception:
+    """Return a TemporaryError or PermanentError that wraps a psycopg2 error."""
+    if isinstance(exc, (TemporaryError, PermanentError)):
+        return exc
+    code = getattr(exc, "pgcode", None)
+    if code:
+        retryable = code[:2] in _RETRYABLE_CLASSES
+    else:
+        # No SQLSTATE: the connection failed or was lost before the server answered.
+        retryable = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+    message = str(exc).strip() or type(exc).__name__
+    wrapped = (TemporaryError if retryable else PermanentError)(message)
+    wrapped.pgcode = code
+    return wrapped
+
+
+@contextmanager
+def classified() -> Iterator[None]:
+    """Re-raise psycopg2 errors as TemporaryError/PermanentError."""
+    try:
+        yield
+    except psycopg2.Error as exc:
+        raise classify(exc) from exc
+
+
+def connect(dsn: str, *, application_name: str, statement_timeout_ms: int = 0,
+            connect_timeout_s: int = 5, autocommit: bool = False):
+    """Open one connection with the options every component wants."""
+    options = f"-c statement_timeout={int(statement_timeout_ms)}"
+    with classified():
+        conn = psycopg2.connect(dsn, application_name=application_name,
+                                connect_timeout=connect_timeout_s, options=options)
+    conn.autocommit = autocommit
+    return conn
+
+
+class Pool:
+    """A thread-safe connection pool that knows how many connections are lent out."""
+
+    def __init__(self, dsn: str, *, minconn: int, maxconn: int, application_name: str,
+                 statement_timeout_ms: int, connect_timeout_s: int = 5):
+        self.size = maxconn
+        self._pool = psycopg2.pool.ThreadedConnectionPool(
+            0, maxconn, dsn, application_name=application_name,
+            connect_timeout=connect_timeout_s,
+            options=f"-c statement_timeout={int(statement_timeout_ms)}")
+        self._minconn = minconn
+        self.in_use = 0
+
+    @contextmanager
+    def connection(self) -> Iterator["psycopg2.extensions.connection"]:
+        """Lend a connection for one unit of work; it is returned rolled back."""
+        with classified():
+            try:
+                conn = self._pool.getconn()
+            except psycopg2.pool.PoolError as exc:
+                raise TemporaryError(f"database pool exhausted: {exc}") from exc
+        self.in_use += 1
+        broken = False
+        try:
+            yield conn
+        except psycopg2.Error as exc:
+            broken = conn.closed != 0 or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+            raise classify(exc) from exc
+        finally:
+            self.in_use -= 1
+            if not broken and not conn.closed:
+                try:
+                    conn.rollback()
+                except psycopg2.Error:
+                    broken = True
+            self._pool.putconn(conn, close=broken or bool(conn.closed))
+
+    def close(self) -> None:
+        self._pool.closeall()

@@ -1,0 +1,38 @@
+"""Typed reads of environment variables with errors that name the variable."""
+
+import os
+from typing import Mapping
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def env_str(name: str, default: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    value = environ.get(name, "")
+    if value == "":
+        if default is None:
+            raise ConfigError(f"environment variable {name} is required")
+        return default
+    return value
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None,
+            environ: Mapping[str, str] | None = None) -> int:
+    raw = env_str(name, str(default), environ)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"environment variable {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float, environ: Mapping[str, str] | None = None) -> float:
+    raw = env_str(name, str(default), environ)
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be a number, got {raw!r}") from None
