@@ -19,7 +19,10 @@ def _yoyo_uri(dsn: str) -> str:
 
 def pending(dsn: str) -> list[str]:
     backend = get_backend(_yoyo_uri(dsn))
-    return [m.id for m in backend.to_apply(read_migrations(str(MIGRATIONS_DIR)))]
+    try:
+        return [m.id for m in backend.to_apply(read_migrations(str(MIGRATIONS_DIR)))]
+    finally:
+        backend.connection.close()
 
 
 def apply(dsn: str) -> list[str]:
@@ -29,9 +32,12 @@ def apply(dsn: str) -> list[str]:
     """
     backend = get_backend(_yoyo_uri(dsn))
     migrations = read_migrations(str(MIGRATIONS_DIR))
-    with backend.lock():
-        todo = backend.to_apply(migrations)
-        backend.apply_migrations(todo)
+    try:
+        with backend.lock():
+            todo = backend.to_apply(migrations)
+            backend.apply_migrations(todo)
+    finally:
+        backend.connection.close()
     applied = [m.id for m in todo]
     log.info("migrations applied", applied=applied)
     return applied

@@ -1,0 +1,44 @@
+# Developer entry points. Every target creates or refreshes .venv first, so each one
+# works from a clean clone; the real work is done by `ratesctl` (cli/ratesctl).
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+PACKAGES := core api cli
+STAMP    := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv up test migrate api demo-data bench-api
+
+help:
+	@echo "make up         local database + demo data + API on http://127.0.0.1:8000"
+	@echo "make test       the whole test suite (starts what it needs)"
+	@echo "make migrate    apply migrations to \$$DATABASE_URL"
+	@echo "make api        serve the API with gunicorn on \$$HOST:\$$PORT against \$$DATABASE_URL"
+	@echo "make bench-api  API benchmark against a naive baseline (see bench/README.md)"
+
+$(STAMP): requirements.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt $(foreach p,$(PACKAGES),-e ./$(p))
+	@touch $@
+
+venv: $(STAMP)
+
+up: venv
+	$(BIN)/ratesctl up
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+migrate: venv
+	$(BIN)/ratesctl migrate
+
+api: venv
+	$(BIN)/ratesctl serve
+
+demo-data: venv
+	$(BIN)/ratesctl demo-data $(DEMO_ARGS)
+
+bench-api: venv
+	$(BIN)/python bench/api_bench.py $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""ratesctl: the developer-facing commands of the rates platform (the Makefile calls them)."""

