@@ -1,0 +1,371 @@
+"""Pinned Kubernetes tools for tests: etcd, kube-apiserver, kube-controller-manager, kubectl,
+helm and kubeconform.
+
+Versions are pinned in ``versions.json`` at the repository root. For every tool the first
+match wins:
+
+1. ``$KUBEBUILDER_ASSETS/<tool>`` (the directory setup-envtest lays out), if its version
+   matches the pin;
+2. ``<tool>`` on ``PATH``, if its version matches the pin;
+3. the build cache ``${XDG_CACHE_HOME:-~/.cache}/rates-platform/k8s/<tool-version>/``;
+4. a build from the tool's Go module with the local Go toolchain into that cache (one-time;
+   the Kubernetes binaries take tens of minutes on a small machine).
+
+"Matches" means the same version, except for etcd where the same minor line (3.6) is enough:
+envtest bundles whichever etcd patch its Kubernetes release was tested with.
+
+Builds happen in a temporary directory next to the cache and are renamed into place, so an
+interrupted build never leaves a half-written binary; a file lock keeps two concurrent runs
+from building the same thing twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import click
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VERSIONS_FILE = REPO_ROOT / "versions.json"
+
+KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kubectl")
+ALL_TOOLS = ("etcd", *KUBE_TOOLS, "helm", "kubeconform")
+
+
+class ToolsUnavailable(RuntimeError):
+    """The pinned tools are neither installed nor buildable here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tool:
+    name: str
+    path: Path
+    version: str
+    source: str  # "KUBEBUILDER_ASSETS", "PATH", "cache" or "built"
+
+
+def load_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
+    return json.loads(path.read_text())
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rates-platform" / "k8s"
+
+
+# --- which pin, which cache directory, how to read a binary's version -----------------------
+
+
+def _group(tool: str) -> str:
+    return "kubernetes" if tool in KUBE_TOOLS else tool
+
+
+def _pinned(tool: str, versions: dict[str, str]) -> str:
+    return versions[_group(tool)].lstrip("v")
+
+
+def _cache_dir(tool: str, versions: dict[str, str]) -> Path:
+    group = _group(tool)
+    return cache_root() / f"{group}-v{versions[group].lstrip('v')}"
+
+
+_VERSION_ARGS = {
+    "etcd": ["--version"],
+    "kube-apiserver": ["--version"],
+    "kube-controller-manager": ["--version"],
+    "kubectl": ["version", "--client"],
+    "helm": ["version", "--short"],
+    "kubeconform": ["-v"],
+}
+
+
+def binary_version(tool: str, path: Path) -> str | None:
+    """The x.y.z version a binary reports, or None if it cannot be run or parsed."""
+    try:
+        out = subprocess.run(
+            [str(path), *_VERSION_ARGS[tool]],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"v?(\d+\.\d+\.\d+)", out.stdout + out.stderr)
+    return match.group(1) if match else None
+
+
+def _matches(tool: str, found: str | None, pinned: str) -> bool:
+    if found is None:
+        return False
+    if tool == "etcd":
+        return found.split(".")[:2] == pinned.split(".")[:2]
+    return found == pinned
+
+
+def _installed(tool: str, versions: dict[str, str]) -> Tool | None:
+    """A matching binary from KUBEBUILDER_ASSETS or PATH, or a cached build."""
+    pinned = _pinned(tool, versions)
+    candidates: list[tuple[str, Path]] = []
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets:
+        candidates.append(("KUBEBUILDER_ASSETS", Path(assets) / tool))
+    on_path = shutil.which(tool)
+    if on_path:
+        candidates.append(("PATH", Path(on_path)))
+    for source, path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            found = binary_version(tool, path)
+            if _matches(tool, found, pinned):
+                return Tool(tool, path.resolve(), found or pinned, source)
+    cached = _cache_dir(tool, versions) / tool
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return Tool(tool, cached, pinned, "cache")
+    return None
+
+
+# --- building from Go modules -----------------------------------------------------------------
+
+
+def find_go() -> Path | None:
+    explicit = os.environ.get("GO")
+    for candidate in (explicit, shutil.which("go"), "/usr/local/go/bin/go"):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+def _unavailable_message(missing: list[str], versions: dict[str, str], why: str) -> str:
+    wanted = ", ".join(f"{t} {_pinned(t, versions)}" for t in missing)
+    return (
+        f"Kubernetes test tools missing: {wanted}.\n{why}\n"
+        "Either install Go (>= 1.26, `go` on PATH or $GO) so they can be built once into "
+        f"{cache_root()}, or download matching binaries and point at them:\n"
+        "  export KUBEBUILDER_ASSETS=/path/to/dir   # with etcd, kube-apiserver, kubectl "
+        "(e.g. from setup-envtest)\n"
+        "  export PATH=/path/to/bin:$PATH           # any of the tools, versions must match "
+        f"{VERSIONS_FILE.name}\n"
+        "Then check with `ratesctl k8s-tools --check`."
+    )
+
+
+class _Builder:
+    def __init__(self, go: Path, log: Callable[[str], None]):
+        self.go = go
+        self.log = log
+        self.env = {
+            **os.environ,
+            "GOFLAGS": "-mod=mod -buildvcs=false",
+            "GOTOOLCHAIN": "local",
+            "CGO_ENABLED": "0",
+            "GOWORK": "off",
+        }
+
+    def _run(self, args: list[str], cwd: Path, logfile: Path) -> str:
+        with logfile.open("a") as fh:
+            fh.write(f"\n$ {' '.join(args)}\n")
+            fh.flush()
+            proc = subprocess.run(
+                args, cwd=cwd, env=self.env, stdout=subprocess.PIPE, stderr=fh, text=True,
+                check=False,
+            )
+            fh.write(proc.stdout)
+        if proc.returncode != 0:
+            tail = "".join(logfile.read_text().splitlines(keepends=True)[-40:])
+            raise ToolsUnavailable(f"`{' '.join(args)}` failed (log: {logfile}):\n{tail}")
+        return proc.stdout
+
+    def module_gomod(self, module: str, version: str, work: Path, logfile: Path) -> str:
+        out = self._run(
+            [str(self.go), "mod", "download", "-json", f"{module}@{version}"], work, logfile
+        )
+        return Path(json.loads(out)["GoMod"]).read_text()
+
+    def build(
+        self,
+        module: str,
+        version: str,
+        binaries: dict[str, str],
+        outdir: Path,
+        ldflags: list[str] = (),
+        replaces: dict[str, str] | None = None,
+        godebug: str = "",
+    ) -> dict[str, float]:
+        """Build ``binaries`` (name -> package path) of ``module@version`` into ``outdir``.
+
+        A throwaway main module requires the module (so replace directives in its own
+        go.mod, which make `go install` refuse, do not apply) and adds ``replaces``.
+        """
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        logfile = outdir.parent / f"build-{outdir.name}.log"
+        timings: dict[str, float] = {}
+        with tempfile.TemporaryDirectory(prefix=f".build-{outdir.name}-", dir=outdir.parent) as tmp:
+            work = Path(tmp)
+            lines = ["module rates-platform/k8s-tools-build", "", "go 1.24.0", ""]
+            if godebug:
+                lines += [godebug, ""]
+            lines += [f"require {module} {version}", ""]
+            if replaces:
+                lines.append("replace (")
+                lines += [f"\t{old} => {new}" for old, new in sorted(replaces.items())]
+                lines += [")", ""]
+            (work / "go.mod").write_text("\n".join(lines))
+            imports = "\n".join(f'\t_ "{pkg}"' for pkg in binaries.values())
+            (work / "tools.go").write_text(
+                f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n"
+            )
+            started = time.monotonic()
+            self._run([str(self.go), "mod", "tidy"], work, logfile)
+            timings["download"] = time.monotonic() - started
+            bindir = work / "bin"
+            bindir.mkdir()
+            flags = " ".join(["-s", "-w", *ldflags])
+            for name, pkg in binaries.items():
+                self.log(f"  building {name} ({pkg}@{version}) ...")
+                started = time.monotonic()
+                self._run(
+                    [str(self.go), "build", "-trimpath", "-ldflags", flags,
+                     "-o", str(bindir / name), pkg],
+                    work, logfile,
+                )
+                timings[name] = time.monotonic() - started
+                self.log(f"  built {name} in {timings[name]:.0f}s")
+            outdir.mkdir(parents=True, exist_ok=True)
+            for name in binaries:
+                os.replace(bindir / name, outdir / name)  # atomic: same filesystem
+        (outdir / "build-times.json").write_text(json.dumps(timings, indent=2) + "\n")
+        return timings
+
+
+def _build_group(group: str, versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
+    version = versions[group].lstrip("v")
+    if group == "kubernetes":
+        major, minor, _patch = version.split(".")
+        staging_version = f"v0.{minor}.{_patch}"
+        with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+            gomod = builder.module_gomod(
+                "k8s.io/kubernetes", f"v{version}", Path(tmp), Path(tmp) / "log"
+            )
+        staging = re.findall(r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", gomod, re.M)
+        if not staging:
+            raise ToolsUnavailable("no staging modules found in k8s.io/kubernetes go.mod")
+        godebug = "\n".join(re.findall(r"^godebug .*$", gomod, re.M))
+        ldflags = []
+        for key, value in (
+            ("gitVersion", f"v{version}"), ("gitMajor", major), ("gitMinor", minor),
+            ("gitTreeState", "clean"), ("buildDate", "1970-01-01T00:00:00Z"),
+        ):
+            for pkg in ("k8s.io/client-go/pkg/version", "k8s.io/component-base/version"):
+                ldflags.append(f"-X '{pkg}.{key}={value}'")
+        builder.build(
+            "k8s.io/kubernetes", f"v{version}",
+            {t: f"k8s.io/kubernetes/cmd/{t}" for t in KUBE_TOOLS},
+            outdir, ldflags=ldflags,
+            replaces={m: f"{m} {staging_version}" for m in staging},
+            godebug=godebug,
+        )
+    elif group == "etcd":
+        builder.build(
+            "go.etcd.io/etcd/server/v3", f"v{version}",
+            {"etcd": "go.etcd.io/etcd/server/v3"}, outdir,
+        )
+    elif group == "helm":
+        with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+            gomod = builder.module_gomod("helm.sh/helm/v3", f"v{version}", Path(tmp),
+                                         Path(tmp) / "log")
+        client_go = re.search(r"k8s\.io/client-go v0\.(\d+)\.", gomod)
+        ldflags = [f"-X helm.sh/helm/v3/internal/version.version=v{version}",
+                   "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"]
+        if client_go:
+            for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+                ldflags += [f"-X {pkg}.k8sVersionMajor=1",
+                            f"-X {pkg}.k8sVersionMinor={client_go.group(1)}"]
+        builder.build("helm.sh/helm/v3", f"v{version}", {"helm": "helm.sh/helm/v3/cmd/helm"},
+                      outdir, ldflags=ldflags)
+    elif group == "kubeconform":
+        builder.build(
+            "github.com/yannh/kubeconform", f"v{version}",
+            {"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"}, outdir,
+            ldflags=[f"-X main.version=v{version}"],
+        )
+    else:  # pragma: no cover - versions.json and this table move together
+        raise ValueError(group)
+
+
+@contextmanager
+def _build_lock() -> Iterator[None]:
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def _stderr(message: str) -> None:
+    # sys.__stderr__ so the note shows even under pytest's output capture
+    print(f"[k8s-tools] {message}", file=sys.__stderr__ or sys.stderr, flush=True)
+
+
+def resolve_tools(
+    *, build: bool = True, tools: tuple[str, ...] = ALL_TOOLS,
+    log: Callable[[str], None] = _stderr,
+) -> dict[str, Tool]:
+    """Find (and with ``build``, build what is missing of) the pinned tools."""
+    versions = load_versions()
+    found = {t: _installed(t, versions) for t in tools}
+    missing = [t for t, tool in found.items() if tool is None]
+    if not missing:
+        return found  # type: ignore[return-value]
+    if not build:
+        raise ToolsUnavailable(_unavailable_message(missing, versions, "Building is disabled."))
+    go = find_go()
+    if go is None:
+        raise ToolsUnavailable(
+            _unavailable_message(missing, versions, "No Go toolchain found to build them.")
+        )
+    builder = _Builder(go, log)
+    with _build_lock():
+        for group in dict.fromkeys(_group(t) for t in missing):
+            # another process may have built it while we waited for the lock
+            members = [t for t in missing if _group(t) == group]
+            if all(_installed(t, versions) for t in members):
+                continue
+            outdir = _cache_dir(members[0], versions)
+            log(f"building {group} v{versions[group].lstrip('v')} into {outdir} "
+                "(one-time; the Kubernetes binaries take a while) ...")
+            started = time.monotonic()
+            _build_group(group, versions, builder, outdir)
+            log(f"{group} built in {time.monotonic() - started:.0f}s")
+    result: dict[str, Tool] = {}
+    for t in tools:
+        tool = _installed(t, versions)
+        if tool is None:
+            raise ToolsUnavailable(_unavailable_message([t], versions, "Build produced nothing."))
+        result[t] = tool if found[t] else dataclasses.replace(tool, source="built")
+    return result
+
+
+def ensure_tools(*, build: bool = True) -> dict[str, Path]:
+    """Paths of all pinned tools, building missing ones once into the cache."""
+    return {name: tool.path for name, tool in resolve_tools(build=build).items()}
+
+
+@click.command("k8s-tools")
+@click.option("--check", is_flag=True, help="Only verify that the pinned tools are available.")
+def k8s_tools(check: bool) -> None:
+    """Provide the pinned Kubernetes test tools (etcd, apiserver, helm, ...) and print paths."""
+    try:
+        tools = resolve_tools(build=not check)
+    except ToolsUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    for tool in tools.values():
+        click.echo(f"{tool.name:<24} v{tool.version:<8} {tool.source:<18} {tool.path}")
