@@ -42,3 +42,9 @@ demo-data: venv
 
 bench-api: venv
 	$(BIN)/python bench/api_bench.py $(BENCH_ARGS)
+
+# Pinned etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubeconform (versions.json):
+# found via $KUBEBUILDER_ASSETS/PATH or built once into ~/.cache/rates-platform/k8s. `make test` does it too.
+.PHONY: k8s-tools
+k8s-tools: venv
+	$(BIN)/ratesctl k8s-tools

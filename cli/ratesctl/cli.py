@@ -6,3 +6,6 @@ import click
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Developer commands for the rates platform."""
+
+from .k8s_tools import k8s_tools  # noqa: E402
+cli.add_command(k8s_tools)

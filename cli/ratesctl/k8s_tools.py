@@ -326,7 +326,7 @@ def resolve_tools(
     if not missing:
         return found  # type: ignore[return-value]
     if not build:
-        raise ToolsUnavailable(_unavailable_message(missing, versions, "Building is disabled."))
+        raise ToolsUnavailable(_unavailable_message(missing, versions, "Not building them (--check)."))
     go = find_go()
     if go is None:
         raise ToolsUnavailable(
