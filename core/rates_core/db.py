@@ -53,15 +53,14 @@ def connect(dsn: str, *, application_name: str, statement_timeout_ms: int = 0,
 class Pool:
     """A thread-safe connection pool that knows how many connections are lent out."""
 
-    def __init__(self, dsn: str, *, minconn: int, maxconn: int, application_name: str,
+    def __init__(self, dsn: str, *, size: int, application_name: str,
                  statement_timeout_ms: int, connect_timeout_s: int = 5):
-        self.size = maxconn
+        # Connections open lazily, so a process starts even while the database is down.
+        self.size = size
         self._pool = psycopg2.pool.ThreadedConnectionPool(
-            0, maxconn, dsn, application_name=application_name,
+            0, size, dsn, application_name=application_name,
             connect_timeout=connect_timeout_s,
             options=f"-c statement_timeout={int(statement_timeout_ms)}")
-        self._minconn = minconn
-        self.in_use = 0
 
     @contextmanager
     def connection(self) -> Iterator["psycopg2.extensions.connection"]:
@@ -71,7 +70,6 @@ class Pool:
                 conn = self._pool.getconn()
             except psycopg2.pool.PoolError as exc:
                 raise TemporaryError(f"database pool exhausted: {exc}") from exc
-        self.in_use += 1
         broken = False
         try:
             yield conn
@@ -79,7 +77,6 @@ class Pool:
             broken = conn.closed != 0 or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
             raise classify(exc) from exc
         finally:
-            self.in_use -= 1
             if not broken and not conn.closed:
                 try:
                     conn.rollback()

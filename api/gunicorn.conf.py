@@ -1,0 +1,68 @@
+"""gunicorn settings for the rates API. Every value comes from the environment.
+
+Shutdown (SIGTERM, as Kubernetes sends it): each worker first marks itself draining,
+so /readyz answers 503 and the load balancer takes the pod out of rotation, while it
+keeps serving for SHUTDOWN_DRAIN_SECONDS; then it stops accepting and lets in-flight
+requests finish (up to GUNICORN_GRACEFUL_TIMEOUT). SIGINT/SIGQUIT still stop at once.
+"""
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+
+wsgi_app = "rates_api:create_app()"
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Longer than the AWS load balancer's 60 s idle timeout, so the balancer always closes
+# idle connections first and never sends a request into one that gunicorn is closing.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+drain_seconds = float(os.environ.get("SHUTDOWN_DRAIN_SECONDS", "5"))
+graceful_timeout = int(drain_seconds) + int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+# Heartbeat files go to memory: the container's root filesystem is read-only.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# The app writes one JSON line per request itself.
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# Workers share Prometheus metrics through files; the directory must exist before any
+# worker imports prometheus_client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rates-api-metrics-",
+                                                               dir=worker_tmp_dir)
+
+
+def on_starting(server):
+    # Files left by an earlier run would be summed into this run's metrics.
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+
+
+def post_worker_init(worker):
+    runtime = worker.wsgi.extensions["rates_api"]
+
+    def drain_then_exit(signum, frame):
+        if runtime.draining.is_set():
+            return
+        runtime.draining.set()
+        worker.log.info("SIGTERM: draining for %.1fs before stopping", drain_seconds)
+        timer = threading.Timer(drain_seconds, worker.handle_exit, args=(signum, frame))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, drain_then_exit)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,48 @@
+"""Application factory: wires settings, the DB pool, metrics, logging and routes."""
+
+import time
+import uuid
+
+import structlog
+from flask import Flask, g, request
+
+from rates_core import logs
+
+from . import errors, health, openapi, rates
+from .runtime import Runtime, runtime
+from .settings import Settings
+
+log = logs.get_logger("rates_api.access")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_level, service="rates-api", version=settings.app_version)
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.extensions["rates_api"] = Runtime(settings)
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(rates.bp)
+    app.register_blueprint(openapi.bp)
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    return app
+
+
+def _start_request() -> None:
+    g.started = time.perf_counter()
+    g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+
+def _finish_request(response):
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    route = request.url_rule.rule if request.url_rule else "<unmatched>"
+    runtime().metrics.observe(route, request.method, response.status_code, elapsed)
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    log.info("request", method=request.method, path=request.path, route=route,
+             query=request.query_string.decode("latin-1")[:512],
+             status=response.status_code, duration_ms=round(elapsed * 1000, 2))
+    structlog.contextvars.clear_contextvars()
+    return response

@@ -1,0 +1,40 @@
+"""A per-process LRU of rendered /rates responses, tagged with the data version.
+
+An entry is served only while ``data_version`` in the database still equals the
+version read before the answer was computed: every committed write to prices,
+ports or regions bumps it, so a cached answer is never older than the latest commit.
+"""
+
+import threading
+from collections import OrderedDict
+from typing import Hashable
+
+
+class VersionedCache:
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, tuple[int, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, version: int) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] != version:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: Hashable, version: int, body: bytes) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (version, body)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

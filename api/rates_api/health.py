@@ -1,0 +1,38 @@
+"""Service identity, liveness, readiness and metrics endpoints."""
+
+from flask import Blueprint, Response, jsonify
+
+from rates_core.errors import TemporaryError
+from .runtime import runtime
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/")
+def index():
+    return jsonify({"service": "rates-api", "version": runtime().settings.app_version,
+                    "message": "Hello world!"})
+
+
+@bp.get("/healthz")
+def healthz():
+    # Liveness only says the process answers; a DB outage must not restart pods.
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    rt = runtime()
+    if rt.draining.is_set():
+        return jsonify({"status": "draining"}), 503
+    try:
+        with rt.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    except TemporaryError as exc:
+        return jsonify({"status": "database unavailable", "error": str(exc)}), 503
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/metrics")
+def metrics():
+    return Response(runtime().metrics.render(), mimetype="text/plain; version=0.0.4")

@@ -1,0 +1,82 @@
+"""GET /openapi.json: the OpenAPI 3 description of every endpoint."""
+
+from flask import Blueprint, jsonify
+from .runtime import runtime
+
+bp = Blueprint("openapi", __name__)
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _param(name: str, description: str, schema: dict, required: bool = True) -> dict:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": schema}
+
+
+_PLACE = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+_DATE = {"type": "string", "format": "date"}
+
+_RATES = {
+    "summary": "Average price per day between two ports or regions",
+    "description": ("Each of origin and destination is a 5-character port code or a region slug; "
+                    "a region covers every port below it at any depth. average_price is the mean "
+                    "of all prices that day over every (origin port, destination port) pair, "
+                    "rounded half away from zero, or null when fewer than 3 prices exist."),
+    "parameters": [
+        _param("date_from", "First day, inclusive (YYYY-MM-DD)", _DATE),
+        _param("date_to", "Last day, inclusive (YYYY-MM-DD)", _DATE),
+        _param("origin", "Port code or region slug (alias: orig_code)", _PLACE, required=False),
+        _param("destination", "Port code or region slug (alias: dest_code)", _PLACE, required=False),
+        _param("orig_code", "Alias of origin, for older clients", _PLACE, required=False),
+        _param("dest_code", "Alias of destination, for older clients", _PLACE, required=False),
+    ],
+    "responses": {
+        "200": _json({"type": "array", "items": {"$ref": "#/components/schemas/DailyAverage"}},
+                     "One entry per day from date_from to date_to, ascending"),
+        "400": _json(_ERROR, "Missing or malformed parameter, impossible date, reversed or too long range"),
+        "404": _json(_ERROR, "Origin or destination is no known port or region"),
+        "503": _json(_ERROR, "The database is unavailable; retry later"),
+    },
+}
+
+
+def document(version: str) -> dict:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Rates API", "version": version},
+        "paths": {
+            "/rates": {"get": _RATES},
+            "/": {"get": {"summary": "Service identity and version", "responses": {
+                "200": _json({"$ref": "#/components/schemas/Service"}, "Service identity")}}},
+            "/healthz": {"get": {"summary": "Liveness: the process answers (no database call)",
+                                 "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Alive")}}},
+            "/readyz": {"get": {"summary": "Readiness: the database is reachable and no shutdown has begun",
+                                "responses": {
+                                    "200": _json({"$ref": "#/components/schemas/Status"}, "Ready"),
+                                    "503": _json({"$ref": "#/components/schemas/Status"}, "Not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+                "200": {"description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {
+                "200": _json({"type": "object"}, "OpenAPI 3 document")}}},
+        },
+        "components": {"schemas": {
+            "DailyAverage": {"type": "object", "required": ["day", "average_price"], "properties": {
+                "day": _DATE, "average_price": {"type": "integer", "nullable": True}}},
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "Service": {"type": "object", "properties": {
+                "service": {"type": "string"}, "version": {"type": "string"}, "message": {"type": "string"}}},
+            "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+        }},
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return jsonify(document(runtime().settings.app_version))

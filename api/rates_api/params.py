@@ -1,0 +1,71 @@
+"""Parsing and validation of the /rates query string. Anything wrong is a 400."""
+
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from werkzeug.datastructures import MultiDict
+
+from .errors import ApiError
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Port codes are 5 letters/digits, region slugs are lower-case words joined by '_'.
+_PLACE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class RatesQuery:
+    date_from: date
+    date_to: date
+    origin: str
+    destination: str
+
+    @property
+    def days(self) -> int:
+        return (self.date_to - self.date_from).days + 1
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "invalid_parameter", message)
+
+
+def _single(args: MultiDict, *names: str) -> str:
+    """The one value given under any of ``names`` (aliases); a conflict is an error."""
+    values = {v for name in names for v in args.getlist(name)}
+    if not values:
+        raise _bad(f"missing parameter '{names[0]}'")
+    if len(values) > 1:
+        raise _bad(f"parameter '{names[0]}' is given more than once with different values")
+    return values.pop()
+
+
+def _date(args: MultiDict, name: str) -> date:
+    raw = _single(args, name)
+    if not _DATE.fullmatch(raw):
+        raise _bad(f"'{name}' must be a date as YYYY-MM-DD")
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise _bad(f"'{name}' is not a valid date: {raw}") from None
+
+
+def _place(args: MultiDict, name: str, alias: str) -> str:
+    raw = _single(args, name, alias)
+    if not _PLACE.fullmatch(raw):
+        raise _bad(f"'{name}' must be a port code or a region slug (letters, digits, '_' or '-')")
+    return raw
+
+
+def parse(args: MultiDict, max_range_days: int) -> RatesQuery:
+    query = RatesQuery(
+        date_from=_date(args, "date_from"),
+        date_to=_date(args, "date_to"),
+        origin=_place(args, "origin", "orig_code"),
+        destination=_place(args, "destination", "dest_code"),
+    )
+    if query.date_from > query.date_to:
+        raise _bad("'date_from' is after 'date_to'")
+    if query.days > max_range_days:
+        raise ApiError(400, "range_too_long",
+                       f"the date range spans {query.days} days; at most {max_range_days} are allowed")
+    return query

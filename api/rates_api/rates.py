@@ -1,0 +1,38 @@
+"""GET /rates: average daily price between two ports or regions."""
+
+import json
+
+from flask import Blueprint, Response, request
+
+from . import params, queries
+from .errors import ApiError
+from .runtime import runtime
+
+bp = Blueprint("rates", __name__)
+
+
+@bp.get("/rates")
+def get_rates():
+    rt = runtime()
+    query = params.parse(request.args, rt.settings.max_range_days)
+    key = (query.origin, query.destination, query.date_from, query.date_to)
+    with rt.connection() as conn, conn.cursor() as cur:
+        version = queries.data_version(cur)
+        body = rt.cache.get(key, version)
+        if body is not None:
+            rt.metrics.cache_hits.inc()
+        else:
+            body = _compute(cur, query)
+            rt.cache.put(key, version, body)
+    return Response(body, mimetype="application/json")
+
+
+def _compute(cur, query: params.RatesQuery) -> bytes:
+    origin, destination = queries.resolve(cur, query.origin, query.destination)
+    unknown = [f"{label} '{place.name}' is not a known port code or region slug"
+               for label, place in (("origin", origin), ("destination", destination)) if not place.known]
+    if unknown:
+        raise ApiError(404, "unknown_location", "; ".join(unknown))
+    rows = queries.daily_averages(cur, origin, destination, query.date_from, query.date_to)
+    payload = [{"day": day.isoformat(), "average_price": avg} for day, avg in rows]
+    return json.dumps(payload, separators=(",", ":")).encode()

@@ -1,0 +1,41 @@
+"""Per-app state that is not configuration, kept in ``app.extensions``."""
+
+import threading
+from contextlib import contextmanager
+
+from flask import current_app
+
+from rates_core.db import Pool
+
+from .cache import VersionedCache
+from .metrics import Metrics
+from .settings import Settings
+
+
+class Runtime:
+    """Per-app state that is not configuration: the pool, caches, metrics, drain flag."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pool = Pool(settings.database_url, size=settings.db_pool_size,
+                         application_name="rates-api",
+                         statement_timeout_ms=settings.db_statement_timeout_ms,
+                         connect_timeout_s=settings.db_connect_timeout_s)
+        self.cache = VersionedCache(settings.response_cache_size)
+        self.metrics = Metrics(settings.app_version)
+        self.metrics.pool_size.set(settings.db_pool_size)
+        # Set when SIGTERM arrives (see api/gunicorn.conf.py): /readyz fails from then on.
+        self.draining = threading.Event()
+
+    @contextmanager
+    def connection(self):
+        self.metrics.pool_in_use.inc()
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        finally:
+            self.metrics.pool_in_use.dec()
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["rates_api"]

@@ -1,0 +1,35 @@
+"""Configuration of the API, read from environment variables (documented in the README)."""
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from rates_core.env import env_int, env_str
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    db_pool_size: int = 4
+    db_statement_timeout_ms: int = 5000
+    db_connect_timeout_s: int = 5
+    max_range_days: int = 366
+    response_cache_size: int = 2048
+    app_version: str = "dev"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        def get_int(name, default, minimum=0):
+            return env_int(name, default, minimum=minimum, environ=environ)
+
+        return cls(
+            database_url=env_str("DATABASE_URL", environ=environ),
+            # One connection per gunicorn thread means a request never waits for one.
+            db_pool_size=get_int("DB_POOL_SIZE", get_int("GUNICORN_THREADS", 4, 1), 1),
+            db_statement_timeout_ms=get_int("DB_STATEMENT_TIMEOUT_MS", 5000, 1),
+            db_connect_timeout_s=get_int("DB_CONNECT_TIMEOUT_S", 5, 1),
+            max_range_days=get_int("MAX_RANGE_DAYS", 366, 1),
+            response_cache_size=get_int("RESPONSE_CACHE_SIZE", 2048, 0),
+            app_version=env_str("APP_VERSION", "dev", environ),
+            log_level=env_str("LOG_LEVEL", "INFO", environ),
+        )

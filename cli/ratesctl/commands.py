@@ -1,0 +1,128 @@
+"""The ratesctl commands: migrate, demo-data, serve and up."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import psycopg2
+from tqdm import tqdm
+
+from rates_core import logs, migrate as migrations
+
+from . import demodata, localdb
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GUNICORN_CONF = REPO_ROOT / "api" / "gunicorn.conf.py"
+LOCAL_PGDATA = REPO_ROOT / ".local" / "pgdata"
+
+
+def _database_url() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if not url:
+        raise click.UsageError("DATABASE_URL is not set, e.g. DATABASE_URL=postgresql://user@host/db")
+    return url
+
+
+@click.command("migrate")
+def migrate_command() -> None:
+    """Apply the schema migrations to $DATABASE_URL (safe to run again)."""
+    logs.configure(os.environ.get("LOG_LEVEL", "INFO"), service="ratesctl")
+    applied = migrations.apply(_database_url())
+    click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none, already current'}")
+
+
+def _spec_options(fn):
+    for option in reversed([
+        click.option("--prices", default=demodata.Spec.prices, show_default=True, type=click.IntRange(1),
+                     help="Number of prices (10000000 for the benchmark size)."),
+        click.option("--days", default=demodata.Spec.days, show_default=True, type=click.IntRange(1)),
+        click.option("--ports", default=demodata.Spec.ports, show_default=True, type=click.IntRange(2)),
+        click.option("--start", default=str(demodata.Spec.start), show_default=True,
+                     type=click.DateTime(["%Y-%m-%d"])),
+        click.option("--seed", default=demodata.Spec.seed, show_default=True),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def load_demo_data(dsn: str, spec: demodata.Spec) -> None:
+    conn = psycopg2.connect(dsn)
+    try:
+        with tqdm(total=spec.prices, unit=" prices", unit_scale=True, desc="demo data") as bar:
+            demodata.load(conn, spec, progress=bar.update)
+    finally:
+        conn.close()
+
+
+@click.command("demo-data")
+@_spec_options
+@click.option("--force", is_flag=True, help="Load even if the database already has ports.")
+def demo_data_command(prices, days, ports, start, seed, force) -> None:
+    """Generate the deterministic demo dataset into $DATABASE_URL (migrated first)."""
+    dsn = _database_url()
+    migrations.apply(dsn)
+    if not force and not _is_empty(dsn):
+        raise click.ClickException("the database already holds ports; use --force to add anyway")
+    spec = demodata.Spec(prices=prices, days=days, ports=ports, start=start.date(), seed=seed)
+    load_demo_data(dsn, spec)
+
+
+def _is_empty(dsn: str) -> bool:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT NOT EXISTS (SELECT 1 FROM ports) AND NOT EXISTS (SELECT 1 FROM prices)")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def gunicorn_argv() -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)]
+
+
+@click.command("serve")
+def serve_command() -> None:
+    """Serve the API with gunicorn on $HOST:$PORT against $DATABASE_URL (foreground)."""
+    _database_url()
+    os.execv(sys.executable, gunicorn_argv())
+
+
+@click.command("up")
+@click.option("--port", default=8000, show_default=True)
+@_spec_options
+def up_command(port, prices, days, ports, start, seed) -> None:
+    """Local database in .local/, migrations, demo data if empty, and the API (Ctrl-C stops all)."""
+    click.echo(f"starting PostgreSQL (data in {LOCAL_PGDATA.relative_to(REPO_ROOT)}) ...")
+    server = localdb.start(LOCAL_PGDATA)
+    try:
+        dsn = localdb.ensure_database(server, "rates")
+        click.echo(f"applied migrations: {migrations.apply(dsn) or 'none, already current'}")
+        if _is_empty(dsn):
+            load_demo_data(dsn, demodata.Spec(prices=prices, days=days, ports=ports,
+                                              start=start.date(), seed=seed))
+        _serve_until_interrupted(dsn, port, start.date())
+    finally:
+        click.echo("stopping PostgreSQL ...")
+        server.cleanup()
+
+
+def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
+    env = {**os.environ, "DATABASE_URL": dsn, "HOST": "127.0.0.1", "PORT": str(port)}
+    env.setdefault("APP_VERSION", "local")
+    api = subprocess.Popen(gunicorn_argv(), env=env)
+    url = f"http://127.0.0.1:{port}"
+    week = f"date_from={first_day}&date_to={first_day.fromordinal(first_day.toordinal() + 6)}"
+    time.sleep(1)
+    click.echo(f"\nRates API: {url}\n\nTry:\n"
+               f"  curl '{url}/rates?{week}&origin=CNSHA&destination=NLRTM'\n"
+               f"  curl '{url}/rates?{week}&origin=asia&destination=europe_north'\n\n"
+               "Ctrl-C stops the API and the database.\n")
+    try:
+        api.wait()
+    except KeyboardInterrupt:
+        # The terminal sent SIGINT to gunicorn as well; wait for it to finish.
+        api.wait()

@@ -1,0 +1,43 @@
+def test_index_reports_service_and_version(client):
+    assert client.get("/").get_json() == {"service": "rates-api", "version": "test-1", "message": "Hello world!"}
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").get_json() == {"status": "ok"}
+
+
+def test_readiness_fails_once_draining(client):
+    client.application.extensions["rates_api"].draining.set()
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.get_json()["status"] == "draining"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_metrics_count_requests_by_route_and_status(world, client):
+    client.get("/rates", query_string=dict(date_from="2024-01-01", date_to="2024-01-02",
+                                           origin="CNSHA", destination="NLRTM"))
+    client.get("/rates", query_string=dict(date_from="bad"))
+    client.get("/missing")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'rates_api_requests_total{method="GET",route="/rates",status="200"} 1.0' in text
+    assert 'rates_api_requests_total{method="GET",route="/rates",status="400"} 1.0' in text
+    assert 'route="<unmatched>",status="404"' in text
+    assert "rates_api_request_duration_seconds_bucket" in text
+    assert "rates_api_db_pool_size 4.0" in text
+    assert "rates_api_db_pool_in_use 0.0" in text
+    assert 'rates_api_build_info{version="test-1"} 1.0' in text
+
+
+def test_request_id_is_echoed(client):
+    assert client.get("/healthz", headers={"X-Request-ID": "abc123"}).headers["X-Request-ID"] == "abc123"
+    assert len(client.get("/healthz").headers["X-Request-ID"]) == 32
+
+
+def test_openapi_describes_every_route(client):
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.")
+    routes = {rule.rule for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"}
+    assert routes == set(document["paths"])
+    names = {p["name"] for p in document["paths"]["/rates"]["get"]["parameters"]}
+    assert {"date_from", "date_to", "origin", "destination", "orig_code", "dest_code"} <= names

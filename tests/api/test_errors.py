@@ -1,0 +1,70 @@
+"""Bad input: a JSON error with a 4xx status, never a 500."""
+
+import pytest
+
+GOOD = dict(date_from="2024-03-01", date_to="2024-03-02", origin="CNSHA", destination="NLRTM")
+
+
+def without(name):
+    return {k: v for k, v in GOOD.items() if k != name}
+
+
+@pytest.mark.parametrize("params, fragment", [
+    (without("date_from"), "date_from"),
+    (without("origin"), "origin"),
+    (without("destination"), "destination"),
+    ({**GOOD, "date_from": "2024-3-1"}, "YYYY-MM-DD"),
+    ({**GOOD, "date_from": "20240301"}, "YYYY-MM-DD"),
+    ({**GOOD, "date_to": "2024-02-30"}, "not a valid date"),
+    ({**GOOD, "date_to": "2023-02-29"}, "not a valid date"),
+    ({**GOOD, "date_from": "2024-03-05"}, "after"),
+    ({**GOOD, "origin": "CN SHA"}, "port code or a region slug"),
+    ({**GOOD, "origin": ""}, "origin"),
+    ({**GOOD, "destination": "x" * 65}, "port code or a region slug"),
+    ({**GOOD, "orig_code": "CNNGB"}, "more than once"),
+])
+def test_malformed_parameters_are_400(world, client, params, fragment):
+    response = client.get("/rates", query_string=params)
+    assert response.status_code == 400
+    assert fragment in response.get_json()["error"]["message"]
+    assert response.get_json()["error"]["code"] == "invalid_parameter"
+
+
+def test_range_longer_than_the_maximum_is_400(world, client):
+    ok = client.get("/rates", query_string={**GOOD, "date_from": "2024-01-01", "date_to": "2024-12-31"})
+    assert ok.status_code == 200 and len(ok.get_json()) == 366
+    too_long = client.get("/rates", query_string={**GOOD, "date_from": "2024-01-01", "date_to": "2025-01-01"})
+    assert too_long.status_code == 400
+    assert too_long.get_json()["error"]["code"] == "range_too_long"
+
+
+def test_unknown_origin_or_destination_is_404_naming_it(world, client):
+    response = client.get("/rates", query_string={**GOOD, "origin": "XXXXX"})
+    assert response.status_code == 404
+    message = response.get_json()["error"]["message"]
+    assert "origin 'XXXXX'" in message and "destination" not in message
+    response = client.get("/rates", query_string={**GOOD, "destination": "atlantis"})
+    assert response.status_code == 404
+    assert "destination 'atlantis'" in response.get_json()["error"]["message"]
+
+
+def test_unknown_route_and_method_are_json(client):
+    response = client.get("/no/such/route")
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+    response = client.post("/rates")
+    assert response.status_code == 405 and "error" in response.get_json()
+
+
+def test_database_down_is_503_not_500(settings):
+    from dataclasses import replace
+
+    from rates_api import create_app
+
+    app = create_app(replace(settings, database_url="postgresql://nobody@127.0.0.1:1/none",
+                             db_connect_timeout_s=1))
+    client = app.test_client()
+    response = client.get("/rates", query_string=GOOD)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "unavailable"
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200

@@ -1,0 +1,90 @@
+"""GET /rates on hand-built data. Every expected value is worked out here by hand."""
+
+from tests.support.world import insert_prices
+
+D1, D2, D3 = "2024-03-01", "2024-03-02", "2024-03-03"
+
+
+def averages(body):
+    return [(row["day"], row["average_price"]) for row in body]
+
+
+def test_three_level_nesting_covers_every_port_below_a_region(world, rates):
+    insert_prices(world, [
+        ("CNSHA", "NOOSL", D1, 100),  # china -> scandinavia (europe > north_europe > scandinavia)
+        ("CNNGB", "DEHAM", D1, 200),  # china -> north_europe
+        ("HKHKG", "FRLEH", D1, 300),  # asia -> europe
+        ("CNSHA", "NLRTM", D1, 400),  # china -> north_europe
+    ])
+    # asia covers china's ports and HKHKG; europe covers all four European destinations.
+    assert averages(rates(date_from=D1, date_to=D1, origin="asia", destination="europe")[1]) == [(D1, 250)]
+    # HKHKG -> FRLEH is outside china -> north_europe: (100 + 200 + 400) / 3 = 233.3
+    assert averages(rates(date_from=D1, date_to=D1, origin="china", destination="north_europe")[1]) == [(D1, 233)]
+    assert averages(rates(date_from=D1, date_to=D1, origin="world", destination="world")[1]) == [(D1, 250)]
+    # Only one price reaches scandinavia.
+    assert averages(rates(date_from=D1, date_to=D1, origin="china", destination="scandinavia")[1]) == [(D1, None)]
+
+
+def test_two_prices_give_null_and_three_give_an_average(world, rates):
+    insert_prices(world, [
+        ("CNSHA", "NLRTM", D1, 1000), ("CNSHA", "NLRTM", D1, 2000),
+        ("CNSHA", "NLRTM", D2, 1000), ("CNSHA", "NLRTM", D2, 2000), ("CNSHA", "NLRTM", D2, 3001),
+    ])
+    status, body = rates(date_from=D1, date_to=D2, origin="CNSHA", destination="NLRTM")
+    assert status == 200
+    assert averages(body) == [(D1, None), (D2, 2000)]  # 6001 / 3 = 2000.33
+
+
+def test_an_average_of_exactly_half_rounds_away_from_zero(world, rates):
+    insert_prices(world, [
+        # 2.5 -> 3 (banker's rounding would give 2) and 10.5 -> 11.
+        ("CNSHA", "NLRTM", D1, 2), ("CNSHA", "NLRTM", D1, 2), ("CNSHA", "NLRTM", D1, 3), ("CNSHA", "NLRTM", D1, 3),
+        ("CNSHA", "NLRTM", D2, 10), ("CNSHA", "NLRTM", D2, 10), ("CNSHA", "NLRTM", D2, 11), ("CNSHA", "NLRTM", D2, 11),
+    ])
+    assert averages(rates(date_from=D1, date_to=D2, origin="CNSHA", destination="NLRTM")[1]) == [(D1, 3), (D2, 11)]
+
+
+def test_every_day_is_listed_in_order_even_without_prices(world, rates):
+    insert_prices(world, [("CNSHA", "NLRTM", D3, p) for p in (10, 20, 30)])
+    status, body = rates(date_from="2024-02-28", date_to=D3, origin="CNSHA", destination="NLRTM")
+    assert status == 200
+    assert averages(body) == [("2024-02-28", None), ("2024-02-29", None), (D1, None), (D2, None), (D3, 20)]
+
+
+def test_origin_region_that_contains_the_destination(world, rates):
+    insert_prices(world, [
+        ("NOOSL", "NLRTM", D1, 100),   # scandinavia -> NLRTM, inside europe
+        ("DEHAM", "NLRTM", D1, 200),
+        ("NLRTM", "NLRTM", D1, 400),   # NLRTM itself is in europe too
+        ("CNSHA", "NLRTM", D1, 9999),  # not from europe
+        ("FRLEH", "DEHAM", D1, 9999),  # not to NLRTM
+    ])
+    assert averages(rates(date_from=D1, date_to=D1, origin="europe", destination="NLRTM")[1]) == [(D1, 233)]
+
+
+def test_port_to_region_and_region_to_port(world, rates):
+    insert_prices(world, [("CNSHA", "DEHAM", D1, 10), ("CNSHA", "NOOSL", D1, 20), ("CNSHA", "FRLEH", D1, 30),
+                          ("CNNGB", "DEHAM", D1, 1000)])
+    assert averages(rates(date_from=D1, date_to=D1, origin="CNSHA", destination="europe")[1]) == [(D1, 20)]
+    assert averages(rates(date_from=D1, date_to=D1, origin="china", destination="DEHAM")[1]) == [(D1, None)]
+
+
+def test_aliases_orig_code_and_dest_code(world, rates):
+    insert_prices(world, [("CNSHA", "NLRTM", D1, p) for p in (100, 200, 600)])
+    expected = [(D1, 300)]
+    assert averages(rates(date_from=D1, date_to=D1, orig_code="CNSHA", dest_code="NLRTM")[1]) == expected
+    assert averages(rates(date_from=D1, date_to=D1, orig_code="china", destination="north_europe")[1]) == expected
+    assert averages(rates(date_from=D1, date_to=D1, origin="CNSHA", dest_code="NLRTM")[1]) == expected
+
+
+def test_a_write_is_visible_to_the_next_request(world, rates):
+    """The response cache must never serve an answer older than the latest commit."""
+    insert_prices(world, [("CNSHA", "NLRTM", D1, p) for p in (100, 200, 300)])
+    query = dict(date_from=D1, date_to=D1, origin="china", destination="europe")
+    assert averages(rates(**query)[1]) == [(D1, 200)]
+    assert averages(rates(**query)[1]) == [(D1, 200)]  # now cached
+    insert_prices(world, [("CNNGB", "DEHAM", D1, 1000)])
+    assert averages(rates(**query)[1]) == [(D1, 400)]
+    with world.cursor() as cur:
+        cur.execute("UPDATE ports SET parent_slug = 'asia' WHERE code = 'DEHAM'")
+    assert averages(rates(**query)[1]) == [(D1, 200)]
