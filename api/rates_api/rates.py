@@ -14,7 +14,7 @@ bp = Blueprint("rates", __name__)
 @bp.get("/rates")
 def get_rates():
     rt = runtime()
-    query = params.parse(request.args, rt.settings.max_range_days)
+    query = params.parse(_args(), rt.settings.max_range_days)
     key = (query.origin, query.destination, query.date_from, query.date_to)
     with rt.connection() as conn, conn.cursor() as cur:
         version = queries.data_version(cur)
@@ -25,6 +25,14 @@ def get_rates():
             body = _compute(cur, query)
             rt.cache.put(key, version, body)
     return Response(body, mimetype="application/json")
+
+
+def _args():
+    try:
+        return request.args
+    except UnicodeDecodeError:
+        # Raw, undecodable bytes in the query string: werkzeug refuses them.
+        raise ApiError(400, "invalid_parameter", "the query string is not valid UTF-8") from None
 
 
 def _compute(cur, query: params.RatesQuery) -> bytes:

@@ -1,0 +1,47 @@
+"""The original system's approach: one straightforward query over the raw prices table.
+
+It is the benchmark's baseline and the tests' reference answer, so it is written for
+obviousness, not speed.
+"""
+
+NAIVE_DAILY_AVERAGES = """
+WITH RECURSIVE
+    o_regions(slug) AS (SELECT %(origin)s UNION SELECT r.slug FROM regions r JOIN o_regions t ON r.parent_slug = t.slug),
+    d_regions(slug) AS (SELECT %(destination)s UNION SELECT r.slug FROM regions r JOIN d_regions t ON r.parent_slug = t.slug),
+    o_ports(code) AS (SELECT code FROM ports WHERE code = %(origin)s OR parent_slug IN (SELECT slug FROM o_regions)),
+    d_ports(code) AS (SELECT code FROM ports WHERE code = %(destination)s OR parent_slug IN (SELECT slug FROM d_regions))
+SELECT d::date,
+       (SELECT CASE WHEN count(*) >= 3 THEN round(avg(p.price)) END
+        FROM prices p
+        WHERE p.day = d::date
+          AND p.orig_code IN (SELECT code FROM o_ports)
+          AND p.dest_code IN (SELECT code FROM d_ports))
+FROM generate_series(%(date_from)s::date, %(date_to)s::date, interval '1 day') AS d
+ORDER BY 1
+"""
+
+# The same, grouped once instead of per day (what a careful hand would write).
+NAIVE_GROUPED = """
+WITH RECURSIVE
+    o_regions(slug) AS (SELECT %(origin)s UNION SELECT r.slug FROM regions r JOIN o_regions t ON r.parent_slug = t.slug),
+    d_regions(slug) AS (SELECT %(destination)s UNION SELECT r.slug FROM regions r JOIN d_regions t ON r.parent_slug = t.slug)
+SELECT d::date, t.average
+FROM generate_series(%(date_from)s::date, %(date_to)s::date, interval '1 day') AS d
+LEFT JOIN (
+    SELECT p.day, CASE WHEN count(*) >= 3 THEN round(avg(p.price)) END AS average
+    FROM prices p
+    JOIN ports po ON po.code = p.orig_code
+    JOIN ports pd ON pd.code = p.dest_code
+    WHERE (po.code = %(origin)s OR po.parent_slug IN (SELECT slug FROM o_regions))
+      AND (pd.code = %(destination)s OR pd.parent_slug IN (SELECT slug FROM d_regions))
+      AND p.day BETWEEN %(date_from)s AND %(date_to)s
+    GROUP BY p.day
+) AS t ON t.day = d::date
+ORDER BY 1
+"""
+
+
+def daily_averages(cur, origin, destination, date_from, date_to):
+    cur.execute(NAIVE_GROUPED, {"origin": origin, "destination": destination,
+                                "date_from": date_from, "date_to": date_to})
+    return [(day.isoformat(), None if avg is None else int(avg)) for day, avg in cur.fetchall()]

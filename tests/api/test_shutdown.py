@@ -1,0 +1,78 @@
+"""SIGTERM to gunicorn: /readyz turns 503 first, and every in-flight request finishes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg2
+import pytest
+import requests
+
+from tests.support.net import free_port, wait_for_http
+from tests.support.world import insert_prices
+
+REPO = Path(__file__).resolve().parents[2]
+IN_FLIGHT = 3
+
+
+@pytest.fixture
+def gunicorn(dsn, world, tmp_path):
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "HOST": "127.0.0.1",
+           "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "8", "SHUTDOWN_DRAIN_SECONDS": "2",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "APP_VERSION": "shutdown-test"}
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "api" / "gunicorn.conf.py")],
+                               env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/readyz", process=process)
+        yield process, base
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def waiting_api_backends(admin) -> int:
+    with admin.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = 'rates-api' AND wait_event_type = 'Lock'")
+        return cur.fetchone()[0]
+
+
+def test_sigterm_drains_readiness_first_and_finishes_in_flight_requests(gunicorn, world, dsn):
+    process, base = gunicorn
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
+    # Hold a lock that /rates needs, so that requests stay in flight as long as we like.
+    blocker = psycopg2.connect(dsn)
+    blocker.cursor().execute("LOCK TABLE data_version IN ACCESS EXCLUSIVE MODE")
+    url = base + "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=CNSHA&destination=NLRTM"
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        futures = [pool.submit(requests.get, url, timeout=30) for _ in range(IN_FLIGHT)]
+        deadline = time.monotonic() + 10
+        while waiting_api_backends(world) < IN_FLIGHT:
+            assert time.monotonic() < deadline, "requests never reached the database"
+            time.sleep(0.05)
+
+        process.send_signal(signal.SIGTERM)
+        readiness = []
+        for _ in range(20):  # the drain window is 2 s
+            readiness.append(requests.get(base + "/readyz", timeout=5).status_code)
+            if readiness[-1] == 503:
+                break
+            time.sleep(0.05)
+        assert readiness[-1] == 503, readiness
+        assert not any(f.done() for f in futures), "a request ended before the lock was released"
+
+        blocker.rollback()
+        blocker.close()
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200] * IN_FLIGHT
+    assert all(r.json() == [{"day": "2024-03-01", "average_price": 20}] for r in responses)
+    assert process.wait(timeout=30) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(base + "/healthz", timeout=2)

@@ -1,0 +1,110 @@
+"""The derived totals stay exactly equal to a recomputation from prices after any mix
+of writes: INSERT, COPY, UPDATE, DELETE, TRUNCATE and ports moving between regions."""
+
+import io
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.world import PORTS, REGIONS
+
+CODES = [code for code, _n, _p in PORTS]
+SLUGS = [slug for slug, _n, _p in REGIONS]
+DAYS = ["2024-01-01", "2024-01-02", "2024-01-03"]
+
+price_row = st.tuples(st.sampled_from(CODES), st.sampled_from(CODES), st.sampled_from(DAYS),
+                      st.integers(1, 5000))
+write = st.one_of(
+    st.tuples(st.just("insert"), st.lists(price_row, min_size=1, max_size=8)),
+    st.tuples(st.just("copy"), st.lists(price_row, min_size=1, max_size=8)),
+    st.tuples(st.just("update"), st.sampled_from(CODES), st.integers(-50, 50)),
+    st.tuples(st.just("delete"), st.sampled_from(CODES), st.sampled_from(DAYS)),
+    st.tuples(st.just("move"), st.sampled_from(CODES), st.sampled_from(SLUGS)),
+    st.tuples(st.just("truncate")),
+    st.tuples(st.just("rollback"), st.lists(price_row, min_size=1, max_size=8)),
+)
+
+
+def apply(conn, op):
+    kind = op[0]
+    with conn.cursor() as cur:
+        if kind == "insert":
+            cur.executemany("INSERT INTO prices (orig_code, dest_code, day, price) VALUES (%s, %s, %s, %s)", op[1])
+        elif kind == "copy":
+            data = "".join(f"{o}\t{d}\t{day}\t{p}\n" for o, d, day, p in op[1])
+            cur.copy_expert("COPY prices (orig_code, dest_code, day, price) FROM STDIN", io.StringIO(data))
+        elif kind == "update":
+            cur.execute("UPDATE prices SET price = greatest(1, price + %s) WHERE orig_code = %s", (op[2], op[1]))
+        elif kind == "delete":
+            cur.execute("DELETE FROM prices WHERE dest_code = %s AND day = %s", (op[1], op[2]))
+        elif kind == "move":
+            cur.execute("UPDATE ports SET parent_slug = %s WHERE code = %s", (op[2], op[1]))
+        elif kind == "truncate":
+            cur.execute("TRUNCATE prices")
+
+
+def recomputed_equal_stored(cur) -> bool:
+    cur.execute("""
+        SELECT
+          (SELECT count(*) FROM (
+              (SELECT orig_code, dest_code, day, sum(price)::bigint, count(*)::int FROM prices GROUP BY 1, 2, 3
+               EXCEPT ALL SELECT orig_code, dest_code, day, price_sum, price_count FROM lane_totals)
+              UNION ALL
+              (SELECT orig_code, dest_code, day, price_sum, price_count FROM lane_totals
+               EXCEPT ALL SELECT orig_code, dest_code, day, sum(price)::bigint, count(*)::int FROM prices GROUP BY 1, 2, 3)
+          ) lane_diff),
+          (SELECT count(*) FROM (
+              (SELECT po.parent_slug, pd.parent_slug, p.day, sum(p.price)::bigint, count(*)::int
+               FROM prices p JOIN ports po ON po.code = p.orig_code JOIN ports pd ON pd.code = p.dest_code
+               GROUP BY 1, 2, 3
+               EXCEPT ALL SELECT orig_region, dest_region, day, price_sum, price_count FROM region_totals)
+              UNION ALL
+              (SELECT orig_region, dest_region, day, price_sum, price_count FROM region_totals
+               EXCEPT ALL SELECT po.parent_slug, pd.parent_slug, p.day, sum(p.price)::bigint, count(*)::int
+               FROM prices p JOIN ports po ON po.code = p.orig_code JOIN ports pd ON pd.code = p.dest_code
+               GROUP BY 1, 2, 3)
+          ) region_diff)
+    """)
+    return cur.fetchone() == (0, 0)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(write, min_size=1, max_size=6))
+def test_totals_equal_a_recomputation_after_any_writes(world, writes):
+    world.autocommit = False
+    try:
+        with world.cursor() as cur:
+            cur.execute("TRUNCATE prices")
+            cur.execute("UPDATE ports p SET parent_slug = w.parent FROM (VALUES %s) AS w(code, parent) "
+                        "WHERE p.code = w.code" % ",".join(f"('{c}', '{r}')" for c, _n, r in PORTS))
+        world.commit()
+        for op in writes:
+            apply(world, op if op[0] != "rollback" else ("insert", op[1]))
+            if op[0] == "rollback":
+                world.rollback()
+            else:
+                world.commit()
+        with world.cursor() as cur:
+            assert recomputed_equal_stored(cur)
+            cur.execute("SELECT count(*) FROM lane_totals WHERE price_count <= 0")
+            assert cur.fetchone()[0] == 0
+    finally:
+        world.rollback()
+        world.autocommit = True
+
+
+def test_every_write_bumps_the_data_version(world):
+    def version():
+        with world.cursor() as cur:
+            cur.execute("SELECT version FROM data_version")
+            return cur.fetchone()[0]
+
+    seen = [version()]
+    for op in [("insert", [("CNSHA", "NLRTM", DAYS[0], 10)]), ("update", "CNSHA", 1),
+               ("delete", "NLRTM", DAYS[0]), ("move", "DEHAM", "asia"), ("truncate",)]:
+        apply(world, op)
+        seen.append(version())
+    with world.cursor() as cur:
+        cur.execute("UPDATE regions SET name = 'Asia Pacific' WHERE slug = 'asia'")
+    seen.append(version())
+    assert seen == sorted(set(seen)), seen
