@@ -1,5 +1,6 @@
 """PostgreSQL connections and the one place where psycopg2 errors are classified."""
 
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -51,23 +52,35 @@ def connect(dsn: str, *, application_name: str, statement_timeout_ms: int = 0,
 
 
 class Pool:
-    """A thread-safe connection pool that knows how many connections are lent out."""
+    """A thread-safe connection pool, opened on first use and kept full afterwards.
+
+    Opening lazily lets a process start (and report itself unready) while the database
+    is down; keeping every connection open avoids a new connection per request.
+    """
 
     def __init__(self, dsn: str, *, size: int, application_name: str,
                  statement_timeout_ms: int, connect_timeout_s: int = 5):
-        # Connections open lazily, so a process starts even while the database is down.
         self.size = size
-        self._pool = psycopg2.pool.ThreadedConnectionPool(
-            0, size, dsn, application_name=application_name,
-            connect_timeout=connect_timeout_s,
-            options=f"-c statement_timeout={int(statement_timeout_ms)}")
+        self._connect_args = dict(dsn=dsn, application_name=application_name,
+                                  connect_timeout=connect_timeout_s,
+                                  options=f"-c statement_timeout={int(statement_timeout_ms)}")
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def _opened(self) -> psycopg2.pool.ThreadedConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                # psycopg2 closes returned connections beyond minconn, so minconn = maxconn.
+                self._pool = psycopg2.pool.ThreadedConnectionPool(self.size, self.size, **self._connect_args)
+            return self._pool
 
     @contextmanager
     def connection(self) -> Iterator["psycopg2.extensions.connection"]:
         """Lend a connection for one unit of work; it is returned rolled back."""
         with classified():
+            pool = self._opened()
             try:
-                conn = self._pool.getconn()
+                conn = pool.getconn()
             except psycopg2.pool.PoolError as exc:
                 raise TemporaryError(f"database pool exhausted: {exc}") from exc
         broken = False
@@ -82,7 +95,10 @@ class Pool:
                     conn.rollback()
                 except psycopg2.Error:
                     broken = True
-            self._pool.putconn(conn, close=broken or bool(conn.closed))
+            pool.putconn(conn, close=broken or bool(conn.closed))
 
     def close(self) -> None:
-        self._pool.closeall()
+        with self._lock:
+            if self._pool is not None:
+                self._pool.closeall()
+                self._pool = None
