@@ -4,7 +4,7 @@
 PYTHON   ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
-PACKAGES := core api cli
+PACKAGES := core api cli ingest-job
 STAMP    := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -41,6 +41,7 @@ demo-data: venv
 	$(BIN)/ratesctl demo-data $(DEMO_ARGS)
 
 bench-api: venv
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/api_bench.py $(BENCH_ARGS)
 
 # Pinned etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubeconform (versions.json):

@@ -1,0 +1,48 @@
+"""``python -m rates_ingest [--bucket B --key K [--version-id V]]``."""
+
+import sys
+
+import click
+
+from rates_core import logs
+from rates_core.env import ConfigError
+
+from . import job
+from .settings import Settings
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--bucket", help="Bucket of the object [env S3_BUCKET].")
+@click.option("--key", help="Key of the object, decoded (not URL-encoded) [env S3_OBJECT_KEY].")
+@click.option("--version-id", help="Version to load [env S3_VERSION_ID]; default: the latest.")
+def command(bucket: str | None, key: str | None, version_id: str | None) -> int:
+    """Load one uploaded price file from S3 into PostgreSQL.
+
+    Exit status: 0 loaded or nothing to do, 2 the file is invalid or gone, 1 try again.
+    """
+    try:
+        settings = Settings.from_env(bucket=bucket, key=key, version_id=version_id)
+    except ConfigError as exc:
+        logs.configure()
+        logs.get_logger("rates_ingest").error("configuration error", error=str(exc))
+        return job.EXIT_RETRY
+    logs.configure(settings.log_level, component="ingest-job")
+    job.install_signal_handlers()
+    return job.run(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return command.main(args=argv, prog_name="rates_ingest", standalone_mode=False)
+    except click.exceptions.Exit as exc:  # --help
+        return exc.exit_code
+    except click.ClickException as exc:
+        # click would exit 2, but 2 means "the file is invalid": a bad invocation is not that.
+        exc.show()
+        return job.EXIT_RETRY
+    except click.Abort:
+        return job.EXIT_RETRY
+
+
+if __name__ == "__main__":
+    sys.exit(main())

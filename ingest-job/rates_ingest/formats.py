@@ -1,0 +1,455 @@
+"""Parsing and validation of price files: CSV, JSON array, NDJSON, each optionally gzip.
+
+A parser turns the file's raw byte chunks into chunks of CSV for ``COPY prices
+(orig_code, dest_code, day, price, source_id) FROM STDIN (FORMAT csv)``. It holds one
+chunk at a time, so memory stays bounded whatever the file size. After the first
+invalid row it stops producing output, keeps scanning until it has ``MAX_BAD_ROWS``
+offending rows (or the end), then raises ``InvalidFile``, which aborts the COPY: an
+invalid file never reaches a commit.
+"""
+
+import codecs
+import csv
+import datetime
+import json
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from rates_core.errors import PermanentError
+
+MIN_PRICE, MAX_PRICE = 1, 10_000_000
+MAX_BAD_ROWS = 20
+FIELDS = ("orig_code", "dest_code", "day", "price")
+CSV_HEADER = ",".join(FIELDS).encode()
+# A line or JSON element longer than this is malformed; the cap keeps memory bounded.
+MAX_RECORD_BYTES = 64 * 1024
+# Upper bound on the bytes one gzip step may produce, against decompression bombs.
+MAX_INFLATE_BYTES = 1 << 20
+_DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+_KNOWN_DAYS_CAP = 100_000
+
+
+class FileRejected(PermanentError):
+    """The object is invalid or gone: retrying the same object cannot help."""
+
+    def __init__(self, message: str, bad_rows: list[dict] | None = None):
+        super().__init__(message)
+        self.bad_rows = bad_rows or []
+
+
+class InvalidFile(FileRejected):
+    """The file's content breaks the format or the validation rules."""
+
+
+@dataclass(frozen=True)
+class Format:
+    kind: str  # "csv", "json" or "ndjson"
+    gzip: bool
+
+    @property
+    def position(self) -> str:
+        """What a bad row's position counts: lines, or elements of the JSON array."""
+        return "element" if self.kind == "json" else "line"
+
+
+_EXTENSIONS = {".csv": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+
+
+def detect(key: str) -> Format:
+    """The format that the key's extension promises (case-insensitive)."""
+    name = key.rsplit("/", 1)[-1].lower()
+    compressed = name.endswith(".gz")
+    if compressed:
+        name = name[:-3]
+    for extension, kind in _EXTENSIONS.items():
+        if name.endswith(extension):
+            return Format(kind, compressed)
+    known = ", ".join(sorted(_EXTENSIONS)) + " (each optionally + .gz)"
+    raise InvalidFile(f"unknown file extension in key {key!r}; expected one of {known}")
+
+
+def decoded(chunks: Iterable[bytes], fmt: Format) -> Iterator[bytes]:
+    """The file's bytes, gunzipped if the extension says so, checked against the content."""
+    chunks = iter(chunks)
+    first = next((c for c in chunks if c), b"")
+    if not first:
+        raise InvalidFile("the object is empty (0 bytes)")
+    looks_gzip = first[:2] == b"\x1f\x8b"
+    if fmt.gzip and not looks_gzip:
+        raise InvalidFile("the key ends in .gz but the content is not gzip-compressed")
+    if looks_gzip and not fmt.gzip:
+        raise InvalidFile("the content is gzip-compressed but the key does not end in .gz")
+    stream = _prepend(first, chunks)
+    return gunzip(stream) if fmt.gzip else stream
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
+def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Inflate a (possibly multi-member) gzip stream in bounded steps."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        for data in chunks:
+            while True:
+                out = inflater.decompress(data, MAX_INFLATE_BYTES)
+                if out:
+                    yield out
+                if inflater.eof:
+                    # Concatenated gzip members are one valid file (gzip -c a b > c).
+                    data = inflater.unused_data
+                    if not data:
+                        break
+                    inflater = zlib.decompressobj(wbits=31)
+                    continue
+                data = inflater.unconsumed_tail
+                # A full step may leave output inside zlib even when all input is used.
+                if not data and len(out) < MAX_INFLATE_BYTES:
+                    break
+        if not inflater.eof:
+            raise InvalidFile("the gzip stream is truncated (it ends before its end marker)")
+    except zlib.error as exc:
+        raise InvalidFile(f"the content is not valid gzip: {exc}") from None
+
+
+class Problems:
+    """The first offending rows of a file, with their positions."""
+
+    def __init__(self, position: str, limit: int = MAX_BAD_ROWS):
+        self.position = position
+        self.limit = limit
+        self.rows: list[dict] = []
+
+    def add(self, where: int, error: str, text: bytes | str | None) -> None:
+        if len(self.rows) < self.limit:
+            if isinstance(text, bytes):
+                text = text.decode("utf-8", "backslashreplace")
+            self.rows.append({self.position: where, "error": error, "text": (text or "")[:200]})
+
+    @property
+    def full(self) -> bool:
+        return len(self.rows) >= self.limit
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def raise_if_any(self, stopped_early: bool) -> None:
+        if not self.rows:
+            return
+        first = self.rows[0]
+        count = f"at least {len(self.rows)}" if stopped_early else str(len(self.rows))
+        raise InvalidFile(f"{count} invalid row(s); the first at {self.position} "
+                          f"{first[self.position]}: {first['error']}", self.rows)
+
+
+class Rules:
+    """The checks every row must pass, whatever the format."""
+
+    def __init__(self, known_codes: Iterable[str]):
+        self.codes = frozenset(known_codes)
+        self.code_bytes = frozenset(c.encode() for c in self.codes)
+        # Days repeat across rows: a set of days already seen to be valid saves a parse.
+        self.day_bytes: set[bytes] = set()
+
+    def day_ok(self, day: str) -> bool:
+        if not _DATE_SHAPE.match(day):
+            return False
+        try:
+            datetime.date.fromisoformat(day)
+        except ValueError:
+            return False
+        if len(self.day_bytes) >= _KNOWN_DAYS_CAP:
+            self.day_bytes.clear()
+        self.day_bytes.add(day.encode())
+        return True
+
+    def error(self, orig, dest, day, price) -> str | None:
+        """Why a row's four values are invalid, or None. Values are as parsed (str/int)."""
+        for name, code in (("orig_code", orig), ("dest_code", dest)):
+            if not isinstance(code, str):
+                return f"{name} must be a string"
+            if code not in self.codes:
+                return f"unknown port code {code!r} in {name}"
+        if not isinstance(day, str) or not self.day_ok(day):
+            return f"day must be a date written YYYY-MM-DD, got {day!r}"
+        if isinstance(price, str):
+            if not (price.isascii() and price.isdigit()):
+                return f"price must be a whole number, got {price!r}"
+            price = int(price)
+        if isinstance(price, bool) or not isinstance(price, int):
+            return f"price must be a whole number, got {price!r}"
+        if not MIN_PRICE <= price <= MAX_PRICE:
+            return f"price must be between {MIN_PRICE} and {MAX_PRICE}, got {price}"
+        return None
+
+
+def _csv_field(value: str) -> str:
+    # Port codes come from the ports table and could, in principle, need quoting.
+    if any(c in value for c in ',"\r\n') or value in ("", r"\."):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+class Parser:
+    """Base of the three parsers: counts rows, collects problems, tags rows with source_id."""
+
+    def __init__(self, fmt: Format, rules: Rules, source_id: int):
+        self.fmt = fmt
+        self.rules = rules
+        self.rows = 0
+        self.problems = Problems(fmt.position)
+        self.suffix = f",{int(source_id)}\n"
+        self.suffix_bytes = self.suffix.encode()
+
+    def copy_chunks(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """CSV chunks for COPY; raises InvalidFile (after the last chunk) if the file is bad."""
+        for out in self._parse(decoded(chunks, self.fmt)):
+            if out and not self.problems:
+                yield out
+            if self.problems.full:
+                break
+        self.problems.raise_if_any(stopped_early=self.problems.full)
+        if self.rows == 0:
+            raise InvalidFile("the file has no price rows")
+
+    def _parse(self, data: Iterator[bytes]) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def _object_line(self, where: int, obj, text) -> str | None:
+        """The COPY line for one JSON object, or None after recording why it is invalid."""
+        if not isinstance(obj, dict):
+            self.problems.add(where, "expected a JSON object", text)
+            return None
+        if obj.keys() != set(FIELDS):
+            missing = [f for f in FIELDS if f not in obj]
+            extra = sorted(k for k in obj if k not in FIELDS)
+            self.problems.add(where, f"expected exactly the keys {', '.join(FIELDS)}; "
+                                     f"missing {missing}, unexpected {extra}", text)
+            return None
+        orig, dest, day, price = (obj[f] for f in FIELDS)
+        error = self.rules.error(orig, dest, day, price)
+        if error:
+            self.problems.add(where, error, text)
+            return None
+        return f"{_csv_field(orig)},{_csv_field(dest)},{day},{int(price)}"
+
+    def _lines_out(self, lines: list[str]) -> bytes:
+        self.rows += len(lines)
+        return (self.suffix.join(lines) + self.suffix).encode() if lines else b""
+
+
+def parser_for(fmt: Format, rules: Rules, source_id: int) -> Parser:
+    return {"csv": CsvParser, "json": JsonArrayParser, "ndjson": NdjsonParser}[fmt.kind](fmt, rules, source_id)
+
+
+def _complete_lines(data: Iterator[bytes], problems: Problems) -> Iterator[tuple[int, bytes]]:
+    """(number of the first line, bytes of whole lines ending in \\n), chunk by chunk."""
+    pending = b""
+    line_no = 1
+    for chunk in data:
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1
+        if not cut:
+            if len(pending) > MAX_RECORD_BYTES:
+                problems.add(line_no, f"line longer than {MAX_RECORD_BYTES} bytes", pending[:200])
+                return
+            continue
+        body, pending = pending[:cut], pending[cut:]
+        yield line_no, body
+        line_no += body.count(b"\n")
+    if pending:
+        yield line_no, pending + b"\n"
+
+
+class CsvParser(Parser):
+    """CSV with the header orig_code,dest_code,day,price (UTF-8, an optional BOM, LF or CRLF).
+
+    Most lines take a fast path that checks the raw bytes and passes them through; a line
+    that fails it is parsed properly (quoting, UTF-8) to accept it or say what is wrong.
+    """
+
+    def _parse(self, data: Iterator[bytes]) -> Iterator[bytes]:
+        header_seen = False
+        for first_no, body in _complete_lines(data, self.problems):
+            if b"\r" in body:
+                body = body.replace(b"\r\n", b"\n")
+            lines = body.split(b"\n")
+            lines.pop()
+            if not header_seen:
+                header_seen = True
+                if not self._header_ok(lines[0]):
+                    return
+                del lines[0]
+                first_no += 1
+            yield self._chunk(lines, first_no)
+
+    def _header_ok(self, line: bytes) -> bool:
+        if line.removeprefix(codecs.BOM_UTF8) == CSV_HEADER:
+            return True
+        self.problems.add(1, f"the first line must be the header {CSV_HEADER.decode()}", line)
+        return False
+
+    def _chunk(self, lines: list[bytes], first_no: int) -> bytes:
+        bad = self._first_bad(lines, 0)
+        if bad < 0:
+            self.rows += len(lines)
+            return self.suffix_bytes.join(lines) + self.suffix_bytes if lines else b""
+        kept = lines[:bad]
+        while bad >= 0 and not self.problems.full:
+            line = self._slow_line(first_no + bad, lines[bad])
+            if line is not None:
+                kept.append(line)
+            after = self._first_bad(lines, bad + 1)
+            kept.extend(lines[bad + 1:] if after < 0 else lines[bad + 1:after])
+            bad = after
+        self.rows += len(kept)
+        return self.suffix_bytes.join(kept) + self.suffix_bytes if kept else b""
+
+    def _first_bad(self, lines: list[bytes], start: int) -> int:
+        """Index of the first line that is not plainly valid, or -1. The hot loop."""
+        codes, days = self.rules.code_bytes, self.rules.day_bytes
+        for i in range(start, len(lines)):
+            fields = lines[i].split(b",")
+            if len(fields) != 4 or fields[0] not in codes or fields[1] not in codes or fields[2] not in days:
+                return i
+            price = fields[3]
+            # Same-length digit strings compare like numbers; a leading 0 goes the slow way.
+            if not (price.isdigit() and price[0] != 48
+                    and (len(price) < 8 or (len(price) == 8 and price <= b"10000000"))):
+                return i
+        return -1
+
+    def _slow_line(self, line_no: int, line: bytes) -> bytes | None:
+        """The canonical COPY line, or None for a blank line or after recording a problem."""
+        if not line.strip():
+            return None
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.problems.add(line_no, f"not valid UTF-8 (byte {line[exc.start]:#04x} at column {exc.start + 1})", line)
+            return None
+        try:
+            fields = next(csv.reader([text], strict=True)) if '"' in text else text.split(",")
+        except csv.Error as exc:
+            self.problems.add(line_no, f"malformed CSV: {exc}", line)
+            return None
+        if len(fields) != len(FIELDS):
+            self.problems.add(line_no, f"expected {len(FIELDS)} fields ({','.join(FIELDS)}), got {len(fields)}", line)
+            return None
+        error = self.rules.error(*fields)
+        if error:
+            self.problems.add(line_no, error, line)
+            return None
+        orig, dest, day, price = fields
+        return f"{_csv_field(orig)},{_csv_field(dest)},{day},{int(price)}".encode()
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+class JsonArrayParser(Parser):
+    """A JSON array of objects, decoded element by element with bounded lookahead."""
+
+    def _parse(self, data: Iterator[bytes]) -> Iterator[bytes]:
+        utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._text, self._pos, self._state, self._index = "", 0, "open", 0
+        self._decode = json.JSONDecoder().raw_decode
+        try:
+            for chunk in data:
+                self._text = self._text[self._pos:] + utf8.decode(chunk)
+                self._pos = 0
+                yield self._lines_out(self._scan(final=False))
+                if self._state == "broken":
+                    return
+            self._text = self._text[self._pos:] + utf8.decode(b"", final=True)
+            self._pos = 0
+        except UnicodeDecodeError as exc:
+            self.problems.add(self._index, f"not valid UTF-8 ({exc.reason})", None)
+            return
+        yield self._lines_out(self._scan(final=True))
+        if self._state not in ("done", "broken"):
+            self.problems.add(self._index, "the JSON array is not closed (truncated file?)", self._text[-200:])
+
+    def _scan(self, final: bool) -> list[str]:
+        """Consume whole elements from the buffer; returns their COPY lines."""
+        out, text = [], self._text
+        while self._state != "broken":
+            pos = _WHITESPACE.match(text, self._pos).end()
+            if self._state == "open" and text.startswith("\ufeff", pos):
+                pos += 1
+            self._pos = pos
+            if pos >= len(text):
+                return out
+            if self._state == "value":
+                if not self._value(text, final, out):
+                    return out
+                continue
+            self._punctuation(text[pos])
+        return out
+
+    _TRANSITIONS = {("open", "["): "first", ("first", "]"): "done", ("sep", ","): "value", ("sep", "]"): "done"}
+    _EXPECTED = {"open": "'['", "sep": "',' or ']'", "done": "the end of the file"}
+
+    def _punctuation(self, char: str) -> None:
+        if self._state == "first" and char != "]":
+            self._state = "value"
+            return
+        after = self._TRANSITIONS.get((self._state, char))
+        if after is None:
+            self.problems.add(self._index, f"malformed JSON array: expected {self._EXPECTED[self._state]}, "
+                                           f"got {char!r}", self._text[self._pos:self._pos + 200])
+            self._state = "broken"
+            return
+        self._pos += 1
+        self._state = after
+
+    def _value(self, text: str, final: bool, out: list[str]) -> bool:
+        """Decode one element; False when the buffer holds only part of it."""
+        try:
+            obj, end = self._decode(text, self._pos)
+        except json.JSONDecodeError as exc:
+            if not final and len(text) - self._pos < MAX_RECORD_BYTES:
+                return False
+            self.problems.add(self._index, f"malformed JSON: {exc.msg}", text[self._pos:self._pos + 200])
+            self._state = "broken"
+            return False
+        line = self._object_line(self._index, obj, text[self._pos:end])
+        if line is not None:
+            out.append(line)
+        self._index += 1
+        self._pos, self._state = end, "sep"
+        return not self.problems.full
+
+
+class NdjsonParser(Parser):
+    """One JSON object per line (.ndjson, .jsonl); blank lines are ignored."""
+
+    def _parse(self, data: Iterator[bytes]) -> Iterator[bytes]:
+        for first_no, body in _complete_lines(data, self.problems):
+            out = []
+            for offset, raw in enumerate(body.split(b"\n")[:-1]):
+                line = self._line(first_no + offset, raw)
+                if line is not None:
+                    out.append(line)
+                if self.problems.full:
+                    break
+            yield self._lines_out(out)
+
+    def _line(self, line_no: int, raw: bytes) -> str | None:
+        if line_no == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        if not raw.strip():
+            return None
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            self.problems.add(line_no, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})", raw)
+            return None
+        except json.JSONDecodeError as exc:
+            self.problems.add(line_no, f"malformed JSON: {exc.msg}", raw)
+            return None
+        return self._object_line(line_no, obj, raw)

@@ -1,0 +1,92 @@
+"""One run of the job, from settings to exit code.
+
+Exit codes (the Helm chart's podFailurePolicy and the controller rely on them):
+  0  loaded, or nothing to do (already loaded, or an older version than the one loaded)
+  2  the file itself is invalid or gone: retrying cannot help
+  1  anything else; it may pass on retry (S3 or the database unavailable, timeouts)
+"""
+
+import signal
+import time
+
+from rates_core import db
+from rates_core.errors import PermanentError, TemporaryError
+from rates_core.logs import get_logger
+
+from . import formats, loader, s3source
+from .runs import Outcome, RunLog
+from .settings import Settings
+
+EXIT_OK, EXIT_RETRY, EXIT_REJECTED = 0, 1, 2
+log = get_logger("rates_ingest")
+
+
+def run(settings: Settings, s3=None) -> int:
+    ref = s3source.ObjectRef(settings.bucket, settings.key, settings.version_id)
+    bound = log.bind(bucket=ref.bucket, key=ref.key, version_id=ref.version_id)
+    started = time.monotonic()
+    try:
+        runs = RunLog(settings.database_url)
+        run_id = runs.start(ref)
+    except (TemporaryError, PermanentError) as exc:
+        # Nowhere to record it: the log line is the only trace. A retry may find the database.
+        bound.error("ingest failed before it could be recorded", error=str(exc))
+        return EXIT_RETRY
+    bound = bound.bind(run_id=run_id)
+    seen: dict = {}
+    try:
+        outcome = _ingest(settings, ref, s3, bound, seen)
+    except BaseException as exc:  # noqa: BLE001 - every ending is recorded, then mapped to an exit code
+        outcome = _failure(exc)
+        outcome.info = seen.get("info")
+        outcome.bytes = seen["download"].bytes if "download" in seen else None
+    recorded = runs.finish(run_id, outcome)
+    runs.close()
+    code = _exit_code(outcome)
+    level = bound.info if code == EXIT_OK else bound.error
+    level("ingest finished", status=outcome.status, rows=outcome.rows, bytes=outcome.bytes,
+          error=outcome.error, recorded=recorded, exit_code=code,
+          duration_s=round(time.monotonic() - started, 3))
+    return code
+
+
+def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict) -> Outcome:
+    """Load the object; ``seen`` keeps what is known so far for the record of a failure."""
+    fmt = formats.detect(ref.key)
+    s3 = s3 or s3source.client()
+    info = seen["info"] = s3source.head(s3, ref)
+    log.info("ingest started", etag=info.etag, object_version=info.version_id, size=info.size, format=fmt.kind,
+             gzip=fmt.gzip)
+    conn = db.connect(settings.database_url, application_name=loader.APPLICATION_NAME)
+    try:
+        download = seen["download"] = s3source.Download(s3, ref, info)
+        return loader.load(conn, ref, download, fmt, log)
+    finally:
+        conn.close()
+
+
+def _failure(exc: BaseException) -> Outcome:
+    if isinstance(exc, formats.FileRejected):
+        return Outcome("rejected", error=str(exc), bad_rows=exc.bad_rows)
+    if isinstance(exc, PermanentError) and (getattr(exc, "pgcode", None) or "")[:2] == "22":
+        # A data exception from COPY: the file's content got past validation but not past the server.
+        return Outcome("rejected", error=str(exc))
+    log.debug("ingest error", exc_info=exc)
+    return Outcome("failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _exit_code(outcome: Outcome) -> int:
+    if outcome.status == "rejected":
+        return EXIT_REJECTED
+    if outcome.status == "failed":
+        return EXIT_RETRY
+    return EXIT_OK
+
+
+def _terminated(signum, _frame):
+    # Kubernetes sends SIGTERM at the Job's deadline: fail the run cleanly (rollback, record).
+    raise TemporaryError(f"terminated by signal {signum}")
+
+
+def install_signal_handlers() -> None:
+    signal.signal(signal.SIGTERM, _terminated)

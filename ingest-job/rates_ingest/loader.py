@@ -1,0 +1,113 @@
+"""The load transaction: lock the key, decide, replace the key's earlier rows, COPY.
+
+Everything happens in one transaction, so a file's rows (and the derived totals that
+the triggers on prices keep) appear all at once or not at all.
+"""
+
+from typing import Iterator
+
+import psycopg2
+
+from rates_core import db
+
+from . import formats
+from .runs import Outcome
+from .s3source import CHUNK_BYTES, Download, ObjectRef
+
+APPLICATION_NAME = "rates-ingest"
+COPY_SQL = "COPY prices (orig_code, dest_code, day, price, source_id) FROM STDIN (FORMAT csv)"
+
+
+class CopyStream:
+    """A file-like object for copy_expert whose read() returns the next validated chunk."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            for chunk in self._chunks:
+                if chunk:  # an empty chunk would tell psycopg2 the data has ended
+                    return chunk
+            return b""
+        except BaseException as exc:
+            # psycopg2 aborts the COPY but reports only "error in .read() call"; keep the cause.
+            self.error = exc
+            raise
+
+
+def load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log) -> Outcome:
+    """Run the whole load in one transaction on ``conn``; roll back on any error."""
+    try:
+        with db.classified():
+            outcome = _load(conn, ref, download, fmt, log)
+            conn.commit()
+            return outcome
+    finally:
+        if not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                pass
+
+
+def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log) -> Outcome:
+    info = download.info
+    with conn.cursor() as cur:
+        # Taken before looking: of two runs for one key, the second waits, then sees the first's rows.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{ref.bucket}/{ref.key}",))
+        skipped = _skip(cur, ref, download)
+        if skipped:
+            return skipped
+        replaced = _retire_current(cur, ref)
+        cur.execute("""INSERT INTO ingest_files (bucket, key, version, last_modified, rows, bytes)
+                       VALUES (%s, %s, %s, %s, 0, 0) RETURNING id""",
+                    (ref.bucket, ref.key, info.identity, info.last_modified))
+        file_id = cur.fetchone()[0]
+        cur.execute("SELECT code FROM ports")
+        rules = formats.Rules(code for (code,) in cur)
+        parser = formats.parser_for(fmt, rules, file_id)
+        stream = CopyStream(parser.copy_chunks(download.chunks()))
+        try:
+            cur.copy_expert(COPY_SQL, stream, size=CHUNK_BYTES)
+        except psycopg2.Error:
+            if stream.error is not None:
+                raise stream.error from None
+            raise
+        cur.execute("UPDATE ingest_files SET rows = %s, bytes = %s WHERE id = %s",
+                    (parser.rows, download.bytes, file_id))
+    log.info("file copied", file_id=file_id, rows=parser.rows, bytes=download.bytes, replaced=replaced)
+    return Outcome("loaded", rows=parser.rows, bytes=download.bytes, file_id=file_id, info=info)
+
+
+def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
+    """An outcome if this object needs no load: loaded before, or older than what is loaded."""
+    info = download.info
+    cur.execute("""SELECT id, rows, bytes, replaced_at IS NULL FROM ingest_files
+                   WHERE bucket = %s AND key = %s AND version = %s""", (ref.bucket, ref.key, info.identity))
+    found = cur.fetchone()
+    if found:
+        file_id, rows, size, current = found
+        return Outcome("already_loaded" if current else "superseded", rows=rows, bytes=size,
+                       file_id=file_id, info=info)
+    cur.execute("""SELECT id FROM ingest_files
+                   WHERE bucket = %s AND key = %s AND replaced_at IS NULL AND last_modified > %s""",
+                (ref.bucket, ref.key, info.last_modified))
+    newer = cur.fetchone()
+    if newer:
+        # An event for an older version arrived after a newer version was loaded.
+        return Outcome("superseded", file_id=newer[0], info=info,
+                       error="a newer version of this key is already loaded")
+    return None
+
+
+def _retire_current(cur, ref: ObjectRef) -> dict | None:
+    """Delete the prices of the key's current file (the triggers adjust the totals)."""
+    cur.execute("""UPDATE ingest_files SET replaced_at = now()
+                   WHERE bucket = %s AND key = %s AND replaced_at IS NULL RETURNING id""", (ref.bucket, ref.key))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    cur.execute("DELETE FROM prices WHERE source_id = %s", (row[0],))
+    return {"file_id": row[0], "rows": cur.rowcount}

@@ -1,0 +1,108 @@
+"""The uploaded object in S3: its identity and its bytes, streamed.
+
+botocore errors are mapped here, once, to FileRejected (the object is gone) or
+TemporaryError (S3 unreachable, throttled, timed out): nothing else sees botocore.
+"""
+
+import datetime
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from rates_core.errors import TemporaryError
+
+from .formats import FileRejected
+
+CHUNK_BYTES = 1 << 20
+# Error codes that mean the object (or its version, or its bucket) is not there and
+# will not appear by retrying: a new upload arrives as a new event and a new run.
+_GONE = {"404", "NoSuchKey", "NoSuchVersion", "NoSuchBucket", "405", "MethodNotAllowed",
+         "InvalidArgument", "InvalidObjectState"}
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    bucket: str
+    key: str
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    version_id: str | None
+    etag: str
+    size: int
+    last_modified: datetime.datetime
+
+    @property
+    def versioned(self) -> bool:
+        # "null" is the version of an object written before versioning was enabled;
+        # it can be overwritten, so it does not identify content.
+        return self.version_id not in (None, "null")
+
+    @property
+    def identity(self) -> str:
+        """What makes two runs "the same file": the version id, else ETag and upload time.
+
+        The upload time is part of it so that re-uploading the same bytes to an
+        unversioned key (after a different upload) counts as a new file again.
+        """
+        if self.versioned:
+            return self.version_id
+        return f"{self.etag}@{self.last_modified.isoformat()}"
+
+
+def client():
+    """An S3 client from boto3's standard chain; AWS_ENDPOINT_URL(_S3) selects a local S3."""
+    config = Config(connect_timeout=10, read_timeout=60, retries={"mode": "standard", "max_attempts": 5})
+    return boto3.client("s3", config=config)
+
+
+@contextmanager
+def mapped_errors(ref: ObjectRef) -> Iterator[None]:
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        where = f"s3://{ref.bucket}/{ref.key}" + (f" (version {ref.version_id})" if ref.version_id else "")
+        if code in _GONE or status == 404:
+            raise FileRejected(f"{where} is gone: {code or status}") from exc
+        raise TemporaryError(f"S3 error for {where}: {code or status}: {exc}") from exc
+    except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        # Connection refused/reset, timeouts, a stream cut short: all worth a retry.
+        raise TemporaryError(f"S3 unavailable: {type(exc).__name__}: {exc}") from exc
+
+
+def head(s3, ref: ObjectRef) -> ObjectInfo:
+    kwargs = {"VersionId": ref.version_id} if ref.version_id else {}
+    with mapped_errors(ref):
+        response = s3.head_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
+    return ObjectInfo(version_id=response.get("VersionId"), etag=response["ETag"],
+                      size=response["ContentLength"], last_modified=response["LastModified"])
+
+
+class Download:
+    """The bytes of exactly the version that ``head`` saw, in chunks; counts them."""
+
+    def __init__(self, s3, ref: ObjectRef, info: ObjectInfo):
+        self.s3, self.ref, self.info = s3, ref, info
+        self.bytes = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        # IfMatch pins an unversioned object: if it was overwritten since head(), S3
+        # answers 412 and a retry sees the new one (a new upload also has its own event).
+        pin = {"VersionId": self.info.version_id} if self.info.versioned else {"IfMatch": self.info.etag}
+        with mapped_errors(self.ref):
+            body = self.s3.get_object(Bucket=self.ref.bucket, Key=self.ref.key, **pin)["Body"]
+        try:
+            with mapped_errors(self.ref):
+                for chunk in body.iter_chunks(CHUNK_BYTES):
+                    self.bytes += len(chunk)
+                    yield chunk
+        finally:
+            body.close()

@@ -1,0 +1,38 @@
+"""Configuration from the environment; command-line options override the object's address.
+
+DATABASE_URL    PostgreSQL DSN (required).
+S3_BUCKET       bucket of the object to load, when --bucket is not given.
+S3_OBJECT_KEY   key of the object (decoded, not URL-encoded), when --key is not given.
+S3_VERSION_ID   version to load (optional); without it, the latest version.
+LOG_LEVEL       DEBUG, INFO (default), WARNING or ERROR.
+AWS settings come from boto3's standard chain (AWS_REGION, AWS_ACCESS_KEY_ID, web
+identity, instance roles, ...); AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3 point it at a
+local S3 such as moto_server.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from rates_core.env import env_str
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    bucket: str
+    key: str
+    version_id: str | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, bucket: str | None = None,
+                 key: str | None = None, version_id: str | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        return cls(
+            database_url=env_str("DATABASE_URL", environ=environ),
+            bucket=bucket or env_str("S3_BUCKET", environ=environ),
+            key=key or env_str("S3_OBJECT_KEY", environ=environ),
+            version_id=version_id or environ.get("S3_VERSION_ID") or None,
+            log_level=env_str("LOG_LEVEL", "INFO", environ=environ),
+        )
