@@ -1,4 +1,4 @@
-pytest_plugins = ["tests.support.db"]
+pytest_plugins = ["tests.support.db", "tests.support.aws"]
 
 import pytest
 

@@ -1,0 +1,22 @@
+"""Loading valid files: every format, with and without gzip, keys of every shape."""
+
+import pytest
+
+from tests.ingest.conftest import ROWS, as_tuples, encode, expected_totals, last_run, prices, run_job, totals
+
+
+@pytest.mark.parametrize("extension", ["csv", "json", "ndjson", "jsonl",
+                                       "csv.gz", "json.gz", "ndjson.gz", "jsonl.gz"])
+def test_each_format_loads(db, s3, extension):
+    dsn, conn = db
+    body = encode(extension, ROWS)
+    s3.put(f"prices.{extension}", body)
+
+    assert run_job(dsn, s3.name, f"prices.{extension}") == 0
+
+    assert prices(conn) == as_tuples(ROWS)
+    assert totals(conn) == expected_totals(ROWS)
+    run = last_run(conn)
+    assert run["status"] == "loaded"
+    assert (run["rows"], run["bytes"]) == (len(ROWS), len(body))
+    assert run["etag"] and run["finished_at"] >= run["started_at"] and run["error"] is None

@@ -1,0 +1,114 @@
+"""A real S3/SQS endpoint for tests: one moto_server per session, fresh names per test.
+
+The session's environment gets fake credentials, a region and AWS_ENDPOINT_URL, so that
+every boto3 client (in this process and in subprocesses that inherit the environment)
+talks to moto and never to AWS.
+"""
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+import boto3
+import pytest
+
+_names = itertools.count()
+
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    # Keep a developer's own profile and config out of the tests.
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_moto(port: int | None = None, log_path=None) -> tuple[subprocess.Popen, str]:
+    """Start moto_server on 127.0.0.1; return the process and its endpoint URL once it answers."""
+    port = port or free_port()
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("moto_server did not start within 30 s")
+
+
+def stop_moto(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory):
+    """URL of a moto_server started for this session; the environment points boto3 at it."""
+    process, url = start_moto(log_path=tmp_path_factory.mktemp("moto") / "moto.log")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in FAKE_AWS_ENV.items():
+            mp.setenv(name, value)
+        mp.setenv("AWS_ENDPOINT_URL", url)
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SQS"):
+            mp.delenv(name, raising=False)
+        yield url
+    stop_moto(process)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{next(_names)}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Bucket:
+    """A fresh bucket and a client for it."""
+
+    client: object
+    name: str
+
+    def put(self, key: str, body: bytes | str) -> dict:
+        """Upload; returns the response (with VersionId when versioning is on)."""
+        if isinstance(body, str):
+            body = body.encode()
+        return self.client.put_object(Bucket=self.name, Key=key, Body=body)
+
+    def enable_versioning(self) -> None:
+        self.client.put_bucket_versioning(Bucket=self.name, VersioningConfiguration={"Status": "Enabled"})
+
+
+@pytest.fixture
+def s3(moto_endpoint) -> Bucket:
+    client = boto3.client("s3", endpoint_url=moto_endpoint)
+    bucket = Bucket(client, unique_name("test"))
+    client.create_bucket(Bucket=bucket.name)
+    return bucket
+
+
+@pytest.fixture
+def sqs(moto_endpoint):
+    """An SQS client on moto (create queues with unique_name() to keep tests apart)."""
+    return boto3.client("sqs", endpoint_url=moto_endpoint)
