@@ -414,7 +414,9 @@ class JsonArrayParser(Parser):
         except json.JSONDecodeError as exc:
             if not final and len(text) - self._pos < MAX_RECORD_BYTES:
                 return False
-            self.problems.add(self._index, f"malformed JSON: {exc.msg}", text[self._pos:self._pos + 200])
+            ended = exc.pos >= len(text.rstrip())
+            error = "the file ends inside this element (truncated?)" if ended else f"malformed JSON: {exc.msg}"
+            self.problems.add(self._index, error, text[self._pos:self._pos + 200])
             self._state = "broken"
             return False
         line = self._object_line(self._index, obj, text[self._pos:end])

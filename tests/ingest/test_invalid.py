@@ -1,0 +1,105 @@
+"""Invalid files load nothing, exit 2 and leave a 'rejected' record that says why and where."""
+
+import gzip
+import json
+
+import pytest
+
+from tests.ingest.conftest import ROWS, as_csv, as_json, as_ndjson, last_run, prices, run_job
+from tests.support.world import insert_prices
+
+GOOD = as_csv(ROWS)
+
+CASES = {
+    # name: (key, body, expected error fragment, position of the first bad row)
+    "unknown port": ("p.csv", as_csv([ROWS[0], ("XXXXX", "NLRTM", "2016-01-01", 5)]), "unknown port code 'XXXXX'", 3),
+    "bad date": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-02-30", 5)]), "day must be a date", 2),
+    "date shape": ("p.csv", as_csv([("CNSHA", "NLRTM", "1/2/2016", 5)]), "day must be a date", 2),
+    "negative price": ("p.csv", as_csv([ROWS[0], ROWS[1], ("CNSHA", "NLRTM", "2016-01-01", -5)]), "whole number", 4),
+    "zero price": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-01-01", 0)]), "between 1 and 10000000", 2),
+    "price too high": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-01-01", 10_000_001)]), "between 1 and", 2),
+    "fractional price": ("p.ndjson", b'{"orig_code":"CNSHA","dest_code":"NLRTM","day":"2016-01-01","price":1.5}\n',
+                         "whole number", 1),
+    "missing column in header": ("p.csv", as_csv([r[:3] for r in ROWS], header="orig_code,dest_code,day"),
+                                 "header", 1),
+    "missing column in a row": ("p.csv", GOOD + b"CNSHA,NLRTM,2016-01-01\n", "expected 4 fields", len(ROWS) + 2),
+    "extra column in a row": ("p.csv", GOOD + b"CNSHA,NLRTM,2016-01-01,5,6\n", "expected 4 fields", len(ROWS) + 2),
+    "extra key in JSON": ("p.json", json.dumps([{"orig_code": "CNSHA", "dest_code": "NLRTM", "day": "2016-01-01",
+                                                  "price": 5, "currency": "USD"}]).encode(), "unexpected ['currency']", 0),
+    "missing key in NDJSON": ("p.ndjson", as_ndjson(ROWS) + b'{"orig_code":"CNSHA","day":"2016-01-01","price":5}\n',
+                              "missing ['dest_code']", len(ROWS) + 1),
+    "truncated gzip": ("p.csv.gz", gzip.compress(GOOD)[:-12], "truncated", None),
+    "not gzip though .gz": ("p.csv.gz", GOOD, "not gzip-compressed", None),
+    "gzip though not .gz": ("p.csv", gzip.compress(GOOD), "does not end in .gz", None),
+    "0-byte object": ("p.csv", b"", "empty (0 bytes)", None),
+    "empty file (gzip of nothing)": ("p.csv.gz", gzip.compress(b""), "no price rows", None),
+    "empty JSON array": ("p.json", b"[]", "no price rows", None),
+    "header only": ("p.csv", b"orig_code,dest_code,day,price\n", "no price rows", None),
+    "non-UTF-8 CSV": ("p.csv", GOOD + "CNSHA,NLRTM,2016-01-01,5,caf\xe9\n".encode("latin-1"), "not valid UTF-8",
+                      len(ROWS) + 2),
+    "non-UTF-8 JSON": ("p.json", '[{"orig_code": "CNSHA", "dest_code": "caf\xe9"}]'.encode("latin-1"),
+                       "not valid UTF-8", 0),
+    "JSON that is not an array": ("p.json", b'{"orig_code": "CNSHA"}', "expected '['", 0),
+    "truncated JSON array": ("p.json", as_json(ROWS)[:-20], "truncated", 3),
+    "unclosed JSON array": ("p.json", as_json(ROWS)[:-1], "not closed", 4),
+    "malformed NDJSON line": ("p.ndjson", as_ndjson(ROWS) + b'{"orig_code": \n', "malformed JSON", len(ROWS) + 1),
+    "unknown extension": ("p.xlsx", GOOD, "unknown file extension", None),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_invalid_file_loads_nothing(db, s3, case):
+    dsn, conn = db
+    insert_prices(conn, [("CNSHA", "NLRTM", "2015-12-31", 777)])  # rows from before ingestion stay
+    key, body, message, position = CASES[case]
+    s3.put(key, body)
+
+    assert run_job(dsn, s3.name, key) == 2
+
+    assert prices(conn) == [("CNSHA", "NLRTM", "2015-12-31", 777)]
+    run = last_run(conn)
+    assert run["status"] == "rejected" and run["finished_at"] is not None
+    assert message in run["error"]
+    if position is not None:
+        where = "element" if key.endswith(".json") else "line"
+        assert run["bad_rows"][0][where] == position, run["bad_rows"]
+        assert message in run["bad_rows"][0]["error"]
+
+
+def test_only_the_first_twenty_bad_rows_are_listed(db, s3):
+    dsn, conn = db
+    bad = [("CNSHA", "NLRTM", "2016-01-01", -i) for i in range(1, 50)]
+    s3.put("p.csv", as_csv(ROWS + bad))
+
+    assert run_job(dsn, s3.name, "p.csv") == 2
+
+    run = last_run(conn)
+    assert [r["line"] for r in run["bad_rows"]] == list(range(len(ROWS) + 2, len(ROWS) + 22))
+    assert run["bad_rows"][0]["text"] == "CNSHA,NLRTM,2016-01-01,-1"
+    assert run["error"].startswith("at least 20 invalid row(s)")
+
+
+def test_a_bad_row_after_many_good_ones_rolls_back_what_was_copied(db, s3):
+    """Tens of chunks reach COPY before the bad row; none of them is committed."""
+    dsn, conn = db
+    good = [("CNSHA", "NLRTM", f"2016-{m:02d}-{d:02d}", 100 + d) for m in range(1, 13) for d in range(1, 29)] * 300
+    body = as_csv(good) + b"CNSHA,NLRTM,2016-13-01,5\n"
+    s3.put("big.csv.gz", gzip.compress(body, compresslevel=1))
+
+    assert run_job(dsn, s3.name, "big.csv.gz") == 2
+
+    assert prices(conn) == []
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM lane_totals UNION ALL SELECT count(*) FROM ingest_files")
+        assert [n for (n,) in cur.fetchall()] == [0, 0]
+    assert last_run(conn)["bad_rows"][0]["line"] == len(good) + 2
+
+
+def test_quoted_fields_crlf_and_a_bom_are_fine(db, s3):
+    dsn, conn = db
+    body = '\ufefforig_code,dest_code,day,price\r\n"CNSHA","NLRTM","2016-01-01","1000"\r\nCNNGB,DEHAM,2016-01-02,0900\r\n'
+    s3.put("excel.csv", body.encode())
+
+    assert run_job(dsn, s3.name, "excel.csv") == 0
+
+    assert prices(conn) == [("CNNGB", "DEHAM", "2016-01-02", 900), ("CNSHA", "NLRTM", "2016-01-01", 1000)]
