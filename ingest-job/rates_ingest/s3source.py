@@ -5,6 +5,7 @@ TemporaryError (S3 unreachable, throttled, timed out): nothing else sees botocor
 """
 
 import datetime
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -58,8 +59,11 @@ class ObjectInfo:
 
 def client():
     """An S3 client from boto3's standard chain; AWS_ENDPOINT_URL(_S3) selects a local S3."""
-    config = Config(connect_timeout=10, read_timeout=60, retries={"mode": "standard", "max_attempts": 5})
-    return boto3.client("s3", config=config)
+    # Standard retries unless AWS_RETRY_MODE / AWS_MAX_ATTEMPTS say otherwise.
+    retries = {"mode": os.environ.get("AWS_RETRY_MODE", "standard")}
+    if not os.environ.get("AWS_MAX_ATTEMPTS"):
+        retries["max_attempts"] = 5
+    return boto3.client("s3", config=Config(connect_timeout=10, read_timeout=60, retries=retries))
 
 
 @contextmanager

@@ -1,0 +1,82 @@
+"""The job as Kubernetes runs it: a subprocess configured by the environment."""
+
+import json
+
+from tests.ingest.conftest import ROWS, as_csv, as_tuples, last_run, prices, run_cli
+from tests.support.aws import free_port
+
+UNREACHABLE_DB = "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2"
+
+
+def log_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_loads_from_environment_variables_with_boto3_reading_the_endpoint_itself(db, s3, moto_endpoint):
+    dsn, conn = db
+    s3.put("in/p.csv", as_csv(ROWS))
+
+    # No endpoint is passed to the job: boto3 reads AWS_ENDPOINT_URL from the environment.
+    result = run_cli(dsn, env={"S3_BUCKET": s3.name, "S3_OBJECT_KEY": "in/p.csv", "AWS_ENDPOINT_URL": moto_endpoint})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert prices(conn) == as_tuples(ROWS)
+    finished = [line for line in log_lines(result.stdout) if line["event"] == "ingest finished"]
+    assert finished and finished[0]["rows"] == len(ROWS) and finished[0]["run_id"] == last_run(conn)["id"]
+    assert {"bucket", "key", "duration_s", "timestamp"} <= finished[0].keys()
+
+
+def test_a_missing_object_exits_2(db, s3):
+    dsn, conn = db
+    result = run_cli(dsn, "--bucket", s3.name, "--key", "nothing-here.csv")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    run = last_run(conn)
+    assert run["status"] == "rejected" and "gone" in run["error"]
+
+
+def test_a_missing_version_exits_2(db, s3):
+    dsn, conn = db
+    s3.enable_versioning()
+    s3.put("p.csv", as_csv(ROWS))
+
+    result = run_cli(dsn, "--bucket", s3.name, "--key", "p.csv", "--version-id", "no-such-version")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert prices(conn) == []
+
+
+def test_an_invalid_file_exits_2(db, s3):
+    dsn, conn = db
+    s3.put("p.csv", as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)]))
+
+    result = run_cli(dsn, "--bucket", s3.name, "--key", "p.csv")
+
+    assert result.returncode == 2
+    assert last_run(conn)["bad_rows"] == [{"line": 2, "error": "unknown port code 'XXXXX' in dest_code",
+                                           "text": "CNSHA,XXXXX,2016-01-01,5"}]
+
+
+def test_an_unreachable_database_exits_1(s3):
+    s3.put("p.csv", as_csv(ROWS))
+
+    result = run_cli(UNREACHABLE_DB, "--bucket", s3.name, "--key", "p.csv")
+
+    assert result.returncode == 1
+    assert any(line["event"] == "ingest failed before it could be recorded" for line in log_lines(result.stdout))
+
+
+def test_an_unreachable_s3_exits_1_and_is_recorded(db, s3):
+    dsn, conn = db
+    result = run_cli(dsn, "--bucket", s3.name, "--key", "p.csv",
+                     env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_MAX_ATTEMPTS": "1"})
+
+    assert result.returncode == 1
+    run = last_run(conn)
+    assert run["status"] == "failed" and "S3 unavailable" in run["error"]
+
+
+def test_missing_configuration_exits_1(s3):
+    result = run_cli("", "--bucket", s3.name, "--key", "p.csv")
+    assert result.returncode == 1
+    assert "DATABASE_URL" in result.stdout

@@ -1,0 +1,106 @@
+"""Idempotence: the same object twice loads once; a new version replaces the key's rows."""
+
+import os
+import subprocess
+import sys
+
+from tests.ingest.conftest import ROWS, as_csv, as_tuples, encode, expected_totals, prices, run_job, runs, totals
+from tests.support.world import insert_prices
+
+V2_ROWS = [("CNSHA", "NLRTM", "2016-01-01", 2000), ("FRLEH", "SEGOT", "2016-01-05", 300)]
+LEGACY = [("DEHAM", "NLRTM", "2015-12-31", 50)]
+
+
+def test_loading_the_same_object_twice_loads_it_once(db, s3):
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS))
+
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    assert run_job(dsn, s3.name, "p.csv") == 0
+
+    assert prices(conn) == as_tuples(ROWS)
+    assert totals(conn) == expected_totals(ROWS)
+    first, second = runs(conn)
+    assert (first["status"], second["status"]) == ("loaded", "already_loaded")
+    assert second["file_id"] == first["file_id"] and second["rows"] == len(ROWS)
+
+
+def test_a_new_version_replaces_the_rows_of_the_old_one(db, s3):
+    dsn, conn = db
+    insert_prices(conn, LEGACY)
+    s3.enable_versioning()
+    v1 = s3.put("p.csv", as_csv(ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    v2 = s3.put("p.csv", encode("csv", V2_ROWS))["VersionId"]
+
+    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
+
+    assert prices(conn) == as_tuples(V2_ROWS + LEGACY)
+    assert totals(conn) == expected_totals(V2_ROWS + LEGACY)
+    # A late event for the first version changes nothing: the newer one stays loaded.
+    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
+    assert prices(conn) == as_tuples(V2_ROWS + LEGACY)
+    assert [(r["version_id"], r["status"]) for r in runs(conn)] == [
+        (v1, "loaded"), (v2, "loaded"), (v1, "superseded")]
+
+
+def test_an_older_version_seen_for_the_first_time_is_skipped(db, s3):
+    dsn, conn = db
+    s3.enable_versioning()
+    v1 = s3.put("p.csv", as_csv(ROWS))["VersionId"]
+    v2 = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
+    with conn.cursor() as cur:  # both uploads fell in one second (S3's resolution); make v2 clearly newer
+        cur.execute("UPDATE ingest_files SET last_modified = last_modified + interval '1 hour'")
+
+    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
+
+    assert prices(conn) == as_tuples(V2_ROWS)
+    assert runs(conn)[-1]["status"] == "superseded"
+
+
+def test_an_overwritten_unversioned_object_replaces_its_rows_and_can_come_back(db, s3):
+    dsn, conn = db
+    s3.put("p.json", encode("json", ROWS))
+    assert run_job(dsn, s3.name, "p.json") == 0
+    s3.put("p.json", encode("json", V2_ROWS))
+    assert run_job(dsn, s3.name, "p.json") == 0
+    assert prices(conn) == as_tuples(V2_ROWS)
+
+    s3.put("p.json", encode("json", ROWS))  # the first content again: same ETag, a new upload
+    with conn.cursor() as cur:  # uploads within one second share LastModified; age the loaded ones
+        cur.execute("UPDATE ingest_files SET last_modified = last_modified - interval '1 hour', "
+                    "version = version || '-older'")
+    assert run_job(dsn, s3.name, "p.json") == 0
+
+    assert prices(conn) == as_tuples(ROWS)
+    assert totals(conn) == expected_totals(ROWS)
+
+
+def test_other_keys_are_untouched_by_a_replacement(db, s3):
+    dsn, conn = db
+    s3.put("a.csv", as_csv(ROWS))
+    s3.put("b.csv", as_csv(V2_ROWS))
+    assert run_job(dsn, s3.name, "a.csv") == 0
+    assert run_job(dsn, s3.name, "b.csv") == 0
+    s3.put("a.csv", as_csv(ROWS[:1]))
+
+    assert run_job(dsn, s3.name, "a.csv") == 0
+
+    assert prices(conn) == as_tuples(ROWS[:1] + V2_ROWS)
+
+
+def test_two_concurrent_runs_for_one_object_load_it_once(db, s3):
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS * 2000))
+    command = [sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"]
+    both = [subprocess.Popen(command, env={**os.environ, "DATABASE_URL": dsn},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    codes = [p.wait(120) for p in both]
+    for p in both:
+        p.stdout.close()
+
+    assert codes == [0, 0]
+    assert prices(conn) == as_tuples(ROWS * 2000)
+    assert totals(conn) == expected_totals(ROWS * 2000)
+    assert sorted(r["status"] for r in runs(conn)) == ["already_loaded", "loaded"]
