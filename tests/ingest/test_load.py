@@ -20,3 +20,21 @@ def test_each_format_loads(db, s3, extension):
     assert run["status"] == "loaded"
     assert (run["rows"], run["bytes"]) == (len(ROWS), len(body))
     assert run["etag"] and run["finished_at"] >= run["started_at"] and run["error"] is None
+
+
+@pytest.mark.parametrize("key", [
+    "with space/price list 2016.csv",
+    "plus+sign/a+b.csv",
+    "ünïcødé/価格/файл.csv",
+    "deeply/nested/prefix/of/many/levels/p.ndjson.gz",
+    "percent%20not-decoded-again.csv",
+])
+def test_keys_of_every_shape(db, s3, key):
+    """The job takes the decoded key (the controller decodes S3 event keys) and uses it as is."""
+    dsn, conn = db
+    s3.put(key, encode(key.split(".", 1)[1], ROWS))
+
+    assert run_job(dsn, s3.name, key) == 0
+
+    assert prices(conn) == as_tuples(ROWS)
+    assert last_run(conn)["key"] == key

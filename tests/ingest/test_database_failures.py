@@ -1,0 +1,58 @@
+"""The database going away mid-load: exit 1 and nothing committed.
+
+The job's connections are terminated the way a restart ends them (pg_terminate_backend,
+SQLSTATE 57P01 "admin shutdown"), at a moment that is certain to be mid-load.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import psycopg2
+
+from tests.ingest.conftest import ROWS, as_csv, last_run
+
+
+def wait_for_loader_inside_copy(conn, timeout_s=60) -> None:
+    deadline = time.monotonic() + timeout_s
+    with conn.cursor() as cur:
+        while time.monotonic() < deadline:
+            cur.execute("""SELECT count(*) FROM pg_stat_activity
+                           WHERE application_name = 'rates-ingest' AND wait_event_type = 'Lock'
+                             AND query LIKE 'COPY prices%%'""")
+            if cur.fetchone()[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the loader never got to wait inside its COPY")
+
+
+def test_the_database_going_away_mid_load_exits_1_and_commits_nothing(db, s3):
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS * 500))
+    # Hold data_version's row: the COPY streams every row, then its trigger waits for this
+    # lock, so the connections die while the load's rows are written but not committed.
+    blocker = psycopg2.connect(dsn)
+    blocker.cursor().execute("SELECT version FROM data_version FOR UPDATE")
+
+    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"],
+                           env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_loader_inside_copy(conn)
+        with conn.cursor() as cur:
+            cur.execute("""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                           WHERE application_name LIKE 'rates-ingest%%'""")
+        blocker.rollback()
+        output, _ = job.communicate(timeout=60)
+    finally:
+        job.kill()
+        blocker.close()
+
+    assert job.returncode == 1, output
+    with conn.cursor() as cur:
+        cur.execute("SELECT (SELECT count(*) FROM prices), (SELECT count(*) FROM lane_totals),"
+                    " (SELECT count(*) FROM ingest_files)")
+        assert cur.fetchone() == (0, 0, 0)
+    run = last_run(conn)
+    # The run record's own connection died too; the job reconnected to record the outcome.
+    assert run["status"] == "failed" and "terminat" in run["error"]
