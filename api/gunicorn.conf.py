@@ -29,6 +29,9 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# The runtime control socket would be written under $HOME, which is read-only in the
+# container, and several servers on one machine would fight over its path.
+control_socket_disable = True
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 # Workers share Prometheus metrics through files; the directory must exist before any

@@ -1,6 +1,7 @@
 """The ratesctl commands: migrate, demo-data, serve and up."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -110,10 +111,20 @@ def up_command(port, prices, days, ports, start, seed) -> None:
         server.cleanup()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
+    # Stop on Ctrl-C or SIGTERM even when started from a script that ignores SIGINT.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     env = {**os.environ, "DATABASE_URL": dsn, "HOST": "127.0.0.1", "PORT": str(port)}
     env.setdefault("APP_VERSION", "local")
-    api = subprocess.Popen(gunicorn_argv(), env=env)
+    # Its own session: Ctrl-C reaches only us, and we pass one SIGINT on to the master.
+    # (When the terminal signals every gunicorn process at once, a gthread worker can
+    # receive SIGINT and then SIGQUIT and deadlock inside its own quit handler.)
+    api = subprocess.Popen(gunicorn_argv(), env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     week = f"date_from={first_day}&date_to={first_day.fromordinal(first_day.toordinal() + 6)}"
     time.sleep(1)
@@ -124,5 +135,10 @@ def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
     try:
         api.wait()
     except KeyboardInterrupt:
-        # The terminal sent SIGINT to gunicorn as well; wait for it to finish.
-        api.wait()
+        click.echo("stopping the API ...")
+        api.send_signal(signal.SIGINT)
+        try:
+            api.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait()
