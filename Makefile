@@ -16,6 +16,7 @@ help:
 	@echo "make migrate    apply migrations to \$$DATABASE_URL"
 	@echo "make api        serve the API with gunicorn on \$$HOST:\$$PORT against \$$DATABASE_URL"
 	@echo "make bench-api  API benchmark against a naive baseline (see bench/README.md)"
+	@echo "make bench-ingest  ingest job against raw COPY and a naive baseline (see bench/README.md)"
 
 $(STAMP): requirements.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,10 @@ demo-data: venv
 bench-api: venv
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/api_bench.py $(BENCH_ARGS)
+
+.PHONY: bench-ingest
+bench-ingest: venv
+	$(BIN)/python bench/ingest_bench.py $(BENCH_ARGS)
 
 # Pinned etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubeconform (versions.json):
 # found via $KUBEBUILDER_ASSETS/PATH or built once into ~/.cache/rates-platform/k8s. `make test` does it too.

@@ -1,0 +1,203 @@
+"""Ingest benchmark: the job against raw COPY and a naive row-by-row INSERT, in one run.
+
+    make bench-ingest                                   # 1M prices
+    make bench-ingest BENCH_ARGS="--rows 10000000"      # up to 10M
+    make bench-ingest BENCH_ARGS="--rows 1000000 --gzip"
+
+It starts its own throwaway PostgreSQL (ratesctl.localdb) and moto_server, generates a
+CSV of --rows prices over --ports generated ports, uploads it, and measures:
+
+  ours         `python -m rates_ingest` as a subprocess, wall clock from exec to exit:
+               S3 download, gunzip, validation, COPY into prices with its triggers
+               (derived totals) and index, commit. Peak RSS from wait4().
+  raw COPY     the physical limit: COPY of the same local file into an unindexed copy
+               of prices with no triggers.
+  prices COPY  COPY of the same local file straight into prices (triggers + index), no
+               validation, rolled back: what the schema itself costs per row.
+  naive        executemany() of single-row INSERTs into prices in one transaction, on
+               the first --naive-rows rows (rolled back); its rate is extrapolated.
+"""
+
+import argparse
+import csv
+import gzip
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import boto3
+import psycopg2
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rates_core import migrate  # noqa: E402
+from ratesctl import localdb  # noqa: E402
+from tests.support.aws import FAKE_AWS_ENV, start_moto, stop_moto  # noqa: E402
+
+COLUMNS = "orig_code, dest_code, day, price"
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000, help="prices in the file (up to 10M)")
+    p.add_argument("--ports", type=int, default=500)
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--naive-rows", type=int, default=20_000, help="rows for the naive baseline")
+    p.add_argument("--gzip", action="store_true", help="upload the file gzip-compressed")
+    p.add_argument("--seed", type=int, default=1)
+    return p.parse_args()
+
+
+def generate(path: Path, args) -> int:
+    """Write the CSV; returns its size. Ports are P0000.. in 10 regions."""
+    rnd = random.Random(args.seed)
+    codes = [f"P{i:04d}" for i in range(args.ports)]
+    days = [(date(2024, 1, 1) + timedelta(d)).isoformat() for d in range(args.days)]
+    with open(path, "w", newline="") as out:
+        out.write("orig_code,dest_code,day,price\n")
+        left = args.rows
+        while left:
+            n = min(left, 100_000)
+            o, d = rnd.choices(codes, k=n), rnd.choices(codes, k=n)
+            day, price = rnd.choices(days, k=n), [rnd.randrange(100, 5000) for _ in range(n)]
+            out.write("".join(f"{a},{b},{c},{p}\n" for a, b, c, p in zip(o, d, day, price)))
+            left -= n
+    return path.stat().st_size
+
+
+def create_world(dsn: str, ports: int) -> None:
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO regions VALUES ('world', 'World', NULL)")
+        cur.execute("INSERT INTO regions SELECT 'r' || i, 'Region ' || i, 'world' FROM generate_series(0, 9) i")
+        cur.execute("""INSERT INTO ports SELECT 'P' || lpad(i::text, 4, '0'), 'Port ' || i, 'r' || (i %% 10)
+                       FROM generate_series(0, %s - 1) i""", (ports,))
+        cur.execute(f"CREATE TABLE prices_raw AS SELECT {COLUMNS} FROM prices WITH NO DATA")
+    conn.close()
+
+
+def run_ours(dsn: str, endpoint: str, bucket: str, key: str) -> tuple[float, int, str]:
+    """(seconds, peak RSS in bytes, the job's last log line) of one run of the job."""
+    env = {**os.environ, **FAKE_AWS_ENV, "AWS_ENDPOINT_URL": endpoint, "DATABASE_URL": dsn}
+    started = time.perf_counter()
+    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", bucket, "--key", key],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = job.stdout.read().decode()
+    _pid, status, usage = os.wait4(job.pid, 0)
+    elapsed = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"the job failed:\n{output}")
+    return elapsed, usage.ru_maxrss * 1024, output.strip().splitlines()[-1]
+
+
+def copy_file(dsn: str, path: Path, table: str, *, commit: bool) -> float:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur, open(path, "rb") as data:
+            started = time.perf_counter()
+            cur.copy_expert(f"COPY {table} ({COLUMNS}) FROM STDIN (FORMAT csv, HEADER)", data, size=1 << 20)
+            conn.commit() if commit else conn.rollback()
+            return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def run_naive(dsn: str, path: Path, rows: int) -> float:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        subset = [row for _, row in zip(range(rows), reader)]
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            started = time.perf_counter()
+            cur.executemany(f"INSERT INTO prices ({COLUMNS}) VALUES (%s, %s, %s, %s)", subset)
+            elapsed = time.perf_counter() - started
+        conn.rollback()
+    finally:
+        conn.close()
+    return len(subset) / elapsed
+
+
+def check_loaded(dsn: str, rows: int) -> None:
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*), (SELECT sum(price_count) FROM lane_totals) FROM prices")
+        count, totalled = cur.fetchone()
+    conn.close()
+    if (count, totalled) != (rows, rows):
+        sys.exit(f"expected {rows} rows loaded and totalled, found {count} and {totalled}")
+
+
+def upload(endpoint: str, path: Path, key: str, compress: bool) -> int:
+    s3 = boto3.client("s3", endpoint_url=endpoint, **{"region_name": "us-east-1",
+                      "aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
+    s3.create_bucket(Bucket="bench")
+    source = path
+    if compress:
+        source = path.with_suffix(".csv.gz")
+        with open(path, "rb") as raw, gzip.open(source, "wb", compresslevel=6) as out:
+            shutil.copyfileobj(raw, out, 1 << 20)
+    s3.upload_file(str(source), "bench", key)
+    return source.stat().st_size
+
+
+def report(args, size, uploaded, ours, rss, raw, floor, naive, last_line) -> None:
+    rate = args.rows / ours
+    mb = 1 << 20
+    print()
+    print(f"rows {args.rows:,}  file {size / mb:.1f} MiB" + (f" ({uploaded / mb:.1f} MiB gzip)" if args.gzip else ""))
+    print(f"{'':14}{'seconds':>10}{'rows/s':>14}")
+    print(f"{'ours':14}{ours:10.2f}{rate:14,.0f}   peak RSS {rss / mb:.0f} MiB")
+    print(f"{'raw COPY':14}{raw:10.2f}{args.rows / raw:14,.0f}")
+    print(f"{'prices COPY':14}{floor:10.2f}{args.rows / floor:14,.0f}   (triggers + index, no validation)")
+    print(f"{'naive':14}{args.rows / naive:10.2f}{naive:14,.0f}   (extrapolated from {args.naive_rows:,} rows)")
+    print()
+    print(f"ours / raw COPY     {rate / (args.rows / raw):6.2f}x   (target >= 0.7)")
+    print(f"ours / prices COPY  {rate / (args.rows / floor):6.2f}x")
+    print(f"ours / naive        {rate / naive:6.1f}x   (target >= 20)")
+    print(f"job's last log line: {last_line}")
+
+
+def main() -> None:
+    args = parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    server = moto = None
+    try:
+        server = localdb.start(work / "pg", throwaway=True)
+        dsn = localdb.ensure_database(server, "rates")
+        migrate.apply(dsn)
+        create_world(dsn, args.ports)
+        moto, endpoint = start_moto()
+        path = work / "prices.csv"
+        print(f"generating {args.rows:,} rows ...", flush=True)
+        size = generate(path, args)
+        key = "bench/prices.csv.gz" if args.gzip else "bench/prices.csv"
+        uploaded = upload(endpoint, path, key, args.gzip)
+        print("raw COPY ...", flush=True)
+        raw = copy_file(dsn, path, "prices_raw", commit=True)
+        print("COPY into prices (rolled back) ...", flush=True)
+        floor = copy_file(dsn, path, "prices", commit=False)
+        print("ours ...", flush=True)
+        ours, rss, last_line = run_ours(dsn, endpoint, "bench", key)
+        check_loaded(dsn, args.rows)
+        print("naive ...", flush=True)
+        naive = run_naive(dsn, path, args.naive_rows)
+        report(args, size, uploaded, ours, rss, raw, floor, naive, last_line)
+    finally:
+        if moto:
+            stop_moto(moto)
+        if server:
+            server.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
