@@ -17,3 +17,6 @@ cli.add_command(commands.up_command)
 
 from .k8s_tools import k8s_tools  # noqa: E402
 cli.add_command(k8s_tools)
+
+if __name__ == "__main__":
+    cli()

@@ -68,3 +68,23 @@ def test_database_down_is_503_not_500(settings):
     assert response.get_json()["error"]["code"] == "unavailable"
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_statement_timeout_is_503(world, settings, dsn):
+    """A query held up past DB_STATEMENT_TIMEOUT_MS fails fast with a retryable 503."""
+    from dataclasses import replace
+
+    import psycopg2
+
+    from rates_api import create_app
+
+    client = create_app(replace(settings, db_statement_timeout_ms=200)).test_client()
+    blocker = psycopg2.connect(dsn)
+    try:
+        blocker.cursor().execute("LOCK TABLE data_version IN ACCESS EXCLUSIVE MODE")
+        response = client.get("/rates", query_string=GOOD)
+    finally:
+        blocker.close()
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "unavailable"
+    assert client.get("/rates", query_string=GOOD).status_code == 200
