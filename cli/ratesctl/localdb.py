@@ -58,24 +58,33 @@ def configure(admin_dsn: str, settings: dict[str, str]) -> None:
         conn.close()
 
 
-def dsn_for(server, database: str) -> str:
-    return server.get_uri(database)
-
-
-def ensure_database(server, name: str, template: str | None = None) -> str:
-    """Create ``name`` if missing; return its DSN."""
-    conn = psycopg2.connect(server.get_uri("postgres"))
-    conn.autocommit = True
+def _admin(admin_dsn: str, statement, params=None):
+    conn = psycopg2.connect(admin_dsn)
+    conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cur.fetchone() is None:
-                query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-                if template:
-                    query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-                cur.execute(query)
+            cur.execute(statement, params)
+            return cur.fetchone() if cur.description else None
     finally:
         conn.close()
+
+
+def create_database(admin_dsn: str, name: str, template: str | None = None) -> None:
+    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template:
+        query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    _admin(admin_dsn, query)
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    _admin(admin_dsn, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def ensure_database(server, name: str) -> str:
+    """Create ``name`` on the server if missing; return its DSN."""
+    admin_dsn = server.get_uri("postgres")
+    if _admin(admin_dsn, "SELECT 1 FROM pg_database WHERE datname = %s", (name,)) is None:
+        create_database(admin_dsn, name)
     return server.get_uri(name)
 
 

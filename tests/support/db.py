@@ -9,7 +9,6 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from psycopg2 import sql
 
 from rates_core import migrate
 from ratesctl import localdb
@@ -42,27 +41,8 @@ def template_dsn(pg_server) -> str:
 
 def create_database(admin_dsn: str, template: str | None = None) -> str:
     name = f"test_{next(_counter)}"
-    conn = psycopg2.connect(admin_dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-            if template:
-                query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-            cur.execute(query)
-    finally:
-        conn.close()
+    localdb.create_database(admin_dsn, name, template)
     return name
-
-
-def drop_database(admin_dsn: str, name: str) -> None:
-    conn = psycopg2.connect(admin_dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -70,7 +50,7 @@ def dsn(pg_server, admin_dsn, template_dsn):
     """DSN of a fresh, fully migrated, empty database for this test only."""
     name = create_database(admin_dsn, TEMPLATE)
     yield pg_server.get_uri(name)
-    drop_database(admin_dsn, name)
+    localdb.drop_database(admin_dsn, name)
 
 
 @pytest.fixture
@@ -78,7 +58,7 @@ def empty_dsn(pg_server, admin_dsn):
     """DSN of a fresh database with no schema at all."""
     name = create_database(admin_dsn)
     yield pg_server.get_uri(name)
-    drop_database(admin_dsn, name)
+    localdb.drop_database(admin_dsn, name)
 
 
 @pytest.fixture
