@@ -22,6 +22,7 @@ from rates_core.errors import PermanentError
 MIN_PRICE, MAX_PRICE = 1, 10_000_000
 MAX_BAD_ROWS = 20
 FIELDS = ("orig_code", "dest_code", "day", "price")
+_FIELD_SET = frozenset(FIELDS)
 CSV_HEADER = ",".join(FIELDS).encode()
 # A line or JSON element longer than this is malformed; the cap keeps memory bounded.
 MAX_RECORD_BYTES = 64 * 1024
@@ -189,7 +190,7 @@ class Rules:
 
 def _csv_field(value: str) -> str:
     # Port codes come from the ports table and could, in principle, need quoting.
-    if any(c in value for c in ',"\r\n') or value in ("", r"\."):
+    if any(c in value for c in ',"\r\n') or not value:
         return '"' + value.replace('"', '""') + '"'
     return value
 
@@ -224,7 +225,7 @@ class Parser:
         if not isinstance(obj, dict):
             self.problems.add(where, "expected a JSON object", text)
             return None
-        if obj.keys() != set(FIELDS):
+        if obj.keys() != _FIELD_SET:
             missing = [f for f in FIELDS if f not in obj]
             extra = sorted(k for k in obj if k not in FIELDS)
             self.problems.add(where, f"expected exactly the keys {', '.join(FIELDS)}; "
