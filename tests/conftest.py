@@ -1,4 +1,4 @@
-pytest_plugins = ["tests.support.db", "tests.support.aws"]
+pytest_plugins = ["tests.support.db", "tests.support.kube", "tests.support.aws"]
 
 import pytest
 

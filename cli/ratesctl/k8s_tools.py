@@ -326,7 +326,8 @@ def resolve_tools(
     if not missing:
         return found  # type: ignore[return-value]
     if not build:
-        raise ToolsUnavailable(_unavailable_message(missing, versions, "Not building them (--check)."))
+        why = "Not building them (--check)."
+        raise ToolsUnavailable(_unavailable_message(missing, versions, why))
     go = find_go()
     if go is None:
         raise ToolsUnavailable(

@@ -1,0 +1,430 @@
+"""A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) run as
+plain local processes for tests.
+
+Everything listens on free 127.0.0.1 ports and lives in one temporary directory:
+certificates (a throwaway CA, the apiserver serving certificate, client certificates for
+the admin and the controller manager), the service-account signing key, etcd's data and one
+log file per component. The binaries come from :func:`ratesctl.k8s_tools.ensure_tools`.
+
+There is no scheduler and no kubelet: :mod:`tests.support.local_node` plays both for tests
+whose Pods must run.
+
+Usage outside pytest::
+
+    with ControlPlane() as cp:
+        print(cp.kubeconfig)
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import datetime
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import weakref
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+# Controllers started by kube-controller-manager. Node, volume, endpoint and autoscaling
+# controllers are left out: there are no real nodes or volumes here.
+CONTROLLERS = (
+    "job-controller",
+    "cronjob-controller",
+    "ttl-after-finished-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "clusterrole-aggregation-controller",
+    "root-ca-certificate-publisher-controller",
+    "pod-garbage-collector-controller",
+)
+
+STARTUP_TIMEOUT = 90.0
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class _CA:
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rates-test-ca")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, key_cert_sign=True, crl_sign=True,
+                    content_commitment=False, key_encipherment=False, data_encipherment=False,
+                    key_agreement=False, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def issue(
+        self, common_name: str, *, orgs: tuple[str, ...] = (), server: bool = False,
+        dns: tuple[str, ...] = (), ips: tuple[str, ...] = (),
+    ) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attrs))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
+        if dns or ips:
+            names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+            names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return _pem_cert(builder.sign(self.key, hashes.SHA256())), _pem_key(key)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _kubeconfig(server: str, ca: bytes, cert: bytes, key: bytes, user: str) -> str:
+    # JSON is valid YAML; no yaml dependency needed to write it.
+    import json
+
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {
+                "server": server, "certificate-authority-data": _b64(ca)}}],
+            "users": [{"name": user, "user": {
+                "client-certificate-data": _b64(cert), "client-key-data": _b64(key)}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+            "current-context": "local",
+        },
+        indent=2,
+    )
+
+
+_live: "weakref.WeakSet[ControlPlane]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:  # backstop if a test run dies without teardown
+    for cp in list(_live):
+        cp.stop()
+
+
+# --- the control plane -----------------------------------------------------------------------
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager on loopback."""
+
+    def __init__(self, tools: dict[str, Path] | None = None, workdir: Path | None = None):
+        if tools is None:
+            from ratesctl.k8s_tools import ensure_tools
+
+            tools = ensure_tools()
+        self.tools = tools
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kube-control-plane-"))
+        self.logdir = self.workdir / "logs"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.ports: dict[str, int] = {}
+        self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.server = ""
+        self.ca_file = self.workdir / "pki" / "ca.crt"
+
+    # context manager ---------------------------------------------------------------------
+    def __enter__(self) -> "ControlPlane":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "ControlPlane":
+        _live.add(self)
+        try:
+            self._write_pki()
+            self._start_etcd()
+            self._start_apiserver()
+            self._start_controller_manager()
+            self._wait_for_default_service_account()
+        except BaseException as exc:
+            logs = self.logs_summary()
+            self.stop(keep_workdir=True)
+            if isinstance(exc, ControlPlaneError):
+                raise ControlPlaneError(f"{exc}\n{logs}") from None
+            print(logs, file=sys.stderr)
+            raise
+        return self
+
+    def stop(self, keep_workdir: bool = False) -> None:
+        """Stop all components (controller manager first), then remove the work dir."""
+        for name in reversed(list(self.procs)):
+            _terminate(self.procs[name])
+        self.procs.clear()
+        _live.discard(self)
+        if self._own_workdir and not keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs.values()]
+
+    def log_path(self, component: str) -> Path:
+        return self.logdir / f"{component}.log"
+
+    def logs_summary(self, lines: int = 40) -> str:
+        parts = [f"control plane logs in {self.logdir}:"]
+        for component in ("etcd", "kube-apiserver", "kube-controller-manager"):
+            path = self.log_path(component)
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {component} (last {len(tail)} lines) ---")
+                parts.extend(tail)
+        return "\n".join(parts)
+
+    # pieces -------------------------------------------------------------------------------
+    def _write_pki(self) -> None:
+        pki = self.workdir / "pki"
+        pki.mkdir(parents=True, exist_ok=True)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        ca = _CA()
+        self.ca_pem = _pem_cert(ca.cert)
+        service_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
+        serving = ca.issue(
+            "kube-apiserver", server=True,
+            dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                 "kubernetes.default.svc.cluster.local"),
+            ips=("127.0.0.1", service_ip),
+        )
+        self.admin_cert = ca.issue("rates-test-admin", orgs=("system:masters",))
+        kcm = ca.issue("system:kube-controller-manager")
+        sa_key = ec.generate_private_key(ec.SECP256R1())
+        files = {
+            "ca.crt": self.ca_pem,
+            "ca.key": _pem_key(ca.key),
+            "apiserver.crt": serving[0],
+            "apiserver.key": serving[1],
+            "sa.key": _pem_key(sa_key),
+            "sa.pub": sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        }
+        for name, data in files.items():
+            (pki / name).write_bytes(data)
+            (pki / name).chmod(0o600)
+        for name in ("etcd-client", "etcd-peer", "apiserver", "kcm"):
+            self.ports[name] = free_port()
+        self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+        self.kubeconfig.write_text(
+            _kubeconfig(self.server, self.ca_pem, *self.admin_cert, user="admin")
+        )
+        (self.workdir / "kcm.kubeconfig").write_text(
+            _kubeconfig(self.server, self.ca_pem, *kcm, user="kube-controller-manager")
+        )
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = self.log_path(name).open("ab")
+        proc = subprocess.Popen(
+            [str(self.tools[name]), *args],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.workdir, start_new_session=True,  # own process group, see _terminate
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def _start_etcd(self) -> None:
+        client = f"http://127.0.0.1:{self.ports['etcd-client']}"
+        peer = f"http://127.0.0.1:{self.ports['etcd-peer']}"
+        proc = self._spawn("etcd", [
+            "--name=rates-test",
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=rates-test={peer}",
+            "--unsafe-no-fsync=true",  # test data only
+            "--log-level=warn",
+        ])
+        self._wait_http("etcd", proc, f"{client}/health", None)
+
+    def _start_apiserver(self) -> None:
+        pki = self.workdir / "pki"
+        proc = self._spawn("kube-apiserver", [
+            f"--etcd-servers=http://127.0.0.1:{self.ports['etcd-client']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.ports['apiserver']}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+        ])
+        self._wait_http("kube-apiserver", proc, f"{self.server}/readyz", self._ssl_context())
+
+    def _start_controller_manager(self) -> None:
+        pki = self.workdir / "pki"
+        kcm_kubeconfig = self.workdir / "kcm.kubeconfig"
+        proc = self._spawn("kube-controller-manager", [
+            f"--kubeconfig={kcm_kubeconfig}",
+            f"--authentication-kubeconfig={kcm_kubeconfig}",
+            f"--authorization-kubeconfig={kcm_kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports['kcm']}",
+            f"--cert-dir={self.workdir / 'kcm-certs'}",
+            f"--controllers={','.join(CONTROLLERS)}",
+            "--use-service-account-credentials=true",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            "--leader-elect=false",
+            "--profiling=false",
+            "--v=1",
+        ])
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # kcm serves a self-signed cert; health only
+        self._wait_http(
+            "kube-controller-manager", proc, f"https://127.0.0.1:{self.ports['kcm']}/healthz",
+            insecure,
+        )
+
+    def _wait_for_default_service_account(self) -> None:
+        # Proves the controllers run and makes Pod admission work right away.
+        url = f"{self.server}/api/v1/namespaces/default/serviceaccounts/default"
+        self._wait_http("kube-controller-manager", self.procs["kube-controller-manager"], url,
+                        self._ssl_context())
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
+        pki = self.workdir / "pki"
+        cert, key = pki / "admin.crt", pki / "admin.key"
+        if not cert.exists():
+            cert.write_bytes(self.admin_cert[0])
+            key.write_bytes(self.admin_cert[1])
+            key.chmod(0o600)
+        ctx.load_cert_chain(cert, key)
+        return ctx
+
+    def _wait_http(self, name: str, proc: subprocess.Popen, url: str,
+                   ctx: ssl.SSLContext | None, timeout: float = STARTUP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ControlPlaneError(f"{name} exited with code {proc.returncode} at startup")
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise ControlPlaneError(f"{name} not ready at {url} after {timeout:.0f}s ({last})")
+
+
+# --- process handling ------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the child if the (spawning thread of the) parent dies."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # whatever is left in the group (the leader may be gone already)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)

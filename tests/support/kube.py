@@ -1,0 +1,216 @@
+"""pytest fixtures for tests against a real Kubernetes control plane.
+
+* ``kube_tools``          (session) paths of the pinned tools, built once if needed
+* ``kube_control_plane``  (session) a running :class:`~tests.support.control_plane.ControlPlane`
+* ``kubeconfig``          (session) path of its admin kubeconfig
+* ``kube``                (session) :class:`Kube`: a ``kubernetes`` ApiClient plus core,
+  batch, apps and rbac APIs, authenticated as cluster admin
+* ``namespace``           (function) a fresh namespace, deleted after the test
+* ``local_node``          (function) a :class:`~tests.support.local_node.LocalNode` that runs
+  the Pods of ``namespace`` as local processes
+
+The tools are provided once per run, before the first test, when any ``kube``-marked test is
+selected (see ``ratesctl k8s-tools``; a cold build is not counted against the per-test
+timeout); if they cannot be, those tests fail with the reason - they are never skipped.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import pytest
+
+# kubernetes, cryptography & co. are imported on first use: this plugin is loaded for the
+# whole suite, most of which never talks to Kubernetes.
+if TYPE_CHECKING:
+    from kubernetes import client
+
+    from tests.support.control_plane import ControlPlane
+    from tests.support.local_node import LocalNode
+
+
+@dataclass
+class Kube:
+    api_client: client.ApiClient
+    core: client.CoreV1Api
+    batch: client.BatchV1Api
+    apps: client.AppsV1Api
+    rbac: client.RbacAuthorizationV1Api
+    kubeconfig: Path
+    server: str
+    ca_file: Path
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path, server: str, ca_file: Path) -> "Kube":
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(path), client_configuration=cfg)
+        api = client.ApiClient(cfg)
+        return cls(api, client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api),
+                   client.RbacAuthorizationV1Api(api), path, server, ca_file)
+
+    def client_for_token(self, token: str) -> client.ApiClient:
+        """An ApiClient that authenticates with a bearer token (e.g. from TokenRequest)."""
+        from kubernetes import client
+
+        cfg = client.Configuration()
+        cfg.host = self.server
+        cfg.ssl_ca_cert = str(self.ca_file)
+        # "BearerToken" since kubernetes 36, "authorization" before; the prefix lookup
+        # differs between them, so the value carries it
+        cfg.api_key = {"BearerToken": f"Bearer {token}", "authorization": f"Bearer {token}"}
+        return client.ApiClient(cfg)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.2,
+             what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+_OPEN_TYPES = {  # openapi v2 spells these as strings; JSON allows either
+    "io.k8s.apimachinery.pkg.util.intstr.IntOrString": {
+        "oneOf": [{"type": "string"}, {"type": "integer"}]},
+    "io.k8s.apimachinery.pkg.api.resource.Quantity": {
+        "oneOf": [{"type": "string"}, {"type": "number"}]},
+}
+
+
+def export_json_schemas(kube: Kube, directory: Path, strict: bool = True) -> Path:
+    """Write kubeconform-style JSON schemas (``<kind>[-<group>]-<version>.json``) for every
+    kind this apiserver serves, from its own OpenAPI v2 document, into ``directory``.
+
+    With ``strict`` objects reject unknown fields (``additionalProperties: false``), like
+    kubeconform's ``-strict`` schemas. Use with
+    ``kubeconform -strict -schema-location '<directory>/{{ .ResourceKind }}{{ .KindSuffix }}.json'``.
+    """
+    import json
+    import re
+
+    resp = kube.api_client.call_api("/openapi/v2", "GET", auth_settings=["BearerToken"],
+                                    _preload_content=False, _return_http_data_only=True)
+    definitions = json.loads(resp.data)["definitions"]
+    for name, schema in definitions.items():
+        if name in _OPEN_TYPES:
+            definitions[name] = _OPEN_TYPES[name]
+        elif strict and "properties" in schema:
+            schema["additionalProperties"] = False
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, schema in definitions.items():
+        for gvk in schema.get("x-kubernetes-group-version-kind", []):
+            group, version, kind = gvk["group"], gvk["version"], gvk["kind"]
+            reachable, todo = {}, [name]
+            while todo:  # only the definitions this kind refers to
+                current = todo.pop()
+                if current not in reachable:
+                    reachable[current] = definitions[current]
+                    todo += re.findall(r'"#/definitions/([^"]+)"',
+                                       json.dumps(definitions[current]))
+            suffix = f"-{group.split('.')[0]}" if group else ""
+            (directory / f"{kind.lower()}{suffix}-{version}.json").write_text(json.dumps(
+                {"allOf": [{"$ref": f"#/definitions/{name}"}], "definitions": reachable}
+            ))
+    return directory
+
+
+_TOOLS = pytest.StashKey[object]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Provide the tools before the first test when `kube` tests are selected: a cold build
+    takes far longer than the per-test timeout, which would otherwise include it."""
+    if config.option.collectonly or not any(i.get_closest_marker("kube") for i in items):
+        return
+    from ratesctl.k8s_tools import ToolsUnavailable, ensure_tools
+
+    try:
+        config.stash[_TOOLS] = ensure_tools()
+    except ToolsUnavailable as exc:
+        config.stash[_TOOLS] = exc  # each kube test fails with the reason, others run
+
+
+@pytest.fixture(scope="session")
+def kube_tools(pytestconfig: pytest.Config) -> dict[str, Path]:
+    from ratesctl.k8s_tools import ToolsUnavailable, ensure_tools
+
+    tools = pytestconfig.stash.get(_TOOLS, None)
+    if tools is None:
+        try:
+            tools = ensure_tools()
+        except ToolsUnavailable as exc:
+            tools = exc
+    if isinstance(tools, ToolsUnavailable):
+        pytest.fail(str(tools), pytrace=False)
+    return tools
+
+
+@pytest.fixture(scope="session")
+def kube_control_plane(kube_tools: dict[str, Path]) -> Iterator[ControlPlane]:
+    from tests.support.control_plane import ControlPlane
+
+    cp = ControlPlane(kube_tools)
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(kube_control_plane: ControlPlane) -> Path:
+    return kube_control_plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kube(kube_control_plane: ControlPlane) -> Iterator[Kube]:
+    k = Kube.from_kubeconfig(kube_control_plane.kubeconfig, kube_control_plane.server,
+                             kube_control_plane.ca_file)
+    yield k
+    k.api_client.close()
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    base = request.node.name.lower()
+    base = "".join(c if c.isalnum() else "-" for c in base).strip("-")[:40].strip("-")
+    name = f"{base or 'test'}-{uuid.uuid4().hex[:6]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    def default_sa():  # Pod admission needs it; the serviceaccount controller makes it
+        try:
+            return kube.core.read_namespaced_service_account("default", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    wait_for(default_sa, timeout=30, interval=0.05, what=f"default ServiceAccount in {name}")
+    yield name
+    try:
+        kube.core.delete_namespace(name)  # the namespace controller finishes it in background
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+@pytest.fixture
+def local_node(kube: Kube, namespace: str) -> Iterator[LocalNode]:
+    from tests.support.local_node import LocalNode
+
+    with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace]) as node:
+        yield node
