@@ -137,8 +137,10 @@ def _installed(tool: str, versions: dict[str, str]) -> Tool | None:
 
 
 def find_go() -> Path | None:
+    """$GO if set (only that), else `go` on PATH, else the default install location."""
     explicit = os.environ.get("GO")
-    for candidate in (explicit, shutil.which("go"), "/usr/local/go/bin/go"):
+    candidates = [explicit] if explicit else [shutil.which("go"), "/usr/local/go/bin/go"]
+    for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
     return None
@@ -335,6 +337,8 @@ def resolve_tools(
         )
     builder = _Builder(go, log)
     with _build_lock():
+        for stale in cache_root().glob(".build-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         for group in dict.fromkeys(_group(t) for t in missing):
             # another process may have built it while we waited for the lock
             members = [t for t in missing if _group(t) == group]

@@ -1,5 +1,7 @@
 """Jobs run through the real job controller; their Pods run on the local node."""
 
+import sys
+
 import pytest
 from kubernetes.client.rest import ApiException
 
@@ -89,3 +91,28 @@ def test_ttl_after_finished_deletes_job(kube, namespace, local_node):
         return False
 
     wait_for(gone, timeout=90, what="the TTL controller to delete the finished Job")
+
+
+def test_local_node_runs_pods_from_the_venv_with_their_env(kube, namespace, local_node):
+    kube.core.create_namespaced_secret(namespace, {"metadata": {"name": "creds"},
+                                                   "stringData": {"password": "s3cret"}})
+    body = job("env", 0)
+    body["spec"]["template"]["spec"]["containers"][0].update(
+        command=["python", "-c"],
+        args=["import os, sys; print(sys.prefix, os.environ['GREETING'], "
+              "os.environ['PASSWORD'], os.environ['POD_NAMESPACE'])"],
+        env=[
+            {"name": "GREETING", "value": "hello"},
+            {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds",
+                                                                "key": "password"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.namespace"}}},
+        ],
+    )
+    kube.batch.create_namespaced_job(namespace, body)
+    _, cond = finished(kube, namespace, "env")
+    assert cond.type == "Complete", local_node.errors
+    [pod] = pods_of(kube, namespace, "env")
+    assert local_node.logs(namespace, pod.metadata.name).split() == [
+        sys.prefix, "hello", "s3cret", namespace
+    ]

@@ -296,7 +296,7 @@ class ControlPlane:
             [str(self.tools[name]), *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             cwd=self.workdir, start_new_session=True,  # own process group, see _terminate
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
         self.procs[name] = proc
@@ -405,13 +405,13 @@ class ControlPlane:
 # --- process handling ------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the child if the (spawning thread of the) parent dies."""
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL the child if the (spawning thread of the) parent dies."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             import ctypes
 
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:

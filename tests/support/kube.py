@@ -209,8 +209,9 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def local_node(kube: Kube, namespace: str) -> Iterator[LocalNode]:
+def local_node(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[LocalNode]:
     from tests.support.local_node import LocalNode
 
-    with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace]) as node:
+    with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace],
+                   logdir=tmp_path / "local-node-logs") as node:
         yield node

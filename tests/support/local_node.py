@@ -3,17 +3,19 @@
 :class:`LocalNode` registers a Ready Node, binds pending Pods to it (optionally only in
 given namespaces) and runs each Pod **locally as a subprocess**:
 
-* only the first container is run, as ``command + args`` (both are required, there is no
-  image entrypoint to fall back to; a Pod without ``command`` fails with exit code 127);
+* only the first container is run, as ``command + args`` (``command`` is required, there is
+  no image entrypoint to fall back to; a Pod without one fails with exit code 127);
 * **the image is ignored** - the process runs from this project's virtualenv: the
   interpreter's ``<sys.prefix>/bin`` comes first on ``PATH``, so ``python`` and the
   project's console scripts are the ones installed here;
-* the environment is ``PATH``, ``HOME``, ``LANG``, ``TMPDIR`` plus the container's ``env``:
+* the environment is ``PATH``, ``HOME``, ``LANG``, ``TMPDIR``, ``HOSTNAME`` (the Pod name)
+  plus the container's ``env`` (with ``$(VAR)`` expansion in values and args):
   plain ``value`` entries and ``valueFrom`` with ``secretKeyRef``, ``configMapKeyRef`` and
   ``fieldRef`` to ``metadata.name``/``metadata.namespace``. ``envFrom``, volumes, probes,
   resources, init/sidecar containers, ``securityContext`` are not supported;
 * the working directory is ``workingDir`` if it exists, else the node's ``workdir`` (the
-  current directory by default); stdout+stderr go to a file, see :meth:`LocalNode.logs`.
+  current directory by default); stdout+stderr go to a file in ``logdir``, see
+  :meth:`LocalNode.logs` (the pytest fixture keeps them under the test's ``tmp_path``).
 
 Pod status is written like a kubelet would: ``Running`` while the process runs, then
 ``Succeeded``/``Failed`` with ``containerStatuses[0].state.terminated.exitCode`` and the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +41,8 @@ from pathlib import Path
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from tests.support.control_plane import die_with_parent
 
 POLL_INTERVAL = 0.2
 # the generated client would pick JSON-patch for a dict body
@@ -68,12 +73,15 @@ class LocalNode:
         name: str = "local-node",
         namespaces: list[str] | tuple[str, ...] | None = None,
         workdir: Path | str | None = None,
+        logdir: Path | str | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api_client)
         self.name = name
         self.namespaces = set(namespaces) if namespaces else None
         self.workdir = Path(workdir or os.getcwd())
-        self.logdir = Path(tempfile.mkdtemp(prefix=f"{name}-logs-"))
+        self._own_logdir = logdir is None  # a temporary one is removed by stop()
+        self.logdir = Path(logdir or tempfile.mkdtemp(prefix=f"{name}-logs-"))
+        self.logdir.mkdir(parents=True, exist_ok=True)
         self._running: dict[str, _Running] = {}  # pod uid -> process
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,6 +115,8 @@ class LocalNode:
                     self._delete(pod)
         with contextlib.suppress(Exception):
             self.core.delete_node(self.name)
+        if self._own_logdir:
+            shutil.rmtree(self.logdir, ignore_errors=True)
 
     def logs(self, namespace: str, pod: str) -> str:
         """Output of a Pod's process (there is no kubelet, so no `kubectl logs`)."""
@@ -249,6 +259,7 @@ class LocalNode:
                 proc = subprocess.Popen(
                     argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=die_with_parent,  # killed if this node's thread ends
                 )
         except (OSError, ValueError, ApiException, KeyError) as exc:
             log.write_text(f"local node could not start {argv!r}: {exc}\n")
