@@ -5,6 +5,8 @@ real schema in milliseconds and can write whatever it likes.
 """
 
 import itertools
+import shutil
+import tempfile
 from pathlib import Path
 
 import psycopg2
@@ -20,11 +22,18 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
-    """A real PostgreSQL server, started once per session and deleted afterwards."""
-    server = localdb.start(tmp_path_factory.mktemp("pg") / "data", throwaway=True)
+def pg_server():
+    """A real PostgreSQL server, started once per session and deleted afterwards.
+
+    Its data lives outside pytest's temp tree: every new pytest session resets that
+    tree to mode 0700, which would lock out the server's own system user.
+    """
+    parent = Path(tempfile.mkdtemp(prefix="rates-test-pg-"))
+    parent.chmod(0o755)
+    server = localdb.start(parent / "data", throwaway=True)
     yield server
     server.cleanup()
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
