@@ -108,3 +108,39 @@ def test_every_write_bumps_the_data_version(world):
         cur.execute("UPDATE regions SET name = 'Asia Pacific' WHERE slug = 'asia'")
     seen.append(version())
     assert seen == sorted(set(seen)), seen
+
+
+def test_concurrent_writers_in_opposite_orders_do_not_deadlock(world, dsn):
+    """Two transactions touch the same lanes in opposite orders; both must commit."""
+    import threading
+    import time
+
+    import psycopg2
+
+    first, second = psycopg2.connect(dsn), psycopg2.connect(dsn)
+    insert = "INSERT INTO prices (orig_code, dest_code, day, price) VALUES (%s, %s, '2024-01-01', %s)"
+    errors = []
+
+    def second_writer():
+        try:
+            with second.cursor() as cur:
+                cur.execute(insert, ("CNSHA", "DEHAM", 20))
+                cur.execute(insert, ("NOOSL", "NLRTM", 20))
+            second.commit()
+        except psycopg2.Error as exc:  # a deadlock would land here or in the main thread
+            errors.append(exc)
+
+    with first.cursor() as cur:
+        cur.execute(insert, ("NOOSL", "NLRTM", 10))
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        time.sleep(0.5)  # let the second writer reach its first insert and wait
+        cur.execute(insert, ("CNSHA", "DEHAM", 10))
+    first.commit()
+    thread.join(timeout=30)
+    first.close()
+    second.close()
+    assert errors == []
+    with world.cursor() as cur:
+        cur.execute("SELECT orig_code, dest_code, price_sum, price_count FROM lane_totals ORDER BY 1")
+        assert cur.fetchall() == [("CNSHA", "DEHAM", 30, 2), ("NOOSL", "NLRTM", 30, 2)]
