@@ -148,8 +148,11 @@ def load(conn, spec: Spec, progress=None, batch_rows: int = 1_000_000) -> int:
     """Insert the whole dataset in one transaction; returns the number of prices."""
     port_rows = ports(spec)
     with conn, conn.cursor() as cur:
-        cur.executemany("INSERT INTO regions (slug, name, parent_slug) VALUES (%s, %s, %s)", regions())
-        cur.executemany("INSERT INTO ports (code, name, parent_slug) VALUES (%s, %s, %s)", port_rows)
+        # Existing regions and ports are kept, so that --force can add prices to a demo database.
+        cur.executemany("INSERT INTO regions (slug, name, parent_slug) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (slug) DO NOTHING", regions())
+        cur.executemany("INSERT INTO ports (code, name, parent_slug) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (code) DO NOTHING", port_rows)
         rows = price_rows(spec, lanes(spec, port_rows))
         copy = sql.SQL("COPY prices (orig_code, dest_code, day, price) FROM STDIN")
         remaining = spec.prices

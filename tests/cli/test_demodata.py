@@ -48,3 +48,21 @@ def test_load_copies_every_price_and_the_totals_follow(dsn):
         cur.execute("SELECT sum(price_count), sum(price_sum) FROM region_totals")
         assert (count, total) == cur.fetchone() and count == SPEC.prices
     conn.close()
+
+
+def test_demo_data_command_refuses_a_non_empty_database_unless_forced(dsn):
+    from click.testing import CliRunner
+
+    from ratesctl.cli import cli
+
+    args = ["demo-data", "--prices", "3000", "--days", "3", "--ports", "30"]
+    runner = CliRunner()
+    assert runner.invoke(cli, args, env={"DATABASE_URL": dsn}).exit_code == 0
+    refused = runner.invoke(cli, args, env={"DATABASE_URL": dsn})
+    assert refused.exit_code != 0 and "--force" in refused.output
+    assert runner.invoke(cli, args + ["--force"], env={"DATABASE_URL": dsn}).exit_code == 0
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT (SELECT count(*) FROM prices), (SELECT count(*) FROM ports)")
+        assert cur.fetchone() == (6000, 30)
+    conn.close()
