@@ -3,7 +3,7 @@
 import json
 
 from tests.ingest.conftest import ROWS, as_csv, as_tuples, last_run, prices, run_cli
-from tests.support.aws import free_port
+from tests.support.net import free_port
 
 UNREACHABLE_DB = "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2"
 

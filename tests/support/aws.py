@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import boto3
 import pytest
 
+from tests.support.net import free_port
+
 _names = itertools.count()
 
 FAKE_AWS_ENV = {
@@ -29,12 +31,6 @@ FAKE_AWS_ENV = {
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_moto(port: int | None = None, log_path=None) -> tuple[subprocess.Popen, str]:
