@@ -60,7 +60,7 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict) ->
     conn = db.connect(settings.database_url, application_name=loader.APPLICATION_NAME)
     try:
         download = seen["download"] = s3source.Download(s3, ref, info)
-        return loader.load(conn, ref, download, fmt, log)
+        return loader.load(conn, ref, download, fmt, log, work_mem=settings.work_mem)
     finally:
         conn.close()
 

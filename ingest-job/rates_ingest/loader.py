@@ -1,5 +1,8 @@
 """The load transaction: lock the key, decide, replace the key's earlier rows, COPY.
 
+The file is downloaded and validated in a thread a few chunks ahead of the COPY, so
+that the job's work overlaps the server's.
+
 Everything happens in one transaction, so a file's rows (and the derived totals that
 the triggers on prices keep) appear all at once or not at all.
 """
@@ -11,10 +14,13 @@ import psycopg2
 from rates_core import db
 
 from . import formats
+from .readahead import read_ahead
 from .runs import Outcome
 from .s3source import CHUNK_BYTES, Download, ObjectRef
 
 APPLICATION_NAME = "rates-ingest"
+# Download and validation run this many chunks (of about CHUNK_BYTES) ahead of COPY.
+READ_AHEAD_CHUNKS = 4
 COPY_SQL = "COPY prices (orig_code, dest_code, day, price, source_id) FROM STDIN (FORMAT csv)"
 
 
@@ -37,10 +43,12 @@ class CopyStream:
             raise
 
 
-def load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log) -> Outcome:
+def load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, *, work_mem: str) -> Outcome:
     """Run the whole load in one transaction on ``conn``; roll back on any error."""
     try:
         with db.classified():
+            with conn.cursor() as cur:
+                cur.execute("SET LOCAL work_mem = %s", (work_mem,))
             outcome = _load(conn, ref, download, fmt, log)
             conn.commit()
             return outcome
@@ -68,13 +76,16 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log) ->
         cur.execute("SELECT code FROM ports")
         rules = formats.Rules(code for (code,) in cur)
         parser = formats.parser_for(fmt, rules, file_id)
-        stream = CopyStream(parser.copy_chunks(download.chunks()))
+        chunks = read_ahead(parser.copy_chunks(download.chunks()), depth=READ_AHEAD_CHUNKS)
+        stream = CopyStream(chunks)
         try:
             cur.copy_expert(COPY_SQL, stream, size=CHUNK_BYTES)
         except psycopg2.Error:
             if stream.error is not None:
                 raise stream.error from None
             raise
+        finally:
+            chunks.close()
         cur.execute("UPDATE ingest_files SET rows = %s, bytes = %s WHERE id = %s",
                     (parser.rows, download.bytes, file_id))
     log.info("file copied", file_id=file_id, rows=parser.rows, bytes=download.bytes, replaced=replaced)

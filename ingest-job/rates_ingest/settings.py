@@ -5,16 +5,22 @@ S3_BUCKET       bucket of the object to load, when --bucket is not given.
 S3_OBJECT_KEY   key of the object (decoded, not URL-encoded), when --key is not given.
 S3_VERSION_ID   version to load (optional); without it, the latest version.
 LOG_LEVEL       DEBUG, INFO (default), WARNING or ERROR.
+INGEST_WORK_MEM PostgreSQL work_mem for the load transaction (default 64MB): the
+                statement trigger keeps the file's rows in a tuplestore of this size
+                before it spills to disk.
 AWS settings come from boto3's standard chain (AWS_REGION, AWS_ACCESS_KEY_ID, web
 identity, instance roles, ...); AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3 point it at a
 local S3 such as moto_server.
 """
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from rates_core.env import env_str
+from rates_core.env import ConfigError, env_str
+
+_MEMORY = re.compile(r"[1-9][0-9]*(kB|MB|GB)")
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,7 @@ class Settings:
     key: str
     version_id: str | None = None
     log_level: str = "INFO"
+    work_mem: str = "64MB"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, bucket: str | None = None,
@@ -35,4 +42,13 @@ class Settings:
             key=key or env_str("S3_OBJECT_KEY", environ=environ),
             version_id=version_id or environ.get("S3_VERSION_ID") or None,
             log_level=env_str("LOG_LEVEL", "INFO", environ=environ),
+            work_mem=_memory("INGEST_WORK_MEM", "64MB", environ),
         )
+
+
+def _memory(name: str, default: str, environ: Mapping[str, str]) -> str:
+    # Checked here: PostgreSQL would refuse a bad value only inside the load, as a data error.
+    value = env_str(name, default, environ=environ)
+    if not _MEMORY.fullmatch(value):
+        raise ConfigError(f"environment variable {name} must be a size such as 64MB (kB, MB or GB), got {value!r}")
+    return value

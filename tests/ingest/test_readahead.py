@@ -1,0 +1,83 @@
+"""read_ahead: the producer thread between the download/validation and COPY."""
+
+import threading
+import time
+
+import pytest
+
+from rates_core.env import ConfigError
+from rates_ingest.readahead import read_ahead
+from rates_ingest.settings import Settings
+
+
+def test_yields_every_item_in_order_from_another_thread():
+    threads = set()
+
+    def items():
+        for i in range(100):
+            threads.add(threading.current_thread().name)
+            yield i
+
+    assert list(read_ahead(items(), depth=3)) == list(range(100))
+    assert threads == {"read-ahead"}
+
+
+def test_a_producer_error_reaches_the_consumer_after_the_items_before_it():
+    def items():
+        yield 1
+        yield 2
+        raise KeyError("broken file")
+
+    seen = []
+    with pytest.raises(KeyError, match="broken file"):
+        for item in read_ahead(items()):
+            seen.append(item)
+    assert seen == [1, 2]
+
+
+def test_the_producer_stays_at_most_depth_items_ahead():
+    produced = []
+
+    def items():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    ahead = []
+    for item in read_ahead(items(), depth=2):
+        time.sleep(0.002)  # a slow consumer, as COPY is
+        # The queue holds 2, and the producer may hold one more, blocked on put().
+        ahead.append(len(produced) - item - 1)
+    assert max(ahead) <= 3
+    assert len(produced) == 50
+
+
+def test_closing_early_stops_the_producer_and_closes_its_source():
+    closed = threading.Event()
+
+    def items():
+        try:
+            for i in range(10_000):
+                yield i
+        finally:
+            closed.set()
+
+    reader = read_ahead(items(), depth=2)
+    assert next(reader) == 0
+    reader.close()
+    assert closed.wait(5)
+    assert not any(t.name == "read-ahead" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("value", ["64MB", "512kB", "1GB"])
+def test_work_mem_accepts_postgres_sizes(value):
+    settings = Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
+                                  "INGEST_WORK_MEM": value})
+    assert settings.work_mem == value
+
+
+@pytest.mark.parametrize("value", ["64", "64mb", "0MB", "64MB; DROP TABLE prices", "-1GB"])
+def test_work_mem_rejects_anything_else_at_startup(value):
+    with pytest.raises(ConfigError, match="INGEST_WORK_MEM"):
+        Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
+                           "INGEST_WORK_MEM": value})
