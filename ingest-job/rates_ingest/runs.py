@@ -2,6 +2,10 @@
 
 It is written on its own autocommit connection, outside the load transaction, so a
 load that fails or is rolled back still leaves a record that says why.
+
+A run that is killed (SIGKILL, a lost node) cannot record its end. So each run holds a
+session advisory lock on its id for as long as its process lives, and every new run
+first marks as failed the runs still recorded as running whose lock nobody holds.
 """
 
 import json
@@ -10,12 +14,27 @@ from dataclasses import dataclass, field
 import psycopg2
 
 from rates_core import db
+from rates_core.errors import TemporaryError
 from rates_core.logs import get_logger
 
 from .s3source import ObjectInfo, ObjectRef
 
 APPLICATION_NAME = "rates-ingest-runs"
+# The first key of the two-key advisory locks on run ids (a space apart from the one-key
+# locks that loads take on their object).
+RUN_LOCK_CLASS = 7_201_601
+ABANDONED = "abandoned: the run's process ended without recording an outcome (killed, or its node was lost)"
 log = get_logger(__name__)
+
+
+# Run ids are bigint and the two-key form takes integers: ids 2^31 - 1 apart share a lock,
+# which could only delay the sweep of one of them.
+def _lock_key(run_id: str) -> str:
+    """SQL for the lock's second key, from SQL for the run id (in a statement with parameters)."""
+    return f"({run_id} %% 2147483647)::integer"
+
+
+_LOCK_KEY = _lock_key("%(id)s")
 
 
 @dataclass
@@ -35,10 +54,38 @@ class RunLog:
         self.conn = db.connect(dsn, application_name=APPLICATION_NAME, autocommit=True)
 
     def start(self, ref: ObjectRef) -> int:
+        try:
+            self.sweep()
+        except TemporaryError as exc:
+            # Tidying other runs' records must not stop this run; the next run tries again.
+            log.warning("could not check for abandoned runs", error=str(exc))
         with db.classified(), self.conn.cursor() as cur:
-            cur.execute("INSERT INTO ingest_runs (bucket, key, version_id) VALUES (%s, %s, %s) RETURNING id",
+            # One statement, so the run is never visible as running without its lock held.
+            cur.execute(f"""WITH run AS (INSERT INTO ingest_runs (bucket, key, version_id) VALUES (%s, %s, %s)
+                                         RETURNING id)
+                            SELECT id, pg_advisory_lock({RUN_LOCK_CLASS}, {_lock_key("id")}) FROM run""",
                         (ref.bucket, ref.key, ref.version_id))
             return cur.fetchone()[0]
+
+    def sweep(self) -> list[int]:
+        """Mark as failed the runs recorded as running whose process is gone; their ids."""
+        swept = []
+        with db.classified(), self.conn.cursor() as cur:
+            cur.execute("SELECT id FROM ingest_runs WHERE status = 'running' ORDER BY id")
+            for (run_id,) in cur.fetchall():
+                cur.execute(f"SELECT pg_try_advisory_lock({RUN_LOCK_CLASS}, {_LOCK_KEY})", {"id": run_id})
+                if not cur.fetchone()[0]:
+                    continue  # its process is alive
+                try:
+                    cur.execute("""UPDATE ingest_runs SET status = 'failed', error = %(error)s, finished_at = now()
+                                   WHERE id = %(id)s AND status = 'running'""", {"id": run_id, "error": ABANDONED})
+                    if cur.rowcount:
+                        swept.append(run_id)
+                finally:
+                    cur.execute(f"SELECT pg_advisory_unlock({RUN_LOCK_CLASS}, {_LOCK_KEY})", {"id": run_id})
+        if swept:
+            log.warning("marked abandoned runs as failed", run_ids=swept)
+        return swept
 
     def finish(self, run_id: int, outcome: Outcome) -> bool:
         """Record the outcome; on a lost connection try once more on a new one.

@@ -6,7 +6,8 @@ import subprocess
 import pytest
 from kubernetes.client.rest import ApiException
 
-from tests.support.kube import export_json_schemas, wait_for
+from tests.support.kube import export_json_schemas
+from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.kube
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 from kubernetes.client.rest import ApiException
 
-from tests.support.kube import wait_for
+from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.kube
 

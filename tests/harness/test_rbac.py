@@ -6,7 +6,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support.kube import wait_for
+from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.kube
 

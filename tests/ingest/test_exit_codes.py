@@ -1,9 +1,17 @@
 """The job as Kubernetes runs it: a subprocess configured by the environment."""
 
 import json
+import os
+import subprocess
+import sys
 
-from tests.ingest.conftest import ROWS, as_csv, as_tuples, last_run, prices, run_cli
+import psycopg2
+
+from rates_ingest.runs import ABANDONED, RunLog
+from rates_ingest.s3source import ObjectRef
+from tests.ingest.conftest import ROWS, as_csv, as_tuples, last_run, prices, run_cli, runs
 from tests.support.net import free_port
+from tests.support.poll import wait_for
 
 UNREACHABLE_DB = "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2"
 
@@ -80,3 +88,51 @@ def test_missing_configuration_exits_1(s3):
     result = run_cli("", "--bucket", s3.name, "--key", "p.csv")
     assert result.returncode == 1
     assert "DATABASE_URL" in result.stdout
+
+
+def test_a_killed_run_is_marked_failed_by_the_next_run(db, s3):
+    dsn, conn = db
+    s3.put("in/killed.csv", as_csv(ROWS))
+    # Holding the object's load lock makes the job wait inside its load, recorded as running.
+    blocker = psycopg2.connect(dsn)
+    with blocker.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{s3.name}/in/killed.csv",))
+    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "in/killed.csv"],
+                           env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _waiting_on_lock(conn), timeout=60, what="the job to wait for the object's lock")
+        assert last_run(conn)["status"] == "running"
+        job.kill()
+        job.wait(10)
+    finally:
+        blocker.close()
+    killed = last_run(conn)
+    assert killed["status"] == "running"  # nobody could record its end
+
+    assert run_cli(dsn, "--bucket", s3.name, "--key", "in/killed.csv").returncode == 0
+    swept, retried = runs(conn)[-2:]
+    assert swept["id"] == killed["id"] and swept["status"] == "failed"
+    assert swept["error"].startswith("abandoned") and swept["finished_at"] is not None
+    assert retried["status"] == "loaded" and prices(conn) == as_tuples(ROWS)
+
+
+def test_a_live_run_is_not_swept(db):
+    dsn, conn = db
+    alive, other = RunLog(dsn), RunLog(dsn)
+    try:
+        run_id = alive.start(ObjectRef("b", "k"))
+        assert other.sweep() == []
+        assert last_run(conn)["status"] == "running"
+        alive.close()  # what a killed process's session does
+        assert other.sweep() == [run_id]
+        assert last_run(conn)["error"] == ABANDONED
+    finally:
+        alive.close()
+        other.close()
+
+
+def _waiting_on_lock(conn) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("""SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'rates-ingest' AND wait_event_type = 'Lock'""")
+        return cur.fetchone()[0] == 1

@@ -16,13 +16,14 @@ timeout); if they cannot be, those tests fail with the reason - they are never s
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+from tests.support.poll import wait_for
 
 # kubernetes, cryptography & co. are imported on first use: this plugin is loaded for the
 # whole suite, most of which never talks to Kubernetes.
@@ -65,19 +66,6 @@ class Kube:
         # differs between them, so the value carries it
         cfg.api_key = {"BearerToken": f"Bearer {token}", "authorization": f"Bearer {token}"}
         return client.ApiClient(cfg)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.2,
-             what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 _OPEN_TYPES = {  # openapi v2 spells these as strings; JSON allows either
