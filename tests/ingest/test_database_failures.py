@@ -5,6 +5,7 @@ SQLSTATE 57P01 "admin shutdown"), at a moment that is certain to be mid-load.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -104,3 +105,31 @@ def test_a_real_server_restart_mid_load_exits_1_and_commits_nothing(s3, tmp_path
     finally:
         server.cleanup()
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_sigterm_mid_load_exits_1_and_commits_nothing(db, s3):
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS * 500))
+    blocker = psycopg2.connect(dsn)
+    blocker.cursor().execute("SELECT version FROM data_version FOR UPDATE")
+
+    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"],
+                           env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_loader_inside_copy(conn)
+        # What Kubernetes sends at a Job's deadline or a node drain. Python runs the handler
+        # once the COPY returns, which the lock holds back until it is released.
+        job.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        blocker.rollback()
+        output, _ = job.communicate(timeout=60)
+    finally:
+        job.kill()
+        blocker.close()
+
+    assert job.returncode == 1, output
+    with conn.cursor() as cur:
+        cur.execute("SELECT (SELECT count(*) FROM prices), (SELECT count(*) FROM ingest_files)")
+        assert cur.fetchone() == (0, 0)
+    run = last_run(conn)
+    assert run["status"] == "failed" and "terminated by signal 15" in run["error"]
