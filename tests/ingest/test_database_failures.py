@@ -1,4 +1,4 @@
-"""The database going away mid-load: exit 1 and nothing committed.
+"""The database going away, or the job being terminated, mid-load: exit 1, nothing committed.
 
 The job's connections are terminated the way a restart ends them (pg_terminate_backend,
 SQLSTATE 57P01 "admin shutdown"), at a moment that is certain to be mid-load.
@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import psycopg2
 
@@ -28,26 +30,35 @@ def wait_for_loader_inside_copy(conn, timeout_s=60) -> None:
     raise AssertionError("the loader never got to wait inside its COPY")
 
 
-def test_the_database_going_away_mid_load_exits_1_and_commits_nothing(db, s3):
-    dsn, conn = db
-    s3.put("p.csv", as_csv(ROWS * 500))
-    # Hold data_version's row: the COPY streams every row, then its trigger waits for this
-    # lock, so the connections die while the load's rows are written but not committed.
+@contextmanager
+def job_held_inside_copy(dsn, conn, s3, key: str) -> Iterator[tuple[subprocess.Popen, object]]:
+    """A job subprocess loading ``key``, held inside its COPY; yields (job, blocker).
+
+    The blocker holds data_version's row: the COPY streams every row, then its trigger
+    waits for this lock, so whatever the test does next happens while the load's rows
+    are written but not committed. Rolling the blocker back lets the load go on.
+    """
+    s3.put(key, as_csv(ROWS * 500))
     blocker = psycopg2.connect(dsn)
     blocker.cursor().execute("SELECT version FROM data_version FOR UPDATE")
-
-    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"],
+    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", key],
                            env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for_loader_inside_copy(conn)
+        yield job, blocker
+    finally:
+        job.kill()
+        blocker.close()
+
+
+def test_the_database_going_away_mid_load_exits_1_and_commits_nothing(db, s3):
+    dsn, conn = db
+    with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, blocker):
         with conn.cursor() as cur:
             cur.execute("""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                            WHERE application_name LIKE 'rates-ingest%%'""")
         blocker.rollback()
         output, _ = job.communicate(timeout=60)
-    finally:
-        job.kill()
-        blocker.close()
 
     assert job.returncode == 1, output
     with conn.cursor() as cur:
@@ -80,21 +91,13 @@ def test_a_real_server_restart_mid_load_exits_1_and_commits_nothing(s3, tmp_path
         conn = psycopg2.connect(dsn)
         conn.autocommit = True
         insert_world(conn)
-        s3.put("restart.csv", as_csv(ROWS * 500))
-        blocker = psycopg2.connect(dsn)
-        blocker.cursor().execute("SELECT version FROM data_version FOR UPDATE")
-        job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "restart.csv"],
-                               env={**os.environ, "DATABASE_URL": dsn},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            wait_for_loader_inside_copy(conn)
-            # The blocker still holds the lock: the restart ends every session mid-load.
-            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
-            output, _ = job.communicate(timeout=60)
+            with job_held_inside_copy(dsn, conn, s3, "restart.csv") as (job, _blocker):
+                # The blocker still holds the lock: the restart ends every session mid-load.
+                pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+                output, _ = job.communicate(timeout=60)
         finally:
-            job.kill()
             conn.close()
-            blocker.close()
         assert job.returncode == 1, output
         after = psycopg2.connect(dsn)
         with after.cursor() as cur:
@@ -109,23 +112,13 @@ def test_a_real_server_restart_mid_load_exits_1_and_commits_nothing(s3, tmp_path
 
 def test_sigterm_mid_load_exits_1_and_commits_nothing(db, s3):
     dsn, conn = db
-    s3.put("p.csv", as_csv(ROWS * 500))
-    blocker = psycopg2.connect(dsn)
-    blocker.cursor().execute("SELECT version FROM data_version FOR UPDATE")
-
-    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"],
-                           env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for_loader_inside_copy(conn)
+    with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, blocker):
         # What Kubernetes sends at a Job's deadline or a node drain. Python runs the handler
         # once the COPY returns, which the lock holds back until it is released.
         job.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         blocker.rollback()
         output, _ = job.communicate(timeout=60)
-    finally:
-        job.kill()
-        blocker.close()
 
     assert job.returncode == 1, output
     with conn.cursor() as cur:
