@@ -41,9 +41,15 @@ def classified() -> Iterator[None]:
 
 
 def connect(dsn: str, *, application_name: str, statement_timeout_ms: int = 0,
-            connect_timeout_s: int = 5, autocommit: bool = False):
-    """Open one connection with the options every component wants."""
+            connect_timeout_s: int = 5, autocommit: bool = False, client_check_interval_ms: int = 0):
+    """Open one connection with the options every component wants.
+
+    client_check_interval_ms > 0 makes the server check, that often during a long
+    statement, that the client is still there (client_connection_check_interval).
+    """
     options = f"-c statement_timeout={int(statement_timeout_ms)}"
+    if client_check_interval_ms:
+        options += f" -c client_connection_check_interval={int(client_check_interval_ms)}"
     with classified():
         conn = psycopg2.connect(dsn, application_name=application_name,
                                 connect_timeout=connect_timeout_s, options=options)

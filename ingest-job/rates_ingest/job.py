@@ -6,7 +6,6 @@ Exit codes (the Helm chart's podFailurePolicy and the controller rely on them):
   1  anything else; it may pass on retry (S3 or the database unavailable, timeouts)
 """
 
-import signal
 import time
 
 from rates_core import db
@@ -16,8 +15,10 @@ from rates_core.logs import get_logger
 from . import formats, loader, s3source
 from .runs import Outcome, RunLog
 from .settings import Settings
+from .termination import termination
 
 EXIT_OK, EXIT_RETRY, EXIT_REJECTED = 0, 1, 2
+CLIENT_CHECK_MS = 1000
 log = get_logger("rates_ingest")
 
 
@@ -57,15 +58,23 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict) ->
     info = seen["info"] = s3source.head(s3, ref)
     log.info("ingest started", etag=info.etag, object_version=info.version_id, size=info.size, format=fmt.kind,
              gzip=fmt.gzip)
-    conn = db.connect(settings.database_url, application_name=loader.APPLICATION_NAME)
+    # If this process dies without closing the connection (SIGKILL), the server notices
+    # within a second instead of finishing the statement first, holding its locks.
+    conn = db.connect(settings.database_url, application_name=loader.APPLICATION_NAME,
+                      client_check_interval_ms=CLIENT_CHECK_MS)
     try:
         download = seen["download"] = s3source.Download(s3, ref, info)
-        return loader.load(conn, ref, download, fmt, log, work_mem=settings.work_mem)
+        with termination.cancels(conn):
+            return loader.load(conn, ref, download, fmt, log, work_mem=settings.work_mem)
     finally:
         conn.close()
 
 
 def _failure(exc: BaseException) -> Outcome:
+    if termination.received:
+        # Terminated runs are retried, whatever error the termination surfaced as.
+        error = f"terminated by signal {termination.received}"
+        return Outcome("failed", error=error if error in str(exc) else f"{error} ({type(exc).__name__}: {exc})")
     if isinstance(exc, formats.FileRejected):
         return Outcome("rejected", error=str(exc), bad_rows=exc.bad_rows)
     if isinstance(exc, PermanentError) and (getattr(exc, "pgcode", None) or "")[:2] == "22":
@@ -83,10 +92,5 @@ def _exit_code(outcome: Outcome) -> int:
     return EXIT_OK
 
 
-def _terminated(signum, _frame):
-    # Kubernetes sends SIGTERM at the Job's deadline: fail the run cleanly (rollback, record).
-    raise TemporaryError(f"terminated by signal {signum}")
-
-
 def install_signal_handlers() -> None:
-    signal.signal(signal.SIGTERM, _terminated)
+    termination.install()

@@ -15,6 +15,7 @@ from typing import Iterator
 import psycopg2
 
 from tests.ingest.conftest import ROWS, as_csv, last_run
+from tests.support.poll import wait_for
 
 
 def wait_for_loader_inside_copy(conn, timeout_s=60) -> None:
@@ -110,19 +111,32 @@ def test_a_real_server_restart_mid_load_exits_1_and_commits_nothing(s3, tmp_path
         shutil.rmtree(parent, ignore_errors=True)
 
 
-def test_sigterm_mid_load_exits_1_and_commits_nothing(db, s3):
+def test_sigterm_while_the_server_works_cancels_the_load_at_once(db, s3):
     dsn, conn = db
-    with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, blocker):
-        # What Kubernetes sends at a Job's deadline or a node drain. Python runs the handler
-        # once the COPY returns, which the lock holds back until it is released.
+    with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, _blocker):
+        # What Kubernetes sends at a Job's deadline or a node drain. The blocker keeps its
+        # lock throughout: the job must not wait for the server to finish.
         job.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        blocker.rollback()
-        output, _ = job.communicate(timeout=60)
+        output, _ = job.communicate(timeout=30)
 
     assert job.returncode == 1, output
     with conn.cursor() as cur:
         cur.execute("SELECT (SELECT count(*) FROM prices), (SELECT count(*) FROM ingest_files)")
         assert cur.fetchone() == (0, 0)
     run = last_run(conn)
-    assert run["status"] == "failed" and "terminated by signal 15" in run["error"]
+    assert run["status"] == "failed" and "terminated by signal 15" in run["error"], run
+
+
+def test_a_killed_job_s_session_ends_without_waiting_for_its_statement(db, s3):
+    dsn, conn = db
+    with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, _blocker):
+        job.kill()  # SIGKILL: no handler runs, the socket just closes
+        job.wait(10)
+        # Still blocked on the lock, the server notices the client is gone and ends it.
+        wait_for(lambda: not _loader_sessions(conn), timeout=15, what="the killed job's session to end")
+
+
+def _loader_sessions(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rates-ingest'")
+        return cur.fetchone()[0]

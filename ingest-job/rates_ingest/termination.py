@@ -1,0 +1,69 @@
+"""SIGTERM and SIGINT end the run cleanly, even while the server is busy with the load.
+
+Kubernetes sends SIGTERM at a Job's deadline or when a node drains. Python runs signal
+handlers only between bytecodes of the main thread, which waits inside libpq while the
+server copies and aggregates a large file: the handler alone would run only after the
+server finished, or never, if SIGKILL follows first. So the signal also wakes a thread
+(through signal.set_wakeup_fd) that cancels the statement in progress; libpq returns,
+and the handler raises TemporaryError, which rolls the load back and records the run.
+Whichever error surfaces first (the handler's or the cancelled statement's), ``received``
+says that the run was terminated.
+"""
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from rates_core.errors import TemporaryError
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Termination:
+    def __init__(self) -> None:
+        self._cancels: dict[int, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self.received: int | None = None
+
+    def install(self) -> None:
+        """Install the handlers; call once, from the main thread."""
+        for signum in _SIGNALS:
+            signal.signal(signum, self._raise)
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_end,), name="termination", daemon=True).start()
+
+    @contextmanager
+    def cancels(self, conn) -> Iterator[None]:
+        """While inside, a termination signal cancels ``conn``'s statement in progress."""
+        with self._lock:
+            self._cancels[id(conn)] = conn.cancel
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._cancels.pop(id(conn), None)
+
+    def _watch(self, read_end: int) -> None:
+        while True:
+            data = os.read(read_end, 64)
+            received = [signum for signum in _SIGNALS if signum in data]
+            if received:
+                self.received = self.received or received[0]
+                with self._lock:
+                    cancels = list(self._cancels.values())
+                for cancel in cancels:
+                    try:
+                        cancel()
+                    except Exception:  # noqa: BLE001 - a closed connection has nothing to cancel
+                        pass
+
+    def _raise(self, signum, _frame):
+        self.received = signum
+        raise TemporaryError(f"terminated by signal {signum}")
+
+
+termination = Termination()
