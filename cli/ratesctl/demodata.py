@@ -148,6 +148,8 @@ def load(conn, spec: Spec, progress=None, batch_rows: int = 1_000_000) -> int:
     """Insert the whole dataset in one transaction; returns the number of prices."""
     port_rows = ports(spec)
     with conn, conn.cursor() as cur:
+        # As the ingest job does: the prices trigger's tuplestore spills to disk less.
+        cur.execute("SET LOCAL work_mem = '64MB'")
         # Existing regions and ports are kept, so that --force can add prices to a demo database.
         cur.executemany("INSERT INTO regions (slug, name, parent_slug) VALUES (%s, %s, %s) "
                         "ON CONFLICT (slug) DO NOTHING", regions())
