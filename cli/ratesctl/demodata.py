@@ -14,6 +14,8 @@ from typing import Iterator
 
 from psycopg2 import sql
 
+from rates_core import db
+
 CONTINENTS = [
     ("europe", "Europe", ["NL", "DE", "BE", "FR", "GB", "NO", "SE", "DK", "FI", "PL", "ES", "IT"]),
     ("asia", "Asia", ["CN", "HK", "JP", "KR", "SG", "TW", "VN", "TH", "MY", "IN"]),
@@ -149,7 +151,7 @@ def load(conn, spec: Spec, progress=None, batch_rows: int = 1_000_000) -> int:
     port_rows = ports(spec)
     with conn, conn.cursor() as cur:
         # As the ingest job does: the prices trigger's tuplestore spills to disk less.
-        cur.execute("SET LOCAL work_mem = '64MB'")
+        cur.execute("SET LOCAL work_mem = %s", (db.BULK_LOAD_WORK_MEM,))
         # Existing regions and ports are kept, so that --force can add prices to a demo database.
         cur.executemany("INSERT INTO regions (slug, name, parent_slug) VALUES (%s, %s, %s) "
                         "ON CONFLICT (slug) DO NOTHING", regions())

@@ -9,6 +9,7 @@ from rates_core.env import ConfigError
 
 from . import job
 from .settings import Settings
+from .termination import termination
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +28,7 @@ def command(bucket: str | None, key: str | None, version_id: str | None) -> int:
         logs.get_logger("rates_ingest").error("configuration error", error=str(exc))
         return job.EXIT_RETRY
     logs.configure(settings.log_level, component="ingest-job")
-    job.install_signal_handlers()
+    termination.install()
     return job.run(settings)
 
 

@@ -90,7 +90,3 @@ def _exit_code(outcome: Outcome) -> int:
     if outcome.status == "failed":
         return EXIT_RETRY
     return EXIT_OK
-
-
-def install_signal_handlers() -> None:
-    termination.install()

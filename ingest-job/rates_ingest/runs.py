@@ -27,14 +27,10 @@ ABANDONED = "abandoned: the run's process ended without recording an outcome (ki
 log = get_logger(__name__)
 
 
-# Run ids are bigint and the two-key form takes integers: ids 2^31 - 1 apart share a lock,
-# which could only delay the sweep of one of them.
-def _lock_key(run_id: str) -> str:
-    """SQL for the lock's second key, from SQL for the run id (in a statement with parameters)."""
-    return f"({run_id} %% 2147483647)::integer"
-
-
-_LOCK_KEY = _lock_key("%(id)s")
+def _lock_key(run_id: int) -> int:
+    # The two-key form takes integers and run ids are bigint: ids 2^31 - 1 apart share a
+    # lock, which could only delay the sweep of one of them.
+    return run_id % 2_147_483_647
 
 
 @dataclass
@@ -60,12 +56,13 @@ class RunLog:
             # Tidying other runs' records must not stop this run; the next run tries again.
             log.warning("could not check for abandoned runs", error=str(exc))
         with db.classified(), self.conn.cursor() as cur:
-            # One statement, so the run is never visible as running without its lock held.
-            cur.execute(f"""WITH run AS (INSERT INTO ingest_runs (bucket, key, version_id) VALUES (%s, %s, %s)
-                                         RETURNING id)
-                            SELECT id, pg_advisory_lock({RUN_LOCK_CLASS}, {_lock_key("id")}) FROM run""",
-                        (ref.bucket, ref.key, ref.version_id))
-            return cur.fetchone()[0]
+            # The lock is taken before the row exists, so no sweep sees it running unlocked.
+            cur.execute("SELECT nextval(pg_get_serial_sequence('ingest_runs', 'id'))")
+            run_id = cur.fetchone()[0]
+            cur.execute("SELECT pg_advisory_lock(%s, %s)", (RUN_LOCK_CLASS, _lock_key(run_id)))
+            cur.execute("INSERT INTO ingest_runs (id, bucket, key, version_id) VALUES (%s, %s, %s, %s)",
+                        (run_id, ref.bucket, ref.key, ref.version_id))
+            return run_id
 
     def sweep(self) -> list[int]:
         """Mark as failed the runs recorded as running whose process is gone; their ids."""
@@ -73,7 +70,7 @@ class RunLog:
         with db.classified(), self.conn.cursor() as cur:
             cur.execute("SELECT id FROM ingest_runs WHERE status = 'running' ORDER BY id")
             for (run_id,) in cur.fetchall():
-                cur.execute(f"SELECT pg_try_advisory_lock({RUN_LOCK_CLASS}, {_LOCK_KEY})", {"id": run_id})
+                cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (RUN_LOCK_CLASS, _lock_key(run_id)))
                 if not cur.fetchone()[0]:
                     continue  # its process is alive
                 try:
@@ -82,7 +79,7 @@ class RunLog:
                     if cur.rowcount:
                         swept.append(run_id)
                 finally:
-                    cur.execute(f"SELECT pg_advisory_unlock({RUN_LOCK_CLASS}, {_LOCK_KEY})", {"id": run_id})
+                    cur.execute("SELECT pg_advisory_unlock(%s, %s)", (RUN_LOCK_CLASS, _lock_key(run_id)))
         if swept:
             log.warning("marked abandoned runs as failed", run_ids=swept)
         return swept

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+from rates_core.db import BULK_LOAD_WORK_MEM
 from rates_core.env import ConfigError, env_str
 
 _MEMORY = re.compile(r"[1-9][0-9]*(kB|MB|GB)")
@@ -30,7 +31,7 @@ class Settings:
     key: str
     version_id: str | None = None
     log_level: str = "INFO"
-    work_mem: str = "64MB"
+    work_mem: str = BULK_LOAD_WORK_MEM
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, bucket: str | None = None,
@@ -42,7 +43,7 @@ class Settings:
             key=key or env_str("S3_OBJECT_KEY", environ=environ),
             version_id=version_id or environ.get("S3_VERSION_ID") or None,
             log_level=env_str("LOG_LEVEL", "INFO", environ=environ),
-            work_mem=_memory("INGEST_WORK_MEM", "64MB", environ),
+            work_mem=_memory("INGEST_WORK_MEM", BULK_LOAD_WORK_MEM, environ),
         )
 
 

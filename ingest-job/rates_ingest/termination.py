@@ -23,8 +23,8 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class Termination:
     def __init__(self) -> None:
-        self._cancels: dict[int, Callable[[], None]] = {}
-        self._lock = threading.Lock()
+        # The load's connection.cancel while a load runs; the job has one load at a time.
+        self._cancel: Callable[[], None] | None = None
         self.received: int | None = None
 
     def install(self) -> None:
@@ -39,13 +39,11 @@ class Termination:
     @contextmanager
     def cancels(self, conn) -> Iterator[None]:
         """While inside, a termination signal cancels ``conn``'s statement in progress."""
-        with self._lock:
-            self._cancels[id(conn)] = conn.cancel
+        self._cancel = conn.cancel
         try:
             yield
         finally:
-            with self._lock:
-                self._cancels.pop(id(conn), None)
+            self._cancel = None
 
     def _watch(self, read_end: int) -> None:
         while True:
@@ -53,9 +51,8 @@ class Termination:
             received = [signum for signum in _SIGNALS if signum in data]
             if received:
                 self.received = self.received or received[0]
-                with self._lock:
-                    cancels = list(self._cancels.values())
-                for cancel in cancels:
+                cancel = self._cancel
+                if cancel is not None:
                     try:
                         cancel()
                     except Exception:  # noqa: BLE001 - a closed connection has nothing to cancel

@@ -5,9 +5,7 @@ import time
 
 import pytest
 
-from rates_core.env import ConfigError
 from rates_ingest.readahead import read_ahead
-from rates_ingest.settings import Settings
 
 
 def test_yields_every_item_in_order_from_another_thread():
@@ -67,17 +65,3 @@ def test_closing_early_stops_the_producer_and_closes_its_source():
     reader.close()
     assert closed.wait(5)
     assert not any(t.name == "read-ahead" and t.is_alive() for t in threading.enumerate())
-
-
-@pytest.mark.parametrize("value", ["64MB", "512kB", "1GB"])
-def test_work_mem_accepts_postgres_sizes(value):
-    settings = Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
-                                  "INGEST_WORK_MEM": value})
-    assert settings.work_mem == value
-
-
-@pytest.mark.parametrize("value", ["64", "64mb", "0MB", "64MB; DROP TABLE prices", "-1GB"])
-def test_work_mem_rejects_anything_else_at_startup(value):
-    with pytest.raises(ConfigError, match="INGEST_WORK_MEM"):
-        Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
-                           "INGEST_WORK_MEM": value})

@@ -1,0 +1,20 @@
+"""The job's settings from the environment."""
+
+import pytest
+
+from rates_core.env import ConfigError
+from rates_ingest.settings import Settings
+
+
+@pytest.mark.parametrize("value", ["64MB", "512kB", "1GB"])
+def test_work_mem_accepts_postgres_sizes(value):
+    settings = Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
+                                  "INGEST_WORK_MEM": value})
+    assert settings.work_mem == value
+
+
+@pytest.mark.parametrize("value", ["64", "64mb", "0MB", "64MB; DROP TABLE prices", "-1GB"])
+def test_work_mem_rejects_anything_else_at_startup(value):
+    with pytest.raises(ConfigError, match="INGEST_WORK_MEM"):
+        Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
+                           "INGEST_WORK_MEM": value})
