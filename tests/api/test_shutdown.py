@@ -12,6 +12,7 @@ import psycopg2
 import pytest
 import requests
 
+from tests.support.db import lock_waiters
 from tests.support.net import free_port, wait_for_http
 from tests.support.world import insert_prices
 
@@ -37,40 +38,37 @@ def gunicorn(dsn, world, tmp_path):
             process.wait()
 
 
-def waiting_api_backends(admin) -> int:
-    with admin.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity "
-                    "WHERE application_name = 'rates-api' AND wait_event_type = 'Lock'")
-        return cur.fetchone()[0]
-
-
 def test_sigterm_drains_readiness_first_and_finishes_in_flight_requests(gunicorn, world, dsn):
     process, base = gunicorn
     insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
     # Hold a lock that /rates needs, so that requests stay in flight as long as we like.
     blocker = psycopg2.connect(dsn)
-    blocker.cursor().execute("LOCK TABLE data_version IN ACCESS EXCLUSIVE MODE")
-    url = base + "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=CNSHA&destination=NLRTM"
-    with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        futures = [pool.submit(requests.get, url, timeout=30) for _ in range(IN_FLIGHT)]
-        deadline = time.monotonic() + 10
-        while waiting_api_backends(world) < IN_FLIGHT:
-            assert time.monotonic() < deadline, "requests never reached the database"
-            time.sleep(0.05)
+    try:
+        blocker.cursor().execute("LOCK TABLE data_version IN ACCESS EXCLUSIVE MODE")
+        url = base + "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=CNSHA&destination=NLRTM"
+        with ThreadPoolExecutor(IN_FLIGHT) as pool:
+            futures = [pool.submit(requests.get, url, timeout=30) for _ in range(IN_FLIGHT)]
+            try:
+                deadline = time.monotonic() + 10
+                while lock_waiters(world, application_name="rates-api") < IN_FLIGHT:
+                    assert time.monotonic() < deadline, "requests never reached the database"
+                    time.sleep(0.05)
 
-        process.send_signal(signal.SIGTERM)
-        readiness = []
-        for _ in range(20):  # the drain window is 2 s
-            readiness.append(requests.get(base + "/readyz", timeout=5).status_code)
-            if readiness[-1] == 503:
-                break
-            time.sleep(0.05)
-        assert readiness[-1] == 503, readiness
-        assert not any(f.done() for f in futures), "a request ended before the lock was released"
-
-        blocker.rollback()
+                process.send_signal(signal.SIGTERM)
+                readiness = []
+                for _ in range(20):  # the drain window is 2 s
+                    readiness.append(requests.get(base + "/readyz", timeout=5).status_code)
+                    if readiness[-1] == 503:
+                        break
+                    time.sleep(0.05)
+                assert readiness[-1] == 503, readiness
+                assert not any(f.done() for f in futures), "a request ended before the lock was released"
+            finally:
+                # Released whatever happened, or the pool would wait out every request's timeout.
+                blocker.rollback()
+            responses = [f.result() for f in futures]
+    finally:
         blocker.close()
-        responses = [f.result() for f in futures]
     assert [r.status_code for r in responses] == [200] * IN_FLIGHT
     assert all(r.json() == [{"day": "2024-03-01", "average_price": 20}] for r in responses)
     assert process.wait(timeout=30) == 0

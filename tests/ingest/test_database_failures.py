@@ -8,27 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from typing import Iterator
 
 import psycopg2
 
 from tests.ingest.conftest import ROWS, as_csv, last_run
+from tests.support.db import lock_waiters
 from tests.support.poll import wait_for
-
-
-def wait_for_loader_inside_copy(conn, timeout_s=60) -> None:
-    deadline = time.monotonic() + timeout_s
-    with conn.cursor() as cur:
-        while time.monotonic() < deadline:
-            cur.execute("""SELECT count(*) FROM pg_stat_activity
-                           WHERE application_name = 'rates-ingest' AND wait_event_type = 'Lock'
-                             AND query LIKE 'COPY prices%%'""")
-            if cur.fetchone()[0]:
-                return
-            time.sleep(0.05)
-    raise AssertionError("the loader never got to wait inside its COPY")
 
 
 @contextmanager
@@ -45,7 +32,8 @@ def job_held_inside_copy(dsn, conn, s3, key: str) -> Iterator[tuple[subprocess.P
     job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", key],
                            env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        wait_for_loader_inside_copy(conn)
+        wait_for(lambda: lock_waiters(conn, application_name="rates-ingest", query_prefix="COPY prices"),
+                 timeout=60, interval=0.05, what="the loader to wait inside its COPY")
         yield job, blocker
     finally:
         job.kill()

@@ -10,6 +10,7 @@ import psycopg2
 from rates_ingest.runs import ABANDONED, RunLog
 from rates_ingest.s3source import ObjectRef
 from tests.ingest.conftest import ROWS, as_csv, as_tuples, last_run, prices, run_cli, runs
+from tests.support.db import lock_waiters
 from tests.support.net import free_port
 from tests.support.poll import wait_for
 
@@ -100,7 +101,8 @@ def test_a_killed_run_is_marked_failed_by_the_next_run(db, s3):
     job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "in/killed.csv"],
                            env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.DEVNULL)
     try:
-        wait_for(lambda: _waiting_on_lock(conn), timeout=60, what="the job to wait for the object's lock")
+        wait_for(lambda: lock_waiters(conn, application_name="rates-ingest") == 1, timeout=60,
+                 what="the job to wait for the object's lock")
         assert last_run(conn)["status"] == "running"
         job.kill()
         job.wait(10)
@@ -129,10 +131,3 @@ def test_a_live_run_is_not_swept(db):
     finally:
         alive.close()
         other.close()
-
-
-def _waiting_on_lock(conn) -> bool:
-    with conn.cursor() as cur:
-        cur.execute("""SELECT count(*) FROM pg_stat_activity
-                       WHERE application_name = 'rates-ingest' AND wait_event_type = 'Lock'""")
-        return cur.fetchone()[0] == 1

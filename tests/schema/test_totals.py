@@ -113,9 +113,11 @@ def test_every_write_bumps_the_data_version(world):
 def test_concurrent_writers_in_opposite_orders_do_not_deadlock(world, dsn):
     """Two transactions touch the same lanes in opposite orders; both must commit."""
     import threading
-    import time
 
     import psycopg2
+
+    from tests.support.db import lock_waiters
+    from tests.support.poll import wait_for
 
     first, second = psycopg2.connect(dsn), psycopg2.connect(dsn)
     insert = "INSERT INTO prices (orig_code, dest_code, day, price) VALUES (%s, %s, '2024-01-01', %s)"
@@ -130,16 +132,21 @@ def test_concurrent_writers_in_opposite_orders_do_not_deadlock(world, dsn):
         except psycopg2.Error as exc:  # a deadlock would land here or in the main thread
             errors.append(exc)
 
-    with first.cursor() as cur:
-        cur.execute(insert, ("NOOSL", "NLRTM", 10))
-        thread = threading.Thread(target=second_writer)
-        thread.start()
-        time.sleep(0.5)  # let the second writer reach its first insert and wait
-        cur.execute(insert, ("CNSHA", "DEHAM", 10))
-    first.commit()
-    thread.join(timeout=30)
-    first.close()
-    second.close()
+    try:
+        with first.cursor() as cur:
+            cur.execute(insert, ("NOOSL", "NLRTM", 10))
+            thread = threading.Thread(target=second_writer)
+            thread.start()
+            # Only with the second writer blocked behind the first do the orders conflict.
+            wait_for(lambda: lock_waiters(world, pid=second.get_backend_pid()), timeout=30,
+                     interval=0.02, what="the second writer to wait for a lock")
+            cur.execute(insert, ("CNSHA", "DEHAM", 10))
+        first.commit()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    finally:
+        first.close()
+        second.close()
     assert errors == []
     with world.cursor() as cur:
         cur.execute("SELECT orig_code, dest_code, price_sum, price_count FROM lane_totals ORDER BY 1")

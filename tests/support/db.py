@@ -84,3 +84,16 @@ def ratestask_sql() -> Path:
     if not RATESTASK_SQL.exists():
         pytest.skip(f"the ratestask sample is not present at {RATESTASK_SQL}")
     return RATESTASK_SQL
+
+
+def lock_waiters(conn, *, application_name: str | None = None, pid: int | None = None,
+                 query_prefix: str | None = None) -> int:
+    """How many sessions (of this application, pid or statement) wait for a lock now."""
+    with conn.cursor() as cur:
+        cur.execute("""SELECT count(*) FROM pg_stat_activity
+                       WHERE wait_event_type = 'Lock'
+                         AND (%(app)s::text IS NULL OR application_name = %(app)s)
+                         AND (%(pid)s::int IS NULL OR pid = %(pid)s)
+                         AND (%(prefix)s::text IS NULL OR starts_with(query, %(prefix)s))""",
+                    {"app": application_name, "pid": pid, "prefix": query_prefix})
+        return cur.fetchone()[0]
