@@ -52,14 +52,19 @@ def connect(dsn: str, *, application_name: str, statement_timeout_ms: int = 0,
     client_check_interval_ms > 0 makes the server check, that often during a long
     statement, that the client is still there (client_connection_check_interval).
     """
+    with classified():
+        conn = psycopg2.connect(**_connect_args(dsn, application_name, statement_timeout_ms, connect_timeout_s,
+                                                client_check_interval_ms))
+    conn.autocommit = autocommit
+    return conn
+
+
+def _connect_args(dsn: str, application_name: str, statement_timeout_ms: int, connect_timeout_s: int,
+                  client_check_interval_ms: int = 0) -> dict:
     options = f"-c statement_timeout={int(statement_timeout_ms)}"
     if client_check_interval_ms:
         options += f" -c client_connection_check_interval={int(client_check_interval_ms)}"
-    with classified():
-        conn = psycopg2.connect(dsn, application_name=application_name,
-                                connect_timeout=connect_timeout_s, options=options)
-    conn.autocommit = autocommit
-    return conn
+    return dict(dsn=dsn, application_name=application_name, connect_timeout=connect_timeout_s, options=options)
 
 
 class Pool:
@@ -67,14 +72,15 @@ class Pool:
 
     Opening lazily lets a process start (and report itself unready) while the database
     is down; keeping every connection open avoids a new connection per request.
+    Connections are in autocommit mode: the API only reads, each statement has its own
+    snapshot either way, and an explicit transaction would cost a BEGIN and a ROLLBACK
+    round trip per request.
     """
 
     def __init__(self, dsn: str, *, size: int, application_name: str,
                  statement_timeout_ms: int, connect_timeout_s: int = 5):
         self.size = size
-        self._connect_args = dict(dsn=dsn, application_name=application_name,
-                                  connect_timeout=connect_timeout_s,
-                                  options=f"-c statement_timeout={int(statement_timeout_ms)}")
+        self._connect_args = _connect_args(dsn, application_name, statement_timeout_ms, connect_timeout_s)
         self._pool = None
         self._lock = threading.Lock()
 
@@ -87,13 +93,15 @@ class Pool:
 
     @contextmanager
     def connection(self) -> Iterator["psycopg2.extensions.connection"]:
-        """Lend a connection for one unit of work; it is returned rolled back."""
+        """Lend an autocommit connection for one unit of work; a transaction left open is rolled back."""
         with classified():
             pool = self._opened()
             try:
                 conn = pool.getconn()
             except psycopg2.pool.PoolError as exc:
                 raise TemporaryError(f"database pool exhausted: {exc}") from exc
+            if not conn.autocommit:
+                conn.autocommit = True
         broken = False
         try:
             yield conn
