@@ -6,33 +6,38 @@ keeps serving for SHUTDOWN_DRAIN_SECONDS; then it stops accepting and lets in-fl
 requests finish (up to GUNICORN_GRACEFUL_TIMEOUT). SIGINT/SIGQUIT still stop at once.
 """
 
+import math
 import os
 import shutil
 import signal
 import tempfile
 import threading
 
+# The same reading rules as the app's settings: empty means the default, and a bad
+# value stops the master with the variable's name.
+from rates_core.env import env_float, env_int, env_str
+
 wsgi_app = "rates_api:create_app()"
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+bind = f"{env_str('HOST', '127.0.0.1')}:{env_int('PORT', 8000, minimum=1)}"
+workers = env_int("WEB_CONCURRENCY", 2, minimum=1)
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = env_int("GUNICORN_THREADS", 4, minimum=1)
 # Longer than the AWS load balancer's 60 s idle timeout, so the balancer always closes
 # idle connections first and never sends a request into one that gunicorn is closing.
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
-drain_seconds = float(os.environ.get("SHUTDOWN_DRAIN_SECONDS", "5"))
-graceful_timeout = int(drain_seconds) + int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+keepalive = env_int("GUNICORN_KEEPALIVE", 75, minimum=0)
+timeout = env_int("GUNICORN_TIMEOUT", 30, minimum=1)
+drain_seconds = env_float("SHUTDOWN_DRAIN_SECONDS", 5.0)
+graceful_timeout = math.ceil(drain_seconds) + env_int("GUNICORN_GRACEFUL_TIMEOUT", 30, minimum=0)
 # Heartbeat files go to memory: the container's root filesystem is read-only.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # The app writes one JSON line per request itself.
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = env_str("LOG_LEVEL", "info").lower()
 # The runtime control socket would be written under $HOME, which is read-only in the
 # container, and several servers on one machine would fight over its path.
 control_socket_disable = True
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+forwarded_allow_ips = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 # Workers share Prometheus metrics through files; the directory must exist before any
 # worker imports prometheus_client.
