@@ -125,20 +125,34 @@ def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
     # (When the terminal signals every gunicorn process at once, a gthread worker can
     # receive SIGINT and then SIGQUIT and deadlock inside its own quit handler.)
     api = subprocess.Popen(gunicorn_argv(), env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    week = f"date_from={first_day}&date_to={first_day.fromordinal(first_day.toordinal() + 6)}"
-    time.sleep(1)
-    click.echo(f"\nRates API: {url}\n\nTry:\n"
-               f"  curl '{url}/rates?{week}&origin=CNSHA&destination=NLRTM'\n"
-               f"  curl '{url}/rates?{week}&origin=asia&destination=europe_north'\n\n"
-               "Ctrl-C stops the API and the database.\n")
     try:
-        api.wait()
+        url = f"http://127.0.0.1:{port}"
+        week = f"date_from={first_day}&date_to={first_day.fromordinal(first_day.toordinal() + 6)}"
+        time.sleep(1)
+        click.echo(f"\nRates API: {url}\n\nTry:\n"
+                   f"  curl '{url}/rates?{week}&origin=CNSHA&destination=NLRTM'\n"
+                   f"  curl '{url}/rates?{week}&origin=asia&destination=europe_north'\n\n"
+                   "Ctrl-C stops the API and the database.\n")
+        code = api.wait()
     except KeyboardInterrupt:
-        click.echo("stopping the API ...")
-        api.send_signal(signal.SIGINT)
-        try:
-            api.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            api.kill()
-            api.wait()
+        code = None
+    finally:
+        # Whenever we stop (even on a Ctrl-C before the banner), gunicorn stops first.
+        _stop_api(api)
+    if code:
+        raise click.ClickException(f"the API exited with status {code}")
+
+
+def _stop_api(api: subprocess.Popen) -> None:
+    if api.poll() is not None:
+        return
+    click.echo("stopping the API ...")
+    # Further Ctrl-Cs must not cut the wait short and leave gunicorn running.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    api.send_signal(signal.SIGINT)
+    try:
+        api.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        api.kill()
+        api.wait()
