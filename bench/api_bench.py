@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from ratesctl import commands, demodata, localdb  # noqa: E402
 from rates_core import migrate  # noqa: E402
 from tests.support.net import free_port, wait_for_http  # noqa: E402
+from tests.support.proc import stop_process  # noqa: E402
 
 LUA = Path(__file__).with_name("wrk_report.lua")
 
@@ -99,7 +99,8 @@ def query_pools(dsn, args):
     return pools
 
 
-def start_server(app, dsn, args, extra_env, log_dir):
+def start_server(app, dsn, args, extra_env, log_dir, processes):
+    """Start one server; it is added to ``processes`` at once, so it is stopped even if it never answers."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": dsn, "HOST": "127.0.0.1", "PORT": str(port),
            "WEB_CONCURRENCY": str(args.workers), "LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO),
@@ -109,8 +110,9 @@ def start_server(app, dsn, args, extra_env, log_dir):
                 "-b", f"127.0.0.1:{port}", "--timeout", "300", app]
     else:
         argv = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "api" / "gunicorn.conf.py")]
-    log = open(Path(log_dir) / f"server-{port}.log", "w")
-    process = subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=REPO)
+    with open(Path(log_dir) / f"server-{port}.log", "w") as log:
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=REPO)
+    processes.append(process)
     base = f"http://127.0.0.1:{port}"
     wait_for_http(base + ("/rates" if app else "/healthz"), status=400 if app else 200, process=process)
     return process, base
@@ -147,22 +149,19 @@ def main():
         sys.exit("wrk is not installed: apt-get install wrk (Debian's package)")
     print(f"dataset: {args.prices:,} prices over {args.days} days (cached under .local/bench)")
     server, dsn = dataset(args)
-    pools = query_pools(dsn, args)
     processes = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            ours = start_server(None, dsn, args, {"PROMETHEUS_MULTIPROC_DIR": f"{tmp}/m1"}, tmp)
-            nocache = start_server(None, dsn, args, {"RESPONSE_CACHE_SIZE": "0",
-                                                     "PROMETHEUS_MULTIPROC_DIR": f"{tmp}/m2"}, tmp)
-            naive = start_server("bench.naive_app:create_app()", dsn, args,
-                                 {"PROMETHEUS_MULTIPROC_DIR": f"{tmp}/m3"}, tmp)
-            processes = [ours[0], nocache[0], naive[0]]
-            report(args, pools, ours[1], nocache[1], naive[1], tmp)
+            pools = query_pools(dsn, args)
+            bases = []
+            for app, env in ((None, {}), (None, {"RESPONSE_CACHE_SIZE": "0"}), ("bench.naive_app:create_app()", {})):
+                env["PROMETHEUS_MULTIPROC_DIR"] = f"{tmp}/m{len(bases)}"
+                process, base = start_server(app, dsn, args, env, tmp, processes)
+                bases.append(base)
+            report(args, pools, *bases, tmp)
         finally:
             for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(timeout=60)
+                stop_process(process, 60)
             server.cleanup()
 
 

@@ -8,6 +8,7 @@ import sys
 import requests
 
 from tests.support.net import free_port, wait_for_http
+from tests.support.proc import stop_process
 
 
 def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
@@ -22,6 +23,7 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).json()["version"] == "9.9.9"
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'rates_api_requests_total{method="GET",route="/",status="200"} 1.0' in metrics
-    finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+    finally:
+        stop_process(process)

@@ -14,6 +14,7 @@ import requests
 
 from tests.support.db import lock_waiters
 from tests.support.net import free_port, wait_for_http
+from tests.support.proc import stop_process
 from tests.support.world import insert_prices
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,9 +34,7 @@ def gunicorn(dsn, world, tmp_path):
         wait_for_http(base + "/readyz", process=process)
         yield process, base
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def test_sigterm_drains_readiness_first_and_finishes_in_flight_requests(gunicorn, world, dsn):

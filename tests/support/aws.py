@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from tests.support.net import free_port
+from tests.support.proc import stop_process
 
 _names = itertools.count()
 
@@ -53,12 +54,7 @@ def start_moto(port: int | None = None, log_path=None) -> tuple[subprocess.Popen
 
 
 def stop_moto(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process)
 
 
 @pytest.fixture(scope="session")

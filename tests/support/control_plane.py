@@ -22,7 +22,6 @@ import base64
 import contextlib
 import datetime
 import ipaddress
-import os
 import shutil
 import signal
 import ssl
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support.net import free_port
+from tests.support.proc import stop_process
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -222,7 +222,7 @@ class ControlPlane:
     def stop(self, keep_workdir: bool = False) -> None:
         """Stop all components (controller manager first), then remove the work dir."""
         for name in reversed(list(self.procs)):
-            _terminate(self.procs[name])
+            stop_process(self.procs[name], group=True)
         self.procs.clear()
         _live.discard(self)
         if self._own_workdir and not keep_workdir:
@@ -407,19 +407,3 @@ def die_with_parent() -> None:
             import ctypes
 
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    # whatever is left in the group (the leader may be gone already)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)

@@ -30,12 +30,10 @@ import contextlib
 import datetime
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.support.control_plane import die_with_parent
+from tests.support.proc import stop_process
 
 POLL_INTERVAL = 0.2
 # the generated client would pick JSON-patch for a dict body
@@ -105,7 +104,7 @@ class LocalNode:
         if self._thread:
             self._thread.join(timeout=10)
         for run in self._running.values():
-            _kill(run.proc)
+            stop_process(run.proc, 5, group=True)
         self._running.clear()
         # Without a kubelet nobody would confirm the deletion of our Pods (and their
         # namespace would stay Terminating): force-delete them like a kubelet would.
@@ -180,7 +179,7 @@ class LocalNode:
                 self._run(pod)
         for uid, run in list(self._running.items()):
             if uid not in seen:  # deleted behind our back
-                _kill(run.proc)
+                stop_process(run.proc, 5, group=True)
                 del self._running[uid]
             elif not run.reported and run.proc.poll() is not None:
                 self._report_exit(run)
@@ -199,7 +198,7 @@ class LocalNode:
     def _delete(self, pod: client.V1Pod) -> None:
         run = self._running.pop(pod.metadata.uid, None)
         if run:
-            _kill(run.proc)
+            stop_process(run.proc, 5, group=True)
         with contextlib.suppress(ApiException):
             self.core.delete_namespaced_pod(
                 pod.metadata.name, pod.metadata.namespace,
@@ -320,17 +319,3 @@ def _expand(value: str, env: dict[str, str]) -> str:
     for key, val in env.items():
         value = value.replace(f"$({key})", val)
     return value
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group
