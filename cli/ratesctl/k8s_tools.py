@@ -352,10 +352,13 @@ def resolve_tools(
             log(f"{group} built in {time.monotonic() - started:.0f}s")
     result: dict[str, Tool] = {}
     for t in tools:
+        if found[t]:  # already checked (its --version ran) before the build
+            result[t] = found[t]
+            continue
         tool = _installed(t, versions)
         if tool is None:
             raise ToolsUnavailable(_unavailable_message([t], versions, "Build produced nothing."))
-        result[t] = tool if found[t] else dataclasses.replace(tool, source="built")
+        result[t] = dataclasses.replace(tool, source="built")
     return result
 
 
