@@ -31,6 +31,9 @@ class VersionedCache:
         if self.max_entries <= 0:
             return
         with self._lock:
+            current = self._entries.get(key)
+            if current is not None and current[0] > version:
+                return  # a slower request computed this under an older version: keep the newer one
             self._entries[key] = (version, body)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
