@@ -1,6 +1,8 @@
 """PostgreSQL connections and the one place where psycopg2 errors are classified."""
 
+import select
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -75,33 +77,63 @@ class Pool:
     Connections are in autocommit mode: the API only reads, each statement has its own
     snapshot either way, and an explicit transaction would cost a BEGIN and a ROLLBACK
     round trip per request.
+
+    While the database is unreachable, requests must not queue behind each other's
+    connect timeouts, or every thread of a worker ends up waiting (and /healthz with
+    them). So a thread waits at most one connect timeout for another that is opening the
+    pool, and after a failed opening the pool answers at once for ``retry_after_s``.
     """
 
     def __init__(self, dsn: str, *, size: int, application_name: str,
-                 statement_timeout_ms: int, connect_timeout_s: int = 5):
+                 statement_timeout_ms: int, connect_timeout_s: int = 5, retry_after_s: float = 1.0):
         self.size = size
         self._connect_args = _connect_args(dsn, application_name, statement_timeout_ms, connect_timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._retry_after_s = retry_after_s
         self._pool = None
         self._lock = threading.Lock()
+        self._failed_at = float("-inf")
+        self._failure = ""
 
     def _opened(self) -> psycopg2.pool.ThreadedConnectionPool:
-        with self._lock:
+        if not self._lock.acquire(timeout=self._connect_timeout_s):
+            raise TemporaryError("the database is not answering; its connections are still being opened")
+        try:
             if self._pool is None:
-                # psycopg2 closes returned connections beyond minconn, so minconn = maxconn.
-                self._pool = psycopg2.pool.ThreadedConnectionPool(self.size, self.size, **self._connect_args)
+                waited = time.monotonic() - self._failed_at
+                if waited < self._retry_after_s:
+                    raise TemporaryError(f"the database was unreachable {waited:.1f}s ago: {self._failure}")
+                try:
+                    # psycopg2 closes returned connections beyond minconn, so minconn = maxconn.
+                    self._pool = psycopg2.pool.ThreadedConnectionPool(self.size, self.size, **self._connect_args)
+                except psycopg2.Error as exc:
+                    self._failed_at, self._failure = time.monotonic(), str(exc).strip()
+                    raise
             return self._pool
+        finally:
+            self._lock.release()
+
+    def _checkout(self, pool) -> "psycopg2.extensions.connection":
+        # A connection that the server closed while it sat in the pool (a restart, a
+        # failover, an idle timeout) is replaced here instead of failing a request.
+        for _ in range(self.size + 1):
+            try:
+                conn = pool.getconn()
+            except psycopg2.pool.PoolError as exc:
+                raise TemporaryError(f"database pool exhausted: {exc}") from exc
+            if not _closed_by_server(conn):
+                if not conn.autocommit:
+                    conn.autocommit = True
+                return conn
+            pool.putconn(conn, close=True)
+        raise TemporaryError("the database keeps closing new connections")
 
     @contextmanager
     def connection(self) -> Iterator["psycopg2.extensions.connection"]:
         """Lend an autocommit connection for one unit of work; a transaction left open is rolled back."""
         with classified():
             pool = self._opened()
-            try:
-                conn = pool.getconn()
-            except psycopg2.pool.PoolError as exc:
-                raise TemporaryError(f"database pool exhausted: {exc}") from exc
-            if not conn.autocommit:
-                conn.autocommit = True
+            conn = self._checkout(pool)
         broken = False
         try:
             yield conn
@@ -121,3 +153,13 @@ class Pool:
             if self._pool is not None:
                 self._pool.closeall()
                 self._pool = None
+
+
+def _closed_by_server(conn) -> bool:
+    """True if an idle connection is closed, or has unread input, which on an idle
+    connection means the server's goodbye (an error message, then end of stream)."""
+    if conn.closed:
+        return True
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))

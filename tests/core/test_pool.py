@@ -1,0 +1,107 @@
+"""rates_core.db.Pool against a real server, and against one that never answers."""
+
+import socket
+import threading
+
+import pytest
+
+from rates_core.db import Pool
+from rates_core.errors import TemporaryError
+from tests.support.poll import wait_for
+
+APP = "pool-test"
+
+
+def _backend_pids(conn) -> set[int]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (APP,))
+        return {pid for (pid,) in cur.fetchall()}
+
+
+def _select_pid(pool: Pool) -> int:
+    with pool.connection() as lent, lent.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+def test_connections_the_server_closed_are_replaced_not_failed(dsn, conn):
+    pool = Pool(dsn, size=3, application_name=APP, statement_timeout_ms=0)
+    try:
+        _select_pid(pool)
+        old = _backend_pids(conn)
+        assert len(old) == 3
+        with conn.cursor() as cur:  # what a database restart or failover does to them
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                        (APP,))
+        wait_for(lambda: not _backend_pids(conn) & old, timeout=10, what="the backends to end")
+        used = {_select_pid(pool) for _ in range(6)}
+        assert not used & old
+    finally:
+        pool.close()
+
+
+class SilentServer:
+    """A TCP listener that accepts connections and never says a word: a hung database."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+        for peer in self.accepted:
+            peer.close()
+
+
+@pytest.fixture
+def silent():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def _hung_pool(silent: SilentServer) -> Pool:
+    # sslmode and gssencmode off: libpq would otherwise try a second connection per attempt.
+    dsn = f"postgresql://nobody@127.0.0.1:{silent.port}/none?sslmode=disable&gssencmode=disable"
+    return Pool(dsn, size=2, application_name=APP, statement_timeout_ms=0, connect_timeout_s=1,
+                retry_after_s=600)
+
+
+def test_after_a_failed_opening_requests_fail_at_once(silent):
+    pool = _hung_pool(silent)
+    with pytest.raises(TemporaryError, match="timeout"):
+        _select_pid(pool)
+    assert len(silent.accepted) == 1
+    for _ in range(4):
+        with pytest.raises(TemporaryError, match="unreachable"):
+            _select_pid(pool)
+    assert len(silent.accepted) == 1
+
+
+def test_concurrent_requests_do_not_queue_behind_each_others_timeouts(silent):
+    pool = _hung_pool(silent)
+    errors = []
+
+    def request():
+        try:
+            _select_pid(pool)
+        except TemporaryError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(errors) == 3
+    # One thread tried; the others gave up waiting for it or saw its failure.
+    assert len(silent.accepted) == 1
