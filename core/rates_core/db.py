@@ -80,8 +80,8 @@ class Pool:
 
     While the database is unreachable, requests must not queue behind each other's
     connect timeouts, or every thread of a worker ends up waiting (and /healthz with
-    them). So a thread waits at most one connect timeout for another that is opening the
-    pool, and after a failed opening the pool answers at once for ``retry_after_s``.
+    them). So a thread waits at most one connect timeout for another that is opening a
+    connection, and after a failed opening the pool answers at once for ``retry_after_s``.
     """
 
     def __init__(self, dsn: str, *, size: int, application_name: str,
@@ -95,25 +95,27 @@ class Pool:
         self._failed_at = float("-inf")
         self._failure = ""
 
-    def _opened(self) -> psycopg2.pool.ThreadedConnectionPool:
+    def _checkout(self) -> tuple[psycopg2.pool.ThreadedConnectionPool, "psycopg2.extensions.connection"]:
+        # Under the lock because getconn() may open a connection (the first time, or to
+        # replace a closed one), and those openings are what must not queue up.
         if not self._lock.acquire(timeout=self._connect_timeout_s):
-            raise TemporaryError("the database is not answering; its connections are still being opened")
+            raise TemporaryError("the database is not answering; connections are still being opened")
         try:
-            if self._pool is None:
-                waited = time.monotonic() - self._failed_at
-                if waited < self._retry_after_s:
-                    raise TemporaryError(f"the database was unreachable {waited:.1f}s ago: {self._failure}")
-                try:
+            waited = time.monotonic() - self._failed_at
+            if waited < self._retry_after_s:
+                raise TemporaryError(f"the database was unreachable {waited:.1f}s ago: {self._failure}")
+            try:
+                if self._pool is None:
                     # psycopg2 closes returned connections beyond minconn, so minconn = maxconn.
                     self._pool = psycopg2.pool.ThreadedConnectionPool(self.size, self.size, **self._connect_args)
-                except psycopg2.Error as exc:
-                    self._failed_at, self._failure = time.monotonic(), str(exc).strip()
-                    raise
-            return self._pool
+                return self._pool, self._live_connection(self._pool)
+            except psycopg2.OperationalError as exc:
+                self._failed_at, self._failure = time.monotonic(), str(exc).strip()
+                raise
         finally:
             self._lock.release()
 
-    def _checkout(self, pool) -> "psycopg2.extensions.connection":
+    def _live_connection(self, pool) -> "psycopg2.extensions.connection":
         # A connection that the server closed while it sat in the pool (a restart, a
         # failover, an idle timeout) is replaced here instead of failing a request.
         for _ in range(self.size + 1):
@@ -132,8 +134,7 @@ class Pool:
     def connection(self) -> Iterator["psycopg2.extensions.connection"]:
         """Lend an autocommit connection for one unit of work; a transaction left open is rolled back."""
         with classified():
-            pool = self._opened()
-            conn = self._checkout(pool)
+            pool, conn = self._checkout()
         broken = False
         try:
             yield conn

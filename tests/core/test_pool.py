@@ -3,7 +3,9 @@
 import socket
 import threading
 
+import psycopg2
 import pytest
+from psycopg2 import sql
 
 from rates_core.db import Pool
 from rates_core.errors import TemporaryError
@@ -38,6 +40,46 @@ def test_connections_the_server_closed_are_replaced_not_failed(dsn, conn):
         assert not used & old
     finally:
         pool.close()
+
+
+def _allow_connections(admin_dsn: str, name: str, allow: bool) -> None:
+    admin = psycopg2.connect(admin_dsn)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.Literal(allow)))
+    finally:
+        admin.close()
+
+
+def test_a_database_refusing_connections_fails_fast_then_recovers(dsn, conn, admin_dsn):
+    pool = Pool(dsn, size=2, application_name=APP, statement_timeout_ms=0, retry_after_s=0.5)
+    name = conn.info.dbname
+    try:
+        old = {_select_pid(pool)}
+        _allow_connections(admin_dsn, name, False)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                        (APP,))
+        wait_for(lambda: not _backend_pids(conn), timeout=10, what="the backends to end")
+        with pytest.raises(TemporaryError, match="not currently accepting connections"):
+            _select_pid(pool)  # both pooled connections are dead; the replacement is refused
+        with pytest.raises(TemporaryError, match="unreachable"):
+            _select_pid(pool)
+        _allow_connections(admin_dsn, name, True)
+        new = wait_for(lambda: _pid_or_none(pool), timeout=10, what="the pool to reconnect")
+        assert new not in old
+    finally:
+        _allow_connections(admin_dsn, name, True)
+        pool.close()
+
+
+def _pid_or_none(pool: Pool) -> int | None:
+    try:
+        return _select_pid(pool)
+    except TemporaryError:
+        return None
 
 
 class SilentServer:
