@@ -10,11 +10,23 @@ def settings(dsn) -> Settings:
 
 
 @pytest.fixture
-def client(settings):
+def make_client():
+    """Make Flask test clients of apps with the given settings; their pools close after the test."""
+    apps = []
+
+    def make(settings: Settings):
+        apps.append(create_app(settings))
+        return apps[-1].test_client()
+
+    yield make
+    for app in apps:
+        app.extensions["rates_api"].pool.close()
+
+
+@pytest.fixture
+def client(settings, make_client):
     """A Flask test client of an app on this test's database."""
-    app = create_app(settings)
-    yield app.test_client()
-    app.extensions["rates_api"].pool.close()
+    return make_client(settings)
 
 
 @pytest.fixture

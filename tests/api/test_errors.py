@@ -1,5 +1,8 @@
 """Bad input: a JSON error with a 4xx status, never a 500."""
 
+from dataclasses import replace
+
+import psycopg2
 import pytest
 
 GOOD = dict(date_from="2024-03-01", date_to="2024-03-02", origin="CNSHA", destination="NLRTM")
@@ -55,14 +58,9 @@ def test_unknown_route_and_method_are_json(client):
     assert response.status_code == 405 and "error" in response.get_json()
 
 
-def test_database_down_is_503_not_500(settings):
-    from dataclasses import replace
-
-    from rates_api import create_app
-
-    app = create_app(replace(settings, database_url="postgresql://nobody@127.0.0.1:1/none",
-                             db_connect_timeout_s=1))
-    client = app.test_client()
+def test_database_down_is_503_not_500(settings, make_client):
+    client = make_client(replace(settings, database_url="postgresql://nobody@127.0.0.1:1/none",
+                                 db_connect_timeout_s=1))
     response = client.get("/rates", query_string=GOOD)
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "unavailable"
@@ -70,15 +68,9 @@ def test_database_down_is_503_not_500(settings):
     assert client.get("/healthz").status_code == 200
 
 
-def test_a_statement_timeout_is_503(world, settings, dsn):
+def test_a_statement_timeout_is_503(world, settings, dsn, make_client):
     """A query held up past DB_STATEMENT_TIMEOUT_MS fails fast with a retryable 503."""
-    from dataclasses import replace
-
-    import psycopg2
-
-    from rates_api import create_app
-
-    client = create_app(replace(settings, db_statement_timeout_ms=200)).test_client()
+    client = make_client(replace(settings, db_statement_timeout_ms=200))
     blocker = psycopg2.connect(dsn)
     try:
         blocker.cursor().execute("LOCK TABLE data_version IN ACCESS EXCLUSIVE MODE")

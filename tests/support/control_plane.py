@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.net import free_port
+from tests.support.net import free_ports
 from tests.support.proc import stop_process
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -275,8 +275,8 @@ class ControlPlane:
         for name, data in files.items():
             (pki / name).write_bytes(data)
             (pki / name).chmod(0o600)
-        for name in ("etcd-client", "etcd-peer", "apiserver", "kcm"):
-            self.ports[name] = free_port()
+        names = ("etcd-client", "etcd-peer", "apiserver", "kcm")
+        self.ports.update(zip(names, free_ports(len(names))))
         self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
         self.kubeconfig.write_text(
             _kubeconfig(self.server, self.ca_pem, *self.admin_cert, user="admin")
