@@ -2,8 +2,30 @@
 
 import click
 
+from rates_core.errors import PermanentError, TemporaryError
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class Failed(click.ClickException):
+    """A command failed; exit 1 if a retry may help, 2 if it cannot (as the ingest job does)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Group(click.Group):
+    """Turns the platform's classified errors into one line and an exit code, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TemporaryError as exc:
+            raise Failed(f"{exc} (this may pass on retry)", 1) from exc
+        except PermanentError as exc:
+            raise Failed(str(exc), 2) from exc
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Developer commands for the rates platform."""
 

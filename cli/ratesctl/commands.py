@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import click
-import psycopg2
 from tqdm import tqdm
 
-from rates_core import logs, migrate as migrations
+from rates_core import db, logs, migrate as migrations
 
 from . import demodata, localdb
 
@@ -50,9 +49,9 @@ def _spec_options(fn):
 
 
 def load_demo_data(dsn: str, spec: demodata.Spec) -> None:
-    conn = psycopg2.connect(dsn)
+    conn = db.connect(dsn, application_name="ratesctl")
     try:
-        with tqdm(total=spec.prices, unit=" prices", unit_scale=True, desc="demo data") as bar:
+        with db.classified(), tqdm(total=spec.prices, unit=" prices", unit_scale=True, desc="demo data") as bar:
             demodata.load(conn, spec, progress=bar.update)
     finally:
         conn.close()
@@ -72,9 +71,9 @@ def demo_data_command(prices, days, ports, start, seed, force) -> None:
 
 
 def _is_empty(dsn: str) -> bool:
-    conn = psycopg2.connect(dsn)
+    conn = db.connect(dsn, application_name="ratesctl")
     try:
-        with conn.cursor() as cur:
+        with db.classified(), conn.cursor() as cur:
             cur.execute("SELECT NOT EXISTS (SELECT 1 FROM ports) AND NOT EXISTS (SELECT 1 FROM prices)")
             return cur.fetchone()[0]
     finally:

@@ -3,7 +3,10 @@
 from pathlib import Path
 
 from yoyo import get_backend, read_migrations
+from yoyo.exceptions import LockTimeout
 
+from . import db
+from .errors import TemporaryError
 from .logs import get_logger
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -18,26 +21,31 @@ def _yoyo_uri(dsn: str) -> str:
 
 
 def pending(dsn: str) -> list[str]:
-    backend = get_backend(_yoyo_uri(dsn))
-    try:
-        return [m.id for m in backend.to_apply(read_migrations(str(MIGRATIONS_DIR)))]
-    finally:
-        backend.connection.close()
+    with db.classified():
+        backend = get_backend(_yoyo_uri(dsn))
+        try:
+            return [m.id for m in backend.to_apply(read_migrations(str(MIGRATIONS_DIR)))]
+        finally:
+            backend.connection.close()
 
 
 def apply(dsn: str) -> list[str]:
     """Apply every migration not yet applied; return the ids applied now.
 
-    yoyo takes a lock table first, so two replicas migrating at once are safe.
+    yoyo takes a lock table first, so two replicas migrating at once are safe. Errors
+    are TemporaryError (unreachable, locked: retry) or PermanentError (a failing migration).
     """
-    backend = get_backend(_yoyo_uri(dsn))
     migrations = read_migrations(str(MIGRATIONS_DIR))
-    try:
-        with backend.lock():
-            todo = backend.to_apply(migrations)
-            backend.apply_migrations(todo)
-    finally:
-        backend.connection.close()
+    with db.classified():
+        backend = get_backend(_yoyo_uri(dsn))
+        try:
+            with backend.lock():
+                todo = backend.to_apply(migrations)
+                backend.apply_migrations(todo)
+        except LockTimeout as exc:
+            raise TemporaryError(f"another migration still holds the lock: {exc}") from exc
+        finally:
+            backend.connection.close()
     applied = [m.id for m in todo]
     log.info("migrations applied", applied=applied)
     return applied

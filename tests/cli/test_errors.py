@@ -1,0 +1,33 @@
+"""ratesctl failures: one line saying whether a retry can help, and an exit code to match."""
+
+import psycopg2
+from click.testing import CliRunner
+
+from ratesctl.cli import cli
+
+
+def run(*args, dsn):
+    return CliRunner().invoke(cli, list(args), env={"DATABASE_URL": dsn})
+
+
+def test_an_unreachable_database_exits_1_without_a_traceback():
+    for command in ("migrate", "demo-data"):
+        result = run(command, dsn="postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+        assert result.exit_code == 1, result.output
+        assert "Connection refused" in result.output and "may pass on retry" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_migration_that_cannot_apply_exits_2_and_says_why(empty_dsn):
+    conn = psycopg2.connect(empty_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:  # a table in the way of migration 0002
+        cur.execute("CREATE TABLE lane_totals (x int)")
+    result = run("migrate", dsn=empty_dsn)
+    assert result.exit_code == 2, result.output
+    assert 'relation "lane_totals" already exists' in result.output
+    assert "may pass on retry" not in result.output and "Traceback" not in result.output
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('region_totals')")
+        assert cur.fetchone()[0] is None  # 0002 rolled back whole
+    conn.close()
