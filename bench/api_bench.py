@@ -109,7 +109,7 @@ def start_server(app, dsn, args, extra_env, log_dir, processes):
         argv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "4", "-w", str(args.workers),
                 "-b", f"127.0.0.1:{port}", "--timeout", "300", app]
     else:
-        argv = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "api" / "gunicorn.conf.py")]
+        argv = commands.gunicorn_argv()
     with open(Path(log_dir) / f"server-{port}.log", "w") as log:
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=REPO)
     processes.append(process)

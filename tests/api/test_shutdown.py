@@ -3,21 +3,19 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psycopg2
 import pytest
 import requests
 
+from ratesctl.commands import gunicorn_argv
 from tests.support.db import lock_waiters
 from tests.support.net import free_port, wait_for_http
 from tests.support.proc import stop_process
 from tests.support.world import insert_prices
 
-REPO = Path(__file__).resolve().parents[2]
 IN_FLIGHT = 3
 
 
@@ -27,8 +25,8 @@ def gunicorn(dsn, world, tmp_path):
     env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "HOST": "127.0.0.1",
            "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "8", "SHUTDOWN_DRAIN_SECONDS": "2",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "APP_VERSION": "shutdown-test"}
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(REPO / "api" / "gunicorn.conf.py")],
-                               env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(gunicorn_argv(), env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(base + "/readyz", process=process)
