@@ -63,7 +63,7 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict) ->
     conn = db.connect(settings.database_url, application_name=loader.APPLICATION_NAME,
                       client_check_interval_ms=CLIENT_CHECK_MS)
     try:
-        download = seen["download"] = s3source.Download(s3, ref, info)
+        download = seen["download"] = s3source.Download(s3, ref, info, log)
         with termination.cancels(conn):
             return loader.load(conn, ref, download, fmt, log, work_mem=settings.work_mem)
     finally:

@@ -6,6 +6,7 @@ TemporaryError (S3 unreachable, throttled, timed out): nothing else sees botocor
 
 import datetime
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -91,22 +92,50 @@ def head(s3, ref: ObjectRef) -> ObjectInfo:
 
 
 class Download:
-    """The bytes of exactly the version that ``head`` saw, in chunks; counts them."""
+    """The bytes of exactly the version that ``head`` saw, in chunks; counts them.
 
-    def __init__(self, s3, ref: ObjectRef, info: ObjectInfo):
-        self.s3, self.ref, self.info = s3, ref, info
+    A stream cut short (a reset, a read timeout, a proxy giving up) is resumed from the
+    first missing byte with a ranged GET of the same version, up to ``MAX_RESUMES`` times
+    per file, so a long load does not start over, nor its transaction roll back, for one
+    network hiccup.
+    """
+
+    MAX_RESUMES = 5
+    RESUME_DELAY_S = 0.5
+
+    def __init__(self, s3, ref: ObjectRef, info: ObjectInfo, log=None):
+        self.s3, self.ref, self.info, self.log = s3, ref, info, log
         self.bytes = 0
+        self.resumes = 0
 
     def chunks(self) -> Iterator[bytes]:
-        # IfMatch pins an unversioned object: if it was overwritten since head(), S3
-        # answers 412 and a retry sees the new one (a new upload also has its own event).
-        pin = {"VersionId": self.info.version_id} if self.info.versioned else {"IfMatch": self.info.etag}
-        with mapped_errors(self.ref):
-            body = self.s3.get_object(Bucket=self.ref.bucket, Key=self.ref.key, **pin)["Body"]
-        try:
-            with mapped_errors(self.ref):
+        while True:
+            body = self._open()
+            try:
                 for chunk in body.iter_chunks(CHUNK_BYTES):
                     self.bytes += len(chunk)
                     yield chunk
-        finally:
-            body.close()
+                return  # botocore compares with Content-Length: a short body raises instead
+            except (botocore.exceptions.BotoCoreError, OSError) as exc:
+                if self.bytes == self.info.size:
+                    return  # every byte arrived; only the end of the response was lost
+                if self.resumes >= self.MAX_RESUMES:
+                    raise TemporaryError(f"S3 stream cut {self.resumes + 1} times; the last at byte "
+                                         f"{self.bytes}: {type(exc).__name__}: {exc}") from exc
+                self.resumes += 1
+                if self.log:
+                    self.log.warning("s3 stream cut; resuming", at_byte=self.bytes, resume=self.resumes,
+                                     error=f"{type(exc).__name__}: {exc}")
+                time.sleep(self.RESUME_DELAY_S * self.resumes)
+            finally:
+                body.close()
+
+    def _open(self):
+        # The version id, or else If-Match on the ETag, pins the object: if it was
+        # overwritten since head(), S3 answers 412 and a retry of the job sees the new one
+        # (a new upload also has its own event).
+        pin = {"VersionId": self.info.version_id} if self.info.versioned else {"IfMatch": self.info.etag}
+        if self.bytes:
+            pin["Range"] = f"bytes={self.bytes}-"
+        with mapped_errors(self.ref):
+            return self.s3.get_object(Bucket=self.ref.bucket, Key=self.ref.key, **pin)["Body"]

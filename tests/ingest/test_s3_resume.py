@@ -1,0 +1,76 @@
+"""A download cut short mid-file resumes from its first missing byte, in the same load."""
+
+import random
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+
+from rates_ingest import s3source
+from tests.ingest.conftest import encode, expected_totals, last_run, prices, run_job, totals
+from tests.support.faults import CuttingProxy
+from tests.support.world import PORTS
+
+CODES = [code for code, _name, _parent in PORTS]
+
+
+def many_rows(count: int) -> list[tuple]:
+    rnd = random.Random(3)
+    return [(rnd.choice(CODES), rnd.choice(CODES), f"2016-01-{rnd.randint(1, 28):02d}", rnd.randint(100, 9999))
+            for _ in range(count)]
+
+
+@pytest.fixture
+def cutting(moto_endpoint, monkeypatch):
+    """Make a proxy in front of moto; yields (proxy, an S3 client that goes through it)."""
+    monkeypatch.setattr(s3source.Download, "RESUME_DELAY_S", 0)
+    proxies = []
+
+    def make(cut_after: int, cuts: int):
+        target = urlsplit(moto_endpoint)
+        proxies.append(CuttingProxy((target.hostname, target.port), cut_after=cut_after, cuts=cuts))
+        return proxies[-1], boto3.client("s3", endpoint_url=proxies[-1].url)
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.mark.parametrize("extension, versioned", [("csv", False), ("csv.gz", False), ("csv", True)])
+def test_a_stream_cut_twice_resumes_and_loads_every_row_once(db, s3, cutting, extension, versioned):
+    dsn, conn = db
+    if versioned:  # the ranged GETs pin the version id instead of the ETag
+        s3.enable_versioning()
+    rows = many_rows(40_000)
+    body = encode(extension, rows)
+    s3.put(f"cut/prices.{extension}", body)
+    proxy, client = cutting(cut_after=len(body) // 3, cuts=2)
+
+    code = run_job_through(client, dsn, s3.name, f"cut/prices.{extension}")
+
+    assert code == 0 and proxy.cut == 2
+    assert sorted(prices(conn)) == sorted(rows)
+    assert totals(conn) == expected_totals(rows)
+    run = last_run(conn)
+    assert run["status"] == "loaded" and run["rows"] == len(rows) and run["bytes"] == len(body)
+
+
+def test_a_stream_cut_every_time_fails_retryably_and_loads_nothing(db, s3, cutting):
+    dsn, conn = db
+    body = encode("csv", many_rows(40_000))
+    s3.put("cut/always.csv", body)
+    proxy, client = cutting(cut_after=len(body) // 10, cuts=1000)
+
+    code = run_job_through(client, dsn, s3.name, "cut/always.csv")
+
+    assert code == 1 and proxy.cut == s3source.Download.MAX_RESUMES + 1
+    assert prices(conn) == []
+    run = last_run(conn)
+    assert run["status"] == "failed" and f"S3 stream cut {proxy.cut} times" in run["error"]
+
+
+def run_job_through(client, dsn, bucket, key) -> int:
+    from rates_ingest import job
+    from rates_ingest.settings import Settings
+
+    return job.run(Settings(database_url=dsn, bucket=bucket, key=key), s3=client)

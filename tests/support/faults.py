@@ -1,0 +1,60 @@
+"""Fault injection between a client and a real server, for failures a server never makes itself."""
+
+import socket
+import threading
+
+
+class CuttingProxy:
+    """A TCP proxy that cuts a connection once the server has sent it ``cut_after`` bytes.
+
+    The first ``cuts`` connections that carry that much are cut; later ones pass
+    untouched. Point a client at ``url`` instead of the server to see how it copes with
+    a stream that breaks halfway.
+    """
+
+    def __init__(self, target: tuple[str, int], *, cut_after: int, cuts: int):
+        self.target, self.cut_after, self.cuts_left = target, cut_after, cuts
+        self.cut = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.cut_after), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := source.recv(65536):
+                if limit is not None and sent + len(data) > limit and self._take_cut():
+                    sink.sendall(data[:limit - sent])
+                    break
+                sink.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self.cuts_left <= 0:
+                return False
+            self.cuts_left -= 1
+            self.cut += 1
+            return True
+
+    def close(self) -> None:
+        self._listener.close()
