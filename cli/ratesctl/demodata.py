@@ -5,6 +5,7 @@ Prices are streamed into COPY in batches; nothing holds the whole dataset in mem
 """
 
 import io
+import itertools
 import math
 import random
 import string
@@ -91,8 +92,13 @@ def _continent(region: str) -> str:
     raise ValueError(region)
 
 
-def lanes(spec: Spec, port_rows) -> list[tuple[str, str, float]]:
-    """Origin/destination pairs with a base price; about 3 quotes per lane and day."""
+# Lanes between the well-known ports are busy lanes: this many times the quotes of another
+# lane, so that (almost) every day of the documented examples has the 3 prices an average needs.
+BUSY_LANE_WEIGHT = 8
+
+
+def lanes(spec: Spec, port_rows) -> list[tuple[str, str, float, int]]:
+    """(origin, destination, base price, weight): about 3 quotes per lane and day, more on busy lanes."""
     rng = random.Random(spec.seed + 1)
     count = max(1, min(spec.prices // (spec.days * 3), len(port_rows) * (len(port_rows) - 1)))
     known = port_rows[: len(KNOWN_PORTS)]
@@ -100,25 +106,27 @@ def lanes(spec: Spec, port_rows) -> list[tuple[str, str, float]]:
     pairs = [(a, b) for a in known for b in known if a is not b]
     result, seen = [], set()
     while len(result) < count:
+        busy = bool(pairs)
         (o, _on, o_home), (d, _dn, d_home) = pairs.pop(0) if pairs else rng.sample(port_rows, 2)
         if (o, d) in seen:
             continue
         seen.add((o, d))
         # Intercontinental lanes cost more, with a spread per lane.
         base = (1400 if _continent(o_home) != _continent(d_home) else 450) * rng.uniform(0.6, 1.6)
-        result.append((o, d, base))
+        result.append((o, d, base, BUSY_LANE_WEIGHT if busy else 1))
     return result
 
 
 def price_rows(spec: Spec, lane_rows) -> Iterator[tuple[str, str, date, int]]:
-    """Exactly spec.prices rows, spread over lanes and days, in day order."""
+    """Exactly spec.prices rows, spread over lanes (by weight) and days, in day order."""
     rng = random.Random(spec.seed + 2)
+    cumulative = list(itertools.accumulate(weight for *_lane, weight in lane_rows))
     per_day, extra = divmod(spec.prices, spec.days)
     for offset in range(spec.days):
         day = spec.start + timedelta(days=offset)
         season = 1 + 0.15 * math.sin(2 * math.pi * offset / 365)
-        for _ in range(per_day + (1 if offset < extra else 0)):
-            o, d, base = lane_rows[rng.randrange(len(lane_rows))]
+        count = per_day + (1 if offset < extra else 0)
+        for o, d, base, _weight in rng.choices(lane_rows, cum_weights=cumulative, k=count):
             yield o, d, day, max(1, round(base * season * rng.uniform(0.9, 1.1)))
 
 

@@ -232,7 +232,10 @@ class Parser:
                                      f"missing {missing}, unexpected {extra}", text)
             return None
         orig, dest, day, price = (obj[f] for f in FIELDS)
-        error = self.rules.error(orig, dest, day, price)
+        # Rules.error accepts digit strings, which is what CSV fields are; JSON says what
+        # it means, so a quoted price is a mistake in the file, not a number.
+        error = ("price must be a JSON number, not a string" if isinstance(price, str)
+                 else self.rules.error(orig, dest, day, price))
         if error:
             self.problems.add(where, error, text)
             return None

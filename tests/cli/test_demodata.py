@@ -66,3 +66,18 @@ def test_demo_data_command_refuses_a_non_empty_database_unless_forced(dsn):
         cur.execute("SELECT (SELECT count(*) FROM prices), (SELECT count(*) FROM ports)")
         assert cur.fetchone() == (6000, 30)
     conn.close()
+
+
+def test_every_day_of_the_readme_port_example_has_an_average():
+    """README: `curl '…/rates?date_from=2024-01-01&date_to=2024-01-07&origin=CNSHA&destination=NLRTM'`."""
+    from rates_api.queries import MIN_PRICES
+
+    spec = demodata.Spec()
+    counts = {}
+    for orig, dest, day, _price in demodata.price_rows(spec, demodata.lanes(spec, demodata.ports(spec))):
+        if day.isoformat() > "2024-01-07":
+            break  # rows come in day order
+        if (orig, dest) == ("CNSHA", "NLRTM"):
+            counts[day.isoformat()] = counts.get(day.isoformat(), 0) + 1
+    assert sorted(counts) == [f"2024-01-0{d}" for d in range(1, 8)]
+    assert min(counts.values()) >= MIN_PRICES, counts

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.ingest.conftest import ROWS, as_csv, as_json, as_ndjson, last_run, prices, run_job
+from tests.ingest.conftest import ROWS, as_csv, as_json, as_ndjson, as_objects, last_run, prices, run_job
 from tests.support.world import insert_prices
 
 GOOD = as_csv(ROWS)
@@ -20,6 +20,8 @@ CASES = {
     "price too high": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-01-01", 10_000_001)]), "between 1 and", 2),
     "fractional price": ("p.ndjson", b'{"orig_code":"CNSHA","dest_code":"NLRTM","day":"2016-01-01","price":1.5}\n',
                          "whole number", 1),
+    "quoted price in JSON": ("p.json", json.dumps(as_objects([ROWS[0], ("CNSHA", "NLRTM", "2016-01-01", "1200")]))
+                             .encode(), "not a string", 1),
     "missing column in header": ("p.csv", as_csv([r[:3] for r in ROWS], header="orig_code,dest_code,day"),
                                  "header", 1),
     "missing column in a row": ("p.csv", GOOD + b"CNSHA,NLRTM,2016-01-01\n", "expected 4 fields", len(ROWS) + 2),
