@@ -13,6 +13,7 @@ import csv
 import datetime
 import json
 import re
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -152,7 +153,9 @@ class Rules:
 
     def __init__(self, known_codes: Iterable[str]):
         self.codes = frozenset(known_codes)
-        self.code_bytes = frozenset(c.encode() for c in self.codes)
+        # The CSV fast path passes lines to COPY as they are, so it may only accept codes
+        # that COPY reads back unchanged; any other code takes the slow path, which quotes it.
+        self.code_bytes = frozenset(c.encode() for c in self.codes if _csv_field(c) == c)
         # Days repeat across rows: a set of days already seen to be valid saves a parse.
         self.day_bytes: set[bytes] = set()
 
@@ -180,12 +183,20 @@ class Rules:
         if isinstance(price, str):
             if not (price.isascii() and price.isdigit()):
                 return f"price must be a whole number, got {price!r}"
-            price = int(price)
+            digits = price.lstrip("0")
+            if len(digits) > len(str(MAX_PRICE)):
+                # int() of a very long string raises ValueError (CPython's 4300-digit limit).
+                return f"price must be between {MIN_PRICE} and {MAX_PRICE}, got {_shorten(price)}"
+            price = int(digits or "0")
         if isinstance(price, bool) or not isinstance(price, int):
             return f"price must be a whole number, got {price!r}"
         if not MIN_PRICE <= price <= MAX_PRICE:
             return f"price must be between {MIN_PRICE} and {MAX_PRICE}, got {price}"
         return None
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _csv_field(value: str) -> str:
@@ -250,8 +261,16 @@ def parser_for(fmt: Format, rules: Rules, source_id: int) -> Parser:
     return {"csv": CsvParser, "json": JsonArrayParser, "ndjson": NdjsonParser}[fmt.kind](fmt, rules, source_id)
 
 
-def _complete_lines(data: Iterator[bytes], problems: Problems) -> Iterator[tuple[int, bytes]]:
-    """(number of the first line, bytes of whole lines ending in \\n), chunk by chunk."""
+_LINE_TOO_LONG = f"line longer than {MAX_RECORD_BYTES} bytes"
+
+
+def _complete_lines(data: Iterator[bytes], problems: Problems) -> Iterator[tuple[int, list[bytes]]]:
+    """(number of the first line, the whole lines that arrived, without line ends), chunk by chunk.
+
+    A line over MAX_RECORD_BYTES is a problem that ends the file. Every line is measured,
+    not only one still waiting for its end, so the verdict does not depend on where the
+    chunks split.
+    """
     pending = b""
     line_no = 1
     for chunk in data:
@@ -259,14 +278,37 @@ def _complete_lines(data: Iterator[bytes], problems: Problems) -> Iterator[tuple
         cut = pending.rfind(b"\n") + 1
         if not cut:
             if len(pending) > MAX_RECORD_BYTES:
-                problems.add(line_no, f"line longer than {MAX_RECORD_BYTES} bytes", pending[:200])
+                problems.add(line_no, _LINE_TOO_LONG, pending[:200])
                 return
             continue
-        body, pending = pending[:cut], pending[cut:]
-        yield line_no, body
-        line_no += body.count(b"\n")
+        lines = _split_lines(pending[:cut])
+        pending = pending[cut:]
+        count = len(lines)  # counted first: the consumer may trim the list
+        if not (yield from _within_limit(line_no, lines, problems)):
+            return
+        line_no += count
     if pending:
-        yield line_no, pending + b"\n"
+        yield from _within_limit(line_no, _split_lines(pending + b"\n"), problems)
+
+
+def _split_lines(body: bytes) -> list[bytes]:
+    if b"\r" in body:
+        body = body.replace(b"\r\n", b"\n")
+    lines = body.split(b"\n")
+    lines.pop()  # body ends with a line end
+    return lines
+
+
+def _within_limit(line_no: int, lines: list[bytes], problems: Problems):
+    """Yield (line_no, lines) up to the first line over the limit; False if there was one."""
+    if not lines or max(map(len, lines)) <= MAX_RECORD_BYTES:
+        yield line_no, lines
+        return True
+    long_at = next(i for i, line in enumerate(lines) if len(line) > MAX_RECORD_BYTES)
+    if long_at:  # the lines before it first, so that problems stay in file order
+        yield line_no, lines[:long_at]
+    problems.add(line_no + long_at, _LINE_TOO_LONG, lines[long_at][:200])
+    return False
 
 
 class CsvParser(Parser):
@@ -278,11 +320,7 @@ class CsvParser(Parser):
 
     def _parse(self, data: Iterator[bytes]) -> Iterator[bytes]:
         header_seen = False
-        for first_no, body in _complete_lines(data, self.problems):
-            if b"\r" in body:
-                body = body.replace(b"\r\n", b"\n")
-            lines = body.split(b"\n")
-            lines.pop()
+        for first_no, lines in _complete_lines(data, self.problems):
             if not header_seen:
                 header_seen = True
                 if not self._header_ok(lines[0]):
@@ -349,10 +387,11 @@ class CsvParser(Parser):
             self.problems.add(line_no, error, line)
             return None
         orig, dest, day, price = fields
-        return f"{_csv_field(orig)},{_csv_field(dest)},{day},{int(price)}".encode()
+        return f"{_csv_field(orig)},{_csv_field(dest)},{day},{int(price.lstrip('0'))}".encode()
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+_TOO_LONG = f"element longer than {MAX_RECORD_BYTES} characters"
 
 
 class JsonArrayParser(Parser):
@@ -372,11 +411,23 @@ class JsonArrayParser(Parser):
             self._text = self._text[self._pos:] + utf8.decode(b"", final=True)
             self._pos = 0
         except UnicodeDecodeError as exc:
-            self.problems.add(self._index, f"not valid UTF-8 ({exc.reason})", None)
+            yield self._lines_out(self._bad_utf8(exc))
             return
         yield self._lines_out(self._scan(final=True))
         if self._state not in ("done", "broken"):
             self.problems.add(self._index, "the JSON array is not closed (truncated file?)", self._text[-200:])
+
+    def _bad_utf8(self, exc: UnicodeDecodeError) -> list[str]:
+        """Scan the elements before the bad byte, then report it at the element that holds it."""
+        # exc.object is what the decoder held plus the new chunk; all of it before exc.start is valid.
+        self._text = self._text[self._pos:] + exc.object[:exc.start].decode("utf-8")
+        self._pos = 0
+        out = self._scan(final=False)
+        if self._state != "broken" and not self.problems.full:
+            self.problems.add(self._index, f"not valid UTF-8 (byte {exc.object[exc.start]:#04x})",
+                              self._text[self._pos:self._pos + 200])
+        self._state = "broken"
+        return out
 
     def _scan(self, final: bool) -> list[str]:
         """Consume whole elements from the buffer; returns their COPY lines."""
@@ -415,12 +466,28 @@ class JsonArrayParser(Parser):
         """Decode one element; False when the buffer holds only part of it."""
         try:
             obj, end = self._decode(text, self._pos)
-        except json.JSONDecodeError as exc:
-            if not final and len(text) - self._pos < MAX_RECORD_BYTES:
+        except (ValueError, RecursionError) as exc:
+            if not isinstance(exc, json.JSONDecodeError):
+                self.problems.add(self._index, _undecodable(exc), text[self._pos:self._pos + 200])
+                self._state = "broken"
                 return False
-            ended = exc.pos >= len(text.rstrip())
-            error = "the file ends inside this element (truncated?)" if ended else f"malformed JSON: {exc.msg}"
+            if not final and len(text) - self._pos <= MAX_RECORD_BYTES:
+                return False  # the element may go on in the next chunk
+            # Ran out of text (an open string runs to the end of it, too): the element is
+            # longer than the buffer, which holds more than the limit unless at the end.
+            ended = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+            if ended and not final:
+                error = _TOO_LONG
+            elif ended:
+                error = "the file ends inside this element (truncated?)"
+            else:
+                error = f"malformed JSON: {exc.msg}"
             self.problems.add(self._index, error, text[self._pos:self._pos + 200])
+            self._state = "broken"
+            return False
+        if end - self._pos > MAX_RECORD_BYTES:
+            # Judged on the element itself, so that the verdict does not depend on chunking.
+            self.problems.add(self._index, _TOO_LONG, text[self._pos:self._pos + 200])
             self._state = "broken"
             return False
         line = self._object_line(self._index, obj, text[self._pos:end])
@@ -431,13 +498,20 @@ class JsonArrayParser(Parser):
         return not self.problems.full
 
 
+def _undecodable(exc: BaseException) -> str:
+    """What json could not decode that is still valid JSON: too long a number, too deep a nesting."""
+    if isinstance(exc, RecursionError):
+        return "malformed JSON: nested too deeply"
+    return f"malformed JSON: a number longer than {sys.get_int_max_str_digits()} digits"
+
+
 class NdjsonParser(Parser):
     """One JSON object per line (.ndjson, .jsonl); blank lines are ignored."""
 
     def _parse(self, data: Iterator[bytes]) -> Iterator[bytes]:
-        for first_no, body in _complete_lines(data, self.problems):
+        for first_no, lines in _complete_lines(data, self.problems):
             out = []
-            for offset, raw in enumerate(body.split(b"\n")[:-1]):
+            for offset, raw in enumerate(lines):
                 line = self._line(first_no + offset, raw)
                 if line is not None:
                     out.append(line)
@@ -457,5 +531,8 @@ class NdjsonParser(Parser):
             return None
         except json.JSONDecodeError as exc:
             self.problems.add(line_no, f"malformed JSON: {exc.msg}", raw)
+            return None
+        except (ValueError, RecursionError) as exc:
+            self.problems.add(line_no, _undecodable(exc), raw)
             return None
         return self._object_line(line_no, obj, raw)

@@ -41,6 +41,48 @@ def test_port_codes_that_need_quoting_are_quoted_for_copy():
     assert parse("json", [body]) == b'"QU""OT,E",CNSHA,2016-01-01,5,7\n'
 
 
+def test_csv_codes_that_copy_would_misread_are_quoted_even_on_the_fast_path():
+    rules = formats.Rules(PORTS | {"", 'QU"OTE'})
+    # The first row puts its day in the cache of valid days, which the fast path relies on.
+    body = as_csv([ROWS[0]]) + b',CNSHA,2016-01-01,5\n"QU""OTE",CNSHA,2016-01-01,6\n'
+    parser = formats.parser_for(formats.Format("csv", False), rules, source_id=7)
+    assert b"".join(parser.copy_chunks([body])).splitlines()[1:] == [
+        b'"",CNSHA,2016-01-01,5,7', b'"QU""OTE",CNSHA,2016-01-01,6,7']
+
+
+def test_a_price_with_thousands_of_leading_zeros_is_its_value():
+    body = b"orig_code,dest_code,day,price\nCNSHA,NLRTM,2016-01-01," + b"0" * 5000 + b"12\n"
+    assert parse("csv", [body]) == b"CNSHA,NLRTM,2016-01-01,12,7\n"
+
+
+def _long_element(kind: str) -> bytes:
+    good = dict(zip(formats.FIELDS, ROWS[0]))
+    long = {**good, "note": "x" * (formats.MAX_RECORD_BYTES + 5000)}
+    if kind == "json":
+        return json.dumps([good, long, good]).encode()
+    return (json.dumps(good) + "\n" + json.dumps(long) + "\n" + json.dumps(good) + "\n").encode()
+
+
+@pytest.mark.parametrize("size", [1000, formats.MAX_RECORD_BYTES + 2000, 1 << 20])
+@pytest.mark.parametrize("kind", ["json", "ndjson"])
+def test_a_record_over_the_limit_is_rejected_wherever_the_chunks_split(kind, size):
+    with pytest.raises(formats.InvalidFile, match="longer than") as caught:
+        parse(kind, split(_long_element(kind), size))
+    assert caught.value.bad_rows[0][formats.Format(kind, False).position] == 1 + (kind == "ndjson")
+
+
+@pytest.mark.parametrize("size", [7, 100, 1 << 20])
+def test_bad_utf8_in_a_json_array_is_reported_at_its_element(size):
+    elements = [dict(zip(formats.FIELDS, ROWS[0]))] * 6
+    elements[2] = {**elements[2], "orig_code": "XXXXX"}
+    body = json.dumps(elements).encode()
+    at = [i for i in range(len(body)) if body.startswith(b"NLRTM", i)][4]
+    with pytest.raises(formats.InvalidFile) as caught:
+        parse("json", split(body[:at] + b"\xff" + body[at + 1:], size))
+    assert [(row["element"], row["error"][:19]) for row in caught.value.bad_rows] == [
+        (2, "unknown port code '"), (4, "not valid UTF-8 (by")]
+
+
 def test_concatenated_gzip_members_are_one_file():
     body = as_csv(ROWS)
     cut = body.index(b"\n", 40) + 1

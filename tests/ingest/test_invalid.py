@@ -22,6 +22,10 @@ CASES = {
                          "whole number", 1),
     "quoted price in JSON": ("p.json", json.dumps(as_objects([ROWS[0], ("CNSHA", "NLRTM", "2016-01-01", "1200")]))
                              .encode(), "not a string", 1),
+    "price of 5,000 digits": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-01-01", "9" * 5000)]), "between 1 and", 2),
+    "number of 5,000 digits in NDJSON": ("p.ndjson", b'{"orig_code":"CNSHA","dest_code":"NLRTM","day":"2016-01-01",'
+                                         b'"price":' + b"1" * 5000 + b"}\n", "longer than 4300 digits", 1),
+    "deeply nested JSON": ("p.json", b"[" + b"[" * 5000 + b"]" * 5000 + b"]", "nested too deeply", 0),
     "missing column in header": ("p.csv", as_csv([r[:3] for r in ROWS], header="orig_code,dest_code,day"),
                                  "header", 1),
     "missing column in a row": ("p.csv", GOOD + b"CNSHA,NLRTM,2016-01-01\n", "expected 4 fields", len(ROWS) + 2),
