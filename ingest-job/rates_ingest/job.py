@@ -77,9 +77,6 @@ def _failure(exc: BaseException) -> Outcome:
         return Outcome("failed", error=error if error in str(exc) else f"{error} ({type(exc).__name__}: {exc})")
     if isinstance(exc, formats.FileRejected):
         return Outcome("rejected", error=str(exc), bad_rows=exc.bad_rows)
-    if isinstance(exc, PermanentError) and (getattr(exc, "pgcode", None) or "")[:2] == "22":
-        # A data exception from COPY: the file's content got past validation but not past the server.
-        return Outcome("rejected", error=str(exc))
     log.debug("ingest error", exc_info=exc)
     return Outcome("failed", error=f"{type(exc).__name__}: {exc}")
 

@@ -80,9 +80,12 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log) ->
         stream = CopyStream(chunks)
         try:
             cur.copy_expert(COPY_SQL, stream, size=CHUNK_BYTES)
-        except psycopg2.Error:
+        except psycopg2.Error as exc:
             if stream.error is not None:
                 raise stream.error from None
+            if isinstance(exc, psycopg2.DataError):
+                # Class 22 from COPY: the content got past validation but not past the server.
+                raise formats.InvalidFile(f"the database refused the file's content: {exc}".strip()) from exc
             raise
         finally:
             chunks.close()

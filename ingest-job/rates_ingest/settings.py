@@ -21,7 +21,10 @@ from typing import Mapping
 from rates_core.db import BULK_LOAD_WORK_MEM
 from rates_core.env import ConfigError, env_str
 
-_MEMORY = re.compile(r"[1-9][0-9]*(kB|MB|GB)")
+_MEMORY = re.compile(r"([1-9][0-9]{0,9})(kB|MB|GB)")
+_KB_PER_UNIT = {"kB": 1, "MB": 1 << 10, "GB": 1 << 20}
+# PostgreSQL's bounds for work_mem: 64kB up to INT_MAX kilobytes.
+_WORK_MEM_KB = (64, 2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class Settings:
 def _memory(name: str, default: str, environ: Mapping[str, str]) -> str:
     # Checked here: PostgreSQL would refuse a bad value only inside the load, as a data error.
     value = env_str(name, default, environ=environ)
-    if not _MEMORY.fullmatch(value):
-        raise ConfigError(f"environment variable {name} must be a size such as 64MB (kB, MB or GB), got {value!r}")
+    match = _MEMORY.fullmatch(value)
+    low, high = _WORK_MEM_KB
+    if not match or not low <= int(match[1]) * _KB_PER_UNIT[match[2]] <= high:
+        raise ConfigError(f"environment variable {name} must be a size from 64kB to 2047GB, such as 64MB "
+                          f"(units kB, MB or GB), got {value!r}")
     return value

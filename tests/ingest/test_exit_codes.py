@@ -9,7 +9,7 @@ import psycopg2
 
 from rates_ingest.runs import ABANDONED, RunLog
 from rates_ingest.s3source import ObjectRef
-from tests.ingest.conftest import ROWS, as_csv, as_tuples, last_run, prices, run_cli, runs
+from tests.ingest.conftest import ROWS, as_csv, as_tuples, last_run, prices, run_cli, run_job, runs
 from tests.support.db import lock_waiters
 from tests.support.net import free_port
 from tests.support.poll import wait_for
@@ -83,6 +83,31 @@ def test_an_unreachable_s3_exits_1_and_is_recorded(db, s3):
     assert result.returncode == 1
     run = last_run(conn)
     assert run["status"] == "failed" and "S3 unavailable" in run["error"]
+
+
+def test_a_database_error_outside_the_copy_is_not_blamed_on_the_file(db, s3):
+    """work_mem out of PostgreSQL's range is a class-22 error, but of the setup, not of the file."""
+    from rates_ingest import job
+    from rates_ingest.settings import Settings
+
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS))
+    code = job.run(Settings(database_url=dsn, bucket=s3.name, key="p.csv", work_mem="1kB"))
+    run = last_run(conn)
+    assert code == 1 and run["status"] == "failed" and "work_mem" in run["error"]
+
+
+def test_content_that_only_the_server_refuses_is_a_rejected_file(db, s3, monkeypatch):
+    """Were validation to miss something, COPY's data exception still rejects the file (exit 2)."""
+    from rates_ingest import formats
+
+    dsn, conn = db
+    monkeypatch.setattr(formats.CsvParser, "_first_bad", lambda self, lines, start: -1)  # validation off
+    s3.put("p.csv", as_csv([ROWS[0], ("CNSHA", "NLRTM", "2016-01-01", 99_999_999_999)]))
+    assert run_job(dsn, s3.name, "p.csv") == 2
+    run = last_run(conn)
+    assert run["status"] == "rejected" and "refused the file's content" in run["error"]
+    assert "out of range" in run["error"] and prices(conn) == []
 
 
 def test_missing_configuration_exits_1(s3):

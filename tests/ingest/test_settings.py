@@ -6,14 +6,15 @@ from rates_core.env import ConfigError
 from rates_ingest.settings import Settings
 
 
-@pytest.mark.parametrize("value", ["64MB", "512kB", "1GB"])
+@pytest.mark.parametrize("value", ["64MB", "512kB", "1GB", "64kB", "2047GB"])
 def test_work_mem_accepts_postgres_sizes(value):
     settings = Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
                                   "INGEST_WORK_MEM": value})
     assert settings.work_mem == value
 
 
-@pytest.mark.parametrize("value", ["64", "64mb", "0MB", "64MB; DROP TABLE prices", "-1GB"])
+@pytest.mark.parametrize("value", ["64", "64mb", "0MB", "64MB; DROP TABLE prices", "-1GB", "1kB", "63kB",
+                                   "2048GB", "4000GB", "99999999999999999999MB"])
 def test_work_mem_rejects_anything_else_at_startup(value):
     with pytest.raises(ConfigError, match="INGEST_WORK_MEM"):
         Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
