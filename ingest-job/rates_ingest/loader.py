@@ -105,15 +105,24 @@ def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
         file_id, rows, size, current = found
         return Outcome("already_loaded" if current else "superseded", rows=rows, bytes=size,
                        file_id=file_id, info=info)
-    cur.execute("""SELECT id FROM ingest_files
-                   WHERE bucket = %s AND key = %s AND replaced_at IS NULL AND last_modified > %s""",
-                (ref.bucket, ref.key, info.last_modified))
-    newer = cur.fetchone()
-    if newer:
+    cur.execute("""SELECT id, version, last_modified FROM ingest_files
+                   WHERE bucket = %s AND key = %s AND replaced_at IS NULL""", (ref.bucket, ref.key))
+    current = cur.fetchone()
+    if current and _newer_than_ours(current[1], current[2], download):
         # An event for an older version arrived after a newer version was loaded.
-        return Outcome("superseded", file_id=newer[0], info=info,
+        return Outcome("superseded", file_id=current[0], info=info,
                        error="a newer version of this key is already loaded")
     return None
+
+
+def _newer_than_ours(version: str, last_modified, download: Download) -> bool:
+    """Whether the key's loaded file (its version, or identity, and time) is newer than ours."""
+    ours = download.info
+    if last_modified is None or last_modified != ours.last_modified:
+        return last_modified is not None and last_modified > ours.last_modified
+    # S3 times have a one-second resolution, so two versions uploaded in the same second
+    # tie; only S3's own order of the key's versions tells which is newer.
+    return ours.versioned and download.newest_of({version, ours.version_id}) == version
 
 
 def _retire_current(cur, ref: ObjectRef) -> dict | None:

@@ -87,7 +87,8 @@ def head(s3, ref: ObjectRef) -> ObjectInfo:
     kwargs = {"VersionId": ref.version_id} if ref.version_id else {}
     with mapped_errors(ref):
         response = s3.head_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
-    return ObjectInfo(version_id=response.get("VersionId"), etag=response["ETag"],
+    # The version asked for, if S3 does not name it (moto leaves out "null", for one).
+    return ObjectInfo(version_id=response.get("VersionId") or ref.version_id, etag=response["ETag"],
                       size=response["ContentLength"], last_modified=response["LastModified"])
 
 
@@ -130,11 +131,27 @@ class Download:
             finally:
                 body.close()
 
+    def newest_of(self, version_ids: set[str]) -> str | None:
+        """Which of these versions of the key S3 lists first, that is, the newest; None if none.
+
+        Needs s3:ListBucketVersions. Used only when two versions' times tie.
+        """
+        pages = self.s3.get_paginator("list_object_versions").paginate(Bucket=self.ref.bucket, Prefix=self.ref.key)
+        with mapped_errors(self.ref):
+            for page in pages:
+                for version in page.get("Versions", []):
+                    if version["Key"] == self.ref.key and version["VersionId"] in version_ids:
+                        return version["VersionId"]
+        return None
+
     def _open(self):
-        # The version id, or else If-Match on the ETag, pins the object: if it was
-        # overwritten since head(), S3 answers 412 and a retry of the job sees the new one
-        # (a new upload also has its own event).
-        pin = {"VersionId": self.info.version_id} if self.info.versioned else {"IfMatch": self.info.etag}
+        # The version id pins the object, and If-Match on the ETag pins one that can be
+        # overwritten (no version id, or the "null" version): if it was overwritten since
+        # head(), S3 answers 412 and a retry of the job sees the new one (a new upload also
+        # has its own event).
+        pin = {"VersionId": self.info.version_id} if self.info.version_id else {}
+        if not self.info.versioned:
+            pin["IfMatch"] = self.info.etag
         if self.bytes:
             pin["Range"] = f"bytes={self.bytes}-"
         with mapped_errors(self.ref):

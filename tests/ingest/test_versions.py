@@ -59,6 +59,55 @@ def test_an_older_version_seen_for_the_first_time_is_skipped(db, s3):
     assert runs(conn)[-1]["status"] == "superseded"
 
 
+def _tie_loaded_with(conn, s3, version_id):
+    """Give the loaded file exactly the LastModified of ``version_id``: two uploads in one second."""
+    stamp = s3.client.head_object(Bucket=s3.name, Key="p.csv", VersionId=version_id)["LastModified"]
+    with conn.cursor() as cur:
+        cur.execute("UPDATE ingest_files SET last_modified = %s", (stamp,))
+
+
+def test_on_a_time_tie_an_older_version_is_still_skipped(db, s3):
+    dsn, conn = db
+    s3.enable_versioning()
+    v1 = s3.put("p.csv", as_csv(ROWS))["VersionId"]
+    v2 = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
+    _tie_loaded_with(conn, s3, v1)
+
+    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
+
+    assert prices(conn) == as_tuples(V2_ROWS)
+    assert runs(conn)[-1]["status"] == "superseded"
+
+
+def test_on_a_time_tie_a_newer_version_still_replaces(db, s3):
+    dsn, conn = db
+    s3.enable_versioning()
+    v1 = s3.put("p.csv", as_csv(ROWS))["VersionId"]
+    v2 = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
+    _tie_loaded_with(conn, s3, v2)
+
+    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
+
+    assert prices(conn) == as_tuples(V2_ROWS)
+    assert runs(conn)[-1]["status"] == "loaded"
+
+
+def test_the_null_version_from_before_versioning_loads_after_a_newer_upload(db, s3):
+    """An event for the pre-versioning ("null") object, handled after versioning and a new upload."""
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS))
+    s3.enable_versioning()
+    v2 = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
+
+    assert run_job(dsn, s3.name, "p.csv", version_id="null") == 0
+    assert prices(conn) == as_tuples(ROWS)
+    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
+    assert prices(conn) == as_tuples(V2_ROWS)
+    assert [r["status"] for r in runs(conn)] == ["loaded", "loaded"]
+
+
 def test_an_overwritten_unversioned_object_replaces_its_rows_and_can_come_back(db, s3):
     dsn, conn = db
     s3.put("p.json", encode("json", ROWS))
