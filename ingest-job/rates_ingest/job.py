@@ -45,9 +45,10 @@ def run(settings: Settings, s3=None) -> int:
     runs.close()
     code = _exit_code(outcome)
     level = bound.info if code == EXIT_OK else bound.error
+    noted = {"signal": termination.received} if termination.received else {}
     level("ingest finished", status=outcome.status, rows=outcome.rows, bytes=outcome.bytes,
           error=outcome.error, recorded=recorded, exit_code=code,
-          duration_s=round(time.monotonic() - started, 3))
+          duration_s=round(time.monotonic() - started, 3), **noted)
     return code
 
 

@@ -17,6 +17,7 @@ from . import formats
 from .readahead import read_ahead
 from .runs import Outcome
 from .s3source import CHUNK_BYTES, Download, ObjectRef
+from .termination import termination
 
 APPLICATION_NAME = "rates-ingest"
 # Download and validation run this many chunks (of about CHUNK_BYTES) ahead of COPY.
@@ -50,6 +51,7 @@ def load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, *, 
             with conn.cursor() as cur:
                 cur.execute("SET LOCAL work_mem = %s", (work_mem,))
             outcome = _load(conn, ref, download, fmt, log)
+            termination.finishing()
             conn.commit()
             return outcome
     finally:

@@ -8,6 +8,10 @@ server finished, or never, if SIGKILL follows first. So the signal also wakes a 
 and the handler raises TemporaryError, which rolls the load back and records the run.
 Whichever error surfaces first (the handler's or the cancelled statement's), ``received``
 says that the run was terminated.
+
+Once the load starts to commit, a signal no longer interrupts anything: the commit may
+already have happened on the server, and the run only has to record it and exit, which
+takes milliseconds. Raising then would record a committed load as failed.
 """
 
 import os
@@ -25,6 +29,7 @@ class Termination:
     def __init__(self) -> None:
         # The load's connection.cancel while a load runs; the job has one load at a time.
         self._cancel: Callable[[], None] | None = None
+        self._finishing = False
         self.received: int | None = None
 
     def install(self) -> None:
@@ -45,13 +50,18 @@ class Termination:
         finally:
             self._cancel = None
 
+    def finishing(self) -> None:
+        """From here on a signal is only noted: it neither raises nor cancels."""
+        self._finishing = True
+        self._cancel = None
+
     def _watch(self, read_end: int) -> None:
         while True:
             data = os.read(read_end, 64)
             received = [signum for signum in _SIGNALS if signum in data]
             if received:
                 self.received = self.received or received[0]
-                cancel = self._cancel
+                cancel = None if self._finishing else self._cancel
                 if cancel is not None:
                     try:
                         cancel()
@@ -60,7 +70,8 @@ class Termination:
 
     def _raise(self, signum, _frame):
         self.received = signum
-        raise TemporaryError(f"terminated by signal {signum}")
+        if not self._finishing:
+            raise TemporaryError(f"terminated by signal {signum}")
 
 
 termination = Termination()

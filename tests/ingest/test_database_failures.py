@@ -115,6 +115,43 @@ def test_sigterm_while_the_server_works_cancels_the_load_at_once(db, s3):
     assert run["status"] == "failed" and "terminated by signal 15" in run["error"], run
 
 
+# Runs the job with a connection whose commit() ends with a SIGTERM to the job itself:
+# the Job's deadline landing just as COMMIT returns.
+_SIGTERM_AFTER_COMMIT = """
+import os, signal, sys
+from rates_ingest import cli, job
+
+class SignalledAfterCommit:
+    def __init__(self, conn):
+        self._conn = conn
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def commit(self):
+        self._conn.commit()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+connect = job.db.connect
+job.db.connect = lambda *args, **kwargs: SignalledAfterCommit(connect(*args, **kwargs))
+sys.exit(cli.main())
+"""
+
+
+def test_sigterm_once_the_load_commits_records_it_as_loaded(db, s3):
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS))
+    result = subprocess.run([sys.executable, "-c", _SIGTERM_AFTER_COMMIT, "--bucket", s3.name, "--key", "p.csv"],
+                            env={**os.environ, "DATABASE_URL": dsn}, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = last_run(conn)
+    assert run["status"] == "loaded" and run["file_id"] is not None and run["rows"] == len(ROWS)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM prices")
+        assert cur.fetchone()[0] == len(ROWS)
+
+
 def test_a_killed_job_s_session_ends_without_waiting_for_its_statement(db, s3):
     dsn, conn = db
     with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, _blocker):
