@@ -22,16 +22,19 @@ SELECT n.name,
 FROM unnest(ARRAY[%(origin)s, %(destination)s]::text[]) AS n(name)
 """
 
+# The days are date + integer: generate_series over dates would step in timestamptz, so in
+# a session time zone whose daylight saving starts at midnight the last day would be lost.
 _DAILY = """
-SELECT d::date, CASE WHEN t.n >= %(min_prices)s THEN round(t.s / t.n) END
-FROM generate_series(%(date_from)s::date, %(date_to)s::date, interval '1 day') AS d
+SELECT d, CASE WHEN t.n >= %(min_prices)s THEN round(t.s / t.n) END
+FROM (SELECT %(date_from)s::date + i AS d
+      FROM generate_series(0, %(date_to)s::date - %(date_from)s::date) AS i) AS days
 LEFT JOIN (
     SELECT day, sum(price_sum)::numeric AS s, sum(price_count) AS n
     FROM {table}
     WHERE {orig} = ANY(%(origins)s) AND {dest} = ANY(%(destinations)s)
       AND day BETWEEN %(date_from)s AND %(date_to)s
     GROUP BY day
-) AS t ON t.day = d::date
+) AS t ON t.day = days.d
 ORDER BY 1
 """
 DAILY_BY_LANE = _DAILY.format(table="lane_totals", orig="orig_code", dest="dest_code")

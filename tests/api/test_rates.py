@@ -51,6 +51,16 @@ def test_every_day_is_listed_in_order_even_without_prices(world, rates):
     assert averages(body) == [("2024-02-28", None), ("2024-02-29", None), (D1, None), (D2, None), (D3, 20)]
 
 
+def test_every_day_is_listed_whatever_the_database_time_zone(world, dsn, settings, make_client):
+    """Santiago's daylight saving starts at midnight (2024-09-08): no day may go missing."""
+    with world.cursor() as cur:
+        cur.execute(f'ALTER DATABASE "{world.info.dbname}" SET timezone = %s', ("America/Santiago",))
+    client = make_client(settings)  # new connections, in that time zone
+    body = client.get("/rates", query_string=dict(date_from="2024-09-05", date_to="2024-09-10",
+                                                  origin="CNSHA", destination="NLRTM")).get_json()
+    assert [row["day"] for row in body] == [f"2024-09-{d:02d}" for d in range(5, 11)]
+
+
 def test_origin_region_that_contains_the_destination(world, rates):
     insert_prices(world, [
         ("NOOSL", "NLRTM", D1, 100),   # scandinavia -> NLRTM, inside europe
