@@ -26,7 +26,7 @@ threads = env_int("GUNICORN_THREADS", 4, minimum=1)
 # idle connections first and never sends a request into one that gunicorn is closing.
 keepalive = env_int("GUNICORN_KEEPALIVE", 75, minimum=0)
 timeout = env_int("GUNICORN_TIMEOUT", 30, minimum=1)
-drain_seconds = env_float("SHUTDOWN_DRAIN_SECONDS", 5.0)
+drain_seconds = env_float("SHUTDOWN_DRAIN_SECONDS", 5.0, minimum=0)
 graceful_timeout = math.ceil(drain_seconds) + env_int("GUNICORN_GRACEFUL_TIMEOUT", 30, minimum=0)
 # Heartbeat files go to memory: the container's root filesystem is read-only.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None

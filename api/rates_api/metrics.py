@@ -11,6 +11,8 @@ disable_created_metrics()
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class Metrics:
     def __init__(self, version: str):
@@ -32,6 +34,8 @@ class Metrics:
         self.build_info.labels(version=version).set(1)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        # Clients choose the method; any string would otherwise become a new series.
+        method = method if method in _METHODS else "other"
         labels = {"route": route, "method": method, "status": str(status)}
         self.requests.labels(**labels).inc()
         self.latency.labels(**labels).observe(seconds)

@@ -75,6 +75,9 @@ def _connect_args(dsn: str, application_name: str, statement_timeout_ms: int, co
     if client_check_interval_ms:
         options += f" -c client_connection_check_interval={int(client_check_interval_ms)}"
     given = psycopg2.extensions.parse_dsn(dsn)
+    if given.get("options"):
+        # The keyword replaces the DSN's own options (a search_path, say); keep both.
+        options = f"{given['options']} {options}"
     tcp = {name: value for name, value in _TCP_DEFAULTS.items() if name not in given}
     return dict(dsn=dsn, application_name=application_name, connect_timeout=connect_timeout_s, options=options,
                 **tcp)
@@ -150,7 +153,10 @@ class Pool:
         try:
             yield conn
         except psycopg2.Error as exc:
-            broken = conn.closed != 0 or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+            # A statement timeout (QueryCanceled) is an OperationalError too, but leaves
+            # the connection as good as before.
+            lost = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+            broken = conn.closed != 0 or (lost and not isinstance(exc, psycopg2.errors.QueryCanceled))
             raise classify(exc) from exc
         finally:
             if not broken and not conn.closed:
@@ -158,7 +164,10 @@ class Pool:
                     conn.rollback()
                 except psycopg2.Error:
                     broken = True
-            pool.putconn(conn, close=broken or bool(conn.closed))
+            if pool.closed:  # close() ran while this connection was lent
+                conn.close()
+            else:
+                pool.putconn(conn, close=broken or bool(conn.closed))
 
     def close(self) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
 """Typed reads of environment variables with errors that name the variable."""
 
+import math
 import os
 from typing import Mapping
 
@@ -30,9 +31,15 @@ def env_int(name: str, default: int, *, minimum: int | None = None,
     return value
 
 
-def env_float(name: str, default: float, environ: Mapping[str, str] | None = None) -> float:
+def env_float(name: str, default: float, *, minimum: float | None = None,
+              environ: Mapping[str, str] | None = None) -> float:
     raw = env_str(name, str(default), environ)
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"environment variable {name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"environment variable {name} must be a finite number, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"environment variable {name} must be >= {minimum}, got {value}")
+    return value

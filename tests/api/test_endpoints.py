@@ -29,6 +29,14 @@ def test_metrics_count_requests_by_route_and_status(world, client):
     assert 'rates_api_build_info{version="test-1"} 1.0' in text
 
 
+def test_unknown_methods_share_one_metrics_label(client):
+    for method in ("BREW", "AAAA", "ZZZZZZZZZ"):
+        client.open("/rates", method=method)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'rates_api_requests_total{method="other",route="<unmatched>",status="405"} 3.0' in text
+    assert "BREW" not in text and "ZZZZZZZZZ" not in text
+
+
 def test_request_id_is_echoed(client):
     assert client.get("/healthz", headers={"X-Request-ID": "abc123"}).headers["X-Request-ID"] == "abc123"
     assert len(client.get("/healthz").headers["X-Request-ID"]) == 32

@@ -20,3 +20,15 @@ def test_tcp_timeouts_default_on_and_the_dsn_wins(dsn):
         assert params["tcp_user_timeout"] == "2500" and params["keepalives_count"] == "3"
     finally:
         conn.close()
+
+
+def test_options_in_the_dsn_are_kept_beside_the_statement_timeout(dsn):
+    separator = "&" if "?" in dsn else "?"
+    conn = db.connect(f"{dsn}{separator}options=-c%20search_path%3Dpg_catalog", application_name="connect-test",
+                      statement_timeout_ms=4321)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('search_path'), current_setting('statement_timeout')")
+            assert cur.fetchone() == ("pg_catalog", "4321ms")
+    finally:
+        conn.close()

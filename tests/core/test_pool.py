@@ -147,3 +147,22 @@ def test_concurrent_requests_do_not_queue_behind_each_others_timeouts(silent):
     assert len(errors) == 3
     # One thread tried; the others gave up waiting for it or saw its failure.
     assert len(silent.accepted) == 1
+
+
+def test_a_statement_timeout_keeps_the_connection(dsn, conn):
+    pool = Pool(dsn, size=1, application_name=APP, statement_timeout_ms=100)
+    try:
+        before = _select_pid(pool)
+        with pytest.raises(TemporaryError, match="statement timeout"):
+            with pool.connection() as lent, lent.cursor() as cur:
+                cur.execute("SELECT pg_sleep(2)")
+        assert _select_pid(pool) == before
+    finally:
+        pool.close()
+
+
+def test_a_connection_lent_when_the_pool_closes_is_closed_on_return(dsn):
+    pool = Pool(dsn, size=1, application_name=APP, statement_timeout_ms=0)
+    with pool.connection() as lent:
+        pool.close()
+    assert lent.closed
