@@ -3,6 +3,8 @@
 An entry is served only while ``data_version`` in the database still equals the
 version read before the answer was computed: every committed write to prices,
 ports or regions bumps it, so a cached answer is never older than the latest commit.
+Versions carry the database's epoch too (see queries.database_epoch), so a recreated
+or restored database that counts up to the same number is not mistaken for this one.
 """
 
 import threading
@@ -13,10 +15,10 @@ from typing import Hashable
 class VersionedCache:
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self._entries: OrderedDict[Hashable, tuple[int, bytes]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[Hashable, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, version: int) -> bytes | None:
+    def get(self, key: Hashable, version) -> bytes | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -27,7 +29,7 @@ class VersionedCache:
             self._entries.move_to_end(key)
             return entry[1]
 
-    def put(self, key: Hashable, version: int, body: bytes) -> None:
+    def put(self, key: Hashable, version, body: bytes) -> None:
         if self.max_entries <= 0:
             return
         with self._lock:

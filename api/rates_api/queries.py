@@ -61,6 +61,14 @@ def data_version(cur) -> int:
     return cur.fetchone()[0]
 
 
+def database_epoch(cur) -> tuple:
+    """What tells this database apart from one recreated or restored under the same name,
+    whose data_version may reach the same numbers with other data."""
+    cur.execute("SELECT (SELECT oid FROM pg_database WHERE datname = current_database()),"
+                " pg_postmaster_start_time()")
+    return cur.fetchone()
+
+
 def resolve(cur, origin: str, destination: str) -> tuple[Place, Place]:
     cur.execute(_RESOLVE, {"origin": origin, "destination": destination})
     places = {}

@@ -17,7 +17,7 @@ def get_rates():
     query = params.parse(_args(), rt.settings.max_range_days)
     key = (query.origin, query.destination, query.date_from, query.date_to)
     with rt.connection() as conn, conn.cursor() as cur:
-        version = queries.data_version(cur)
+        version = rt.data_version(conn, cur)
         body = rt.cache.get(key, version)
         if body is not None:
             rt.metrics.cache_hits.inc()

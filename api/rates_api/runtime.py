@@ -1,12 +1,14 @@
 """Per-app state that is not configuration, kept in ``app.extensions``."""
 
 import threading
+import weakref
 from contextlib import contextmanager
 
 from flask import current_app
 
 from rates_core.db import Pool
 
+from . import queries
 from .cache import VersionedCache
 from .metrics import Metrics
 from .settings import Settings
@@ -26,6 +28,15 @@ class Runtime:
         self.metrics.pool_size.set(settings.db_pool_size)
         # Set when SIGTERM arrives (see api/gunicorn.conf.py): /readyz fails from then on.
         self.draining = threading.Event()
+        # A connection belongs to one database for its whole life, so its epoch is read once.
+        self._epochs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def data_version(self, conn, cur) -> tuple:
+        """The cache's version: the database's epoch and its data_version."""
+        epoch = self._epochs.get(conn)
+        if epoch is None:
+            epoch = self._epochs[conn] = queries.database_epoch(cur)
+        return epoch, queries.data_version(cur)
 
     @contextmanager
     def connection(self):

@@ -1,6 +1,12 @@
 """GET /rates on hand-built data. Every expected value is worked out here by hand."""
 
-from tests.support.world import insert_prices
+from dataclasses import replace
+
+import psycopg2
+
+from ratesctl import localdb
+from tests.support.db import TEMPLATE, create_database
+from tests.support.world import insert_prices, insert_world
 
 D1, D2, D3 = "2024-03-01", "2024-03-02", "2024-03-03"
 
@@ -98,3 +104,35 @@ def test_a_write_is_visible_to_the_next_request(world, rates):
     with world.cursor() as cur:
         cur.execute("UPDATE ports SET parent_slug = 'asia' WHERE code = 'DEHAM'")
     assert averages(rates(**query)[1]) == [(D1, 200)]
+
+
+def _seed(dsn: str, price: int, version: int | None = None) -> int:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        insert_world(conn)
+        insert_prices(conn, [("CNSHA", "NLRTM", D1, price)] * 3)
+        with conn.cursor() as cur:
+            if version is not None:
+                cur.execute("UPDATE data_version SET version = %s", (version,))
+            cur.execute("SELECT version FROM data_version")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_recreated_database_counting_to_the_same_version_is_not_served_from_the_cache(
+        pg_server, admin_dsn, settings, make_client):
+    name = create_database(admin_dsn, TEMPLATE)
+    dsn = pg_server.get_uri(name)
+    query = dict(date_from=D1, date_to=D1, origin="CNSHA", destination="NLRTM")
+    try:
+        client = make_client(replace(settings, database_url=dsn))
+        version = _seed(dsn, 100)
+        assert client.get("/rates", query_string=query).get_json()[0]["average_price"] == 100
+        localdb.drop_database(admin_dsn, name)  # a reset staging database, say
+        localdb.create_database(admin_dsn, name, TEMPLATE)
+        assert _seed(dsn, 500, version=version) == version
+        assert client.get("/rates", query_string=query).get_json()[0]["average_price"] == 500
+    finally:
+        localdb.drop_database(admin_dsn, name)
