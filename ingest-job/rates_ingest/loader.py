@@ -70,31 +70,38 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log) ->
         skipped = _skip(cur, ref, download)
         if skipped:
             return skipped
-        replaced = _retire_current(cur, ref)
+        retired = _retire_current(cur, ref)
         cur.execute("""INSERT INTO ingest_files (bucket, key, version, last_modified, rows, bytes)
                        VALUES (%s, %s, %s, %s, 0, 0) RETURNING id""",
                     (ref.bucket, ref.key, info.identity, info.last_modified))
         file_id = cur.fetchone()[0]
         cur.execute("SELECT code FROM ports")
-        rules = formats.Rules(code for (code,) in cur)
-        parser = formats.parser_for(fmt, rules, file_id)
-        chunks = read_ahead(parser.copy_chunks(download.chunks()), depth=READ_AHEAD_CHUNKS)
-        stream = CopyStream(chunks)
-        try:
-            cur.copy_expert(COPY_SQL, stream, size=CHUNK_BYTES)
-        except psycopg2.Error as exc:
-            if stream.error is not None:
-                raise stream.error from None
-            if isinstance(exc, psycopg2.DataError):
-                # Class 22 from COPY: the content got past validation but not past the server.
-                raise formats.InvalidFile(f"the database refused the file's content: {exc}".strip()) from exc
-            raise
-        finally:
-            chunks.close()
+        parser = formats.parser_for(fmt, formats.Rules(code for (code,) in cur), file_id)
+        _copy(cur, parser, download)
+        # The replaced file's rows go after the COPY: deleting them takes the totals' lock
+        # (data_version's row) until commit, and taken before the COPY it would make
+        # replacement loads wait for each other's whole COPY instead of only its end.
+        replaced = _delete_prices(cur, retired) if retired else None
         cur.execute("UPDATE ingest_files SET rows = %s, bytes = %s WHERE id = %s",
                     (parser.rows, download.bytes, file_id))
     log.info("file copied", file_id=file_id, rows=parser.rows, bytes=download.bytes, replaced=replaced)
     return Outcome("loaded", rows=parser.rows, bytes=download.bytes, file_id=file_id, info=info)
+
+
+def _copy(cur, parser: formats.Parser, download: Download) -> None:
+    chunks = read_ahead(parser.copy_chunks(download.chunks()), depth=READ_AHEAD_CHUNKS)
+    stream = CopyStream(chunks)
+    try:
+        cur.copy_expert(COPY_SQL, stream, size=CHUNK_BYTES)
+    except psycopg2.Error as exc:
+        if stream.error is not None:
+            raise stream.error from None
+        if isinstance(exc, psycopg2.DataError):
+            # Class 22 from COPY: the content got past validation but not past the server.
+            raise formats.InvalidFile(f"the database refused the file's content: {exc}".strip()) from exc
+        raise
+    finally:
+        chunks.close()
 
 
 def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
@@ -127,12 +134,15 @@ def _newer_than_ours(version: str, last_modified, download: Download) -> bool:
     return ours.versioned and download.newest_of({version, ours.version_id}) == version
 
 
-def _retire_current(cur, ref: ObjectRef) -> dict | None:
-    """Delete the prices of the key's current file (the triggers adjust the totals)."""
+def _retire_current(cur, ref: ObjectRef) -> int | None:
+    """Mark the key's current file as replaced; its id, if there was one."""
     cur.execute("""UPDATE ingest_files SET replaced_at = now()
                    WHERE bucket = %s AND key = %s AND replaced_at IS NULL RETURNING id""", (ref.bucket, ref.key))
     row = cur.fetchone()
-    if row is None:
-        return None
-    cur.execute("DELETE FROM prices WHERE source_id = %s", (row[0],))
-    return {"file_id": row[0], "rows": cur.rowcount}
+    return row[0] if row else None
+
+
+def _delete_prices(cur, file_id: int) -> dict:
+    """Delete a replaced file's prices (the triggers adjust the totals)."""
+    cur.execute("DELETE FROM prices WHERE source_id = %s", (file_id,))
+    return {"file_id": file_id, "rows": cur.rowcount}

@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
+import psycopg2
+
 from tests.ingest.conftest import ROWS, as_csv, as_tuples, encode, expected_totals, prices, run_job, runs, totals
+from tests.support.db import lock_waiters
+from tests.support.poll import wait_for
 from tests.support.world import insert_prices
 
 V2_ROWS = [("CNSHA", "NLRTM", "2016-01-01", 2000), ("FRLEH", "SEGOT", "2016-01-05", 300)]
@@ -153,3 +157,24 @@ def test_two_concurrent_runs_for_one_object_load_it_once(db, s3):
     assert prices(conn) == as_tuples(ROWS * 2000)
     assert totals(conn) == expected_totals(ROWS * 2000)
     assert sorted(r["status"] for r in runs(conn)) == ["already_loaded", "loaded"]
+
+
+def test_a_replacement_waits_for_the_totals_lock_only_at_the_end_of_its_copy(db, s3):
+    """Deleting the replaced rows takes data_version's lock; that must come after the COPY,
+    so that another load holding the lock does not hold this whole load up."""
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    s3.put("p.csv", as_csv(V2_ROWS * 500))
+    blocker = psycopg2.connect(dsn)  # another writer, between its own writes and its commit
+    blocker.cursor().execute("SELECT version FROM data_version FOR UPDATE")
+    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"],
+                           env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: lock_waiters(conn, application_name="rates-ingest", query_prefix="COPY prices"),
+                 timeout=30, interval=0.05, what="the replacement to wait at the end of its COPY")
+    finally:
+        blocker.close()
+        assert job.wait(60) == 0
+    assert prices(conn) == as_tuples(V2_ROWS * 500)
+    assert totals(conn) == expected_totals(V2_ROWS * 500)
