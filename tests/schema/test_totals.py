@@ -151,3 +151,32 @@ def test_concurrent_writers_in_opposite_orders_do_not_deadlock(world, dsn):
     with world.cursor() as cur:
         cur.execute("SELECT orig_code, dest_code, price_sum, price_count FROM lane_totals ORDER BY 1")
         assert cur.fetchall() == [("CNSHA", "DEHAM", 30, 2), ("NOOSL", "NLRTM", 30, 2)]
+
+
+def test_truncate_and_reload_in_one_transaction_does_not_block_readers(world, dsn):
+    """Readers keep the committed totals while an administrator reloads prices."""
+    import psycopg2
+
+    from tests.support.world import insert_prices
+
+    insert_prices(world, [("CNSHA", "NLRTM", DAYS[0], 10)] * 3)
+    admin = psycopg2.connect(dsn)
+    reader = psycopg2.connect(dsn, options="-c statement_timeout=3000")
+    reader.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute("TRUNCATE prices")
+            cur.execute("INSERT INTO prices (orig_code, dest_code, day, price) VALUES ('CNSHA', 'NLRTM', %s, 40)",
+                        (DAYS[0],))
+        with reader.cursor() as cur:  # would time out behind an ACCESS EXCLUSIVE lock
+            cur.execute("SELECT price_sum, price_count FROM lane_totals")
+            assert cur.fetchall() == [(30, 3)]
+            cur.execute("SELECT sum(price_sum) FROM region_totals")
+            assert cur.fetchone() == (30,)
+        admin.commit()
+        with reader.cursor() as cur:
+            cur.execute("SELECT price_sum, price_count FROM lane_totals")
+            assert cur.fetchall() == [(40, 1)]
+    finally:
+        admin.close()
+        reader.close()
