@@ -180,3 +180,20 @@ def test_truncate_and_reload_in_one_transaction_does_not_block_readers(world, ds
     finally:
         admin.close()
         reader.close()
+
+
+def test_a_region_query_can_be_answered_from_the_index_alone(world):
+    """region_totals' key carries the sums, so a region query needs no heap page (0009)."""
+    from rates_api import queries
+    from tests.support.world import insert_prices
+
+    insert_prices(world, [("CNSHA", "NLRTM", day, 100) for day in DAYS] * 3)
+    with world.cursor() as cur:
+        cur.execute("VACUUM region_totals")  # marks the pages all-visible, as autovacuum would
+        cur.execute("SET enable_seqscan = off")
+        cur.execute("SET enable_bitmapscan = off")
+        cur.execute("EXPLAIN (ANALYZE, COSTS OFF) " + queries.DAILY_BY_REGION,
+                    dict(date_from=DAYS[0], date_to=DAYS[-1], min_prices=3, origins=["asia", "china"],
+                         destinations=["europe", "north_europe"]))
+        plan = "\n".join(line for (line,) in cur.fetchall())
+    assert "Index Only Scan using region_totals_pkey" in plan and "Heap Fetches: 0" in plan, plan
