@@ -13,7 +13,10 @@ from tests.support.proc import stop_process
 
 def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
     port = free_port()
+    # A metrics directory of the test's own: gunicorn would make one in /dev/shm and
+    # leave it behind if the test has to kill it.
     env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "APP_VERSION": "9.9.9",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
            "WEB_CONCURRENCY": "1", "SHUTDOWN_DRAIN_SECONDS": "0"}
     env.pop("HOST", None)
     process = subprocess.Popen([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,

@@ -16,7 +16,8 @@ APP = "pool-test"
 
 def _backend_pids(conn) -> set[int]:
     with conn.cursor() as cur:
-        cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (APP,))
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+                    (APP,))
         return {pid for (pid,) in cur.fetchall()}
 
 
@@ -33,8 +34,8 @@ def test_connections_the_server_closed_are_replaced_not_failed(dsn, conn):
         old = _backend_pids(conn)
         assert len(old) == 3
         with conn.cursor() as cur:  # what a database restart or failover does to them
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                        (APP,))
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = %s AND datname = current_database()", (APP,))
         wait_for(lambda: not _backend_pids(conn) & old, timeout=10, what="the backends to end")
         used = {_select_pid(pool) for _ in range(6)}
         assert not used & old
@@ -60,8 +61,8 @@ def test_a_database_refusing_connections_fails_fast_then_recovers(dsn, conn, adm
         old = {_select_pid(pool)}
         _allow_connections(admin_dsn, name, False)
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                        (APP,))
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = %s AND datname = current_database()", (APP,))
         wait_for(lambda: not _backend_pids(conn), timeout=10, what="the backends to end")
         with pytest.raises(TemporaryError, match="not currently accepting connections"):
             _select_pid(pool)  # both pooled connections are dead; the replacement is refused
@@ -89,7 +90,8 @@ class SilentServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.accepted = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
 
     def _accept(self):
         while True:
@@ -99,7 +101,10 @@ class SilentServer:
                 return
 
     def close(self):
+        # shutdown() wakes the thread blocked in accept(); close() alone would not.
+        self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        self._thread.join(5)
         for peer in self.accepted:
             peer.close()
 
@@ -112,6 +117,7 @@ def silent():
 
 
 def _hung_pool(silent: SilentServer) -> Pool:
+    # (No connection ever opens, so the pool holds nothing to close.)
     # sslmode and gssencmode off: libpq would otherwise try a second connection per attempt.
     dsn = f"postgresql://nobody@127.0.0.1:{silent.port}/none?sslmode=disable&gssencmode=disable"
     return Pool(dsn, size=2, application_name=APP, statement_timeout_ms=0, connect_timeout_s=1,

@@ -37,6 +37,8 @@ def job_held_inside_copy(dsn, conn, s3, key: str) -> Iterator[tuple[subprocess.P
         yield job, blocker
     finally:
         job.kill()
+        job.wait(30)
+        job.stdout.close()
         blocker.close()
 
 
@@ -45,7 +47,7 @@ def test_the_database_going_away_mid_load_exits_1_and_commits_nothing(db, s3):
     with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, blocker):
         with conn.cursor() as cur:
             cur.execute("""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                           WHERE application_name LIKE 'rates-ingest%%'""")
+                           WHERE application_name LIKE 'rates-ingest%%' AND datname = current_database()""")
         blocker.rollback()
         output, _ = job.communicate(timeout=60)
 

@@ -10,7 +10,7 @@ import psycopg2
 from rates_ingest.runs import ABANDONED, RunLog
 from rates_ingest.s3source import ObjectRef
 from tests.ingest.conftest import ROWS, as_csv, as_tuples, last_run, prices, run_cli, run_job, runs
-from tests.support.db import lock_waiters
+from tests.support.db import lock_waiters, sessions
 from tests.support.net import free_port
 from tests.support.poll import wait_for
 
@@ -53,6 +53,8 @@ def test_a_missing_version_exits_2(db, s3):
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert prices(conn) == []
+    run = last_run(conn)
+    assert run["status"] == "rejected" and "is gone" in run["error"] and "no-such-version" in run["error"]
 
 
 def test_an_invalid_file_exits_2(db, s3):
@@ -133,6 +135,8 @@ def test_a_killed_run_is_marked_failed_by_the_next_run(db, s3):
         job.wait(10)
     finally:
         blocker.close()
+    wait_for(lambda: sessions(conn, "rates-ingest") == 0, timeout=10, interval=0.05,
+             what="the killed job's sessions to end")
     killed = last_run(conn)
     assert killed["status"] == "running"  # nobody could record its end
 
@@ -151,6 +155,9 @@ def test_a_live_run_is_not_swept(db):
         assert other.sweep() == []
         assert last_run(conn)["status"] == "running"
         alive.close()  # what a killed process's session does
+        # The server frees the run's lock only once the session has ended, a moment later.
+        wait_for(lambda: sessions(conn, "rates-ingest-runs") == 1, timeout=10, interval=0.05,
+                 what="the closed run's session to end")
         assert other.sweep() == [run_id]
         assert last_run(conn)["error"] == ABANDONED
     finally:

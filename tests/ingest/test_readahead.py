@@ -46,7 +46,7 @@ def test_the_producer_stays_at_most_depth_items_ahead():
         time.sleep(0.002)  # a slow consumer, as COPY is
         # The queue holds 2, and the producer may hold one more, blocked on put().
         ahead.append(len(produced) - item - 1)
-    assert max(ahead) <= 3
+    assert 2 <= max(ahead) <= 3  # it does read ahead, and no further than the queue allows
     assert len(produced) == 50
 
 

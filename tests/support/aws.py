@@ -40,6 +40,8 @@ def start_moto(port: int | None = None, log_path=None) -> tuple[subprocess.Popen
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                stdout=out, stderr=subprocess.STDOUT)
+    if log_path:
+        out.close()  # the child has its own copy
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -98,9 +100,3 @@ def s3(moto_endpoint) -> Bucket:
     bucket = Bucket(client, unique_name("test"))
     client.create_bucket(Bucket=bucket.name)
     return bucket
-
-
-@pytest.fixture
-def sqs(moto_endpoint):
-    """An SQS client on moto (create queues with unique_name() to keep tests apart)."""
-    return boto3.client("sqs", endpoint_url=moto_endpoint)

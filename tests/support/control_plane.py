@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import contextlib
 import datetime
 import ipaddress
 import shutil
@@ -400,10 +399,23 @@ class ControlPlane:
 # --- process handling ------------------------------------------------------------------------
 
 
+def _load_prctl():
+    # Loaded here, in the parent: after fork() a child of a threaded parent should only
+    # make async-signal-safe calls before exec, and loading a library is not one.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL the child if the (spawning thread of the) parent dies."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

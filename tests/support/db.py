@@ -91,9 +91,18 @@ def lock_waiters(conn, *, application_name: str | None = None, pid: int | None =
     """How many sessions (of this application, pid or statement) wait for a lock now."""
     with conn.cursor() as cur:
         cur.execute("""SELECT count(*) FROM pg_stat_activity
-                       WHERE wait_event_type = 'Lock'
+                       WHERE wait_event_type = 'Lock' AND datname = current_database()
                          AND (%(app)s::text IS NULL OR application_name = %(app)s)
                          AND (%(pid)s::int IS NULL OR pid = %(pid)s)
                          AND (%(prefix)s::text IS NULL OR starts_with(query, %(prefix)s))""",
                     {"app": application_name, "pid": pid, "prefix": query_prefix})
+        return cur.fetchone()[0]
+
+
+def sessions(conn, application_prefix: str) -> int:
+    """How many sessions whose application name starts so are connected to the test's database."""
+    with conn.cursor() as cur:
+        cur.execute("""SELECT count(*) FROM pg_stat_activity
+                       WHERE datname = current_database() AND starts_with(application_name, %s)""",
+                    (application_prefix,))
         return cur.fetchone()[0]
