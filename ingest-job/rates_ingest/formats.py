@@ -277,7 +277,8 @@ def _complete_lines(data: Iterator[bytes], problems: Problems) -> Iterator[tuple
         pending += chunk
         cut = pending.rfind(b"\n") + 1
         if not cut:
-            if len(pending) > MAX_RECORD_BYTES:
+            # A final \r may be half of a CRLF, which the measure of whole lines leaves out.
+            if len(pending) - pending.endswith(b"\r") > MAX_RECORD_BYTES:
                 problems.add(line_no, _LINE_TOO_LONG, pending[:200])
                 return
             continue

@@ -117,6 +117,9 @@ class Download:
                     self.bytes += len(chunk)
                     yield chunk
                 return  # botocore compares with Content-Length: a short body raises instead
+            except botocore.exceptions.FlexibleChecksumError as exc:
+                # The bytes arrived but are not the object's: start the whole load over.
+                raise TemporaryError(f"S3 object failed its checksum: {exc}") from exc
             except (botocore.exceptions.BotoCoreError, OSError) as exc:
                 if self.bytes == self.info.size:
                     return  # every byte arrived; only the end of the response was lost

@@ -115,3 +115,13 @@ def test_format_detection(key, expected):
 def test_unknown_extensions_are_rejected(key):
     with pytest.raises(formats.InvalidFile, match="unknown file extension"):
         formats.detect(key)
+
+
+def test_a_crlf_line_of_exactly_the_limit_is_accepted_wherever_the_chunks_split():
+    head = b"orig_code,dest_code,day,price\r\n"
+    prefix = b"CNSHA,NLRTM,2016-01-01,"
+    line = prefix + b"0" * (formats.MAX_RECORD_BYTES - len(prefix) - 1) + b"5"
+    assert len(line) == formats.MAX_RECORD_BYTES
+    # Whole, and with a chunk that ends right after the \r and holds no line end at all.
+    for chunks in ([head + line + b"\r\n"], [head, line + b"\r", b"\n"]):
+        assert parse("csv", chunks) == b"CNSHA,NLRTM,2016-01-01,5,7\n"

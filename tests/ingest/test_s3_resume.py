@@ -26,9 +26,9 @@ def cutting(moto_endpoint, monkeypatch):
     monkeypatch.setattr(s3source.Download, "RESUME_DELAY_S", 0)
     proxies = []
 
-    def make(cut_after: int, cuts: int):
+    def make(cut_after: int, cuts: int, flip: bool = False):
         target = urlsplit(moto_endpoint)
-        proxies.append(CuttingProxy((target.hostname, target.port), cut_after=cut_after, cuts=cuts))
+        proxies.append(CuttingProxy((target.hostname, target.port), cut_after=cut_after, cuts=cuts, flip=flip))
         return proxies[-1], boto3.client("s3", endpoint_url=proxies[-1].url)
 
     yield make
@@ -67,6 +67,21 @@ def test_a_stream_cut_every_time_fails_retryably_and_loads_nothing(db, s3, cutti
     assert prices(conn) == []
     run = last_run(conn)
     assert run["status"] == "failed" and f"S3 stream cut {proxy.cut} times" in run["error"]
+
+
+def test_a_corrupted_download_fails_its_checksum_and_loads_nothing(db, s3, cutting):
+    """Every byte arrives, but one is wrong: not a cut to resume, a load to start over."""
+    dsn, conn = db
+    body = encode("csv", many_rows(40_000))
+    s3.client.put_object(Bucket=s3.name, Key="bad/bytes.csv", Body=body, ChecksumAlgorithm="CRC32")
+    proxy, client = cutting(cut_after=len(body) // 2, cuts=1, flip=True)
+
+    code = run_job_through(client, dsn, s3.name, "bad/bytes.csv")
+
+    assert code == 1 and proxy.cut == 1
+    assert prices(conn) == []
+    run = last_run(conn)
+    assert run["status"] == "failed" and "checksum" in run["error"], run["error"]
 
 
 def run_job_through(client, dsn, bucket, key) -> int:

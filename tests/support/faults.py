@@ -12,8 +12,9 @@ class CuttingProxy:
     a stream that breaks halfway.
     """
 
-    def __init__(self, target: tuple[str, int], *, cut_after: int, cuts: int):
-        self.target, self.cut_after, self.cuts_left = target, cut_after, cuts
+    def __init__(self, target: tuple[str, int], *, cut_after: int, cuts: int, flip: bool = False):
+        # flip: instead of cutting, invert one byte there and go on (data corrupted in transit).
+        self.target, self.cut_after, self.cuts_left, self.flip = target, cut_after, cuts, flip
         self.cut = 0
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -35,9 +36,12 @@ class CuttingProxy:
         sent = 0
         try:
             while data := source.recv(65536):
-                if limit is not None and sent + len(data) > limit and self._take_cut():
-                    sink.sendall(data[:limit - sent])
-                    break
+                if limit is not None and sent <= limit < sent + len(data) and self._take_cut():
+                    at = limit - sent
+                    if not self.flip:
+                        sink.sendall(data[:at])
+                        break
+                    data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
                 sink.sendall(data)
                 sent += len(data)
         except OSError:
