@@ -47,8 +47,19 @@ def classified() -> Iterator[None]:
 BULK_LOAD_WORK_MEM = "64MB"
 
 
+# When the database host vanishes without closing its sockets (a failover, a lost zone),
+# Linux would keep a TCP connection up for about 15 minutes. With these, an idle pooled
+# connection is found dead within a minute, and a request whose bytes go unacknowledged
+# fails after tcp_user_timeout. Linux also ends a connection whose live peer keeps its
+# window shut that long, so a bulk load, which a busy server may stop reading for a
+# while, passes a longer one. Settings given in the DSN itself win.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+TCP_USER_TIMEOUT_MS = 15_000
+
+
 def connect(dsn: str, *, application_name: str, statement_timeout_ms: int = 0,
-            connect_timeout_s: int = 5, autocommit: bool = False, client_check_interval_ms: int = 0):
+            connect_timeout_s: int = 5, autocommit: bool = False, client_check_interval_ms: int = 0,
+            tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS):
     """Open one connection with the options every component wants.
 
     client_check_interval_ms > 0 makes the server check, that often during a long
@@ -56,29 +67,23 @@ def connect(dsn: str, *, application_name: str, statement_timeout_ms: int = 0,
     """
     with classified():
         conn = psycopg2.connect(**_connect_args(dsn, application_name, statement_timeout_ms, connect_timeout_s,
-                                                client_check_interval_ms))
+                                                client_check_interval_ms, tcp_user_timeout_ms))
     conn.autocommit = autocommit
     return conn
 
 
-# When the database host vanishes without closing its sockets (a failover, a lost zone),
-# Linux would keep a TCP connection up for about 15 minutes. With these, an idle pooled
-# connection is found dead within a minute, and a request whose bytes go unacknowledged
-# fails after 15 s. Settings given in the DSN itself win.
-_TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
-                 "tcp_user_timeout": 15_000}
-
-
 def _connect_args(dsn: str, application_name: str, statement_timeout_ms: int, connect_timeout_s: int,
-                  client_check_interval_ms: int = 0) -> dict:
+                  client_check_interval_ms: int = 0, tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS) -> dict:
     options = f"-c statement_timeout={int(statement_timeout_ms)}"
     if client_check_interval_ms:
         options += f" -c client_connection_check_interval={int(client_check_interval_ms)}"
-    given = psycopg2.extensions.parse_dsn(dsn)
+    with classified():
+        given = psycopg2.extensions.parse_dsn(dsn)
     if given.get("options"):
         # The keyword replaces the DSN's own options (a search_path, say); keep both.
         options = f"{given['options']} {options}"
-    tcp = {name: value for name, value in _TCP_DEFAULTS.items() if name not in given}
+    wanted = {**_KEEPALIVES, "tcp_user_timeout": tcp_user_timeout_ms}
+    tcp = {name: value for name, value in wanted.items() if name not in given}
     return dict(dsn=dsn, application_name=application_name, connect_timeout=connect_timeout_s, options=options,
                 **tcp)
 

@@ -6,7 +6,7 @@ from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 
 from . import db
-from .errors import TemporaryError
+from .errors import PermanentError, TemporaryError
 from .logs import get_logger
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -17,6 +17,9 @@ def _yoyo_uri(dsn: str) -> str:
     # yoyo picks its driver from the scheme; plain postgres:// means psycopg2 to us.
     if dsn.startswith("postgres://"):
         return "postgresql://" + dsn[len("postgres://"):]
+    if not dsn.startswith("postgresql://"):
+        raise PermanentError("migrations need DATABASE_URL as a URL, postgresql://user@host:port/db, "
+                             "not libpq keywords")
     return dsn
 
 
@@ -43,7 +46,8 @@ def apply(dsn: str) -> list[str]:
                 todo = backend.to_apply(migrations)
                 backend.apply_migrations(todo)
         except LockTimeout as exc:
-            raise TemporaryError(f"another migration still holds the lock: {exc}") from exc
+            raise TemporaryError(f"another migration holds yoyo's lock ({exc}); if none is running, a killed "
+                                 "one left it: clear it with `yoyo break-lock --database $DATABASE_URL`") from exc
         finally:
             backend.connection.close()
     applied = [m.id for m in todo]

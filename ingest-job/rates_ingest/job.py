@@ -19,6 +19,9 @@ from .termination import termination
 
 EXIT_OK, EXIT_RETRY, EXIT_REJECTED = 0, 1, 2
 CLIENT_CHECK_MS = 1000
+# A server busy with I/O may stop reading a COPY for a while; only a much longer silence
+# means the host is gone (see rates_core.db).
+LOAD_TCP_USER_TIMEOUT_MS = 120_000
 log = get_logger("rates_ingest")
 
 
@@ -62,7 +65,7 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict) ->
     # If this process dies without closing the connection (SIGKILL), the server notices
     # within a second instead of finishing the statement first, holding its locks.
     conn = db.connect(settings.database_url, application_name=loader.APPLICATION_NAME,
-                      client_check_interval_ms=CLIENT_CHECK_MS)
+                      client_check_interval_ms=CLIENT_CHECK_MS, tcp_user_timeout_ms=LOAD_TCP_USER_TIMEOUT_MS)
     try:
         download = seen["download"] = s3source.Download(s3, ref, info, log)
         with termination.cancels(conn):

@@ -31,3 +31,9 @@ def test_a_migration_that_cannot_apply_exits_2_and_says_why(empty_dsn):
         cur.execute("SELECT to_regclass('region_totals')")
         assert cur.fetchone()[0] is None  # 0002 rolled back whole
     conn.close()
+
+
+def test_a_keyword_dsn_is_refused_with_one_line():
+    result = run("migrate", dsn="host=127.0.0.1 port=1 dbname=none")
+    assert result.exit_code == 2, result.output
+    assert "postgresql://" in result.output and "Traceback" not in result.output

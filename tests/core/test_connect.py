@@ -13,8 +13,14 @@ def test_tcp_timeouts_default_on_and_the_dsn_wins(dsn):
             assert cur.fetchone()[0] == "1234ms"
     finally:
         conn.close()
+    conn = db.connect(dsn, application_name="connect-test", tcp_user_timeout_ms=120_000)  # a bulk load's
+    try:
+        assert conn.get_dsn_parameters()["tcp_user_timeout"] == "120000"
+    finally:
+        conn.close()
     separator = "&" if "?" in dsn else "?"
-    conn = db.connect(f"{dsn}{separator}tcp_user_timeout=2500", application_name="connect-test")
+    conn = db.connect(f"{dsn}{separator}tcp_user_timeout=2500", application_name="connect-test",
+                      tcp_user_timeout_ms=120_000)
     try:
         params = conn.get_dsn_parameters()
         assert params["tcp_user_timeout"] == "2500" and params["keepalives_count"] == "3"

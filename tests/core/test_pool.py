@@ -167,8 +167,8 @@ def test_a_statement_timeout_keeps_the_connection(dsn, conn):
         pool.close()
 
 
-def test_a_connection_lent_when_the_pool_closes_is_closed_on_return(dsn):
+def test_returning_a_connection_after_the_pool_closed_does_not_raise(dsn):
+    # psycopg2's putconn() on a closed pool raises PoolError, which a request would turn into a 500.
     pool = Pool(dsn, size=1, application_name=APP, statement_timeout_ms=0)
-    with pool.connection() as lent:
+    with pool.connection():
         pool.close()
-    assert lent.closed
