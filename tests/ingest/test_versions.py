@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import psycopg2
+import pytest
 
 from tests.ingest.conftest import ROWS, as_csv, as_tuples, encode, expected_totals, prices, run_job, runs, totals
 from tests.support.db import lock_waiters
@@ -70,32 +71,18 @@ def _tie_loaded_with(conn, s3, version_id):
         cur.execute("UPDATE ingest_files SET last_modified = %s", (stamp,))
 
 
-def test_on_a_time_tie_an_older_version_is_still_skipped(db, s3):
+@pytest.mark.parametrize("loaded, arriving, status", [("v2", "v1", "superseded"), ("v1", "v2", "loaded")])
+def test_on_a_time_tie_s3s_order_of_versions_decides(db, s3, loaded, arriving, status):
     dsn, conn = db
     s3.enable_versioning()
-    v1 = s3.put("p.csv", as_csv(ROWS))["VersionId"]
-    v2 = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
-    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
-    _tie_loaded_with(conn, s3, v1)
+    versions = {"v1": s3.put("p.csv", as_csv(ROWS))["VersionId"], "v2": s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]}
+    assert run_job(dsn, s3.name, "p.csv", version_id=versions[loaded]) == 0
+    _tie_loaded_with(conn, s3, versions[arriving])
 
-    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
-
-    assert prices(conn) == as_tuples(V2_ROWS)
-    assert runs(conn)[-1]["status"] == "superseded"
-
-
-def test_on_a_time_tie_a_newer_version_still_replaces(db, s3):
-    dsn, conn = db
-    s3.enable_versioning()
-    v1 = s3.put("p.csv", as_csv(ROWS))["VersionId"]
-    v2 = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
-    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
-    _tie_loaded_with(conn, s3, v2)
-
-    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
+    assert run_job(dsn, s3.name, "p.csv", version_id=versions[arriving]) == 0
 
     assert prices(conn) == as_tuples(V2_ROWS)
-    assert runs(conn)[-1]["status"] == "loaded"
+    assert runs(conn)[-1]["status"] == status
 
 
 def test_the_null_version_from_before_versioning_loads_after_a_newer_upload(db, s3):
