@@ -6,7 +6,10 @@
     make bench-ingest BENCH_ARGS="--ports 143 --lanes 1000"   # the sample's density
 
 It starts its own throwaway PostgreSQL (ratesctl.localdb) and moto_server, generates a
-CSV of --rows prices over --ports generated ports, uploads it, and measures:
+CSV of --rows prices over --ports generated ports, uploads it, and measures the following,
+each in a fresh database cloned from one migrated template (so that no measurement meets
+another's dead rows or autovacuum) and after a CHECKPOINT. With --rounds N the four
+alternate N times and each figure is the median:
 
   ours         `python -m rates_ingest` as a subprocess, wall clock from exec to exit:
                S3 download, gunzip, validation, COPY into prices with its triggers
@@ -29,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +64,11 @@ def parse_args():
     p.add_argument("--naive-rows", type=int, default=20_000, help="rows for the naive baseline")
     p.add_argument("--gzip", action="store_true", help="upload the file gzip-compressed")
     p.add_argument("--seed", type=int, default=1)
-    return p.parse_args()
+    p.add_argument("--rounds", type=int, default=1, help="alternate the measurements this many times; report medians")
+    args = p.parse_args()
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    return args
 
 
 def generate(path: Path, args) -> int:
@@ -139,6 +147,36 @@ def run_naive(dsn: str, path: Path, rows: int) -> float:
     return len(subset) / elapsed
 
 
+class Databases:
+    """Fresh databases cloned from one migrated template, one per measurement."""
+
+    TEMPLATE = "bench_template"
+
+    def __init__(self, server, ports: int):
+        self.server = server
+        self.admin_dsn = server.get_uri("postgres")
+        self.count = 0
+        template = localdb.ensure_database(server, self.TEMPLATE)
+        migrate.apply(template)
+        create_world(template, ports)
+
+    def fresh(self) -> tuple[str, str]:
+        """A new database with the schema and ports, after a checkpoint: (name, DSN)."""
+        self.count += 1
+        name = f"bench_{self.count}"
+        localdb.create_database(self.admin_dsn, name, template=self.TEMPLATE)
+        # Otherwise the previous measurement's dirty pages would be written during this one.
+        conn = psycopg2.connect(self.admin_dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CHECKPOINT")
+        conn.close()
+        return name, self.server.get_uri(name)
+
+    def drop(self, name: str) -> None:
+        localdb.drop_database(self.admin_dsn, name)
+
+
 def check_loaded(dsn: str, rows: int) -> int:
     """Fail unless every row is loaded and totalled; the number of (lane, day) totals."""
     conn = psycopg2.connect(dsn)
@@ -165,15 +203,21 @@ def upload(endpoint: str, path: Path, key: str, compress: bool) -> int:
     return source.stat().st_size
 
 
-def report(args, size, uploaded, ours, rss, raw, floor, naive, last_line, lane_days) -> None:
+def report(args, size, uploaded, rounds: list[dict]) -> None:
+    median = {name: statistics.median(r[name] for r in rounds) for name in ("ours", "inside", "raw", "floor")}
+    ours, inside, raw, floor = median["ours"], median["inside"], median["raw"], median["floor"]
+    rss, naive = max(r["rss"] for r in rounds), rounds[0]["naive"]
+    last_line, lane_days = rounds[-1]["last_line"], rounds[0]["lane_days"]
     rate = args.rows / ours
-    inside = last_line["duration_s"]
     mb = 1 << 20
     shape = f"{args.lanes:,} lanes" if args.lanes else f"all {args.ports * args.ports:,} lanes"
     print()
     print(f"rows {args.rows:,}  file {size / mb:.1f} MiB" + (f" ({uploaded / mb:.1f} MiB gzip)" if args.gzip else "")
           + f"  {args.ports} ports, {shape}, {args.days} days")
     print(f"{lane_days:,} (lane, day) totals: {args.rows / lane_days:.1f} prices per lane and day")
+    if len(rounds) > 1:
+        spread = ", ".join(f"{r['raw'] / r['ours']:.2f}x" for r in rounds)
+        print(f"medians of {len(rounds)} rounds (ours / raw COPY in each round: {spread})")
     print(f"{'':14}{'seconds':>10}{'rows/s':>14}")
     print(f"{'ours':14}{ours:10.2f}{rate:14,.0f}   peak RSS {rss / mb:.0f} MiB   (exec to exit)")
     print(f"{'ours in-job':14}{inside:10.2f}{args.rows / inside:14,.0f}   (its duration_s: no interpreter start)")
@@ -187,31 +231,48 @@ def report(args, size, uploaded, ours, rss, raw, floor, naive, last_line, lane_d
     print(f"job's last log line: {json.dumps(last_line)}")
 
 
+def measure_round(dbs: Databases, args, path: Path, endpoint: str, key: str, *, naive: bool) -> dict:
+    """One of each measurement, each in its own fresh database."""
+    figures = {}
+    for name, step in (("raw", "raw COPY"), ("floor", "COPY into prices (rolled back)"), ("ours", "ours")):
+        print(f"{step} ...", flush=True)
+        db, dsn = dbs.fresh()
+        if name == "ours":
+            elapsed, figures["rss"], last_line = run_ours(dsn, endpoint, "bench", key)
+            figures.update(ours=elapsed, inside=last_line["duration_s"], last_line=last_line,
+                           lane_days=check_loaded(dsn, args.rows))
+        else:
+            figures[name] = copy_file(dsn, path, "prices_raw" if name == "raw" else "prices",
+                                      commit=name == "raw", work_mem=Settings.work_mem)
+        dbs.drop(db)
+    if naive:
+        print("naive ...", flush=True)
+        db, dsn = dbs.fresh()
+        figures["naive"] = run_naive(dsn, path, args.naive_rows)
+        dbs.drop(db)
+    return figures
+
+
 def main() -> None:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     server = moto = None
     try:
         server = localdb.start(work / "pg", throwaway=True)
-        dsn = localdb.ensure_database(server, "rates")
-        migrate.apply(dsn)
-        create_world(dsn, args.ports)
+        dbs = Databases(server, args.ports)
         moto, endpoint = start_moto()
         path = work / "prices.csv"
         print(f"generating {args.rows:,} rows ...", flush=True)
         size = generate(path, args)
         key = "bench/prices.csv.gz" if args.gzip else "bench/prices.csv"
         uploaded = upload(endpoint, path, key, args.gzip)
-        print("raw COPY ...", flush=True)
-        raw = copy_file(dsn, path, "prices_raw", commit=True)
-        print("COPY into prices (rolled back) ...", flush=True)
-        floor = copy_file(dsn, path, "prices", commit=False, work_mem=Settings.work_mem)
-        print("ours ...", flush=True)
-        ours, rss, last_line = run_ours(dsn, endpoint, "bench", key)
-        lane_days = check_loaded(dsn, args.rows)
-        print("naive ...", flush=True)
-        naive = run_naive(dsn, path, args.naive_rows)
-        report(args, size, uploaded, ours, rss, raw, floor, naive, last_line, lane_days)
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {number} of {args.rounds}", flush=True)
+            # The naive baseline is 50-1000x slower than the rest; once is enough to rank it.
+            rounds.append(measure_round(dbs, args, path, endpoint, key, naive=number == 1))
+        report(args, size, uploaded, rounds)
     finally:
         if moto:
             stop_moto(moto)
