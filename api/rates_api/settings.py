@@ -3,7 +3,8 @@
 from dataclasses import dataclass
 from typing import Mapping
 
-from rates_core.env import env_int, env_str
+from rates_core.env import env_choice, env_int, env_str
+from rates_core.logs import LEVELS
 
 
 @dataclass(frozen=True)
@@ -31,5 +32,5 @@ class Settings:
             max_range_days=get_int("MAX_RANGE_DAYS", 366, 1),
             response_cache_size=get_int("RESPONSE_CACHE_SIZE", 2048, 0),
             app_version=env_str("APP_VERSION", "dev", environ),
-            log_level=env_str("LOG_LEVEL", "INFO", environ),
+            log_level=env_choice("LOG_LEVEL", "INFO", LEVELS, environ),
         )

@@ -11,6 +11,7 @@ import click
 from tqdm import tqdm
 
 from rates_core import db, logs, migrate as migrations
+from rates_core.env import ConfigError, env_choice
 
 from . import demodata, localdb
 
@@ -29,7 +30,11 @@ def _database_url() -> str:
 @click.command("migrate")
 def migrate_command() -> None:
     """Apply the schema migrations to $DATABASE_URL (safe to run again)."""
-    logs.configure(os.environ.get("LOG_LEVEL", "INFO"), service="ratesctl")
+    try:
+        level = env_choice("LOG_LEVEL", "INFO", logs.LEVELS)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    logs.configure(level, service="ratesctl")
     applied = migrations.apply(_database_url())
     click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none, already current'}")
 

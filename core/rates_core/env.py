@@ -43,3 +43,13 @@ def env_float(name: str, default: float, *, minimum: float | None = None,
     if minimum is not None and value < minimum:
         raise ConfigError(f"environment variable {name} must be >= {minimum}, got {value}")
     return value
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...],
+               environ: Mapping[str, str] | None = None) -> str:
+    """One of ``choices`` (upper case), whatever the case it is written in."""
+    raw = env_str(name, default, environ)
+    value = raw.upper()
+    if value not in choices:
+        raise ConfigError(f"environment variable {name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value

@@ -6,6 +6,10 @@ import sys
 import structlog
 
 
+# The levels that settings accept for LOG_LEVEL.
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def configure(level: str = "INFO", **static) -> None:
     """Send JSON lines to stdout; ``static`` key/values go on every line."""
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper(), force=True)

@@ -188,6 +188,8 @@ class Rules:
                 # int() of a very long string raises ValueError (CPython's 4300-digit limit).
                 return f"price must be between {MIN_PRICE} and {MAX_PRICE}, got {_shorten(price)}"
             price = int(digits or "0")
+        if isinstance(price, float):
+            return f"price must be an integer, written without a fraction or exponent, got {price!r}"
         if isinstance(price, bool) or not isinstance(price, int):
             return f"price must be a whole number, got {price!r}"
         if not MIN_PRICE <= price <= MAX_PRICE:
@@ -219,7 +221,7 @@ class Parser:
 
     def copy_chunks(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """CSV chunks for COPY; raises InvalidFile (after the last chunk) if the file is bad."""
-        for out in self._parse(decoded(chunks, self.fmt)):
+        for out in self._parse(self._refuse_utf16(decoded(chunks, self.fmt))):
             if out and not self.problems:
                 yield out
             if self.problems.full:
@@ -231,8 +233,27 @@ class Parser:
     def _parse(self, data: Iterator[bytes]) -> Iterator[bytes]:
         raise NotImplementedError
 
+    def _refuse_utf16(self, data: Iterator[bytes]) -> Iterator[bytes]:
+        """The data, unless it starts with a UTF-16 (or UTF-32) byte order mark."""
+        data = iter(data)
+        for chunk in data:
+            if not chunk:
+                continue
+            if chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                # Spreadsheets save "Unicode text" this way; every other error would be a symptom.
+                self.problems.add(0 if self.fmt.position == "element" else 1,
+                                  "the file is UTF-16 or UTF-32 (it starts with a byte order mark); "
+                                  "save it as UTF-8", None)
+                return
+            yield chunk
+            break
+        yield from data
+
     def _object_line(self, where: int, obj, text) -> str | None:
         """The COPY line for one JSON object, or None after recording why it is invalid."""
+        if isinstance(obj, _RepeatedKeys):
+            self.problems.add(where, f"the object names {', '.join(obj.keys)} more than once", text)
+            return None
         if not isinstance(obj, dict):
             self.problems.add(where, "expected a JSON object", text)
             return None
@@ -255,6 +276,21 @@ class Parser:
     def _lines_out(self, lines: list[str]) -> bytes:
         self.rows += len(lines)
         return (self.suffix.join(lines) + self.suffix).encode() if lines else b""
+
+
+class _RepeatedKeys:
+    """A decoded JSON object that names a key more than once (json would keep the last)."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+
+
+def _json_object(pairs: list[tuple]) -> dict | _RepeatedKeys:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set = set()
+    return _RepeatedKeys(sorted({repr(k) for k, _ in pairs if k in seen or seen.add(k)}))
 
 
 def parser_for(fmt: Format, rules: Rules, source_id: int) -> Parser:
@@ -401,7 +437,7 @@ class JsonArrayParser(Parser):
     def _parse(self, data: Iterator[bytes]) -> Iterator[bytes]:
         utf8 = codecs.getincrementaldecoder("utf-8")()
         self._text, self._pos, self._state, self._index = "", 0, "open", 0
-        self._decode = json.JSONDecoder().raw_decode
+        self._decode = json.JSONDecoder(object_pairs_hook=_json_object).raw_decode
         try:
             for chunk in data:
                 self._text = self._text[self._pos:] + utf8.decode(chunk)
@@ -415,7 +451,9 @@ class JsonArrayParser(Parser):
             yield self._lines_out(self._bad_utf8(exc))
             return
         yield self._lines_out(self._scan(final=True))
-        if self._state not in ("done", "broken"):
+        if self._state == "open":
+            self.problems.add(0, "the file holds no JSON array", self._text[-200:])
+        elif self._state not in ("done", "broken"):
             self.problems.add(self._index, "the JSON array is not closed (truncated file?)", self._text[-200:])
 
     def _bad_utf8(self, exc: UnicodeDecodeError) -> list[str]:
@@ -526,7 +564,7 @@ class NdjsonParser(Parser):
         if not raw.strip():
             return None
         try:
-            obj = json.loads(raw.decode("utf-8"))
+            obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_json_object)
         except UnicodeDecodeError as exc:
             self.problems.add(line_no, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})", raw)
             return None

@@ -108,8 +108,9 @@ class RunLog:
                    SET status = %s, rows = %s, bytes = %s, file_id = %s, error = %s, bad_rows = %s,
                        version_id = coalesce(%s, version_id), etag = %s, finished_at = now()
                    WHERE id = %s""",
-                (outcome.status, outcome.rows, outcome.bytes, outcome.file_id, outcome.error,
-                 json.dumps(outcome.bad_rows) if outcome.bad_rows else None,
+                (outcome.status, outcome.rows, outcome.bytes, outcome.file_id, _storable(outcome.error),
+                 json.dumps([{k: _storable(v) for k, v in row.items()} for row in outcome.bad_rows])
+                 if outcome.bad_rows else None,
                  info.version_id if info else None, info.etag if info else None, run_id))
 
     def close(self) -> None:
@@ -117,3 +118,9 @@ class RunLog:
             self.conn.close()
         except psycopg2.Error:
             pass
+
+
+def _storable(value):
+    """``value`` with NUL escaped, if it is a string: a file's text may hold NUL, which
+    PostgreSQL's text and jsonb cannot."""
+    return value.replace("\x00", "\\x00") if isinstance(value, str) else value

@@ -85,11 +85,30 @@ def mapped_errors(ref: ObjectRef) -> Iterator[None]:
 
 def head(s3, ref: ObjectRef) -> ObjectInfo:
     kwargs = {"VersionId": ref.version_id} if ref.version_id else {}
-    with mapped_errors(ref):
-        response = s3.head_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
+    try:
+        with mapped_errors(ref):
+            response = s3.head_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
+    except TemporaryError as exc:
+        if ref.version_id and _bare_bad_request(exc.__cause__):
+            _explain_bad_request(s3, ref)
+        raise
     # The version asked for, if S3 does not name it (moto leaves out "null", for one).
     return ObjectInfo(version_id=response.get("VersionId") or ref.version_id, etag=response["ETag"],
                       size=response["ContentLength"], last_modified=response["LastModified"])
+
+
+def _bare_bad_request(exc: BaseException | None) -> bool:
+    # A HEAD response has no body, so S3 says only "400" where a GET would say why
+    # (InvalidArgument for a version id that cannot exist, for one).
+    return (isinstance(exc, botocore.exceptions.ClientError)
+            and exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 400
+            and exc.response.get("Error", {}).get("Code") in ("400", "BadRequest"))
+
+
+def _explain_bad_request(s3, ref: ObjectRef) -> None:
+    """Ask for the version's first byte, whose error names the reason; raises if it fails."""
+    with mapped_errors(ref):
+        s3.get_object(Bucket=ref.bucket, Key=ref.key, VersionId=ref.version_id, Range="bytes=0-0")["Body"].close()
 
 
 class Download:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from rates_core.db import BULK_LOAD_WORK_MEM
-from rates_core.env import ConfigError, env_str
+from rates_core.env import ConfigError, env_choice, env_str
+from rates_core.logs import LEVELS
 
 _MEMORY = re.compile(r"([1-9][0-9]{0,9})(kB|MB|GB)")
 _KB_PER_UNIT = {"kB": 1, "MB": 1 << 10, "GB": 1 << 20}
@@ -45,7 +46,7 @@ class Settings:
             bucket=bucket or env_str("S3_BUCKET", environ=environ),
             key=key or env_str("S3_OBJECT_KEY", environ=environ),
             version_id=version_id or environ.get("S3_VERSION_ID") or None,
-            log_level=env_str("LOG_LEVEL", "INFO", environ=environ),
+            log_level=env_choice("LOG_LEVEL", "INFO", LEVELS, environ),
             work_mem=_memory("INGEST_WORK_MEM", BULK_LOAD_WORK_MEM, environ),
         )
 

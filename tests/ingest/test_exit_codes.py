@@ -57,6 +57,20 @@ def test_a_missing_version_exits_2(db, s3):
     assert run["status"] == "rejected" and "is gone" in run["error"] and "no-such-version" in run["error"]
 
 
+def test_a_version_id_that_s3_answers_400_to_exits_2(db, s3):
+    # HEAD has no error body: S3 answers a version id that cannot exist (any id on an
+    # unversioned bucket, a malformed one on a versioned bucket) with a bare 400.
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS))
+
+    result = run_cli(dsn, "--bucket", s3.name, "--key", "p.csv", "--version-id", "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert prices(conn) == []
+    run = last_run(conn)
+    assert run["status"] == "rejected" and "is gone" in run["error"]
+
+
 def test_an_invalid_file_exits_2(db, s3):
     dsn, conn = db
     s3.put("p.csv", as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)]))
@@ -116,6 +130,15 @@ def test_missing_configuration_exits_1(s3):
     result = run_cli("", "--bucket", s3.name, "--key", "p.csv")
     assert result.returncode == 1
     assert "DATABASE_URL" in result.stdout
+
+
+def test_an_unknown_log_level_is_a_configuration_error(db, s3):
+    dsn, _ = db
+    result = run_cli(dsn, "--bucket", s3.name, "--key", "p.csv", env={"LOG_LEVEL": "verbose"})
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got 'verbose'" in result.stdout
 
 
 def test_a_killed_run_is_marked_failed_by_the_next_run(db, s3):

@@ -19,7 +19,7 @@ CASES = {
     "zero price": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-01-01", 0)]), "between 1 and 10000000", 2),
     "price too high": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-01-01", 10_000_001)]), "between 1 and", 2),
     "fractional price": ("p.ndjson", b'{"orig_code":"CNSHA","dest_code":"NLRTM","day":"2016-01-01","price":1.5}\n',
-                         "whole number", 1),
+                         "without a fraction or exponent", 1),
     "quoted price in JSON": ("p.json", json.dumps(as_objects([ROWS[0], ("CNSHA", "NLRTM", "2016-01-01", "1200")]))
                              .encode(), "not a string", 1),
     "price of 5,000 digits": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-01-01", "9" * 5000)]), "between 1 and", 2),
@@ -50,6 +50,20 @@ CASES = {
     "unclosed JSON array": ("p.json", as_json(ROWS)[:-1], "not closed", 4),
     "malformed NDJSON line": ("p.ndjson", as_ndjson(ROWS) + b'{"orig_code": \n', "malformed JSON", len(ROWS) + 1),
     "unknown extension": ("p.xlsx", GOOD, "unknown file extension", None),
+    # A spreadsheet's "Unicode text": every line is full of NULs, which the record must still hold.
+    "UTF-16 CSV": ("p.csv", GOOD.decode().encode("utf-16"), "save it as UTF-8", 1),
+    "UTF-16 JSON": ("p.json", as_json(ROWS).decode().encode("utf-16"), "save it as UTF-8", 0),
+    "NUL in a CSV row": ("p.csv", GOOD + b"CNSHA,NL\x00RTM,2016-01-01,5\n", "unknown port code", len(ROWS) + 2),
+    "NUL in a JSON element": ("p.json", b'[{"orig_code": "CNSHA\x00", "dest_code": "NLRTM"}]', "malformed JSON", 0),
+    "NUL in an NDJSON line": ("p.ndjson", as_ndjson(ROWS) + b'{"orig_code":"CN\x00SHA"}\n', "malformed JSON",
+                              len(ROWS) + 1),
+    "repeated key in JSON": ("p.json", b'[{"orig_code":"CNSHA","dest_code":"NLRTM","day":"2016-01-01",'
+                             b'"price":5,"price":7}]', "names 'price' more than once", 0),
+    "repeated key in NDJSON": ("p.ndjson", b'{"orig_code":"CNSHA","orig_code":"CNSHA","dest_code":"NLRTM",'
+                               b'"day":"2016-01-01","price":5}\n', "names 'orig_code' more than once", 1),
+    "JSON price with a fraction": ("p.json", b'[{"orig_code":"CNSHA","dest_code":"NLRTM","day":"2016-01-01",'
+                                   b'"price":1200.0}]', "without a fraction or exponent, got 1200.0", 0),
+    "whitespace-only JSON": ("p.json", b"  \n", "holds no JSON array", 0),
 }
 
 
@@ -70,6 +84,7 @@ def test_invalid_file_loads_nothing(db, s3, case):
         where = "element" if key.endswith(".json") else "line"
         assert run["bad_rows"][0][where] == position, run["bad_rows"]
         assert message in run["bad_rows"][0]["error"]
+        assert "\x00" not in run["bad_rows"][0]["text"]
 
 
 def test_only_the_first_twenty_bad_rows_are_listed(db, s3):

@@ -19,3 +19,17 @@ def test_work_mem_rejects_anything_else_at_startup(value):
     with pytest.raises(ConfigError, match="INGEST_WORK_MEM"):
         Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
                            "INGEST_WORK_MEM": value})
+
+
+@pytest.mark.parametrize("value, level", [("", "INFO"), ("debug", "DEBUG"), ("Warning", "WARNING")])
+def test_log_level_is_one_of_the_documented_levels_in_any_case(value, level):
+    settings = Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
+                                  "LOG_LEVEL": value})
+    assert settings.log_level == level
+
+
+@pytest.mark.parametrize("value", ["verbose", "TRACE", "10", "CRITICAL"])
+def test_any_other_log_level_is_refused_at_startup(value):
+    with pytest.raises(ConfigError, match="LOG_LEVEL"):
+        Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
+                           "LOG_LEVEL": value})
