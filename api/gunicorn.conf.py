@@ -18,7 +18,9 @@ import threading
 from rates_core.env import env_float, env_int, env_str
 
 wsgi_app = "rates_api:create_app()"
-bind = f"{env_str('HOST', '127.0.0.1')}:{env_int('PORT', 8000, minimum=1)}"
+_host = env_str("HOST", "127.0.0.1")
+# An IPv6 address (HOST=:: for a dual-stack pod) needs brackets before the port.
+bind = f"{f'[{_host}]' if ':' in _host else _host}:{env_int('PORT', 8000, minimum=1)}"
 workers = env_int("WEB_CONCURRENCY", 2, minimum=1)
 worker_class = "gthread"
 threads = env_int("GUNICORN_THREADS", 4, minimum=1)
@@ -39,21 +41,28 @@ loglevel = env_str("LOG_LEVEL", "info").lower()
 control_socket_disable = True
 forwarded_allow_ips = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
-# Workers share Prometheus metrics through files; the directory must exist before any
-# worker imports prometheus_client.
+# Workers share Prometheus metrics through files in PROMETHEUS_MULTIPROC_DIR, which must
+# exist before any worker imports prometheus_client. Without one given, the master makes
+# its own once it listens (so a failed bind leaves none behind) and removes it on exit.
 _own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if _own_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rates-api-metrics-",
-                                                               dir=worker_tmp_dir)
 
 
 def on_starting(server):
+    if _own_metrics_dir:
+        return
     # Files left by an earlier run would be summed into this run's metrics.
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+
+
+def when_ready(server):
+    # Runs after binding and before the first worker is forked.
+    if _own_metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rates-api-metrics-",
+                                                                   dir=worker_tmp_dir)
 
 
 def post_worker_init(worker):
@@ -78,5 +87,5 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    if _own_metrics_dir:
+    if _own_metrics_dir and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

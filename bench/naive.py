@@ -1,13 +1,16 @@
 """The original system's approach: one straightforward query over the raw prices table.
 
 It is the benchmark's baseline and the tests' reference answer, so it is written for
-obviousness, not speed.
+obviousness, not speed. As in the API, a name that is both a port code and a region slug
+is the port (its region subtree is not searched).
 """
 
 NAIVE_DAILY_AVERAGES = """
 WITH RECURSIVE
-    o_regions(slug) AS (SELECT %(origin)s UNION SELECT r.slug FROM regions r JOIN o_regions t ON r.parent_slug = t.slug),
-    d_regions(slug) AS (SELECT %(destination)s UNION SELECT r.slug FROM regions r JOIN d_regions t ON r.parent_slug = t.slug),
+    o_regions(slug) AS (SELECT %(origin)s WHERE NOT EXISTS (SELECT 1 FROM ports WHERE code = %(origin)s)
+                         UNION SELECT r.slug FROM regions r JOIN o_regions t ON r.parent_slug = t.slug),
+    d_regions(slug) AS (SELECT %(destination)s WHERE NOT EXISTS (SELECT 1 FROM ports WHERE code = %(destination)s)
+                         UNION SELECT r.slug FROM regions r JOIN d_regions t ON r.parent_slug = t.slug),
     o_ports(code) AS (SELECT code FROM ports WHERE code = %(origin)s OR parent_slug IN (SELECT slug FROM o_regions)),
     d_ports(code) AS (SELECT code FROM ports WHERE code = %(destination)s OR parent_slug IN (SELECT slug FROM d_regions))
 SELECT d::date,
@@ -23,8 +26,10 @@ ORDER BY 1
 # The same, grouped once instead of per day (what a careful hand would write).
 NAIVE_GROUPED = """
 WITH RECURSIVE
-    o_regions(slug) AS (SELECT %(origin)s UNION SELECT r.slug FROM regions r JOIN o_regions t ON r.parent_slug = t.slug),
-    d_regions(slug) AS (SELECT %(destination)s UNION SELECT r.slug FROM regions r JOIN d_regions t ON r.parent_slug = t.slug)
+    o_regions(slug) AS (SELECT %(origin)s WHERE NOT EXISTS (SELECT 1 FROM ports WHERE code = %(origin)s)
+                         UNION SELECT r.slug FROM regions r JOIN o_regions t ON r.parent_slug = t.slug),
+    d_regions(slug) AS (SELECT %(destination)s WHERE NOT EXISTS (SELECT 1 FROM ports WHERE code = %(destination)s)
+                         UNION SELECT r.slug FROM regions r JOIN d_regions t ON r.parent_slug = t.slug)
 SELECT d::date, t.average
 FROM generate_series(%(date_from)s::date, %(date_to)s::date, interval '1 day') AS d
 LEFT JOIN (

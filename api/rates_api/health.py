@@ -2,7 +2,10 @@
 
 from flask import Blueprint, Response, jsonify
 
-from rates_core.errors import TemporaryError
+from rates_core.db import SCHEMA_MISSING, PoolExhausted
+from rates_core.errors import PermanentError, TemporaryError
+
+from . import queries
 from .runtime import runtime
 
 bp = Blueprint("health", __name__)
@@ -27,9 +30,17 @@ def readyz():
         return jsonify({"status": "draining"}), 503
     try:
         with rt.connection() as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1")
+            # Not just SELECT 1: pods may start before the migrations have run.
+            queries.data_version(cur)
+    except PoolExhausted:
+        # Busy, not unreachable: taking loaded pods out of rotation would only load the rest more.
+        return jsonify({"status": "ok", "database": "busy"})
     except TemporaryError as exc:
         return jsonify({"status": "database unavailable", "error": str(exc)}), 503
+    except PermanentError as exc:
+        if getattr(exc, "pgcode", None) not in SCHEMA_MISSING:
+            raise
+        return jsonify({"status": "database not migrated", "error": str(exc)}), 503
     return jsonify({"status": "ok"})
 
 

@@ -54,7 +54,7 @@ def document(version: str) -> dict:
                 "200": _json({"$ref": "#/components/schemas/Service"}, "Service identity")}}},
             "/healthz": {"get": {"summary": "Liveness: the process answers (no database call)",
                                  "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Alive")}}},
-            "/readyz": {"get": {"summary": "Readiness: the database is reachable and no shutdown has begun",
+            "/readyz": {"get": {"summary": "Readiness: the database is reachable and migrated, and no shutdown has begun",
                                 "responses": {
                                     "200": _json({"$ref": "#/components/schemas/Status"}, "Ready"),
                                     "503": _json({"$ref": "#/components/schemas/Status"}, "Not ready")}}},
@@ -72,7 +72,10 @@ def document(version: str) -> dict:
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
             "Service": {"type": "object", "properties": {
                 "service": {"type": "string"}, "version": {"type": "string"}, "message": {"type": "string"}}},
-            "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+            "Status": {"type": "object", "properties": {
+                "status": {"type": "string"},
+                "database": {"type": "string", "description": "busy: every pooled connection is in use"},
+                "error": {"type": "string"}}},
         }},
     }
 

@@ -1,10 +1,13 @@
 """The ratesctl commands: migrate, demo-data, serve and up."""
 
 import os
+import runpy
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import click
@@ -93,7 +96,20 @@ def gunicorn_argv() -> list[str]:
 def serve_command() -> None:
     """Serve the API with gunicorn on $HOST:$PORT against $DATABASE_URL (foreground)."""
     _database_url()
+    _check_server_settings()
     os.execv(sys.executable, gunicorn_argv())
+
+
+def _check_server_settings() -> None:
+    """Read the API's and gunicorn's variables here, so a mistyped one is one line, not a
+    traceback from the master and from every worker."""
+    from rates_api.settings import Settings
+
+    try:
+        Settings.from_env()
+        runpy.run_path(str(GUNICORN_CONF))  # only reads the environment
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @click.command("up")
@@ -128,11 +144,13 @@ def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
     # Its own session: Ctrl-C reaches only us, and we pass one SIGINT on to the master.
     # (When the terminal signals every gunicorn process at once, a gthread worker can
     # receive SIGINT and then SIGQUIT and deadlock inside its own quit handler.)
+    _check_port_free(port)
     api = subprocess.Popen(gunicorn_argv(), env=env, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         week = f"date_from={first_day}&date_to={first_day.fromordinal(first_day.toordinal() + 6)}"
-        time.sleep(1)
+        if not _answers(f"{url}/healthz", api):
+            raise click.ClickException(f"the API did not start (exit status {api.poll()})")
         click.echo(f"\nRates API: {url}\n\nTry:\n"
                    f"  curl '{url}/rates?{week}&origin=CNSHA&destination=NLRTM'\n"
                    f"  curl '{url}/rates?{week}&origin=asia&destination=europe_north'\n\n"
@@ -145,6 +163,28 @@ def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
         _stop_api(api)
     if code:
         raise click.ClickException(f"the API exited with status {code}")
+
+
+def _check_port_free(port: int) -> None:
+    # Otherwise gunicorn keeps retrying the bind while the banner's URL reaches whoever has the port.
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+                                       "choose another port with --port") from None
+
+
+def _answers(url: str, api: subprocess.Popen, timeout_s: float = 60) -> bool:
+    """Wait until the API answers ``url``; False if its process exits (or is silent) first."""
+    deadline = time.monotonic() + timeout_s
+    while api.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            time.sleep(0.2)
+    return False
 
 
 def _stop_api(api: subprocess.Popen) -> None:

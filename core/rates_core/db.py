@@ -42,6 +42,15 @@ def classified() -> Iterator[None]:
         raise classify(exc) from exc
 
 
+class PoolExhausted(TemporaryError):
+    """Every connection of the pool is lent out: the database is reachable but busy here."""
+
+
+# SQLSTATEs of a schema older than the code: a table, column or function is missing
+# because the migrations have not run yet (a new database, or a deploy ahead of them).
+SCHEMA_MISSING = frozenset({"42P01", "42703", "42883"})
+
+
 # work_mem for a bulk load into prices: the statement trigger keeps the statement's rows
 # in a tuplestore of this size before spilling them to disk (about 15 % faster than 4MB).
 BULK_LOAD_WORK_MEM = "64MB"
@@ -141,7 +150,7 @@ class Pool:
             try:
                 conn = pool.getconn()
             except psycopg2.pool.PoolError as exc:
-                raise TemporaryError(f"database pool exhausted: {exc}") from exc
+                raise PoolExhausted(f"database pool exhausted: {exc}") from exc
             if not _closed_by_server(conn):
                 if not conn.autocommit:
                     conn.autocommit = True

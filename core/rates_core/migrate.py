@@ -1,7 +1,9 @@
 """Schema migrations (yoyo, plain SQL files in ``migrations/``)."""
 
+import urllib.parse
 from pathlib import Path
 
+import psycopg2.extensions
 from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 
@@ -20,6 +22,11 @@ def _yoyo_uri(dsn: str) -> str:
     if not dsn.startswith("postgresql://"):
         raise PermanentError("migrations need DATABASE_URL as a URL, postgresql://user@host:port/db, "
                              "not libpq keywords")
+    try:
+        psycopg2.extensions.parse_dsn(dsn)  # libpq's reading
+        urllib.parse.urlsplit(dsn).port  # yoyo's, which is stricter about the port
+    except (psycopg2.ProgrammingError, ValueError) as exc:
+        raise PermanentError(f"DATABASE_URL is not a valid URL: {str(exc).strip()}") from None
     return dsn
 
 

@@ -1,3 +1,8 @@
+from dataclasses import replace
+
+from rates_api.settings import Settings
+
+
 def test_index_reports_service_and_version(client):
     assert client.get("/").get_json() == {"service": "rates-api", "version": "test-1", "message": "Hello world!"}
 
@@ -49,3 +54,25 @@ def test_openapi_describes_every_route(client):
     assert routes == set(document["paths"])
     names = {p["name"] for p in document["paths"]["/rates"]["get"]["parameters"]}
     assert {"date_from", "date_to", "origin", "destination", "orig_code", "dest_code"} <= names
+
+
+def test_readiness_holds_while_the_pool_is_merely_busy(settings, make_client):
+    # With DB_POOL_SIZE below GUNICORN_THREADS the pool can be all lent out under load;
+    # failing readiness then would take busy pods out of rotation and load the rest more.
+    client = make_client(replace(settings, db_pool_size=1))
+    rt = client.application.extensions["rates_api"]
+    with client.application.app_context(), rt.connection():
+        response = client.get("/readyz")
+    assert response.status_code == 200 and response.get_json()["database"] == "busy"
+
+
+def test_an_unmigrated_database_is_not_ready_and_rates_answers_503(empty_dsn, make_client):
+    # Pods may start before the migration Job has run: not ready, and no 500s meanwhile.
+    client = make_client(Settings.from_env({"DATABASE_URL": empty_dsn}))
+
+    ready = client.get("/readyz")
+    rates = client.get("/rates?date_from=2016-01-01&date_to=2016-01-02&origin=CNSHA&destination=NLRTM")
+
+    assert ready.status_code == 503 and ready.get_json()["status"] == "database not migrated"
+    assert rates.status_code == 503 and rates.headers["Retry-After"] == "5"
+    assert rates.get_json()["error"]["code"] == "unavailable"

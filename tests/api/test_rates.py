@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import psycopg2
 
+from bench import naive
 from ratesctl import localdb
 from tests.support.db import TEMPLATE, create_database
 from tests.support.world import insert_prices, insert_world
@@ -83,6 +84,19 @@ def test_port_to_region_and_region_to_port(world, rates):
                           ("CNNGB", "DEHAM", D1, 1000)])
     assert averages(rates(date_from=D1, date_to=D1, origin="CNSHA", destination="europe")[1]) == [(D1, 20)]
     assert averages(rates(date_from=D1, date_to=D1, origin="china", destination="DEHAM")[1]) == [(D1, None)]
+
+
+def test_a_name_that_is_a_port_and_a_region_means_the_port_in_the_api_and_the_reference(world, rates):
+    with world.cursor() as cur:
+        cur.execute("INSERT INTO regions VALUES ('NLRTM', 'Rotterdam area', 'europe')")
+        cur.execute("UPDATE ports SET parent_slug = 'NLRTM' WHERE code = 'DEHAM'")
+    insert_prices(world, [("CNSHA", "NLRTM", D1, 100)] * 3 + [("CNSHA", "DEHAM", D1, 400)] * 3)
+
+    status, body = rates(date_from=D1, date_to=D1, origin="CNSHA", destination="NLRTM")
+
+    with world.cursor() as cur:
+        reference = naive.daily_averages(cur, "CNSHA", "NLRTM", D1, D1)
+    assert status == 200 and averages(body) == reference == [(D1, 100)]
 
 
 def test_aliases_orig_code_and_dest_code(world, rates):

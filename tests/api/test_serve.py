@@ -1,12 +1,18 @@
 """`make api` runs `ratesctl serve`: gunicorn on $HOST:$PORT against $DATABASE_URL."""
 
+import glob
 import os
+import runpy
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 
+import pytest
 import requests
 
+from ratesctl.commands import GUNICORN_CONF
 from tests.support.net import free_port, wait_for_http
 from tests.support.proc import stop_process
 
@@ -30,3 +36,37 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
         assert process.wait(timeout=30) == 0
     finally:
         stop_process(process)
+
+
+@pytest.mark.parametrize("name, value", [("PORT", "abc"), ("DB_POOL_SIZE", "0"), ("LOG_LEVEL", "bogus"),
+                                         ("WEB_CONCURRENCY", "two")])
+def test_ratesctl_serve_names_a_bad_setting_in_one_line(dsn, tmp_path, name, value):
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(free_port()), "WEB_CONCURRENCY": "1", name: value}
+    result = subprocess.run([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert name in result.stderr and "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
+def test_an_ipv6_host_is_bracketed_for_gunicorn(monkeypatch):
+    from gunicorn.util import parse_address
+
+    monkeypatch.setenv("HOST", "::")
+    monkeypatch.setenv("PORT", "8000")
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    assert conf["bind"] == "[::]:8000" and parse_address(conf["bind"]) == ("::", 8000)
+
+
+def test_a_failed_bind_leaves_no_metrics_directory(dsn, tmp_path):
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    before = set(glob.glob(os.path.join(shm, "rates-api-metrics-*")))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(taken.getsockname()[1]), "WEB_CONCURRENCY": "1"}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.pop("HOST", None)
+        result = subprocess.run([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) == before

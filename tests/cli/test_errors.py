@@ -1,6 +1,7 @@
 """ratesctl failures: one line saying whether a retry can help, and an exit code to match."""
 
 import psycopg2
+import pytest
 from click.testing import CliRunner
 
 from ratesctl.cli import cli
@@ -37,3 +38,18 @@ def test_a_keyword_dsn_is_refused_with_one_line():
     result = run("migrate", dsn="host=127.0.0.1 port=1 dbname=none")
     assert result.exit_code == 2, result.output
     assert "postgresql://" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@127.0.0.1:abc/db", "postgresql://u@[::1/db",
+                                 "postgresql://u@127.0.0.1:99999/db"])
+@pytest.mark.parametrize("command", ["migrate", "demo-data"])
+def test_a_malformed_database_url_is_one_line_and_exit_2(command, url):
+    result = run(command, dsn=url)
+    assert result.exit_code == 2, result.output
+    assert "DATABASE_URL is not a valid URL" in result.output and "Traceback" not in result.output
+
+
+def test_an_unknown_log_level_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["migrate"], env={"DATABASE_URL": "postgresql://u@127.0.0.1:1/db",
+                                                       "LOG_LEVEL": "verbose"})
+    assert result.exit_code == 2 and "LOG_LEVEL must be one of" in result.output
