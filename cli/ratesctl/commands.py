@@ -117,6 +117,7 @@ def _check_server_settings() -> None:
 @_spec_options
 def up_command(port, prices, days, ports, start, seed) -> None:
     """Local database in .local/, migrations, demo data if empty, and the API (Ctrl-C stops all)."""
+    _check_port_free(port)
     click.echo(f"starting PostgreSQL (data in {LOCAL_PGDATA.relative_to(REPO_ROOT)}) ...")
     server = localdb.start(LOCAL_PGDATA)
     try:
@@ -144,7 +145,6 @@ def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
     # Its own session: Ctrl-C reaches only us, and we pass one SIGINT on to the master.
     # (When the terminal signals every gunicorn process at once, a gthread worker can
     # receive SIGINT and then SIGQUIT and deadlock inside its own quit handler.)
-    _check_port_free(port)
     api = subprocess.Popen(gunicorn_argv(), env=env, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
