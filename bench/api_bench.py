@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -158,14 +159,31 @@ def main():
                 env["PROMETHEUS_MULTIPROC_DIR"] = f"{tmp}/m{len(bases)}"
                 process, base = start_server(app, dsn, args, env, tmp, processes)
                 bases.append(base)
-            report(args, pools, *bases, tmp)
+            report(args, pools, *bases, tmp, dsn)
         finally:
             for process in processes:
                 stop_process(process, 60)
             server.cleanup()
 
 
-def report(args, pools, ours, nocache, naive, tmp):
+def wait_until_idle(dsn, timeout_s=300):
+    """Wait for queries still running after wrk stopped: a naive request that wrk gave up on
+    goes on in PostgreSQL for seconds, and would slow down whichever run comes next."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for _ in range(int(timeout_s / 0.2)):
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+                if cur.fetchone()[0] == 0:
+                    return
+                time.sleep(0.2)
+    finally:
+        conn.close()
+
+
+def report(args, pools, ours, nocache, naive, tmp, dsn):
     ceiling = run_wrk(ours, ["/healthz"], args.duration, args.connections, tmp)
     print(f"\n{'mix':22} {'server':14} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9}")
     print(f"{'/healthz (ceiling)':22} {'ours':14} {fmt(ceiling)}")
@@ -177,6 +195,7 @@ def report(args, pools, ours, nocache, naive, tmp):
             "ours, no cache": run_wrk(nocache, paths, args.duration, args.connections, tmp),
             "naive": run_wrk(naive, paths, args.naive_duration, args.connections, tmp),
         }
+        wait_until_idle(dsn)
         for name, result in rows.items():
             print(f"{mix:22} {name:14} {fmt(result)}")
         ratios.append((mix, rows["ours"]["rps"] / rows["naive"]["rps"],
