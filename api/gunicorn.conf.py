@@ -44,7 +44,11 @@ forwarded_allow_ips = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # Workers share Prometheus metrics through files in PROMETHEUS_MULTIPROC_DIR, which must
 # exist before any worker imports prometheus_client. Without one given, the master makes
 # its own once it listens (so a failed bind leaves none behind) and removes it on exit.
-_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+# A reload (SIGHUP) reads this file again with the variable set, so the master also notes
+# which directory is its own.
+_OWN = "RATES_API_OWN_METRICS_DIR"
+_own_metrics_dir = (not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+                    or os.environ.get(_OWN) == os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def on_starting(server):
@@ -60,9 +64,9 @@ def on_starting(server):
 
 def when_ready(server):
     # Runs after binding and before the first worker is forked.
-    if _own_metrics_dir:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rates-api-metrics-",
-                                                                   dir=worker_tmp_dir)
+    if _own_metrics_dir and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        directory = tempfile.mkdtemp(prefix="rates-api-metrics-", dir=worker_tmp_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_OWN] = directory
 
 
 def post_worker_init(worker):

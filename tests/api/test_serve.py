@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import requests
@@ -69,4 +70,29 @@ def test_a_failed_bind_leaves_no_metrics_directory(dsn, tmp_path):
         result = subprocess.run([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
+    assert set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) == before
+
+
+def test_the_own_metrics_directory_is_removed_on_exit_even_after_a_reload(dsn, tmp_path):
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    before = set(glob.glob(os.path.join(shm, "rates-api-metrics-*")))
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "WEB_CONCURRENCY": "1",
+           "SHUTDOWN_DRAIN_SECONDS": "0"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop("HOST", None)
+    process = subprocess.Popen([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
+        [own] = set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) - before
+        process.send_signal(signal.SIGHUP)  # gunicorn reloads its config and replaces its workers
+        time.sleep(2)
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
+        assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        stop_process(process)
+    assert not os.path.exists(own)
     assert set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) == before
