@@ -39,7 +39,8 @@ def run(settings: Settings, s3=None) -> int:
     bound = bound.bind(run_id=run_id)
     seen: dict = {}
     try:
-        outcome = _ingest(settings, ref, s3, bound, seen)
+        termination.check()  # the sweep in runs.start() tolerates errors, the signal's among them
+        outcome = _ingest(settings, ref, s3, bound, seen, run_id)
     except BaseException as exc:  # noqa: BLE001 - every ending is recorded, then mapped to an exit code
         outcome = _failure(exc)
         outcome.info = seen.get("info")
@@ -55,11 +56,12 @@ def run(settings: Settings, s3=None) -> int:
     return code
 
 
-def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict) -> Outcome:
+def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict, run_id: int) -> Outcome:
     """Load the object; ``seen`` keeps what is known so far for the record of a failure."""
     fmt = formats.detect(ref.key)
     s3 = s3 or s3source.client()
     info = seen["info"] = s3source.head(s3, ref)
+    termination.check()  # botocore retries a request that the signal cut short
     log.info("ingest started", etag=info.etag, object_version=info.version_id, size=info.size, format=fmt.kind,
              gzip=fmt.gzip)
     # If this process dies without closing the connection (SIGKILL), the server notices
@@ -69,7 +71,7 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict) ->
     try:
         download = seen["download"] = s3source.Download(s3, ref, info, log)
         with termination.cancels(conn):
-            return loader.load(conn, ref, download, fmt, log, work_mem=settings.work_mem)
+            return loader.load(conn, ref, download, fmt, log, work_mem=settings.work_mem, run_id=run_id)
     finally:
         conn.close()
 

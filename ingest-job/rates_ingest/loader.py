@@ -15,7 +15,7 @@ from rates_core import db
 
 from . import formats
 from .readahead import read_ahead
-from .runs import Outcome
+from .runs import Outcome, write_outcome
 from .s3source import CHUNK_BYTES, Download, ObjectRef
 from .termination import termination
 
@@ -44,13 +44,18 @@ class CopyStream:
             raise
 
 
-def load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, *, work_mem: str) -> Outcome:
+def load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, *, work_mem: str,
+         run_id: int) -> Outcome:
     """Run the whole load in one transaction on ``conn``; roll back on any error."""
     try:
         with db.classified():
             with conn.cursor() as cur:
                 cur.execute("SET LOCAL work_mem = %s", (work_mem,))
             outcome = _load(conn, ref, download, fmt, log)
+            with conn.cursor() as cur:
+                # Committed with the load: if the run's own connection cannot record the end
+                # afterwards, the record still says what happened (and no sweep calls it abandoned).
+                write_outcome(cur, run_id, outcome)
             termination.finishing()
             conn.commit()
             return outcome
@@ -77,6 +82,7 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log) ->
         file_id = cur.fetchone()[0]
         cur.execute("SELECT code FROM ports")
         parser = formats.parser_for(fmt, formats.Rules(code for (code,) in cur), file_id)
+        termination.check()  # _skip may have asked S3, whose client retries what a signal cuts short
         _copy(cur, parser, download)
         # The replaced file's rows go after the COPY: deleting them takes the totals' lock
         # (data_version's row) until commit, and taken before the COPY it would make

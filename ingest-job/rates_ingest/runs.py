@@ -101,23 +101,29 @@ class RunLog:
         return False
 
     def _update(self, run_id: int, outcome: Outcome) -> None:
-        info = outcome.info
         with self.conn.cursor() as cur:
-            cur.execute(
-                """UPDATE ingest_runs
-                   SET status = %s, rows = %s, bytes = %s, file_id = %s, error = %s, bad_rows = %s,
-                       version_id = coalesce(%s, version_id), etag = %s, finished_at = now()
-                   WHERE id = %s""",
-                (outcome.status, outcome.rows, outcome.bytes, outcome.file_id, _storable(outcome.error),
-                 json.dumps([{k: _storable(v) for k, v in row.items()} for row in outcome.bad_rows])
-                 if outcome.bad_rows else None,
-                 info.version_id if info else None, info.etag if info else None, run_id))
+            write_outcome(cur, run_id, outcome)
 
     def close(self) -> None:
         try:
             self.conn.close()
         except psycopg2.Error:
             pass
+
+
+def write_outcome(cur, run_id: int, outcome: Outcome) -> None:
+    """Record ``outcome`` as the run's end, on ``cur``'s connection and transaction."""
+    info = outcome.info
+    # clock_timestamp(): inside the load's transaction now() would be when the load began.
+    cur.execute(
+        """UPDATE ingest_runs
+           SET status = %s, rows = %s, bytes = %s, file_id = %s, error = %s, bad_rows = %s,
+               version_id = coalesce(%s, version_id), etag = %s, finished_at = clock_timestamp()
+           WHERE id = %s""",
+        (outcome.status, outcome.rows, outcome.bytes, outcome.file_id, _storable(outcome.error),
+         json.dumps([{k: _storable(v) for k, v in row.items()} for row in outcome.bad_rows])
+         if outcome.bad_rows else None,
+         info.version_id if info else None, info.etag if info else None, run_id))
 
 
 def _storable(value):

@@ -9,6 +9,10 @@ and the handler raises TemporaryError, which rolls the load back and records the
 Whichever error surfaces first (the handler's or the cancelled statement's), ``received``
 says that the run was terminated.
 
+Library code may catch the handler's exception and go on (botocore retries a request that
+it cut short; the sweep of abandoned runs tolerates errors), so the job also calls
+``check()`` at points between its steps.
+
 Once the load starts to commit, a signal no longer interrupts anything: the commit may
 already have happened on the server, and the run only has to record it and exit, which
 takes milliseconds. Raising then would record a committed load as failed.
@@ -46,9 +50,15 @@ class Termination:
         """While inside, a termination signal cancels ``conn``'s statement in progress."""
         self._cancel = conn.cancel
         try:
+            self.check()
             yield
         finally:
             self._cancel = None
+
+    def check(self) -> None:
+        """Raise if a termination signal has arrived (and the load is not committing)."""
+        if self.received and not self._finishing:
+            raise TemporaryError(f"terminated by signal {self.received}")
 
     def finishing(self) -> None:
         """From here on a signal is only noted: it neither raises nor cancels."""

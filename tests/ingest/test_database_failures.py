@@ -13,8 +13,9 @@ from typing import Iterator
 
 import psycopg2
 
-from tests.ingest.conftest import ROWS, as_csv, last_run
+from tests.ingest.conftest import ROWS, as_csv, last_run, run_job, runs
 from tests.support.db import lock_waiters
+from tests.support.faults import CuttingProxy
 from tests.support.poll import wait_for
 
 
@@ -115,6 +116,93 @@ def test_sigterm_while_the_server_works_cancels_the_load_at_once(db, s3):
         assert cur.fetchone() == (0, 0)
     run = last_run(conn)
     assert run["status"] == "failed" and "terminated by signal 15" in run["error"], run
+
+
+def _terminated_while(dsn, conn, s3, wait_until, env=None, then=lambda: None) -> tuple[int, str]:
+    """Start a job for p.csv, SIGTERM it once ``wait_until()`` holds, then call ``then``;
+    (exit code, output)."""
+    s3.put("p.csv", as_csv(ROWS))
+    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"],
+                           env={**os.environ, "DATABASE_URL": dsn, **(env or {})}, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(wait_until, timeout=30, interval=0.05, what="the job to reach the point of the test")
+        job.send_signal(signal.SIGTERM)
+        then()
+        output, _ = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    return job.returncode, output
+
+
+def _assert_terminated(conn, code, output):
+    assert code == 1, output
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM prices")
+        assert cur.fetchone()[0] == 0
+    run = last_run(conn)
+    assert run["status"] == "failed" and "terminated by signal 15" in run["error"], run
+
+
+def test_sigterm_while_sweeping_abandoned_runs_ends_the_run(db, s3):
+    # The sweep tolerates its own errors, and the signal's exception is raised inside it.
+    dsn, conn = db
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO ingest_runs (bucket, key) VALUES ('b', 'old.csv') RETURNING id")
+        abandoned = cur.fetchone()[0]
+    blocker = psycopg2.connect(dsn)  # holds the abandoned run's row while the sweep updates it
+    blocker.cursor().execute("SELECT 1 FROM ingest_runs WHERE id = %s FOR UPDATE", (abandoned,))
+    try:
+        # The signal arrives while the sweep waits; the handler runs once the wait ends.
+        code, output = _terminated_while(dsn, conn, s3, lambda: lock_waiters(
+            conn, application_name="rates-ingest-runs", query_prefix="UPDATE ingest_runs"),
+            then=blocker.rollback)
+    finally:
+        blocker.close()
+    _assert_terminated(conn, code, output)
+
+
+def test_sigterm_while_s3_is_slow_to_answer_ends_the_run(db, s3, moto_endpoint):
+    # The signal cuts botocore's request short, and botocore retries it as a network error.
+    dsn, conn = db
+    host, port = moto_endpoint.removeprefix("http://").split(":")
+    proxy = CuttingProxy((host, int(port)), cut_after=1 << 40, cuts=0, delay_s=1.5)
+    try:
+        code, output = _terminated_while(dsn, conn, s3, lambda: proxy.connections,
+                                         env={"AWS_ENDPOINT_URL": proxy.url})
+    finally:
+        proxy.close()
+    _assert_terminated(conn, code, output)
+
+
+def test_a_committed_load_is_recorded_though_its_run_record_connection_is_lost(db, s3, admin_dsn):
+    # The run's own connection dies mid-load and the server refuses new connections when the
+    # load commits: the record must still say loaded, and no later sweep may call it abandoned.
+    dsn, conn = db
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        name = cur.fetchone()[0]
+    admin = psycopg2.connect(admin_dsn)
+    admin.autocommit = True
+    try:
+        with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, blocker):
+            admin.cursor().execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            with conn.cursor() as cur:
+                cur.execute("""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                               WHERE application_name = 'rates-ingest-runs' AND datname = current_database()""")
+            blocker.rollback()
+            output, _ = job.communicate(timeout=60)
+    finally:
+        admin.cursor().execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.close()
+
+    assert job.returncode == 0, output
+    s3.put("other.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "other.csv") == 0  # its sweep would find a run left 'running'
+    first = runs(conn)[0]
+    assert first["status"] == "loaded" and first["file_id"] is not None and first["rows"] == len(ROWS) * 500
 
 
 # Runs the job with a connection whose commit() ends with a SIGTERM to the job itself:

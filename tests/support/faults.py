@@ -2,6 +2,7 @@
 
 import socket
 import threading
+import time
 
 
 class CuttingProxy:
@@ -12,10 +13,14 @@ class CuttingProxy:
     a stream that breaks halfway.
     """
 
-    def __init__(self, target: tuple[str, int], *, cut_after: int, cuts: int, flip: bool = False):
+    def __init__(self, target: tuple[str, int], *, cut_after: int, cuts: int, flip: bool = False,
+                 delay_s: float = 0.0):
         # flip: instead of cutting, invert one byte there and go on (data corrupted in transit).
+        # delay_s: hold each connection's first answer this long (a server slow to respond).
         self.target, self.cut_after, self.cuts_left, self.flip = target, cut_after, cuts, flip
+        self.delay_s = delay_s
         self.cut = 0
+        self.connections = 0  # accepted so far
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
@@ -29,6 +34,7 @@ class CuttingProxy:
             except OSError:
                 return
             server = socket.create_connection(self.target)
+            self.connections += 1
             threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, self.cut_after), daemon=True).start()
 
@@ -36,6 +42,8 @@ class CuttingProxy:
         sent = 0
         try:
             while data := source.recv(65536):
+                if limit is not None and sent == 0 and self.delay_s:
+                    time.sleep(self.delay_s)
                 if limit is not None and sent <= limit < sent + len(data) and self._take_cut():
                     at = limit - sent
                     if not self.flip:
