@@ -11,21 +11,28 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def configure(level: str = "INFO", **static) -> None:
-    """Send JSON lines to stdout; ``static`` key/values go on every line."""
-    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper(), force=True)
-    processors = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+    """Send JSON lines to stdout; ``static`` key/values go on every line.
+
+    Libraries that log through the standard ``logging`` module (botocore, kubernetes,
+    yoyo) get the same JSON lines, so that every line a component writes can be parsed.
+    """
+    stamp = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
     if static:
-        processors.append(lambda _logger, _name, event: {**static, **event})
-    processors += [
-        structlog.processors.format_exc_info,
-        structlog.processors.JSONRenderer(),
-    ]
+        stamp.append(lambda _logger, _name, event: {**static, **event})
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamp],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+    ))
+    logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
     structlog.configure(
-        processors=processors,
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            *stamp,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,
