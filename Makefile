@@ -4,7 +4,7 @@
 PYTHON   ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
-PACKAGES := core api cli ingest-job
+PACKAGES := core api cli ingest-job controller
 STAMP    := $(VENV)/.installed
 
 .DEFAULT_GOAL := help

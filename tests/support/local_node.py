@@ -18,7 +18,8 @@ given namespaces) and runs each Pod **locally as a subprocess**:
   :meth:`LocalNode.logs` (the pytest fixture keeps them under the test's ``tmp_path``).
 
 Pod status is written like a kubelet would: ``Running`` while the process runs, then
-``Succeeded``/``Failed`` with ``containerStatuses[0].state.terminated.exitCode`` and the
+``Succeeded``/``Failed`` with ``containerStatuses[0].state.terminated.exitCode`` (and, for
+``terminationMessagePolicy: FallbackToLogsOnError``, the log's tail as its ``message``) and the
 Ready/ContainersReady conditions, which is what the Job controller (including
 ``podFailurePolicy`` rules on exit codes) reads. Deleting a Pod kills its process. Pods are
 never restarted (use ``restartPolicy: Never``; ``OnFailure`` is treated the same).
@@ -60,6 +61,7 @@ class _Running:
     container: str
     started_at: str
     log: Path
+    fallback_to_logs: bool = False  # terminationMessagePolicy: FallbackToLogsOnError
     reported: bool = field(default=False)
 
 
@@ -265,7 +267,9 @@ class LocalNode:
             self._write_status(pod.metadata, container.name, started, exit_code=127,
                                reason="StartError", message=str(exc)[:500])
             return
-        self._running[pod.metadata.uid] = _Running(proc, ns, name, container.name, started, log)
+        self._running[pod.metadata.uid] = _Running(
+            proc, ns, name, container.name, started, log,
+            fallback_to_logs=container.termination_message_policy == "FallbackToLogsOnError")
         self._write_status(pod.metadata, container.name, started)
 
     def _report_exit(self, run: _Running) -> None:
@@ -273,9 +277,11 @@ class LocalNode:
         if code < 0:  # killed by a signal, report like a container runtime
             code = 128 - code
         meta = client.V1ObjectMeta(namespace=run.namespace, name=run.name)
+        # As the kubelet does: the log's tail (at most 80 lines and 2048 bytes) on failure.
+        message = _tail(run.log) if code and run.fallback_to_logs else ""
         with contextlib.suppress(ApiException):
             self._write_status(meta, run.container, run.started_at, exit_code=code,
-                               reason="Completed" if code == 0 else "Error")
+                               reason="Completed" if code == 0 else "Error", message=message)
 
     def _write_status(self, meta, container: str, started: str, exit_code: int | None = None,
                       reason: str = "", message: str = "") -> None:
@@ -312,6 +318,11 @@ class LocalNode:
         self.core.patch_namespaced_pod_status(
             meta.name, meta.namespace, {"status": status}, _content_type=SMP
         )
+
+
+def _tail(log: Path, max_lines: int = 80, max_bytes: int = 2048) -> str:
+    data = log.read_bytes()[-max_bytes:]
+    return b"\n".join(data.splitlines()[-max_lines:]).decode(errors="replace")
 
 
 def _expand(value: str, env: dict[str, str]) -> str:

@@ -1,0 +1,65 @@
+"""``python -m rates_controller``: run the control loop until SIGTERM or SIGINT."""
+
+import signal
+import sys
+
+import click
+
+from rates_core import logs
+from rates_core.env import ConfigError
+
+from . import kube, metrics, queue
+from .controller import Controller
+from .settings import Settings
+
+EXIT_CONFIG = 2
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def command() -> int:
+    """Create one Kubernetes Job per price file uploaded to S3 (configured by the environment)."""
+    try:
+        settings = Settings.from_env()
+        api = kube.api_client()
+    except ConfigError as exc:
+        logs.configure()
+        logs.get_logger("rates_controller").error("configuration error", error=str(exc))
+        return EXIT_CONFIG
+    logs.configure(settings.log_level, component="controller")
+    log = logs.get_logger("rates_controller")
+    sqs = queue.sqs_client(settings.poll_wait_seconds)
+    measured = metrics.Metrics()
+    controller = Controller(settings, kube.JobsApi(api, settings.job.namespace),
+                            queue.Queue(sqs, settings.queue_url), queue.Queue(sqs, settings.dead_letter_queue_url),
+                            measured, log)
+    if settings.metrics_port:
+        # A pass takes at most one long poll plus a few bounded API calls.
+        metrics.serve(measured, settings.metrics_port, stale_after=3 * (settings.poll_wait_seconds + 60))
+
+    def stop(signum, _frame):
+        log.info("stopping", signal=signum)
+        controller.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("started", queue=settings.queue_url, namespace=settings.job.namespace,
+             max_active_jobs=settings.max_active_jobs)
+    controller.run()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return command.main(args=argv, prog_name="rates_controller", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_CONFIG
+    except click.Abort:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

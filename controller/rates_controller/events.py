@@ -1,0 +1,74 @@
+"""S3 event notifications, as SQS delivers them, turned into the objects to load.
+
+A message body is an S3 notification (``{"Records": [...]}``), S3's one-off
+``s3:TestEvent``, or either of these wrapped in an SNS envelope (for a bucket that fans
+out through a topic). Anything else is a poison message: :class:`PoisonMessage` says why,
+and retrying it cannot help.
+"""
+
+import json
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+from rates_core.errors import PermanentError
+
+
+class PoisonMessage(PermanentError):
+    """A message that is not an S3 notification this controller can act on."""
+
+
+@dataclass(frozen=True)
+class UploadedObject:
+    bucket: str
+    key: str  # decoded: S3 writes keys URL-encoded into its events
+    version_id: str | None
+    etag: str | None
+    size: int | None
+
+
+def uploaded_objects(body: str) -> list[UploadedObject]:
+    """The created objects that ``body`` announces; [] for a test event or other event types."""
+    document = _json(body, "the message body")
+    if isinstance(document, dict) and document.get("Type") == "Notification" and "Message" in document:
+        document = _json(document["Message"], "the SNS notification's Message")
+    if not isinstance(document, dict):
+        raise PoisonMessage(f"not an S3 event notification: the body is a JSON {type(document).__name__}")
+    if document.get("Event") == "s3:TestEvent":
+        return []
+    records = document.get("Records")
+    if not isinstance(records, list) or not records:
+        raise PoisonMessage("not an S3 event notification: no Records list")
+    return [obj for obj in map(_created_object, records) if obj is not None]
+
+
+def _json(text, what: str):
+    if not isinstance(text, str):
+        raise PoisonMessage(f"{what} is not a string")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise PoisonMessage(f"{what} is not JSON: {exc}") from None
+
+
+def _created_object(record) -> UploadedObject | None:
+    if not isinstance(record, dict) or record.get("eventSource") != "aws:s3":
+        raise PoisonMessage("not an S3 event notification: a record's eventSource is not aws:s3")
+    if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
+        return None  # a removal or restore: nothing to load
+    try:
+        s3 = record["s3"]
+        bucket = s3["bucket"]["name"]
+        obj = s3["object"]
+        key = obj["key"]
+    except (KeyError, TypeError) as exc:
+        raise PoisonMessage(f"an ObjectCreated record lacks {exc}") from None
+    if not isinstance(key, str):
+        raise PoisonMessage("an ObjectCreated record's key is not a string")
+    key = unquote_plus(key)
+    if not isinstance(bucket, str) or not bucket or not key:
+        raise PoisonMessage("an ObjectCreated record has an empty bucket name or key")
+    if key.endswith("/"):
+        return None  # a "folder" made by the S3 console, not a file
+    size = obj.get("size")
+    return UploadedObject(bucket=bucket, key=key, version_id=obj.get("versionId") or None,
+                          etag=obj.get("eTag") or None, size=size if isinstance(size, int) else None)

@@ -1,0 +1,154 @@
+"""The ingest Job for one uploaded object, and what a finished Job says.
+
+A Job's name is derived from the object (bucket, key, version or ETag) and the attempt,
+so that a message delivered twice, or handled by two controllers, makes one Job: the
+second create answers 409. The object's address and the attempt are kept on the Job
+itself, so the controller holds no state of its own and can restart at any time.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .events import UploadedObject
+from .settings import JobSettings
+
+CONTAINER = "ingest"
+MANAGED_BY = "rates-controller"
+# Exit code of the ingest job for "the file is invalid or gone": retrying cannot help.
+EXIT_INVALID = 2
+
+PREFIX = "rates-platform/"
+BUCKET, KEY, VERSION_ID, ETAG = (PREFIX + n for n in ("bucket", "key", "version-id", "etag"))
+ATTEMPT = PREFIX + "attempt"
+# The attempt that began this round of Jobs: a file set aside and then sent again (a
+# redrive from the dead-letter queue) gets MAX_ATTEMPTS more, under new names.
+ROUND_START = PREFIX + "round-start"
+# Set once the controller has acted on a failed Job (retried or set aside), so it acts once.
+HANDLED = PREFIX + "handled"
+
+LABELS = {"app.kubernetes.io/name": "rates-ingest", "app.kubernetes.io/component": "ingest",
+          "app.kubernetes.io/managed-by": MANAGED_BY}
+SELECTOR = ",".join(f"{k}={v}" for k, v in LABELS.items())
+
+
+
+def job_name(obj: UploadedObject, attempt: int) -> str:
+    """``ingest-<hash>-<attempt>``: stable for one object, at most 63 characters (a label value)."""
+    identity = "\0".join([obj.bucket, obj.key, obj.version_id or "", obj.etag or ""])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
+    return f"ingest-{digest}-{attempt}"
+
+
+def manifest(obj: UploadedObject, settings: JobSettings, attempt: int = 1, round_start: int = 1) -> dict:
+    annotations = {BUCKET: obj.bucket, KEY: obj.key, ATTEMPT: str(attempt), ROUND_START: str(round_start)}
+    if obj.version_id:
+        annotations[VERSION_ID] = obj.version_id
+    if obj.etag:
+        annotations[ETAG] = obj.etag
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name(obj, attempt), "labels": dict(LABELS), "annotations": annotations},
+        "spec": {
+            "backoffLimit": settings.backoff_limit,
+            "activeDeadlineSeconds": settings.deadline_seconds,
+            "ttlSecondsAfterFinished": settings.ttl_seconds,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob",
+                 "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID]}},
+                # A drained node or a preempted pod is not the file's fault: retry without counting.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": dict(LABELS)},
+                "spec": _pod_spec(obj, settings),
+            },
+        },
+    }
+
+
+def _pod_spec(obj: UploadedObject, settings: JobSettings) -> dict:
+    env = [{"name": "S3_BUCKET", "value": obj.bucket}, {"name": "S3_OBJECT_KEY", "value": obj.key}]
+    if obj.version_id:
+        env.append({"name": "S3_VERSION_ID", "value": obj.version_id})
+    env.append({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
+        "name": settings.database_secret, "key": settings.database_secret_key}}})
+    env += [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
+    return {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.service_account,
+        # IRSA mounts its own web-identity token; the job never calls the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": CONTAINER,
+            "image": settings.image,
+            "command": ["python", "-m", "rates_ingest"],
+            "env": env,
+            "resources": {"requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
+                          "limits": {"memory": settings.memory_limit}},
+            # The job's last log line is its error (JSON); the controller quotes it when it
+            # sets a file aside.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+        }],
+    }
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A Job that has ended: how, and which object it was for."""
+
+    name: str
+    obj: UploadedObject
+    attempt: int
+    round_start: int
+    succeeded: bool
+    reason: str  # the Job's Complete/Failed condition reason, e.g. BackoffLimitExceeded
+    message: str
+    ended_at: object  # datetime of the condition
+
+    @property
+    def file_is_invalid(self) -> bool:
+        # The podFailurePolicy rule for exit code 2 is the only way a Job fails this way.
+        return self.reason == "PodFailurePolicy"
+
+
+def finished(job) -> Finished | None:
+    """A :class:`Finished` for a kubernetes ``V1Job`` that has ended; None while it runs."""
+    condition = next((c for c in job.status.conditions or []
+                      if c.type in ("Complete", "Failed") and c.status == "True"), None)
+    if condition is None:
+        return None
+    notes = job.metadata.annotations or {}
+    obj = UploadedObject(bucket=notes.get(BUCKET, ""), key=notes.get(KEY, ""),
+                         version_id=notes.get(VERSION_ID), etag=notes.get(ETAG), size=None)
+    attempt = _int(notes.get(ATTEMPT), 1)
+    return Finished(name=job.metadata.name, obj=obj, attempt=attempt,
+                    round_start=min(_int(notes.get(ROUND_START), 1), attempt),
+                    succeeded=condition.type == "Complete", reason=condition.reason or condition.type,
+                    message=condition.message or "", ended_at=condition.last_transition_time)
+
+
+def last_words(termination_message: str) -> str:
+    """What a failed pod's termination message (its log's tail) says went wrong: the
+    ``error`` of its last JSON log line that has one, else its last line."""
+    lines = [line.strip() for line in termination_message.splitlines() if line.strip()]
+    for line in reversed(lines):
+        try:
+            error = json.loads(line).get("error")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(error, str) and error:
+            return error
+    return lines[-1] if lines else ""
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return default

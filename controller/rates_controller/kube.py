@@ -1,0 +1,111 @@
+"""The Kubernetes API, seen from the controller: its Jobs in one namespace.
+
+``ApiException`` and connection errors are mapped here, once: 409 on create means the Job
+exists (a duplicate delivery), 400/422 mean the Job itself is unacceptable (retrying
+cannot help), and everything else - 403 included, which is also how a ResourceQuota
+says "full" - may pass on retry.
+"""
+
+import contextlib
+import json
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from rates_core.env import ConfigError
+from rates_core.errors import PermanentError, TemporaryError
+
+from . import jobs
+
+# Every call ends in this many seconds (connect, read), so a hung API server cannot stall the loop.
+REQUEST_TIMEOUT = (5, 15)
+_SMP = "application/merge-patch+json"
+
+
+def api_client() -> client.ApiClient:
+    """In a pod, its service account; elsewhere KUBECONFIG (or ~/.kube/config)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        try:
+            config.load_kube_config(client_configuration=configuration)
+        except (config.ConfigException, OSError) as exc:
+            raise ConfigError(f"no Kubernetes configuration: not in a pod, and no usable KUBECONFIG: {exc}") from None
+    return client.ApiClient(configuration)
+
+
+@contextlib.contextmanager
+def classified(what: str):
+    try:
+        yield
+    except ApiException as exc:
+        detail = f"{what}: {exc.status} {exc.reason}: {_message(exc)}"
+        if exc.status in (400, 422):
+            raise PermanentError(detail) from exc
+        raise TemporaryError(detail) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TemporaryError(f"{what}: Kubernetes API unreachable: {type(exc).__name__}: {exc}") from exc
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return str(exc.body or "")[:300]
+
+
+class JobsApi:
+    """The controller's Jobs (those with its labels) in one namespace."""
+
+    def __init__(self, api: client.ApiClient, namespace: str):
+        self._batch = client.BatchV1Api(api)
+        self._core = client.CoreV1Api(api)
+        self.namespace = namespace
+
+    def create(self, manifest: dict) -> bool:
+        """Create the Job; False if a Job of that name already exists."""
+        name = manifest["metadata"]["name"]
+        try:
+            with classified(f"creating Job {name}"):
+                self._batch.create_namespaced_job(self.namespace, manifest, _request_timeout=REQUEST_TIMEOUT)
+        except TemporaryError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 409:
+                return False
+            raise
+        return True
+
+    def get(self, name: str):
+        """The Job called ``name``, or None."""
+        try:
+            with classified(f"reading Job {name}"):
+                return self._batch.read_namespaced_job(name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
+        except TemporaryError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
+                return None
+            raise
+
+    def list(self) -> list:
+        with classified("listing Jobs"):
+            return self._batch.list_namespaced_job(self.namespace, label_selector=jobs.SELECTOR,
+                                                   _request_timeout=REQUEST_TIMEOUT).items
+
+    def mark_handled(self, name: str, how: str) -> None:
+        body = {"metadata": {"annotations": {jobs.HANDLED: how}}}
+        with classified(f"annotating Job {name}"):
+            self._batch.patch_namespaced_job(name, self.namespace, body, _content_type=_SMP,
+                                             _request_timeout=REQUEST_TIMEOUT)
+
+    def termination_message(self, job_name: str) -> str:
+        """The last failed pod's termination message (its last log lines), or ''."""
+        with classified(f"listing the pods of Job {job_name}"):
+            pods = self._core.list_namespaced_pod(self.namespace, label_selector=f"job-name={job_name}",
+                                                  _request_timeout=REQUEST_TIMEOUT).items
+        messages = []
+        for pod in pods:
+            for status in pod.status.container_statuses or []:
+                ended = status.state and status.state.terminated
+                if status.name == jobs.CONTAINER and ended and ended.exit_code and ended.message:
+                    messages.append((ended.finished_at or ended.started_at, ended.message.strip()))
+        return max(messages, key=lambda m: m[0].timestamp() if m[0] else 0)[1] if messages else ""

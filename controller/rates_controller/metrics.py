@@ -1,0 +1,64 @@
+"""Prometheus metrics, and the small HTTP server for /metrics and /healthz.
+
+Each controller has its own registry, so that several can live in one process (tests).
+"""
+
+import threading
+import time
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter("rates_controller_messages", "SQS messages handled, by outcome",
+                                ["outcome"], registry=r)
+        self.jobs_created = Counter("rates_controller_jobs_created", "Ingest Jobs created", ["attempt"],
+                                    registry=r)
+        self.jobs_finished = Counter("rates_controller_jobs_finished",
+                                     "Ingest Jobs that ended, by what the controller did next", ["result"],
+                                     registry=r)
+        self.set_aside = Counter("rates_controller_files_set_aside",
+                                 "Messages and files sent to the dead-letter queue, by reason", ["reason"],
+                                 registry=r)
+        self.errors = Counter("rates_controller_errors", "Calls that failed and will be retried",
+                              ["operation"], registry=r)
+        self.active_jobs = Gauge("rates_controller_active_jobs", "Ingest Jobs not yet ended", registry=r)
+        self.last_loop = Gauge("rates_controller_last_loop_timestamp_seconds",
+                               "When the control loop last completed a pass", registry=r)
+        self.loop_completed()
+
+    def loop_completed(self) -> None:
+        self.last_loop_at = time.time()
+        self.last_loop.set(self.last_loop_at)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # probes every few seconds would flood the JSON log
+        pass
+
+
+def serve(metrics: Metrics, port: int, stale_after: float, host: str = "") -> WSGIServer:
+    """Serve /metrics, and /healthz (503 once the loop has not completed a pass for ``stale_after`` s)."""
+    prometheus = make_wsgi_app(metrics.registry)
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") == "/healthz":
+            age = time.time() - metrics.last_loop_at
+            healthy = age <= stale_after
+            start_response("200 OK" if healthy else "503 Service Unavailable",
+                           [("Content-Type", "text/plain")])
+            return [b"ok\n" if healthy else f"control loop stalled for {age:.0f} s\n".encode()]
+        return prometheus(environ, start_response)
+
+    server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -1,0 +1,77 @@
+"""SQS, seen from the controller: the uploads queue and the queue for files set aside.
+
+botocore's errors are mapped here, once. Nothing the controller does to SQS is
+permanent: a missing queue or a denied call is a configuration to fix, so it is a
+TemporaryError and the message waits.
+"""
+
+import contextlib
+from dataclasses import dataclass
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from rates_core.errors import TemporaryError
+
+# SQS caps one receive at 10 messages, and a message attribute value at the message size.
+MAX_BATCH = 10
+MAX_REASON_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    body: str
+    receipt: str
+    receives: int  # ApproximateReceiveCount: 1 on the first delivery
+
+
+def sqs_client(poll_wait_seconds: int):
+    # The read timeout must outlast a long poll; "standard" retries back off on throttling.
+    cfg = botocore.config.Config(connect_timeout=5, read_timeout=poll_wait_seconds + 10,
+                                 retries={"mode": "standard", "max_attempts": 3})
+    return boto3.client("sqs", config=cfg)
+
+
+@contextlib.contextmanager
+def classified(what: str):
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise TemporaryError(f"SQS {what}: {code}: {exc}") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise TemporaryError(f"SQS {what}: {type(exc).__name__}: {exc}") from exc
+
+
+class Queue:
+    def __init__(self, sqs, url: str):
+        self._sqs = sqs
+        self.url = url
+
+    def receive(self, max_messages: int, wait_seconds: int, visibility_timeout: int) -> list[Message]:
+        with classified("receive"):
+            response = self._sqs.receive_message(
+                QueueUrl=self.url, MaxNumberOfMessages=min(max_messages, MAX_BATCH),
+                WaitTimeSeconds=wait_seconds, VisibilityTimeout=visibility_timeout,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"])
+        return [Message(id=m["MessageId"], body=m.get("Body", ""), receipt=m["ReceiptHandle"],
+                        receives=int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")))
+                for m in response.get("Messages", [])]
+
+    def delete(self, message: Message) -> None:
+        with classified("delete"):
+            self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt)
+
+    def retry_later(self, message: Message, seconds: int) -> None:
+        """Hide the message for ``seconds`` more, so its next delivery comes after a backoff."""
+        with classified("change visibility"):
+            self._sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=message.receipt,
+                                                VisibilityTimeout=seconds)
+
+    def send(self, body: str, attributes: dict[str, str]) -> None:
+        values = {name: {"DataType": "String", "StringValue": value[:MAX_REASON_CHARS] or "-"}
+                  for name, value in attributes.items()}
+        with classified("send"):
+            self._sqs.send_message(QueueUrl=self.url, MessageBody=body, MessageAttributes=values)

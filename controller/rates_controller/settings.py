@@ -1,0 +1,145 @@
+"""Configuration from the environment.
+
+QUEUE_URL                  SQS queue that receives the bucket's ObjectCreated events (required).
+DEAD_LETTER_QUEUE_URL      SQS queue where files that will not load are set aside, each
+                           message with the reason (required).
+JOB_NAMESPACE              namespace of the ingest Jobs (default: POD_NAMESPACE, then the
+                           service account's namespace when in a cluster).
+JOB_IMAGE                  the ingest job's image (required).
+JOB_SERVICE_ACCOUNT        service account of the Jobs' pods; its IAM role reads the bucket
+                           (default rates-ingest).
+DATABASE_SECRET            Secret with the database URL for the Jobs (default rates-database),
+DATABASE_SECRET_KEY        and its key (default url).
+JOB_ENV                    extra environment for the Jobs, a JSON object of strings, e.g.
+                           {"AWS_REGION": "eu-west-1"} (default {}).
+JOB_CPU_REQUEST, JOB_MEMORY_REQUEST, JOB_MEMORY_LIMIT
+                           the Jobs' resources (default 100m, 192Mi, 384Mi).
+MAX_ACTIVE_JOBS            Jobs running at once; no message is taken while this many run (default 4).
+JOB_BACKOFF_LIMIT          pod retries within one Job for a failure that may pass (default 3).
+JOB_DEADLINE_SECONDS       a Job's activeDeadlineSeconds (default 3600).
+JOB_TTL_SECONDS            how long finished Jobs stay for inspection (default 86400).
+MAX_ATTEMPTS               Jobs per file before it is set aside (default 3).
+RETRY_DELAY_SECONDS        wait before the next Job of a file, doubled each attempt (default 60).
+MAX_RECEIVES               deliveries of a message whose Job cannot be created before it is
+                           set aside (default 10).
+POLL_WAIT_SECONDS          SQS long-poll wait (default 20).
+VISIBILITY_TIMEOUT         seconds a received message stays hidden from other consumers (default 60).
+METRICS_PORT               port of /metrics and /healthz (default 9090; 0 turns them off).
+LOG_LEVEL                  DEBUG, INFO (default), WARNING or ERROR.
+
+Kubernetes access comes from the pod's service account in a cluster, else from KUBECONFIG.
+AWS settings come from boto3's standard chain; AWS_ENDPOINT_URL points it at a local SQS.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from rates_core.env import ConfigError, env_choice, env_int, env_str
+from rates_core.logs import LEVELS
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What every ingest Job gets."""
+
+    namespace: str
+    image: str
+    service_account: str = "rates-ingest"
+    database_secret: str = "rates-database"
+    database_secret_key: str = "url"
+    env: Mapping[str, str] = field(default_factory=dict)
+    cpu_request: str = "100m"
+    memory_request: str = "192Mi"
+    memory_limit: str = "384Mi"
+    backoff_limit: int = 3
+    deadline_seconds: int = 3600
+    ttl_seconds: int = 86400
+
+
+@dataclass(frozen=True)
+class Settings:
+    queue_url: str
+    dead_letter_queue_url: str
+    job: JobSettings
+    max_active_jobs: int = 4
+    max_attempts: int = 3
+    retry_delay_seconds: int = 60
+    max_receives: int = 10
+    poll_wait_seconds: int = 20
+    visibility_timeout: int = 60
+    metrics_port: int = 9090
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        return cls(
+            queue_url=env_str("QUEUE_URL", environ=environ),
+            dead_letter_queue_url=env_str("DEAD_LETTER_QUEUE_URL", environ=environ),
+            job=_job_settings(environ),
+            max_active_jobs=env_int("MAX_ACTIVE_JOBS", 4, minimum=1, environ=environ),
+            max_attempts=env_int("MAX_ATTEMPTS", 3, minimum=1, environ=environ),
+            retry_delay_seconds=env_int("RETRY_DELAY_SECONDS", 60, minimum=0, environ=environ),
+            max_receives=env_int("MAX_RECEIVES", 10, minimum=1, environ=environ),
+            poll_wait_seconds=_bounded("POLL_WAIT_SECONDS", 20, 0, 20, environ),
+            visibility_timeout=_bounded("VISIBILITY_TIMEOUT", 60, 0, 43200, environ),
+            metrics_port=_bounded("METRICS_PORT", 9090, 0, 65535, environ),
+            log_level=env_choice("LOG_LEVEL", "INFO", LEVELS, environ),
+        )
+
+
+def _job_settings(environ: Mapping[str, str]) -> JobSettings:
+    return JobSettings(
+        namespace=env_str("JOB_NAMESPACE", environ.get("POD_NAMESPACE") or _own_namespace(), environ),
+        image=env_str("JOB_IMAGE", environ=environ),
+        service_account=env_str("JOB_SERVICE_ACCOUNT", "rates-ingest", environ),
+        database_secret=env_str("DATABASE_SECRET", "rates-database", environ),
+        database_secret_key=env_str("DATABASE_SECRET_KEY", "url", environ),
+        env=_job_env(environ),
+        cpu_request=env_str("JOB_CPU_REQUEST", "100m", environ),
+        memory_request=env_str("JOB_MEMORY_REQUEST", "192Mi", environ),
+        memory_limit=env_str("JOB_MEMORY_LIMIT", "384Mi", environ),
+        backoff_limit=env_int("JOB_BACKOFF_LIMIT", 3, minimum=0, environ=environ),
+        deadline_seconds=env_int("JOB_DEADLINE_SECONDS", 3600, minimum=1, environ=environ),
+        ttl_seconds=env_int("JOB_TTL_SECONDS", 86400, minimum=0, environ=environ),
+    )
+
+
+def _own_namespace() -> str | None:
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _bounded(name: str, default: int, low: int, high: int, environ: Mapping[str, str]) -> int:
+    value = env_int(name, default, minimum=low, environ=environ)
+    if value > high:
+        raise ConfigError(f"environment variable {name} must be <= {high}, got {value}")
+    return value
+
+
+def _job_env(environ: Mapping[str, str]) -> dict[str, str]:
+    env = _string_map("JOB_ENV", environ)
+    # The Job sets these from the event and the Secret; a second value would be ambiguous.
+    reserved = sorted(set(env) & {"S3_BUCKET", "S3_OBJECT_KEY", "S3_VERSION_ID", "DATABASE_URL"})
+    if reserved:
+        raise ConfigError(f"environment variable JOB_ENV may not set {', '.join(reserved)}: the Job sets them")
+    return env
+
+
+def _string_map(name: str, environ: Mapping[str, str]) -> dict[str, str]:
+    raw = env_str(name, "{}", environ)
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f'environment variable {name} must be a JSON object of strings, such as '
+                          f'{{"AWS_REGION": "eu-west-1"}}, got {raw!r}')
+    return value

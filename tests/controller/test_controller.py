@@ -1,0 +1,172 @@
+"""The controller against moto's SQS (fed by real S3 notifications) and the real API server.
+
+No node runs here, so the Jobs stay active: these tests are about what the controller
+creates and what it does with messages. test_job_outcomes.py runs the Jobs.
+"""
+
+import json
+
+import pytest
+
+from rates_controller import controller as controller_module
+from rates_controller import jobs
+from tests.controller.conftest import IMAGE, env_of, ingest_jobs, sample
+from tests.support.aws import unique_name
+from tests.support.poll import wait_for
+
+pytestmark = pytest.mark.kube
+
+
+def test_an_upload_gets_one_job_and_its_message_is_deleted(kube, namespace, uploads, sqs, make_controller):
+    controller = make_controller()
+    uploads.put("2016/jan prices+1 å.csv", b"orig_code,dest_code,day,price\n")
+
+    controller.step()
+
+    [job] = ingest_jobs(kube, namespace)
+    assert env_of(job) | {"S3_BUCKET": uploads.name, "S3_OBJECT_KEY": "2016/jan prices+1 å.csv"} == env_of(job)
+    [secret_env] = [e for e in job.spec.template.spec.containers[0].env if e.name == "DATABASE_URL"]
+    assert (secret_env.value_from.secret_key_ref.name, secret_env.value_from.secret_key_ref.key) == (
+        "rates-database", "url")
+    assert job.metadata.annotations[jobs.KEY] == "2016/jan prices+1 å.csv"
+    assert job.spec.template.spec.containers[0].image == IMAGE
+    assert [r.action for r in job.spec.pod_failure_policy.rules] == ["FailJob", "Ignore"]
+    assert sqs.counts() == (0, 0)
+    assert sample(controller.metrics, "rates_controller_messages_total", outcome="jobs_created") == 1
+    assert sample(controller.metrics, "rates_controller_jobs_created_total", attempt="1") == 1
+
+
+def test_a_message_delivered_twice_makes_one_job(kube, namespace, uploads, sqs, make_controller):
+    uploads.put("p.csv", b"x")
+    [delivery] = sqs.client.receive_message(QueueUrl=sqs.uploads_url)["Messages"]
+    sqs.send(delivery["Body"])  # SQS delivers at least once: the same event again
+    sqs.client.change_message_visibility(QueueUrl=sqs.uploads_url, ReceiptHandle=delivery["ReceiptHandle"],
+                                         VisibilityTimeout=0)
+
+    make_controller().step()
+    make_controller().step()  # a second controller (or a restart) sees nothing new either
+
+    assert len(ingest_jobs(kube, namespace)) == 1
+    assert sqs.counts() == (0, 0)
+
+
+def test_each_version_of_a_key_gets_its_own_job(kube, namespace, uploads, make_controller):
+    uploads.enable_versioning()
+    etags = [uploads.put("p.csv", body)["ETag"].strip('"') for body in (b"one", b"two")]
+
+    make_controller().step()
+
+    # moto's events carry no versionId (AWS's do, below); the ETag tells the versions apart.
+    assert sorted(j.metadata.annotations[jobs.ETAG] for j in ingest_jobs(kube, namespace)) == sorted(etags)
+
+
+def test_the_events_version_id_is_the_version_the_job_loads(kube, namespace, sqs, make_controller):
+    for version in ("v1", "v2"):
+        sqs.send(json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+            "bucket": {"name": "b"}, "object": {"key": "p.csv", "eTag": "same", "versionId": version}}}]}))
+
+    make_controller().step()
+
+    assert sorted(env_of(j)["S3_VERSION_ID"] for j in ingest_jobs(kube, namespace)) == ["v1", "v2"]
+
+
+def test_a_poison_message_is_set_aside_with_its_reason_and_blocks_nothing(kube, namespace, uploads, sqs,
+                                                                          make_controller):
+    sqs.send("this is not an S3 event")
+    uploads.put("after.csv", b"x")
+    controller = make_controller()
+
+    controller.step()
+
+    [dead] = sqs.dead_letters()
+    assert dead["body"] == "this is not an S3 event"
+    assert "not JSON" in dead["reason"]
+    assert [j.metadata.annotations[jobs.KEY] for j in ingest_jobs(kube, namespace)] == ["after.csv"]
+    assert sqs.counts() == (0, 0)
+    assert sample(controller.metrics, "rates_controller_files_set_aside_total", reason="poison") == 1
+
+
+def test_test_events_and_removals_are_deleted_without_a_job(kube, namespace, sqs, make_controller):
+    sqs.send(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}))
+    sqs.send(json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete",
+                                      "s3": {"bucket": {"name": "b"}, "object": {"key": "gone.csv"}}}]}))
+
+    make_controller().step()
+
+    assert ingest_jobs(kube, namespace) == []
+    assert sqs.counts() == (0, 0)
+
+
+def test_no_message_is_taken_while_max_active_jobs_run(kube, namespace, uploads, sqs, make_controller):
+    controller = make_controller(max_active_jobs=2)
+    for name in ("a.csv", "b.csv", "c.csv"):
+        uploads.put(name, b"x")
+
+    for _ in range(3):  # the first pass also takes S3's test event
+        controller.step()
+
+    assert len(ingest_jobs(kube, namespace)) == 2
+    assert sqs.counts() == (1, 0)  # the third waits in the queue, not in flight
+    assert sample(controller.metrics, "rates_controller_active_jobs") == 2
+
+    kube.batch.delete_namespaced_job(ingest_jobs(kube, namespace)[0].metadata.name, namespace,
+                                     propagation_policy="Background")
+    wait_for(lambda: len(ingest_jobs(kube, namespace)) == 1, timeout=10, what="the Job to be deleted")
+    controller.step()
+
+    assert len(ingest_jobs(kube, namespace)) == 2
+    assert sqs.counts() == (0, 0)
+
+
+def test_a_job_that_cannot_be_created_waits_and_is_created_later(kube, namespace, uploads, sqs,
+                                                                 make_controller, monkeypatch):
+    from kubernetes import client
+
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    missing = unique_name("not-yet")
+    controller = make_controller(job_namespace=missing)
+    uploads.put("p.csv", b"x")
+
+    controller.step()  # the namespace does not exist: 404 is not the file's fault
+
+    assert sqs.counts() == (0, 1)  # hidden for the backoff, not deleted
+    assert sample(controller.metrics, "rates_controller_messages_total", outcome="retry_later") == 1
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=missing)))
+    try:
+        wait_visible(sqs)
+        controller.step()
+        assert len(ingest_jobs(kube, missing)) == 1
+        assert sqs.counts() == (0, 0)
+    finally:
+        kube.core.delete_namespace(missing)
+
+
+def test_a_message_whose_job_never_can_be_created_is_set_aside(uploads, sqs, make_controller, monkeypatch):
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    controller = make_controller(job_namespace=unique_name("never"), max_receives=2)
+    uploads.put("p.csv", b"x")
+
+    controller.step()
+    wait_visible(sqs)
+    controller.step()
+
+    [dead] = sqs.dead_letters()
+    assert "no Job could be created in 2 deliveries" in dead["reason"] and "404" in dead["reason"]
+    assert json.loads(dead["body"])["Records"][0]["s3"]["object"]["key"] == "p.csv"
+    assert sqs.counts() == (0, 0)
+
+
+def test_a_job_the_api_server_refuses_is_set_aside(uploads, sqs, make_controller):
+    # An invalid Job (here: a memory limit below its request) cannot be fixed by retrying.
+    controller = make_controller(job_memory_request="512Mi", job_memory_limit="64Mi")
+    uploads.put("p.csv", b"x")
+
+    controller.step()
+
+    [dead] = sqs.dead_letters()
+    assert "422" in dead["reason"] and "must be less than or equal to memory limit" in dead["reason"]
+    assert sqs.counts() == (0, 0)
+
+
+def wait_visible(sqs):
+    wait_for(lambda: sqs.counts()[0] == 1, timeout=10, interval=0.2, what="the message to be visible again")

@@ -1,0 +1,76 @@
+"""S3 event notifications as SQS delivers them (the bodies are S3's documented shapes)."""
+
+import json
+
+import pytest
+
+from rates_controller.events import PoisonMessage, UploadedObject, uploaded_objects
+
+
+def record(key, event="ObjectCreated:Put", bucket="uploads", **obj):
+    return {"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": event,
+            "s3": {"bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                   "object": {"key": key, "size": 10, "eTag": "abc", **obj}}}
+
+
+def body(*records):
+    return json.dumps({"Records": list(records)})
+
+
+def test_an_object_created_record_becomes_the_object_to_load():
+    assert uploaded_objects(body(record("2016/jan.csv", versionId="v1", sequencer="0A"))) == [
+        UploadedObject(bucket="uploads", key="2016/jan.csv", version_id="v1", etag="abc", size=10)]
+
+
+@pytest.mark.parametrize("encoded, key", [
+    ("prices+2016+01.csv", "prices 2016 01.csv"),      # S3 writes a space as +
+    ("a%2Bb.csv", "a+b.csv"),                          # and a + as %2B
+    ("dir%2Fsub%2Fx.csv", "dir/sub/x.csv"),            # moto encodes the slash too; AWS does not
+    ("dir/sub/x.csv", "dir/sub/x.csv"),
+    ("%C3%A5rhus%E2%82%AC.csv", "århus€.csv"),
+])
+def test_keys_are_url_decoded(encoded, key):
+    assert [o.key for o in uploaded_objects(body(record(encoded)))] == [key]
+
+
+def test_every_created_record_of_a_message_counts_and_other_events_do_not():
+    objects = uploaded_objects(body(record("a.csv"), record("b.csv", event="ObjectRemoved:Delete"),
+                                    record("c.csv", event="ObjectCreated:CompleteMultipartUpload")))
+    assert [o.key for o in objects] == ["a.csv", "c.csv"]
+
+
+def test_s3s_test_event_and_console_folders_announce_nothing():
+    test_event = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "uploads"})
+    assert uploaded_objects(test_event) == []
+    assert uploaded_objects(body(record("2016/", size=0))) == []
+
+
+def test_a_notification_wrapped_by_sns_is_unwrapped():
+    envelope = json.dumps({"Type": "Notification", "TopicArn": "arn:aws:sns:eu-west-1:1:t",
+                           "Message": body(record("x.csv"))})
+    assert [o.key for o in uploaded_objects(envelope)] == ["x.csv"]
+
+
+def test_a_missing_version_id_and_etag_are_none():
+    rec = record("x.csv")
+    del rec["s3"]["object"]["eTag"]
+    assert uploaded_objects(body(rec))[0] == UploadedObject("uploads", "x.csv", None, None, 10)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("not json", "is not JSON"),
+    ("[1, 2]", "the body is a JSON list"),
+    ("{}", "no Records list"),
+    ('{"Records": []}', "no Records list"),
+    ('{"Records": [{"eventSource": "aws:sqs"}]}', "eventSource is not aws:s3"),
+    ('{"Records": ["x"]}', "eventSource is not aws:s3"),
+    ('{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put"}]}', "lacks 's3'"),
+    ('{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", '
+     '"s3": {"bucket": {"name": "b"}, "object": {"key": 7}}}]}', "key is not a string"),
+    ('{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", '
+     '"s3": {"bucket": {"name": ""}, "object": {"key": "k"}}}]}', "empty bucket name or key"),
+    ('{"Type": "Notification", "Message": "nope"}', "SNS notification's Message is not JSON"),
+])
+def test_anything_else_is_a_poison_message_with_the_reason(text, reason):
+    with pytest.raises(PoisonMessage, match=reason):
+        uploaded_objects(text)

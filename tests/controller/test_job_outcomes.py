@@ -1,0 +1,93 @@
+"""What the controller does when its Jobs end: the Jobs' pods run on the test's local node
+(the real ingest job, against a real database and moto's S3), and the real Job controller
+turns their exit codes into Complete or Failed."""
+
+import json
+import time
+
+import pytest
+
+from rates_controller import jobs
+from tests.controller.conftest import ingest_jobs, sample
+from tests.ingest.conftest import ROWS, as_csv, prices, runs
+
+pytestmark = pytest.mark.kube
+
+
+def step_until(controller, predicate, timeout=90, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        controller.step()
+    return predicate()
+
+
+def handled(kube, namespace) -> dict[str, str]:
+    """{job name: what the controller did} for the Jobs it has acted on."""
+    return {j.metadata.name: j.metadata.annotations[jobs.HANDLED] for j in ingest_jobs(kube, namespace)
+            if jobs.HANDLED in (j.metadata.annotations or {})}
+
+
+def test_a_loaded_file_ends_its_job(dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime,
+                                    local_node):
+    conn = world
+    job_runtime(dsn)
+    controller = make_controller()
+    uploads.put("2016/jan.csv", as_csv(ROWS))
+
+    step_until(controller, lambda: handled(kube, namespace), what="the Job to end")
+
+    assert list(handled(kube, namespace).values()) == ["succeeded"], local_node.errors
+    assert len(prices(conn)) == len(ROWS)
+    assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="succeeded") == 1
+    assert sqs.dead_letters() == []
+
+
+def test_an_invalid_file_is_set_aside_at_once_with_the_jobs_reason(dsn, world, kube, namespace, uploads, sqs,
+                                                                   make_controller, job_runtime, local_node):
+    conn = world
+    job_runtime(dsn)
+    controller = make_controller()
+    uploads.put("bad.csv", as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)]))
+
+    step_until(controller, lambda: handled(kube, namespace), what="the Job to end")
+
+    assert list(handled(kube, namespace).values()) == ["set-aside"]  # no second attempt
+    [dead] = sqs.dead_letters()
+    assert "the ingest job rejected the file (PodFailurePolicy" in dead["reason"]
+    # The job's own words, from its last log lines
+    assert dead["reason"].endswith("the job said: 1 invalid row(s); the first at line 2: "
+                                   "unknown port code 'XXXXX' in dest_code")
+    assert json.loads(dead["body"])["Records"][0]["s3"]["object"]["key"] == "bad.csv"
+    assert [r["status"] for r in runs(conn)] == ["rejected"]
+    assert sample(controller.metrics, "rates_controller_files_set_aside_total", reason="invalid_file") == 1
+
+
+def test_a_file_that_keeps_failing_is_retried_set_aside_and_loads_after_a_redrive(
+        dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
+    conn = world
+    job_runtime("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")  # down: exit 1
+    controller = make_controller(max_attempts=2, retry_delay_seconds=0, job_backoff_limit=0)
+    uploads.put("p.csv", as_csv(ROWS))
+
+    step_until(controller, lambda: len(handled(kube, namespace)) == 2, what="two Jobs to end")
+
+    first, second = ingest_jobs(kube, namespace)
+    assert [first.metadata.annotations[jobs.HANDLED], second.metadata.annotations[jobs.HANDLED]] == [
+        "retried", "set-aside"]
+    assert second.metadata.annotations[jobs.ATTEMPT] == "2"
+    [dead] = sqs.dead_letters()
+    assert "did not load in 2 Jobs (BackoffLimitExceeded" in dead["reason"]
+    assert "the job said: connection to server at" in dead["reason"] and "Connection refused" in dead["reason"]
+    assert dead["attempts"] == "2"
+
+    # The operator fixes the cause and sends the file back (an SQS redrive does the same).
+    job_runtime(dsn)
+    sqs.send(dead["body"])
+    step_until(controller, lambda: len(handled(kube, namespace)) == 3, what="the third Job to end")
+
+    third = ingest_jobs(kube, namespace)[-1]
+    assert (third.metadata.annotations[jobs.ATTEMPT], third.metadata.annotations[jobs.HANDLED]) == (
+        "3", "succeeded")
+    assert len(prices(conn)) == len(ROWS)
+    assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="retried") == 1

@@ -1,0 +1,56 @@
+"""The Job manifest and what a finished Job says (pure functions; the API server's view
+of the manifest is in test_controller.py)."""
+
+import json
+
+from rates_controller import jobs
+from rates_controller.events import UploadedObject
+from rates_controller.settings import JobSettings
+
+OBJ = UploadedObject(bucket="uploads", key="2016/jan.csv", version_id=None, etag="abc", size=10)
+SETTINGS = JobSettings(namespace="prod", image="registry.invalid/rates-ingest:1.2.3")
+
+
+def test_names_are_stable_per_object_and_attempt_and_fit_a_label_value():
+    name = jobs.job_name(OBJ, 1)
+    assert name == jobs.job_name(UploadedObject("uploads", "2016/jan.csv", None, "abc", 999), 1)
+    others = {jobs.job_name(OBJ, 2), jobs.job_name(UploadedObject("uploads", "2016/jan.csv", "v2", "abc", 10), 1),
+              jobs.job_name(UploadedObject("uploads", "2016/feb.csv", None, "abc", 10), 1),
+              jobs.job_name(UploadedObject("other", "2016/jan.csv", None, "abc", 10), 1)}
+    assert name not in others and len(others) == 4
+    long_key = UploadedObject("b" * 63, "k" * 1024, "v" * 100, "e" * 40, 1)
+    assert len(jobs.job_name(long_key, 10**6)) <= 63
+
+
+def test_the_pod_runs_as_a_non_root_user_with_a_read_only_root_and_no_api_token():
+    spec = jobs.manifest(OBJ, SETTINGS)["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["automountServiceAccountToken"] is False
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["resources"]["limits"] == {"memory": "384Mi"}
+
+
+def test_only_exit_code_2_fails_the_job_at_once_and_disruptions_do_not_count():
+    rules = jobs.manifest(OBJ, SETTINGS)["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "ingest", "operator": "In",
+                                                             "values": [2]}}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+
+
+def test_extra_environment_follows_the_objects_address():
+    settings = JobSettings(namespace="prod", image="i", env={"AWS_REGION": "eu-west-1"})
+    env = jobs.manifest(OBJ, settings)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in env] == ["S3_BUCKET", "S3_OBJECT_KEY", "DATABASE_URL", "AWS_REGION"]
+
+
+def test_last_words_are_the_error_of_the_last_json_line_that_has_one():
+    log = "\n".join([
+        "Found credentials in environment variables.",
+        json.dumps({"event": "ingest finished", "error": "unknown port code 'XX'", "level": "error"}),
+        json.dumps({"event": "bye", "level": "info"}),
+    ])
+    assert jobs.last_words(log) == "unknown port code 'XX'"
+    assert jobs.last_words("plain text\nTraceback ...\nKeyError: 'x'\n") == "KeyError: 'x'"
+    assert jobs.last_words("") == ""

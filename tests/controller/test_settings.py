@@ -1,0 +1,37 @@
+import pytest
+
+from rates_controller.settings import Settings
+from rates_core.env import ConfigError
+
+REQUIRED = {"QUEUE_URL": "http://q/uploads", "DEAD_LETTER_QUEUE_URL": "http://q/dead", "JOB_IMAGE": "img",
+            "JOB_NAMESPACE": "prod"}
+
+
+def test_defaults():
+    settings = Settings.from_env(REQUIRED)
+    assert (settings.max_active_jobs, settings.max_attempts, settings.poll_wait_seconds) == (4, 3, 20)
+    assert (settings.job.namespace, settings.job.service_account, settings.job.env) == ("prod", "rates-ingest", {})
+
+
+def test_the_namespace_defaults_to_the_pods_own():
+    env = {k: v for k, v in REQUIRED.items() if k != "JOB_NAMESPACE"}
+    assert Settings.from_env({**env, "POD_NAMESPACE": "staging"}).job.namespace == "staging"
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("QUEUE_URL", "", "QUEUE_URL is required"),
+    ("MAX_ACTIVE_JOBS", "0", "MAX_ACTIVE_JOBS must be >= 1"),
+    ("POLL_WAIT_SECONDS", "21", "POLL_WAIT_SECONDS must be <= 20"),
+    ("JOB_ENV", "[1]", "JOB_ENV must be a JSON object of strings"),
+    ("JOB_ENV", '{"A": 1}', "JOB_ENV must be a JSON object of strings"),
+    ("JOB_ENV", '{"DATABASE_URL": "x"}', "may not set DATABASE_URL"),
+    ("LOG_LEVEL", "loud", "LOG_LEVEL must be one of"),
+])
+def test_bad_values_name_the_variable(name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({**REQUIRED, name: value})
+
+
+def test_job_env_is_read():
+    settings = Settings.from_env({**REQUIRED, "JOB_ENV": '{"AWS_REGION": "eu-west-1"}'})
+    assert settings.job.env == {"AWS_REGION": "eu-west-1"}
