@@ -8,6 +8,9 @@ import structlog
 
 # The levels that settings accept for LOG_LEVEL.
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Libraries whose DEBUG lines print request headers, credentials included (botocore's
+# session token, the Kubernetes client's bearer token): never below INFO.
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "kubernetes")
 
 
 def configure(level: str = "INFO", **static) -> None:
@@ -26,6 +29,8 @@ def configure(level: str = "INFO", **static) -> None:
                     structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
     ))
     logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level.upper())))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
