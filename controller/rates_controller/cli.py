@@ -8,8 +8,11 @@ import click
 from rates_core import logs
 from rates_core.env import ConfigError
 
-from . import kube, metrics, queue
+from rates_core.errors import PermanentError, TemporaryError
+
+from . import jobs, kube, metrics, queue
 from .controller import Controller
+from .events import UploadedObject
 from .settings import Settings
 
 EXIT_CONFIG = 2
@@ -27,14 +30,19 @@ def command() -> int:
         return EXIT_CONFIG
     logs.configure(settings.log_level, component="controller")
     log = logs.get_logger("rates_controller")
-    sqs = queue.sqs_client(settings.poll_wait_seconds)
-    measured = metrics.Metrics()
-    controller = Controller(settings, kube.JobsApi(api, settings.job.namespace),
-                            queue.Queue(sqs, settings.queue_url), queue.Queue(sqs, settings.dead_letter_queue_url),
-                            measured, log)
-    if settings.metrics_port:
-        # A pass takes at most one long poll plus a few bounded API calls.
-        metrics.serve(measured, settings.metrics_port, stale_after=3 * (settings.poll_wait_seconds + 60))
+    jobs_api = kube.JobsApi(api, settings.job.namespace)
+    try:
+        _check_job_settings(jobs_api, settings, log)
+        measured = metrics.Metrics()
+        if settings.metrics_port:
+            # A pass takes at most one long poll plus a few bounded API calls.
+            metrics.serve(measured, settings.metrics_port, stale_after=3 * (settings.poll_wait_seconds + 60))
+        sqs = queue.sqs_client(settings.poll_wait_seconds)
+    except (ConfigError, OSError) as exc:
+        log.error("configuration error", error=str(exc))
+        return EXIT_CONFIG
+    controller = Controller(settings, jobs_api, queue.Queue(sqs, settings.queue_url),
+                            queue.Queue(sqs, settings.dead_letter_queue_url), measured, log)
 
     def stop(signum, _frame):
         log.info("stopping", signal=signum)
@@ -47,6 +55,18 @@ def command() -> int:
     controller.run()
     log.info("stopped")
     return 0
+
+
+def _check_job_settings(jobs_api: kube.JobsApi, settings: Settings, log) -> None:
+    """Have the API server check a sample Job (a dry run), so that settings it would refuse
+    (a bad quantity, a limit below its request) stop the controller, not every upload."""
+    sample = jobs.manifest(UploadedObject("bucket", "key.csv", None, None, None), settings.job)
+    try:
+        jobs_api.validate(sample)
+    except PermanentError as exc:
+        raise ConfigError(f"the API server refuses the Jobs these settings make: {exc}") from None
+    except TemporaryError as exc:  # checked again by every create; not a reason to wait
+        log.warning("could not check the Job settings", error=str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ Jobs kept failing - is sent to the dead-letter queue with the reason, and then r
 import datetime
 import json
 import threading
+from typing import Callable
 from urllib.parse import quote_plus
 
 from rates_core.errors import PermanentError, TemporaryError
@@ -22,6 +23,8 @@ from .settings import Settings
 
 # Backoff for a message whose Job could not be created: 5 s, doubling, at most 15 min.
 MESSAGE_BACKOFF_SECONDS = (5, 900)
+# The longest wait before a file's next Job, however many attempts it has had.
+MAX_RETRY_DELAY = datetime.timedelta(days=1)
 # A chain of Jobs for one object longer than this is a bug, not a retry policy.
 MAX_CHAIN = 1000
 
@@ -47,54 +50,72 @@ class Controller:
             except TemporaryError as exc:
                 self.log.warning("control loop pass failed; retrying", error=str(exc))
                 self.stopping.wait(5)
+            # Alive, even when a pass fails: restarting would not bring SQS or the API back.
+            self.metrics.loop_completed()
 
     def step(self) -> None:
-        active = self.reconcile()
-        self.poll(capacity=self.settings.max_active_jobs - active)
+        busy = self.reconcile()
+        self.poll(capacity=self.settings.max_active_jobs - busy)
         self.metrics.loop_completed()
 
     # --- ended Jobs -------------------------------------------------------------
 
     def reconcile(self) -> int:
-        """Act on Jobs that ended and were not yet acted on; the number still running."""
+        """Act on Jobs that ended; the number of slots taken (running Jobs and due retries)."""
         try:
-            listed = self.kube.list()
+            listed = self.kube.unhandled()
         except TemporaryError:
             self.metrics.errors.labels("list_jobs").inc()
             raise
-        active = 0
-        for job in listed:
-            ended = jobs.finished(job)
-            if ended is None:
-                active += 1
-            elif jobs.HANDLED not in (job.metadata.annotations or {}):
-                self._guarded("handle_job", self._ended, ended)
-        self.metrics.active_jobs.set(active)
-        return active
+        running = [job for job in listed if jobs.finished(job) is None]
+        busy = len(running)
+        for ended in filter(None, map(jobs.finished, listed)):
+            retry_waits = not ended.succeeded and not ended.file_is_invalid and self._retries_left(ended)
+            if retry_waits and (busy >= self.settings.max_active_jobs or not self._retry_due(ended)):
+                busy += 1  # its retry will take a slot: hold one for it
+                continue
+            if self._guarded("handle_job", self._ended, ended) and retry_waits:
+                busy += 1
+        self.metrics.active_jobs.set(len(running))
+        return busy
 
     def _ended(self, ended: jobs.Finished) -> None:
         if ended.succeeded:
             result = SUCCEEDED
         elif ended.file_is_invalid:
             result = self._set_aside_file(ended, "invalid_file", "the ingest job rejected the file")
-        elif ended.attempt - ended.round_start + 1 < self.settings.max_attempts:
-            if not self._retry_due(ended):
-                return
-            self._create(ended.obj, ended.attempt + 1, round_start=ended.round_start)
-            result = RETRIED
+        elif self._retries_left(ended):
+            try:
+                self._create_next(ended)
+                result = RETRIED
+            except PermanentError as exc:
+                result = self._set_aside_file(ended, "rejected", f"its next Job cannot be created: {exc}")
         else:
             result = self._set_aside_file(ended, "attempts_exhausted",
                                           f"the file did not load in {self.settings.max_attempts} Jobs")
-        self.kube.mark_handled(ended.name, result)
+        self.kube.mark_handled(ended.name, result, self.settings.job.ttl_seconds)
         self.metrics.jobs_finished.labels(result).inc()
         self.log.info("job ended", job=ended.name, bucket=ended.obj.bucket, key=ended.obj.key,
                       attempt=ended.attempt, reason=ended.reason, result=result)
 
+    def _retries_left(self, ended: jobs.Finished) -> bool:
+        return ended.attempt - ended.round_start + 1 < self.settings.max_attempts
+
     def _retry_due(self, ended: jobs.Finished) -> bool:
-        delay = self.settings.retry_delay_seconds * 2 ** (ended.attempt - ended.round_start)
         if ended.ended_at is None:
             return True
-        return _now() >= ended.ended_at + datetime.timedelta(seconds=delay)
+        doublings = min(ended.attempt - ended.round_start, 40)
+        delay = min(datetime.timedelta(seconds=self.settings.retry_delay_seconds * 2 ** doublings),
+                    MAX_RETRY_DELAY)
+        return _now() >= ended.ended_at + delay
+
+    def _create_next(self, ended: jobs.Finished) -> None:
+        def ours(existing) -> bool:
+            # Created by an earlier pass that stopped before labelling `ended`; a Job of an
+            # older chain only holds the name, so go on past it.
+            return _annotation(existing, jobs.PREVIOUS) == ended.uid
+
+        self._create_free(ended.obj, ended.attempt + 1, ended.round_start, ours, previous=ended.uid)
 
     def _set_aside_file(self, ended: jobs.Finished, why: str, summary: str) -> str:
         detail = jobs.last_words(self.kube.termination_message(ended.name))
@@ -120,13 +141,14 @@ class Controller:
             self.metrics.errors.labels("receive").inc()
             raise
         for message in messages:
-            self._guarded("handle_message", self.handle, message)
+            if not self._guarded("handle_message", self.handle, message):
+                self._guarded("set_aside_message", self._set_aside_message, message, "unexpected",
+                              "the controller failed on this message; see its log")
 
     def handle(self, message: Message) -> None:
         try:
             objects = events.uploaded_objects(message.body)
-            for obj in objects:
-                self._start(obj)
+            created = sum(self._start(obj) for obj in objects)
         except PermanentError as exc:
             self._set_aside_message(message, "poison" if isinstance(exc, events.PoisonMessage) else "rejected",
                                     str(exc))
@@ -135,26 +157,38 @@ class Controller:
             self._retry_message(message, exc)
             return
         self.uploads.delete(message)
-        self.metrics.messages.labels("jobs_created" if objects else "ignored").inc()
-        self.log.info("message handled", message_id=message.id, objects=len(objects))
+        outcome = "jobs_created" if created else "duplicate" if objects else "ignored"
+        self.metrics.messages.labels(outcome).inc()
+        self.log.info("message handled", message_id=message.id, objects=len(objects), jobs_created=created)
 
-    def _start(self, obj: UploadedObject) -> None:
-        """Create the object's Job, unless one exists; after a set-aside, a new round of Jobs."""
-        for attempt in range(1, MAX_CHAIN + 1):
-            if self._create(obj, attempt, round_start=attempt):
-                return
-            existing = self.kube.get(jobs.job_name(obj, attempt))
+    def _start(self, obj: UploadedObject) -> bool:
+        """Create the object's Job, unless one has it in hand; after a set-aside, a new round."""
+        def in_hand(existing) -> bool:
+            # Running, waiting for its retry, or loaded: this delivery is a duplicate.
+            return (existing.metadata.labels or {}).get(jobs.HANDLED) not in (RETRIED, SET_ASIDE)
+
+        return self._create_free(obj, 1, None, in_hand)
+
+    def _create_free(self, obj: UploadedObject, attempt: int, round_start: int | None,
+                     taken_care_of: Callable, previous: str | None = None) -> bool:
+        """Create the Job at the first free attempt number from ``attempt``; False if an
+        existing Job is ``taken_care_of`` the object. ``round_start`` None starts a round."""
+        for number in range(attempt, attempt + MAX_CHAIN):
+            if self._create(obj, number, number if round_start is None else round_start, previous):
+                return True
+            name = jobs.job_name(obj, number)
+            existing = self.kube.get(name)
             if existing is None:
-                raise TemporaryError(f"Job {jobs.job_name(obj, attempt)} was deleted while being looked at")
-            if (existing.metadata.annotations or {}).get(jobs.HANDLED) not in (RETRIED, SET_ASIDE):
-                return  # a duplicate delivery: this Job, or its retry chain, has it
+                raise TemporaryError(f"Job {name} was deleted while being looked at")
+            if taken_care_of(existing):
+                return False
         raise PermanentError(f"{MAX_CHAIN} Jobs exist for s3://{obj.bucket}/{obj.key}")
 
-    def _create(self, obj: UploadedObject, attempt: int, round_start: int) -> bool:
-        manifest = jobs.manifest(obj, self.settings.job, attempt, round_start=round_start)
+    def _create(self, obj: UploadedObject, attempt: int, round_start: int, previous: str | None) -> bool:
+        manifest = jobs.manifest(obj, self.settings.job, attempt, round_start=round_start, previous=previous)
         created = self.kube.create(manifest)
         if created:
-            self.metrics.jobs_created.labels(str(attempt)).inc()
+            self.metrics.jobs_created.labels("first" if attempt == round_start else "retry").inc()
             self.log.info("job created", job=manifest["metadata"]["name"], bucket=obj.bucket, key=obj.key,
                           version_id=obj.version_id, attempt=attempt)
         return created
@@ -165,7 +199,7 @@ class Controller:
                                     f"no Job could be created in {message.receives} deliveries: {exc}")
             return
         low, high = MESSAGE_BACKOFF_SECONDS
-        delay = min(low * 2 ** (message.receives - 1), high)
+        delay = min(low * 2 ** min(message.receives - 1, 20), high)
         self.log.warning("message will be retried", message_id=message.id, receives=message.receives,
                          retry_in_s=delay, error=str(exc))
         self.metrics.messages.labels("retry_later").inc()
@@ -178,13 +212,26 @@ class Controller:
         self.metrics.set_aside.labels(why).inc()
         self.log.warning("message set aside", message_id=message.id, reason=reason)
 
-    def _guarded(self, operation: str, action, *args) -> None:
-        """Run one item's action; a temporary failure leaves the item for a later pass."""
+    def _guarded(self, operation: str, action, *args) -> bool:
+        """Run one item's action; a failure leaves the item for a later pass. True if it ran.
+
+        Any exception is caught: one odd message or Job must not stop the loop for all others.
+        """
         try:
             action(*args)
+            return True
         except TemporaryError as exc:
             self.metrics.errors.labels(operation).inc()
             self.log.warning("will retry", operation=operation, error=str(exc))
+            return True  # not the item's fault: it is retried as it is
+        except Exception:  # noqa: BLE001 - see the docstring
+            self.metrics.errors.labels(operation).inc()
+            self.log.exception("unexpected error", operation=operation)
+            return False
+
+
+def _annotation(job, name: str) -> str | None:
+    return (job.metadata.annotations or {}).get(name)
 
 
 def _now() -> datetime.datetime:
@@ -195,8 +242,7 @@ def notification(obj: UploadedObject) -> str:
     """An S3 ObjectCreated notification for ``obj``: what a redrive from the dead-letter
     queue needs to start the file again."""
     record = {"bucket": {"name": obj.bucket}, "object": {"key": quote_plus(obj.key, safe="/")}}
-    if obj.version_id:
-        record["object"]["versionId"] = obj.version_id
-    if obj.etag:
-        record["object"]["eTag"] = obj.etag
+    for name, value in (("versionId", obj.version_id), ("eTag", obj.etag), ("sequencer", obj.sequencer)):
+        if value:
+            record["object"][name] = value
     return json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": record}]})

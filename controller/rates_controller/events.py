@@ -24,6 +24,9 @@ class UploadedObject:
     version_id: str | None
     etag: str | None
     size: int | None
+    # Tells two uploads of one key apart even when their content (ETag) is the same, and is
+    # the same in a second delivery of one event: S3's sequencer, else the event's time.
+    sequencer: str | None = None
 
 
 def uploaded_objects(body: str) -> list[UploadedObject]:
@@ -48,6 +51,17 @@ def _json(text, what: str):
         return json.loads(text)
     except ValueError as exc:
         raise PoisonMessage(f"{what} is not JSON: {exc}") from None
+    except RecursionError:
+        raise PoisonMessage(f"{what} is JSON nested too deeply") from None
+
+
+def _optional_text(obj: dict, name: str) -> str | None:
+    value = obj.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise PoisonMessage(f"an ObjectCreated record's {name} is not a string")
+    return value
 
 
 def _created_object(record) -> UploadedObject | None:
@@ -67,8 +81,14 @@ def _created_object(record) -> UploadedObject | None:
     key = unquote_plus(key)
     if not isinstance(bucket, str) or not bucket or not key:
         raise PoisonMessage("an ObjectCreated record has an empty bucket name or key")
-    if key.endswith("/"):
-        return None  # a "folder" made by the S3 console, not a file
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        raise PoisonMessage("an ObjectCreated record's key is not valid UTF-8") from None
     size = obj.get("size")
-    return UploadedObject(bucket=bucket, key=key, version_id=obj.get("versionId") or None,
-                          etag=obj.get("eTag") or None, size=size if isinstance(size, int) else None)
+    size = size if isinstance(size, int) and not isinstance(size, bool) else None
+    if key.endswith("/") and not size:
+        return None  # a "folder" made by the S3 console, not a file
+    return UploadedObject(bucket=bucket, key=key, version_id=_optional_text(obj, "versionId"),
+                          etag=_optional_text(obj, "eTag"), size=size,
+                          sequencer=_optional_text(obj, "sequencer") or _optional_text(record, "eventTime"))

@@ -19,33 +19,44 @@ MANAGED_BY = "rates-controller"
 EXIT_INVALID = 2
 
 PREFIX = "rates-platform/"
-BUCKET, KEY, VERSION_ID, ETAG = (PREFIX + n for n in ("bucket", "key", "version-id", "etag"))
+BUCKET, KEY, VERSION_ID, ETAG, SEQUENCER = (
+    PREFIX + n for n in ("bucket", "key", "version-id", "etag", "sequencer"))
 ATTEMPT = PREFIX + "attempt"
 # The attempt that began this round of Jobs: a file set aside and then sent again (a
 # redrive from the dead-letter queue) gets MAX_ATTEMPTS more, under new names.
 ROUND_START = PREFIX + "round-start"
-# Set once the controller has acted on a failed Job (retried or set aside), so it acts once.
+# The UID of the failed Job that this one retries: what tells a retry that was created
+# (by a pass that stopped before it could note it) from an older chain's Job of that name.
+PREVIOUS = PREFIX + "retry-of"
+# A label set once the controller has acted on an ended Job (succeeded, retried, set
+# aside), so that it acts once, and lists only the Jobs it has not acted on yet.
 HANDLED = PREFIX + "handled"
 
 LABELS = {"app.kubernetes.io/name": "rates-ingest", "app.kubernetes.io/component": "ingest",
           "app.kubernetes.io/managed-by": MANAGED_BY}
 SELECTOR = ",".join(f"{k}={v}" for k, v in LABELS.items())
+UNHANDLED = f"{SELECTOR},!{HANDLED}"
 
 
 
 def job_name(obj: UploadedObject, attempt: int) -> str:
     """``ingest-<hash>-<attempt>``: stable for one object, at most 63 characters (a label value)."""
-    identity = "\0".join([obj.bucket, obj.key, obj.version_id or "", obj.etag or ""])
+    identity = "\0".join([obj.bucket, obj.key, obj.version_id or "", obj.etag or "", obj.sequencer or ""])
     digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
     return f"ingest-{digest}-{attempt}"
 
 
-def manifest(obj: UploadedObject, settings: JobSettings, attempt: int = 1, round_start: int = 1) -> dict:
+def manifest(obj: UploadedObject, settings: JobSettings, attempt: int = 1, round_start: int = 1,
+             previous: str | None = None) -> dict:
     annotations = {BUCKET: obj.bucket, KEY: obj.key, ATTEMPT: str(attempt), ROUND_START: str(round_start)}
+    if previous:
+        annotations[PREVIOUS] = previous
     if obj.version_id:
         annotations[VERSION_ID] = obj.version_id
     if obj.etag:
         annotations[ETAG] = obj.etag
+    if obj.sequencer:
+        annotations[SEQUENCER] = obj.sequencer
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -53,7 +64,8 @@ def manifest(obj: UploadedObject, settings: JobSettings, attempt: int = 1, round
         "spec": {
             "backoffLimit": settings.backoff_limit,
             "activeDeadlineSeconds": settings.deadline_seconds,
-            "ttlSecondsAfterFinished": settings.ttl_seconds,
+            # No ttlSecondsAfterFinished yet: a failed Job must outlive its retry delay, so
+            # the controller sets the TTL once it has acted on the ended Job.
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob",
                  "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID]}},
@@ -68,10 +80,17 @@ def manifest(obj: UploadedObject, settings: JobSettings, attempt: int = 1, round
     }
 
 
+def _literal(value: str) -> str:
+    """``value`` safe from Kubernetes' $(VAR) expansion of env values: a key such as
+    ``a$(S3_BUCKET).csv`` must reach the job as written. ``$$`` stands for one ``$``."""
+    return value.replace("$", "$$")
+
+
 def _pod_spec(obj: UploadedObject, settings: JobSettings) -> dict:
-    env = [{"name": "S3_BUCKET", "value": obj.bucket}, {"name": "S3_OBJECT_KEY", "value": obj.key}]
+    env = [{"name": "S3_BUCKET", "value": _literal(obj.bucket)},
+           {"name": "S3_OBJECT_KEY", "value": _literal(obj.key)}]
     if obj.version_id:
-        env.append({"name": "S3_VERSION_ID", "value": obj.version_id})
+        env.append({"name": "S3_VERSION_ID", "value": _literal(obj.version_id)})
     env.append({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
         "name": settings.database_secret, "key": settings.database_secret_key}}})
     env += [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
@@ -103,6 +122,7 @@ class Finished:
     """A Job that has ended: how, and which object it was for."""
 
     name: str
+    uid: str
     obj: UploadedObject
     attempt: int
     round_start: int
@@ -125,9 +145,10 @@ def finished(job) -> Finished | None:
         return None
     notes = job.metadata.annotations or {}
     obj = UploadedObject(bucket=notes.get(BUCKET, ""), key=notes.get(KEY, ""),
-                         version_id=notes.get(VERSION_ID), etag=notes.get(ETAG), size=None)
+                         version_id=notes.get(VERSION_ID), etag=notes.get(ETAG), size=None,
+                         sequencer=notes.get(SEQUENCER))
     attempt = _int(notes.get(ATTEMPT), 1)
-    return Finished(name=job.metadata.name, obj=obj, attempt=attempt,
+    return Finished(name=job.metadata.name, uid=job.metadata.uid, obj=obj, attempt=attempt,
                     round_start=min(_int(notes.get(ROUND_START), 1), attempt),
                     succeeded=condition.type == "Complete", reason=condition.reason or condition.type,
                     message=condition.message or "", ended_at=condition.last_transition_time)

@@ -20,7 +20,7 @@ from . import jobs
 
 # Every call ends in this many seconds (connect, read), so a hung API server cannot stall the loop.
 REQUEST_TIMEOUT = (5, 15)
-_SMP = "application/merge-patch+json"
+_MERGE_PATCH = "application/merge-patch+json"
 
 
 def api_client() -> client.ApiClient:
@@ -86,15 +86,23 @@ class JobsApi:
                 return None
             raise
 
-    def list(self) -> list:
+    def validate(self, manifest: dict) -> None:
+        """Let the API server check a Job without creating it (PermanentError if invalid)."""
+        with classified("checking the Job settings"):
+            self._batch.create_namespaced_job(self.namespace, manifest, dry_run="All",
+                                              _request_timeout=REQUEST_TIMEOUT)
+
+    def unhandled(self) -> list:
+        """The controller's Jobs that it has not acted on since they ended (or that still run)."""
         with classified("listing Jobs"):
-            return self._batch.list_namespaced_job(self.namespace, label_selector=jobs.SELECTOR,
+            return self._batch.list_namespaced_job(self.namespace, label_selector=jobs.UNHANDLED,
                                                    _request_timeout=REQUEST_TIMEOUT).items
 
-    def mark_handled(self, name: str, how: str) -> None:
-        body = {"metadata": {"annotations": {jobs.HANDLED: how}}}
-        with classified(f"annotating Job {name}"):
-            self._batch.patch_namespaced_job(name, self.namespace, body, _content_type=_SMP,
+    def mark_handled(self, name: str, how: str, ttl_seconds: int) -> None:
+        """Label the Job with what was done, and let the TTL controller delete it from now on."""
+        body = {"metadata": {"labels": {jobs.HANDLED: how}}, "spec": {"ttlSecondsAfterFinished": ttl_seconds}}
+        with classified(f"labelling Job {name}"):
+            self._batch.patch_namespaced_job(name, self.namespace, body, _content_type=_MERGE_PATCH,
                                              _request_timeout=REQUEST_TIMEOUT)
 
     def termination_message(self, job_name: str) -> str:

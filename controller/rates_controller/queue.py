@@ -6,17 +6,22 @@ TemporaryError and the message waits.
 """
 
 import contextlib
+import re
 from dataclasses import dataclass
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
+from rates_core.env import ConfigError
 from rates_core.errors import TemporaryError
 
 # SQS caps one receive at 10 messages, and a message attribute value at the message size.
 MAX_BATCH = 10
 MAX_REASON_CHARS = 4000
+# Characters SQS refuses in a message or attribute (it allows XML's): a job's error text
+# may hold any of them, and a refused send would keep a file from ever being set aside.
+_REFUSED = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,10 @@ def sqs_client(poll_wait_seconds: int):
     # The read timeout must outlast a long poll; "standard" retries back off on throttling.
     cfg = botocore.config.Config(connect_timeout=5, read_timeout=poll_wait_seconds + 10,
                                  retries={"mode": "standard", "max_attempts": 3})
-    return boto3.client("sqs", config=cfg)
+    try:
+        return boto3.client("sqs", config=cfg)
+    except botocore.exceptions.NoRegionError:
+        raise ConfigError("no AWS region: set AWS_DEFAULT_REGION (boto3 does not read AWS_REGION)") from None
 
 
 @contextlib.contextmanager
@@ -71,7 +79,7 @@ class Queue:
                                                 VisibilityTimeout=seconds)
 
     def send(self, body: str, attributes: dict[str, str]) -> None:
-        values = {name: {"DataType": "String", "StringValue": value[:MAX_REASON_CHARS] or "-"}
+        values = {name: {"DataType": "String", "StringValue": _REFUSED.sub("?", value[:MAX_REASON_CHARS]) or "-"}
                   for name, value in attributes.items()}
         with classified("send"):
             self._sqs.send_message(QueueUrl=self.url, MessageBody=body, MessageAttributes=values)

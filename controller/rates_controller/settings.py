@@ -11,19 +11,21 @@ JOB_SERVICE_ACCOUNT        service account of the Jobs' pods; its IAM role reads
 DATABASE_SECRET            Secret with the database URL for the Jobs (default rates-database),
 DATABASE_SECRET_KEY        and its key (default url).
 JOB_ENV                    extra environment for the Jobs, a JSON object of strings, e.g.
-                           {"AWS_REGION": "eu-west-1"} (default {}).
+                           {"AWS_DEFAULT_REGION": "eu-west-1"} (default {}).
 JOB_CPU_REQUEST, JOB_MEMORY_REQUEST, JOB_MEMORY_LIMIT
                            the Jobs' resources (default 100m, 192Mi, 384Mi).
 MAX_ACTIVE_JOBS            Jobs running at once; no message is taken while this many run (default 4).
 JOB_BACKOFF_LIMIT          pod retries within one Job for a failure that may pass (default 3).
 JOB_DEADLINE_SECONDS       a Job's activeDeadlineSeconds (default 3600).
-JOB_TTL_SECONDS            how long finished Jobs stay for inspection (default 86400).
-MAX_ATTEMPTS               Jobs per file before it is set aside (default 3).
-RETRY_DELAY_SECONDS        wait before the next Job of a file, doubled each attempt (default 60).
+JOB_TTL_SECONDS            how long ended Jobs stay for inspection once the controller has acted
+                           on them (default 86400).
+MAX_ATTEMPTS               Jobs per file before it is set aside, 1-100 (default 3).
+RETRY_DELAY_SECONDS        wait before the next Job of a file, doubled each attempt, at most a
+                           day (default 60).
 MAX_RECEIVES               deliveries of a message whose Job cannot be created before it is
                            set aside (default 10).
-POLL_WAIT_SECONDS          SQS long-poll wait (default 20).
-VISIBILITY_TIMEOUT         seconds a received message stays hidden from other consumers (default 60).
+POLL_WAIT_SECONDS          SQS long-poll wait, 1-20 (default 20).
+VISIBILITY_TIMEOUT         seconds a received message stays hidden from other consumers (default 60, at least 10).
 METRICS_PORT               port of /metrics and /healthz (default 9090; 0 turns them off).
 LOG_LEVEL                  DEBUG, INFO (default), WARNING or ERROR.
 
@@ -33,6 +35,7 @@ AWS settings come from boto3's standard chain; AWS_ENDPOINT_URL points it at a l
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -40,6 +43,8 @@ from typing import Mapping
 from rates_core.env import ConfigError, env_choice, env_int, env_str
 from rates_core.logs import LEVELS
 
+# What Kubernetes accepts as an environment variable's name.
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -83,11 +88,12 @@ class Settings:
             dead_letter_queue_url=env_str("DEAD_LETTER_QUEUE_URL", environ=environ),
             job=_job_settings(environ),
             max_active_jobs=env_int("MAX_ACTIVE_JOBS", 4, minimum=1, environ=environ),
-            max_attempts=env_int("MAX_ATTEMPTS", 3, minimum=1, environ=environ),
+            max_attempts=_bounded("MAX_ATTEMPTS", 3, 1, 100, environ),
             retry_delay_seconds=env_int("RETRY_DELAY_SECONDS", 60, minimum=0, environ=environ),
             max_receives=env_int("MAX_RECEIVES", 10, minimum=1, environ=environ),
-            poll_wait_seconds=_bounded("POLL_WAIT_SECONDS", 20, 0, 20, environ),
-            visibility_timeout=_bounded("VISIBILITY_TIMEOUT", 60, 0, 43200, environ),
+            # At least 1 s: a zero wait would turn an empty queue into a busy loop.
+            poll_wait_seconds=_bounded("POLL_WAIT_SECONDS", 20, 1, 20, environ),
+            visibility_timeout=_bounded("VISIBILITY_TIMEOUT", 60, 10, 43200, environ),
             metrics_port=_bounded("METRICS_PORT", 9090, 0, 65535, environ),
             log_level=env_choice("LOG_LEVEL", "INFO", LEVELS, environ),
         )
@@ -130,6 +136,9 @@ def _job_env(environ: Mapping[str, str]) -> dict[str, str]:
     reserved = sorted(set(env) & {"S3_BUCKET", "S3_OBJECT_KEY", "S3_VERSION_ID", "DATABASE_URL"})
     if reserved:
         raise ConfigError(f"environment variable JOB_ENV may not set {', '.join(reserved)}: the Job sets them")
+    invalid = sorted(name for name in env if not _ENV_NAME.fullmatch(name))
+    if invalid:
+        raise ConfigError(f"environment variable JOB_ENV has names Kubernetes refuses: {', '.join(invalid)}")
     return env
 
 
@@ -141,5 +150,5 @@ def _string_map(name: str, environ: Mapping[str, str]) -> dict[str, str]:
         value = None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ConfigError(f'environment variable {name} must be a JSON object of strings, such as '
-                          f'{{"AWS_REGION": "eu-west-1"}}, got {raw!r}')
+                          f'{{"AWS_DEFAULT_REGION": "eu-west-1"}}, got {raw!r}')
     return value

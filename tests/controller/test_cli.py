@@ -32,7 +32,7 @@ def test_it_creates_jobs_reports_metrics_and_stops_on_sigterm(kube, namespace, u
     wait_for(lambda: ingest_jobs(kube, namespace), timeout=30, what="the controller to create a Job")
 
     metrics = requests.get(f"{url}/metrics", timeout=5).text
-    assert 'rates_controller_jobs_created_total{attempt="1"} 1.0' in metrics
+    assert 'rates_controller_jobs_created_total{attempt="first"} 1.0' in metrics
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
     wait_for(lambda: sqs.counts() == (0, 0), timeout=10, what="the message to be deleted")
 
@@ -41,3 +41,49 @@ def test_it_creates_jobs_reports_metrics_and_stops_on_sigterm(kube, namespace, u
     lines = [json.loads(line) for line in (tmp_path / "controller.log").read_text().splitlines()]
     ours = [line["event"] for line in lines if "logger" not in line]  # libraries' lines name their logger
     assert ours[0] == "started" and ours[-1] == "stopped"
+
+
+@pytest.mark.kube
+def test_job_settings_the_api_server_refuses_stop_it_at_start(sqs, namespace, moto_endpoint, kubeconfig):
+    from tests.controller.conftest import controller_env
+
+    env = {**controller_env(sqs, namespace, moto_endpoint, kubeconfig, 0),
+           "JOB_MEMORY_REQUEST": "512Mi", "JOB_MEMORY_LIMIT": "64Mi"}
+    result = subprocess.run([sys.executable, "-m", "rates_controller"], env=env, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    error = json.loads(result.stdout.splitlines()[-1])["error"]
+    assert "the API server refuses the Jobs these settings make" in error and "memory" in error
+
+
+@pytest.mark.kube
+def test_a_metrics_port_in_use_is_a_configuration_error(sqs, namespace, moto_endpoint, kubeconfig):
+    import socket
+
+    from tests.controller.conftest import controller_env
+
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        env = controller_env(sqs, namespace, moto_endpoint, kubeconfig, taken.getsockname()[1])
+        result = subprocess.run([sys.executable, "-m", "rates_controller"], env=env, capture_output=True,
+                                text=True, timeout=60)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Address already in use" in json.loads(result.stdout.splitlines()[-1])["error"]
+
+
+def test_no_aws_region_is_a_configuration_error(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+                          "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+                          "current-context: c\n")
+    env = {"PATH": "/usr/bin:/bin", "QUEUE_URL": "http://127.0.0.1:1/q", "DEAD_LETTER_QUEUE_URL": "http://127.0.0.1:1/d",
+           "JOB_IMAGE": "i", "JOB_NAMESPACE": "n", "KUBECONFIG": str(kubeconfig), "METRICS_PORT": "0",
+           "AWS_REGION": "eu-west-1", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+    result = subprocess.run([sys.executable, "-m", "rates_controller"], env=env, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "set AWS_DEFAULT_REGION" in json.loads(result.stdout.splitlines()[-1])["error"]

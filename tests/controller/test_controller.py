@@ -33,7 +33,8 @@ def test_an_upload_gets_one_job_and_its_message_is_deleted(kube, namespace, uplo
     assert [r.action for r in job.spec.pod_failure_policy.rules] == ["FailJob", "Ignore"]
     assert sqs.counts() == (0, 0)
     assert sample(controller.metrics, "rates_controller_messages_total", outcome="jobs_created") == 1
-    assert sample(controller.metrics, "rates_controller_jobs_created_total", attempt="1") == 1
+    assert sample(controller.metrics, "rates_controller_jobs_created_total", attempt="first") == 1
+    assert job.spec.ttl_seconds_after_finished is None  # set once the controller has acted on its end
 
 
 def test_a_message_delivered_twice_makes_one_job(kube, namespace, uploads, sqs, make_controller):
@@ -48,6 +49,31 @@ def test_a_message_delivered_twice_makes_one_job(kube, namespace, uploads, sqs, 
 
     assert len(ingest_jobs(kube, namespace)) == 1
     assert sqs.counts() == (0, 0)
+
+
+def test_a_duplicate_delivery_is_counted_as_one(kube, namespace, sqs, make_controller):
+    event = json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": "b"}, "object": {"key": "p.csv", "eTag": "e", "sequencer": "01"}}}]})
+    sqs.send(event)
+    sqs.send(event)
+    controller = make_controller()
+
+    controller.step()
+
+    assert len(ingest_jobs(kube, namespace)) == 1
+    assert sample(controller.metrics, "rates_controller_messages_total", outcome="jobs_created") == 1
+    assert sample(controller.metrics, "rates_controller_messages_total", outcome="duplicate") == 1
+
+
+def test_the_same_content_uploaded_again_is_loaded_again(kube, namespace, uploads, make_controller):
+    # A, then B, then A again in an unversioned bucket: the third upload has A's ETag, but
+    # it is a new upload the database must get (the key's rows are B's until then).
+    for body in (b"A", b"B", b"A"):
+        uploads.put("p.csv", body)
+
+    make_controller().step()
+
+    assert len(ingest_jobs(kube, namespace)) == 3
 
 
 def test_each_version_of_a_key_gets_its_own_job(kube, namespace, uploads, make_controller):
@@ -84,6 +110,30 @@ def test_a_poison_message_is_set_aside_with_its_reason_and_blocks_nothing(kube, 
     assert [j.metadata.annotations[jobs.KEY] for j in ingest_jobs(kube, namespace)] == ["after.csv"]
     assert sqs.counts() == (0, 0)
     assert sample(controller.metrics, "rates_controller_files_set_aside_total", reason="poison") == 1
+
+
+def test_a_message_the_controller_fails_on_is_set_aside_and_the_loop_goes_on(kube, namespace, uploads, sqs,
+                                                                               make_controller, monkeypatch):
+    from rates_controller import events
+
+    parse = events.uploaded_objects
+
+    def fails_on_one(body):  # stands for a bug that only one odd message meets
+        if "odd.csv" in body:
+            raise ValueError("a bug")
+        return parse(body)
+
+    monkeypatch.setattr(events, "uploaded_objects", fails_on_one)
+    uploads.put("odd.csv", b"x")
+    uploads.put("fine.csv", b"x")
+    controller = make_controller()
+
+    controller.step()
+
+    [dead] = sqs.dead_letters()
+    assert "odd.csv" in dead["body"] and "the controller failed on this message" in dead["reason"]
+    assert [j.metadata.annotations[jobs.KEY] for j in ingest_jobs(kube, namespace)] == ["fine.csv"]
+    assert sqs.counts() == (0, 0)
 
 
 def test_test_events_and_removals_are_deleted_without_a_job(kube, namespace, sqs, make_controller):

@@ -19,7 +19,7 @@ def body(*records):
 
 def test_an_object_created_record_becomes_the_object_to_load():
     assert uploaded_objects(body(record("2016/jan.csv", versionId="v1", sequencer="0A"))) == [
-        UploadedObject(bucket="uploads", key="2016/jan.csv", version_id="v1", etag="abc", size=10)]
+        UploadedObject(bucket="uploads", key="2016/jan.csv", version_id="v1", etag="abc", size=10, sequencer="0A")]
 
 
 @pytest.mark.parametrize("encoded, key", [
@@ -43,6 +43,16 @@ def test_s3s_test_event_and_console_folders_announce_nothing():
     test_event = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "uploads"})
     assert uploaded_objects(test_event) == []
     assert uploaded_objects(body(record("2016/", size=0))) == []
+    # A key ending in / that holds data is a file (the job will say what it makes of it).
+    assert [o.key for o in uploaded_objects(body(record("odd/", size=5)))] == ["odd/"]
+
+
+def test_without_a_sequencer_the_events_time_tells_uploads_of_one_content_apart():
+    # moto's events have no sequencer; AWS's do. Either way a redelivery keeps the value.
+    rec = {**record("p.csv"), "eventTime": "2026-11-29T04:00:00.123Z"}
+    assert uploaded_objects(body(rec))[0].sequencer == "2026-11-29T04:00:00.123Z"
+    assert uploaded_objects(body({**rec, "s3": {**rec["s3"], "object": {
+        **rec["s3"]["object"], "sequencer": "0055AED6DCD90281E5"}}}))[0].sequencer == "0055AED6DCD90281E5"
 
 
 def test_a_notification_wrapped_by_sns_is_unwrapped():
@@ -70,6 +80,11 @@ def test_a_missing_version_id_and_etag_are_none():
     ('{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", '
      '"s3": {"bucket": {"name": ""}, "object": {"key": "k"}}}]}', "empty bucket name or key"),
     ('{"Type": "Notification", "Message": "nope"}', "SNS notification's Message is not JSON"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    (body(record("x.csv", versionId=5)), "versionId is not a string"),
+    (body(record("x.csv", eTag=["a"])), "eTag is not a string"),
+    (body(record("x.csv", sequencer={})), "sequencer is not a string"),
+    (body(record("\ud800.csv")), "not valid UTF-8"),
 ])
 def test_anything_else_is_a_poison_message_with_the_reason(text, reason):
     with pytest.raises(PoisonMessage, match=reason):

@@ -24,8 +24,8 @@ def step_until(controller, predicate, timeout=90, what="condition"):
 
 def handled(kube, namespace) -> dict[str, str]:
     """{job name: what the controller did} for the Jobs it has acted on."""
-    return {j.metadata.name: j.metadata.annotations[jobs.HANDLED] for j in ingest_jobs(kube, namespace)
-            if jobs.HANDLED in (j.metadata.annotations or {})}
+    return {j.metadata.name: j.metadata.labels[jobs.HANDLED] for j in ingest_jobs(kube, namespace)
+            if jobs.HANDLED in (j.metadata.labels or {})}
 
 
 def test_a_loaded_file_ends_its_job(dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime,
@@ -38,6 +38,7 @@ def test_a_loaded_file_ends_its_job(dsn, world, kube, namespace, uploads, sqs, m
     step_until(controller, lambda: handled(kube, namespace), what="the Job to end")
 
     assert list(handled(kube, namespace).values()) == ["succeeded"], local_node.errors
+    assert ingest_jobs(kube, namespace)[0].spec.ttl_seconds_after_finished == 86400  # from now on
     assert len(prices(conn)) == len(ROWS)
     assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="succeeded") == 1
     assert sqs.dead_letters() == []
@@ -73,7 +74,7 @@ def test_a_file_that_keeps_failing_is_retried_set_aside_and_loads_after_a_redriv
     step_until(controller, lambda: len(handled(kube, namespace)) == 2, what="two Jobs to end")
 
     first, second = ingest_jobs(kube, namespace)
-    assert [first.metadata.annotations[jobs.HANDLED], second.metadata.annotations[jobs.HANDLED]] == [
+    assert [first.metadata.labels[jobs.HANDLED], second.metadata.labels[jobs.HANDLED]] == [
         "retried", "set-aside"]
     assert second.metadata.annotations[jobs.ATTEMPT] == "2"
     [dead] = sqs.dead_letters()
@@ -87,7 +88,82 @@ def test_a_file_that_keeps_failing_is_retried_set_aside_and_loads_after_a_redriv
     step_until(controller, lambda: len(handled(kube, namespace)) == 3, what="the third Job to end")
 
     third = ingest_jobs(kube, namespace)[-1]
-    assert (third.metadata.annotations[jobs.ATTEMPT], third.metadata.annotations[jobs.HANDLED]) == (
+    assert (third.metadata.annotations[jobs.ATTEMPT], third.metadata.labels[jobs.HANDLED]) == (
         "3", "succeeded")
     assert len(prices(conn)) == len(ROWS)
     assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="retried") == 1
+
+
+def test_a_key_that_looks_like_a_kubernetes_variable_reference_loads_as_written(
+        dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
+    job_runtime(dsn)
+    controller = make_controller()
+    key = "2016/x$(S3_BUCKET) $$.csv"  # Kubernetes would expand $(S3_BUCKET) in an env value
+    uploads.put(key, as_csv(ROWS))
+
+    step_until(controller, lambda: handled(kube, namespace), what="the Job to end")
+
+    assert list(handled(kube, namespace).values()) == ["succeeded"], sqs.dead_letters()
+    assert [r["key"] for r in runs(world)] == [key]
+
+
+DOWN = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
+
+
+def test_a_retry_goes_past_an_older_chains_job_of_the_same_name(
+        dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
+    job_runtime(DOWN)
+    controller = make_controller(max_attempts=2, retry_delay_seconds=0, job_backoff_limit=0)
+    uploads.put("p.csv", as_csv(ROWS))
+    step_until(controller, lambda: len(handled(kube, namespace)) == 2, what="the first chain to end")
+    [dead] = sqs.dead_letters()
+    # Job 1 is gone (its TTL ends first), Job 2 stays; the file is sent back.
+    kube.batch.delete_namespaced_job(ingest_jobs(kube, namespace)[0].metadata.name, namespace,
+                                     propagation_policy="Background")
+    sqs.send(dead["body"])
+
+    # The new chain starts at 1 again; its retry must not take old Job 2 for its own.
+    step_until(controller, lambda: sum(v == "set-aside" for v in handled(kube, namespace).values()) == 2,
+               what="the second chain to be set aside")
+
+    attempts = sorted(int(j.metadata.annotations[jobs.ATTEMPT]) for j in ingest_jobs(kube, namespace))
+    assert attempts == [1, 2, 3]
+    assert len(sqs.dead_letters()) == 1
+
+
+def test_a_retry_the_api_server_refuses_sets_the_file_aside_and_the_loop_goes_on(
+        dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
+    job_runtime(DOWN)
+    first = make_controller(retry_delay_seconds=0, job_backoff_limit=0)
+    uploads.put("p.csv", as_csv(ROWS))
+    step_until(first, lambda: any(jobs.finished(j) for j in ingest_jobs(kube, namespace)),
+               what="the first Job to fail")
+
+    # A rollout with Job settings the API server refuses meets the failed Job's retry.
+    broken = make_controller(retry_delay_seconds=0, job_memory_request="512Mi", job_memory_limit="64Mi")
+    broken.step()
+
+    assert list(handled(kube, namespace).values()) == ["set-aside"]
+    [dead] = sqs.dead_letters()
+    assert "its next Job cannot be created" in dead["reason"] and "422" in dead["reason"]
+
+
+def test_a_retry_waits_for_a_free_slot(dsn, world, kube, namespace, uploads, sqs, make_controller,
+                                       job_runtime, local_node):
+    job_runtime(DOWN)
+    controller = make_controller(max_active_jobs=1, max_attempts=2, retry_delay_seconds=0,
+                                 job_backoff_limit=0)
+    uploads.put("p.csv", as_csv(ROWS))
+    uploads.put("q.csv", as_csv(ROWS))
+    most = 0
+
+    def all_set_aside():
+        nonlocal most
+        found = ingest_jobs(kube, namespace)
+        most = max(most, sum(jobs.finished(j) is None for j in found))
+        return sum(j.metadata.labels.get(jobs.HANDLED) == "set-aside" for j in found) == 2
+
+    step_until(controller, all_set_aside, timeout=120, what="both files to be set aside")
+
+    assert most == 1
+    assert len(ingest_jobs(kube, namespace)) == 4

@@ -326,7 +326,20 @@ def _tail(log: Path, max_lines: int = 80, max_bytes: int = 2048) -> str:
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
-    """Kubernetes-style $(VAR) expansion (no shell)."""
-    for key, val in env.items():
-        value = value.replace(f"$({key})", val)
-    return value
+    """Kubernetes-style $(VAR) expansion (no shell): ``$(NAME)`` of a defined variable is
+    its value, ``$$`` is one literal ``$``, and anything else stays as written."""
+    out, i = [], 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+            continue
+        if value.startswith("$(", i):
+            end = value.find(")", i + 2)
+            if end != -1 and value[i + 2:end] in env:
+                out.append(env[value[i + 2:end]])
+                i = end + 1
+                continue
+        out.append(value[i])
+        i += 1
+    return "".join(out)
