@@ -1,0 +1,119 @@
+{{/*
+The chart name, limited to 63 characters (a DNS label).
+*/}}
+{{- define "rates-controller.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name: the release name, plus the chart name unless the release name already
+contains it; so `helm install rates-controller` gives "rates-controller".
+*/}}
+{{- define "rates-controller.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rates-controller.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels of the controller pod. The component is part of them so that the
+Service never selects the `helm test` pod, which shares name and instance.
+*/}}
+{{- define "rates-controller.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rates-controller.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{/*
+Labels every object of the release has, whatever its component.
+*/}}
+{{- define "rates-controller.metaLabels" -}}
+helm.sh/chart: {{ include "rates-controller.chart" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: rates-platform
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Labels of the controller's own objects.
+*/}}
+{{- define "rates-controller.labels" -}}
+{{ include "rates-controller.selectorLabels" . }}
+{{ include "rates-controller.metaLabels" . }}
+{{- end }}
+
+{{- define "rates-controller.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "rates-controller.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "rates-controller.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "rates-controller.jobImage" -}}
+{{- printf "%s:%s" .Values.jobs.image.repository (default .Chart.AppVersion .Values.jobs.image.tag) }}
+{{- end }}
+
+{{/*
+JOB_ENV: the Jobs' extra environment. The bucket and the queues are in one region (S3
+only notifies a queue in its own region), so the Jobs get aws.region unless jobs.env
+names another; as AWS_DEFAULT_REGION too, the only one boto3 reads.
+*/}}
+{{- define "rates-controller.jobEnv" -}}
+{{- $region := dict "AWS_REGION" .Values.aws.region "AWS_DEFAULT_REGION" .Values.aws.region }}
+{{- $env := merge (deepCopy .Values.jobs.env) $region }}
+{{- toJson $env }}
+{{- end }}
+
+{{/*
+Pod and container security settings, shared by the controller and the test pod. The
+image's user is 10001 and nothing is written to its filesystem.
+*/}}
+{{- define "rates-controller.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "rates-controller.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+Checks that span several values, which values.schema.json cannot express.
+*/}}
+{{- define "rates-controller.validate" -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.controller.pollWaitSeconds) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed controller.pollWaitSeconds (%d): the controller finishes its long poll before it exits" (int .Values.terminationGracePeriodSeconds) (int .Values.controller.pollWaitSeconds)) }}
+{{- end }}
+{{- if eq (include "rates-controller.serviceAccountName" .) .Values.jobs.serviceAccount.name }}
+{{- fail "jobs.serviceAccount.name must differ from the controller's ServiceAccount: the Jobs would get its IAM role" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,606 @@
+"""The controller's Helm chart (charts/rates-controller) against the real tools and API server.
+
+Rendering, linting and the values schema; the rendered manifests validated by kubeconform
+and by the API server; install, upgrade and uninstall; and the controller's RBAC proven
+with its own ServiceAccount token, first call by call and then by running the real
+controller process with the Deployment's own environment until a file's Job has failed and
+the file has been set aside (which takes every right the Role grants).
+"""
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from rates_controller import jobs as controller_jobs
+from rates_controller import settings as controller_settings
+from rates_controller.events import UploadedObject
+from rates_controller.settings import JobSettings, Settings
+# The controller tests' queue fixtures, shared rather than copied.
+from tests.controller.conftest import ingest_jobs, sqs, uploads  # noqa: F401
+from tests.support.kube import export_json_schemas
+from tests.support.net import free_port, wait_for_http
+from tests.support.poll import wait_for
+from tests.support.proc import stop_process
+
+pytestmark = pytest.mark.kube
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "rates-controller"
+RELEASE = "rates-controller"
+ENVIRONMENTS = ["dev", "staging", "prod"]
+# What every install passes with --set (account-specific, so in no values file).
+REQUIRED = {
+    "queue.url": "https://sqs.eu-west-1.amazonaws.com/123456789012/rates-uploads",
+    "queue.deadLetterUrl": "https://sqs.eu-west-1.amazonaws.com/123456789012/rates-uploads-dead",
+    "aws.region": "eu-west-1",
+}
+ROLE_ARNS = {
+    "serviceAccount.roleArn": "arn:aws:iam::123456789012:role/rates-controller",
+    "jobs.serviceAccount.roleArn": "arn:aws:iam::123456789012:role/rates-ingest",
+}
+IRSA = "eks.amazonaws.com/role-arn"
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def helm(kube_tools, kubeconfig, tmp_path_factory):
+    """helm(*args, check=True) with its own HOME, so no developer configuration leaks in."""
+    home = tmp_path_factory.mktemp("helm-home")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+        "KUBECONFIG": str(kubeconfig),
+    }
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(kube_tools["helm"]), *args], cwd=home, env=env,
+                              capture_output=True, text=True, timeout=120)
+        if check:
+            assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    return run
+
+
+def values_args(environment: str | None = None, sets: dict | None = None, json_sets: dict | None = None) -> list[str]:
+    """-f for the environment's values file, and --set for REQUIRED updated by ``sets``
+    (a value of None leaves the key out)."""
+    args = ["-f", str(CHART / f"values-{environment}.yaml")] if environment else []
+    for key, value in {**REQUIRED, **(sets or {})}.items():
+        if value is not None:
+            args += ["--set-string" if isinstance(value, str) else "--set", f"{key}={value}"]
+    for key, value in (json_sets or {}).items():
+        args += ["--set-json", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def render(helm, *args: str, namespace: str = "rates") -> list[dict]:
+    out = helm("template", RELEASE, str(CHART), "--namespace", namespace, *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    [found] = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    return found
+
+
+def merged_values(environment: str) -> dict:
+    """values.yaml with the environment's file over it, as helm merges them."""
+    def merge(base, over):
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+        return base
+
+    base = yaml.safe_load((CHART / "values.yaml").read_text())
+    return merge(base, yaml.safe_load((CHART / f"values-{environment}.yaml").read_text()) or {})
+
+
+def container_env(container: dict, namespace: str) -> dict[str, str]:
+    """The container's environment as the kubelet would set it (fieldRef to the namespace only)."""
+    env = {}
+    for var in container["env"]:
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", var
+            env[var["name"]] = namespace
+    return env
+
+
+def setting_names() -> set[str]:
+    """Every variable that rates_controller/settings.py documents."""
+    names = re.findall(r"^([A-Z]+_[A-Z_]+(?:, [A-Z]+_[A-Z_]+)*)\s", controller_settings.__doc__, re.M)
+    return {n for group in names for n in group.split(", ")}
+
+
+def kubectl(kube_tools, kubeconfig, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(kube_tools["kubectl"]), "--kubeconfig", str(kubeconfig), *args],
+                          input=input, capture_output=True, text=True, timeout=60)
+
+
+def token_for(kube, namespace: str, service_account: str) -> str:
+    return kube.core.create_namespaced_service_account_token(
+        service_account, namespace, {"spec": {"expirationSeconds": 600}}).status.token
+
+
+def status_of(call) -> int:
+    try:
+        call()
+    except ApiException as exc:
+        return exc.status
+    return 200
+
+
+def gone(read) -> bool:
+    return status_of(read) == 404
+
+
+def yaml_app_version() -> str:
+    return yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+
+def sample_job(namespace: str, key: str = "2024/prices.csv") -> dict:
+    obj = UploadedObject(bucket="rates-uploads", key=key, version_id=None, etag="abc", size=1)
+    return controller_jobs.manifest(obj, JobSettings(namespace=namespace, image="rates-ingest:test"))
+
+
+# --- rendering, lint, schema ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environment", [None, *ENVIRONMENTS])
+def test_lint_strict_passes(helm, environment):
+    proc = helm("lint", "--strict", str(CHART), *values_args(environment, ROLE_ARNS))
+    assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout
+
+
+def test_every_value_is_documented_in_the_readme():
+    def leaves(values: dict, prefix: str = ""):
+        for key, value in values.items():
+            if isinstance(value, dict) and value:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    table = {m for m in re.findall(r"^\| `([^`]+)` \|", (CHART / "README.md").read_text(), re.M)}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    undocumented = [leaf for leaf in leaves(values)
+                    if not any(leaf == row or leaf.startswith(row + ".") for row in table)]
+    assert undocumented == []
+
+
+@pytest.fixture(scope="module")
+def schemas(kube, tmp_path_factory) -> Path:
+    return export_json_schemas(kube, tmp_path_factory.mktemp("schemas"))
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kube_tools, kubeconfig, schemas,
+                                                                  namespace, environment):
+    args = values_args(environment, ROLE_ARNS)
+    rendered = helm("template", RELEASE, str(CHART), "--namespace", namespace, *args).stdout
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
+    # Two ServiceAccounts (controller, Jobs), the test hook's Pod; and no Secret, ever.
+    assert kinds == ["Deployment", "Pod", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
+
+    proc = subprocess.run(
+        [str(kube_tools["kubeconform"]), "-strict", "-summary", "-output", "json",
+         "-schema-location", str(schemas) + "/{{ .ResourceKind }}{{ .KindSuffix }}.json"],
+        input=rendered, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)["summary"]
+    assert summary == {"valid": len(kinds), "invalid": 0, "errors": 0, "skipped": 0}, summary
+
+    proc = kubectl(kube_tools, kubeconfig, "apply", "--dry-run=server", "--validate=strict", "-n", namespace,
+                   "-f", "-", input=rendered)
+    assert proc.returncode == 0, proc.stderr
+    for what in ("deployment.apps/rates-controller", "serviceaccount/rates-controller",
+                 "serviceaccount/rates-ingest", "role.rbac.authorization.k8s.io/rates-controller",
+                 "rolebinding.rbac.authorization.k8s.io/rates-controller", "service/rates-controller",
+                 "pod/rates-controller-test-healthz"):
+        assert f"{what} created (server dry run)" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("sets, error", [
+    pytest.param({"queue.url": None}, "at '/queue/url'", id="no-queue-url"),
+    pytest.param({"queue.deadLetterUrl": "sqs://uploads-dead"}, "at '/queue/deadLetterUrl'", id="not-a-queue-url"),
+    pytest.param({"controller.maxActiveJobs": 0}, "at '/controller/maxActiveJobs': minimum",
+                 id="max-active-jobs-0"),
+    pytest.param({"controller.maxActivJobs": 2}, "additional properties 'maxActivJobs' not allowed",
+                 id="unknown-key"),
+    pytest.param({"replicaCount": 2}, "additional properties 'replicaCount' not allowed", id="unknown-top-level-key"),
+    pytest.param({"controller.pollWaitSeconds": 21}, "at '/controller/pollWaitSeconds': maximum",
+                 id="poll-wait-over-20"),
+    pytest.param({"controller.pollWaitSeconds": 0}, "at '/controller/pollWaitSeconds': minimum", id="poll-wait-0"),
+    pytest.param({"controller.visibilityTimeout": 5}, "at '/controller/visibilityTimeout': minimum",
+                 id="visibility-timeout-under-10"),
+    pytest.param({"controller.maxAttempts": "3"}, "at '/controller/maxAttempts'", id="number-as-string"),
+    pytest.param({"metrics.port": 0}, "at '/metrics/port': minimum", id="metrics-off"),
+    pytest.param({"controller.logLevel": "TRACE"}, "at '/controller/logLevel'", id="log-level"),
+    pytest.param({"jobs.resources.limits.memory": "lots"}, "at '/jobs/resources/limits/memory'",
+                 id="bad-quantity"),
+    pytest.param({"jobs.env.DATABASE_URL": "postgresql://x"}, "invalid propertyName 'DATABASE_URL'",
+                 id="reserved-job-env"),
+    pytest.param({"jobs.env.LIMIT": 5}, "at '/jobs/env/LIMIT'", id="job-env-not-a-string"),
+    pytest.param({"jobs.env.1LIMIT": "5"}, "invalid propertyName '1LIMIT'", id="job-env-bad-name"),
+    pytest.param({"serviceAccount.roleArn": "rates-controller"}, "at '/serviceAccount/roleArn'",
+                 id="role-not-an-arn"),
+    pytest.param({"database.existingSecret": ""}, "at '/database/existingSecret'", id="no-secret-name"),
+    pytest.param({"database.password": "hunter2"}, "additional properties 'password' not allowed",
+                 id="no-secret-values"),
+    pytest.param({"terminationGracePeriodSeconds": 20},
+                 "terminationGracePeriodSeconds (20) must exceed controller.pollWaitSeconds (20)",
+                 id="grace-not-above-poll-wait"),
+    pytest.param({"serviceAccount.name": "rates-ingest", "jobs.serviceAccount.create": False},
+                 "jobs.serviceAccount.name must differ", id="jobs-share-the-controllers-account"),
+])
+def test_bad_values_are_refused(helm, sets, error):
+    proc = helm("template", RELEASE, str(CHART), *values_args("dev", sets), check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert error in proc.stderr, proc.stderr
+
+
+def test_the_queue_urls_and_region_are_required(helm):
+    proc = helm("template", RELEASE, str(CHART), check=False)
+    assert proc.returncode != 0
+    for field in ("/queue/url", "/queue/deadLetterUrl", "/aws/region"):
+        assert f"at '{field}'" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_the_deployment_is_a_valid_controller_configuration(helm, environment):
+    values = merged_values(environment)
+    docs = render(helm, *values_args(environment, ROLE_ARNS), namespace="rates-" + environment)
+    deployment = one(docs, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    env = container_env(container, namespace="rates-" + environment)
+
+    # Every setting the controller documents comes from the chart, and the controller
+    # accepts them all.
+    assert setting_names() <= set(env), setting_names() - set(env)
+    settings = Settings.from_env(env)
+    controller, jobs = values["controller"], values["jobs"]
+    assert settings == Settings(
+        queue_url=REQUIRED["queue.url"], dead_letter_queue_url=REQUIRED["queue.deadLetterUrl"],
+        job=JobSettings(
+            namespace="rates-" + environment, image=f"rates-ingest:{yaml_app_version()}",
+            service_account="rates-ingest", database_secret="rates-database", database_secret_key="url",
+            env={"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1"},
+            cpu_request=jobs["resources"]["requests"]["cpu"],
+            memory_request=jobs["resources"]["requests"]["memory"],
+            memory_limit=jobs["resources"]["limits"]["memory"], backoff_limit=jobs["backoffLimit"],
+            deadline_seconds=jobs["activeDeadlineSeconds"], ttl_seconds=jobs["ttlSecondsAfterFinished"]),
+        max_active_jobs=controller["maxActiveJobs"], max_attempts=controller["maxAttempts"],
+        retry_delay_seconds=controller["retryDelaySeconds"], max_receives=controller["maxReceives"],
+        poll_wait_seconds=controller["pollWaitSeconds"], visibility_timeout=controller["visibilityTimeout"],
+        metrics_port=9090, log_level=controller["logLevel"])
+    # boto3 reads only AWS_DEFAULT_REGION
+    assert env["AWS_DEFAULT_REGION"] == env["AWS_REGION"] == "eu-west-1"
+
+    # The image's entrypoint runs the controller; the Jobs' account is the chart's.
+    assert container["image"] == f"rates-controller:{yaml_app_version()}" and "command" not in container
+    job_account = one(docs, "ServiceAccount", env["JOB_SERVICE_ACCOUNT"])
+    assert job_account["automountServiceAccountToken"] is False
+    assert job_account["metadata"]["annotations"] == {IRSA: ROLE_ARNS["jobs.serviceAccount.roleArn"]}
+    account = one(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert account["metadata"]["annotations"] == {IRSA: ROLE_ARNS["serviceAccount.roleArn"]}
+    assert account["automountServiceAccountToken"] is True and pod["automountServiceAccountToken"] is True
+
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]} and context["runAsNonRoot"] is True
+    assert (context["runAsUser"], context["runAsGroup"]) == (10001, 10001)
+
+    # The probe reaches /healthz on the metrics port, and gives a stalled loop time: the
+    # controller itself only answers 503 after 3 long polls plus 3 minutes.
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+    probe = container["livenessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert probe["timeoutSeconds"] >= 5 and probe["periodSeconds"] * probe["failureThreshold"] >= 60
+    assert "readinessProbe" not in container
+    assert pod["terminationGracePeriodSeconds"] > settings.poll_wait_seconds
+    assert container["resources"] == values["resources"]
+
+    service = one(docs, "Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    for key in ("name", "instance", "version", "component", "managed-by"):
+        assert f"app.kubernetes.io/{key}" in deployment["metadata"]["labels"]
+    assert deployment["metadata"]["labels"]["helm.sh/chart"] == "rates-controller-0.1.0"
+
+
+def test_values_reach_the_controller_unmangled(helm, tmp_path):
+    """Large numbers from a values file stay integers (helm reads them as floats, which
+    print as 1e+06), and the Jobs' environment is a JSON object of strings that keeps its
+    own region."""
+    overrides = tmp_path / "values-big.yaml"
+    overrides.write_text(yaml.safe_dump({
+        "jobs": {"ttlSecondsAfterFinished": 1000000, "activeDeadlineSeconds": 86400, "image": {"tag": "1.2.4"},
+                 "env": {"INGEST_WORK_MEM": "128MB", "AWS_REGION": "us-east-2", "AWS_DEFAULT_REGION": "us-east-2"}},
+        "controller": {"retryDelaySeconds": 3600000},
+        "image": {"tag": "1.2.3"},
+    }))
+    docs = render(helm, *values_args("prod"), "-f", str(overrides))
+    [container] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    settings = Settings.from_env(container_env(container, "rates"))
+    assert settings.job.ttl_seconds == 1000000 and settings.job.deadline_seconds == 86400
+    assert settings.retry_delay_seconds == 3600000
+    assert settings.job.env == {"INGEST_WORK_MEM": "128MB", "AWS_REGION": "us-east-2",
+                                "AWS_DEFAULT_REGION": "us-east-2"}
+    assert container["image"] == "rates-controller:1.2.3" and settings.job.image == "rates-ingest:1.2.4"
+
+
+def test_the_service_monitor_scrapes_the_metrics_service(helm):
+    assert not [d for d in render(helm, *values_args()) if d["kind"] == "ServiceMonitor"]  # off by default
+
+    docs = render(helm, *values_args(sets={"metrics.serviceMonitor.enabled": True,
+                                           "metrics.serviceMonitor.labels.release": "prometheus"}))
+    monitor, service = one(docs, "ServiceMonitor"), one(docs, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["rates"]}
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
+
+
+def test_the_helm_test_hook_fails_unless_healthz_answers_200(helm, tmp_path):
+    """The hook pod's own script, run here against a server that answers 503, then 200."""
+    docs = render(helm, *values_args())
+    hook = one(docs, "Pod")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert hook["metadata"]["labels"]["app.kubernetes.io/component"] == "test"  # not behind the Service
+    [container] = hook["spec"]["containers"]
+    assert container["image"] == one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert container["args"] == ["http://rates-controller.rates.svc:9090/healthz"]
+    assert hook["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert hook["spec"]["automountServiceAccountToken"] is False
+
+    answer = {"status": 503}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(answer["status"] if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/healthz"
+        run = [sys.executable, *container["command"][1:], url]
+        stalled = subprocess.run(run, capture_output=True, text=True, timeout=30)
+        assert stalled.returncode != 0 and f"GET {url}: 503" in stalled.stdout
+        answer["status"] = 200
+        healthy = subprocess.run(run, capture_output=True, text=True, timeout=30)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- on the API server ----------------------------------------------------------------
+
+
+def test_install_upgrade_and_uninstall(helm, kube, namespace):
+    installed = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *values_args("dev", ROLE_ARNS))
+    # NOTES.txt: how to check the Secret the chart does not make, and no warning with both roles set
+    assert f"kubectl -n {namespace} get secret rates-database" in installed.stdout, installed.stdout
+    assert "WARNING" not in installed.stdout
+
+    deployment = kube.apps.read_namespaced_deployment(RELEASE, namespace)
+    assert deployment.spec.replicas == 1 and deployment.spec.strategy.type == "Recreate"
+    env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}
+    assert env["MAX_ACTIVE_JOBS"] == "1" and env["JOB_TTL_SECONDS"] == "3600"
+    controller_account = kube.core.read_namespaced_service_account(RELEASE, namespace)
+    assert controller_account.metadata.annotations[IRSA] == ROLE_ARNS["serviceAccount.roleArn"]
+    jobs_account = kube.core.read_namespaced_service_account("rates-ingest", namespace)
+    assert jobs_account.automount_service_account_token is False
+    role = kube.rbac.read_namespaced_role(RELEASE, namespace)
+    assert [(r.api_groups, r.resources, r.verbs) for r in role.rules] == [
+        (["batch"], ["jobs"], ["create", "get", "list", "patch"]), ([""], ["pods"], ["list"])]
+    binding = kube.rbac.read_namespaced_role_binding(RELEASE, namespace)
+    assert (binding.role_ref.kind, binding.role_ref.name) == ("Role", RELEASE)
+    assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [("ServiceAccount", RELEASE, namespace)]
+    assert kube.core.read_namespaced_service(RELEASE, namespace).spec.ports[0].name == "metrics"
+    with pytest.raises(ApiException) as no_secret:  # the chart never makes one
+        kube.core.read_namespaced_secret("rates-database", namespace)
+    assert no_secret.value.status == 404
+
+    new_role = "arn:aws:iam::123456789012:role/rates-ingest-v2"
+    helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace,
+         *values_args("prod", {**ROLE_ARNS, "jobs.serviceAccount.roleArn": new_role, "image.tag": "0.2.0"}))
+
+    deployment = kube.apps.read_namespaced_deployment(RELEASE, namespace)
+    env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}
+    assert env["MAX_ACTIVE_JOBS"] == "8" and env["JOB_MEMORY_LIMIT"] == "512Mi"
+    assert deployment.spec.template.spec.containers[0].image == "rates-controller:0.2.0"
+    jobs_account = kube.core.read_namespaced_service_account("rates-ingest", namespace)
+    assert jobs_account.metadata.annotations[IRSA] == new_role
+    [release] = json.loads(helm("list", "-n", namespace, "-o", "json").stdout)
+    assert (release["name"], release["revision"], release["status"]) == (RELEASE, "2", "deployed")
+
+    helm("uninstall", RELEASE, "-n", namespace)
+
+    wait_for(lambda: gone(lambda: kube.apps.read_namespaced_deployment(RELEASE, namespace)), timeout=30,
+             what="helm uninstall to remove the Deployment")
+    for read in (lambda: kube.core.read_namespaced_service_account(RELEASE, namespace),
+                 lambda: kube.core.read_namespaced_service_account("rates-ingest", namespace),
+                 lambda: kube.rbac.read_namespaced_role(RELEASE, namespace),
+                 lambda: kube.rbac.read_namespaced_role_binding(RELEASE, namespace),
+                 lambda: kube.core.read_namespaced_service(RELEASE, namespace)):
+        assert gone(read)
+    assert json.loads(helm("list", "-n", namespace, "-o", "json").stdout) == []
+
+
+@pytest.fixture
+def other_namespace(kube):
+    name = f"other-{uuid.uuid4().hex[:8]}"
+    kube.core.create_namespace({"metadata": {"name": name}})
+    yield name
+    kube.core.delete_namespace(name)
+
+
+def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else(helm, kube, namespace,
+                                                                                 other_namespace):
+    installed = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *values_args("dev"))
+    assert installed.stdout.count("roleArn is empty") == 2  # NOTES.txt: no IRSA role for either account
+    as_controller = kube.client_for_token(token_for(kube, namespace, RELEASE))
+    batch, core, rbac = (client.BatchV1Api(as_controller), client.CoreV1Api(as_controller),
+                         client.RbacAuthorizationV1Api(as_controller))
+    job = sample_job(namespace)
+    name = job["metadata"]["name"]
+
+    # The calls of rates_controller/kube.py, with the controller's token.
+    def created():  # the authorizer's cache catches up with the new RoleBinding within moments
+        return status_of(lambda: batch.create_namespaced_job(namespace, job)) != 403
+
+    wait_for(created, timeout=30, what="the chart's RoleBinding to take effect")
+    allowed = {
+        "check a Job (dry run)": lambda: batch.create_namespaced_job(namespace, sample_job(namespace, "other.csv"),
+                                                                     dry_run="All"),
+        "read a Job": lambda: batch.read_namespaced_job(name, namespace),
+        "list its Jobs": lambda: batch.list_namespaced_job(namespace, label_selector=controller_jobs.SELECTOR),
+        "label a Job and set its TTL": lambda: batch.patch_namespaced_job(
+            name, namespace, {"metadata": {"labels": {controller_jobs.HANDLED: "succeeded"}},
+                              "spec": {"ttlSecondsAfterFinished": 3600}},
+            _content_type="application/merge-patch+json"),
+        "list a Job's pods": lambda: core.list_namespaced_pod(namespace, label_selector=f"job-name={name}"),
+    }
+    assert {what: status_of(call) for what, call in allowed.items()} == {what: 200 for what in allowed}
+    assert kube.batch.read_namespaced_job(name, namespace).metadata.labels[controller_jobs.HANDLED] == "succeeded"
+    # A second delivery's create is a 409 (the Job exists), which the controller relies on, not a 403.
+    assert status_of(lambda: batch.create_namespaced_job(namespace, job)) == 409
+
+    denied = {
+        "read the database Secret": lambda: core.read_namespaced_secret("rates-database", namespace),
+        "list Secrets": lambda: core.list_namespaced_secret(namespace),
+        "delete a Job": lambda: batch.delete_namespaced_job(name, namespace),
+        "create a Job in another namespace": lambda: batch.create_namespaced_job(
+            other_namespace, sample_job(other_namespace)),
+        "list Jobs in another namespace": lambda: batch.list_namespaced_job(other_namespace),
+        "list Jobs cluster-wide": lambda: batch.list_job_for_all_namespaces(),
+        "create a Pod": lambda: core.create_namespaced_pod(namespace, {
+            "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+        "read a Pod": lambda: core.read_namespaced_pod("any", namespace),
+        "delete Pods": lambda: core.delete_collection_namespaced_pod(namespace),
+        "read its own Role": lambda: rbac.read_namespaced_role(RELEASE, namespace),
+        "list ServiceAccounts": lambda: core.list_namespaced_service_account(namespace),
+        "list namespaces": lambda: core.list_namespace(),
+    }
+    assert {what: status_of(call) for what, call in denied.items()} == {what: 403 for what in denied}
+
+    # The Jobs' own account has no Kubernetes rights at all.
+    as_job = kube.client_for_token(token_for(kube, namespace, "rates-ingest"))
+    assert status_of(lambda: client.BatchV1Api(as_job).list_namespaced_job(namespace)) == 403
+    assert status_of(lambda: client.CoreV1Api(as_job).list_namespaced_pod(namespace)) == 403
+
+
+def write_kubeconfig(path: Path, kube, token: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "test", "cluster": {"server": kube.server,
+                                                  "certificate-authority": str(kube.ca_file)}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa"}}],
+    }))
+    return path
+
+
+def test_the_real_controller_runs_with_the_charts_environment_and_rights(
+        helm, kube, namespace, local_node, uploads, sqs, moto_endpoint, tmp_path):
+    """The installed Deployment's environment, the controller's ServiceAccount token and
+    nothing else: a file's Job is created, fails (the database is down), and the file is
+    set aside with the job's own words, which takes every right in the Role."""
+    port = free_port()
+    fake_credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *values_args(
+        "dev",
+        {"queue.url": sqs.uploads_url, "queue.deadLetterUrl": sqs.dead_url, "aws.region": "us-east-1",
+         "metrics.port": port, "controller.pollWaitSeconds": 1, "controller.maxAttempts": 1,
+         "jobs.backoffLimit": 0, "database.existingSecret": "ingest-database"},
+        {"jobs.env": {**fake_credentials, "AWS_ENDPOINT_URL": moto_endpoint}}))
+    # The Secret the chart names, made as its README says (an admin's job, not the chart's).
+    kube.core.create_namespaced_secret(namespace, {"metadata": {"name": "ingest-database"}, "data": {
+        "url": base64.b64encode(b"postgresql://nobody@127.0.0.1:1/none?connect_timeout=2").decode()}})
+
+    pod = kube.apps.read_namespaced_deployment(RELEASE, namespace).spec.template.spec
+    [container] = pod.containers
+    as_dict = kube.api_client.sanitize_for_serialization(container)
+    token = token_for(kube, namespace, pod.service_account_name)
+    env = {
+        **container_env(as_dict, namespace),
+        # What the cluster would provide: its API (KUBECONFIG here, the token in a pod)
+        # and IRSA's credentials; the region is the chart's.
+        "KUBECONFIG": str(write_kubeconfig(tmp_path / "controller.kubeconfig", kube, token)),
+        **fake_credentials, "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+    }
+    log = tmp_path / "controller.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "rates_controller"], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
+        uploads.put("2024/prices.csv", "orig_code,dest_code,day,price\nCNSHA,NLRTM,2024-01-01,1200\n")
+
+        [dead] = wait_for(sqs.dead_letters, timeout=60, what="the file to be set aside")
+        assert dead["reason"].startswith("the file did not load in 1 Jobs (BackoffLimitExceeded"), dead
+        assert "; the job said: " in dead["reason"], dead  # read from its pod: Pods list
+        [job] = ingest_jobs(kube, namespace)
+        assert job.metadata.labels[controller_jobs.HANDLED] == "set-aside"  # Jobs patch
+        spec = job.spec.template.spec
+        assert spec.service_account_name == "rates-ingest" and spec.automount_service_account_token is False
+        [database_url] = [e for e in spec.containers[0].env if e.name == "DATABASE_URL"]
+        assert (database_url.value_from.secret_key_ref.name, database_url.value_from.secret_key_ref.key) == (
+            "ingest-database", "url")
+        assert spec.containers[0].resources.limits == {"memory": "320Mi"}  # values-dev.yaml
+        assert job.spec.backoff_limit == 0
+        assert job.spec.ttl_seconds_after_finished == 3600  # values-dev.yaml, set once handled
+
+        # The helm test hook's script, pointed at this controller instead of its Service.
+        hook = one(render(helm, *values_args()), "Pod")["spec"]["containers"][0]
+        probe = subprocess.run([sys.executable, *hook["command"][1:], f"http://127.0.0.1:{port}/healthz"],
+                               capture_output=True, text=True, timeout=30)
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=pod.termination_grace_period_seconds) == 0
+    finally:
+        stop_process(process)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    # No call failed (a 403 would be a "will retry" warning); setting the file aside is the one warning.
+    assert [line["event"] for line in lines if line.get("level") in ("warning", "error")] == ["file set aside"]
