@@ -60,3 +60,32 @@ def apply(dsn: str) -> list[str]:
     applied = [m.id for m in todo]
     log.info("migrations applied", applied=applied)
     return applied
+
+
+def main() -> int:
+    """``python -m rates_core.migrate``: apply the migrations to $DATABASE_URL, as the
+    API chart's pre-upgrade hook does (the API image has no ratesctl). Exit codes as the
+    ingest job's: 0 done, 1 may pass on retry, 2 cannot (a failing migration, bad config)."""
+    from . import logs
+    from .env import ConfigError, env_choice, env_str
+
+    try:
+        logs.configure(env_choice("LOG_LEVEL", "INFO", logs.LEVELS), service="rates-migrate")
+        apply(env_str("DATABASE_URL"))
+    except ConfigError as exc:
+        logs.configure()
+        log.error("configuration error", error=str(exc))
+        return 2
+    except TemporaryError as exc:
+        log.error("migrations failed; this may pass on retry", error=str(exc))
+        return 1
+    except PermanentError as exc:
+        log.error("migrations failed", error=str(exc))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""``python -m rates_core.migrate``, which the API chart's migration hook runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+from rates_core import migrate
+
+
+def run(env: dict) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | env
+    return subprocess.run([sys.executable, "-m", "rates_core.migrate"], env=environ, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_it_migrates_an_empty_database_and_a_second_run_changes_nothing(empty_dsn):
+    assert run({"DATABASE_URL": empty_dsn}).returncode == 0
+    assert migrate.pending(empty_dsn) == []
+    assert run({"DATABASE_URL": empty_dsn}).returncode == 0
+
+
+def test_an_unreachable_database_may_pass_on_retry():
+    result = run({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"})
+    assert result.returncode == 1, result.stdout + result.stderr
+
+
+def test_a_missing_database_url_is_one_line_and_exit_2():
+    result = run({})
+    assert result.returncode == 2
+    assert json.loads(result.stdout.splitlines()[-1])["error"] == "environment variable DATABASE_URL is required"
