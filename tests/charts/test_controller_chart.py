@@ -29,8 +29,8 @@ from rates_controller import settings as controller_settings
 from rates_controller.events import UploadedObject
 from rates_controller.settings import JobSettings, Settings
 # The controller tests' queue fixtures, shared rather than copied.
-from tests.controller.conftest import ingest_jobs, sqs, uploads  # noqa: F401
-from tests.support.kube import export_json_schemas
+from tests.support.uploads import ingest_jobs
+from tests.support.kube import export_json_schemas, kubeconform
 from tests.support.net import free_port, wait_for_http
 from tests.support.poll import wait_for
 from tests.support.proc import stop_process
@@ -54,29 +54,6 @@ IRSA = "eks.amazonaws.com/role-arn"
 
 
 # --- helpers ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def helm(kube_tools, kubeconfig, tmp_path_factory):
-    """helm(*args, check=True) with its own HOME, so no developer configuration leaks in."""
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(home),
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-        "KUBECONFIG": str(kubeconfig),
-    }
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(kube_tools["helm"]), *args], cwd=home, env=env,
-                              capture_output=True, text=True, timeout=120)
-        if check:
-            assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-        return proc
-
-    return run
 
 
 def values_args(environment: str | None = None, sets: dict | None = None, json_sets: dict | None = None) -> list[str]:
@@ -203,12 +180,7 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kube_too
     # Two ServiceAccounts (controller, Jobs), the test hook's Pod; and no Secret, ever.
     assert kinds == ["Deployment", "Pod", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
 
-    proc = subprocess.run(
-        [str(kube_tools["kubeconform"]), "-strict", "-summary", "-output", "json",
-         "-schema-location", str(schemas) + "/{{ .ResourceKind }}{{ .KindSuffix }}.json"],
-        input=rendered, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads(proc.stdout)["summary"]
+    summary = kubeconform(kube_tools["kubeconform"], schemas, rendered)
     assert summary == {"valid": len(kinds), "invalid": 0, "errors": 0, "skipped": 0}, summary
 
     proc = kubectl(kube_tools, kubeconfig, "apply", "--dry-run=server", "--validate=strict", "-n", namespace,

@@ -1,9 +1,7 @@
-"""Fixtures for the controller: real SQS queues and S3 notifications (moto_server), and
-controllers wired to them and to the test's namespace of the real control plane."""
+"""Controllers in the test process, wired to the test's queues (``sqs``, see
+tests/support/uploads.py) and namespace of the real control plane."""
 
-import base64
-import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import boto3
 import pytest
@@ -14,68 +12,8 @@ from rates_controller.metrics import Metrics
 from rates_controller.queue import Queue
 from rates_controller.settings import JobSettings, Settings
 from rates_core import logs
-from tests.support.aws import FAKE_AWS_ENV, unique_name
-
-# The local node runs Pods from this virtualenv; the image name is only recorded.
-IMAGE = "rates-ingest:test"
-JOB_SERVICE_ACCOUNT = "rates-ingest"
-
-
-@dataclass
-class Queues:
-    """A fresh uploads queue with its dead-letter queue."""
-
-    client: object
-    uploads_url: str
-    uploads_arn: str
-    dead_url: str
-
-    def send(self, body: str) -> None:
-        self.client.send_message(QueueUrl=self.uploads_url, MessageBody=body)
-
-    def counts(self, url: str | None = None) -> tuple[int, int]:
-        """(visible, in flight) messages of the uploads queue, or of ``url``."""
-        attrs = self.client.get_queue_attributes(
-            QueueUrl=url or self.uploads_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-    def dead_letters(self) -> list[dict]:
-        """Take every message of the dead-letter queue: [{"body", "reason", ...attributes}]."""
-        taken = []
-        while True:
-            got = self.client.receive_message(QueueUrl=self.dead_url, MaxNumberOfMessages=10,
-                                              MessageAttributeNames=["All"]).get("Messages", [])
-            if not got:
-                return taken
-            for m in got:
-                attrs = {k: v["StringValue"] for k, v in m.get("MessageAttributes", {}).items()}
-                taken.append({"body": m["Body"], **attrs})
-                self.client.delete_message(QueueUrl=self.dead_url, ReceiptHandle=m["ReceiptHandle"])
-
-
-@pytest.fixture
-def sqs(moto_endpoint) -> Queues:
-    client = boto3.client("sqs", endpoint_url=moto_endpoint)
-    dead_url = client.create_queue(QueueName=unique_name("dead"))["QueueUrl"]
-    dead_arn = _arn(client, dead_url)
-    # The redrive policy is the backstop for a message the controller itself cannot get past.
-    uploads_url = client.create_queue(QueueName=unique_name("uploads"), Attributes={
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": "20"})})["QueueUrl"]
-    return Queues(client, uploads_url, _arn(client, uploads_url), dead_url)
-
-
-def _arn(client, url: str) -> str:
-    return client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-
-
-@pytest.fixture
-def uploads(s3, sqs):
-    """The test's bucket, sending its ObjectCreated events to the uploads queue."""
-    s3.client.put_bucket_notification_configuration(Bucket=s3.name, NotificationConfiguration={
-        "QueueConfigurations": [{"QueueArn": sqs.uploads_arn, "Events": ["s3:ObjectCreated:*"]}]})
-    return s3
+from tests.support.aws import FAKE_AWS_ENV
+from tests.support.uploads import IMAGE, JOB_SERVICE_ACCOUNT, Queues
 
 
 def settings_for(sqs: Queues, namespace: str, moto_endpoint: str, **overrides) -> Settings:
@@ -104,14 +42,6 @@ def make_controller(kube, namespace, sqs, moto_endpoint):
     return make
 
 
-def ingest_jobs(kube, namespace) -> list:
-    """The controller's Jobs in ``namespace``, oldest first."""
-    from rates_controller.jobs import SELECTOR
-
-    found = kube.batch.list_namespaced_job(namespace, label_selector=SELECTOR).items
-    return sorted(found, key=lambda j: (j.metadata.creation_timestamp, j.metadata.name))
-
-
 def env_of(job) -> dict:
     return {e.name: e.value for e in job.spec.template.spec.containers[0].env if e.value is not None}
 
@@ -121,61 +51,3 @@ def sample(metrics: Metrics, name: str, **labels) -> float:
     return 0.0 if value is None else value
 
 
-@pytest.fixture
-def job_runtime(kube, namespace):
-    """What the Jobs' pods need in the namespace: their ServiceAccount and the database Secret.
-    Returns set_database_url(url), which (re)writes the Secret."""
-    from kubernetes import client
-
-    kube.core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=JOB_SERVICE_ACCOUNT)))
-
-    def set_database_url(url: str) -> None:
-        body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rates-database"},
-                "data": {"url": base64.b64encode(url.encode()).decode()}}
-        try:
-            kube.core.replace_namespaced_secret("rates-database", namespace, body)
-        except client.ApiException as exc:
-            if exc.status != 404:
-                raise
-            kube.core.create_namespaced_secret(namespace, body)
-
-    return set_database_url
-
-
-def controller_env(sqs: Queues, namespace: str, moto_endpoint: str, kubeconfig, metrics_port: int) -> dict:
-    """The environment of ``python -m rates_controller`` for this test's queues and namespace."""
-    import os
-
-    return {**os.environ, "QUEUE_URL": sqs.uploads_url, "DEAD_LETTER_QUEUE_URL": sqs.dead_url,
-            "JOB_IMAGE": IMAGE, "JOB_NAMESPACE": namespace, "JOB_SERVICE_ACCOUNT": JOB_SERVICE_ACCOUNT,
-            "JOB_ENV": json.dumps({**FAKE_AWS_ENV, "AWS_ENDPOINT_URL": moto_endpoint}),
-            "KUBECONFIG": str(kubeconfig), "METRICS_PORT": str(metrics_port), "POLL_WAIT_SECONDS": "1"}
-
-
-@pytest.fixture
-def controller_process(sqs, namespace, moto_endpoint, kubeconfig, tmp_path):
-    """start(**extra env) -> (process, metrics URL): the controller as its own process,
-    stopped (SIGTERM, then SIGKILL) after the test; its output is in tmp_path/controller.log."""
-    import subprocess
-    import sys
-
-    from tests.support.net import free_port, wait_for_http
-    from tests.support.proc import stop_process
-
-    started = []
-
-    def start(**extra):
-        port = free_port()
-        env = {**controller_env(sqs, namespace, moto_endpoint, kubeconfig, port), **extra}
-        with open(tmp_path / "controller.log", "wb") as out:
-            process = subprocess.Popen([sys.executable, "-m", "rates_controller"], env=env, stdout=out,
-                                       stderr=subprocess.STDOUT)
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{url}/healthz", process=process)
-        return process, url
-
-    yield start
-    for process in started:
-        stop_process(process)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import requests
 
-from tests.controller.conftest import ingest_jobs
+from tests.support.uploads import ingest_jobs
 from tests.support.poll import wait_for
 
 
@@ -45,7 +45,7 @@ def test_it_creates_jobs_reports_metrics_and_stops_on_sigterm(kube, namespace, u
 
 @pytest.mark.kube
 def test_job_settings_the_api_server_refuses_stop_it_at_start(sqs, namespace, moto_endpoint, kubeconfig):
-    from tests.controller.conftest import controller_env
+    from tests.support.uploads import controller_env
 
     env = {**controller_env(sqs, namespace, moto_endpoint, kubeconfig, 0),
            "JOB_MEMORY_REQUEST": "512Mi", "JOB_MEMORY_LIMIT": "64Mi"}
@@ -61,7 +61,7 @@ def test_job_settings_the_api_server_refuses_stop_it_at_start(sqs, namespace, mo
 def test_a_metrics_port_in_use_is_a_configuration_error(sqs, namespace, moto_endpoint, kubeconfig):
     import socket
 
-    from tests.controller.conftest import controller_env
+    from tests.support.uploads import controller_env
 
     with socket.socket() as taken:
         taken.bind(("", 0))

@@ -10,9 +10,10 @@ import pytest
 
 from rates_controller import controller as controller_module
 from rates_controller import jobs
-from tests.controller.conftest import IMAGE, env_of, ingest_jobs, sample
+from tests.controller.conftest import env_of, sample
 from tests.support.aws import unique_name
 from tests.support.poll import wait_for
+from tests.support.uploads import IMAGE, ingest_jobs
 
 pytestmark = pytest.mark.kube
 

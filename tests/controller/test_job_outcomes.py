@@ -8,8 +8,9 @@ import time
 import pytest
 
 from rates_controller import jobs
-from tests.controller.conftest import ingest_jobs, sample
+from tests.controller.conftest import sample
 from tests.ingest.conftest import ROWS, as_csv, prices, runs
+from tests.support.uploads import ingest_jobs
 
 pytestmark = pytest.mark.kube
 

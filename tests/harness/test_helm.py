@@ -13,29 +13,8 @@ pytestmark = pytest.mark.kube
 
 
 @pytest.fixture
-def helm(kube_tools, kubeconfig, tmp_path):
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
-        "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
-        "HELM_DATA_HOME": str(tmp_path / "helm-data"),
-        "KUBECONFIG": str(kubeconfig),
-    }
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(kube_tools["helm"]), *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
-        if check:
-            assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
-        return proc
-
-    return run
-
-
-@pytest.fixture
 def chart(helm, tmp_path):
-    helm("create", "demo")
+    helm("create", str(tmp_path / "demo"))
     return tmp_path / "demo"
 
 

@@ -1,3 +1,11 @@
+"""pytest fixtures for the API: Flask test clients of apps on the test's database.
+
+* ``settings``     the API settings for this test's database
+* ``make_client``  make(settings) -> a test client; the apps' pools close after the test
+* ``client``       a test client of an app on this test's database
+* ``rates``        GET /rates with the given parameters -> (status, json)
+"""
+
 import pytest
 
 from rates_api import create_app

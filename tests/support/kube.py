@@ -8,6 +8,8 @@
 * ``namespace``           (function) a fresh namespace, deleted after the test
 * ``local_node``          (function) a :class:`~tests.support.local_node.LocalNode` that runs
   the Pods of ``namespace`` as local processes
+* ``helm``                (session) ``helm(*args, check=True)``: the pinned helm with a HOME
+  of its own (no developer configuration leaks in), against the control plane
 
 The tools are provided once per run, before the first test, when any ``kube``-marked test is
 selected (see ``ratesctl k8s-tools``; a cold build is not counted against the per-test
@@ -113,6 +115,20 @@ def export_json_schemas(kube: Kube, directory: Path, strict: bool = True) -> Pat
     return directory
 
 
+def kubeconform(tool: Path, schemas: Path, manifests: str) -> dict:
+    """``kubeconform -strict`` of ``manifests`` against ``schemas`` (export_json_schemas);
+    its summary, e.g. {"valid": 7, "invalid": 0, "errors": 0, "skipped": 0}."""
+    import json
+    import subprocess
+
+    proc = subprocess.run(
+        [str(tool), "-strict", "-summary", "-output", "json",
+         "-schema-location", str(schemas) + "/{{ .ResourceKind }}{{ .KindSuffix }}.json"],
+        input=manifests, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)["summary"]
+
+
 _TOOLS = pytest.StashKey[object]()
 
 
@@ -203,3 +219,22 @@ def local_node(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[LocalNode
     with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace],
                    logdir=tmp_path / "local-node-logs") as node:
         yield node
+
+
+@pytest.fixture(scope="session")
+def helm(kube_tools: dict[str, Path], kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory):
+    import subprocess
+
+    home = tmp_path_factory.mktemp("helm-home")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "HELM_CACHE_HOME": str(home / "cache"),
+           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data"),
+           "KUBECONFIG": str(kubeconfig)}
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(kube_tools["helm"]), *args], cwd=home, env=env,
+                              capture_output=True, text=True, timeout=120)
+        if check:
+            assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    return run
