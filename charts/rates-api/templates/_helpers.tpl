@@ -1,0 +1,127 @@
+{{/*
+Chart name, truncated to the 63 characters a label value allows.
+*/}}
+{{- define "rates-api.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's resources. A release named rates-api (one per namespace) is
+not repeated as rates-api-rates-api.
+*/}}
+{{- define "rates-api.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rates-api.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The version the pods run: the image tag, else the chart's appVersion.
+*/}}
+{{- define "rates-api.version" -}}
+{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "rates-api.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "rates-api.version" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Standard labels of one component; call with (dict "ctx" $ "component" "api").
+*/}}
+{{- define "rates-api.componentLabels" -}}
+helm.sh/chart: {{ include "rates-api.chart" .ctx }}
+app.kubernetes.io/name: {{ include "rates-api.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/version: {{ include "rates-api.version" .ctx | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: rates-platform
+{{- end }}
+
+{{/*
+Labels of the API's own resources.
+*/}}
+{{- define "rates-api.labels" -}}
+{{ include "rates-api.componentLabels" (dict "ctx" . "component" "api") }}
+{{- end }}
+
+{{/*
+Selector labels: immutable on a Deployment, so nothing that changes between releases.
+The component keeps the migration and test pods out of the Service.
+*/}}
+{{- define "rates-api.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rates-api.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: api
+{{- end }}
+
+{{- define "rates-api.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "rates-api.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The most pods the release can run: the PDB only makes sense above one.
+*/}}
+{{- define "rates-api.maxReplicas" -}}
+{{- if .Values.autoscaling.enabled }}
+{{- .Values.autoscaling.maxReplicas | int }}
+{{- else }}
+{{- .Values.replicaCount | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+Seconds from SIGTERM until gunicorn has stopped: gunicorn.conf.py sets its
+graceful_timeout to ceil(SHUTDOWN_DRAIN_SECONDS) + GUNICORN_GRACEFUL_TIMEOUT.
+*/}}
+{{- define "rates-api.gunicornStopSeconds" -}}
+{{- add (ceil .Values.shutdown.drainSeconds | int) (.Values.shutdown.gracefulTimeoutSeconds | int) }}
+{{- end }}
+
+{{/*
+Cross-field rules the schema cannot express. Each one protects a request from being
+dropped; rendering stops with the reason rather than shipping a chart that loses some.
+*/}}
+{{- define "rates-api.validate" -}}
+{{- $s := .Values.shutdown }}
+{{- $serving := add ($s.preStopSleepSeconds | int) (include "rates-api.gunicornStopSeconds" . | int) }}
+{{- if le ($s.terminationGracePeriodSeconds | int) $serving }}
+{{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + ceil(drainSeconds) + gracefulTimeoutSeconds (%d), or the kubelet kills gunicorn while requests are in flight" ($s.terminationGracePeriodSeconds | int) $serving) }}
+{{- end }}
+{{- if .Values.ingress.enabled }}
+{{- if ge (.Values.ingress.deregistrationDelaySeconds | int) $serving }}
+{{- fail (printf "ingress.deregistrationDelaySeconds (%d) must be below preStopSleepSeconds + ceil(drainSeconds) + gracefulTimeoutSeconds (%d), so the ALB is done with a pod before it stops serving" (.Values.ingress.deregistrationDelaySeconds | int) $serving) }}
+{{- end }}
+{{- if le (.Values.config.gunicornKeepalive | int) (.Values.ingress.idleTimeoutSeconds | int) }}
+{{- fail (printf "config.gunicornKeepalive (%d) must exceed ingress.idleTimeoutSeconds (%d), so the ALB closes idle connections first and never sends a request into one gunicorn is closing" (.Values.config.gunicornKeepalive | int) (.Values.ingress.idleTimeoutSeconds | int)) }}
+{{- end }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- if gt (.Values.autoscaling.minReplicas | int) (.Values.autoscaling.maxReplicas | int) }}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- if not (dig "requests" "cpu" "" .Values.resources) }}
+{{- fail "autoscaling on CPU utilization needs resources.requests.cpu" }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,591 @@
+"""The rates-api Helm chart (charts/rates-api): lint, schema, validity for the test apiserver,
+the zero-downtime rollout arithmetic, the API settings it renders, and a real install,
+upgrade and uninstall whose migration hook runs on a local node against a real database.
+"""
+
+import base64
+import http.server
+import json
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from rates_api.settings import Settings
+from rates_core import migrate
+from tests.support.kube import export_json_schemas, kubeconform
+from tests.support.local_node import LocalNode
+from tests.support.poll import wait_for
+
+pytestmark = pytest.mark.kube
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "rates-api"
+ENVS = ("dev", "staging", "prod")
+RELEASE = "rates-api"
+DUMMY_DSN = "postgresql://rates@db.invalid:5432/rates"
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def values_args(env: str | None) -> list[str]:
+    return ["-f", str(CHART / f"values-{env}.yaml")] if env else []
+
+
+def sets(*assignments: str) -> list[str]:
+    return [arg for a in assignments for arg in ("--set", a)]
+
+
+@pytest.fixture(scope="module")
+def render(helm):
+    """`helm template` of the chart as {(kind, name): manifest}; cached per arguments."""
+    cache: dict[tuple, dict] = {}
+
+    def rendered(env: str | None = None, *extra: str) -> dict:
+        key = (env, extra)
+        if key not in cache:
+            out = helm("template", RELEASE, str(CHART), *values_args(env), *extra).stdout
+            docs = [d for d in yaml.safe_load_all(out) if d]
+            cache[key] = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+        return cache[key]
+
+    return rendered
+
+
+def one(docs: dict, kind: str) -> dict:
+    found = [d for (k, _), d in docs.items() if k == kind]
+    assert len(found) == 1, f"{len(found)} {kind} rendered"
+    return found[0]
+
+
+def kinds(docs: dict) -> set[str]:
+    return {k for k, _ in docs}
+
+
+def api_container(docs: dict) -> dict:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def plain_env(container: dict, database_url: str = DUMMY_DSN) -> dict[str, str]:
+    """The container's environment as the process would see it, DATABASE_URL from its Secret."""
+    env = {}
+    for var in container["env"]:
+        if "valueFrom" in var:
+            assert var["name"] == "DATABASE_URL", var
+            env[var["name"]] = database_url
+        else:
+            env[var["name"]] = var["value"]
+    return env
+
+
+def gunicorn_config(env: dict[str, str]) -> dict:
+    """What api/gunicorn.conf.py itself makes of this environment (it reads os.environ)."""
+    code = ("import json, runpy; c = runpy.run_path('api/gunicorn.conf.py'); "
+            "print(json.dumps({k: c[k] for k in ('bind', 'workers', 'threads', 'keepalive', "
+            "'timeout', 'graceful_timeout', 'drain_seconds', 'loglevel')}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={"PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def documented_api_variables() -> set[str]:
+    """The variables of the README's "API configuration" table."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### API configuration", 1)[1].split("\n#", 1)[0]
+    names = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            names.update(re.findall(r"`([A-Z_]+)`", line.split("|")[1]))
+    assert len(names) > 10, names
+    return names
+
+
+# --- lint, schema, validity -----------------------------------------------------------------
+
+@pytest.mark.parametrize("env", [None, *ENVS])
+def test_lint_strict(helm, env):
+    proc = helm("lint", "--strict", str(CHART), *values_args(env))
+    assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("assignment, error", [
+    ("database.existingSecret=null", "missing property 'existingSecret'"),
+    ("database.existingSecret=", "/database/existingSecret"),
+    ("database.secretKey=null", "missing property 'secretKey'"),
+    ("replicaCount=0", "/replicaCount"),
+    ("replicas=3", "additional properties 'replicas' not allowed"),
+    ("config.workers=3", "additional properties 'workers' not allowed"),
+    ("config.logLevel=TRACE", "/config/logLevel"),
+    ("rollingUpdate.maxSurge=0", "/rollingUpdate/maxSurge"),
+    ("autoscaling.minReplicas=0", "/autoscaling/minReplicas"),
+    ("ingress.scheme=public", "/ingress/scheme"),
+])
+def test_schema_rejects_bad_values(helm, assignment, error):
+    proc = helm("template", RELEASE, str(CHART), "--set", assignment, check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
+    assert error in proc.stderr, proc.stderr
+
+
+def test_schema_rejects_a_string_where_a_number_belongs(helm):
+    proc = helm("template", RELEASE, str(CHART), "--set-string", "config.webConcurrency=2",
+                check=False)
+    assert proc.returncode != 0 and "/config/webConcurrency" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("assignments, error", [
+    # 10 s preStop + 5 s drain + 30 s graceful = 45 s: the kubelet would kill at 45
+    (["shutdown.terminationGracePeriodSeconds=45"], "terminationGracePeriodSeconds (45) must exceed"),
+    (["shutdown.drainSeconds=5.5", "shutdown.terminationGracePeriodSeconds=46"], "(46) must exceed"),
+    (["ingress.deregistrationDelaySeconds=45"], "deregistrationDelaySeconds (45) must be below"),
+    (["config.gunicornKeepalive=60"], "gunicornKeepalive (60) must exceed"),
+    (["autoscaling.enabled=true", "autoscaling.minReplicas=5", "autoscaling.maxReplicas=4"],
+     "minReplicas must not exceed"),
+    (["autoscaling.enabled=true", "resources.requests.cpu=null"], "needs resources.requests.cpu"),
+])
+def test_timings_that_would_drop_requests_are_refused(helm, assignments, error):
+    # --set-json: plain --set makes 5.5 a string
+    proc = helm("template", RELEASE, str(CHART), *[arg for a in assignments for arg in ("--set-json", a)],
+                check=False)
+    assert proc.returncode != 0 and error in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def schemas(kube, tmp_path_factory):
+    return export_json_schemas(kube, tmp_path_factory.mktemp("schemas"))
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_rendering_is_valid_for_the_apiserver(helm, schemas, kube_tools, kubeconfig, namespace, env):
+    manifest = helm("template", RELEASE, str(CHART), "-n", namespace, *values_args(env)).stdout
+    docs = [d for d in yaml.safe_load_all(manifest) if d]
+    count = len(docs)
+    expected = {"ServiceAccount", "Service", "Deployment", "Ingress", "Job", "Pod"}
+    if env == "prod":
+        expected |= {"HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    assert {d["kind"] for d in docs} == expected and count == len(expected)
+
+    summary = kubeconform(kube_tools["kubeconform"], schemas, manifest)
+    assert summary["valid"] == count and summary["invalid"] == summary["errors"] == 0, summary
+
+    proc = subprocess.run(
+        [str(kube_tools["kubectl"]), "--kubeconfig", str(kubeconfig), "apply", "--dry-run=server",
+         "--validate=strict", "-n", namespace, "-f", "-"],
+        input=manifest, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("(server dry run)") == count, proc.stdout
+
+
+# --- what the rendering says ----------------------------------------------------------------
+
+@pytest.mark.parametrize("env", ENVS)
+def test_rollout_drops_no_request(render, env):
+    docs = render(env)
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = api_container(docs)
+
+    strategy = deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    assert strategy["rollingUpdate"]["maxSurge"] not in (0, "0%")
+
+    # The pod keeps serving for the preStop sleep, then gunicorn's own graceful_timeout
+    # (computed by gunicorn.conf.py from the env the chart sets); only then may it be killed.
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "/bin/sleep"
+    pre_stop = int(command[1])
+    assert pre_stop >= 5
+    gunicorn = gunicorn_config(plain_env(container))
+    serving = pre_stop + gunicorn["graceful_timeout"]
+    assert pod["terminationGracePeriodSeconds"] > serving
+
+    # The ALB is done with a deregistered pod while it still serves, and always closes idle
+    # connections before gunicorn does.
+    annotations = one(docs, "Ingress")["metadata"]["annotations"]
+    attributes = dict(a.split("=") for a in
+                      annotations["alb.ingress.kubernetes.io/target-group-attributes"].split(","))
+    delay = int(attributes["deregistration_delay.timeout_seconds"])
+    assert delay < serving < pre_stop + pod["terminationGracePeriodSeconds"]
+    idle = annotations["alb.ingress.kubernetes.io/load-balancer-attributes"]
+    assert int(idle.removeprefix("idle_timeout.timeout_seconds=")) < gunicorn["keepalive"]
+
+    # Probes: readiness is the database check, liveness and startup never touch it.
+    port = container["ports"][0]
+    assert port["name"] == "http" and str(port["containerPort"]) == plain_env(container)["PORT"]
+    assert gunicorn["bind"].endswith(f":{port['containerPort']}")
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == "/readyz"
+    assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
+
+    # With the HPA on, the Deployment leaves replicas alone; a PDB only where it can help.
+    hpa = [d for (k, _), d in docs.items() if k == "HorizontalPodAutoscaler"]
+    if hpa:
+        assert "replicas" not in deployment["spec"]
+        assert hpa[0]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        assert hpa[0]["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
+        assert hpa[0]["spec"]["maxReplicas"] > 1
+        assert container["resources"]["requests"]["cpu"]
+    else:
+        assert deployment["spec"]["replicas"] == 1
+    assert ("PodDisruptionBudget" in kinds(docs)) == bool(hpa)
+
+
+def test_hpa_and_pdb_follow_the_values(render):
+    on = render(None, *sets("autoscaling.enabled=true", "autoscaling.minReplicas=4",
+                            "autoscaling.maxReplicas=9", "autoscaling.targetCPUUtilizationPercentage=60"))
+    assert "replicas" not in one(on, "Deployment")["spec"]
+    hpa = one(on, "HorizontalPodAutoscaler")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (4, 9)
+    assert hpa["metrics"][0]["resource"] == {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}
+
+    off = render(None, *sets("replicaCount=3"))
+    assert one(off, "Deployment")["spec"]["replicas"] == 3
+    assert "HorizontalPodAutoscaler" not in kinds(off)
+    assert one(off, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    min_available = render(None, *sets("replicaCount=3", "podDisruptionBudget.minAvailable=2"))
+    assert "maxUnavailable" not in one(min_available, "PodDisruptionBudget")["spec"]
+    assert one(min_available, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+
+    # One pod, or an HPA that can never go above one: a PDB could only block node drains.
+    assert "PodDisruptionBudget" not in kinds(render(None, *sets("replicaCount=1")))
+    assert "PodDisruptionBudget" not in kinds(render(None, *sets(
+        "autoscaling.enabled=true", "autoscaling.minReplicas=1", "autoscaling.maxReplicas=1")))
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_rendered_env_is_a_valid_api_configuration(render, env):
+    container = api_container(render(env))
+    env_vars = plain_env(container)
+    assert len(env_vars) == len(container["env"]), "a variable is set twice"
+
+    # Every variable is one the API reads (a typo would be ignored silently), and every one
+    # it reads is set, except DB_POOL_SIZE, which defaults to one connection per thread.
+    assert set(env_vars) == documented_api_variables() - {"DB_POOL_SIZE"}
+
+    settings = Settings.from_env(env_vars)
+    values = yaml.safe_load((CHART / f"values-{env}.yaml").read_text())
+    assert settings.database_url == DUMMY_DSN
+    assert settings.db_pool_size == values["config"]["gunicornThreads"]
+    assert settings.log_level == values["config"]["logLevel"]
+    assert settings.app_version == yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+    gunicorn = gunicorn_config(env_vars)
+    assert gunicorn["workers"] == values["config"]["webConcurrency"]
+    assert gunicorn["threads"] == values["config"]["gunicornThreads"]
+    assert gunicorn["loglevel"] == values["config"]["logLevel"].lower()
+    # The metrics directory lives in the memory-backed volume, not the read-only root.
+    assert env_vars["PROMETHEUS_MULTIPROC_DIR"].startswith("/dev/shm/")
+
+
+def test_every_api_setting_reaches_the_api(render):
+    container = api_container(render(None, *sets(
+        "config.dbPoolSize=2", "config.gunicornThreads=6", "config.dbStatementTimeoutMs=1500",
+        "config.dbConnectTimeoutSeconds=3", "config.maxRangeDays=31", "config.logLevel=WARNING",
+        "image.tag=abc123", "config.host=::", "containerPort=8080"),
+        # JSON numbers are floats, like every number from a values file: 1e+06 must not show
+        "--set-json", "config.responseCacheSize=1000000", "--set-json", "shutdown.drainSeconds=2.5"))
+    env_vars = plain_env(container)
+    assert set(env_vars) == documented_api_variables()
+    assert Settings.from_env(env_vars) == Settings(
+        database_url=DUMMY_DSN, db_pool_size=2, db_statement_timeout_ms=1500,
+        db_connect_timeout_s=3, max_range_days=31, response_cache_size=1_000_000,
+        app_version="abc123", log_level="WARNING")
+    gunicorn = gunicorn_config(env_vars)
+    assert gunicorn["bind"] == "[::]:8080" and gunicorn["threads"] == 6
+    assert gunicorn["drain_seconds"] == 2.5 and gunicorn["graceful_timeout"] == 3 + 30
+    assert container["image"] == "rates-api:abc123"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_pods_run_locked_down(render, env):
+    docs = render(env)
+    user = re.search(r"^USER (\d+):(\d+)$", (REPO / "api" / "Dockerfile").read_text(), re.M)
+    uid, gid = int(user[1]), int(user[2])
+    deployment_pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pods = {"Deployment": deployment_pod,
+            "Job": one(docs, "Job")["spec"]["template"]["spec"],
+            "Pod": one(docs, "Pod")["spec"]}
+    for kind, pod in pods.items():
+        assert pod["automountServiceAccountToken"] is False, kind
+        assert pod["securityContext"]["runAsNonRoot"] is True, kind
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, kind
+        (container,) = pod["containers"]
+        sc = container["securityContext"]
+        assert (sc["runAsUser"], sc["runAsGroup"]) == (uid, gid), kind
+        assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, gid)
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, kind
+        assert sc["capabilities"] == {"drop": ["ALL"]}, kind
+        assert container["image"] == api_container(docs)["image"], kind
+
+    # The only places gunicorn writes (api/gunicorn.conf.py) are writable, in memory.
+    volumes = {v["name"]: v for v in deployment_pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in api_container(docs)["volumeMounts"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["sizeLimit"]
+
+    sa = one(docs, "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
+    assert deployment_pod["serviceAccountName"] == sa["metadata"]["name"]
+    spread = deployment_pod["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in spread)
+
+
+def test_labels_and_selectors_agree(render):
+    docs = render("prod")
+    deployment = one(docs, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector == {"app.kubernetes.io/name": "rates-api", "app.kubernetes.io/instance": RELEASE,
+                        "app.kubernetes.io/component": "api"}
+    for (kind, _), doc in docs.items():
+        labels = doc["metadata"]["labels"]
+        for key in ("name", "instance", "version", "component", "managed-by"):
+            assert f"app.kubernetes.io/{key}" in labels, (kind, key)
+        assert labels["helm.sh/chart"] == "rates-api-0.1.0", kind
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert one(docs, "Service")["spec"]["selector"] == selector
+    assert one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
+    for spread in deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]:
+        assert spread["labelSelector"]["matchLabels"] == selector
+    # The hook pods must not become endpoints of the Service.
+    job_labels = one(docs, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= job_labels.items()
+    assert not selector.items() <= one(docs, "Pod")["metadata"]["labels"].items()
+
+    service = one(docs, "Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    ingress = one(docs, "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "alb"
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "rates-api.example.com"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {
+        "name": service["metadata"]["name"], "port": {"name": "http"}}
+
+
+def test_ingress_annotations(render):
+    plain = one(render(None), "Ingress")["metadata"]["annotations"]
+    assert plain["alb.ingress.kubernetes.io/listen-ports"] == '[{"HTTP": 80}]'
+    assert "alb.ingress.kubernetes.io/ssl-redirect" not in plain
+    assert "alb.ingress.kubernetes.io/certificate-arn" not in plain
+    assert one(render(None), "Ingress")["spec"]["rules"][0].get("host") is None
+
+    arn = "arn:aws:acm:eu-west-1:123456789012:certificate/abc"
+    https = one(render(None, *sets("ingress.https=true", f"ingress.certificateArn={arn}",
+                                   "ingress.scheme=internal", "ingress.groupName=shared",
+                                   "ingress.annotations.alb\\.ingress\\.kubernetes\\.io/success-codes=200-299")),
+                "Ingress")["metadata"]["annotations"]
+    assert json.loads(https["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
+    assert https["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+    assert https["alb.ingress.kubernetes.io/certificate-arn"] == arn
+    assert https["alb.ingress.kubernetes.io/scheme"] == "internal"
+    assert https["alb.ingress.kubernetes.io/group.name"] == "shared"
+    assert https["alb.ingress.kubernetes.io/success-codes"] == "200-299"  # values win
+
+    assert "Ingress" not in kinds(render(None, *sets("ingress.enabled=false")))
+    sa = one(render(None, *sets("serviceAccount.iamRoleArn=arn:aws:iam::123456789012:role/rates-api")),
+             "ServiceAccount")
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/rates-api"}
+
+
+def test_environments_differ_where_they_should(render):
+    dev, staging, prod = (one(render(e), "Deployment") for e in ENVS)
+    assert dev["spec"]["replicas"] == staging["spec"]["replicas"] == 1
+    for env in ("dev", "staging"):
+        assert {"HorizontalPodAutoscaler", "PodDisruptionBudget"}.isdisjoint(kinds(render(env)))
+    hpa = one(render("prod"), "HorizontalPodAutoscaler")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 20)
+
+    def memory(d):
+        value = d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+        return int(value.removesuffix("Mi"))
+
+    assert memory(dev) < memory(staging) < memory(prod)
+    prod_ingress = one(render("prod"), "Ingress")["metadata"]["annotations"]
+    assert prod_ingress["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+
+
+def test_readme_documents_every_value():
+    def leaves(values, prefix=""):
+        for key, value in values.items():
+            # objects passed through to Kubernetes are documented as a whole
+            if isinstance(value, dict) and value and key not in (
+                    "podSecurityContext", "securityContext", "resources"):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme, re.M))
+    assert set(leaves(values)) == documented
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(values) == set(schema["properties"])
+
+
+# --- the hooks ------------------------------------------------------------------------------
+
+class _Readyz(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self):
+        self.send_response(self.status if self.path == "/readyz" else 404)
+        self.end_headers()
+        self.wfile.write(b'{"status": "test"}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_helm_test_pod_checks_readyz(render):
+    docs = render("prod")
+    pod = one(docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"][:2] == ["python", "-c"]
+    service = one(docs, "Service")
+    url = container["env"][0]
+    assert url == {"name": "READYZ_URL",
+                   "value": f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/readyz"}
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    local = f"http://127.0.0.1:{server.server_address[1]}/readyz"
+
+    def check(target_url):
+        return subprocess.run([sys.executable, "-c", container["command"][2]], env={"READYZ_URL": target_url},
+                              capture_output=True, text=True, timeout=30)
+
+    try:
+        assert check(local).returncode == 0
+        _Readyz.status = 503
+        failed = check(local)
+        assert failed.returncode == 1 and "503" in failed.stdout
+    finally:
+        _Readyz.status = 200
+        server.shutdown()
+        server.server_close()
+    refused = check(local)  # nothing listens any more
+    assert refused.returncode == 1 and "failed" in refused.stderr
+
+
+def test_migration_hook_runs_before_the_release(render):
+    job = one(render("prod"), "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "migrate", "operator": "In", "values": [2]}} \
+        in job["spec"]["podFailurePolicy"]["rules"]
+    secret_ref = job["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]
+    assert secret_ref == {"name": "rates-database", "key": "url"}
+    assert "Job" not in kinds(render("prod", *sets("migrations.enabled=false")))
+
+
+# --- against the API server -----------------------------------------------------------------
+
+def create_database_secret(kube, namespace, dsn):
+    kube.core.create_namespaced_secret(namespace, {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rates-database"},
+        "data": {"url": base64.b64encode(dsn.encode()).decode()}})
+
+
+def gone(read) -> bool:
+    try:
+        read()
+    except ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+def test_install_upgrade_uninstall(helm, kube, kubeconfig, namespace, empty_dsn, tmp_path):
+    """A real release: the migration hook migrates an empty database (on a local node that
+    runs the hook's command from this virtualenv), then an upgrade switches on the HPA."""
+    create_database_secret(kube, namespace, empty_dsn)
+    networking = client.NetworkingV1Api(kube.api_client)
+    autoscaling = client.AutoscalingV2Api(kube.api_client)
+    policy = client.PolicyV1Api(kube.api_client)
+    cluster = ["-n", namespace, "--kubeconfig", str(kubeconfig)]
+    upgrade = ["upgrade", "--install", RELEASE, str(CHART), *cluster, "-f", str(CHART / "values-dev.yaml"),
+               "--timeout", "90s"]
+    assert migrate.pending(empty_dsn)
+
+    # Only while helm waits for the hook: the API's pods have no command a local node could
+    # run (any it meets meanwhile fail at once, harmlessly).
+    with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace],
+                   logdir=tmp_path / "node-logs"):
+        installed = helm(*upgrade)
+    assert migrate.pending(empty_dsn) == []
+    assert "rollout status deployment/rates-api" in installed.stdout
+    assert "WARNING: namespace" in installed.stdout  # no readiness gate label yet
+
+    deployment = kube.apps.read_namespaced_deployment("rates-api", namespace)
+    assert deployment.spec.replicas == 1
+    assert deployment.spec.strategy.rolling_update.max_unavailable == 0
+    assert kube.core.read_namespaced_service("rates-api", namespace).spec.ports[0].target_port == "http"
+    assert kube.core.read_namespaced_service_account("rates-api", namespace).automount_service_account_token is False
+    assert networking.read_namespaced_ingress("rates-api", namespace).spec.ingress_class_name == "alb"
+    assert autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items == []
+    assert policy.list_namespaced_pod_disruption_budget(namespace).items == []
+    # The successful hook Job is removed, so nothing outlives the release.
+    wait_for(lambda: not kube.batch.list_namespaced_job(namespace).items, timeout=30,
+             what="the succeeded migration Job to be removed")
+
+    kube.core.patch_namespace(namespace, {"metadata": {"labels": {
+        "elbv2.k8s.aws/pod-readiness-gate-inject": "enabled"}}})
+    with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace],
+                   logdir=tmp_path / "node-logs-2"):
+        upgraded = helm(*upgrade, *sets("image.tag=v2", "config.logLevel=WARNING", "autoscaling.enabled=true",
+                                        "autoscaling.minReplicas=2", "autoscaling.maxReplicas=4"))
+    assert "WARNING" not in upgraded.stdout
+    releases = json.loads(helm("list", *cluster, "-o", "json").stdout)
+    assert [(r["name"], r["revision"], r["status"]) for r in releases] == [(RELEASE, "2", "deployed")]
+    container = kube.apps.read_namespaced_deployment("rates-api", namespace).spec.template.spec.containers[0]
+    env = {e.name: e.value for e in container.env}
+    assert (container.image, env["APP_VERSION"], env["LOG_LEVEL"]) == ("rates-api:v2", "v2", "WARNING")
+    hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler("rates-api", namespace)
+    assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 4)
+    assert policy.read_namespaced_pod_disruption_budget("rates-api", namespace).spec.max_unavailable == 1
+
+    helm("uninstall", RELEASE, *cluster)
+    wait_for(lambda: gone(lambda: kube.apps.read_namespaced_deployment("rates-api", namespace)),
+             timeout=30, what="helm uninstall to remove the Deployment")
+    for read in (lambda: kube.core.read_namespaced_service("rates-api", namespace),
+                 lambda: kube.core.read_namespaced_service_account("rates-api", namespace),
+                 lambda: networking.read_namespaced_ingress("rates-api", namespace),
+                 lambda: autoscaling.read_namespaced_horizontal_pod_autoscaler("rates-api", namespace),
+                 lambda: policy.read_namespaced_pod_disruption_budget("rates-api", namespace)):
+        assert gone(read)
+    assert kube.batch.list_namespaced_job(namespace).items == []
+    assert json.loads(helm("list", *cluster, "-o", "json").stdout) == []
+
+
+def test_a_failing_migration_fails_the_release_without_retries(helm, kube, kubeconfig, namespace, tmp_path):
+    """Exit 2 (a migration that cannot pass on retry) fails the hook Job at once, so helm
+    stops before any new pod exists; the failed Job stays for its logs."""
+    create_database_secret(kube, namespace, "host=db.invalid dbname=rates")  # not a URL: permanent
+    with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace],
+                   logdir=tmp_path / "node-logs") as node:
+        proc = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "--kubeconfig",
+                    str(kubeconfig), "-f", str(CHART / "values-dev.yaml"), "--timeout", "60s",
+                    check=False)
+        (job,) = kube.batch.list_namespaced_job(namespace).items
+        pods = kube.core.list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}").items
+        log = node.logs(namespace, pods[0].metadata.name)
+    assert proc.returncode != 0 and "pre-install" in proc.stderr, proc.stderr
+    assert [c.reason for c in job.status.conditions if c.type == "Failed"] == ["PodFailurePolicy"]
+    assert len(pods) == 1 and pods[0].status.container_statuses[0].state.terminated.exit_code == 2
+    assert "DATABASE_URL as a URL" in log
+    assert gone(lambda: kube.apps.read_namespaced_deployment("rates-api", namespace))
