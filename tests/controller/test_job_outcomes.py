@@ -10,6 +10,7 @@ import pytest
 from rates_controller import jobs
 from tests.controller.conftest import sample
 from tests.ingest.conftest import ROWS, as_csv, prices, runs
+from tests.support.poll import wait_for
 from tests.support.uploads import ingest_jobs
 
 pytestmark = pytest.mark.kube
@@ -137,8 +138,10 @@ def test_a_retry_the_api_server_refuses_sets_the_file_aside_and_the_loop_goes_on
     job_runtime(DOWN)
     first = make_controller(retry_delay_seconds=0, job_backoff_limit=0)
     uploads.put("p.csv", as_csv(ROWS))
-    step_until(first, lambda: any(jobs.finished(j) for j in ingest_jobs(kube, namespace)),
-               what="the first Job to fail")
+    step_until(first, lambda: ingest_jobs(kube, namespace), what="the first Job")
+    # Waited for without a step, or the first controller would retry it itself.
+    wait_for(lambda: any(jobs.finished(j) for j in ingest_jobs(kube, namespace)), timeout=60,
+             what="the first Job to fail")
 
     # A rollout with Job settings the API server refuses meets the failed Job's retry.
     broken = make_controller(retry_delay_seconds=0, job_memory_request="512Mi", job_memory_limit="64Mi")
