@@ -17,6 +17,7 @@ help:
 	@echo "make api        serve the API with gunicorn on \$$HOST:\$$PORT against \$$DATABASE_URL"
 	@echo "make bench-api  API benchmark against a naive baseline (see bench/README.md)"
 	@echo "make bench-ingest  ingest job against raw COPY and a naive baseline (see bench/README.md)"
+	@echo "make bench-controller  uploads to Jobs, against raw Job creates (see bench/README.md)"
 
 $(STAMP): requirements.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,10 @@ bench-api: venv
 .PHONY: bench-ingest
 bench-ingest: venv
 	$(BIN)/python bench/ingest_bench.py $(BENCH_ARGS)
+
+.PHONY: bench-controller
+bench-controller: venv
+	$(BIN)/python bench/controller_bench.py $(BENCH_ARGS)
 
 # Pinned etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubeconform (versions.json):
 # found via $KUBEBUILDER_ASSETS/PATH or built once into ~/.cache/rates-platform/k8s. `make test` does it too.

@@ -140,23 +140,27 @@ class Controller:
         except TemporaryError:
             self.metrics.errors.labels("receive").inc()
             raise
+        done: list[Message] = []
         for message in messages:
-            if not self._guarded("handle_message", self.handle, message):
-                self._guarded("set_aside_message", self._set_aside_message, message, "unexpected",
+            if not self._guarded("handle_message", self.handle, message, done):
+                self._guarded("set_aside_message", self._set_aside_message, message, done, "unexpected",
                               "the controller failed on this message; see its log")
+        # After the batch: a crash before this redelivers the messages, and their Jobs exist.
+        self._guarded("delete_messages", self.uploads.delete, done)
 
-    def handle(self, message: Message) -> None:
+    def handle(self, message: Message, done: list[Message]) -> None:
+        """Act on one message; append it to ``done`` if it is to be deleted."""
         try:
             objects = events.uploaded_objects(message.body)
             created = sum(self._start(obj) for obj in objects)
         except PermanentError as exc:
-            self._set_aside_message(message, "poison" if isinstance(exc, events.PoisonMessage) else "rejected",
-                                    str(exc))
+            self._set_aside_message(message, done, "poison" if isinstance(exc, events.PoisonMessage)
+                                    else "rejected", str(exc))
             return
         except TemporaryError as exc:
-            self._retry_message(message, exc)
+            self._retry_message(message, done, exc)
             return
-        self.uploads.delete(message)
+        done.append(message)
         outcome = "jobs_created" if created else "duplicate" if objects else "ignored"
         self.metrics.messages.labels(outcome).inc()
         self.log.info("message handled", message_id=message.id, objects=len(objects), jobs_created=created)
@@ -193,9 +197,9 @@ class Controller:
                           version_id=obj.version_id, attempt=attempt)
         return created
 
-    def _retry_message(self, message: Message, exc: TemporaryError) -> None:
+    def _retry_message(self, message: Message, done: list[Message], exc: TemporaryError) -> None:
         if message.receives >= self.settings.max_receives:
-            self._set_aside_message(message, "undeliverable",
+            self._set_aside_message(message, done, "undeliverable",
                                     f"no Job could be created in {message.receives} deliveries: {exc}")
             return
         low, high = MESSAGE_BACKOFF_SECONDS
@@ -205,9 +209,9 @@ class Controller:
         self.metrics.messages.labels("retry_later").inc()
         self.uploads.retry_later(message, delay)
 
-    def _set_aside_message(self, message: Message, why: str, reason: str) -> None:
+    def _set_aside_message(self, message: Message, done: list[Message], why: str, reason: str) -> None:
         self.dead_letters.send(message.body, {"reason": reason, "message-id": message.id})
-        self.uploads.delete(message)
+        done.append(message)
         self.metrics.messages.labels("set_aside").inc()
         self.metrics.set_aside.labels(why).inc()
         self.log.warning("message set aside", message_id=message.id, reason=reason)

@@ -69,7 +69,11 @@ class JobsApi:
         name = manifest["metadata"]["name"]
         try:
             with classified(f"creating Job {name}"):
-                self._batch.create_namespaced_job(self.namespace, manifest, _request_timeout=REQUEST_TIMEOUT)
+                # The created Job is read but not turned into objects, which costs more than the call.
+                response = self._batch.create_namespaced_job(self.namespace, manifest, _preload_content=False,
+                                                             _request_timeout=REQUEST_TIMEOUT)
+                response.read()
+                response.release_conn()
         except TemporaryError as exc:
             if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 409:
                 return False

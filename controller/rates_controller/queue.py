@@ -68,9 +68,18 @@ class Queue:
                         receives=int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")))
                 for m in response.get("Messages", [])]
 
-    def delete(self, message: Message) -> None:
-        with classified("delete"):
-            self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt)
+    def delete(self, messages: list[Message]) -> None:
+        """Delete handled messages, ten to a request (SQS bills by the request)."""
+        failed = []
+        for start in range(0, len(messages), MAX_BATCH):
+            batch = messages[start:start + MAX_BATCH]
+            with classified("delete"):
+                response = self._sqs.delete_message_batch(QueueUrl=self.url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m.receipt} for i, m in enumerate(batch)])
+            failed += [f"{batch[int(f['Id'])].id}: {f.get('Code')}" for f in response.get("Failed", [])]
+        if failed:
+            # They come back after their visibility timeout and are handled again, harmlessly.
+            raise TemporaryError(f"SQS delete failed for {len(failed)} message(s): {', '.join(failed)}")
 
     def retry_later(self, message: Message, seconds: int) -> None:
         """Hide the message for ``seconds`` more, so its next delivery comes after a backoff."""
