@@ -1,0 +1,33 @@
+"""The SQS boundary against moto_server."""
+
+from rates_controller.queue import MAX_REASON_CHARS, Queue
+
+
+def test_a_reason_with_characters_sqs_refuses_still_sets_the_file_aside(sqs):
+    # A job's error text can hold any character; real SQS refuses NUL and most control
+    # characters in attributes, which would keep the file from ever being set aside.
+    Queue(sqs.client, sqs.dead_url).send("{}", {"reason": "bad byte \x00 and bell \x07\tend\n", "job": ""})
+
+    [dead] = sqs.dead_letters()
+    assert dead["reason"] == "bad byte ? and bell ?\tend\n"
+    assert dead["job"] == "-"  # SQS refuses an empty attribute value
+
+
+def test_a_long_reason_is_cut_to_a_size_sqs_takes(sqs):
+    Queue(sqs.client, sqs.dead_url).send("{}", {"reason": "x" * 300_000})
+
+    [dead] = sqs.dead_letters()
+    assert dead["reason"] == "x" * MAX_REASON_CHARS
+
+
+def test_handled_messages_are_deleted_in_batches_of_ten(sqs):
+    for i in range(23):
+        sqs.send(f"m{i}")
+    queue = Queue(sqs.client, sqs.uploads_url)
+    received = []
+    while len(received) < 23:
+        received += queue.receive(10, 1, 30)
+
+    queue.delete(received)
+
+    assert sqs.counts() == (0, 0)
