@@ -49,9 +49,9 @@ class Controller:
                 self.step()
             except TemporaryError as exc:
                 self.log.warning("control loop pass failed; retrying", error=str(exc))
+                # Alive, even so: restarting would not bring SQS or the API back.
+                self.metrics.loop_completed()
                 self.stopping.wait(5)
-            # Alive, even when a pass fails: restarting would not bring SQS or the API back.
-            self.metrics.loop_completed()
 
     def step(self) -> None:
         busy = self.reconcile()
@@ -67,16 +67,17 @@ class Controller:
         except TemporaryError:
             self.metrics.errors.labels("list_jobs").inc()
             raise
-        running = [job for job in listed if jobs.finished(job) is None]
-        busy = len(running)
-        for ended in filter(None, map(jobs.finished, listed)):
+        ended_jobs = [ended for ended in map(jobs.finished, listed) if ended is not None]
+        running = len(listed) - len(ended_jobs)
+        busy = running
+        for ended in ended_jobs:
             retry_waits = not ended.succeeded and not ended.file_is_invalid and self._retries_left(ended)
             if retry_waits and (busy >= self.settings.max_active_jobs or not self._retry_due(ended)):
                 busy += 1  # its retry will take a slot: hold one for it
                 continue
             if self._guarded("handle_job", self._ended, ended) and retry_waits:
                 busy += 1
-        self.metrics.active_jobs.set(len(running))
+        self.metrics.active_jobs.set(running)
         return busy
 
     def _ended(self, ended: jobs.Finished) -> None:

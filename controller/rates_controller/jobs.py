@@ -38,7 +38,6 @@ SELECTOR = ",".join(f"{k}={v}" for k, v in LABELS.items())
 UNHANDLED = f"{SELECTOR},!{HANDLED}"
 
 
-
 def job_name(obj: UploadedObject, attempt: int) -> str:
     """``ingest-<hash>-<attempt>``: stable for one object, at most 63 characters (a label value)."""
     identity = "\0".join([obj.bucket, obj.key, obj.version_id or "", obj.etag or "", obj.sequencer or ""])
@@ -48,15 +47,9 @@ def job_name(obj: UploadedObject, attempt: int) -> str:
 
 def manifest(obj: UploadedObject, settings: JobSettings, attempt: int = 1, round_start: int = 1,
              previous: str | None = None) -> dict:
-    annotations = {BUCKET: obj.bucket, KEY: obj.key, ATTEMPT: str(attempt), ROUND_START: str(round_start)}
-    if previous:
-        annotations[PREVIOUS] = previous
-    if obj.version_id:
-        annotations[VERSION_ID] = obj.version_id
-    if obj.etag:
-        annotations[ETAG] = obj.etag
-    if obj.sequencer:
-        annotations[SEQUENCER] = obj.sequencer
+    annotations = {BUCKET: obj.bucket, KEY: obj.key, ATTEMPT: str(attempt), ROUND_START: str(round_start),
+                   PREVIOUS: previous, VERSION_ID: obj.version_id, ETAG: obj.etag, SEQUENCER: obj.sequencer}
+    annotations = {name: value for name, value in annotations.items() if value}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

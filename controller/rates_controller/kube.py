@@ -1,9 +1,9 @@
 """The Kubernetes API, seen from the controller: its Jobs in one namespace.
 
-``ApiException`` and connection errors are mapped here, once: 409 on create means the Job
-exists (a duplicate delivery), 400/422 mean the Job itself is unacceptable (retrying
-cannot help), and everything else - 403 included, which is also how a ResourceQuota
-says "full" - may pass on retry.
+``ApiException`` and connection errors are mapped here, once: 409 is AlreadyExists (on
+create: a duplicate delivery), 404 NotFound, 400/422 mean the Job itself is unacceptable
+(retrying cannot help), and everything else - 403 included, which is also how a
+ResourceQuota says "full" - may pass on retry.
 """
 
 import contextlib
@@ -36,6 +36,14 @@ def api_client() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+class AlreadyExists(TemporaryError):
+    """409: the object exists (for a Job: a duplicate delivery, not a failure)."""
+
+
+class NotFound(TemporaryError):
+    """404: the object, or its namespace, does not exist (yet)."""
+
+
 @contextlib.contextmanager
 def classified(what: str):
     try:
@@ -44,7 +52,7 @@ def classified(what: str):
         detail = f"{what}: {exc.status} {exc.reason}: {_message(exc)}"
         if exc.status in (400, 422):
             raise PermanentError(detail) from exc
-        raise TemporaryError(detail) from exc
+        raise {409: AlreadyExists, 404: NotFound}.get(exc.status, TemporaryError)(detail) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise TemporaryError(f"{what}: Kubernetes API unreachable: {type(exc).__name__}: {exc}") from exc
 
@@ -74,10 +82,8 @@ class JobsApi:
                                                              _request_timeout=REQUEST_TIMEOUT)
                 response.read()
                 response.release_conn()
-        except TemporaryError as exc:
-            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 409:
-                return False
-            raise
+        except AlreadyExists:
+            return False
         return True
 
     def get(self, name: str):
@@ -85,10 +91,8 @@ class JobsApi:
         try:
             with classified(f"reading Job {name}"):
                 return self._batch.read_namespaced_job(name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
-        except TemporaryError as exc:
-            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
 
     def validate(self, manifest: dict) -> None:
         """Let the API server check a Job without creating it (PermanentError if invalid)."""
