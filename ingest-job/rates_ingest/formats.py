@@ -548,6 +548,8 @@ class NdjsonParser(Parser):
     """One JSON object per line (.ndjson, .jsonl); blank lines are ignored."""
 
     def _parse(self, data: Iterator[bytes]) -> Iterator[bytes]:
+        # One decoder for the file: json.loads with a hook would build one for every line.
+        self._decode = json.JSONDecoder(object_pairs_hook=_json_object).decode
         for first_no, lines in _complete_lines(data, self.problems):
             out = []
             for offset, raw in enumerate(lines):
@@ -564,7 +566,7 @@ class NdjsonParser(Parser):
         if not raw.strip():
             return None
         try:
-            obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_json_object)
+            obj = self._decode(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
             self.problems.add(line_no, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})", raw)
             return None
