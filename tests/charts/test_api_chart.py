@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from rates_api.settings import Settings
 from rates_core import migrate
-from tests.support.kube import export_json_schemas, kubeconform
+from tests.support.kube import gone, kubeconform
 from tests.support.local_node import LocalNode
 from tests.support.poll import wait_for
 
@@ -157,13 +156,8 @@ def test_timings_that_would_drop_requests_are_refused(helm, assignments, error):
     assert proc.returncode != 0 and error in proc.stderr, proc.stderr
 
 
-@pytest.fixture(scope="module")
-def schemas(kube, tmp_path_factory):
-    return export_json_schemas(kube, tmp_path_factory.mktemp("schemas"))
-
-
 @pytest.mark.parametrize("env", ENVS)
-def test_rendering_is_valid_for_the_apiserver(helm, schemas, kube_tools, kubeconfig, namespace, env):
+def test_rendering_is_valid_for_the_apiserver(helm, kubectl, schemas, kube_tools, namespace, env):
     manifest = helm("template", RELEASE, str(CHART), "-n", namespace, *values_args(env)).stdout
     docs = [d for d in yaml.safe_load_all(manifest) if d]
     count = len(docs)
@@ -175,10 +169,7 @@ def test_rendering_is_valid_for_the_apiserver(helm, schemas, kube_tools, kubecon
     summary = kubeconform(kube_tools["kubeconform"], schemas, manifest)
     assert summary["valid"] == count and summary["invalid"] == summary["errors"] == 0, summary
 
-    proc = subprocess.run(
-        [str(kube_tools["kubectl"]), "--kubeconfig", str(kubeconfig), "apply", "--dry-run=server",
-         "--validate=strict", "-n", namespace, "-f", "-"],
-        input=manifest, capture_output=True, text=True, timeout=60)
+    proc = kubectl("apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-", input=manifest)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("(server dry run)") == count, proc.stdout
 
@@ -502,22 +493,14 @@ def create_database_secret(kube, namespace, dsn):
         "data": {"url": base64.b64encode(dsn.encode()).decode()}})
 
 
-def gone(read) -> bool:
-    try:
-        read()
-    except ApiException as exc:
-        return exc.status == 404
-    return False
-
-
-def test_install_upgrade_uninstall(helm, kube, kubeconfig, namespace, empty_dsn, tmp_path):
+def test_install_upgrade_uninstall(helm, kube, namespace, empty_dsn, tmp_path):
     """A real release: the migration hook migrates an empty database (on a local node that
     runs the hook's command from this virtualenv), then an upgrade switches on the HPA."""
     create_database_secret(kube, namespace, empty_dsn)
     networking = client.NetworkingV1Api(kube.api_client)
     autoscaling = client.AutoscalingV2Api(kube.api_client)
     policy = client.PolicyV1Api(kube.api_client)
-    cluster = ["-n", namespace, "--kubeconfig", str(kubeconfig)]
+    cluster = ["-n", namespace]
     upgrade = ["upgrade", "--install", RELEASE, str(CHART), *cluster, "-f", str(CHART / "values-dev.yaml"),
                "--timeout", "90s"]
     assert migrate.pending(empty_dsn)
@@ -572,18 +555,15 @@ def test_install_upgrade_uninstall(helm, kube, kubeconfig, namespace, empty_dsn,
     assert json.loads(helm("list", *cluster, "-o", "json").stdout) == []
 
 
-def test_a_failing_migration_fails_the_release_without_retries(helm, kube, kubeconfig, namespace, tmp_path):
+def test_a_failing_migration_fails_the_release_without_retries(helm, kube, namespace, local_node):
     """Exit 2 (a migration that cannot pass on retry) fails the hook Job at once, so helm
     stops before any new pod exists; the failed Job stays for its logs."""
     create_database_secret(kube, namespace, "host=db.invalid dbname=rates")  # not a URL: permanent
-    with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace],
-                   logdir=tmp_path / "node-logs") as node:
-        proc = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "--kubeconfig",
-                    str(kubeconfig), "-f", str(CHART / "values-dev.yaml"), "--timeout", "60s",
-                    check=False)
-        (job,) = kube.batch.list_namespaced_job(namespace).items
-        pods = kube.core.list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}").items
-        log = node.logs(namespace, pods[0].metadata.name)
+    proc = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "-f", str(CHART / "values-dev.yaml"),
+                "--timeout", "60s", check=False)
+    (job,) = kube.batch.list_namespaced_job(namespace).items
+    pods = kube.core.list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}").items
+    log = local_node.logs(namespace, pods[0].metadata.name)
     assert proc.returncode != 0 and "pre-install" in proc.stderr, proc.stderr
     assert [c.reason for c in job.status.conditions if c.type == "Failed"] == ["PodFailurePolicy"]
     assert len(pods) == 1 and pods[0].status.container_statuses[0].state.terminated.exit_code == 2

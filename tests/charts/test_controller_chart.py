@@ -30,7 +30,7 @@ from rates_controller.events import UploadedObject
 from rates_controller.settings import JobSettings, Settings
 # The controller tests' queue fixtures, shared rather than copied.
 from tests.support.uploads import ingest_jobs
-from tests.support.kube import export_json_schemas, kubeconform
+from tests.support.kube import gone, kubeconform
 from tests.support.net import free_port, wait_for_http
 from tests.support.poll import wait_for
 from tests.support.proc import stop_process
@@ -110,11 +110,6 @@ def setting_names() -> set[str]:
     return {n for group in names for n in group.split(", ")}
 
 
-def kubectl(kube_tools, kubeconfig, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(kube_tools["kubectl"]), "--kubeconfig", str(kubeconfig), *args],
-                          input=input, capture_output=True, text=True, timeout=60)
-
-
 def token_for(kube, namespace: str, service_account: str) -> str:
     return kube.core.create_namespaced_service_account_token(
         service_account, namespace, {"spec": {"expirationSeconds": 600}}).status.token
@@ -126,10 +121,6 @@ def status_of(call) -> int:
     except ApiException as exc:
         return exc.status
     return 200
-
-
-def gone(read) -> bool:
-    return status_of(read) == 404
 
 
 def yaml_app_version() -> str:
@@ -166,13 +157,8 @@ def test_every_value_is_documented_in_the_readme():
     assert undocumented == []
 
 
-@pytest.fixture(scope="module")
-def schemas(kube, tmp_path_factory) -> Path:
-    return export_json_schemas(kube, tmp_path_factory.mktemp("schemas"))
-
-
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
-def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kube_tools, kubeconfig, schemas,
+def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl, kube_tools, schemas,
                                                                   namespace, environment):
     args = values_args(environment, ROLE_ARNS)
     rendered = helm("template", RELEASE, str(CHART), "--namespace", namespace, *args).stdout
@@ -183,8 +169,7 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kube_too
     summary = kubeconform(kube_tools["kubeconform"], schemas, rendered)
     assert summary == {"valid": len(kinds), "invalid": 0, "errors": 0, "skipped": 0}, summary
 
-    proc = kubectl(kube_tools, kubeconfig, "apply", "--dry-run=server", "--validate=strict", "-n", namespace,
-                   "-f", "-", input=rendered)
+    proc = kubectl("apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-", input=rendered)
     assert proc.returncode == 0, proc.stderr
     for what in ("deployment.apps/rates-controller", "serviceaccount/rates-controller",
                  "serviceaccount/rates-ingest", "role.rbac.authorization.k8s.io/rates-controller",

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from kubernetes.client.rest import ApiException
 
-from tests.support.kube import export_json_schemas
+from tests.support.kube import gone, kubeconform
 from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.kube
@@ -33,21 +33,13 @@ def test_helm_lint_template_install_uninstall(helm, chart, kube, namespace):
 
     helm("uninstall", "rel", "--namespace", namespace, "--kubeconfig", str(kube.kubeconfig))
 
-    def removed():
-        try:
-            kube.apps.read_namespaced_deployment("rel-demo", namespace)
-        except ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_for(removed, timeout=30, what="helm uninstall to remove the Deployment")
-    with pytest.raises(ApiException) as gone:
+    wait_for(lambda: gone(lambda: kube.apps.read_namespaced_deployment("rel-demo", namespace)), timeout=30, what="helm uninstall to remove the Deployment")
+    with pytest.raises(ApiException) as missing:
         kube.core.read_namespaced_service("rel-demo", namespace)
-    assert gone.value.status == 404
+    assert missing.value.status == 404
 
 
-def test_rendered_chart_is_valid_for_this_apiserver(helm, chart, kube_tools, kubeconfig,
-                                                     namespace):
+def test_rendered_chart_is_valid_for_this_apiserver(helm, kubectl, chart, namespace):
     """Strict validation of `helm template` output.
 
     kubeconform fetches its schemas from the internet by default, which tests cannot reach,
@@ -58,36 +50,24 @@ def test_rendered_chart_is_valid_for_this_apiserver(helm, chart, kube_tools, kub
     (see test_kubeconform_offline_with_schemas_from_this_apiserver).
     """
     rendered = helm("template", "rel", str(chart), "--namespace", namespace).stdout
-    kubectl = [str(kube_tools["kubectl"]), "--kubeconfig", str(kubeconfig)]
-    proc = subprocess.run(
-        [*kubectl, "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-"],
-        input=rendered, capture_output=True, text=True, timeout=60,
-    )
+    proc = kubectl("apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-", input=rendered)
     assert proc.returncode == 0, proc.stderr
     assert "deployment.apps/rel-demo created (server dry run)" in proc.stdout
 
     broken = rendered.replace("replicas: 1", "replicas: 1\n  replicaz: 2", 1)
-    proc = subprocess.run(
-        [*kubectl, "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-"],
-        input=broken, capture_output=True, text=True, timeout=60,
-    )
+    proc = kubectl("apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-", input=broken)
     assert proc.returncode != 0 and "replicaz" in proc.stderr
 
 
-def test_kubeconform_offline_with_schemas_from_this_apiserver(helm, chart, kube, kube_tools,
-                                                               tmp_path):
-    schemas = export_json_schemas(kube, tmp_path / "schemas")
+def test_kubeconform_offline_with_schemas_from_this_apiserver(helm, chart, kube_tools, schemas):
     rendered = helm("template", "rel", str(chart)).stdout
-    kubeconform = [
-        str(kube_tools["kubeconform"]), "-strict", "-summary", "-output", "json",
-        "-schema-location", str(schemas) + "/{{ .ResourceKind }}{{ .KindSuffix }}.json",
-    ]
-    proc = subprocess.run(kubeconform, input=rendered, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads(proc.stdout)["summary"]
+    summary = kubeconform(kube_tools["kubeconform"], schemas, rendered)
     assert summary["valid"] >= 4 and summary["invalid"] == summary["errors"] == 0, summary
 
+    # The helper asserts success, so the failing case runs kubeconform itself.
     broken = rendered.replace("replicas: 1", "replicas: 1\n  replicaz: 2", 1)
-    proc = subprocess.run(kubeconform, input=broken, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(kube_tools["kubeconform"]), "-strict", "-schema-location",
+         str(schemas) + "/{{ .ResourceKind }}{{ .KindSuffix }}.json"],
+        input=broken, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "replicaz" in proc.stdout, proc.stdout

@@ -3,8 +3,8 @@
 import sys
 
 import pytest
-from kubernetes.client.rest import ApiException
 
+from tests.support.kube import gone
 from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.kube
@@ -81,16 +81,7 @@ def test_pod_failure_policy_fails_job_on_exit_code(kube, namespace, local_node):
 def test_ttl_after_finished_deletes_job(kube, namespace, local_node):
     kube.batch.create_namespaced_job(namespace, job("short-lived", 0, ttlSecondsAfterFinished=0))
 
-    def gone():
-        try:
-            kube.batch.read_namespaced_job("short-lived", namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return True
-            raise
-        return False
-
-    wait_for(gone, timeout=90, what="the TTL controller to delete the finished Job")
+    wait_for(lambda: gone(lambda: kube.batch.read_namespaced_job("short-lived", namespace)), timeout=90, what="the TTL controller to delete the finished Job")
 
 
 def test_local_node_runs_pods_from_the_venv_with_their_env(kube, namespace, local_node):

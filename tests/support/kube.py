@@ -10,6 +10,10 @@
   the Pods of ``namespace`` as local processes
 * ``helm``                (session) ``helm(*args, check=True)``: the pinned helm with a HOME
   of its own (no developer configuration leaks in), against the control plane
+* ``kubectl``             (session) ``kubectl(*args, input=None)``: the pinned kubectl, likewise
+* ``schemas``             (session) kubeconform schemas exported from this API server
+
+Helpers: :func:`kubeconform` validates manifests offline, :func:`gone` tells a 404.
 
 The tools are provided once per run, before the first test, when any ``kube``-marked test is
 selected (see ``ratesctl k8s-tools``; a cold build is not counted against the per-test
@@ -129,6 +133,17 @@ def kubeconform(tool: Path, schemas: Path, manifests: str) -> dict:
     return json.loads(proc.stdout)["summary"]
 
 
+def gone(read) -> bool:
+    """Whether ``read()`` (e.g. ``lambda: kube.apps.read_namespaced_deployment(...)``) answers 404."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        read()
+    except ApiException as exc:
+        return exc.status == 404
+    return False
+
+
 _TOOLS = pytest.StashKey[object]()
 
 
@@ -238,3 +253,19 @@ def helm(kube_tools: dict[str, Path], kubeconfig: Path, tmp_path_factory: pytest
         return proc
 
     return run
+
+
+@pytest.fixture(scope="session")
+def kubectl(kube_tools: dict[str, Path], kubeconfig: Path):
+    import subprocess
+
+    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(kube_tools["kubectl"]), "--kubeconfig", str(kubeconfig), *args],
+                              input=input, capture_output=True, text=True, timeout=60)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def schemas(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_json_schemas(kube, tmp_path_factory.mktemp("schemas"))

@@ -71,6 +71,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: api
 {{- end }}
 
+{{/*
+The migration hook Job's name (room left for the suffix within 63 characters).
+*/}}
+{{- define "rates-api.migrationJobName" -}}
+{{- include "rates-api.fullname" . | trunc 55 | trimSuffix "-" }}-migrate
+{{- end }}
+
 {{- define "rates-api.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "rates-api.fullname" .) .Values.serviceAccount.name }}

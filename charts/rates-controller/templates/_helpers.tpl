@@ -27,13 +27,20 @@ contains it; so `helm install rates-controller` gives "rates-controller".
 {{- end }}
 
 {{/*
+Selector labels of one component, from (dict "ctx" $ "component" "...").
+*/}}
+{{- define "rates-controller.componentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "rates-controller.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
 Selector labels of the controller pod. The component is part of them so that the
 Service never selects the `helm test` pod, which shares name and instance.
 */}}
 {{- define "rates-controller.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "rates-controller.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: controller
+{{ include "rates-controller.componentSelectorLabels" (dict "ctx" . "component" "controller") }}
 {{- end }}
 
 {{/*
@@ -47,11 +54,33 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
+All labels of one component's objects, from (dict "ctx" $ "component" "...").
+*/}}
+{{- define "rates-controller.componentLabels" -}}
+{{ include "rates-controller.componentSelectorLabels" . }}
+{{ include "rates-controller.metaLabels" .ctx }}
+{{- end }}
+
+{{/*
 Labels of the controller's own objects.
 */}}
 {{- define "rates-controller.labels" -}}
-{{ include "rates-controller.selectorLabels" . }}
-{{ include "rates-controller.metaLabels" . }}
+{{ include "rates-controller.componentLabels" (dict "ctx" . "component" "controller") }}
+{{- end }}
+
+{{/*
+A ServiceAccount's annotations block, from its values (annotations, roleArn): the
+roleArn becomes the IRSA annotation. Empty when there is nothing to annotate.
+*/}}
+{{- define "rates-controller.serviceAccountAnnotations" -}}
+{{- $annotations := deepCopy .annotations }}
+{{- with .roleArn }}
+{{- $_ := set $annotations "eks.amazonaws.com/role-arn" . }}
+{{- end }}
+{{- with $annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{- define "rates-controller.serviceAccountName" -}}
