@@ -3,7 +3,7 @@
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from rates_core.db import SCHEMA_MISSING
+from rates_core.db import SchemaMissing
 from rates_core.errors import PermanentError, TemporaryError
 from rates_core.logs import get_logger
 
@@ -43,14 +43,16 @@ def register(app: Flask) -> None:
         response.headers["Retry-After"] = "1"
         return response
 
+    @app.errorhandler(SchemaMissing)
+    def _schema_missing(exc: SchemaMissing):
+        # The migrations have not run yet; they will, so this is not the request's fault.
+        log.error("database schema is missing or older than the code", error=str(exc))
+        response = error_response(503, "unavailable", "the rates database is not migrated yet; retry later")
+        response.headers["Retry-After"] = "5"
+        return response
+
     @app.errorhandler(PermanentError)
     def _permanent(exc: PermanentError):
-        if getattr(exc, "pgcode", None) in SCHEMA_MISSING:
-            # The migrations have not run yet; they will, so this is not the request's fault.
-            log.error("database schema is missing or older than the code", error=str(exc))
-            response = error_response(503, "unavailable", "the rates database is not migrated yet; retry later")
-            response.headers["Retry-After"] = "5"
-            return response
         log.error("database error", error=str(exc))
         return error_response(500, "internal_error", "internal error")
 

@@ -2,8 +2,8 @@
 
 from flask import Blueprint, Response, jsonify
 
-from rates_core.db import SCHEMA_MISSING, PoolExhausted
-from rates_core.errors import PermanentError, TemporaryError
+from rates_core.db import PoolExhausted, SchemaMissing
+from rates_core.errors import TemporaryError
 
 from . import queries
 from .runtime import runtime
@@ -37,9 +37,7 @@ def readyz():
         return jsonify({"status": "ok", "database": "busy"})
     except TemporaryError as exc:
         return jsonify({"status": "database unavailable", "error": str(exc)}), 503
-    except PermanentError as exc:
-        if getattr(exc, "pgcode", None) not in SCHEMA_MISSING:
-            raise
+    except SchemaMissing as exc:
         return jsonify({"status": "database not migrated", "error": str(exc)}), 503
     return jsonify({"status": "ok"})
 

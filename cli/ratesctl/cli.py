@@ -2,6 +2,7 @@
 
 import click
 
+from rates_core.env import ConfigError
 from rates_core.errors import PermanentError, TemporaryError
 
 
@@ -23,6 +24,8 @@ class Group(click.Group):
             raise Failed(f"{exc} (this may pass on retry)", 1) from exc
         except PermanentError as exc:
             raise Failed(str(exc), 2) from exc
+        except ConfigError as exc:  # a mistyped variable: one line, as for a bad invocation
+            raise Failed(str(exc), 2) from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

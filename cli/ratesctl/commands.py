@@ -14,7 +14,7 @@ import click
 from tqdm import tqdm
 
 from rates_core import db, logs, migrate as migrations
-from rates_core.env import ConfigError, env_choice
+from rates_core.env import env_choice
 
 from . import demodata, localdb
 
@@ -33,11 +33,7 @@ def _database_url() -> str:
 @click.command("migrate")
 def migrate_command() -> None:
     """Apply the schema migrations to $DATABASE_URL (safe to run again)."""
-    try:
-        level = env_choice("LOG_LEVEL", "INFO", logs.LEVELS)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    logs.configure(level, service="ratesctl")
+    logs.configure(env_choice("LOG_LEVEL", "INFO", logs.LEVELS), service="ratesctl")
     applied = migrations.apply(_database_url())
     click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none, already current'}")
 
@@ -105,11 +101,8 @@ def _check_server_settings() -> None:
     traceback from the master and from every worker."""
     from rates_api.settings import Settings
 
-    try:
-        Settings.from_env()
-        runpy.run_path(str(GUNICORN_CONF))  # only reads the environment
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    Settings.from_env()
+    runpy.run_path(str(GUNICORN_CONF))  # only reads the environment
 
 
 @click.command("up")

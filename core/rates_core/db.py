@@ -28,7 +28,10 @@ def classify(exc: BaseException) -> Exception:
         # No SQLSTATE: the connection failed or was lost before the server answered.
         retryable = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
     message = str(exc).strip() or type(exc).__name__
-    wrapped = (TemporaryError if retryable else PermanentError)(message)
+    if code in SCHEMA_MISSING:
+        wrapped = SchemaMissing(message)
+    else:
+        wrapped = (TemporaryError if retryable else PermanentError)(message)
     wrapped.pgcode = code
     return wrapped
 
@@ -49,6 +52,11 @@ class PoolExhausted(TemporaryError):
 # SQLSTATEs of a schema older than the code: a table, column or function is missing
 # because the migrations have not run yet (a new database, or a deploy ahead of them).
 SCHEMA_MISSING = frozenset({"42P01", "42703", "42883"})
+
+
+class SchemaMissing(PermanentError):
+    """The schema is older than the code (SCHEMA_MISSING). Permanent for the statement,
+    so a failing migration still exits 2; a server may report it as "not migrated yet"."""
 
 
 # work_mem for a bulk load into prices: the statement trigger keeps the statement's rows
