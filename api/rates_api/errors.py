@@ -39,17 +39,13 @@ def register(app: Flask) -> None:
     def _temporary(exc: TemporaryError):
         # The database is down, overloaded or too slow: a retry may well succeed.
         log.warning("temporary database error", error=str(exc))
-        response = error_response(503, "unavailable", "the rates database is unavailable; retry later")
-        response.headers["Retry-After"] = "1"
-        return response
+        return _unavailable("the rates database is unavailable; retry later", retry_after=1)
 
     @app.errorhandler(SchemaMissing)
     def _schema_missing(exc: SchemaMissing):
         # The migrations have not run yet; they will, so this is not the request's fault.
         log.error("database schema is missing or older than the code", error=str(exc))
-        response = error_response(503, "unavailable", "the rates database is not migrated yet; retry later")
-        response.headers["Retry-After"] = "5"
-        return response
+        return _unavailable("the rates database is not migrated yet; retry later", retry_after=5)
 
     @app.errorhandler(PermanentError)
     def _permanent(exc: PermanentError):
@@ -60,3 +56,9 @@ def register(app: Flask) -> None:
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal error")
+
+
+def _unavailable(message: str, retry_after: int):
+    response = error_response(503, "unavailable", message)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
