@@ -1,0 +1,34 @@
+output "cluster_name" {
+  description = "Name of the EKS cluster: the environment stacks' cluster_name."
+  value       = module.eks.cluster_name
+}
+
+output "cluster_endpoint" {
+  description = "Kubernetes API endpoint."
+  value       = module.eks.cluster_endpoint
+}
+
+output "kubeconfig_command" {
+  description = "Command that writes a kubeconfig entry for this cluster."
+  value       = "aws eks update-kubeconfig --region ${var.region} --name ${module.eks.cluster_name}"
+}
+
+output "oidc_provider_arn" {
+  description = "IAM OIDC provider of the cluster, for IRSA."
+  value       = module.eks.oidc_provider_arn
+}
+
+output "vpc_id" {
+  description = "VPC of the cluster."
+  value       = module.network.vpc_id
+}
+
+output "nat_public_ips" {
+  description = "Addresses the cluster's egress comes from."
+  value       = module.network.nat_public_ips
+}
+
+output "repository_urls" {
+  description = "Image repositories (when this stack creates them), for the charts' image.repository values."
+  value       = var.create_repositories ? module.ecr[0].repository_urls : {}
+}

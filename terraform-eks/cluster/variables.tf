@@ -1,0 +1,99 @@
+variable "name" {
+  description = "Cluster name; also names its VPC. One cluster can hold several environments, one namespace each."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}[a-z0-9]$", var.name))
+    error_message = "name must be 3-32 characters of lower-case letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region of the cluster."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-[a-z]+)+-[0-9]$", var.region))
+    error_message = "region must be an AWS region name such as eu-west-1."
+  }
+}
+
+variable "availability_zones" {
+  description = "Zones to spread subnets and nodes over, at least two."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.availability_zones) >= 2
+    error_message = "Give at least two availability zones."
+  }
+}
+
+variable "vpc_cidr" {
+  description = "IPv4 CIDR of the cluster's VPC; must not overlap networks it is peered with."
+  type        = string
+  default     = "10.40.0.0/16"
+}
+
+variable "single_nat_gateway" {
+  description = "One NAT gateway for the whole VPC (cheaper, for non-production) instead of one per zone."
+  type        = bool
+  default     = false
+}
+
+variable "kubernetes_version" {
+  description = "Kubernetes minor version."
+  type        = string
+  default     = "1.34"
+}
+
+variable "public_endpoint_cidrs" {
+  description = "CIDRs allowed to reach the Kubernetes API from the internet; empty for a private endpoint."
+  type        = list(string)
+  default     = []
+}
+
+variable "admin_principal_arns" {
+  description = "IAM roles or users that administer the cluster (EKS access entries)."
+  type        = list(string)
+  default     = []
+}
+
+variable "node_instance_types" {
+  description = "Instance types of the node group."
+  type        = list(string)
+  default     = ["m6i.large"]
+}
+
+variable "node_capacity_type" {
+  description = "ON_DEMAND or SPOT."
+  type        = string
+  default     = "ON_DEMAND"
+}
+
+variable "node_count" {
+  description = "Node group min, initial desired and max size."
+  type = object({
+    min     = number
+    desired = number
+    max     = number
+  })
+  default = { min = 2, desired = 3, max = 6 }
+}
+
+variable "log_retention_days" {
+  description = "Days to keep control-plane and VPC flow logs."
+  type        = number
+  default     = 90
+}
+
+variable "tags" {
+  description = "Tags added to every resource, beside the stack's own."
+  type        = map(string)
+  default     = {}
+}
+
+variable "create_repositories" {
+  description = "Create the three image repositories in this stack. Exactly one stack per account does (images move between environments by tag, not by copy)."
+  type        = bool
+  default     = false
+}

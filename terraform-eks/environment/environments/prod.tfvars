@@ -1,0 +1,12 @@
+# prod: its own cluster; a standby database in a second zone, two weeks of point-in-time recovery.
+environment  = "prod"
+region       = "eu-west-1"
+cluster_name = "rates-prod"
+bucket_name  = "example-rates-prod-prices"
+
+database = {
+  instance_class        = "db.r7g.large"
+  storage_gib           = { allocated = 100, max = 1000 }
+  multi_az              = true
+  backup_retention_days = 14
+}

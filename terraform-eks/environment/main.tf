@@ -1,0 +1,67 @@
+data "aws_eks_cluster" "this" {
+  name = var.cluster_name
+}
+
+data "aws_iam_openid_connect_provider" "this" {
+  url = data.aws_eks_cluster.this.identity[0].oidc[0].issuer
+}
+
+locals {
+  name        = "rates-${var.environment}"
+  vpc         = data.aws_eks_cluster.this.vpc_config[0]
+  oidc_issuer = replace(data.aws_eks_cluster.this.identity[0].oidc[0].issuer, "https://", "")
+}
+
+module "uploads" {
+  source = "../modules/uploads"
+
+  name              = var.bucket_name
+  prices_prefix     = var.prices_prefix
+  max_receive_count = var.max_receive_count
+  force_destroy     = var.throwaway
+}
+
+module "database" {
+  source = "../modules/database"
+
+  name                      = local.name
+  vpc_id                    = local.vpc.vpc_id
+  subnet_ids                = local.vpc.subnet_ids
+  client_security_group_ids = [local.vpc.cluster_security_group_id]
+  instance_class            = var.database.instance_class
+  storage_gib               = var.database.storage_gib
+  multi_az                  = var.database.multi_az
+  backup_retention_days     = var.database.backup_retention_days
+  deletion_protection       = !var.throwaway
+}
+
+module "policies" {
+  source = "../modules/iam-policies"
+
+  oidc_provider_arn          = data.aws_iam_openid_connect_provider.this.arn
+  oidc_issuer                = local.oidc_issuer
+  namespace                  = var.environment
+  controller_service_account = var.service_accounts.controller
+  ingest_service_account     = var.service_accounts.ingest_job
+  bucket_arn                 = module.uploads.bucket_arn
+  prices_prefix              = var.prices_prefix
+  bucket_kms_key_arn         = module.uploads.bucket_kms_key_arn
+  queue_arn                  = module.uploads.queue_arn
+  dead_letter_queue_arn      = module.uploads.dead_letter_queue_arn
+}
+
+module "controller_role" {
+  source = "../modules/irsa-role"
+
+  name         = "${local.name}-controller"
+  trust_policy = module.policies.controller_trust_policy
+  policy       = module.policies.controller_policy
+}
+
+module "ingest_job_role" {
+  source = "../modules/irsa-role"
+
+  name         = "${local.name}-ingest-job"
+  trust_policy = module.policies.ingest_job_trust_policy
+  policy       = module.policies.ingest_job_policy
+}

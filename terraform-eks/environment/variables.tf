@@ -1,0 +1,67 @@
+variable "environment" {
+  description = "Environment name; also the Kubernetes namespace its Helm releases go to."
+  type        = string
+
+  validation {
+    condition     = contains(["dev", "staging", "prod"], var.environment)
+    error_message = "environment is one of dev, staging, prod."
+  }
+}
+
+variable "region" {
+  description = "AWS region (the cluster's)."
+  type        = string
+}
+
+variable "cluster_name" {
+  description = "EKS cluster the environment's namespace lives in (the cluster stack's cluster_name output)."
+  type        = string
+}
+
+variable "bucket_name" {
+  description = "Globally unique name of the prices bucket; its queues are named after it."
+  type        = string
+}
+
+variable "prices_prefix" {
+  description = "Key prefix under which uploads are ingested."
+  type        = string
+  default     = "prices/"
+}
+
+variable "max_receive_count" {
+  description = "SQS deliveries before a message is dead-lettered by SQS itself (above the controller's MAX_RECEIVES)."
+  type        = number
+  default     = 20
+}
+
+variable "throwaway" {
+  description = "A disposable environment: the bucket may be destroyed with files in it, the database without a final snapshot or deletion protection."
+  type        = bool
+  default     = false
+}
+
+variable "database" {
+  description = "Database size and resilience."
+  type = object({
+    instance_class        = string
+    storage_gib           = object({ allocated = number, max = number })
+    multi_az              = bool
+    backup_retention_days = number
+  })
+}
+
+variable "service_accounts" {
+  description = "ServiceAccount names the roles trust: the controller's (its chart's full name) and the ingest Jobs' (jobs.serviceAccount.name)."
+  type = object({
+    controller = string
+    ingest_job = string
+  })
+  default = { controller = "rates-controller", ingest_job = "rates-ingest" }
+}
+
+variable "tags" {
+  description = "Tags added to every resource, beside the stack's own."
+  type        = map(string)
+  default     = {}
+}

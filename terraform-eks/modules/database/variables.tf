@@ -1,0 +1,99 @@
+variable "name" {
+  description = "Identifier of the DB instance and prefix of its companions, e.g. \"rates-prod\"."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,58}[a-z0-9]$", var.name))
+    error_message = "name must be 2-60 lower-case letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "vpc_id" {
+  description = "VPC of the database's security group."
+  type        = string
+}
+
+variable "subnet_ids" {
+  description = "Private subnets in at least two zones for the DB subnet group."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.subnet_ids) >= 2
+    error_message = "RDS needs subnets in at least two availability zones."
+  }
+}
+
+variable "client_security_group_ids" {
+  description = "Security groups allowed to connect on 5432: the EKS cluster's (nodes and pods)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.client_security_group_ids) > 0
+    error_message = "Give at least one client security group; nothing else can reach the database."
+  }
+}
+
+variable "engine_version" {
+  description = "PostgreSQL major version (the migrations are tested against 15 and newer)."
+  type        = string
+  default     = "17"
+
+  validation {
+    condition     = contains(["15", "16", "17"], var.engine_version)
+    error_message = "engine_version is one of 15, 16, 17."
+  }
+}
+
+variable "instance_class" {
+  description = "RDS instance class, e.g. db.t4g.micro for dev, db.r7g.large for production."
+  type        = string
+  default     = "db.t4g.medium"
+
+  validation {
+    condition     = startswith(var.instance_class, "db.")
+    error_message = "instance_class starts with \"db.\"."
+  }
+}
+
+variable "storage_gib" {
+  description = "Allocated storage in GiB, and the ceiling storage autoscaling may grow it to."
+  type = object({
+    allocated = number
+    max       = number
+  })
+  default = { allocated = 20, max = 100 }
+
+  validation {
+    condition     = var.storage_gib.allocated >= 20 && var.storage_gib.max >= var.storage_gib.allocated
+    error_message = "storage_gib needs allocated >= 20 and max >= allocated."
+  }
+}
+
+variable "multi_az" {
+  description = "A standby in a second zone with automatic failover (production)."
+  type        = bool
+  default     = true
+}
+
+variable "backup_retention_days" {
+  description = "Days of automated backups and point-in-time recovery."
+  type        = number
+  default     = 14
+
+  validation {
+    condition     = var.backup_retention_days >= 1 && var.backup_retention_days <= 35
+    error_message = "backup_retention_days must be between 1 and 35."
+  }
+}
+
+variable "deletion_protection" {
+  description = "Refuse to delete the instance, and take a final snapshot when it is deleted anyway. Off only for throwaway environments."
+  type        = bool
+  default     = true
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}

@@ -1,0 +1,156 @@
+data "aws_partition" "current" {}
+
+data "aws_caller_identity" "current" {}
+
+locals {
+  partition = data.aws_partition.current.partition
+  # Control-plane logs go to this group; creating it here (before the cluster) sets its
+  # retention and key instead of EKS creating an unencrypted one that never expires.
+  log_group_name = "/aws/eks/${var.name}/cluster"
+}
+
+resource "aws_kms_key" "secrets" {
+  #checkov:skip=CKV2_AWS_64:the default key policy is meant: the account administers the key and IAM policies grant its use
+  description         = "${var.name} EKS envelope encryption of Kubernetes Secrets"
+  enable_key_rotation = true
+
+  tags = var.tags
+}
+
+resource "aws_cloudwatch_log_group" "cluster" {
+  #checkov:skip=CKV_AWS_338:retention is per environment (log_retention_days): a year in production, two weeks in non-production
+  name              = local.log_group_name
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.logs.arn
+
+  tags = var.tags
+}
+
+resource "aws_kms_key" "logs" {
+  description         = "${var.name} EKS control-plane logs"
+  enable_key_rotation = true
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "AccountAdministers"
+        Effect    = "Allow"
+        Principal = { AWS = "arn:${local.partition}:iam::${data.aws_caller_identity.current.account_id}:root" }
+        Action    = "kms:*"
+        Resource  = "*"
+      },
+      {
+        Sid       = "CloudWatchLogsUsesItForThisGroupOnly"
+        Effect    = "Allow"
+        Principal = { Service = "logs.amazonaws.com" }
+        Action    = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+        Resource  = "*"
+        Condition = {
+          ArnLike = { "kms:EncryptionContext:aws:logs:arn" = "arn:${local.partition}:logs:*:${data.aws_caller_identity.current.account_id}:log-group:${local.log_group_name}" }
+        }
+      },
+    ]
+  })
+
+  tags = var.tags
+}
+
+resource "aws_iam_role" "cluster" {
+  name_prefix = "${var.name}-cluster-"
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "eks.amazonaws.com" }
+      Action    = ["sts:AssumeRole", "sts:TagSession"]
+    }]
+  })
+
+  tags = var.tags
+}
+
+resource "aws_iam_role_policy_attachment" "cluster" {
+  role       = aws_iam_role.cluster.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonEKSClusterPolicy"
+}
+
+resource "aws_eks_cluster" "this" {
+  name     = var.name
+  version  = var.kubernetes_version
+  role_arn = aws_iam_role.cluster.arn
+
+  vpc_config {
+    subnet_ids              = var.subnet_ids
+    endpoint_private_access = true
+    endpoint_public_access  = length(var.public_endpoint_cidrs) > 0
+    public_access_cidrs     = length(var.public_endpoint_cidrs) > 0 ? var.public_endpoint_cidrs : null
+  }
+
+  # Access entries only: who administers the cluster is in Terraform, not in a ConfigMap,
+  # and whoever ran the first apply keeps no hidden admin rights.
+  access_config {
+    authentication_mode                         = "API"
+    bootstrap_cluster_creator_admin_permissions = false
+  }
+
+  encryption_config {
+    resources = ["secrets"]
+    provider {
+      key_arn = aws_kms_key.secrets.arn
+    }
+  }
+
+  enabled_cluster_log_types = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+
+  tags = var.tags
+
+  depends_on = [
+    aws_iam_role_policy_attachment.cluster,
+    aws_cloudwatch_log_group.cluster,
+  ]
+}
+
+# IAM roles for service accounts: pods get short-lived credentials for their own role.
+resource "aws_iam_openid_connect_provider" "this" {
+  url            = aws_eks_cluster.this.identity[0].oidc[0].issuer
+  client_id_list = ["sts.amazonaws.com"]
+
+  tags = var.tags
+}
+
+resource "aws_eks_access_entry" "admin" {
+  for_each = toset(var.admin_principal_arns)
+
+  cluster_name  = aws_eks_cluster.this.name
+  principal_arn = each.value
+
+  tags = var.tags
+}
+
+resource "aws_eks_access_policy_association" "admin" {
+  for_each = toset(var.admin_principal_arns)
+
+  cluster_name  = aws_eks_cluster.this.name
+  principal_arn = each.value
+  policy_arn    = "arn:${local.partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+
+  access_scope {
+    type = "cluster"
+  }
+
+  depends_on = [aws_eks_access_entry.admin]
+}
+
+# metrics-server feeds the API chart's HorizontalPodAutoscaler.
+resource "aws_eks_addon" "this" {
+  for_each = toset(["vpc-cni", "kube-proxy", "coredns", "metrics-server"])
+
+  cluster_name                = aws_eks_cluster.this.name
+  addon_name                  = each.value
+  resolve_conflicts_on_update = "OVERWRITE"
+
+  tags = var.tags
+
+  # coredns and metrics-server are Deployments: they need nodes to become healthy.
+  depends_on = [aws_eks_node_group.this]
+}

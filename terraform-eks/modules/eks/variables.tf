@@ -1,0 +1,117 @@
+variable "name" {
+  description = "Cluster name."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}[a-z0-9]$", var.name))
+    error_message = "name must be 3-32 characters of lower-case letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "kubernetes_version" {
+  description = "Kubernetes minor version of the control plane and nodes (the charts and tests are checked against 1.34)."
+  type        = string
+  default     = "1.34"
+
+  validation {
+    condition     = can(regex("^1\\.[0-9]{2}$", var.kubernetes_version))
+    error_message = "kubernetes_version is a minor version such as \"1.34\"."
+  }
+}
+
+variable "subnet_ids" {
+  description = "Private subnets for the control plane's network interfaces and the nodes (at least two zones)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.subnet_ids) >= 2
+    error_message = "EKS needs subnets in at least two availability zones."
+  }
+}
+
+variable "public_endpoint_cidrs" {
+  description = "CIDRs allowed to reach the Kubernetes API over the internet. Empty keeps the endpoint private: reach it from the VPC, a VPN or a bastion."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.public_endpoint_cidrs : can(cidrnetmask(c)) && c != "0.0.0.0/0"])
+    error_message = "public_endpoint_cidrs must be IPv4 CIDR blocks, and not 0.0.0.0/0."
+  }
+}
+
+variable "node_instance_types" {
+  description = "EC2 instance types of the managed node group, in order of preference."
+  type        = list(string)
+  default     = ["m6i.large"]
+
+  validation {
+    condition     = length(var.node_instance_types) > 0
+    error_message = "Give at least one instance type."
+  }
+}
+
+variable "node_capacity_type" {
+  description = "ON_DEMAND, or SPOT for cheap non-production clusters (ingest Jobs retry an interrupted pod without counting it against the file)."
+  type        = string
+  default     = "ON_DEMAND"
+
+  validation {
+    condition     = contains(["ON_DEMAND", "SPOT"], var.node_capacity_type)
+    error_message = "node_capacity_type is ON_DEMAND or SPOT."
+  }
+}
+
+variable "node_count" {
+  description = "Node group size: min, desired (initial only; an autoscaler owns it after) and max."
+  type = object({
+    min     = number
+    desired = number
+    max     = number
+  })
+  default = { min = 2, desired = 3, max = 6 }
+
+  validation {
+    condition     = var.node_count.min >= 1 && var.node_count.min <= var.node_count.desired && var.node_count.desired <= var.node_count.max
+    error_message = "node_count needs 1 <= min <= desired <= max."
+  }
+}
+
+variable "node_disk_gib" {
+  description = "Root volume size of each node in GiB (images and emptyDir scratch space)."
+  type        = number
+  default     = 50
+
+  validation {
+    condition     = var.node_disk_gib >= 20 && var.node_disk_gib <= 1000
+    error_message = "node_disk_gib must be between 20 and 1000."
+  }
+}
+
+variable "admin_principal_arns" {
+  description = "IAM roles or users given cluster-admin through EKS access entries (the creator gets no implicit access)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.admin_principal_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/", a))])
+    error_message = "admin_principal_arns must be IAM role or user ARNs."
+  }
+}
+
+variable "log_retention_days" {
+  description = "Days to keep control-plane logs in CloudWatch Logs."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be a retention period CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, 60, 90, ...)."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}

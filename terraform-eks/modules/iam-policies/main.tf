@@ -1,0 +1,72 @@
+locals {
+  subjects = {
+    controller = "system:serviceaccount:${var.namespace}:${var.controller_service_account}"
+    ingest_job = "system:serviceaccount:${var.namespace}:${var.ingest_service_account}"
+  }
+
+  # Only a token of this exact ServiceAccount, issued for STS, may assume the role.
+  trust = {
+    for key, subject in local.subjects : key => jsonencode({
+      Version = "2012-10-17"
+      Statement = [{
+        Effect    = "Allow"
+        Principal = { Federated = var.oidc_provider_arn }
+        Action    = "sts:AssumeRoleWithWebIdentity"
+        Condition = {
+          StringEquals = {
+            "${var.oidc_issuer}:sub" = subject
+            "${var.oidc_issuer}:aud" = "sts.amazonaws.com"
+          }
+        }
+      }]
+    })
+  }
+
+  # Exactly the calls in controller/rates_controller/queue.py. DeleteMessageBatch is
+  # authorised as sqs:DeleteMessage.
+  controller_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "ConsumeUploads"
+        Effect   = "Allow"
+        Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
+        Resource = var.queue_arn
+      },
+      {
+        Sid      = "SetFilesAside"
+        Effect   = "Allow"
+        Action   = "sqs:SendMessage"
+        Resource = var.dead_letter_queue_arn
+      },
+    ]
+  })
+
+  # Read one object version (ingest-job/rates_ingest/s3source.py: HeadObject, GetObject).
+  # ListBucket is there so that a missing key answers 404 (the job exits 2: retrying
+  # cannot help) instead of 403 (which the job must treat as worth a retry).
+  ingest_job_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "ReadPriceFiles"
+        Effect   = "Allow"
+        Action   = ["s3:GetObject", "s3:GetObjectVersion"]
+        Resource = "${var.bucket_arn}/${var.prices_prefix}*"
+      },
+      {
+        Sid       = "TellMissingFromForbidden"
+        Effect    = "Allow"
+        Action    = "s3:ListBucket"
+        Resource  = var.bucket_arn
+        Condition = { StringLike = { "s3:prefix" = "${var.prices_prefix}*" } }
+      },
+      {
+        Sid      = "DecryptPriceFiles"
+        Effect   = "Allow"
+        Action   = "kms:Decrypt"
+        Resource = var.bucket_kms_key_arn
+      },
+    ]
+  })
+}

@@ -1,0 +1,24 @@
+output "controller_trust_policy" {
+  description = "Trust policy of the controller's role: its ServiceAccount only."
+  value       = local.trust.controller
+}
+
+output "controller_policy" {
+  description = "Permissions of the controller: consume the uploads queue, send to the dead-letter queue."
+  value       = local.controller_policy
+}
+
+output "ingest_job_trust_policy" {
+  description = "Trust policy of the ingest Jobs' role: their ServiceAccount only."
+  value       = local.trust.ingest_job
+}
+
+output "ingest_job_policy" {
+  description = "Permissions of an ingest Job: read price files under the prefix."
+  value       = local.ingest_job_policy
+}
+
+output "service_account_subjects" {
+  description = "Kubernetes subjects (system:serviceaccount:NS:NAME) each role trusts."
+  value       = local.subjects
+}

@@ -1,0 +1,110 @@
+# terraform test (no provider, no credentials): run from this module's directory with
+#   terraform init && terraform test
+
+variables {
+  oidc_provider_arn     = "arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/ABC123"
+  oidc_issuer           = "oidc.eks.eu-west-1.amazonaws.com/id/ABC123"
+  namespace             = "staging"
+  bucket_arn            = "arn:aws:s3:::acme-rates-staging-prices"
+  prices_prefix         = "prices/"
+  bucket_kms_key_arn    = "arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+  queue_arn             = "arn:aws:sqs:eu-west-1:123456789012:acme-rates-staging-prices-uploads"
+  dead_letter_queue_arn = "arn:aws:sqs:eu-west-1:123456789012:acme-rates-staging-prices-dead-letter"
+}
+
+run "roles_trust_only_their_service_account" {
+  command = plan
+
+  assert {
+    condition     = jsondecode(output.controller_trust_policy).Statement[0].Condition.StringEquals["oidc.eks.eu-west-1.amazonaws.com/id/ABC123:sub"] == "system:serviceaccount:staging:rates-controller"
+    error_message = "The controller's role must trust only staging's rates-controller ServiceAccount."
+  }
+
+  assert {
+    condition     = jsondecode(output.ingest_job_trust_policy).Statement[0].Condition.StringEquals["oidc.eks.eu-west-1.amazonaws.com/id/ABC123:sub"] == "system:serviceaccount:staging:rates-ingest"
+    error_message = "The ingest Jobs' role must trust only staging's rates-ingest ServiceAccount."
+  }
+
+  assert {
+    condition = alltrue([
+      for doc in [output.controller_trust_policy, output.ingest_job_trust_policy] :
+      jsondecode(doc).Statement[0].Condition.StringEquals["oidc.eks.eu-west-1.amazonaws.com/id/ABC123:aud"] == "sts.amazonaws.com"
+      && jsondecode(doc).Statement[0].Principal.Federated == var.oidc_provider_arn
+      && length(jsondecode(doc).Statement) == 1
+    ])
+    error_message = "Each trust policy is one statement for this cluster's OIDC provider, with the STS audience."
+  }
+}
+
+run "controller_may_only_consume_and_set_aside" {
+  command = plan
+
+  assert {
+    # jsonencode on both sides: compares the values, not Terraform's map/object/tuple types.
+    condition = jsonencode({
+      for s in jsondecode(output.controller_policy).Statement : s.Resource => sort(flatten([s.Action]))
+      }) == jsonencode({
+      (var.queue_arn)             = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage"]
+      (var.dead_letter_queue_arn) = ["sqs:SendMessage"]
+    })
+    error_message = "The controller gets receive/delete/visibility on the uploads queue and send on the dead-letter queue, nothing else."
+  }
+}
+
+run "ingest_job_reads_only_under_the_prefix" {
+  command = plan
+
+  assert {
+    condition = jsonencode({
+      for s in jsondecode(output.ingest_job_policy).Statement : s.Sid => s.Resource
+      }) == jsonencode({
+      ReadPriceFiles           = "arn:aws:s3:::acme-rates-staging-prices/prices/*"
+      TellMissingFromForbidden = "arn:aws:s3:::acme-rates-staging-prices"
+      DecryptPriceFiles        = var.bucket_kms_key_arn
+    })
+    error_message = "The ingest job reads objects under prices/, lists that prefix and decrypts with the bucket's key only."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : s.Condition if s.Sid == "TellMissingFromForbidden"][0].StringLike["s3:prefix"] == "prices/*"
+    error_message = "Listing is limited to the prices prefix."
+  }
+
+  assert {
+    condition     = !strcontains(output.ingest_job_policy, "Put") && !strcontains(output.ingest_job_policy, "Delete") && !strcontains(output.ingest_job_policy, "\"*\"")
+    error_message = "The ingest job never writes or deletes, and has no wildcard resource."
+  }
+}
+
+run "whole_bucket_when_no_prefix" {
+  command = plan
+
+  variables {
+    prices_prefix = ""
+  }
+
+  assert {
+    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : s.Resource if s.Sid == "ReadPriceFiles"][0] == "arn:aws:s3:::acme-rates-staging-prices/*"
+    error_message = "With no prefix the job reads any object of the bucket (and still only that bucket)."
+  }
+}
+
+run "namespace_must_be_a_kubernetes_name" {
+  command = plan
+
+  variables {
+    namespace = "Prod_1"
+  }
+
+  expect_failures = [var.namespace]
+}
+
+run "issuer_without_scheme" {
+  command = plan
+
+  variables {
+    oidc_issuer = "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC123"
+  }
+
+  expect_failures = [var.oidc_issuer]
+}

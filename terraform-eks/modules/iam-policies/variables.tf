@@ -1,0 +1,71 @@
+variable "oidc_provider_arn" {
+  description = "ARN of the EKS cluster's IAM OIDC provider."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:oidc-provider/.+", var.oidc_provider_arn))
+    error_message = "oidc_provider_arn must be an IAM OIDC provider ARN."
+  }
+}
+
+variable "oidc_issuer" {
+  description = "The cluster's OIDC issuer without https://, e.g. oidc.eks.eu-west-1.amazonaws.com/id/ABC123."
+  type        = string
+
+  validation {
+    condition     = !startswith(var.oidc_issuer, "https://") && length(var.oidc_issuer) > 0
+    error_message = "oidc_issuer is the issuer URL without its https:// scheme."
+  }
+}
+
+variable "namespace" {
+  description = "Kubernetes namespace of the environment (one Helm release of each chart per namespace)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.namespace))
+    error_message = "namespace must be a Kubernetes namespace name (RFC 1123 label)."
+  }
+}
+
+variable "controller_service_account" {
+  description = "ServiceAccount the controller runs as: the rates-controller chart's full name (the release name \"rates-controller\" gives \"rates-controller\")."
+  type        = string
+  default     = "rates-controller"
+}
+
+variable "ingest_service_account" {
+  description = "ServiceAccount of the ingest Jobs: the rates-controller chart's jobs.serviceAccount.name."
+  type        = string
+  default     = "rates-ingest"
+}
+
+variable "bucket_arn" {
+  description = "ARN of the prices bucket."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]+$", var.bucket_arn))
+    error_message = "bucket_arn must be an S3 bucket ARN."
+  }
+}
+
+variable "prices_prefix" {
+  description = "Key prefix the ingest job may read (\"\" for the whole bucket)."
+  type        = string
+}
+
+variable "bucket_kms_key_arn" {
+  description = "KMS key that encrypts the price files."
+  type        = string
+}
+
+variable "queue_arn" {
+  description = "ARN of the uploads queue the controller consumes."
+  type        = string
+}
+
+variable "dead_letter_queue_arn" {
+  description = "ARN of the dead-letter queue the controller sets files aside in."
+  type        = string
+}

@@ -1,0 +1,147 @@
+locals {
+  zones = length(var.availability_zones)
+  # /20 VPC and three zones: private subnets get /22 (1,019 pod and node addresses each,
+  # since the VPC CNI gives pods VPC addresses), public ones /24 (load balancers only).
+  private_cidrs = [for i in range(local.zones) : cidrsubnet(var.cidr, 2, i)]
+  public_cidrs  = [for i in range(local.zones) : cidrsubnet(var.cidr, 4, 12 + i)]
+  nat_count     = var.single_nat_gateway ? 1 : local.zones
+}
+
+resource "aws_vpc" "this" {
+  cidr_block           = var.cidr
+  enable_dns_support   = true
+  enable_dns_hostnames = true
+
+  tags = merge(var.tags, { Name = var.name })
+}
+
+# The default security group allows all traffic between its members; nothing should use it.
+resource "aws_default_security_group" "this" {
+  vpc_id = aws_vpc.this.id
+
+  tags = merge(var.tags, { Name = "${var.name}-default-unused" })
+}
+
+resource "aws_internet_gateway" "this" {
+  vpc_id = aws_vpc.this.id
+
+  tags = merge(var.tags, { Name = var.name })
+}
+
+resource "aws_subnet" "public" {
+  count = local.zones
+
+  vpc_id            = aws_vpc.this.id
+  cidr_block        = local.public_cidrs[count.index]
+  availability_zone = var.availability_zones[count.index]
+
+  # The AWS Load Balancer Controller puts internet-facing ALBs in subnets with this tag.
+  tags = merge(var.tags, {
+    Name                                = "${var.name}-public-${var.availability_zones[count.index]}"
+    "kubernetes.io/role/elb"            = "1"
+    "kubernetes.io/cluster/${var.name}" = "shared"
+  })
+}
+
+resource "aws_subnet" "private" {
+  count = local.zones
+
+  vpc_id            = aws_vpc.this.id
+  cidr_block        = local.private_cidrs[count.index]
+  availability_zone = var.availability_zones[count.index]
+
+  tags = merge(var.tags, {
+    Name                                = "${var.name}-private-${var.availability_zones[count.index]}"
+    "kubernetes.io/role/internal-elb"   = "1"
+    "kubernetes.io/cluster/${var.name}" = "shared"
+  })
+}
+
+resource "aws_eip" "nat" {
+  count = local.nat_count
+
+  domain = "vpc"
+
+  tags = merge(var.tags, { Name = "${var.name}-nat-${count.index}" })
+}
+
+resource "aws_nat_gateway" "this" {
+  count = local.nat_count
+
+  allocation_id = aws_eip.nat[count.index].id
+  subnet_id     = aws_subnet.public[count.index].id
+
+  tags = merge(var.tags, { Name = "${var.name}-${var.availability_zones[count.index]}" })
+
+  depends_on = [aws_internet_gateway.this]
+}
+
+resource "aws_route_table" "public" {
+  vpc_id = aws_vpc.this.id
+
+  route {
+    cidr_block = "0.0.0.0/0"
+    gateway_id = aws_internet_gateway.this.id
+  }
+
+  tags = merge(var.tags, { Name = "${var.name}-public" })
+}
+
+resource "aws_route_table_association" "public" {
+  count = local.zones
+
+  subnet_id      = aws_subnet.public[count.index].id
+  route_table_id = aws_route_table.public.id
+}
+
+resource "aws_route_table" "private" {
+  count = local.zones
+
+  vpc_id = aws_vpc.this.id
+
+  route {
+    cidr_block     = "0.0.0.0/0"
+    nat_gateway_id = aws_nat_gateway.this[var.single_nat_gateway ? 0 : count.index].id
+  }
+
+  tags = merge(var.tags, { Name = "${var.name}-private-${var.availability_zones[count.index]}" })
+}
+
+resource "aws_route_table_association" "private" {
+  count = local.zones
+
+  subnet_id      = aws_subnet.private[count.index].id
+  route_table_id = aws_route_table.private[count.index].id
+}
+
+# Gateway endpoint: image layers from ECR and price files come from S3 without paying for
+# NAT traffic.
+resource "aws_vpc_endpoint" "s3" {
+  vpc_id            = aws_vpc.this.id
+  service_name      = "com.amazonaws.${data.aws_region.current.region}.s3"
+  vpc_endpoint_type = "Gateway"
+  route_table_ids   = aws_route_table.private[*].id
+
+  tags = merge(var.tags, { Name = "${var.name}-s3" })
+}
+
+data "aws_region" "current" {}
+
+resource "aws_cloudwatch_log_group" "flow_logs" {
+  #checkov:skip=CKV_AWS_338:retention is per environment (log_retention_days): a year in production, two weeks in non-production
+  name              = "/aws/vpc/${var.name}/flow-logs"
+  retention_in_days = var.flow_log_retention_days
+  kms_key_id        = aws_kms_key.flow_logs.arn
+
+  tags = var.tags
+}
+
+resource "aws_flow_log" "this" {
+  vpc_id               = aws_vpc.this.id
+  traffic_type         = "ALL"
+  log_destination_type = "cloud-watch-logs"
+  log_destination      = aws_cloudwatch_log_group.flow_logs.arn
+  iam_role_arn         = aws_iam_role.flow_logs.arn
+
+  tags = var.tags
+}

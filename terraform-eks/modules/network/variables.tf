@@ -1,0 +1,53 @@
+variable "name" {
+  description = "Name prefix for the VPC and everything in it; also the EKS cluster name used in subnet discovery tags."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}[a-z0-9]$", var.name))
+    error_message = "name must be 3-32 characters of lower-case letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "cidr" {
+  description = "IPv4 CIDR of the VPC. Each availability zone gets one public and one private subnet carved out of it."
+  type        = string
+  default     = "10.40.0.0/16"
+
+  validation {
+    condition     = can(cidrnetmask(var.cidr)) && tonumber(split("/", var.cidr)[1]) <= 20
+    error_message = "cidr must be an IPv4 CIDR block of /20 or larger."
+  }
+}
+
+variable "availability_zones" {
+  description = "Availability zones to spread subnets over (EKS needs at least two)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.availability_zones) >= 2 && length(var.availability_zones) <= 6
+    error_message = "Give between two and six availability zones."
+  }
+}
+
+variable "single_nat_gateway" {
+  description = "One NAT gateway for all zones (cheap, for dev and staging) instead of one per zone (production: a zone outage keeps egress in the others)."
+  type        = bool
+  default     = false
+}
+
+variable "flow_log_retention_days" {
+  description = "Days to keep VPC flow logs in CloudWatch Logs."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.flow_log_retention_days)
+    error_message = "flow_log_retention_days must be a retention period CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, 60, 90, ...)."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}

@@ -1,0 +1,95 @@
+data "aws_caller_identity" "current" {}
+
+resource "aws_kms_key" "prices" {
+  #checkov:skip=CKV2_AWS_64:the default key policy is meant: the account administers the key and IAM policies grant its use
+  description         = "${var.name}: price files at rest"
+  enable_key_rotation = true
+
+  tags = var.tags
+}
+
+resource "aws_s3_bucket" "prices" {
+  #checkov:skip=CKV_AWS_18:who uploaded or read which file is recorded by the account's CloudTrail S3 data events, not per-bucket access logs
+  #checkov:skip=CKV_AWS_144:no replica: a price file is an analyst's upload that can be uploaded again, and versioning keeps overwritten ones
+  bucket        = var.name
+  force_destroy = var.force_destroy
+
+  tags = var.tags
+}
+
+# The ingest job loads the exact version a notification names; versions also keep an
+# overwritten file recoverable.
+resource "aws_s3_bucket_versioning" "prices" {
+  bucket = aws_s3_bucket.prices.id
+
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "prices" {
+  bucket = aws_s3_bucket.prices.id
+
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm     = "aws:kms"
+      kms_master_key_id = aws_kms_key.prices.arn
+    }
+    bucket_key_enabled = true
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "prices" {
+  bucket = aws_s3_bucket.prices.id
+
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_ownership_controls" "prices" {
+  bucket = aws_s3_bucket.prices.id
+
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_policy" "prices" {
+  bucket = aws_s3_bucket.prices.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Sid       = "TLSOnly"
+      Effect    = "Deny"
+      Principal = "*"
+      Action    = "s3:*"
+      Resource  = [aws_s3_bucket.prices.arn, "${aws_s3_bucket.prices.arn}/*"]
+      Condition = { Bool = { "aws:SecureTransport" = "false" } }
+    }]
+  })
+
+  depends_on = [aws_s3_bucket_public_access_block.prices]
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "prices" {
+  bucket = aws_s3_bucket.prices.id
+
+  rule {
+    id     = "expire-earlier-versions"
+    status = "Enabled"
+
+    filter {}
+
+    noncurrent_version_expiration {
+      noncurrent_days = var.noncurrent_version_days
+    }
+
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 7
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.prices]
+}

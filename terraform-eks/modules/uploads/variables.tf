@@ -1,0 +1,65 @@
+variable "name" {
+  description = "Name of the bucket and prefix of the queue names, e.g. \"acme-rates-prod-prices\". Bucket names are global: include something of your own."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", var.name)) && length(var.name) <= 63
+    error_message = "name must be a valid S3 bucket name: 3-63 lower-case letters, digits and hyphens."
+  }
+}
+
+variable "prices_prefix" {
+  description = "Only objects under this key prefix notify the queue (\"\" for the whole bucket)."
+  type        = string
+  default     = "prices/"
+
+  validation {
+    condition     = var.prices_prefix == "" || endswith(var.prices_prefix, "/")
+    error_message = "prices_prefix is empty or ends with \"/\"."
+  }
+}
+
+variable "max_receive_count" {
+  description = "Deliveries after which SQS itself moves a message to the dead-letter queue. Keep it above the controller's MAX_RECEIVES, so that the controller sets a file aside with its reason first; this is the backstop for messages the controller never gets to."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.max_receive_count >= 2 && var.max_receive_count <= 1000
+    error_message = "max_receive_count must be between 2 and 1000."
+  }
+}
+
+variable "dead_letter_retention_days" {
+  description = "Days a set-aside file's message stays in the dead-letter queue (SQS allows at most 14)."
+  type        = number
+  default     = 14
+
+  validation {
+    condition     = var.dead_letter_retention_days >= 1 && var.dead_letter_retention_days <= 14
+    error_message = "dead_letter_retention_days must be between 1 and 14."
+  }
+}
+
+variable "noncurrent_version_days" {
+  description = "Days an overwritten or deleted price file's earlier version is kept (a Job that is retried still reads the version it was created for)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.noncurrent_version_days >= 1
+    error_message = "noncurrent_version_days must be at least 1."
+  }
+}
+
+variable "force_destroy" {
+  description = "Let `terraform destroy` delete a bucket that still holds files. Only for throwaway environments."
+  type        = bool
+  default     = false
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}
