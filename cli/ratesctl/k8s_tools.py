@@ -1,8 +1,11 @@
-"""Pinned Kubernetes tools for tests: etcd, kube-apiserver, kube-controller-manager, kubectl,
-helm and kubeconform.
+"""Pinned tools: the Kubernetes set the tests use (etcd, kube-apiserver,
+kube-controller-manager, kubectl, helm, kubeconform) and the infrastructure set (terraform,
+tflint, skaffold).
 
-Versions are pinned in ``versions.json`` at the repository root. For every tool the first
-match wins:
+Versions are pinned in ``versions.json`` at the repository root. ``resolve_tools()`` and
+``ensure_tools()`` provide ``ALL_TOOLS`` (the Kubernetes set, what the test control plane
+needs) unless given ``tools=``; ``INFRA_TOOLS`` are only provided when asked for, e.g.
+``resolve_tools(tools=("terraform", "tflint"))``. For every tool the first match wins:
 
 1. ``$KUBEBUILDER_ASSETS/<tool>`` (the directory setup-envtest lays out), if its version
    matches the pin;
@@ -12,7 +15,16 @@ match wins:
    the Kubernetes binaries take tens of minutes on a small machine).
 
 "Matches" means the same version, except for etcd where the same minor line (3.6) is enough:
-envtest bundles whichever etcd patch its Kubernetes release was tested with.
+envtest bundles whichever etcd patch its Kubernetes release was tested with. A build that
+reports a pre-release (terraform's "1.11.4-dev", made without its release flag) does not
+match.
+
+Two modules need more than `require`: skaffold's go.mod pins some dependencies with
+replace directives, which a requiring module does not inherit, so the build carries them
+over; terraform keeps its state backends in nested modules (replaced by local directories,
+so left out of its module zip), which the build takes from the proxy at the pseudo-version
+of the release's commit (``terraform_commit`` in versions.json: the module proxy's record of
+a tag does not name its commit).
 
 Builds happen in a temporary directory next to the cache and are renamed into place, so an
 interrupted build never leaves a half-written binary; a file lock keeps two concurrent runs
@@ -41,7 +53,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO_ROOT / "versions.json"
 
 KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kubectl")
+# What ensure_tools() provides by default: the test control plane and the chart tests.
 ALL_TOOLS = ("etcd", *KUBE_TOOLS, "helm", "kubeconform")
+# Provided only when asked for by name (terraform, its linter, local development).
+INFRA_TOOLS = ("terraform", "tflint", "skaffold")
+KNOWN_TOOLS = (*ALL_TOOLS, *INFRA_TOOLS)
 
 
 class ToolsUnavailable(RuntimeError):
@@ -88,20 +104,48 @@ _VERSION_ARGS = {
     "kubectl": ["version", "--client"],
     "helm": ["version", "--short"],
     "kubeconform": ["-v"],
+    "terraform": ["version"],
+    "tflint": ["--version"],
+    "skaffold": ["version"],
+}
+
+# The first x.y.z anywhere, unless the tool's own line is known; those keep a pre-release
+# suffix ("1.11.4-dev"), so that a development build does not pass for the release.
+_VERSION_PATTERNS = {
+    "terraform": r"^Terraform v(\d+\.\d+\.\d+(?:-\S+)?)$",
+    "tflint": r"^TFLint version (\d+\.\d+\.\d+(?:-\S+)?)$",
+    "skaffold": r"^v(\d+\.\d+\.\d+(?:-\S+)?)$",
+}
+
+# Asking for the version must not phone home (there is no internet here, and it would be
+# slow): terraform's checkpoint and tflint's and skaffold's update checks are off.
+_VERSION_ENV = {
+    "CHECKPOINT_DISABLE": "1",
+    "TFLINT_DISABLE_VERSION_CHECK": "1",
+    "SKAFFOLD_UPDATE_CHECK": "false",
 }
 
 
-def binary_version(tool: str, path: Path) -> str | None:
-    """The x.y.z version a binary reports, or None if it cannot be run or parsed."""
-    try:
-        out = subprocess.run(
-            [str(path), *_VERSION_ARGS[tool]],
-            capture_output=True, text=True, timeout=30, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"v?(\d+\.\d+\.\d+)", out.stdout + out.stderr)
+def parse_version(tool: str, output: str) -> str | None:
+    """The version in ``output`` of ``<tool> <_VERSION_ARGS[tool]>``, or None."""
+    pattern = _VERSION_PATTERNS.get(tool, r"v?(\d+\.\d+\.\d+)")
+    match = re.search(pattern, output, re.M)
     return match.group(1) if match else None
+
+
+def binary_version(tool: str, path: Path) -> str | None:
+    """The version a binary reports, or None if it cannot be run or parsed."""
+    # In an empty directory: `tflint --version` reads .tflint.hcl and `terraform version`
+    # the lock file of the directory it runs in.
+    with tempfile.TemporaryDirectory(prefix="tool-version-") as cwd:
+        try:
+            out = subprocess.run(
+                [str(path), *_VERSION_ARGS[tool]], cwd=cwd, env={**os.environ, **_VERSION_ENV},
+                capture_output=True, text=True, timeout=30, check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    return parse_version(tool, out.stdout + "\n" + out.stderr)
 
 
 def _matches(tool: str, found: str | None, pinned: str) -> bool:
@@ -149,7 +193,7 @@ def find_go() -> Path | None:
 def _unavailable_message(missing: list[str], versions: dict[str, str], why: str) -> str:
     wanted = ", ".join(f"{t} {_pinned(t, versions)}" for t in missing)
     return (
-        f"Kubernetes test tools missing: {wanted}.\n{why}\n"
+        f"Pinned tools missing: {wanted}.\n{why}\n"
         "Either install Go (>= 1.26, `go` on PATH or $GO) so they can be built once into "
         f"{cache_root()}, or download matching binaries and point at them:\n"
         "  export KUBEBUILDER_ASSETS=/path/to/dir   # with etcd, kube-apiserver, kubectl "
@@ -158,6 +202,62 @@ def _unavailable_message(missing: list[str], versions: dict[str, str], why: str)
         f"{VERSIONS_FILE.name}\n"
         "Then check with `ratesctl k8s-tools --check`."
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Replace:
+    """One replace directive of a go.mod."""
+
+    old: str          # module path, then " <version>" when the directive is for one version
+    new: str          # module path, or a local directory (./x, ../x, /x)
+    new_version: str  # "" for a local directory
+
+    @property
+    def local(self) -> bool:
+        return not self.new_version
+
+
+def gomod_replaces(gomod: str) -> list[Replace]:
+    """The replace directives of a go.mod text, single-line and in blocks."""
+    replaces: list[Replace] = []
+    in_block = False
+    for raw in gomod.splitlines():
+        line = raw.split("//", 1)[0].strip()
+        if in_block:
+            if line == ")":
+                in_block = False
+                continue
+            spec = line
+        elif re.fullmatch(r"replace\s*\(", line):
+            in_block = True
+            continue
+        elif line.startswith("replace ") or line.startswith("replace\t"):
+            spec = line[len("replace"):].strip()
+        else:
+            continue
+        if not spec:
+            continue
+        old, arrow, new = spec.partition("=>")
+        if not arrow:
+            raise ValueError(f"not a replace directive: {raw!r}")
+        new_fields = new.split()
+        if len(new_fields) == 1:
+            replaces.append(Replace(" ".join(old.split()), new_fields[0], ""))
+        elif len(new_fields) == 2:
+            replaces.append(Replace(" ".join(old.split()), new_fields[0], new_fields[1]))
+        else:
+            raise ValueError(f"not a replace directive: {raw!r}")
+    return replaces
+
+
+def module_replaces(gomod: str) -> dict[str, str]:
+    """A go.mod's replace directives that name a module version, as ``_Builder.build``'s
+    ``replaces`` ({old: "new version"}); those to local directories are left out."""
+    return {r.old: f"{r.new} {r.new_version}" for r in gomod_replaces(gomod) if not r.local}
+
+
+def _godebug(gomod: str) -> str:
+    return "\n".join(re.findall(r"^godebug .*$", gomod, re.M))
 
 
 class _Builder:
@@ -186,11 +286,15 @@ class _Builder:
             raise ToolsUnavailable(f"`{' '.join(args)}` failed (log: {logfile}):\n{tail}")
         return proc.stdout
 
-    def module_gomod(self, module: str, version: str, work: Path, logfile: Path) -> str:
+    def module_download(self, module: str, version: str, work: Path, logfile: Path) -> dict:
+        """`go mod download -json module@version`: its GoMod, Info, Dir, ... paths."""
         out = self._run(
             [str(self.go), "mod", "download", "-json", f"{module}@{version}"], work, logfile
         )
-        return Path(json.loads(out)["GoMod"]).read_text()
+        return json.loads(out)
+
+    def module_gomod(self, module: str, version: str, work: Path, logfile: Path) -> str:
+        return Path(self.module_download(module, version, work, logfile)["GoMod"]).read_text()
 
     def build(
         self,
@@ -260,7 +364,7 @@ def _build_group(group: str, versions: dict[str, str], builder: _Builder, outdir
         staging = re.findall(r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", gomod, re.M)
         if not staging:
             raise ToolsUnavailable("no staging modules found in k8s.io/kubernetes go.mod")
-        godebug = "\n".join(re.findall(r"^godebug .*$", gomod, re.M))
+        godebug = _godebug(gomod)
         ldflags = []
         for key, value in (
             ("gitVersion", f"v{version}"), ("gitMajor", major), ("gitMinor", minor),
@@ -299,8 +403,62 @@ def _build_group(group: str, versions: dict[str, str], builder: _Builder, outdir
             {"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"}, outdir,
             ldflags=[f"-X main.version=v{version}"],
         )
+    elif group == "terraform":
+        _build_terraform(versions, builder, outdir)
+    elif group == "tflint":
+        # Its version is a constant in tflint/meta.go (a *version.Version, which -X cannot
+        # set), so the module's own source already reports it.
+        builder.build(
+            "github.com/terraform-linters/tflint", f"v{version}",
+            {"tflint": "github.com/terraform-linters/tflint"}, outdir,
+        )
+    elif group == "skaffold":
+        module = "github.com/GoogleContainerTools/skaffold/v2"
+        with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+            gomod = builder.module_gomod(module, f"v{version}", Path(tmp), Path(tmp) / "log")
+        # Its go.mod pins e.g. github.com/imdario/mergo v0.3.16 and docker v27 with replace
+        # directives; without them the build picks versions it does not compile with. (Its
+        # exclude of godirwalk v1.17.0 is for Windows only and is not carried over.)
+        builder.build(
+            module, f"v{version}", {"skaffold": f"{module}/cmd/skaffold"}, outdir,
+            ldflags=[f"-X {module}/pkg/skaffold/version.version=v{version}",
+                     f"-X {module}/pkg/skaffold/version.buildDate=1970-01-01T00:00:00Z"],
+            replaces=module_replaces(gomod), godebug=_godebug(gomod),
+        )
     else:  # pragma: no cover - versions.json and this table move together
         raise ValueError(group)
+
+
+def _build_terraform(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
+    """terraform's main package is its module root. Its state backends (s3, gcs, ...) and
+    `internal/legacy` are nested modules that its go.mod replaces with local directories,
+    so the module zip leaves them out; they come from the proxy at the pseudo-version of
+    the release's commit: the tag's commit time (the proxy's .info of the tag) and
+    versions.json's terraform_commit. A commit that does not belong to that time is
+    refused by the proxy, so a version bump without a commit bump fails here."""
+    module, version = "github.com/hashicorp/terraform", f"v{versions['terraform'].lstrip('v')}"
+    commit = versions.get("terraform_commit", "")
+    if not re.fullmatch(r"[0-9a-f]{12}", commit):
+        raise ToolsUnavailable(
+            "versions.json needs terraform_commit, the first 12 hex digits of the commit "
+            f"tagged {version}, to build terraform's nested backend modules")
+    with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+        info = builder.module_download(module, version, Path(tmp), Path(tmp) / "log")
+        gomod = Path(info["GoMod"]).read_text()
+        tagged = json.loads(Path(info["Info"]).read_text())["Time"]
+    stamp = re.sub(r"\D", "", tagged)[:14]  # 2025-04-09T13:10:05Z -> 20250409131005
+    pseudo = f"v0.0.0-{stamp}-{commit}"
+    replaces = module_replaces(gomod)
+    nested = [r.old for r in gomod_replaces(gomod) if r.local and r.new.startswith("./")]
+    replaces.update({m: f"{m} {pseudo}" for m in nested})
+    # Its go.mod's godebug lines are not carried over: tlskyber is gone from newer Go, which
+    # refuses the go.mod, and winsymlink only matters on Windows.
+    builder.build(
+        module, version, {"terraform": module}, outdir,
+        # Without dev=no it reports "1.11.4-dev".
+        ldflags=[f"-X {module}/version.dev=no"],
+        replaces=replaces,
+    )
 
 
 @contextmanager
@@ -321,7 +479,12 @@ def resolve_tools(
     *, build: bool = True, tools: tuple[str, ...] = ALL_TOOLS,
     log: Callable[[str], None] = _stderr,
 ) -> dict[str, Tool]:
-    """Find (and with ``build``, build what is missing of) the pinned tools."""
+    """Find (and with ``build``, build what is missing of) the pinned ``tools``, by default
+    ``ALL_TOOLS``; any of ``KNOWN_TOOLS`` may be asked for, e.g. ``tools=INFRA_TOOLS``."""
+    unknown = [t for t in tools if t not in KNOWN_TOOLS]
+    if unknown:
+        raise ValueError(f"unknown tool(s) {', '.join(unknown)}; known: {', '.join(KNOWN_TOOLS)}")
+    tools = tuple(dict.fromkeys(tools))
     versions = load_versions()
     found = {t: _installed(t, versions) for t in tools}
     missing = [t for t, tool in found.items() if tool is None]
@@ -362,17 +525,24 @@ def resolve_tools(
     return result
 
 
-def ensure_tools(*, build: bool = True) -> dict[str, Path]:
-    """Paths of all pinned tools, building missing ones once into the cache."""
-    return {name: tool.path for name, tool in resolve_tools(build=build).items()}
+def ensure_tools(*, build: bool = True, tools: tuple[str, ...] = ALL_TOOLS) -> dict[str, Path]:
+    """Paths of the pinned ``tools`` (default ``ALL_TOOLS``), building missing ones once
+    into the cache."""
+    return {name: tool.path for name, tool in resolve_tools(build=build, tools=tools).items()}
 
 
 @click.command("k8s-tools")
 @click.option("--check", is_flag=True, help="Only verify that the pinned tools are available.")
-def k8s_tools(check: bool) -> None:
-    """Provide the pinned Kubernetes test tools (etcd, apiserver, helm, ...) and print paths."""
+@click.option("--tool", "names", multiple=True, type=click.Choice(KNOWN_TOOLS),
+              help="Provide this tool (repeatable) instead of the Kubernetes test set.")
+@click.option("--all", "all_tools", is_flag=True,
+              help="The Kubernetes test set and terraform, tflint and skaffold.")
+def k8s_tools(check: bool, names: tuple[str, ...], all_tools: bool) -> None:
+    """Provide the pinned tools and print their paths: by default the Kubernetes test set
+    (etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubeconform)."""
+    wanted = KNOWN_TOOLS if all_tools else (names or ALL_TOOLS)
     try:
-        tools = resolve_tools(build=not check)
+        tools = resolve_tools(build=not check, tools=wanted)
     except ToolsUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     for tool in tools.values():

@@ -1,0 +1,223 @@
+"""ratesctl.k8s_tools without building anything: reading each tool's version output, the
+replace directives a build carries over, and which tools a call provides."""
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ratesctl import k8s_tools
+from ratesctl.k8s_tools import (
+    ALL_TOOLS, INFRA_TOOLS, KNOWN_TOOLS, Replace, ToolsUnavailable, gomod_replaces, load_versions,
+    module_replaces, parse_version, resolve_tools,
+)
+
+# What the pinned release binaries print (captured from them), and what a build that
+# differs must not pass for.
+REAL_OUTPUTS = {
+    "terraform": ("Terraform v1.11.4\non linux_amd64\n", "1.11.4"),
+    "tflint": ("TFLint version 0.64.0\n+ ruleset.terraform (0.15.0-bundled)\n", "0.64.0"),
+    "skaffold": ("v2.16.1\n", "2.16.1"),
+    "helm": ("v3.22.0\n", "3.22.0"),
+    "kubectl": ("Client Version: v1.34.4\nKustomize Version: v5.7.1\n", "1.34.4"),
+}
+
+
+@pytest.mark.parametrize("tool", sorted(REAL_OUTPUTS))
+def test_versions_are_read_from_real_output(tool):
+    output, version = REAL_OUTPUTS[tool]
+    assert parse_version(tool, output) == version
+
+
+@pytest.mark.parametrize("tool, output, version", [
+    # terraform built without its release flag; the ruleset's version is not tflint's;
+    # skaffold built without ldflags prints no version at all.
+    ("terraform", "Terraform v1.11.4-dev\non linux_amd64\n", "1.11.4-dev"),
+    ("tflint", "+ ruleset.terraform (0.64.0-bundled)\n", None),
+    ("skaffold", "\n", None),
+    ("skaffold", "v2.16.1-3-g95fb592-dirty\n", "2.16.1-3-g95fb592-dirty"),
+    # a newer terraform says it is out of date, naming the pin: still the newer one
+    ("terraform", "Terraform v1.12.0\non linux_amd64\n\nYour version of Terraform is out of date! "
+                  "The latest version\nis 1.11.4.\n", "1.12.0"),
+])
+def test_a_build_that_differs_does_not_pass_for_the_pin(tool, output, version):
+    found = parse_version(tool, output)
+    assert found == version
+    assert not k8s_tools._matches(tool, found, load_versions()[tool])
+
+
+def test_every_known_tool_has_a_pin_and_a_version_command():
+    versions = load_versions()
+    for tool in KNOWN_TOOLS:
+        assert k8s_tools._pinned(tool, versions), tool
+        assert tool in k8s_tools._VERSION_ARGS
+    assert set(INFRA_TOOLS).isdisjoint(ALL_TOOLS)
+    # each infrastructure tool is its own group, with a cache directory of its own
+    dirs = {k8s_tools._cache_dir(t, versions).name for t in INFRA_TOOLS}
+    assert dirs == {"terraform-v1.11.4", "tflint-v0.64.0", "skaffold-v2.16.1"}
+
+
+GOMOD = """module example.com/tool/v2
+
+go 1.24.1
+
+// broken upstream, see https://example.com/issue/1
+exclude github.com/karrick/godirwalk v1.17.0
+
+replace github.com/imdario/mergo => github.com/imdario/mergo v0.3.16
+
+replace github.com/docker/docker => github.com/docker/docker v27.5.1+incompatible // pinned
+
+replace (
+	github.com/a/one v1.2.0 => github.com/a/one v1.2.1
+	github.com/b/fork => github.com/someone/fork v0.1.0
+
+	// a local checkout is no use to a module that requires this one
+	github.com/c/local => ../local
+)
+
+replace example.com/tool/v2/internal/backend/s3 => ./internal/backend/s3
+
+require (
+	github.com/imdario/mergo v1.0.0
+	github.com/docker/docker v28.0.0+incompatible
+)
+"""
+
+
+def test_replace_directives_are_read_from_a_gomod():
+    assert gomod_replaces(GOMOD) == [
+        Replace("github.com/imdario/mergo", "github.com/imdario/mergo", "v0.3.16"),
+        Replace("github.com/docker/docker", "github.com/docker/docker", "v27.5.1+incompatible"),
+        Replace("github.com/a/one v1.2.0", "github.com/a/one", "v1.2.1"),
+        Replace("github.com/b/fork", "github.com/someone/fork", "v0.1.0"),
+        Replace("github.com/c/local", "../local", ""),
+        Replace("example.com/tool/v2/internal/backend/s3", "./internal/backend/s3", ""),
+    ]
+
+
+def test_only_replacements_with_a_module_version_are_carried_over():
+    assert module_replaces(GOMOD) == {
+        "github.com/imdario/mergo": "github.com/imdario/mergo v0.3.16",
+        "github.com/docker/docker": "github.com/docker/docker v27.5.1+incompatible",
+        "github.com/a/one v1.2.0": "github.com/a/one v1.2.1",
+        "github.com/b/fork": "github.com/someone/fork v0.1.0",
+    }
+
+
+def test_a_malformed_replace_is_an_error_not_a_silent_skip():
+    with pytest.raises(ValueError, match="not a replace directive"):
+        gomod_replaces("replace github.com/x/y github.com/x/z v1.0.0\n")
+
+
+def test_the_builders_gomod_gets_the_replacements(tmp_path, monkeypatch):
+    """What _Builder.build writes for `replaces`, checked without running go."""
+    written = {}
+
+    def fake_run(self, args, cwd, logfile):
+        if args[1:3] == ["mod", "tidy"]:
+            written["go.mod"] = (cwd / "go.mod").read_text()
+        if args[1] == "build":
+            out = Path(args[args.index("-o") + 1])
+            out.write_text("#!/bin/sh\n")
+        return ""
+
+    monkeypatch.setattr(k8s_tools._Builder, "_run", fake_run)
+    builder = k8s_tools._Builder(Path("/bin/true"), log=lambda _: None)
+    builder.build("example.com/tool/v2", "v2.0.0", {"tool": "example.com/tool/v2/cmd/tool"},
+                  tmp_path / "out", replaces=module_replaces(GOMOD))
+    gomod = written["go.mod"]
+    assert "require example.com/tool/v2 v2.0.0" in gomod
+    assert "\tgithub.com/imdario/mergo => github.com/imdario/mergo v0.3.16\n" in gomod
+    assert "\tgithub.com/a/one v1.2.0 => github.com/a/one v1.2.1\n" in gomod
+    assert "../local" not in gomod and "./internal" not in gomod
+    assert (tmp_path / "out" / "tool").exists()
+
+
+# --- which tools a call provides ---------------------------------------------------------
+
+def fake_tool(directory: Path, name: str, output: str) -> Path:
+    path = directory / name
+    path.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}EOF\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """PATH with only a directory of fake tools (and sh), an empty cache."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    monkeypatch.setenv("GO", str(tmp_path / "no-go"))  # nothing gets built
+    return bindir
+
+
+def test_only_the_tools_asked_for_are_resolved(isolated):
+    fake_tool(isolated, "tflint", REAL_OUTPUTS["tflint"][0])
+    fake_tool(isolated, "terraform", REAL_OUTPUTS["terraform"][0])
+    found = resolve_tools(build=False, tools=("terraform", "tflint"))
+    assert list(found) == ["terraform", "tflint"]
+    assert {t.source for t in found.values()} == {"PATH"}
+    assert found["tflint"].path == (isolated / "tflint").resolve()
+    assert found["terraform"].version == "1.11.4"
+
+
+def test_a_tool_of_another_version_is_missing_and_named(isolated):
+    fake_tool(isolated, "tflint", "TFLint version 0.63.0\n")
+    fake_tool(isolated, "terraform", "Terraform v1.11.4-dev\non linux_amd64\n")
+    with pytest.raises(ToolsUnavailable) as exc:
+        resolve_tools(build=False, tools=("terraform", "tflint"))
+    assert "terraform 1.11.4, tflint 0.64.0" in str(exc.value)
+    assert "etcd" not in str(exc.value).split("\n")[0]
+    with pytest.raises(ToolsUnavailable, match="No Go toolchain found"):
+        resolve_tools(build=True, tools=("tflint",))
+
+
+def test_unknown_tools_are_refused(isolated):
+    with pytest.raises(ValueError, match="unknown tool"):
+        resolve_tools(build=False, tools=("terraform", "terragrunt"))
+
+
+def test_the_command_provides_named_tools_and_keeps_its_default(isolated):
+    from ratesctl.cli import cli
+
+    fake_tool(isolated, "skaffold", REAL_OUTPUTS["skaffold"][0])
+    runner = CliRunner()
+    named = runner.invoke(cli, ["k8s-tools", "--check", "--tool", "skaffold"])
+    assert named.exit_code == 0, named.output
+    (line,) = named.output.splitlines()
+    assert line.split()[:3] == ["skaffold", "v2.16.1", "PATH"]
+
+    default = runner.invoke(cli, ["k8s-tools", "--check"])  # the Kubernetes set, none here
+    assert default.exit_code == 1
+    first = default.output.splitlines()[0]
+    assert "etcd" in first and "kubeconform" in first and "skaffold" not in first
+
+    every = runner.invoke(cli, ["k8s-tools", "--check", "--all"])
+    assert every.exit_code == 1
+    assert "skaffold" not in every.output.splitlines()[0]  # found on PATH
+    assert "terraform 1.11.4" in every.output and "etcd" in every.output
+
+    bad = runner.invoke(cli, ["k8s-tools", "--tool", "terragrunt"])
+    assert bad.exit_code == 2 and "terragrunt" in bad.output
+
+
+def test_version_commands_run_in_an_empty_directory_without_update_checks(isolated, tmp_path,
+                                                                          monkeypatch):
+    """tflint --version reads the .tflint.hcl of its directory and checks for updates online
+    unless told not to; the version run must do neither."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tflint.hcl").write_text("this is not HCL {")
+    probe = isolated / "tflint"
+    probe.write_text('#!/bin/sh\n[ -e .tflint.hcl ] && exit 1\n'
+                     '[ "$TFLINT_DISABLE_VERSION_CHECK" = 1 ] || exit 1\n'
+                     '[ "$CHECKPOINT_DISABLE" = 1 ] || exit 1\n'
+                     'echo "TFLint version 0.64.0"\n')
+    probe.chmod(0o755)
+    assert k8s_tools.binary_version("tflint", probe) == "0.64.0"
+    assert "TFLINT_DISABLE_VERSION_CHECK" not in os.environ  # only the child's environment
