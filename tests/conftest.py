@@ -1,5 +1,5 @@
 pytest_plugins = ["tests.support.db", "tests.support.kube", "tests.support.aws", "tests.support.api",
-                  "tests.support.uploads"]
+                  "tests.support.uploads", "tests.support.infra"]
 
 import signal
 

@@ -1,0 +1,123 @@
+"""Infrastructure-code tools for tests: terraform, tflint (pinned Go binaries, via
+ratesctl.k8s_tools) and checkov (a pinned PyPI package in its own cached virtualenv).
+
+checkov gets a virtualenv of its own because it pins dozens of packages (boto3 among them)
+that must not move the project's own pins. The virtualenv lives in
+``${XDG_CACHE_HOME:-~/.cache}/rates-platform/checkov-<version>`` and is created once; a
+``checkov`` on PATH with the pinned version is used instead when there is one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TERRAFORM_ROOT = REPO_ROOT / "terraform-eks"
+
+# Not a secret: moto's fixed account id, so ARNs computed here match the ones moto returns.
+MOTO_ACCOUNT = "123456789012"
+
+
+def _pinned(tool: str) -> str:
+    return json.loads((REPO_ROOT / "versions.json").read_text())[tool]
+
+
+def _checkov_version(path: str) -> str | None:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"\d+\.\d+\.\d+", out.stdout)
+    return match.group(0) if match else None
+
+
+def provide_checkov() -> Path:
+    """The pinned checkov: from PATH, the cache, or installed into the cache now (about a minute)."""
+    version = _pinned("checkov")
+    on_path = shutil.which("checkov")
+    if on_path and _checkov_version(on_path) == version:
+        return Path(on_path)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rates-platform"
+    venv = cache / f"checkov-{version}"
+    binary, done = venv / "bin" / "checkov", venv / ".complete"
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".checkov.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            # A virtualenv cannot be moved once made, so it is built in place; the marker
+            # says it finished, and an unfinished one is started over.
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                            "--disable-pip-version-check", f"checkov=={version}"], check=True)
+            done.touch()
+    return binary
+
+
+@pytest.fixture(scope="session")
+def infra_tools() -> dict[str, Path]:
+    """Paths of terraform and tflint (built once from their Go modules if missing)."""
+    from ratesctl.k8s_tools import ToolsUnavailable, resolve_tools
+
+    try:
+        tools = resolve_tools(tools=("terraform", "tflint"))
+    except ToolsUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return {name: tool.path for name, tool in tools.items()}
+
+
+@pytest.fixture(scope="session")
+def terraform(infra_tools) -> Path:
+    return infra_tools["terraform"]
+
+
+@pytest.fixture(scope="session")
+def tflint(infra_tools) -> Path:
+    return infra_tools["tflint"]
+
+
+@pytest.fixture(scope="session")
+def checkov() -> Path:
+    return provide_checkov()
+
+
+def terraform_env(tmp_path: Path) -> dict[str, str]:
+    """No user CLI config, plugin cache or credentials: what runs must work offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "AWS_"))}
+    env["TF_CLI_CONFIG_FILE"] = os.devnull
+    env["TF_IN_AUTOMATION"] = "1"
+    env["TF_DATA_DIR"] = str(tmp_path / ".terraform")
+    env["CHECKPOINT_DISABLE"] = "1"
+    return env
+
+
+def run(args: list, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def apply_module(terraform: Path, module: Path, variables: dict, tmp_path: Path) -> dict:
+    """Apply a provider-less module with ``variables``; its outputs as plain values.
+
+    The module is copied, so that nothing (state, .terraform) is written into the repository.
+    """
+    work = tmp_path / module.name
+    shutil.copytree(module, work, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
+    (work / "test.auto.tfvars.json").write_text(json.dumps(variables))
+    env = terraform_env(tmp_path)
+    for args in (["init", "-input=false", "-no-color"],
+                 ["apply", "-input=false", "-auto-approve", "-no-color"]):
+        result = run([terraform, *args], work, env)
+        assert result.returncode == 0, f"terraform {args[0]}:\n{result.stdout}\n{result.stderr}"
+    result = run([terraform, "output", "-json", "-no-color"], work, env)
+    assert result.returncode == 0, result.stderr
+    return {name: out["value"] for name, out in json.loads(result.stdout).items()}
