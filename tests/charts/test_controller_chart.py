@@ -210,6 +210,8 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
                  id="grace-not-above-poll-wait"),
     pytest.param({"serviceAccount.name": "rates-ingest", "jobs.serviceAccount.create": False},
                  "jobs.serviceAccount.name must differ", id="jobs-share-the-controllers-account"),
+    pytest.param({"extraEnv[0].value": "x"}, "at '/extraEnv/0': missing property 'name'", id="extra-env-no-name"),
+    pytest.param({"extraEnv[0].name": "1X"}, "at '/extraEnv/0/name'", id="extra-env-bad-name"),
 ])
 def test_bad_values_are_refused(helm, sets, error):
     proc = helm("template", RELEASE, str(CHART), *values_args("dev", sets), check=False)
@@ -291,7 +293,7 @@ def test_the_deployment_is_a_valid_controller_configuration(helm, environment):
     assert service["spec"]["selector"].items() <= labels.items()
     for key in ("name", "instance", "version", "component", "managed-by"):
         assert f"app.kubernetes.io/{key}" in deployment["metadata"]["labels"]
-    assert deployment["metadata"]["labels"]["helm.sh/chart"] == "rates-controller-0.1.0"
+    assert deployment["metadata"]["labels"]["helm.sh/chart"] == "rates-controller-0.2.0"
 
 
 def test_values_reach_the_controller_unmangled(helm, tmp_path):
@@ -313,6 +315,16 @@ def test_values_reach_the_controller_unmangled(helm, tmp_path):
     assert settings.job.env == {"INGEST_WORK_MEM": "128MB", "AWS_REGION": "us-east-2",
                                 "AWS_DEFAULT_REGION": "us-east-2"}
     assert container["image"] == "rates-controller:1.2.3" and settings.job.image == "rates-ingest:1.2.4"
+
+
+def test_extra_env_is_added_after_the_charts_own(helm):
+    default = one(render(helm, *values_args("dev")), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    extra = [{"name": "AWS_ENDPOINT_URL", "value": "http://moto:5000"},
+             {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "aws", "key": "id"}}}]
+    docs = render(helm, *values_args("dev", json_sets={"extraEnv": extra}))
+    [container] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["env"] == default["env"] + extra
+    assert not {v["name"] for v in extra} & {v["name"] for v in default["env"]}
 
 
 def test_the_service_monitor_scrapes_the_metrics_service(helm):
