@@ -145,6 +145,9 @@ def gone(read) -> bool:
 
 
 _TOOLS = pytest.StashKey[object]()
+# Pinned tools outside the Kubernetes set, by the fixture that needs them: provided with the
+# Kubernetes set, before the first test, only when a selected test uses that fixture.
+_FIXTURE_TOOLS = {"skaffold": "skaffold"}  # tests/charts/test_skaffold.py
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -158,6 +161,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.stash[_TOOLS] = ensure_tools()
     except ToolsUnavailable as exc:
         config.stash[_TOOLS] = exc  # each kube test fails with the reason, others run
+        return
+    extra = tuple(tool for fixture, tool in _FIXTURE_TOOLS.items()
+                  if any(fixture in getattr(i, "fixturenames", ()) for i in items))
+    if extra:
+        try:
+            ensure_tools(tools=extra)
+        except ToolsUnavailable:
+            pass  # the fixture asks again and fails its tests with the reason
 
 
 @pytest.fixture(scope="session")
