@@ -147,7 +147,8 @@ def gone(read) -> bool:
 _TOOLS = pytest.StashKey[object]()
 # Pinned tools outside the Kubernetes set, by the fixture that needs them: provided with the
 # Kubernetes set, before the first test, only when a selected test uses that fixture.
-_FIXTURE_TOOLS = {"skaffold": "skaffold"}  # tests/charts/test_skaffold.py
+_FIXTURE_TOOLS = {"skaffold": "skaffold",  # tests/charts/test_skaffold.py
+                  "terraform": "terraform", "tflint": "tflint"}  # tests/terraform
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -114,6 +114,7 @@ def test_sqs_dead_letters_a_message_only_after_the_controller_gave_up_on_it(sett
         assert settings[f"environment/{env}"]["max_receive_count"] > merged_values(env)["controller"]["maxReceives"]
 
 
+@pytest.mark.kube  # helm
 def test_the_roles_trust_the_service_accounts_the_controller_chart_creates(settings, helm):
     for env in ENVIRONMENTS:
         sets = [arg for key, value in REQUIRED.items() for arg in ("--set-string", f"{key}={value}")]
