@@ -32,6 +32,7 @@ module "database" {
   storage_gib               = var.database.storage_gib
   multi_az                  = var.database.multi_az
   backup_retention_days     = var.database.backup_retention_days
+  performance_insights      = var.database.performance_insights
   deletion_protection       = !var.throwaway
 }
 

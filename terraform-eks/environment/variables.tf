@@ -48,6 +48,7 @@ variable "database" {
     storage_gib           = object({ allocated = number, max = number })
     multi_az              = bool
     backup_retention_days = number
+    performance_insights  = optional(bool, true)
   })
 }
 

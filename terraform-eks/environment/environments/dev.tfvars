@@ -10,4 +10,5 @@ database = {
   storage_gib           = { allocated = 20, max = 50 }
   multi_az              = false
   backup_retention_days = 1
+  performance_insights  = false # a throwaway database; and not every micro class offers it
 }

@@ -99,8 +99,8 @@ resource "aws_db_instance" "this" {
   monitoring_interval = 60
   monitoring_role_arn = aws_iam_role.monitoring.arn
 
-  performance_insights_enabled    = true
-  performance_insights_kms_key_id = aws_kms_key.this.arn
+  performance_insights_enabled    = var.performance_insights
+  performance_insights_kms_key_id = var.performance_insights ? aws_kms_key.this.arn : null
   enabled_cloudwatch_logs_exports = ["postgresql", "upgrade"]
 
   tags = var.tags

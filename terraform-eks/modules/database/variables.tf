@@ -92,6 +92,12 @@ variable "deletion_protection" {
   default     = true
 }
 
+variable "performance_insights" {
+  description = "Performance Insights (database load by query and wait event). Turn it off for an instance class that does not offer it (check the smallest burstable ones)."
+  type        = bool
+  default     = true
+}
+
 variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)

@@ -141,12 +141,19 @@ resource "aws_eks_access_policy_association" "admin" {
   depends_on = [aws_eks_access_entry.admin]
 }
 
-# metrics-server feeds the API chart's HorizontalPodAutoscaler.
 resource "aws_eks_addon" "this" {
-  for_each = toset(["vpc-cni", "kube-proxy", "coredns", "metrics-server"])
+  for_each = {
+    # The VPC CNI enforces the charts' NetworkPolicies only with this switch on.
+    "vpc-cni"    = jsonencode({ enableNetworkPolicy = "true" })
+    "kube-proxy" = null
+    "coredns"    = null
+    # Feeds the API chart's HorizontalPodAutoscaler.
+    "metrics-server" = null
+  }
 
   cluster_name                = aws_eks_cluster.this.name
-  addon_name                  = each.value
+  addon_name                  = each.key
+  configuration_values        = each.value
   resolve_conflicts_on_update = "OVERWRITE"
 
   tags = var.tags

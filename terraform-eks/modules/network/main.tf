@@ -1,7 +1,8 @@
 locals {
   zones = length(var.availability_zones)
-  # /20 VPC and three zones: private subnets get /22 (1,019 pod and node addresses each,
-  # since the VPC CNI gives pods VPC addresses), public ones /24 (load balancers only).
+  # A quarter of the VPC per zone for the private subnets (a /16 gives /18s: the VPC CNI
+  # gives every pod a VPC address), and a sixteenth each for the public ones in the last
+  # quarter (load balancers and NAT only). Three zones at most, or the two would overlap.
   private_cidrs = [for i in range(local.zones) : cidrsubnet(var.cidr, 2, i)]
   public_cidrs  = [for i in range(local.zones) : cidrsubnet(var.cidr, 4, 12 + i)]
   nat_count     = var.single_nat_gateway ? 1 : local.zones

@@ -20,12 +20,12 @@ variable "cidr" {
 }
 
 variable "availability_zones" {
-  description = "Availability zones to spread subnets over (EKS needs at least two)."
+  description = "Availability zones to spread subnets over: two or three (EKS needs two; the subnet layout has room for three)."
   type        = list(string)
 
   validation {
-    condition     = length(var.availability_zones) >= 2 && length(var.availability_zones) <= 6
-    error_message = "Give between two and six availability zones."
+    condition     = length(var.availability_zones) >= 2 && length(var.availability_zones) <= 3
+    error_message = "Give two or three availability zones."
   }
 }
 
