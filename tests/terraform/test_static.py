@@ -14,7 +14,7 @@ STACKS = ["cluster", "environment"]
 
 
 def test_the_layout_is_what_the_readme_describes():
-    assert MODULES == ["database", "ecr", "eks", "iam-policies", "irsa-role", "network", "uploads"]
+    assert MODULES == ["database", "ecr", "eks", "iam-policies", "irsa-role", "log-group", "network", "uploads"]
     for directory in [*(f"modules/{m}" for m in MODULES), *STACKS]:
         names = {p.name for p in (TERRAFORM_ROOT / directory).glob("*.tf")}
         assert {"main.tf", "variables.tf", "outputs.tf", "versions.tf"} <= names, directory
@@ -46,7 +46,9 @@ def test_checkov_finds_nothing_unexplained(checkov, tmp_path):
     inline = re.findall(r"#checkov:skip=(\w+):(.+)", "".join(
         p.read_text() for p in TERRAFORM_ROOT.rglob("*.tf")))
     assert all(len(reason.strip()) > 20 for _, reason in inline)
-    assert sorted(c["check_id"] for c in skipped) == sorted(check for check, _ in inline)
+    # (a module's skip counts once per use of the module)
+    assert {c["check_id"] for c in skipped} == {check for check, _ in inline}
+    assert len(skipped) >= len(inline)
 
 
 def test_policy_module_terraform_test(terraform, tmp_path):

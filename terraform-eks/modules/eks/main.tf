@@ -1,12 +1,7 @@
 data "aws_partition" "current" {}
 
-data "aws_caller_identity" "current" {}
-
 locals {
   partition = data.aws_partition.current.partition
-  # Control-plane logs go to this group; creating it here (before the cluster) sets its
-  # retention and key instead of EKS creating an unencrypted one that never expires.
-  log_group_name = "/aws/eks/${var.name}/cluster"
 }
 
 resource "aws_kms_key" "secrets" {
@@ -17,42 +12,14 @@ resource "aws_kms_key" "secrets" {
   tags = var.tags
 }
 
-resource "aws_cloudwatch_log_group" "cluster" {
-  #checkov:skip=CKV_AWS_338:retention is per environment (log_retention_days): a year in production, two weeks in non-production
-  name              = local.log_group_name
-  retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.logs.arn
+# Control-plane logs go to this group; creating it before the cluster sets its retention
+# and key, instead of EKS creating an unencrypted one that never expires.
+module "logs" {
+  source = "../log-group"
 
-  tags = var.tags
-}
-
-resource "aws_kms_key" "logs" {
-  description         = "${var.name} EKS control-plane logs"
-  enable_key_rotation = true
-  policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [
-      {
-        Sid       = "AccountAdministers"
-        Effect    = "Allow"
-        Principal = { AWS = "arn:${local.partition}:iam::${data.aws_caller_identity.current.account_id}:root" }
-        Action    = "kms:*"
-        Resource  = "*"
-      },
-      {
-        Sid       = "CloudWatchLogsUsesItForThisGroupOnly"
-        Effect    = "Allow"
-        Principal = { Service = "logs.amazonaws.com" }
-        Action    = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
-        Resource  = "*"
-        Condition = {
-          ArnLike = { "kms:EncryptionContext:aws:logs:arn" = "arn:${local.partition}:logs:*:${data.aws_caller_identity.current.account_id}:log-group:${local.log_group_name}" }
-        }
-      },
-    ]
-  })
-
-  tags = var.tags
+  name           = "/aws/eks/${var.name}/cluster"
+  retention_days = var.log_retention_days
+  tags           = var.tags
 }
 
 resource "aws_iam_role" "cluster" {
@@ -106,7 +73,7 @@ resource "aws_eks_cluster" "this" {
 
   depends_on = [
     aws_iam_role_policy_attachment.cluster,
-    aws_cloudwatch_log_group.cluster,
+    module.logs,
   ]
 }
 

@@ -128,20 +128,19 @@ resource "aws_vpc_endpoint" "s3" {
 
 data "aws_region" "current" {}
 
-resource "aws_cloudwatch_log_group" "flow_logs" {
-  #checkov:skip=CKV_AWS_338:retention is per environment (log_retention_days): a year in production, two weeks in non-production
-  name              = "/aws/vpc/${var.name}/flow-logs"
-  retention_in_days = var.flow_log_retention_days
-  kms_key_id        = aws_kms_key.flow_logs.arn
+module "flow_logs" {
+  source = "../log-group"
 
-  tags = var.tags
+  name           = "/aws/vpc/${var.name}/flow-logs"
+  retention_days = var.flow_log_retention_days
+  tags           = var.tags
 }
 
 resource "aws_flow_log" "this" {
   vpc_id               = aws_vpc.this.id
   traffic_type         = "ALL"
   log_destination_type = "cloud-watch-logs"
-  log_destination      = aws_cloudwatch_log_group.flow_logs.arn
+  log_destination      = module.flow_logs.arn
   iam_role_arn         = aws_iam_role.flow_logs.arn
 
   tags = var.tags
