@@ -10,6 +10,7 @@ that must not move the project's own pins. The virtualenv lives in
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hcl2
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +123,9 @@ def apply_module(terraform: Path, module: Path, variables: dict, tmp_path: Path)
     result = run([terraform, "output", "-json", "-no-color"], work, env)
     assert result.returncode == 0, result.stderr
     return {name: out["value"] for name, out in json.loads(result.stdout).items()}
+
+
+def parse_hcl(text: str) -> dict:
+    """HCL as python-hcl2 reads it, strings without their quotes, comments left out."""
+    options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False)
+    return hcl2.load(io.StringIO(text), serialization_options=options)

@@ -4,14 +4,12 @@ block the provider lacks, no required one left out, and no reference to an attri
 resource does not export. This is the part of `terraform validate` that needs the
 provider plugin."""
 
-import io
 import json
 import re
 
-import hcl2
 import pytest
 
-from tests.support.infra import TERRAFORM_ROOT
+from tests.support.infra import TERRAFORM_ROOT, parse_hcl
 from tests.support.provider_schema import META_ARGUMENTS, Block, Schema, load_schema
 
 _REFERENCE = re.compile(r"(?<![\w.])(data\.)?(aws_[a-z0-9_]+)\.([a-z0-9_-]+)(?:\[[^\]]*\])?\.([a-z0-9_]+)")
@@ -20,11 +18,6 @@ _REFERENCE = re.compile(r"(?<![\w.])(data\.)?(aws_[a-z0-9_]+)\.([a-z0-9_-]+)(?:\
 @pytest.fixture(scope="module")
 def schema() -> Schema:
     return load_schema()
-
-
-def parse(text: str) -> dict:
-    options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False)
-    return hcl2.load(io.StringIO(text), serialization_options=options)
 
 
 def declarations(tree: dict):
@@ -68,7 +61,7 @@ def reference_problems(tree: dict, schema: Schema, where: str) -> list[str]:
 
 def problems_in(text: str, schema: Schema, where: str) -> list[str]:
     problems = []
-    tree = parse(text)
+    tree = parse_hcl(text)
     for kind, type_name, name, body in declarations(tree):
         spec = schema.kind(kind).get(type_name)
         if spec is None:

@@ -7,31 +7,24 @@ read a stack's variables alone: each tfvars file is applied to a copy of the sta
 variables.tf, so types, defaults and validations are terraform's own.
 """
 
-import io
 import json
 import shutil
 from pathlib import Path
 
-import hcl2
 import pytest
 import yaml
 
 from tests.charts.test_controller_chart import CHART as CONTROLLER_CHART
 from tests.charts.test_controller_chart import REQUIRED, merged_values
-from tests.support.infra import TERRAFORM_ROOT, run, terraform_env
+from tests.support.infra import TERRAFORM_ROOT, parse_hcl, run, terraform_env
 
 ENVIRONMENTS = ["dev", "staging", "prod"]
 CHARTS = TERRAFORM_ROOT.parent / "charts"
 TFVARS = sorted(TERRAFORM_ROOT.glob("*/environments/*.tfvars"))
 
 
-def parse(path: Path) -> dict:
-    options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False)
-    return hcl2.load(io.StringIO(path.read_text()), serialization_options=options)
-
-
 def declared_variables(stack: str) -> list[str]:
-    return [name for block in parse(TERRAFORM_ROOT / stack / "variables.tf")["variable"] for name in block]
+    return [name for block in parse_hcl((TERRAFORM_ROOT / stack / "variables.tf").read_text())["variable"] for name in block]
 
 
 def read_tfvars(terraform: Path, stack: str, tfvars: Path, tmp_path: Path) -> tuple[dict, str]:
@@ -132,7 +125,7 @@ def test_the_roles_trust_the_service_accounts_the_controller_chart_creates(setti
 
 
 def test_the_environment_stack_hands_the_controller_chart_values_it_has(helm):
-    [outputs] = [block["controller_values"] for block in parse(TERRAFORM_ROOT / "environment/outputs.tf")["output"]
+    [outputs] = [block["controller_values"] for block in parse_hcl((TERRAFORM_ROOT / "environment/outputs.tf").read_text())["output"]
                  if "controller_values" in block]
     keys = list(outputs["value"])
     assert {"queue.url", "queue.deadLetterUrl", "aws.region", "serviceAccount.roleArn",
