@@ -1,6 +1,12 @@
 """The rates-api Helm chart (charts/rates-api): lint, schema, validity for the test apiserver,
-the zero-downtime rollout arithmetic, the API settings it renders, and a real install,
-upgrade and uninstall whose migration hook runs on a local node against a real database.
+the zero-downtime rollout arithmetic, the API settings it renders, its NetworkPolicies, and
+a real install, upgrade and uninstall whose migration hook runs on a local node against a
+real database.
+
+The test control plane has no network plugin, so nothing enforces the NetworkPolicies
+here: the tests check what they render, that the API server admits them, what they would
+allow (tests/support/netpol.py works that out from the manifests) and how Helm creates and
+deletes the migration hook's policy, not packets.
 """
 
 import base64
@@ -10,6 +16,7 @@ import re
 import subprocess
 import sys
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +27,7 @@ from rates_api.settings import Settings
 from rates_core import migrate
 from tests.support.kube import gone, kubeconform
 from tests.support.local_node import LocalNode
+from tests.support.netpol import address, connection_allowed, egress_allowed, ingress_allowed, pod_of
 from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.kube
@@ -29,6 +37,7 @@ CHART = REPO / "charts" / "rates-api"
 ENVS = ("dev", "staging", "prod")
 RELEASE = "rates-api"
 DUMMY_DSN = "postgresql://rates@db.invalid:5432/rates"
+CHART_LABEL = "rates-api-" + yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -125,6 +134,16 @@ def test_lint_strict(helm, env):
     ("rollingUpdate.maxSurge=0", "/rollingUpdate/maxSurge"),
     ("autoscaling.minReplicas=0", "/autoscaling/minReplicas"),
     ("ingress.scheme=public", "/ingress/scheme"),
+    ("networkPolicy.database.port=0", "/networkPolicy/database/port"),
+    ("networkPolicy.database.port=65536", "/networkPolicy/database/port"),
+    ("networkPolicy.database.cidrs[0]=10.0.0.0", "/networkPolicy/database/cidrs/0"),
+    ("networkPolicy.database.cidrs[0]=10.0.0.300/16", "/networkPolicy/database/cidrs/0"),
+    ("networkPolicy.database.cidrs[0]=010.0.0.0/16", "/networkPolicy/database/cidrs/0"),
+    ("networkPolicy.database.cidrs[0]=rates.example.internal/32", "/networkPolicy/database/cidrs/0"),
+    ("networkPolicy.database.cidrs[0]=fd00::/129", "/networkPolicy/database/cidrs/0"),
+    ("networkPolicy.extraEgress[0].ports[0].port=70000", "/networkPolicy/extraEgress/0/ports/0/port"),
+    ("networkPolicy.extraEgress[0].too=x", "additional properties 'too' not allowed"),
+    ("networkPolicy.ingress=x", "additional properties 'ingress' not allowed"),
 ])
 def test_schema_rejects_bad_values(helm, assignment, error):
     proc = helm("template", RELEASE, str(CHART), "--set", assignment, check=False)
@@ -161,10 +180,12 @@ def test_rendering_is_valid_for_the_apiserver(helm, kubectl, schemas, kube_tools
     manifest = helm("template", RELEASE, str(CHART), "-n", namespace, *values_args(env)).stdout
     docs = [d for d in yaml.safe_load_all(manifest) if d]
     count = len(docs)
-    expected = {"ServiceAccount", "Service", "Deployment", "Ingress", "Job", "Pod"}
+    # Two NetworkPolicies: the API's and the migration hook's.
+    expected = ["Deployment", "Ingress", "Job", "NetworkPolicy", "NetworkPolicy", "Pod", "Service",
+                "ServiceAccount"]
     if env == "prod":
-        expected |= {"HorizontalPodAutoscaler", "PodDisruptionBudget"}
-    assert {d["kind"] for d in docs} == expected and count == len(expected)
+        expected = sorted([*expected, "HorizontalPodAutoscaler", "PodDisruptionBudget"])
+    assert sorted(d["kind"] for d in docs) == expected
 
     summary = kubeconform(kube_tools["kubeconform"], schemas, manifest)
     assert summary["valid"] == count and summary["invalid"] == summary["errors"] == 0, summary
@@ -172,6 +193,8 @@ def test_rendering_is_valid_for_the_apiserver(helm, kubectl, schemas, kube_tools
     proc = kubectl("apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-", input=manifest)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("(server dry run)") == count, proc.stdout
+    for name in ("rates-api", "rates-api-migrate"):
+        assert f"networkpolicy.networking.k8s.io/{name} created (server dry run)" in proc.stdout, proc.stdout
 
 
 # --- what the rendering says ----------------------------------------------------------------
@@ -343,7 +366,7 @@ def test_labels_and_selectors_agree(render):
         labels = doc["metadata"]["labels"]
         for key in ("name", "instance", "version", "component", "managed-by"):
             assert f"app.kubernetes.io/{key}" in labels, (kind, key)
-        assert labels["helm.sh/chart"] == "rates-api-0.1.0", kind
+        assert labels["helm.sh/chart"] == CHART_LABEL, kind
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert selector.items() <= pod_labels.items()
     assert one(docs, "Service")["spec"]["selector"] == selector
@@ -406,6 +429,122 @@ def test_environments_differ_where_they_should(render):
     assert memory(dev) < memory(staging) < memory(prod)
     prod_ingress = one(render("prod"), "Ingress")["metadata"]["annotations"]
     assert prod_ingress["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+
+
+# --- network policies ---------------------------------------------------------------------
+
+DNS_EGRESS = {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+
+
+def policy(docs: dict, name: str) -> dict:
+    return docs[("NetworkPolicy", name)]
+
+
+def pods_of(docs: dict) -> dict[str, dict]:
+    """The chart's pods by component, as templates: the API's, the migration's, the test's."""
+    return {"api": one(docs, "Deployment")["spec"]["template"],
+            "migrations": one(docs, "Job")["spec"]["template"],
+            "test": one(docs, "Pod")}
+
+
+def hook_weight(doc: dict) -> int:
+    return int(doc["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
+
+
+@pytest.mark.parametrize("env", [None, *ENVS])
+def test_network_policies_select_the_api_and_migration_pods(render, env):
+    docs = render(env)
+    policies = [d for (k, _), d in docs.items() if k == "NetworkPolicy"]
+    api_policy, migrate_policy = policy(docs, "rates-api"), policy(docs, "rates-api-migrate")
+    deployment = one(docs, "Deployment")
+    templates = pods_of(docs)
+    pods = {component: pod_of(template) for component, template in templates.items()}
+
+    # Each selects its own pods and no other: the API's exactly the Deployment's selector.
+    assert api_policy["spec"]["podSelector"] == {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}
+    expected = {"rates-api": {"api"}, "rates-api-migrate": {"migrations"}}
+    for p in policies:
+        selected = {c for c, template in templates.items()
+                    if p["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()}
+        assert selected == expected[p["metadata"]["name"]], p["metadata"]["name"]
+    # The helm test pod must reach the API through its Service: nothing confines it.
+    assert egress_allowed(policies, pods["test"], address("203.0.113.7"), 8443)
+
+    # The API: in on the container port named http only, from anywhere (the ALB, in-cluster
+    # clients, the kubelet's probes); the migration pods: nothing in at all.
+    assert api_policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert api_policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    container = api_container(docs)
+    http = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert container["readinessProbe"]["httpGet"]["port"] == "http"
+    for source in (address("10.0.3.4"), pods["test"], pods["migrations"]):
+        assert ingress_allowed(policies, pods["api"], source, http)
+        assert not ingress_allowed(policies, pods["api"], source, http + 1)
+        assert not ingress_allowed(policies, pods["api"], source, http, "UDP")
+    assert connection_allowed(policies, pods["test"], pods["api"], http)  # the helm test
+    assert migrate_policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert not migrate_policy["spec"].get("ingress")
+    assert not ingress_allowed(policies, pods["migrations"], pods["api"], 8000)
+
+    # Out: DNS and PostgreSQL, nothing else.
+    database = {"ports": [{"port": 5432, "protocol": "TCP"}]}
+    for p in (api_policy, migrate_policy):
+        assert p["spec"]["egress"] == [DNS_EGRESS, database], p["metadata"]["name"]
+    rds = address("10.0.20.30")
+    for component in ("api", "migrations"):
+        assert egress_allowed(policies, pods[component], rds, 5432)
+        assert egress_allowed(policies, pods[component], address("172.20.0.10"), 53, "UDP")
+        for port in (443, 80, 6443, 5433):
+            assert not egress_allowed(policies, pods[component], rds, port), (component, port)
+        assert not egress_allowed(policies, pods[component], address("169.254.169.254"), 80)  # no IMDS
+
+
+@pytest.mark.parametrize("env", [None, *ENVS])
+def test_the_migration_policy_is_a_hook_in_place_before_the_job(render, env):
+    """Hooks run before the release's ordinary resources exist: the migration pods' policy
+    is a hook of the same events, weighted before the Job, deleted with the succeeded hooks."""
+    docs = render(env)
+    migrate_policy, job = policy(docs, "rates-api-migrate"), one(docs, "Job")
+    hook, job_hook = migrate_policy["metadata"]["annotations"], job["metadata"]["annotations"]
+    assert set(hook["helm.sh/hook"].split(",")) == set(job_hook["helm.sh/hook"].split(",")) == {
+        "pre-install", "pre-upgrade"}
+    assert hook_weight(migrate_policy) < hook_weight(job)
+    assert set(hook["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded"}
+    # The API's own policy is an ordinary resource of the release.
+    assert "helm.sh/hook" not in (policy(docs, "rates-api")["metadata"].get("annotations") or {})
+    for p in (migrate_policy, policy(docs, "rates-api")):
+        labels = p["metadata"]["labels"]
+        assert labels["helm.sh/chart"] == CHART_LABEL and labels["app.kubernetes.io/part-of"] == "rates-platform"
+    assert migrate_policy["metadata"]["labels"]["app.kubernetes.io/component"] == "migrations"
+
+
+def test_network_policy_values(render):
+    extra = [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+                      "podSelector": {"matchLabels": {"app.kubernetes.io/name": "otel-collector"}}}],
+              "ports": [{"port": 4317, "protocol": "TCP"}]},
+             {"to": [{"ipBlock": {"cidr": "10.9.0.0/16", "except": ["10.9.9.0/24"]}}]}]
+    docs = render(None, "--set-json", 'networkPolicy.database.cidrs=["10.0.0.0/18","10.0.64.0/18"]',
+                  "--set-json", "networkPolicy.database.port=6432",
+                  "--set-json", f"networkPolicy.extraEgress={json.dumps(extra)}")
+    policies = [d for (k, _), d in docs.items() if k == "NetworkPolicy"]
+    database = {"ports": [{"port": 6432, "protocol": "TCP"}],
+                "to": [{"ipBlock": {"cidr": "10.0.0.0/18"}}, {"ipBlock": {"cidr": "10.0.64.0/18"}}]}
+    pods = {component: pod_of(template) for component, template in pods_of(docs).items()}
+    for name in ("rates-api", "rates-api-migrate"):
+        # The database rule goes to the CIDRs as ipBlocks; the extra rules come last, as given.
+        assert policy(docs, name)["spec"]["egress"] == [DNS_EGRESS, database, *extra], name
+    for component in ("api", "migrations"):
+        assert egress_allowed(policies, pods[component], address("10.0.70.1"), 6432)
+        assert not egress_allowed(policies, pods[component], address("10.0.128.1"), 6432)
+        assert not egress_allowed(policies, pods[component], address("10.0.70.1"), 5432)
+        assert egress_allowed(policies, pods[component], address("10.9.1.1"), 9999)
+        assert not egress_allowed(policies, pods[component], address("10.9.9.1"), 9999)
+
+    assert "NetworkPolicy" not in kinds(render(None, *sets("networkPolicy.enabled=false")))
+    assert "NetworkPolicy" not in kinds(render("prod", *sets("networkPolicy.enabled=false")))
+    # No migration Job, no policy for its pods.
+    no_migrations = render(None, *sets("migrations.enabled=false"))
+    assert [n for k, n in no_migrations if k == "NetworkPolicy"] == ["rates-api"]
 
 
 def test_readme_documents_every_value():
@@ -487,6 +626,26 @@ def test_migration_hook_runs_before_the_release(render):
 
 # --- against the API server -----------------------------------------------------------------
 
+def network_policies(networking, namespace) -> list[str]:
+    return sorted(p.metadata.name for p in networking.list_namespaced_network_policy(namespace).items)
+
+
+def assert_policy_was_in_place_before_the_job(helm, namespace):
+    """Helm's record of the last hook run: the migration pods' NetworkPolicy was created
+    (and done) before the Job was started."""
+    status = json.loads(helm("status", RELEASE, "-n", namespace, "-o", "json").stdout)
+    runs = {(h["kind"], h["name"]): h["last_run"] for h in status["hooks"]}
+    network_policy, job = runs[("NetworkPolicy", "rates-api-migrate")], runs[("Job", "rates-api-migrate")]
+    assert network_policy["phase"] == "Succeeded", network_policy
+    def instant(value: str) -> tuple[int, int]:
+        """(seconds, nanoseconds) of Go's RFC 3339 with nanoseconds (no fraction when 0)."""
+        whole, fraction, zone = re.fullmatch(r"([^.]+?)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", value).groups()
+        seconds = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone)).timestamp()
+        return int(seconds), int((fraction or "").ljust(9, "0"))
+
+    assert instant(network_policy["completed_at"]) <= instant(job["started_at"]), (network_policy, job)
+
+
 def create_database_secret(kube, namespace, dsn):
     kube.core.create_namespaced_secret(namespace, {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rates-database"},
@@ -522,9 +681,12 @@ def test_install_upgrade_uninstall(helm, kube, namespace, empty_dsn, tmp_path):
     assert networking.read_namespaced_ingress("rates-api", namespace).spec.ingress_class_name == "alb"
     assert autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items == []
     assert policy.list_namespaced_pod_disruption_budget(namespace).items == []
-    # The successful hook Job is removed, so nothing outlives the release.
+    # The successful hook Job is removed, so nothing outlives the release; so is its pods'
+    # NetworkPolicy, a hook too. The API's is the release's own.
     wait_for(lambda: not kube.batch.list_namespaced_job(namespace).items, timeout=30,
              what="the succeeded migration Job to be removed")
+    assert network_policies(networking, namespace) == ["rates-api"]
+    assert_policy_was_in_place_before_the_job(helm, namespace)
 
     kube.core.patch_namespace(namespace, {"metadata": {"labels": {
         "elbv2.k8s.aws/pod-readiness-gate-inject": "enabled"}}})
@@ -541,6 +703,8 @@ def test_install_upgrade_uninstall(helm, kube, namespace, empty_dsn, tmp_path):
     hpa = autoscaling.read_namespaced_horizontal_pod_autoscaler("rates-api", namespace)
     assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 4)
     assert policy.read_namespaced_pod_disruption_budget("rates-api", namespace).spec.max_unavailable == 1
+    assert network_policies(networking, namespace) == ["rates-api"]
+    assert_policy_was_in_place_before_the_job(helm, namespace)
 
     helm("uninstall", RELEASE, *cluster)
     wait_for(lambda: gone(lambda: kube.apps.read_namespaced_deployment("rates-api", namespace)),
@@ -549,8 +713,10 @@ def test_install_upgrade_uninstall(helm, kube, namespace, empty_dsn, tmp_path):
                  lambda: kube.core.read_namespaced_service_account("rates-api", namespace),
                  lambda: networking.read_namespaced_ingress("rates-api", namespace),
                  lambda: autoscaling.read_namespaced_horizontal_pod_autoscaler("rates-api", namespace),
-                 lambda: policy.read_namespaced_pod_disruption_budget("rates-api", namespace)):
+                 lambda: policy.read_namespaced_pod_disruption_budget("rates-api", namespace),
+                 lambda: networking.read_namespaced_network_policy("rates-api", namespace)):
         assert gone(read)
+    assert network_policies(networking, namespace) == []  # no hook's left behind either
     assert kube.batch.list_namespaced_job(namespace).items == []
     assert json.loads(helm("list", *cluster, "-o", "json").stdout) == []
 
@@ -569,3 +735,13 @@ def test_a_failing_migration_fails_the_release_without_retries(helm, kube, names
     assert len(pods) == 1 and pods[0].status.container_statuses[0].state.terminated.exit_code == 2
     assert "DATABASE_URL as a URL" in log
     assert gone(lambda: kube.apps.read_namespaced_deployment("rates-api", namespace))
+    # The failed Job stays for its logs; its pods' policy, a hook that succeeded, does not
+    # (helm deletes the succeeded hooks when a later one fails), and it was in place first.
+    assert network_policies(client.NetworkingV1Api(kube.api_client), namespace) == []
+    assert_policy_was_in_place_before_the_job(helm, namespace)
+    # The policy the release ran (its hook manifest) selected the migration's pod.
+    status = json.loads(helm("status", RELEASE, "-n", namespace, "-o", "json").stdout)
+    [hook] = [yaml.safe_load(h["manifest"]) for h in status["hooks"] if h["kind"] == "NetworkPolicy"]
+    selector = ",".join(f"{k}={v}" for k, v in hook["spec"]["podSelector"]["matchLabels"].items())
+    assert [p.metadata.name for p in kube.core.list_namespaced_pod(namespace, label_selector=selector).items] == [
+        pods[0].metadata.name]

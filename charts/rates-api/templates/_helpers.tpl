@@ -62,13 +62,21 @@ Labels of the API's own resources.
 {{- end }}
 
 {{/*
+The labels that pick one component's pods, nothing that changes between releases; call
+with (dict "ctx" $ "component" "migrations").
+*/}}
+{{- define "rates-api.componentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "rates-api.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
 Selector labels: immutable on a Deployment, so nothing that changes between releases.
 The component keeps the migration and test pods out of the Service.
 */}}
 {{- define "rates-api.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "rates-api.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: api
+{{ include "rates-api.componentSelectorLabels" (dict "ctx" . "component" "api") }}
 {{- end }}
 
 {{/*
@@ -76,6 +84,35 @@ The migration hook Job's name (room left for the suffix within 63 characters).
 */}}
 {{- define "rates-api.migrationJobName" -}}
 {{- include "rates-api.fullname" . | trunc 55 | trimSuffix "-" }}-migrate
+{{- end }}
+
+{{/*
+The egress rules the API and the migration pods share (templates/networkpolicy.yaml):
+DNS, PostgreSQL, then networkPolicy.extraEgress as given.
+*/}}
+{{- define "rates-api.networkPolicyEgress" -}}
+{{- $np := .Values.networkPolicy -}}
+# DNS to any resolver: the cluster's DNS Service, or a node-local cache on a link-local
+# address that no pod selector could name.
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+# PostgreSQL: to networkPolicy.database.cidrs when given, else to any address.
+- ports:
+    - port: {{ $np.database.port | int }}
+      protocol: TCP
+  {{- with $np.database.cidrs }}
+  to:
+    {{- range . }}
+    - ipBlock:
+        cidr: {{ . | quote }}
+    {{- end }}
+  {{- end }}
+{{- with $np.extraEgress }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "rates-api.serviceAccountName" -}}
