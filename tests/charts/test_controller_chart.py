@@ -5,6 +5,10 @@ and by the API server; install, upgrade and uninstall; and the controller's RBAC
 with its own ServiceAccount token, first call by call and then by running the real
 controller process with the Deployment's own environment until a file's Job has failed and
 the file has been set aside (which takes every right the Role grants).
+
+The NetworkPolicies are checked as rendered and as admitted by the API server, and for
+what they would allow (tests/support/netpol.py); the test control plane has no network
+plugin, so nothing enforces them here.
 """
 
 import base64
@@ -32,6 +36,7 @@ from rates_controller.settings import JobSettings, Settings
 from tests.support.uploads import ingest_jobs
 from tests.support.kube import gone, kubeconform
 from tests.support.net import free_port, wait_for_http
+from tests.support.netpol import Pod, address, connection_allowed, egress_allowed, ingress_allowed, pod_of
 from tests.support.poll import wait_for
 from tests.support.proc import stop_process
 
@@ -51,6 +56,7 @@ ROLE_ARNS = {
     "jobs.serviceAccount.roleArn": "arn:aws:iam::123456789012:role/rates-ingest",
 }
 IRSA = "eks.amazonaws.com/role-arn"
+CHART_LABEL = "rates-controller-" + yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -163,8 +169,10 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
     args = values_args(environment, ROLE_ARNS)
     rendered = helm("template", RELEASE, str(CHART), "--namespace", namespace, *args).stdout
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
-    # Two ServiceAccounts (controller, Jobs), the test hook's Pod; and no Secret, ever.
-    assert kinds == ["Deployment", "Pod", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceAccount"]
+    # Two ServiceAccounts and two NetworkPolicies (controller, Jobs), the test hook's Pod;
+    # and no Secret, ever.
+    assert kinds == ["Deployment", "NetworkPolicy", "NetworkPolicy", "Pod", "Role", "RoleBinding", "Service",
+                     "ServiceAccount", "ServiceAccount"]
 
     summary = kubeconform(kube_tools["kubeconform"], schemas, rendered)
     assert summary == {"valid": len(kinds), "invalid": 0, "errors": 0, "skipped": 0}, summary
@@ -174,7 +182,8 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
     for what in ("deployment.apps/rates-controller", "serviceaccount/rates-controller",
                  "serviceaccount/rates-ingest", "role.rbac.authorization.k8s.io/rates-controller",
                  "rolebinding.rbac.authorization.k8s.io/rates-controller", "service/rates-controller",
-                 "pod/rates-controller-test-healthz"):
+                 "pod/rates-controller-test-healthz", "networkpolicy.networking.k8s.io/rates-controller",
+                 "networkpolicy.networking.k8s.io/rates-controller-ingest"):
         assert f"{what} created (server dry run)" in proc.stdout, proc.stdout
 
 
@@ -212,6 +221,28 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
                  "jobs.serviceAccount.name must differ", id="jobs-share-the-controllers-account"),
     pytest.param({"extraEnv[0].value": "x"}, "at '/extraEnv/0': missing property 'name'", id="extra-env-no-name"),
     pytest.param({"extraEnv[0].name": "1X"}, "at '/extraEnv/0/name'", id="extra-env-bad-name"),
+    pytest.param({"networkPolicy.database.port": 0}, "at '/networkPolicy/database/port': minimum",
+                 id="database-port-0"),
+    pytest.param({"networkPolicy.database.port": 65536}, "at '/networkPolicy/database/port': maximum",
+                 id="database-port-too-high"),
+    pytest.param({"networkPolicy.apiServerPorts[0]": 70000}, "at '/networkPolicy/apiServerPorts/0': maximum",
+                 id="api-server-port-too-high"),
+    pytest.param({"networkPolicy.apiServerPorts[0]": "https"}, "at '/networkPolicy/apiServerPorts/0'",
+                 id="api-server-port-not-a-number"),
+    pytest.param({"networkPolicy.database.cidrs[0]": "10.0.0.0"}, "at '/networkPolicy/database/cidrs/0'",
+                 id="cidr-without-prefix"),
+    pytest.param({"networkPolicy.database.cidrs[0]": "rates-db.internal/32"},
+                 "at '/networkPolicy/database/cidrs/0'", id="cidr-a-host-name"),
+    pytest.param({"networkPolicy.database.cidrs[0]": "10.0.0.0/33"}, "at '/networkPolicy/database/cidrs/0'",
+                 id="cidr-prefix-too-long"),
+    pytest.param({"networkPolicy.database.cidrs[0]": "010.0.0.0/16"}, "at '/networkPolicy/database/cidrs/0'",
+                 id="cidr-leading-zero"),
+    pytest.param({"networkPolicy.extraEgress[0].ports[0].port": 0},
+                 "at '/networkPolicy/extraEgress/0/ports/0/port'", id="extra-egress-port-0"),
+    pytest.param({"networkPolicy.extraEgress[0].to[0].ipBlock.cidr": "moto"},
+                 "at '/networkPolicy/extraEgress/0/to/0/ipBlock/cidr'", id="extra-egress-not-a-cidr"),
+    pytest.param({"networkPolicy.ingress": "x"}, "additional properties 'ingress' not allowed",
+                 id="network-policy-unknown-key"),
 ])
 def test_bad_values_are_refused(helm, sets, error):
     proc = helm("template", RELEASE, str(CHART), *values_args("dev", sets), check=False)
@@ -293,7 +324,7 @@ def test_the_deployment_is_a_valid_controller_configuration(helm, environment):
     assert service["spec"]["selector"].items() <= labels.items()
     for key in ("name", "instance", "version", "component", "managed-by"):
         assert f"app.kubernetes.io/{key}" in deployment["metadata"]["labels"]
-    assert deployment["metadata"]["labels"]["helm.sh/chart"] == "rates-controller-0.2.0"
+    assert deployment["metadata"]["labels"]["helm.sh/chart"] == CHART_LABEL
 
 
 def test_values_reach_the_controller_unmangled(helm, tmp_path):
@@ -380,6 +411,112 @@ def test_the_helm_test_hook_fails_unless_healthz_answers_200(helm, tmp_path):
         server.server_close()
 
 
+# --- network policies ------------------------------------------------------------------
+
+DNS_EGRESS = {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+HTTPS_EGRESS = {"ports": [{"port": 443, "protocol": "TCP"}]}
+
+
+def network_policies(docs: list[dict]) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+
+
+def chart_pods(docs: list[dict], namespace: str = "rates") -> dict[str, dict]:
+    """Pod templates by who runs them: the controller, an ingest Job made by the
+    controller's own code (its labels are the controller's, not the chart's), the test hook."""
+    return {"controller": one(docs, "Deployment")["spec"]["template"],
+            "ingest": sample_job(namespace)["spec"]["template"],
+            "test": one(docs, "Pod")}
+
+
+@pytest.mark.parametrize("environment", [None, *ENVIRONMENTS])
+def test_the_network_policies_select_the_controller_and_its_jobs(helm, environment):
+    docs = render(helm, *values_args(environment, ROLE_ARNS))
+    policies = network_policies(docs)
+    assert set(policies) == {"rates-controller", "rates-controller-ingest"}
+    deployment = one(docs, "Deployment")
+    templates = chart_pods(docs)
+    pods = {who: pod_of(template, "rates") for who, template in templates.items()}
+    controller_policy, jobs_policy = policies["rates-controller"], policies["rates-controller-ingest"]
+
+    # Each selects its own pods and no other; the Jobs' policy the labels of a Job that
+    # rates_controller.jobs.manifest() builds.
+    assert controller_policy["spec"]["podSelector"] == {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}
+    assert jobs_policy["spec"]["podSelector"] == {"matchLabels": controller_jobs.LABELS}
+    expected = {"rates-controller": {"controller"}, "rates-controller-ingest": {"ingest"}}
+    for name, p in policies.items():
+        assert p["metadata"]["namespace"] == "rates"
+        selected = {who for who, template in templates.items()
+                    if p["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()}
+        assert selected == expected[name], name
+        labels = p["metadata"]["labels"]
+        assert labels["helm.sh/chart"] == CHART_LABEL and labels["app.kubernetes.io/instance"] == RELEASE
+        assert p["spec"]["policyTypes"] == ["Ingress", "Egress"], name
+    assert jobs_policy["metadata"]["labels"]["app.kubernetes.io/component"] == "ingest"
+    # The helm test pod must reach the controller's Service: nothing confines it.
+    assert egress_allowed(list(policies.values()), pods["test"], address("203.0.113.7"), 8443)
+
+    # In: the controller on its metrics port only, from anywhere; the Jobs, nothing.
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    metrics = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
+    assert controller_policy["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    assert container["livenessProbe"]["httpGet"]["port"] == "metrics"
+    for source in (address("10.0.3.4"), pods["ingest"]):
+        assert ingress_allowed(list(policies.values()), pods["controller"], source, metrics)
+        assert not ingress_allowed(list(policies.values()), pods["controller"], source, metrics + 1)
+    assert connection_allowed(list(policies.values()), pods["test"], pods["controller"], metrics)  # helm test
+    assert not jobs_policy["spec"].get("ingress")
+    assert not ingress_allowed(list(policies.values()), pods["ingest"], pods["controller"], 8000)
+
+    # Out: DNS, HTTPS (AWS), and the API server's endpoint ports (controller) or
+    # PostgreSQL (Jobs); nothing else.
+    assert controller_policy["spec"]["egress"] == [
+        DNS_EGRESS, HTTPS_EGRESS, {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]
+    assert jobs_policy["spec"]["egress"] == [DNS_EGRESS, HTTPS_EGRESS, {"ports": [{"port": 5432, "protocol": "TCP"}]}]
+    allowed = {"controller": {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443)},
+               "ingest": {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 5432)}}
+    tried = {("UDP", 53), ("TCP", 53), ("TCP", 80), ("TCP", 443), ("TCP", 5432), ("TCP", 6443), ("TCP", 8443),
+             ("TCP", 9090)}
+    for who in ("controller", "ingest"):
+        for protocol, port in tried:
+            assert egress_allowed(list(policies.values()), pods[who], address("10.0.1.2"), port, protocol) == (
+                (protocol, port) in allowed[who]), (who, protocol, port)
+
+
+def test_network_policy_values(helm):
+    extra = [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "moto"}}}],
+              "ports": [{"port": 5000, "protocol": "TCP"}]},
+             {"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}}], "ports": [{"port": 80, "protocol": "TCP"}]}]
+    docs = render(helm, *values_args("prod", json_sets={
+        "networkPolicy.database.cidrs": ["10.0.0.0/18", "fd00:10::/64"], "networkPolicy.database.port": 6432,
+        "networkPolicy.apiServerPorts": [8443], "networkPolicy.extraEgress": extra}))
+    policies = network_policies(docs)
+    pods = {who: pod_of(template, "rates") for who, template in chart_pods(docs).items()}
+    # The database's CIDRs become ipBlocks of the Jobs' rule; the extra rules come last, as
+    # given, in both policies.
+    database = {"ports": [{"port": 6432, "protocol": "TCP"}],
+                "to": [{"ipBlock": {"cidr": "10.0.0.0/18"}}, {"ipBlock": {"cidr": "fd00:10::/64"}}]}
+    assert policies["rates-controller-ingest"]["spec"]["egress"] == [DNS_EGRESS, HTTPS_EGRESS, database, *extra]
+    assert policies["rates-controller"]["spec"]["egress"] == [
+        DNS_EGRESS, HTTPS_EGRESS, {"ports": [{"port": 8443, "protocol": "TCP"}]}, *extra]
+    moto = Pod(labels={"app.kubernetes.io/name": "moto"}, namespace="rates")
+    everything = list(policies.values())
+    for who in ("controller", "ingest"):
+        assert egress_allowed(everything, pods[who], moto, 5000)
+        assert not egress_allowed(everything, pods[who], moto, 5001)
+        assert egress_allowed(everything, pods[who], address("169.254.170.23"), 80)
+    assert egress_allowed(everything, pods["ingest"], address("10.0.63.1"), 6432)
+    assert egress_allowed(everything, pods["ingest"], address("fd00:10::5"), 6432)
+    assert not egress_allowed(everything, pods["ingest"], address("10.0.64.1"), 6432)
+    assert not egress_allowed(everything, pods["controller"], address("10.0.63.1"), 6432)
+
+    # No API server ports: no rule at all, never one that allows every port.
+    none = network_policies(render(helm, *values_args(json_sets={"networkPolicy.apiServerPorts": []})))
+    assert none["rates-controller"]["spec"]["egress"] == [DNS_EGRESS, HTTPS_EGRESS]
+
+    assert network_policies(render(helm, *values_args("prod", {"networkPolicy.enabled": False}))) == {}
+
+
 # --- on the API server ----------------------------------------------------------------
 
 
@@ -404,6 +541,9 @@ def test_install_upgrade_and_uninstall(helm, kube, namespace):
     assert (binding.role_ref.kind, binding.role_ref.name) == ("Role", RELEASE)
     assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [("ServiceAccount", RELEASE, namespace)]
     assert kube.core.read_namespaced_service(RELEASE, namespace).spec.ports[0].name == "metrics"
+    networking = client.NetworkingV1Api(kube.api_client)
+    assert sorted(p.metadata.name for p in networking.list_namespaced_network_policy(namespace).items) == [
+        RELEASE, f"{RELEASE}-ingest"]
     with pytest.raises(ApiException) as no_secret:  # the chart never makes one
         kube.core.read_namespaced_secret("rates-database", namespace)
     assert no_secret.value.status == 404
@@ -429,7 +569,9 @@ def test_install_upgrade_and_uninstall(helm, kube, namespace):
                  lambda: kube.core.read_namespaced_service_account("rates-ingest", namespace),
                  lambda: kube.rbac.read_namespaced_role(RELEASE, namespace),
                  lambda: kube.rbac.read_namespaced_role_binding(RELEASE, namespace),
-                 lambda: kube.core.read_namespaced_service(RELEASE, namespace)):
+                 lambda: kube.core.read_namespaced_service(RELEASE, namespace),
+                 lambda: networking.read_namespaced_network_policy(RELEASE, namespace),
+                 lambda: networking.read_namespaced_network_policy(f"{RELEASE}-ingest", namespace)):
         assert gone(read)
     assert json.loads(helm("list", "-n", namespace, "-o", "json").stdout) == []
 
@@ -559,6 +701,19 @@ def test_the_real_controller_runs_with_the_charts_environment_and_rights(
         assert spec.containers[0].resources.limits == {"memory": "320Mi"}  # values-dev.yaml
         assert job.spec.backoff_limit == 0
         assert job.spec.ttl_seconds_after_finished == 3600  # values-dev.yaml, set once handled
+        # The installed Jobs' NetworkPolicy selects this Job's pods, and the controller's does not.
+        networking = client.NetworkingV1Api(kube.api_client)
+        job_pods = {p.metadata.name for p in kube.core.list_namespaced_pod(
+            namespace, label_selector=f"job-name={job.metadata.name}").items}
+        assert job_pods
+
+        def selected_by(policy_name):
+            labels = networking.read_namespaced_network_policy(policy_name, namespace).spec.pod_selector.match_labels
+            return {p.metadata.name for p in kube.core.list_namespaced_pod(
+                namespace, label_selector=",".join(f"{k}={v}" for k, v in labels.items())).items}
+
+        assert job_pods <= selected_by(f"{RELEASE}-ingest")
+        assert not job_pods & selected_by(RELEASE)
 
         # The helm test hook's script, pointed at this controller instead of its Service.
         hook = one(render(helm, *values_args()), "Pod")["spec"]["containers"][0]

@@ -69,6 +69,29 @@ Labels of the controller's own objects.
 {{- end }}
 
 {{/*
+The labels the controller puts on every ingest Job and its pods (LABELS in
+controller/rates_controller/jobs.py). They carry no release: the controller makes them,
+not Helm.
+*/}}
+{{- define "rates-controller.ingestJobLabels" -}}
+app.kubernetes.io/name: rates-ingest
+app.kubernetes.io/component: ingest
+app.kubernetes.io/managed-by: rates-controller
+{{- end }}
+
+{{/*
+Egress to DNS, to any resolver: the cluster's DNS Service, or a node-local cache on a
+link-local address that no pod selector could name.
+*/}}
+{{- define "rates-controller.dnsEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+
+{{/*
 A ServiceAccount's annotations block, from its values (annotations, roleArn): the
 roleArn becomes the IRSA annotation. Empty when there is nothing to annotate.
 */}}
