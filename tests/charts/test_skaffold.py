@@ -8,7 +8,10 @@ would deploy, offline and with a fixed tag, which then go through kubeconform -s
 a server-side dry run in a fresh namespace. The assertions are about what the local
 cluster would run: the three images, the database Secret the charts read, the forwarded
 port, the locked-down pods, the controller pointed at the moto server whose own setup
-(its postStart script, run here against a real moto_server) creates what it names.
+(its postStart script, run here against a real moto_server) creates what it names, and
+charts' NetworkPolicies that let every local connection through under a network plugin
+that enforces them (k3d/k3s do). That last one is worked out from the rendered policies
+(tests/support/netpol.py): the test control plane has no network plugin.
 """
 
 import json
@@ -25,10 +28,12 @@ import boto3
 import pytest
 import yaml
 
-from rates_controller.events import uploaded_objects
+from rates_controller import jobs as controller_jobs
+from rates_controller.events import UploadedObject, uploaded_objects
 from rates_controller.settings import Settings as ControllerSettings
 from tests.support.aws import FAKE_AWS_ENV, start_moto, stop_moto
 from tests.support.kube import kubeconform
+from tests.support.netpol import Pod, address, connection_allowed, egress_allowed, pod_of
 
 REPO = Path(__file__).resolve().parents[2]
 SKAFFOLD_YAML = REPO / "skaffold.yaml"
@@ -315,6 +320,77 @@ def test_the_controller_is_configured_for_the_local_moto_server(rendered):
                       (settings.dead_letter_queue_url, moto_env["DEAD_LETTER_QUEUE"])):
         assert url.startswith(endpoint + "/") and url.rsplit("/", 1)[1] == name
     assert settings.job.database_secret == "rates-database" and settings.job.image == f"rates-ingest:{TAG}"
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_network_policies_let_the_local_connections_through(rendered, profile):
+    """Every connection the local cluster needs, against the rendered NetworkPolicies as
+    an enforcing plugin would apply them: to PostgreSQL and moto through their Services'
+    target ports, DNS, the API server, the helm tests; and nothing beyond what is needed."""
+    docs = rendered(profile)
+    policies = find(docs, "NetworkPolicy")
+    expected = {"rates-api", "rates-api-migrate"}
+    if profile != "api-only":
+        expected |= {"rates-controller", "rates-controller-ingest"}
+    assert {p["metadata"]["name"] for p in policies} == expected
+
+    def workload(kind, name):
+        doc = one(docs, kind, name)
+        return pod_of(doc if kind == "Pod" else doc["spec"]["template"], "local")
+
+    def service_target(name):
+        """(the pod behind Service ``name``, the port a policy sees after its DNAT)."""
+        [port] = one(docs, "Service", name)["spec"]["ports"]
+        [backend] = [d for d in docs if d["kind"] == "Deployment" and one(docs, "Service", name)["spec"][
+            "selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        pod = pod_of(backend["spec"]["template"], "local")
+        target = port["targetPort"]
+        return pod, pod.port_names[target] if isinstance(target, str) else target
+
+    dns = Pod(labels={"k8s-app": "kube-dns"}, namespace="kube-system",
+              namespace_labels={"kubernetes.io/metadata.name": "kube-system"}, port_names={"dns": 53})
+    postgres, postgres_port = service_target("rates-postgres")
+    api, api_port = service_target("rates-api")
+    clients = {"api": api, "migrations": workload("Job", "rates-api-migrate")}
+    needs = [(clients["api"], postgres, postgres_port), (clients["migrations"], postgres, postgres_port),
+             # the helm test, through the Service
+             (workload("Pod", "rates-api-test-readyz"), api, api_port)]
+    if profile != "api-only":
+        moto, moto_port = service_target("moto")
+        controller_doc = one(docs, "Deployment", "rates-controller")
+        env = {k: v for k, v in env_of(controller_doc["spec"]["template"]["spec"]["containers"][0]).items()
+               if isinstance(v, str)}
+        settings = ControllerSettings.from_env({**env, "JOB_NAMESPACE": "local"})
+        # A Job as the controller makes it, for an upload to the local bucket.
+        job = controller_jobs.manifest(UploadedObject(bucket="rates-uploads", key="2024/prices.csv",
+                                                      version_id=None, etag="abc", size=1), settings.job)
+        clients |= {"controller": workload("Deployment", "rates-controller"),
+                    "ingest": pod_of(job["spec"]["template"], "local")}
+        controller, metrics_port = service_target("rates-controller")
+        needs += [(clients["controller"], moto, moto_port), (clients["ingest"], moto, moto_port),
+                  (clients["ingest"], postgres, postgres_port),
+                  (workload("Pod", "rates-controller-test-healthz"), controller, metrics_port)]
+        # The API server behind the kubernetes Service: a node's 6443 on kind and k3d,
+        # 8443 on minikube.
+        for port in (6443, 8443):
+            assert egress_allowed(policies, clients["controller"], address("172.18.0.2"), port), port
+        # Only the controller talks to the API server, and only the Jobs to PostgreSQL.
+        assert not egress_allowed(policies, clients["ingest"], address("172.18.0.2"), 6443)
+        assert not egress_allowed(policies, clients["controller"], postgres, postgres_port)
+        # The Jobs' policy selects them, and only them, by the controller's own labels.
+        assert egress_allowed(policies, clients["ingest"], moto, moto_port)
+        assert not egress_allowed(policies, clients["ingest"], moto, moto_port + 1)
+    for source, destination, port in needs:
+        assert connection_allowed(policies, source, destination, port), (source.labels, destination.labels, port)
+    for name, client_pod in clients.items():
+        for protocol in ("UDP", "TCP"):
+            assert egress_allowed(policies, client_pod, dns, 53, protocol), (name, protocol)
+        # Not the node's other services, nor the API's neighbours.
+        assert not egress_allowed(policies, client_pod, address("172.18.0.2"), 10250), name
+    assert not egress_allowed(policies, clients["api"], address("172.18.0.2"), 6443)
+    if profile != "api-only":
+        assert not egress_allowed(policies, clients["api"], moto, moto_port)
 
 
 # --- moto's setup, for real -------------------------------------------------------------------
