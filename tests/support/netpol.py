@@ -109,36 +109,34 @@ def _port_matches(rule_ports: list[dict] | None, port: int, protocol: str, named
     return False
 
 
-def egress_allowed(policies: list[dict], source: Pod, destination: Pod, port: int, protocol: str = "TCP") -> bool:
-    """May ``source`` open a connection to ``destination``:``port``, as far as the
-    policies selecting ``source`` go?"""
-    selecting = _selecting(policies, source, "Egress")
+def _allowed(policies: list[dict], selected: Pod, peer: Pod, direction: str, port: int, protocol: str,
+             port_names: dict) -> bool:
+    """Do the policies that select ``selected`` for ``direction`` ("Egress" or "Ingress")
+    let it talk with ``peer`` on ``port``? Not selected at all means yes."""
+    rules_key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+    selecting = _selecting(policies, selected, direction)
     if not selecting:
         return True
     for policy in selecting:
-        namespace = policy["metadata"].get("namespace", source.namespace)
-        for rule in policy["spec"].get("egress") or []:
-            peers = rule.get("to") or []
-            if (not peers or any(_peer_matches(peer, destination, namespace) for peer in peers)) and \
-                    _port_matches(rule.get("ports"), port, protocol, destination.port_names):
+        namespace = policy["metadata"].get("namespace", selected.namespace)
+        for rule in policy["spec"].get(rules_key) or []:
+            peers = rule.get(peers_key) or []
+            if (not peers or any(_peer_matches(p, peer, namespace) for p in peers)) and \
+                    _port_matches(rule.get("ports"), port, protocol, port_names):
                 return True
     return False
+
+
+def egress_allowed(policies: list[dict], source: Pod, destination: Pod, port: int, protocol: str = "TCP") -> bool:
+    """May ``source`` open a connection to ``destination``:``port``, as far as the
+    policies selecting ``source`` go?"""
+    return _allowed(policies, source, destination, "Egress", port, protocol, destination.port_names)
 
 
 def ingress_allowed(policies: list[dict], destination: Pod, source: Pod, port: int, protocol: str = "TCP") -> bool:
     """May ``source`` connect to ``destination``:``port``, as far as the policies
     selecting ``destination`` go?"""
-    selecting = _selecting(policies, destination, "Ingress")
-    if not selecting:
-        return True
-    for policy in selecting:
-        namespace = policy["metadata"].get("namespace", destination.namespace)
-        for rule in policy["spec"].get("ingress") or []:
-            peers = rule.get("from") or []
-            if (not peers or any(_peer_matches(peer, source, namespace) for peer in peers)) and \
-                    _port_matches(rule.get("ports"), port, protocol, destination.port_names):
-                return True
-    return False
+    return _allowed(policies, destination, source, "Ingress", port, protocol, destination.port_names)
 
 
 def connection_allowed(policies: list[dict], source: Pod, destination: Pod, port: int, protocol: str = "TCP") -> bool:
