@@ -44,7 +44,9 @@ locals {
 
   # Read one object version (ingest-job/rates_ingest/s3source.py: HeadObject, GetObject).
   # ListBucket is there so that a missing key answers 404 (the job exits 2: retrying
-  # cannot help) instead of 403 (which the job must treat as worth a retry).
+  # cannot help) instead of 403 (which the job must treat as worth a retry);
+  # ListBucketVersions for ListObjectVersions, with which the job orders two versions of a
+  # key whose times tie. Both only under the prefix.
   ingest_job_policy = jsonencode({
     Version = "2012-10-17"
     Statement = [
@@ -55,9 +57,9 @@ locals {
         Resource = "${var.bucket_arn}/${var.prices_prefix}*"
       },
       {
-        Sid       = "TellMissingFromForbidden"
+        Sid       = "ListUnderThePrefix"
         Effect    = "Allow"
-        Action    = "s3:ListBucket"
+        Action    = ["s3:ListBucket", "s3:ListBucketVersions"]
         Resource  = var.bucket_arn
         Condition = { StringLike = { "s3:prefix" = "${var.prices_prefix}*" } }
       },

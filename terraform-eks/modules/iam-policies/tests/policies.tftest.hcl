@@ -58,15 +58,15 @@ run "ingest_job_reads_only_under_the_prefix" {
     condition = jsonencode({
       for s in jsondecode(output.ingest_job_policy).Statement : s.Sid => s.Resource
       }) == jsonencode({
-      ReadPriceFiles           = "arn:aws:s3:::acme-rates-staging-prices/prices/*"
-      TellMissingFromForbidden = "arn:aws:s3:::acme-rates-staging-prices"
-      DecryptPriceFiles        = var.bucket_kms_key_arn
+      ReadPriceFiles     = "arn:aws:s3:::acme-rates-staging-prices/prices/*"
+      ListUnderThePrefix = "arn:aws:s3:::acme-rates-staging-prices"
+      DecryptPriceFiles  = var.bucket_kms_key_arn
     })
     error_message = "The ingest job reads objects under prices/, lists that prefix and decrypts with the bucket's key only."
   }
 
   assert {
-    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : s.Condition if s.Sid == "TellMissingFromForbidden"][0].StringLike["s3:prefix"] == "prices/*"
+    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : s.Condition if s.Sid == "ListUnderThePrefix"][0].StringLike["s3:prefix"] == "prices/*"
     error_message = "Listing is limited to the prices prefix."
   }
 
