@@ -88,6 +88,7 @@ def _pod_spec(obj: UploadedObject, settings: JobSettings) -> dict:
         "name": settings.database_secret, "key": settings.database_secret_key}}})
     env += [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
     return {
+        **settings.scheduling,
         "restartPolicy": "Never",
         "serviceAccountName": settings.service_account,
         # IRSA mounts its own web-identity token; the job never calls the Kubernetes API.

@@ -12,6 +12,9 @@ DATABASE_SECRET            Secret with the database URL for the Jobs (default ra
 DATABASE_SECRET_KEY        and its key (default url).
 JOB_ENV                    extra environment for the Jobs, a JSON object of strings, e.g.
                            {"AWS_DEFAULT_REGION": "eu-west-1"} (default {}).
+JOB_SCHEDULING             where the Jobs' pods may run: a JSON object with any of nodeSelector,
+                           tolerations, affinity, priorityClassName and
+                           topologySpreadConstraints, as in a pod spec (default {}).
 JOB_CPU_REQUEST, JOB_MEMORY_REQUEST, JOB_MEMORY_LIMIT
                            the Jobs' resources (default 100m, 192Mi, 384Mi).
 MAX_ACTIVE_JOBS            Jobs running at once; no message is taken while this many run (default 4).
@@ -43,6 +46,8 @@ from typing import Mapping
 from rates_core.env import ConfigError, env_choice, env_int, env_str
 from rates_core.logs import LEVELS
 
+# The pod spec fields JOB_SCHEDULING may set: where a pod runs, nothing about what it runs.
+SCHEDULING_FIELDS = ("nodeSelector", "tolerations", "affinity", "priorityClassName", "topologySpreadConstraints")
 # What Kubernetes accepts as an environment variable's name.
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -58,6 +63,7 @@ class JobSettings:
     database_secret: str = "rates-database"
     database_secret_key: str = "url"
     env: Mapping[str, str] = field(default_factory=dict)
+    scheduling: Mapping[str, object] = field(default_factory=dict)
     cpu_request: str = "100m"
     memory_request: str = "192Mi"
     memory_limit: str = "384Mi"
@@ -107,6 +113,7 @@ def _job_settings(environ: Mapping[str, str]) -> JobSettings:
         database_secret=env_str("DATABASE_SECRET", "rates-database", environ),
         database_secret_key=env_str("DATABASE_SECRET_KEY", "url", environ),
         env=_job_env(environ),
+        scheduling=_job_scheduling(environ),
         cpu_request=env_str("JOB_CPU_REQUEST", "100m", environ),
         memory_request=env_str("JOB_MEMORY_REQUEST", "192Mi", environ),
         memory_limit=env_str("JOB_MEMORY_LIMIT", "384Mi", environ),
@@ -140,6 +147,24 @@ def _job_env(environ: Mapping[str, str]) -> dict[str, str]:
     if invalid:
         raise ConfigError(f"environment variable JOB_ENV has names Kubernetes refuses: {', '.join(invalid)}")
     return env
+
+
+def _job_scheduling(environ: Mapping[str, str]) -> dict[str, object]:
+    # Only the shape is checked here; the values are the API server's to judge, and the
+    # controller's startup dry run asks it (cli.py).
+    raw = env_str("JOB_SCHEDULING", "{}", environ)
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f'environment variable JOB_SCHEDULING must be a JSON object, such as '
+                          f'{{"nodeSelector": {{"workload": "batch"}}}}, got {raw!r}')
+    unknown = sorted(set(value) - set(SCHEDULING_FIELDS))
+    if unknown:
+        raise ConfigError(f"environment variable JOB_SCHEDULING may only set {', '.join(SCHEDULING_FIELDS)}; "
+                          f"not {', '.join(unknown)}")
+    return value
 
 
 def _string_map(name: str, environ: Mapping[str, str]) -> dict[str, str]:

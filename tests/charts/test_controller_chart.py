@@ -243,6 +243,10 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
                  "at '/networkPolicy/extraEgress/0/to/0/ipBlock/cidr'", id="extra-egress-not-a-cidr"),
     pytest.param({"networkPolicy.ingress": "x"}, "additional properties 'ingress' not allowed",
                  id="network-policy-unknown-key"),
+    pytest.param({"jobs.tolerations[0].operator": "Sometimes"}, "at '/jobs/tolerations/0/operator'",
+                 id="toleration-operator"),
+    pytest.param({"jobs.nodeSelector.workload": 1}, "at '/jobs/nodeSelector/workload'",
+                 id="node-selector-not-a-string"),
 ])
 def test_bad_values_are_refused(helm, sets, error):
     proc = helm("template", RELEASE, str(CHART), *values_args("dev", sets), check=False)
@@ -346,6 +350,23 @@ def test_values_reach_the_controller_unmangled(helm, tmp_path):
     assert settings.job.env == {"INGEST_WORK_MEM": "128MB", "AWS_REGION": "us-east-2",
                                 "AWS_DEFAULT_REGION": "us-east-2"}
     assert container["image"] == "rates-controller:1.2.3" and settings.job.image == "rates-ingest:1.2.4"
+
+
+def test_the_jobs_placement_reaches_the_controller(helm, tmp_path):
+    placement = {"nodeSelector": {"workload": "batch"},
+                 "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+                 "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                     {"weight": 1, "preference": {"matchExpressions": [
+                         {"key": "capacity", "operator": "In", "values": ["spot"]}]}}]}},
+                 "priorityClassName": "batch-low"}
+    overrides = tmp_path / "values-placement.yaml"
+    overrides.write_text(yaml.safe_dump({"jobs": placement}))
+    [container] = one(render(helm, *values_args("prod"), "-f", str(overrides)),
+                      "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert Settings.from_env(container_env(container, "rates")).job.scheduling == placement
+    # and none by default: the Jobs go wherever the scheduler puts them
+    [container] = one(render(helm, *values_args("prod")), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert Settings.from_env(container_env(container, "rates")).job.scheduling == {}
 
 
 def test_extra_env_is_added_after_the_charts_own(helm):

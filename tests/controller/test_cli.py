@@ -58,6 +58,33 @@ def test_job_settings_the_api_server_refuses_stop_it_at_start(sqs, namespace, mo
 
 
 @pytest.mark.kube
+def test_a_placement_the_api_server_refuses_stops_it_at_start(sqs, namespace, moto_endpoint, kubeconfig):
+    from tests.support.uploads import controller_env
+
+    scheduling = {"tolerations": [{"key": "spot", "operator": "Sometimes", "effect": "NoSchedule"}]}
+    env = {**controller_env(sqs, namespace, moto_endpoint, kubeconfig, 0), "JOB_SCHEDULING": json.dumps(scheduling)}
+    result = subprocess.run([sys.executable, "-m", "rates_controller"], env=env, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    error = json.loads(result.stdout.splitlines()[-1])["error"]
+    assert "the API server refuses the Jobs these settings make" in error and "operator" in error
+
+
+@pytest.mark.kube
+def test_its_jobs_are_placed_as_configured(kube, namespace, uploads, controller_process):
+    scheduling = {"nodeSelector": {"workload": "batch"},
+                  "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]}
+    controller_process(JOB_SCHEDULING=json.dumps(scheduling))
+    uploads.put("p.csv", b"x")
+
+    [job] = wait_for(lambda: ingest_jobs(kube, namespace), timeout=30, what="the controller to create a Job")
+    pod = job.spec.template.spec
+    assert pod.node_selector == {"workload": "batch"}
+    assert [(t.key, t.operator, t.effect) for t in pod.tolerations] == [("spot", "Exists", "NoSchedule")]
+
+
+@pytest.mark.kube
 def test_a_metrics_port_in_use_is_a_configuration_error(sqs, namespace, moto_endpoint, kubeconfig):
     import socket
 

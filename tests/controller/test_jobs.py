@@ -45,6 +45,18 @@ def test_extra_environment_follows_the_objects_address():
     assert [e["name"] for e in env] == ["S3_BUCKET", "S3_OBJECT_KEY", "DATABASE_URL", "AWS_REGION"]
 
 
+def test_scheduling_places_the_pod_and_changes_nothing_else():
+    scheduling = {"nodeSelector": {"workload": "batch"},
+                  "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+                  "affinity": {"nodeAffinity": {}}, "priorityClassName": "batch-low"}
+    placed = jobs.manifest(OBJ, JobSettings(namespace="prod", image="registry.invalid/rates-ingest:1.2.3",
+                                            scheduling=scheduling))["spec"]["template"]["spec"]
+    plain = jobs.manifest(OBJ, SETTINGS)["spec"]["template"]["spec"]
+    assert {k: v for k, v in placed.items() if k not in scheduling} == plain
+    assert {k: placed[k] for k in scheduling} == scheduling
+    assert not set(scheduling) & set(plain)  # nothing the Job sets itself is replaced
+
+
 def test_last_words_are_the_error_of_the_last_json_line_that_has_one():
     log = "\n".join([
         "Found credentials in environment variables.",

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from rates_controller.settings import Settings
@@ -29,6 +31,9 @@ def test_the_namespace_defaults_to_the_pods_own():
     ("JOB_ENV", "[1]", "JOB_ENV must be a JSON object of strings"),
     ("JOB_ENV", '{"A": 1}', "JOB_ENV must be a JSON object of strings"),
     ("JOB_ENV", '{"DATABASE_URL": "x"}', "may not set DATABASE_URL"),
+    ("JOB_SCHEDULING", "[1]", "JOB_SCHEDULING must be a JSON object"),
+    ("JOB_SCHEDULING", "{nodeSelector: 1}", "JOB_SCHEDULING must be a JSON object"),
+    ("JOB_SCHEDULING", '{"containers": [], "nodeName": "n1"}', "may only set .*; not containers, nodeName"),
     ("LOG_LEVEL", "loud", "LOG_LEVEL must be one of"),
 ])
 def test_bad_values_name_the_variable(name, value, message):
@@ -39,3 +44,11 @@ def test_bad_values_name_the_variable(name, value, message):
 def test_job_env_is_read():
     settings = Settings.from_env({**REQUIRED, "JOB_ENV": '{"AWS_REGION": "eu-west-1"}'})
     assert settings.job.env == {"AWS_REGION": "eu-west-1"}
+
+
+def test_job_scheduling_is_read():
+    scheduling = {"nodeSelector": {"workload": "batch"},
+                  "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+                  "priorityClassName": "batch-low"}
+    settings = Settings.from_env({**REQUIRED, "JOB_SCHEDULING": json.dumps(scheduling)})
+    assert settings.job.scheduling == scheduling

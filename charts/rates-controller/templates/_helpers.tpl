@@ -134,6 +134,19 @@ names another; as AWS_DEFAULT_REGION too, the only one boto3 reads.
 {{- end }}
 
 {{/*
+Where the Jobs' pods may run (JOB_SCHEDULING): the pod spec fields that are set, as JSON.
+*/}}
+{{- define "rates-controller.jobScheduling" -}}
+{{- $scheduling := dict }}
+{{- range $field := list "nodeSelector" "tolerations" "affinity" "priorityClassName" "topologySpreadConstraints" }}
+{{- with index $.Values.jobs $field }}
+{{- $_ := set $scheduling $field . }}
+{{- end }}
+{{- end }}
+{{- toJson $scheduling }}
+{{- end }}
+
+{{/*
 Pod and container security settings, shared by the controller and the test pod. The
 image's user is 10001 and nothing is written to its filesystem.
 */}}
