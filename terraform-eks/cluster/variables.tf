@@ -3,8 +3,9 @@ variable "name" {
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,30}[a-z0-9]$", var.name))
-    error_message = "name must be 3-32 characters of lower-case letters, digits and hyphens, starting with a letter."
+    # At most 24: IAM role name prefixes built from it (name + "-flow-logs-") stay within 38.
+    condition     = can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", var.name))
+    error_message = "name must be 3-24 characters of lower-case letters, digits and hyphens, starting with a letter."
   }
 }
 

@@ -6,10 +6,23 @@ data "aws_iam_openid_connect_provider" "this" {
   url = data.aws_eks_cluster.this.identity[0].oidc[0].issuer
 }
 
+data "aws_vpc" "this" {
+  id = data.aws_eks_cluster.this.vpc_config[0].vpc_id
+}
+
+# The database lives in the cluster's private subnets: what the charts' NetworkPolicies
+# let their pods reach on 5432.
+data "aws_subnet" "cluster" {
+  for_each = toset(data.aws_eks_cluster.this.vpc_config[0].subnet_ids)
+
+  id = each.value
+}
+
 locals {
-  name        = "rates-${var.environment}"
-  vpc         = data.aws_eks_cluster.this.vpc_config[0]
-  oidc_issuer = replace(data.aws_eks_cluster.this.identity[0].oidc[0].issuer, "https://", "")
+  database_cidrs = sort([for subnet in data.aws_subnet.cluster : subnet.cidr_block])
+  name           = "rates-${var.environment}"
+  vpc            = data.aws_eks_cluster.this.vpc_config[0]
+  oidc_issuer    = replace(data.aws_eks_cluster.this.identity[0].oidc[0].issuer, "https://", "")
 }
 
 module "uploads" {
@@ -33,6 +46,7 @@ module "database" {
   multi_az                  = var.database.multi_az
   backup_retention_days     = var.database.backup_retention_days
   performance_insights      = var.database.performance_insights
+  log_retention_days        = var.log_retention_days
   deletion_protection       = !var.throwaway
 }
 

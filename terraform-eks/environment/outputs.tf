@@ -3,15 +3,25 @@ output "namespace" {
   value       = var.environment
 }
 
+# Values files for the charts: `terraform output -json controller_values > controller.json`,
+# then `helm upgrade --install ... -f values-<env>.yaml -f controller.json` (JSON is YAML).
 output "controller_values" {
-  description = "Values for `helm upgrade --install rates-controller charts/rates-controller -n <environment>`: pass them with --set or a values file."
+  description = "Values for the rates-controller release of this environment, as a values file."
   value = {
-    "queue.url"                   = module.uploads.queue_url
-    "queue.deadLetterUrl"         = module.uploads.dead_letter_queue_url
-    "aws.region"                  = var.region
-    "serviceAccount.roleArn"      = module.controller_role.arn
-    "jobs.serviceAccount.name"    = var.service_accounts.ingest_job
-    "jobs.serviceAccount.roleArn" = module.ingest_job_role.arn
+    queue          = { url = module.uploads.queue_url, deadLetterUrl = module.uploads.dead_letter_queue_url }
+    aws            = { region = var.region }
+    serviceAccount = { roleArn = module.controller_role.arn }
+    jobs           = { serviceAccount = { name = var.service_accounts.ingest_job, roleArn = module.ingest_job_role.arn } }
+    networkPolicy  = { database = { cidrs = local.database_cidrs } }
+  }
+}
+
+output "api_values" {
+  description = "Values for the rates-api release of this environment, as a values file."
+  value = {
+    # The ALB connects from addresses in the VPC; trust its X-Forwarded-* headers only.
+    config        = { forwardedAllowIps = data.aws_vpc.this.cidr_block }
+    networkPolicy = { database = { cidrs = local.database_cidrs } }
   }
 }
 
@@ -21,7 +31,7 @@ output "bucket_name" {
 }
 
 output "bucket_kms_key_arn" {
-  description = "Key of the prices bucket: uploaders need kms:GenerateDataKey on it."
+  description = "Key of the prices bucket: uploaders need kms:GenerateDataKey and kms:Decrypt on it."
   value       = module.uploads.bucket_kms_key_arn
 }
 

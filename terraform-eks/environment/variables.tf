@@ -52,6 +52,12 @@ variable "database" {
   })
 }
 
+variable "log_retention_days" {
+  description = "Days to keep the database's logs in CloudWatch Logs."
+  type        = number
+  default     = 30
+}
+
 variable "service_accounts" {
   description = "ServiceAccount names the roles trust: the controller's (its chart's full name) and the ingest Jobs' (jobs.serviceAccount.name)."
   type = object({

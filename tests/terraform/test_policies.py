@@ -115,7 +115,6 @@ def _denied(call) -> str:
 
 
 def _controller_queues(account):
-    os.environ.setdefault("AWS_DEFAULT_REGION", FAKE_AWS_ENV["AWS_DEFAULT_REGION"])
     sqs = account.client("sqs", "controller")
     return Queue(sqs, account.names["uploads_url"]), Queue(sqs, account.names["dead_url"])
 

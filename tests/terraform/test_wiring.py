@@ -124,15 +124,114 @@ def test_the_roles_trust_the_service_accounts_the_controller_chart_creates(setti
         assert env_vars["JOB_SERVICE_ACCOUNT"] == trusted["ingest_job"]
 
 
-def test_the_environment_stack_hands_the_controller_chart_values_it_has(helm):
-    [outputs] = [block["controller_values"] for block in parse_hcl((TERRAFORM_ROOT / "environment/outputs.tf").read_text())["output"]
-                 if "controller_values" in block]
-    keys = list(outputs["value"])
-    assert {"queue.url", "queue.deadLetterUrl", "aws.region", "serviceAccount.roleArn",
-            "jobs.serviceAccount.roleArn"} <= set(keys)
-    defaults = yaml.safe_load((CONTROLLER_CHART / "values.yaml").read_text())
-    for key in keys:
-        node = defaults
-        for part in key.split("."):
-            assert isinstance(node, dict) and part in node, f"{key} is not a value of the controller chart"
-            node = node[part]
+# What each value the environment stack hands a chart must come from, and a value of the
+# kind it will have, to render the chart with.
+HANDED = {
+    "rates-controller": {
+        "queue.url": ("module.uploads.queue_url",
+                      "https://sqs.eu-west-1.amazonaws.com/123456789012/example-rates-dev-prices-uploads"),
+        "queue.deadLetterUrl": ("module.uploads.dead_letter_queue_url",
+                                "https://sqs.eu-west-1.amazonaws.com/123456789012/example-rates-dev-prices-dead-letter"),
+        "aws.region": ("var.region", "eu-west-1"),
+        "serviceAccount.roleArn": ("module.controller_role.arn", "arn:aws:iam::123456789012:role/rates-dev-controller"),
+        "jobs.serviceAccount.name": ("var.service_accounts.ingest_job", "rates-ingest"),
+        "jobs.serviceAccount.roleArn": ("module.ingest_job_role.arn",
+                                        "arn:aws:iam::123456789012:role/rates-dev-ingest-job"),
+        "networkPolicy.database.cidrs": ("local.database_cidrs", ["10.41.0.0/18", "10.41.64.0/18"]),
+    },
+    "rates-api": {
+        "config.forwardedAllowIps": ("data.aws_vpc.this.cidr_block", "10.41.0.0/16"),
+        "networkPolicy.database.cidrs": ("local.database_cidrs", ["10.41.0.0/18", "10.41.64.0/18"]),
+    },
+}
+OUTPUTS = {"rates-controller": "controller_values", "rates-api": "api_values"}
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    found = {}
+    for key, value in tree.items():
+        if key.startswith("__"):
+            continue
+        path = f"{prefix}{key}"
+        found.update(_leaves(value, f"{path}.") if isinstance(value, dict) else {path: value})
+    return found
+
+
+def _nest(leaves: dict) -> dict:
+    tree: dict = {}
+    for path, value in leaves.items():
+        *parents, last = path.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return tree
+
+
+@pytest.mark.kube  # helm
+@pytest.mark.parametrize("chart", sorted(HANDED))
+def test_the_environment_stack_hands_each_chart_values_it_takes(chart, helm, tmp_path):
+    outputs = {name: block[name] for block in parse_hcl((TERRAFORM_ROOT / "environment/outputs.tf").read_text())["output"]
+               for name in block}
+    handed = _leaves(outputs[OUTPUTS[chart]]["value"])
+    assert handed == {path: f"${{{source}}}" for path, (source, _) in HANDED[chart].items()}
+
+    # The chart takes them: its strict schema accepts values of that kind at those paths.
+    values = tmp_path / "from-terraform.json"
+    values.write_text(json.dumps(_nest({path: sample for path, (_, sample) in HANDED[chart].items()})))
+    # (for the controller chart they are also all the values it requires)
+    rendered = helm("template", chart, str(CHARTS / chart), "--namespace", "dev",
+                    "-f", str(CHARTS / chart / "values-dev.yaml"), "-f", str(values)).stdout
+    assert "10.41.64.0/18" in rendered
+
+
+def _chart_values(chart: str, env: str) -> dict:
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    base = yaml.safe_load((CHARTS / chart / "values.yaml").read_text())
+    return merge(base, yaml.safe_load((CHARTS / chart / f"values-{env}.yaml").read_text()) or {})
+
+
+def _cpu(quantity) -> float:
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _vcpus(instance_type: str) -> int:
+    """vCPUs of an EC2 type by its size name: large 2, xlarge 4, Nxlarge 4N."""
+    size = instance_type.split(".")[1]
+    if size == "large":
+        return 2
+    multiple = size.removesuffix("xlarge")
+    return 4 * (int(multiple) if multiple else 1)
+
+
+def _cpu_at_full_scale(env: str) -> float:
+    """CPU requested by one environment at its peak: the API at its most replicas plus a
+    rollout's surge, the controller, and every ingest Job it may run at once."""
+    api, controller = _chart_values("rates-api", env), _chart_values("rates-controller", env)
+    pods = api["autoscaling"]["maxReplicas"] if api["autoscaling"]["enabled"] else api["replicaCount"]
+    surge = str(api["rollingUpdate"]["maxSurge"])
+    pods += -(-pods * int(surge[:-1]) // 100) if surge.endswith("%") else int(surge)
+    return (pods * _cpu(api["resources"]["requests"]["cpu"])
+            + _cpu(controller["resources"]["requests"]["cpu"])
+            + controller["controller"]["maxActiveJobs"] * _cpu(controller["jobs"]["resources"]["requests"]["cpu"]))
+
+
+def test_each_cluster_can_hold_its_environments_at_full_scale(settings):
+    for name, cluster in settings.items():
+        if not name.startswith("cluster/"):
+            continue
+        envs = [env for env in ENVIRONMENTS if settings[f"environment/{env}"]["cluster_name"] == cluster["name"]]
+        assert envs, name
+        # Allocatable: what EKS leaves of a node after the kubelet's reservation and the
+        # per-node DaemonSets (aws-node, kube-proxy), about 0.3 vCPU; then a tenth off for
+        # pods that do not pack perfectly.
+        node = min(_vcpus(t) for t in cluster["node_instance_types"]) - 0.3
+        capacity = cluster["node_count"]["max"] * node * 0.9
+        needed = sum(_cpu_at_full_scale(env) for env in envs)
+        assert needed <= capacity, f"{name}: {envs} need {needed:.1f} vCPU at full scale, nodes give {capacity:.1f}"

@@ -5,9 +5,11 @@ availability_zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
 vpc_cidr           = "10.40.0.0/16"
 single_nat_gateway = false
 
-node_instance_types = ["m6i.large", "m7i.large"]
+# xlarge: the API's pods request a whole vCPU each, 20 of them plus a rollout's surge at
+# peak, beside 8 ingest Jobs (tests/terraform/test_wiring.py checks that they fit).
+node_instance_types = ["m6i.xlarge", "m7i.xlarge"]
 node_capacity_type  = "ON_DEMAND"
-node_count          = { min = 3, desired = 3, max = 9 }
+node_count          = { min = 3, desired = 3, max = 12 }
 log_retention_days  = 365
 
 create_repositories = true

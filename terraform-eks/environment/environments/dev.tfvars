@@ -5,6 +5,8 @@ cluster_name = "rates-nonprod"
 bucket_name  = "example-rates-dev-prices"
 throwaway    = true
 
+log_retention_days = 14
+
 database = {
   instance_class        = "db.t4g.micro"
   storage_gib           = { allocated = 20, max = 50 }

@@ -4,6 +4,8 @@ region       = "eu-west-1"
 cluster_name = "rates-prod"
 bucket_name  = "example-rates-prod-prices"
 
+log_retention_days = 365
+
 database = {
   instance_class        = "db.r7g.large"
   storage_gib           = { allocated = 100, max = 1000 }

@@ -60,6 +60,18 @@ resource "aws_kms_key" "this" {
   tags = var.tags
 }
 
+# The groups RDS exports its logs to, made here: RDS would make them itself, unencrypted
+# and kept forever, and the postgresql log holds SQL text with its values
+# (log_min_duration_statement).
+module "logs" {
+  source   = "../log-group"
+  for_each = toset(["postgresql", "upgrade"])
+
+  name           = "/aws/rds/instance/${var.name}/${each.key}"
+  retention_days = var.log_retention_days
+  tags           = var.tags
+}
+
 resource "aws_db_instance" "this" {
   identifier     = var.name
   engine         = "postgres"
@@ -104,6 +116,8 @@ resource "aws_db_instance" "this" {
   enabled_cloudwatch_logs_exports = ["postgresql", "upgrade"]
 
   tags = var.tags
+
+  depends_on = [aws_iam_role_policy_attachment.monitoring, module.logs]
 }
 
 # Enhanced Monitoring: OS-level metrics (CPU steal, memory, I/O) each minute.

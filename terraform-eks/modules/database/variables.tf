@@ -3,8 +3,9 @@ variable "name" {
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{0,58}[a-z0-9]$", var.name))
-    error_message = "name must be 2-60 lower-case letters, digits and hyphens, starting with a letter."
+    # At most 22: the monitoring role's name prefix (name + "-rds-monitoring-") stays within 38.
+    condition     = can(regex("^[a-z][a-z0-9-]{0,20}[a-z0-9]$", var.name))
+    error_message = "name must be 2-22 lower-case letters, digits and hyphens, starting with a letter."
   }
 }
 
@@ -90,6 +91,12 @@ variable "deletion_protection" {
   description = "Refuse to delete the instance, and take a final snapshot when it is deleted anyway. Off only for throwaway environments."
   type        = bool
   default     = true
+}
+
+variable "log_retention_days" {
+  description = "Days to keep the database's exported logs (postgresql, upgrade)."
+  type        = number
+  default     = 30
 }
 
 variable "performance_insights" {

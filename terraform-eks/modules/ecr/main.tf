@@ -42,13 +42,16 @@ resource "aws_ecr_lifecycle_policy" "this" {
         }
         action = { type = "expire" }
       },
+      # Only throwaway builds expire by count: a count over all tags would, after enough
+      # pushes, delete the release production runs, and a node replacement could not pull it.
       {
         rulePriority = 2
-        description  = "Keep the newest ${var.keep_tagged_images} tagged images"
+        description  = "Keep the newest ${var.keep_build_images} throwaway builds"
         selection = {
-          tagStatus   = "any"
-          countType   = "imageCountMoreThan"
-          countNumber = var.keep_tagged_images
+          tagStatus     = "tagged"
+          tagPrefixList = var.build_tag_prefixes
+          countType     = "imageCountMoreThan"
+          countNumber   = var.keep_build_images
         }
         action = { type = "expire" }
       },

@@ -9,14 +9,25 @@ variable "repositories" {
   }
 }
 
-variable "keep_tagged_images" {
-  description = "How many tagged images each repository keeps; older ones expire (rollbacks need a few)."
-  type        = number
-  default     = 50
+variable "build_tag_prefixes" {
+  description = "Tag prefixes of throwaway builds (branches, pull requests) that expire; every other tag is a release some environment may run or roll back to, and is kept."
+  type        = list(string)
+  default     = ["dev-", "pr-"]
 
   validation {
-    condition     = var.keep_tagged_images >= 5
-    error_message = "Keep at least 5 tagged images so that recent releases can be rolled back to."
+    condition     = length(var.build_tag_prefixes) > 0 && alltrue([for p in var.build_tag_prefixes : length(p) > 0])
+    error_message = "Give at least one non-empty prefix."
+  }
+}
+
+variable "keep_build_images" {
+  description = "How many of the newest throwaway builds each repository keeps."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.keep_build_images >= 1
+    error_message = "keep_build_images must be at least 1."
   }
 }
 

@@ -69,6 +69,12 @@ resource "aws_eks_cluster" "this" {
 
   enabled_cluster_log_types = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 
+  # Standard support only: a version past it is upgraded by AWS rather than billed as
+  # extended support. Keep kubernetes_version current instead.
+  upgrade_policy {
+    support_type = "STANDARD"
+  }
+
   tags = var.tags
 
   depends_on = [
@@ -108,23 +114,57 @@ resource "aws_eks_access_policy_association" "admin" {
   depends_on = [aws_eks_access_entry.admin]
 }
 
-resource "aws_eks_addon" "this" {
-  for_each = {
+locals {
+  # Networking add-ons go on before the nodes, so that a node joins with the CNI (and its
+  # network policy agent) already in its final configuration; the others are Deployments
+  # and need nodes to become healthy.
+  node_addons = {
     # The VPC CNI enforces the charts' NetworkPolicies only with this switch on.
     "vpc-cni"    = jsonencode({ enableNetworkPolicy = "true" })
     "kube-proxy" = null
-    "coredns"    = null
+  }
+  workload_addons = {
+    "coredns" = null
     # Feeds the API chart's HorizontalPodAutoscaler.
     "metrics-server" = null
   }
+}
+
+# The newest build of each add-on for the cluster's version: raising kubernetes_version
+# moves the add-ons (and the nodes, below) along with the control plane.
+data "aws_eks_addon_version" "this" {
+  for_each = merge(local.node_addons, local.workload_addons)
+
+  addon_name         = each.key
+  kubernetes_version = aws_eks_cluster.this.version
+  most_recent        = true
+}
+
+resource "aws_eks_addon" "node" {
+  for_each = local.node_addons
+
+  cluster_name         = aws_eks_cluster.this.name
+  addon_name           = each.key
+  addon_version        = data.aws_eks_addon_version.this[each.key].version
+  configuration_values = each.value
+  # EKS installs self-managed copies of these at bootstrap; the managed add-on takes them over.
+  resolve_conflicts_on_create = "OVERWRITE"
+  resolve_conflicts_on_update = "OVERWRITE"
+
+  tags = var.tags
+}
+
+resource "aws_eks_addon" "workload" {
+  for_each = local.workload_addons
 
   cluster_name                = aws_eks_cluster.this.name
   addon_name                  = each.key
+  addon_version               = data.aws_eks_addon_version.this[each.key].version
   configuration_values        = each.value
+  resolve_conflicts_on_create = "OVERWRITE"
   resolve_conflicts_on_update = "OVERWRITE"
 
   tags = var.tags
 
-  # coredns and metrics-server are Deployments: they need nodes to become healthy.
   depends_on = [aws_eks_node_group.this]
 }

@@ -56,11 +56,13 @@ resource "aws_launch_template" "node" {
 resource "aws_eks_node_group" "this" {
   cluster_name    = aws_eks_cluster.this.name
   node_group_name = "${var.name}-default"
-  node_role_arn   = aws_iam_role.node.arn
-  subnet_ids      = var.subnet_ids
-  ami_type        = "AL2023_x86_64_STANDARD"
-  capacity_type   = var.node_capacity_type
-  instance_types  = var.node_instance_types
+  # Follows the control plane when kubernetes_version is raised.
+  version        = aws_eks_cluster.this.version
+  node_role_arn  = aws_iam_role.node.arn
+  subnet_ids     = var.subnet_ids
+  ami_type       = "AL2023_x86_64_STANDARD"
+  capacity_type  = var.node_capacity_type
+  instance_types = var.node_instance_types
 
   launch_template {
     id      = aws_launch_template.node.id
@@ -86,5 +88,5 @@ resource "aws_eks_node_group" "this" {
     ignore_changes = [scaling_config[0].desired_size]
   }
 
-  depends_on = [aws_iam_role_policy_attachment.node]
+  depends_on = [aws_iam_role_policy_attachment.node, aws_eks_addon.node]
 }

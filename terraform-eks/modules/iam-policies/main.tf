@@ -43,10 +43,12 @@ locals {
   })
 
   # Read one object version (ingest-job/rates_ingest/s3source.py: HeadObject, GetObject).
-  # ListBucket is there so that a missing key answers 404 (the job exits 2: retrying
-  # cannot help) instead of 403 (which the job must treat as worth a retry);
-  # ListBucketVersions for ListObjectVersions, with which the job orders two versions of a
-  # key whose times tie. Both only under the prefix.
+  # ListBucket, on the whole bucket, so that a missing key answers 404 (the job exits 2:
+  # retrying cannot help) instead of 403 (which the job must treat as worth a retry): S3
+  # decides that by ListBucket on the bucket, with no prefix in the request, so a
+  # prefix condition would bring the 403 back. It shows key names of this one bucket.
+  # ListBucketVersions, under the prefix, for the ListObjectVersions with which the job
+  # orders two versions of a key whose times tie.
   ingest_job_policy = jsonencode({
     Version = "2012-10-17"
     Statement = [
@@ -57,9 +59,15 @@ locals {
         Resource = "${var.bucket_arn}/${var.prices_prefix}*"
       },
       {
-        Sid       = "ListUnderThePrefix"
+        Sid      = "TellMissingFromForbidden"
+        Effect   = "Allow"
+        Action   = "s3:ListBucket"
+        Resource = var.bucket_arn
+      },
+      {
+        Sid       = "ListVersionsUnderThePrefix"
         Effect    = "Allow"
-        Action    = ["s3:ListBucket", "s3:ListBucketVersions"]
+        Action    = "s3:ListBucketVersions"
         Resource  = var.bucket_arn
         Condition = { StringLike = { "s3:prefix" = "${var.prices_prefix}*" } }
       },

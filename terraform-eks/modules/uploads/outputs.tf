@@ -9,7 +9,7 @@ output "bucket_arn" {
 }
 
 output "bucket_kms_key_arn" {
-  description = "KMS key that encrypts the price files; uploaders need kms:GenerateDataKey on it, readers kms:Decrypt."
+  description = "KMS key that encrypts the price files; uploaders need kms:GenerateDataKey and kms:Decrypt on it (multipart uploads, which the AWS CLI uses above 8 MB, need both), readers kms:Decrypt."
   value       = aws_kms_key.prices.arn
 }
 

@@ -58,16 +58,22 @@ run "ingest_job_reads_only_under_the_prefix" {
     condition = jsonencode({
       for s in jsondecode(output.ingest_job_policy).Statement : s.Sid => s.Resource
       }) == jsonencode({
-      ReadPriceFiles     = "arn:aws:s3:::acme-rates-staging-prices/prices/*"
-      ListUnderThePrefix = "arn:aws:s3:::acme-rates-staging-prices"
-      DecryptPriceFiles  = var.bucket_kms_key_arn
+      ReadPriceFiles             = "arn:aws:s3:::acme-rates-staging-prices/prices/*"
+      TellMissingFromForbidden   = "arn:aws:s3:::acme-rates-staging-prices"
+      ListVersionsUnderThePrefix = "arn:aws:s3:::acme-rates-staging-prices"
+      DecryptPriceFiles          = var.bucket_kms_key_arn
     })
     error_message = "The ingest job reads objects under prices/, lists that prefix and decrypts with the bucket's key only."
   }
 
   assert {
-    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : s.Condition if s.Sid == "ListUnderThePrefix"][0].StringLike["s3:prefix"] == "prices/*"
-    error_message = "Listing is limited to the prices prefix."
+    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : s.Condition if s.Sid == "ListVersionsUnderThePrefix"][0].StringLike["s3:prefix"] == "prices/*"
+    error_message = "Listing versions is limited to the prices prefix."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : lookup(s, "Condition", null) if s.Sid == "TellMissingFromForbidden"][0] == null
+    error_message = "ListBucket has no condition: S3 asks for it, without a prefix, to answer 404 for a missing key."
   }
 
   assert {
