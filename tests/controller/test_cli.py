@@ -43,31 +43,31 @@ def test_it_creates_jobs_reports_metrics_and_stops_on_sigterm(kube, namespace, u
     assert ours[0] == "started" and ours[-1] == "stopped"
 
 
-@pytest.mark.kube
-def test_job_settings_the_api_server_refuses_stop_it_at_start(sqs, namespace, moto_endpoint, kubeconfig):
+@pytest.fixture
+def refused_at_start(sqs, namespace, moto_endpoint, kubeconfig):
+    """start(**settings) -> the one-line error of a controller that exits 2 at startup."""
     from tests.support.uploads import controller_env
 
-    env = {**controller_env(sqs, namespace, moto_endpoint, kubeconfig, 0),
-           "JOB_MEMORY_REQUEST": "512Mi", "JOB_MEMORY_LIMIT": "64Mi"}
-    result = subprocess.run([sys.executable, "-m", "rates_controller"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    def start(**settings) -> str:
+        env = {**controller_env(sqs, namespace, moto_endpoint, kubeconfig, 0), **settings}
+        result = subprocess.run([sys.executable, "-m", "rates_controller"], env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 2, result.stdout + result.stderr
+        return json.loads(result.stdout.splitlines()[-1])["error"]
 
-    assert result.returncode == 2, result.stdout + result.stderr
-    error = json.loads(result.stdout.splitlines()[-1])["error"]
+    return start
+
+
+@pytest.mark.kube
+def test_job_settings_the_api_server_refuses_stop_it_at_start(refused_at_start):
+    error = refused_at_start(JOB_MEMORY_REQUEST="512Mi", JOB_MEMORY_LIMIT="64Mi")
     assert "the API server refuses the Jobs these settings make" in error and "memory" in error
 
 
 @pytest.mark.kube
-def test_a_placement_the_api_server_refuses_stops_it_at_start(sqs, namespace, moto_endpoint, kubeconfig):
-    from tests.support.uploads import controller_env
-
+def test_a_placement_the_api_server_refuses_stops_it_at_start(refused_at_start):
     scheduling = {"tolerations": [{"key": "spot", "operator": "Sometimes", "effect": "NoSchedule"}]}
-    env = {**controller_env(sqs, namespace, moto_endpoint, kubeconfig, 0), "JOB_SCHEDULING": json.dumps(scheduling)}
-    result = subprocess.run([sys.executable, "-m", "rates_controller"], env=env, capture_output=True,
-                            text=True, timeout=60)
-
-    assert result.returncode == 2, result.stdout + result.stderr
-    error = json.loads(result.stdout.splitlines()[-1])["error"]
+    error = refused_at_start(JOB_SCHEDULING=json.dumps(scheduling))
     assert "the API server refuses the Jobs these settings make" in error and "operator" in error
 
 
@@ -85,20 +85,15 @@ def test_its_jobs_are_placed_as_configured(kube, namespace, uploads, controller_
 
 
 @pytest.mark.kube
-def test_a_metrics_port_in_use_is_a_configuration_error(sqs, namespace, moto_endpoint, kubeconfig):
+def test_a_metrics_port_in_use_is_a_configuration_error(refused_at_start):
     import socket
-
-    from tests.support.uploads import controller_env
 
     with socket.socket() as taken:
         taken.bind(("", 0))
         taken.listen()
-        env = controller_env(sqs, namespace, moto_endpoint, kubeconfig, taken.getsockname()[1])
-        result = subprocess.run([sys.executable, "-m", "rates_controller"], env=env, capture_output=True,
-                                text=True, timeout=60)
+        error = refused_at_start(METRICS_PORT=str(taken.getsockname()[1]))
 
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Address already in use" in json.loads(result.stdout.splitlines()[-1])["error"]
+    assert "Address already in use" in error
 
 
 def test_no_aws_region_is_a_configuration_error(tmp_path):
