@@ -156,6 +156,24 @@ def test_skaffold_accepts_the_configuration(effective, skaffold, profile):
 
 
 @pytest.mark.kube
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_charts_wait_for_the_database_and_outlast_the_migration(effective, rendered, profile):
+    configs = effective(profile)
+    # PostgreSQL's rollout is awaited after local-services deploys, before the charts.
+    [hook] = configs["local-services"]["deploy"]["kubectl"]["hooks"]["after"]
+    command = " ".join(hook["host"]["command"])
+    postgres = one(rendered(profile), "Deployment", "rates-postgres")
+    assert f"rollout status deployment/{postgres['metadata']['name']}" in command
+    assert "SKAFFOLD_KUBE_CONTEXT" in command and "SKAFFOLD_NAMESPACES" in command
+    # Helm waits longer than the migration hook may run.
+    flags = configs["rates"]["deploy"]["helm"]["flags"]
+    deadline = one(rendered(profile), "Job", "rates-api-migrate")["spec"]["activeDeadlineSeconds"]
+    for phase in ("install", "upgrade"):
+        timeout = flags[phase][flags[phase].index("--timeout") + 1]
+        assert timeout.endswith("m") and int(timeout[:-1]) * 60 > deadline, (phase, timeout)
+
+
+@pytest.mark.kube
 def test_a_mistyped_field_is_refused(skaffold, tmp_path):
     """skaffold's parsing is strict; the tests above would notice a config it ignores."""
     bad = tmp_path / "skaffold.yaml"
@@ -278,7 +296,7 @@ def test_the_api_and_its_migration_hook_use_the_local_database(rendered, profile
     assert env_of(api)["DATABASE_URL"] == expected
     assert env_of(migrate["spec"]["template"]["spec"]["containers"][0])["DATABASE_URL"] == expected
     assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert migrate["spec"]["backoffLimit"] >= 6  # outlasts the first pull of the PostgreSQL image
+    assert migrate["spec"]["backoffLimit"] >= 3
     assert not find(docs, "Ingress")  # no load balancer controller locally: port-forward
 
 
