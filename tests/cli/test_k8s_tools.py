@@ -14,12 +14,15 @@ from ratesctl.k8s_tools import (
     module_replaces, parse_version, resolve_tools,
 )
 
+# The pins, so that a version bump in versions.json does not break these for the wrong reason.
+PIN = {tool: load_versions()[tool] for tool in ("terraform", "tflint", "skaffold")}
+NEWER_TERRAFORM = "{}.{}.0".format(PIN["terraform"].split(".")[0], int(PIN["terraform"].split(".")[1]) + 1)
 # What the pinned release binaries print (captured from them), and what a build that
 # differs must not pass for.
 REAL_OUTPUTS = {
-    "terraform": ("Terraform v1.11.4\non linux_amd64\n", "1.11.4"),
-    "tflint": ("TFLint version 0.64.0\n+ ruleset.terraform (0.15.0-bundled)\n", "0.64.0"),
-    "skaffold": ("v2.16.1\n", "2.16.1"),
+    "terraform": (f"Terraform v{PIN['terraform']}\non linux_amd64\n", PIN["terraform"]),
+    "tflint": (f"TFLint version {PIN['tflint']}\n+ ruleset.terraform (0.15.0-bundled)\n", PIN["tflint"]),
+    "skaffold": (f"v{PIN['skaffold']}\n", PIN["skaffold"]),
     "helm": ("v3.22.0\n", "3.22.0"),
     "kubectl": ("Client Version: v1.34.4\nKustomize Version: v5.7.1\n", "1.34.4"),
 }
@@ -34,13 +37,13 @@ def test_versions_are_read_from_real_output(tool):
 @pytest.mark.parametrize("tool, output, version", [
     # terraform built without its release flag; the ruleset's version is not tflint's;
     # skaffold built without ldflags prints no version at all.
-    ("terraform", "Terraform v1.11.4-dev\non linux_amd64\n", "1.11.4-dev"),
-    ("tflint", "+ ruleset.terraform (0.64.0-bundled)\n", None),
+    ("terraform", f"Terraform v{PIN['terraform']}-dev\non linux_amd64\n", f"{PIN['terraform']}-dev"),
+    ("tflint", f"+ ruleset.terraform ({PIN['tflint']}-bundled)\n", None),
     ("skaffold", "\n", None),
-    ("skaffold", "v2.16.1-3-g95fb592-dirty\n", "2.16.1-3-g95fb592-dirty"),
+    ("skaffold", f"v{PIN['skaffold']}-3-g95fb592-dirty\n", f"{PIN['skaffold']}-3-g95fb592-dirty"),
     # a newer terraform says it is out of date, naming the pin: still the newer one
-    ("terraform", "Terraform v1.12.0\non linux_amd64\n\nYour version of Terraform is out of date! "
-                  "The latest version\nis 1.11.4.\n", "1.12.0"),
+    ("terraform", f"Terraform v{NEWER_TERRAFORM}\non linux_amd64\n\nYour version of Terraform is out of date! "
+                  f"The latest version\nis {PIN['terraform']}.\n", NEWER_TERRAFORM),
 ])
 def test_a_build_that_differs_does_not_pass_for_the_pin(tool, output, version):
     found = parse_version(tool, output)
@@ -56,7 +59,7 @@ def test_every_known_tool_has_a_pin_and_a_version_command():
     assert set(INFRA_TOOLS).isdisjoint(ALL_TOOLS)
     # each infrastructure tool is its own group, with a cache directory of its own
     dirs = {k8s_tools._cache_dir(t, versions).name for t in INFRA_TOOLS}
-    assert dirs == {"terraform-v1.11.4", "tflint-v0.64.0", "skaffold-v2.16.1"}
+    assert dirs == {f"{tool}-v{version}" for tool, version in PIN.items()}
 
 
 GOMOD = """module example.com/tool/v2

@@ -145,24 +145,25 @@ def gone(read) -> bool:
 
 
 _TOOLS = pytest.StashKey[object]()
-# Pinned tools outside the Kubernetes set, by the fixture that needs them: provided with the
-# Kubernetes set, before the first test, only when a selected test uses that fixture.
+# Pinned tools outside the Kubernetes set, by the fixture that needs them: provided before
+# the first test, only when a selected test uses that fixture (kube marker or not).
 _FIXTURE_TOOLS = {"skaffold": "skaffold",  # tests/charts/test_skaffold.py
                   "terraform": "terraform", "tflint": "tflint"}  # tests/terraform
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Provide the tools before the first test when `kube` tests are selected: a cold build
-    takes far longer than the per-test timeout, which would otherwise include it."""
-    if config.option.collectonly or not any(i.get_closest_marker("kube") for i in items):
+    """Provide the tools before the first test that needs them: a cold build takes far
+    longer than the per-test timeout, which would otherwise include it. The Kubernetes set
+    when `kube` tests are selected; the others when a selected test uses their fixture."""
+    if config.option.collectonly:
         return
     from ratesctl.k8s_tools import ToolsUnavailable, ensure_tools
 
-    try:
-        config.stash[_TOOLS] = ensure_tools()
-    except ToolsUnavailable as exc:
-        config.stash[_TOOLS] = exc  # each kube test fails with the reason, others run
-        return
+    if any(i.get_closest_marker("kube") for i in items):
+        try:
+            config.stash[_TOOLS] = ensure_tools()
+        except ToolsUnavailable as exc:
+            config.stash[_TOOLS] = exc  # each kube test fails with the reason, others run
     extra = tuple(tool for fixture, tool in _FIXTURE_TOOLS.items()
                   if any(fixture in getattr(i, "fixturenames", ()) for i in items))
     if extra:
