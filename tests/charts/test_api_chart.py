@@ -473,9 +473,9 @@ def test_network_policies_select_the_api_and_migration_pods(render, env):
     # The API: in on the container port named http only, from anywhere (the ALB, in-cluster
     # clients, the kubelet's probes); the migration pods: nothing in at all.
     assert api_policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert api_policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
     container = api_container(docs)
     http = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert api_policy["spec"]["ingress"] == [{"ports": [{"port": http, "protocol": "TCP"}]}]
     assert container["readinessProbe"]["httpGet"]["port"] == "http"
     for source in (address("10.0.3.4"), pods["test"], pods["migrations"]):
         assert ingress_allowed(policies, pods["api"], source, http)

@@ -480,7 +480,7 @@ def test_the_network_policies_select_the_controller_and_its_jobs(helm, environme
     # In: the controller on its metrics port only, from anywhere; the Jobs, nothing.
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     metrics = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
-    assert controller_policy["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    assert controller_policy["spec"]["ingress"] == [{"ports": [{"port": metrics, "protocol": "TCP"}]}]
     assert container["livenessProbe"]["httpGet"]["port"] == "metrics"
     for source in (address("10.0.3.4"), pods["ingest"]):
         assert ingress_allowed(list(policies.values()), pods["controller"], source, metrics)
