@@ -286,15 +286,20 @@ class _Builder:
             raise ToolsUnavailable(f"`{' '.join(args)}` failed (log: {logfile}):\n{tail}")
         return proc.stdout
 
-    def module_download(self, module: str, version: str, work: Path, logfile: Path) -> dict:
-        """`go mod download -json module@version`: its GoMod, Info, Dir, ... paths."""
-        out = self._run(
-            [str(self.go), "mod", "download", "-json", f"{module}@{version}"], work, logfile
-        )
+    def module_download(self, module: str, version: str, outdir: Path) -> dict:
+        """`go mod download -json module@version`: its GoMod, Info, Dir, ... paths (in Go's
+        module cache). Logged where ``outdir``'s build logs, run from a scratch directory
+        that the stale-build sweep in resolve_tools() recognises if this process is killed."""
+        logfile = outdir.parent / f"build-{outdir.name}.log"
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".build-{outdir.name}-", dir=outdir.parent) as tmp:
+            out = self._run(
+                [str(self.go), "mod", "download", "-json", f"{module}@{version}"], Path(tmp), logfile
+            )
         return json.loads(out)
 
-    def module_gomod(self, module: str, version: str, work: Path, logfile: Path) -> str:
-        return Path(self.module_download(module, version, work, logfile)["GoMod"]).read_text()
+    def module_gomod(self, module: str, version: str, outdir: Path) -> str:
+        return Path(self.module_download(module, version, outdir)["GoMod"]).read_text()
 
     def build(
         self,
@@ -357,10 +362,7 @@ def _build_group(group: str, versions: dict[str, str], builder: _Builder, outdir
     if group == "kubernetes":
         major, minor, _patch = version.split(".")
         staging_version = f"v0.{minor}.{_patch}"
-        with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
-            gomod = builder.module_gomod(
-                "k8s.io/kubernetes", f"v{version}", Path(tmp), Path(tmp) / "log"
-            )
+        gomod = builder.module_gomod("k8s.io/kubernetes", f"v{version}", outdir)
         staging = re.findall(r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", gomod, re.M)
         if not staging:
             raise ToolsUnavailable("no staging modules found in k8s.io/kubernetes go.mod")
@@ -385,9 +387,7 @@ def _build_group(group: str, versions: dict[str, str], builder: _Builder, outdir
             {"etcd": "go.etcd.io/etcd/server/v3"}, outdir,
         )
     elif group == "helm":
-        with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
-            gomod = builder.module_gomod("helm.sh/helm/v3", f"v{version}", Path(tmp),
-                                         Path(tmp) / "log")
+        gomod = builder.module_gomod("helm.sh/helm/v3", f"v{version}", outdir)
         client_go = re.search(r"k8s\.io/client-go v0\.(\d+)\.", gomod)
         ldflags = [f"-X helm.sh/helm/v3/internal/version.version=v{version}",
                    "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"]
@@ -414,8 +414,7 @@ def _build_group(group: str, versions: dict[str, str], builder: _Builder, outdir
         )
     elif group == "skaffold":
         module = "github.com/GoogleContainerTools/skaffold/v2"
-        with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
-            gomod = builder.module_gomod(module, f"v{version}", Path(tmp), Path(tmp) / "log")
+        gomod = builder.module_gomod(module, f"v{version}", outdir)
         # Its go.mod pins e.g. github.com/imdario/mergo v0.3.16 and docker v27 with replace
         # directives; without them the build picks versions it does not compile with. (Its
         # exclude of godirwalk v1.17.0 is for Windows only and is not carried over.)
@@ -442,10 +441,9 @@ def _build_terraform(versions: dict[str, str], builder: _Builder, outdir: Path) 
         raise ToolsUnavailable(
             "versions.json needs terraform_commit, the first 12 hex digits of the commit "
             f"tagged {version}, to build terraform's nested backend modules")
-    with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
-        info = builder.module_download(module, version, Path(tmp), Path(tmp) / "log")
-        gomod = Path(info["GoMod"]).read_text()
-        tagged = json.loads(Path(info["Info"]).read_text())["Time"]
+    info = builder.module_download(module, version, outdir)
+    gomod = Path(info["GoMod"]).read_text()
+    tagged = json.loads(Path(info["Info"]).read_text())["Time"]
     stamp = re.sub(r"\D", "", tagged)[:14]  # 2025-04-09T13:10:05Z -> 20250409131005
     pseudo = f"v0.0.0-{stamp}-{commit}"
     replaces = module_replaces(gomod)
