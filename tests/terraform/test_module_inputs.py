@@ -1,0 +1,97 @@
+"""Each tfvars file against every validation it reaches, the modules' (and theirs) included.
+
+The stacks cannot be planned here (no AWS provider), but their variable validations do
+not need one. So each stack is copied as a "shadow": its variables.tf, and its module
+calls, each to a shadow of that module (again only variables and module calls). An
+argument that comes straight from a variable, or is a literal, is passed on as written;
+anything else (a resource's attribute, another module's output, a local) becomes an
+unknown value, which terraform's validations let through until it is known. terraform
+then plans the shadow with the tfvars file, offline, and every validation of a value the
+file decides runs.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.infra import TERRAFORM_ROOT, parse_hcl, run, terraform_env
+
+TFVARS = sorted(TERRAFORM_ROOT.glob("*/environments/*.tfvars"))
+_STRAIGHT = re.compile(r"\$\{(var\.[\w.]+)\}")
+_META = {"source", "count", "for_each", "depends_on", "providers"}
+
+
+def _expression(value) -> str:
+    if isinstance(value, str):
+        straight = _STRAIGHT.fullmatch(value)
+        if straight:
+            return straight.group(1)
+    literal = json.dumps(value)
+    return "local.unknown" if "${" in literal else literal
+
+
+def shadow(module_dir: Path, into: Path) -> None:
+    into.mkdir(parents=True)
+    shutil.copy(module_dir / "variables.tf", into / "variables.tf")
+    lines = ['resource "terraform_data" "unknown" {}', "",
+             "locals {", "  unknown = jsondecode(terraform_data.unknown.id)", "}"]
+    for path in sorted(module_dir.glob("*.tf")):
+        for block in parse_hcl(path.read_text()).get("module", []):
+            for name, body in block.items():
+                shadow((module_dir / body["source"]).resolve(), into / "modules" / name)
+                lines += ["", f'module "{name}" {{', f'  source = "./modules/{name}"']
+                lines += [f"  {arg} = {_expression(value)}" for arg, value in body.items()
+                          if arg not in _META and not arg.startswith("__")]
+                lines.append("}")
+    (into / "shadow.tf").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def planner(terraform, tmp_path_factory):
+    """plan(stack, tfvars) -> CompletedProcess of `terraform plan` of the stack's shadow."""
+    roots = {}
+
+    def plan(stack: str, tfvars: Path):
+        if stack not in roots:
+            work = tmp_path_factory.mktemp(f"shadow-{stack}")
+            shadow(TERRAFORM_ROOT / stack, work / "root")
+            env = terraform_env(work)
+            init = run([terraform, "init", "-input=false", "-no-color"], work / "root", env)
+            assert init.returncode == 0, init.stdout + init.stderr
+            roots[stack] = (work / "root", env)
+        root, env = roots[stack]
+        return run([terraform, "plan", "-input=false", "-no-color", "-refresh=false", f"-var-file={tfvars}"],
+                   root, env)
+
+    return plan
+
+
+@pytest.mark.parametrize("tfvars", TFVARS, ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+def test_every_tfvars_file_passes_every_validation_it_reaches(planner, tfvars):
+    result = planner(tfvars.parent.parent.name, tfvars)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("change, error", [
+    # the network module's own rule (the stack accepts any number of zones)
+    (('availability_zones = ["eu-west-1a", "eu-west-1b"]',
+      'availability_zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c", "eu-west-1d"]'),
+     "Give two or three availability zones."),
+    # the log-group module's, two modules down (cluster -> eks -> log-group)
+    (("log_retention_days  = 14", "log_retention_days  = 10"), "retention_days must be a retention period"),
+    # the eks module's, on an object the stack passes through
+    (("node_count          = { min = 1, desired = 2, max = 4 }",
+      "node_count          = { min = 3, desired = 2, max = 4 }"), "node_count needs 1 <= min <= desired <= max."),
+])
+def test_a_value_a_module_refuses_is_found(planner, tmp_path, change, error):
+    text = (TERRAFORM_ROOT / "cluster/environments/nonprod.tfvars").read_text()
+    old, new = change
+    assert old in text
+    bad = tmp_path / "bad.tfvars"
+    bad.write_text(text.replace(old, new))
+    result = planner("cluster", bad)
+    assert result.returncode != 0
+    assert error in " ".join((result.stdout + result.stderr).split()), result.stdout + result.stderr
