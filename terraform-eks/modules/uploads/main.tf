@@ -56,18 +56,29 @@ resource "aws_s3_bucket_ownership_controls" "prices" {
   }
 }
 
-resource "aws_s3_bucket_policy" "prices" {
-  bucket = aws_s3_bucket.prices.id
-  policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
+locals {
+  # The statement each resource policy here starts with: nothing over plain HTTP.
+  tls_only = {
+    for name, target in {
+      bucket      = { action = "s3:*", resources = [aws_s3_bucket.prices.arn, "${aws_s3_bucket.prices.arn}/*"] }
+      uploads     = { action = "sqs:*", resources = [aws_sqs_queue.uploads.arn] }
+      dead_letter = { action = "sqs:*", resources = [aws_sqs_queue.dead_letter.arn] }
+      } : name => {
       Sid       = "TLSOnly"
       Effect    = "Deny"
       Principal = "*"
-      Action    = "s3:*"
-      Resource  = [aws_s3_bucket.prices.arn, "${aws_s3_bucket.prices.arn}/*"]
+      Action    = target.action
+      Resource  = target.resources
       Condition = { Bool = { "aws:SecureTransport" = "false" } }
-    }]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "prices" {
+  bucket = aws_s3_bucket.prices.id
+  policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [local.tls_only.bucket]
   })
 
   depends_on = [aws_s3_bucket_public_access_block.prices]

@@ -49,14 +49,7 @@ resource "aws_sqs_queue_policy" "uploads" {
           StringEquals = { "aws:SourceAccount" = data.aws_caller_identity.current.account_id }
         }
       },
-      {
-        Sid       = "TLSOnly"
-        Effect    = "Deny"
-        Principal = "*"
-        Action    = "sqs:*"
-        Resource  = aws_sqs_queue.uploads.arn
-        Condition = { Bool = { "aws:SecureTransport" = "false" } }
-      },
+      local.tls_only.uploads,
     ]
   })
 }
@@ -64,15 +57,8 @@ resource "aws_sqs_queue_policy" "uploads" {
 resource "aws_sqs_queue_policy" "dead_letter" {
   queue_url = aws_sqs_queue.dead_letter.id
   policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
-      Sid       = "TLSOnly"
-      Effect    = "Deny"
-      Principal = "*"
-      Action    = "sqs:*"
-      Resource  = aws_sqs_queue.dead_letter.arn
-      Condition = { Bool = { "aws:SecureTransport" = "false" } }
-    }]
+    Version   = "2012-10-17"
+    Statement = [local.tls_only.dead_letter]
   })
 }
 
