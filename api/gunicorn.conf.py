@@ -36,6 +36,17 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = None
 errorlog = "-"
 loglevel = env_str("LOG_LEVEL", "info").lower()
+# gunicorn's own lines (booting and stopping workers, a worker timeout, a port in use)
+# as JSON on stdout too, like every other line the pod writes.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "rates_core.logs.json_formatter", "service": "rates-api"}},
+    "handlers": {"json": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json"}},
+    "loggers": {"gunicorn.error": {"handlers": ["json"], "level": loglevel.upper(), "propagate": False}},
+    # (gunicorn merges this over its defaults one key deep: the root logger must be given too)
+    "root": {"handlers": ["json"], "level": loglevel.upper()},
+}
 # The runtime control socket would be written under $HOME, which is read-only in the
 # container, and several servers on one machine would fight over its path.
 control_socket_disable = True

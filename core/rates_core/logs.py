@@ -13,21 +13,32 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "kubernetes")
 
 
+def _stamp(static: dict) -> list:
+    stamp = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    if static:
+        stamp.append(lambda _logger, _name, event: {**static, **event})
+    return stamp
+
+
+def json_formatter(**static) -> logging.Formatter:
+    """A ``logging`` formatter that writes the same JSON lines as our own loggers; also
+    usable from a dictConfig (gunicorn's logconfig_dict) as ``{"()": json_formatter}``."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *_stamp(static)],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+    )
+
+
 def configure(level: str = "INFO", **static) -> None:
     """Send JSON lines to stdout; ``static`` key/values go on every line.
 
     Libraries that log through the standard ``logging`` module (botocore, kubernetes,
     yoyo) get the same JSON lines, so that every line a component writes can be parsed.
     """
-    stamp = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
-    if static:
-        stamp.append(lambda _logger, _name, event: {**static, **event})
+    stamp = _stamp(static)
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamp],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
-    ))
+    handler.setFormatter(json_formatter(**static))
     logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level.upper())))

@@ -1,6 +1,7 @@
 """`make api` runs `ratesctl serve`: gunicorn on $HOST:$PORT against $DATABASE_URL."""
 
 import glob
+import json
 import os
 import runpy
 import signal
@@ -26,8 +27,9 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
            "WEB_CONCURRENCY": "1", "SHUTDOWN_DRAIN_SECONDS": "0"}
     env.pop("HOST", None)
-    process = subprocess.Popen([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(tmp_path / "out.log", "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,
+                                   stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/readyz", process=process)
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).json()["version"] == "9.9.9"
@@ -37,6 +39,11 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
         assert process.wait(timeout=30) == 0
     finally:
         stop_process(process)
+    # Every line is JSON, gunicorn's own included.
+    lines = [json.loads(line) for line in (tmp_path / "out.log").read_text().splitlines()]
+    gunicorn = [line["event"] for line in lines if line.get("logger") == "gunicorn.error"]
+    assert any(event.startswith("Booting worker") for event in gunicorn), gunicorn
+    assert any(line.get("path") == "/" for line in lines)  # the app's request line
 
 
 @pytest.mark.parametrize("name, value", [("PORT", "abc"), ("DB_POOL_SIZE", "0"), ("LOG_LEVEL", "bogus"),
@@ -67,9 +74,13 @@ def test_a_failed_bind_leaves_no_metrics_directory(dsn, tmp_path):
         env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(taken.getsockname()[1]), "WEB_CONCURRENCY": "1"}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env.pop("HOST", None)
+        port = taken.getsockname()[1]
         result = subprocess.run([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
+    # It failed for the port, and said so in JSON.
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["logger"] == "gunicorn.error" and last["event"] == f"Can't connect to ('127.0.0.1', {port})"
     assert set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) == before
 
 
