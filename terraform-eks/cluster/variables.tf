@@ -1,12 +1,6 @@
 variable "name" {
-  description = "Cluster name; also names its VPC. One cluster can hold several environments, one namespace each."
+  description = "Cluster name, 3-24 characters; also names its VPC. One cluster can hold several environments, one namespace each. (The eks and network modules check it.)"
   type        = string
-
-  validation {
-    # At most 24: IAM role name prefixes built from it (name + "-flow-logs-") stay within 38.
-    condition     = can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", var.name))
-    error_message = "name must be 3-24 characters of lower-case letters, digits and hyphens, starting with a letter."
-  }
 }
 
 variable "region" {
@@ -20,13 +14,8 @@ variable "region" {
 }
 
 variable "availability_zones" {
-  description = "Zones to spread subnets and nodes over, at least two."
+  description = "Zones to spread subnets and nodes over: two or three. (The network module checks it.)"
   type        = list(string)
-
-  validation {
-    condition     = length(var.availability_zones) >= 2
-    error_message = "Give at least two availability zones."
-  }
 }
 
 variable "vpc_cidr" {

@@ -46,9 +46,7 @@ Standard labels of one component; call with (dict "ctx" $ "component" "api").
 */}}
 {{- define "rates-api.componentLabels" -}}
 helm.sh/chart: {{ include "rates-api.chart" .ctx }}
-app.kubernetes.io/name: {{ include "rates-api.name" .ctx }}
-app.kubernetes.io/instance: {{ .ctx.Release.Name }}
-app.kubernetes.io/component: {{ .component }}
+{{ include "rates-api.componentSelectorLabels" . }}
 app.kubernetes.io/version: {{ include "rates-api.version" .ctx | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 app.kubernetes.io/part-of: rates-platform

@@ -60,12 +60,16 @@ resource "aws_kms_key" "this" {
   tags = var.tags
 }
 
+locals {
+  log_exports = ["postgresql", "upgrade"]
+}
+
 # The groups RDS exports its logs to, made here: RDS would make them itself, unencrypted
 # and kept forever, and the postgresql log holds SQL text with its values
 # (log_min_duration_statement).
 module "logs" {
   source   = "../log-group"
-  for_each = toset(["postgresql", "upgrade"])
+  for_each = toset(local.log_exports)
 
   name           = "/aws/rds/instance/${var.name}/${each.key}"
   retention_days = var.log_retention_days
@@ -113,7 +117,7 @@ resource "aws_db_instance" "this" {
 
   performance_insights_enabled    = var.performance_insights
   performance_insights_kms_key_id = var.performance_insights ? aws_kms_key.this.arn : null
-  enabled_cloudwatch_logs_exports = ["postgresql", "upgrade"]
+  enabled_cloudwatch_logs_exports = local.log_exports
 
   tags = var.tags
 

@@ -3,7 +3,8 @@ variable "name" {
   type        = string
 
   validation {
-    # At most 24: IAM role name prefixes built from it (name + "-flow-logs-") stay within 38.
+    # At most 24: the network module takes the same name, and IAM role name prefixes built
+    # from it (name + "-flow-logs-" there, the longest) stay within 38.
     condition     = can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", var.name))
     error_message = "name must be 3-24 characters of lower-case letters, digits and hyphens, starting with a letter."
   }

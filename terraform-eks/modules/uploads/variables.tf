@@ -3,7 +3,7 @@ variable "name" {
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", var.name)) && length(var.name) <= 63
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", var.name))
     error_message = "name must be a valid S3 bucket name: 3-63 lower-case letters, digits and hyphens."
   }
 }
