@@ -286,16 +286,21 @@ class _Builder:
             raise ToolsUnavailable(f"`{' '.join(args)}` failed (log: {logfile}):\n{tail}")
         return proc.stdout
 
-    def module_download(self, module: str, version: str, outdir: Path) -> dict:
-        """`go mod download -json module@version`: its GoMod, Info, Dir, ... paths (in Go's
-        module cache). Logged where ``outdir``'s build logs, run from a scratch directory
-        that the stale-build sweep in resolve_tools() recognises if this process is killed."""
-        logfile = outdir.parent / f"build-{outdir.name}.log"
+    @staticmethod
+    @contextmanager
+    def _scratch(outdir: Path) -> Iterator[tuple[Path, Path]]:
+        """(scratch directory, log file) for work towards ``outdir``: the log beside it, the
+        directory one that the stale-build sweep in resolve_tools() removes if this process
+        is killed."""
         outdir.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".build-{outdir.name}-", dir=outdir.parent) as tmp:
-            out = self._run(
-                [str(self.go), "mod", "download", "-json", f"{module}@{version}"], Path(tmp), logfile
-            )
+            yield Path(tmp), outdir.parent / f"build-{outdir.name}.log"
+
+    def module_download(self, module: str, version: str, outdir: Path) -> dict:
+        """`go mod download -json module@version`: its GoMod, Info, Dir, ... paths (in Go's
+        module cache)."""
+        with self._scratch(outdir) as (work, logfile):
+            out = self._run([str(self.go), "mod", "download", "-json", f"{module}@{version}"], work, logfile)
         return json.loads(out)
 
     def module_gomod(self, module: str, version: str, outdir: Path) -> str:
@@ -316,11 +321,8 @@ class _Builder:
         A throwaway main module requires the module (so replace directives in its own
         go.mod, which make `go install` refuse, do not apply) and adds ``replaces``.
         """
-        outdir.parent.mkdir(parents=True, exist_ok=True)
-        logfile = outdir.parent / f"build-{outdir.name}.log"
         timings: dict[str, float] = {}
-        with tempfile.TemporaryDirectory(prefix=f".build-{outdir.name}-", dir=outdir.parent) as tmp:
-            work = Path(tmp)
+        with self._scratch(outdir) as (work, logfile):
             lines = ["module rates-platform/k8s-tools-build", "", "go 1.24.0", ""]
             if godebug:
                 lines += [godebug, ""]

@@ -152,14 +152,7 @@ def _job_env(environ: Mapping[str, str]) -> dict[str, str]:
 def _job_scheduling(environ: Mapping[str, str]) -> dict[str, object]:
     # Only the shape is checked here; the values are the API server's to judge, and the
     # controller's startup dry run asks it (cli.py).
-    raw = env_str("JOB_SCHEDULING", "{}", environ)
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise ConfigError(f'environment variable JOB_SCHEDULING must be a JSON object, such as '
-                          f'{{"nodeSelector": {{"workload": "batch"}}}}, got {raw!r}')
+    value = _json_object("JOB_SCHEDULING", environ, "a JSON object", '{"nodeSelector": {"workload": "batch"}}')
     unknown = sorted(set(value) - set(SCHEDULING_FIELDS))
     if unknown:
         raise ConfigError(f"environment variable JOB_SCHEDULING may only set {', '.join(SCHEDULING_FIELDS)}; "
@@ -168,12 +161,18 @@ def _job_scheduling(environ: Mapping[str, str]) -> dict[str, object]:
 
 
 def _string_map(name: str, environ: Mapping[str, str]) -> dict[str, str]:
+    return _json_object(name, environ, "a JSON object of strings", '{"AWS_DEFAULT_REGION": "eu-west-1"}',
+                        values_are=str)
+
+
+def _json_object(name: str, environ: Mapping[str, str], what: str, example: str,
+                 values_are: type = object) -> dict:
+    """The variable as a JSON object (default {}), or a ConfigError saying ``what`` it must be."""
     raw = env_str(name, "{}", environ)
     try:
         value = json.loads(raw)
     except ValueError:
         value = None
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise ConfigError(f'environment variable {name} must be a JSON object of strings, such as '
-                          f'{{"AWS_DEFAULT_REGION": "eu-west-1"}}, got {raw!r}')
+    if not isinstance(value, dict) or not all(isinstance(v, values_are) for v in value.values()):
+        raise ConfigError(f"environment variable {name} must be {what}, such as {example}, got {raw!r}")
     return value

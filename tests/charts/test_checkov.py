@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.charts.test_controller_chart import ENVIRONMENTS, REQUIRED
+from tests.charts.test_controller_chart import CHART, ENVIRONMENTS, RELEASE, values_args
 from tests.support.infra import REPO_ROOT, run
 
 DOCKERFILES = ["api/Dockerfile", "ingest-job/Dockerfile", "controller/Dockerfile"]
@@ -69,13 +69,12 @@ CHART_EXCEPTIONS = {
 @pytest.fixture(scope="module")
 def rendered_charts(helm, tmp_path_factory):
     out = tmp_path_factory.mktemp("rendered")
-    sets = [arg for key, value in REQUIRED.items() for arg in ("--set-string", f"{key}={value}")]
+    api = REPO_ROOT / "charts" / "rates-api"
     for env in ENVIRONMENTS:
-        for chart, extra in (("rates-api", []), ("rates-controller", sets)):
-            path = REPO_ROOT / "charts" / chart
-            text = helm("template", chart, str(path), "--namespace", env, "-f", str(path / f"values-{env}.yaml"),
-                        *extra).stdout
-            (out / f"{chart}-{env}.yaml").write_text(text)
+        (out / f"rates-api-{env}.yaml").write_text(helm(
+            "template", "rates-api", str(api), "--namespace", env, "-f", str(api / f"values-{env}.yaml")).stdout)
+        (out / f"rates-controller-{env}.yaml").write_text(helm(
+            "template", RELEASE, str(CHART), "--namespace", env, *values_args(env)).stdout)
     return out
 
 

@@ -84,8 +84,8 @@ def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
     return found
 
 
-def merged_values(environment: str) -> dict:
-    """values.yaml with the environment's file over it, as helm merges them."""
+def merged_values(environment: str, chart: Path = CHART) -> dict:
+    """``chart``'s values.yaml with the environment's file over it, as helm merges them."""
     def merge(base, over):
         for key, value in over.items():
             if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -94,8 +94,8 @@ def merged_values(environment: str) -> dict:
                 base[key] = value
         return base
 
-    base = yaml.safe_load((CHART / "values.yaml").read_text())
-    return merge(base, yaml.safe_load((CHART / f"values-{environment}.yaml").read_text()) or {})
+    base = yaml.safe_load((chart / "values.yaml").read_text())
+    return merge(base, yaml.safe_load((chart / f"values-{environment}.yaml").read_text()) or {})
 
 
 def container_env(container: dict, namespace: str) -> dict[str, str]:

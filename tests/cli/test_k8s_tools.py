@@ -167,15 +167,15 @@ def test_only_the_tools_asked_for_are_resolved(isolated):
     assert list(found) == ["terraform", "tflint"]
     assert {t.source for t in found.values()} == {"PATH"}
     assert found["tflint"].path == (isolated / "tflint").resolve()
-    assert found["terraform"].version == "1.11.4"
+    assert found["terraform"].version == PIN["terraform"]
 
 
 def test_a_tool_of_another_version_is_missing_and_named(isolated):
     fake_tool(isolated, "tflint", "TFLint version 0.63.0\n")
-    fake_tool(isolated, "terraform", "Terraform v1.11.4-dev\non linux_amd64\n")
+    fake_tool(isolated, "terraform", f"Terraform v{PIN['terraform']}-dev\non linux_amd64\n")
     with pytest.raises(ToolsUnavailable) as exc:
         resolve_tools(build=False, tools=("terraform", "tflint"))
-    assert "terraform 1.11.4, tflint 0.64.0" in str(exc.value)
+    assert f"terraform {PIN['terraform']}, tflint {PIN['tflint']}" in str(exc.value)
     assert "etcd" not in str(exc.value).split("\n")[0]
     with pytest.raises(ToolsUnavailable, match="No Go toolchain found"):
         resolve_tools(build=True, tools=("tflint",))
@@ -194,7 +194,7 @@ def test_the_command_provides_named_tools_and_keeps_its_default(isolated):
     named = runner.invoke(cli, ["k8s-tools", "--check", "--tool", "skaffold"])
     assert named.exit_code == 0, named.output
     (line,) = named.output.splitlines()
-    assert line.split()[:3] == ["skaffold", "v2.16.1", "PATH"]
+    assert line.split()[:3] == ["skaffold", f"v{PIN['skaffold']}", "PATH"]
 
     default = runner.invoke(cli, ["k8s-tools", "--check"])  # the Kubernetes set, none here
     assert default.exit_code == 1
@@ -204,7 +204,7 @@ def test_the_command_provides_named_tools_and_keeps_its_default(isolated):
     every = runner.invoke(cli, ["k8s-tools", "--check", "--all"])
     assert every.exit_code == 1
     assert "skaffold" not in every.output.splitlines()[0]  # found on PATH
-    assert "terraform 1.11.4" in every.output and "etcd" in every.output
+    assert f"terraform {PIN['terraform']}" in every.output and "etcd" in every.output
 
     bad = runner.invoke(cli, ["k8s-tools", "--tool", "terragrunt"])
     assert bad.exit_code == 2 and "terragrunt" in bad.output
@@ -220,7 +220,7 @@ def test_version_commands_run_in_an_empty_directory_without_update_checks(isolat
     probe.write_text('#!/bin/sh\n[ -e .tflint.hcl ] && exit 1\n'
                      '[ "$TFLINT_DISABLE_VERSION_CHECK" = 1 ] || exit 1\n'
                      '[ "$CHECKPOINT_DISABLE" = 1 ] || exit 1\n'
-                     'echo "TFLint version 0.64.0"\n')
+                     f'echo "TFLint version {PIN["tflint"]}"\n')
     probe.chmod(0o755)
-    assert k8s_tools.binary_version("tflint", probe) == "0.64.0"
+    assert k8s_tools.binary_version("tflint", probe) == PIN["tflint"]
     assert "TFLINT_DISABLE_VERSION_CHECK" not in os.environ  # only the child's environment

@@ -29,10 +29,6 @@ TERRAFORM_ROOT = REPO_ROOT / "terraform-eks"
 MOTO_ACCOUNT = "123456789012"
 
 
-def _pinned(tool: str) -> str:
-    return json.loads((REPO_ROOT / "versions.json").read_text())[tool]
-
-
 def _checkov_version(path: str) -> str | None:
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=120)
@@ -44,11 +40,13 @@ def _checkov_version(path: str) -> str | None:
 
 def provide_checkov() -> Path:
     """The pinned checkov: from PATH, the cache, or installed into the cache now (about a minute)."""
-    version = _pinned("checkov")
+    from ratesctl.k8s_tools import cache_root, load_versions
+
+    version = load_versions()["checkov"]
     on_path = shutil.which("checkov")
     if on_path and _checkov_version(on_path) == version:
         return Path(on_path)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rates-platform"
+    cache = cache_root().parent  # ${XDG_CACHE_HOME:-~/.cache}/rates-platform
     venv = cache / f"checkov-{version}"
     binary, done = venv / "bin" / "checkov", venv / ".complete"
     cache.mkdir(parents=True, exist_ok=True)
@@ -65,26 +63,24 @@ def provide_checkov() -> Path:
     return binary
 
 
-@pytest.fixture(scope="session")
-def infra_tools() -> dict[str, Path]:
-    """Paths of terraform and tflint (built once from their Go modules if missing)."""
+def pinned_tool(name: str) -> Path:
+    """A pinned Go tool (built once from its Go module if missing), or the test fails with why."""
     from ratesctl.k8s_tools import ToolsUnavailable, resolve_tools
 
     try:
-        tools = resolve_tools(tools=("terraform", "tflint"))
+        return resolve_tools(tools=(name,))[name].path
     except ToolsUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
-    return {name: tool.path for name, tool in tools.items()}
 
 
 @pytest.fixture(scope="session")
-def terraform(infra_tools) -> Path:
-    return infra_tools["terraform"]
+def terraform() -> Path:
+    return pinned_tool("terraform")
 
 
 @pytest.fixture(scope="session")
-def tflint(infra_tools) -> Path:
-    return infra_tools["tflint"]
+def tflint() -> Path:
+    return pinned_tool("tflint")
 
 
 @pytest.fixture(scope="session")

@@ -145,10 +145,10 @@ def gone(read) -> bool:
 
 
 _TOOLS = pytest.StashKey[object]()
-# Pinned tools outside the Kubernetes set, by the fixture that needs them: provided before
+# Pinned tools outside the Kubernetes set, each needed through a fixture of its own name: provided before
 # the first test, only when a selected test uses that fixture (kube marker or not).
-_FIXTURE_TOOLS = {"skaffold": "skaffold",  # tests/charts/test_skaffold.py
-                  "terraform": "terraform", "tflint": "tflint"}  # tests/terraform
+_FIXTURE_TOOLS = ("skaffold",  # tests/charts/test_skaffold.py
+                  "terraform", "tflint")  # tests/terraform
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -164,8 +164,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.stash[_TOOLS] = ensure_tools()
         except ToolsUnavailable as exc:
             config.stash[_TOOLS] = exc  # each kube test fails with the reason, others run
-    extra = tuple(tool for fixture, tool in _FIXTURE_TOOLS.items()
-                  if any(fixture in getattr(i, "fixturenames", ()) for i in items))
+    extra = tuple(tool for tool in _FIXTURE_TOOLS if any(tool in getattr(i, "fixturenames", ()) for i in items))
     if extra:
         try:
             ensure_tools(tools=extra)

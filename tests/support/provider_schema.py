@@ -25,7 +25,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 _LINK = re.compile(r"/docs/(resources|data-sources)/([a-z0-9_]+)#([a-z0-9_]+)")
 # Arguments Terraform itself gives every resource block, whatever the provider says.
 META_ARGUMENTS = {"count", "for_each", "depends_on", "lifecycle", "provider", "provisioner", "connection"}
@@ -109,14 +108,12 @@ def _reduce(types: dict) -> tuple[dict[str, Block], dict[str, Block]]:
     return resources, data_sources
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rates-platform"
-
-
 def load_schema() -> Schema:
     """The pinned provider's schema, from the cache or built from the npm package now."""
-    package_version = json.loads((REPO_ROOT / "versions.json").read_text())["cdktf_provider_aws"]
-    cached = _cache_dir() / f"aws-provider-schema-cdktf-{package_version}.json"
+    from ratesctl.k8s_tools import cache_root, load_versions
+
+    package_version = load_versions()["cdktf_provider_aws"]
+    cached = cache_root().parent / f"aws-provider-schema-cdktf-{package_version}.json"
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:

@@ -16,7 +16,7 @@ import boto3
 import pytest
 import requests
 
-from rates_controller.queue import Queue, sqs_client
+from rates_controller.queue import Queue
 from rates_core.errors import TemporaryError
 from rates_ingest.s3source import Download, ObjectRef, head
 from tests.ingest.conftest import ROWS, as_csv, last_run, prices

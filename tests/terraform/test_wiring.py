@@ -12,10 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.charts.test_controller_chart import CHART as CONTROLLER_CHART
-from tests.charts.test_controller_chart import REQUIRED, merged_values
+from tests.charts.test_controller_chart import merged_values, render, values_args
 from tests.support.infra import TERRAFORM_ROOT, parse_hcl, run, terraform_env
 
 ENVIRONMENTS = ["dev", "staging", "prod"]
@@ -110,10 +109,7 @@ def test_sqs_dead_letters_a_message_only_after_the_controller_gave_up_on_it(sett
 @pytest.mark.kube  # helm
 def test_the_roles_trust_the_service_accounts_the_controller_chart_creates(settings, helm):
     for env in ENVIRONMENTS:
-        sets = [arg for key, value in REQUIRED.items() for arg in ("--set-string", f"{key}={value}")]
-        out = helm("template", "rates-controller", str(CONTROLLER_CHART), "--namespace", env,
-                   "-f", str(CONTROLLER_CHART / f"values-{env}.yaml"), *sets).stdout
-        docs = [d for d in yaml.safe_load_all(out) if d]
+        docs = render(helm, *values_args(env), namespace=env)
         accounts = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
         trusted = settings[f"environment/{env}"]["service_accounts"]
         assert accounts == sorted([trusted["controller"], trusted["ingest_job"]]), env
@@ -185,17 +181,6 @@ def test_the_environment_stack_hands_each_chart_values_it_takes(chart, helm, tmp
     assert "10.41.64.0/18" in rendered
 
 
-def _chart_values(chart: str, env: str) -> dict:
-    def merge(base: dict, over: dict) -> dict:
-        out = dict(base)
-        for key, value in over.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
-    base = yaml.safe_load((CHARTS / chart / "values.yaml").read_text())
-    return merge(base, yaml.safe_load((CHARTS / chart / f"values-{env}.yaml").read_text()) or {})
-
-
 def _cpu(quantity) -> float:
     text = str(quantity)
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
@@ -213,7 +198,7 @@ def _vcpus(instance_type: str) -> int:
 def _cpu_at_full_scale(env: str) -> float:
     """CPU requested by one environment at its peak: the API at its most replicas plus a
     rollout's surge, the controller, and every ingest Job it may run at once."""
-    api, controller = _chart_values("rates-api", env), _chart_values("rates-controller", env)
+    api, controller = merged_values(env, CHARTS / "rates-api"), merged_values(env, CONTROLLER_CHART)
     pods = api["autoscaling"]["maxReplicas"] if api["autoscaling"]["enabled"] else api["replicaCount"]
     surge = str(api["rollingUpdate"]["maxSurge"])
     pods += -(-pods * int(surge[:-1]) // 100) if surge.endswith("%") else int(surge)
