@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from flask import current_app
 
 from rates_core.db import Pool
+from rates_core.rds_auth import password_source
 
 from . import queries
 from .cache import VersionedCache
@@ -22,7 +23,8 @@ class Runtime:
         self.pool = Pool(settings.database_url, size=settings.db_pool_size,
                          application_name="rates-api",
                          statement_timeout_ms=settings.db_statement_timeout_ms,
-                         connect_timeout_s=settings.db_connect_timeout_s)
+                         connect_timeout_s=settings.db_connect_timeout_s,
+                         password=password_source(settings.database_url, settings.database_iam_auth))
         self.cache = VersionedCache(settings.response_cache_size)
         self.metrics = Metrics(settings.app_version)
         self.metrics.pool_size.set(settings.db_pool_size)

@@ -5,11 +5,13 @@ from typing import Mapping
 
 from rates_core.env import env_choice, env_int, env_str
 from rates_core.logs import LEVELS
+from rates_core.rds_auth import iam_auth_enabled
 
 
 @dataclass(frozen=True)
 class Settings:
     database_url: str
+    database_iam_auth: bool = False
     db_pool_size: int = 4
     db_statement_timeout_ms: int = 5000
     db_connect_timeout_s: int = 5
@@ -23,8 +25,10 @@ class Settings:
         def get_int(name, default, minimum=0):
             return env_int(name, default, minimum=minimum, environ=environ)
 
+        database_url = env_str("DATABASE_URL", environ=environ)
         return cls(
-            database_url=env_str("DATABASE_URL", environ=environ),
+            database_url=database_url,
+            database_iam_auth=iam_auth_enabled(database_url, environ),
             # One connection per gunicorn thread means a request never waits for one.
             db_pool_size=get_int("DB_POOL_SIZE", get_int("GUNICORN_THREADS", 4, 1), 1),
             db_statement_timeout_ms=get_int("DB_STATEMENT_TIMEOUT_MS", 5000, 1),

@@ -84,8 +84,13 @@ def _pod_spec(obj: UploadedObject, settings: JobSettings) -> dict:
            {"name": "S3_OBJECT_KEY", "value": _literal(obj.key)}]
     if obj.version_id:
         env.append({"name": "S3_VERSION_ID", "value": _literal(obj.version_id)})
-    env.append({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
-        "name": settings.database_secret, "key": settings.database_secret_key}}})
+    if settings.database_url:
+        env.append({"name": "DATABASE_URL", "value": _literal(settings.database_url)})
+    else:
+        env.append({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
+            "name": settings.database_secret, "key": settings.database_secret_key}}})
+    if settings.database_iam_auth:
+        env.append({"name": "DATABASE_IAM_AUTH", "value": "true"})
     env += [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
     return {
         **settings.scheduling,

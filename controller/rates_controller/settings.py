@@ -10,6 +10,10 @@ JOB_SERVICE_ACCOUNT        service account of the Jobs' pods; its IAM role reads
                            (default rates-ingest).
 DATABASE_SECRET            Secret with the database URL for the Jobs (default rates-database),
 DATABASE_SECRET_KEY        and its key (default url).
+JOB_DATABASE_URL           the Jobs' database URL written into each Job instead, when it holds
+                           no password (with JOB_DATABASE_IAM_AUTH); default: from the Secret.
+JOB_DATABASE_IAM_AUTH      true: the Jobs connect with RDS IAM tokens as JOB_DATABASE_URL's
+                           user (their DATABASE_IAM_AUTH); default false.
 JOB_ENV                    extra environment for the Jobs, a JSON object of strings, e.g.
                            {"AWS_DEFAULT_REGION": "eu-west-1"} (default {}).
 JOB_SCHEDULING             where the Jobs' pods may run: a JSON object with any of nodeSelector,
@@ -43,7 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from rates_core.env import ConfigError, env_choice, env_int, env_str
+from rates_core import rds_auth
+from rates_core.env import ConfigError, env_bool, env_choice, env_int, env_str
 from rates_core.logs import LEVELS
 
 # The pod spec fields JOB_SCHEDULING may set: where a pod runs, nothing about what it runs.
@@ -62,6 +67,9 @@ class JobSettings:
     service_account: str = "rates-ingest"
     database_secret: str = "rates-database"
     database_secret_key: str = "url"
+    # Written into every Job as is, so never with a password; "" means from the Secret.
+    database_url: str = ""
+    database_iam_auth: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     scheduling: Mapping[str, object] = field(default_factory=dict)
     cpu_request: str = "100m"
@@ -112,6 +120,7 @@ def _job_settings(environ: Mapping[str, str]) -> JobSettings:
         service_account=env_str("JOB_SERVICE_ACCOUNT", "rates-ingest", environ),
         database_secret=env_str("DATABASE_SECRET", "rates-database", environ),
         database_secret_key=env_str("DATABASE_SECRET_KEY", "url", environ),
+        **_job_database(environ),
         env=_job_env(environ),
         scheduling=_job_scheduling(environ),
         cpu_request=env_str("JOB_CPU_REQUEST", "100m", environ),
@@ -137,10 +146,31 @@ def _bounded(name: str, default: int, low: int, high: int, environ: Mapping[str,
     return value
 
 
+def _job_database(environ: Mapping[str, str]) -> dict:
+    url = env_str("JOB_DATABASE_URL", "", environ)
+    iam_auth = env_bool("JOB_DATABASE_IAM_AUTH", False, environ)
+    if iam_auth:
+        if not url:
+            raise ConfigError("JOB_DATABASE_IAM_AUTH=true needs JOB_DATABASE_URL (the user the Jobs connect as)")
+        try:
+            rds_auth.check_url(url)
+        except ConfigError as exc:
+            raise ConfigError(f"JOB_DATABASE_URL: {exc}") from None
+    elif url:
+        try:
+            has_password = rds_auth.holds_password(url)
+        except ConfigError as exc:
+            raise ConfigError(f"JOB_DATABASE_URL: {exc}") from None
+        if has_password:
+            raise ConfigError("JOB_DATABASE_URL may not hold a password (every Job would show it); "
+                              "use DATABASE_SECRET, or IAM authentication")
+    return {"database_url": url, "database_iam_auth": iam_auth}
+
+
 def _job_env(environ: Mapping[str, str]) -> dict[str, str]:
     env = _string_map("JOB_ENV", environ)
     # The Job sets these from the event and the Secret; a second value would be ambiguous.
-    reserved = sorted(set(env) & {"S3_BUCKET", "S3_OBJECT_KEY", "S3_VERSION_ID", "DATABASE_URL"})
+    reserved = sorted(set(env) & {"S3_BUCKET", "S3_OBJECT_KEY", "S3_VERSION_ID", "DATABASE_URL", rds_auth.ENV_NAME})
     if reserved:
         raise ConfigError(f"environment variable JOB_ENV may not set {', '.join(reserved)}: the Job sets them")
     invalid = sorted(name for name in env if not _ENV_NAME.fullmatch(name))

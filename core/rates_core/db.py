@@ -4,7 +4,7 @@ import select
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psycopg2
 import psycopg2.errors
@@ -74,17 +74,24 @@ _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10
 TCP_USER_TIMEOUT_MS = 15_000
 
 
+# Gives the password of each new connection (an RDS IAM token, see rds_auth); None: the DSN's.
+PasswordSource = Callable[[], str] | None
+
+
 def connect(dsn: str, *, application_name: str, statement_timeout_ms: int = 0,
             connect_timeout_s: int = 5, autocommit: bool = False, client_check_interval_ms: int = 0,
-            tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS):
+            tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS, password: PasswordSource = None):
     """Open one connection with the options every component wants.
 
     client_check_interval_ms > 0 makes the server check, that often during a long
     statement, that the client is still there (client_connection_check_interval).
     """
+    args = _connect_args(dsn, application_name, statement_timeout_ms, connect_timeout_s,
+                         client_check_interval_ms, tcp_user_timeout_ms)
+    if password is not None:
+        args["password"] = password()
     with classified():
-        conn = psycopg2.connect(**_connect_args(dsn, application_name, statement_timeout_ms, connect_timeout_s,
-                                                client_check_interval_ms, tcp_user_timeout_ms))
+        conn = psycopg2.connect(**args)
     conn.autocommit = autocommit
     return conn
 
@@ -121,8 +128,10 @@ class Pool:
     """
 
     def __init__(self, dsn: str, *, size: int, application_name: str,
-                 statement_timeout_ms: int, connect_timeout_s: int = 5, retry_after_s: float = 1.0):
+                 statement_timeout_ms: int, connect_timeout_s: int = 5, retry_after_s: float = 1.0,
+                 password: PasswordSource = None):
         self.size = size
+        self._password = password
         self._connect_args = _connect_args(dsn, application_name, statement_timeout_ms, connect_timeout_s)
         self._connect_timeout_s = connect_timeout_s
         self._retry_after_s = retry_after_s
@@ -142,10 +151,9 @@ class Pool:
                 raise TemporaryError(f"the database was unreachable {waited:.1f}s ago: {self._failure}")
             try:
                 if self._pool is None:
-                    # psycopg2 closes returned connections beyond minconn, so minconn = maxconn.
-                    self._pool = psycopg2.pool.ThreadedConnectionPool(self.size, self.size, **self._connect_args)
+                    self._pool = _ThreadedPool(self.size, self._password, **self._connect_args)
                 return self._pool, self._live_connection(self._pool)
-            except psycopg2.OperationalError as exc:
+            except (psycopg2.OperationalError, TemporaryError) as exc:  # unreachable, or no IAM token
                 self._failed_at, self._failure = time.monotonic(), str(exc).strip()
                 raise
         finally:
@@ -196,6 +204,21 @@ class Pool:
             if self._pool is not None:
                 self._pool.closeall()
                 self._pool = None
+
+
+class _ThreadedPool(psycopg2.pool.ThreadedConnectionPool):
+    """psycopg2's pool, asking ``password`` anew for every connection it opens: a pool
+    refills itself long after it started, when the first token has expired."""
+
+    def __init__(self, size: int, password: PasswordSource, **connect_args):
+        self._password = password  # before __init__, which opens the first connections
+        # psycopg2 closes returned connections beyond minconn, so minconn = maxconn.
+        super().__init__(size, size, **connect_args)
+
+    def _connect(self, key=None):
+        if self._password is not None:
+            self._kwargs["password"] = self._password()
+        return super()._connect(key)
 
 
 def _closed_by_server(conn) -> bool:

@@ -19,6 +19,17 @@ def env_str(name: str, default: str | None = None, environ: Mapping[str, str] | 
     return value
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
+    raw = env_str(name, str(default).lower(), environ)
+    try:
+        return _BOOLS[raw.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"environment variable {name} must be true or false, got {raw!r}") from None
+
+
 def env_int(name: str, default: int, *, minimum: int | None = None,
             environ: Mapping[str, str] | None = None) -> int:
     raw = env_str(name, str(default), environ)

@@ -11,6 +11,7 @@ import time
 from rates_core import db
 from rates_core.errors import PermanentError, TemporaryError
 from rates_core.logs import get_logger
+from rates_core.rds_auth import password_source
 
 from . import formats, loader, s3source
 from .runs import Outcome, RunLog
@@ -29,8 +30,9 @@ def run(settings: Settings, s3=None) -> int:
     ref = s3source.ObjectRef(settings.bucket, settings.key, settings.version_id)
     bound = log.bind(bucket=ref.bucket, key=ref.key, version_id=ref.version_id)
     started = time.monotonic()
+    password = password_source(settings.database_url, settings.database_iam_auth)
     try:
-        runs = RunLog(settings.database_url)
+        runs = RunLog(settings.database_url, password)
         run_id = runs.start(ref)
     except (TemporaryError, PermanentError) as exc:
         # Nowhere to record it: the log line is the only trace. A retry may find the database.
@@ -40,7 +42,7 @@ def run(settings: Settings, s3=None) -> int:
     seen: dict = {}
     try:
         termination.check()  # the sweep in runs.start() tolerates errors, the signal's among them
-        outcome = _ingest(settings, ref, s3, bound, seen, run_id)
+        outcome = _ingest(settings, ref, s3, bound, seen, run_id, password)
     except BaseException as exc:  # noqa: BLE001 - every ending is recorded, then mapped to an exit code
         outcome = _failure(exc)
         outcome.info = seen.get("info")
@@ -56,7 +58,8 @@ def run(settings: Settings, s3=None) -> int:
     return code
 
 
-def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict, run_id: int) -> Outcome:
+def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict, run_id: int,
+            password: db.PasswordSource) -> Outcome:
     """Load the object; ``seen`` keeps what is known so far for the record of a failure."""
     fmt = formats.detect(ref.key)
     s3 = s3 or s3source.client()
@@ -67,7 +70,8 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict, ru
     # If this process dies without closing the connection (SIGKILL), the server notices
     # within a second instead of finishing the statement first, holding its locks.
     conn = db.connect(settings.database_url, application_name=loader.APPLICATION_NAME,
-                      client_check_interval_ms=CLIENT_CHECK_MS, tcp_user_timeout_ms=LOAD_TCP_USER_TIMEOUT_MS)
+                      client_check_interval_ms=CLIENT_CHECK_MS, tcp_user_timeout_ms=LOAD_TCP_USER_TIMEOUT_MS,
+                      password=password)
     try:
         download = seen["download"] = s3source.Download(s3, ref, info, log)
         with termination.cancels(conn):

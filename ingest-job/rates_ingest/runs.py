@@ -45,9 +45,10 @@ class Outcome:
 
 
 class RunLog:
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, password: db.PasswordSource = None):
         self.dsn = dsn
-        self.conn = db.connect(dsn, application_name=APPLICATION_NAME, autocommit=True)
+        self.password = password
+        self.conn = db.connect(dsn, application_name=APPLICATION_NAME, autocommit=True, password=password)
 
     def start(self, ref: ObjectRef) -> int:
         try:
@@ -93,7 +94,8 @@ class RunLog:
             try:
                 if attempt == 2 or self.conn.closed:
                     self.close()
-                    self.conn = db.connect(self.dsn, application_name=APPLICATION_NAME, autocommit=True)
+                    self.conn = db.connect(self.dsn, application_name=APPLICATION_NAME, autocommit=True,
+                                           password=self.password)
                 self._update(run_id, outcome)
                 return True
             except Exception as exc:  # noqa: BLE001 - the outcome is logged whatever happens here

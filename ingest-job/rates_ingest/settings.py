@@ -1,6 +1,8 @@
 """Configuration from the environment; command-line options override the object's address.
 
 DATABASE_URL    PostgreSQL DSN (required).
+DATABASE_IAM_AUTH  true: connect with an RDS IAM token as DATABASE_URL's user (no
+                password in the URL; sslmode=require); default false.
 S3_BUCKET       bucket of the object to load, when --bucket is not given.
 S3_OBJECT_KEY   key of the object (decoded, not URL-encoded), when --key is not given.
 S3_VERSION_ID   version to load (optional); without it, the latest version.
@@ -21,6 +23,7 @@ from typing import Mapping
 from rates_core.db import BULK_LOAD_WORK_MEM
 from rates_core.env import ConfigError, env_choice, env_str
 from rates_core.logs import LEVELS
+from rates_core.rds_auth import iam_auth_enabled
 
 _MEMORY = re.compile(r"([1-9][0-9]{0,9})(kB|MB|GB)")
 _KB_PER_UNIT = {"kB": 1, "MB": 1 << 10, "GB": 1 << 20}
@@ -34,6 +37,7 @@ class Settings:
     bucket: str
     key: str
     version_id: str | None = None
+    database_iam_auth: bool = False
     log_level: str = "INFO"
     work_mem: str = BULK_LOAD_WORK_MEM
 
@@ -41,8 +45,10 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, *, bucket: str | None = None,
                  key: str | None = None, version_id: str | None = None) -> "Settings":
         environ = os.environ if environ is None else environ
+        database_url = env_str("DATABASE_URL", environ=environ)
         return cls(
-            database_url=env_str("DATABASE_URL", environ=environ),
+            database_url=database_url,
+            database_iam_auth=iam_auth_enabled(database_url, environ),
             bucket=bucket or env_str("S3_BUCKET", environ=environ),
             key=key or env_str("S3_OBJECT_KEY", environ=environ),
             version_id=version_id or environ.get("S3_VERSION_ID") or None,

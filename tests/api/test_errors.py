@@ -5,6 +5,9 @@ from dataclasses import replace
 import psycopg2
 import pytest
 
+from rates_api.settings import Settings
+from tests.support.aws import without_credentials
+
 GOOD = dict(date_from="2024-03-01", date_to="2024-03-02", origin="CNSHA", destination="NLRTM")
 
 
@@ -66,6 +69,18 @@ def test_database_down_is_503_not_500(settings, make_client):
     assert response.get_json()["error"]["code"] == "unavailable"
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
+
+
+def test_without_an_iam_role_the_api_is_unready_and_says_why(aws_env, make_client):
+    # A pod whose ServiceAccount has no IAM role gets no token: 503s that name the cause.
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://rates_api@127.0.0.1:1/rates?sslmode=require",
+                                  "DATABASE_IAM_AUTH": "true", "DB_CONNECT_TIMEOUT_S": "1"})
+    without_credentials(aws_env)
+    client = make_client(settings)
+    response = client.get("/readyz")
+    assert response.status_code == 503 and "no RDS IAM token for rates_api@127.0.0.1" in response.get_json()["error"]
+    response = client.get("/rates", query_string=GOOD)
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "unavailable"
 
 
 def test_a_statement_timeout_is_503(world, settings, dsn, make_client):

@@ -45,6 +45,19 @@ def test_extra_environment_follows_the_objects_address():
     assert [e["name"] for e in env] == ["S3_BUCKET", "S3_OBJECT_KEY", "DATABASE_URL", "AWS_REGION"]
 
 
+def test_the_database_url_comes_from_the_secret_unless_one_without_a_password_is_given():
+    def database_env(settings):
+        env = jobs.manifest(OBJ, settings)["spec"]["template"]["spec"]["containers"][0]["env"]
+        return [e for e in env if e["name"].startswith("DATABASE_")]
+
+    assert database_env(JobSettings(namespace="prod", image="i", database_secret="db", database_secret_key="k")) == [
+        {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "db", "key": "k"}}}]
+    url = "postgresql://rates_ingest@db.internal:5432/rates?sslmode=require&options=-c%20x%3D$HOME"
+    assert database_env(JobSettings(namespace="prod", image="i", database_url=url, database_iam_auth=True)) == [
+        {"name": "DATABASE_URL", "value": url.replace("$", "$$")},
+        {"name": "DATABASE_IAM_AUTH", "value": "true"}]
+
+
 def test_scheduling_places_the_pod_and_changes_nothing_else():
     scheduling = {"nodeSelector": {"workload": "batch"},
                   "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],

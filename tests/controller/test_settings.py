@@ -31,6 +31,11 @@ def test_the_namespace_defaults_to_the_pods_own():
     ("JOB_ENV", "[1]", "JOB_ENV must be a JSON object of strings"),
     ("JOB_ENV", '{"A": 1}', "JOB_ENV must be a JSON object of strings"),
     ("JOB_ENV", '{"DATABASE_URL": "x"}', "may not set DATABASE_URL"),
+    ("JOB_ENV", '{"DATABASE_IAM_AUTH": "true"}', "may not set DATABASE_IAM_AUTH"),
+    ("JOB_DATABASE_URL", "postgresql://u:secret@db/rates", "JOB_DATABASE_URL may not hold a password"),
+    ("JOB_DATABASE_URL", "postgresql://u@db/rates?sslmod=require", "JOB_DATABASE_URL: not a valid libpq URL"),
+    ("JOB_DATABASE_IAM_AUTH", "true", "JOB_DATABASE_IAM_AUTH=true needs JOB_DATABASE_URL"),
+    ("JOB_DATABASE_IAM_AUTH", "maybe", "JOB_DATABASE_IAM_AUTH must be true or false"),
     ("JOB_SCHEDULING", "[1]", "JOB_SCHEDULING must be a JSON object"),
     ("JOB_SCHEDULING", "{nodeSelector: 1}", "JOB_SCHEDULING must be a JSON object"),
     ("JOB_SCHEDULING", '{"containers": [], "nodeName": "n1"}', "may only set .*; not containers, nodeName"),
@@ -39,6 +44,15 @@ def test_the_namespace_defaults_to_the_pods_own():
 def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({**REQUIRED, name: value})
+
+
+def test_iam_authentication_for_the_jobs_needs_a_url_that_can_take_a_token():
+    with pytest.raises(ConfigError, match="JOB_DATABASE_URL: .* sslmode=require"):
+        Settings.from_env({**REQUIRED, "JOB_DATABASE_IAM_AUTH": "true",
+                           "JOB_DATABASE_URL": "postgresql://rates_ingest@db.internal/rates"})
+    url = "postgresql://rates_ingest@db.internal/rates?sslmode=require"
+    job = Settings.from_env({**REQUIRED, "JOB_DATABASE_IAM_AUTH": "true", "JOB_DATABASE_URL": url}).job
+    assert (job.database_url, job.database_iam_auth) == (url, True)
 
 
 def test_job_env_is_read():

@@ -94,6 +94,19 @@ def test_an_unreachable_database_exits_1(s3):
     assert any(line["event"] == "ingest failed before it could be recorded" for line in log_lines(result.stdout))
 
 
+def test_without_an_iam_role_there_is_no_database_token_and_the_job_exits_1(s3):
+    s3.put("p.csv", as_csv(ROWS))
+    env = {"DATABASE_IAM_AUTH": "true", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+           "AWS_SESSION_TOKEN": "", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    result = run_cli("postgresql://rates_ingest@127.0.0.1:1/rates?sslmode=require",
+                     "--bucket", s3.name, "--key", "p.csv", env=env)
+
+    assert result.returncode == 1
+    [line] = [line for line in log_lines(result.stdout) if line["event"] == "ingest failed before it could be recorded"]
+    assert "no RDS IAM token for rates_ingest@127.0.0.1" in line["error"]
+
+
 def test_an_unreachable_s3_exits_1_and_is_recorded(db, s3):
     dsn, conn = db
     result = run_cli(dsn, "--bucket", s3.name, "--key", "p.csv",

@@ -10,11 +10,13 @@ import pytest
 
 from rates_api import create_app
 from rates_api.settings import Settings
+from tests.support.db import API_USER, as_user
 
 
 @pytest.fixture
 def settings(dsn) -> Settings:
-    return Settings.from_env({"DATABASE_URL": dsn, "APP_VERSION": "test-1"})
+    # As the API's own read-only user, as deployed: a grant it lacks fails the tests.
+    return Settings.from_env({"DATABASE_URL": as_user(dsn, API_USER), "APP_VERSION": "test-1"})
 
 
 @pytest.fixture

@@ -73,6 +73,23 @@ def moto_endpoint(tmp_path_factory):
     stop_moto(process)
 
 
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Fake credentials and the region eu-west-1 in the environment, with no endpoint,
+    profile or instance metadata to fall back on; yields monkeypatch to change them."""
+    for name, value in {**FAKE_AWS_ENV, "AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1",
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def without_credentials(monkeypatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{next(_names)}-{uuid.uuid4().hex[:8]}"
 

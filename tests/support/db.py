@@ -8,6 +8,7 @@ import itertools
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
@@ -19,6 +20,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RATESTASK_SQL = REPO_ROOT.parent / "shared" / "data" / "ratestask" / "rates.sql"
 TEMPLATE = "rates_template"
 _counter = itertools.count()
+
+
+# The database users of migration 0010: the API's (read-only) and the ingest job's.
+API_USER, INGEST_USER = "rates_api", "rates_ingest"
+
+
+def as_user(dsn: str, user: str) -> str:
+    """The same database as ``user`` (no password: the test server trusts local users)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,39 @@
+-- Database users of their own for the API (read-only) and the ingest job, so that
+-- neither connects as the owner of the schema.
+-- depends: 0009_region_totals_covering_key
+--
+-- Roles belong to the server, not to one database, so another database there may have
+-- made them already. They have no password: on RDS they log in with IAM tokens (the
+-- rds_iam role, granted where it exists, which is only on RDS); elsewhere as pg_hba.conf
+-- allows (trust or peer on a developer's machine, where nothing else is needed).
+-- A later migration that adds a table grants it to whichever of them needs it; the test
+-- suites run the API and the ingest job as these users, so a missing grant fails them.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rates_api') THEN
+        CREATE ROLE rates_api LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rates_ingest') THEN
+        CREATE ROLE rates_ingest LOGIN;
+    END IF;
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_iam') THEN
+        GRANT rds_iam TO rates_api, rates_ingest;
+    END IF;
+END
+$$;
+
+GRANT USAGE ON SCHEMA public TO rates_api, rates_ingest;
+
+-- The API answers from the region tree and the derived totals; data_version keys its cache.
+GRANT SELECT ON regions, ports, lane_totals, region_totals, data_version TO rates_api;
+
+-- The ingest job validates codes against ports, records files and runs, and writes and
+-- deletes (on replacement) a file's prices. The prices triggers run as the loading user,
+-- so it also keeps the totals and data_version; it never changes ports or regions.
+GRANT SELECT ON ports TO rates_ingest;
+GRANT SELECT, INSERT, DELETE ON prices TO rates_ingest;
+GRANT SELECT, INSERT, UPDATE ON ingest_files, ingest_runs TO rates_ingest;
+GRANT USAGE ON SEQUENCE ingest_files_id_seq, ingest_runs_id_seq TO rates_ingest;
+GRANT SELECT, INSERT, UPDATE, DELETE ON lane_totals, region_totals TO rates_ingest;
+GRANT SELECT, UPDATE ON data_version TO rates_ingest;

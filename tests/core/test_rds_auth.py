@@ -1,0 +1,146 @@
+"""RDS IAM authentication: tokens signed by botocore, a new one for every connection."""
+
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from rates_core import db, rds_auth
+from rates_core.env import ConfigError, env_bool
+from rates_core.errors import TemporaryError
+from tests.support.aws import without_credentials
+from tests.support.db import as_user
+
+IAM_URL = "postgresql://rates_api@rates.abc123.eu-west-1.rds.amazonaws.com:5432/rates?sslmode=require"
+PROBE = "rates_password_probe"
+
+
+def test_a_token_is_a_presigned_connect_for_the_urls_host_port_and_user(aws_env):
+    token = rds_auth.token_source(IAM_URL)()
+    where, _, query = token.partition("/?")
+    params = parse_qs(query)
+    assert where == "rates.abc123.eu-west-1.rds.amazonaws.com:5432"
+    assert params["Action"] == ["connect"] and params["DBUser"] == ["rates_api"]
+    assert params["X-Amz-Credential"][0].startswith("testing/") and "/eu-west-1/rds-db/aws4_request" in \
+        params["X-Amz-Credential"][0]
+    assert params["X-Amz-Expires"] == ["900"] and params["X-Amz-Signature"][0]
+
+
+def test_without_credentials_there_is_no_token_and_a_retry_may_help(aws_env):
+    without_credentials(aws_env)
+    with pytest.raises(TemporaryError, match="no RDS IAM token for rates_api@rates.abc123"):
+        rds_auth.token_source(IAM_URL)()
+
+
+@pytest.mark.parametrize("url, missing", [
+    ("postgresql://rates_api@/rates?host=/run/postgresql&sslmode=require", "a host name"),
+    ("postgresql://db.internal/rates?sslmode=require", "a user"),
+    ("postgresql://rates_api:secret@db.internal/rates?sslmode=require", "no password"),
+    ("postgresql://rates_api@db.internal/rates", "sslmode=require or stricter"),
+    ("postgresql://rates_api@db.internal/rates?sslmode=prefer", "sslmode=require or stricter"),
+])
+def test_a_url_that_cannot_take_a_token_is_refused_at_startup(aws_env, url, missing):
+    with pytest.raises(ConfigError, match=missing):
+        rds_auth.iam_auth_enabled(url, {"DATABASE_IAM_AUTH": "true", "AWS_REGION": "eu-west-1"})
+
+
+def test_iam_authentication_is_off_unless_asked_and_needs_a_region(aws_env):
+    assert rds_auth.iam_auth_enabled("postgresql://u:p@/db?host=/tmp", {}) is False
+    assert rds_auth.iam_auth_enabled(IAM_URL, {"DATABASE_IAM_AUTH": "TRUE", "AWS_REGION": "eu-west-1"}) is True
+    aws_env.delenv("AWS_REGION")
+    aws_env.delenv("AWS_DEFAULT_REGION")
+    with pytest.raises(ConfigError, match="needs an AWS region"):
+        rds_auth.iam_auth_enabled(IAM_URL, {"DATABASE_IAM_AUTH": "true"})
+
+
+@pytest.mark.parametrize("raw, expected", [("", False), ("true", True), ("1", True), ("No", False)])
+def test_env_bool(raw, expected):
+    assert env_bool("FLAG", False, environ={"FLAG": raw}) is expected
+
+
+def test_env_bool_names_the_variable():
+    with pytest.raises(ConfigError, match="FLAG must be true or false, got 'on please'"):
+        env_bool("FLAG", False, environ={"FLAG": "on please"})
+
+
+@pytest.fixture(scope="session")
+def password_checked(admin_dsn):
+    """A LOGIN role that the test server makes give a password (it trusts every other user)."""
+    conn = psycopg2.connect(admin_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SHOW hba_file")
+        hba = cur.fetchone()[0]
+        original = open(hba).read()
+        with open(hba, "w") as out:
+            out.write(f"local all {PROBE} scram-sha-256\nhost all {PROBE} all scram-sha-256\n{original}")
+        cur.execute("SELECT pg_reload_conf()")
+        cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'first'").format(sql.Identifier(PROBE)))
+    try:
+        yield conn
+    finally:
+        with open(hba, "w") as out:
+            out.write(original)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_reload_conf()")
+            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(PROBE)))
+        conn.close()
+
+
+def _set_password(admin, value: str) -> None:
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(PROBE), sql.Literal(value)))
+
+
+def test_the_server_does_check_the_probes_password(password_checked, dsn):
+    with pytest.raises(TemporaryError, match="password authentication failed"):
+        db.connect(as_user(dsn, PROBE), application_name="rds-auth-test", password=lambda: "wrong")
+    db.connect(as_user(dsn, PROBE), application_name="rds-auth-test", password=lambda: "first").close()
+
+
+def test_the_pool_asks_for_a_new_password_for_every_connection_it_opens(password_checked, dsn, conn):
+    # As with tokens: the one that opened the first connection has expired when the
+    # pool replaces a connection the server closed, an hour later.
+    current = {"password": "first"}
+    asked = []
+
+    def password():
+        asked.append(current["password"])
+        return current["password"]
+
+    _set_password(password_checked, "first")
+    pool = db.Pool(as_user(dsn, PROBE), size=1, application_name="rds-auth-test", statement_timeout_ms=0,
+                   password=password, retry_after_s=0)
+    try:
+        with pool.connection() as lent, lent.cursor() as cur:
+            cur.execute("SELECT current_user, pg_backend_pid()")
+            user, pid = cur.fetchone()
+        assert user == PROBE
+        _set_password(password_checked, "second")
+        current["password"] = "second"
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pool.connection() as lent, lent.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            assert cur.fetchone()[0] != pid
+        assert asked == ["first", "second"]
+    finally:
+        pool.close()
+        _set_password(password_checked, "first")
+
+
+def test_a_pool_that_gets_no_token_says_why_and_backs_off(dsn):
+    calls = []
+
+    def no_token():
+        calls.append(1)
+        raise TemporaryError("no RDS IAM token for rates_api@db: Unable to locate credentials")
+
+    pool = db.Pool(dsn, size=1, application_name="rds-auth-test", statement_timeout_ms=0, password=no_token,
+                   retry_after_s=60)
+    for _ in range(3):
+        with pytest.raises(TemporaryError, match="Unable to locate credentials"):
+            with pool.connection():
+                pass
+    assert len(calls) == 1  # the next two answered from the remembered failure

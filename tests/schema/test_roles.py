@@ -1,0 +1,83 @@
+"""Migration 0010's database users: what the API and the ingest job may do, and no more.
+
+That they may do what they need is shown by the API and ingest suites, which connect as
+these users (tests/support/api.py, tests/ingest/conftest.py).
+"""
+
+from contextlib import closing
+
+import psycopg2
+import psycopg2.errors
+import pytest
+
+from rates_core import migrate
+from tests.support.db import API_USER, INGEST_USER, as_user
+
+
+def _as(dsn: str, user: str):
+    conn = psycopg2.connect(as_user(dsn, user))
+    conn.autocommit = True
+    return closing(conn)
+
+
+def test_the_users_can_log_in_with_no_password_and_no_power(conn):
+    with conn.cursor() as cur:
+        cur.execute("""SELECT rolname, rolcanlogin, rolpassword IS NULL, rolsuper, rolcreaterole, rolcreatedb,
+                              rolbypassrls, rolreplication
+                       FROM pg_authid WHERE rolname IN (%s, %s) ORDER BY 1""", (API_USER, INGEST_USER))
+        assert cur.fetchall() == [(API_USER, True, True, False, False, False, False, False),
+                                  (INGEST_USER, True, True, False, False, False, False, False)]
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO prices (orig_code, dest_code, day, price) VALUES ('CNSHA', 'NLRTM', '2016-01-01', 1)",
+    "UPDATE data_version SET version = version + 1",
+    "DELETE FROM lane_totals",
+    "SELECT count(*) FROM prices",
+    "SELECT count(*) FROM ingest_runs",
+    "UPDATE ports SET name = name",
+    "CREATE TABLE mine (x int)",
+])
+def test_the_api_user_only_reads_what_the_api_answers_from(world, dsn, statement):
+    with _as(dsn, API_USER) as api, api.cursor() as cur:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute(statement)
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE ports SET name = name",
+    "DELETE FROM regions",
+    "INSERT INTO ports (code, name, parent_slug) VALUES ('XXXXX', 'x', 'china_main')",
+    "TRUNCATE prices",
+    "DELETE FROM ingest_runs",
+    "ALTER TABLE prices ADD COLUMN x int",
+    "DROP TABLE lane_totals",
+    "CREATE TABLE mine (x int)",
+])
+def test_the_ingest_user_cannot_change_the_region_tree_the_schema_or_the_record(world, dsn, statement):
+    with _as(dsn, INGEST_USER) as ingest, ingest.cursor() as cur:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute(statement)
+
+
+def test_rds_iam_is_granted_where_the_server_has_it(admin_conn, empty_dsn):
+    # Only RDS has the role; here it is made for the test, as RDS has it before any migration.
+    with admin_conn.cursor() as cur:
+        cur.execute("CREATE ROLE rds_iam NOLOGIN")
+    try:
+        migrate.apply(empty_dsn)
+        with admin_conn.cursor() as cur:
+            cur.execute("SELECT pg_has_role(%s, 'rds_iam', 'MEMBER'), pg_has_role(%s, 'rds_iam', 'MEMBER')",
+                        (API_USER, INGEST_USER))
+            assert cur.fetchone() == (True, True)
+    finally:
+        with admin_conn.cursor() as cur:
+            cur.execute("DROP ROLE rds_iam")
+
+
+@pytest.fixture
+def admin_conn(admin_dsn):
+    conn = psycopg2.connect(admin_dsn)
+    conn.autocommit = True
+    yield conn
+    conn.close()
