@@ -76,6 +76,10 @@ def kinds(docs: dict) -> set[str]:
     return {k for k, _ in docs}
 
 
+IAM_URL = "postgresql://rates_api@rates.abc.eu-west-1.rds.amazonaws.com:5432/rates?sslmode=require"
+IAM_VARIABLES = {"DATABASE_IAM_AUTH", "AWS_REGION", "AWS_DEFAULT_REGION"}
+
+
 def api_container(docs: dict) -> dict:
     return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
 
@@ -144,6 +148,10 @@ def test_lint_strict(helm, env):
     ("networkPolicy.extraEgress[0].ports[0].port=70000", "/networkPolicy/extraEgress/0/ports/0/port"),
     ("networkPolicy.extraEgress[0].too=x", "additional properties 'too' not allowed"),
     ("networkPolicy.ingress=x", "additional properties 'ingress' not allowed"),
+    ("database.url=postgresql://rates_api:secret@db/rates", "/database/url"),
+    ("database.url=host=db user=rates_api", "/database/url"),
+    ("database.iamAuth=true", "/database/url"),
+    ("aws.region=Ireland", "/aws/region"),
 ])
 def test_schema_rejects_bad_values(helm, assignment, error):
     proc = helm("template", RELEASE, str(CHART), "--set", assignment, check=False)
@@ -284,8 +292,9 @@ def test_rendered_env_is_a_valid_api_configuration(render, env):
     assert len(env_vars) == len(container["env"]), "a variable is set twice"
 
     # Every variable is one the API reads (a typo would be ignored silently), and every one
-    # it reads is set, except DB_POOL_SIZE, which defaults to one connection per thread.
-    assert set(env_vars) == documented_api_variables() - {"DB_POOL_SIZE"}
+    # it reads is set, except DB_POOL_SIZE, which defaults to one connection per thread,
+    # and those of IAM authentication, which is off (see the test below).
+    assert set(env_vars) == documented_api_variables() - {"DB_POOL_SIZE", *IAM_VARIABLES}
 
     settings = Settings.from_env(env_vars)
     values = yaml.safe_load((CHART / f"values-{env}.yaml").read_text())
@@ -306,13 +315,15 @@ def test_every_api_setting_reaches_the_api(render):
     container = api_container(render(None, *sets(
         "config.dbPoolSize=2", "config.gunicornThreads=6", "config.dbStatementTimeoutMs=1500",
         "config.dbConnectTimeoutSeconds=3", "config.maxRangeDays=31", "config.logLevel=WARNING",
-        "image.tag=abc123", "config.host=::", "containerPort=8080"),
+        "image.tag=abc123", "config.host=::", "containerPort=8080", "database.iamAuth=true",
+        f"database.url={IAM_URL}", "aws.region=eu-west-1"),
         # JSON numbers are floats, like every number from a values file: 1e+06 must not show
         "--set-json", "config.responseCacheSize=1000000", "--set-json", "shutdown.drainSeconds=2.5"))
     env_vars = plain_env(container)
     assert set(env_vars) == documented_api_variables()
+    assert env_vars["AWS_REGION"] == env_vars["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert Settings.from_env(env_vars) == Settings(
-        database_url=DUMMY_DSN, db_pool_size=2, db_statement_timeout_ms=1500,
+        database_url=IAM_URL, database_iam_auth=True, db_pool_size=2, db_statement_timeout_ms=1500,
         db_connect_timeout_s=3, max_range_days=31, response_cache_size=1_000_000,
         app_version="abc123", log_level="WARNING")
     gunicorn = gunicorn_config(env_vars)
@@ -545,6 +556,23 @@ def test_network_policy_values(render):
     # No migration Job, no policy for its pods.
     no_migrations = render(None, *sets("migrations.enabled=false"))
     assert [n for k, n in no_migrations if k == "NetworkPolicy"] == ["rates-api"]
+
+
+def test_iam_authentication_opens_https_for_the_api_pods_only(render):
+    https_anywhere = [address("52.94.0.1"), 443]
+    docs = render("prod", *sets("database.iamAuth=true", f"database.url={IAM_URL}"))
+    policies = [d for (k, _), d in docs.items() if k == "NetworkPolicy"]
+    pods = {component: pod_of(template) for component, template in pods_of(docs).items()}
+    assert egress_allowed(policies, pods["api"], *https_anywhere)
+    assert not egress_allowed(policies, pods["migrations"], *https_anywhere)
+    # The migration hook still connects as the owner, with the Secret's URL.
+    [migration_url] = [e for e in pods_of(docs)["migrations"]["spec"]["containers"][0]["env"]
+                       if e["name"] == "DATABASE_URL"]
+    assert migration_url["valueFrom"]["secretKeyRef"] == {"name": "rates-database", "key": "url"}
+
+    docs = render("prod")
+    policies = [d for (k, _), d in docs.items() if k == "NetworkPolicy"]
+    assert not egress_allowed(policies, pod_of(pods_of(docs)["api"]), *https_anywhere)
 
 
 def test_readme_documents_every_value():

@@ -102,8 +102,8 @@ def container_env(container: dict, namespace: str) -> dict[str, str]:
     """The container's environment as the kubelet would set it (fieldRef to the namespace only)."""
     env = {}
     for var in container["env"]:
-        if "value" in var:
-            env[var["name"]] = var["value"]
+        if "valueFrom" not in var:
+            env[var["name"]] = var.get("value", "")  # the API server leaves out an empty value
         else:
             assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", var
             env[var["name"]] = namespace
@@ -247,6 +247,11 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
                  id="toleration-operator"),
     pytest.param({"jobs.nodeSelector.workload": 1}, "at '/jobs/nodeSelector/workload'",
                  id="node-selector-not-a-string"),
+    pytest.param({"database.url": "postgresql://rates_ingest:secret@db/rates"}, "at '/database/url'",
+                 id="database-url-with-a-password"),
+    pytest.param({"database.iamAuth": True}, "at '/database/url'", id="iam-auth-without-a-url"),
+    pytest.param({"jobs.env.DATABASE_IAM_AUTH": "true"}, "invalid propertyName 'DATABASE_IAM_AUTH'",
+                 id="iam-auth-through-job-env"),
 ])
 def test_bad_values_are_refused(helm, sets, error):
     proc = helm("template", RELEASE, str(CHART), *values_args("dev", sets), check=False)
@@ -367,6 +372,16 @@ def test_the_jobs_placement_reaches_the_controller(helm, tmp_path):
     # and none by default: the Jobs go wherever the scheduler puts them
     [container] = one(render(helm, *values_args("prod")), "Deployment")["spec"]["template"]["spec"]["containers"]
     assert Settings.from_env(container_env(container, "rates")).job.scheduling == {}
+
+
+def test_the_jobs_database_url_and_iam_authentication_reach_the_jobs(helm):
+    url = "postgresql://rates_ingest@rates.abc.eu-west-1.rds.amazonaws.com:5432/rates?sslmode=require"
+    [container] = one(render(helm, *values_args("prod", {"database.url": url, "database.iamAuth": True})),
+                      "Deployment")["spec"]["template"]["spec"]["containers"]
+    job = Settings.from_env(container_env(container, "rates")).job
+    env = controller_jobs.manifest(UploadedObject("b", "k.csv", None, "e", 1), job)["spec"]["template"]["spec"][
+        "containers"][0]["env"]
+    assert {"name": "DATABASE_URL", "value": url} in env and {"name": "DATABASE_IAM_AUTH", "value": "true"} in env
 
 
 def test_extra_env_is_added_after_the_charts_own(helm):
