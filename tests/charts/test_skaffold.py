@@ -32,6 +32,7 @@ from rates_controller import jobs as controller_jobs
 from rates_controller.events import UploadedObject, uploaded_objects
 from rates_controller.settings import Settings as ControllerSettings
 from tests.support.aws import FAKE_AWS_ENV, start_moto, stop_moto
+from tests.support.db import API_USER, INGEST_USER
 from tests.support.kube import kubeconform
 from tests.support.netpol import Pod, address, connection_allowed, egress_allowed, pod_of
 
@@ -134,6 +135,13 @@ def pod_specs(docs: list[dict]) -> dict[tuple[str, str], dict]:
 
 def env_of(container: dict) -> dict[str, dict | str]:
     return {v["name"]: v.get("value", v.get("valueFrom")) for v in container.get("env", [])}
+
+
+def same_server_as(url: str, owner: urllib.parse.SplitResult, user: str) -> bool:
+    """``url`` is ``owner``'s server and database as ``user``, with no password."""
+    parts = urllib.parse.urlsplit(url)
+    return (parts.scheme, parts.hostname, parts.port, parts.path, parts.username, parts.password) == (
+        owner.scheme, owner.hostname, owner.port, owner.path, user, None)
 
 
 def local_manifests(name: str) -> list[dict]:
@@ -298,11 +306,13 @@ def test_the_api_and_its_migration_hook_use_the_local_database(rendered, profile
     assert env["POSTGRES_HOST_AUTH_METHOD"] == "trust" and service["spec"]["type"] == "ClusterIP"
     assert env["PGDATA"].startswith(postgres["volumeMounts"][0]["mountPath"] + "/")
 
+    # The migrations connect as the owner, through the Secret; the API as its own user of
+    # the same server and database, with no password either.
     api = one(docs, "Deployment", "rates-api")["spec"]["template"]["spec"]["containers"][0]
     migrate = one(docs, "Job", "rates-api-migrate")
-    expected = {"secretKeyRef": {"name": "rates-database", "key": "url"}}
-    assert env_of(api)["DATABASE_URL"] == expected
-    assert env_of(migrate["spec"]["template"]["spec"]["containers"][0])["DATABASE_URL"] == expected
+    assert env_of(migrate["spec"]["template"]["spec"]["containers"][0])["DATABASE_URL"] == {
+        "secretKeyRef": {"name": "rates-database", "key": "url"}}
+    assert same_server_as(env_of(api)["DATABASE_URL"], url, API_USER)
     assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     assert migrate["spec"]["backoffLimit"] >= 3
     assert not find(docs, "Ingress")  # no load balancer controller locally: port-forward
@@ -345,7 +355,10 @@ def test_the_controller_is_configured_for_the_local_moto_server(rendered):
     for url, name in ((settings.queue_url, moto_env["UPLOADS_QUEUE"]),
                       (settings.dead_letter_queue_url, moto_env["DEAD_LETTER_QUEUE"])):
         assert url.startswith(endpoint + "/") and url.rsplit("/", 1)[1] == name
-    assert settings.job.database_secret == "rates-database" and settings.job.image == f"rates-ingest:{TAG}"
+    assert settings.job.image == f"rates-ingest:{TAG}"
+    owner_url = urllib.parse.urlsplit(one(docs, "Secret", "rates-database")["stringData"]["url"])
+    assert same_server_as(settings.job.database_url, owner_url, INGEST_USER)
+    assert not settings.job.database_iam_auth
 
 
 @pytest.mark.kube
