@@ -5,6 +5,7 @@ A bad file ends in the dead-letter queue with its reason and changes nothing."""
 
 import pytest
 
+from tests.support.db import INGEST_USER, as_user
 from tests.support.uploads import ingest_jobs
 from tests.ingest.conftest import as_csv
 from tests.ingest.test_api import DAY, average
@@ -15,8 +16,9 @@ pytestmark = pytest.mark.kube
 
 def test_an_uploaded_file_reaches_the_api_and_a_bad_one_is_set_aside(
         dsn, world, rates, kube, namespace, uploads, sqs, job_runtime, controller_process, local_node):
-    job_runtime(dsn)
-    controller_process(RETRY_DELAY_SECONDS="0")
+    job_runtime(dsn)  # the Jobs' ServiceAccount; the Secret it also writes goes unused:
+    # the Jobs connect as the ingest job's own user, with the URL the controller hands them.
+    controller_process(RETRY_DELAY_SECONDS="0", JOB_DATABASE_URL=as_user(dsn, INGEST_USER))
     assert average(rates) is None
 
     # Three prices: the API gives no average for a day with fewer.
@@ -30,4 +32,8 @@ def test_an_uploaded_file_reaches_the_api_and_a_bad_one_is_set_aside(
 
     assert "unknown port code 'NLRTMX'" in dead["reason"]
     assert average(rates) == 1200
-    assert len(ingest_jobs(kube, namespace)) == 2, local_node.errors
+    jobs = ingest_jobs(kube, namespace)
+    assert len(jobs) == 2, local_node.errors
+    for job in jobs:
+        [url] = [e.value for e in job.spec.template.spec.containers[0].env if e.name == "DATABASE_URL"]
+        assert url.startswith(f"postgresql://{INGEST_USER}@")
