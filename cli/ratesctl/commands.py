@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import click
+import psycopg2.extensions
 from tqdm import tqdm
 
 from rates_core import db, logs, migrate as migrations
@@ -119,7 +120,8 @@ def up_command(port, prices, days, ports, start, seed) -> None:
         if _is_empty(dsn):
             load_demo_data(dsn, demodata.Spec(prices=prices, days=days, ports=ports,
                                               start=start.date(), seed=seed))
-        _serve_until_interrupted(dsn, port, start.date())
+        # As deployed: the API reads as its own user, which the local server trusts.
+        _serve_until_interrupted(psycopg2.extensions.make_dsn(dsn, user=db.API_USER), port, start.date())
     finally:
         click.echo("stopping PostgreSQL ...")
         server.cleanup()

@@ -14,16 +14,13 @@ import psycopg2
 import pytest
 
 from rates_core import migrate
+from rates_core.db import API_USER, INGEST_USER  # noqa: F401 - the tests' users, imported from here
 from ratesctl import localdb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RATESTASK_SQL = REPO_ROOT.parent / "shared" / "data" / "ratestask" / "rates.sql"
 TEMPLATE = "rates_template"
 _counter = itertools.count()
-
-
-# The database users of migration 0010: the API's (read-only) and the ingest job's.
-API_USER, INGEST_USER = "rates_api", "rates_ingest"
 
 
 def as_user(dsn: str, user: str) -> str:
