@@ -58,11 +58,14 @@ module "policies" {
   namespace                  = var.environment
   controller_service_account = var.service_accounts.controller
   ingest_service_account     = var.service_accounts.ingest_job
+  api_service_account        = var.service_accounts.api
   bucket_arn                 = module.uploads.bucket_arn
   prices_prefix              = var.prices_prefix
   bucket_kms_key_arn         = module.uploads.bucket_kms_key_arn
   queue_arn                  = module.uploads.queue_arn
   dead_letter_queue_arn      = module.uploads.dead_letter_queue_arn
+  database_arn               = module.database.arn
+  database_resource_id       = module.database.resource_id
 }
 
 module "controller_role" {
@@ -79,4 +82,12 @@ module "ingest_job_role" {
   name         = "${local.name}-ingest-job"
   trust_policy = module.policies.ingest_job_trust_policy
   policy       = module.policies.ingest_job_policy
+}
+
+module "api_role" {
+  source = "../modules/irsa-role"
+
+  name         = "${local.name}-api"
+  trust_policy = module.policies.api_trust_policy
+  policy       = module.policies.api_policy
 }

@@ -13,6 +13,11 @@ output "controller_values" {
     serviceAccount = { roleArn = module.controller_role.arn }
     jobs           = { serviceAccount = { name = var.service_accounts.ingest_job, roleArn = module.ingest_job_role.arn } }
     networkPolicy  = { database = { cidrs = local.database_cidrs } }
+    # The Jobs log in as the ingest user with IAM tokens from their role: no password.
+    database = {
+      url     = "postgresql://${module.policies.database_users.ingest_job}@${module.database.address}:${module.database.port}/${module.database.database_name}?sslmode=require"
+      iamAuth = true
+    }
   }
 }
 
@@ -20,8 +25,17 @@ output "api_values" {
   description = "Values for the rates-api release of this environment, as a values file."
   value = {
     # The ALB connects from addresses in the VPC; trust its X-Forwarded-* headers only.
-    config        = { forwardedAllowIps = data.aws_vpc.this.cidr_block }
-    networkPolicy = { database = { cidrs = local.database_cidrs } }
+    config         = { forwardedAllowIps = data.aws_vpc.this.cidr_block }
+    networkPolicy  = { database = { cidrs = local.database_cidrs } }
+    serviceAccount = { iamRoleArn = module.api_role.arn }
+    # The region its IAM tokens are signed for (the database's).
+    aws = { region = var.region }
+    # The API logs in as its read-only user with IAM tokens from its role: no password.
+    # (The migration hook still reads the master user's URL from the rates-database Secret.)
+    database = {
+      url     = "postgresql://${module.policies.database_users.api}@${module.database.address}:${module.database.port}/${module.database.database_name}?sslmode=require"
+      iamAuth = true
+    }
   }
 }
 

@@ -59,12 +59,13 @@ variable "log_retention_days" {
 }
 
 variable "service_accounts" {
-  description = "ServiceAccount names the roles trust: the controller's (its chart's full name) and the ingest Jobs' (jobs.serviceAccount.name)."
+  description = "ServiceAccount names the roles trust: the controller's (its chart's full name), the ingest Jobs' (jobs.serviceAccount.name) and the API's (its chart's full name)."
   type = object({
     controller = string
     ingest_job = string
+    api        = string
   })
-  default = { controller = "rates-controller", ingest_job = "rates-ingest" }
+  default = { controller = "rates-controller", ingest_job = "rates-ingest", api = "rates-api" }
 }
 
 variable "tags" {

@@ -1,10 +1,15 @@
-"""The IAM policies Terraform gives the controller and the ingest Jobs, enforced.
+"""The IAM policies Terraform gives the controller, the ingest Jobs and the API, enforced.
 
-terraform computes the two permission policies (modules/iam-policies) for a bucket and
+terraform computes the three permission policies (modules/iam-policies) for a bucket and
 queues that exist in a moto_server of this module's own, started with IAM enforcement: an
 IAM user per role carries exactly that policy, and the real components run with its keys.
 What they need must work, and what they do not need must be refused. A policy that is too
 narrow breaks the first kind of test; one that is too wide, the second.
+
+The rds-db:connect grants (the ingest Jobs' database login, and the API's only permission)
+are beyond moto: nothing here logs in to RDS with an IAM token. The policy module's
+`terraform test` suite asserts those statements as written (the exact user ARN) and that
+the API is granted nothing else; here the API's role is refused the bucket and the queues.
 """
 
 import json
@@ -88,8 +93,11 @@ def _provision(terraform, url, tmp_path) -> Account:
         "bucket_kms_key_arn": f"arn:aws:kms:us-east-1:{MOTO_ACCOUNT}:key/00000000-0000-0000-0000-000000000000",
         "queue_arn": arns["uploads"],
         "dead_letter_queue_arn": arns["dead"],
+        "database_arn": f"arn:aws:rds:us-east-1:{MOTO_ACCOUNT}:db:rates-dev",
+        "database_resource_id": "db-ABCDEFGHIJKLMNOPQRSTUVWXY0",
     }, tmp_path)
     policies = {"controller": outputs["controller_policy"], "ingest_job": outputs["ingest_job_policy"],
+                "api": outputs["api_policy"],
                 "admin": json.dumps({"Version": "2012-10-17",
                                      "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})}
     keys = {}
@@ -194,3 +202,19 @@ def test_the_ingest_job_cannot_read_outside_the_prefix_nor_write(account, world,
     _denied(lambda: s3.put_object(Bucket=account.names["bucket"], Key=f"{PREFIX}x.csv", Body=b"x"))
     _denied(lambda: s3.delete_object(Bucket=account.names["bucket"], Key=f"{PREFIX}2016/january.csv"))
     _denied(lambda: account.client("sqs", "ingest_job").receive_message(QueueUrl=account.names["uploads_url"]))
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+
+def test_the_api_role_reaches_no_file_or_queue(account):
+    # Its one grant, rds-db:connect as rates_api, is checked by RDS at login, which moto
+    # does not do (policies.tftest.hcl asserts it); the bucket and the queues refuse it.
+    s3, sqs = account.client("s3", "api"), account.client("sqs", "api")
+    _upload(account, f"{PREFIX}2016/api.csv", as_csv(ROWS))
+    _denied(lambda: s3.get_object(Bucket=account.names["bucket"], Key=f"{PREFIX}2016/api.csv"))
+    _denied(lambda: s3.list_objects_v2(Bucket=account.names["bucket"]))
+    _denied(lambda: s3.put_object(Bucket=account.names["bucket"], Key=f"{PREFIX}x.csv", Body=b"x"))
+    for url in (account.names["uploads_url"], account.names["dead_url"]):
+        _denied(lambda: sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0))
+        _denied(lambda: sqs.send_message(QueueUrl=url, MessageBody="{}"))

@@ -1,6 +1,8 @@
 """The per-environment settings, read by terraform itself, and the seams between the
-Terraform stacks and the Helm charts: namespaces, ServiceAccount names, the SQS backstop
-and the values the environment stack hands to the controller chart.
+Terraform stacks and the Helm charts: namespaces, ServiceAccount names, the SQS backstop,
+the values the environment stack hands to both charts, and the database users (the URLs
+the pods log in with, the rds-db:connect grants of their roles and the users the schema
+migration makes).
 
 terraform cannot plan the stacks here (the AWS provider cannot be fetched), but it can
 read a stack's variables alone: each tfvars file is applied to a copy of the stack's
@@ -8,14 +10,24 @@ variables.tf, so types, defaults and validations are terraform's own.
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+import psycopg2.extensions
 import pytest
+import yaml
 
+from rates_api.settings import Settings as ApiSettings
+from rates_controller.events import UploadedObject
+from rates_controller.jobs import manifest as job_manifest
+from rates_controller.settings import Settings as ControllerSettings
+from rates_core import rds_auth
+from rates_core.migrate import MIGRATIONS_DIR
+from rates_ingest.settings import Settings as IngestSettings
 from tests.charts.test_controller_chart import CHART as CONTROLLER_CHART
-from tests.charts.test_controller_chart import merged_values, render, values_args
-from tests.support.infra import TERRAFORM_ROOT, parse_hcl, run, terraform_env
+from tests.charts.test_controller_chart import container_env, merged_values, render, values_args
+from tests.support.infra import TERRAFORM_ROOT, apply_module, parse_hcl, run, terraform_env
 
 ENVIRONMENTS = ["dev", "staging", "prod"]
 CHARTS = TERRAFORM_ROOT.parent / "charts"
@@ -120,8 +132,14 @@ def test_the_roles_trust_the_service_accounts_the_controller_chart_creates(setti
         assert env_vars["JOB_SERVICE_ACCOUNT"] == trusted["ingest_job"]
 
 
-# What each value the environment stack hands a chart must come from, and a value of the
-# kind it will have, to render the chart with.
+# What each value the environment stack hands a chart must come from (a reference, or
+# the expression as written), and a value of the kind it will have, to render the chart with.
+DATABASE_URLS = {
+    chart: "postgresql://${module.policies.database_users.%s}@${module.database.address}:${module.database.port}"
+           "/${module.database.database_name}?sslmode=require" % user
+    for chart, user in (("rates-api", "api"), ("rates-controller", "ingest_job"))
+}
+SAMPLE_DATABASE_ADDRESS = "rates-dev.c1a2b3c4d5e6.eu-west-1.rds.amazonaws.com"
 HANDED = {
     "rates-controller": {
         "queue.url": ("module.uploads.queue_url",
@@ -134,13 +152,29 @@ HANDED = {
         "jobs.serviceAccount.roleArn": ("module.ingest_job_role.arn",
                                         "arn:aws:iam::123456789012:role/rates-dev-ingest-job"),
         "networkPolicy.database.cidrs": ("local.database_cidrs", ["10.41.0.0/18", "10.41.64.0/18"]),
+        "database.url": (DATABASE_URLS["rates-controller"],
+                         f"postgresql://rates_ingest@{SAMPLE_DATABASE_ADDRESS}:5432/rates?sslmode=require"),
+        "database.iamAuth": (True, True),
     },
     "rates-api": {
         "config.forwardedAllowIps": ("data.aws_vpc.this.cidr_block", "10.41.0.0/16"),
         "networkPolicy.database.cidrs": ("local.database_cidrs", ["10.41.0.0/18", "10.41.64.0/18"]),
+        "serviceAccount.iamRoleArn": ("module.api_role.arn", "arn:aws:iam::123456789012:role/rates-dev-api"),
+        "aws.region": ("var.region", "eu-west-1"),
+        "database.url": (DATABASE_URLS["rates-api"],
+                         f"postgresql://rates_api@{SAMPLE_DATABASE_ADDRESS}:5432/rates?sslmode=require"),
+        "database.iamAuth": (True, True),
     },
 }
 OUTPUTS = {"rates-controller": "controller_values", "rates-api": "api_values"}
+# The role whose credentials sign the tokens for each chart's URL: the API's pods', and the
+# ingest Jobs' (the controller only hands its URL on to them).
+LOGIN_ROLES = {"rates-api": "api_role", "rates-controller": "ingest_job_role"}
+
+
+def _as_written(source):
+    """A source as python-hcl2 reads it: a bare reference is interpolated, the rest as is."""
+    return source if not isinstance(source, str) or "${" in source else f"${{{source}}}"
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:
@@ -167,18 +201,209 @@ def _nest(leaves: dict) -> dict:
 @pytest.mark.kube  # helm
 @pytest.mark.parametrize("chart", sorted(HANDED))
 def test_the_environment_stack_hands_each_chart_values_it_takes(chart, helm, tmp_path):
-    outputs = {name: block[name] for block in parse_hcl((TERRAFORM_ROOT / "environment/outputs.tf").read_text())["output"]
-               for name in block}
-    handed = _leaves(outputs[OUTPUTS[chart]]["value"])
-    assert handed == {path: f"${{{source}}}" for path, (source, _) in HANDED[chart].items()}
+    handed = _handed(chart)
+    assert handed == {path: _as_written(source) for path, (source, _) in HANDED[chart].items()}
 
     # The chart takes them: its strict schema accepts values of that kind at those paths.
-    values = tmp_path / "from-terraform.json"
-    values.write_text(json.dumps(_nest({path: sample for path, (_, sample) in HANDED[chart].items()})))
     # (for the controller chart they are also all the values it requires)
-    rendered = helm("template", chart, str(CHARTS / chart), "--namespace", "dev",
-                    "-f", str(CHARTS / chart / "values-dev.yaml"), "-f", str(values)).stdout
-    assert "10.41.64.0/18" in rendered
+    rendered = _render_handed(helm, chart, "dev", tmp_path)
+    assert "10.41.64.0/18" in yaml.safe_dump_all(rendered)
+
+
+def _handed(chart: str) -> dict:
+    """{path: expression as written} of the values file the environment stack outputs for ``chart``."""
+    outputs = {name: block[name] for block in parse_hcl((TERRAFORM_ROOT / "environment/outputs.tf").read_text())["output"]
+               for name in block}
+    return _leaves(outputs[OUTPUTS[chart]]["value"])
+
+
+def _render_handed(helm, chart: str, env: str, tmp_path: Path) -> list[dict]:
+    """``chart`` as the release of its own name in ``env``'s namespace, with the values
+    file and the samples of what Terraform hands it."""
+    values = tmp_path / f"{chart}-{env}-from-terraform.json"
+    values.write_text(json.dumps(_nest({path: sample for path, (_, sample) in HANDED[chart].items()})))
+    out = helm("template", chart, str(CHARTS / chart), "--namespace", env,
+               "-f", str(CHARTS / chart / f"values-{env}.yaml"), "-f", str(values)).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+# --- the database logins ------------------------------------------------------------------
+
+# What the environment stack's module calls get from resources and data sources, which
+# cannot be read here: values of the kind they will have.
+SAMPLE_POLICY_INPUTS = {
+    "oidc_provider_arn": "arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/ABC123",
+    "oidc_issuer": "oidc.eks.eu-west-1.amazonaws.com/id/ABC123",
+    "bucket_arn": "arn:aws:s3:::example-rates-dev-prices",
+    "bucket_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555",
+    "queue_arn": "arn:aws:sqs:eu-west-1:123456789012:example-rates-dev-prices-uploads",
+    "dead_letter_queue_arn": "arn:aws:sqs:eu-west-1:123456789012:example-rates-dev-prices-dead-letter",
+    "database_arn": "arn:aws:rds:eu-west-1:123456789012:db:rates-dev",
+    "database_resource_id": "db-ABCDEFGHIJKLMNOPQRSTUVWXY0",
+}
+_VARIABLE = re.compile(r"\$\{var\.([\w.]+)\}")
+_REFERENCE = re.compile(r"\$\{([^}]+)\}")
+
+
+def _module_calls(stack: str) -> dict:
+    return {name: body for block in parse_hcl((TERRAFORM_ROOT / stack / "main.tf").read_text()).get("module", [])
+            for name, body in block.items()}
+
+
+def _database_instance() -> dict:
+    tree = parse_hcl((TERRAFORM_ROOT / "modules/database/main.tf").read_text())
+    [instance] = [named["this"] for block in tree["resource"] for kind, named in block.items()
+                  if kind == "aws_db_instance"]
+    return instance
+
+
+def _migration_sql() -> str:
+    return "\n".join(p.read_text() for p in sorted(MIGRATIONS_DIR.glob("*.sql")))
+
+
+def _names(text: str) -> set[str]:
+    return {name.strip() for name in text.split(",")}
+
+
+@pytest.fixture(scope="module")
+def policies(terraform, settings, tmp_path_factory) -> dict[str, dict]:
+    """{env: the iam-policies module's outputs}, applied with the arguments the environment
+    stack passes it: each variable's value from the env's tfvars (and defaults), literals
+    as written, and a sample for what comes from a resource."""
+    applied = {}
+    for env in ENVIRONMENTS:
+        variables = {}
+        for arg, value in _module_calls("environment")["policies"].items():
+            if arg == "source" or arg.startswith("__"):
+                continue
+            straight = _VARIABLE.fullmatch(value) if isinstance(value, str) else None
+            if straight:
+                node = settings[f"environment/{env}"]
+                for part in straight.group(1).split("."):
+                    node = node[part]
+                variables[arg] = node
+            elif "${" not in json.dumps(value):
+                variables[arg] = value
+            else:
+                assert arg in SAMPLE_POLICY_INPUTS, f"give {arg} (= {value}) a sample value"
+                variables[arg] = SAMPLE_POLICY_INPUTS[arg]
+        applied[env] = apply_module(terraform, TERRAFORM_ROOT / "modules/iam-policies", variables,
+                                    tmp_path_factory.mktemp(f"policies-{env}"))
+    return applied
+
+
+def _database_url(chart: str, outputs: dict) -> str:
+    """The URL the environment stack hands ``chart``, with the policy module's ``outputs``,
+    the database module's database name and sample address and port."""
+    known = {"module.database.address": SAMPLE_DATABASE_ADDRESS, "module.database.port": "5432",
+             "module.database.database_name": _database_instance()["db_name"]}
+
+    def value(match: re.Match) -> str:
+        reference = match.group(1)
+        if reference.startswith("module.policies."):
+            node = outputs
+            for part in reference.removeprefix("module.policies.").split("."):
+                node = node[part]
+            return node
+        return known[reference]
+
+    return _REFERENCE.sub(value, _handed(chart)["database.url"])
+
+
+def _connect_grants(policy: str) -> list[str]:
+    statements = json.loads(policy)["Statement"]
+    return [s["Resource"] for s in statements if "rds-db:connect" in json.dumps(s["Action"])]
+
+
+@pytest.mark.parametrize("chart", sorted(DATABASE_URLS))
+def test_each_database_url_names_the_user_its_role_may_log_in_as_and_the_migration_makes(chart, policies):
+    roles = _module_calls("environment")
+    role = roles[LOGIN_ROLES[chart]]
+    [policy_output] = re.fullmatch(r"\$\{module\.policies\.(\w+)\}", role["policy"]).groups()
+    sql = _migration_sql()
+    made = {m.lower() for m in re.findall(r"CREATE\s+(?:ROLE|USER)\s+(\w+)", sql, re.I)}
+    iam_users = set().union(*(_names(m.lower()) for m in re.findall(r"GRANT\s+rds_iam\s+TO\s+([\w\s,]+?);", sql, re.I)))
+    for env, outputs in policies.items():
+        url = _database_url(chart, outputs)
+        # The components' own check: a host, a user, no password, TLS.
+        host, port, user = rds_auth.check_url(url)
+        params = psycopg2.extensions.parse_dsn(url)
+        assert (host, port, params["dbname"], params["sslmode"]) == (SAMPLE_DATABASE_ADDRESS, 5432, "rates", "require")
+        # The role that signs the tokens may log in as exactly that user, on this instance.
+        resource_id = SAMPLE_POLICY_INPUTS["database_resource_id"]
+        assert _connect_grants(outputs[policy_output]) == [
+            f"arn:aws:rds-db:eu-west-1:123456789012:dbuser:{resource_id}/{user}"], (env, chart)
+        # The schema migration makes that user and lets it log in with a token.
+        assert user in made, f"{chart}'s URL logs in as {user}, which no migration creates ({sorted(made)})"
+        assert user in iam_users, f"no migration grants rds_iam to {user}"
+        assert user != _database_instance()["username"]  # never the master user
+
+
+def test_the_api_s_database_user_is_read_only_and_apart_from_the_ingest_user(policies):
+    users = {chart: rds_auth.check_url(_database_url(chart, policies["dev"]))[2] for chart in DATABASE_URLS}
+    assert users == {"rates-api": "rates_api", "rates-controller": "rates_ingest"}
+    granted = {}
+    for privileges, grantees in re.findall(r"GRANT\s+([\w\s,]+?)\s+ON\s+.+?\s+TO\s+([\w\s,]+?);", _migration_sql(),
+                                           re.I | re.S):
+        for grantee in _names(grantees.lower()):
+            granted.setdefault(grantee, set()).update(_names(privileges.upper()))
+    assert granted[users["rates-api"]] and granted[users["rates-api"]] <= {"SELECT", "USAGE"}, granted
+    assert "INSERT" in granted[users["rates-controller"]]
+
+
+@pytest.mark.kube  # helm
+def test_the_api_role_trusts_the_service_account_the_api_chart_creates(policies, helm, tmp_path):
+    role = _module_calls("environment")["api_role"]
+    assert (role["trust_policy"], role["policy"]) == ("${module.policies.api_trust_policy}",
+                                                      "${module.policies.api_policy}")
+    for env, outputs in policies.items():
+        docs = _render_handed(helm, "rates-api", env, tmp_path)
+        [account] = [d for d in docs if d["kind"] == "ServiceAccount"]
+        [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+        assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+        assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == \
+            HANDED["rates-api"]["serviceAccount.iamRoleArn"][1]
+        [statement] = json.loads(outputs["api_trust_policy"])["Statement"]
+        subject = statement["Condition"]["StringEquals"][f"{SAMPLE_POLICY_INPUTS['oidc_issuer']}:sub"]
+        assert subject == f"system:serviceaccount:{env}:{account['metadata']['name']}", env
+
+
+def _plain_env(container: dict) -> dict[str, str]:
+    """The container's literal environment; a variable read from a Secret fails the test."""
+    secret = [v["name"] for v in container.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})]
+    assert secret == [], f"{container['name']} still reads {secret} from a Secret"
+    return {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
+
+
+@pytest.mark.kube  # helm
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_pods_log_in_with_the_handed_url_and_only_the_migration_reads_the_secret(env, settings, helm, tmp_path):
+    api_url = HANDED["rates-api"]["database.url"][1]
+    docs = _render_handed(helm, "rates-api", env, tmp_path)
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    api = ApiSettings.from_env(_plain_env(container))
+    assert (api.database_url, api.database_iam_auth) == (api_url, True)
+    # The schema migration keeps the master user's URL from the Secret.
+    [migration] = [d for d in docs if d["kind"] == "Job"]
+    [migrate] = migration["spec"]["template"]["spec"]["containers"]
+    [database_url] = [v for v in migrate["env"] if v["name"] == "DATABASE_URL"]
+    assert database_url["valueFrom"]["secretKeyRef"]["name"] == "rates-database"
+    assert rds_auth.ENV_NAME not in {v["name"] for v in migrate["env"]}
+
+    # The controller writes the Jobs' URL into each Job, which the ingest job then takes.
+    ingest_url = HANDED["rates-controller"]["database.url"][1]
+    docs = _render_handed(helm, "rates-controller", env, tmp_path)
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    controller = ControllerSettings.from_env(container_env(container, namespace=env))
+    job = job_manifest(UploadedObject(bucket="example-rates-dev-prices", key="prices/2016/january.csv",
+                                      version_id=None, etag="abc", size=1), controller.job)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == settings[f"environment/{env}"]["service_accounts"]["ingest_job"]
+    [job_container] = pod["containers"]
+    ingest = IngestSettings.from_env(_plain_env(job_container))
+    assert (ingest.database_url, ingest.database_iam_auth) == (ingest_url, True)
 
 
 def _cpu(quantity) -> float:

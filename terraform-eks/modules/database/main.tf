@@ -101,6 +101,9 @@ resource "aws_db_instance" "this" {
   publicly_accessible    = false
   multi_az               = var.multi_az
 
+  # The API and the ingest Jobs log in as their own users with 15-minute IAM tokens
+  # (rds-db:connect, granted in modules/iam-policies); the master password is the
+  # schema migration's only.
   iam_database_authentication_enabled = true
   backup_retention_period             = var.backup_retention_days
   copy_tags_to_snapshot               = true

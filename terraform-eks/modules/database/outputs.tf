@@ -22,3 +22,13 @@ output "security_group_id" {
   description = "Security group of the database."
   value       = aws_security_group.this.id
 }
+
+output "arn" {
+  description = "ARN of the DB instance: its partition, region and account are those of the rds-db:connect ARNs."
+  value       = aws_db_instance.this.arn
+}
+
+output "resource_id" {
+  description = "The instance's resource id (db-...), which names it in rds-db:connect ARNs (IAM database authentication)."
+  value       = aws_db_instance.this.resource_id
+}

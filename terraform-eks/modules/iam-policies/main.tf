@@ -2,6 +2,7 @@ locals {
   subjects = {
     controller = "system:serviceaccount:${var.namespace}:${var.controller_service_account}"
     ingest_job = "system:serviceaccount:${var.namespace}:${var.ingest_service_account}"
+    api        = "system:serviceaccount:${var.namespace}:${var.api_service_account}"
   }
 
   # Only a token of this exact ServiceAccount, issued for STS, may assume the role.
@@ -20,6 +21,18 @@ locals {
         }
       }]
     })
+  }
+
+  # IAM database authentication: who may log in as which database user. The ARN names the
+  # instance by its resource id, in the instance's own partition, region and account.
+  database_arn = split(":", var.database_arn) # arn, partition, rds, region, account, db, name
+  database_users = {
+    api        = var.api_database_user
+    ingest_job = var.ingest_database_user
+  }
+  database_user_arns = {
+    for key, user in local.database_users :
+    key => "arn:${local.database_arn[1]}:rds-db:${local.database_arn[3]}:${local.database_arn[4]}:dbuser:${var.database_resource_id}/${user}"
   }
 
   # Exactly the calls in controller/rates_controller/queue.py. DeleteMessageBatch is
@@ -76,6 +89,26 @@ locals {
         Effect   = "Allow"
         Action   = "kms:Decrypt"
         Resource = var.bucket_kms_key_arn
+      },
+      {
+        Sid      = "ConnectAsIngestUser"
+        Effect   = "Allow"
+        Action   = "rds-db:connect"
+        Resource = local.database_user_arns.ingest_job
+      },
+    ]
+  })
+
+  # The API's only use of AWS: a token (generate_db_auth_token, signed in the pod) to log
+  # in to PostgreSQL as its read-only user. RDS checks rds-db:connect at login.
+  api_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "ConnectAsApiUser"
+        Effect   = "Allow"
+        Action   = "rds-db:connect"
+        Resource = local.database_user_arns.api
       },
     ]
   })

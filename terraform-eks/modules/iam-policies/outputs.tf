@@ -14,8 +14,23 @@ output "ingest_job_trust_policy" {
 }
 
 output "ingest_job_policy" {
-  description = "Permissions of an ingest Job: read price files under the prefix."
+  description = "Permissions of an ingest Job: read price files under the prefix, log in to the database as ingest_database_user."
   value       = local.ingest_job_policy
+}
+
+output "api_trust_policy" {
+  description = "Trust policy of the API's role: its ServiceAccount only."
+  value       = local.trust.api
+}
+
+output "api_policy" {
+  description = "Permissions of the API: log in to the database as api_database_user, nothing else."
+  value       = local.api_policy
+}
+
+output "database_users" {
+  description = "PostgreSQL users the API (api) and the ingest Jobs (ingest_job) may log in as, for their database URLs."
+  value       = local.database_users
 }
 
 output "service_account_subjects" {

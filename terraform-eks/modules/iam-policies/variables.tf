@@ -40,6 +40,63 @@ variable "ingest_service_account" {
   default     = "rates-ingest"
 }
 
+variable "api_service_account" {
+  description = "ServiceAccount the API runs as: the rates-api chart's full name (the release name \"rates-api\" gives \"rates-api\")."
+  type        = string
+  default     = "rates-api"
+}
+
+variable "database_arn" {
+  description = "ARN of the DB instance (arn:PARTITION:rds:REGION:ACCOUNT:db:NAME): the rds-db:connect grants are in its partition, region and account."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:rds:[a-z0-9-]+:[0-9]{12}:db:[a-z][a-z0-9-]*$", var.database_arn))
+    error_message = "database_arn must be an RDS DB instance ARN, arn:aws:rds:REGION:ACCOUNT:db:NAME."
+  }
+}
+
+variable "database_resource_id" {
+  description = "Resource id of the DB instance (\"db-\" and upper-case letters and digits, not its name): rds-db:connect ARNs name the instance by it."
+  type        = string
+
+  validation {
+    condition     = can(regex("^db-[A-Z0-9]+$", var.database_resource_id))
+    error_message = "database_resource_id must be the instance's resource id, db- followed by upper-case letters and digits (not its identifier)."
+  }
+}
+
+# The users the schema migration creates and grants rds_iam (a user with rds_iam can no
+# longer log in with a password, hence never the master user, which the migration uses).
+# IAM compares the name in the token with the one in the ARN as written: lower case, as
+# PostgreSQL folds an unquoted name.
+variable "api_database_user" {
+  description = "PostgreSQL user the API logs in as with an IAM token (read-only; made by the schema migration)."
+  type        = string
+  default     = "rates_api"
+
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_]{0,62}$", var.api_database_user)) && !can(regex("^(pg_|rds)", var.api_database_user)) && var.api_database_user != "rates_admin"
+    error_message = "api_database_user must be a lower-case PostgreSQL identifier of at most 63 characters, not pg_* or rds*, and not the master user rates_admin."
+  }
+}
+
+variable "ingest_database_user" {
+  description = "PostgreSQL user the ingest Jobs log in as with an IAM token (loads files; made by the schema migration)."
+  type        = string
+  default     = "rates_ingest"
+
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_]{0,62}$", var.ingest_database_user)) && !can(regex("^(pg_|rds)", var.ingest_database_user)) && var.ingest_database_user != "rates_admin"
+    error_message = "ingest_database_user must be a lower-case PostgreSQL identifier of at most 63 characters, not pg_* or rds*, and not the master user rates_admin."
+  }
+
+  validation {
+    condition     = var.ingest_database_user != var.api_database_user
+    error_message = "The API and the ingest Jobs need different database users: the API's is read-only."
+  }
+}
+
 variable "bucket_arn" {
   description = "ARN of the prices bucket."
   type        = string

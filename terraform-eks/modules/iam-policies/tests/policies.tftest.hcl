@@ -10,6 +10,8 @@ variables {
   bucket_kms_key_arn    = "arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555"
   queue_arn             = "arn:aws:sqs:eu-west-1:123456789012:acme-rates-staging-prices-uploads"
   dead_letter_queue_arn = "arn:aws:sqs:eu-west-1:123456789012:acme-rates-staging-prices-dead-letter"
+  database_arn          = "arn:aws:rds:eu-west-1:123456789012:db:rates-staging"
+  database_resource_id  = "db-ABCDEFGHIJKLMNOPQRSTUVWXY0"
 }
 
 run "roles_trust_only_their_service_account" {
@@ -26,8 +28,13 @@ run "roles_trust_only_their_service_account" {
   }
 
   assert {
+    condition     = jsondecode(output.api_trust_policy).Statement[0].Condition.StringEquals["oidc.eks.eu-west-1.amazonaws.com/id/ABC123:sub"] == "system:serviceaccount:staging:rates-api"
+    error_message = "The API's role must trust only staging's rates-api ServiceAccount."
+  }
+
+  assert {
     condition = alltrue([
-      for doc in [output.controller_trust_policy, output.ingest_job_trust_policy] :
+      for doc in [output.controller_trust_policy, output.ingest_job_trust_policy, output.api_trust_policy] :
       jsondecode(doc).Statement[0].Condition.StringEquals["oidc.eks.eu-west-1.amazonaws.com/id/ABC123:aud"] == "sts.amazonaws.com"
       && jsondecode(doc).Statement[0].Principal.Federated == var.oidc_provider_arn
       && length(jsondecode(doc).Statement) == 1
@@ -62,8 +69,26 @@ run "ingest_job_reads_only_under_the_prefix" {
       TellMissingFromForbidden   = "arn:aws:s3:::acme-rates-staging-prices"
       ListVersionsUnderThePrefix = "arn:aws:s3:::acme-rates-staging-prices"
       DecryptPriceFiles          = var.bucket_kms_key_arn
+      ConnectAsIngestUser        = "arn:aws:rds-db:eu-west-1:123456789012:dbuser:db-ABCDEFGHIJKLMNOPQRSTUVWXY0/rates_ingest"
     })
-    error_message = "The ingest job reads objects under prices/, lists that prefix and decrypts with the bucket's key only."
+    error_message = "The ingest job reads objects under prices/, lists that prefix, decrypts with the bucket's key and logs in to the database, on nothing else."
+  }
+
+  assert {
+    condition = jsonencode([
+      for s in jsondecode(output.ingest_job_policy).Statement : s if contains(flatten([s.Action]), "rds-db:connect")
+      ]) == jsonencode([{
+        Sid      = "ConnectAsIngestUser"
+        Effect   = "Allow"
+        Action   = "rds-db:connect"
+        Resource = "arn:aws:rds-db:eu-west-1:123456789012:dbuser:db-ABCDEFGHIJKLMNOPQRSTUVWXY0/rates_ingest"
+    }])
+    error_message = "The ingest job may log in as rates_ingest on this instance only: one statement, rds-db:connect, no condition."
+  }
+
+  assert {
+    condition     = length([for s in jsondecode(output.ingest_job_policy).Statement : s if anytrue([for a in flatten([s.Action]) : startswith(a, "rds")]) && s.Sid != "ConnectAsIngestUser"]) == 0
+    error_message = "No other statement of the ingest job's grants an RDS action."
   }
 
   assert {
@@ -79,6 +104,55 @@ run "ingest_job_reads_only_under_the_prefix" {
   assert {
     condition     = !strcontains(output.ingest_job_policy, "Put") && !strcontains(output.ingest_job_policy, "Delete") && !strcontains(output.ingest_job_policy, "\"*\"")
     error_message = "The ingest job never writes or deletes, and has no wildcard resource."
+  }
+}
+
+run "api_may_only_connect_as_its_database_user" {
+  command = plan
+
+  assert {
+    # The whole document: one statement, so nothing else is granted.
+    condition = jsonencode(jsondecode(output.api_policy)) == jsonencode({
+      Version = "2012-10-17"
+      Statement = [{
+        Sid      = "ConnectAsApiUser"
+        Effect   = "Allow"
+        Action   = "rds-db:connect"
+        Resource = "arn:aws:rds-db:eu-west-1:123456789012:dbuser:db-ABCDEFGHIJKLMNOPQRSTUVWXY0/rates_api"
+      }]
+    })
+    error_message = "The API may log in to this instance as rates_api, and do nothing else."
+  }
+
+  assert {
+    condition     = jsonencode(output.database_users) == jsonencode({ api = "rates_api", ingest_job = "rates_ingest" })
+    error_message = "The database users are the schema migration's: rates_api and rates_ingest."
+  }
+}
+
+run "database_grants_follow_the_instance_and_the_users" {
+  command = plan
+
+  variables {
+    database_arn         = "arn:aws-cn:rds:cn-north-1:210987654321:db:rates-prod"
+    database_resource_id = "db-Z9Y8X7W6V5"
+    api_database_user    = "reader"
+    ingest_database_user = "loader"
+  }
+
+  assert {
+    condition     = jsondecode(output.api_policy).Statement[0].Resource == "arn:aws-cn:rds-db:cn-north-1:210987654321:dbuser:db-Z9Y8X7W6V5/reader"
+    error_message = "The API's grant is in the instance's partition, region and account, for the API's user."
+  }
+
+  assert {
+    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : s.Resource if s.Sid == "ConnectAsIngestUser"][0] == "arn:aws-cn:rds-db:cn-north-1:210987654321:dbuser:db-Z9Y8X7W6V5/loader"
+    error_message = "The ingest job's grant is in the instance's partition, region and account, for the ingest user."
+  }
+
+  assert {
+    condition     = jsonencode(output.database_users) == jsonencode({ api = "reader", ingest_job = "loader" })
+    error_message = "database_users hands on the users the grants name."
   }
 }
 
@@ -113,4 +187,55 @@ run "issuer_without_scheme" {
   }
 
   expect_failures = [var.oidc_issuer]
+}
+
+run "resource_id_is_not_the_instance_name" {
+  command = plan
+
+  variables {
+    database_resource_id = "rates-staging"
+  }
+
+  expect_failures = [var.database_resource_id]
+}
+
+run "database_arn_is_an_instance_arn" {
+  command = plan
+
+  variables {
+    database_arn = "arn:aws:rds:eu-west-1:123456789012:cluster:rates-staging"
+  }
+
+  expect_failures = [var.database_arn]
+}
+
+run "database_user_must_be_a_plain_lower_case_name" {
+  command = plan
+
+  variables {
+    api_database_user = "Rates-API"
+  }
+
+  expect_failures = [var.api_database_user]
+}
+
+run "database_user_is_never_the_master_user" {
+  command = plan
+
+  variables {
+    ingest_database_user = "rates_admin"
+  }
+
+  expect_failures = [var.ingest_database_user]
+}
+
+run "api_and_ingest_job_have_different_users" {
+  command = plan
+
+  variables {
+    api_database_user    = "rates_ingest"
+    ingest_database_user = "rates_ingest"
+  }
+
+  expect_failures = [var.ingest_database_user]
 }
