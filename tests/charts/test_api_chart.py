@@ -27,7 +27,7 @@ from rates_api.settings import Settings
 from rates_core import migrate
 from tests.support.kube import gone, kubeconform
 from tests.support.local_node import LocalNode
-from tests.support.netpol import address, connection_allowed, egress_allowed, ingress_allowed, pod_of
+from tests.support.netpol import address, connection_allowed, egress_allowed, ingress_allowed, pod_of, selects
 from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.kube
@@ -476,7 +476,7 @@ def test_network_policies_select_the_api_and_migration_pods(render, env):
     expected = {"rates-api": {"api"}, "rates-api-migrate": {"migrations"}}
     for p in policies:
         selected = {c for c, template in templates.items()
-                    if p["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()}
+                    if selects(p["spec"]["podSelector"], template["metadata"]["labels"])}
         assert selected == expected[p["metadata"]["name"]], p["metadata"]["name"]
     # The helm test pod must reach the API through its Service: nothing confines it.
     assert egress_allowed(policies, pods["test"], address("203.0.113.7"), 8443)

@@ -36,7 +36,7 @@ from rates_controller.settings import JobSettings, Settings
 from tests.support.uploads import ingest_jobs
 from tests.support.kube import gone, kubeconform
 from tests.support.net import free_port, wait_for_http
-from tests.support.netpol import Pod, address, connection_allowed, egress_allowed, ingress_allowed, pod_of
+from tests.support.netpol import Pod, address, connection_allowed, egress_allowed, ingress_allowed, pod_of, selects
 from tests.support.poll import wait_for
 from tests.support.proc import stop_process
 
@@ -483,7 +483,7 @@ def test_the_network_policies_select_the_controller_and_its_jobs(helm, environme
     for name, p in policies.items():
         assert p["metadata"]["namespace"] == "rates"
         selected = {who for who, template in templates.items()
-                    if p["spec"]["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()}
+                    if selects(p["spec"]["podSelector"], template["metadata"]["labels"])}
         assert selected == expected[name], name
         labels = p["metadata"]["labels"]
         assert labels["helm.sh/chart"] == CHART_LABEL and labels["app.kubernetes.io/instance"] == RELEASE

@@ -141,5 +141,6 @@ def ingress_allowed(policies: list[dict], destination: Pod, source: Pod, port: i
 
 def connection_allowed(policies: list[dict], source: Pod, destination: Pod, port: int, protocol: str = "TCP") -> bool:
     """Both ends agree: the source's egress and the destination's ingress."""
+    # An address outside the cluster (labels None) is selected by no policy: its side agrees.
     return egress_allowed(policies, source, destination, port, protocol) and \
-        (destination.labels is None or ingress_allowed(policies, destination, source, port, protocol))
+        ingress_allowed(policies, destination, source, port, protocol)
