@@ -23,6 +23,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from rates_api import create_app
 from rates_api.settings import Settings
 from rates_core import migrate
 from tests.support.kube import gone, kubeconform
@@ -423,6 +424,17 @@ def test_ingress_annotations(render):
     sa = one(render(None, *sets("serviceAccount.iamRoleArn=arn:aws:iam::123456789012:role/rates-api")),
              "ServiceAccount")
     assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/rates-api"}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_load_balancer_forwards_the_public_routes_only(render, env):
+    app = create_app(Settings.from_env({"DATABASE_URL": DUMMY_DSN}))  # the pool opens on first use only
+    routes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    internal = {"/metrics", "/healthz", "/readyz"}
+    assert internal < routes
+    for rule in one(render(env), "Ingress")["spec"]["rules"]:
+        assert {p["path"] for p in rule["http"]["paths"]} == routes - internal
+        assert {p["pathType"] for p in rule["http"]["paths"]} == {"Exact"}
 
 
 def test_environments_differ_where_they_should(render):
