@@ -156,6 +156,8 @@ class Pool:
                 if self._pool is None:
                     self._pool = _ThreadedPool(self.size, self._password, **self._connect_args)
                 return self._pool, self._live_connection(self._pool)
+            except PoolExhausted:
+                raise  # busy, not unreachable: the next checkout may find a connection free
             except (psycopg2.OperationalError, TemporaryError) as exc:  # unreachable, or no IAM token
                 self._failed_at, self._failure = time.monotonic(), str(exc).strip()
                 raise

@@ -78,12 +78,17 @@ def password_source(dsn: str, iam_auth: bool) -> Callable[[], str] | None:
     return token_source(dsn) if iam_auth else None
 
 
-def token_source(dsn: str, client_factory: Callable | None = None) -> Callable[[], str]:
+# IRSA's credentials come from STS on first use and at each hourly refresh, and a token is
+# asked for under the connection pool's lock: a silent STS must fail in seconds, not after
+# botocore's default 60 s timeouts, tried 3 times.
+_STS_CLIENT_CONFIG = {"connect_timeout": 2, "read_timeout": 3, "retries": {"max_attempts": 2, "mode": "standard"}}
+
+
+def token_source(dsn: str) -> Callable[[], str]:
     """A callable returning a new token for the DSN's host, port and user.
 
-    The boto3 client is made on first use, in the process that connects (gunicorn
-    forks workers after the app is configured). ``client_factory`` makes it; tests
-    pass one with an endpoint or credentials of their own.
+    The client is made on first use, in the process that connects (gunicorn forks
+    workers after the app is configured).
     """
     host, port, user = check_url(dsn)
     lock = threading.Lock()
@@ -92,14 +97,14 @@ def token_source(dsn: str, client_factory: Callable | None = None) -> Callable[[
     def client():
         with lock:
             if not clients:
-                if client_factory is not None:
-                    clients.append(client_factory())
-                else:
-                    import boto3  # only where IAM authentication is used
+                import botocore.config  # only where IAM authentication is used
+                import botocore.session
 
-                    # A session of its own: boto3's default one keeps the credentials
-                    # it first found for the life of the process.
-                    clients.append(boto3.session.Session().client("rds", region_name=_region(os.environ)))
+                session = botocore.session.Session()
+                # Applies to every client the session makes, the STS client of its
+                # credential provider included.
+                session.set_default_client_config(botocore.config.Config(**_STS_CLIENT_CONFIG))
+                clients.append(session.create_client("rds", region_name=_region(os.environ)))
             return clients[0]
 
     def token() -> str:
@@ -107,9 +112,9 @@ def token_source(dsn: str, client_factory: Callable | None = None) -> Callable[[
 
         try:
             return client().generate_db_auth_token(DBHostname=host, Port=port, DBUsername=user)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            # Credentials come from STS (IRSA) on first use and at each refresh: an
-            # outage there passes, and a pod without a role keeps saying why.
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+            # STS unavailable, no role (no credentials), or IRSA's token file missing or
+            # unreadable: not the database's fault, and a retry may find it fixed.
             raise TemporaryError(f"no RDS IAM token for {user}@{host}: {exc}") from exc
 
     return token

@@ -1,14 +1,14 @@
 """rates_core.db.Pool against a real server, and against one that never answers."""
 
-import socket
 import threading
 
 import psycopg2
 import pytest
 from psycopg2 import sql
 
-from rates_core.db import Pool
+from rates_core.db import Pool, PoolExhausted
 from rates_core.errors import TemporaryError
+from tests.support.net import SilentServer
 from tests.support.poll import wait_for
 
 APP = "pool-test"
@@ -83,32 +83,6 @@ def _pid_or_none(pool: Pool) -> int | None:
         return None
 
 
-class SilentServer:
-    """A TCP listener that accepts connections and never says a word: a hung database."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                self.accepted.append(self.sock.accept()[0])
-            except OSError:
-                return
-
-    def close(self):
-        # shutdown() wakes the thread blocked in accept(); close() alone would not.
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self._thread.join(5)
-        for peer in self.accepted:
-            peer.close()
-
-
 @pytest.fixture
 def silent():
     server = SilentServer()
@@ -171,4 +145,17 @@ def test_returning_a_connection_after_the_pool_closed_does_not_raise(dsn):
     # psycopg2's putconn() on a closed pool raises PoolError, which a request would turn into a 500.
     pool = Pool(dsn, size=1, application_name=APP, statement_timeout_ms=0)
     with pool.connection():
+        pool.close()
+
+
+def test_a_pool_that_was_merely_busy_lends_again_at_once(dsn):
+    # Exhaustion is not an outage: the next checkout must not answer "unreachable".
+    pool = Pool(dsn, size=1, application_name=APP, statement_timeout_ms=0, retry_after_s=60)
+    try:
+        with pool.connection():
+            with pytest.raises(PoolExhausted):
+                with pool.connection():
+                    pass
+        assert _select_pid(pool)
+    finally:
         pool.close()

@@ -11,6 +11,7 @@ from rates_core.env import ConfigError, env_bool
 from rates_core.errors import TemporaryError
 from tests.support.aws import without_credentials
 from tests.support.db import as_user
+from tests.support.net import SilentServer
 
 IAM_URL = "postgresql://rates_api@rates.abc123.eu-west-1.rds.amazonaws.com:5432/rates?sslmode=require"
 PROBE = "rates_password_probe"
@@ -25,6 +26,34 @@ def test_a_token_is_a_presigned_connect_for_the_urls_host_port_and_user(aws_env)
     assert params["X-Amz-Credential"][0].startswith("testing/") and "/eu-west-1/rds-db/aws4_request" in \
         params["X-Amz-Credential"][0]
     assert params["X-Amz-Expires"] == ["900"] and params["X-Amz-Signature"][0]
+
+
+def _web_identity(aws_env, token_file) -> None:
+    """IRSA's environment, as EKS's webhook sets it, and no static credentials."""
+    without_credentials(aws_env)
+    aws_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/rates-prod-api")
+    aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+
+
+def test_a_missing_irsa_token_file_is_no_token_and_a_retry_may_help(aws_env, tmp_path):
+    _web_identity(aws_env, tmp_path / "no-such-token")
+    with pytest.raises(TemporaryError, match="no RDS IAM token for rates_api@.*no-such-token"):
+        rds_auth.token_source(IAM_URL)()
+
+
+@pytest.mark.timeout(60)  # botocore's defaults would hang for 3 minutes
+def test_a_silent_sts_gives_up_in_seconds(aws_env, tmp_path):
+    # The token is asked for under the pool's lock: every other request waits meanwhile.
+    (tmp_path / "token").write_text("eyJ.a.b")
+    _web_identity(aws_env, tmp_path / "token")
+    sts = SilentServer()
+    try:
+        aws_env.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{sts.port}")
+        with pytest.raises(TemporaryError, match="no RDS IAM token for rates_api@"):
+            rds_auth.token_source(IAM_URL)()
+        assert sts.accepted  # it did ask STS
+    finally:
+        sts.close()
 
 
 def test_without_credentials_there_is_no_token_and_a_retry_may_help(aws_env):
@@ -120,7 +149,8 @@ def test_the_pool_asks_for_a_new_password_for_every_connection_it_opens(password
         _set_password(password_checked, "second")
         current["password"] = "second"
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            # With a timeout it returns once the backend is gone, not when it was signalled.
+            cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
         with pool.connection() as lent, lent.cursor() as cur:
             cur.execute("SELECT pg_backend_pid()")
             assert cur.fetchone()[0] != pid

@@ -1,6 +1,7 @@
 """Small networking helpers for tests that run real servers on loopback."""
 
 import socket
+import threading
 import time
 
 import requests
@@ -34,3 +35,29 @@ def wait_for_http(url: str, status: int = 200, timeout: float = 30.0, process=No
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer {status} within {timeout}s")
+
+
+class SilentServer:
+    """A TCP listener that accepts connections and never says a word: a hung database."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        # shutdown() wakes the thread blocked in accept(); close() alone would not.
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(5)
+        for peer in self.accepted:
+            peer.close()
