@@ -39,7 +39,6 @@ def test_the_users_can_log_in_with_no_password_and_no_power(conn):
         "SELECT count(*) FROM prices",
         "SELECT count(*) FROM ingest_runs",
         "UPDATE ports SET name = name",
-        "CREATE TABLE mine (x int)",
     )),
     *((INGEST_USER, statement) for statement in (
         "UPDATE ports SET name = name",
@@ -49,7 +48,10 @@ def test_the_users_can_log_in_with_no_password_and_no_power(conn):
         "DELETE FROM ingest_runs",
         "ALTER TABLE prices ADD COLUMN x int",
         "DROP TABLE lane_totals",
-        "CREATE TABLE mine (x int)",
+        # the totals follow prices only: the trigger writes them as the schema's owner
+        "DELETE FROM lane_totals",
+        "INSERT INTO region_totals VALUES ('asia', 'europe', '2016-01-01', 1, 1)",
+        "UPDATE data_version SET version = 0",
     )),
 ])
 def test_each_user_is_refused_what_it_does_not_need(world, dsn, user, statement):

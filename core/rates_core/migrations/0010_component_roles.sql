@@ -29,11 +29,14 @@ GRANT USAGE ON SCHEMA public TO rates_api, rates_ingest;
 GRANT SELECT ON regions, ports, lane_totals, region_totals, data_version TO rates_api;
 
 -- The ingest job validates codes against ports, records files and runs, and writes and
--- deletes (on replacement) a file's prices. The prices triggers run as the loading user,
--- so it also keeps the totals and data_version; it never changes ports or regions.
+-- deletes (on replacement) a file's prices; it never changes ports or regions.
 GRANT SELECT ON ports TO rates_ingest;
 GRANT SELECT, INSERT, DELETE ON prices TO rates_ingest;
 GRANT SELECT, INSERT, UPDATE ON ingest_files, ingest_runs TO rates_ingest;
 GRANT USAGE ON SEQUENCE ingest_files_id_seq, ingest_runs_id_seq TO rates_ingest;
-GRANT SELECT, INSERT, UPDATE, DELETE ON lane_totals, region_totals TO rates_ingest;
-GRANT SELECT, UPDATE ON data_version TO rates_ingest;
+
+-- The prices trigger keeps the totals and data_version as the schema's owner, so the
+-- ingest job has no right on them: it can change what the API serves only through
+-- prices, the way the totals follow. A definer's function gets a fixed search_path, with
+-- pg_temp last, so that no caller's temporary table can stand in for one of its tables.
+ALTER FUNCTION rates_prices_changed() SECURITY DEFINER SET search_path = public, pg_temp;
