@@ -14,7 +14,7 @@ from typing import Iterator
 import psycopg2
 
 from tests.ingest.conftest import ROWS, as_csv, last_run, run_job, runs
-from tests.support.db import lock_waiters
+from tests.support.db import INGEST_USER, as_user, lock_waiters
 from tests.support.faults import CuttingProxy
 from tests.support.poll import wait_for
 
@@ -31,7 +31,7 @@ def job_held_inside_copy(dsn, conn, s3, key: str) -> Iterator[tuple[subprocess.P
     blocker = psycopg2.connect(dsn)
     blocker.cursor().execute("SELECT version FROM data_version FOR UPDATE")
     job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", key],
-                           env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                           env={**os.environ, "DATABASE_URL": as_user(dsn, INGEST_USER)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: lock_waiters(conn, application_name="rates-ingest", query_prefix="COPY prices"),
                  timeout=60, interval=0.05, what="the loader to wait inside its COPY")
@@ -123,7 +123,7 @@ def _terminated_while(dsn, conn, s3, wait_until, env=None, then=lambda: None) ->
     (exit code, output)."""
     s3.put("p.csv", as_csv(ROWS))
     job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"],
-                           env={**os.environ, "DATABASE_URL": dsn, **(env or {})}, stdout=subprocess.PIPE,
+                           env={**os.environ, "DATABASE_URL": as_user(dsn, INGEST_USER), **(env or {})}, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(wait_until, timeout=30, interval=0.05, what="the job to reach the point of the test")
@@ -232,7 +232,7 @@ def test_sigterm_once_the_load_commits_records_it_as_loaded(db, s3):
     dsn, conn = db
     s3.put("p.csv", as_csv(ROWS))
     result = subprocess.run([sys.executable, "-c", _SIGTERM_AFTER_COMMIT, "--bucket", s3.name, "--key", "p.csv"],
-                            env={**os.environ, "DATABASE_URL": dsn}, capture_output=True, text=True, timeout=60)
+                            env={**os.environ, "DATABASE_URL": as_user(dsn, INGEST_USER)}, capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 0, result.stdout + result.stderr
     run = last_run(conn)

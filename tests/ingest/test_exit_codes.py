@@ -10,7 +10,7 @@ import psycopg2
 from rates_ingest.runs import ABANDONED, RunLog
 from rates_ingest.s3source import ObjectRef
 from tests.ingest.conftest import ROWS, as_csv, as_tuples, last_run, prices, run_cli, run_job, runs
-from tests.support.db import lock_waiters, sessions
+from tests.support.db import INGEST_USER, as_user, lock_waiters, sessions
 from tests.support.net import free_port
 from tests.support.poll import wait_for
 
@@ -124,7 +124,7 @@ def test_a_database_error_outside_the_copy_is_not_blamed_on_the_file(db, s3):
 
     dsn, conn = db
     s3.put("p.csv", as_csv(ROWS))
-    code = job.run(Settings(database_url=dsn, bucket=s3.name, key="p.csv", work_mem="1kB"))
+    code = job.run(Settings(database_url=as_user(dsn, INGEST_USER), bucket=s3.name, key="p.csv", work_mem="1kB"))
     run = last_run(conn)
     assert code == 1 and run["status"] == "failed" and "work_mem" in run["error"]
 

@@ -8,6 +8,7 @@ import pytest
 
 from rates_ingest import s3source
 from tests.ingest.conftest import encode, expected_totals, last_run, prices, run_job, totals
+from tests.support.db import INGEST_USER, as_user
 from tests.support.faults import CuttingProxy
 from tests.support.world import PORTS
 
@@ -88,4 +89,4 @@ def run_job_through(client, dsn, bucket, key) -> int:
     from rates_ingest import job
     from rates_ingest.settings import Settings
 
-    return job.run(Settings(database_url=dsn, bucket=bucket, key=key), s3=client)
+    return job.run(Settings(database_url=as_user(dsn, INGEST_USER), bucket=bucket, key=key), s3=client)
