@@ -26,9 +26,12 @@ locals {
   # IAM database authentication: who may log in as which database user. The ARN names the
   # instance by its resource id, in the instance's own partition, region and account.
   database_arn = split(":", var.database_arn) # arn, partition, rds, region, account, db, name
+  # The users schema migration 0010 makes and grants rds_iam, named as it names them:
+  # IAM compares the name in the token with the ARN's as written, and PostgreSQL folds an
+  # unquoted name to lower case. Not variables: only the migration's names can log in.
   database_users = {
-    api        = var.api_database_user
-    ingest_job = var.ingest_database_user
+    api        = "rates_api"
+    ingest_job = "rates_ingest"
   }
   database_user_arns = {
     for key, user in local.database_users :

@@ -14,7 +14,7 @@ output "ingest_job_trust_policy" {
 }
 
 output "ingest_job_policy" {
-  description = "Permissions of an ingest Job: read price files under the prefix, log in to the database as ingest_database_user."
+  description = "Permissions of an ingest Job: read price files under the prefix, log in to the database as rates_ingest."
   value       = local.ingest_job_policy
 }
 
@@ -24,7 +24,7 @@ output "api_trust_policy" {
 }
 
 output "api_policy" {
-  description = "Permissions of the API: log in to the database as api_database_user, nothing else."
+  description = "Permissions of the API: log in to the database as rates_api, nothing else."
   value       = local.api_policy
 }
 

@@ -66,37 +66,6 @@ variable "database_resource_id" {
   }
 }
 
-# The users the schema migration creates and grants rds_iam (a user with rds_iam can no
-# longer log in with a password, hence never the master user, which the migration uses).
-# IAM compares the name in the token with the one in the ARN as written: lower case, as
-# PostgreSQL folds an unquoted name.
-variable "api_database_user" {
-  description = "PostgreSQL user the API logs in as with an IAM token (read-only; made by the schema migration)."
-  type        = string
-  default     = "rates_api"
-
-  validation {
-    condition     = can(regex("^[a-z_][a-z0-9_]{0,62}$", var.api_database_user)) && !can(regex("^(pg_|rds)", var.api_database_user)) && var.api_database_user != "rates_admin"
-    error_message = "api_database_user must be a lower-case PostgreSQL identifier of at most 63 characters, not pg_* or rds*, and not the master user rates_admin."
-  }
-}
-
-variable "ingest_database_user" {
-  description = "PostgreSQL user the ingest Jobs log in as with an IAM token (loads files; made by the schema migration)."
-  type        = string
-  default     = "rates_ingest"
-
-  validation {
-    condition     = can(regex("^[a-z_][a-z0-9_]{0,62}$", var.ingest_database_user)) && !can(regex("^(pg_|rds)", var.ingest_database_user)) && var.ingest_database_user != "rates_admin"
-    error_message = "ingest_database_user must be a lower-case PostgreSQL identifier of at most 63 characters, not pg_* or rds*, and not the master user rates_admin."
-  }
-
-  validation {
-    condition     = var.ingest_database_user != var.api_database_user
-    error_message = "The API and the ingest Jobs need different database users: the API's is read-only."
-  }
-}
-
 variable "bucket_arn" {
   description = "ARN of the prices bucket."
   type        = string

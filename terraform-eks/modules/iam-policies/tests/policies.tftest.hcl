@@ -130,30 +130,24 @@ run "api_may_only_connect_as_its_database_user" {
   }
 }
 
-run "database_grants_follow_the_instance_and_the_users" {
+run "database_grants_follow_the_instance" {
   command = plan
 
   variables {
     database_arn         = "arn:aws-cn:rds:cn-north-1:210987654321:db:rates-prod"
     database_resource_id = "db-Z9Y8X7W6V5"
-    api_database_user    = "reader"
-    ingest_database_user = "loader"
   }
 
   assert {
-    condition     = jsondecode(output.api_policy).Statement[0].Resource == "arn:aws-cn:rds-db:cn-north-1:210987654321:dbuser:db-Z9Y8X7W6V5/reader"
+    condition     = jsondecode(output.api_policy).Statement[0].Resource == "arn:aws-cn:rds-db:cn-north-1:210987654321:dbuser:db-Z9Y8X7W6V5/rates_api"
     error_message = "The API's grant is in the instance's partition, region and account, for the API's user."
   }
 
   assert {
-    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : s.Resource if s.Sid == "ConnectAsIngestUser"][0] == "arn:aws-cn:rds-db:cn-north-1:210987654321:dbuser:db-Z9Y8X7W6V5/loader"
+    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : s.Resource if s.Sid == "ConnectAsIngestUser"][0] == "arn:aws-cn:rds-db:cn-north-1:210987654321:dbuser:db-Z9Y8X7W6V5/rates_ingest"
     error_message = "The ingest job's grant is in the instance's partition, region and account, for the ingest user."
   }
 
-  assert {
-    condition     = jsonencode(output.database_users) == jsonencode({ api = "reader", ingest_job = "loader" })
-    error_message = "database_users hands on the users the grants name."
-  }
 }
 
 run "whole_bucket_when_no_prefix" {
@@ -207,35 +201,4 @@ run "database_arn_is_an_instance_arn" {
   }
 
   expect_failures = [var.database_arn]
-}
-
-run "database_user_must_be_a_plain_lower_case_name" {
-  command = plan
-
-  variables {
-    api_database_user = "Rates-API"
-  }
-
-  expect_failures = [var.api_database_user]
-}
-
-run "database_user_is_never_the_master_user" {
-  command = plan
-
-  variables {
-    ingest_database_user = "rates_admin"
-  }
-
-  expect_failures = [var.ingest_database_user]
-}
-
-run "api_and_ingest_job_have_different_users" {
-  command = plan
-
-  variables {
-    api_database_user    = "rates_ingest"
-    ingest_database_user = "rates_ingest"
-  }
-
-  expect_failures = [var.ingest_database_user]
 }
