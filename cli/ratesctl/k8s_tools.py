@@ -1,6 +1,6 @@
 """Pinned tools: the Kubernetes set the tests use (etcd, kube-apiserver,
 kube-controller-manager, kubectl, helm, kubeconform) and the infrastructure set (terraform,
-tflint, skaffold).
+tflint, skaffold, promtool).
 
 Versions are pinned in ``versions.json`` at the repository root. ``resolve_tools()`` and
 ``ensure_tools()`` provide ``ALL_TOOLS`` (the Kubernetes set, what the test control plane
@@ -55,8 +55,9 @@ VERSIONS_FILE = REPO_ROOT / "versions.json"
 KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kubectl")
 # What ensure_tools() provides by default: the test control plane and the chart tests.
 ALL_TOOLS = ("etcd", *KUBE_TOOLS, "helm", "kubeconform")
-# Provided only when asked for by name (terraform, its linter, local development).
-INFRA_TOOLS = ("terraform", "tflint", "skaffold")
+# Provided only when asked for by name (terraform, its linter, local development, the
+# charts' alerting rules).
+INFRA_TOOLS = ("terraform", "tflint", "skaffold", "promtool")
 KNOWN_TOOLS = (*ALL_TOOLS, *INFRA_TOOLS)
 
 
@@ -107,6 +108,7 @@ _VERSION_ARGS = {
     "terraform": ["version"],
     "tflint": ["--version"],
     "skaffold": ["version"],
+    "promtool": ["--version"],
 }
 
 # The first x.y.z anywhere, unless the tool's own line is known; those keep a pre-release
@@ -115,6 +117,7 @@ _VERSION_PATTERNS = {
     "terraform": r"^Terraform v(\d+\.\d+\.\d+(?:-\S+)?)$",
     "tflint": r"^TFLint version (\d+\.\d+\.\d+(?:-\S+)?)$",
     "skaffold": r"^v(\d+\.\d+\.\d+(?:-\S+)?)$",
+    "promtool": r"^promtool, version (\d+\.\d+\.\d+(?:-\S+)?) ",
 }
 
 # Asking for the version must not phone home (there is no internet here, and it would be
@@ -425,6 +428,17 @@ def _build_group(group: str, versions: dict[str, str], builder: _Builder, outdir
             ldflags=[f"-X {module}/pkg/skaffold/version.version=v{version}",
                      f"-X {module}/pkg/skaffold/version.buildDate=1970-01-01T00:00:00Z"],
             replaces=module_replaces(gomod), godebug=_godebug(gomod),
+        )
+    elif group == "promtool":
+        # Prometheus 3.x.y is the Go module's v0.3xx.y; its version is prometheus/common's.
+        major, minor, patch = version.split(".")
+        if major != "3":
+            raise ToolsUnavailable(f"promtool {version}: only Prometheus 3.x maps to a Go module version here")
+        builder.build(
+            "github.com/prometheus/prometheus", f"v0.{300 + int(minor)}.{patch}",
+            {"promtool": "github.com/prometheus/prometheus/cmd/promtool"}, outdir,
+            ldflags=[f"-X github.com/prometheus/common/version.Version={version}",
+                     "-X github.com/prometheus/common/version.Branch=HEAD"],
         )
     else:  # pragma: no cover - versions.json and this table move together
         raise ValueError(group)

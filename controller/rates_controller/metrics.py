@@ -11,6 +11,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 
 
+# Every reason a file or message is set aside for. Each series exists at 0 from the start:
+# an alert on increase() cannot see a counter's first sample, so without this the first
+# file set aside for a reason would raise no alert.
+SET_ASIDE_REASONS = ("invalid_file", "rejected", "attempts_exhausted", "poison", "undeliverable", "unexpected")
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -25,6 +31,8 @@ class Metrics:
         self.set_aside = Counter("rates_controller_files_set_aside",
                                  "Messages and files sent to the dead-letter queue, by reason", ["reason"],
                                  registry=r)
+        for reason in SET_ASIDE_REASONS:
+            self.set_aside.labels(reason)
         self.errors = Counter("rates_controller_errors", "Calls that failed and will be retried",
                               ["operation"], registry=r)
         self.active_jobs = Gauge("rates_controller_active_jobs", "Ingest Jobs not yet ended", registry=r)

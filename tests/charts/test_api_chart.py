@@ -427,6 +427,17 @@ def test_ingress_annotations(render):
     assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/rates-api"}
 
 
+def test_the_service_monitor_scrapes_every_api_pod(render):
+    assert not {"ServiceMonitor", "PrometheusRule"} & kinds(render("prod"))  # off by default
+    docs = render("prod", *sets("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=kps"))
+    monitor, service = one(docs, "ServiceMonitor"), one(docs, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert selects(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_the_load_balancer_forwards_the_public_routes_only(render, env):
     app = create_app(Settings.from_env({"DATABASE_URL": DUMMY_DSN}))  # the pool opens on first use only

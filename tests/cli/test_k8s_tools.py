@@ -15,7 +15,7 @@ from ratesctl.k8s_tools import (
 )
 
 # The pins, so that a version bump in versions.json does not break these for the wrong reason.
-PIN = {tool: load_versions()[tool] for tool in ("terraform", "tflint", "skaffold")}
+PIN = {tool: load_versions()[tool] for tool in ("terraform", "tflint", "skaffold", "promtool")}
 NEWER_TERRAFORM = "{}.{}.0".format(PIN["terraform"].split(".")[0], int(PIN["terraform"].split(".")[1]) + 1)
 # What the pinned release binaries print (captured from them), and what a build that
 # differs must not pass for.
@@ -23,6 +23,8 @@ REAL_OUTPUTS = {
     "terraform": (f"Terraform v{PIN['terraform']}\non linux_amd64\n", PIN["terraform"]),
     "tflint": (f"TFLint version {PIN['tflint']}\n+ ruleset.terraform (0.15.0-bundled)\n", PIN["tflint"]),
     "skaffold": (f"v{PIN['skaffold']}\n", PIN["skaffold"]),
+    "promtool": (f"promtool, version {PIN['promtool']} (branch: HEAD, revision: unknown)\n  build user:       \n"
+                 "  go version:       go1.26.8\n  platform:         linux/amd64\n", PIN["promtool"]),
     "helm": ("v3.22.0\n", "3.22.0"),
     "kubectl": ("Client Version: v1.34.4\nKustomize Version: v5.7.1\n", "1.34.4"),
 }
@@ -40,6 +42,8 @@ def test_versions_are_read_from_real_output(tool):
     ("terraform", f"Terraform v{PIN['terraform']}-dev\non linux_amd64\n", f"{PIN['terraform']}-dev"),
     ("tflint", f"+ ruleset.terraform ({PIN['tflint']}-bundled)\n", None),
     ("skaffold", "\n", None),
+    # promtool built without ldflags: an empty version, and Go's version is not its
+    ("promtool", "promtool, version  (branch: , revision: unknown)\n  go version:       go1.26.8\n", None),
     ("skaffold", f"v{PIN['skaffold']}-3-g95fb592-dirty\n", f"{PIN['skaffold']}-3-g95fb592-dirty"),
     # a newer terraform says it is out of date, naming the pin: still the newer one
     ("terraform", f"Terraform v{NEWER_TERRAFORM}\non linux_amd64\n\nYour version of Terraform is out of date! "

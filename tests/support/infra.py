@@ -84,6 +84,11 @@ def tflint() -> Path:
 
 
 @pytest.fixture(scope="session")
+def promtool() -> Path:
+    return pinned_tool("promtool")
+
+
+@pytest.fixture(scope="session")
 def checkov() -> Path:
     return provide_checkov()
 

@@ -148,6 +148,7 @@ _TOOLS = pytest.StashKey[object]()
 # Pinned tools outside the Kubernetes set, each needed through a fixture of its own name: provided before
 # the first test, only when a selected test uses that fixture (kube marker or not).
 _FIXTURE_TOOLS = ("skaffold",  # tests/charts/test_skaffold.py
+                  "promtool",  # tests/charts/test_alerts.py
                   "terraform", "tflint")  # tests/terraform
 
 

@@ -1,0 +1,194 @@
+"""The charts' PrometheusRules, run by promtool: each alert fires on the series of its
+trouble, only after its `for`, and stays quiet on those of a healthy release.
+
+The series are named and labelled as the apps export them and as the Prometheus Operator
+labels what a ServiceMonitor scrapes (job = the Service's name, namespace).
+"""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.charts.test_api_chart import CHART as API_CHART
+from tests.charts.test_controller_chart import CHART as CONTROLLER_CHART
+from tests.charts.test_controller_chart import RELEASE as CONTROLLER
+from tests.charts.test_controller_chart import render as render_controller
+from tests.charts.test_controller_chart import values_args as controller_values
+
+NAMESPACE = "prod"
+API = {"job": "rates-api", "namespace": NAMESPACE}
+CTL = {"job": CONTROLLER, "namespace": NAMESPACE}
+
+
+def series(name: str, labels: dict, values: str) -> dict:
+    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{name}{{{inner}}}", "values": values}
+
+
+def run_promtool(promtool: Path, tmp_path: Path, rule: dict, tests: list[dict]) -> None:
+    """`promtool check rules` on the rendered groups, then `promtool test rules` on a copy
+    without annotations (promtool compares them too; check validates their templates)."""
+    groups = rule["spec"]["groups"]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    check = subprocess.run([promtool, "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    bare = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]}
+            for g in groups]
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump({"groups": bare}))
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(
+        {"rule_files": ["bare.yaml"], "evaluation_interval": "1m", "tests": tests}))
+    result = subprocess.run([promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def case(input_series: list[dict], alerts: list[tuple[str, str, list[dict]]]) -> dict:
+    """One promtool test: (alertname, eval_time, expected alerts' labels) each."""
+    return {"interval": "1m", "input_series": input_series,
+            "alert_rule_test": [{"eval_time": at, "alertname": name, "exp_alerts": [{"exp_labels": e} for e in exp]}
+                                for name, at, exp in alerts]}
+
+
+# --- the API ---------------------------------------------------------------------------------
+
+API_ALERTS = ("RatesApiDown", "RatesApiErrors", "RatesApiSlow", "RatesApiDatabasePoolSaturated")
+
+
+def api_rule(helm, *json_sets: str) -> dict:
+    args = ["template", "rates-api", str(API_CHART), "-n", NAMESPACE, "-f", str(API_CHART / "values-prod.yaml"),
+            "--set", "metrics.prometheusRule.enabled=true"]
+    for assignment in json_sets:
+        args += ["--set-json", assignment]
+    docs = [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+    [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
+    return rule
+
+
+def requests(status: str, per_minute: int) -> dict:
+    labels = {**API, "route": "/rates", "method": "GET", "status": status}
+    return series("rates_api_requests_total", labels, f"0+{per_minute}x40")
+
+
+def latency(fast_per_minute: int, slow_per_minute: int) -> list[dict]:
+    """A histogram of /rates: ``fast`` requests under 0.05 s, ``slow`` ones of 2-5 s."""
+    labels = {**API, "route": "/rates", "method": "GET", "status": "200"}
+    buckets = {"0.05": fast_per_minute, "1.0": fast_per_minute, "2.5": fast_per_minute + slow_per_minute // 2,
+               "5.0": fast_per_minute + slow_per_minute, "+Inf": fast_per_minute + slow_per_minute}
+    return [series("rates_api_request_duration_seconds_bucket", {**labels, "le": le}, f"0+{n}x40")
+            for le, n in buckets.items()]
+
+
+def healthy_api(errors_per_minute: int = 0, slow_per_minute: int = 0, pool_in_use: int = 6) -> list[dict]:
+    return [series("up", API, "1x40"), requests("200", 600), requests("503", errors_per_minute),
+            *latency(600, slow_per_minute),
+            series("rates_api_db_pool_in_use", API, f"{pool_in_use}x40"),
+            series("rates_api_db_pool_size", API, "20x40")]
+
+
+def quiet(names, at: str = "35m") -> list:
+    return [(name, at, []) for name in names]
+
+
+def test_a_healthy_api_raises_no_alert(helm, promtool, tmp_path):
+    # 1 % of errors, 0.3 % slow requests and 18 of 20 connections lent: all below the thresholds.
+    run_promtool(promtool, tmp_path, api_rule(helm), [
+        case(healthy_api(errors_per_minute=6, slow_per_minute=2, pool_in_use=18), quiet(API_ALERTS))])
+
+
+def test_api_alerts_fire_on_their_trouble_after_their_for(helm, promtool, tmp_path):
+    run_promtool(promtool, tmp_path, api_rule(helm), [
+        # 60 of 660 requests a minute fail (9 %): above 5 % as soon as there are two samples,
+        # and the alert fires 5 minutes after that.
+        case(healthy_api(errors_per_minute=60), [
+            ("RatesApiErrors", "4m", []), ("RatesApiErrors", "12m", [{"severity": "critical"}]),
+            *quiet({"RatesApiSlow", "RatesApiDown", "RatesApiDatabasePoolSaturated"}, "12m")]),
+        # 3 % of requests take 2-5 s: the 99th percentile is above 1 s, for 10 minutes.
+        case(healthy_api(slow_per_minute=20), [
+            ("RatesApiSlow", "8m", []), ("RatesApiSlow", "17m", [{"severity": "warning"}]),
+            *quiet({"RatesApiErrors"}, "17m")]),
+        case(healthy_api(pool_in_use=19), [
+            ("RatesApiDatabasePoolSaturated", "5m", []),
+            ("RatesApiDatabasePoolSaturated", "12m", [{"severity": "warning"}])]),
+        # Every scrape fails, then the series go away altogether (all pods deleted).
+        case([series("up", API, "0x20")], [("RatesApiDown", "4m", []),
+                                           ("RatesApiDown", "6m", [{"severity": "critical"}])]),
+        # Only another namespace's API answers: not this release's.
+        case([series("up", {**API, "namespace": "staging"}, "1x20")],
+             [("RatesApiDown", "6m", [{"severity": "critical"}])]),
+    ])
+
+
+def test_the_thresholds_come_from_the_values(helm, promtool, tmp_path):
+    rule = api_rule(helm, "metrics.prometheusRule.errorRatio=0.2", "metrics.prometheusRule.latencyP99Seconds=10")
+    run_promtool(promtool, tmp_path, rule, [
+        case(healthy_api(errors_per_minute=60, slow_per_minute=20), quiet({"RatesApiErrors", "RatesApiSlow"}))])
+
+
+# --- the controller --------------------------------------------------------------------------
+
+CONTROLLER_ALERTS = ("RatesControllerDown", "RatesControllerLoopStalled", "RatesControllerFileSetAside",
+                     "RatesControllerErrors", "RatesControllerAtCapacity")
+
+
+def controller_rule(helm) -> dict:
+    docs = render_controller(helm, *controller_values("prod", {"metrics.prometheusRule.enabled": True}),
+                             namespace=NAMESPACE)
+    [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
+    return rule
+
+
+def max_active_jobs() -> int:
+    return yaml.safe_load((CONTROLLER_CHART / "values-prod.yaml").read_text())["controller"]["maxActiveJobs"]
+
+
+def healthy_controller(active_jobs: int = 1, loop: str = "0+60x60", set_aside: str = "0x60",
+                       errors: str = "0x60") -> list[dict]:
+    return [series("up", CTL, "1x60"),
+            series("rates_controller_last_loop_timestamp_seconds", CTL, loop),  # a pass every minute
+            series("rates_controller_active_jobs", CTL, f"{active_jobs}x60"),
+            # what the controller exports before anything was set aside (metrics.SET_ASIDE_REASONS)
+            series("rates_controller_files_set_aside_total", {**CTL, "reason": "invalid_file"}, set_aside),
+            series("rates_controller_files_set_aside_total", {**CTL, "reason": "poison"}, "0x60"),
+            series("rates_controller_errors_total", {**CTL, "operation": "receive"}, errors)]
+
+
+def test_a_healthy_controller_raises_no_alert(helm, promtool, tmp_path):
+    run_promtool(promtool, tmp_path, controller_rule(helm), [
+        case(healthy_controller(active_jobs=max_active_jobs() - 1), quiet(CONTROLLER_ALERTS, "50m"))])
+
+
+def test_controller_alerts_fire_on_their_trouble_after_their_for(helm, promtool, tmp_path):
+    full = max_active_jobs()
+    run_promtool(promtool, tmp_path, controller_rule(helm), [
+        # The first file set aside (0 -> 1 at minute 10) raises the alert at once, with its
+        # reason, and it ends once the 15-minute window has moved past it.
+        case(healthy_controller(set_aside="0x10 1x50"), [
+            ("RatesControllerFileSetAside", "9m", []),
+            ("RatesControllerFileSetAside", "11m", [{"severity": "warning", "reason": "invalid_file"}]),
+            ("RatesControllerFileSetAside", "30m", [])]),
+        # The loop's last pass stays at minute 2.
+        case(healthy_controller(loop="0 60 120x58"), [
+            ("RatesControllerLoopStalled", "8m", []),
+            ("RatesControllerLoopStalled", "14m", [{"severity": "critical"}])]),
+        # Receives fail every minute from minute 5 on: warned after 15 minutes of it.
+        case(healthy_controller(errors="0x5 1+1x55"), [
+            ("RatesControllerErrors", "15m", []),
+            ("RatesControllerErrors", "25m", [{"severity": "warning", "operation": "receive"}])]),
+        case(healthy_controller(active_jobs=full), [
+            ("RatesControllerAtCapacity", "20m", []),
+            ("RatesControllerAtCapacity", "35m", [{"severity": "warning"}])]),
+        case([series("up", CTL, "0x20")], [
+            ("RatesControllerDown", "4m", []), ("RatesControllerDown", "6m", [{"severity": "critical"}])]),
+    ])
+
+
+@pytest.mark.parametrize("chart", ["api", "controller"])
+def test_rules_are_off_by_default(helm, chart):
+    if chart == "api":
+        docs = yaml.safe_load_all(helm("template", "rates-api", str(API_CHART)).stdout)
+    else:
+        docs = render_controller(helm, *controller_values("prod"))
+    assert not [d for d in docs if d and d["kind"] in ("PrometheusRule", "ServiceMonitor")]
