@@ -60,6 +60,16 @@ def test_each_user_is_refused_what_it_does_not_need(world, dsn, user, statement)
             cur.execute(statement)
 
 
+def test_the_ingest_user_cannot_borrow_the_totals_trigger_for_rows_of_its_own(world, dsn):
+    # The trigger function runs as the schema's owner; a trigger on a temporary table
+    # would hand it made-up rows.
+    with _as(dsn, INGEST_USER) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE fake (orig_code text, dest_code text, day date, price int)")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege, match="rates_prices_changed"):
+            cur.execute("""CREATE TRIGGER t AFTER INSERT ON pg_temp.fake REFERENCING NEW TABLE AS new_rows
+                           FOR EACH STATEMENT EXECUTE FUNCTION public.rates_prices_changed()""")
+
+
 def test_rds_iam_is_granted_where_the_server_has_it(admin_conn, empty_dsn):
     # Only RDS has the role; here it is made for the test, as RDS has it before any migration.
     with admin_conn.cursor() as cur:

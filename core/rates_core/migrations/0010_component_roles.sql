@@ -40,3 +40,7 @@ GRANT USAGE ON SEQUENCE ingest_files_id_seq, ingest_runs_id_seq TO rates_ingest;
 -- prices, the way the totals follow. A definer's function gets a fixed search_path, with
 -- pg_temp last, so that no caller's temporary table can stand in for one of its tables.
 ALTER FUNCTION rates_prices_changed() SECURITY DEFINER SET search_path = public, pg_temp;
+-- And only prices' own triggers may run it: EXECUTE is checked when a trigger is made, so
+-- without this revoke any user could attach it to a temporary table of its own and feed
+-- it rows that exist nowhere, as the owner.
+REVOKE EXECUTE ON FUNCTION rates_prices_changed() FROM PUBLIC;
