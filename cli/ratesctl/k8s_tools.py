@@ -430,18 +430,26 @@ def _build_group(group: str, versions: dict[str, str], builder: _Builder, outdir
             replaces=module_replaces(gomod), godebug=_godebug(gomod),
         )
     elif group == "promtool":
-        # Prometheus 3.x.y is the Go module's v0.3xx.y; its version is prometheus/common's.
-        major, minor, patch = version.split(".")
-        if major != "3":
-            raise ToolsUnavailable(f"promtool {version}: only Prometheus 3.x maps to a Go module version here")
+        module, module_version = "github.com/prometheus/prometheus", prometheus_module_version(version)
+        # The version is stamped in with -X, so check first that this module is that release.
+        released = Path(builder.module_download(module, module_version, outdir)["Dir"], "VERSION").read_text().strip()
+        if released != version:
+            raise ToolsUnavailable(f"{module}@{module_version} is Prometheus {released}, not {version}")
         builder.build(
-            "github.com/prometheus/prometheus", f"v0.{300 + int(minor)}.{patch}",
-            {"promtool": "github.com/prometheus/prometheus/cmd/promtool"}, outdir,
+            module, module_version, {"promtool": f"{module}/cmd/promtool"}, outdir,
             ldflags=[f"-X github.com/prometheus/common/version.Version={version}",
                      "-X github.com/prometheus/common/version.Branch=HEAD"],
         )
     else:  # pragma: no cover - versions.json and this table move together
         raise ValueError(group)
+
+
+def prometheus_module_version(version: str) -> str:
+    """The Go module version of a Prometheus 3 release: 3.16.0 is v0.316.0."""
+    match = re.fullmatch(r"3\.(\d+)\.(\d+)", version)
+    if not match:
+        raise ToolsUnavailable(f"promtool {version}: only a Prometheus 3.x.y release maps to a Go module version")
+    return f"v0.{300 + int(match[1])}.{match[2]}"
 
 
 def _build_terraform(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:

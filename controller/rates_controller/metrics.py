@@ -8,7 +8,7 @@ import time
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, make_wsgi_app
 
 
 # Every reason a file or message is set aside for. Each series exists at 0 from the start:
@@ -21,6 +21,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_start_time_seconds and friends: RatesControllerRestarting counts restarts by it.
+        ProcessCollector(registry=r)
         self.messages = Counter("rates_controller_messages", "SQS messages handled, by outcome",
                                 ["outcome"], registry=r)
         self.jobs_created = Counter("rates_controller_jobs_created", "Ingest Jobs created", ["attempt"],

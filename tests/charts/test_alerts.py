@@ -17,6 +17,8 @@ from tests.charts.test_controller_chart import RELEASE as CONTROLLER
 from tests.charts.test_controller_chart import render as render_controller
 from tests.charts.test_controller_chart import values_args as controller_values
 
+pytestmark = pytest.mark.kube  # helm comes with the test control plane's tools
+
 NAMESPACE = "prod"
 API = {"job": "rates-api", "namespace": NAMESPACE}
 CTL = {"job": CONTROLLER, "namespace": NAMESPACE}
@@ -59,7 +61,7 @@ API_ALERTS = ("RatesApiDown", "RatesApiErrors", "RatesApiSlow", "RatesApiDatabas
 
 def api_rule(helm, *json_sets: str) -> dict:
     args = ["template", "rates-api", str(API_CHART), "-n", NAMESPACE, "-f", str(API_CHART / "values-prod.yaml"),
-            "--set", "metrics.prometheusRule.enabled=true"]
+            "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"]
     for assignment in json_sets:
         args += ["--set-json", assignment]
     docs = [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
@@ -103,38 +105,39 @@ def test_api_alerts_fire_on_their_trouble_after_their_for(helm, promtool, tmp_pa
         # 60 of 660 requests a minute fail (9 %): above 5 % as soon as there are two samples,
         # and the alert fires 5 minutes after that.
         case(healthy_api(errors_per_minute=60), [
-            ("RatesApiErrors", "4m", []), ("RatesApiErrors", "12m", [{"severity": "critical"}]),
+            ("RatesApiErrors", "4m", []), ("RatesApiErrors", "12m", [{"severity": "critical", "namespace": NAMESPACE}]),
             *quiet({"RatesApiSlow", "RatesApiDown", "RatesApiDatabasePoolSaturated"}, "12m")]),
         # 3 % of requests take 2-5 s: the 99th percentile is above 1 s, for 10 minutes.
         case(healthy_api(slow_per_minute=20), [
-            ("RatesApiSlow", "8m", []), ("RatesApiSlow", "17m", [{"severity": "warning"}]),
+            ("RatesApiSlow", "8m", []), ("RatesApiSlow", "17m", [{"severity": "warning", "namespace": NAMESPACE}]),
             *quiet({"RatesApiErrors"}, "17m")]),
         case(healthy_api(pool_in_use=19), [
             ("RatesApiDatabasePoolSaturated", "5m", []),
-            ("RatesApiDatabasePoolSaturated", "12m", [{"severity": "warning"}])]),
-        # Every scrape fails, then the series go away altogether (all pods deleted).
+            ("RatesApiDatabasePoolSaturated", "12m", [{"severity": "warning", "namespace": NAMESPACE}])]),
+        # Every scrape fails; then no series of this namespace at all (every pod deleted).
         case([series("up", API, "0x20")], [("RatesApiDown", "4m", []),
-                                           ("RatesApiDown", "6m", [{"severity": "critical"}])]),
+                                           ("RatesApiDown", "6m", [{"severity": "critical", "namespace": NAMESPACE}])]),
         # Only another namespace's API answers: not this release's.
         case([series("up", {**API, "namespace": "staging"}, "1x20")],
-             [("RatesApiDown", "6m", [{"severity": "critical"}])]),
+             [("RatesApiDown", "6m", [{"severity": "critical", "namespace": NAMESPACE}])]),
     ])
 
 
 def test_the_thresholds_come_from_the_values(helm, promtool, tmp_path):
-    rule = api_rule(helm, "metrics.prometheusRule.errorRatio=0.2", "metrics.prometheusRule.latencyP99Seconds=10")
+    rule = api_rule(helm, "metrics.prometheusRule.errorRatio=0.2", "metrics.prometheusRule.latencyP99Seconds=4")
     run_promtool(promtool, tmp_path, rule, [
         case(healthy_api(errors_per_minute=60, slow_per_minute=20), quiet({"RatesApiErrors", "RatesApiSlow"}))])
 
 
 # --- the controller --------------------------------------------------------------------------
 
-CONTROLLER_ALERTS = ("RatesControllerDown", "RatesControllerLoopStalled", "RatesControllerFileSetAside",
+CONTROLLER_ALERTS = ("RatesControllerDown", "RatesControllerRestarting", "RatesControllerFileSetAside",
                      "RatesControllerErrors", "RatesControllerAtCapacity")
 
 
 def controller_rule(helm) -> dict:
-    docs = render_controller(helm, *controller_values("prod", {"metrics.prometheusRule.enabled": True}),
+    docs = render_controller(helm, *controller_values("prod", {"metrics.prometheusRule.enabled": True,
+                                                               "metrics.serviceMonitor.enabled": True}),
                              namespace=NAMESPACE)
     [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
     return rule
@@ -144,10 +147,10 @@ def max_active_jobs() -> int:
     return yaml.safe_load((CONTROLLER_CHART / "values-prod.yaml").read_text())["controller"]["maxActiveJobs"]
 
 
-def healthy_controller(active_jobs: int = 1, loop: str = "0+60x60", set_aside: str = "0x60",
+def healthy_controller(active_jobs: int = 1, started: str = "100x60", set_aside: str = "0x60",
                        errors: str = "0x60") -> list[dict]:
     return [series("up", CTL, "1x60"),
-            series("rates_controller_last_loop_timestamp_seconds", CTL, loop),  # a pass every minute
+            series("process_start_time_seconds", {**CTL, "pod": "rates-controller-7d4b9-x2x9k"}, started),
             series("rates_controller_active_jobs", CTL, f"{active_jobs}x60"),
             # what the controller exports before anything was set aside (metrics.SET_ASIDE_REASONS)
             series("rates_controller_files_set_aside_total", {**CTL, "reason": "invalid_file"}, set_aside),
@@ -167,22 +170,37 @@ def test_controller_alerts_fire_on_their_trouble_after_their_for(helm, promtool,
         # reason, and it ends once the 15-minute window has moved past it.
         case(healthy_controller(set_aside="0x10 1x50"), [
             ("RatesControllerFileSetAside", "9m", []),
-            ("RatesControllerFileSetAside", "11m", [{"severity": "warning", "reason": "invalid_file"}]),
+            ("RatesControllerFileSetAside", "11m", [{"severity": "warning", "namespace": NAMESPACE, "reason": "invalid_file"}]),
             ("RatesControllerFileSetAside", "30m", [])]),
-        # The loop's last pass stays at minute 2.
-        case(healthy_controller(loop="0 60 120x58"), [
-            ("RatesControllerLoopStalled", "8m", []),
-            ("RatesControllerLoopStalled", "14m", [{"severity": "critical"}])]),
+        # Restarted at minutes 11, 17 and 23 (a loop that stalls after each start): the
+        # third restart raises the alert, which ends 30 minutes after the last one.
+        case(healthy_controller(started="100x10 700x5 1000x5 1300x40"), [
+            ("RatesControllerRestarting", "20m", []),
+            ("RatesControllerRestarting", "25m", [{"severity": "critical", "namespace": NAMESPACE}]),
+            ("RatesControllerRestarting", "55m", [])]),
+        # An upgrade: a new pod, whose own process starts once.
+        case([*healthy_controller(started="100x10 _x50"),
+              series("process_start_time_seconds", {**CTL, "pod": "rates-controller-5f8c7-q7w2m"}, "_x10 700x50")],
+             quiet({"RatesControllerRestarting"}, "15m")),
         # Receives fail every minute from minute 5 on: warned after 15 minutes of it.
         case(healthy_controller(errors="0x5 1+1x55"), [
             ("RatesControllerErrors", "15m", []),
-            ("RatesControllerErrors", "25m", [{"severity": "warning", "operation": "receive"}])]),
+            ("RatesControllerErrors", "25m", [{"severity": "warning", "namespace": NAMESPACE, "operation": "receive"}])]),
         case(healthy_controller(active_jobs=full), [
             ("RatesControllerAtCapacity", "20m", []),
-            ("RatesControllerAtCapacity", "35m", [{"severity": "warning"}])]),
+            ("RatesControllerAtCapacity", "35m", [{"severity": "warning", "namespace": NAMESPACE}])]),
         case([series("up", CTL, "0x20")], [
-            ("RatesControllerDown", "4m", []), ("RatesControllerDown", "6m", [{"severity": "critical"}])]),
+            ("RatesControllerDown", "4m", []), ("RatesControllerDown", "6m", [{"severity": "critical", "namespace": NAMESPACE}])]),
     ])
+
+
+def test_rules_without_the_service_monitor_are_refused(helm):
+    # Their series would never exist, and the Down alerts would fire for ever.
+    proc = helm("template", "rates-api", str(API_CHART), "--set", "metrics.prometheusRule.enabled=true", check=False)
+    assert proc.returncode != 0 and "needs metrics.serviceMonitor.enabled" in proc.stderr, proc.stderr
+    proc = helm("template", CONTROLLER, str(CONTROLLER_CHART),
+                *controller_values("prod", {"metrics.prometheusRule.enabled": True}), check=False)
+    assert proc.returncode != 0 and "needs metrics.serviceMonitor.enabled" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("chart", ["api", "controller"])

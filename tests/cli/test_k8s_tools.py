@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from ratesctl import k8s_tools
 from ratesctl.k8s_tools import (
     ALL_TOOLS, INFRA_TOOLS, KNOWN_TOOLS, Replace, ToolsUnavailable, gomod_replaces, load_versions,
-    module_replaces, parse_version, resolve_tools,
+    module_replaces, parse_version, prometheus_module_version, resolve_tools,
 )
 
 # The pins, so that a version bump in versions.json does not break these for the wrong reason.
@@ -228,3 +228,14 @@ def test_version_commands_run_in_an_empty_directory_without_update_checks(isolat
     probe.chmod(0o755)
     assert k8s_tools.binary_version("tflint", probe) == PIN["tflint"]
     assert "TFLINT_DISABLE_VERSION_CHECK" not in os.environ  # only the child's environment
+
+
+@pytest.mark.parametrize("version, module", [("3.16.0", "v0.316.0"), ("3.0.1", "v0.300.1"), ("3.100.2", "v0.400.2")])
+def test_a_prometheus_release_maps_to_its_go_module_version(version, module):
+    assert prometheus_module_version(version) == module
+
+
+@pytest.mark.parametrize("version", ["2.53.0", "3.17.0-rc.0", "v3.16.0"])
+def test_a_pin_with_no_go_module_version_is_refused_with_why(version):
+    with pytest.raises(ToolsUnavailable, match="only a Prometheus 3.x.y release"):
+        prometheus_module_version(version)
