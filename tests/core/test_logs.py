@@ -1,7 +1,21 @@
 import json
 import logging
 
+import pytest
+import structlog
+
 from rates_core import logs
+
+
+@pytest.fixture(autouse=True)
+def default_logging():
+    """configure() points logging at this test's captured stdout, which closes with the
+    test: a later test that logs would write to a closed file."""
+    yield
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.WARNING)
 
 
 def test_library_lines_are_json_and_never_debug(capsys):
