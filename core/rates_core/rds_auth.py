@@ -35,8 +35,9 @@ def iam_auth_enabled(dsn: str, environ: Mapping[str, str] | None = None) -> bool
 def _region(environ: Mapping[str, str]) -> str | None:
     """The token is signed for this region, the database's. botocore itself reads only
     AWS_DEFAULT_REGION; AWS_REGION is what the other SDKs and EKS's webhook set."""
-    if environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION"):
-        return environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return region
     import botocore.session  # only where IAM authentication is used; reads ~/.aws/config too
 
     return botocore.session.get_session().get_config_variable("region")

@@ -2,7 +2,6 @@
 
 from urllib.parse import parse_qs, urlsplit
 
-import psycopg2
 import pytest
 from psycopg2 import sql
 
@@ -10,7 +9,7 @@ from rates_core import db, rds_auth
 from rates_core.env import ConfigError, env_bool
 from rates_core.errors import TemporaryError
 from tests.support.aws import without_credentials
-from tests.support.db import as_user
+from tests.support.db import as_user, autocommit
 from tests.support.net import SilentServer
 
 IAM_URL = "postgresql://rates_api@rates.abc123.eu-west-1.rds.amazonaws.com:5432/rates?sslmode=require"
@@ -96,25 +95,23 @@ def test_env_bool_names_the_variable():
 @pytest.fixture(scope="session")
 def password_checked(admin_dsn):
     """A LOGIN role that the test server makes give a password (it trusts every other user)."""
-    conn = psycopg2.connect(admin_dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SHOW hba_file")
-        hba = cur.fetchone()[0]
-        original = open(hba).read()
-        with open(hba, "w") as out:
-            out.write(f"local all {PROBE} scram-sha-256\nhost all {PROBE} all scram-sha-256\n{original}")
-        cur.execute("SELECT pg_reload_conf()")
-        cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'first'").format(sql.Identifier(PROBE)))
-    try:
-        yield conn
-    finally:
-        with open(hba, "w") as out:
-            out.write(original)
+    with autocommit(admin_dsn) as conn:
         with conn.cursor() as cur:
+            cur.execute("SHOW hba_file")
+            hba = cur.fetchone()[0]
+            original = open(hba).read()
+            with open(hba, "w") as out:
+                out.write(f"local all {PROBE} scram-sha-256\nhost all {PROBE} all scram-sha-256\n{original}")
             cur.execute("SELECT pg_reload_conf()")
-            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(PROBE)))
-        conn.close()
+            cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'first'").format(sql.Identifier(PROBE)))
+        try:
+            yield conn
+        finally:
+            with open(hba, "w") as out:
+                out.write(original)
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_reload_conf()")
+                cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(PROBE)))
 
 
 def _set_password(admin, value: str) -> None:

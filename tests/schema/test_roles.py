@@ -4,20 +4,15 @@ That they may do what they need is shown by the API and ingest suites, which con
 these users (tests/support/api.py, tests/ingest/conftest.py).
 """
 
-from contextlib import closing
-
-import psycopg2
 import psycopg2.errors
 import pytest
 
 from rates_core import migrate
-from tests.support.db import API_USER, INGEST_USER, as_user
+from tests.support.db import API_USER, INGEST_USER, as_user, autocommit
 
 
 def _as(dsn: str, user: str):
-    conn = psycopg2.connect(as_user(dsn, user))
-    conn.autocommit = True
-    return closing(conn)
+    return autocommit(as_user(dsn, user))
 
 
 def test_the_users_can_log_in_with_no_password_and_no_power(conn):
@@ -83,11 +78,3 @@ def test_rds_iam_is_granted_where_the_server_has_it(admin_conn, empty_dsn):
     finally:
         with admin_conn.cursor() as cur:
             cur.execute("DROP ROLE rds_iam")
-
-
-@pytest.fixture
-def admin_conn(admin_dsn):
-    conn = psycopg2.connect(admin_dsn)
-    conn.autocommit = True
-    yield conn
-    conn.close()

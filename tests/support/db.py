@@ -7,7 +7,9 @@ real schema in milliseconds and can write whatever it likes.
 import itertools
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -79,13 +81,29 @@ def empty_dsn(pg_server, admin_dsn):
     localdb.drop_database(admin_dsn, name)
 
 
+@contextmanager
+def autocommit(dsn: str) -> Iterator["psycopg2.extensions.connection"]:
+    """An autocommit connection to ``dsn``, closed afterwards."""
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
 @pytest.fixture
 def conn(dsn):
     """An autocommit connection to this test's database."""
-    connection = psycopg2.connect(dsn)
-    connection.autocommit = True
-    yield connection
-    connection.close()
+    with autocommit(dsn) as connection:
+        yield connection
+
+
+@pytest.fixture
+def admin_conn(admin_dsn):
+    """An autocommit connection to the server's postgres database, as its superuser."""
+    with autocommit(admin_dsn) as connection:
+        yield connection
 
 
 @pytest.fixture(scope="session")
