@@ -149,21 +149,17 @@ def _bounded(name: str, default: int, low: int, high: int, environ: Mapping[str,
 def _job_database(environ: Mapping[str, str]) -> dict:
     url = env_str("JOB_DATABASE_URL", "", environ)
     iam_auth = env_bool("JOB_DATABASE_IAM_AUTH", False, environ)
-    if iam_auth:
-        if not url:
-            raise ConfigError("JOB_DATABASE_IAM_AUTH=true needs JOB_DATABASE_URL (the user the Jobs connect as)")
-        try:
+    if iam_auth and not url:
+        raise ConfigError("JOB_DATABASE_IAM_AUTH=true needs JOB_DATABASE_URL (the user the Jobs connect as)")
+    try:
+        if iam_auth:
             rds_auth.check_url(url)
-        except ConfigError as exc:
-            raise ConfigError(f"JOB_DATABASE_URL: {exc}") from None
-    elif url:
-        try:
-            has_password = rds_auth.holds_password(url)
-        except ConfigError as exc:
-            raise ConfigError(f"JOB_DATABASE_URL: {exc}") from None
-        if has_password:
-            raise ConfigError("JOB_DATABASE_URL may not hold a password (every Job would show it); "
-                              "use DATABASE_SECRET, or IAM authentication")
+        has_password = bool(url) and rds_auth.holds_password(url)
+    except ConfigError as exc:
+        raise ConfigError(f"JOB_DATABASE_URL: {exc}") from None
+    if has_password:
+        raise ConfigError("JOB_DATABASE_URL may not hold a password (every Job would show it); "
+                          "use DATABASE_SECRET, or IAM authentication")
     return {"database_url": url, "database_iam_auth": iam_auth}
 
 
