@@ -149,6 +149,9 @@ def _retire_current(cur, ref: ObjectRef) -> int | None:
 
 
 def _delete_prices(cur, file_id: int) -> dict:
-    """Delete a replaced file's prices (the triggers adjust the totals)."""
-    cur.execute("DELETE FROM prices WHERE source_id = %s", (file_id,))
-    return {"file_id": file_id, "rows": cur.rowcount}
+    """Delete a replaced file's prices (the triggers adjust the totals).
+
+    Through migration 0011's function: the job's user may delete only a replaced file's rows.
+    """
+    cur.execute("SELECT rates_delete_replaced_file(%s)", (file_id,))
+    return {"file_id": file_id, "rows": cur.fetchone()[0]}

@@ -4,6 +4,8 @@ That they may do what they need is shown by the API and ingest suites, which con
 these users (tests/support/api.py, tests/ingest/conftest.py).
 """
 
+import datetime
+
 import psycopg2.errors
 import pytest
 
@@ -34,6 +36,7 @@ def test_the_users_can_log_in_with_no_password_and_no_power(conn):
         "SELECT count(*) FROM prices",
         "SELECT count(*) FROM ingest_runs",
         "UPDATE ports SET name = name",
+        "SELECT rates_delete_replaced_file(1)",
     )),
     *((INGEST_USER, statement) for statement in (
         "UPDATE ports SET name = name",
@@ -41,6 +44,8 @@ def test_the_users_can_log_in_with_no_password_and_no_power(conn):
         "INSERT INTO ports (code, name, parent_slug) VALUES ('XXXXX', 'x', 'china_main')",
         "TRUNCATE prices",
         "DELETE FROM ingest_runs",
+        # prices go only as their file is replaced (migration 0011), never those without a file
+        "DELETE FROM prices WHERE source_id IS NULL",
         "ALTER TABLE prices ADD COLUMN x int",
         "DROP TABLE lane_totals",
         # the totals follow prices only: the trigger writes them as the schema's owner
@@ -53,6 +58,36 @@ def test_each_user_is_refused_what_it_does_not_need(world, dsn, user, statement)
     with _as(dsn, user) as conn, conn.cursor() as cur:
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             cur.execute(statement)
+
+
+def _file_with_prices(cur, replaced: bool) -> int:
+    cur.execute("""INSERT INTO ingest_files (bucket, key, version, rows, bytes, replaced_at)
+                   VALUES ('b', 'k', %s, 2, 0, CASE WHEN %s THEN now() END) RETURNING id""",
+                (f"v-{replaced}", replaced))
+    file_id = cur.fetchone()[0]
+    cur.execute("""INSERT INTO prices (orig_code, dest_code, day, price, source_id)
+                   VALUES ('CNSHA', 'NLRTM', '2016-01-01', 100, %s), ('CNSHA', 'NLRTM', '2016-01-02', 200, %s)""",
+                (file_id, file_id))
+    return file_id
+
+
+def test_the_ingest_user_deletes_a_replaced_file_s_prices_and_no_others(world, dsn):
+    with world.cursor() as cur:
+        cur.execute("""INSERT INTO prices (orig_code, dest_code, day, price)
+                       VALUES ('CNSHA', 'NLRTM', '2016-01-01', 300)""")  # from before ingestion
+        current, replaced = _file_with_prices(cur, False), _file_with_prices(cur, True)
+    with _as(dsn, INGEST_USER) as conn, conn.cursor() as cur:
+        with pytest.raises(psycopg2.errors.ObjectNotInPrerequisiteState, match="not a replaced file"):
+            cur.execute("SELECT rates_delete_replaced_file(%s)", (current,))
+        cur.execute("SELECT rates_delete_replaced_file(%s)", (replaced,))
+        assert cur.fetchone() == (2,)
+    with world.cursor() as cur:
+        cur.execute("SELECT source_id, count(*) FROM prices GROUP BY 1 ORDER BY 1 NULLS FIRST")
+        assert cur.fetchall() == [(None, 1), (current, 2)]
+        # through the trigger, as a plain DELETE would: the totals lost the replaced rows
+        cur.execute("SELECT day, sum(price_count) FROM lane_totals GROUP BY 1 HAVING sum(price_count) > 0 "
+                    "ORDER BY 1")
+        assert cur.fetchall() == [(datetime.date(2016, 1, 1), 2), (datetime.date(2016, 1, 2), 1)]
 
 
 def test_the_ingest_user_cannot_borrow_the_totals_trigger_for_rows_of_its_own(world, dsn):
