@@ -1,4 +1,8 @@
-"""GET /openapi.json: the OpenAPI 3 description of every endpoint."""
+"""GET /openapi.json: the OpenAPI 3 description of every endpoint.
+
+The probes' and Prometheus's endpoints are tagged ``internal``: the chart's Ingress does
+not forward them, so a client outside the cluster gets 404 there.
+"""
 
 from flask import Blueprint, jsonify
 from .runtime import runtime
@@ -44,6 +48,13 @@ _RATES = {
 }
 
 
+INTERNAL = "internal"
+
+
+def _internal(operation: dict) -> dict:
+    return {**operation, "tags": [INTERNAL]}
+
+
 def document(version: str) -> dict:
     return {
         "openapi": "3.0.3",
@@ -52,18 +63,20 @@ def document(version: str) -> dict:
             "/rates": {"get": _RATES},
             "/": {"get": {"summary": "Service identity and version", "responses": {
                 "200": _json({"$ref": "#/components/schemas/Service"}, "Service identity")}}},
-            "/healthz": {"get": {"summary": "Liveness: the process answers (no database call)",
-                                 "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Alive")}}},
-            "/readyz": {"get": {"summary": "Readiness: the database is reachable and migrated, and no shutdown has begun",
+            "/healthz": {"get": _internal({"summary": "Liveness: the process answers (no database call)",
+                                 "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Alive")}})},
+            "/readyz": {"get": _internal({"summary": "Readiness: the database is reachable and migrated, and no shutdown has begun",
                                 "responses": {
                                     "200": _json({"$ref": "#/components/schemas/Status"}, "Ready"),
-                                    "503": _json({"$ref": "#/components/schemas/Status"}, "Not ready")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+                                    "503": _json({"$ref": "#/components/schemas/Status"}, "Not ready")}})},
+            "/metrics": {"get": _internal({"summary": "Prometheus metrics", "responses": {
                 "200": {"description": "Prometheus text format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}})},
             "/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": _json({"type": "object"}, "OpenAPI 3 document")}}},
         },
+        "tags": [{"name": INTERNAL, "description": "For probes and Prometheus inside the cluster; "
+                                                   "the load balancer does not forward them"}],
         "components": {"schemas": {
             "DailyAverage": {"type": "object", "required": ["day", "average_price"], "properties": {
                 "day": _DATE, "average_price": {"type": "integer", "nullable": True}}},

@@ -52,6 +52,9 @@ def test_openapi_describes_every_route(client):
     assert document["openapi"].startswith("3.")
     routes = {rule.rule for rule in client.application.url_map.iter_rules() if rule.endpoint != "static"}
     assert routes == set(document["paths"])
+    # The probes' and Prometheus's are marked as such; what clients call is not.
+    internal = {path for path, item in document["paths"].items() if "internal" in item["get"].get("tags", ())}
+    assert internal == {"/healthz", "/readyz", "/metrics"}
     names = {p["name"] for p in document["paths"]["/rates"]["get"]["parameters"]}
     assert {"date_from", "date_to", "origin", "destination", "orig_code", "dest_code"} <= names
 
