@@ -5,6 +5,7 @@ module "network" {
   cidr                    = var.vpc_cidr
   availability_zones      = var.availability_zones
   single_nat_gateway      = var.single_nat_gateway
+  interface_endpoints     = var.interface_endpoints
   flow_log_retention_days = var.log_retention_days
 }
 

@@ -23,6 +23,11 @@ output "vpc_id" {
   value       = module.network.vpc_id
 }
 
+output "interface_endpoint_ids" {
+  description = "Interface endpoints of the VPC, by service."
+  value       = module.network.interface_endpoint_ids
+}
+
 output "nat_public_ips" {
   description = "Addresses the cluster's egress comes from."
   value       = module.network.nat_public_ips

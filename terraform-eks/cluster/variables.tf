@@ -30,6 +30,12 @@ variable "single_nat_gateway" {
   default     = false
 }
 
+variable "interface_endpoints" {
+  description = "AWS services reached through interface endpoints in the VPC (\"sts\": the environments on this cluster can then pin the API's HTTPS egress to the VPC; set their sts_endpoint_in_vpc). Each costs per hour and zone. (The network module checks it.)"
+  type        = list(string)
+  default     = []
+}
+
 variable "kubernetes_version" {
   description = "Kubernetes minor version."
   type        = string

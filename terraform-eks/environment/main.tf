@@ -18,7 +18,19 @@ data "aws_subnet" "cluster" {
   id = each.value
 }
 
+# Looked up, not assumed: a plan for an environment that expects it fails without it.
+data "aws_vpc_endpoint" "sts" {
+  count = var.sts_endpoint_in_vpc ? 1 : 0
+
+  vpc_id       = data.aws_vpc.this.id
+  service_name = "com.amazonaws.${var.region}.sts"
+  state        = "available"
+}
+
 locals {
+  # Where the API's pods may send HTTPS (for STS): the VPC, when STS is answered there;
+  # empty lets the chart allow any address.
+  sts_cidrs      = [for endpoint in data.aws_vpc_endpoint.sts : data.aws_vpc.this.cidr_block]
   database_cidrs = sort([for subnet in data.aws_subnet.cluster : subnet.cidr_block])
   name           = "rates-${var.environment}"
   vpc            = data.aws_eks_cluster.this.vpc_config[0]

@@ -26,7 +26,7 @@ output "api_values" {
   value = {
     # The ALB connects from addresses in the VPC; trust its X-Forwarded-* headers only.
     config         = { forwardedAllowIps = data.aws_vpc.this.cidr_block }
-    networkPolicy  = { database = { cidrs = local.database_cidrs } }
+    networkPolicy  = { database = { cidrs = local.database_cidrs }, sts = { cidrs = local.sts_cidrs } }
     serviceAccount = { iamRoleArn = module.api_role.arn }
     # The region its IAM tokens are signed for (the database's).
     aws = { region = var.region }

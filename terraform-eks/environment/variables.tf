@@ -41,6 +41,12 @@ variable "throwaway" {
   default     = false
 }
 
+variable "sts_endpoint_in_vpc" {
+  description = "The cluster's VPC has an STS interface endpoint (the cluster stack's interface_endpoints has \"sts\"): the API's NetworkPolicy then allows HTTPS to the VPC only. The plan fails if the endpoint is missing."
+  type        = bool
+  default     = false
+}
+
 variable "database" {
   description = "Database size and resilience."
   type = object({

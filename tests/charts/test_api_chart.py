@@ -601,6 +601,19 @@ def test_iam_authentication_opens_https_for_the_api_pods_only(render):
     assert not egress_allowed(policies, pod_of(pods_of(docs)["api"]), *https_anywhere)
 
 
+def test_https_for_sts_can_be_pinned_to_the_vpc(render):
+    # Where an STS interface endpoint answers in the VPC, the API's HTTPS goes there only.
+    docs = render("prod", *sets("database.iamAuth=true", f"database.url={IAM_URL}",
+                                "networkPolicy.sts.cidrs={10.40.0.0/16}"))
+    policies = [d for (k, _), d in docs.items() if k == "NetworkPolicy"]
+    api = pod_of(pods_of(docs)["api"])
+    assert egress_allowed(policies, api, address("10.40.12.34"), 443)
+    assert not egress_allowed(policies, api, address("52.94.0.1"), 443)
+    assert not egress_allowed(policies, api, address("10.40.12.34"), 80)
+    # The database's rule is its own: pinning STS leaves PostgreSQL as it was.
+    assert egress_allowed(policies, api, address("52.94.0.1"), 5432)
+
+
 def test_readme_documents_every_value():
     def leaves(values, prefix=""):
         for key, value in values.items():

@@ -80,6 +80,10 @@ def test_every_tfvars_file_passes_every_validation_it_reaches(planner, tfvars):
     (('availability_zones = ["eu-west-1a", "eu-west-1b"]',
       'availability_zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c", "eu-west-1d"]'),
      "Give two or three availability zones."),
+    (("single_nat_gateway = true", 'single_nat_gateway = true\ninterface_endpoints = ["com.amazonaws.eu-west-1.sts"]'),
+     "without the com.amazonaws.<region>. prefix"),
+    (("single_nat_gateway = true", 'single_nat_gateway = true\ninterface_endpoints = ["sts", "sts"]'),
+     "interface_endpoints are distinct service names"),
     # the log-group module's, two modules down (cluster -> eks -> log-group)
     (("log_retention_days  = 14", "log_retention_days  = 10"), "retention_days must be a retention period"),
     # the eks module's, on an object the stack passes through

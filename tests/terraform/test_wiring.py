@@ -113,6 +113,17 @@ def test_only_dev_is_disposable_and_only_prod_has_a_standby(settings):
         {"dev": False, "staging": False, "prod": True}
 
 
+def test_an_environment_pins_sts_to_the_vpc_only_in_a_cluster_with_an_sts_endpoint(settings):
+    clusters = {values["name"]: values for name, values in settings.items() if name.startswith("cluster/")}
+    expects = {env: settings[f"environment/{env}"]["sts_endpoint_in_vpc"] for env in ENVIRONMENTS}
+    for env, expected in expects.items():
+        cluster = clusters[settings[f"environment/{env}"]["cluster_name"]]
+        # Expected without the endpoint, the plan fails (a data source finds none); made but
+        # not expected, the API's HTTPS stays open to any address.
+        assert expected == ("sts" in cluster["interface_endpoints"]), env
+    assert expects == {"dev": False, "staging": False, "prod": True}  # the cheap cluster goes without
+
+
 def test_sqs_dead_letters_a_message_only_after_the_controller_gave_up_on_it(settings):
     for env in ENVIRONMENTS:
         assert settings[f"environment/{env}"]["max_receive_count"] > merged_values(env)["controller"]["maxReceives"]
@@ -159,6 +170,7 @@ HANDED = {
     "rates-api": {
         "config.forwardedAllowIps": ("data.aws_vpc.this.cidr_block", "10.41.0.0/16"),
         "networkPolicy.database.cidrs": ("local.database_cidrs", ["10.41.0.0/18", "10.41.64.0/18"]),
+        "networkPolicy.sts.cidrs": ("local.sts_cidrs", ["10.41.0.0/16"]),
         "serviceAccount.iamRoleArn": ("module.api_role.arn", "arn:aws:iam::123456789012:role/rates-dev-api"),
         "aws.region": ("var.region", "eu-west-1"),
         "database.url": (DATABASE_URLS["rates-api"],

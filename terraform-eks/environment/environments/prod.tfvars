@@ -5,6 +5,8 @@ cluster_name = "rates-prod"
 bucket_name  = "example-rates-prod-prices"
 
 log_retention_days = 365
+# The rates-prod cluster has an STS interface endpoint (its interface_endpoints).
+sts_endpoint_in_vpc = true
 
 database = {
   instance_class        = "db.r7g.large"

@@ -22,3 +22,8 @@ output "nat_public_ips" {
   description = "Egress addresses of the NAT gateways, for allow-lists elsewhere."
   value       = aws_eip.nat[*].public_ip
 }
+
+output "interface_endpoint_ids" {
+  description = "IDs of the interface endpoints, by service (\"sts\": ...)."
+  value       = { for service, endpoint in aws_vpc_endpoint.interface : service => endpoint.id }
+}

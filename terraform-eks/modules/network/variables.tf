@@ -36,6 +36,17 @@ variable "single_nat_gateway" {
   default     = false
 }
 
+variable "interface_endpoints" {
+  description = "AWS services to reach through interface endpoints in the private subnets, by the last part of their endpoint name (\"sts\", \"sqs\", \"ecr.api\"). Each costs per hour and zone; \"sts\" lets the API's NetworkPolicy pin its HTTPS egress to the VPC."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for service in var.interface_endpoints : can(regex("^[a-z0-9]+([.-][a-z0-9]+)*$", service)) && !startswith(service, "com.")]) && length(distinct(var.interface_endpoints)) == length(var.interface_endpoints)
+    error_message = "interface_endpoints are distinct service names such as \"sts\" or \"ecr.api\", without the com.amazonaws.<region>. prefix."
+  }
+}
+
 variable "flow_log_retention_days" {
   description = "Days to keep VPC flow logs in CloudWatch Logs."
   type        = number
