@@ -147,14 +147,18 @@ def max_active_jobs() -> int:
     return yaml.safe_load((CONTROLLER_CHART / "values-prod.yaml").read_text())["controller"]["maxActiveJobs"]
 
 
+POD = {**CTL, "pod": "rates-controller-7d4b9-x2x9k"}
+NEW_POD = {**CTL, "pod": "rates-controller-5f8c7-q7w2m"}  # after an upgrade
+
+
 def healthy_controller(active_jobs: int = 1, started: str = "100x60", set_aside: str = "0x60",
                        errors: str = "0x60") -> list[dict]:
     return [series("up", CTL, "1x60"),
-            series("process_start_time_seconds", {**CTL, "pod": "rates-controller-7d4b9-x2x9k"}, started),
+            series("process_start_time_seconds", POD, started),
             series("rates_controller_active_jobs", CTL, f"{active_jobs}x60"),
             # what the controller exports before anything was set aside (metrics.SET_ASIDE_REASONS)
-            series("rates_controller_files_set_aside_total", {**CTL, "reason": "invalid_file"}, set_aside),
-            series("rates_controller_files_set_aside_total", {**CTL, "reason": "poison"}, "0x60"),
+            series("rates_controller_files_set_aside_total", {**POD, "reason": "invalid_file"}, set_aside),
+            series("rates_controller_files_set_aside_total", {**POD, "reason": "poison"}, "0x60"),
             series("rates_controller_errors_total", {**CTL, "operation": "receive"}, errors)]
 
 
@@ -172,6 +176,22 @@ def test_controller_alerts_fire_on_their_trouble_after_their_for(helm, promtool,
             ("RatesControllerFileSetAside", "9m", []),
             ("RatesControllerFileSetAside", "11m", [{"severity": "warning", "namespace": NAMESPACE, "reason": "invalid_file"}]),
             ("RatesControllerFileSetAside", "30m", [])]),
+        # A new pod whose first pass set a file aside before its first scrape: its series
+        # starts at 1, with no increase to see; it alerts while the process is young.
+        case([*healthy_controller(started="100x10 _x50", set_aside="0x10 _x50"),
+              series("process_start_time_seconds", NEW_POD, "_x10 590x50"),
+              series("rates_controller_files_set_aside_total", {**NEW_POD, "reason": "invalid_file"}, "_x10 1x50"),
+              series("rates_controller_files_set_aside_total", {**NEW_POD, "reason": "poison"}, "_x10 0x50")], [
+            ("RatesControllerFileSetAside", "9m", []),
+            ("RatesControllerFileSetAside", "11m", [{"severity": "warning", "namespace": NAMESPACE, "reason": "invalid_file"}]),
+            ("RatesControllerFileSetAside", "24m", [{"severity": "warning", "namespace": NAMESPACE, "reason": "invalid_file"}]),
+            ("RatesControllerFileSetAside", "30m", [])]),
+        # A container restarted in its pod: the same series starts again at 1, which
+        # increase() counts as a reset; once the process is past the window, nothing.
+        case(healthy_controller(started="100x20 1190x40", set_aside="2x20 1x40"), [
+            ("RatesControllerFileSetAside", "19m", []),
+            ("RatesControllerFileSetAside", "21m", [{"severity": "warning", "namespace": NAMESPACE, "reason": "invalid_file"}]),
+            ("RatesControllerFileSetAside", "50m", [])]),
         # Restarted at minutes 11, 17 and 23 (a loop that stalls after each start): the
         # third restart raises the alert, which ends 30 minutes after the last one.
         case(healthy_controller(started="100x10 700x5 1000x5 1300x40"), [
@@ -180,7 +200,7 @@ def test_controller_alerts_fire_on_their_trouble_after_their_for(helm, promtool,
             ("RatesControllerRestarting", "55m", [])]),
         # An upgrade: a new pod, whose own process starts once.
         case([*healthy_controller(started="100x10 _x50"),
-              series("process_start_time_seconds", {**CTL, "pod": "rates-controller-5f8c7-q7w2m"}, "_x10 700x50")],
+              series("process_start_time_seconds", NEW_POD, "_x10 700x50")],
              quiet({"RatesControllerRestarting"}, "15m")),
         # Receives fail every minute from minute 5 on: warned after 15 minutes of it.
         case(healthy_controller(errors="0x5 1+1x55"), [
