@@ -9,8 +9,7 @@ import datetime
 import psycopg2.errors
 import pytest
 
-from rates_core import migrate
-from tests.support.db import API_USER, INGEST_USER, as_user, autocommit
+from tests.support.db import API_USER, INGEST_USER, as_user, autocommit, migrated_on_rds
 
 
 def _as(dsn: str, user: str):
@@ -101,15 +100,4 @@ def test_the_ingest_user_cannot_borrow_the_totals_trigger_for_rows_of_its_own(wo
 
 
 def test_rds_iam_is_granted_where_the_server_has_it(admin_conn, empty_dsn):
-    # Only RDS has the role; here it is made for the test, as RDS has it before any migration.
-    with admin_conn.cursor() as cur:
-        cur.execute("CREATE ROLE rds_iam NOLOGIN")
-    try:
-        migrate.apply(empty_dsn)
-        with admin_conn.cursor() as cur:
-            cur.execute("SELECT pg_has_role(%s, 'rds_iam', 'MEMBER'), pg_has_role(%s, 'rds_iam', 'MEMBER')",
-                        (API_USER, INGEST_USER))
-            assert cur.fetchone() == (True, True)
-    finally:
-        with admin_conn.cursor() as cur:
-            cur.execute("DROP ROLE rds_iam")
+    assert migrated_on_rds(admin_conn, empty_dsn) == {API_USER, INGEST_USER}

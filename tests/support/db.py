@@ -92,6 +92,31 @@ def autocommit(dsn: str) -> Iterator["psycopg2.extensions.connection"]:
         connection.close()
 
 
+def migrated_on_rds(admin_conn, dsn: str) -> set[str]:
+    """Migrate the empty database ``dsn`` where, as on RDS, the rds_iam role exists (made
+    here for the while: only RDS has it); the login users the migration let use IAM tokens."""
+    with admin_conn.cursor() as cur:
+        cur.execute("CREATE ROLE rds_iam NOLOGIN")
+    try:
+        migrate.apply(dsn)
+        with admin_conn.cursor() as cur:
+            # not the superusers, which pg_has_role counts as members of every role
+            cur.execute("""SELECT rolname FROM pg_roles
+                           WHERE rolcanlogin AND NOT rolsuper AND pg_has_role(oid, 'rds_iam', 'MEMBER')""")
+            return {name for (name,) in cur}
+    finally:
+        with admin_conn.cursor() as cur:
+            cur.execute("DROP ROLE rds_iam")
+
+
+def table_privileges(conn, user: str) -> set[str]:
+    """What ``user`` was granted on the tables and sequences of the schema, e.g. {"SELECT"}."""
+    with conn.cursor() as cur:
+        cur.execute("""SELECT DISTINCT acl.privilege_type FROM pg_class, aclexplode(relacl) AS acl
+                       WHERE relnamespace = 'public'::regnamespace AND acl.grantee = %s::regrole""", (user,))
+        return {privilege for (privilege,) in cur}
+
+
 @pytest.fixture
 def conn(dsn):
     """An autocommit connection to this test's database."""
