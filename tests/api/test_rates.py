@@ -2,11 +2,9 @@
 
 from dataclasses import replace
 
-import psycopg2
-
 from bench import naive
 from ratesctl import localdb
-from tests.support.db import TEMPLATE, create_database
+from tests.support.db import TEMPLATE, autocommit, create_database
 from tests.support.world import insert_prices, insert_world
 
 D1, D2, D3 = "2024-03-01", "2024-03-02", "2024-03-03"
@@ -121,9 +119,7 @@ def test_a_write_is_visible_to_the_next_request(world, rates):
 
 
 def _seed(dsn: str, price: int, version: int | None = None) -> int:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
+    with autocommit(dsn) as conn:
         insert_world(conn)
         insert_prices(conn, [("CNSHA", "NLRTM", D1, price)] * 3)
         with conn.cursor() as cur:
@@ -131,8 +127,6 @@ def _seed(dsn: str, price: int, version: int | None = None) -> int:
                 cur.execute("UPDATE data_version SET version = %s", (version,))
             cur.execute("SELECT version FROM data_version")
             return cur.fetchone()[0]
-    finally:
-        conn.close()
 
 
 def test_a_recreated_database_counting_to_the_same_version_is_not_served_from_the_cache(

@@ -1,10 +1,10 @@
 """ratesctl failures: one line saying whether a retry can help, and an exit code to match."""
 
-import psycopg2
 import pytest
 from click.testing import CliRunner
 
 from ratesctl.cli import cli
+from tests.support.db import autocommit
 
 
 def run(*args, dsn):
@@ -20,18 +20,16 @@ def test_an_unreachable_database_exits_1_without_a_traceback():
 
 
 def test_a_migration_that_cannot_apply_exits_2_and_says_why(empty_dsn):
-    conn = psycopg2.connect(empty_dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:  # a table in the way of migration 0002
-        cur.execute("CREATE TABLE lane_totals (x int)")
-    result = run("migrate", dsn=empty_dsn)
-    assert result.exit_code == 2, result.output
-    assert 'relation "lane_totals" already exists' in result.output
-    assert "may pass on retry" not in result.output and "Traceback" not in result.output
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('region_totals')")
-        assert cur.fetchone()[0] is None  # 0002 rolled back whole
-    conn.close()
+    with autocommit(empty_dsn) as conn:
+        with conn.cursor() as cur:  # a table in the way of migration 0002
+            cur.execute("CREATE TABLE lane_totals (x int)")
+        result = run("migrate", dsn=empty_dsn)
+        assert result.exit_code == 2, result.output
+        assert 'relation "lane_totals" already exists' in result.output
+        assert "may pass on retry" not in result.output and "Traceback" not in result.output
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('region_totals')")
+            assert cur.fetchone()[0] is None  # 0002 rolled back whole
 
 
 def test_a_keyword_dsn_is_refused_with_one_line():

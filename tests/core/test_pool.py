@@ -2,12 +2,12 @@
 
 import threading
 
-import psycopg2
 import pytest
 from psycopg2 import sql
 
 from rates_core.db import Pool, PoolExhausted
 from rates_core.errors import TemporaryError
+from tests.support.db import autocommit
 from tests.support.net import SilentServer
 from tests.support.poll import wait_for
 
@@ -44,14 +44,9 @@ def test_connections_the_server_closed_are_replaced_not_failed(dsn, conn):
 
 
 def _allow_connections(admin_dsn: str, name: str, allow: bool) -> None:
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
-                sql.Identifier(name), sql.Literal(allow)))
-    finally:
-        admin.close()
+    with autocommit(admin_dsn) as admin, admin.cursor() as cur:
+        cur.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(name), sql.Literal(allow)))
 
 
 def test_a_database_refusing_connections_fails_fast_then_recovers(dsn, conn, admin_dsn):

@@ -14,7 +14,7 @@ from typing import Iterator
 import psycopg2
 
 from tests.ingest.conftest import ROWS, as_csv, last_run, run_job, runs
-from tests.support.db import INGEST_USER, as_user, lock_waiters
+from tests.support.db import INGEST_USER, as_user, autocommit, lock_waiters
 from tests.support.faults import CuttingProxy
 from tests.support.poll import wait_for
 
@@ -184,19 +184,17 @@ def test_a_committed_load_is_recorded_though_its_run_record_connection_is_lost(d
     with conn.cursor() as cur:
         cur.execute("SELECT current_database()")
         name = cur.fetchone()[0]
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
-    try:
-        with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, blocker):
-            admin.cursor().execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            with conn.cursor() as cur:
-                cur.execute("""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                               WHERE application_name = 'rates-ingest-runs' AND datname = current_database()""")
-            blocker.rollback()
-            output, _ = job.communicate(timeout=60)
-    finally:
-        admin.cursor().execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        admin.close()
+    with autocommit(admin_dsn) as admin:
+        try:
+            with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, blocker):
+                admin.cursor().execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                with conn.cursor() as cur:
+                    cur.execute("""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                                   WHERE application_name = 'rates-ingest-runs' AND datname = current_database()""")
+                blocker.rollback()
+                output, _ = job.communicate(timeout=60)
+        finally:
+            admin.cursor().execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
     assert job.returncode == 0, output
     s3.put("other.csv", as_csv(ROWS))
