@@ -29,15 +29,16 @@ def series(name: str, labels: dict, values: str) -> dict:
     return {"series": f"{name}{{{inner}}}", "values": values}
 
 
-def run_promtool(promtool: Path, tmp_path: Path, rule: dict, tests: list[dict]) -> None:
+def run_promtool(promtool: Path, tmp_path: Path, rule: dict, tests: list[dict], annotations: bool = False) -> None:
     """`promtool check rules` on the rendered groups, then `promtool test rules` on a copy
-    without annotations (promtool compares them too; check validates their templates)."""
+    without annotations (promtool compares them too; check validates their templates), or
+    with them, for tests that give each expected alert's ``exp_annotations``."""
     groups = rule["spec"]["groups"]
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
     check = subprocess.run([promtool, "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True,
                            text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    bare = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]}
+    bare = [{**g, "rules": [{k: v for k, v in r.items() if annotations or k != "annotations"} for r in g["rules"]]}
             for g in groups]
     (tmp_path / "bare.yaml").write_text(yaml.safe_dump({"groups": bare}))
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(
@@ -45,6 +46,26 @@ def run_promtool(promtool: Path, tmp_path: Path, rule: dict, tests: list[dict]) 
     result = subprocess.run([promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def expanded(rule: dict, alert: str, expansions: dict[str, str]) -> dict[str, str]:
+    """``alert``'s annotations as Prometheus should expand them: each template in
+    ``expansions`` replaced by its value, and no other template left."""
+    [found] = [r for g in rule["spec"]["groups"] for r in g["rules"] if r.get("alert") == alert]
+    texts = dict(found["annotations"])
+    for template, value in expansions.items():
+        assert any(template in text for text in texts.values()), (alert, template)
+        texts = {name: text.replace(template, value) for name, text in texts.items()}
+    assert not [text for text in texts.values() if "{{" in text], texts
+    return texts
+
+
+def annotated_case(input_series: list[dict], at: str, alerts: list[tuple[str, dict, dict]]) -> dict:
+    """One promtool test of alerts' labels and annotations, each (alertname, labels, annotations)."""
+    return {"interval": "1m", "input_series": input_series,
+            "alert_rule_test": [{"eval_time": at, "alertname": name,
+                                 "exp_alerts": [{"exp_labels": labels, "exp_annotations": texts}]}
+                                for name, labels, texts in alerts]}
 
 
 def case(input_series: list[dict], alerts: list[tuple[str, str, list[dict]]]) -> dict:
@@ -121,6 +142,20 @@ def test_api_alerts_fire_on_their_trouble_after_their_for(helm, promtool, tmp_pa
         case([series("up", {**API, "namespace": "staging"}, "1x20")],
              [("RatesApiDown", "6m", [{"severity": "critical", "namespace": NAMESPACE}])]),
     ])
+
+
+def test_api_alerts_say_how_bad_it_is(helm, promtool, tmp_path):
+    rule = api_rule(helm)
+    # 150 of 750 requests a minute fail; 20 of 620 take 2-5 s, which puts the 99th
+    # percentile at 3.45 s by the histogram's linear interpolation in the 2.5-5 s bucket.
+    run_promtool(promtool, tmp_path, rule, [
+        annotated_case(healthy_api(errors_per_minute=150), "12m", [
+            ("RatesApiErrors", {"severity": "critical", "namespace": NAMESPACE},
+             expanded(rule, "RatesApiErrors", {"{{ $value | humanizePercentage }}": "20%"}))]),
+        annotated_case(healthy_api(slow_per_minute=20), "17m", [
+            ("RatesApiSlow", {"severity": "warning", "namespace": NAMESPACE},
+             expanded(rule, "RatesApiSlow", {"{{ $value | humanizeDuration }}": "3.45s"}))]),
+    ], annotations=True)
 
 
 def test_the_thresholds_come_from_the_values(helm, promtool, tmp_path):
@@ -212,6 +247,18 @@ def test_controller_alerts_fire_on_their_trouble_after_their_for(helm, promtool,
         case([series("up", CTL, "0x20")], [
             ("RatesControllerDown", "4m", []), ("RatesControllerDown", "6m", [{"severity": "critical", "namespace": NAMESPACE}])]),
     ])
+
+
+def test_controller_alerts_name_the_reason_and_the_operation(helm, promtool, tmp_path):
+    rule = controller_rule(helm)
+    run_promtool(promtool, tmp_path, rule, [
+        annotated_case(healthy_controller(set_aside="0x10 1x50", errors="0x5 1+1x55"), "25m", [
+            ("RatesControllerErrors", {"severity": "warning", "namespace": NAMESPACE, "operation": "receive"},
+             expanded(rule, "RatesControllerErrors", {"{{ $labels.operation }}": "receive"}))]),
+        annotated_case(healthy_controller(set_aside="0x10 1x50"), "11m", [
+            ("RatesControllerFileSetAside", {"severity": "warning", "namespace": NAMESPACE, "reason": "invalid_file"},
+             expanded(rule, "RatesControllerFileSetAside", {"{{ $labels.reason }}": "invalid_file"}))]),
+    ], annotations=True)
 
 
 def test_rules_without_the_service_monitor_are_refused(helm):
