@@ -18,7 +18,7 @@ help:
 	@echo "make bench-api  API benchmark against a naive baseline (see bench/README.md)"
 	@echo "make bench-ingest  ingest job against raw COPY and a naive baseline (see bench/README.md)"
 	@echo "make bench-controller  uploads to Jobs, against raw Job creates (see bench/README.md)"
-	@echo "make k8s-tools  pinned etcd, kube-apiserver, kubectl, helm, ... (TOOLS_ARGS=\"--tool skaffold\" or \"--all\" for terraform, tflint, skaffold)"
+	@echo "make k8s-tools  pinned etcd, kube-apiserver, kubectl, helm, ... (TOOLS_ARGS=\"--tool skaffold\" or \"--all\" for terraform, tflint, skaffold, promtool)"
 
 $(STAMP): requirements.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,7 +57,7 @@ bench-controller: venv
 
 # Pinned etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubeconform (versions.json):
 # found via $KUBEBUILDER_ASSETS/PATH or built once into ~/.cache/rates-platform/k8s. `make test` does it too.
-# terraform, tflint and skaffold only when asked: TOOLS_ARGS="--tool terraform --tool tflint", or "--all".
+# terraform, tflint, skaffold and promtool only when asked: TOOLS_ARGS="--tool terraform --tool tflint", or "--all".
 .PHONY: k8s-tools
 k8s-tools: venv
 	$(BIN)/ratesctl k8s-tools $(TOOLS_ARGS)

@@ -197,7 +197,7 @@ def _unavailable_message(missing: list[str], versions: dict[str, str], why: str)
     wanted = ", ".join(f"{t} {_pinned(t, versions)}" for t in missing)
     return (
         f"Pinned tools missing: {wanted}.\n{why}\n"
-        "Either install Go (>= 1.26, `go` on PATH or $GO) so they can be built once into "
+        "Either install Go (>= 1.26.7, `go` on PATH or $GO) so they can be built once into "
         f"{cache_root()}, or download matching binaries and point at them:\n"
         "  export KUBEBUILDER_ASSETS=/path/to/dir   # with etcd, kube-apiserver, kubectl "
         "(e.g. from setup-envtest)\n"
@@ -558,7 +558,7 @@ def ensure_tools(*, build: bool = True, tools: tuple[str, ...] = ALL_TOOLS) -> d
 @click.option("--tool", "names", multiple=True, type=click.Choice(KNOWN_TOOLS),
               help="Provide this tool (repeatable) instead of the Kubernetes test set.")
 @click.option("--all", "all_tools", is_flag=True,
-              help="The Kubernetes test set and terraform, tflint and skaffold.")
+              help="The Kubernetes test set and terraform, tflint, skaffold and promtool.")
 def k8s_tools(check: bool, names: tuple[str, ...], all_tools: bool) -> None:
     """Provide the pinned tools and print their paths: by default the Kubernetes test set
     (etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubeconform)."""
