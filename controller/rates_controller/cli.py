@@ -44,17 +44,30 @@ def command() -> int:
     controller = Controller(settings, jobs_api, queue.Queue(sqs, settings.queue_url),
                             queue.Queue(sqs, settings.dead_letter_queue_url), measured, log)
 
+    received = stop_on_signals(controller)
+    log.info("started", queue=settings.queue_url, namespace=settings.job.namespace,
+             max_active_jobs=settings.max_active_jobs)
+    controller.run()
+    log.info("stopped", signal=received[0] if received else None)
+    return 0
+
+
+def stop_on_signals(controller) -> list[int]:
+    """Have SIGTERM and SIGINT stop ``controller``'s loop; the list fills with the signals.
+
+    The handler only sets the event. It runs on the main thread between two bytecodes,
+    maybe in the middle of a log line, whose lock is not reentrant: a handler that logged
+    would wait for ever on the lock its own thread holds, until the kubelet's SIGKILL.
+    """
+    received: list[int] = []
+
     def stop(signum, _frame):
-        log.info("stopping", signal=signum)
+        received.append(signum)
         controller.stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("started", queue=settings.queue_url, namespace=settings.job.namespace,
-             max_active_jobs=settings.max_active_jobs)
-    controller.run()
-    log.info("stopped")
-    return 0
+    return received
 
 
 def _check_job_settings(jobs_api: kube.JobsApi, settings: Settings, log) -> None:

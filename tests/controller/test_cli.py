@@ -109,3 +109,30 @@ def test_no_aws_region_is_a_configuration_error(tmp_path):
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert "set AWS_DEFAULT_REGION" in json.loads(result.stdout.splitlines()[-1])["error"]
+
+
+# The control loop logs on the main thread, where signal handlers run too.
+_LOGGING_WHEN_SIGNALLED = """
+import os, signal, threading, time
+from types import SimpleNamespace
+from rates_core import logs
+from rates_controller.cli import stop_on_signals
+
+logs.configure("INFO")
+log = logs.get_logger("rates_controller")
+controller = SimpleNamespace(stopping=threading.Event())
+received = stop_on_signals(controller)
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+line = "x" * 200_000  # long writes: the signal lands inside one
+while not controller.stopping.is_set():
+    log.info("job created", detail=line)
+log.info("stopped", signal=received[0])
+"""
+
+
+def test_a_signal_in_the_middle_of_a_log_line_stops_the_loop():
+    result = subprocess.run([sys.executable, "-c", _LOGGING_WHEN_SIGNALLED], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, timeout=30)  # hung: TimeoutExpired
+    assert result.returncode == 0, result.stderr
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert (last["event"], last["signal"]) == ("stopped", signal.SIGTERM)
