@@ -42,6 +42,9 @@ class Controller:
         self.log = log
         # Set by a signal handler; a long poll in progress is finished first.
         self.stopping = threading.Event()
+        # Ended Jobs whose file went to the dead-letter queue but whose label did not land
+        # yet (the patch failed): the next pass only labels them, instead of sending again.
+        self._set_aside: set[str] = set()
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -81,6 +84,18 @@ class Controller:
         return busy
 
     def _ended(self, ended: jobs.Finished) -> None:
+        # Sent to the dead-letter queue by an earlier pass whose label did not land: only label it.
+        result = SET_ASIDE if ended.uid in self._set_aside else self._act_on(ended)
+        if result == SET_ASIDE:
+            self._set_aside.add(ended.uid)
+        self.kube.mark_handled(ended.name, result, self.settings.job.ttl_seconds)
+        self._set_aside.discard(ended.uid)
+        self.metrics.jobs_finished.labels(result).inc()
+        self.log.info("job ended", job=ended.name, bucket=ended.obj.bucket, key=ended.obj.key,
+                      attempt=ended.attempt, reason=ended.reason, result=result)
+
+    def _act_on(self, ended: jobs.Finished) -> str:
+        """Retry the ended Job's file or set it aside, as its end calls for; the result."""
         if ended.succeeded:
             result = SUCCEEDED
         elif ended.file_is_invalid:
@@ -94,10 +109,7 @@ class Controller:
         else:
             result = self._set_aside_file(ended, "attempts_exhausted",
                                           f"the file did not load in {self.settings.max_attempts} Jobs")
-        self.kube.mark_handled(ended.name, result, self.settings.job.ttl_seconds)
-        self.metrics.jobs_finished.labels(result).inc()
-        self.log.info("job ended", job=ended.name, bucket=ended.obj.bucket, key=ended.obj.key,
-                      attempt=ended.attempt, reason=ended.reason, result=result)
+        return result
 
     def _retries_left(self, ended: jobs.Finished) -> bool:
         return ended.attempt - ended.round_start + 1 < self.settings.max_attempts
@@ -121,7 +133,7 @@ class Controller:
     def _set_aside_file(self, ended: jobs.Finished, why: str, summary: str) -> str:
         detail = jobs.last_words(self.kube.termination_message(ended.name))
         reason = f"{summary} ({ended.reason}: {ended.message})" + (f"; the job said: {detail}" if detail else "")
-        self.dead_letters.send(notification(ended.obj), {
+        self.dead_letters.send(notification(ended.obj, ended.name), {
             "reason": reason, "job": ended.name, "attempts": str(ended.attempt)})
         self.metrics.set_aside.labels(why).inc()
         self.log.warning("file set aside", job=ended.name, bucket=ended.obj.bucket, key=ended.obj.key,
@@ -167,10 +179,13 @@ class Controller:
         self.log.info("message handled", message_id=message.id, objects=len(objects), jobs_created=created)
 
     def _start(self, obj: UploadedObject) -> bool:
-        """Create the object's Job, unless one has it in hand; after a set-aside, a new round."""
+        """Create the object's Job, unless one has it in hand; sent back from the dead-letter
+        queue after a set-aside, a new round."""
         def in_hand(existing) -> bool:
-            # Running, waiting for its retry, or loaded: this delivery is a duplicate.
-            return (existing.metadata.labels or {}).get(jobs.HANDLED) not in (RETRIED, SET_ASIDE)
+            # Running, waiting for its retry or loaded: this delivery is a duplicate. So is a
+            # second delivery of a set-aside file's event, unless it was sent back.
+            passed = (RETRIED, SET_ASIDE) if obj.redriven else (RETRIED,)
+            return (existing.metadata.labels or {}).get(jobs.HANDLED) not in passed
 
         return self._create_free(obj, 1, None, in_hand)
 
@@ -243,11 +258,12 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def notification(obj: UploadedObject) -> str:
-    """An S3 ObjectCreated notification for ``obj``: what a redrive from the dead-letter
-    queue needs to start the file again."""
+def notification(obj: UploadedObject, set_aside_by: str) -> str:
+    """An S3 ObjectCreated notification for ``obj``, marked as set aside by the Job named
+    ``set_aside_by``: what a redrive from the dead-letter queue needs to start the file again."""
     record = {"bucket": {"name": obj.bucket}, "object": {"key": quote_plus(obj.key, safe="/")}}
     for name, value in (("versionId", obj.version_id), ("eTag", obj.etag), ("sequencer", obj.sequencer)):
         if value:
             record["object"][name] = value
-    return json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": record}]})
+    return json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": record}],
+                       events.SET_ASIDE_BY: set_aside_by})

@@ -7,10 +7,16 @@ and retrying it cannot help.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 
 from rates_core.errors import PermanentError
+
+
+# Marks a notification the controller sent to the dead-letter queue (its value: the Job
+# set aside). Sent back - an SQS redrive - it starts the file again, where a second
+# delivery of the upload's own event changes nothing.
+SET_ASIDE_BY = "RatesSetAsideBy"
 
 
 class PoisonMessage(PermanentError):
@@ -27,6 +33,8 @@ class UploadedObject:
     # Tells two uploads of one key apart even when their content (ETag) is the same, and is
     # the same in a second delivery of one event: S3's sequencer, else the event's time.
     sequencer: str | None = None
+    # Sent back from the dead-letter queue (SET_ASIDE_BY): to be loaded again.
+    redriven: bool = False
 
 
 def uploaded_objects(body: str) -> list[UploadedObject]:
@@ -41,7 +49,9 @@ def uploaded_objects(body: str) -> list[UploadedObject]:
     records = document.get("Records")
     if not isinstance(records, list) or not records:
         raise PoisonMessage("not an S3 event notification: no Records list")
-    return [obj for obj in map(_created_object, records) if obj is not None]
+    redriven = isinstance(document.get(SET_ASIDE_BY), str)
+    return [replace(obj, redriven=redriven) if redriven else obj
+            for obj in map(_created_object, records) if obj is not None]
 
 
 def _json(text, what: str):

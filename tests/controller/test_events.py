@@ -1,9 +1,12 @@
 """S3 event notifications as SQS delivers them (the bodies are S3's documented shapes)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
+from rates_controller import jobs
+from rates_controller.controller import notification
 from rates_controller.events import PoisonMessage, UploadedObject, uploaded_objects
 
 
@@ -53,6 +56,15 @@ def test_without_a_sequencer_the_events_time_tells_uploads_of_one_content_apart(
     assert uploaded_objects(body(rec))[0].sequencer == "2026-11-29T04:00:00.123Z"
     assert uploaded_objects(body({**rec, "s3": {**rec["s3"], "object": {
         **rec["s3"]["object"], "sequencer": "0055AED6DCD90281E5"}}}))[0].sequencer == "0055AED6DCD90281E5"
+
+
+def test_what_the_controller_sets_aside_comes_back_as_the_same_object_sent_back():
+    obj = UploadedObject(bucket="uploads", key="2016/jan prices+1.csv", version_id="v1", etag="abc", size=None,
+                         sequencer="0A")
+    [back] = uploaded_objects(notification(obj, "ingest-0123-2"))
+    assert back == replace(obj, redriven=True)
+    assert jobs.job_name(back, 1) == jobs.job_name(obj, 1)  # the same chain of Jobs
+    assert not uploaded_objects(body(record("2016/jan.csv")))[0].redriven  # S3's own event
 
 
 def test_a_notification_wrapped_by_sns_is_unwrapped():

@@ -4,10 +4,13 @@ turns their exit codes into Complete or Failed."""
 
 import json
 import time
+from contextlib import contextmanager
 
 import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 
-from rates_controller import jobs
+from rates_controller import events, jobs
 from tests.controller.conftest import sample
 from tests.ingest.conftest import ROWS, as_csv, prices, runs
 from tests.support.poll import wait_for
@@ -64,6 +67,15 @@ def test_an_invalid_file_is_set_aside_at_once_with_the_jobs_reason(dsn, world, k
     assert json.loads(dead["body"])["Records"][0]["s3"]["object"]["key"] == "bad.csv"
     assert [r["status"] for r in runs(conn)] == ["rejected"]
     assert sample(controller.metrics, "rates_controller_files_set_aside_total", reason="invalid_file") == 1
+
+    # SQS delivers the upload's event again (at least once): the file stays set aside, once.
+    again = json.loads(dead["body"])
+    assert again.pop(events.SET_ASIDE_BY) == ingest_jobs(kube, namespace)[0].metadata.name
+    sqs.send(json.dumps(again))
+    controller.step()
+    assert len(ingest_jobs(kube, namespace)) == 1 and sqs.dead_letters() == []  # none more
+    assert sqs.counts()[0] == 0  # deleted, as a duplicate
+    assert sample(controller.metrics, "rates_controller_messages_total", outcome="duplicate") == 1
 
 
 def test_a_file_that_keeps_failing_is_retried_set_aside_and_loads_after_a_redrive(
@@ -171,3 +183,60 @@ def test_a_retry_waits_for_a_free_slot(dsn, world, kube, namespace, uploads, sqs
 
     assert most == 1
     assert len(ingest_jobs(kube, namespace)) == 4
+
+
+@contextmanager
+def labelling_refused(kube, namespace: str, job_name: str):
+    """While inside, the API server refuses to label this namespace's Jobs as handled (an
+    admission policy, as a failing webhook or an outage of etcd writes would)."""
+    admission = client.AdmissionregistrationV1Api(kube.api_client)
+    name = f"refuse-handled-{namespace}"[:63]
+    admission.create_validating_admission_policy({
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                         "operations": ["UPDATE"], "resources": ["jobs"]}]},
+                 "validations": [{"expression": f"!has(object.metadata.labels) || "
+                                                f"!('{jobs.HANDLED}' in object.metadata.labels)",
+                                  "message": "labelling is down"}]}})
+    admission.create_validating_admission_policy_binding({
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"], "matchResources": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}})
+
+    def refused() -> bool:
+        try:
+            kube.batch.patch_namespaced_job(job_name, namespace, {"metadata": {"labels": {jobs.HANDLED: "x"}}},
+                                            dry_run="All")
+        except ApiException as exc:
+            return "labelling is down" in str(exc.body)
+        return False
+
+    try:
+        wait_for(refused, timeout=30, what="the admission policy to apply")
+        yield
+    finally:
+        admission.delete_validating_admission_policy_binding(name)
+        admission.delete_validating_admission_policy(name)
+        wait_for(lambda: not refused(), timeout=30, what="the admission policy to go")
+
+
+def test_a_file_set_aside_whose_job_cannot_be_labelled_is_sent_to_the_dead_letter_queue_once(
+        dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
+    job_runtime(dsn)
+    controller = make_controller()
+    uploads.put("bad.csv", as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)]))
+    [job] = step_until(controller, lambda: ingest_jobs(kube, namespace), what="the Job")
+    wait_for(lambda: jobs.finished(ingest_jobs(kube, namespace)[0]), timeout=90, what="the Job to fail")
+
+    with labelling_refused(kube, namespace, job.metadata.name):
+        for _ in range(3):  # each pass finds the Job unhandled again
+            controller.step()
+        assert handled(kube, namespace) == {}
+        assert len(sqs.dead_letters()) == 1
+    controller.step()
+
+    assert handled(kube, namespace) == {job.metadata.name: "set-aside"}
+    assert sqs.dead_letters() == []  # none more
+    assert sample(controller.metrics, "rates_controller_files_set_aside_total", reason="invalid_file") == 1
+    assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="set-aside") == 1
