@@ -133,6 +133,11 @@ def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
 def _newer_than_ours(version: str, last_modified, download: Download) -> bool:
     """Whether the key's loaded file (its version, or identity, and time) is newer than ours."""
     ours = download.info
+    # What S3 holds now is the newest, when it is one of the two. Times alone can mislead:
+    # a multipart upload's LastModified is when it began, not when it became the key's object.
+    now = download.current_identity()
+    if now in (version, ours.identity):
+        return now == version
     if last_modified is None or last_modified != ours.last_modified:
         return last_modified is not None and last_modified > ours.last_modified
     # S3 times have a one-second resolution, so two versions uploaded in the same second

@@ -153,6 +153,13 @@ class Download:
             finally:
                 body.close()
 
+    def current_identity(self) -> str | None:
+        """The identity of what S3 holds under the key now; None if the key is gone."""
+        try:
+            return head(self.s3, ObjectRef(self.ref.bucket, self.ref.key)).identity
+        except FileRejected:
+            return None
+
     def newest_of(self, version_ids: set[str]) -> str | None:
         """Which of these versions of the key S3 lists first, that is, the newest; None if none.
 

@@ -64,6 +64,41 @@ def test_an_older_version_seen_for_the_first_time_is_skipped(db, s3):
     assert runs(conn)[-1]["status"] == "superseded"
 
 
+def _loaded_later_than(conn, s3, version_id):
+    """Date the loaded file an hour after ``version_id``: as a multipart upload's LastModified
+    (when it began) can make the key's current object look older than one it replaced."""
+    stamp = s3.client.head_object(Bucket=s3.name, Key="p.csv", **({"VersionId": version_id} if version_id else {}))
+    with conn.cursor() as cur:
+        cur.execute("UPDATE ingest_files SET last_modified = %s + interval '1 hour'", (stamp["LastModified"],))
+
+
+def test_the_object_s3_holds_now_is_loaded_whatever_the_times_say(db, s3):
+    dsn, conn = db
+    s3.enable_versioning()
+    v1 = s3.put("p.csv", as_csv(ROWS))["VersionId"]
+    v2 = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
+    _loaded_later_than(conn, s3, v2)
+
+    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
+
+    assert prices(conn) == as_tuples(V2_ROWS)
+    assert [r["status"] for r in runs(conn)] == ["loaded", "loaded"]
+
+
+def test_an_overwritten_unversioned_object_loads_whatever_the_times_say(db, s3):
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    s3.put("p.csv", as_csv(V2_ROWS))
+    _loaded_later_than(conn, s3, None)
+
+    assert run_job(dsn, s3.name, "p.csv") == 0
+
+    assert prices(conn) == as_tuples(V2_ROWS)
+    assert [r["status"] for r in runs(conn)] == ["loaded", "loaded"]
+
+
 def _tie_loaded_with(conn, s3, version_id):
     """Give the loaded file exactly the LastModified of ``version_id``: two uploads in one second."""
     stamp = s3.client.head_object(Bucket=s3.name, Key="p.csv", VersionId=version_id)["LastModified"]
