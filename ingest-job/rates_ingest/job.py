@@ -47,6 +47,8 @@ def run(settings: Settings, s3=None) -> int:
         outcome = _failure(exc)
         outcome.info = seen.get("info")
         outcome.bytes = seen["download"].bytes if "download" in seen else None
+    # The outcome is known: a signal from here on must not turn a rejected file's exit 2 into 1.
+    termination.finishing()
     recorded = runs.finish(run_id, outcome)
     runs.close()
     code = _exit_code(outcome)

@@ -4,6 +4,7 @@ The job's connections are terminated the way a restart ends them (pg_terminate_b
 SQLSTATE 57P01 "admin shutdown"), at a moment that is certain to be mid-load.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -238,6 +239,36 @@ def test_sigterm_once_the_load_commits_records_it_as_loaded(db, s3):
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM prices")
         assert cur.fetchone()[0] == len(ROWS)
+
+
+# Runs the job with a SIGTERM to itself once the run's outcome is recorded.
+_SIGTERM_AFTER_RECORDING = """
+import os, signal, sys
+from rates_ingest import cli, job
+
+finish = job.RunLog.finish
+
+def finish_then_signal(self, *args):
+    recorded = finish(self, *args)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return recorded
+
+job.RunLog.finish = finish_then_signal
+sys.exit(cli.main())
+"""
+
+
+def test_sigterm_once_a_rejected_file_is_recorded_keeps_its_exit_code(db, s3):
+    dsn, conn = db
+    s3.put("bad.csv", as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)]))
+    result = subprocess.run([sys.executable, "-c", _SIGTERM_AFTER_RECORDING, "--bucket", s3.name, "--key", "bad.csv"],
+                            env={**os.environ, "DATABASE_URL": as_user(dsn, INGEST_USER)}, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 2, result.stdout + result.stderr  # retrying cannot help
+    assert last_run(conn)["status"] == "rejected"
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert (last["event"], last["exit_code"], last["signal"]) == ("ingest finished", 2, signal.SIGTERM)
 
 
 def test_a_killed_job_s_session_ends_without_waiting_for_its_statement(db, s3):
