@@ -49,19 +49,9 @@ def test_a_new_version_replaces_the_rows_of_the_old_one(db, s3):
         (v1, "loaded"), (v2, "loaded"), (v1, "superseded")]
 
 
-def test_an_older_version_seen_for_the_first_time_is_skipped(db, s3):
-    dsn, conn = db
-    s3.enable_versioning()
-    v1 = s3.put("p.csv", as_csv(ROWS))["VersionId"]
-    v2 = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
-    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
-    with conn.cursor() as cur:  # both uploads fell in one second (S3's resolution); make v2 clearly newer
-        cur.execute("UPDATE ingest_files SET last_modified = last_modified + interval '1 hour'")
-
-    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
-
-    assert prices(conn) == as_tuples(V2_ROWS)
-    assert runs(conn)[-1]["status"] == "superseded"
+def _upload_versions(s3, *contents) -> dict[str, str]:
+    """Upload each content to p.csv in turn: {"v1": its version id, ...}."""
+    return {f"v{n}": s3.put("p.csv", content)["VersionId"] for n, content in enumerate(contents, 1)}
 
 
 def _loaded_later_than(conn, s3, version_id):
@@ -72,18 +62,21 @@ def _loaded_later_than(conn, s3, version_id):
         cur.execute("UPDATE ingest_files SET last_modified = %s + interval '1 hour'", (stamp["LastModified"],))
 
 
-def test_the_object_s3_holds_now_is_loaded_whatever_the_times_say(db, s3):
+@pytest.mark.parametrize("loaded, arriving, status", [
+    ("v2", "v1", "superseded"),  # an older version, seen for the first time
+    ("v1", "v2", "loaded"),  # the key's object now, though the loaded file's time is later
+])
+def test_the_object_s3_holds_now_is_the_newer_whatever_the_times_say(db, s3, loaded, arriving, status):
     dsn, conn = db
     s3.enable_versioning()
-    v1 = s3.put("p.csv", as_csv(ROWS))["VersionId"]
-    v2 = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
-    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
-    _loaded_later_than(conn, s3, v2)
+    versions = _upload_versions(s3, as_csv(ROWS), as_csv(V2_ROWS))
+    assert run_job(dsn, s3.name, "p.csv", version_id=versions[loaded]) == 0
+    _loaded_later_than(conn, s3, versions[arriving])
 
-    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
+    assert run_job(dsn, s3.name, "p.csv", version_id=versions[arriving]) == 0
 
     assert prices(conn) == as_tuples(V2_ROWS)
-    assert [r["status"] for r in runs(conn)] == ["loaded", "loaded"]
+    assert runs(conn)[-1]["status"] == status
 
 
 def test_an_overwritten_unversioned_object_loads_whatever_the_times_say(db, s3):
@@ -99,20 +92,17 @@ def test_an_overwritten_unversioned_object_loads_whatever_the_times_say(db, s3):
     assert [r["status"] for r in runs(conn)] == ["loaded", "loaded"]
 
 
-def _tie_loaded_with(conn, s3, version_id):
-    """Give the loaded file exactly the LastModified of ``version_id``: two uploads in one second."""
-    stamp = s3.client.head_object(Bucket=s3.name, Key="p.csv", VersionId=version_id)["LastModified"]
-    with conn.cursor() as cur:
-        cur.execute("UPDATE ingest_files SET last_modified = %s", (stamp,))
-
-
 @pytest.mark.parametrize("loaded, arriving, status", [("v2", "v1", "superseded"), ("v1", "v2", "loaded")])
-def test_on_a_time_tie_s3s_order_of_versions_decides(db, s3, loaded, arriving, status):
+def test_when_s3_holds_neither_and_the_times_tie_s3s_order_of_versions_decides(db, s3, loaded, arriving, status):
     dsn, conn = db
     s3.enable_versioning()
-    versions = {"v1": s3.put("p.csv", as_csv(ROWS))["VersionId"], "v2": s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]}
+    # v3 came after both (its own event loads it): S3 holds neither of the two compared.
+    versions = _upload_versions(s3, as_csv(ROWS), as_csv(V2_ROWS), as_csv(LEGACY))
     assert run_job(dsn, s3.name, "p.csv", version_id=versions[loaded]) == 0
-    _tie_loaded_with(conn, s3, versions[arriving])
+    # Both uploads in one second, S3's resolution.
+    stamp = s3.client.head_object(Bucket=s3.name, Key="p.csv", VersionId=versions[arriving])["LastModified"]
+    with conn.cursor() as cur:
+        cur.execute("UPDATE ingest_files SET last_modified = %s", (stamp,))
 
     assert run_job(dsn, s3.name, "p.csv", version_id=versions[arriving]) == 0
 
