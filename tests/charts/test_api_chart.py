@@ -207,6 +207,17 @@ def test_rendering_is_valid_for_the_apiserver(helm, kubectl, schemas, kube_tools
         assert f"networkpolicy.networking.k8s.io/{name} created (server dry run)" in proc.stdout, proc.stdout
 
 
+def test_a_long_image_tag_still_makes_valid_labels(helm, kubectl, namespace):
+    # The schema takes tags of up to 128 characters; cut at 63 for the version label, this
+    # one would end in "." and the API server would refuse every object of the release.
+    tag = "release-2024.06.01-build." + "a" * 37 + "." + "b" * 10
+    manifest = helm("template", RELEASE, str(CHART), "-n", namespace, "--set", f"image.tag={tag}").stdout
+    versions = {d["metadata"]["labels"]["app.kubernetes.io/version"] for d in yaml.safe_load_all(manifest) if d}
+    assert versions == {tag[:62]}
+    proc = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest)
+    assert proc.returncode == 0, proc.stderr
+
+
 # --- what the rendering says ----------------------------------------------------------------
 
 @pytest.mark.parametrize("env", ENVS)

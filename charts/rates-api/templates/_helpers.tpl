@@ -47,7 +47,8 @@ Standard labels of one component; call with (dict "ctx" $ "component" "api").
 {{- define "rates-api.componentLabels" -}}
 helm.sh/chart: {{ include "rates-api.chart" .ctx }}
 {{ include "rates-api.componentSelectorLabels" . }}
-app.kubernetes.io/version: {{ include "rates-api.version" .ctx | trunc 63 | trimSuffix "-" | quote }}
+{{- /* A label value ends in a letter or digit: a tag cut at 63 may not (a tag may have 128). */}}
+app.kubernetes.io/version: {{ regexReplaceAll "[^A-Za-z0-9]+$" (include "rates-api.version" .ctx | trunc 63) "" | quote }}
 app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 app.kubernetes.io/part-of: rates-platform
 {{- end }}
