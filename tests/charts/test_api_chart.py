@@ -207,6 +207,24 @@ def test_rendering_is_valid_for_the_apiserver(helm, kubectl, schemas, kube_tools
         assert f"networkpolicy.networking.k8s.io/{name} created (server dry run)" in proc.stdout, proc.stdout
 
 
+_DOCUMENTED = [REPO / "README.md", CHART / "README.md", REPO / "terraform-eks/README.md",
+               *sorted(CHART.glob("values-*.yaml"))]
+
+
+def test_every_documented_install_waits_longer_than_the_migration_may_take():
+    # helm gives up after --timeout (default 5m) while the hook's Job may still run, and its
+    # hook policy with it; the next attempt would then replace the running Job.
+    deadline = yaml.safe_load((CHART / "values.yaml").read_text())["migrations"]["activeDeadlineSeconds"]
+    found = 0
+    for path in _DOCUMENTED:
+        text = re.sub(r"\\\n[#\s]*", " ", path.read_text())  # join continued lines, commented or not
+        for command in re.findall(r"helm upgrade --install rates-api .*", text):
+            found += 1
+            timeout = re.search(r"--timeout (\d+)m\b", command)
+            assert timeout and int(timeout.group(1)) * 60 > deadline, f"{path.name}: {command}"
+    assert found >= 6
+
+
 def test_a_long_image_tag_still_makes_valid_labels(helm, kubectl, namespace):
     # The schema takes tags of up to 128 characters; cut at 63 for the version label, this
     # one would end in "." and the API server would refuse every object of the release.
