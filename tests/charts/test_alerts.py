@@ -277,3 +277,21 @@ def test_rules_are_off_by_default(helm, chart):
     else:
         docs = render_controller(helm, *controller_values("prod"))
     assert not [d for d in docs if d and d["kind"] in ("PrometheusRule", "ServiceMonitor")]
+
+
+@pytest.mark.parametrize("interval, timeout, refused", [
+    ("10s", "30s", True), ("500ms", "1s", True), ("1m30s", "1m", False), ("1m", "60s", False)])
+def test_a_scrape_timeout_above_its_interval_is_refused(helm, interval, timeout, refused):
+    # Prometheus refuses such a scrape: the release would never be scraped, and its Down alert fire.
+    for args in (["rates-api", str(API_CHART)],
+                 [CONTROLLER, str(CONTROLLER_CHART), *controller_values("prod")]):
+        proc = helm("template", *args, "--set", "metrics.serviceMonitor.enabled=true",
+                    "--set", f"metrics.serviceMonitor.interval={interval}",
+                    "--set", f"metrics.serviceMonitor.scrapeTimeout={timeout}", check=False)
+        assert (proc.returncode != 0) == refused, proc.stderr
+        if refused:
+            assert f"scrapeTimeout ({timeout}) exceeds its interval ({interval})" in proc.stderr
+        else:
+            [monitor] = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "ServiceMonitor"]
+            assert monitor["spec"]["endpoints"][0]["interval"] == interval
+

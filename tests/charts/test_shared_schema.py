@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 CHARTS = Path(__file__).resolve().parents[2] / "charts"
-SHARED = {"port", "portName", "cidr", "networkPolicyEgressRule", "databaseUrl"}
+SHARED = {"port", "portName", "cidr", "networkPolicyEgressRule", "databaseUrl", "duration"}
 
 
 def test_the_definitions_both_charts_use_are_the_same():

@@ -182,3 +182,15 @@ Checks that span several values, which values.schema.json cannot express.
 {{- fail "jobs.serviceAccount.name must differ from the controller's ServiceAccount: the Jobs would get its IAM role" }}
 {{- end }}
 {{- end }}
+
+{{/*
+Milliseconds in a Prometheus duration of the kind the schema takes ("1m30s": ms, s, m, h).
+*/}}
+{{- define "rates-controller.durationMs" -}}
+{{- $ms := 0 }}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" . -1 }}
+{{- $unit := regexFind "[a-z]+$" . }}
+{{- $ms = add $ms (mul (trimSuffix $unit . | int64) (get (dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000) $unit)) }}
+{{- end }}
+{{- $ms }}
+{{- end }}
