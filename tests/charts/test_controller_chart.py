@@ -134,8 +134,9 @@ def yaml_app_version() -> str:
 
 
 def sample_job(namespace: str, key: str = "2024/prices.csv") -> dict:
+    """A Job as the controller makes it with the chart's default Job settings."""
     obj = UploadedObject(bucket="rates-uploads", key=key, version_id=None, etag="abc", size=1)
-    return controller_jobs.manifest(obj, JobSettings(namespace=namespace, image="rates-ingest:test"))
+    return controller_jobs.manifest(obj, JobSettings(namespace=namespace, image=f"rates-ingest:{yaml_app_version()}"))
 
 
 # --- rendering, lint, schema ------------------------------------------------------------
@@ -169,10 +170,11 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
     args = values_args(environment, ROLE_ARNS)
     rendered = helm("template", RELEASE, str(CHART), "--namespace", namespace, *args).stdout
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
-    # Two ServiceAccounts and two NetworkPolicies (controller, Jobs), the test hook's Pod;
-    # and no Secret, ever.
+    # Two ServiceAccounts and two NetworkPolicies (controller, Jobs), the test hook's Pod,
+    # the Job policy and its binding; and no Secret, ever.
     assert kinds == ["Deployment", "NetworkPolicy", "NetworkPolicy", "Pod", "Role", "RoleBinding", "Service",
-                     "ServiceAccount", "ServiceAccount"]
+                     "ServiceAccount", "ServiceAccount", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding"]
 
     summary = kubeconform(kube_tools["kubeconform"], schemas, rendered)
     assert summary == {"valid": len(kinds), "invalid": 0, "errors": 0, "skipped": 0}, summary
@@ -183,7 +185,9 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
                  "serviceaccount/rates-ingest", "role.rbac.authorization.k8s.io/rates-controller",
                  "rolebinding.rbac.authorization.k8s.io/rates-controller", "service/rates-controller",
                  "pod/rates-controller-test-healthz", "networkpolicy.networking.k8s.io/rates-controller",
-                 "networkpolicy.networking.k8s.io/rates-controller-ingest"):
+                 "networkpolicy.networking.k8s.io/rates-controller-ingest",
+                 f"validatingadmissionpolicy.admissionregistration.k8s.io/{namespace}-rates-controller-jobs",
+                 f"validatingadmissionpolicybinding.admissionregistration.k8s.io/{namespace}-rates-controller-jobs"):
         assert f"{what} created (server dry run)" in proc.stdout, proc.stdout
 
 
@@ -580,6 +584,7 @@ def test_install_upgrade_and_uninstall(helm, kube, namespace):
     assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [("ServiceAccount", RELEASE, namespace)]
     assert kube.core.read_namespaced_service(RELEASE, namespace).spec.ports[0].name == "metrics"
     networking = client.NetworkingV1Api(kube.api_client)
+    admission = client.AdmissionregistrationV1Api(kube.api_client)
     assert sorted(p.metadata.name for p in networking.list_namespaced_network_policy(namespace).items) == [
         RELEASE, f"{RELEASE}-ingest"]
     with pytest.raises(ApiException) as no_secret:  # the chart never makes one
@@ -613,7 +618,10 @@ def test_install_upgrade_and_uninstall(helm, kube, namespace):
                  lambda: kube.rbac.read_namespaced_role_binding(RELEASE, namespace),
                  lambda: kube.core.read_namespaced_service(RELEASE, namespace),
                  lambda: networking.read_namespaced_network_policy(RELEASE, namespace),
-                 lambda: networking.read_namespaced_network_policy(f"{RELEASE}-ingest", namespace)):
+                 lambda: networking.read_namespaced_network_policy(f"{RELEASE}-ingest", namespace),
+                 # cluster-scoped, but the release's all the same
+                 lambda: admission.read_validating_admission_policy(f"{namespace}-{RELEASE}-jobs"),
+                 lambda: admission.read_validating_admission_policy_binding(f"{namespace}-{RELEASE}-jobs")):
         assert gone(read)
     assert json.loads(helm("list", "-n", namespace, "-o", "json").stdout) == []
 
@@ -624,6 +632,24 @@ def other_namespace(kube):
     kube.core.create_namespace({"metadata": {"name": name}})
     yield name
     kube.core.delete_namespace(name)
+
+
+def test_with_a_database_url_the_job_policy_allows_the_jobs_no_secret(helm):
+    def secret_rule(sets):
+        [policy] = [d for d in render(helm, *values_args(sets=sets)) if d["kind"] == "ValidatingAdmissionPolicy"]
+        [rule] = [v["expression"] for v in policy["spec"]["validations"] if "secretKeyRef" in v["expression"]]
+        return rule
+
+    assert 'secretKeyRef.name == "rates-database"' in secret_rule({})
+    iam = secret_rule({"database.url": "postgresql://rates_ingest@db:5432/rates?sslmode=require",
+                       "database.iamAuth": True})
+    assert 'secretKeyRef.name == ""' in iam  # no Secret has an empty name: none is allowed
+
+
+def test_the_job_policy_can_be_left_out(helm):
+    # Where the installer may not create cluster-scoped admission policies.
+    kinds = {d["kind"] for d in render(helm, *values_args(sets={"rbac.jobPolicy": False}))}
+    assert "Role" in kinds and not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & kinds
 
 
 def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else(helm, kube, namespace,
@@ -674,6 +700,40 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
         "list namespaces": lambda: core.list_namespace(),
     }
     assert {what: status_of(call) for what, call in denied.items()} == {what: 403 for what in denied}
+
+    # Jobs it may create, but not these: the admission policy (rbac.jobPolicy) refuses them.
+    def job_with(change) -> dict:
+        job = sample_job(namespace, "another.csv")
+        change(job["spec"]["template"]["spec"], job["spec"]["template"]["spec"]["containers"][0],
+               job["spec"]["template"]["metadata"]["labels"])
+        return job
+
+    secret_ref = {"name": "X", "valueFrom": {"secretKeyRef": {"name": "rates-api-other", "key": "k"}}}
+    refused = {
+        "run as the API's ServiceAccount": lambda pod, c, labels: pod.update(serviceAccountName="rates-api"),
+        "mount a Kubernetes token": lambda pod, c, labels: pod.update(automountServiceAccountToken=True),
+        "read another Secret": lambda pod, c, labels: c["env"].append(secret_ref),
+        "read a Secret whole": lambda pod, c, labels: c.update(envFrom=[{"secretRef": {"name": "rates-database"}}]),
+        "mount a volume": lambda pod, c, labels: pod.update(volumes=[{"name": "h", "hostPath": {"path": "/"}}]),
+        "run another image": lambda pod, c, labels: c.update(image="busybox"),
+        "run another command": lambda pod, c, labels: c.update(command=["sh", "-c", "env"]),
+        "add a container": lambda pod, c, labels: pod["containers"].append({**c, "name": "second"}),
+        "leave the ingest labels": lambda pod, c, labels: labels.pop("app.kubernetes.io/name"),
+        "use the host's network": lambda pod, c, labels: pod.update(hostNetwork=True),
+        "run privileged": lambda pod, c, labels: c["securityContext"].update(privileged=True,
+                                                                             allowPrivilegeEscalation=True),
+        "run as root": lambda pod, c, labels: pod["securityContext"].pop("runAsNonRoot"),
+    }
+    def create(change) -> int:
+        return status_of(lambda: batch.create_namespaced_job(namespace, job_with(change), dry_run="All"))
+
+    # The API server compiles a new policy within moments.
+    wait_for(lambda: create(refused["run another image"]) == 422, timeout=30, what="the Job policy to take effect")
+    statuses = {what: create(change) for what, change in refused.items()}
+    assert statuses == {what: 422 for what in refused}
+    # Only the controller's account is held to it.
+    assert status_of(lambda: kube.batch.create_namespaced_job(
+        namespace, job_with(refused["run as the API's ServiceAccount"]), dry_run="All")) == 200
 
     # The Jobs' own account has no Kubernetes rights at all.
     as_job = kube.client_for_token(token_for(kube, namespace, "rates-ingest"))
