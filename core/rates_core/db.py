@@ -1,5 +1,6 @@
 """PostgreSQL connections and the one place where psycopg2 errors are classified."""
 
+import re
 import select
 import threading
 import time
@@ -104,8 +105,14 @@ def _connect_args(dsn: str, application_name: str, statement_timeout_ms: int, co
     options = f"-c statement_timeout={int(statement_timeout_ms)}"
     if client_check_interval_ms:
         options += f" -c client_connection_check_interval={int(client_check_interval_ms)}"
-    with classified():
+    try:
         given = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError as exc:
+        raise PermanentError(f"not a valid libpq URL: {url_error(exc)}") from None
+    if not re.fullmatch(r"\d+(,\d+)*", given.get("port", "5432")):
+        # libpq would say which, quoting it: with an unencoded / in the password, a piece of it.
+        raise PermanentError("not a valid libpq URL: its port is not a number "
+                             "(is a / or @ in the password not percent-encoded?)")
     if given.get("options"):
         # The keyword replaces the DSN's own options (a search_path, say); keep both.
         options = f"{given['options']} {options}"
@@ -113,6 +120,12 @@ def _connect_args(dsn: str, application_name: str, statement_timeout_ms: int, co
     tcp = {name: value for name, value in wanted.items() if name not in given}
     return dict(dsn=dsn, application_name=application_name, connect_timeout=connect_timeout_s, options=options,
                 **tcp)
+
+
+def url_error(exc: Exception) -> str:
+    """Why a database URL could not be read, without the text libpq or urllib quote from
+    it: the part they stumble on may be the password (a % or / left unencoded)."""
+    return re.sub(r"\"[^\"]*\"|'[^']*'", "<...>", str(exc).strip())
 
 
 class Pool:

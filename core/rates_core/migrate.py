@@ -26,7 +26,7 @@ def _yoyo_uri(dsn: str) -> str:
         psycopg2.extensions.parse_dsn(dsn)  # libpq's reading
         urllib.parse.urlsplit(dsn).port  # yoyo's, which is stricter about the port
     except (psycopg2.ProgrammingError, ValueError) as exc:
-        raise PermanentError(f"DATABASE_URL is not a valid URL: {str(exc).strip()}") from None
+        raise PermanentError(f"DATABASE_URL is not a valid URL: {db.url_error(exc)}") from None
     return dsn
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 
 import psycopg2.extensions
 
+from .db import url_error
 from .env import ConfigError, env_bool
 from .errors import TemporaryError
 
@@ -71,7 +72,7 @@ def _parse(dsn: str) -> dict:
     try:
         return psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError as exc:
-        raise ConfigError(f"not a valid libpq URL: {str(exc).strip()}") from None
+        raise ConfigError(f"not a valid libpq URL: {url_error(exc)}") from None
 
 
 def password_source(dsn: str, iam_auth: bool) -> Callable[[], str] | None:

@@ -1,0 +1,33 @@
+"""A database URL that cannot be read is reported without repeating it: libpq and urllib
+quote the part they stumble on, and with an unencoded % or / that part is the password."""
+
+import pytest
+
+from rates_core import db, migrate, rds_auth
+from rates_core.env import ConfigError
+from rates_core.errors import PermanentError
+
+READERS = {
+    "a connection": lambda url: db.connect(url, application_name="test"),
+    "the migrations": migrate.pending,
+    "the IAM check": rds_auth.check_url,
+}
+
+
+@pytest.mark.parametrize("url, why", [
+    ("postgresql://rates_api:Xy7%Gq2secret@db:5432/rates", "invalid percent-encoded token"),
+    # libpq reads "rates:Ab3" as host and port, and would quote the port when connecting
+    ("postgresql://rates:Ab3/kL9secret@db:5432/rates", None),
+])
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_an_unreadable_url_is_refused_without_its_password(reader, url, why):
+    with pytest.raises((PermanentError, ConfigError)) as refused:
+        READERS[reader](url)
+    message = str(refused.value)
+    assert "secret" not in message and "Ab3" not in message and "Gq2" not in message, message
+    assert "URL" in message
+    if why:
+        assert why in message
+    # Nor in what a traceback would print: the library's own error is not chained.
+    assert refused.value.__cause__ is None
+    assert refused.value.__context__ is None or refused.value.__suppress_context__
