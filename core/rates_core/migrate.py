@@ -12,6 +12,7 @@ from .errors import PermanentError, TemporaryError
 from .logs import get_logger
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+CONNECT_TIMEOUT_S = 10
 log = get_logger(__name__)
 
 
@@ -23,11 +24,18 @@ def _yoyo_uri(dsn: str) -> str:
         raise PermanentError("migrations need DATABASE_URL as a URL, postgresql://user@host:port/db, "
                              "not libpq keywords")
     try:
-        psycopg2.extensions.parse_dsn(dsn)  # libpq's reading
-        urllib.parse.urlsplit(dsn).port  # yoyo's, which is stricter about the port
+        given = psycopg2.extensions.parse_dsn(dsn)  # libpq's reading
+        parts = urllib.parse.urlsplit(dsn)
+        parts.port  # yoyo's, which is stricter about the port
     except (psycopg2.ProgrammingError, ValueError) as exc:
         raise PermanentError(f"DATABASE_URL is not a valid URL: {db.url_error(exc)}") from None
-    return dsn
+    # yoyo hands the query's parameters to psycopg2.connect: the timeouts and keepalives of
+    # every other connection (rates_core.db), so that an unreachable database fails the
+    # migration in seconds (exit 1) and a vanished one is noticed during a long statement.
+    wanted = {"connect_timeout": CONNECT_TIMEOUT_S, **db.KEEPALIVES, "tcp_user_timeout": db.TCP_USER_TIMEOUT_MS}
+    added = {name: value for name, value in wanted.items() if name not in given}
+    query = "&".join(filter(None, [parts.query, urllib.parse.urlencode(added)]))
+    return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
 def pending(dsn: str) -> list[str]:

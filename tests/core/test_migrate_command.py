@@ -4,8 +4,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from rates_core import migrate
+from tests.support.net import SilentServer
 
 
 def run(env: dict) -> subprocess.CompletedProcess:
@@ -29,3 +31,15 @@ def test_a_missing_database_url_is_one_line_and_exit_2():
     result = run({})
     assert result.returncode == 2
     assert json.loads(result.stdout.splitlines()[-1])["error"] == "environment variable DATABASE_URL is required"
+
+
+def test_a_database_that_never_answers_fails_the_migration_in_seconds():
+    # A host that takes the connection and then says nothing (a black-holed address): without
+    # a connect timeout the migration hook would hang until helm gave up on it.
+    with SilentServer() as silent:
+        dsn = f"postgresql://nobody@127.0.0.1:{silent.port}/none?sslmode=disable&gssencmode=disable"
+        started = time.monotonic()
+        result = run({"DATABASE_URL": dsn})
+    assert result.returncode == 1, result.stdout + result.stderr  # may pass on retry
+    assert "timeout expired" in result.stdout
+    assert time.monotonic() - started < 60  # migrate.CONNECT_TIMEOUT_S (10 s), not the 120 s of run()

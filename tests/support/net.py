@@ -54,6 +54,12 @@ class SilentServer:
             except OSError:
                 return
 
+    def __enter__(self) -> "SilentServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self):
         # shutdown() wakes the thread blocked in accept(); close() alone would not.
         self.sock.shutdown(socket.SHUT_RDWR)
