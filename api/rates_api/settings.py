@@ -7,6 +7,8 @@ from rates_core.env import env_choice, env_int, env_str
 from rates_core.logs import LEVELS
 from rates_core.rds_auth import iam_auth_enabled
 
+PG_INT_MAX = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -22,8 +24,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        def get_int(name, default, minimum=0):
-            return env_int(name, default, minimum=minimum, environ=environ)
+        def get_int(name, default, minimum=0, maximum=None):
+            return env_int(name, default, minimum=minimum, maximum=maximum, environ=environ)
 
         database_url = env_str("DATABASE_URL", environ=environ)
         return cls(
@@ -31,8 +33,9 @@ class Settings:
             database_iam_auth=iam_auth_enabled(database_url, environ),
             # One connection per gunicorn thread means a request never waits for one.
             db_pool_size=get_int("DB_POOL_SIZE", get_int("GUNICORN_THREADS", 4, 1), 1),
-            db_statement_timeout_ms=get_int("DB_STATEMENT_TIMEOUT_MS", 5000, 1),
-            db_connect_timeout_s=get_int("DB_CONNECT_TIMEOUT_S", 5, 1),
+            # PostgreSQL and libpq take 32-bit integers; beyond, every connection would fail.
+            db_statement_timeout_ms=get_int("DB_STATEMENT_TIMEOUT_MS", 5000, 1, PG_INT_MAX),
+            db_connect_timeout_s=get_int("DB_CONNECT_TIMEOUT_S", 5, 1, PG_INT_MAX),
             max_range_days=get_int("MAX_RANGE_DAYS", 366, 1),
             response_cache_size=get_int("RESPONSE_CACHE_SIZE", 2048, 0),
             app_version=env_str("APP_VERSION", "dev", environ),

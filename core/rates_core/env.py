@@ -30,7 +30,7 @@ def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None)
         raise ConfigError(f"environment variable {name} must be true or false, got {raw!r}") from None
 
 
-def env_int(name: str, default: int, *, minimum: int | None = None,
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None,
             environ: Mapping[str, str] | None = None) -> int:
     raw = env_str(name, str(default), environ)
     try:
@@ -39,6 +39,8 @@ def env_int(name: str, default: int, *, minimum: int | None = None,
         raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
     if minimum is not None and value < minimum:
         raise ConfigError(f"environment variable {name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"environment variable {name} must be <= {maximum}, got {value}")
     return value
 
 

@@ -47,7 +47,9 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
 
 
 @pytest.mark.parametrize("name, value", [("PORT", "abc"), ("DB_POOL_SIZE", "0"), ("LOG_LEVEL", "bogus"),
-                                         ("WEB_CONCURRENCY", "two")])
+                                         ("WEB_CONCURRENCY", "two"),
+                                         # PostgreSQL's integer range: every connection would fail
+                                         ("DB_STATEMENT_TIMEOUT_MS", "2147483648")])
 def test_ratesctl_serve_names_a_bad_setting_in_one_line(dsn, tmp_path, name, value):
     env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(free_port()), "WEB_CONCURRENCY": "1", name: value}
     result = subprocess.run([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,

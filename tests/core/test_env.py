@@ -19,3 +19,6 @@ def test_env_float_refuses_what_is_not_a_finite_number_in_range(raw):
 def test_env_int_names_the_variable():
     with pytest.raises(ConfigError, match="THREADS must be >= 1"):
         env_int("THREADS", 4, minimum=1, environ={"THREADS": "0"})
+    with pytest.raises(ConfigError, match="THREADS must be <= 64, got 65"):
+        env_int("THREADS", 4, minimum=1, maximum=64, environ={"THREADS": "65"})
+    assert env_int("THREADS", 4, minimum=1, maximum=64, environ={"THREADS": "64"}) == 64
