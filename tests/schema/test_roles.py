@@ -59,10 +59,9 @@ def test_each_user_is_refused_what_it_does_not_need(world, dsn, user, statement)
             cur.execute(statement)
 
 
-def _file_with_prices(cur, replaced: bool) -> int:
+def _file_with_prices(cur, key: str, version: str, replaced: bool) -> int:
     cur.execute("""INSERT INTO ingest_files (bucket, key, version, rows, bytes, replaced_at)
-                   VALUES ('b', 'k', %s, 2, 0, CASE WHEN %s THEN now() END) RETURNING id""",
-                (f"v-{replaced}", replaced))
+                   VALUES ('b', %s, %s, 2, 0, CASE WHEN %s THEN now() END) RETURNING id""", (key, version, replaced))
     file_id = cur.fetchone()[0]
     cur.execute("""INSERT INTO prices (orig_code, dest_code, day, price, source_id)
                    VALUES ('CNSHA', 'NLRTM', '2016-01-01', 100, %s), ('CNSHA', 'NLRTM', '2016-01-02', 200, %s)""",
@@ -74,19 +73,25 @@ def test_the_ingest_user_deletes_a_replaced_file_s_prices_and_no_others(world, d
     with world.cursor() as cur:
         cur.execute("""INSERT INTO prices (orig_code, dest_code, day, price)
                        VALUES ('CNSHA', 'NLRTM', '2016-01-01', 300)""")  # from before ingestion
-        current, replaced = _file_with_prices(cur, False), _file_with_prices(cur, True)
+        replaced = _file_with_prices(cur, "k", "v1", replaced=True)
+        current = _file_with_prices(cur, "k", "v2", replaced=False)  # the newer file of the key
+        other = _file_with_prices(cur, "other", "v1", replaced=False)
     with _as(dsn, INGEST_USER) as conn, conn.cursor() as cur:
-        with pytest.raises(psycopg2.errors.ObjectNotInPrerequisiteState, match="not a replaced file"):
+        with pytest.raises(psycopg2.errors.ObjectNotInPrerequisiteState, match="not replaced by a newer file"):
             cur.execute("SELECT rates_delete_replaced_file(%s)", (current,))
+        # The mark alone proves nothing: the ingest user may set it, on any file.
+        cur.execute("UPDATE ingest_files SET replaced_at = now() WHERE id = %s", (other,))
+        with pytest.raises(psycopg2.errors.ObjectNotInPrerequisiteState, match="not replaced by a newer file"):
+            cur.execute("SELECT rates_delete_replaced_file(%s)", (other,))
         cur.execute("SELECT rates_delete_replaced_file(%s)", (replaced,))
         assert cur.fetchone() == (2,)
     with world.cursor() as cur:
         cur.execute("SELECT source_id, count(*) FROM prices GROUP BY 1 ORDER BY 1 NULLS FIRST")
-        assert cur.fetchall() == [(None, 1), (current, 2)]
+        assert cur.fetchall() == [(None, 1), (current, 2), (other, 2)]
         # through the trigger, as a plain DELETE would: the totals lost the replaced rows
         cur.execute("SELECT day, sum(price_count) FROM lane_totals GROUP BY 1 HAVING sum(price_count) > 0 "
                     "ORDER BY 1")
-        assert cur.fetchall() == [(datetime.date(2016, 1, 1), 2), (datetime.date(2016, 1, 2), 1)]
+        assert cur.fetchall() == [(datetime.date(2016, 1, 1), 3), (datetime.date(2016, 1, 2), 2)]
 
 
 def test_the_ingest_user_cannot_borrow_the_totals_trigger_for_rows_of_its_own(world, dsn):

@@ -4,8 +4,9 @@
 -- With DELETE on prices, rates_ingest could also remove the rows that predate ingestion
 -- (source_id NULL), which no load can bring back. Row-level security would confine it,
 -- but PostgreSQL refuses COPY into a table with row-level security, so the delete goes
--- through this function instead, as the schema's owner, and only for a file already
--- marked replaced: a file's rows stay until a newer version of its key has taken over.
+-- through this function instead, as the schema's owner, and only for a file that a newer
+-- file of the same key has replaced: that one must be recorded as the key's current file.
+-- (rates_ingest may mark files replaced itself, so the mark alone would prove nothing.)
 
 CREATE FUNCTION rates_delete_replaced_file(file_id bigint) RETURNS bigint
     LANGUAGE plpgsql
@@ -15,9 +16,11 @@ AS $$
 DECLARE
     deleted bigint;
 BEGIN
-    PERFORM FROM ingest_files WHERE id = file_id AND replaced_at IS NOT NULL;
+    PERFORM FROM ingest_files old JOIN ingest_files newer USING (bucket, key)
+    WHERE old.id = file_id AND old.replaced_at IS NOT NULL
+      AND newer.replaced_at IS NULL AND newer.id > old.id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'ingest file % is not a replaced file; its prices stay', file_id
+        RAISE EXCEPTION 'ingest file % is not replaced by a newer file of its key; its prices stay', file_id
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     DELETE FROM prices WHERE source_id = file_id;
