@@ -106,13 +106,9 @@ def _connect_args(dsn: str, application_name: str, statement_timeout_ms: int, co
     if client_check_interval_ms:
         options += f" -c client_connection_check_interval={int(client_check_interval_ms)}"
     try:
-        given = psycopg2.extensions.parse_dsn(dsn)
-    except psycopg2.ProgrammingError as exc:
-        raise PermanentError(f"not a valid libpq URL: {url_error(exc)}") from None
-    if not re.fullmatch(r"\d+(,\d+)*", given.get("port", "5432")):
-        # libpq would say which, quoting it: with an unencoded / in the password, a piece of it.
-        raise PermanentError("not a valid libpq URL: its port is not a number "
-                             "(is a / or @ in the password not percent-encoded?)")
+        given = parse_url(dsn)
+    except PermanentError as exc:
+        raise PermanentError(f"not a valid libpq URL: {exc}") from None
     if given.get("options"):
         # The keyword replaces the DSN's own options (a search_path, say); keep both.
         options = f"{given['options']} {options}"
@@ -122,10 +118,30 @@ def _connect_args(dsn: str, application_name: str, statement_timeout_ms: int, co
                 **tcp)
 
 
+def parse_url(dsn: str) -> dict:
+    """libpq's reading of a database URL; PermanentError saying why it cannot be read.
+
+    The reason never quotes the URL: with a %, / or @ left unencoded in the password,
+    the part that libpq or urllib stumble on is a piece of the password. A host with an @
+    or a port that is no number reads fine but fails to connect, quoting it then.
+    """
+    try:
+        given = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError as exc:
+        raise PermanentError(url_error(exc)) from None
+    if "@" in given.get("host", "") or not re.fullmatch(r"\d*(,\d*)*", given.get("port", "")):
+        raise PermanentError("a host with an @ or a port that is not a number "
+                             "(is a %, / or @ in the password not percent-encoded?)")
+    return given
+
+
 def url_error(exc: Exception) -> str:
-    """Why a database URL could not be read, without the text libpq or urllib quote from
-    it: the part they stumble on may be the password (a % or / left unencoded)."""
-    return re.sub(r"\"[^\"]*\"|'[^']*'", "<...>", str(exc).strip())
+    """A URL parser's error up to its first quote: what follows quotes the URL."""
+    text = str(exc).strip()
+    quotes = [i for i in (text.find('"'), text.find("'")) if i >= 0]
+    if not quotes:
+        return text
+    return text[:min(quotes)].rstrip(": ") + " (the rest is not shown: it may hold the password)"
 
 
 class Pool:

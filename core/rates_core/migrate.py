@@ -3,7 +3,6 @@
 import urllib.parse
 from pathlib import Path
 
-import psycopg2.extensions
 from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 
@@ -19,15 +18,17 @@ log = get_logger(__name__)
 def _yoyo_uri(dsn: str) -> str:
     # yoyo picks its driver from the scheme; plain postgres:// means psycopg2 to us.
     if dsn.startswith("postgres://"):
-        return "postgresql://" + dsn[len("postgres://"):]
+        dsn = "postgresql://" + dsn[len("postgres://"):]
     if not dsn.startswith("postgresql://"):
         raise PermanentError("migrations need DATABASE_URL as a URL, postgresql://user@host:port/db, "
                              "not libpq keywords")
     try:
-        given = psycopg2.extensions.parse_dsn(dsn)  # libpq's reading
+        given = db.parse_url(dsn)  # libpq's reading
         parts = urllib.parse.urlsplit(dsn)
         parts.port  # yoyo's, which is stricter about the port
-    except (psycopg2.ProgrammingError, ValueError) as exc:
+    except PermanentError as exc:
+        raise PermanentError(f"DATABASE_URL is not a valid URL: {exc}") from None
+    except ValueError as exc:
         raise PermanentError(f"DATABASE_URL is not a valid URL: {db.url_error(exc)}") from None
     # yoyo hands the query's parameters to psycopg2.connect: the timeouts and keepalives of
     # every other connection (rates_core.db), so that an unreachable database fails the

@@ -11,11 +11,10 @@ import os
 import threading
 from typing import Callable, Mapping
 
-import psycopg2.extensions
 
-from .db import url_error
+from .db import parse_url
 from .env import ConfigError, env_bool
-from .errors import TemporaryError
+from .errors import PermanentError, TemporaryError
 
 ENV_NAME = "DATABASE_IAM_AUTH"
 # RDS refuses a token over a plain connection; these modes never fall back to one.
@@ -70,9 +69,9 @@ def holds_password(dsn: str) -> bool:
 
 def _parse(dsn: str) -> dict:
     try:
-        return psycopg2.extensions.parse_dsn(dsn)
-    except psycopg2.ProgrammingError as exc:
-        raise ConfigError(f"not a valid libpq URL: {url_error(exc)}") from None
+        return parse_url(dsn)
+    except PermanentError as exc:
+        raise ConfigError(f"not a valid libpq URL: {exc}") from None
 
 
 def password_source(dsn: str, iam_auth: bool) -> Callable[[], str] | None:

@@ -1,6 +1,6 @@
 """RDS IAM authentication: tokens signed by botocore, a new one for every connection."""
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import pytest
 from psycopg2 import sql

@@ -16,8 +16,11 @@ READERS = {
 
 @pytest.mark.parametrize("url, why", [
     ("postgresql://rates_api:Xy7%Gq2secret@db:5432/rates", "invalid percent-encoded token"),
+    ('postgresql://rates_api:ab"Gq2secret%zz@db:5432/rates', "invalid percent-encoded token"),
     # libpq reads "rates:Ab3" as host and port, and would quote the port when connecting
     ("postgresql://rates:Ab3/kL9secret@db:5432/rates", None),
+    # the first @ ends the user info: the host would be "secret@db", quoted when connecting
+    ("postgres://rates:Gq2@secret@db:5432/rates", None),
 ])
 @pytest.mark.parametrize("reader", sorted(READERS))
 def test_an_unreadable_url_is_refused_without_its_password(reader, url, why):
@@ -31,3 +34,9 @@ def test_an_unreadable_url_is_refused_without_its_password(reader, url, why):
     # Nor in what a traceback would print: the library's own error is not chained.
     assert refused.value.__cause__ is None
     assert refused.value.__context__ is None or refused.value.__suppress_context__
+
+
+@pytest.mark.parametrize("url", ["postgresql://h1,h2:5433/db", "postgresql://u@h1:5432,h2:5433/db",
+                                 "postgresql:///db?host=/var/run/postgresql"])
+def test_urls_libpq_takes_are_taken(url):
+    assert db.parse_url(url)["dbname"] == "db"
