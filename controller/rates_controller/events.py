@@ -15,7 +15,8 @@ from rates_core.errors import PermanentError
 
 # Marks a notification the controller sent to the dead-letter queue (its value: the Job
 # set aside). Sent back - an SQS redrive - it starts the file again, where a second
-# delivery of the upload's own event changes nothing.
+# delivery of the upload's own event changes nothing. Those that controllers wrote before
+# the mark are told apart by what S3 always writes and they never did: eventVersion.
 SET_ASIDE_BY = "RatesSetAsideBy"
 
 
@@ -49,7 +50,8 @@ def uploaded_objects(body: str) -> list[UploadedObject]:
     records = document.get("Records")
     if not isinstance(records, list) or not records:
         raise PoisonMessage("not an S3 event notification: no Records list")
-    redriven = isinstance(document.get(SET_ASIDE_BY), str)
+    redriven = isinstance(document.get(SET_ASIDE_BY), str) or not any(
+        isinstance(r, dict) and "eventVersion" in r for r in records)
     return [replace(obj, redriven=redriven) if redriven else obj
             for obj in map(_created_object, records) if obj is not None]
 

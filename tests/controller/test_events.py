@@ -65,6 +65,11 @@ def test_what_the_controller_sets_aside_comes_back_as_the_same_object_sent_back(
     assert back == replace(obj, redriven=True)
     assert jobs.job_name(back, 1) == jobs.job_name(obj, 1)  # the same chain of Jobs
     assert not uploaded_objects(body(record("2016/jan.csv")))[0].redriven  # S3's own event
+    # What a controller before the mark sent to the dead-letter queue: no mark, but none of
+    # S3's eventVersion either.
+    legacy = json.loads(notification(obj, "ingest-0123-2"))
+    del legacy["RatesSetAsideBy"]
+    assert uploaded_objects(json.dumps(legacy)) == [replace(obj, redriven=True)]
 
 
 def test_a_notification_wrapped_by_sns_is_unwrapped():

@@ -71,6 +71,7 @@ def test_an_invalid_file_is_set_aside_at_once_with_the_jobs_reason(dsn, world, k
     # SQS delivers the upload's event again (at least once): the file stays set aside, once.
     again = json.loads(dead["body"])
     assert again.pop(events.SET_ASIDE_BY) == ingest_jobs(kube, namespace)[0].metadata.name
+    again["Records"][0]["eventVersion"] = "2.1"  # as S3 writes it
     sqs.send(json.dumps(again))
     controller.step()
     assert len(ingest_jobs(kube, namespace)) == 1 and sqs.dead_letters() == []  # none more
