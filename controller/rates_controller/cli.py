@@ -1,7 +1,9 @@
 """``python -m rates_controller``: run the control loop until SIGTERM or SIGINT."""
 
+import os
 import signal
 import sys
+import threading
 
 import click
 
@@ -55,18 +57,27 @@ def command() -> int:
 def stop_on_signals(controller) -> list[int]:
     """Have SIGTERM and SIGINT stop ``controller``'s loop; the list fills with the signals.
 
-    The handler only sets the event. It runs on the main thread between two bytecodes,
-    maybe in the middle of a log line, whose lock is not reentrant: a handler that logged
-    would wait for ever on the lock its own thread holds, until the kubelet's SIGKILL.
+    A Python signal handler runs on the main thread between two bytecodes: maybe in the
+    middle of a log line, or of the stop event's own wait, whose locks are not reentrant.
+    Taking either there would wait for ever on a lock its own thread holds, until the
+    kubelet's SIGKILL. So the handler does nothing; Python also writes each signal to a
+    wakeup pipe, and a thread of its own reads it and sets the event.
     """
     received: list[int] = []
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    wanted = (signal.SIGTERM, signal.SIGINT)
 
-    def stop(signum, _frame):
-        received.append(signum)
-        controller.stopping.set()
+    def watch():
+        while not controller.stopping.is_set():
+            received.extend(signum for signum in os.read(read_end, 16) if signum in wanted)
+            if received:
+                controller.stopping.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in wanted:
+        signal.signal(signum, lambda _signum, _frame: None)
+    threading.Thread(target=watch, name="stop-on-signals", daemon=True).start()
     return received
 
 

@@ -136,3 +136,25 @@ def test_a_signal_in_the_middle_of_a_log_line_stops_the_loop():
     assert result.returncode == 0, result.stderr
     last = json.loads(result.stdout.splitlines()[-1])
     assert (last["event"], last["signal"]) == ("stopped", signal.SIGTERM)
+
+
+# The handler may also land inside the stop event's own wait, which holds the event's lock.
+_SIGNALLED_INSIDE_THE_EVENTS_WAIT = """
+import os, signal, threading, time
+from types import SimpleNamespace
+from rates_controller.cli import stop_on_signals
+
+controller = SimpleNamespace(stopping=threading.Event())
+received = stop_on_signals(controller)
+with controller.stopping._cond:  # as Event.wait() holds it, between its checks
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)  # the handler has run by now, on this thread
+print(controller.stopping.wait(10), received)
+"""
+
+
+def test_a_signal_inside_the_stop_events_wait_stops_the_loop():
+    result = subprocess.run([sys.executable, "-c", _SIGNALLED_INSIDE_THE_EVENTS_WAIT], capture_output=True,
+                            text=True, timeout=30)  # hung: TimeoutExpired
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", f"[{int(signal.SIGTERM)}]"]
