@@ -2,8 +2,8 @@
 
 ``ApiException`` and connection errors are mapped here, once: 409 is AlreadyExists (on
 create: a duplicate delivery), 404 NotFound, 400/422 mean the Job itself is unacceptable
-(retrying cannot help), and everything else - 403 included, which is also how a
-ResourceQuota says "full" - may pass on retry.
+(retrying cannot help) unless an admission policy said so, and everything else - 403
+included, which is also how a ResourceQuota says "full" - may pass on retry.
 """
 
 import contextlib
@@ -44,13 +44,18 @@ class NotFound(TemporaryError):
     """404: the object, or its namespace, does not exist (yet)."""
 
 
+# An admission policy's refusal can pass: during a rollout the old pod still makes Jobs
+# with the settings that the new release's policy (the chart's rbac.jobPolicy) refuses.
+_ADMISSION_POLICY = "ValidatingAdmissionPolicy"
+
+
 @contextlib.contextmanager
 def classified(what: str):
     try:
         yield
     except ApiException as exc:
         detail = f"{what}: {exc.status} {exc.reason}: {_message(exc)}"
-        if exc.status in (400, 422):
+        if exc.status in (400, 422) and _ADMISSION_POLICY not in detail:
             raise PermanentError(detail) from exc
         raise {409: AlreadyExists, 404: NotFound}.get(exc.status, TemporaryError)(detail) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:

@@ -129,7 +129,9 @@ def parse_url(dsn: str) -> dict:
         given = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError as exc:
         raise PermanentError(url_error(exc)) from None
-    if "@" in given.get("host", "") or not re.fullmatch(r"\d*(,\d*)*", given.get("port", "")):
+    # A host may start with @ (an abstract Unix socket), but no @ further on.
+    hosts = given.get("host", "").split(",")
+    if any("@" in host[1:] for host in hosts) or not re.fullmatch(r"\d*(,\d*)*", given.get("port", "")):
         raise PermanentError("a host with an @ or a port that is not a number "
                              "(is a %, / or @ in the password not percent-encoded?)")
     return given

@@ -24,6 +24,8 @@ def _yoyo_uri(dsn: str) -> str:
                              "not libpq keywords")
     try:
         given = db.parse_url(dsn)  # libpq's reading
+        if "," in given.get("host", ""):
+            raise PermanentError("yoyo, which applies the migrations, takes one host")
         parts = urllib.parse.urlsplit(dsn)
         parts.port  # yoyo's, which is stricter about the port
     except PermanentError as exc:

@@ -706,6 +706,8 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
         job = sample_job(namespace, "another.csv")
         change(job["spec"]["template"]["spec"], job["spec"]["template"]["spec"]["containers"][0],
                job["spec"]["template"]["metadata"]["labels"])
+        if change is refused.get("run many pods"):
+            job["spec"].update(parallelism=500, completions=500)
         return job
 
     secret_ref = {"name": "X", "valueFrom": {"secretKeyRef": {"name": "rates-api-other", "key": "k"}}}
@@ -733,6 +735,18 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
         # Python runs $BROWSER at start with this warning filter: a command by another name.
         "set other environment": lambda pod, c, labels: c["env"].extend([
             {"name": "PYTHONWARNINGS", "value": "all:0:antigravity.x:0:0"}, {"name": "BROWSER", "value": "sh"}]),
+        # the key would be the Secret's URL, and the job's last log line (its termination message) quotes it
+        "expand a variable": lambda pod, c, labels: c["env"][1].update(value="$(DATABASE_URL)"),
+        "read another key of the Secret": lambda pod, c, labels: c["env"][-1]["valueFrom"]["secretKeyRef"].update(
+            key="password"),
+        "run a hook": lambda pod, c, labels: c.update(lifecycle={"postStart": {"exec": {"command": ["sh"]}}}),
+        "run a probe": lambda pod, c, labels: c.update(livenessProbe={"exec": {"command": ["sh"]}}),
+        "look like another registry": lambda pod, c, labels: c.update(image="rates-ingest:5000/evil/shell:latest"),
+        "run as the root group": lambda pod, c, labels: pod["securityContext"].update(runAsGroup=0),
+        "leave AppArmor": lambda pod, c, labels: c["securityContext"].update(appArmorProfile={"type": "Unconfined"}),
+        "set SELinux": lambda pod, c, labels: c["securityContext"].update(seLinuxOptions={"type": "spc_t"}),
+        "use a pull secret": lambda pod, c, labels: pod.update(imagePullSecrets=[{"name": "other"}]),
+        "run many pods": lambda pod, c, labels: None,  # parallelism, set below on the Job
     }
 
     def create(change) -> int:
@@ -742,6 +756,8 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
     wait_for(lambda: create(refused["run another image"]) == 422, timeout=30, what="the Job policy to take effect")
     statuses = {what: create(change) for what, change in refused.items()}
     assert statuses == {what: 422 for what in refused}
+    # What the controller itself writes: a key that looks like a reference arrives escaped ($$).
+    assert create(lambda pod, c, labels: c["env"][1].update(value="x$$(S3_BUCKET) $$$$.csv")) == 200
     # Only the controller's account is held to it.
     assert status_of(lambda: kube.batch.create_namespaced_job(
         namespace, job_with(refused["run as the API's ServiceAccount"]), dry_run="All")) == 200
@@ -756,6 +772,14 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
     relabel = {"metadata": {"labels": {controller_jobs.HANDLED: "retried"}}}
     assert status_of(lambda: batch.patch_namespaced_job(name, namespace, relabel,
                                                         _content_type="application/merge-patch+json")) == 200
+    # But it may change nothing else of its Jobs, nor touch another Job of the namespace.
+    assert status_of(lambda: batch.patch_namespaced_job(name, namespace, {"spec": {"activeDeadlineSeconds": 1}},
+                                                        _content_type="application/merge-patch+json")) == 422
+    foreign = {"metadata": {"name": "migrate"}, "spec": {"suspend": True, "template": {"spec": {
+        "restartPolicy": "Never", "containers": [{"name": "m", "image": "rates-api:1"}]}}}}
+    kube.batch.create_namespaced_job(namespace, foreign)
+    assert status_of(lambda: batch.patch_namespaced_job("migrate", namespace, {"spec": {"suspend": False}},
+                                                        _content_type="application/merge-patch+json")) == 422
 
     # The Jobs' own account has no Kubernetes rights at all.
     as_job = kube.client_for_token(token_for(kube, namespace, "rates-ingest"))

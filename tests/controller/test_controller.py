@@ -10,8 +10,10 @@ import pytest
 
 from rates_controller import controller as controller_module
 from rates_controller import jobs
+from rates_controller.events import UploadedObject
 from tests.controller.conftest import env_of, sample
 from tests.support.aws import unique_name
+from tests.support.kube import admission_refusal
 from tests.support.poll import wait_for
 from tests.support.uploads import IMAGE, ingest_jobs
 
@@ -205,6 +207,33 @@ def test_a_message_whose_job_never_can_be_created_is_set_aside(uploads, sqs, mak
     assert "no Job could be created in 2 deliveries" in dead["reason"] and "404" in dead["reason"]
     assert json.loads(dead["body"])["Records"][0]["s3"]["object"]["key"] == "p.csv"
     assert sqs.counts() == (0, 0)
+
+
+def test_a_job_an_admission_policy_refuses_waits_and_is_created_later(kube, namespace, uploads, sqs,
+                                                                     make_controller, monkeypatch):
+    # As in a rollout: the new release's Job policy refuses what the old pod still makes.
+    from kubernetes.client.rest import ApiException
+
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    controller = make_controller()
+
+    def in_force() -> bool:
+        try:
+            probe = UploadedObject("b", "probe.csv", None, None, None)
+            kube.batch.create_namespaced_job(namespace, jobs.manifest(probe, controller.settings.job), dry_run="All")
+        except ApiException as exc:
+            return "not now" in str(exc.body)
+        return False
+
+    with admission_refusal(kube, namespace, "CREATE", "false", "not now", in_force):
+        uploads.put("p.csv", b"x")
+        controller.step()
+        assert sqs.counts() == (0, 1)  # hidden for the backoff, not set aside
+        assert sample(controller.metrics, "rates_controller_messages_total", outcome="retry_later") == 1
+    wait_visible(sqs)
+    controller.step()
+    assert len(ingest_jobs(kube, namespace)) == 1 and sqs.counts() == (0, 0)
+    assert sqs.dead_letters() == []
 
 
 def test_a_job_the_api_server_refuses_is_set_aside(uploads, sqs, make_controller):

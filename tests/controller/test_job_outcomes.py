@@ -4,16 +4,15 @@ turns their exit codes into Complete or Failed."""
 
 import json
 import time
-from contextlib import contextmanager
 
 import pytest
-from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from rates_controller import events, jobs
 from tests.controller.conftest import sample
 from tests.ingest.conftest import ROWS, as_csv, prices, runs
 from tests.support.poll import wait_for
+from tests.support.kube import admission_refusal
 from tests.support.uploads import ingest_jobs
 
 pytestmark = pytest.mark.kube
@@ -186,25 +185,9 @@ def test_a_retry_waits_for_a_free_slot(dsn, world, kube, namespace, uploads, sqs
     assert len(ingest_jobs(kube, namespace)) == 4
 
 
-@contextmanager
 def labelling_refused(kube, namespace: str, job_name: str):
     """While inside, the API server refuses to label this namespace's Jobs as handled (an
     admission policy, as a failing webhook or an outage of etcd writes would)."""
-    admission = client.AdmissionregistrationV1Api(kube.api_client)
-    name = f"refuse-handled-{namespace}"[:63]
-    admission.create_validating_admission_policy({
-        "metadata": {"name": name},
-        "spec": {"failurePolicy": "Fail",
-                 "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
-                                                         "operations": ["UPDATE"], "resources": ["jobs"]}]},
-                 "validations": [{"expression": f"!has(object.metadata.labels) || "
-                                                f"!('{jobs.HANDLED}' in object.metadata.labels)",
-                                  "message": "labelling is down"}]}})
-    admission.create_validating_admission_policy_binding({
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"], "matchResources": {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}})
-
     def refused() -> bool:
         try:
             kube.batch.patch_namespaced_job(job_name, namespace, {"metadata": {"labels": {jobs.HANDLED: "x"}}},
@@ -213,13 +196,9 @@ def labelling_refused(kube, namespace: str, job_name: str):
             return "labelling is down" in str(exc.body)
         return False
 
-    try:
-        wait_for(refused, timeout=30, what="the admission policy to apply")
-        yield
-    finally:
-        admission.delete_validating_admission_policy_binding(name)
-        admission.delete_validating_admission_policy(name)
-        wait_for(lambda: not refused(), timeout=30, what="the admission policy to go")
+    return admission_refusal(kube, namespace, "UPDATE",
+                             f"!has(object.metadata.labels) || !('{jobs.HANDLED}' in object.metadata.labels)",
+                             "labelling is down", refused)
 
 
 def test_a_file_set_aside_whose_job_cannot_be_labelled_is_sent_to_the_dead_letter_queue_once(

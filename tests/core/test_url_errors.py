@@ -37,6 +37,12 @@ def test_an_unreadable_url_is_refused_without_its_password(reader, url, why):
 
 
 @pytest.mark.parametrize("url", ["postgresql://h1,h2:5433/db", "postgresql://u@h1:5432,h2:5433/db",
-                                 "postgresql:///db?host=/var/run/postgresql"])
+                                 "postgresql:///db?host=/var/run/postgresql",
+                                 "postgresql://u@%40abstract-socket/db", "postgresql://u@[::1]:5432/db"])
 def test_urls_libpq_takes_are_taken(url):
     assert db.parse_url(url)["dbname"] == "db"
+
+
+def test_the_migrations_say_they_take_one_host():
+    with pytest.raises(PermanentError, match="takes one host"):
+        migrate.pending("postgresql://u@h1:5432,h2:5433/db")

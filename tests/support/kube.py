@@ -23,6 +23,7 @@ timeout); if they cannot be, those tests fail with the reason - they are never s
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -282,3 +283,33 @@ def kubectl(kube_tools: dict[str, Path], kubeconfig: Path):
 @pytest.fixture(scope="session")
 def schemas(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_json_schemas(kube, tmp_path_factory.mktemp("schemas"))
+
+
+@contextmanager
+def admission_refusal(kube: Kube, namespace: str, operation: str, expression: str, message: str,
+                      in_force) -> Iterator[None]:
+    """While inside, a ValidatingAdmissionPolicy refuses ``operation``s on Jobs in
+    ``namespace`` for which ``expression`` (CEL) is false, saying ``message``. The API
+    server takes a moment to apply a policy, and to drop it: ``in_force()`` says whether
+    it applies."""
+    from kubernetes import client
+
+    admission = client.AdmissionregistrationV1Api(kube.api_client)
+    name = f"refuse-{operation.lower()}-{namespace}"[:63]
+    admission.create_validating_admission_policy({
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                         "operations": [operation], "resources": ["jobs"]}]},
+                 "validations": [{"expression": expression, "message": message}]}})
+    admission.create_validating_admission_policy_binding({
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"], "matchResources": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}})
+    try:
+        wait_for(in_force, timeout=30, what="the admission policy to apply")
+        yield
+    finally:
+        admission.delete_validating_admission_policy_binding(name)
+        admission.delete_validating_admission_policy(name)
+        wait_for(lambda: not in_force(), timeout=30, what="the admission policy to go")

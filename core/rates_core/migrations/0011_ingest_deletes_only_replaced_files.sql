@@ -4,9 +4,10 @@
 -- With DELETE on prices, rates_ingest could also remove the rows that predate ingestion
 -- (source_id NULL), which no load can bring back. Row-level security would confine it,
 -- but PostgreSQL refuses COPY into a table with row-level security, so the delete goes
--- through this function instead, as the schema's owner, and only for a file that a newer
--- file of the same key has replaced: that one must be recorded as the key's current file.
--- (rates_ingest may mark files replaced itself, so the mark alone would prove nothing.)
+-- through this function instead, as the schema's owner: only a loaded file's rows, and only
+-- once a newer file of the same key is recorded as current. (rates_ingest records files
+-- itself, so that check keeps the loader honest rather than bounding the user; the bound
+-- is that rows without a file are out of its reach.)
 
 CREATE FUNCTION rates_delete_replaced_file(file_id bigint) RETURNS bigint
     LANGUAGE plpgsql
