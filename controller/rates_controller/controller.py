@@ -27,6 +27,9 @@ MESSAGE_BACKOFF_SECONDS = (5, 900)
 MAX_RETRY_DELAY = datetime.timedelta(days=1)
 # A chain of Jobs for one object longer than this is a bug, not a retry policy.
 MAX_CHAIN = 1000
+# How long past its due time a retry's Job may keep failing to be created (the API server
+# refusing it for a while: an admission policy, a full quota) before the file is set aside.
+RETRY_CREATE_GIVE_UP = datetime.timedelta(hours=1)
 
 SUCCEEDED, RETRIED, SET_ASIDE = "succeeded", "retried", "set-aside"
 
@@ -106,6 +109,11 @@ class Controller:
                 result = RETRIED
             except PermanentError as exc:
                 result = self._set_aside_file(ended, "rejected", f"its next Job cannot be created: {exc}")
+            except TemporaryError as exc:
+                if ended.ended_at is None or _now() < self._retry_due_at(ended) + RETRY_CREATE_GIVE_UP:
+                    raise
+                result = self._set_aside_file(ended, "rejected",
+                                              f"its next Job could not be created for {RETRY_CREATE_GIVE_UP}: {exc}")
         else:
             result = self._set_aside_file(ended, "attempts_exhausted",
                                           f"the file did not load in {self.settings.max_attempts} Jobs")
@@ -115,12 +123,13 @@ class Controller:
         return ended.attempt - ended.round_start + 1 < self.settings.max_attempts
 
     def _retry_due(self, ended: jobs.Finished) -> bool:
-        if ended.ended_at is None:
-            return True
+        return ended.ended_at is None or _now() >= self._retry_due_at(ended)
+
+    def _retry_due_at(self, ended: jobs.Finished) -> datetime.datetime:
         doublings = min(ended.attempt - ended.round_start, 40)
         delay = min(datetime.timedelta(seconds=self.settings.retry_delay_seconds * 2 ** doublings),
                     MAX_RETRY_DELAY)
-        return _now() >= ended.ended_at + delay
+        return ended.ended_at + delay
 
     def _create_next(self, ended: jobs.Finished) -> None:
         def ours(existing) -> bool:

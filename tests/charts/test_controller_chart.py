@@ -12,6 +12,7 @@ plugin, so nothing enforces them here.
 """
 
 import base64
+import copy
 import json
 import os
 import re
@@ -131,6 +132,15 @@ def status_of(call) -> int:
 
 def yaml_app_version() -> str:
     return yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+
+def release_job(helm, namespace: str, *args: str, key: str = "2024/prices.csv") -> dict:
+    """A Job as the controller of the release rendered with ``args`` makes it: the Job
+    settings of its Deployment's environment."""
+    [deployment] = [d for d in render(helm, *args, namespace=namespace) if d["kind"] == "Deployment"]
+    settings = Settings.from_env(container_env(deployment["spec"]["template"]["spec"]["containers"][0], namespace))
+    obj = UploadedObject(bucket="rates-uploads", key=key, version_id=None, etag="abc", size=1)
+    return controller_jobs.manifest(obj, settings.job)
 
 
 def sample_job(namespace: str, key: str = "2024/prices.csv") -> dict:
@@ -634,16 +644,27 @@ def other_namespace(kube):
     kube.core.delete_namespace(name)
 
 
-def test_with_a_database_url_the_job_policy_allows_the_jobs_no_secret(helm):
-    def secret_rule(sets):
-        [policy] = [d for d in render(helm, *values_args(sets=sets)) if d["kind"] == "ValidatingAdmissionPolicy"]
-        [rule] = [v["expression"] for v in policy["spec"]["validations"] if "secretKeyRef" in v["expression"]]
-        return rule
+def test_with_iam_authentication_the_job_policy_pins_the_database_url(helm, kube, namespace):
+    url = "postgresql://rates_ingest@db.example:5432/rates?sslmode=require"
+    args = values_args("prod", {"database.url": url, "database.iamAuth": True})
+    helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *args)
+    batch = client.BatchV1Api(kube.client_for_token(token_for(kube, namespace, RELEASE)))
+    ours = release_job(helm, namespace, *args)
 
-    assert 'secretKeyRef.?name == optional.of("rates-database")' in secret_rule({})
-    iam = secret_rule({"database.url": "postgresql://rates_ingest@db:5432/rates?sslmode=require",
-                       "database.iamAuth": True})
-    assert 'secretKeyRef.?name == optional.of("")' in iam  # no Secret has an empty name: none is allowed
+    def create(value=None, value_from=None) -> int:
+        job = copy.deepcopy(ours)
+        if value or value_from:
+            [database_url] = [e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+                              if e["name"] == "DATABASE_URL"]
+            database_url.update({"value": value, "valueFrom": value_from})
+        return status_of(lambda: batch.create_namespaced_job(namespace, job, dry_run="All"))
+
+    wait_for(lambda: create(value=url + "&hostaddr=203.0.113.7") == 422, timeout=30,
+             what="the Job policy to take effect")
+    assert create() == 200
+    # Its IAM token, signed for the real host, would go to another address.
+    assert create(value=url + "&hostaddr=203.0.113.7") == 422
+    assert create(value_from={"secretKeyRef": {"name": "rates-database", "key": "url"}}) == 422
 
 
 def test_the_job_policy_can_be_left_out(helm):
@@ -659,7 +680,7 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
     as_controller = kube.client_for_token(token_for(kube, namespace, RELEASE))
     batch, core, rbac = (client.BatchV1Api(as_controller), client.CoreV1Api(as_controller),
                          client.RbacAuthorizationV1Api(as_controller))
-    job = sample_job(namespace)
+    job = release_job(helm, namespace, *values_args("dev"))
     name = job["metadata"]["name"]
 
     # The calls of rates_controller/kube.py, with the controller's token.
@@ -668,7 +689,9 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
 
     wait_for(created, timeout=30, what="the chart's RoleBinding to take effect")
     allowed = {
-        "check a Job (dry run)": lambda: batch.create_namespaced_job(namespace, sample_job(namespace, "other.csv"),
+        "check a Job (dry run)": lambda: batch.create_namespaced_job(namespace,
+                                                                     release_job(helm, namespace, *values_args("dev"),
+                                                                                 key="other.csv"),
                                                                      dry_run="All"),
         "read a Job": lambda: batch.read_namespaced_job(name, namespace),
         "list its Jobs": lambda: batch.list_namespaced_job(namespace, label_selector=controller_jobs.SELECTOR),
@@ -702,13 +725,21 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
     assert {what: status_of(call) for what, call in denied.items()} == {what: 403 for what in denied}
 
     # Jobs it may create, but not these: the admission policy (rbac.jobPolicy) refuses them.
+    another = release_job(helm, namespace, *values_args("dev"), key="another.csv")
+
     def job_with(change) -> dict:
-        job = sample_job(namespace, "another.csv")
+        job = copy.deepcopy(another)
         change(job["spec"]["template"]["spec"], job["spec"]["template"]["spec"]["containers"][0],
                job["spec"]["template"]["metadata"]["labels"])
         if change is refused.get("run many pods"):
             job["spec"].update(parallelism=500, completions=500)
+        if change is refused.get("run for ever"):
+            del job["spec"]["activeDeadlineSeconds"]
         return job
+
+    def env_of(c, name) -> dict:
+        [var] = [e for e in c["env"] if e["name"] == name]
+        return var
 
     secret_ref = {"name": "X", "valueFrom": {"secretKeyRef": {"name": "rates-api-other", "key": "k"}}}
     refused = {
@@ -737,8 +768,8 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
             {"name": "PYTHONWARNINGS", "value": "all:0:antigravity.x:0:0"}, {"name": "BROWSER", "value": "sh"}]),
         # the key would be the Secret's URL, and the job's last log line (its termination message) quotes it
         "expand a variable": lambda pod, c, labels: c["env"][1].update(value="$(DATABASE_URL)"),
-        "read another key of the Secret": lambda pod, c, labels: c["env"][-1]["valueFrom"]["secretKeyRef"].update(
-            key="password"),
+        "read another key of the Secret": lambda pod, c, labels: env_of(c, "DATABASE_URL")["valueFrom"][
+            "secretKeyRef"].update(key="password"),
         "run a hook": lambda pod, c, labels: c.update(lifecycle={"postStart": {"exec": {"command": ["sh"]}}}),
         "run a probe": lambda pod, c, labels: c.update(livenessProbe={"exec": {"command": ["sh"]}}),
         "look like another registry": lambda pod, c, labels: c.update(image="rates-ingest:5000/evil/shell:latest"),
@@ -747,6 +778,16 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
         "set SELinux": lambda pod, c, labels: c["securityContext"].update(seLinuxOptions={"type": "spc_t"}),
         "use a pull secret": lambda pod, c, labels: pod.update(imagePullSecrets=[{"name": "other"}]),
         "run many pods": lambda pod, c, labels: None,  # parallelism, set below on the Job
+        "run for ever": lambda pod, c, labels: None,  # no activeDeadlineSeconds, below
+        # the job would sign its IAM token for the real host and send it to another
+        "send the database URL's login elsewhere": lambda pod, c, labels: env_of(c, "DATABASE_URL").update(
+            {"value": "postgresql://rates_ingest@db:5432/rates?sslmode=require&hostaddr=203.0.113.7",
+             "valueFrom": None}),
+        "change the region": lambda pod, c, labels: env_of(c, "AWS_REGION").update(value="us-east-1"),
+        "ask for more CPU": lambda pod, c, labels: c["resources"]["requests"].update(cpu="64"),
+        "ask for a GPU": lambda pod, c, labels: c["resources"]["limits"].update({"nvidia.com/gpu": "1"}),
+        "preempt others": lambda pod, c, labels: pod.update(priorityClassName="system-node-critical"),
+        "take the root group for files": lambda pod, c, labels: pod["securityContext"].update(fsGroup=0),
     }
 
     def create(change) -> int:

@@ -2,12 +2,14 @@
 (the real ingest job, against a real database and moto's S3), and the real Job controller
 turns their exit codes into Complete or Failed."""
 
+import datetime
 import json
 import time
 
 import pytest
 from kubernetes.client.rest import ApiException
 
+from rates_controller import controller as controller_module
 from rates_controller import events, jobs
 from tests.controller.conftest import sample
 from tests.ingest.conftest import ROWS, as_csv, prices, runs
@@ -220,3 +222,33 @@ def test_a_file_set_aside_whose_job_cannot_be_labelled_is_sent_to_the_dead_lette
     assert sqs.dead_letters() == []  # none more
     assert sample(controller.metrics, "rates_controller_files_set_aside_total", reason="invalid_file") == 1
     assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="set-aside") == 1
+
+
+def test_a_retry_the_api_server_keeps_refusing_for_a_while_sets_the_file_aside_in_the_end(
+        dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node, monkeypatch):
+    job_runtime(DOWN)
+    controller = make_controller(retry_delay_seconds=0, job_backoff_limit=0)
+    uploads.put("p.csv", as_csv(ROWS))
+    step_until(controller, lambda: ingest_jobs(kube, namespace), what="the first Job")
+    wait_for(lambda: any(jobs.finished(j) for j in ingest_jobs(kube, namespace)), timeout=60,
+             what="the first Job to fail")
+
+    def in_force() -> bool:
+        probe = jobs.manifest(events.UploadedObject("b", "probe.csv", None, None, None), controller.settings.job)
+        try:
+            kube.batch.create_namespaced_job(namespace, probe, dry_run="All")
+        except ApiException as exc:
+            return "quota of this namespace" in str(exc.body)
+        return False
+
+    # A refusal that may pass (an admission policy, as in a rollout) is retried for a while...
+    with admission_refusal(kube, namespace, "CREATE", "false", "quota of this namespace", in_force):
+        controller.step()
+        assert handled(kube, namespace) == {} and sqs.dead_letters() == []
+        # ...but not for ever: the failed Job would hold a slot of MAX_ACTIVE_JOBS for good.
+        monkeypatch.setattr(controller_module, "RETRY_CREATE_GIVE_UP", datetime.timedelta(0))
+        controller.step()
+
+    assert list(handled(kube, namespace).values()) == ["set-aside"]
+    [dead] = sqs.dead_letters()
+    assert "its next Job could not be created for 0:00:00" in dead["reason"] and "quota of this namespace" in dead["reason"]
