@@ -27,8 +27,9 @@ MESSAGE_BACKOFF_SECONDS = (5, 900)
 MAX_RETRY_DELAY = datetime.timedelta(days=1)
 # A chain of Jobs for one object longer than this is a bug, not a retry policy.
 MAX_CHAIN = 1000
-# How long past its due time a retry's Job may keep failing to be created (the API server
-# refusing it for a while: an admission policy, a full quota) before the file is set aside.
+# How long a retry's Job may keep failing to be created, from the first failure, for a
+# reason that may pass (an admission policy, a full quota, the API server down) before
+# the file is set aside. Counted by this process: a restart starts the clock again.
 RETRY_CREATE_GIVE_UP = datetime.timedelta(hours=1)
 
 SUCCEEDED, RETRIED, SET_ASIDE = "succeeded", "retried", "set-aside"
@@ -48,6 +49,8 @@ class Controller:
         # Ended Jobs whose file went to the dead-letter queue but whose label did not land
         # yet (the patch failed): the next pass only labels them, instead of sending again.
         self._set_aside: set[str] = set()
+        # When creating an ended Job's retry first failed for a reason that may pass, by its uid.
+        self._retry_failing_since: dict[str, datetime.datetime] = {}
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -93,6 +96,7 @@ class Controller:
             self._set_aside.add(ended.uid)
         self.kube.mark_handled(ended.name, result, self.settings.job.ttl_seconds)
         self._set_aside.discard(ended.uid)
+        self._retry_failing_since.pop(ended.uid, None)
         self.metrics.jobs_finished.labels(result).inc()
         self.log.info("job ended", job=ended.name, bucket=ended.obj.bucket, key=ended.obj.key,
                       attempt=ended.attempt, reason=ended.reason, result=result)
@@ -110,7 +114,7 @@ class Controller:
             except PermanentError as exc:
                 result = self._set_aside_file(ended, "rejected", f"its next Job cannot be created: {exc}")
             except TemporaryError as exc:
-                if ended.ended_at is None or _now() < self._retry_due_at(ended) + RETRY_CREATE_GIVE_UP:
+                if _now() - self._retry_failing_since.setdefault(ended.uid, _now()) < RETRY_CREATE_GIVE_UP:
                     raise
                 result = self._set_aside_file(ended, "rejected",
                                               f"its next Job could not be created for {RETRY_CREATE_GIVE_UP}: {exc}")
@@ -123,13 +127,12 @@ class Controller:
         return ended.attempt - ended.round_start + 1 < self.settings.max_attempts
 
     def _retry_due(self, ended: jobs.Finished) -> bool:
-        return ended.ended_at is None or _now() >= self._retry_due_at(ended)
-
-    def _retry_due_at(self, ended: jobs.Finished) -> datetime.datetime:
+        if ended.ended_at is None:
+            return True
         doublings = min(ended.attempt - ended.round_start, 40)
         delay = min(datetime.timedelta(seconds=self.settings.retry_delay_seconds * 2 ** doublings),
                     MAX_RETRY_DELAY)
-        return ended.ended_at + delay
+        return _now() >= ended.ended_at + delay
 
     def _create_next(self, ended: jobs.Finished) -> None:
         def ours(existing) -> bool:

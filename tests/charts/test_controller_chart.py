@@ -99,12 +99,18 @@ def merged_values(environment: str, chart: Path = CHART) -> dict:
     return merge(base, yaml.safe_load((chart / f"values-{environment}.yaml").read_text()) or {})
 
 
+_KUBELET_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
 def container_env(container: dict, namespace: str) -> dict[str, str]:
-    """The container's environment as the kubelet would set it (fieldRef to the namespace only)."""
+    """The container's environment as the kubelet would set it (fieldRef to the namespace only):
+    $$ is $, and $(VAR) is an earlier variable's value."""
     env = {}
     for var in container["env"]:
         if "valueFrom" not in var:
-            env[var["name"]] = var.get("value", "")  # the API server leaves out an empty value
+            value = var.get("value", "")  # the API server leaves out an empty value
+            env[var["name"]] = _KUBELET_REFERENCE.sub(
+                lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
         else:
             assert var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", var
             env[var["name"]] = namespace
@@ -645,8 +651,10 @@ def other_namespace(kube):
 
 
 def test_with_iam_authentication_the_job_policy_pins_the_database_url(helm, kube, namespace):
-    url = "postgresql://rates_ingest@db.example:5432/rates?sslmode=require"
-    args = values_args("prod", {"database.url": url, "database.iamAuth": True})
+    # With $ in them, as the kubelet would otherwise expand in the controller's own environment.
+    url = "postgresql://rates_ingest@db.example:5432/rates?sslmode=require&application_name=a$$b$(AWS_REGION)"
+    args = values_args("prod", {"database.url": url, "database.iamAuth": True, "jobs.env.A": "p$$q",
+                                "jobs.env.B": "$(AWS_REGION)"})
     helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *args)
     batch = client.BatchV1Api(kube.client_for_token(token_for(kube, namespace, RELEASE)))
     ours = release_job(helm, namespace, *args)
@@ -788,6 +796,12 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
         "ask for a GPU": lambda pod, c, labels: c["resources"]["limits"].update({"nvidia.com/gpu": "1"}),
         "preempt others": lambda pod, c, labels: pod.update(priorityClassName="system-node-critical"),
         "take the root group for files": lambda pod, c, labels: pod["securityContext"].update(fsGroup=0),
+        "ask for resources for the pod": lambda pod, c, labels: pod.update(resources={"requests": {"cpu": "64"}}),
+        "claim a device": lambda pod, c, labels: pod.update(resourceClaims=[{"name": "gpu",
+                                                                             "resourceClaimName": "any"}]),
+        "run on the control plane": lambda pod, c, labels: pod.update(
+            tolerations=[{"operator": "Exists"}], nodeSelector={"node-role.kubernetes.io/control-plane": ""}),
+        "pick its scheduler": lambda pod, c, labels: pod.update(schedulerName="another"),
     }
 
     def create(change) -> int:
