@@ -147,15 +147,20 @@ def test_a_retry_goes_past_an_older_chains_job_of_the_same_name(
     assert len(sqs.dead_letters()) == 1
 
 
+def first_job_failed(controller, kube, namespace, uploads) -> None:
+    """Upload a file whose Job the controller creates and which fails (the database is down)."""
+    uploads.put("p.csv", as_csv(ROWS))
+    step_until(controller, lambda: ingest_jobs(kube, namespace), what="the first Job")
+    # Waited for without a step, or the controller would act on its end itself.
+    wait_for(lambda: any(jobs.finished(j) for j in ingest_jobs(kube, namespace)), timeout=60,
+             what="the first Job to fail")
+
+
 def test_a_retry_the_api_server_refuses_sets_the_file_aside_and_the_loop_goes_on(
         dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
     job_runtime(DOWN)
     first = make_controller(retry_delay_seconds=0, job_backoff_limit=0)
-    uploads.put("p.csv", as_csv(ROWS))
-    step_until(first, lambda: ingest_jobs(kube, namespace), what="the first Job")
-    # Waited for without a step, or the first controller would retry it itself.
-    wait_for(lambda: any(jobs.finished(j) for j in ingest_jobs(kube, namespace)), timeout=60,
-             what="the first Job to fail")
+    first_job_failed(first, kube, namespace, uploads)
 
     # A rollout with Job settings the API server refuses meets the failed Job's retry.
     broken = make_controller(retry_delay_seconds=0, job_memory_request="512Mi", job_memory_limit="64Mi")
@@ -228,10 +233,7 @@ def test_a_retry_the_api_server_keeps_refusing_for_a_while_sets_the_file_aside_i
         dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node, monkeypatch):
     job_runtime(DOWN)
     controller = make_controller(retry_delay_seconds=0, job_backoff_limit=0)
-    uploads.put("p.csv", as_csv(ROWS))
-    step_until(controller, lambda: ingest_jobs(kube, namespace), what="the first Job")
-    wait_for(lambda: any(jobs.finished(j) for j in ingest_jobs(kube, namespace)), timeout=60,
-             what="the first Job to fail")
+    first_job_failed(controller, kube, namespace, uploads)
 
     def in_force() -> bool:
         probe = jobs.manifest(events.UploadedObject("b", "probe.csv", None, None, None), controller.settings.job)
