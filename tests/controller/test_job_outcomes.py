@@ -243,7 +243,11 @@ def test_a_retry_the_api_server_keeps_refusing_for_a_while_sets_the_file_aside_i
             return "quota of this namespace" in str(exc.body)
         return False
 
-    # A refusal that may pass (an admission policy, as in a rollout) is retried for a while...
+    # A refusal that may pass (an admission policy, as in a rollout) is retried for a while,
+    # counted from the first failure: here the retry is first tried two hours after it was
+    # due (the controller was down, or every slot taken), and is not given up at once.
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
+    monkeypatch.setattr(controller_module, "_now", lambda: later)
     with admission_refusal(kube, namespace, "CREATE", "false", "quota of this namespace", in_force):
         controller.step()
         assert handled(kube, namespace) == {} and sqs.dead_letters() == []
