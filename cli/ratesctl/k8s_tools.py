@@ -362,86 +362,93 @@ class _Builder:
         return timings
 
 
-def _build_group(group: str, versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
-    version = versions[group].lstrip("v")
-    if group == "kubernetes":
-        major, minor, _patch = version.split(".")
-        staging_version = f"v0.{minor}.{_patch}"
-        gomod = builder.module_gomod("k8s.io/kubernetes", f"v{version}", outdir)
-        staging = re.findall(r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", gomod, re.M)
-        if not staging:
-            raise ToolsUnavailable("no staging modules found in k8s.io/kubernetes go.mod")
-        godebug = _godebug(gomod)
-        ldflags = []
-        for key, value in (
-            ("gitVersion", f"v{version}"), ("gitMajor", major), ("gitMinor", minor),
-            ("gitTreeState", "clean"), ("buildDate", "1970-01-01T00:00:00Z"),
-        ):
-            for pkg in ("k8s.io/client-go/pkg/version", "k8s.io/component-base/version"):
-                ldflags.append(f"-X '{pkg}.{key}={value}'")
-        builder.build(
-            "k8s.io/kubernetes", f"v{version}",
-            {t: f"k8s.io/kubernetes/cmd/{t}" for t in KUBE_TOOLS},
-            outdir, ldflags=ldflags,
-            replaces={m: f"{m} {staging_version}" for m in staging},
-            godebug=godebug,
-        )
-    elif group == "etcd":
-        builder.build(
-            "go.etcd.io/etcd/server/v3", f"v{version}",
-            {"etcd": "go.etcd.io/etcd/server/v3"}, outdir,
-        )
-    elif group == "helm":
-        gomod = builder.module_gomod("helm.sh/helm/v3", f"v{version}", outdir)
-        client_go = re.search(r"k8s\.io/client-go v0\.(\d+)\.", gomod)
-        ldflags = [f"-X helm.sh/helm/v3/internal/version.version=v{version}",
-                   "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"]
-        if client_go:
-            for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
-                ldflags += [f"-X {pkg}.k8sVersionMajor=1",
-                            f"-X {pkg}.k8sVersionMinor={client_go.group(1)}"]
-        builder.build("helm.sh/helm/v3", f"v{version}", {"helm": "helm.sh/helm/v3/cmd/helm"},
-                      outdir, ldflags=ldflags)
-    elif group == "kubeconform":
-        builder.build(
-            "github.com/yannh/kubeconform", f"v{version}",
-            {"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"}, outdir,
-            ldflags=[f"-X main.version=v{version}"],
-        )
-    elif group == "terraform":
-        _build_terraform(versions, builder, outdir)
-    elif group == "tflint":
-        # Its version is a constant in tflint/meta.go (a *version.Version, which -X cannot
-        # set), so the module's own source already reports it.
-        builder.build(
-            "github.com/terraform-linters/tflint", f"v{version}",
-            {"tflint": "github.com/terraform-linters/tflint"}, outdir,
-        )
-    elif group == "skaffold":
-        module = "github.com/GoogleContainerTools/skaffold/v2"
-        gomod = builder.module_gomod(module, f"v{version}", outdir)
-        # Its go.mod pins e.g. github.com/imdario/mergo v0.3.16 and docker v27 with replace
-        # directives; without them the build picks versions it does not compile with. (Its
-        # exclude of godirwalk v1.17.0 is for Windows only and is not carried over.)
-        builder.build(
-            module, f"v{version}", {"skaffold": f"{module}/cmd/skaffold"}, outdir,
-            ldflags=[f"-X {module}/pkg/skaffold/version.version=v{version}",
-                     f"-X {module}/pkg/skaffold/version.buildDate=1970-01-01T00:00:00Z"],
-            replaces=module_replaces(gomod), godebug=_godebug(gomod),
-        )
-    elif group == "promtool":
-        module, module_version = "github.com/prometheus/prometheus", prometheus_module_version(version)
-        # The version is stamped in with -X, so check first that this module is that release.
-        released = Path(builder.module_download(module, module_version, outdir)["Dir"], "VERSION").read_text().strip()
-        if released != version:
-            raise ToolsUnavailable(f"{module}@{module_version} is Prometheus {released}, not {version}")
-        builder.build(
-            module, module_version, {"promtool": f"{module}/cmd/promtool"}, outdir,
-            ldflags=[f"-X github.com/prometheus/common/version.Version={version}",
-                     "-X github.com/prometheus/common/version.Branch=HEAD"],
-        )
-    else:  # pragma: no cover - versions.json and this table move together
-        raise ValueError(group)
+def _build_kubernetes(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
+    version = versions["kubernetes"].lstrip("v")
+    major, minor, patch = version.split(".")
+    gomod = builder.module_gomod("k8s.io/kubernetes", f"v{version}", outdir)
+    staging = re.findall(r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", gomod, re.M)
+    if not staging:
+        raise ToolsUnavailable("no staging modules found in k8s.io/kubernetes go.mod")
+    ldflags = []
+    for key, value in (
+        ("gitVersion", f"v{version}"), ("gitMajor", major), ("gitMinor", minor),
+        ("gitTreeState", "clean"), ("buildDate", "1970-01-01T00:00:00Z"),
+    ):
+        for pkg in ("k8s.io/client-go/pkg/version", "k8s.io/component-base/version"):
+            ldflags.append(f"-X '{pkg}.{key}={value}'")
+    builder.build(
+        "k8s.io/kubernetes", f"v{version}",
+        {t: f"k8s.io/kubernetes/cmd/{t}" for t in KUBE_TOOLS},
+        outdir, ldflags=ldflags,
+        # The staging modules k8s.io/api, ... are released as v0.<minor>.<patch>.
+        replaces={m: f"{m} v0.{minor}.{patch}" for m in staging},
+        godebug=_godebug(gomod),
+    )
+
+
+def _build_etcd(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
+    builder.build("go.etcd.io/etcd/server/v3", f"v{versions['etcd'].lstrip('v')}",
+                  {"etcd": "go.etcd.io/etcd/server/v3"}, outdir)
+
+
+def _build_helm(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
+    version = versions["helm"].lstrip("v")
+    gomod = builder.module_gomod("helm.sh/helm/v3", f"v{version}", outdir)
+    client_go = re.search(r"k8s\.io/client-go v0\.(\d+)\.", gomod)
+    ldflags = [f"-X helm.sh/helm/v3/internal/version.version=v{version}",
+               "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"]
+    if client_go:
+        for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+            ldflags += [f"-X {pkg}.k8sVersionMajor=1",
+                        f"-X {pkg}.k8sVersionMinor={client_go.group(1)}"]
+    builder.build("helm.sh/helm/v3", f"v{version}", {"helm": "helm.sh/helm/v3/cmd/helm"},
+                  outdir, ldflags=ldflags)
+
+
+def _build_kubeconform(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
+    version = versions["kubeconform"].lstrip("v")
+    builder.build(
+        "github.com/yannh/kubeconform", f"v{version}",
+        {"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"}, outdir,
+        ldflags=[f"-X main.version=v{version}"],
+    )
+
+
+def _build_tflint(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
+    # Its version is a constant in tflint/meta.go (a *version.Version, which -X cannot
+    # set), so the module's own source already reports it.
+    builder.build(
+        "github.com/terraform-linters/tflint", f"v{versions['tflint'].lstrip('v')}",
+        {"tflint": "github.com/terraform-linters/tflint"}, outdir,
+    )
+
+
+def _build_skaffold(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
+    module, version = "github.com/GoogleContainerTools/skaffold/v2", versions["skaffold"].lstrip("v")
+    gomod = builder.module_gomod(module, f"v{version}", outdir)
+    # Its go.mod pins e.g. github.com/imdario/mergo v0.3.16 and docker v27 with replace
+    # directives; without them the build picks versions it does not compile with. (Its
+    # exclude of godirwalk v1.17.0 is for Windows only and is not carried over.)
+    builder.build(
+        module, f"v{version}", {"skaffold": f"{module}/cmd/skaffold"}, outdir,
+        ldflags=[f"-X {module}/pkg/skaffold/version.version=v{version}",
+                 f"-X {module}/pkg/skaffold/version.buildDate=1970-01-01T00:00:00Z"],
+        replaces=module_replaces(gomod), godebug=_godebug(gomod),
+    )
+
+
+def _build_promtool(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
+    version = versions["promtool"].lstrip("v")
+    module, module_version = "github.com/prometheus/prometheus", prometheus_module_version(version)
+    # The version is stamped in with -X, so check first that this module is that release.
+    released = Path(builder.module_download(module, module_version, outdir)["Dir"], "VERSION").read_text().strip()
+    if released != version:
+        raise ToolsUnavailable(f"{module}@{module_version} is Prometheus {released}, not {version}")
+    builder.build(
+        module, module_version, {"promtool": f"{module}/cmd/promtool"}, outdir,
+        ldflags=[f"-X github.com/prometheus/common/version.Version={version}",
+                 "-X github.com/prometheus/common/version.Branch=HEAD"],
+    )
 
 
 def prometheus_module_version(version: str) -> str:
@@ -481,6 +488,14 @@ def _build_terraform(versions: dict[str, str], builder: _Builder, outdir: Path) 
         ldflags=[f"-X {module}/version.dev=no"],
         replaces=replaces,
     )
+
+
+# How each group of versions.json is built; versions.json and this table move together.
+_BUILDS = {
+    "kubernetes": _build_kubernetes, "etcd": _build_etcd, "helm": _build_helm,
+    "kubeconform": _build_kubeconform, "terraform": _build_terraform, "tflint": _build_tflint,
+    "skaffold": _build_skaffold, "promtool": _build_promtool,
+}
 
 
 @contextmanager
@@ -533,7 +548,7 @@ def resolve_tools(
             log(f"building {group} v{versions[group].lstrip('v')} into {outdir} "
                 "(one-time; the Kubernetes binaries take a while) ...")
             started = time.monotonic()
-            _build_group(group, versions, builder, outdir)
+            _BUILDS[group](versions, builder, outdir)
             log(f"{group} built in {time.monotonic() - started:.0f}s")
     result: dict[str, Tool] = {}
     for t in tools:

@@ -60,6 +60,7 @@ def test_every_known_tool_has_a_pin_and_a_version_command():
     for tool in KNOWN_TOOLS:
         assert k8s_tools._pinned(tool, versions), tool
         assert tool in k8s_tools._VERSION_ARGS
+        assert k8s_tools._group(tool) in k8s_tools._BUILDS, tool  # and a way to build it
     assert set(INFRA_TOOLS).isdisjoint(ALL_TOOLS)
     # each infrastructure tool is its own group, with a cache directory of its own
     dirs = {k8s_tools._cache_dir(t, versions).name for t in INFRA_TOOLS}
