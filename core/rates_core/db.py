@@ -129,12 +129,24 @@ def parse_url(dsn: str) -> dict:
         given = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError as exc:
         raise PermanentError(url_error(exc)) from None
-    # A host may start with @ (an abstract Unix socket), but no @ further on.
+    # A host may start with @ (an abstract Unix socket), but no @ further on. Ports in
+    # ASCII digits only: \d takes any script's digits, which libpq refuses, quoting them.
     hosts = given.get("host", "").split(",")
-    if any("@" in host[1:] for host in hosts) or not re.fullmatch(r"\d*(,\d*)*", given.get("port", "")):
-        raise PermanentError("a host with an @ or a port that is not a number "
-                             "(is a %, / or @ in the password not percent-encoded?)")
+    bad_port = not re.fullmatch(r"[0-9]*(,[0-9]*)*", given.get("port", ""))
+    if any("@" in host[1:] for host in hosts) or bad_port or _at_in_path(dsn):
+        raise PermanentError("a host with an @, a port that is not a number or an @ after the "
+                             "host (is a %, / or @ in the password not percent-encoded?)")
     return given
+
+
+def _at_in_path(dsn: str) -> bool:
+    """An unencoded @ in a URL's path: a / in the password ended the host early, and the
+    rest of the password became the database name, which the server would quote back."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return False
+    path = rest.partition("?")[0].partition("/")[2]
+    return "@" in path
 
 
 def url_error(exc: Exception) -> str:

@@ -21,6 +21,10 @@ READERS = {
     ("postgresql://rates:Ab3/kL9secret@db:5432/rates", None),
     # the first @ ends the user info: the host would be "secret@db", quoted when connecting
     ("postgres://rates:Gq2@secret@db:5432/rates", None),
+    # a port in Arabic-Indic digits passes \\d but not libpq, which quotes it
+    ("postgresql://rates_api:\u0661\u0662\u0663/kL9secret@db:5432/rates", None),
+    # "rates_api:123" is host and port, and the database "kL9secret@db:5432/rates"
+    ("postgresql://rates_api:123/kL9secret@db:5432/rates", None),
 ])
 @pytest.mark.parametrize("reader", sorted(READERS))
 def test_an_unreadable_url_is_refused_without_its_password(reader, url, why):
@@ -28,6 +32,7 @@ def test_an_unreadable_url_is_refused_without_its_password(reader, url, why):
         READERS[reader](url)
     message = str(refused.value)
     assert "secret" not in message and "Ab3" not in message and "Gq2" not in message, message
+    assert "\u0661" not in message, message
     assert "URL" in message
     if why:
         assert why in message
@@ -38,7 +43,8 @@ def test_an_unreadable_url_is_refused_without_its_password(reader, url, why):
 
 @pytest.mark.parametrize("url", ["postgresql://h1,h2:5433/db", "postgresql://u@h1:5432,h2:5433/db",
                                  "postgresql:///db?host=/var/run/postgresql",
-                                 "postgresql://u@%40abstract-socket/db", "postgresql://u@[::1]:5432/db"])
+                                 "postgresql://u@%40abstract-socket/db", "postgresql://u@[::1]:5432/db",
+                                 "postgresql://u@h/db?options=-c%20x%3D1@2"])
 def test_urls_libpq_takes_are_taken(url):
     assert db.parse_url(url)["dbname"] == "db"
 
