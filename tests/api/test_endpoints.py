@@ -79,3 +79,14 @@ def test_an_unmigrated_database_is_not_ready_and_rates_answers_503(empty_dsn, ma
     assert ready.status_code == 503 and ready.get_json()["status"] == "database not migrated"
     assert rates.status_code == 503 and rates.headers["Retry-After"] == "5"
     assert rates.get_json()["error"]["code"] == "unavailable"
+
+
+def test_a_missing_column_is_not_migrated_either(world, settings, make_client):
+    # A deploy whose code is ahead of the schema by a column, not a table.
+    with world.cursor() as cur:
+        cur.execute("ALTER TABLE data_version RENAME COLUMN version TO v")
+    client = make_client(settings)
+    ready = client.get("/readyz")
+    rates = client.get("/rates?date_from=2016-01-01&date_to=2016-01-02&origin=CNSHA&destination=NLRTM")
+    assert ready.status_code == 503 and ready.get_json()["status"] == "database not migrated"
+    assert rates.status_code == 503 and rates.headers["Retry-After"] == "5"

@@ -36,6 +36,12 @@ def test_malformed_parameters_are_400(world, client, params, fragment):
     assert response.get_json()["error"]["code"] == "invalid_parameter"
 
 
+@pytest.mark.parametrize("repeated", [dict(origin=["CNSHA", "CNSHA"]), dict(orig_code="CNSHA")])
+def test_a_parameter_repeated_with_the_same_value_is_not_a_conflict(world, client, repeated):
+    response = client.get("/rates", query_string={**GOOD, **repeated})
+    assert response.status_code == 200, response.get_json()
+
+
 def test_range_longer_than_the_maximum_is_400(world, client):
     ok = client.get("/rates", query_string={**GOOD, "date_from": "2024-01-01", "date_to": "2024-12-31"})
     assert ok.status_code == 200 and len(ok.get_json()) == 366
@@ -59,13 +65,14 @@ def test_unknown_route_and_method_are_json(client):
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
     response = client.post("/rates")
     assert response.status_code == 405 and "error" in response.get_json()
+    assert "GET" in response.headers["Allow"]
 
 
 def test_database_down_is_503_not_500(settings, make_client):
     client = make_client(replace(settings, database_url="postgresql://nobody@127.0.0.1:1/none",
                                  db_connect_timeout_s=1))
     response = client.get("/rates", query_string=GOOD)
-    assert response.status_code == 503
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.get_json()["error"]["code"] == "unavailable"
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200

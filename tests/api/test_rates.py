@@ -118,6 +118,59 @@ def test_a_write_is_visible_to_the_next_request(world, rates):
     assert averages(rates(**query)[1]) == [(D1, 200)]
 
 
+def test_answers_of_different_ranges_are_cached_apart(world, rates):
+    insert_prices(world, [(o, "NLRTM", d, p) for d in (D1, D2) for o, p in (("CNSHA", 100), ("CNNGB", 200),
+                                                                              ("CNSHA", 300))])
+    query = dict(date_from=D1, origin="china", destination="NLRTM")
+    assert averages(rates(**query, date_to=D1)[1]) == [(D1, 200)]
+    assert averages(rates(**query, date_to=D2)[1]) == [(D1, 200), (D2, 200)]
+    assert averages(rates(**{**query, "date_from": D2}, date_to=D2)[1]) == [(D2, 200)]
+    assert averages(rates(**query, date_to=D1)[1]) == [(D1, 200)]
+
+
+def test_a_commit_during_a_computation_is_seen_by_the_next_request(world, rates, monkeypatch):
+    """The version is read before the answer: an answer computed while a write commits is
+    stored under the older version, so the next request recomputes it."""
+    from rates_api import queries
+
+    insert_prices(world, [("CNSHA", "NLRTM", D1, p) for p in (100, 200, 300)])
+    compute = queries.daily_averages
+
+    def with_a_write_meanwhile(cur, *args):
+        rows = compute(cur, *args)
+        monkeypatch.setattr(queries, "daily_averages", compute)  # once
+        insert_prices(world, [("CNSHA", "NLRTM", D1, 1000)])
+        return rows
+
+    monkeypatch.setattr(queries, "daily_averages", with_a_write_meanwhile)
+    query = dict(date_from=D1, date_to=D1, origin="CNSHA", destination="NLRTM")
+    assert averages(rates(**query)[1]) == [(D1, 200)]
+    assert averages(rates(**query)[1]) == [(D1, 400)]
+
+
+def test_the_same_database_after_a_server_restart_is_a_new_epoch(world, settings, make_client):
+    """A database restored onto another server may keep its OID and data_version; the
+    server's start time tells them apart."""
+    client = make_client(settings)
+    rt = client.application.extensions["rates_api"]
+
+    class Restored:
+        def __init__(self, start):
+            self.start, self.row = start, None
+
+        def execute(self, sql, *_):
+            self.row = (16384, self.start) if "pg_postmaster_start_time" in sql else (7,)
+
+        def fetchone(self):
+            return self.row
+
+    class Connection:  # one per server; the runtime keeps its epoch by connection
+        pass
+
+    before, after = Restored("2026-01-01 00:00"), Restored("2026-02-01 00:00")
+    assert rt.data_version(Connection(), before) != rt.data_version(Connection(), after)
+
+
 def _seed(dsn: str, price: int, version: int | None = None) -> int:
     with autocommit(dsn) as conn:
         insert_world(conn)

@@ -1,0 +1,52 @@
+"""rates_core.db.classify: which errors a real server raises may pass on a retry.
+
+Every component decides on this alone whether to answer 503 or 4xx, exit 1 or 2."""
+
+import psycopg2
+import pytest
+
+from rates_core import db
+from rates_core.errors import PermanentError, TemporaryError
+
+
+def _raised(dsn, sqlstate: str) -> psycopg2.Error:
+    conn = db.connect(dsn, application_name="classify-test")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DO $$BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{sqlstate}'; END$$")
+    except psycopg2.Error as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError(f"{sqlstate} was not raised")
+
+
+@pytest.mark.parametrize("sqlstate, kind", [
+    ("40001", TemporaryError),   # serialization failure
+    ("40P01", TemporaryError),   # deadlock
+    ("53300", TemporaryError),   # too many connections
+    ("55P03", TemporaryError),   # lock not available
+    ("57014", TemporaryError),   # statement timeout
+    ("57P01", TemporaryError),   # admin shutdown
+    ("58030", TemporaryError),   # I/O error
+    ("XX000", TemporaryError),   # internal error
+    ("23505", PermanentError),   # unique violation
+    ("22P02", PermanentError),   # invalid text representation
+    ("42501", PermanentError),   # insufficient privilege
+    ("42P01", db.SchemaMissing),  # undefined table
+    ("42703", db.SchemaMissing),  # undefined column
+    ("42883", db.SchemaMissing),  # undefined function
+])
+def test_sqlstates_of_a_real_server_are_classified(dsn, sqlstate, kind):
+    wrapped = db.classify(_raised(dsn, sqlstate))
+    assert type(wrapped) is kind
+    assert wrapped.pgcode == sqlstate
+
+
+def test_a_connection_lost_without_a_sqlstate_is_temporary(dsn):
+    conn = db.connect(dsn, application_name="classify-test")
+    conn.close()
+    with pytest.raises(psycopg2.InterfaceError) as lost:
+        conn.cursor()
+    assert lost.value.pgcode is None
+    assert type(db.classify(lost.value)) is TemporaryError
