@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
+
+from yoyo import get_backend
 
 from rates_core import migrate
 from tests.support.net import SilentServer
@@ -43,3 +46,22 @@ def test_a_database_that_never_answers_fails_the_migration_in_seconds():
     assert result.returncode == 1, result.stdout + result.stderr  # may pass on retry
     assert "timeout expired" in result.stdout
     assert time.monotonic() - started < 60  # migrate.CONNECT_TIMEOUT_S (10 s), not the 120 s of run()
+
+
+def test_the_migrations_connect_with_the_timeouts_and_keepalives_of_every_connection():
+    uri = urllib.parse.urlsplit(migrate._yoyo_uri("postgresql://u@db:5432/rates?tcp_user_timeout=2500"))
+    query = urllib.parse.parse_qs(uri.query)
+    assert query["tcp_user_timeout"] == ["2500"]  # the URL's own value wins
+    assert query["keepalives_idle"] == ["30"] and query["connect_timeout"] == [str(migrate.CONNECT_TIMEOUT_S)]
+
+
+def test_a_migration_lock_left_behind_may_pass_on_retry_and_says_how_to_clear_it(empty_dsn):
+    # The lock of a hook killed mid-migration: exit 1 (helm's hook retries), and the way out.
+    backend = get_backend(migrate._yoyo_uri(empty_dsn))
+    try:
+        with backend.lock():
+            result = run({"DATABASE_URL": empty_dsn})
+    finally:
+        backend.connection.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "yoyo break-lock" in result.stdout

@@ -154,3 +154,25 @@ def test_a_pool_that_was_merely_busy_lends_again_at_once(dsn):
         assert _select_pid(pool)
     finally:
         pool.close()
+
+
+def test_a_thread_waits_at_most_one_connect_timeout_for_another_ones_opening(dsn):
+    # An opening held up (here by a slow IAM token) must not hold every thread behind it.
+    opening = threading.Event()
+
+    def slow_password() -> str:
+        opening.set()
+        threading.Event().wait(4)
+        return "unused"  # the test server trusts local connections
+
+    pool = Pool(dsn, size=2, application_name=APP, statement_timeout_ms=0, connect_timeout_s=1,
+                password=slow_password)
+    first = threading.Thread(target=_select_pid, args=(pool,))
+    first.start()
+    try:
+        assert opening.wait(10)
+        with pytest.raises(TemporaryError, match="still being opened"):
+            _select_pid(pool)
+    finally:
+        first.join(timeout=30)
+    pool.close()

@@ -1,5 +1,7 @@
 """RDS IAM authentication: tokens signed by botocore, a new one for every connection."""
 
+import http.server
+import threading
 from urllib.parse import parse_qs
 
 import pytest
@@ -53,6 +55,47 @@ def test_a_silent_sts_gives_up_in_seconds(aws_env, tmp_path):
         assert sts.accepted  # it did ask STS
     finally:
         sts.close()
+
+
+class _RefusingSts(http.server.BaseHTTPRequestHandler):
+    """STS refusing the role: the role's trust policy does not name this ServiceAccount."""
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+                b"<Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity"
+                b"</Message></Error><RequestId>1</RequestId></ErrorResponse>")
+        self.send_response(403)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_):
+        pass
+
+
+def test_sts_refusing_the_role_is_no_token_and_a_retry_may_help(aws_env, tmp_path):
+    # A trust policy fixed by the platform team heals without a restart; meanwhile 503s.
+    (tmp_path / "token").write_text("eyJ.a.b")
+    _web_identity(aws_env, tmp_path / "token")
+    sts = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingSts)
+    threading.Thread(target=sts.serve_forever, daemon=True).start()
+    try:
+        aws_env.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{sts.server_address[1]}")
+        with pytest.raises(TemporaryError, match="no RDS IAM token for rates_api@.*AccessDenied"):
+            rds_auth.token_source(IAM_URL)()
+    finally:
+        sts.shutdown()
+        sts.server_close()
+
+
+def test_the_token_is_signed_for_aws_region_before_the_default_region(aws_env):
+    # EKS's webhook sets AWS_REGION; a stale AWS_DEFAULT_REGION in an image must not win.
+    aws_env.setenv("AWS_REGION", "eu-west-1")
+    aws_env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    credential = parse_qs(rds_auth.token_source(IAM_URL)().partition("/?")[2])["X-Amz-Credential"][0]
+    assert "/eu-west-1/rds-db/" in credential
 
 
 def test_without_credentials_there_is_no_token_and_a_retry_may_help(aws_env):

@@ -1,0 +1,21 @@
+"""rates_api.settings: the defaults the README documents."""
+
+import pytest
+
+from rates_api.settings import Settings
+from rates_core.env import ConfigError
+
+URL = {"DATABASE_URL": "postgresql://rates_api@db/rates"}
+
+
+def test_the_pool_has_a_connection_per_gunicorn_thread_unless_told():
+    # Fewer would answer the extra threads' requests with an instant 503.
+    assert Settings.from_env({**URL, "GUNICORN_THREADS": "8"}).db_pool_size == 8
+    assert Settings.from_env({**URL, "GUNICORN_THREADS": "8", "DB_POOL_SIZE": "3"}).db_pool_size == 3
+    assert Settings.from_env(URL).db_pool_size == 4
+
+
+def test_a_response_cache_of_zero_turns_it_off():
+    assert Settings.from_env({**URL, "RESPONSE_CACHE_SIZE": "0"}).response_cache_size == 0
+    with pytest.raises(ConfigError, match="RESPONSE_CACHE_SIZE"):
+        Settings.from_env({**URL, "RESPONSE_CACHE_SIZE": "-1"})
