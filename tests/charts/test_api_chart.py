@@ -316,6 +316,28 @@ def test_hpa_and_pdb_follow_the_values(render):
         "autoscaling.enabled=true", "autoscaling.minReplicas=1", "autoscaling.maxReplicas=1")))
 
 
+def test_pdb_evicts_unready_pods_and_scale_up_is_immediate(render):
+    docs = render(None, *sets("autoscaling.enabled=true", "autoscaling.minReplicas=2"))
+    # A crash-looping pod must not block node drains by counting against the budget.
+    assert one(docs, "PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    # Traffic spikes are met at once; only scaling down waits for the load to settle.
+    assert one(docs, "HorizontalPodAutoscaler")["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 0
+    # A rollout's new pods are spread among themselves, not counted with the old ones.
+    spread = one(docs, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread and all(c["matchLabelKeys"] == ["pod-template-hash"] for c in spread)
+
+
+def test_probe_and_shutdown_timings_are_the_values_given(render):
+    timings = {"startup": (3, 4, 50), "readiness": (6, 2, 3), "liveness": (20, 7, 4)}
+    assignments = [f"probes.{probe}.{field}={value}" for probe, values in timings.items()
+                   for field, value in zip(("periodSeconds", "timeoutSeconds", "failureThreshold"), values)]
+    container = api_container(render(None, *sets(*assignments, "shutdown.preStopSleepSeconds=12")))
+    for probe, values in timings.items():
+        rendered = container[f"{probe}Probe"]
+        assert (rendered["periodSeconds"], rendered["timeoutSeconds"], rendered["failureThreshold"]) == values
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["/bin/sleep", "12"]
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_rendered_env_is_a_valid_api_configuration(render, env):
     container = api_container(render(env))
