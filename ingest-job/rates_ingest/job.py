@@ -65,6 +65,7 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict, ru
     """Load the object; ``seen`` keeps what is known so far for the record of a failure."""
     fmt = formats.detect(ref.key)
     s3 = s3 or s3source.client()
+    termination.stops_retries(s3)
     info = seen["info"] = s3source.head(s3, ref)
     termination.check()  # botocore retries a request that the signal cut short
     log.info("ingest started", etag=info.etag, object_version=info.version_id, size=info.size, format=fmt.kind,

@@ -11,7 +11,9 @@ says that the run was terminated.
 
 Library code may catch the handler's exception and go on (botocore retries a request that
 it cut short; the sweep of abandoned runs tolerates errors), so the job also calls
-``check()`` at points between its steps.
+``check()`` at points between its steps, and ``stops_retries`` makes the S3 client give up
+instead of retrying: against an S3 that accepts connections and never answers, its
+retries would take minutes, past the pod's grace period.
 
 Once the load starts to commit, a signal no longer interrupts anything: the commit may
 already have happened on the server, and the run only has to record it and exit, which
@@ -59,6 +61,13 @@ class Termination:
         """Raise if a termination signal has arrived (and the load is not committing)."""
         if self.received and not self._finishing:
             raise TemporaryError(f"terminated by signal {self.received}")
+
+    def stops_retries(self, client) -> None:
+        """Make a boto3 ``client`` raise, rather than retry, once a signal has arrived."""
+        client.meta.events.register("needs-retry", self._before_a_retry, unique_id="rates-ingest-termination")
+
+    def _before_a_retry(self, **_) -> None:
+        self.check()  # None otherwise: botocore's own retry handler decides
 
     def finishing(self) -> None:
         """From here on a signal is only noted: it neither raises nor cancels."""

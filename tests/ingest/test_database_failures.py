@@ -17,6 +17,7 @@ import psycopg2
 from tests.ingest.conftest import ROWS, as_csv, last_run, run_job, runs
 from tests.support.db import INGEST_USER, as_user, autocommit, lock_waiters
 from tests.support.faults import CuttingProxy
+from tests.support.net import SilentServer
 from tests.support.poll import wait_for
 
 
@@ -176,6 +177,18 @@ def test_sigterm_while_s3_is_slow_to_answer_ends_the_run(db, s3, moto_endpoint):
     finally:
         proxy.close()
     _assert_terminated(conn, code, output)
+
+
+def test_sigterm_while_s3_never_answers_ends_the_run(db, s3):
+    # botocore would retry the request the signal cut short, and each retry waits out the
+    # 60 s read timeout: minutes, past any grace period.
+    dsn, conn = db
+    with SilentServer() as silent:
+        code, output = _terminated_while(dsn, conn, s3, lambda: silent.accepted,
+                                         env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.port}"})
+    assert code == 1, output
+    run = last_run(conn)
+    assert run["status"] == "failed" and "terminated by signal 15" in run["error"], run
 
 
 def test_a_committed_load_is_recorded_though_its_run_record_connection_is_lost(db, s3, admin_dsn):
