@@ -170,7 +170,9 @@ class Pool:
     While the database is unreachable, requests must not queue behind each other's
     connect timeouts, or every thread of a worker ends up waiting (and /healthz with
     them). So a thread waits at most one connect timeout for another that is opening a
-    connection, and after a failed opening the pool answers at once for ``retry_after_s``.
+    connection, and after a failed opening the pool answers at once for ``retry_after_s``;
+    after that, one thread tries again while the others answer at once, until an opening
+    succeeds.
     """
 
     def __init__(self, dsn: str, *, size: int, application_name: str,
@@ -185,11 +187,15 @@ class Pool:
         self._lock = threading.Lock()
         self._failed_at = float("-inf")
         self._failure = ""
+        # False from a failed opening until a checkout succeeds: the database is likely down.
+        self._reachable = True
 
     def _checkout(self) -> tuple[psycopg2.pool.ThreadedConnectionPool, "psycopg2.extensions.connection"]:
         # Under the lock because getconn() may open a connection (the first time, or to
         # replace a closed one), and those openings are what must not queue up.
-        if not self._lock.acquire(timeout=self._connect_timeout_s):
+        if not self._lock.acquire(timeout=self._connect_timeout_s if self._reachable else 0):
+            if not self._reachable:
+                raise TemporaryError(f"the database was unreachable and is being tried again: {self._failure}")
             raise TemporaryError("the database is not answering; connections are still being opened")
         try:
             waited = time.monotonic() - self._failed_at
@@ -198,11 +204,14 @@ class Pool:
             try:
                 if self._pool is None:
                     self._pool = _ThreadedPool(self.size, self._password, **self._connect_args)
-                return self._pool, self._live_connection(self._pool)
+                checkout = self._pool, self._live_connection(self._pool)
+                self._reachable = True
+                return checkout
             except PoolExhausted:
                 raise  # busy, not unreachable: the next checkout may find a connection free
             except (psycopg2.OperationalError, TemporaryError) as exc:  # unreachable, or no IAM token
                 self._failed_at, self._failure = time.monotonic(), str(exc).strip()
+                self._reachable = False
                 raise
         finally:
             self._lock.release()

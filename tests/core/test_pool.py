@@ -124,6 +124,26 @@ def test_concurrent_requests_do_not_queue_behind_each_others_timeouts(silent):
     assert len(silent.accepted) == 1
 
 
+def test_while_the_database_is_down_one_thread_tries_it_and_the_others_answer_at_once(silent):
+    # Otherwise, each time the pool tries again, every thread of a worker queues for a
+    # connect timeout, /healthz with them, and the liveness probe restarts healthy pods.
+    dsn = f"postgresql://nobody@127.0.0.1:{silent.port}/none?sslmode=disable&gssencmode=disable"
+    pool = Pool(dsn, size=2, application_name=APP, statement_timeout_ms=0, connect_timeout_s=4,
+                retry_after_s=0.2)
+    with pytest.raises(TemporaryError, match="timeout"):
+        _select_pid(pool)
+    wait_for(lambda: _tried_again(pool, silent), timeout=10, interval=0.05, what="a thread trying again")
+    with pytest.raises(TemporaryError, match="being tried again"):
+        _select_pid(pool)
+
+
+def _tried_again(pool: Pool, silent: SilentServer) -> bool:
+    """Start a request that tries the database again; True once it is connecting."""
+    if not any(t.name == "trying-again" for t in threading.enumerate()):
+        threading.Thread(target=_pid_or_none, args=(pool,), name="trying-again", daemon=True).start()
+    return len(silent.accepted) == 2
+
+
 def test_a_statement_timeout_keeps_the_connection(dsn, conn):
     pool = Pool(dsn, size=1, application_name=APP, statement_timeout_ms=100)
     try:
