@@ -19,6 +19,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level, service="rates-api", version=settings.app_version)
     app = Flask(__name__)
+    # OPTIONS gets the JSON 405 (with Allow) of any other method: no browser calls this API
+    # across origins, and Flask's automatic answer is an empty text/html page.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.json.sort_keys = False
     app.extensions["rates_api"] = Runtime(settings)
     errors.register(app)

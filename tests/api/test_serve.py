@@ -35,6 +35,7 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).json()["version"] == "9.9.9"
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'rates_api_requests_total{method="GET",route="/",status="200"} 1.0' in metrics
+        _assert_gunicorns_own_errors_are_json(port)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
@@ -44,6 +45,37 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
     gunicorn = [line["event"] for line in lines if line.get("logger") == "gunicorn.error"]
     assert any(event.startswith("Booting worker") for event in gunicorn), gunicorn
     assert any(line.get("path") == "/" for line in lines)  # the app's request line
+
+
+def _raw(port: int, request: bytes) -> tuple[int, str, dict]:
+    """Send bytes as they are (no client library would send these); (status, type, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers.get("Content-Type", ""), json.loads(body)
+
+
+def _assert_gunicorns_own_errors_are_json(port: int) -> None:
+    # Requests gunicorn refuses before the app sees them: what curl sends for an unencoded
+    # non-ASCII name, a lowercase method, too many headers.
+    query = "date_from=2024-01-01&date_to=2024-01-03&origin=G\u00f6teborg&destination=NLRTM"
+    for request, status in [
+        (f"GET /rates?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 400),
+        (b"get / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
+    ]:
+        answer = _raw(port, request)
+        assert answer[:2] == (status, "application/json"), (request[:40], answer)
+        assert answer[2]["error"]["code"] and answer[2]["error"]["message"], answer
+    # OPTIONS is a method like any other the API does not serve.
+    options = requests.options(f"http://127.0.0.1:{port}/rates", timeout=5)
+    assert options.status_code == 405 and "GET" in options.headers["Allow"]
+    assert options.json()["error"]["code"] == "method_not_allowed"
 
 
 @pytest.mark.parametrize("name, value", [("PORT", "abc"), ("DB_POOL_SIZE", "0"), ("LOG_LEVEL", "bogus"),

@@ -1,0 +1,25 @@
+"""gunicorn's own error responses in the API's JSON shape.
+
+gunicorn answers a request that it cannot parse itself, before the app sees it: raw
+non-ASCII bytes in the URL (what curl sends for an unencoded "Göteborg"), a lowercase
+method, a request line over 4094 bytes, too many or too large headers. Its page is HTML.
+The worker writes it with ``gunicorn.util.write_error``, looked up when called, so
+replacing that function gives clients the same ``{"error": {"code", "message"}}`` as
+every other error (tested against a real gunicorn in tests/api/test_serve.py).
+"""
+
+import json
+
+import gunicorn.util
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    code = reason.lower().replace(" ", "_") or "error"
+    body = json.dumps({"error": {"code": code, "message": mesg or reason}}).encode()
+    head = (f"HTTP/1.1 {int(status_int)} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def install() -> None:
+    gunicorn.util.write_error = write_json_error
