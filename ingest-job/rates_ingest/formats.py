@@ -95,9 +95,13 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Inflate a (possibly multi-member) gzip stream in bounded steps."""
     inflater = zlib.decompressobj(wbits=31)
+    padded = False
     try:
         for data in chunks:
             while True:
+                if padded:
+                    _zero_padding(data)
+                    break
                 out = inflater.decompress(data, MAX_INFLATE_BYTES)
                 if out:
                     yield out
@@ -106,7 +110,11 @@ def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
                     data = inflater.unused_data
                     if not data:
                         break
-                    inflater = zlib.decompressobj(wbits=31)
+                    # Zeros after a member pad it to a block (tape, some uploaders); gzip(1)
+                    # ignores them, and no member starts with one.
+                    padded = data.startswith(b"\0")
+                    if not padded:
+                        inflater = zlib.decompressobj(wbits=31)
                     continue
                 data = inflater.unconsumed_tail
                 # A full step may leave output inside zlib even when all input is used.
@@ -116,6 +124,11 @@ def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
             raise InvalidFile("the gzip stream is truncated (it ends before its end marker)")
     except zlib.error as exc:
         raise InvalidFile(f"the content is not valid gzip: {exc}") from None
+
+
+def _zero_padding(data: bytes) -> None:
+    if data.strip(b"\0"):
+        raise InvalidFile("the gzip stream has data after the zero bytes that pad its end")
 
 
 class Problems:
@@ -239,12 +252,13 @@ class Parser:
         for chunk in data:
             if not chunk:
                 continue
-            if chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            # (UTF-32 LE starts with UTF-16 LE's mark.)
+            if chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)):
                 # Spreadsheets save "Unicode text" this way; every other error would be a symptom.
                 self.problems.add(0 if self.fmt.position == "element" else 1,
                                   "the file is UTF-16 or UTF-32 (it starts with a byte order mark); "
                                   "save it as UTF-8", None)
-                return
+                self.problems.raise_if_any(stopped_early=False)  # now: a parser would add symptoms
             yield chunk
             break
         yield from data

@@ -89,6 +89,15 @@ def test_concatenated_gzip_members_are_one_file():
     assert parse("csv", split(gzip.compress(body[:cut]) + gzip.compress(body[cut:]), 5), gz=True) == EXPECTED
 
 
+@pytest.mark.parametrize("size", [5, 100, 1 << 20])
+def test_zeros_padding_a_gzip_stream_are_ignored_as_gzip_does(size):
+    # Python's gzip module reads it the same way; the padding may start in its own chunk.
+    body = as_csv(ROWS)
+    padded = gzip.compress(body) + b"\0" * 1000
+    assert gzip.decompress(padded) == body
+    assert parse("csv", split(padded, size), gz=True) == EXPECTED
+
+
 def test_gunzip_output_comes_in_bounded_steps():
     gz = gzip.compress(b"0" * (50 * formats.MAX_INFLATE_BYTES), 9)
     assert len(gz) < 100_000  # a small object that inflates to 50 MiB

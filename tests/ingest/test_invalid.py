@@ -1,5 +1,6 @@
 """Invalid files load nothing, exit 2 and leave a 'rejected' record that says why and where."""
 
+import codecs
 import gzip
 import json
 
@@ -53,6 +54,10 @@ CASES = {
     # A spreadsheet's "Unicode text": every line is full of NULs, which the record must still hold.
     "UTF-16 CSV": ("p.csv", GOOD.decode().encode("utf-16"), "save it as UTF-8", 1),
     "UTF-16 JSON": ("p.json", as_json(ROWS).decode().encode("utf-16"), "save it as UTF-8", 0),
+    "UTF-32 BE CSV": ("p.csv", codecs.BOM_UTF32_BE + GOOD.decode().encode("utf-32-be"), "save it as UTF-8", 1),
+    "UTF-32 LE NDJSON": ("p.ndjson", as_ndjson(ROWS).decode().encode("utf-32"), "save it as UTF-8", 1),
+    "data after gzip's zero padding": ("p.csv.gz", gzip.compress(GOOD) + b"\0" * 512 + gzip.compress(GOOD),
+                                       "after the zero bytes", None),
     "NUL in a CSV row": ("p.csv", GOOD + b"CNSHA,NL\x00RTM,2016-01-01,5\n", "unknown port code", len(ROWS) + 2),
     "NUL in a JSON element": ("p.json", b'[{"orig_code": "CNSHA\x00", "dest_code": "NLRTM"}]', "malformed JSON", 0),
     "NUL in an NDJSON line": ("p.ndjson", as_ndjson(ROWS) + b'{"orig_code":"CN\x00SHA"}\n', "malformed JSON",
@@ -85,6 +90,8 @@ def test_invalid_file_loads_nothing(db, s3, case):
         assert run["bad_rows"][0][where] == position, run["bad_rows"]
         assert message in run["bad_rows"][0]["error"]
         assert "\x00" not in run["bad_rows"][0]["text"]
+    if "UTF-8" in message:  # the one problem, not its symptoms
+        assert len(run["bad_rows"]) == 1, run["bad_rows"]
 
 
 def test_only_the_first_twenty_bad_rows_are_listed(db, s3):
