@@ -78,6 +78,9 @@ def mapped_errors(ref: ObjectRef) -> Iterator[None]:
         if code in _GONE or status == 404:
             raise FileRejected(f"{where} is gone: {code or status}") from exc
         raise TemporaryError(f"S3 error for {where}: {code or status}: {exc}") from exc
+    except botocore.exceptions.ParamValidationError as exc:
+        # Checked before any request: a bucket name S3 cannot have names no object.
+        raise FileRejected(f"s3://{ref.bucket}/{ref.key} cannot name an S3 object: {exc}") from exc
     except (botocore.exceptions.BotoCoreError, OSError) as exc:
         # Connection refused/reset, timeouts, a stream cut short: all worth a retry.
         raise TemporaryError(f"S3 unavailable: {type(exc).__name__}: {exc}") from exc

@@ -47,6 +47,16 @@ def test_a_missing_object_exits_2(db, s3):
     assert run["status"] == "rejected" and "gone" in run["error"]
 
 
+def test_a_bucket_name_s3_cannot_have_exits_2(db, s3):
+    # botocore refuses it before sending anything; no retry can change that.
+    dsn, conn = db
+    result = run_cli(dsn, "--bucket", "Bad_Bucket!!", "--key", "p.csv")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    run = last_run(conn)
+    assert run["status"] == "rejected" and "cannot name an S3 object" in run["error"]
+
+
 def test_a_missing_version_exits_2(db, s3):
     dsn, conn = db
     s3.enable_versioning()
