@@ -124,12 +124,12 @@ class Controller:
         return result
 
     def _retries_left(self, ended: jobs.Finished) -> bool:
-        return ended.attempt - ended.round_start + 1 < self.settings.max_attempts
+        return ended.round_job < self.settings.max_attempts
 
     def _retry_due(self, ended: jobs.Finished) -> bool:
         if ended.ended_at is None:
             return True
-        doublings = min(ended.attempt - ended.round_start, 40)
+        doublings = min(ended.round_job - 1, 40)
         delay = min(datetime.timedelta(seconds=self.settings.retry_delay_seconds * 2 ** doublings),
                     MAX_RETRY_DELAY)
         return _now() >= ended.ended_at + delay
@@ -140,13 +140,14 @@ class Controller:
             # older chain only holds the name, so go on past it.
             return _annotation(existing, jobs.PREVIOUS) == ended.uid
 
-        self._create_free(ended.obj, ended.attempt + 1, ended.round_start, ours, previous=ended.uid)
+        self._create_free(ended.obj, ended.attempt + 1, ended.round_start, ours, previous=ended.uid,
+                          round_job=ended.round_job + 1)
 
     def _set_aside_file(self, ended: jobs.Finished, why: str, summary: str) -> str:
         detail = jobs.last_words(self.kube.termination_message(ended.name))
         reason = f"{summary} ({ended.reason}: {ended.message})" + (f"; the job said: {detail}" if detail else "")
         self.dead_letters.send(notification(ended.obj, ended.name), {
-            "reason": reason, "job": ended.name, "attempts": str(ended.attempt)})
+            "reason": reason, "job": ended.name, "attempts": str(ended.round_job)})
         self.metrics.set_aside.labels(why).inc()
         self.log.warning("file set aside", job=ended.name, bucket=ended.obj.bucket, key=ended.obj.key,
                          reason=reason)
@@ -202,11 +203,11 @@ class Controller:
         return self._create_free(obj, 1, None, in_hand)
 
     def _create_free(self, obj: UploadedObject, attempt: int, round_start: int | None,
-                     taken_care_of: Callable, previous: str | None = None) -> bool:
+                     taken_care_of: Callable, previous: str | None = None, round_job: int = 1) -> bool:
         """Create the Job at the first free attempt number from ``attempt``; False if an
         existing Job is ``taken_care_of`` the object. ``round_start`` None starts a round."""
         for number in range(attempt, attempt + MAX_CHAIN):
-            if self._create(obj, number, number if round_start is None else round_start, previous):
+            if self._create(obj, number, number if round_start is None else round_start, previous, round_job):
                 return True
             name = jobs.job_name(obj, number)
             existing = self.kube.get(name)
@@ -216,11 +217,13 @@ class Controller:
                 return False
         raise PermanentError(f"{MAX_CHAIN} Jobs exist for s3://{obj.bucket}/{obj.key}")
 
-    def _create(self, obj: UploadedObject, attempt: int, round_start: int, previous: str | None) -> bool:
-        manifest = jobs.manifest(obj, self.settings.job, attempt, round_start=round_start, previous=previous)
+    def _create(self, obj: UploadedObject, attempt: int, round_start: int, previous: str | None,
+                round_job: int) -> bool:
+        manifest = jobs.manifest(obj, self.settings.job, attempt, round_start=round_start, previous=previous,
+                                 round_job=round_job)
         created = self.kube.create(manifest)
         if created:
-            self.metrics.jobs_created.labels("first" if attempt == round_start else "retry").inc()
+            self.metrics.jobs_created.labels("first" if round_job == 1 else "retry").inc()
             self.log.info("job created", job=manifest["metadata"]["name"], bucket=obj.bucket, key=obj.key,
                           version_id=obj.version_id, attempt=attempt)
         return created

@@ -25,6 +25,9 @@ ATTEMPT = PREFIX + "attempt"
 # The attempt that began this round of Jobs: a file set aside and then sent again (a
 # redrive from the dead-letter queue) gets MAX_ATTEMPTS more, under new names.
 ROUND_START = PREFIX + "round-start"
+# How many Jobs of its round this one is (1 for the round's first). Not attempt minus
+# round-start: a retry skips numbers that an older round's Jobs still hold.
+ROUND_JOB = PREFIX + "round-job"
 # The UID of the failed Job that this one retries: what tells a retry that was created
 # (by a pass that stopped before it could note it) from an older chain's Job of that name.
 PREVIOUS = PREFIX + "retry-of"
@@ -46,9 +49,10 @@ def job_name(obj: UploadedObject, attempt: int) -> str:
 
 
 def manifest(obj: UploadedObject, settings: JobSettings, attempt: int = 1, round_start: int = 1,
-             previous: str | None = None) -> dict:
+             previous: str | None = None, round_job: int = 1) -> dict:
     annotations = {BUCKET: obj.bucket, KEY: obj.key, ATTEMPT: str(attempt), ROUND_START: str(round_start),
-                   PREVIOUS: previous, VERSION_ID: obj.version_id, ETAG: obj.etag, SEQUENCER: obj.sequencer}
+                   ROUND_JOB: str(round_job), PREVIOUS: previous, VERSION_ID: obj.version_id, ETAG: obj.etag,
+                   SEQUENCER: obj.sequencer}
     annotations = {name: value for name, value in annotations.items() if value}
     return {
         "apiVersion": "batch/v1",
@@ -125,6 +129,7 @@ class Finished:
     obj: UploadedObject
     attempt: int
     round_start: int
+    round_job: int
     succeeded: bool
     reason: str  # the Job's Complete/Failed condition reason, e.g. BackoffLimitExceeded
     message: str
@@ -147,8 +152,11 @@ def finished(job) -> Finished | None:
                          version_id=notes.get(VERSION_ID), etag=notes.get(ETAG), size=None,
                          sequencer=notes.get(SEQUENCER))
     attempt = _int(notes.get(ATTEMPT), 1)
+    round_start = min(_int(notes.get(ROUND_START), 1), attempt)
+    # Jobs made before ROUND_JOB existed: their round had no gaps, or was counted this way.
+    round_job = max(_int(notes.get(ROUND_JOB), attempt - round_start + 1), 1)
     return Finished(name=job.metadata.name, uid=job.metadata.uid, obj=obj, attempt=attempt,
-                    round_start=min(_int(notes.get(ROUND_START), 1), attempt),
+                    round_start=round_start, round_job=round_job,
                     succeeded=condition.type == "Complete", reason=condition.reason or condition.type,
                     message=condition.message or "", ended_at=condition.last_transition_time)
 

@@ -2,6 +2,7 @@
 of the manifest is in test_controller.py)."""
 
 import json
+from types import SimpleNamespace
 
 from rates_controller import jobs
 from rates_controller.events import UploadedObject
@@ -72,6 +73,7 @@ def test_scheduling_places_the_pod_and_changes_nothing_else():
 
 def test_last_words_are_the_error_of_the_last_json_line_that_has_one():
     log = "\n".join([
+        json.dumps({"event": "s3 stream cut; resuming", "error": "ReadTimeoutError", "level": "warning"}),
         "Found credentials in environment variables.",
         json.dumps({"event": "ingest finished", "error": "unknown port code 'XX'", "level": "error"}),
         json.dumps({"event": "bye", "level": "info"}),
@@ -79,3 +81,19 @@ def test_last_words_are_the_error_of_the_last_json_line_that_has_one():
     assert jobs.last_words(log) == "unknown port code 'XX'"
     assert jobs.last_words("plain text\nTraceback ...\nKeyError: 'x'\n") == "KeyError: 'x'"
     assert jobs.last_words("") == ""
+
+
+def _ended(annotations: dict):
+    condition = SimpleNamespace(type="Failed", status="True", reason="BackoffLimitExceeded", message="",
+                                last_transition_time=None)
+    return SimpleNamespace(metadata=SimpleNamespace(name="j", uid="u", annotations=annotations),
+                           status=SimpleNamespace(conditions=[condition]))
+
+
+def test_a_job_knows_how_many_of_its_round_it_is_even_past_skipped_numbers():
+    retry = jobs.manifest(OBJ, SETTINGS, attempt=4, round_start=1, round_job=2)
+    assert jobs.finished(_ended(retry["metadata"]["annotations"])).round_job == 2
+    # Jobs made before the count was kept: their numbers in the round had no gaps.
+    legacy = {jobs.ATTEMPT: "6", jobs.ROUND_START: "4"}
+    assert jobs.finished(_ended(legacy)).round_job == 3
+    assert jobs.finished(_ended({})).round_job == 1
