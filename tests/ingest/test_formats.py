@@ -134,3 +134,16 @@ def test_a_crlf_line_of_exactly_the_limit_is_accepted_wherever_the_chunks_split(
     # Whole, and with a chunk that ends right after the \r and holds no line end at all.
     for chunks in ([head + line + b"\r\n"], [head, line + b"\r", b"\n"]):
         assert parse("csv", chunks) == b"CNSHA,NLRTM,2016-01-01,5,7\n"
+
+
+@pytest.mark.parametrize("size", [1000, 1 << 20])
+def test_a_json_element_of_exactly_the_limit_is_accepted_and_one_more_is_not(size):
+    start = b'{"orig_code":"CNSHA","dest_code":"NLRTM","day":"2016-01-01","price":'
+
+    def element(length: int) -> bytes:
+        return start + b" " * (length - len(start) - 2) + b"5}"
+
+    assert len(element(formats.MAX_RECORD_BYTES)) == formats.MAX_RECORD_BYTES
+    assert parse("json", split(b"[" + element(formats.MAX_RECORD_BYTES) + b"]", size)) == b"CNSHA,NLRTM,2016-01-01,5,7\n"
+    with pytest.raises(formats.InvalidFile, match="longer than"):
+        parse("json", split(b"[" + element(formats.MAX_RECORD_BYTES + 1) + b"]", size))

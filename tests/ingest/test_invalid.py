@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.ingest.conftest import ROWS, as_csv, as_json, as_ndjson, as_objects, last_run, prices, run_job
+from tests.ingest.conftest import ENCODERS, ROWS, as_csv, as_json, as_ndjson, as_objects, last_run, prices, run_job
 from tests.support.world import insert_prices
 
 GOOD = as_csv(ROWS)
@@ -69,6 +69,13 @@ CASES = {
     "JSON price with a fraction": ("p.json", b'[{"orig_code":"CNSHA","dest_code":"NLRTM","day":"2016-01-01",'
                                    b'"price":1200.0}]', "without a fraction or exponent, got 1200.0", 0),
     "whitespace-only JSON": ("p.json", b"  \n", "holds no JSON array", 0),
+    "true as a JSON price": ("p.json", json.dumps(as_objects([("CNSHA", "NLRTM", "2016-01-01", True)])).encode(),
+                             "a whole number", 0),
+    # The second row's day is already known, so it takes the fast path of a seen day.
+    "zero price on a day seen before": ("p.csv", as_csv([ROWS[0], ("CNSHA", "NLRTM", "2016-01-01", "0000")]),
+                                        "between 1 and", 3),
+    "basic ISO date": ("p.csv", as_csv([("CNSHA", "NLRTM", "20160101", 5)]), "YYYY-MM-DD", 2),
+    "ISO week date": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-W01-1", 5)]), "YYYY-MM-DD", 2),
 }
 
 
@@ -131,3 +138,14 @@ def test_quoted_fields_crlf_and_a_bom_are_fine(db, s3):
     assert run_job(dsn, s3.name, "excel.csv") == 0
 
     assert prices(conn) == [("CNNGB", "DEHAM", "2016-01-02", 900), ("CNSHA", "NLRTM", "2016-01-01", 1000)]
+
+
+@pytest.mark.parametrize("kind", ["json", "ndjson"])
+def test_a_utf8_bom_and_the_edge_prices_load_in_json_and_ndjson(db, s3, kind):
+    dsn, conn = db
+    rows = [("CNSHA", "NLRTM", "2016-01-01", 1), ("CNNGB", "DEHAM", "2016-01-02", 10_000_000)]
+    s3.put(f"p.{kind}", codecs.BOM_UTF8 + ENCODERS[kind](rows))
+
+    assert run_job(dsn, s3.name, f"p.{kind}") == 0
+
+    assert prices(conn) == sorted(rows)

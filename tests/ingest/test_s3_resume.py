@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
+from rates_core.errors import TemporaryError
 from rates_ingest import s3source
 from tests.ingest.conftest import encode, expected_totals, last_run, prices, run_job, totals
 from tests.support.db import INGEST_USER, as_user
@@ -90,3 +91,14 @@ def run_job_through(client, dsn, bucket, key) -> int:
     from rates_ingest.settings import Settings
 
     return job.run(Settings(database_url=as_user(dsn, INGEST_USER), bucket=bucket, key=key), s3=client)
+
+
+def test_an_unversioned_object_overwritten_after_its_head_is_not_read(s3):
+    # The job checked and recorded one object; it must not load the bytes of another (or,
+    # resuming, splice the two). A retry of the job sees the new one.
+    s3.put("p.csv", b"orig_code,dest_code,day,price\nCNSHA,NLRTM,2016-01-01,5\n")
+    ref = s3source.ObjectRef(s3.name, "p.csv")
+    info = s3source.head(s3.client, ref)
+    s3.put("p.csv", b"orig_code,dest_code,day,price\nCNSHA,NLRTM,2016-01-01,7\n")
+    with pytest.raises(TemporaryError, match="412|PreconditionFailed"):
+        b"".join(s3source.Download(s3.client, ref, info).chunks())
