@@ -3,7 +3,7 @@ of writes: INSERT, COPY, UPDATE, DELETE, TRUNCATE and ports moving between regio
 
 import io
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.support.world import PORTS, REGIONS
@@ -70,6 +70,9 @@ def recomputed_equal_stored(cur) -> bool:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=st.lists(write, min_size=1, max_size=6))
+# Ports that appear only as a destination, or only as an origin, moving region.
+@example(writes=[("insert", [("CNSHA", "NLRTM", DAYS[0], 100)]), ("move", "NLRTM", "asia")])
+@example(writes=[("insert", [("CNSHA", "NLRTM", DAYS[0], 100)]), ("move", "CNSHA", "scandinavia")])
 def test_totals_equal_a_recomputation_after_any_writes(world, writes):
     world.autocommit = False
     try:
