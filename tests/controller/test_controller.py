@@ -237,15 +237,28 @@ def test_a_job_an_admission_policy_refuses_waits_and_is_created_later(kube, name
 
 
 def test_a_job_the_api_server_refuses_is_set_aside(uploads, sqs, make_controller):
-    # An invalid Job (here: a memory limit below its request) cannot be fixed by retrying.
+    # An invalid Job cannot be fixed by retrying: a memory limit below its request (422),
+    # a quantity the API server cannot even decode (400).
     controller = make_controller(job_memory_request="512Mi", job_memory_limit="64Mi")
     uploads.put("p.csv", b"x")
-
     controller.step()
-
     [dead] = sqs.dead_letters()
     assert "422" in dead["reason"] and "must be less than or equal to memory limit" in dead["reason"]
+
+    uploads.put("q.csv", b"x")
+    make_controller(job_cpu_request="lots").step()
+    [dead] = sqs.dead_letters()
+    assert "400" in dead["reason"] and "quantities must match" in dead["reason"]
     assert sqs.counts() == (0, 0)
+
+
+def test_more_active_jobs_than_one_receive_takes_still_receives(kube, namespace, uploads, make_controller):
+    # SQS takes at most 10 messages a receive, and refuses a receive that asks for more.
+    controller = make_controller(max_active_jobs=11)
+    uploads.put("p.csv", b"x")
+    for _ in range(2):  # the first pass may take S3's test event alone
+        controller.step()
+    assert len(ingest_jobs(kube, namespace)) == 1
 
 
 def wait_visible(sqs):

@@ -108,6 +108,9 @@ def test_a_file_that_keeps_failing_is_retried_set_aside_and_loads_after_a_redriv
         "3", "succeeded")
     assert len(prices(conn)) == len(ROWS)
     assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="retried") == 1
+    created = {kind: sample(controller.metrics, "rates_controller_jobs_created_total", attempt=kind)
+               for kind in ("first", "retry")}
+    assert created == {"first": 2, "retry": 1}  # the redriven round's first Job is a first
 
 
 def test_a_key_that_looks_like_a_kubernetes_variable_reference_loads_as_written(
@@ -259,3 +262,27 @@ def test_a_retry_the_api_server_keeps_refusing_for_a_while_sets_the_file_aside_i
     assert list(handled(kube, namespace).values()) == ["set-aside"]
     [dead] = sqs.dead_letters()
     assert "its next Job could not be created for 0:00:00" in dead["reason"] and "quota of this namespace" in dead["reason"]
+
+
+def test_a_retry_whose_job_cannot_be_created_yet_keeps_its_slot(
+        dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
+    job_runtime(DOWN)
+    controller = make_controller(max_active_jobs=1, retry_delay_seconds=0, job_backoff_limit=0)
+    first_job_failed(controller, kube, namespace, uploads)
+
+    def in_force() -> bool:
+        probe = jobs.manifest(events.UploadedObject("b", "probe.csv", None, None, None), controller.settings.job)
+        try:
+            kube.batch.create_namespaced_job(namespace, probe, dry_run="All")
+        except ApiException as exc:
+            return "not now" in str(exc.body)
+        return False
+
+    with admission_refusal(kube, namespace, "CREATE", "false", "not now", in_force):
+        uploads.put("q.csv", as_csv(ROWS))
+        wait_for(lambda: sqs.counts()[0] == 1, timeout=10, what="q.csv's event")
+        controller.step()
+        # The retry is due and waits only for the API server: it keeps the one slot, so
+        # q.csv's event is not even received.
+        assert sqs.counts() == (1, 0)
+        assert handled(kube, namespace) == {}

@@ -1,6 +1,9 @@
 """The SQS boundary against moto_server."""
 
-from rates_controller.queue import MAX_REASON_CHARS, Queue
+import pytest
+
+from rates_controller.queue import MAX_REASON_CHARS, Message, Queue
+from rates_core.errors import TemporaryError
 
 
 def test_a_reason_with_characters_sqs_refuses_still_sets_the_file_aside(sqs):
@@ -31,3 +34,14 @@ def test_handled_messages_are_deleted_in_batches_of_ten(sqs):
     queue.delete(received)
 
     assert sqs.counts() == (0, 0)
+
+
+def test_messages_sqs_did_not_delete_are_reported(sqs):
+    # They come back after their visibility timeout; the error is what the alert counts.
+    sqs.send("m")
+    queue = Queue(sqs.client, sqs.uploads_url)
+    [received] = queue.receive(10, 1, 30)
+    stale = Message(id="old", body="{}", receipt="not-a-receipt-handle", receives=1)
+    with pytest.raises(TemporaryError, match=r"delete failed for 1 message\(s\): old: ReceiptHandleIsInvalid"):
+        queue.delete([received, stale])
+    assert sqs.counts() == (0, 0)  # the good one went

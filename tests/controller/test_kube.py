@@ -1,0 +1,37 @@
+"""The Kubernetes boundary's reading of pods (plain fakes: pods with several failed tries
+are slow to make on a real cluster)."""
+
+import datetime
+from types import SimpleNamespace
+
+from rates_controller import jobs
+from rates_controller.kube import JobsApi
+
+
+def pod(finished_minute: int, message: str, exit_code: int = 1, container: str = jobs.CONTAINER):
+    ended = SimpleNamespace(exit_code=exit_code, message=message, started_at=None,
+                            finished_at=datetime.datetime(2026, 1, 1, 0, finished_minute, tzinfo=datetime.timezone.utc))
+    status = SimpleNamespace(name=container, state=SimpleNamespace(terminated=ended))
+    return SimpleNamespace(status=SimpleNamespace(container_statuses=[status]))
+
+
+class Pods:
+    def __init__(self, *pods):
+        self.pods = list(pods)
+
+    def list_namespaced_pod(self, namespace, label_selector, _request_timeout):
+        return SimpleNamespace(items=self.pods)
+
+
+def jobs_api(*pods) -> JobsApi:
+    api = JobsApi.__new__(JobsApi)  # no API server: only the pod listing is faked
+    api._core, api.namespace = Pods(*pods), "n"
+    return api
+
+
+def test_the_last_failed_try_of_a_job_is_the_one_quoted():
+    # With retries inside a Job (backoffLimit > 0) its pods fail one after another.
+    api = jobs_api(pod(5, "second try"), pod(1, "first try"), pod(9, "ok", exit_code=0),
+                   pod(7, "a sidecar", container="istio-proxy"))
+    assert api.termination_message("j") == "second try"
+    assert jobs_api().termination_message("j") == ""

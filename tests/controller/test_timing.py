@@ -1,0 +1,56 @@
+"""When the controller retries: a file's next Job and a message whose Job could not be
+created (pure logic, with plain fakes for the queue)."""
+
+import datetime
+from types import SimpleNamespace
+
+import pytest
+
+from rates_controller import controller as controller_module
+from rates_controller.controller import Controller
+from rates_controller.jobs import Finished
+from rates_controller.metrics import Metrics
+from rates_controller.queue import Message
+from rates_core import logs
+from rates_core.errors import TemporaryError
+
+ENDED = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def make(**settings) -> Controller:
+    defaults = dict(retry_delay_seconds=60, max_receives=100)
+    return Controller(SimpleNamespace(**{**defaults, **settings}), kube=None, uploads=None, dead_letters=None,
+                      metrics=Metrics(), log=logs.get_logger("test"))
+
+
+def ended(round_job: int, attempt: int | None = None) -> Finished:
+    attempt = attempt or round_job
+    return Finished(name="j", uid="u", obj=None, attempt=attempt, round_start=1, round_job=round_job,
+                    succeeded=False, reason="BackoffLimitExceeded", message="", ended_at=ENDED)
+
+
+@pytest.mark.parametrize("round_job, delay", [(1, 60), (2, 120), (3, 240), (40, 86400)])
+def test_a_rounds_retries_wait_the_delay_doubling_at_most_a_day(monkeypatch, round_job, delay):
+    controller = make()
+    for attempt in (round_job, round_job + 7):  # numbers an older round held do not count
+        monkeypatch.setattr(controller_module, "_now", lambda: ENDED + datetime.timedelta(seconds=delay - 1))
+        assert not controller._retry_due(ended(round_job, attempt))
+        monkeypatch.setattr(controller_module, "_now", lambda: ENDED + datetime.timedelta(seconds=delay))
+        assert controller._retry_due(ended(round_job, attempt))
+
+
+class RecordingQueue:
+    def __init__(self):
+        self.delays = []
+
+    def retry_later(self, message, seconds):
+        self.delays.append(seconds)
+
+
+def test_a_message_whose_job_could_not_be_created_comes_back_after_a_doubling_backoff():
+    controller = make()
+    controller.uploads = RecordingQueue()
+    for receives in range(1, 10):
+        controller._retry_message(Message("m", "{}", "r", receives), [], TemporaryError("down"))
+    assert controller.uploads.delays == [5, 10, 20, 40, 80, 160, 320, 640, 900]
+
