@@ -15,12 +15,9 @@ import threading
 
 # The same reading rules as the app's settings: empty means the default, and a bad
 # value stops the master with the variable's name.
-from rates_api import gunicorn_errors
 from rates_core.env import env_float, env_int, env_str
 
 wsgi_app = "rates_api:create_app()"
-# Requests gunicorn refuses itself get a JSON error too, not its HTML page.
-gunicorn_errors.install()
 _host = env_str("HOST", "127.0.0.1")
 # An IPv6 address (HOST=:: for a dual-stack pod) needs brackets before the port.
 bind = f"{f'[{_host}]' if ':' in _host else _host}:{env_int('PORT', 8000, minimum=1)}"
@@ -84,6 +81,11 @@ def when_ready(server):
 
 
 def post_worker_init(worker):
+    # Requests gunicorn refuses itself get a JSON error too, not its HTML page. (Imported
+    # here, in the worker: see rates_api.gunicorn_errors.)
+    from rates_api import gunicorn_errors
+
+    gunicorn_errors.install()
     runtime = worker.wsgi.extensions["rates_api"]
 
     def drain_then_exit(signum, frame):

@@ -6,15 +6,28 @@ method, a request line over 4094 bytes, too many or too large headers. Its page 
 The worker writes it with ``gunicorn.util.write_error``, looked up when called, so
 replacing that function gives clients the same ``{"error": {"code", "message"}}`` as
 every other error (tested against a real gunicorn in tests/api/test_serve.py).
+
+Installed in each worker (gunicorn.conf.py's post_worker_init), not in the master: this
+package imports prometheus_client, which must first be imported after the master has
+set PROMETHEUS_MULTIPROC_DIR, or the workers would keep their metrics to themselves.
 """
 
+import http
 import json
 
 import gunicorn.util
 
 
 def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
-    code = reason.lower().replace(" ", "_") or "error"
+    try:
+        # gunicorn's reason does not always match its status (501 "Bad Request").
+        reason = http.HTTPStatus(status_int).phrase
+    except ValueError:
+        pass
+    if status_int == 500:
+        code, mesg = "internal_error", "internal error"  # as the app's own 500s
+    else:
+        code = reason.lower().replace(" ", "_") or "error"
     body = json.dumps({"error": {"code": code, "message": mesg or reason}}).encode()
     head = (f"HTTP/1.1 {int(status_int)} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")

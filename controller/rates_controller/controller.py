@@ -129,9 +129,9 @@ class Controller:
     def _retry_due(self, ended: jobs.Finished) -> bool:
         if ended.ended_at is None:
             return True
-        doublings = min(ended.round_job - 1, 40)
-        delay = min(datetime.timedelta(seconds=self.settings.retry_delay_seconds * 2 ** doublings),
-                    MAX_RETRY_DELAY)
+        # In whole seconds first: a timedelta of the uncapped delay could overflow.
+        seconds = self.settings.retry_delay_seconds * 2 ** min(ended.round_job - 1, 100)
+        delay = datetime.timedelta(seconds=min(seconds, MAX_RETRY_DELAY.total_seconds()))
         return _now() >= ended.ended_at + delay
 
     def _create_next(self, ended: jobs.Finished) -> None:

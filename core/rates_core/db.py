@@ -135,7 +135,8 @@ def parse_url(dsn: str) -> dict:
     bad_port = not re.fullmatch(r"[0-9]*(,[0-9]*)*", given.get("port", ""))
     if any("@" in host[1:] for host in hosts) or bad_port or _at_in_path(dsn):
         raise PermanentError("a host with an @, a port that is not a number or an @ after the "
-                             "host (is a %, / or @ in the password not percent-encoded?)")
+                             "host (is a %, / or @ in the password not percent-encoded? An @ in "
+                             "a database name is written %40)")
     return given
 
 

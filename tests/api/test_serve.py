@@ -68,10 +68,14 @@ def _assert_gunicorns_own_errors_are_json(port: int) -> None:
         (f"GET /rates?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 400),
         (b"get / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
+        # gunicorn's own reason for this one is "Bad Request"; the code follows the status.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: br\r\n\r\n", 501),
     ]:
         answer = _raw(port, request)
         assert answer[:2] == (status, "application/json"), (request[:40], answer)
         assert answer[2]["error"]["code"] and answer[2]["error"]["message"], answer
+        if status == 501:
+            assert answer[2]["error"]["code"] == "not_implemented", answer
     # OPTIONS is a method like any other the API does not serve.
     options = requests.options(f"http://127.0.0.1:{port}/rates", timeout=5)
     assert options.status_code == 405 and "GET" in options.headers["Allow"]
@@ -131,10 +135,17 @@ def test_the_own_metrics_directory_is_removed_on_exit_even_after_a_reload(dsn, t
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
         [own] = set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) - before
+        # The workers count into the master's directory (prometheus_client, imported first
+        # in a worker, sees PROMETHEUS_MULTIPROC_DIR), so /metrics shows their requests.
+        requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+        counted = 'rates_api_requests_total{method="GET",route="/",status="200"} 1.0'
+        assert counted in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         process.send_signal(signal.SIGHUP)  # gunicorn reloads its config and replaces its workers
         time.sleep(2)
         wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
-        assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+        requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+        counted = 'rates_api_requests_total{method="GET",route="/",status="200"} 2.0'
+        assert counted in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:

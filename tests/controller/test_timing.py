@@ -29,9 +29,10 @@ def ended(round_job: int, attempt: int | None = None) -> Finished:
                     succeeded=False, reason="BackoffLimitExceeded", message="", ended_at=ENDED)
 
 
-@pytest.mark.parametrize("round_job, delay", [(1, 60), (2, 120), (3, 240), (40, 86400)])
-def test_a_rounds_retries_wait_the_delay_doubling_at_most_a_day(monkeypatch, round_job, delay):
-    controller = make()
+@pytest.mark.parametrize("base, round_job, delay", [(60, 1, 60), (60, 2, 120), (60, 3, 240), (60, 40, 86400),
+                                                     (600, 100, 86400)])  # MAX_ATTEMPTS allows 100
+def test_a_rounds_retries_wait_the_delay_doubling_at_most_a_day(monkeypatch, base, round_job, delay):
+    controller = make(retry_delay_seconds=base)
     for attempt in (round_job, round_job + 7):  # numbers an older round held do not count
         monkeypatch.setattr(controller_module, "_now", lambda: ENDED + datetime.timedelta(seconds=delay - 1))
         assert not controller._retry_due(ended(round_job, attempt))
