@@ -41,10 +41,12 @@ def gunicorn(dsn, world, tmp_path):
 def test_sigterm_drains_readiness_first_and_finishes_in_flight_requests(gunicorn, world, dsn):
     process, base = gunicorn
     insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
-    # Hold a lock that /rates needs, so that requests stay in flight as long as we like.
+    # Hold a lock that /rates needs, so that requests stay in flight as long as we like;
+    # /readyz reads only data_version, so a worker that has not yet seen the signal answers
+    # it at once instead of waiting on the lock too.
     blocker = psycopg2.connect(dsn)
     try:
-        blocker.cursor().execute("LOCK TABLE data_version IN ACCESS EXCLUSIVE MODE")
+        blocker.cursor().execute("LOCK TABLE lane_totals IN ACCESS EXCLUSIVE MODE")
         url = base + "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=CNSHA&destination=NLRTM"
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
             futures = [pool.submit(requests.get, url, timeout=30) for _ in range(IN_FLIGHT)]
