@@ -233,26 +233,32 @@ def test_a_file_set_aside_whose_job_cannot_be_labelled_is_sent_to_the_dead_lette
     assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="set-aside") == 1
 
 
+def creates_refused(kube, namespace: str, controller, message: str):
+    """While inside, the API server refuses every Job create in this namespace with
+    ``message`` (an admission policy, as a rollout's new Job policy or a full quota would)."""
+    def in_force() -> bool:
+        probe = jobs.manifest(events.UploadedObject("b", "probe.csv", None, None, None), controller.settings.job)
+        try:
+            kube.batch.create_namespaced_job(namespace, probe, dry_run="All")
+        except ApiException as exc:
+            return message in str(exc.body)
+        return False
+
+    return admission_refusal(kube, namespace, "CREATE", "false", message, in_force)
+
+
 def test_a_retry_the_api_server_keeps_refusing_for_a_while_sets_the_file_aside_in_the_end(
         dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node, monkeypatch):
     job_runtime(DOWN)
     controller = make_controller(retry_delay_seconds=0, job_backoff_limit=0)
     first_job_failed(controller, kube, namespace, uploads)
 
-    def in_force() -> bool:
-        probe = jobs.manifest(events.UploadedObject("b", "probe.csv", None, None, None), controller.settings.job)
-        try:
-            kube.batch.create_namespaced_job(namespace, probe, dry_run="All")
-        except ApiException as exc:
-            return "quota of this namespace" in str(exc.body)
-        return False
-
     # A refusal that may pass (an admission policy, as in a rollout) is retried for a while,
     # counted from the first failure: here the retry is first tried two hours after it was
     # due (the controller was down, or every slot taken), and is not given up at once.
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
     monkeypatch.setattr(controller_module, "_now", lambda: later)
-    with admission_refusal(kube, namespace, "CREATE", "false", "quota of this namespace", in_force):
+    with creates_refused(kube, namespace, controller, "quota of this namespace"):
         controller.step()
         assert handled(kube, namespace) == {} and sqs.dead_letters() == []
         # ...but not for ever: the failed Job would hold a slot of MAX_ACTIVE_JOBS for good.
@@ -270,15 +276,7 @@ def test_a_retry_whose_job_cannot_be_created_yet_keeps_its_slot(
     controller = make_controller(max_active_jobs=1, retry_delay_seconds=0, job_backoff_limit=0)
     first_job_failed(controller, kube, namespace, uploads)
 
-    def in_force() -> bool:
-        probe = jobs.manifest(events.UploadedObject("b", "probe.csv", None, None, None), controller.settings.job)
-        try:
-            kube.batch.create_namespaced_job(namespace, probe, dry_run="All")
-        except ApiException as exc:
-            return "not now" in str(exc.body)
-        return False
-
-    with admission_refusal(kube, namespace, "CREATE", "false", "not now", in_force):
+    with creates_refused(kube, namespace, controller, "not now"):
         uploads.put("q.csv", as_csv(ROWS))
         wait_for(lambda: sqs.counts()[0] == 1, timeout=10, what="q.csv's event")
         controller.step()
