@@ -11,9 +11,10 @@ STAMP    := $(VENV)/.installed
 .PHONY: help venv up test migrate api demo-data bench-api
 
 help:
-	@echo "make up         local database + demo data + API on http://127.0.0.1:8000"
+	@echo "make up         local database + demo data + API on http://127.0.0.1:8000 (UP_ARGS=\"--port 8001\")"
 	@echo "make test       the whole test suite (starts what it needs)"
 	@echo "make migrate    apply migrations to \$$DATABASE_URL"
+	@echo "make demo-data  load the generated demo dataset into the empty database at \$$DATABASE_URL"
 	@echo "make api        serve the API with gunicorn on \$$HOST:\$$PORT against \$$DATABASE_URL"
 	@echo "make bench-api  API benchmark against a naive baseline (see bench/README.md)"
 	@echo "make bench-ingest  ingest job against raw COPY and a naive baseline (see bench/README.md)"
@@ -29,7 +30,7 @@ $(STAMP): requirements.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pyp
 venv: $(STAMP)
 
 up: venv
-	$(BIN)/ratesctl up
+	$(BIN)/ratesctl up $(UP_ARGS)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -14,11 +14,13 @@ set PROMETHEUS_MULTIPROC_DIR, or the workers would keep their metrics to themsel
 
 import http
 import json
+import re
 
 import gunicorn.util
 
 
 def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    mesg = _as_sent(mesg)
     try:
         # gunicorn's reason does not always match its status (501 "Bad Request").
         reason = http.HTTPStatus(status_int).phrase
@@ -27,11 +29,19 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     if status_int == 500:
         code, mesg = "internal_error", "internal error"  # as the app's own 500s
     else:
-        code = reason.lower().replace(" ", "_") or "error"
+        code = re.sub(r"[^a-z]+", "_", reason.lower()).strip("_") or "error"  # Request-URI Too Long
     body = json.dumps({"error": {"code": code, "message": mesg or reason}}).encode()
     head = (f"HTTP/1.1 {int(status_int)} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def _as_sent(text: str) -> str:
+    """gunicorn reads the request's bytes as Latin-1; quoted back, UTF-8 reads as sent."""
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return text
 
 
 def install() -> None:

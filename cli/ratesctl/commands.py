@@ -163,11 +163,13 @@ def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
 def _check_port_free(port: int) -> None:
     # Otherwise gunicorn keeps retrying the bind while the banner's URL reaches whoever has the port.
     with socket.socket() as probe:
+        # As gunicorn binds: the last run's connections in TIME_WAIT do not hold the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:
-            raise click.ClickException(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
-                                       "choose another port with --port") from None
+            raise click.ClickException(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); choose another "
+                                       "port with --port (make up UP_ARGS=\"--port 8001\")") from None
 
 
 def _answers(url: str, api: subprocess.Popen, timeout_s: float = 60) -> bool:

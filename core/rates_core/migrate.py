@@ -75,8 +75,9 @@ def apply(dsn: str) -> list[str]:
 
 def main() -> int:
     """``python -m rates_core.migrate``: apply the migrations to $DATABASE_URL, as the
-    API chart's pre-upgrade hook does (the API image has no ratesctl). Exit codes as the
-    ingest job's: 0 done, 1 may pass on retry, 2 cannot (a failing migration, bad config)."""
+    API chart's pre-upgrade hook does (the API image has no ratesctl). Exit codes: 0 done,
+    1 may pass on retry, 2 cannot (a failing migration, bad config: the hook fails the
+    release instead of retrying)."""
     from . import logs
     from .env import ConfigError, env_choice, env_str
 

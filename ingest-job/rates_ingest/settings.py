@@ -10,9 +10,10 @@ LOG_LEVEL       DEBUG, INFO (default), WARNING or ERROR.
 INGEST_WORK_MEM PostgreSQL work_mem for the load transaction (default 64MB): the
                 statement trigger keeps the file's rows in a tuplestore of this size
                 before it spills to disk.
-AWS settings come from boto3's standard chain (AWS_REGION, AWS_ACCESS_KEY_ID, web
-identity, instance roles, ...); AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3 point it at a
-local S3 such as moto_server.
+AWS settings come from boto3's standard chain (AWS_DEFAULT_REGION, which this boto3 reads
+instead of AWS_REGION; AWS_ACCESS_KEY_ID, web identity, instance roles, ...);
+AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3 point it at a local S3 such as moto_server.
+A bad setting exits 1 (see the README: it is not the file's fault).
 """
 
 import os

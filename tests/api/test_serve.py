@@ -76,6 +76,10 @@ def _assert_gunicorns_own_errors_are_json(port: int) -> None:
         assert answer[2]["error"]["code"] and answer[2]["error"]["message"], answer
         if status == 501:
             assert answer[2]["error"]["code"] == "not_implemented", answer
+        if b"/rates?" in request:  # the URL is quoted as it was sent
+            assert "origin=G\u00f6teborg" in answer[2]["error"]["message"], answer
+    too_long = _raw(port, b"GET /" + b"x" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert too_long[0] == 414 and too_long[2]["error"]["code"] == "request_uri_too_long", too_long
     # OPTIONS is a method like any other the API does not serve.
     options = requests.options(f"http://127.0.0.1:{port}/rates", timeout=5)
     assert options.status_code == 405 and "GET" in options.headers["Allow"]
