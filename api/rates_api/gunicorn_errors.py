@@ -12,24 +12,28 @@ package imports prometheus_client, which must first be imported after the master
 set PROMETHEUS_MULTIPROC_DIR, or the workers would keep their metrics to themselves.
 """
 
-import http
 import json
 import re
 
 import gunicorn.util
 
 
+# The statuses gunicorn answers with, in one spelling whatever the Python version
+# (http.HTTPStatus renamed 414 in 3.13), and whatever gunicorn's own reason says (it
+# sends 501 as "Bad Request").
+_REASONS = {400: "Bad Request", 403: "Forbidden", 414: "URI Too Long", 417: "Expectation Failed",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented"}
+# repr() writes bytes 0x80-0xA0 and 0xAD of the Latin-1 reading as \xNN (an escaped
+# backslash before it is the client's own text).
+_REPR_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\x([89a][0-9a-f])")
+
+
 def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
-    mesg = _as_sent(mesg)
-    try:
-        # gunicorn's reason does not always match its status (501 "Bad Request").
-        reason = http.HTTPStatus(status_int).phrase
-    except ValueError:
-        pass
+    reason = _REASONS.get(status_int, reason)
     if status_int == 500:
         code, mesg = "internal_error", "internal error"  # as the app's own 500s
     else:
-        code = re.sub(r"[^a-z]+", "_", reason.lower()).strip("_") or "error"  # Request-URI Too Long
+        code, mesg = re.sub(r"[^a-z]+", "_", reason.lower()).strip("_") or "error", _as_sent(mesg)
     body = json.dumps({"error": {"code": code, "message": mesg or reason}}).encode()
     head = (f"HTTP/1.1 {int(status_int)} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
@@ -37,9 +41,11 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
 
 
 def _as_sent(text: str) -> str:
-    """gunicorn reads the request's bytes as Latin-1; quoted back, UTF-8 reads as sent."""
+    """gunicorn reads the request's bytes as Latin-1 and quotes them with repr(); quoted
+    back, UTF-8 reads as sent. Anything else stays as gunicorn wrote it."""
+    raw = _REPR_ESCAPE.sub(lambda m: m[1] + chr(int(m[2], 16)), text)
     try:
-        return text.encode("latin-1").decode("utf-8")
+        return raw.encode("latin-1").decode("utf-8")
     except UnicodeError:
         return text
 

@@ -107,7 +107,7 @@ def _check_server_settings() -> None:
 
 
 @click.command("up")
-@click.option("--port", default=8000, show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @_spec_options
 def up_command(port, prices, days, ports, start, seed) -> None:
     """Local database in .local/, migrations, demo data if empty, and the API (Ctrl-C stops all)."""

@@ -32,7 +32,7 @@ RETRY_DELAY_SECONDS        wait before the next Job of a file, doubled each atte
 MAX_RECEIVES               deliveries of a message whose Job cannot be created before it is
                            set aside (default 10).
 POLL_WAIT_SECONDS          SQS long-poll wait, 1-20 (default 20).
-VISIBILITY_TIMEOUT         seconds a received message stays hidden from other consumers (default 60, at least 10).
+VISIBILITY_TIMEOUT         seconds a received message stays hidden from other consumers (default 60, 10 to 43200).
 METRICS_PORT               port of /metrics and /healthz (default 9090; 0 turns them off).
 LOG_LEVEL                  DEBUG, INFO (default), WARNING or ERROR.
 

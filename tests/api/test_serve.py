@@ -63,9 +63,10 @@ def _raw(port: int, request: bytes) -> tuple[int, str, dict]:
 def _assert_gunicorns_own_errors_are_json(port: int) -> None:
     # Requests gunicorn refuses before the app sees them: what curl sends for an unencoded
     # non-ASCII name, a lowercase method, too many headers.
-    query = "date_from=2024-01-01&date_to=2024-01-03&origin=G\u00f6teborg&destination=NLRTM"
+    names = ["G\u00f6teborg", "G\u00d6TEBORG", "Gda\u0144sk", "\u041c\u043e\u0441\u043a\u0432\u0430"]
     for request, status in [
-        (f"GET /rates?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 400),
+        *((f"GET /rates?date_from=2024-01-01&origin={name}&destination=NLRTM HTTP/1.1\r\nHost: x\r\n\r\n"
+           .encode(), 400) for name in names),
         (b"get / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
         # gunicorn's own reason for this one is "Bad Request"; the code follows the status.
@@ -77,9 +78,9 @@ def _assert_gunicorns_own_errors_are_json(port: int) -> None:
         if status == 501:
             assert answer[2]["error"]["code"] == "not_implemented", answer
         if b"/rates?" in request:  # the URL is quoted as it was sent
-            assert "origin=G\u00f6teborg" in answer[2]["error"]["message"], answer
+            assert any(f"origin={name}&" in answer[2]["error"]["message"] for name in names), answer
     too_long = _raw(port, b"GET /" + b"x" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert too_long[0] == 414 and too_long[2]["error"]["code"] == "request_uri_too_long", too_long
+    assert too_long[0] == 414 and too_long[2]["error"]["code"] == "uri_too_long", too_long
     # OPTIONS is a method like any other the API does not serve.
     options = requests.options(f"http://127.0.0.1:{port}/rates", timeout=5)
     assert options.status_code == 405 and "GET" in options.headers["Allow"]
