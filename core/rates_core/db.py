@@ -194,8 +194,9 @@ class Pool:
     def _checkout(self) -> tuple[psycopg2.pool.ThreadedConnectionPool, "psycopg2.extensions.connection"]:
         # Under the lock because getconn() may open a connection (the first time, or to
         # replace a closed one), and those openings are what must not queue up.
-        if not self._lock.acquire(timeout=self._connect_timeout_s if self._reachable else 0):
-            if not self._reachable:
+        reachable = self._reachable  # read once: another thread may change it meanwhile
+        if not self._lock.acquire(timeout=self._connect_timeout_s if reachable else 0):
+            if not reachable:
                 raise TemporaryError(f"the database was unreachable and is being tried again: {self._failure}")
             raise TemporaryError("the database is not answering; connections are still being opened")
         try:
