@@ -74,7 +74,7 @@ BULK_LOAD_WORK_MEM = "64MB"
 # fails after tcp_user_timeout. Linux also ends a connection whose live peer keeps its
 # window shut that long, so a bulk load, which a busy server may stop reading for a
 # while, passes a longer one. Settings given in the DSN itself win.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 TCP_USER_TIMEOUT_MS = 15_000
 
 
@@ -112,10 +112,14 @@ def _connect_args(dsn: str, application_name: str, statement_timeout_ms: int, co
     if given.get("options"):
         # The keyword replaces the DSN's own options (a search_path, say); keep both.
         options = f"{given['options']} {options}"
-    wanted = {**KEEPALIVES, "tcp_user_timeout": tcp_user_timeout_ms}
-    tcp = {name: value for name, value in wanted.items() if name not in given}
     return dict(dsn=dsn, application_name=application_name, connect_timeout=connect_timeout_s, options=options,
-                **tcp)
+                **tcp_settings(given, tcp_user_timeout_ms))
+
+
+def tcp_settings(given: dict, tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS) -> dict:
+    """The keepalives and tcp_user_timeout, except those the parsed DSN ``given`` sets itself."""
+    wanted = {**_KEEPALIVES, "tcp_user_timeout": tcp_user_timeout_ms}
+    return {name: value for name, value in wanted.items() if name not in given}
 
 
 def parse_url(dsn: str) -> dict:

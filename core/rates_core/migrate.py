@@ -35,8 +35,9 @@ def _yoyo_uri(dsn: str) -> str:
     # yoyo hands the query's parameters to psycopg2.connect: the timeouts and keepalives of
     # every other connection (rates_core.db), so that an unreachable database fails the
     # migration in seconds (exit 1) and a vanished one is noticed during a long statement.
-    wanted = {"connect_timeout": CONNECT_TIMEOUT_S, **db.KEEPALIVES, "tcp_user_timeout": db.TCP_USER_TIMEOUT_MS}
-    added = {name: value for name, value in wanted.items() if name not in given}
+    added = db.tcp_settings(given)
+    if "connect_timeout" not in given:
+        added = {"connect_timeout": CONNECT_TIMEOUT_S, **added}
     query = "&".join(filter(None, [parts.query, urllib.parse.urlencode(added)]))
     return urllib.parse.urlunsplit(parts._replace(query=query))
 

@@ -11,7 +11,6 @@ import os
 import threading
 from typing import Callable, Mapping
 
-
 from .db import parse_url
 from .env import ConfigError, env_bool
 from .errors import PermanentError, TemporaryError
