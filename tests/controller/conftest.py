@@ -5,7 +5,9 @@ from dataclasses import replace
 
 import boto3
 import pytest
+from kubernetes.client.rest import ApiException
 
+from rates_controller import events, jobs
 from rates_controller import kube as kube_boundary
 from rates_controller.controller import Controller
 from rates_controller.metrics import Metrics
@@ -13,6 +15,7 @@ from rates_controller.queue import Queue
 from rates_controller.settings import JobSettings, Settings
 from rates_core import logs
 from tests.support.aws import FAKE_AWS_ENV
+from tests.support.kube import admission_refusal
 from tests.support.uploads import IMAGE, JOB_SERVICE_ACCOUNT, Queues
 
 
@@ -51,3 +54,15 @@ def sample(metrics: Metrics, name: str, **labels) -> float:
     return 0.0 if value is None else value
 
 
+def creates_refused(kube, namespace: str, controller, message: str):
+    """While inside, the API server refuses every Job create in this namespace with
+    ``message`` (an admission policy, as a rollout's new Job policy or a full quota would)."""
+    def in_force() -> bool:
+        probe = jobs.manifest(events.UploadedObject("b", "probe.csv", None, None, None), controller.settings.job)
+        try:
+            kube.batch.create_namespaced_job(namespace, probe, dry_run="All")
+        except ApiException as exc:
+            return message in str(exc.body)
+        return False
+
+    return admission_refusal(kube, namespace, "CREATE", "false", message, in_force)

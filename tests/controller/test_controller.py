@@ -10,10 +10,8 @@ import pytest
 
 from rates_controller import controller as controller_module
 from rates_controller import jobs
-from rates_controller.events import UploadedObject
-from tests.controller.conftest import env_of, sample
+from tests.controller.conftest import creates_refused, env_of, sample
 from tests.support.aws import unique_name
-from tests.support.kube import admission_refusal
 from tests.support.poll import wait_for
 from tests.support.uploads import IMAGE, ingest_jobs
 
@@ -212,20 +210,10 @@ def test_a_message_whose_job_never_can_be_created_is_set_aside(uploads, sqs, mak
 def test_a_job_an_admission_policy_refuses_waits_and_is_created_later(kube, namespace, uploads, sqs,
                                                                      make_controller, monkeypatch):
     # As in a rollout: the new release's Job policy refuses what the old pod still makes.
-    from kubernetes.client.rest import ApiException
-
     monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
     controller = make_controller()
 
-    def in_force() -> bool:
-        try:
-            probe = UploadedObject("b", "probe.csv", None, None, None)
-            kube.batch.create_namespaced_job(namespace, jobs.manifest(probe, controller.settings.job), dry_run="All")
-        except ApiException as exc:
-            return "not now" in str(exc.body)
-        return False
-
-    with admission_refusal(kube, namespace, "CREATE", "false", "not now", in_force):
+    with creates_refused(kube, namespace, controller, "not now"):
         uploads.put("p.csv", b"x")
         controller.step()
         assert sqs.counts() == (0, 1)  # hidden for the backoff, not set aside

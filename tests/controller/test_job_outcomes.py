@@ -11,7 +11,7 @@ from kubernetes.client.rest import ApiException
 
 from rates_controller import controller as controller_module
 from rates_controller import events, jobs
-from tests.controller.conftest import sample
+from tests.controller.conftest import creates_refused, sample
 from tests.ingest.conftest import ROWS, as_csv, prices, runs
 from tests.support.poll import wait_for
 from tests.support.kube import admission_refusal
@@ -231,20 +231,6 @@ def test_a_file_set_aside_whose_job_cannot_be_labelled_is_sent_to_the_dead_lette
     assert sqs.dead_letters() == []  # none more
     assert sample(controller.metrics, "rates_controller_files_set_aside_total", reason="invalid_file") == 1
     assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="set-aside") == 1
-
-
-def creates_refused(kube, namespace: str, controller, message: str):
-    """While inside, the API server refuses every Job create in this namespace with
-    ``message`` (an admission policy, as a rollout's new Job policy or a full quota would)."""
-    def in_force() -> bool:
-        probe = jobs.manifest(events.UploadedObject("b", "probe.csv", None, None, None), controller.settings.job)
-        try:
-            kube.batch.create_namespaced_job(namespace, probe, dry_run="All")
-        except ApiException as exc:
-            return message in str(exc.body)
-        return False
-
-    return admission_refusal(kube, namespace, "CREATE", "false", message, in_force)
 
 
 def test_a_retry_the_api_server_keeps_refusing_for_a_while_sets_the_file_aside_in_the_end(
