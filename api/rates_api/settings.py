@@ -3,11 +3,10 @@
 from dataclasses import dataclass
 from typing import Mapping
 
+from rates_core.db import PG_INT_MAX
 from rates_core.env import env_choice, env_int, env_str
 from rates_core.logs import LEVELS
 from rates_core.rds_auth import iam_auth_enabled
-
-PG_INT_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ from .errors import PermanentError, TemporaryError
 # The database users of migration 0010: the API's (read-only) and the ingest job's.
 API_USER, INGEST_USER = "rates_api", "rates_ingest"
 
+# The largest value of PostgreSQL's (and libpq's) integer settings.
+PG_INT_MAX = 2**31 - 1
+
 # SQLSTATE classes after which the same statement may succeed on a new try:
 # connection loss, serialization/deadlock, resources, shutdown/cancel, system errors.
 _RETRYABLE_CLASSES = {"08", "40", "53", "55", "57", "58", "XX"}

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from rates_core.db import BULK_LOAD_WORK_MEM
+from rates_core.db import BULK_LOAD_WORK_MEM, PG_INT_MAX
 from rates_core.env import ConfigError, env_choice, env_str
 from rates_core.logs import LEVELS
 from rates_core.rds_auth import iam_auth_enabled
@@ -29,7 +29,7 @@ from rates_core.rds_auth import iam_auth_enabled
 _MEMORY = re.compile(r"([1-9][0-9]{0,9})(kB|MB|GB)")
 _KB_PER_UNIT = {"kB": 1, "MB": 1 << 10, "GB": 1 << 20}
 # PostgreSQL's bounds for work_mem: 64kB up to INT_MAX kilobytes.
-_WORK_MEM_KB = (64, 2**31 - 1)
+_WORK_MEM_KB = (64, PG_INT_MAX)
 
 
 @dataclass(frozen=True)
