@@ -1,7 +1,5 @@
 """What the API serves after an ingest (the API reads the totals the load keeps)."""
 
-import pytest
-
 from tests.ingest.conftest import as_csv, run_job
 
 DAY = "2016-01-01"

@@ -8,7 +8,7 @@ import pytest
 
 from rates_core.errors import TemporaryError
 from rates_ingest import s3source
-from tests.ingest.conftest import encode, expected_totals, last_run, prices, run_job, totals
+from tests.ingest.conftest import encode, expected_totals, last_run, prices, totals
 from tests.support.db import INGEST_USER, as_user
 from tests.support.faults import CuttingProxy
 from tests.support.world import PORTS
