@@ -4,6 +4,7 @@ import random
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.exceptions
 import pytest
 
 from rates_core.errors import TemporaryError
@@ -102,3 +103,33 @@ def test_an_unversioned_object_overwritten_after_its_head_is_not_read(s3):
     s3.put("p.csv", b"orig_code,dest_code,day,price\nCNSHA,NLRTM,2016-01-01,7\n")
     with pytest.raises(TemporaryError, match="412|PreconditionFailed"):
         b"".join(s3source.Download(s3.client, ref, info).chunks())
+
+
+class _Body:
+    """A response body that delivers ``data`` in full, then fails as a dropped connection would."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def iter_chunks(self, size):
+        yield from (self.data[i:i + size] for i in range(0, len(self.data), size))
+        raise botocore.exceptions.ReadTimeoutError(endpoint_url="http://s3.test")
+
+    def close(self):
+        pass
+
+
+def test_a_stream_that_fails_after_its_last_byte_is_complete_and_not_fetched_again():
+    data = b"x" * (s3source.CHUNK_BYTES + 10)
+    calls = []
+
+    class S3:
+        def get_object(self, **kwargs):
+            calls.append(kwargs)
+            return {"Body": _Body(data)}
+
+    info = s3source.ObjectInfo(version_id="v1", etag='"e"', size=len(data), last_modified=None)
+    download = s3source.Download(S3(), s3source.ObjectRef("b", "k", "v1"), info)
+
+    assert b"".join(download.chunks()) == data
+    assert len(calls) == 1 and download.resumes == 0 and download.bytes == len(data)
