@@ -35,7 +35,7 @@ def _database_url() -> str:
 def migrate_command() -> None:
     """Apply the schema migrations to $DATABASE_URL (safe to run again)."""
     logs.configure(env_choice("LOG_LEVEL", "INFO", logs.LEVELS), service="ratesctl")
-    applied = migrations.apply(_database_url())
+    applied = migrations.apply(_database_url(), migrations.lock_wait_from_env())
     click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none, already current'}")
 
 

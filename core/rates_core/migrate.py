@@ -1,5 +1,6 @@
 """Schema migrations (yoyo, plain SQL files in ``migrations/``)."""
 
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -7,11 +8,22 @@ from yoyo import get_backend, read_migrations
 from yoyo.exceptions import LockTimeout
 
 from . import db
+from .env import env_int
 from .errors import PermanentError, TemporaryError
 from .logs import get_logger
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 CONNECT_TIMEOUT_S = 10
+# A migration that needs a lock an open transaction holds (an ingest's, for minutes) waits
+# in PostgreSQL's lock queue, and every later query on that table waits behind it: the
+# API's reads would stall until the ingest committed. So a statement waits for a lock at
+# most LOCK_TIMEOUT_MS (below the API's 5 s statement timeout); the migration then rolls
+# back, steps out of the queue so that the reads behind it pass, and is tried again after
+# LOCK_RETRY_PAUSE_S, for up to MIGRATION_LOCK_WAIT_SECONDS in all.
+LOCK_TIMEOUT_MS = 2000
+LOCK_RETRY_PAUSE_S = 3.0
+LOCK_WAIT_S = 300
+LOCK_NOT_AVAILABLE = "55P03"
 log = get_logger(__name__)
 
 
@@ -38,7 +50,11 @@ def _yoyo_uri(dsn: str) -> str:
     added = db.tcp_settings(given)
     if "connect_timeout" not in given:
         added = {"connect_timeout": CONNECT_TIMEOUT_S, **added}
-    query = "&".join(filter(None, [parts.query, urllib.parse.urlencode(added)]))
+    # Every connection yoyo opens (one per migration) reads the URL: the lock timeout goes
+    # there, ahead of the URL's own options, which may set another.
+    own = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "options"]
+    options = " ".join(filter(None, [f"-c lock_timeout={LOCK_TIMEOUT_MS}", given.get("options", "")]))
+    query = urllib.parse.urlencode([*own, *added.items(), ("options", options)])
     return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
@@ -51,27 +67,54 @@ def pending(dsn: str) -> list[str]:
             backend.connection.close()
 
 
-def apply(dsn: str) -> list[str]:
+def apply(dsn: str, lock_wait_s: float = LOCK_WAIT_S) -> list[str]:
     """Apply every migration not yet applied; return the ids applied now.
 
     yoyo takes a lock table first, so two replicas migrating at once are safe. Errors
     are TemporaryError (unreachable, locked: retry) or PermanentError (a failing migration).
+    A migration that cannot get a table's lock within LOCK_TIMEOUT_MS is tried again until
+    ``lock_wait_s`` has passed (see LOCK_TIMEOUT_MS).
     """
+    applied: dict[str, None] = {}  # ordered: the ids each attempt set out to apply
+    deadline = time.monotonic() + lock_wait_s
+    while True:
+        try:
+            _apply_pending(dsn, applied)
+            break
+        except TemporaryError as exc:
+            if getattr(exc, "pgcode", None) != LOCK_NOT_AVAILABLE:
+                raise
+            if time.monotonic() + LOCK_RETRY_PAUSE_S > deadline:
+                raise TemporaryError(f"a migration could not get the locks it needs in {lock_wait_s:g} s: other "
+                                     f"transactions hold them (an ingest in progress?): {exc}") from exc
+            log.warning("a migration waits for a lock another transaction holds; trying again",
+                        retry_in_s=LOCK_RETRY_PAUSE_S, error=str(exc))
+            time.sleep(LOCK_RETRY_PAUSE_S)
+    log.info("migrations applied", applied=list(applied))
+    return list(applied)
+
+
+def lock_wait_from_env(environ=None) -> int:
+    """MIGRATION_LOCK_WAIT_SECONDS: how long ``apply`` tries again for the locks it needs."""
+    return env_int("MIGRATION_LOCK_WAIT_SECONDS", LOCK_WAIT_S, minimum=0, maximum=86400, environ=environ)
+
+
+def _apply_pending(dsn: str, applied: dict[str, None]) -> None:
+    """One attempt; ``applied`` gets the ids it sets out to apply, in order. A failed
+    attempt has applied those before the failing one, and the next attempt goes on."""
     migrations = read_migrations(str(MIGRATIONS_DIR))
     with db.classified():
         backend = get_backend(_yoyo_uri(dsn))
         try:
             with backend.lock():
                 todo = backend.to_apply(migrations)
+                applied.update(dict.fromkeys(m.id for m in todo))
                 backend.apply_migrations(todo)
         except LockTimeout as exc:
             raise TemporaryError(f"another migration holds yoyo's lock ({exc}); if none is running, a killed "
                                  "one left it: clear it with `yoyo break-lock --database $DATABASE_URL`") from exc
         finally:
             backend.connection.close()
-    applied = [m.id for m in todo]
-    log.info("migrations applied", applied=applied)
-    return applied
 
 
 def main() -> int:
@@ -84,7 +127,7 @@ def main() -> int:
 
     try:
         logs.configure(env_choice("LOG_LEVEL", "INFO", logs.LEVELS), service="rates-migrate")
-        apply(env_str("DATABASE_URL"))
+        apply(env_str("DATABASE_URL"), lock_wait_from_env())
     except ConfigError as exc:
         logs.configure()
         log.error("configuration error", error=str(exc))

@@ -177,6 +177,7 @@ def test_schema_rejects_a_string_where_a_number_belongs(helm):
     (["autoscaling.enabled=true", "autoscaling.minReplicas=5", "autoscaling.maxReplicas=4"],
      "minReplicas must not exceed"),
     (["autoscaling.enabled=true", "resources.requests.cpu=null"], "needs resources.requests.cpu"),
+    (["migrations.lockWaitSeconds=600"], "lockWaitSeconds (600) must be below migrations.activeDeadlineSeconds (600)"),
 ])
 def test_timings_that_would_drop_requests_are_refused(helm, assignments, error):
     # --set-json: plain --set makes 5.5 a string
@@ -737,8 +738,9 @@ def test_migration_hook_runs_before_the_release(render):
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert {"action": "FailJob", "onExitCodes": {"containerName": "migrate", "operator": "In", "values": [2]}} \
         in job["spec"]["podFailurePolicy"]["rules"]
-    secret_ref = job["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]
-    assert secret_ref == {"name": "rates-database", "key": "url"}
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "rates-database", "key": "url"}
+    assert {"name": "MIGRATION_LOCK_WAIT_SECONDS", "value": "300"} in env
     assert "Job" not in kinds(render("prod", *sets("migrations.enabled=false")))
 
 

@@ -1,0 +1,100 @@
+"""A migration that needs a lock an ingest holds neither stalls the API's reads behind it
+nor fails at once: it steps out of the lock queue and tries again until the ingest ends."""
+
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg2
+import pytest
+
+from rates_core import migrate
+from rates_core.env import ConfigError
+from rates_core.errors import TemporaryError
+
+EXTRA = "9999_needs_prices_to_itself"
+
+
+@pytest.fixture
+def one_more_migration(tmp_path, monkeypatch):
+    """The real migrations and one more that needs `prices` exclusively, as a column change does."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, folder)
+    (folder / f"{EXTRA}.sql").write_text("ALTER TABLE prices ADD COLUMN note text;\n")
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", folder)
+    monkeypatch.setattr(migrate, "LOCK_RETRY_PAUSE_S", 0.2)
+
+
+@contextmanager
+def ingest_in_progress(dsn: str):
+    """An open transaction that writes `prices`, as a load's does for minutes."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("LOCK TABLE prices IN ROW EXCLUSIVE MODE")
+        yield
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def lock_waiters(dsn: str) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'prices'::regclass")
+        count = cur.fetchone()[0]
+    conn.close()
+    return count
+
+
+def has_note_column(dsn: str) -> bool:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'prices' "
+                    "AND column_name = 'note'")
+        found = cur.fetchone()[0] == 1
+    conn.close()
+    return found
+
+
+def test_reads_pass_while_a_migration_waits_for_an_ingest_and_it_applies_when_the_ingest_ends(
+        dsn, one_more_migration):
+    result = {}
+    with ingest_in_progress(dsn):
+        worker = threading.Thread(target=lambda: result.update(applied=migrate.apply(dsn, lock_wait_s=120)))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not lock_waiters(dsn) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock_waiters(dsn), "the migration never queued for the lock"
+        # Queued behind the migration's request, a read waits until the migration gives up
+        # its place; without the lock timeout, until the ingest commits: never, here.
+        reader = psycopg2.connect(dsn, options="-c statement_timeout=30000")
+        with reader.cursor() as cur:
+            cur.execute("SELECT count(*) FROM prices")
+            assert cur.fetchone() == (0,)
+        reader.close()
+        assert worker.is_alive() and not has_note_column(dsn)
+    worker.join(60)
+    assert result["applied"] == [EXTRA] and has_note_column(dsn)
+
+
+def test_a_migration_that_never_gets_its_lock_fails_retryably_and_changes_nothing(dsn, one_more_migration):
+    with ingest_in_progress(dsn):
+        with pytest.raises(TemporaryError, match=r"could not get the locks it needs in 1 s.*lock timeout"):
+            migrate.apply(dsn, lock_wait_s=1)
+    assert migrate.pending(dsn) == [EXTRA] and not has_note_column(dsn)
+
+
+def test_the_lock_timeout_comes_before_the_urls_own_options():
+    uri = migrate._yoyo_uri("postgresql://u@db/rates?options=-c%20lock_timeout%3D0&sslmode=require")
+    query = parse_qs(urlsplit(uri).query)
+    assert query["options"] == [f"-c lock_timeout={migrate.LOCK_TIMEOUT_MS} -c lock_timeout=0"]
+    assert query["sslmode"] == ["require"]
+
+
+def test_the_lock_wait_is_read_from_the_environment():
+    assert migrate.lock_wait_from_env({}) == migrate.LOCK_WAIT_S
+    assert migrate.lock_wait_from_env({"MIGRATION_LOCK_WAIT_SECONDS": "0"}) == 0
+    with pytest.raises(ConfigError, match="MIGRATION_LOCK_WAIT_SECONDS"):
+        migrate.lock_wait_from_env({"MIGRATION_LOCK_WAIT_SECONDS": "-1"})
