@@ -45,6 +45,13 @@ resource "aws_db_parameter_group" "this" {
     value = "1000"
   }
 
+  # A statement that waits more than deadlock_timeout (1 s) for a lock is logged with who
+  # holds it: a migration behind a load, or two loads of overlapping lanes.
+  parameter {
+    name  = "log_lock_waits"
+    value = "1"
+  }
+
   tags = var.tags
 
   lifecycle {
