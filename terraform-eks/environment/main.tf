@@ -43,6 +43,7 @@ module "uploads" {
   name              = var.bucket_name
   prices_prefix     = var.prices_prefix
   max_receive_count = var.max_receive_count
+  alarm_actions     = var.alarm_actions
   force_destroy     = var.throwaway
 }
 

@@ -49,6 +49,11 @@ output "bucket_kms_key_arn" {
   value       = module.uploads.bucket_kms_key_arn
 }
 
+output "alarm_arns" {
+  description = "CloudWatch alarms of the queues: dead_letters (a file set aside) and uploads_waiting (no Job for an upload in an hour)."
+  value       = module.uploads.alarm_arns
+}
+
 output "database_address" {
   description = "Host name of the environment's PostgreSQL."
   value       = module.database.address

@@ -35,6 +35,12 @@ variable "max_receive_count" {
   default     = 20
 }
 
+variable "alarm_actions" {
+  description = "ARNs (e.g. an SNS topic's) notified when a queue alarm changes state: a file set aside in the dead-letter queue, or uploads waiting over an hour. None: the alarms show in CloudWatch only."
+  type        = list(string)
+  default     = []
+}
+
 variable "throwaway" {
   description = "A disposable environment: the bucket may be destroyed with files in it, the database without a final snapshot or deletion protection."
   type        = bool

@@ -454,3 +454,28 @@ def test_each_cluster_can_hold_its_environments_at_full_scale(settings):
         capacity = cluster["node_count"]["max"] * node * 0.9
         needed = sum(_cpu_at_full_scale(env) for env in envs)
         assert needed <= capacity, f"{name}: {envs} need {needed:.1f} vCPU at full scale, nodes give {capacity:.1f}"
+
+
+def test_the_queue_alarms_watch_their_own_queues_and_tell_whom_the_environment_names():
+    module = TERRAFORM_ROOT / "modules/uploads"
+    alarms = {name: body for block in parse_hcl((module / "alarms.tf").read_text())["resource"]
+              for name, body in block["aws_cloudwatch_metric_alarm"].items()}
+    assert alarms["dead_letters"]["dimensions"] == {"QueueName": "${aws_sqs_queue.dead_letter.name}"}
+    assert alarms["uploads_waiting"]["dimensions"] == {"QueueName": "${aws_sqs_queue.uploads.name}"}
+    for alarm in alarms.values():
+        assert alarm["namespace"] == "AWS/SQS"
+        assert alarm["alarm_actions"] == alarm["ok_actions"] == "${var.alarm_actions}"
+    calls = [body for block in parse_hcl((TERRAFORM_ROOT / "environment/main.tf").read_text())["module"]
+             for body in block.values() if body["source"] == "../modules/uploads"]
+    assert [call["alarm_actions"] for call in calls] == ["${var.alarm_actions}"]
+
+
+def test_an_upload_backed_off_by_the_controller_does_not_raise_the_waiting_alarm():
+    from rates_controller.controller import MESSAGE_BACKOFF_SECONDS
+
+    variables = {name: body for block in parse_hcl((TERRAFORM_ROOT / "modules/uploads/variables.tf").read_text())
+                 ["variable"] for name, body in block.items()}
+    minimum = int(re.search(r"upload_wait_alarm_seconds >= (\d+)",
+                            variables["upload_wait_alarm_seconds"]["validation"][0]["condition"]).group(1))
+    assert minimum >= MESSAGE_BACKOFF_SECONDS[1]
+    assert variables["upload_wait_alarm_seconds"]["default"] > MESSAGE_BACKOFF_SECONDS[1]

@@ -37,3 +37,11 @@ output "dead_letter_queue_arn" {
   description = "ARN of the dead-letter queue."
   value       = aws_sqs_queue.dead_letter.arn
 }
+
+output "alarm_arns" {
+  description = "The queues' CloudWatch alarms: a file set aside, uploads waiting."
+  value = {
+    dead_letters    = aws_cloudwatch_metric_alarm.dead_letters.arn
+    uploads_waiting = aws_cloudwatch_metric_alarm.uploads_waiting.arn
+  }
+}

@@ -58,6 +58,28 @@ variable "force_destroy" {
   default     = false
 }
 
+variable "alarm_actions" {
+  description = "ARNs notified when an alarm (a file set aside, uploads waiting) changes state, e.g. an SNS topic's. None: the alarms are only seen in CloudWatch."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.alarm_actions : startswith(arn, "arn:")])
+    error_message = "alarm_actions are ARNs (arn:...)."
+  }
+}
+
+variable "upload_wait_alarm_seconds" {
+  description = "Age of the oldest waiting upload, in seconds, above which the uploads-waiting alarm fires. Keep it above the time a burst of uploads waits for MAX_ACTIVE_JOBS."
+  type        = number
+  default     = 3600
+
+  validation {
+    condition     = var.upload_wait_alarm_seconds >= 900 && var.upload_wait_alarm_seconds <= 345600
+    error_message = "upload_wait_alarm_seconds must be between 900 (the controller backs a message off for up to 15 minutes) and 345600 (the queue's four-day retention)."
+  }
+}
+
 variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)
