@@ -1,0 +1,75 @@
+"""Each image installs one deployable and what its pyproject declares, nothing else
+(`pip install -c requirements.txt core <deployable>`). The test virtualenv holds every
+package and every dependency at once, so an import that a package does not declare passes
+every other test and fails only in its image. These tests find it without building one."""
+
+import ast
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[2]
+# folder -> its distribution; core is in every image.
+IMAGES = {"api": "rates-api", "ingest-job": "rates-ingest", "controller": "rates-controller"}
+FOLDERS = {**IMAGES, "core": "rates-core"}
+
+
+def imported_modules(folder: Path) -> set[str]:
+    """Top-level names of the modules imported anywhere in ``folder``, stdlib aside."""
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names)
+
+
+def installed_with(distribution: str) -> set[str]:
+    """``distribution`` and everything it needs, transitively, as pip would install them."""
+    seen, todo = set(), [distribution]
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return seen
+
+
+def providers(module: str) -> set[str]:
+    return {canonicalize_name(d) for d in metadata.packages_distributions().get(module, [])}
+
+
+@pytest.mark.parametrize("folder", sorted(FOLDERS))
+def test_every_module_a_deployable_imports_comes_with_its_declared_dependencies(folder):
+    available = installed_with(FOLDERS[folder])
+    missing = {module: sorted(providers(module)) for module in imported_modules(REPO / folder)
+               if not providers(module) & available}
+    assert not missing, f"{folder} imports what its pyproject.toml does not bring: {missing}"
+
+
+@pytest.mark.parametrize("folder", sorted(IMAGES))
+def test_each_image_copies_and_installs_every_package_of_ours_its_deployable_needs(folder):
+    dockerfile = (REPO / folder / "Dockerfile").read_text()
+    ours = {dist: name for name, dist in FOLDERS.items()}
+    needed = {ours[dist] for dist in installed_with(IMAGES[folder]) if dist in ours}
+    copied = set(re.findall(r"^COPY (\S+) /src/\1$", dockerfile, re.M)) - {"requirements.txt"}
+    install = re.search(r"pip install -c /src/requirements\.txt ([^\\\n&]+)", dockerfile).group(1)
+    assert needed == copied == {path.removeprefix("/src/") for path in install.split()}, dockerfile
+
+
+def test_the_check_finds_an_undeclared_import(tmp_path):
+    (tmp_path / "m.py").write_text("import yaml\nfrom flask import Flask\nimport json\nfrom . import x\n")
+    assert imported_modules(tmp_path) == {"yaml", "flask"}
+    assert not providers("yaml") & installed_with("rates-ingest")
+    assert providers("flask") & installed_with("rates-api")
