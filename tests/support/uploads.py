@@ -2,7 +2,8 @@
 notifications (moto_server), what the Jobs' pods need in the namespace, and the controller
 as its own process.
 
-* ``sqs``                 a fresh uploads queue with its dead-letter queue (:class:`Queues`)
+* ``sqs``                 a fresh uploads queue with its dead-letter queue (:class:`Queues`;
+                          ``new_queues(client)`` makes more)
 * ``uploads``             the test's bucket (``s3``), notifying the uploads queue
 * ``job_runtime``         the Jobs' ServiceAccount; returns set_database_url(url) for their Secret
 * ``controller_process``  start(**env) -> (process, metrics URL) of ``python -m rates_controller``
@@ -58,7 +59,11 @@ class Queues:
 
 @pytest.fixture
 def sqs(moto_endpoint) -> Queues:
-    client = boto3.client("sqs", endpoint_url=moto_endpoint)
+    return new_queues(boto3.client("sqs", endpoint_url=moto_endpoint))
+
+
+def new_queues(client) -> Queues:
+    """A fresh uploads queue with its dead-letter queue, for a test that needs several pairs."""
     dead_url = client.create_queue(QueueName=unique_name("dead"))["QueueUrl"]
     dead_arn = _arn(client, dead_url)
     # The redrive policy is the backstop for a message the controller itself cannot get past.
