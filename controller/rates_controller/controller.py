@@ -195,6 +195,10 @@ class Controller:
         """Create the object's Job, unless one has it in hand; sent back from the dead-letter
         queue after a set-aside, a new round."""
         def in_hand(existing) -> bool:
+            # The round this notification sent back began, by an earlier delivery of it: it
+            # is a duplicate even if that round has been set aside again since.
+            if obj.set_aside_by and _annotation(existing, jobs.REDRIVE_OF) == obj.set_aside_by:
+                return True
             # Running, waiting for its retry or loaded: this delivery is a duplicate. So is a
             # second delivery of a set-aside file's event, unless it was sent back.
             passed = (RETRIED, SET_ASIDE) if obj.redriven else (RETRIED,)

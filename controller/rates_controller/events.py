@@ -36,6 +36,8 @@ class UploadedObject:
     sequencer: str | None = None
     # Sent back from the dead-letter queue (SET_ASIDE_BY): to be loaded again.
     redriven: bool = False
+    # The Job that set it aside, which the notification names (None if it names none).
+    set_aside_by: str | None = None
 
 
 def uploaded_objects(body: str) -> list[UploadedObject]:
@@ -50,9 +52,10 @@ def uploaded_objects(body: str) -> list[UploadedObject]:
     records = document.get("Records")
     if not isinstance(records, list) or not records:
         raise PoisonMessage("not an S3 event notification: no Records list")
-    redriven = isinstance(document.get(SET_ASIDE_BY), str) or not any(
-        isinstance(r, dict) and "eventVersion" in r for r in records)
-    return [replace(obj, redriven=redriven) if redriven else obj
+    mark = document.get(SET_ASIDE_BY)
+    set_aside_by = mark if isinstance(mark, str) else None
+    redriven = set_aside_by is not None or not any(isinstance(r, dict) and "eventVersion" in r for r in records)
+    return [replace(obj, redriven=redriven, set_aside_by=set_aside_by) if redriven else obj
             for obj in map(_created_object, records) if obj is not None]
 
 

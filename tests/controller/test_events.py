@@ -62,7 +62,7 @@ def test_what_the_controller_sets_aside_comes_back_as_the_same_object_sent_back(
     obj = UploadedObject(bucket="uploads", key="2016/jan prices+1.csv", version_id="v1", etag="abc", size=None,
                          sequencer="0A")
     [back] = uploaded_objects(notification(obj, "ingest-0123-2"))
-    assert back == replace(obj, redriven=True)
+    assert back == replace(obj, redriven=True, set_aside_by="ingest-0123-2")
     assert jobs.job_name(back, 1) == jobs.job_name(obj, 1)  # the same chain of Jobs
     assert not uploaded_objects(body(record("2016/jan.csv")))[0].redriven  # S3's own event
     # What a controller before the mark sent to the dead-letter queue: no mark, but none of
