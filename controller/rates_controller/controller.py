@@ -4,6 +4,12 @@ A message is deleted once every object it announces has its Job, so a crash at a
 point redelivers it and the deterministic Job names make the second create a no-op.
 What cannot be retried - a poison message, a file the job calls invalid, a file whose
 Jobs kept failing - is sent to the dead-letter queue with the reason, and then removed.
+
+That send is at least once: a crash after it and before the Job is labelled (or the
+poison message deleted) sends the same entry again. Sent back twice, such a file starts
+one new round: the round's first Job names the Job that set the file aside, and so does
+each copy. tests/controller/test_crashes.py kills the controller before and after each of
+its calls to the API server and SQS, and checks what a new one makes of it.
 """
 
 import datetime
