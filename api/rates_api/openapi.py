@@ -16,9 +16,10 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _param(name: str, description: str, schema: dict, required: bool = True) -> dict:
-    return {"name": name, "in": "query", "required": required, "description": description,
-            "schema": schema}
+def _param(name: str, description: str, schema: dict, required: bool = True, example=None) -> dict:
+    param = {"name": name, "in": "query", "required": required, "description": description,
+             "schema": schema}
+    return param if example is None else {**param, "example": example}
 
 
 _PLACE = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
@@ -31,10 +32,14 @@ _RATES = {
                     "of all prices that day over every (origin port, destination port) pair, "
                     "rounded half away from zero, or null when fewer than 3 prices exist."),
     "parameters": [
-        _param("date_from", "First day, inclusive (YYYY-MM-DD)", _DATE),
-        _param("date_to", "Last day, inclusive (YYYY-MM-DD)", _DATE),
-        _param("origin", "Port code or region slug (alias: orig_code)", _PLACE, required=False),
-        _param("destination", "Port code or region slug (alias: dest_code)", _PLACE, required=False),
+        # The examples are the README's query, which `make up`'s demo data answers. OpenAPI 3.0
+        # cannot say "origin or orig_code is required", so neither is marked required.
+        _param("date_from", "First day, inclusive (YYYY-MM-DD)", _DATE, example="2024-01-01"),
+        _param("date_to", "Last day, inclusive (YYYY-MM-DD)", _DATE, example="2024-01-07"),
+        _param("origin", "Port code or region slug; required, as origin or as orig_code", _PLACE,
+               required=False, example="CNSHA"),
+        _param("destination", "Port code or region slug; required, as destination or as dest_code",
+               _PLACE, required=False, example="NLRTM"),
         _param("orig_code", "Alias of origin, for older clients", _PLACE, required=False),
         _param("dest_code", "Alias of destination, for older clients", _PLACE, required=False),
     ],
