@@ -48,7 +48,9 @@ _RATES = {
                      "One entry per day from date_from to date_to, ascending"),
         "400": _json(_ERROR, "Missing or malformed parameter, impossible date, reversed or too long range"),
         "404": _json(_ERROR, "Origin or destination is no known port or region"),
-        "503": _json(_ERROR, "The database is unavailable; retry later"),
+        "503": {**_json(_ERROR, "The database is unavailable, too slow or not migrated yet; retry later"),
+                "headers": {"Retry-After": {"required": True, "description": "Seconds to wait before retrying",
+                                            "schema": {"type": "integer", "minimum": 1}}}},
     },
 }
 
