@@ -5,7 +5,7 @@ from datetime import date, timedelta
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -21,6 +21,7 @@ schema = schemathesis.openapi.from_wsgi(
     "/openapi.json", create_app(Settings.from_env({"DATABASE_URL": "postgresql:///unused"})))
 
 PLACES = [code for code, _, _ in PORTS] + [slug for slug, _, _ in REGIONS]
+UNKNOWN = ["XXXXX", "atlantis"]
 FIRST_DAY = date(2024, 1, 1)  # the document's example date_from, so its example query finds prices
 SETTINGS = settings(max_examples=40, derandomize=True, database=None, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -46,27 +47,30 @@ def api(world, client):
 def test_every_operation_conforms(case, api):
     # /rates has rules between parameters that OpenAPI 3.0 cannot state (date_from after
     # date_to, a range over MAX_RANGE_DAYS, neither origin nor orig_code): requests valid
-    # parameter by parameter get the declared 400. test_valid_rates_queries_get_200 checks
-    # that well-formed queries are accepted.
+    # parameter by parameter get the declared 400. test_well_formed_rates_queries_get_200_or_404
+    # checks that well-formed queries are accepted.
     excluded = [positive_data_acceptance] if case.operation.path == "/rates" else []
     case.call_and_validate(app=api, excluded_checks=excluded)
 
 
 @st.composite
 def rates_queries(draw):
-    """Well-formed /rates queries, under either name, on the `api` fixture's places and days."""
+    """Well-formed /rates queries, under either name, on the `api` fixture's places and days
+    or on places it does not have."""
     date_from = FIRST_DAY + timedelta(draw(st.integers(-3, 9)))
     date_to = date_from + timedelta(draw(st.integers(0, 9)))
+    places = st.sampled_from(PLACES + UNKNOWN)
     return {"date_from": date_from.isoformat(), "date_to": date_to.isoformat(),
-            draw(st.sampled_from(["origin", "orig_code"])): draw(st.sampled_from(PLACES)),
-            draw(st.sampled_from(["destination", "dest_code"])): draw(st.sampled_from(PLACES))}
+            draw(st.sampled_from(["origin", "orig_code"])): draw(places),
+            draw(st.sampled_from(["destination", "dest_code"])): draw(places)}
 
 
 @SETTINGS
 @given(query=rates_queries())
-def test_valid_rates_queries_get_200(api, query):
+@example(query={"date_from": "2024-01-01", "date_to": "2024-01-02", "origin": "CNSHA", "destination": "atlantis"})
+def test_well_formed_rates_queries_get_200_or_404(api, query):
     response = schema["/rates"]["GET"].Case(query=query).call_and_validate(app=api)
-    assert response.status_code == 200
+    assert response.status_code == (404 if set(UNKNOWN) & set(query.values()) else 200)
 
 
 @pytest.mark.parametrize("path", ["/rates", "/readyz"])
