@@ -50,7 +50,7 @@ output "bucket_kms_key_arn" {
 }
 
 output "alarm_arns" {
-  description = "CloudWatch alarms of the queues: dead_letters (a file set aside) and uploads_waiting (no Job for an upload in an hour)."
+  description = "CloudWatch alarms of the queues, by name: dead-letters (a file set aside) and uploads-waiting (no Job for an upload in an hour)."
   value       = module.uploads.alarm_arns
 }
 

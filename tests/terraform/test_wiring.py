@@ -458,13 +458,14 @@ def test_each_cluster_can_hold_its_environments_at_full_scale(settings):
 
 def test_the_queue_alarms_watch_their_own_queues_and_tell_whom_the_environment_names():
     module = TERRAFORM_ROOT / "modules/uploads"
-    alarms = {name: body for block in parse_hcl((module / "alarms.tf").read_text())["resource"]
-              for name, body in block["aws_cloudwatch_metric_alarm"].items()}
-    assert alarms["dead_letters"]["dimensions"] == {"QueueName": "${aws_sqs_queue.dead_letter.name}"}
-    assert alarms["uploads_waiting"]["dimensions"] == {"QueueName": "${aws_sqs_queue.uploads.name}"}
-    for alarm in alarms.values():
-        assert alarm["namespace"] == "AWS/SQS"
-        assert alarm["alarm_actions"] == alarm["ok_actions"] == "${var.alarm_actions}"
+    tree = parse_hcl((module / "alarms.tf").read_text())
+    alarms = tree["locals"][0]["queue_alarms"]
+    assert alarms["dead-letters"]["queue"] == "${aws_sqs_queue.dead_letter.name}"
+    assert alarms["uploads-waiting"]["queue"] == "${aws_sqs_queue.uploads.name}"
+    [resource] = tree["resource"][0]["aws_cloudwatch_metric_alarm"].values()
+    assert resource["for_each"] == "${local.queue_alarms}" and resource["namespace"] == "AWS/SQS"
+    assert resource["dimensions"] == {"QueueName": "${each.value.queue}"}
+    assert resource["alarm_actions"] == resource["ok_actions"] == "${var.alarm_actions}"
     calls = [body for block in parse_hcl((TERRAFORM_ROOT / "environment/main.tf").read_text())["module"]
              for body in block.values() if body["source"] == "../modules/uploads"]
     assert [call["alarm_actions"] for call in calls] == ["${var.alarm_actions}"]

@@ -40,8 +40,5 @@ output "dead_letter_queue_arn" {
 
 output "alarm_arns" {
   description = "The queues' CloudWatch alarms: a file set aside, uploads waiting."
-  value = {
-    dead_letters    = aws_cloudwatch_metric_alarm.dead_letters.arn
-    uploads_waiting = aws_cloudwatch_metric_alarm.uploads_waiting.arn
-  }
+  value       = { for name, alarm in aws_cloudwatch_metric_alarm.queue : name => alarm.arn }
 }
