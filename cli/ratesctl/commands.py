@@ -111,6 +111,8 @@ def _check_server_settings() -> None:
 @_spec_options
 def up_command(port, prices, days, ports, start, seed) -> None:
     """Local database in .local/, migrations, demo data if empty, and the API (Ctrl-C stops all)."""
+    # What this command does is echoed as it goes; of the log lines, only warnings add to it.
+    logs.configure("WARNING", service="ratesctl")
     _check_port_free(port)
     click.echo(f"starting PostgreSQL (data in {LOCAL_PGDATA.relative_to(REPO_ROOT)}) ...")
     server = localdb.start(LOCAL_PGDATA)
