@@ -13,12 +13,17 @@ class CuttingProxy:
     a stream that breaks halfway.
     """
 
-    def __init__(self, target: tuple[str, int], *, cut_after: int, cuts: int, flip: bool = False,
-                 delay_s: float = 0.0):
+    def __init__(self, target: tuple[str, int], *, cut_after: int = 0, cuts: int = 0, flip: bool = False,
+                 delay_s: float = 0.0, hold_after: int | None = None):
         # flip: instead of cutting, invert one byte there and go on (data corrupted in transit).
         # delay_s: hold each connection's first answer this long (a server slow to respond).
+        # hold_after: stop passing the server's bytes on once a connection has had this many,
+        # until release(); ``held`` is set then, so a test knows its client is stuck mid-stream.
         self.target, self.cut_after, self.cuts_left, self.flip = target, cut_after, cuts, flip
         self.delay_s = delay_s
+        self.hold_after = hold_after
+        self.held = threading.Event()
+        self._released = threading.Event()
         self.cut = 0
         self.connections = 0  # accepted so far
         self._lock = threading.Lock()
@@ -44,6 +49,13 @@ class CuttingProxy:
             while data := source.recv(65536):
                 if limit is not None and sent == 0 and self.delay_s:
                     time.sleep(self.delay_s)
+                if limit is not None and self.hold_after is not None and not self._released.is_set() \
+                        and sent <= self.hold_after < sent + len(data):
+                    at = self.hold_after - sent
+                    sink.sendall(data[:at])
+                    sent, data = sent + at, data[at:]
+                    self.held.set()
+                    self._released.wait()
                 if limit is not None and sent <= limit < sent + len(data) and self._take_cut():
                     at = limit - sent
                     if not self.flip:
@@ -69,7 +81,12 @@ class CuttingProxy:
             self.cut += 1
             return True
 
+    def release(self) -> None:
+        """Let held streams go on (and hold no more)."""
+        self._released.set()
+
     def close(self) -> None:
+        self.release()
         # shutdown() wakes the thread blocked in accept(); close() alone would not.
         self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
