@@ -14,12 +14,11 @@ from rates_core.logs import get_logger
 from rates_core.rds_auth import password_source
 
 from . import formats, loader, s3source
-from .runs import Outcome, RunLog
+from .runs import CLIENT_CHECK_MS, Outcome, RunLog
 from .settings import Settings
 from .termination import termination
 
 EXIT_OK, EXIT_RETRY, EXIT_REJECTED = 0, 1, 2
-CLIENT_CHECK_MS = 1000
 # A server busy with I/O may stop reading a COPY for a while; only a much longer silence
 # means the host is gone (see rates_core.db).
 LOAD_TCP_USER_TIMEOUT_MS = 120_000

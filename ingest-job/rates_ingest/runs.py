@@ -23,6 +23,11 @@ APPLICATION_NAME = "rates-ingest-runs"
 # The first key of the two-key advisory locks on run ids (a space apart from the one-key
 # locks that loads take on their object).
 RUN_LOCK_CLASS = 7_201_601
+# If the process dies without closing its connections (SIGKILL) while one of them waits in
+# a statement, the server ends that session within this time instead of after the
+# statement, which could be long: a run's connection holds the run's advisory lock, and a
+# sweeping run's also the lock of the run it sweeps.
+CLIENT_CHECK_MS = 1000
 ABANDONED = "abandoned: the run's process ended without recording an outcome (killed, or its node was lost)"
 log = get_logger(__name__)
 
@@ -48,7 +53,7 @@ class RunLog:
     def __init__(self, dsn: str, password: db.PasswordSource = None):
         self.dsn = dsn
         self.password = password
-        self.conn = db.connect(dsn, application_name=APPLICATION_NAME, autocommit=True, password=password)
+        self.conn = self._connect()
 
     def start(self, ref: ObjectRef) -> int:
         try:
@@ -94,13 +99,16 @@ class RunLog:
             try:
                 if attempt == 2 or self.conn.closed:
                     self.close()
-                    self.conn = db.connect(self.dsn, application_name=APPLICATION_NAME, autocommit=True,
-                                           password=self.password)
+                    self.conn = self._connect()
                 self._update(run_id, outcome)
                 return True
             except Exception as exc:  # noqa: BLE001 - the outcome is logged whatever happens here
                 log.warning("could not record the run's outcome", run_id=run_id, attempt=attempt, error=str(exc))
         return False
+
+    def _connect(self):
+        return db.connect(self.dsn, application_name=APPLICATION_NAME, autocommit=True, password=self.password,
+                          client_check_interval_ms=CLIENT_CHECK_MS)
 
     def _update(self, run_id: int, outcome: Outcome) -> None:
         with self.conn.cursor() as cur:
