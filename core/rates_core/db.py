@@ -79,6 +79,11 @@ BULK_LOAD_WORK_MEM = "64MB"
 # while, passes a longer one. Settings given in the DSN itself win.
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 TCP_USER_TIMEOUT_MS = 15_000
+# The server's side of the same: a session whose client vanished without closing its socket
+# (a pod on a lost node) ends as soon, and its locks with it (an ingest's lock on its file,
+# which a retry waits for), not after the server's default of two hours.
+_SERVER_KEEPALIVES = " ".join(f"-c tcp_{name}={_KEEPALIVES[name]}"
+                              for name in ("keepalives_idle", "keepalives_interval", "keepalives_count"))
 
 
 # Gives the password of each new connection (an RDS IAM token, see rds_auth); None: the DSN's.
@@ -112,9 +117,9 @@ def _connect_args(dsn: str, application_name: str, statement_timeout_ms: int, co
         given = parse_url(dsn)
     except PermanentError as exc:
         raise PermanentError(f"not a valid libpq URL: {exc}") from None
-    if given.get("options"):
-        # The keyword replaces the DSN's own options (a search_path, say); keep both.
-        options = f"{given['options']} {options}"
+    # The keyword replaces the DSN's own options (a search_path, say); keep both, the DSN's
+    # after the server keepalives, which it may set otherwise.
+    options = " ".join(filter(None, [_SERVER_KEEPALIVES, given.get("options"), options]))
     return dict(dsn=dsn, application_name=application_name, connect_timeout=connect_timeout_s, options=options,
                 **tcp_settings(given, tcp_user_timeout_ms))
 

@@ -38,3 +38,25 @@ def test_options_in_the_dsn_are_kept_beside_the_statement_timeout(dsn):
             assert cur.fetchone() == ("pg_catalog", "4321ms")
     finally:
         conn.close()
+
+
+
+def test_the_server_is_asked_to_find_a_vanished_client_as_soon_as_the_client_a_vanished_server(dsn):
+    # A client gone without closing its socket (its node lost) holds its locks until the
+    # server's keepalives give up on it. This test server listens on a Unix socket only,
+    # where the values read 0; that the server took them from the client is what shows.
+    separator = "&" if "?" in dsn else "?"
+    for url, last in ((dsn, "-c tcp_keepalives_count=3"),
+                      (f"{dsn}{separator}options=-c%20tcp_keepalives_idle%3D45", "-c tcp_keepalives_idle=45")):
+        conn = db.connect(url, application_name="connect-test")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT name, source FROM pg_settings WHERE name LIKE 'tcp_keepalives_%' ORDER BY name")
+                assert cur.fetchall() == [("tcp_keepalives_count", "client"), ("tcp_keepalives_idle", "client"),
+                                          ("tcp_keepalives_interval", "client")]
+            options = conn.get_dsn_parameters()["options"]
+        finally:
+            conn.close()
+        # The DSN's own options come after, so that they win.
+        assert options.startswith("-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 "
+                                  "-c tcp_keepalives_count=3 ") and last in options, options
