@@ -1,10 +1,13 @@
 """Controllers in the test process, wired to the test's queues (``sqs``, see
-tests/support/uploads.py) and namespace of the real control plane."""
+tests/support/uploads.py) and namespace of the real control plane; and worlds of their own
+(``new_world``, see worlds.py) whose Jobs' pods run a stand-in that ends when told."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import boto3
 import pytest
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from rates_controller import events, jobs
@@ -14,9 +17,10 @@ from rates_controller.metrics import Metrics
 from rates_controller.queue import Queue
 from rates_controller.settings import JobSettings, Settings
 from rates_core import logs
-from tests.support.aws import FAKE_AWS_ENV
+from tests.controller.worlds import STAND_IN, Scenario, SharedNode, World
+from tests.support.aws import FAKE_AWS_ENV, unique_name
 from tests.support.kube import admission_refusal
-from tests.support.uploads import IMAGE, JOB_SERVICE_ACCOUNT, Queues
+from tests.support.uploads import IMAGE, JOB_SERVICE_ACCOUNT, Queues, new_queues
 
 
 def settings_for(sqs: Queues, namespace: str, moto_endpoint: str, **overrides) -> Settings:
@@ -66,3 +70,51 @@ def creates_refused(kube, namespace: str, controller, message: str):
         return False
 
     return admission_refusal(kube, namespace, "CREATE", "false", message, in_force)
+
+
+@pytest.fixture(scope="session")
+def node(kube, tmp_path_factory):
+    with SharedNode(kube.api_client, name=unique_name("worlds"), logdir=tmp_path_factory.mktemp("pods")) as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def stand_in(tmp_path_factory) -> Path:
+    """A directory that, first on PYTHONPATH, makes ``python -m rates_ingest`` the stand-in."""
+    root = tmp_path_factory.mktemp("stand-in")
+    (root / "rates_ingest").mkdir()
+    (root / "rates_ingest" / "__init__.py").write_text("")
+    (root / "rates_ingest" / "__main__.py").write_text(STAND_IN)
+    return root
+
+
+@pytest.fixture
+def new_world(kube, node, stand_in, moto_endpoint, tmp_path):
+    """new_world(scenario, **settings overrides) -> a World in a namespace of its own,
+    deleted after the test. Messages in flight come back after 2 s unless overridden."""
+    logs.configure("INFO", component="controller-test")
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
+    made = []
+
+    def make(scenario: Scenario, **overrides) -> World:
+        namespace = unique_name("world")
+        kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        made.append(namespace)
+        kube.core.create_namespaced_service_account(
+            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=JOB_SERVICE_ACCOUNT)))
+        node.namespaces.add(namespace)
+        gates = tmp_path / namespace
+        gates.mkdir()
+        queues = new_queues(sqs)
+        # Short, so that a dead controller's messages come back soon (moto honours it), and
+        # still far more than a pass takes to delete them.
+        defaults = dict(max_attempts=scenario.max_attempts, retry_delay_seconds=0, visibility_timeout=2,
+                        poll_wait_seconds=0, job_backoff_limit=0,
+                        job_database_url="postgresql://stand-in@127.0.0.1/none",
+                        job_env={"PYTHONPATH": str(stand_in), "STAND_IN_GATES": str(gates)})
+        settings = settings_for(queues, namespace, moto_endpoint, **{**defaults, **overrides})
+        return World(kube, namespace, queues, gates, settings, scenario.exit_code)
+
+    yield make
+    for namespace in made:
+        kube.core.delete_namespace(namespace)  # the node goes on confirming its pods' deletion
