@@ -10,6 +10,7 @@ poison message deleted) sends the same entry again. Sent back twice, such a file
 one new round: the round's first Job names the Job that set the file aside, and so does
 each copy. tests/controller/test_crashes.py kills the controller before and after each of
 its calls to the API server and SQS, and checks what a new one makes of it.
+
 """
 
 import datetime
@@ -22,7 +23,7 @@ from rates_core.errors import PermanentError, TemporaryError
 
 from . import events, jobs
 from .events import UploadedObject
-from .kube import JobsApi
+from .kube import Conflict, JobsApi
 from .metrics import Metrics
 from .queue import Message, Queue
 from .settings import Settings
@@ -100,12 +101,26 @@ class Controller:
         result = SET_ASIDE if ended.uid in self._set_aside else self._act_on(ended)
         if result == SET_ASIDE:
             self._set_aside.add(ended.uid)
-        self.kube.mark_handled(ended.name, result, self.settings.job.ttl_seconds)
+        labelled = self._label(ended, result)
         self._set_aside.discard(ended.uid)
         self._retry_failing_since.pop(ended.uid, None)
-        self.metrics.jobs_finished.labels(result).inc()
+        if labelled:
+            self.metrics.jobs_finished.labels(result).inc()
         self.log.info("job ended", job=ended.name, bucket=ended.obj.bucket, key=ended.obj.key,
-                      attempt=ended.attempt, reason=ended.reason, result=result)
+                      attempt=ended.attempt, reason=ended.reason, result=result,
+                      labelled_by="this controller" if labelled else "another controller")
+
+    def _label(self, ended: jobs.Finished, result: str) -> bool:
+        """Label the ended Job with ``result``; False if another controller labelled it
+        since it was listed (two at once: both acted on it, one label lands)."""
+        try:
+            self.kube.mark_handled(ended.name, result, self.settings.job.ttl_seconds, ended.resource_version)
+            return True
+        except Conflict:
+            job = self.kube.get(ended.name)
+            if job is not None and jobs.HANDLED not in (job.metadata.labels or {}):
+                raise  # changed for another reason: the next pass lists it as it is now
+            return False
 
     def _act_on(self, ended: jobs.Finished) -> str:
         """Retry the ended Job's file or set it aside, as its end calls for; the result."""

@@ -138,6 +138,9 @@ class Finished:
     reason: str  # the Job's Complete/Failed condition reason, e.g. BackoffLimitExceeded
     message: str
     ended_at: object  # datetime of the condition
+    # As listed: the label lands only on this version, so that of two controllers that
+    # both saw the Job ended and unlabelled, one labels it.
+    resource_version: str | None = None
 
     @property
     def file_is_invalid(self) -> bool:
@@ -162,7 +165,8 @@ def finished(job) -> Finished | None:
     return Finished(name=job.metadata.name, uid=job.metadata.uid, obj=obj, attempt=attempt,
                     round_start=round_start, round_job=round_job,
                     succeeded=condition.type == "Complete", reason=condition.reason or condition.type,
-                    message=condition.message or "", ended_at=condition.last_transition_time)
+                    message=condition.message or "", ended_at=condition.last_transition_time,
+                    resource_version=job.metadata.resource_version)
 
 
 def last_words(termination_message: str) -> str:

@@ -1,7 +1,8 @@
 """The Kubernetes API, seen from the controller: its Jobs in one namespace.
 
 ``ApiException`` and connection errors are mapped here, once: 409 is AlreadyExists (on
-create: a duplicate delivery), 404 NotFound, 400/422 mean the Job itself is unacceptable
+create: a duplicate delivery) or Conflict (on a write that names the version it read:
+the object changed since), 404 NotFound, 400/422 mean the Job itself is unacceptable
 (retrying cannot help) unless an admission policy said so, and everything else - 403
 included, which is also how a ResourceQuota says "full" - may pass on retry.
 """
@@ -40,6 +41,11 @@ class AlreadyExists(TemporaryError):
     """409: the object exists (for a Job: a duplicate delivery, not a failure)."""
 
 
+class Conflict(TemporaryError):
+    """409 on a write made on a version that is no longer the object's (e.g. another
+    controller labelled the Job since it was listed)."""
+
+
 class NotFound(TemporaryError):
     """404: the object, or its namespace, does not exist (yet)."""
 
@@ -57,7 +63,9 @@ def classified(what: str):
         detail = f"{what}: {exc.status} {exc.reason}: {_message(exc)}"
         if exc.status in (400, 422) and _ADMISSION_POLICY not in detail:
             raise PermanentError(detail) from exc
-        raise {409: AlreadyExists, 404: NotFound}.get(exc.status, TemporaryError)(detail) from exc
+        if exc.status == 409:
+            raise (Conflict if _reason(exc) == "Conflict" else AlreadyExists)(detail) from exc
+        raise (NotFound if exc.status == 404 else TemporaryError)(detail) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise TemporaryError(f"{what}: Kubernetes API unreachable: {type(exc).__name__}: {exc}") from exc
 
@@ -67,6 +75,13 @@ def _message(exc: ApiException) -> str:
         return json.loads(exc.body)["message"]
     except (TypeError, ValueError, KeyError):
         return str(exc.body or "")[:300]
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body)["reason"]
+    except (TypeError, ValueError, KeyError):
+        return ""
 
 
 class JobsApi:
@@ -111,9 +126,13 @@ class JobsApi:
             return self._batch.list_namespaced_job(self.namespace, label_selector=jobs.UNHANDLED,
                                                    _request_timeout=REQUEST_TIMEOUT).items
 
-    def mark_handled(self, name: str, how: str, ttl_seconds: int) -> None:
-        """Label the Job with what was done, and let the TTL controller delete it from now on."""
-        body = {"metadata": {"labels": {jobs.HANDLED: how}}, "spec": {"ttlSecondsAfterFinished": ttl_seconds}}
+    def mark_handled(self, name: str, how: str, ttl_seconds: int, resource_version: str | None = None) -> None:
+        """Label the Job with what was done, and let the TTL controller delete it from now on;
+        with ``resource_version``, only if the Job is still at that version (else Conflict)."""
+        metadata = {"labels": {jobs.HANDLED: how}}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        body = {"metadata": metadata, "spec": {"ttlSecondsAfterFinished": ttl_seconds}}
         with classified(f"labelling Job {name}"):
             self._batch.patch_namespaced_job(name, self.namespace, body, _content_type=_MERGE_PATCH,
                                              _request_timeout=REQUEST_TIMEOUT)

@@ -86,7 +86,7 @@ def test_last_words_are_the_error_of_the_last_json_line_that_has_one():
 def _ended(annotations: dict):
     condition = SimpleNamespace(type="Failed", status="True", reason="BackoffLimitExceeded", message="",
                                 last_transition_time=None)
-    return SimpleNamespace(metadata=SimpleNamespace(name="j", uid="u", annotations=annotations),
+    return SimpleNamespace(metadata=SimpleNamespace(name="j", uid="u", resource_version="1", annotations=annotations),
                            status=SimpleNamespace(conditions=[condition]))
 
 

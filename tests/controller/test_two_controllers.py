@@ -392,7 +392,7 @@ def counted(actor: Actor, name: str) -> float:
 RACES = {"both held one message": "uploads.receive", "both created one Job": "kube.create",
          "both acted on one ended Job": "kube.mark_handled", "both set one file aside": "dead.send"}
 MESSAGE = {"both held one message", "both set one file aside"}
-JOB = {"both held one message", "both created one Job", "both acted on one ended Job"}
+JOB = {"both held one message", "both created one Job", "both acted on one ended Job", "a label lost (409)"}
 # The races each scenario's sweep must meet, or it tests less than it says.
 MEETS = {"loads": JOB, "keeps-failing": JOB | MESSAGE | {"a retry created twice"},
          "invalid": JOB | MESSAGE, "poison": MESSAGE, "redriven": JOB | MESSAGE}
@@ -408,6 +408,8 @@ def races(turns: Turns) -> set[str]:
     met = {race for race, operation in RACES.items() if operation in both}
     if any(call.outcome == "retry exists (409)" for call in turns.history):
         met.add("a retry created twice")
+    if any(call.operation == "kube.mark_handled" and call.outcome == "Conflict" for call in turns.history):
+        met.add("a label lost (409)")
     return met
 
 
@@ -459,3 +461,20 @@ def test_two_controllers_at_once_leave_each_file_one_outcome(scenario, new_world
 
     assert not failures, "\n".join(failures)
     assert MEETS[scenario.name] <= met, met
+
+
+def test_of_two_controllers_that_both_saw_a_job_end_one_labels_it_and_counts_it(new_world):
+    # Found by the sweep: both listed the ended Job unlabelled, then each labelled it and
+    # counted it in jobs_finished; the label now names the version listed, so A's fails.
+    loads = SCENARIOS[0]
+    world = new_world(loads, visibility_timeout=VISIBILITY)
+
+    turns = together(world, loads, Preempted(k=1))
+
+    [job] = [job.metadata.name for job in world.jobs()]
+    assert [str(call) for call in turns.history if call.operation in ("kube.unhandled", "kube.mark_handled")
+            and call.round == 2] == [f"2: A kube.unhandled({job}) -> ended, unlabelled",
+                                     f"2: B kube.unhandled({job}) -> ended, unlabelled",
+                                     f"2: B kube.mark_handled({job}) -> succeeded",
+                                     f"2: A kube.mark_handled({job}) -> Conflict"]
+
