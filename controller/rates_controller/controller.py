@@ -11,6 +11,16 @@ one new round: the round's first Job names the Job that set the file aside, and 
 each copy. tests/controller/test_crashes.py kills the controller before and after each of
 its calls to the API server and SQS, and checks what a new one makes of it.
 
+Two controllers can overlap (a partitioned node's old pod beside its replacement, or the
+Deployment scaled to 2). A message both receive (its visibility timeout ran out) and an
+ended Job both act on still make one Job and one retry: the second create meets the name
+(409) and counts nothing. The label is written on the version of the Job that was listed,
+so of two controllers that saw it ended, one label lands; the other's gets 409 Conflict and
+that one counts the Job in neither jobs_finished nor errors. What is at least once stays
+so: both may send the file (or a poison message) to the dead-letter queue before either
+has noted it, so its entry can be there once per controller, the same entry. Each counts
+the running Jobs but receives for itself, so together they may start up to twice
+MAX_ACTIVE_JOBS. tests/controller/test_two_controllers.py runs two, one call at a time.
 """
 
 import datetime

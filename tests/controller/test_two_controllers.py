@@ -40,7 +40,7 @@ import pytest
 from rates_controller import jobs
 from rates_core.errors import TemporaryError
 from tests.controller.conftest import sample
-from tests.controller.worlds import MAX_PASSES, SCENARIOS, Scenario, World, check_outcome
+from tests.controller.worlds import MAX_PASSES, SCENARIOS, Scenario, World, check_outcome, s3_event
 
 pytestmark = pytest.mark.kube
 
@@ -478,3 +478,18 @@ def test_of_two_controllers_that_both_saw_a_job_end_one_labels_it_and_counts_it(
                                      f"2: B kube.mark_handled({job}) -> succeeded",
                                      f"2: A kube.mark_handled({job}) -> Conflict"]
 
+
+def test_two_controllers_may_start_twice_max_active_jobs_between_them(new_world):
+    # Accepted (README, "Two controllers at once"): each counts the Jobs that run, but
+    # each receives for itself, so both may receive before either has made its Job.
+    running = []
+    for schedule in (SEQUENTIAL, Preempted(k=1)):
+        world = new_world(SCENARIOS[0], visibility_timeout=VISIBILITY, max_active_jobs=1)
+        for key in ("2016/jan.csv", "2016/feb.csv"):
+            world.queues.send(s3_event(key))
+        turns = Turns(world, schedule)
+        turns.run_round()
+        turns.abort()
+        running.append(len(world.running()))
+
+    assert running == [1, 2]
