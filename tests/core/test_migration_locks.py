@@ -98,3 +98,51 @@ def test_the_lock_wait_is_read_from_the_environment():
     assert migrate.lock_wait_from_env({"MIGRATION_LOCK_WAIT_SECONDS": "0"}) == 0
     with pytest.raises(ConfigError, match="MIGRATION_LOCK_WAIT_SECONDS"):
         migrate.lock_wait_from_env({"MIGRATION_LOCK_WAIT_SECONDS": "-1"})
+
+
+def test_0009_builds_its_index_once_waiting_for_a_running_load_instead_of_starting_over(
+        empty_dsn, tmp_path, monkeypatch):
+    # CREATE INDEX CONCURRENTLY waits for every transaction whose snapshot is older than
+    # the build, a load's COPY included, without blocking anyone meanwhile. Under the
+    # migrations' 2 s lock timeout it would give up, and the build start over, every 2 s.
+    before_0009 = tmp_path / "before_0009"
+    before_0009.mkdir()
+    for path in sorted(migrate.MIGRATIONS_DIR.glob("000[1-8]_*.sql")):
+        shutil.copy(path, before_0009)
+    with monkeypatch.context() as patch:
+        patch.setattr(migrate, "MIGRATIONS_DIR", before_0009)
+        migrate.apply(empty_dsn)
+    attempts = []
+    apply_pending = migrate._apply_pending
+    monkeypatch.setattr(migrate, "_apply_pending", lambda *args: attempts.append(1) or apply_pending(*args))
+    monkeypatch.setattr(migrate, "LOCK_RETRY_PAUSE_S", 0.2)
+    loading = threading.Thread(target=_load_for_5_s, args=(empty_dsn,))
+    loading.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not _sleeping(empty_dsn) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        applied = migrate.apply(empty_dsn, lock_wait_s=120)
+    finally:
+        loading.join()
+    assert applied[0] == "0009_region_totals_covering_key" and len(attempts) == 1
+
+
+def _load_for_5_s(dsn: str) -> None:
+    """A load's transaction, its COPY running for 5 s, then rolled back."""
+    load = psycopg2.connect(dsn)
+    try:
+        with load.cursor() as cur:
+            cur.execute("LOCK TABLE prices IN ROW EXCLUSIVE MODE")
+            cur.execute("SELECT pg_sleep(5)")
+    finally:
+        load.rollback()
+        load.close()
+
+
+def _sleeping(dsn: str) -> bool:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'")
+        found = cur.fetchone()[0] == 1
+    conn.close()
+    return found

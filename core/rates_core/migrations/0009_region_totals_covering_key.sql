@@ -11,6 +11,10 @@
 -- would queue every read behind a load still running: it gives up after 5 s instead, and
 -- the migration can simply be run again. So can it after any failure: it starts over.
 -- lane_totals keeps its plain key: a port query reads a few dozen rows at most.
+-- The build's waits block no one, so they are not cut short by the 2 s lock timeout that
+-- rates_core.migrate gives every migration (the build would start over every 2 s).
+
+SET lock_timeout = 0;
 
 DROP INDEX CONCURRENTLY IF EXISTS region_totals_covering;
 
