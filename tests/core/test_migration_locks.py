@@ -10,6 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg2
 import pytest
 
+from yoyo import get_backend
+
 from rates_core import migrate
 from rates_core.env import ConfigError
 from rates_core.errors import TemporaryError
@@ -89,7 +91,7 @@ def test_a_migration_that_never_gets_its_lock_fails_retryably_and_changes_nothin
 def test_the_lock_timeout_comes_before_the_urls_own_options():
     uri = migrate._yoyo_uri("postgresql://u@db/rates?options=-c%20lock_timeout%3D0&sslmode=require")
     query = parse_qs(urlsplit(uri).query)
-    assert query["options"] == [f"-c lock_timeout={migrate.LOCK_TIMEOUT_MS} -c lock_timeout=0"]
+    assert query["options"][0].endswith(f"-c lock_timeout={migrate.LOCK_TIMEOUT_MS} -c lock_timeout=0")
     assert query["sslmode"] == ["require"]
 
 
@@ -146,3 +148,16 @@ def _sleeping(dsn: str) -> bool:
         found = cur.fetchone()[0] == 1
     conn.close()
     return found
+
+
+def test_a_migrations_session_asks_the_server_for_the_keepalives_as_every_other_does(dsn):
+    # A migration holds the strongest locks: a session whose pod vanished with its node
+    # must not keep them for the server's two-hour default.
+    backend = get_backend(migrate._yoyo_uri(dsn))
+    try:
+        rows = backend.execute("SELECT name, source FROM pg_settings WHERE name LIKE 'tcp_keepalives_%%' "
+                               "ORDER BY name").fetchall()
+    finally:
+        backend.connection.close()
+    assert rows == [("tcp_keepalives_count", "client"), ("tcp_keepalives_idle", "client"),
+                    ("tcp_keepalives_interval", "client")]
