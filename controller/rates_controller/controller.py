@@ -7,8 +7,8 @@ Jobs kept failing - is sent to the dead-letter queue with the reason, and then r
 
 That send is at least once: a crash after it and before the Job is labelled (or the
 poison message deleted) sends the same entry again. Sent back twice, such a file starts
-one new round: the round's first Job names the Job that set the file aside, and so does
-each copy. tests/controller/test_crashes.py kills the controller before and after each of
+one new round: the round's first Job has the UID of the Job that set the file aside, and
+so does each copy. tests/controller/test_crashes.py kills the controller before and after each of
 its calls to the API server and SQS, and checks what a new one makes of it.
 
 Two controllers can overlap (a partitioned node's old pod beside its replacement, or the
@@ -177,7 +177,7 @@ class Controller:
     def _set_aside_file(self, ended: jobs.Finished, why: str, summary: str) -> str:
         detail = jobs.last_words(self.kube.termination_message(ended.name))
         reason = f"{summary} ({ended.reason}: {ended.message})" + (f"; the job said: {detail}" if detail else "")
-        self.dead_letters.send(notification(ended.obj, ended.name), {
+        self.dead_letters.send(notification(ended.obj, ended.name, ended.uid), {
             "reason": reason, "job": ended.name, "attempts": str(ended.round_job)})
         self.metrics.set_aside.labels(why).inc()
         self.log.warning("file set aside", job=ended.name, bucket=ended.obj.bucket, key=ended.obj.key,
@@ -228,7 +228,7 @@ class Controller:
         def in_hand(existing) -> bool:
             # The round this notification sent back began, by an earlier delivery of it: it
             # is a duplicate even if that round has been set aside again since.
-            if obj.set_aside_by and _annotation(existing, jobs.REDRIVE_OF) == obj.set_aside_by:
+            if obj.set_aside_uid and _annotation(existing, jobs.REDRIVE_OF) == obj.set_aside_uid:
                 return True
             # Running, waiting for its retry or loaded: this delivery is a duplicate. So is a
             # second delivery of a set-aside file's event, unless it was sent back.
@@ -308,12 +308,13 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def notification(obj: UploadedObject, set_aside_by: str) -> str:
+def notification(obj: UploadedObject, set_aside_by: str, uid: str | None = None) -> str:
     """An S3 ObjectCreated notification for ``obj``, marked as set aside by the Job named
-    ``set_aside_by``: what a redrive from the dead-letter queue needs to start the file again."""
+    ``set_aside_by`` (of UID ``uid``): what a redrive from the dead-letter queue needs to
+    start the file again, once."""
     record = {"bucket": {"name": obj.bucket}, "object": {"key": quote_plus(obj.key, safe="/")}}
     for name, value in (("versionId", obj.version_id), ("eTag", obj.etag), ("sequencer", obj.sequencer)):
         if value:
             record["object"][name] = value
     return json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": record}],
-                       events.SET_ASIDE_BY: set_aside_by})
+                       events.SET_ASIDE_BY: set_aside_by, **({events.SET_ASIDE_UID: uid} if uid else {})})

@@ -18,6 +18,9 @@ from rates_core.errors import PermanentError
 # delivery of the upload's own event changes nothing. Those that controllers wrote before
 # the mark are told apart by what S3 always writes and they never did: eventVersion.
 SET_ASIDE_BY = "RatesSetAsideBy"
+# And that Job's UID: a name comes back once the TTL has deleted the Job that held it, so
+# only the UID tells which round a set-aside ended (marks written before it have none).
+SET_ASIDE_UID = "RatesSetAsideUid"
 
 
 class PoisonMessage(PermanentError):
@@ -36,8 +39,8 @@ class UploadedObject:
     sequencer: str | None = None
     # Sent back from the dead-letter queue (SET_ASIDE_BY): to be loaded again.
     redriven: bool = False
-    # The Job that set it aside, which the notification names (None if it names none).
-    set_aside_by: str | None = None
+    # The UID of the Job that set it aside, which the notification gives (None if it does not).
+    set_aside_uid: str | None = None
 
 
 def uploaded_objects(body: str) -> list[UploadedObject]:
@@ -52,10 +55,11 @@ def uploaded_objects(body: str) -> list[UploadedObject]:
     records = document.get("Records")
     if not isinstance(records, list) or not records:
         raise PoisonMessage("not an S3 event notification: no Records list")
-    mark = document.get(SET_ASIDE_BY)
-    set_aside_by = mark if isinstance(mark, str) else None
-    redriven = set_aside_by is not None or not any(isinstance(r, dict) and "eventVersion" in r for r in records)
-    return [replace(obj, redriven=redriven, set_aside_by=set_aside_by) if redriven else obj
+    uid = document.get(SET_ASIDE_UID)
+    set_aside_uid = uid if isinstance(uid, str) and uid else None
+    redriven = isinstance(document.get(SET_ASIDE_BY), str) or not any(
+        isinstance(r, dict) and "eventVersion" in r for r in records)
+    return [replace(obj, redriven=redriven, set_aside_uid=set_aside_uid) if redriven else obj
             for obj in map(_created_object, records) if obj is not None]
 
 

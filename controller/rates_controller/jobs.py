@@ -32,7 +32,7 @@ ROUND_JOB = PREFIX + "round-job"
 # (by a pass that stopped before it could note it) from an older chain's Job of that name.
 PREVIOUS = PREFIX + "retry-of"
 # On the first Job of a round begun by a file sent back from the dead-letter queue: the
-# Job that had set it aside. A second delivery of that notification, or a second copy of
+# UID of the Job that had set it aside (a name is reused once the TTL deleted its Job). A second delivery of that notification, or a second copy of
 # it in the dead-letter queue, finds its round begun, even once the round has ended.
 REDRIVE_OF = PREFIX + "redrive-of"
 # A label set once the controller has acted on an ended Job (succeeded, retried, set
@@ -56,7 +56,7 @@ def manifest(obj: UploadedObject, settings: JobSettings, attempt: int = 1, round
              previous: str | None = None, round_job: int = 1) -> dict:
     annotations = {BUCKET: obj.bucket, KEY: obj.key, ATTEMPT: str(attempt), ROUND_START: str(round_start),
                    ROUND_JOB: str(round_job), PREVIOUS: previous, VERSION_ID: obj.version_id, ETAG: obj.etag,
-                   SEQUENCER: obj.sequencer, REDRIVE_OF: obj.set_aside_by}
+                   SEQUENCER: obj.sequencer, REDRIVE_OF: obj.set_aside_uid}
     annotations = {name: value for name, value in annotations.items() if value}
     return {
         "apiVersion": "batch/v1",

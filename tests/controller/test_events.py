@@ -61,8 +61,10 @@ def test_without_a_sequencer_the_events_time_tells_uploads_of_one_content_apart(
 def test_what_the_controller_sets_aside_comes_back_as_the_same_object_sent_back():
     obj = UploadedObject(bucket="uploads", key="2016/jan prices+1.csv", version_id="v1", etag="abc", size=None,
                          sequencer="0A")
-    [back] = uploaded_objects(notification(obj, "ingest-0123-2"))
-    assert back == replace(obj, redriven=True, set_aside_by="ingest-0123-2")
+    [back] = uploaded_objects(notification(obj, "ingest-0123-2", "uid-2"))
+    assert back == replace(obj, redriven=True, set_aside_uid="uid-2")
+    # Marked before the UID was: sent back all the same, but with no round to be a copy of.
+    assert uploaded_objects(notification(obj, "ingest-0123-2")) == [replace(obj, redriven=True)]
     assert jobs.job_name(back, 1) == jobs.job_name(obj, 1)  # the same chain of Jobs
     assert not uploaded_objects(body(record("2016/jan.csv")))[0].redriven  # S3's own event
     # What a controller before the mark sent to the dead-letter queue: no mark, but none of

@@ -270,3 +270,33 @@ def test_a_retry_whose_job_cannot_be_created_yet_keeps_its_slot(
         # q.csv's event is not even received.
         assert sqs.counts() == (1, 0)
         assert handled(kube, namespace) == {}
+
+
+def test_a_redrive_of_a_round_whose_first_job_reused_an_expired_name_starts_a_round(
+        dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
+    # Job names are reused once the TTL has deleted the Jobs that held them, so the name of
+    # the Job that set a file aside does not tell which round it ended.
+    job_runtime(dsn)
+    controller = make_controller()
+    uploads.put("bad.csv", as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)]))
+    step_until(controller, lambda: len(handled(kube, namespace)) == 1, what="the first round to end")
+
+    def send_back_and_wait(rounds: int) -> None:
+        [dead] = sqs.dead_letters()
+        sqs.send(dead["body"])
+        step_until(controller, lambda: list(handled(kube, namespace).values()).count("set-aside") == rounds
+                   and sqs.counts() == (0, 0), what=f"round {rounds} to end")
+
+    send_back_and_wait(2)  # its Job is named ...-2 and notes that ...-1 set the file aside
+    name_1 = ingest_jobs(kube, namespace)[0].metadata.name
+    kube.batch.delete_namespaced_job(name_1, namespace, propagation_policy="Background")  # its TTL
+    wait_for(lambda: name_1 not in handled(kube, namespace), timeout=30, what="Job 1 to be gone")
+    send_back_and_wait(2)  # a new round whose Job takes the free name ...-1
+    [dead] = sqs.dead_letters()
+    assert json.loads(dead["body"])[events.SET_ASIDE_BY] == name_1
+
+    # Sent back once more: a new round, not a duplicate of the one that ...-2 began.
+    sqs.send(dead["body"])
+    step_until(controller, lambda: sqs.counts() == (0, 0), what="the message to be handled")
+    assert sample(controller.metrics, "rates_controller_messages_total", outcome="duplicate") == 0
+    assert len(ingest_jobs(kube, namespace)) == 3
