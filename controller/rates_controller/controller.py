@@ -8,8 +8,8 @@ Jobs kept failing - is sent to the dead-letter queue with the reason, and then r
 That send is at least once: a crash after it and before the Job is labelled (or the
 poison message deleted) sends the same entry again. Sent back twice, such a file starts
 one new round: the round's first Job has the UID of the Job that set the file aside, and
-so does each copy. tests/controller/test_crashes.py kills the controller before and after each of
-its calls to the API server and SQS, and checks what a new one makes of it.
+so does each copy. tests/controller/test_crashes.py kills the controller before and after
+each of its calls to the API server and SQS, and checks what a new one makes of it.
 
 Two controllers can overlap (a partitioned node's old pod beside its replacement, or the
 Deployment scaled to 2). A message both receive (its visibility timeout ran out) and an
@@ -268,8 +268,7 @@ class Controller:
             self._set_aside_message(message, done, "undeliverable",
                                     f"no Job could be created in {message.receives} deliveries: {exc}")
             return
-        low, high = MESSAGE_BACKOFF_SECONDS
-        delay = min(low * 2 ** min(message.receives - 1, 20), high)
+        delay = message_backoff(message.receives)
         self.log.warning("message will be retried", message_id=message.id, receives=message.receives,
                          retry_in_s=delay, error=str(exc))
         self.metrics.messages.labels("retry_later").inc()
@@ -298,6 +297,12 @@ class Controller:
             self.metrics.errors.labels(operation).inc()
             self.log.exception("unexpected error", operation=operation)
             return False
+
+
+def message_backoff(receives: int) -> int:
+    """Seconds a message whose Job could not be created waits after its ``receives``-th delivery."""
+    low, high = MESSAGE_BACKOFF_SECONDS
+    return min(low * 2 ** min(receives - 1, 20), high)
 
 
 def _annotation(job, name: str) -> str | None:

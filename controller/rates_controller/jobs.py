@@ -32,8 +32,9 @@ ROUND_JOB = PREFIX + "round-job"
 # (by a pass that stopped before it could note it) from an older chain's Job of that name.
 PREVIOUS = PREFIX + "retry-of"
 # On the first Job of a round begun by a file sent back from the dead-letter queue: the
-# UID of the Job that had set it aside (a name is reused once the TTL deleted its Job). A second delivery of that notification, or a second copy of
-# it in the dead-letter queue, finds its round begun, even once the round has ended.
+# UID of the Job that had set it aside (a name is reused once the TTL deleted its Job). A
+# second delivery of that notification, or a second copy of it in the dead-letter queue,
+# finds its round begun, even once the round has ended.
 REDRIVE_OF = PREFIX + "redrive-of"
 # A label set once the controller has acted on an ended Job (succeeded, retried, set
 # aside), so that it acts once, and lists only the Jobs it has not acted on yet.

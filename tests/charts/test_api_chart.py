@@ -740,7 +740,7 @@ def test_migration_hook_runs_before_the_release(render):
         in job["spec"]["podFailurePolicy"]["rules"]
     env = job["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "rates-database", "key": "url"}
-    assert {"name": "MIGRATION_LOCK_WAIT_SECONDS", "value": "300"} in env
+    assert {"name": "MIGRATION_LOCK_WAIT_SECONDS", "value": "120"} in env
     assert "Job" not in kinds(render("prod", *sets("migrations.enabled=false")))
 
 

@@ -15,6 +15,7 @@ from yoyo import get_backend
 from rates_core import migrate
 from rates_core.env import ConfigError
 from rates_core.errors import TemporaryError
+from tests.support.db import autocommit, lock_waiters
 
 EXTRA = "9999_needs_prices_to_itself"
 
@@ -42,14 +43,6 @@ def ingest_in_progress(dsn: str):
         conn.close()
 
 
-def lock_waiters(dsn: str) -> int:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'prices'::regclass")
-        count = cur.fetchone()[0]
-    conn.close()
-    return count
-
-
 def has_note_column(dsn: str) -> bool:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'prices' "
@@ -65,10 +58,11 @@ def test_reads_pass_while_a_migration_waits_for_an_ingest_and_it_applies_when_th
     with ingest_in_progress(dsn):
         worker = threading.Thread(target=lambda: result.update(applied=migrate.apply(dsn, lock_wait_s=120)))
         worker.start()
-        deadline = time.monotonic() + 30
-        while not lock_waiters(dsn) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert lock_waiters(dsn), "the migration never queued for the lock"
+        with autocommit(dsn) as watcher:
+            deadline = time.monotonic() + 30
+            while not lock_waiters(watcher) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert lock_waiters(watcher), "the migration never queued for the lock"
         # Queued behind the migration's request, a read waits until the migration gives up
         # its place; without the lock timeout, until the ingest commits: never, here.
         reader = psycopg2.connect(dsn, options="-c statement_timeout=30000")

@@ -471,12 +471,17 @@ def test_the_queue_alarms_watch_their_own_queues_and_tell_whom_the_environment_n
     assert [call["alarm_actions"] for call in calls] == ["${var.alarm_actions}"]
 
 
-def test_an_upload_backed_off_by_the_controller_does_not_raise_the_waiting_alarm():
-    from rates_controller.controller import MESSAGE_BACKOFF_SECONDS
+def test_the_waiting_alarm_waits_longer_than_the_controller_backs_off_a_message_it_cannot_place():
+    # A message whose Job cannot be created is backed off, then set aside (the dead-letter
+    # alarm's business); uploads-waiting is for no controller polling, or a backlog.
+    from rates_controller.controller import MESSAGE_BACKOFF_SECONDS, message_backoff
 
     variables = {name: body for block in parse_hcl((TERRAFORM_ROOT / "modules/uploads/variables.tf").read_text())
                  ["variable"] for name, body in block.items()}
     minimum = int(re.search(r"upload_wait_alarm_seconds >= (\d+)",
                             variables["upload_wait_alarm_seconds"]["validation"][0]["condition"]).group(1))
     assert minimum >= MESSAGE_BACKOFF_SECONDS[1]
-    assert variables["upload_wait_alarm_seconds"]["default"] > MESSAGE_BACKOFF_SECONDS[1]
+    for env in ENVIRONMENTS:
+        receives = merged_values(env)["controller"]["maxReceives"]
+        backed_off = sum(message_backoff(n) for n in range(1, receives))
+        assert variables["upload_wait_alarm_seconds"]["default"] > backed_off, (env, backed_off)

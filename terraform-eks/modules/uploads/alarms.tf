@@ -37,9 +37,11 @@ resource "aws_cloudwatch_metric_alarm" "queue" {
   evaluation_periods  = each.value.periods
   comparison_operator = "GreaterThanThreshold"
   threshold           = each.value.threshold
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = var.alarm_actions
-  ok_actions          = var.alarm_actions
+  # SQS stops sending a queue's metrics some hours after its last API call, while messages
+  # may still wait there: no data keeps the alarm as it was.
+  treat_missing_data = "ignore"
+  alarm_actions      = var.alarm_actions
+  ok_actions         = var.alarm_actions
 
   tags = var.tags
 }
