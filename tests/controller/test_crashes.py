@@ -15,15 +15,14 @@ memory, runs until nothing is left to do; the invariants are checked then:
 The worlds, their stand-in Jobs and the scenarios are worlds.py's.
 """
 
-import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import pytest
 
 from rates_controller import jobs
-from tests.controller.worlds import (REDRIVEN, SCENARIOS, Scenario, World, check_outcome, run_until_settled,
-                                     set_aside_and_sent_back, upload)
+from tests.controller.worlds import (REDRIVEN, SCENARIOS, Intercepted, Scenario, World, check_outcome,
+                                     run_until_settled, set_aside_and_sent_back, upload)
 
 pytestmark = pytest.mark.kube
 
@@ -73,21 +72,12 @@ def _changes(operation: str, args: tuple, result) -> bool:
     return operation in ("kube.mark_handled", "uploads.retry_later", "dead.send")
 
 
-class Dying:
-    """Stands in for the controller's JobsApi or Queue: calls go through to the real one,
-    and the process dies at the plan's call."""
-
-    OPERATIONS = {"create", "get", "unhandled", "mark_handled", "termination_message",
-                  "receive", "delete", "retry_later", "send"}
+class Dying(Intercepted):
+    """Calls go through to the real client, and the process dies at the plan's call."""
 
     def __init__(self, real, role: str, plan: Plan):
-        self._real, self._role, self._plan = real, role, plan
-
-    def __getattr__(self, name: str):
-        attribute = getattr(self._real, name)
-        if name not in self.OPERATIONS:
-            return attribute
-        return functools.partial(self._call, f"{self._role}.{name}", attribute)
+        super().__init__(real, role)
+        self._plan = plan
 
     def _call(self, operation: str, method, *args):
         plan = self._plan

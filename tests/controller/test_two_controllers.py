@@ -48,7 +48,8 @@ import pytest
 from rates_controller import jobs
 from rates_core.errors import TemporaryError
 from tests.controller.conftest import sample
-from tests.controller.worlds import MAX_PASSES, SCENARIOS, Scenario, World, check_outcome, s3_event
+from tests.controller.worlds import (MAX_PASSES, SCENARIOS, Intercepted, Scenario, World, check_outcome,
+                                     s3_event)
 
 pytestmark = pytest.mark.kube
 
@@ -93,9 +94,6 @@ class Option:
 class Actor:
     """One controller (one pod); each of its calls waits for its turn."""
 
-    OPERATIONS = {"create", "get", "unhandled", "mark_handled", "termination_message",
-                  "receive", "delete", "retry_later", "send"}
-
     def __init__(self, name: str, world: World, turns: "Turns"):
         self.name, self.turns = name, turns
         self.controller = world.controller(lambda real, role: Paced(real, role, self))
@@ -137,18 +135,12 @@ class Actor:
             self._thread.join(timeout=STUCK_AFTER)
 
 
-class Paced:
-    """Stands in for a controller's JobsApi or Queue: each call waits for its turn, goes
-    through to the real one, and is written down."""
+class Paced(Intercepted):
+    """Each call waits for its turn, goes through to the real client, and is written down."""
 
     def __init__(self, real, role: str, actor: Actor):
-        self._real, self._role, self._actor = real, role, actor
-
-    def __getattr__(self, name: str):
-        attribute = getattr(self._real, name)
-        if name not in Actor.OPERATIONS:
-            return attribute
-        return lambda *args: self._call(f"{self._role}.{name}", attribute, *args)
+        super().__init__(real, role)
+        self._actor = actor
 
     def _call(self, operation: str, method, *args):
         self._actor.wait_turn(operation)

@@ -8,6 +8,7 @@ whether a message comes back before or after a Job ends is then the test's choic
 race. The real ingest job's exit codes are test_job_outcomes.py's subject.
 """
 
+import functools
 import json
 import os
 from collections import Counter
@@ -100,6 +101,26 @@ class World:
             self.wait_messages_back()
         elif self.running():
             self.let_jobs_end()
+
+
+class Intercepted:
+    """Stands in for a controller's JobsApi or Queue: its calls to the API server and SQS
+    go through ``_call`` (a subclass's), everything else straight to the real one."""
+
+    OPERATIONS = frozenset({"create", "get", "unhandled", "mark_handled", "termination_message",
+                            "receive", "delete", "retry_later", "send"})
+
+    def __init__(self, real, role: str):
+        self._real, self._role = real, role
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._real, name)
+        if name not in self.OPERATIONS:
+            return attribute
+        return functools.partial(self._call, f"{self._role}.{name}", attribute)
+
+    def _call(self, operation: str, method, *args):
+        raise NotImplementedError
 
 
 def file_of(job_name: str) -> str:
