@@ -82,8 +82,8 @@ TCP_USER_TIMEOUT_MS = 15_000
 # The server's side of the same: a session whose client vanished without closing its socket
 # (a pod on a lost node) ends as soon, and its locks with it (an ingest's lock on its file,
 # which a retry waits for), not after the server's default of two hours.
-_SERVER_KEEPALIVES = " ".join(f"-c tcp_{name}={_KEEPALIVES[name]}"
-                              for name in ("keepalives_idle", "keepalives_interval", "keepalives_count"))
+SERVER_KEEPALIVES = " ".join(f"-c tcp_{name}={_KEEPALIVES[name]}"
+                             for name in ("keepalives_idle", "keepalives_interval", "keepalives_count"))
 
 
 # Gives the password of each new connection (an RDS IAM token, see rds_auth); None: the DSN's.
@@ -119,7 +119,7 @@ def _connect_args(dsn: str, application_name: str, statement_timeout_ms: int, co
         raise PermanentError(f"not a valid libpq URL: {exc}") from None
     # The keyword replaces the DSN's own options (a search_path, say); keep both, the DSN's
     # after the server keepalives, which it may set otherwise.
-    options = " ".join(filter(None, [_SERVER_KEEPALIVES, given.get("options"), options]))
+    options = " ".join(filter(None, [SERVER_KEEPALIVES, given.get("options"), options]))
     return dict(dsn=dsn, application_name=application_name, connect_timeout=connect_timeout_s, options=options,
                 **tcp_settings(given, tcp_user_timeout_ms))
 

@@ -54,7 +54,7 @@ def _yoyo_uri(dsn: str) -> str:
     # of every connection (rates_core.db) and the lock timeout go there, ahead of the URL's
     # own options, which may set others.
     own = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "options"]
-    options = " ".join(filter(None, [db._SERVER_KEEPALIVES, f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+    options = " ".join(filter(None, [db.SERVER_KEEPALIVES, f"-c lock_timeout={LOCK_TIMEOUT_MS}",
                                      given.get("options", "")]))
     query = urllib.parse.urlencode([*own, *added.items(), ("options", options)])
     return urllib.parse.urlunsplit(parts._replace(query=query))
