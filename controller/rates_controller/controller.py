@@ -9,7 +9,8 @@ That send is at least once: a crash after it and before the Job is labelled (or 
 poison message deleted) sends the same entry again. Sent back twice, such a file starts
 one new round: the round's first Job has the UID of the Job that set the file aside, and
 so does each copy. tests/controller/test_crashes.py kills the controller before and after
-each of its calls to the API server and SQS, and checks what a new one makes of it.
+each of its calls to the API server and SQS, and checks what a new one makes of it;
+tests/controller/test_faults.py makes each of those calls fail once instead.
 
 Two controllers can overlap (a partitioned node's old pod beside its replacement, or the
 Deployment scaled to 2). A message both receive (its visibility timeout ran out) and an
