@@ -199,23 +199,33 @@ class Controller:
             self.metrics.errors.labels("receive").inc()
             raise
         done: list[Message] = []
+        failed: list[TemporaryError] = []
         for message in messages:
-            if not self._guarded("handle_message", self.handle, message, done):
+            if not self._guarded("handle_message", self.handle, message, done, failed):
                 self._guarded("set_aside_message", self._set_aside_message, message, done, "unexpected",
                               "the controller failed on this message; see its log")
         # After the batch: a crash before this redelivers the messages, and their Jobs exist.
         self._guarded("delete_messages", self.uploads.delete, done)
 
-    def handle(self, message: Message, done: list[Message]) -> None:
-        """Act on one message; append it to ``done`` if it is to be deleted."""
+    def handle(self, message: Message, done: list[Message], failed: list[TemporaryError]) -> None:
+        """Act on one message; append it to ``done`` if it is to be deleted.
+
+        ``failed`` holds the batch's first failure to create a Job. The rest of the batch
+        then waits its backoff without trying: what failed (the API server, a full quota)
+        would fail them too, and against a hung API server each try takes the read timeout,
+        so ten of them would outlast the messages' visibility, and their backoff with it.
+        """
         try:
             objects = events.uploaded_objects(message.body)
+            if failed and objects:
+                raise TemporaryError(f"not tried, as a Job create failed earlier in this batch: {failed[0]}")
             created = sum(self._start(obj) for obj in objects)
         except PermanentError as exc:
             self._set_aside_message(message, done, "poison" if isinstance(exc, events.PoisonMessage)
                                     else "rejected", str(exc))
             return
         except TemporaryError as exc:
+            failed[:] = failed or [exc]
             self._retry_message(message, done, exc)
             return
         done.append(message)

@@ -7,6 +7,7 @@ creates and what it does with messages. test_job_outcomes.py runs the Jobs.
 import json
 
 import pytest
+from kubernetes import client
 
 from rates_controller import controller as controller_module
 from rates_controller import jobs
@@ -171,8 +172,6 @@ def test_no_message_is_taken_while_max_active_jobs_run(kube, namespace, uploads,
 
 def test_a_job_that_cannot_be_created_waits_and_is_created_later(kube, namespace, uploads, sqs,
                                                                  make_controller, monkeypatch):
-    from kubernetes import client
-
     monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
     missing = unique_name("not-yet")
     controller = make_controller(job_namespace=missing)
@@ -205,6 +204,35 @@ def test_a_message_whose_job_never_can_be_created_is_set_aside(uploads, sqs, mak
     assert "no Job could be created in 2 deliveries" in dead["reason"] and "404" in dead["reason"]
     assert json.loads(dead["body"])["Records"][0]["s3"]["object"]["key"] == "p.csv"
     assert sqs.counts() == (0, 0)
+
+
+def test_once_a_create_fails_the_rest_of_the_batch_waits_its_backoff_untried(kube, uploads, sqs,
+                                                                             make_controller, monkeypatch):
+    # Against a hung API server each try takes the read timeout: ten of them would
+    # outlast the batch's visibility timeout, and the backoff of the messages with it.
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    missing = unique_name("not-yet")
+    controller = make_controller(job_namespace=missing)
+    creates = []
+    real_create = controller.kube.create
+    controller.kube.create = lambda manifest: creates.append(manifest) or real_create(manifest)
+    for key in ("a.csv", "b.csv", "c.csv"):
+        uploads.put(key, b"x")
+    # And S3's test event, sent when the bucket's notifications were set: nothing to create.
+    wait_for(lambda: sqs.counts() == (4, 0), timeout=10, what="the four notifications")
+
+    controller.step()
+
+    assert len(creates) == 1
+    assert sqs.counts() == (0, 3)  # each hidden for its backoff
+    assert sample(controller.metrics, "rates_controller_messages_total", outcome="retry_later") == 3
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=missing)))
+    try:
+        wait_for(lambda: sqs.counts() == (3, 0), timeout=10, what="the messages to be visible again")
+        controller.step()
+        assert len(ingest_jobs(kube, missing)) == 3 and sqs.counts() == (0, 0)
+    finally:
+        kube.core.delete_namespace(missing)
 
 
 def test_a_job_an_admission_policy_refuses_waits_and_is_created_later(kube, namespace, uploads, sqs,
