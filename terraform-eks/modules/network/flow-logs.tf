@@ -22,10 +22,19 @@ resource "aws_iam_role_policy" "flow_logs" {
   role = aws_iam_role.flow_logs.id
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [{
-      Effect   = "Allow"
-      Action   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
-      Resource = "${module.flow_logs.arn}:*"
-    }]
+    Statement = [
+      {
+        Effect   = "Allow"
+        Action   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+        Resource = "${module.flow_logs.arn}:*"
+      },
+      # The VPC guide lists it among the role's least permissions (the group exists, so
+      # CreateLogGroup is left out); it lists groups, so it cannot name this one.
+      {
+        Effect   = "Allow"
+        Action   = "logs:DescribeLogGroups"
+        Resource = "*"
+      },
+    ]
   })
 }
