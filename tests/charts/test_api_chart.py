@@ -169,10 +169,10 @@ def test_schema_rejects_a_string_where_a_number_belongs(helm):
 
 
 @pytest.mark.parametrize("assignments, error", [
-    # 10 s preStop + 5 s drain + 30 s graceful = 45 s: the kubelet would kill at 45
-    (["shutdown.terminationGracePeriodSeconds=45"], "terminationGracePeriodSeconds (45) must exceed"),
-    (["shutdown.drainSeconds=5.5", "shutdown.terminationGracePeriodSeconds=46"], "(46) must exceed"),
-    (["ingress.deregistrationDelaySeconds=45"], "deregistrationDelaySeconds (45) must be below"),
+    # 30 s preStop + 5 s drain + 30 s graceful = 65 s: the kubelet would kill at 65
+    (["shutdown.terminationGracePeriodSeconds=65"], "terminationGracePeriodSeconds (65) must exceed"),
+    (["shutdown.drainSeconds=5.5", "shutdown.terminationGracePeriodSeconds=66"], "(66) must exceed"),
+    (["ingress.deregistrationDelaySeconds=65"], "deregistrationDelaySeconds (65) must be below"),
     (["config.gunicornKeepalive=60"], "gunicornKeepalive (60) must exceed"),
     (["autoscaling.enabled=true", "autoscaling.minReplicas=5", "autoscaling.maxReplicas=4"],
      "minReplicas must not exceed"),
