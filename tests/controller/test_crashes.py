@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from rates_controller import jobs
-from tests.controller.worlds import (REDRIVEN, SCENARIOS, Intercepted, Scenario, World, check_outcome,
+from tests.controller.worlds import (REDRIVEN, SCENARIOS, Intercepted, Scenario, World, changes, check_outcome,
                                      run_until_settled, set_aside_and_sent_back, upload)
 
 pytestmark = pytest.mark.kube
@@ -58,18 +58,8 @@ class Plan:
             self.in_flight -= {m.id for m in args[0]}
         elif operation == "kube.create" and result:
             self.running.add(args[0]["metadata"]["name"])
-        self.calls.append(Call(operation, _changes(operation, args, result),
+        self.calls.append(Call(operation, changes(operation, args, result),
                                bool(self.in_flight and self.running)))
-
-
-def _changes(operation: str, args: tuple, result) -> bool:
-    if operation == "uploads.receive":
-        return bool(result)
-    if operation == "uploads.delete":
-        return bool(args[0])
-    if operation == "kube.create":
-        return result  # False: the name was taken, nothing was made
-    return operation in ("kube.mark_handled", "uploads.retry_later", "dead.send")
 
 
 class Dying(Intercepted):

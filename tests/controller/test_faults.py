@@ -24,13 +24,10 @@ import pytest
 
 from rates_controller import controller as controller_module
 from rates_core.errors import TemporaryError
-from tests.controller.worlds import SCENARIOS, Intercepted, Scenario, World, check_outcome, run_until_settled
+from tests.controller.worlds import (SCENARIOS, Intercepted, Scenario, World, changes, check_outcome,
+                                     run_until_settled)
 
 pytestmark = pytest.mark.kube
-
-
-# Calls that change nothing: failing after them is failing before them.
-READS = frozenset({"kube.unhandled", "kube.get", "kube.termination_message"})
 
 
 @dataclass(frozen=True)
@@ -44,21 +41,23 @@ class Fault:
 
 
 class Failing(Intercepted):
-    """Calls go through to the real client, and the fault's call fails; the operations
-    are recorded in ``calls``."""
+    """Calls go through to the real client, and the fault's call fails; each call is
+    recorded in ``calls`` as (operation, whether it changed anything)."""
 
-    def __init__(self, real, role: str, fault: Fault, calls: list[str]):
+    def __init__(self, real, role: str, fault: Fault, calls: list[tuple[str, bool]]):
         super().__init__(real, role)
         self._fault, self._calls = fault, calls
 
     def _call(self, operation: str, method, *args):
-        self._calls.append(operation)
-        if len(self._calls) != self._fault.at:
-            return method(*args)
-        if self._fault.after:
-            method(*args)
+        number = len(self._calls) + 1
+        if number == self._fault.at and not self._fault.after:
+            self._calls.append((operation, False))
+            raise TemporaryError(f"{operation}: connection refused")
+        result = method(*args)
+        self._calls.append((operation, changes(operation, args, result)))
+        if number == self._fault.at:
             raise TemporaryError(f"{operation}: read timed out (it took effect)")
-        raise TemporaryError(f"{operation}: connection refused")
+        return result
 
 
 class Looping:
@@ -74,9 +73,9 @@ class Looping:
             pass
 
 
-def run(world: World, scenario: Scenario, fault: Fault) -> list[str]:
-    """The scenario with ``fault``, until settled; the operations the controller called."""
-    calls: list[str] = []
+def run(world: World, scenario: Scenario, fault: Fault) -> list[tuple[str, bool]]:
+    """The scenario with ``fault``, until settled; the controller's calls."""
+    calls: list[tuple[str, bool]] = []
     scenario.start(world)
     controller = world.controller(lambda real, role: Failing(real, role, fault, calls))
     run_until_settled(world, Looping(controller))
@@ -92,9 +91,10 @@ def copies(scenario: Scenario, fault: Fault) -> int:
     return 1
 
 
-def sweep(new_world, scenario: Scenario, trace: list[str]) -> list[str]:
-    """A fault at each call of ``trace``, before and after, each in a world of its own,
-    all at once; the failures."""
+def sweep(new_world, scenario: Scenario, trace: list[tuple[str, bool]]) -> list[str]:
+    """A fault at each call of ``trace``, each in a world of its own, all at once; the
+    failures. Failing after a call that changed nothing (a read, an empty receive) is
+    failing before it, so only such calls that changed something fail both ways."""
     def failure(fault: Fault) -> str | None:
         try:
             world = new_world(scenario)
@@ -104,8 +104,8 @@ def sweep(new_world, scenario: Scenario, trace: list[str]) -> list[str]:
             return f"{fault}: {type(exc).__name__}: {exc}"
         return None
 
-    faults = [Fault(at, after, operation) for at, operation in enumerate(trace, 1)
-              for after in ((False,) if operation in READS else (False, True))]
+    faults = [Fault(at, after, operation) for at, (operation, changed) in enumerate(trace, 1)
+              for after in ((False, True) if changed else (False,))]
     with ThreadPoolExecutor(max_workers=len(faults)) as pool:
         return [f for f in pool.map(failure, faults) if f]
 
@@ -116,7 +116,7 @@ def test_a_call_that_fails_once_changes_no_outcome(scenario, new_world, monkeypa
     world = new_world(scenario)
     trace = run(world, scenario, Fault(None, after=False))
     check_outcome(world, scenario, copies=1)
-    assert scenario.covers <= set(trace), trace
+    assert scenario.covers <= {operation for operation, _changed in trace}, trace
 
     failures = sweep(new_world, scenario, trace)
 

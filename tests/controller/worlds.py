@@ -123,6 +123,17 @@ class Intercepted:
         raise NotImplementedError
 
 
+def changes(operation: str, args: tuple, result) -> bool:
+    """Whether the call changed something outside the controller's process."""
+    if operation == "uploads.receive":
+        return bool(result)
+    if operation == "uploads.delete":
+        return bool(args[0])
+    if operation == "kube.create":
+        return result  # False: the name was taken, nothing was made
+    return operation in ("kube.mark_handled", "uploads.retry_later", "dead.send")
+
+
 def file_of(job_name: str) -> str:
     return job_name.rsplit("-", 1)[0]  # the name less the attempt
 
