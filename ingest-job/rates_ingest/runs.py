@@ -112,7 +112,7 @@ class RunLog:
 
     def _update(self, run_id: int, outcome: Outcome) -> None:
         with self.conn.cursor() as cur:
-            write_outcome(cur, run_id, outcome)
+            write_outcome(cur, run_id, outcome, keep_committed=True)
 
     def close(self) -> None:
         try:
@@ -121,19 +121,28 @@ class RunLog:
             pass
 
 
-def write_outcome(cur, run_id: int, outcome: Outcome) -> None:
-    """Record ``outcome`` as the run's end, on ``cur``'s connection and transaction."""
+# What the load's own transaction records as it commits (loader.load).
+COMMITTED = ("loaded", "already_loaded", "superseded")
+
+
+def write_outcome(cur, run_id: int, outcome: Outcome, keep_committed: bool = False) -> None:
+    """Record ``outcome`` as the run's end, on ``cur``'s connection and transaction.
+
+    ``keep_committed`` leaves an outcome that the load committed in place: a COMMIT whose
+    answer was lost fails the job (it cannot know), but the record of what it committed
+    must not then say 'failed'.
+    """
     info = outcome.info
     # clock_timestamp(): inside the load's transaction now() would be when the load began.
     cur.execute(
         """UPDATE ingest_runs
            SET status = %s, rows = %s, bytes = %s, file_id = %s, error = %s, bad_rows = %s,
                version_id = coalesce(%s, version_id), etag = %s, finished_at = clock_timestamp()
-           WHERE id = %s""",
+           WHERE id = %s AND NOT (%s AND status = ANY(%s))""",
         (outcome.status, outcome.rows, outcome.bytes, outcome.file_id, _storable(outcome.error),
          json.dumps([{k: _storable(v) for k, v in row.items()} for row in outcome.bad_rows])
          if outcome.bad_rows else None,
-         info.version_id if info else None, info.etag if info else None, run_id))
+         info.version_id if info else None, info.etag if info else None, run_id, keep_committed, list(COMMITTED)))
 
 
 def _storable(value):

@@ -1,7 +1,8 @@
 """The database going away, or the job being terminated, mid-load: exit 1, nothing committed.
 
 The job's connections are terminated the way a restart ends them (pg_terminate_backend,
-SQLSTATE 57P01 "admin shutdown"), at a moment that is certain to be mid-load.
+SQLSTATE 57P01 "admin shutdown"), at a moment that is certain to be mid-load. Last, the
+connection lost just after the COMMIT went through: exit 1, and the record says loaded.
 """
 
 import json
@@ -14,6 +15,8 @@ from typing import Iterator
 
 import psycopg2
 
+from rates_core.errors import TemporaryError
+from rates_ingest import job as job_module
 from tests.ingest.conftest import ROWS, as_csv, last_run, run_job, runs
 from tests.support.db import INGEST_USER, as_user, autocommit, lock_waiters
 from tests.support.faults import CuttingProxy
@@ -297,3 +300,26 @@ def _loader_sessions(conn) -> int:
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rates-ingest'")
         return cur.fetchone()[0]
+
+
+def test_a_commit_whose_answer_is_lost_keeps_the_record_of_the_load(db, s3, monkeypatch):
+    # The COMMIT reached the server and the connection broke before its answer came back:
+    # the job cannot tell, so it exits 1, and its retry finds the file loaded. The run's
+    # record must still say what was committed, not 'failed'.
+    dsn, conn = db
+    real_load = job_module.loader.load
+
+    def commits_then_loses_the_answer(*args, **kwargs):
+        real_load(*args, **kwargs)
+        raise TemporaryError("database unavailable: server closed the connection unexpectedly")
+
+    s3.put("p.csv", as_csv(ROWS))
+    monkeypatch.setattr(job_module.loader, "load", commits_then_loses_the_answer)
+    assert run_job(dsn, s3.name, "p.csv") == 1
+    monkeypatch.undo()
+    assert run_job(dsn, s3.name, "p.csv") == 0
+
+    first, retry = runs(conn)
+    assert (first["status"], first["rows"], first["error"]) == ("loaded", len(ROWS), None)
+    assert first["file_id"] is not None
+    assert (retry["status"], retry["file_id"]) == ("already_loaded", first["file_id"])
