@@ -69,8 +69,9 @@ def database_epoch(cur) -> tuple:
     return cur.fetchone()
 
 
-def resolve(cur, origin: str, destination: str) -> tuple[Place, Place]:
-    cur.execute(_RESOLVE, {"origin": origin, "destination": destination})
+def resolve(cur, origin: str, destination: str, begin: str = "") -> tuple[Place, Place]:
+    """Both ends as Places; ``begin``, if given, is sent first in the same round trip."""
+    cur.execute(begin + _RESOLVE, {"origin": origin, "destination": destination})
     places = {}
     for name, is_port, regions, ports in cur.fetchall():
         # A name that is both a port code and a region slug is taken as the port.

@@ -22,7 +22,7 @@ def get_rates():
         if body is not None:
             rt.metrics.cache_hits.inc()
         else:
-            body = _compute(cur, query)
+            body = _compute_in_one_snapshot(cur, query)
             rt.cache.put(key, version, body)
     return Response(body, mimetype="application/json")
 
@@ -35,8 +35,25 @@ def _args():
         raise ApiError(400, "invalid_parameter", "the query string is not valid UTF-8") from None
 
 
-def _compute(cur, query: params.RatesQuery) -> bytes:
-    origin, destination = queries.resolve(cur, query.origin, query.destination)
+def _compute_in_one_snapshot(cur, query: params.RatesQuery) -> bytes:
+    """The answer, read in one snapshot.
+
+    The pool's connections are in autocommit, where each statement has a snapshot of its
+    own: a write committed between resolving the places and reading their totals (a port
+    added to a region along with its prices) would give an answer of neither state. The
+    transaction begins with the first statement, in the same round trip, so it costs one
+    more (the ROLLBACK), on cache misses only. The answer may be newer than the version it
+    is cached under, read before; it is then never served again, as every later request
+    reads the newer version.
+    """
+    try:
+        return _compute(cur, query, begin="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
+    finally:
+        cur.execute("ROLLBACK")
+
+
+def _compute(cur, query: params.RatesQuery, begin: str) -> bytes:
+    origin, destination = queries.resolve(cur, query.origin, query.destination, begin=begin)
     unknown = [f"{label} '{place.name}' is not a known port code or region slug"
                for label, place in (("origin", origin), ("destination", destination)) if not place.known]
     if unknown:

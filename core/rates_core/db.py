@@ -176,9 +176,9 @@ class Pool:
 
     Opening lazily lets a process start (and report itself unready) while the database
     is down; keeping every connection open avoids a new connection per request.
-    Connections are in autocommit mode: the API only reads, each statement has its own
-    snapshot either way, and an explicit transaction would cost a BEGIN and a ROLLBACK
-    round trip per request.
+    Connections are in autocommit mode: the API only reads, and an explicit transaction
+    would cost a BEGIN and a ROLLBACK round trip per request. The one read of several
+    statements that must share a snapshot (a /rates cache miss) opens its own.
 
     While the database is unreachable, requests must not queue behind each other's
     connect timeouts, or every thread of a worker ends up waiting (and /healthz with

@@ -2,7 +2,10 @@
 
 from dataclasses import replace
 
+import psycopg2
+
 from bench import naive
+from rates_api import queries
 from ratesctl import localdb
 from tests.support.db import TEMPLATE, autocommit, create_database
 from tests.support.world import insert_prices, insert_world
@@ -197,3 +200,30 @@ def test_a_recreated_database_counting_to_the_same_version_is_not_served_from_th
         assert client.get("/rates", query_string=query).get_json()[0]["average_price"] == 500
     finally:
         localdb.drop_database(admin_dsn, name)
+
+
+def test_an_answer_is_of_one_state_of_the_data(world, dsn, rates, monkeypatch):
+    # A write commits between resolving the places and reading their totals: a port added
+    # to china along with its prices and more prices for an old port. Before it there is
+    # no price (null); after it, 250. The old list of ports with the new totals gives 100.
+    writer = psycopg2.connect(dsn)
+    with writer.cursor() as cur:
+        cur.execute("INSERT INTO ports (code, name, parent_slug) VALUES ('CNXMN', 'Xiamen', 'china')")
+        cur.executemany("INSERT INTO prices (orig_code, dest_code, day, price) VALUES (%s, 'NLRTM', %s, %s)",
+                        [("CNSHA", D1, 100)] * 3 + [("CNXMN", D1, 400)] * 3)
+    real_daily_averages = queries.daily_averages
+
+    def once_the_write_is_committed(*args, **kwargs):
+        writer.commit()
+        return real_daily_averages(*args, **kwargs)
+
+    monkeypatch.setattr(queries, "daily_averages", once_the_write_is_committed)
+    try:
+        during = rates(date_from=D1, date_to=D1, origin="china", destination="NLRTM")
+    finally:
+        writer.close()
+    monkeypatch.undo()
+    after = rates(date_from=D1, date_to=D1, origin="china", destination="NLRTM")
+
+    assert averages(during[1]) == [(D1, None)]
+    assert averages(after[1]) == [(D1, 250)]  # computed anew: the cache holds the answer under the old version
