@@ -488,7 +488,7 @@ class JsonArrayParser(Parser):
         while self._state != "broken":
             pos = _WHITESPACE.match(text, self._pos).end()
             if self._state == "open" and text.startswith("\ufeff", pos):
-                pos += 1
+                pos = _WHITESPACE.match(text, pos + 1).end()  # an editor's BOM, then a newline
             self._pos = pos
             if pos >= len(text):
                 return out

@@ -140,11 +140,11 @@ def test_quoted_fields_crlf_and_a_bom_are_fine(db, s3):
     assert prices(conn) == [("CNNGB", "DEHAM", "2016-01-02", 900), ("CNSHA", "NLRTM", "2016-01-01", 1000)]
 
 
-@pytest.mark.parametrize("kind", ["json", "ndjson"])
-def test_a_utf8_bom_and_the_edge_prices_load_in_json_and_ndjson(db, s3, kind):
+@pytest.mark.parametrize("kind, after_bom", [("json", b""), ("ndjson", b""), ("json", b"\n  "), ("ndjson", b"\n")])
+def test_a_utf8_bom_and_the_edge_prices_load_in_json_and_ndjson(db, s3, kind, after_bom):
     dsn, conn = db
     rows = [("CNSHA", "NLRTM", "2016-01-01", 1), ("CNNGB", "DEHAM", "2016-01-02", 10_000_000)]
-    s3.put(f"p.{kind}", codecs.BOM_UTF8 + ENCODERS[kind](rows))
+    s3.put(f"p.{kind}", codecs.BOM_UTF8 + after_bom + ENCODERS[kind](rows))
 
     assert run_job(dsn, s3.name, f"p.{kind}") == 0
 
