@@ -5,6 +5,7 @@ not forward them, so a client outside the cluster gets 404 there.
 """
 
 from flask import Blueprint, jsonify
+from .params import PLACE_MAX
 from .runtime import runtime
 
 bp = Blueprint("openapi", __name__)
@@ -22,7 +23,7 @@ def _param(name: str, description: str, schema: dict, required: bool = True, exa
     return param if example is None else {**param, "example": example}
 
 
-_PLACE = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+_PLACE = {"type": "string", "minLength": 1, "maxLength": PLACE_MAX, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"}
 _DATE = {"type": "string", "format": "date"}
 
 _RATES = {

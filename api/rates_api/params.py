@@ -9,8 +9,11 @@ from werkzeug.datastructures import MultiDict
 from .errors import ApiError
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-# Port codes are 5 letters/digits, region slugs are lower-case words joined by '_'.
-_PLACE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Port codes are 5 letters/digits and region slugs lower-case words joined by '_', but the
+# tables take any text: whatever a region was named, it can be asked for. Only control
+# characters and names longer than any real one are refused.
+PLACE_MAX = 128
+_PLACE = re.compile(rf"[^\x00-\x1f\x7f]{{1,{PLACE_MAX}}}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ def _date(args: MultiDict, name: str) -> date:
 def _place(args: MultiDict, name: str, alias: str) -> str:
     raw = _single(args, name, alias)
     if not _PLACE.fullmatch(raw):
-        raise _bad(f"'{name}' must be a port code or a region slug (letters, digits, '_' or '-')")
+        raise _bad(f"'{name}' must be a port code or a region slug (1 to {PLACE_MAX} characters, "
+                   "none of them a control character)")
     return raw
 
 

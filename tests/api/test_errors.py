@@ -24,9 +24,9 @@ def without(name):
     ({**GOOD, "date_to": "2024-02-30"}, "not a valid date"),
     ({**GOOD, "date_to": "2023-02-29"}, "not a valid date"),
     ({**GOOD, "date_from": "2024-03-05"}, "after"),
-    ({**GOOD, "origin": "CN SHA"}, "port code or a region slug"),
+    ({**GOOD, "origin": "CN\tSHA"}, "port code or a region slug"),
     ({**GOOD, "origin": ""}, "origin"),
-    ({**GOOD, "destination": "x" * 65}, "port code or a region slug"),
+    ({**GOOD, "destination": "x" * 129}, "port code or a region slug"),
     ({**GOOD, "orig_code": "CNNGB"}, "more than once"),
 ])
 def test_malformed_parameters_are_400(world, client, params, fragment):

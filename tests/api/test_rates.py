@@ -227,3 +227,19 @@ def test_an_answer_is_of_one_state_of_the_data(world, dsn, rates, monkeypatch):
 
     assert averages(during[1]) == [(D1, None)]
     assert averages(after[1]) == [(D1, 250)]  # computed anew: the cache holds the answer under the old version
+
+
+def test_a_region_of_any_printable_name_can_be_asked_for(world, rates):
+    # The tables take any text, and someone named these regions so.
+    names = ["göteborg_area", "u.s._east", "x" * 128]
+    with world.cursor() as cur:
+        for name in names:
+            cur.execute("INSERT INTO regions (slug, name, parent_slug) VALUES (%s, 'Odd', 'europe')", (name,))
+        cur.execute("UPDATE ports SET parent_slug = %s WHERE code = 'NLRTM'", (names[0],))
+    world.commit()
+    insert_prices(world, [("CNSHA", "NLRTM", D1, p) for p in (100, 200, 300)])
+
+    assert averages(rates(date_from=D1, date_to=D1, origin="china", destination=names[0])[1]) == [(D1, 200)]
+    for name in names[1:]:
+        assert averages(rates(date_from=D1, date_to=D1, origin="china", destination=name)[1]) == [(D1, None)]
+    assert rates(date_from=D1, date_to=D1, origin="china", destination="no such place")[0] == 404
