@@ -214,10 +214,12 @@ class Controller:
         then waits its backoff without trying: what failed (the API server, a full quota)
         would fail them too, and against a hung API server each try takes the read timeout,
         so ten of them would outlast the messages' visibility, and their backoff with it.
+        A message on its last delivery is tried all the same: it is set aside for what its
+        own Job's create says, not for another message's.
         """
         try:
             objects = events.uploaded_objects(message.body)
-            if failed and objects:
+            if failed and objects and message.receives < self.settings.max_receives:
                 raise TemporaryError(f"not tried, as a Job create failed earlier in this batch: {failed[0]}")
             created = sum(self._start(obj) for obj in objects)
         except PermanentError as exc:

@@ -11,6 +11,7 @@ from kubernetes import client
 
 from rates_controller import controller as controller_module
 from rates_controller import jobs
+from rates_core.errors import TemporaryError
 from tests.controller.conftest import creates_refused, env_of, sample
 from tests.support.aws import unique_name
 from tests.support.poll import wait_for
@@ -233,6 +234,34 @@ def test_once_a_create_fails_the_rest_of_the_batch_waits_its_backoff_untried(kub
         assert len(ingest_jobs(kube, missing)) == 3 and sqs.counts() == (0, 0)
     finally:
         kube.core.delete_namespace(missing)
+
+
+def test_a_message_on_its_last_delivery_is_tried_whatever_failed_before_it(kube, namespace, uploads, sqs,
+                                                                           make_controller, monkeypatch):
+    # One file's Job cannot be created (say, a webhook refuses it): the other file, which
+    # arrived with it and so comes back with it, must not be set aside untried.
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    controller = make_controller(max_receives=2)
+    real_create = controller.kube.create
+
+    def refuses_a(manifest):
+        if manifest["metadata"]["annotations"][jobs.KEY] == "a.csv":
+            raise TemporaryError("a webhook refused it")
+        return real_create(manifest)
+
+    controller.kube.create = refuses_a
+    uploads.put("a.csv", b"x")
+    uploads.put("b.csv", b"x")
+    wait_for(lambda: sqs.counts() == (3, 0), timeout=10, what="the notifications and S3's test event")
+    controller.step()
+    assert ingest_jobs(kube, namespace) == []  # b.csv came after a.csv in the batch: not tried
+    wait_for(lambda: sqs.counts() == (2, 0), timeout=10, what="the messages to be visible again")
+
+    controller.step()
+
+    assert [job.metadata.annotations[jobs.KEY] for job in ingest_jobs(kube, namespace)] == ["b.csv"]
+    [dead] = sqs.dead_letters()
+    assert "a webhook refused it" in dead["reason"] and "a.csv" in dead["body"]
 
 
 def test_a_job_an_admission_policy_refuses_waits_and_is_created_later(kube, namespace, uploads, sqs,
