@@ -46,10 +46,11 @@ def _compute_in_one_snapshot(cur, query: params.RatesQuery) -> bytes:
     is cached under, read before; it is then never served again, as every later request
     reads the newer version.
     """
-    try:
-        return _compute(cur, query, begin="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
-    finally:
-        cur.execute("ROLLBACK")
+    body = _compute(cur, query, begin="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
+    # On an error the pool ends the transaction as it takes the connection back (or closes
+    # a broken one): a ROLLBACK here would replace the error that says what happened.
+    cur.execute("ROLLBACK")
+    return body
 
 
 def _compute(cur, query: params.RatesQuery, begin: str) -> bytes:

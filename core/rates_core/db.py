@@ -263,6 +263,10 @@ class Pool:
             if not broken and not conn.closed:
                 try:
                     conn.rollback()
+                    # In autocommit, rollback() sends nothing: a transaction the borrower
+                    # began itself (BEGIN) and left open would hold its snapshot for ever.
+                    if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                        conn.cursor().execute("ROLLBACK")
                 except psycopg2.Error:
                     broken = True
             if pool.closed:  # close() ran while this connection was lent

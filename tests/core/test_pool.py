@@ -196,3 +196,19 @@ def test_a_thread_waits_at_most_one_connect_timeout_for_another_ones_opening(dsn
     finally:
         first.join(timeout=30)
     pool.close()
+
+
+def test_a_transaction_left_open_is_ended_when_the_connection_comes_back(dsn, conn):
+    # The connections are in autocommit, where psycopg2's rollback() sends nothing; a
+    # borrower's own BEGIN must not keep its snapshot (and its stale answers) in the pool.
+    pool = Pool(dsn, size=1, application_name=APP, statement_timeout_ms=0)
+    try:
+        with pool.connection() as lent, lent.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
+            first = lent.get_backend_pid()
+        with pool.connection() as lent, lent.cursor() as cur:
+            assert lent.get_backend_pid() == first  # the same connection, not a new one
+            cur.execute("SELECT now() = statement_timestamp()")  # true only outside a transaction block
+            assert cur.fetchone()[0] is True
+    finally:
+        pool.close()
