@@ -23,7 +23,7 @@ def _param(name: str, description: str, schema: dict, required: bool = True, exa
     return param if example is None else {**param, "example": example}
 
 
-_PLACE = {"type": "string", "minLength": 1, "maxLength": PLACE_MAX, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"}
+_PLACE = {"type": "string", "minLength": 1, "maxLength": PLACE_MAX, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}
 _DATE = {"type": "string", "format": "date"}
 
 _RATES = {

@@ -13,7 +13,7 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # tables take any text: whatever a region was named, it can be asked for. Only control
 # characters and names longer than any real one are refused.
 PLACE_MAX = 128
-_PLACE = re.compile(rf"[^\x00-\x1f\x7f]{{1,{PLACE_MAX}}}")
+_PLACE = re.compile(rf"[^\x00-\x1f\x7f-\x9f]{{1,{PLACE_MAX}}}")
 
 
 @dataclass(frozen=True)

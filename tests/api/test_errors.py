@@ -25,6 +25,7 @@ def without(name):
     ({**GOOD, "date_to": "2023-02-29"}, "not a valid date"),
     ({**GOOD, "date_from": "2024-03-05"}, "after"),
     ({**GOOD, "origin": "CN\tSHA"}, "port code or a region slug"),
+    ({**GOOD, "origin": "CN\x85SHA"}, "port code or a region slug"),  # a C1 control: NEL
     ({**GOOD, "origin": ""}, "origin"),
     ({**GOOD, "destination": "x" * 129}, "port code or a region slug"),
     ({**GOOD, "orig_code": "CNNGB"}, "more than once"),
