@@ -29,32 +29,5 @@ resource "aws_ecr_lifecycle_policy" "this" {
   for_each = aws_ecr_repository.this
 
   repository = each.value.name
-  policy = jsonencode({
-    rules = [
-      {
-        rulePriority = 1
-        description  = "Untagged layers left by pushes expire after a week"
-        selection = {
-          tagStatus   = "untagged"
-          countType   = "sinceImagePushed"
-          countUnit   = "days"
-          countNumber = 7
-        }
-        action = { type = "expire" }
-      },
-      # Only throwaway builds expire by count: a count over all tags would, after enough
-      # pushes, delete the release production runs, and a node replacement could not pull it.
-      {
-        rulePriority = 2
-        description  = "Keep the newest ${var.keep_build_images} throwaway builds"
-        selection = {
-          tagStatus     = "tagged"
-          tagPrefixList = var.build_tag_prefixes
-          countType     = "imageCountMoreThan"
-          countNumber   = var.keep_build_images
-        }
-        action = { type = "expire" }
-      },
-    ]
-  })
+  policy     = local.lifecycle_policy
 }

@@ -20,6 +20,17 @@ variable "build_tag_prefixes" {
   }
 }
 
+variable "release_tag_patterns" {
+  description = "Tag patterns of releases (* stands for any characters), whose images are never expired, even while they also carry a throwaway build's tag (a release is the tested build, tagged again). The default takes versions such as 1.4.0 or v1.4.0."
+  type        = list(string)
+  default     = ["*.*.*"]
+
+  validation {
+    condition     = length(var.release_tag_patterns) > 0 && alltrue([for p in var.release_tag_patterns : length(p) > 0 && length(regexall("[*]", p)) <= 4])
+    error_message = "Give at least one non-empty pattern, each with at most four * (ECR's limit)."
+  }
+}
+
 variable "keep_build_images" {
   description = "How many of the newest throwaway builds each repository keeps."
   type        = number
