@@ -14,50 +14,63 @@ invariants are the crash sweep's (test_crashes.py):
 * every message is deleted in the end, every Job is handled.
 
 Unlike the crash sweep, the controller keeps its memory, and a failure it meets in a
-message (a Job create) sends the message back with a backoff, shortened here to 1 s.
+message (a Job create) sends the message back with a backoff, shortened here to 1 s. Each
+fault must fire at the call it names, or the run went another way and tested nothing.
+Besides the shared scenarios, two files in one batch (a failed create holds the other
+back), and the calls made only after a failure (hiding a message for its backoff),
+failing in turn.
 """
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from rates_controller import controller as controller_module
 from rates_core.errors import TemporaryError
-from tests.controller.worlds import (SCENARIOS, Intercepted, Scenario, World, changes, check_outcome,
-                                     run_until_settled)
+from tests.controller.worlds import (ROUND, SCENARIOS, Intercepted, Scenario, World, changes, check_outcome,
+                                     run_until_settled, s3_event)
 
 pytestmark = pytest.mark.kube
 
 
-@dataclass(frozen=True)
+@dataclass
 class Fault:
     at: int | None  # the call that fails, counted from 1; None: none does
     after: bool  # once it took effect, or before it
     operation: str = ""
+    fired: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return f"call {self.at} ({self.operation}) failed {'after' if self.after else 'before'} taking effect"
 
 
 class Failing(Intercepted):
-    """Calls go through to the real client, and the fault's call fails; each call is
+    """Calls go through to the real client, and the faults' calls fail; each call is
     recorded in ``calls`` as (operation, whether it changed anything)."""
 
-    def __init__(self, real, role: str, fault: Fault, calls: list[tuple[str, bool]]):
+    def __init__(self, real, role: str, faults: tuple[Fault, ...], calls: list[tuple[str, bool]]):
         super().__init__(real, role)
-        self._fault, self._calls = fault, calls
+        self._faults, self._calls = {fault.at: fault for fault in faults}, calls
 
     def _call(self, operation: str, method, *args):
         number = len(self._calls) + 1
-        if number == self._fault.at and not self._fault.after:
+        fault = self._faults.get(number)
+        if fault and not fault.after:
             self._calls.append((operation, False))
-            raise TemporaryError(f"{operation}: connection refused")
+            raise _fired(fault, operation, "connection refused")
         result = method(*args)
         self._calls.append((operation, changes(operation, args, result)))
-        if number == self._fault.at:
-            raise TemporaryError(f"{operation}: read timed out (it took effect)")
+        if fault:
+            raise _fired(fault, operation, "read timed out (it took effect)")
         return result
+
+
+def _fired(fault: Fault, operation: str, what: str) -> TemporaryError:
+    # Where the run went another way than the recorded one, the fault would test nothing.
+    assert operation == fault.operation, f"call {fault.at} is {operation}, not {fault}"
+    fault.fired.append(operation)
+    return TemporaryError(f"{operation}: {what}")
 
 
 class Looping:
@@ -73,11 +86,11 @@ class Looping:
             pass
 
 
-def run(world: World, scenario: Scenario, fault: Fault) -> list[tuple[str, bool]]:
-    """The scenario with ``fault``, until settled; the controller's calls."""
+def run(world: World, scenario: Scenario, *faults: Fault) -> list[tuple[str, bool]]:
+    """The scenario with ``faults``, until settled; the controller's calls."""
     calls: list[tuple[str, bool]] = []
     scenario.start(world)
-    controller = world.controller(lambda real, role: Failing(real, role, fault, calls))
+    controller = world.controller(lambda real, role: Failing(real, role, faults, calls))
     run_until_settled(world, Looping(controller))
     return calls
 
@@ -99,6 +112,7 @@ def sweep(new_world, scenario: Scenario, trace: list[tuple[str, bool]]) -> list[
         try:
             world = new_world(scenario)
             run(world, scenario, fault)
+            assert fault.fired == [fault.operation], "the fault never fired"
             check_outcome(world, scenario, copies(scenario, fault))
         except (Exception, pytest.fail.Exception) as exc:
             return f"{fault}: {type(exc).__name__}: {exc}"
@@ -110,14 +124,50 @@ def sweep(new_world, scenario: Scenario, trace: list[tuple[str, bool]]) -> list[
         return [f for f in pool.map(failure, faults) if f]
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def two_uploads(world: World) -> None:
+    """Two files in one batch: a failed create holds back the other message too."""
+    world.queues.send(s3_event("2016/jan.csv"))
+    world.queues.send(s3_event("2016/feb.csv"))
+
+
+TWO_FILES = Scenario("two-files", two_uploads, ROUND, jobs=2)
+
+
+@pytest.mark.parametrize("scenario", [*SCENARIOS, TWO_FILES], ids=lambda s: s.name)
 def test_a_call_that_fails_once_changes_no_outcome(scenario, new_world, monkeypatch):
     monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
     world = new_world(scenario)
-    trace = run(world, scenario, Fault(None, after=False))
+    trace = run(world, scenario)
     check_outcome(world, scenario, copies=1)
     assert scenario.covers <= {operation for operation, _changed in trace}, trace
 
     failures = sweep(new_world, scenario, trace)
+
+    assert not failures, "\n".join(failures)
+
+
+def test_a_call_made_only_after_a_failure_may_fail_too(new_world, monkeypatch):
+    # Hiding a message for its backoff happens only once its Job's create has failed, so
+    # the sweep above never makes it fail: here the create fails first, then each call
+    # that only that failure brings fails as well, before and after taking effect.
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    scenario = SCENARIOS[0]
+    clean = run(new_world(scenario), scenario)
+    create = Fault(next(at for at, (op, _) in enumerate(clean, 1) if op == "kube.create"), False, "kube.create")
+    trace = run(new_world(scenario), scenario, create)
+    extra = [(at, op) for at, (op, _changed) in enumerate(trace, 1) if op not in {op for op, _ in clean}]
+    assert [op for _at, op in extra] == ["uploads.retry_later"], trace
+
+    failures = []
+    for at, operation in extra:
+        for after in (False, True):
+            first, second = replace(create, fired=[]), Fault(at, after, operation)
+            world = new_world(scenario)
+            run(world, scenario, first, second)
+            assert (first.fired, second.fired) == (["kube.create"], [operation])
+            try:
+                check_outcome(world, scenario, copies=1)
+            except AssertionError as exc:
+                failures.append(f"{second}: {exc}")
 
     assert not failures, "\n".join(failures)
