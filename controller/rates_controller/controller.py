@@ -27,6 +27,8 @@ MAX_ACTIVE_JOBS. tests/controller/test_two_controllers.py runs two, one call at 
 import datetime
 import json
 import threading
+import time
+from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote_plus
 
@@ -34,7 +36,7 @@ from rates_core.errors import PermanentError, TemporaryError
 
 from . import events, jobs
 from .events import UploadedObject
-from .kube import Conflict, JobsApi
+from .kube import REQUEST_TIMEOUT, Conflict, JobsApi
 from .metrics import Metrics
 from .queue import Message, Queue
 from .settings import Settings
@@ -51,6 +53,23 @@ MAX_CHAIN = 1000
 RETRY_CREATE_GIVE_UP = datetime.timedelta(hours=1)
 
 SUCCEEDED, RETRIED, SET_ASIDE = "succeeded", "retried", "set-aside"
+
+
+@dataclass
+class Batch:
+    """What the messages of one receive share.
+
+    Once a Job create in it has failed (``failed``), the rest of the batch waits its backoff
+    without trying: what failed (the API server, a full quota) would fail them too, and
+    against a hung API server each try takes the read timeout, so ten of them would outlast
+    the messages' visibility, and their backoff with it. A message on its last delivery is
+    tried all the same while a create begun now would still end within the visibility
+    timeout (``last_try_by``): it is then set aside for what its own create says, not for
+    another message's; after that it is only sent back.
+    """
+
+    last_try_by: float  # time.monotonic()
+    failed: TemporaryError | None = None
 
 
 class Controller:
@@ -199,35 +218,30 @@ class Controller:
             self.metrics.errors.labels("receive").inc()
             raise
         done: list[Message] = []
-        failed: list[TemporaryError] = []
+        batch = Batch(time.monotonic() + self.settings.visibility_timeout - sum(REQUEST_TIMEOUT))
         for message in messages:
-            if not self._guarded("handle_message", self.handle, message, done, failed):
+            if not self._guarded("handle_message", self.handle, message, done, batch):
                 self._guarded("set_aside_message", self._set_aside_message, message, done, "unexpected",
                               "the controller failed on this message; see its log")
         # After the batch: a crash before this redelivers the messages, and their Jobs exist.
         self._guarded("delete_messages", self.uploads.delete, done)
 
-    def handle(self, message: Message, done: list[Message], failed: list[TemporaryError]) -> None:
-        """Act on one message; append it to ``done`` if it is to be deleted.
-
-        ``failed`` holds the batch's first failure to create a Job. The rest of the batch
-        then waits its backoff without trying: what failed (the API server, a full quota)
-        would fail them too, and against a hung API server each try takes the read timeout,
-        so ten of them would outlast the messages' visibility, and their backoff with it.
-        A message on its last delivery is tried all the same: it is set aside for what its
-        own Job's create says, not for another message's.
-        """
+    def handle(self, message: Message, done: list[Message], batch: Batch) -> None:
+        """Act on one message of ``batch``; append it to ``done`` if it is to be deleted."""
         try:
             objects = events.uploaded_objects(message.body)
-            if failed and objects and message.receives < self.settings.max_receives:
-                raise TemporaryError(f"not tried, as a Job create failed earlier in this batch: {failed[0]}")
+            if batch.failed and objects:
+                last = message.receives >= self.settings.max_receives
+                if not last or time.monotonic() > batch.last_try_by:
+                    self._back_off(message, f"not tried, as a Job create failed earlier in this batch: {batch.failed}")
+                    return
             created = sum(self._start(obj) for obj in objects)
         except PermanentError as exc:
             self._set_aside_message(message, done, "poison" if isinstance(exc, events.PoisonMessage)
                                     else "rejected", str(exc))
             return
         except TemporaryError as exc:
-            failed[:] = failed or [exc]
+            batch.failed = batch.failed or exc
             self._retry_message(message, done, exc)
             return
         done.append(message)
@@ -281,9 +295,12 @@ class Controller:
             self._set_aside_message(message, done, "undeliverable",
                                     f"no Job could be created in {message.receives} deliveries: {exc}")
             return
+        self._back_off(message, str(exc))
+
+    def _back_off(self, message: Message, error: str) -> None:
         delay = message_backoff(message.receives)
         self.log.warning("message will be retried", message_id=message.id, receives=message.receives,
-                         retry_in_s=delay, error=str(exc))
+                         retry_in_s=delay, error=error)
         self.metrics.messages.labels("retry_later").inc()
         self.uploads.retry_later(message, delay)
 

@@ -236,20 +236,25 @@ def test_once_a_create_fails_the_rest_of_the_batch_waits_its_backoff_untried(kub
         kube.core.delete_namespace(missing)
 
 
-def test_a_message_on_its_last_delivery_is_tried_whatever_failed_before_it(kube, namespace, uploads, sqs,
-                                                                           make_controller, monkeypatch):
-    # One file's Job cannot be created (say, a webhook refuses it): the other file, which
-    # arrived with it and so comes back with it, must not be set aside untried.
-    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
-    controller = make_controller(max_receives=2)
+def refusing(controller, key: str):
+    """Have ``controller``'s Job creates for ``key`` fail, as a webhook refusing it would."""
     real_create = controller.kube.create
 
-    def refuses_a(manifest):
-        if manifest["metadata"]["annotations"][jobs.KEY] == "a.csv":
+    def create(manifest):
+        if manifest["metadata"]["annotations"][jobs.KEY] == key:
             raise TemporaryError("a webhook refused it")
         return real_create(manifest)
 
-    controller.kube.create = refuses_a
+    controller.kube.create = create
+
+
+def test_a_message_on_its_last_delivery_is_tried_whatever_failed_before_it(kube, namespace, uploads, sqs,
+                                                                           make_controller, monkeypatch):
+    # One file's Job cannot be created: the other file, which arrived with it and so comes
+    # back with it, must not be set aside untried.
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    controller = make_controller(max_receives=2)
+    refusing(controller, "a.csv")
     uploads.put("a.csv", b"x")
     uploads.put("b.csv", b"x")
     wait_for(lambda: sqs.counts() == (3, 0), timeout=10, what="the notifications and S3's test event")
@@ -262,6 +267,28 @@ def test_a_message_on_its_last_delivery_is_tried_whatever_failed_before_it(kube,
     assert [job.metadata.annotations[jobs.KEY] for job in ingest_jobs(kube, namespace)] == ["b.csv"]
     [dead] = sqs.dead_letters()
     assert "a webhook refused it" in dead["reason"] and "a.csv" in dead["body"]
+
+
+def test_a_last_delivery_too_late_in_its_batch_to_try_is_sent_back_not_set_aside(kube, namespace, uploads, sqs,
+                                                                                 make_controller, monkeypatch):
+    # With a visibility timeout shorter than one create may take, no create begun after a
+    # failed one could end in time: b.csv is sent back, and tried once a.csv is gone.
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    controller = make_controller(max_receives=2, visibility_timeout=10)
+    refusing(controller, "a.csv")
+    uploads.put("a.csv", b"x")
+    uploads.put("b.csv", b"x")
+    wait_for(lambda: sqs.counts() == (3, 0), timeout=10, what="the notifications and S3's test event")
+    for _ in range(2):
+        controller.step()
+        wait_for(lambda: sqs.counts()[1] == 0, timeout=15, what="the messages to be visible again")
+    assert ingest_jobs(kube, namespace) == [] and sqs.counts() == (1, 0)  # a.csv set aside, b.csv back
+
+    controller.step()
+
+    assert [job.metadata.annotations[jobs.KEY] for job in ingest_jobs(kube, namespace)] == ["b.csv"]
+    [dead] = sqs.dead_letters()
+    assert "a.csv" in dead["body"] and sqs.counts() == (0, 0)
 
 
 def test_a_job_an_admission_policy_refuses_waits_and_is_created_later(kube, namespace, uploads, sqs,

@@ -10,7 +10,7 @@ variable "repositories" {
 }
 
 variable "build_tag_prefixes" {
-  description = "Tag prefixes of throwaway builds (branches, pull requests) that expire; every other tag is a release some environment may run or roll back to, and is kept."
+  description = "Tag prefixes of throwaway builds (branches, pull requests), of which each repository keeps the newest keep_build_images per prefix; an image that also has a release tag (release_tag_patterns) is kept."
   type        = list(string)
   default     = ["dev-", "pr-"]
 
