@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from rates_controller import controller as controller_module
+from rates_controller import jobs
 from rates_core.errors import TemporaryError
 from tests.controller.worlds import (ROUND, SCENARIOS, Intercepted, Scenario, World, changes, check_outcome,
                                      run_until_settled, s3_event)
@@ -111,9 +112,11 @@ def sweep(new_world, scenario: Scenario, trace: list[tuple[str, bool]]) -> list[
     def failure(fault: Fault) -> str | None:
         try:
             world = new_world(scenario)
-            run(world, scenario, fault)
+            calls = run(world, scenario, fault)
             assert fault.fired == [fault.operation], "the fault never fired"
             check_outcome(world, scenario, copies(scenario, fault))
+            if scenario is TWO_FILES:
+                check_both_files(world, fault, calls)
         except (Exception, pytest.fail.Exception) as exc:
             return f"{fault}: {type(exc).__name__}: {exc}"
         return None
@@ -132,6 +135,14 @@ def two_uploads(world: World) -> None:
 
 TWO_FILES = Scenario("two-files", two_uploads, ROUND, jobs=2)
 
+
+def check_both_files(world: World, fault: Fault, calls: list[tuple[str, bool]]) -> None:
+    """Each file loaded, once; and a failed first create held the other message back."""
+    done = {job.metadata.annotations[jobs.KEY]: job.metadata.labels[jobs.HANDLED] for job in world.jobs()}
+    assert done == {"2016/jan.csv": "succeeded", "2016/feb.csv": "succeeded"}, done
+    operations = [operation for operation, _changed in calls]
+    if fault.operation == "kube.create" and fault.at == operations.index("kube.create") + 1 and not fault.after:
+        assert operations[fault.at:fault.at + 2] == ["uploads.retry_later"] * 2, operations
 
 @pytest.mark.parametrize("scenario", [*SCENARIOS, TWO_FILES], ids=lambda s: s.name)
 def test_a_call_that_fails_once_changes_no_outcome(scenario, new_world, monkeypatch):
