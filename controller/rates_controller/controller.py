@@ -230,15 +230,18 @@ class Controller:
         """Act on one message of ``batch``; append it to ``done`` if it is to be deleted."""
         try:
             objects = events.uploaded_objects(message.body)
-            if batch.failed and objects:
-                last = message.receives >= self.settings.max_receives
-                if not last or time.monotonic() > batch.last_try_by:
-                    self._back_off(message, f"not tried, as a Job create failed earlier in this batch: {batch.failed}")
-                    return
+        except events.PoisonMessage as exc:
+            self._set_aside_message(message, done, "poison", str(exc))
+            return
+        if objects and batch.failed and self._held_back(message, batch):
+            # Outside the handlers below: if SQS fails this too, the message comes back as
+            # it is, and is not set aside for it.
+            self._back_off(message, f"not tried, as a Job create failed earlier in this batch: {batch.failed}")
+            return
+        try:
             created = sum(self._start(obj) for obj in objects)
         except PermanentError as exc:
-            self._set_aside_message(message, done, "poison" if isinstance(exc, events.PoisonMessage)
-                                    else "rejected", str(exc))
+            self._set_aside_message(message, done, "rejected", str(exc))
             return
         except TemporaryError as exc:
             batch.failed = batch.failed or exc
@@ -248,6 +251,10 @@ class Controller:
         outcome = "jobs_created" if created else "duplicate" if objects else "ignored"
         self.metrics.messages.labels(outcome).inc()
         self.log.info("message handled", message_id=message.id, objects=len(objects), jobs_created=created)
+
+    def _held_back(self, message: Message, batch: Batch) -> bool:
+        last = message.receives >= self.settings.max_receives
+        return not last or time.monotonic() > batch.last_try_by
 
     def _start(self, obj: UploadedObject) -> bool:
         """Create the object's Job, unless one has it in hand; sent back from the dead-letter

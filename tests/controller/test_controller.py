@@ -291,6 +291,32 @@ def test_a_last_delivery_too_late_in_its_batch_to_try_is_sent_back_not_set_aside
     assert "a.csv" in dead["body"] and sqs.counts() == (0, 0)
 
 
+def test_a_message_held_back_is_not_set_aside_when_sqs_fails_to_hide_it(kube, namespace, uploads, sqs,
+                                                                         make_controller, monkeypatch):
+    # Every delivery is the last (max_receives=1), and too late to try after a.csv's failed
+    # create: b.csv is only to be hidden for its backoff. SQS failing that must leave it to
+    # come back, not set it aside.
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    controller = make_controller(max_receives=1, visibility_timeout=10)
+    refusing(controller, "a.csv")
+
+    def sqs_down(message, seconds):
+        raise TemporaryError("SQS change visibility: ServiceUnavailable")
+
+    controller.uploads.retry_later = sqs_down
+    uploads.put("a.csv", b"x")
+    uploads.put("b.csv", b"x")
+    wait_for(lambda: sqs.counts() == (3, 0), timeout=10, what="the notifications and S3's test event")
+    controller.step()
+    wait_for(lambda: sqs.counts() == (1, 0), timeout=20, what="b.csv's message to come back")
+
+    controller.step()
+
+    assert [job.metadata.annotations[jobs.KEY] for job in ingest_jobs(kube, namespace)] == ["b.csv"]
+    [dead] = sqs.dead_letters()
+    assert "a.csv" in dead["body"] and sqs.counts() == (0, 0)
+
+
 def test_a_job_an_admission_policy_refuses_waits_and_is_created_later(kube, namespace, uploads, sqs,
                                                                      make_controller, monkeypatch):
     # As in a rollout: the new release's Job policy refuses what the old pod still makes.
