@@ -236,16 +236,27 @@ def test_once_a_create_fails_the_rest_of_the_batch_waits_its_backoff_untried(kub
         kube.core.delete_namespace(missing)
 
 
-def refusing(controller, key: str):
-    """Have ``controller``'s Job creates for ``key`` fail, as a webhook refusing it would."""
+def b_behind_a_refused(controller, uploads, sqs) -> None:
+    """a.csv and b.csv uploaded in that order, and ``controller``'s Job creates for a.csv
+    failing, as a webhook refusing it would."""
     real_create = controller.kube.create
 
     def create(manifest):
-        if manifest["metadata"]["annotations"][jobs.KEY] == key:
+        if manifest["metadata"]["annotations"][jobs.KEY] == "a.csv":
             raise TemporaryError("a webhook refused it")
         return real_create(manifest)
 
     controller.kube.create = create
+    uploads.put("a.csv", b"x")
+    uploads.put("b.csv", b"x")
+    wait_for(lambda: sqs.counts() == (3, 0), timeout=10, what="the notifications and S3's test event")
+
+
+def only_b_loaded_and_a_set_aside(kube, namespace, sqs) -> None:
+    assert [job.metadata.annotations[jobs.KEY] for job in ingest_jobs(kube, namespace)] == ["b.csv"]
+    [dead] = sqs.dead_letters()
+    assert "a webhook refused it" in dead["reason"] and "a.csv" in dead["body"]
+    assert sqs.counts() == (0, 0)
 
 
 def test_a_message_on_its_last_delivery_is_tried_whatever_failed_before_it(kube, namespace, uploads, sqs,
@@ -254,19 +265,14 @@ def test_a_message_on_its_last_delivery_is_tried_whatever_failed_before_it(kube,
     # back with it, must not be set aside untried.
     monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
     controller = make_controller(max_receives=2)
-    refusing(controller, "a.csv")
-    uploads.put("a.csv", b"x")
-    uploads.put("b.csv", b"x")
-    wait_for(lambda: sqs.counts() == (3, 0), timeout=10, what="the notifications and S3's test event")
+    b_behind_a_refused(controller, uploads, sqs)
     controller.step()
     assert ingest_jobs(kube, namespace) == []  # b.csv came after a.csv in the batch: not tried
     wait_for(lambda: sqs.counts() == (2, 0), timeout=10, what="the messages to be visible again")
 
     controller.step()
 
-    assert [job.metadata.annotations[jobs.KEY] for job in ingest_jobs(kube, namespace)] == ["b.csv"]
-    [dead] = sqs.dead_letters()
-    assert "a webhook refused it" in dead["reason"] and "a.csv" in dead["body"]
+    only_b_loaded_and_a_set_aside(kube, namespace, sqs)
 
 
 def test_a_last_delivery_too_late_in_its_batch_to_try_is_sent_back_not_set_aside(kube, namespace, uploads, sqs,
@@ -275,10 +281,7 @@ def test_a_last_delivery_too_late_in_its_batch_to_try_is_sent_back_not_set_aside
     # failed one could end in time: b.csv is sent back, and tried once a.csv is gone.
     monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
     controller = make_controller(max_receives=2, visibility_timeout=10)
-    refusing(controller, "a.csv")
-    uploads.put("a.csv", b"x")
-    uploads.put("b.csv", b"x")
-    wait_for(lambda: sqs.counts() == (3, 0), timeout=10, what="the notifications and S3's test event")
+    b_behind_a_refused(controller, uploads, sqs)
     for _ in range(2):
         controller.step()
         wait_for(lambda: sqs.counts()[1] == 0, timeout=15, what="the messages to be visible again")
@@ -286,9 +289,7 @@ def test_a_last_delivery_too_late_in_its_batch_to_try_is_sent_back_not_set_aside
 
     controller.step()
 
-    assert [job.metadata.annotations[jobs.KEY] for job in ingest_jobs(kube, namespace)] == ["b.csv"]
-    [dead] = sqs.dead_letters()
-    assert "a.csv" in dead["body"] and sqs.counts() == (0, 0)
+    only_b_loaded_and_a_set_aside(kube, namespace, sqs)
 
 
 def test_a_message_held_back_is_not_set_aside_when_sqs_fails_to_hide_it(kube, namespace, uploads, sqs,
@@ -298,23 +299,18 @@ def test_a_message_held_back_is_not_set_aside_when_sqs_fails_to_hide_it(kube, na
     # come back, not set it aside.
     monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
     controller = make_controller(max_receives=1, visibility_timeout=10)
-    refusing(controller, "a.csv")
 
     def sqs_down(message, seconds):
         raise TemporaryError("SQS change visibility: ServiceUnavailable")
 
     controller.uploads.retry_later = sqs_down
-    uploads.put("a.csv", b"x")
-    uploads.put("b.csv", b"x")
-    wait_for(lambda: sqs.counts() == (3, 0), timeout=10, what="the notifications and S3's test event")
+    b_behind_a_refused(controller, uploads, sqs)
     controller.step()
     wait_for(lambda: sqs.counts() == (1, 0), timeout=20, what="b.csv's message to come back")
 
     controller.step()
 
-    assert [job.metadata.annotations[jobs.KEY] for job in ingest_jobs(kube, namespace)] == ["b.csv"]
-    [dead] = sqs.dead_letters()
-    assert "a.csv" in dead["body"] and sqs.counts() == (0, 0)
+    only_b_loaded_and_a_set_aside(kube, namespace, sqs)
 
 
 def test_a_job_an_admission_policy_refuses_waits_and_is_created_later(kube, namespace, uploads, sqs,
