@@ -69,8 +69,10 @@ def database_epoch(cur) -> tuple:
     return cur.fetchone()
 
 
-def resolve(cur, origin: str, destination: str, begin: str = "") -> tuple[Place, Place]:
-    """Both ends as Places; ``begin``, if given, is sent first in the same round trip."""
+def resolve(cur, origin: str, destination: str, begin_snapshot: bool = False) -> tuple[Place, Place]:
+    """Both ends as Places; ``begin_snapshot`` first begins a read-only transaction whose
+    statements share one snapshot, in the same round trip."""
+    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" if begin_snapshot else ""
     cur.execute(begin + _RESOLVE, {"origin": origin, "destination": destination})
     places = {}
     for name, is_port, regions, ports in cur.fetchall():

@@ -22,7 +22,7 @@ def get_rates():
         if body is not None:
             rt.metrics.cache_hits.inc()
         else:
-            body = _compute_in_one_snapshot(cur, query)
+            body = _compute(cur, query)
             rt.cache.put(key, version, body)
     return Response(body, mimetype="application/json")
 
@@ -35,7 +35,7 @@ def _args():
         raise ApiError(400, "invalid_parameter", "the query string is not valid UTF-8") from None
 
 
-def _compute_in_one_snapshot(cur, query: params.RatesQuery) -> bytes:
+def _compute(cur, query: params.RatesQuery) -> bytes:
     """The answer, read in one snapshot.
 
     The pool's connections are in autocommit, where each statement has a snapshot of its
@@ -46,19 +46,14 @@ def _compute_in_one_snapshot(cur, query: params.RatesQuery) -> bytes:
     is cached under, read before; it is then never served again, as every later request
     reads the newer version.
     """
-    body = _compute(cur, query, begin="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;")
-    # On an error the pool ends the transaction as it takes the connection back (or closes
-    # a broken one): a ROLLBACK here would replace the error that says what happened.
-    cur.execute("ROLLBACK")
-    return body
-
-
-def _compute(cur, query: params.RatesQuery, begin: str) -> bytes:
-    origin, destination = queries.resolve(cur, query.origin, query.destination, begin=begin)
+    origin, destination = queries.resolve(cur, query.origin, query.destination, begin_snapshot=True)
     unknown = [f"{label} '{place.name}' is not a known port code or region slug"
                for label, place in (("origin", origin), ("destination", destination)) if not place.known]
     if unknown:
         raise ApiError(404, "unknown_location", "; ".join(unknown))
     rows = queries.daily_averages(cur, origin, destination, query.date_from, query.date_to)
+    # Here only: on an error the pool ends the transaction as it takes the connection back
+    # (or closes a broken one), as a ROLLBACK would replace the error that says what happened.
+    cur.execute("ROLLBACK")
     payload = [{"day": day.isoformat(), "average_price": avg} for day, avg in rows]
     return json.dumps(payload, separators=(",", ":")).encode()
