@@ -1,4 +1,5 @@
 pytest_plugins = ["tests.support.db", "tests.support.kube", "tests.support.aws", "tests.support.api",
+                  "tests.support.images",
                   "tests.support.uploads", "tests.support.infra"]
 
 import signal
