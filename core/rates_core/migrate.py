@@ -1,5 +1,7 @@
 """Schema migrations (yoyo, plain SQL files in ``migrations/``)."""
 
+import getpass
+import os
 import time
 import urllib.parse
 from pathlib import Path
@@ -101,9 +103,21 @@ def lock_wait_from_env(environ=None) -> int:
     return env_int("MIGRATION_LOCK_WAIT_SECONDS", LOCK_WAIT_S, minimum=0, maximum=86400, environ=environ)
 
 
+def _name_the_os_user() -> None:
+    """yoyo records who applied each migration with ``getpass.getuser()``, which raises
+    when no LOGNAME or USER is set and the uid has no passwd entry: in a container that
+    runs as a numeric user (the image's USER, a pod's runAsUser), every migration failed
+    after it ran and was rolled back."""
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        os.environ["LOGNAME"] = f"uid-{os.getuid()}"
+
+
 def _apply_pending(dsn: str, applied: dict[str, None]) -> None:
     """One attempt; ``applied`` gets the ids it sets out to apply, in order. A failed
     attempt has applied those before the failing one, and the next attempt goes on."""
+    _name_the_os_user()
     migrations = read_migrations(str(MIGRATIONS_DIR))
     with db.classified():
         backend = get_backend(_yoyo_uri(dsn))
