@@ -12,7 +12,7 @@ from yoyo import read_migrations
 from rates_core import migrate
 
 from tests.support.db import API_USER, as_user, autocommit
-from tests.support.images import postgres_for_container
+from tests.support.images import postgres_socket
 from tests.support.net import free_port, wait_for_http
 from tests.support.proc import stop_process
 from tests.support.world import insert_prices, insert_world
@@ -28,22 +28,23 @@ def api_image(images):
 
 
 def test_the_image_migrates_an_empty_database(api_image, empty_dsn):
-    url, files = postgres_for_container(empty_dsn)
-    done = api_image.run(command=MIGRATE, env={"DATABASE_URL": url}, files=files)
+    files = postgres_socket(empty_dsn)
+    done = api_image.run(command=MIGRATE, env={"DATABASE_URL": empty_dsn}, files=files)
     assert done.returncode == 0, done.stdout + done.stderr
     with autocommit(empty_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT migration_id, username FROM _yoyo_log WHERE operation = 'apply' ORDER BY created_at_utc")
         log = cur.fetchall()
     assert [m for m, _ in log] == [m.id for m in read_migrations(str(migrate.MIGRATIONS_DIR))]
     assert {user for _, user in log} == {"uid-10001"}  # the image's numeric user has no passwd entry
-    again = api_image.run(command=MIGRATE, env={"DATABASE_URL": url}, files=files)
+    again = api_image.run(command=MIGRATE, env={"DATABASE_URL": empty_dsn}, files=files)
     assert again.returncode == 0, again.stderr
 
 
 def test_the_image_serves_rates_and_metrics_and_stops_cleanly_on_sigterm(api_image, dsn, conn, tmp_path):
     insert_world(conn)
     insert_prices(conn, [("CNSHA", "NLRTM", DAY, 1000), ("CNNGB", "DEHAM", DAY, 1300), ("CNSHA", "SEGOT", DAY, 1600)])
-    url, files = postgres_for_container(as_user(dsn, API_USER))
+    url = as_user(dsn, API_USER)
+    files = postgres_socket(url)
     port = free_port()
     with open(tmp_path / "api.log", "wb") as log:
         server = api_image.start(env={"DATABASE_URL": url, "HOST": "127.0.0.1", "PORT": str(port),

@@ -26,6 +26,7 @@ from kubernetes import client
 from rates_api import create_app, openapi
 from rates_api.settings import Settings
 from rates_core import migrate
+from tests.support.images import postgres_socket
 from tests.support.kube import gone, kubeconform
 from tests.support.local_node import LocalNode
 from tests.support.netpol import address, connection_allowed, egress_allowed, ingress_allowed, pod_of, selects
@@ -772,9 +773,10 @@ def create_database_secret(kube, namespace, dsn):
         "data": {"url": base64.b64encode(dsn.encode()).decode()}})
 
 
-def test_install_upgrade_uninstall(helm, kube, namespace, empty_dsn, tmp_path):
-    """A real release: the migration hook migrates an empty database (on a local node that
-    runs the hook's command from this virtualenv), then an upgrade switches on the HPA."""
+def test_install_upgrade_uninstall(helm, kube, namespace, empty_dsn, tmp_path, pod_images):
+    """A real release: the migration hook migrates an empty database (its pod run as the
+    API image, as the hook's securityContext says, where a local node can), then an upgrade
+    switches on the HPA."""
     create_database_secret(kube, namespace, empty_dsn)
     networking = client.NetworkingV1Api(kube.api_client)
     autoscaling = client.AutoscalingV2Api(kube.api_client)
@@ -784,12 +786,19 @@ def test_install_upgrade_uninstall(helm, kube, namespace, empty_dsn, tmp_path):
                "--timeout", "90s"]
     assert migrate.pending(empty_dsn)
 
-    # Only while helm waits for the hook: the API's pods have no command a local node could
-    # run (any it meets meanwhile fail at once, harmlessly).
+    # Only while helm waits for the hook, and only the hook's pod: the API's own pods would
+    # all listen on the same port here (any the node meets meanwhile fail at once, harmlessly).
+    def hook_image(pod):
+        is_hook = pod.metadata.labels.get("app.kubernetes.io/component") == "migrations"
+        return pod_images(pod) if pod_images and is_hook else None
+
     with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace],
-                   logdir=tmp_path / "node-logs"):
+                   logdir=tmp_path / "node-logs", images=hook_image, files=postgres_socket(empty_dsn)) as node:
         installed = helm(*upgrade)
+        [hook_log] = [path.read_text() for path in node.logdir.glob("*migrat*.log")]
     assert migrate.pending(empty_dsn) == []
+    if pod_images:  # the image's numeric user has no passwd entry: migrations still apply
+        assert '"migrations applied"' in hook_log, hook_log
     assert "rollout status deployment/rates-api" in installed.stdout
     assert "WARNING: namespace" in installed.stdout  # no readiness gate label yet
 

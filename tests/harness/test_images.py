@@ -61,6 +61,14 @@ def test_only_tmp_and_dev_shm_are_writable(probe, run_probe):
     assert as_root["tmp"] is True
 
 
+def test_a_writable_root_leaves_the_image_as_it_was(images):
+    image = images("ingest-job")
+    write = "open('/opt/venv/written', 'w').write('x'); print(open('/opt/venv/written').read())"
+    done = image.run(command=["python", "-c", write], user="0:0", read_only=False)
+    assert done.stdout.strip() == "x", done.stderr
+    assert not (image.rootfs / "opt" / "venv" / "written").exists()
+
+
 def test_a_user_from_the_pod_replaces_the_images(images):
     done = images("ingest-job").run(command=["python", "-c", "import os; print(os.getuid(), os.getgid())"],
                                     user="20002:30003")

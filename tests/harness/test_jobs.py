@@ -1,5 +1,6 @@
 """Jobs run through the real job controller; their Pods run on the local node."""
 
+import json
 import sys
 
 import pytest
@@ -107,3 +108,37 @@ def test_local_node_runs_pods_from_the_venv_with_their_env(kube, namespace, loca
     assert local_node.logs(namespace, pod.metadata.name).split() == [
         sys.prefix, "hello", "s3cret", namespace
     ]
+
+
+WHO_AM_I = ("import json, os, sys\n"
+            "try:\n    open('/opt/venv/x', 'w').close(); wrote = True\nexcept OSError as e:\n    wrote = e.strerror\n"
+            "print(json.dumps({'uid': os.getuid(), 'prefix': sys.prefix, 'wrote': wrote, 'argv': sys.argv[1:]}))")
+
+
+@pytest.mark.parametrize("security, expected", [
+    ({"runAsUser": 12345, "runAsGroup": 12345, "readOnlyRootFilesystem": True},
+     {"uid": 12345, "prefix": "/opt/venv", "wrote": "Read-only file system"}),
+    ({"runAsUser": 0}, {"uid": 0, "prefix": "/opt/venv", "wrote": True}),  # the image's copy, not the cache's
+])
+def test_a_pod_of_one_of_our_images_runs_as_that_image_with_its_security_context(
+        kube, namespace, local_node, security, expected):
+    manifest = job("ours", 0)
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    container.update(image="registry.invalid/team/rates-ingest:1.2.3@sha256:" + "0" * 64, securityContext=security,
+                     command=["python", "-c", WHO_AM_I], args=["$(GREETING)"], env=[{"name": "GREETING", "value": "hi"}])
+    kube.batch.create_namespaced_job(namespace, manifest)
+    _status, cond = finished(kube, namespace, "ours")
+    [pod] = pods_of(kube, namespace, "ours")
+    log = local_node.logs(namespace, pod.metadata.name)
+    assert cond.type == "Complete", log
+    assert json.loads(log.strip().splitlines()[-1]) == {**expected, "argv": ["hi"]}
+
+
+def test_a_pod_of_another_image_runs_from_the_virtualenv(kube, namespace, local_node):
+    manifest = job("theirs", 0)
+    manifest["spec"]["template"]["spec"]["containers"][0]["command"] = [
+        "python", "-c", "import sys; print(sys.prefix)"]
+    kube.batch.create_namespaced_job(namespace, manifest)
+    _status, cond = finished(kube, namespace, "theirs")
+    [pod] = pods_of(kube, namespace, "theirs")
+    assert local_node.logs(namespace, pod.metadata.name).strip() == sys.prefix

@@ -14,8 +14,10 @@ done as each Dockerfile says:
 * **run**: in a mount namespace of its own (``unshare``), chrooted into a root that is
   mounted read-only, as the image's ``USER`` (or the pod's ``runAsUser``) with no new
   privileges. ``/tmp`` and ``/dev/shm`` are fresh tmpfs, as the charts' ``emptyDir`` volumes
-  are, and ``/run`` holds only the files a test hands in, read-only (a PostgreSQL socket,
-  a service-account token). The network is the host's, so loopback servers are reachable.
+  are, and ``/run`` holds only the files a test hands in (a service-account token).
+  Handed-in files are mounted read-only at their own paths under ``/run`` or ``/tmp``
+  (the test PostgreSQL's socket is in a directory under ``/tmp``, so its URLs work
+  unchanged). The network is the host's, so loopback servers are reachable.
 
 Building and running need root (mount namespaces, chroot), which CI has; elsewhere the
 tests that use an image are skipped with that reason.
@@ -35,7 +37,7 @@ import tempfile
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -189,12 +191,21 @@ def _mount_point_tree(root: Path) -> None:
         (root / "var" / "run").symlink_to("/run")
 
 
-def _sandbox_script(root: Path, *, read_only: bool, files: dict[str, Path], argv: list[str]) -> str:
+READ_ONLY, WRITABLE, BUILD = "read-only", "writable", "build"
+
+
+def _sandbox_script(root: Path, *, mode: str, files: dict[str, Path], argv: list[str]) -> str:
     """Shell that mounts the container's root in a private mount namespace, then execs ``argv``
-    chrooted into it."""
+    chrooted into it. ``mode``: READ_ONLY; WRITABLE, whose writes go to memory (an overlay;
+    the image stays as built); or BUILD, whose writes are the build's own."""
     q = shlex.quote
     r = str(root)
     lines = ["set -eu", f"mount --bind {q(r)} {q(r)}"]
+    if mode == WRITABLE:
+        scratch = q(str(root.parent / "scratch"))
+        lines = ["set -eu", f"mount -t tmpfs -o mode=700 scratch {scratch}",
+                 f"mkdir {scratch}/upper {scratch}/work",
+                 f"mount -t overlay overlay -o lowerdir={q(r)},upperdir={scratch}/upper,workdir={scratch}/work {q(r)}"]
 
     def bind_ro(host: str, inside: str) -> None:
         lines.append(f"mount --bind {q(host)} {q(r + inside)}")
@@ -214,11 +225,14 @@ def _sandbox_script(root: Path, *, read_only: bool, files: dict[str, Path], argv
               f"mount -t tmpfs -o mode=1777,nosuid,nodev tmp {q(r + '/tmp')}",
               f"mount -t tmpfs -o mode=755,nosuid,nodev run {q(r + '/run')}"]
     for inside, host in files.items():
-        target = r + "/run/" + inside.removeprefix("/var").removeprefix("/run/")
+        inside = inside.removeprefix("/var") if inside.startswith("/var/run/") else inside
+        if not inside.startswith(("/run/", "/tmp/")):
+            raise ValueError(f"{inside}: files are handed in under /run or /tmp only")
+        target = r + inside
         lines += [f"mkdir -p {q(os.path.dirname(target))}", f"touch {q(target)}",
                   f"mount --bind {q(str(host))} {q(target)}", f"mount -o remount,bind,ro {q(target)}"]
     lines.append(f"mount -o remount,ro {q(r + '/run')}")
-    if read_only:
+    if mode == READ_ONLY:
         lines.append(f"mount -o remount,bind,ro {q(r)}")
     lines.append("cd /")
     lines.append("exec chroot " + q(r) + " " + " ".join(q(a) for a in argv))
@@ -233,7 +247,7 @@ def run_in_root(root: Path, argv: list[str], *, read_only: bool = True, files: d
                 **popen) -> subprocess.Popen:
     """Start ``argv`` (paths inside the root) chrooted into ``root``; the process is ``argv``
     itself once the mounts are made, so signals reach it."""
-    script = _sandbox_script(root, read_only=read_only, files=files or {}, argv=argv)
+    script = _sandbox_script(root, mode=READ_ONLY if read_only else WRITABLE, files=files or {}, argv=argv)
     return subprocess.Popen(_unshared(script), **popen)
 
 
@@ -255,7 +269,7 @@ def _run_build_step(root: Path, stage: Stage, command: str) -> None:
                 if k in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "PIP_TRUSTED_HOST",
                          "PIP_DEFAULT_TIMEOUT", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")})
     argv = _as_user("0:0", env, stage.workdir, ["/bin/sh", "-c", command])
-    script = _sandbox_script(root, read_only=False, files={}, argv=argv)
+    script = _sandbox_script(root, mode=BUILD, files={}, argv=argv)
     done = subprocess.run(_unshared(script), capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"RUN {command} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -295,7 +309,7 @@ class Image:
               files: dict[str, Path] | None = None, **popen) -> subprocess.Popen:
         """Start a container as Kubernetes would: ``command`` replaces the ENTRYPOINT,
         ``args`` the CMD; ``env`` adds to the image's; ``user`` ("uid:gid") overrides USER;
-        ``files`` are mounted read-only at their paths under /run (or /var/run)."""
+        ``files`` (container path -> host file) are mounted read-only, under /run or /tmp."""
         argv = (command if command is not None else self.entrypoint) + (
             args if args is not None else (self.cmd if command is None else []))
         full_env = {**self.env, "HOME": "/", "HOSTNAME": "container", **(env or {})}
@@ -315,6 +329,7 @@ class Image:
 def _load(folder: str, path: Path) -> Image:
     config = json.loads((path / "config.json").read_text())
     os.utime(path)  # most recently used, for pruning
+    (path / "scratch").mkdir(exist_ok=True)  # a writable container's overlay goes here
     return Image(folder=folder, rootfs=path / "rootfs", **config)
 
 
@@ -367,15 +382,47 @@ def _prune(cache: Path, folder: str, keep: Path) -> None:
 
 # --- what a container needs from the tests' servers -------------------------------------------
 
-def postgres_for_container(dsn: str) -> tuple[str, dict[str, Path]]:
-    """(URL inside the container, files to hand in) for a test server's Unix-socket ``dsn``:
-    its socket is mounted at /run/postgresql, as a sidecar's would be."""
+# The charts' image repositories (without registry or tag), and the folder each is built from.
+IMAGE_FOLDERS = {"rates-api": "api", "rates-ingest": "ingest-job", "rates-controller": "controller"}
+
+
+def folder_of(reference: str) -> str | None:
+    """The folder whose image ``reference`` (registry/name:tag@digest) names, or None."""
+    name = reference.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+    return IMAGE_FOLDERS.get(name)
+
+
+def postgres_socket(dsn: str) -> dict[str, Path]:
+    """The files to hand a container so that it reaches the test server of ``dsn`` with the
+    same URL: its Unix socket, at its own path."""
     parts = urlsplit(dsn)
-    query = dict(parse_qsl(parts.query))
-    port = parts.port or 5432
-    socket = Path(query["host"]) / f".s.PGSQL.{port}"
-    query["host"] = "/run/postgresql"
-    return urlunsplit(parts._replace(query=urlencode(query))), {f"/run/postgresql/.s.PGSQL.{port}": socket}
+    socket = Path(dict(parse_qsl(parts.query))["host"]) / f".s.PGSQL.{parts.port or 5432}"
+    return {str(socket): socket}
+
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def service_account_for_container(directory: Path, server: str, ca_file: Path, token: str,
+                                  namespace: str) -> tuple[dict[str, str], dict[str, Path]]:
+    """(env, files) that a kubelet gives a pod with a service-account token: the API
+    server's address and the token, CA and namespace where in-cluster clients read them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "token").write_text(token)
+    (directory / "namespace").write_text(namespace)
+    shutil.copyfile(ca_file, directory / "ca.crt")
+    address = urlsplit(server)
+    env = {"KUBERNETES_SERVICE_HOST": address.hostname, "KUBERNETES_SERVICE_PORT": str(address.port or 443)}
+    return env, {f"{SERVICE_ACCOUNT_DIR}/{name}": directory / name for name in ("token", "ca.crt", "namespace")}
+
+
+def pod_user(pod_spec: dict, container: dict) -> str | None:
+    """``uid:gid`` that the pod's and container's securityContext ask for (the container's
+    wins), or None for the image's USER."""
+    merged = {**(pod_spec.get("securityContext") or {}), **(container.get("securityContext") or {})}
+    if "runAsUser" not in merged:
+        return None
+    return f"{merged['runAsUser']}:{merged.get('runAsGroup', merged['runAsUser'])}"
 
 
 def can_run_images() -> str | None:

@@ -7,7 +7,8 @@
   batch, apps and rbac APIs, authenticated as cluster admin
 * ``namespace``           (function) a fresh namespace, deleted after the test
 * ``local_node``          (function) a :class:`~tests.support.local_node.LocalNode` that runs
-  the Pods of ``namespace`` as local processes
+  the Pods of ``namespace`` as local processes, this project's images as those images
+* ``pod_images``          (session) pod -> the project's built Image it names, or None
 * ``helm``                (session) ``helm(*args, check=True)``: the pinned helm with a HOME
   of its own (no developer configuration leaks in), against the control plane
 * ``kubectl``             (session) ``kubectl(*args, input=None)``: the pinned kubectl, likewise
@@ -241,12 +242,26 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
             raise
 
 
+@pytest.fixture(scope="session")
+def pod_images():
+    """pod -> the project's Image its container names (all built now, before any pod waits
+    for one), or None; None in all when images cannot run here (see images.can_run_images)."""
+    from tests.support import images
+
+    if images.can_run_images():
+        return None
+    built = {folder: images.build(folder) for folder in images.IMAGE_FOLDERS.values()}
+    return lambda pod: built.get(images.folder_of(pod.spec.containers[0].image))
+
+
 @pytest.fixture
-def local_node(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[LocalNode]:
+def local_node(kube: Kube, namespace: str, tmp_path: Path, pod_images, pg_server) -> Iterator[LocalNode]:
+    from tests.support.images import postgres_socket
     from tests.support.local_node import LocalNode
 
     with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace],
-                   logdir=tmp_path / "local-node-logs") as node:
+                   logdir=tmp_path / "local-node-logs", images=pod_images,
+                   files=postgres_socket(pg_server.get_uri("postgres"))) as node:
         yield node
 
 

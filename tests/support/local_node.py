@@ -3,13 +3,21 @@
 :class:`LocalNode` registers a Ready Node, binds pending Pods to it (optionally only in
 given namespaces) and runs each Pod **locally as a subprocess**:
 
-* only the first container is run, as ``command + args`` (``command`` is required, there is
-  no image entrypoint to fall back to; a Pod without one fails with exit code 127);
-* **the image is ignored** - the process runs from this project's virtualenv: the
-  interpreter's ``<sys.prefix>/bin`` comes first on ``PATH``, so ``python`` and the
-  project's console scripts are the ones installed here;
-* the environment is ``PATH``, ``HOME``, ``LANG``, ``TMPDIR``, ``HOSTNAME`` (the Pod name)
-  plus the container's ``env`` (with ``$(VAR)`` expansion in values and args):
+* only the first container is run;
+* **one of this project's images** (``rates-api``, ``rates-ingest``, ``rates-controller``
+  under any registry and tag, as the node's ``images`` says for the pod) runs as that image,
+  built from its Dockerfile (tests/support/images.py): ``command`` replaces its
+  ENTRYPOINT and ``args`` its CMD, the user is the securityContext's ``runAsUser`` (else
+  the image's USER), the root filesystem is read-only when ``readOnlyRootFilesystem``
+  says so, and ``/tmp`` and ``/dev/shm`` are empty; the node's ``files`` (the test
+  PostgreSQL's socket) are handed in. The environment is the image's ``ENV`` plus
+  ``HOSTNAME`` and the container's ``env``;
+* **any other image is ignored**: ``command + args`` (``command`` is required; a Pod
+  without one fails with exit code 127) runs from this project's virtualenv, whose
+  ``<sys.prefix>/bin`` comes first on ``PATH``, so ``python`` and the project's console
+  scripts are the ones installed here. The environment is ``PATH``, ``HOME``, ``LANG``,
+  ``TMPDIR``, ``HOSTNAME`` (the Pod name) plus the container's ``env``;
+* in both, ``env`` takes ``$(VAR)`` expansion in values and args, and:
   plain ``value`` entries and ``valueFrom`` with ``secretKeyRef``, ``configMapKeyRef`` and
   ``fieldRef`` to ``metadata.name``/``metadata.namespace``. ``envFrom``, volumes, probes,
   resources, init/sidecar containers, ``securityContext`` are not supported;
@@ -37,11 +45,13 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.support.control_plane import die_with_parent
+from tests.support.images import Image, pod_user
 from tests.support.proc import stop_process
 
 POLL_INTERVAL = 0.2
@@ -75,7 +85,11 @@ class LocalNode:
         namespaces: list[str] | tuple[str, ...] | None = None,
         workdir: Path | str | None = None,
         logdir: Path | str | None = None,
+        images: Callable[[client.V1Pod], Image | None] | None = None,
+        files: dict[str, Path] | None = None,
     ) -> None:
+        """``images(pod)`` -> the Image to run its container as, or None to run its command
+        from the virtualenv; ``files`` are handed to every container run as an image."""
         self.core = client.CoreV1Api(api_client)
         self.name = name
         self.namespaces = set(namespaces) if namespaces else None
@@ -87,6 +101,8 @@ class LocalNode:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
+        self.images = images
+        self.files = dict(files or {})
 
     # lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "LocalNode":
@@ -209,15 +225,17 @@ class LocalNode:
             )
 
     # running a pod ---------------------------------------------------------------------------
-    def _env(self, pod: client.V1Pod, container: client.V1Container) -> dict[str, str]:
-        venv_bin = str(Path(sys.prefix) / "bin")
-        env = {
-            "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", os.defpath)]),
-            "HOME": os.environ.get("HOME", "/tmp"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "TMPDIR": os.environ.get("TMPDIR", tempfile.gettempdir()),
-            "HOSTNAME": pod.metadata.name,
-        }
+    def _env(self, pod: client.V1Pod, container: client.V1Container, image: Image | None) -> dict[str, str]:
+        if image is not None:
+            env = {**image.env, "HOSTNAME": pod.metadata.name}
+        else:
+            env = {
+                "PATH": os.pathsep.join([str(Path(sys.prefix) / "bin"), os.environ.get("PATH", os.defpath)]),
+                "HOME": os.environ.get("HOME", "/tmp"),
+                "LANG": os.environ.get("LANG", "C.UTF-8"),
+                "TMPDIR": os.environ.get("TMPDIR", tempfile.gettempdir()),
+                "HOSTNAME": pod.metadata.name,
+            }
         ns = pod.metadata.namespace
         for var in container.env or []:
             if var.value_from is None:
@@ -250,18 +268,21 @@ class LocalNode:
         started = _now()
         argv = list(container.command or []) + list(container.args or [])
         try:
-            if not container.command:
+            image = self.images(pod) if self.images else None
+            if not container.command and image is None:
                 raise ValueError("local node needs an explicit container command")
-            env = self._env(pod, container)
+            env = self._env(pod, container, image)
             argv = [_expand(a, env) for a in argv]
-            cwd = container.working_dir if container.working_dir and Path(
-                container.working_dir).is_dir() else self.workdir
             with log.open("ab") as out:
-                proc = subprocess.Popen(
-                    argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=die_with_parent,  # killed if this node's thread ends
-                )
+                # killed if this node's thread ends
+                streams = dict(stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True, preexec_fn=die_with_parent)
+                if image is not None:
+                    proc = self._start_image(pod, container, image, env, streams)
+                else:
+                    cwd = container.working_dir if container.working_dir and Path(
+                        container.working_dir).is_dir() else self.workdir
+                    proc = subprocess.Popen(argv, env=env, cwd=cwd, **streams)
         except (OSError, ValueError, ApiException, KeyError) as exc:
             log.write_text(f"local node could not start {argv!r}: {exc}\n")
             self._write_status(pod.metadata, container.name, started, exit_code=127,
@@ -271,6 +292,16 @@ class LocalNode:
             proc, ns, name, container.name, started, log,
             fallback_to_logs=container.termination_message_policy == "FallbackToLogsOnError")
         self._write_status(pod.metadata, container.name, started)
+
+    def _start_image(self, pod: client.V1Pod, container: client.V1Container, image: Image,
+                     env: dict[str, str], streams: dict) -> subprocess.Popen:
+        serialize = self.core.api_client.sanitize_for_serialization
+        spec, wanted = serialize(pod.spec), serialize(container)
+        expand = (lambda words: [_expand(w, env) for w in words] if words else None)
+        return image.start(expand(container.args), command=expand(container.command), env=env,
+                           user=pod_user(spec, wanted), files=self.files,
+                           read_only=bool((wanted.get("securityContext") or {}).get("readOnlyRootFilesystem")),
+                           **streams)
 
     def _report_exit(self, run: _Running) -> None:
         code = run.proc.returncode
