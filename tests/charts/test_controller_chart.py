@@ -14,7 +14,6 @@ plugin, so nothing enforces them here.
 import base64
 import copy
 import json
-import os
 import re
 import signal
 import subprocess
@@ -35,6 +34,7 @@ from rates_controller.events import UploadedObject
 from rates_controller.settings import JobSettings, Settings
 # The controller tests' queue fixtures, shared rather than copied.
 from tests.support.uploads import ingest_jobs
+from tests.support.images import pod_user, service_account_for_container
 from tests.support.kube import gone, kubeconform
 from tests.support.net import free_port, wait_for_http
 from tests.support.netpol import Pod, address, connection_allowed, egress_allowed, ingress_allowed, pod_of, selects
@@ -842,22 +842,13 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
     assert status_of(lambda: client.CoreV1Api(as_job).list_namespaced_pod(namespace)) == 403
 
 
-def write_kubeconfig(path: Path, kube, token: str) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "test", "cluster": {"server": kube.server,
-                                                  "certificate-authority": str(kube.ca_file)}}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa"}}],
-    }))
-    return path
-
-
 def test_the_real_controller_runs_with_the_charts_environment_and_rights(
-        helm, kube, namespace, local_node, uploads, sqs, moto_endpoint, tmp_path):
-    """The installed Deployment's environment, the controller's ServiceAccount token and
-    nothing else: a file's Job is created, fails (the database is down), and the file is
-    set aside with the job's own words, which takes every right in the Role."""
+        helm, kube, namespace, local_node, uploads, sqs, moto_endpoint, tmp_path, images):
+    """The controller's image, run as the installed Deployment's pod (its environment, its
+    user, a read-only root, in-cluster access with its ServiceAccount's token) and nothing
+    else: a file's Job is created, fails (the database is down), and the file is set aside
+    with the job's own words, which takes every right in the Role."""
+    image = images("controller")
     port = free_port()
     fake_credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *values_args(
@@ -871,22 +862,18 @@ def test_the_real_controller_runs_with_the_charts_environment_and_rights(
         "url": base64.b64encode(b"postgresql://nobody@127.0.0.1:1/none?connect_timeout=2").decode()}})
 
     pod = kube.apps.read_namespaced_deployment(RELEASE, namespace).spec.template.spec
-    [container] = pod.containers
-    as_dict = kube.api_client.sanitize_for_serialization(container)
-    token = token_for(kube, namespace, pod.service_account_name)
-    env = {
-        **container_env(as_dict, namespace),
-        # What the cluster would provide: its API (KUBECONFIG here, the token in a pod)
-        # and IRSA's credentials; the region is the chart's.
-        "KUBECONFIG": str(write_kubeconfig(tmp_path / "controller.kubeconfig", kube, token)),
-        **fake_credentials, "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
-    }
+    [container] = kube.api_client.sanitize_for_serialization(pod.containers)
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # What the kubelet would hand the pod: its service account's token, and IRSA's credentials.
+    cluster_env, files = service_account_for_container(
+        tmp_path / "serviceaccount", kube.server, kube.ca_file, token_for(kube, namespace, pod.service_account_name),
+        namespace)
+    env = {**container_env(container, namespace), **cluster_env, **fake_credentials,
+           "AWS_ENDPOINT_URL": moto_endpoint, "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+    user = pod_user(kube.api_client.sanitize_for_serialization(pod), container)
     log = tmp_path / "controller.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "rates_controller"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        process = image.start(env=env, files=files, user=user, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
         uploads.put("2024/prices.csv", "orig_code,dest_code,day,price\nCNSHA,NLRTM,2024-01-01,1200\n")
@@ -918,10 +905,9 @@ def test_the_real_controller_runs_with_the_charts_environment_and_rights(
         assert job_pods <= selected_by(f"{RELEASE}-ingest")
         assert not job_pods & selected_by(RELEASE)
 
-        # The helm test hook's script, pointed at this controller instead of its Service.
+        # The helm test hook's script, in its image, pointed at this controller instead of its Service.
         hook = one(render(helm, *values_args()), "Pod")["spec"]["containers"][0]
-        probe = subprocess.run([sys.executable, *hook["command"][1:], f"http://127.0.0.1:{port}/healthz"],
-                               capture_output=True, text=True, timeout=30)
+        probe = image.run(command=[*hook["command"], f"http://127.0.0.1:{port}/healthz"], timeout=30)
         assert probe.returncode == 0, probe.stdout + probe.stderr
 
         process.send_signal(signal.SIGTERM)
