@@ -1,9 +1,11 @@
 """Each image installs one deployable and what its pyproject declares, nothing else
 (`pip install -c requirements.txt core <deployable>`). The test virtualenv holds every
 package and every dependency at once, so an import that a package does not declare passes
-every other test and fails only in its image. These tests find it without building one."""
+every other test and fails only in its image. These tests find it without building one;
+the last one builds each image (tests/support/images.py) and lists what it holds."""
 
 import ast
+import json
 import re
 import sys
 from importlib import metadata
@@ -73,3 +75,16 @@ def test_the_check_finds_an_undeclared_import(tmp_path):
     assert imported_modules(tmp_path) == {"yaml", "flask"}
     assert not providers("yaml") & installed_with("rates-ingest")
     assert providers("flask") & installed_with("rates-api")
+
+
+LIST_DISTRIBUTIONS = ("import json; from importlib import metadata; "
+                      "print(json.dumps(sorted({d.metadata['Name'] for d in metadata.distributions()})))")
+
+
+@pytest.mark.parametrize("folder", sorted(IMAGES))
+def test_each_built_image_holds_its_deployable_and_its_dependencies_and_nothing_else(images, folder):
+    """No pip or setuptools (a way to install more at run time) and nothing undeclared."""
+    done = images(folder).run(command=["python", "-c", LIST_DISTRIBUTIONS])
+    assert done.returncode == 0, done.stderr
+    in_image = {canonicalize_name(name) for name in json.loads(done.stdout)}
+    assert in_image == installed_with(IMAGES[folder])
