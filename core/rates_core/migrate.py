@@ -114,6 +114,19 @@ def _name_the_os_user() -> None:
         os.environ["LOGNAME"] = f"uid-{os.getuid()}"
 
 
+def _warn_if_schema_is_newer(backend, migrations) -> None:
+    """The database has migrations that this code has no file for: an older image runs
+    against a newer schema (a rollback, or an old migration Job). That is not an error,
+    since a migration must stay compatible with the release before it, but it is worth
+    saying instead of "already current"."""
+    known = {m.hash for m in migrations}
+    rows = backend.execute(f"SELECT migration_id, migration_hash FROM {backend.migration_table_quoted}").fetchall()
+    newer = sorted(migration_id for migration_id, digest in rows if digest not in known)
+    if newer:
+        log.warning("the database has migrations this code does not know: the schema is newer than this code",
+                    unknown_migrations=newer)
+
+
 def _apply_pending(dsn: str, applied: dict[str, None]) -> None:
     """One attempt; ``applied`` gets the ids it sets out to apply, in order. A failed
     attempt has applied those before the failing one, and the next attempt goes on."""
@@ -124,6 +137,7 @@ def _apply_pending(dsn: str, applied: dict[str, None]) -> None:
         try:
             with backend.lock():
                 todo = backend.to_apply(migrations)
+                _warn_if_schema_is_newer(backend, migrations)
                 applied.update(dict.fromkeys(m.id for m in todo))
                 backend.apply_migrations(todo)
         except LockTimeout as exc:

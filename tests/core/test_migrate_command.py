@@ -65,3 +65,20 @@ def test_a_migration_lock_left_behind_may_pass_on_retry_and_says_how_to_clear_it
         backend.connection.close()
     assert result.returncode == 1, result.stdout + result.stderr
     assert "yoyo break-lock" in result.stdout
+
+
+def test_a_schema_newer_than_the_code_is_said_and_is_not_an_error(empty_dsn):
+    # As after a rollback: the database was migrated by a release whose migrations this one lacks.
+    first = run({"DATABASE_URL": empty_dsn})
+    assert first.returncode == 0 and "unknown_migrations" not in first.stdout
+    backend = get_backend(migrate._yoyo_uri(empty_dsn))
+    try:
+        with backend.transaction():
+            backend.execute(f"INSERT INTO {backend.migration_table_quoted} (migration_hash, migration_id, applied_at_utc)"
+                            " VALUES (repeat('f', 64), '9999_from_a_later_release', now())")
+    finally:
+        backend.connection.close()
+    result = run({"DATABASE_URL": empty_dsn})
+    assert result.returncode == 0, result.stdout + result.stderr
+    [warning] = [json.loads(line) for line in result.stdout.splitlines() if '"warning"' in line]
+    assert warning["unknown_migrations"] == ["9999_from_a_later_release"]
