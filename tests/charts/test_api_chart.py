@@ -20,17 +20,21 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from kubernetes import client
 
 from rates_api import create_app, openapi
 from rates_api.settings import Settings
 from rates_core import migrate
+from tests.support.db import autocommit
 from tests.support.images import postgres_socket
 from tests.support.kube import gone, kubeconform
 from tests.support.local_node import LocalNode
+from tests.support.net import free_port, wait_for_http
 from tests.support.netpol import address, connection_allowed, egress_allowed, ingress_allowed, pod_of, selects
 from tests.support.poll import wait_for
+from tests.support.world import insert_prices, insert_world
 
 pytestmark = pytest.mark.kube
 
@@ -874,3 +878,28 @@ def test_a_failing_migration_fails_the_release_without_retries(helm, kube, names
     selector = ",".join(f"{k}={v}" for k, v in hook["spec"]["podSelector"]["matchLabels"].items())
     assert [p.metadata.name for p in kube.core.list_namespaced_pod(namespace, label_selector=selector).items] == [
         pods[0].metadata.name]
+
+
+def test_the_installed_release_serves_from_its_image(helm, kube, namespace, empty_dsn, local_node, pod_images):
+    """The whole release as a cluster runs it, where images can run here: the hook migrates
+    the empty database and the Deployment's pod serves, both as the API image with the
+    chart's environment and securityContext."""
+    if pod_images is None:
+        pytest.skip("images cannot run here (see tests/support/images.py)")
+    create_database_secret(kube, namespace, empty_dsn)
+    port = free_port()
+    helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "-f", str(CHART / "values-dev.yaml"),
+         *sets(f"containerPort={port}", "image.tag=v7"), "--wait", "--timeout", "120s")
+    [pod] = kube.core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/component=api").items
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/readyz", timeout=60)
+    with autocommit(empty_dsn) as conn:
+        insert_world(conn)
+        insert_prices(conn, [("CNSHA", "NLRTM", "2016-01-05", 1000), ("CNNGB", "DEHAM", "2016-01-05", 1400),
+                             ("HKHKG", "NOOSL", "2016-01-05", 1200)])
+    answer = requests.get(f"{base}/rates", params={"date_from": "2016-01-05", "date_to": "2016-01-05",
+                                                   "origin": "asia", "destination": "europe"}, timeout=10)
+    assert answer.json() == [{"day": "2016-01-05", "average_price": 1200}], answer.text
+    assert requests.get(base, timeout=10).json()["version"] == "v7"  # APP_VERSION from the chart
+    log = local_node.logs(namespace, pod.metadata.name)
+    assert '"service": "rates-api"' in log and '"level": "error"' not in log, log[-3000:]
