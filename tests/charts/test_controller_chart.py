@@ -34,7 +34,7 @@ from rates_controller.events import UploadedObject
 from rates_controller.settings import JobSettings, Settings
 # The controller tests' queue fixtures, shared rather than copied.
 from tests.support.uploads import ingest_jobs
-from tests.support.images import pod_user, service_account_for_container
+from tests.support.images import PodIdentity, service_account_for_container
 from tests.support.kube import gone, kubeconform
 from tests.support.net import free_port, wait_for_http
 from tests.support.netpol import Pod, address, connection_allowed, egress_allowed, ingress_allowed, pod_of, selects
@@ -440,7 +440,6 @@ def test_the_helm_test_hook_fails_unless_healthz_answers_200(helm, tmp_path):
     assert container["image"] == one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert container["args"] == ["http://rates-controller.rates.svc:9090/healthz"]
     assert hook["spec"]["securityContext"]["runAsNonRoot"] is True
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert hook["spec"]["automountServiceAccountToken"] is False
 
@@ -863,17 +862,18 @@ def test_the_real_controller_runs_with_the_charts_environment_and_rights(
 
     pod = kube.apps.read_namespaced_deployment(RELEASE, namespace).spec.template.spec
     [container] = kube.api_client.sanitize_for_serialization(pod.containers)
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
     # What the kubelet would hand the pod: its service account's token, and IRSA's credentials.
     cluster_env, files = service_account_for_container(
         tmp_path / "serviceaccount", kube.server, kube.ca_file, token_for(kube, namespace, pod.service_account_name),
         namespace)
     env = {**container_env(container, namespace), **cluster_env, **fake_credentials,
            "AWS_ENDPOINT_URL": moto_endpoint, "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
-    user = pod_user(kube.api_client.sanitize_for_serialization(pod), container)
+    identity = PodIdentity.of(kube.api_client.sanitize_for_serialization(pod), container)
+    assert identity.read_only and identity.run_as_non_root and identity.refusal(image) is None
     log = tmp_path / "controller.log"
     with open(log, "wb") as out:
-        process = image.start(env=env, files=files, user=user, stdout=out, stderr=subprocess.STDOUT)
+        process = image.start(env=env, files=files, user=identity.user, groups=identity.groups,
+                              capabilities=identity.capabilities, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
         uploads.put("2024/prices.csv", "orig_code,dest_code,day,price\nCNSHA,NLRTM,2024-01-01,1200\n")

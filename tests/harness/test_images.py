@@ -1,15 +1,18 @@
 """The image sandbox of tests/support/images.py keeps the promises the image tests rely on:
 the root is read-only, the process is the image's USER with no way to gain privileges, and
-only /tmp, /dev/shm and the handed-in files are there beyond the image and its base."""
+only /tmp, /dev/shm and the handed-in files are there beyond the image and its base; and
+tests/support/dockerfile.py reads Dockerfiles and .dockerignore as Docker does."""
 
 import json
+import os
 import textwrap
 
 import pytest
 
-from tests.support.images import DockerfileError, ignored, instructions, parse_dockerfile
+from tests.support.dockerfile import Context, DockerfileError, ignore_pattern, instructions, parse
+from tests.support.images import REPO_ROOT
 
-PROBE = textwrap.dedent("""
+PROBE = f"REPO = {str(REPO_ROOT)!r}\n" + textwrap.dedent("""
     import json, os, pathlib
     def writable(path):
         try:
@@ -23,7 +26,8 @@ PROBE = textwrap.dedent("""
         "no_new_privs": status["NoNewPrivs"].strip(), "cap_eff": status["CapEff"].strip(),
         "root": writable("/x"), "venv": writable("/opt/venv/x"), "etc": writable("/etc/x"),
         "tmp": writable("/tmp/x"), "shm": writable("/dev/shm/x"), "run": writable("/run/given"),
-        "given": open("/run/given").read(), "home": os.environ["HOME"], "path": os.environ["PATH"],
+        "run_new": writable("/run/new"), "given": open("/run/given").read(), "home": os.environ["HOME"],
+        "path": os.environ["PATH"], "dev": sorted(os.listdir("/dev")), "repo": os.path.exists(REPO),
     }))
 """)
 
@@ -50,15 +54,31 @@ def test_a_container_runs_as_the_images_user_without_privileges(probe):
     assert probe["no_new_privs"] == "1" and int(probe["cap_eff"], 16) == 0
     assert probe["cwd"] == "/tmp"  # the Dockerfile's WORKDIR
     assert probe["path"].startswith("/opt/venv/bin:")  # the Dockerfile's ENV
+    assert probe["home"] == "/"  # as a container runtime sets it for a user without a passwd entry
 
 
 def test_only_tmp_and_dev_shm_are_writable(probe, run_probe):
     assert probe["tmp"] is True and probe["shm"] is True and probe["given"] == "handed in"
-    assert {probe[place] for place in ("root", "venv", "etc", "run")} <= {"Permission denied", "Read-only file system"}
+    places = ("root", "venv", "etc", "run", "run_new")
+    assert {probe[place] for place in places} <= {"Permission denied", "Read-only file system"}
     # Read-only, not only someone else's: root in the container cannot write there either.
     as_root = run_probe(user="0:0")
-    assert {as_root[place] for place in ("root", "venv", "etc", "run")} == {"Read-only file system"}
+    assert {as_root[place] for place in places} == {"Read-only file system"}
     assert as_root["tmp"] is True
+
+
+def test_root_in_a_container_cannot_undo_the_read_only_root(images):
+    # Docker's default capabilities, which have no CAP_SYS_ADMIN; the charts drop even those.
+    done = images("ingest-job").run(command=["/bin/mount", "-o", "remount,rw", "/"], user="0:0")
+    assert done.returncode != 0
+    as_charts_run_it = images("ingest-job").run(
+        command=["python", "-c", "print(open('/proc/self/status').read())"], user="0:0", capabilities=frozenset())
+    assert "CapBnd:\t0000000000000000" in as_charts_run_it.stdout, as_charts_run_it.stderr
+
+
+def test_only_a_few_devices_are_there(probe):
+    assert set(probe["dev"]) == {"null", "zero", "full", "random", "urandom", "tty", "fd", "stdin", "stdout",
+                                 "stderr", "shm"}
 
 
 def test_a_writable_root_leaves_the_image_as_it_was(images):
@@ -75,29 +95,50 @@ def test_a_user_from_the_pod_replaces_the_images(images):
     assert done.stdout.split() == ["20002", "30003"], done.stderr
 
 
-def test_the_host_is_out_of_reach(images, tmp_path):
-    (tmp_path / "secret").write_text("host only")
-    done = images("ingest-job").run(command=["python", "-c", f"open({str(tmp_path / 'secret')!r})"])
-    assert done.returncode == 1 and "FileNotFoundError" in done.stderr
+def test_the_host_is_out_of_reach(probe):
+    assert os.path.exists(REPO_ROOT) and probe["repo"] is False
 
 
 def test_dockerfile_instructions_are_read_as_docker_reads_them():
-    text = "# c\nFROM base AS build\nENV A=1 \\\n    B=$A:2\nRUN echo \\\n  hi\n\nFROM base\nCOPY --from=build /x /x\n" \
-           "USER 10001:10001\nCMD [\"run\", \"it\"]\n"
-    assert instructions(text)[2] == ("RUN", "echo    hi")
-    build, final = parse_dockerfile(text)
-    assert build.name == "build" and build.env["A"] == "1" and build.env["B"] == "1:2"
-    assert final.steps == [("COPY", ["--from=build", "/x", "/x"])]
-    assert (final.user, final.cmd, final.entrypoint) == ("10001:10001", ["run", "it"], [])
-    with pytest.raises(DockerfileError):
-        parse_dockerfile("FROM base\nHEALTHCHECK CMD true\n")
-    with pytest.raises(DockerfileError):
-        parse_dockerfile("FROM base\nCMD run it\n")
+    text = ("# c\nFROM base AS build\nENV A=1 \\\n    B=$A:2\nENV A=2 C=$A D=${UNSET}x\nRUN echo \\\n  hi\n\n"
+            "FROM base\nWORKDIR /app\nCOPY --from=build /x /x\nCOPY conf.py .\nCOPY a b lib/\n"
+            "USER 10001\nCMD [\"run\", \"it\"]\n")
+    assert instructions(text)[3] == ("RUN", "echo    hi")
+    build, final = parse(text)
+    # Each ENV sees the variables as they were before it; unset is empty.
+    assert build.name == "build" and (build.env["A"], build.env["B"]) == ("2", ":2")
+    assert (build.env["C"], build.env["D"]) == ("1", "x")
+    assert [(s.kind, s.args) for s in final.steps] == [
+        ("WORKDIR", ["/app"]), ("COPY", ["--from=build", "/x", "/x"]), ("COPY", ["conf.py", "/app/"]),
+        ("COPY", ["a", "b", "/app/lib/"])]
+    assert (final.user, final.cmd, final.entrypoint) == ("10001", ["run", "it"], [])
+    assert final.context_sources() == ["conf.py", "a", "b"]
+    for unsupported in ("HEALTHCHECK CMD true", "CMD run it", "ENV A 1", "COPY --chown=1 a /b"):
+        with pytest.raises(DockerfileError):
+            parse(f"FROM base\n{unsupported}\n")
 
 
-def test_dockerignore_patterns_leave_out_what_docker_leaves_out():
-    patterns = ["**/__pycache__", "**/*.egg-info", ".venv", "tests"]
-    assert ignored("core/rates_core/__pycache__/db.cpython-311.pyc", patterns)
-    assert ignored("api/rates_api.egg-info/PKG-INFO", patterns)
-    assert ignored(".venv/bin/python", patterns) and ignored("tests/conftest.py", patterns)
-    assert not ignored("core/rates_core/db.py", patterns) and not ignored("api/tests.txt", patterns)
+def test_dockerignore_patterns_leave_out_what_docker_leaves_out(tmp_path):
+    (tmp_path / ".dockerignore").write_text("# c\n**/__pycache__\n**/*.egg-info\n.venv\n/tests\n*.md\n")
+    context = Context.of(tmp_path)
+    assert context.ignored("core/rates_core/__pycache__/db.cpython-311.pyc")
+    assert context.ignored("__pycache__/x.pyc") and context.ignored("api/rates_api.egg-info/PKG-INFO")
+    assert context.ignored(".venv/bin/python") and context.ignored("tests/conftest.py")
+    assert context.ignored("README.md") and not context.ignored("api/README.md")  # * stops at /
+    assert not context.ignored("core/rates_core/db.py") and not context.ignored("api/tests/x.py")
+    with pytest.raises(DockerfileError):
+        ignore_pattern("!keep.md")
+
+
+def test_copy_takes_a_directory_as_docker_does(tmp_path):
+    source = tmp_path / "ctx" / "pkg"
+    (source / "empty").mkdir(parents=True)
+    (source / "__pycache__").mkdir()
+    (source / "__pycache__" / "m.pyc").write_text("x")
+    (source / "m.py").write_text("print()")
+    (source / "link").symlink_to("m.py")
+    (tmp_path / "ctx" / ".dockerignore").write_text("**/__pycache__\n")
+    Context.of(tmp_path / "ctx").copy("pkg", tmp_path / "out" / "pkg", into_directory=False)
+    out = tmp_path / "out" / "pkg"
+    assert sorted(p.name for p in out.iterdir()) == ["empty", "link", "m.py"]
+    assert os.readlink(out / "link") == "m.py"

@@ -121,7 +121,9 @@ WHO_AM_I = ("import json, os, sys\n"
     ({"runAsUser": 0}, {"uid": 0, "prefix": "/opt/venv", "wrote": True}),  # the image's copy, not the cache's
 ])
 def test_a_pod_of_one_of_our_images_runs_as_that_image_with_its_security_context(
-        kube, namespace, local_node, security, expected):
+        kube, namespace, local_node, pod_images, security, expected):
+    if pod_images is None:
+        pytest.skip("images cannot run here (see tests/support/images.py)")
     manifest = job("ours", 0)
     container = manifest["spec"]["template"]["spec"]["containers"][0]
     container.update(image="registry.invalid/team/rates-ingest:1.2.3@sha256:" + "0" * 64, securityContext=security,
@@ -132,6 +134,21 @@ def test_a_pod_of_one_of_our_images_runs_as_that_image_with_its_security_context
     log = local_node.logs(namespace, pod.metadata.name)
     assert cond.type == "Complete", log
     assert json.loads(log.strip().splitlines()[-1]) == {**expected, "argv": ["hi"]}
+    assert not (pod_images(pod).rootfs / "opt" / "venv" / "x").exists()  # the built image is as it was
+
+
+def test_a_root_user_under_run_as_non_root_is_refused(kube, namespace, local_node, pod_images):
+    if pod_images is None:
+        pytest.skip("images cannot run here (see tests/support/images.py)")
+    manifest = job("root", 0)
+    manifest["spec"]["template"]["spec"]["securityContext"] = {"runAsNonRoot": True}
+    manifest["spec"]["template"]["spec"]["containers"][0].update(
+        image="rates-ingest:1", securityContext={"runAsUser": 0})
+    kube.batch.create_namespaced_job(namespace, manifest)
+    _status, cond = finished(kube, namespace, "root")
+    [pod] = pods_of(kube, namespace, "root")
+    assert cond.type == "Failed"
+    assert "runAsNonRoot and image will run as root" in pod.status.container_statuses[0].state.terminated.message
 
 
 def test_a_pod_of_another_image_runs_from_the_virtualenv(kube, namespace, local_node):

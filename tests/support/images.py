@@ -1,26 +1,34 @@
 """The deployables' images, built and run from their own Dockerfiles without a container engine.
 
 This machine has no Docker daemon and cannot pull ``python:3.11-slim-bookworm``. So the
-base image is this machine's own system (``/usr``, ``/etc``) with the Python that runs the
-tests mounted at ``/usr/local``, where the python images keep theirs. Everything else is
-done as each Dockerfile says:
+base image is this machine's own system (``/usr``, ``/etc``), with the Python that runs
+the tests mounted at ``/usr/local``, where the python images keep theirs. Everything else
+is done as each Dockerfile says (read by tests/support/dockerfile.py):
 
 * **build**: the build stage's ``COPY`` lines copy from the repository as the build context
   (``.dockerignore`` applied), and its ``RUN`` lines run as root in a chroot of a scratch
-  root with the stage's ``ENV`` (and this machine's pip settings), with the network;
+  root with the step's ``ENV`` and WORKDIR, Docker's default capabilities and the
+  network. pip takes wheels only (``PIP_ONLY_BINARY``; the project's own packages are still
+  built): the slim base has no compilers, this machine does;
 * **image**: the final stage's ``COPY --from``, ``COPY``, ``WORKDIR``, ``ENV``, ``USER`` and
   ``ENTRYPOINT``/``CMD``. A built image is kept under ``.../images/<folder>-<hash>``, where the
-  hash covers everything its build reads, and rebuilt only when that changes;
+  hash covers the Dockerfile, the context it copies, this code and the Python, and is
+  rebuilt only when those change;
 * **run**: in a mount namespace of its own (``unshare``), chrooted into a root that is
-  mounted read-only, as the image's ``USER`` (or the pod's ``runAsUser``) with no new
-  privileges. ``/tmp`` and ``/dev/shm`` are fresh tmpfs, as the charts' ``emptyDir`` volumes
-  are, and ``/run`` holds only the files a test hands in (a service-account token).
-  Handed-in files are mounted read-only at their own paths under ``/run`` or ``/tmp``
-  (the test PostgreSQL's socket is in a directory under ``/tmp``, so its URLs work
-  unchanged). The network is the host's, so loopback servers are reachable.
+  read-only (or writable into memory, an overlay), as the image's ``USER`` or the pod's
+  ``runAsUser`` with no new privileges, with the pod's capabilities (root gets none unless
+  asked), and killed when the process that started it dies. ``/dev`` holds only null, zero,
+  full, random, urandom and tty; ``/tmp`` and ``/dev/shm`` are fresh tmpfs, as the charts'
+  ``emptyDir`` volumes are; handed-in files (a service-account token, the test
+  PostgreSQL's socket) are mounted read-only at their paths under ``/run`` or ``/tmp``.
 
-Building and running need root (mount namespaces, chroot), which CI has; elsewhere the
-tests that use an image are skipped with that reason.
+Not emulated: the network is the host's (loopback servers are reachable), the hostname is
+the host's, and the process is not PID 1 (a SIGTERM without a handler ends it here, while
+PID 1 in a pod would ignore it; every process here handles SIGTERM, and the tests check
+the exit code).
+
+Building and running need root with mount namespaces, which CI has; elsewhere the tests
+that use an image are skipped with that reason.
 """
 
 from __future__ import annotations
@@ -34,136 +42,26 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
-from fnmatch import fnmatch
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from tests.support import dockerfile
+from tests.support.dockerfile import Context, DockerfileError, Stage
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# Bumped when what a build produces changes, so that older cached images are not reused.
-FORMAT = "1"
-# The python images' environment, before a Dockerfile's own ENV.
-BASE_ENV = {"PATH": "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 PYTHON_HOME = Path(sys.base_prefix)
-KEEP_BUILDS = 3  # per image, the most recently used; older ones are deleted after a build
-
-
-class DockerfileError(ValueError):
-    """The Dockerfile uses an instruction or form that this builder does not handle."""
-
-
-@dataclass
-class Stage:
-    name: str | None
-    base: str
-    env: dict[str, str] = field(default_factory=dict)
-    steps: list[tuple[str, list[str]]] = field(default_factory=list)  # (instruction, arguments)
-    workdir: str = "/"
-    user: str = "0:0"
-    entrypoint: list[str] = field(default_factory=list)
-    cmd: list[str] = field(default_factory=list)
-
-
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, rest) for each instruction, continuation lines joined, comments left out."""
-    found, pending = [], ""
-    for line in text.splitlines():
-        if not pending and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        keyword, _, rest = (pending + line).strip().partition(" ")
-        found.append((keyword.upper(), rest.strip()))
-        pending = ""
-    return found
-
-
-def _expand(value: str, env: dict[str, str]) -> str:
-    for name, current in env.items():
-        value = value.replace(f"${{{name}}}", current).replace(f"${name}", current)
-    return value
-
-
-def parse_dockerfile(text: str) -> list[Stage]:
-    stages: list[Stage] = []
-    for keyword, rest in instructions(text):
-        if keyword == "FROM":
-            words = rest.split()
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(name=name, base=words[0], env=dict(BASE_ENV)))
-            continue
-        stage = stages[-1]
-        if keyword == "ENV":
-            for pair in shlex.split(rest):
-                key, _, value = pair.partition("=")
-                stage.env[key] = _expand(value, stage.env)
-        elif keyword in ("RUN", "COPY"):
-            stage.steps.append((keyword, [rest] if keyword == "RUN" else rest.split()))
-        elif keyword == "WORKDIR":
-            stage.workdir = rest
-            stage.steps.append(("WORKDIR", [rest]))
-        elif keyword == "USER":
-            stage.user = rest
-        elif keyword in ("CMD", "ENTRYPOINT"):
-            if not rest.startswith("["):
-                raise DockerfileError(f"{keyword} in shell form: {rest}")
-            setattr(stage, keyword.lower(), json.loads(rest))
-        elif keyword != "EXPOSE":
-            raise DockerfileError(f"unsupported instruction {keyword} {rest}")
-    return stages
-
-
-def ignored(relative: str, patterns: list[str]) -> bool:
-    """Whether .dockerignore leaves ``relative`` (a path in the context) out."""
-    parts = relative.split("/")
-    for pattern in patterns:
-        if pattern.startswith("**/") and any(fnmatch(part, pattern[3:]) for part in parts):
-            return True
-        if fnmatch(relative, pattern) or relative.startswith(pattern.rstrip("/") + "/"):
-            return True
-    return False
-
-
-def context_files(source: str, patterns: list[str]) -> list[Path]:
-    """The context's files under ``source``, as a build would see them, sorted."""
-    top = REPO_ROOT / source
-    if top.is_file():
-        return [top]
-    return sorted(p for p in top.rglob("*")
-                  if p.is_file() and not ignored(p.relative_to(REPO_ROOT).as_posix(), patterns))
-
-
-def _copy_in(root: Path, sources: list[str], destination: str, patterns: list[str]) -> None:
-    target = root / destination.lstrip("/")
-    for source in sources:
-        files = context_files(source, patterns)
-        if not files:
-            raise DockerfileError(f"COPY {source}: nothing in the context")
-        for path in files:
-            if (REPO_ROOT / source).is_file():
-                out = target / path.name if destination.endswith("/") else target
-            else:
-                out = target / path.relative_to(REPO_ROOT / source)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, out)
-
-
-def _dockerignore() -> list[str]:
-    lines = (REPO_ROOT / ".dockerignore").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-
-
-def _build_key(folder: str, stages: list[Stage], patterns: list[str]) -> str:
-    digest = hashlib.sha256(f"{FORMAT} {PYTHON_HOME} {sys.version}".encode())
-    dockerfile = REPO_ROOT / folder / "Dockerfile"
-    for path in [dockerfile, REPO_ROOT / ".dockerignore"] + [
-            p for stage in stages for kind, args in stage.steps if kind == "COPY"
-            for source in args[:-1] if not source.startswith("--") for p in context_files(source, patterns)]:
-        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+KEEP_BUILDS = 3  # per image, the most recently used that no session holds; older ones go
+# Docker's default capabilities: what a build's RUN has, and a root container unless its
+# securityContext drops them.
+DOCKER_CAPABILITIES = frozenset({
+    "chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap", "net_bind_service",
+    "net_raw", "sys_chroot", "mknod", "audit_write", "setfcap"})
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+READ_ONLY, WRITABLE, BUILD = "read-only", "writable", "build"
+_held: list = []  # lock files of the images this process uses, held until it exits
 
 
 def cache_dir() -> Path:
@@ -191,51 +89,62 @@ def _mount_point_tree(root: Path) -> None:
         (root / "var" / "run").symlink_to("/run")
 
 
-READ_ONLY, WRITABLE, BUILD = "read-only", "writable", "build"
+def _root_lines(root: Path, mode: str) -> list[str]:
+    """Mount the root itself: a bind of the image (made read-only at the end), an overlay
+    whose writes go to memory, or, for a build, the build's own directory."""
+    q, r = shlex.quote, shlex.quote(str(root))
+    if mode != WRITABLE:
+        return [f"mount --bind {r} {r}"]
+    scratch = q(str(root.parent / "scratch"))
+    return [f"mount -t tmpfs -o mode=700 scratch {scratch}", f"mkdir {scratch}/upper {scratch}/work",
+            f"mount -t overlay overlay -o lowerdir={r},upperdir={scratch}/upper,workdir={scratch}/work {r}"]
 
 
-def _sandbox_script(root: Path, *, mode: str, files: dict[str, Path], argv: list[str]) -> str:
-    """Shell that mounts the container's root in a private mount namespace, then execs ``argv``
-    chrooted into it. ``mode``: READ_ONLY; WRITABLE, whose writes go to memory (an overlay;
-    the image stays as built); or BUILD, whose writes are the build's own."""
-    q = shlex.quote
-    r = str(root)
-    lines = ["set -eu", f"mount --bind {q(r)} {q(r)}"]
-    if mode == WRITABLE:
-        scratch = q(str(root.parent / "scratch"))
-        lines = ["set -eu", f"mount -t tmpfs -o mode=700 scratch {scratch}",
-                 f"mkdir {scratch}/upper {scratch}/work",
-                 f"mount -t overlay overlay -o lowerdir={q(r)},upperdir={scratch}/upper,workdir={scratch}/work {q(r)}"]
-
-    def bind_ro(host: str, inside: str) -> None:
-        lines.append(f"mount --bind {q(host)} {q(r + inside)}")
-        lines.append(f"mount -o remount,bind,ro {q(r + inside)}")
-
-    for name in ("bin", "sbin", "lib", "lib64"):
-        if (Path("/") / name).is_dir() and not (Path("/") / name).is_symlink():
-            bind_ro("/" + name, "/" + name)
-    bind_ro("/usr", "/usr")
-    bind_ro("/etc", "/etc")
-    bind_ro(str(PYTHON_HOME), str(PYTHON_HOME))  # its libpython's RUNPATH names this path
+def _system_lines(root: Path) -> list[str]:
+    """The base image: this machine's system and Python, read-only; a minimal /dev; /proc."""
+    q, r = shlex.quote, str(root)
+    lines = []
+    binds = [("/" + name, "/" + name) for name in ("bin", "sbin", "lib", "lib64")
+             if (Path("/") / name).is_dir() and not (Path("/") / name).is_symlink()]
+    binds += [("/usr", "/usr"), ("/etc", "/etc"), (str(PYTHON_HOME), str(PYTHON_HOME))]  # libpython's RUNPATH
     if PYTHON_HOME != Path("/usr/local"):
-        bind_ro(str(PYTHON_HOME), "/usr/local")
-    lines += [f"mount --rbind /dev {q(r + '/dev')}",
-              f"mount -t tmpfs -o mode=1777,nosuid,nodev shm {q(r + '/dev/shm')}",
+        binds.append((str(PYTHON_HOME), "/usr/local"))
+    for host, inside in binds:
+        lines += [f"mount --bind {q(host)} {q(r + inside)}", f"mount -o remount,bind,ro {q(r + inside)}"]
+    dev = r + "/dev"
+    lines.append(f"mount -t tmpfs -o mode=755,nosuid dev {q(dev)}")
+    for name in DEVICES:
+        lines += [f"touch {q(dev + '/' + name)}", f"mount --bind /dev/{name} {q(dev + '/' + name)}"]
+    lines += [f"ln -s /proc/self/fd {q(dev + '/fd')}",
+              *(f"ln -s /proc/self/fd/{n} {q(dev + '/' + s)}" for n, s in enumerate(("stdin", "stdout", "stderr"))),
+              f"mkdir {q(dev + '/shm')}", f"mount -t tmpfs -o mode=1777,nosuid,nodev shm {q(dev + '/shm')}",
+              f"mount -o remount,ro {q(dev)}",
               f"mount -t proc proc {q(r + '/proc')}",
               f"mount -t tmpfs -o mode=1777,nosuid,nodev tmp {q(r + '/tmp')}",
               f"mount -t tmpfs -o mode=755,nosuid,nodev run {q(r + '/run')}"]
+    return lines
+
+
+def _file_lines(root: Path, files: dict[str, Path]) -> list[str]:
+    q, lines = shlex.quote, []
     for inside, host in files.items():
         inside = inside.removeprefix("/var") if inside.startswith("/var/run/") else inside
         if not inside.startswith(("/run/", "/tmp/")):
             raise ValueError(f"{inside}: files are handed in under /run or /tmp only")
-        target = r + inside
+        target = str(root) + inside
         lines += [f"mkdir -p {q(os.path.dirname(target))}", f"touch {q(target)}",
                   f"mount --bind {q(str(host))} {q(target)}", f"mount -o remount,bind,ro {q(target)}"]
-    lines.append(f"mount -o remount,ro {q(r + '/run')}")
+    return lines + [f"mount -o remount,ro {q(str(root) + '/run')}"]
+
+
+def _sandbox_script(root: Path, *, mode: str, files: dict[str, Path], argv: list[str]) -> str:
+    """Shell that mounts the container's root in a private mount namespace, then execs ``argv``
+    chrooted into it (``mode``: READ_ONLY, WRITABLE or BUILD)."""
+    q = shlex.quote
+    lines = ["set -eu", *_root_lines(root, mode), *_system_lines(root), *_file_lines(root, files)]
     if mode == READ_ONLY:
-        lines.append(f"mount -o remount,bind,ro {q(r)}")
-    lines.append("cd /")
-    lines.append("exec chroot " + q(r) + " " + " ".join(q(a) for a in argv))
+        lines.append(f"mount -o remount,bind,ro {q(str(root))}")
+    lines += ["cd /", "exec chroot " + q(str(root)) + " " + " ".join(q(a) for a in argv)]
     return "\n".join(lines)
 
 
@@ -243,54 +152,24 @@ def _unshared(script: str) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
 
-def run_in_root(root: Path, argv: list[str], *, read_only: bool = True, files: dict[str, Path] | None = None,
-                **popen) -> subprocess.Popen:
-    """Start ``argv`` (paths inside the root) chrooted into ``root``; the process is ``argv``
-    itself once the mounts are made, so signals reach it."""
-    script = _sandbox_script(root, mode=READ_ONLY if read_only else WRITABLE, files=files or {}, argv=argv)
-    return subprocess.Popen(_unshared(script), **popen)
-
-
-def _as_user(user: str, env: dict[str, str], workdir: str, command: list[str]) -> list[str]:
+def _identity(user: str, groups: list[int], capabilities: frozenset[str]) -> list[str]:
+    """setpriv arguments: the user, ``uid[:gid]`` (gid 0 when none is given, as Docker and
+    the kubelet do), supplementary ``groups``, ``capabilities`` as the bounding set, no new
+    privileges, and the parent-death signal kept across the change of user."""
     uid, _, gid = user.partition(":")
-    if not uid.isdigit() or not (gid or uid).isdigit():
-        raise DockerfileError(f"USER {user}: only numeric users can run here (and in a restricted pod)")
-    switch = ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--clear-groups",
-              "--no-new-privs"] if user not in ("0", "0:0") else []
-    return [*switch, "/usr/bin/env", "-i", "-C", workdir, *(f"{k}={v}" for k, v in env.items()), *command]
+    if not uid.isdigit() or not (gid or "0").isdigit():
+        raise DockerfileError(f"USER {user}: only numeric users run here (and in a restricted pod)")
+    caps = ",".join(["-all", *(f"+{c}" for c in sorted(capabilities))])
+    group_args = [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+    return ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid or 0}", *group_args, f"--bounding-set={caps}",
+            f"--inh-caps={caps}", "--no-new-privs", "--pdeathsig=keep"]
 
 
-# --- build -------------------------------------------------------------------------------
-
-def _run_build_step(root: Path, stage: Stage, command: str) -> None:
-    env = dict(stage.env, HOME="/root")
-    # pip's own settings on this machine (certificates, index), as a build host would have them
-    env.update({k: v for k, v in os.environ.items()
-                if k in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "PIP_TRUSTED_HOST",
-                         "PIP_DEFAULT_TIMEOUT", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")})
-    argv = _as_user("0:0", env, stage.workdir, ["/bin/sh", "-c", command])
-    script = _sandbox_script(root, mode=BUILD, files={}, argv=argv)
-    done = subprocess.run(_unshared(script), capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"RUN {command} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+def _env_argv(env: dict[str, str], workdir: str, command: list[str]) -> list[str]:
+    return ["/usr/bin/env", "-i", "-C", workdir, *(f"{k}={v}" for k, v in env.items()), *command]
 
 
-def _apply(stage: Stage, root: Path, built: dict[str, Path], patterns: list[str]) -> None:
-    for kind, args in stage.steps:
-        if kind == "WORKDIR":
-            (root / args[0].lstrip("/")).mkdir(parents=True, exist_ok=True)
-        elif kind == "RUN":
-            _run_build_step(root, stage, args[0])
-        elif args[0].startswith("--from="):
-            source, destination = args[1:]
-            origin = built[args[0].removeprefix("--from=")] / source.lstrip("/")
-            target = root / destination.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Same path inside both roots, so the virtualenv's absolute paths still hold.
-            shutil.copytree(origin, target, symlinks=True) if origin.is_dir() else shutil.copy2(origin, target)
-        else:
-            _copy_in(root, args[:-1], args[-1], patterns)
-
+# --- images --------------------------------------------------------------------------------
 
 @dataclass
 class Image:
@@ -305,16 +184,24 @@ class Image:
     cmd: list[str]
 
     def start(self, args: list[str] | None = None, *, command: list[str] | None = None,
-              env: dict[str, str] | None = None, user: str | None = None, read_only: bool = True,
+              env: dict[str, str] | None = None, user: str | None = None, groups: list[int] | None = None,
+              capabilities: frozenset[str] | None = None, read_only: bool = True,
               files: dict[str, Path] | None = None, **popen) -> subprocess.Popen:
-        """Start a container as Kubernetes would: ``command`` replaces the ENTRYPOINT,
-        ``args`` the CMD; ``env`` adds to the image's; ``user`` ("uid:gid") overrides USER;
-        ``files`` (container path -> host file) are mounted read-only, under /run or /tmp."""
+        """Start a container as Kubernetes would: ``command`` replaces the ENTRYPOINT and
+        ``args`` the CMD; ``env`` adds to the image's; ``user`` ("uid:gid") replaces USER;
+        ``capabilities`` (default: Docker's) bound what root may do; ``files`` (container
+        path -> host file) are mounted read-only, under /run or /tmp."""
         argv = (command if command is not None else self.entrypoint) + (
             args if args is not None else (self.cmd if command is None else []))
+        if not argv:
+            raise DockerfileError(f"{self.folder}: no command (no ENTRYPOINT or CMD, and none given)")
         full_env = {**self.env, "HOME": "/", "HOSTNAME": "container", **(env or {})}
-        inner = _as_user(user or self.user, full_env, self.workdir, argv)
-        return run_in_root(self.rootfs, inner, read_only=read_only, files=files, **popen)
+        inner = [*_identity(user or self.user, groups or [], DOCKER_CAPABILITIES if capabilities is None
+                            else capabilities), *_env_argv(full_env, self.workdir, argv)]
+        script = _sandbox_script(self.rootfs, mode=READ_ONLY if read_only else WRITABLE, files=files or {},
+                                 argv=inner)
+        # The process is ``argv`` itself once the mounts are made, so signals reach it.
+        return subprocess.Popen(_unshared(script), **popen)
 
     def run(self, args: list[str] | None = None, *, timeout: float = 120, **options) -> subprocess.CompletedProcess:
         proc = self.start(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
@@ -326,30 +213,53 @@ class Image:
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _load(folder: str, path: Path) -> Image:
-    config = json.loads((path / "config.json").read_text())
-    os.utime(path)  # most recently used, for pruning
-    (path / "scratch").mkdir(exist_ok=True)  # a writable container's overlay goes here
-    return Image(folder=folder, rootfs=path / "rootfs", **config)
+def _run_build_step(root: Path, step: dockerfile.Step) -> None:
+    env = dict(step.env, HOME="/root", PIP_ONLY_BINARY=":all:")
+    # pip's own settings on this machine (certificates, index), as a build host would have them
+    env.update({k: v for k, v in os.environ.items()
+                if k in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "PIP_TRUSTED_HOST",
+                         "PIP_DEFAULT_TIMEOUT", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")})
+    argv = [*_identity("0", [], DOCKER_CAPABILITIES), *_env_argv(env, step.workdir, ["/bin/sh", "-c", step.args[0]])]
+    done = subprocess.run(_unshared(_sandbox_script(root, mode=BUILD, files={}, argv=argv)),
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"RUN {step.args[0]} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                           f"{done.stderr[-3000:]}")
 
 
-def build(folder: str) -> Image:
-    """The image of ``folder``'s Dockerfile: from the cache, or built now (15-30 s each)."""
-    stages = parse_dockerfile((REPO_ROOT / folder / "Dockerfile").read_text())
-    patterns = _dockerignore()
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{folder}-{_build_key(folder, stages, patterns)}"
-    with (cache / f".{folder}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (path / "config.json").exists():
-            _build_into(path, stages, patterns)
-            _prune(cache, folder, keep=path)
-        return _load(folder, path)
+def _apply(stage: Stage, root: Path, built: dict[str, Path], context: Context) -> None:
+    for step in stage.steps:
+        if step.kind == "WORKDIR":
+            (root / step.args[0].lstrip("/")).mkdir(parents=True, exist_ok=True)
+        elif step.kind == "RUN":
+            _run_build_step(root, step)
+        elif step.args[0].startswith("--from="):
+            source, destination = step.args[1:]
+            origin = built[step.args[0].removeprefix("--from=")] / source.lstrip("/")
+            target = root / destination.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Same path inside both roots, so the virtualenv's absolute paths still hold.
+            if origin.is_dir():
+                shutil.copytree(origin, target, symlinks=True, dirs_exist_ok=True)
+            else:
+                shutil.copy2(origin, target)
+        else:
+            destination = step.args[-1]
+            for source in step.args[:-1]:
+                context.copy(source, root / destination.lstrip("/"), into_directory=destination.endswith("/"))
 
 
-def _build_into(path: Path, stages: list[Stage], patterns: list[str]) -> None:
-    work = Path(tempfile.mkdtemp(prefix=".building-", dir=path.parent))
+def _build_key(folder: str, stages: list[Stage], context: Context) -> str:
+    digest = hashlib.sha256(f"{PYTHON_HOME}\0{sys.version}\0".encode())
+    for code in (Path(__file__), Path(dockerfile.__file__), REPO_ROOT / folder / "Dockerfile",
+                 REPO_ROOT / ".dockerignore"):
+        digest.update(code.read_bytes() + b"\0")
+    context.digest([source for stage in stages for source in stage.context_sources()], digest)
+    return digest.hexdigest()[:16]
+
+
+def _build_into(path: Path, stages: list[Stage], context: Context, folder: str) -> None:
+    work = Path(tempfile.mkdtemp(prefix=f".building-{folder}-", dir=path.parent))
     try:
         built: dict[str, Path] = {}
         for index, stage in enumerate(stages):
@@ -358,32 +268,67 @@ def _build_into(path: Path, stages: list[Stage], patterns: list[str]) -> None:
             root = work / f"stage-{index}"
             root.mkdir(mode=0o755)
             _mount_point_tree(root)
-            _apply(stage, root, built, patterns)
+            _apply(stage, root, built, context)
             built[stage.name or str(index)] = root
         final = stages[-1]
-        (work / "config.json").write_text(json.dumps({
-            "env": final.env, "workdir": final.workdir, "user": final.user,
-            "entrypoint": final.entrypoint, "cmd": final.cmd}))
         result = work / "image"
         result.mkdir()
         (work / f"stage-{len(stages) - 1}").rename(result / "rootfs")
-        (work / "config.json").rename(result / "config.json")
+        (result / "config.json").write_text(json.dumps({
+            "env": final.env, "workdir": final.workdir, "user": final.user,
+            "entrypoint": final.entrypoint, "cmd": final.cmd}))
+        (result / "scratch").mkdir()  # a writable container's overlay is mounted here
         result.rename(path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _prune(cache: Path, folder: str, keep: Path) -> None:
-    others = sorted((p for p in cache.glob(f"{folder}-*") if p != keep and p.is_dir()),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in others[KEEP_BUILDS - 1:]:
-        shutil.rmtree(old, ignore_errors=True)
+def _hold(path: Path) -> None:
+    """Mark ``path`` in use by this process, so that no other session prunes it meanwhile."""
+    lock = (path / "in-use").open("a")
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    _held.append(lock)
+
+
+def _prune(cache: Path, folder: str) -> None:
+    """Delete all but the KEEP_BUILDS most recently used images of ``folder`` that no
+    process holds, and what interrupted builds left (called under the folder's lock)."""
+    for leftover in cache.glob(f".building-{folder}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    older = sorted((p for p in cache.glob(f"{folder}-*") if p.is_dir()),
+                   key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_BUILDS:]
+    for old in older:
+        with (old / "in-use").open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a session runs it
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def build(folder: str) -> Image:
+    """The image of ``folder``'s Dockerfile: from the cache, or built now (15-30 s each)."""
+    stages = dockerfile.parse((REPO_ROOT / folder / "Dockerfile").read_text())
+    context = Context.of(REPO_ROOT)
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{folder}-{_build_key(folder, stages, context)}"
+    with (cache / f".{folder}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / "config.json").exists():
+            _prune(cache, folder)
+            _build_into(path, stages, context, folder)
+        os.utime(path)  # most recently used
+        _hold(path)
+    config = json.loads((path / "config.json").read_text())
+    return Image(folder=folder, rootfs=path / "rootfs", **config)
 
 
 # --- what a container needs from the tests' servers -------------------------------------------
 
 # The charts' image repositories (without registry or tag), and the folder each is built from.
 IMAGE_FOLDERS = {"rates-api": "api", "rates-ingest": "ingest-job", "rates-controller": "controller"}
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def folder_of(reference: str) -> str | None:
@@ -400,9 +345,6 @@ def postgres_socket(dsn: str) -> dict[str, Path]:
     return {str(socket): socket}
 
 
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-
 def service_account_for_container(directory: Path, server: str, ca_file: Path, token: str,
                                   namespace: str) -> tuple[dict[str, str], dict[str, Path]]:
     """(env, files) that a kubelet gives a pod with a service-account token: the API
@@ -416,23 +358,49 @@ def service_account_for_container(directory: Path, server: str, ca_file: Path, t
     return env, {f"{SERVICE_ACCOUNT_DIR}/{name}": directory / name for name in ("token", "ca.crt", "namespace")}
 
 
-def pod_user(pod_spec: dict, container: dict) -> str | None:
-    """``uid:gid`` that the pod's and container's securityContext ask for (the container's
-    wins), or None for the image's USER."""
-    merged = {**(pod_spec.get("securityContext") or {}), **(container.get("securityContext") or {})}
-    if "runAsUser" not in merged:
+@dataclass
+class PodIdentity:
+    """Who a container runs as, from its pod's and its own securityContext."""
+
+    user: str | None  # uid:gid, or None for the image's USER
+    groups: list[int]
+    capabilities: frozenset[str]
+    read_only: bool
+    run_as_non_root: bool
+
+    @classmethod
+    def of(cls, pod_spec: dict, container: dict) -> "PodIdentity":
+        pod = pod_spec.get("securityContext") or {}
+        own = container.get("securityContext") or {}
+        merged = {**pod, **own}  # the container's settings win
+        user = None
+        if "runAsUser" in merged:  # without runAsGroup, the primary group is root's (0)
+            user = f"{merged['runAsUser']}:{merged.get('runAsGroup', 0)}"
+        groups = [*([pod["fsGroup"]] if "fsGroup" in pod else []), *pod.get("supplementalGroups", [])]
+        wanted = own.get("capabilities") or {}
+        dropped = {c.lower() for c in wanted.get("drop") or []}
+        added = frozenset(c.lower() for c in wanted.get("add") or [])
+        capabilities = added if "all" in dropped else (DOCKER_CAPABILITIES - dropped) | added
+        return cls(user, groups, capabilities, bool(own.get("readOnlyRootFilesystem")),
+                   bool(merged.get("runAsNonRoot")))
+
+    def refusal(self, image: Image) -> str | None:
+        """The kubelet's reason not to start the container, or None."""
+        uid = (self.user or image.user).partition(":")[0]
+        if self.run_as_non_root and uid == "0":
+            return "container has runAsNonRoot and image will run as root"
         return None
-    return f"{merged['runAsUser']}:{merged.get('runAsGroup', merged['runAsUser'])}"
 
 
 def can_run_images() -> str | None:
     """Why images cannot be built or run here, or None."""
-    if os.geteuid() != 0:
-        return "building and running images needs root (mount namespaces and chroot)"
     if PYTHON_HOME == Path("/usr"):
         return "the tests' Python must be installed under a prefix of its own (it becomes /usr/local)"
     if not shutil.which("unshare") or not Path("/usr/bin/setpriv").exists():
         return "needs util-linux's unshare and setpriv"
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return "building and running images needs root with mount namespaces (unshare --mount failed)"
     return None
 
 

@@ -8,10 +8,12 @@ given namespaces) and runs each Pod **locally as a subprocess**:
   under any registry and tag, as the node's ``images`` says for the pod) runs as that image,
   built from its Dockerfile (tests/support/images.py): ``command`` replaces its
   ENTRYPOINT and ``args`` its CMD, the user is the securityContext's ``runAsUser`` (else
-  the image's USER), the root filesystem is read-only when ``readOnlyRootFilesystem``
-  says so, and ``/tmp`` and ``/dev/shm`` are empty; the node's ``files`` (the test
-  PostgreSQL's socket) are handed in. The environment is the image's ``ENV`` plus
-  ``HOSTNAME`` and the container's ``env``;
+  the image's USER; ``runAsGroup`` else 0, ``fsGroup`` and ``supplementalGroups`` as
+  supplementary groups), a root user is refused under ``runAsNonRoot``, the capabilities
+  are Docker's less ``drop`` plus ``add``, the root filesystem is read-only when
+  ``readOnlyRootFilesystem`` says so, and ``/tmp`` and ``/dev/shm`` are empty; the node's
+  ``files`` (the test PostgreSQL's socket) are handed in. The environment is the
+  image's ``ENV`` plus ``HOSTNAME`` and the container's ``env``;
 * **any other image is ignored**: ``command + args`` (``command`` is required; a Pod
   without one fails with exit code 127) runs from this project's virtualenv, whose
   ``<sys.prefix>/bin`` comes first on ``PATH``, so ``python`` and the project's console
@@ -35,6 +37,7 @@ never restarted (use ``restartPolicy: Never``; ``OnFailure`` is treated the same
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import os
@@ -51,7 +54,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.support.control_plane import die_with_parent
-from tests.support.images import Image, pod_user
+from tests.support.images import Image, PodIdentity
 from tests.support.proc import stop_process
 
 POLL_INTERVAL = 0.2
@@ -225,17 +228,20 @@ class LocalNode:
             )
 
     # running a pod ---------------------------------------------------------------------------
-    def _env(self, pod: client.V1Pod, container: client.V1Container, image: Image | None) -> dict[str, str]:
-        if image is not None:
-            env = {**image.env, "HOSTNAME": pod.metadata.name}
-        else:
-            env = {
-                "PATH": os.pathsep.join([str(Path(sys.prefix) / "bin"), os.environ.get("PATH", os.defpath)]),
-                "HOME": os.environ.get("HOME", "/tmp"),
-                "LANG": os.environ.get("LANG", "C.UTF-8"),
-                "TMPDIR": os.environ.get("TMPDIR", tempfile.gettempdir()),
-                "HOSTNAME": pod.metadata.name,
-            }
+    def _venv_env(self, pod: client.V1Pod) -> dict[str, str]:
+        """What a pod's process gets from the node when its image is ignored."""
+        return {
+            "PATH": os.pathsep.join([str(Path(sys.prefix) / "bin"), os.environ.get("PATH", os.defpath)]),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "TMPDIR": os.environ.get("TMPDIR", tempfile.gettempdir()),
+            "HOSTNAME": pod.metadata.name,
+        }
+
+    def _container_env(self, pod: client.V1Pod, container: client.V1Container) -> dict[str, str]:
+        """The container's ``env``; ``$(VAR)`` refers to a variable defined before it there,
+        as in Kubernetes (not to the image's)."""
+        env: dict[str, str] = {}
         ns = pod.metadata.namespace
         for var in container.env or []:
             if var.value_from is None:
@@ -245,8 +251,6 @@ class LocalNode:
             if source.secret_key_ref is not None:
                 ref = source.secret_key_ref
                 data = self.core.read_namespaced_secret(ref.name, ns).data or {}
-                import base64
-
                 env[var.name] = base64.b64decode(data[ref.key]).decode()
             elif source.config_map_key_ref is not None:
                 ref = source.config_map_key_ref
@@ -271,7 +275,7 @@ class LocalNode:
             image = self.images(pod) if self.images else None
             if not container.command and image is None:
                 raise ValueError("local node needs an explicit container command")
-            env = self._env(pod, container, image)
+            env = self._container_env(pod, container)
             argv = [_expand(a, env) for a in argv]
             with log.open("ab") as out:
                 # killed if this node's thread ends
@@ -282,7 +286,7 @@ class LocalNode:
                 else:
                     cwd = container.working_dir if container.working_dir and Path(
                         container.working_dir).is_dir() else self.workdir
-                    proc = subprocess.Popen(argv, env=env, cwd=cwd, **streams)
+                    proc = subprocess.Popen(argv, env={**self._venv_env(pod), **env}, cwd=cwd, **streams)
         except (OSError, ValueError, ApiException, KeyError) as exc:
             log.write_text(f"local node could not start {argv!r}: {exc}\n")
             self._write_status(pod.metadata, container.name, started, exit_code=127,
@@ -296,11 +300,14 @@ class LocalNode:
     def _start_image(self, pod: client.V1Pod, container: client.V1Container, image: Image,
                      env: dict[str, str], streams: dict) -> subprocess.Popen:
         serialize = self.core.api_client.sanitize_for_serialization
-        spec, wanted = serialize(pod.spec), serialize(container)
+        identity = PodIdentity.of(serialize(pod.spec), serialize(container))
+        refusal = identity.refusal(image)
+        if refusal:
+            raise ValueError(refusal)
         expand = (lambda words: [_expand(w, env) for w in words] if words else None)
-        return image.start(expand(container.args), command=expand(container.command), env=env,
-                           user=pod_user(spec, wanted), files=self.files,
-                           read_only=bool((wanted.get("securityContext") or {}).get("readOnlyRootFilesystem")),
+        return image.start(expand(container.args), command=expand(container.command),
+                           env={"HOSTNAME": pod.metadata.name, **env}, user=identity.user, groups=identity.groups,
+                           capabilities=identity.capabilities, read_only=identity.read_only, files=self.files,
                            **streams)
 
     def _report_exit(self, run: _Running) -> None:
