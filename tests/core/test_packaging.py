@@ -78,13 +78,28 @@ def test_the_check_finds_an_undeclared_import(tmp_path):
 
 
 LIST_DISTRIBUTIONS = ("import json; from importlib import metadata; "
-                      "print(json.dumps(sorted({d.metadata['Name'] for d in metadata.distributions()})))")
+                      "print(json.dumps({d.metadata['Name']: d.version for d in metadata.distributions()}))")
+
+
+def runtime_pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
 
 
 @pytest.mark.parametrize("folder", sorted(IMAGES))
 def test_each_built_image_holds_its_deployable_and_its_dependencies_and_nothing_else(images, folder):
-    """No pip or setuptools (a way to install more at run time) and nothing undeclared."""
+    """No pip or setuptools (a way to install more at run time), nothing undeclared, and
+    every dependency at the version requirements.txt pins, so that a later build holds
+    what the tests ran against."""
     done = images(folder).run(command=["python", "-c", LIST_DISTRIBUTIONS])
     assert done.returncode == 0, done.stderr
-    in_image = {canonicalize_name(name) for name in json.loads(done.stdout)}
-    assert in_image == installed_with(IMAGES[folder])
+    in_image = {canonicalize_name(name): version for name, version in json.loads(done.stdout).items()}
+    assert set(in_image) == installed_with(IMAGES[folder])
+    pins = runtime_pins()
+    unpinned = {name: version for name, version in in_image.items() if name not in FOLDERS.values()
+                and pins.get(name) != version}
+    assert not unpinned, f"not pinned in requirements.txt at these versions: {unpinned}"
