@@ -12,7 +12,7 @@ from yoyo import read_migrations
 from rates_core import migrate
 
 from tests.support.db import API_USER, as_user, autocommit
-from tests.support.images import postgres_socket
+from tests.support.images import container_pid, postgres_socket
 from tests.support.net import free_port, wait_for_http
 from tests.support.proc import stop_process
 from tests.support.world import insert_prices, insert_world
@@ -59,7 +59,7 @@ def test_the_image_serves_rates_and_metrics_and_stops_cleanly_on_sigterm(api_ima
         # Counted across the workers, in files under /dev/shm.
         metrics = requests.get(f"{base}/metrics", timeout=10).text
         assert 'rates_api_request_duration_seconds_count{method="GET",route="/rates",status="200"} 1.0' in metrics
-        assert server_user(server.pid) == 10001
+        assert server_user(container_pid(server)) == 10001
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -84,9 +84,12 @@ LIST_DISTRIBUTIONS = ("import json; from importlib import metadata; "
 def runtime_pins() -> dict[str, str]:
     pins = {}
     for line in (REPO / "requirements.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            pins[canonicalize_name(name)] = version.strip()
+        requirement = line.split("#")[0].strip()
+        if requirement:
+            parsed = Requirement(requirement)
+            [specifier] = parsed.specifier  # exact pins only
+            assert specifier.operator == "==", line
+            pins[canonicalize_name(parsed.name)] = specifier.version
     return pins
 
 

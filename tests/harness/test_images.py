@@ -5,12 +5,15 @@ tests/support/dockerfile.py reads Dockerfiles and .dockerignore as Docker does."
 
 import json
 import os
+import signal
 import textwrap
+import time
 
 import pytest
 
 from tests.support.dockerfile import Context, DockerfileError, ignore_pattern, instructions, parse
 from tests.support.images import REPO_ROOT
+from tests.support.poll import wait_for
 
 PROBE = f"REPO = {str(REPO_ROOT)!r}\n" + textwrap.dedent("""
     import json, os, pathlib
@@ -113,7 +116,8 @@ def test_dockerfile_instructions_are_read_as_docker_reads_them():
         ("COPY", ["a", "b", "/app/lib/"])]
     assert (final.user, final.cmd, final.entrypoint) == ("10001", ["run", "it"], [])
     assert final.context_sources() == ["conf.py", "a", "b"]
-    for unsupported in ("HEALTHCHECK CMD true", "CMD run it", "ENV A 1", "COPY --chown=1 a /b"):
+    for unsupported in ("HEALTHCHECK CMD true", "CMD run it", "ENV A 1", "COPY --chown=1 a /b", "ENV A=${B:-c}",
+                        "ENV A='$B'", "ENV A=\\$B", "COPY a $D/"):
         with pytest.raises(DockerfileError):
             parse(f"FROM base\n{unsupported}\n")
 
@@ -128,6 +132,7 @@ def test_dockerignore_patterns_leave_out_what_docker_leaves_out(tmp_path):
     assert not context.ignored("core/rates_core/db.py") and not context.ignored("api/tests/x.py")
     with pytest.raises(DockerfileError):
         ignore_pattern("!keep.md")
+    assert ignore_pattern("[!a]b").fullmatch("!b") and not ignore_pattern("[!a]b").fullmatch("cb")  # as in Go
 
 
 def test_copy_takes_a_directory_as_docker_does(tmp_path):
@@ -142,3 +147,61 @@ def test_copy_takes_a_directory_as_docker_does(tmp_path):
     out = tmp_path / "out" / "pkg"
     assert sorted(p.name for p in out.iterdir()) == ["empty", "link", "m.py"]
     assert os.readlink(out / "link") == "m.py"
+
+
+ESCAPE = textwrap.dedent("""
+    import os
+    os.makedirs("/tmp/e", exist_ok=True)
+    os.chroot("/tmp/e")
+    for _ in range(30):
+        os.chdir("..")
+    os.chroot(".")
+    print(os.path.exists(REPO))
+""")
+
+
+def test_root_cannot_climb_out_of_its_root(images):
+    # The classic chroot escape, with Docker's default capabilities (CAP_SYS_CHROOT among them):
+    # with pivot_root, there is no host root left above this one to climb to.
+    done = images("ingest-job").run(command=["python", "-c", f"REPO = {str(REPO_ROOT)!r}\n" + ESCAPE], user="0:0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_the_container_sees_its_own_processes_and_cannot_change_the_kernel(images):
+    look = ("import os\nprint(os.getpid(), sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n"
+            "try:\n    open('/proc/sys/kernel/hostname', 'w').write('x')\nexcept OSError as e:\n    print(e.strerror)\n")
+    done = images("ingest-job").run(command=["python", "-c", look], user="0:0")
+    assert done.stdout.splitlines() == ["1 [1]", "Read-only file system"], done.stderr
+
+
+def test_a_container_is_pid_1_and_ends_with_its_runtime(images):
+    image = images("ingest-job")
+    marker = f"sandbox-test-{os.getpid()}"
+    process = image.start(command=["python", "-c", "import time; time.sleep(60)", marker])
+    try:
+        assert wait_for(lambda: host_pids_with(marker, besides=process.pid), timeout=10,
+                        what="the container to start")
+        process.send_signal(signal.SIGTERM)  # passed on; PID 1 with no handler ignores it, as in a pod
+        time.sleep(1)
+        assert process.poll() is None and host_pids_with(marker, besides=process.pid)
+        process.kill()  # the runtime dies: the namespace, and the container, go with it
+        assert process.wait(timeout=10) == -signal.SIGKILL
+        assert wait_for(lambda: not host_pids_with(marker, besides=process.pid), timeout=10,
+                        what="the container to end")
+    finally:
+        process.kill()
+        process.wait()
+
+
+def host_pids_with(marker: str, besides: int) -> list[int]:
+    """Live (not zombie) host processes but ``besides`` whose command line holds ``marker``."""
+    found = []
+    for entry in (e for e in os.listdir("/proc") if e != str(besides)):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline, open(f"/proc/{entry}/stat") as stat:
+                if marker.encode() in cmdline.read() and stat.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found

@@ -145,10 +145,17 @@ def test_a_root_user_under_run_as_non_root_is_refused(kube, namespace, local_nod
     manifest["spec"]["template"]["spec"]["containers"][0].update(
         image="rates-ingest:1", securityContext={"runAsUser": 0})
     kube.batch.create_namespaced_job(namespace, manifest)
-    _status, cond = finished(kube, namespace, "root")
+
+    def waiting():
+        pods = pods_of(kube, namespace, "root")
+        statuses = pods[0].status.container_statuses if pods else None
+        return statuses and statuses[0].state.waiting
+
+    state = wait_for(waiting, timeout=30, what="the container to be refused")
+    assert state.reason == "CreateContainerConfigError"
+    assert state.message == "container has runAsNonRoot and image will run as root"
     [pod] = pods_of(kube, namespace, "root")
-    assert cond.type == "Failed"
-    assert "runAsNonRoot and image will run as root" in pod.status.container_statuses[0].state.terminated.message
+    assert pod.status.phase == "Pending"  # as the kubelet leaves it: the Job neither fails nor retries
 
 
 def test_a_pod_of_another_image_runs_from_the_virtualenv(kube, namespace, local_node):

@@ -65,11 +65,16 @@ def instructions(text: str) -> list[tuple[str, str]]:
 
 
 def expand(value: str, env: dict[str, str]) -> str:
-    """``$NAME`` and ``${NAME}`` as Docker substitutes them: an unset variable is empty."""
+    """``$NAME`` and ``${NAME}`` as Docker substitutes them: an unset variable is empty.
+    Other forms (``${NAME:-default}``, ``\\$``) are refused."""
+    if "\\" in value or re.search(r"\$\{(?!\w+\})", value):
+        raise DockerfileError(f"a substitution form not handled here: {value}")
     return _VARIABLE.sub(lambda m: env.get(m.group(1) or m.group(2), ""), value)
 
 
 def _env(stage: Stage, rest: str) -> None:
+    if "'" in rest or "\\" in rest:  # quoting that stops substitution, which shlex would hide
+        raise DockerfileError(f"ENV with single quotes or escapes: {rest}")
     before = dict(stage.env)  # every value of one ENV sees the variables as they were before it
     for pair in shlex.split(rest):
         if "=" not in pair:
@@ -80,6 +85,8 @@ def _env(stage: Stage, rest: str) -> None:
 
 def _copy(stage: Stage, rest: str) -> None:
     args = rest.split()
+    if "$" in rest or rest.startswith("["):
+        raise DockerfileError(f"COPY with variables or in JSON form: {rest}")
     flags = [a for a in args if a.startswith("--")]
     if [f for f in flags if not f.startswith("--from=")] or len(args) - len(flags) < 2:
         raise DockerfileError(f"COPY form not handled here: {rest}")
@@ -133,8 +140,7 @@ def _segment(pattern: str) -> str:
             out.append("[^/]")
         elif c == "[" and "]" in pattern[i + 1:]:
             end = pattern.index("]", i + 1)
-            body = pattern[i + 1:end]
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            out.append("[" + pattern[i + 1:end] + "]")  # Go's classes: ^ negates, ! is itself
             i = end
         else:
             out.append(re.escape(c))
@@ -181,8 +187,10 @@ class Context:
         top = self.root / source
         if self.ignored(posixpath.normpath(source)) or not (top.exists() or top.is_symlink()):
             raise DockerfileError(f"COPY {source}: not in the build context")
+        if top.is_symlink():
+            raise DockerfileError(f"COPY {source}: a symlink, which Docker follows and this reader does not")
         found = [top]
-        if top.is_dir() and not top.is_symlink():
+        if top.is_dir():
             for directory, dirs, files in os.walk(top):
                 for name in sorted(dirs + files):
                     path = Path(directory) / name
@@ -210,7 +218,7 @@ class Context:
         into it, when the destination ends with / or names a directory)."""
         top = self.root / source
         entries = self.entries(source)
-        if top.is_dir() and not top.is_symlink():
+        if top.is_dir():
             target.mkdir(parents=True, exist_ok=True)
             for path in entries[1:]:
                 out = target / path.relative_to(top)
@@ -224,7 +232,4 @@ class Context:
         if into_directory or target.is_dir():
             target = target / top.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        if top.is_symlink():
-            target.symlink_to(os.readlink(top))
-        else:
-            shutil.copy2(top, target)
+        shutil.copy2(top, target)

@@ -14,21 +14,23 @@ is done as each Dockerfile says (read by tests/support/dockerfile.py):
   ``ENTRYPOINT``/``CMD``. A built image is kept under ``.../images/<folder>-<hash>``, where the
   hash covers the Dockerfile, the context it copies, this code and the Python, and is
   rebuilt only when those change;
-* **run**: in a mount namespace of its own (``unshare``), chrooted into a root that is
-  read-only (or writable into memory, an overlay), as the image's ``USER`` or the pod's
-  ``runAsUser`` with no new privileges, with the pod's capabilities (root gets none unless
-  asked), and killed when the process that started it dies. ``/dev`` holds only null, zero,
-  full, random, urandom and tty; ``/tmp`` and ``/dev/shm`` are fresh tmpfs, as the charts'
-  ``emptyDir`` volumes are; handed-in files (a service-account token, the test
-  PostgreSQL's socket) are mounted read-only at their paths under ``/run`` or ``/tmp``.
+* **run**: as PID 1 of new mount and PID namespaces (tests/support/sandbox.py, which passes
+  signals on and takes the container down if it dies), in a root made the root with
+  ``pivot_root``: read-only, or writable into memory (an overlay) when a pod asks. The
+  process is the image's ``USER`` or the pod's ``runAsUser``, with no new privileges and
+  the pod's capabilities (Docker's default set unless a securityContext drops them, as the
+  charts drop all). ``/dev`` holds only null, zero, full, random, urandom and tty;
+  ``/proc`` is the namespace's own, with ``/proc/sys`` and the like read-only as runc makes
+  them; ``/tmp`` and ``/dev/shm`` are fresh tmpfs, as the charts' ``emptyDir`` volumes are;
+  handed-in files (a service-account token, the test PostgreSQL's socket) are mounted
+  read-only at their paths under ``/run`` or ``/tmp``. The base system (``/usr``,
+  ``/etc``, ``/usr/local``) stays read-only even in a writable root.
 
-Not emulated: the network is the host's (loopback servers are reachable), the hostname is
-the host's, and the process is not PID 1 (a SIGTERM without a handler ends it here, while
-PID 1 in a pod would ignore it; every process here handles SIGTERM, and the tests check
-the exit code).
+Not emulated: the network and the hostname are the host's (loopback servers are
+reachable).
 
-Building and running need root with mount namespaces, which CI has; elsewhere the tests
-that use an image are skipped with that reason.
+Building and running need root with mount and PID namespaces, which CI has; elsewhere the
+tests that use an image are skipped with that reason.
 """
 
 from __future__ import annotations
@@ -119,10 +121,17 @@ def _system_lines(root: Path) -> list[str]:
               *(f"ln -s /proc/self/fd/{n} {q(dev + '/' + s)}" for n, s in enumerate(("stdin", "stdout", "stderr"))),
               f"mkdir {q(dev + '/shm')}", f"mount -t tmpfs -o mode=1777,nosuid,nodev shm {q(dev + '/shm')}",
               f"mount -o remount,ro {q(dev)}",
-              f"mount -t proc proc {q(r + '/proc')}",
-              f"mount -t tmpfs -o mode=1777,nosuid,nodev tmp {q(r + '/tmp')}",
-              f"mount -t tmpfs -o mode=755,nosuid,nodev run {q(r + '/run')}"]
-    return lines
+              # The new PID namespace's own /proc, with what runc keeps from containers made
+              # read-only or empty.
+              f"mount -t proc -o nosuid,nodev,noexec proc {q(r + '/proc')}"]
+    for name in ("sys", "sysrq-trigger", "irq", "bus"):
+        path = q(f"{r}/proc/{name}")
+        lines.append(f"if [ -e {path} ]; then mount --bind {path} {path}; mount -o remount,bind,ro {path}; fi")
+    for name in ("kcore", "keys", "timer_list"):
+        path = q(f"{r}/proc/{name}")
+        lines.append(f"if [ -e {path} ]; then mount --bind /dev/null {path}; fi")
+    return lines + [f"mount -t tmpfs -o mode=1777,nosuid,nodev tmp {q(r + '/tmp')}",
+                    f"mount -t tmpfs -o mode=755,nosuid,nodev run {q(r + '/run')}"]
 
 
 def _file_lines(root: Path, files: dict[str, Path]) -> list[str]:
@@ -138,18 +147,24 @@ def _file_lines(root: Path, files: dict[str, Path]) -> list[str]:
 
 
 def _sandbox_script(root: Path, *, mode: str, files: dict[str, Path], argv: list[str]) -> str:
-    """Shell that mounts the container's root in a private mount namespace, then execs ``argv``
-    chrooted into it (``mode``: READ_ONLY, WRITABLE or BUILD)."""
+    """Shell that mounts the container's root, makes it the root (``pivot_root``, so that
+    the host's is not just hidden but gone from the namespace), then execs ``argv`` there
+    (``mode``: READ_ONLY, WRITABLE or BUILD)."""
     q = shlex.quote
     lines = ["set -eu", *_root_lines(root, mode), *_system_lines(root), *_file_lines(root, files)]
     if mode == READ_ONLY:
         lines.append(f"mount -o remount,bind,ro {q(str(root))}")
-    lines += ["cd /", "exec chroot " + q(str(root)) + " " + " ".join(q(a) for a in argv)]
+    lines += [f"cd {q(str(root))}", "pivot_root . .", "umount -l .", "cd /",
+              "exec " + " ".join(q(a) for a in argv)]
     return "\n".join(lines)
 
 
+SANDBOX = Path(__file__).with_name("sandbox.py")
+
+
 def _unshared(script: str) -> list[str]:
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+    """The command that runs ``script`` as PID 1 of new mount and PID namespaces."""
+    return [sys.executable, str(SANDBOX), script]
 
 
 def _identity(user: str, groups: list[int], capabilities: frozenset[str]) -> list[str]:
@@ -190,7 +205,8 @@ class Image:
         """Start a container as Kubernetes would: ``command`` replaces the ENTRYPOINT and
         ``args`` the CMD; ``env`` adds to the image's; ``user`` ("uid:gid") replaces USER;
         ``capabilities`` (default: Docker's) bound what root may do; ``files`` (container
-        path -> host file) are mounted read-only, under /run or /tmp."""
+        path -> host file) are mounted read-only, under /run or /tmp. The process started
+        runs the container and exits with its status, as ``docker run`` does."""
         argv = (command if command is not None else self.entrypoint) + (
             args if args is not None else (self.cmd if command is None else []))
         if not argv:
@@ -200,7 +216,6 @@ class Image:
                             else capabilities), *_env_argv(full_env, self.workdir, argv)]
         script = _sandbox_script(self.rootfs, mode=READ_ONLY if read_only else WRITABLE, files=files or {},
                                  argv=inner)
-        # The process is ``argv`` itself once the mounts are made, so signals reach it.
         return subprocess.Popen(_unshared(script), **popen)
 
     def run(self, args: list[str] | None = None, *, timeout: float = 120, **options) -> subprocess.CompletedProcess:
@@ -211,6 +226,14 @@ class Image:
             proc.kill()
             out, err = proc.communicate()
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def container_pid(process: subprocess.Popen) -> int:
+    """The host's pid of the container's first process, which ``Image.start`` runs under
+    ``process`` (its runtime)."""
+    with open(f"/proc/{process.pid}/task/{process.pid}/children") as children:
+        [pid] = children.read().split()
+    return int(pid)
 
 
 def _run_build_step(root: Path, step: dockerfile.Step) -> None:
@@ -291,10 +314,9 @@ def _hold(path: Path) -> None:
 
 
 def _prune(cache: Path, folder: str) -> None:
-    """Delete all but the KEEP_BUILDS most recently used images of ``folder`` that no
-    process holds, and what interrupted builds left (called under the folder's lock)."""
-    for leftover in cache.glob(f".building-{folder}-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    """Past the KEEP_BUILDS most recently used images of ``folder``, delete those that no
+    process holds; and what interrupted builds or deletions left (under the folder's lock).
+    An image is renamed out of the way first, so that half of one is never taken for one."""
     older = sorted((p for p in cache.glob(f"{folder}-*") if p.is_dir()),
                    key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_BUILDS:]
     for old in older:
@@ -303,7 +325,9 @@ def _prune(cache: Path, folder: str) -> None:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a session runs it
-            shutil.rmtree(old, ignore_errors=True)
+            old.rename(cache / f".building-{folder}-pruned-{old.name}")
+    for leftover in cache.glob(f".building-{folder}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def build(folder: str) -> Image:
@@ -316,6 +340,8 @@ def build(folder: str) -> Image:
     with (cache / f".{folder}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (path / "config.json").exists():
+            if path.exists():  # not made by _build_into, which renames a finished image in place
+                path.rename(cache / f".building-{folder}-broken-{path.name}")
             _prune(cache, folder)
             _build_into(path, stages, context, folder)
         os.utime(path)  # most recently used
@@ -378,8 +404,8 @@ class PodIdentity:
             user = f"{merged['runAsUser']}:{merged.get('runAsGroup', 0)}"
         groups = [*([pod["fsGroup"]] if "fsGroup" in pod else []), *pod.get("supplementalGroups", [])]
         wanted = own.get("capabilities") or {}
-        dropped = {c.lower() for c in wanted.get("drop") or []}
-        added = frozenset(c.lower() for c in wanted.get("add") or [])
+        dropped = {c.lower().removeprefix("cap_") for c in wanted.get("drop") or []}
+        added = frozenset(c.lower().removeprefix("cap_") for c in wanted.get("add") or [])
         capabilities = added if "all" in dropped else (DOCKER_CAPABILITIES - dropped) | added
         return cls(user, groups, capabilities, bool(own.get("readOnlyRootFilesystem")),
                    bool(merged.get("runAsNonRoot")))
@@ -396,11 +422,11 @@ def can_run_images() -> str | None:
     """Why images cannot be built or run here, or None."""
     if PYTHON_HOME == Path("/usr"):
         return "the tests' Python must be installed under a prefix of its own (it becomes /usr/local)"
-    if not shutil.which("unshare") or not Path("/usr/bin/setpriv").exists():
-        return "needs util-linux's unshare and setpriv"
-    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    if not all(Path(tool).exists() for tool in ("/usr/bin/setpriv", "/usr/sbin/pivot_root", "/usr/bin/mount")):
+        return "needs util-linux's setpriv, pivot_root and mount"
+    probe = subprocess.run(_unshared("mount -t tmpfs probe /mnt"), capture_output=True, text=True)
     if probe.returncode != 0:
-        return "building and running images needs root with mount namespaces (unshare --mount failed)"
+        return f"building and running images needs root with mount and PID namespaces: {probe.stderr.strip()}"
     return None
 
 

@@ -9,7 +9,8 @@ given namespaces) and runs each Pod **locally as a subprocess**:
   built from its Dockerfile (tests/support/images.py): ``command`` replaces its
   ENTRYPOINT and ``args`` its CMD, the user is the securityContext's ``runAsUser`` (else
   the image's USER; ``runAsGroup`` else 0, ``fsGroup`` and ``supplementalGroups`` as
-  supplementary groups), a root user is refused under ``runAsNonRoot``, the capabilities
+  supplementary groups), a root user under ``runAsNonRoot`` leaves the container waiting
+  (``CreateContainerConfigError``) and the pod Pending, the capabilities
   are Docker's less ``drop`` plus ``add``, the root filesystem is read-only when
   ``readOnlyRootFilesystem`` says so, and ``/tmp`` and ``/dev/shm`` are empty; the node's
   ``files`` (the test PostgreSQL's socket) are handed in. The environment is the
@@ -66,6 +67,10 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class _Refused(Exception):
+    """The kubelet would not create this container (its reason)."""
+
+
 @dataclass
 class _Running:
     proc: subprocess.Popen
@@ -106,6 +111,7 @@ class LocalNode:
         self.errors: list[str] = []
         self.images = images
         self.files = dict(files or {})
+        self._refused: set[str] = set()  # pods whose container the kubelet would not create
 
     # lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "LocalNode":
@@ -196,7 +202,7 @@ class LocalNode:
                 continue
             if pod.metadata.deletion_timestamp is not None:
                 self._delete(pod)
-            elif uid not in self._running and pod.status.phase == "Pending":
+            elif uid not in self._running and uid not in self._refused and pod.status.phase == "Pending":
                 self._run(pod)
         for uid, run in list(self._running.items()):
             if uid not in seen:  # deleted behind our back
@@ -287,6 +293,13 @@ class LocalNode:
                     cwd = container.working_dir if container.working_dir and Path(
                         container.working_dir).is_dir() else self.workdir
                     proc = subprocess.Popen(argv, env={**self._venv_env(pod), **env}, cwd=cwd, **streams)
+        except _Refused as exc:  # as the kubelet does: the container waits, the pod stays Pending
+            self._refused.add(pod.metadata.uid)
+            self.core.patch_namespaced_pod_status(name, ns, {"status": {"containerStatuses": [{
+                "name": container.name, "ready": False, "restartCount": 0, "image": container.image, "imageID": "",
+                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]}},
+                _content_type=SMP)
+            return
         except (OSError, ValueError, ApiException, KeyError) as exc:
             log.write_text(f"local node could not start {argv!r}: {exc}\n")
             self._write_status(pod.metadata, container.name, started, exit_code=127,
@@ -303,7 +316,7 @@ class LocalNode:
         identity = PodIdentity.of(serialize(pod.spec), serialize(container))
         refusal = identity.refusal(image)
         if refusal:
-            raise ValueError(refusal)
+            raise _Refused(refusal)
         expand = (lambda words: [_expand(w, env) for w in words] if words else None)
         return image.start(expand(container.args), command=expand(container.command),
                            env={"HOSTNAME": pod.metadata.name, **env}, user=identity.user, groups=identity.groups,
