@@ -23,7 +23,8 @@ given namespaces) and runs each Pod **locally as a subprocess**:
 * in both, ``env`` takes ``$(VAR)`` expansion in values and args, and:
   plain ``value`` entries and ``valueFrom`` with ``secretKeyRef``, ``configMapKeyRef`` and
   ``fieldRef`` to ``metadata.name``/``metadata.namespace``. ``envFrom``, volumes, probes,
-  resources, init/sidecar containers, ``securityContext`` are not supported;
+  resources, init/sidecar containers and service-account tokens are not supported, nor
+  ``securityContext`` for a pod run from the virtualenv;
 * the working directory is ``workingDir`` if it exists, else the node's ``workdir`` (the
   current directory by default); stdout+stderr go to a file in ``logdir``, see
   :meth:`LocalNode.logs` (the pytest fixture keeps them under the test's ``tmp_path``).
