@@ -882,12 +882,11 @@ def test_a_failing_migration_fails_the_release_without_retries(helm, kube, names
         pods[0].metadata.name]
 
 
-def test_the_installed_release_serves_from_its_image(helm, kube, namespace, empty_dsn, local_node, pod_images):
+def test_the_installed_release_serves_from_its_image(helm, kube, namespace, empty_dsn, local_node,
+                                                     needs_images):
     """The whole release as a cluster runs it, where images can run here: the hook migrates
     the empty database and the Deployment's pod serves, both as the API image with the
     chart's environment and securityContext."""
-    if pod_images is None:
-        pytest.skip("images cannot run here (see tests/support/images.py)")
     create_database_secret(kube, namespace, empty_dsn)
     port = free_port()
     helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "-f", str(CHART / "values-dev.yaml"),

@@ -121,9 +121,7 @@ WHO_AM_I = ("import json, os, sys\n"
     ({"runAsUser": 0}, {"uid": 0, "prefix": "/opt/venv", "wrote": True}),  # the image's copy, not the cache's
 ])
 def test_a_pod_of_one_of_our_images_runs_as_that_image_with_its_security_context(
-        kube, namespace, local_node, pod_images, security, expected):
-    if pod_images is None:
-        pytest.skip("images cannot run here (see tests/support/images.py)")
+        kube, namespace, local_node, pod_images, needs_images, security, expected):
     manifest = job("ours", 0)
     container = manifest["spec"]["template"]["spec"]["containers"][0]
     container.update(image="registry.invalid/team/rates-ingest:1.2.3@sha256:" + "0" * 64, securityContext=security,
@@ -137,9 +135,7 @@ def test_a_pod_of_one_of_our_images_runs_as_that_image_with_its_security_context
     assert not (pod_images(pod).rootfs / "opt" / "venv" / "x").exists()  # the built image is as it was
 
 
-def test_a_root_user_under_run_as_non_root_is_refused(kube, namespace, local_node, pod_images):
-    if pod_images is None:
-        pytest.skip("images cannot run here (see tests/support/images.py)")
+def test_a_root_user_under_run_as_non_root_is_refused(kube, namespace, local_node, needs_images):
     manifest = job("root", 0)
     manifest["spec"]["template"]["spec"]["securityContext"] = {"runAsNonRoot": True}
     manifest["spec"]["template"]["spec"]["containers"][0].update(

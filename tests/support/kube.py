@@ -9,6 +9,7 @@
 * ``local_node``          (function) a :class:`~tests.support.local_node.LocalNode` that runs
   the Pods of ``namespace`` as local processes, this project's images as those images
 * ``pod_images``          (session) pod -> the project's built Image it names, or None
+* ``needs_images``        (function) skips the test where images cannot run
 * ``helm``                (session) ``helm(*args, check=True)``: the pinned helm with a HOME
   of its own (no developer configuration leaks in), against the control plane
 * ``kubectl``             (session) ``kubectl(*args, input=None)``: the pinned kubectl, likewise
@@ -252,6 +253,15 @@ def pod_images():
         return None
     built = {folder: images.build(folder) for folder in images.IMAGE_FOLDERS.values()}
     return lambda pod: built.get(images.folder_of(pod.spec.containers[0].image))
+
+
+@pytest.fixture
+def needs_images(pod_images) -> None:
+    """Skips the test where images cannot run (see images.can_run_images)."""
+    from tests.support import images
+
+    if pod_images is None:
+        pytest.skip(images.can_run_images())
 
 
 @pytest.fixture
