@@ -44,6 +44,11 @@ LABELS = {"app.kubernetes.io/name": "rates-ingest", "app.kubernetes.io/component
           "app.kubernetes.io/managed-by": MANAGED_BY}
 SELECTOR = ",".join(f"{k}={v}" for k, v in LABELS.items())
 UNHANDLED = f"{SELECTOR},!{HANDLED}"
+# A node autoscaler (Karpenter, Cluster Autoscaler) would otherwise evict a running load to
+# pack nodes tighter: the load rolls back and starts over while its deadline runs on. A
+# drain still evicts it (a node must be able to go), and that retry does not count.
+POD_ANNOTATIONS = {"karpenter.sh/do-not-disrupt": "true",
+                   "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
 
 
 def job_name(obj: UploadedObject, attempt: int) -> str:
@@ -75,7 +80,7 @@ def manifest(obj: UploadedObject, settings: JobSettings, attempt: int = 1, round
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]},
             "template": {
-                "metadata": {"labels": dict(LABELS)},
+                "metadata": {"labels": dict(LABELS), "annotations": dict(POD_ANNOTATIONS)},
                 "spec": _pod_spec(obj, settings),
             },
         },

@@ -742,6 +742,10 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
             job["spec"].update(parallelism=500, completions=500)
         if change is refused.get("run for ever"):
             del job["spec"]["activeDeadlineSeconds"]
+        if change is refused.get("annotate its pods"):
+            job["spec"]["template"]["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] = "true"
+        if change is refused.get("add a pod annotation"):
+            job["spec"]["template"]["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/ingest"] = "unconfined"
         return job
 
     def env_of(c, name) -> dict:
@@ -786,6 +790,8 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
         "use a pull secret": lambda pod, c, labels: pod.update(imagePullSecrets=[{"name": "other"}]),
         "run many pods": lambda pod, c, labels: None,  # parallelism, set below on the Job
         "run for ever": lambda pod, c, labels: None,  # no activeDeadlineSeconds, below
+        "annotate its pods": lambda pod, c, labels: None,  # evictable by an autoscaler, below
+        "add a pod annotation": lambda pod, c, labels: None,  # below
         # the job would sign its IAM token for the real host and send it to another
         "send the database URL's login elsewhere": lambda pod, c, labels: env_of(c, "DATABASE_URL").update(
             {"value": "postgresql://rates_ingest@db:5432/rates?sslmode=require&hostaddr=203.0.113.7",
@@ -812,6 +818,10 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
     assert statuses == {what: 422 for what in refused}
     # What the controller itself writes: a key that looks like a reference arrives escaped ($$).
     assert create(lambda pod, c, labels: c["env"][1].update(value="x$$(S3_BUCKET) $$$$.csv")) == 200
+    # A controller from before the pods' annotations, still running during a rollout.
+    bare = job_with(lambda pod, c, labels: None)
+    del bare["spec"]["template"]["metadata"]["annotations"]
+    assert status_of(lambda: batch.create_namespaced_job(namespace, bare, dry_run="All")) == 200
     # Only the controller's account is held to it.
     assert status_of(lambda: kube.batch.create_namespaced_job(
         namespace, job_with(refused["run as the API's ServiceAccount"]), dry_run="All")) == 200

@@ -40,6 +40,12 @@ def test_only_exit_code_2_fails_the_job_at_once_and_disruptions_do_not_count():
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
 
 
+def test_node_autoscalers_leave_a_running_load_alone():
+    metadata = jobs.manifest(OBJ, SETTINGS)["spec"]["template"]["metadata"]
+    assert metadata["annotations"] == {"karpenter.sh/do-not-disrupt": "true",
+                                       "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+
+
 def test_extra_environment_follows_the_objects_address():
     settings = JobSettings(namespace="prod", image="i", env={"AWS_REGION": "eu-west-1"})
     env = jobs.manifest(OBJ, settings)["spec"]["template"]["spec"]["containers"][0]["env"]
