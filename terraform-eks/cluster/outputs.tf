@@ -37,3 +37,8 @@ output "repository_urls" {
   description = "Image repositories (when this stack creates them), for the charts' image.repository values."
   value       = var.create_repositories ? module.ecr[0].repository_urls : {}
 }
+
+output "cluster_security_group_id" {
+  description = "Security group of the cluster's private API endpoint: it admits the nodes only, so allow 443 in from a bastion's or runner's group to reach the API from inside the VPC."
+  value       = module.eks.cluster_security_group_id
+}

@@ -10,7 +10,7 @@ output "controller_values" {
   value = {
     queue          = { url = module.uploads.queue_url, deadLetterUrl = module.uploads.dead_letter_queue_url }
     aws            = { region = var.region }
-    serviceAccount = { roleArn = module.controller_role.arn }
+    serviceAccount = { name = var.service_accounts.controller, roleArn = module.controller_role.arn }
     jobs           = { serviceAccount = { name = var.service_accounts.ingest_job, roleArn = module.ingest_job_role.arn } }
     networkPolicy  = { database = { cidrs = local.database_cidrs } }
     # The Jobs log in as the ingest user with IAM tokens from their role: no password.
@@ -27,7 +27,7 @@ output "api_values" {
     # The ALB connects from addresses in the VPC; trust its X-Forwarded-* headers only.
     config         = { forwardedAllowIps = data.aws_vpc.this.cidr_block }
     networkPolicy  = { database = { cidrs = local.database_cidrs }, sts = { cidrs = local.sts_cidrs } }
-    serviceAccount = { iamRoleArn = module.api_role.arn }
+    serviceAccount = { name = var.service_accounts.api, iamRoleArn = module.api_role.arn }
     # The region its IAM tokens are signed for (the database's).
     aws = { region = var.region }
     # The API logs in as its read-only user with IAM tokens from its role: no password.
@@ -49,6 +49,11 @@ output "bucket_kms_key_arn" {
   value       = module.uploads.bucket_kms_key_arn
 }
 
+output "queue_arns" {
+  description = "The uploads queue and its dead-letter queue: send set-aside files back with aws sqs start-message-move-task --source-arn <dead_letter> --destination-arn <uploads>."
+  value       = { uploads = module.uploads.queue_arn, dead_letter = module.uploads.dead_letter_queue_arn }
+}
+
 output "alarm_arns" {
   description = "CloudWatch alarms of the queues, by name: dead-letters (a file set aside) and uploads-waiting (no Job for an upload in an hour)."
   value       = module.uploads.alarm_arns
@@ -62,4 +67,9 @@ output "database_address" {
 output "database_master_secret_arn" {
   description = "Secrets Manager secret with the master credentials; build the rates-database Secret's url from it (see README)."
   value       = module.database.master_user_secret_arn
+}
+
+output "database_master_secret_kms_key_arn" {
+  description = "KMS key of the master credentials' secret: whatever reads the secret (External Secrets, a deploy role) needs kms:Decrypt on it as well as secretsmanager:GetSecretValue."
+  value       = module.database.master_user_secret_kms_key_arn
 }

@@ -71,7 +71,7 @@ variable "log_retention_days" {
 }
 
 variable "service_accounts" {
-  description = "ServiceAccount names the roles trust: the controller's (its chart's full name), the ingest Jobs' (jobs.serviceAccount.name) and the API's (its chart's full name)."
+  description = "ServiceAccount names the roles trust, handed to the charts in their values (serviceAccount.name, jobs.serviceAccount.name): the controller's, the ingest Jobs' and the API's."
   type = object({
     controller = string
     ingest_job = string

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.charts.test_api_chart import CHART as API_CHART
+from tests.charts.test_api_chart import FROM_TERRAFORM as API_FROM_TERRAFORM
 from tests.charts.test_controller_chart import CHART as CONTROLLER_CHART
 from tests.charts.test_controller_chart import RELEASE as CONTROLLER
 from tests.charts.test_controller_chart import render as render_controller
@@ -82,7 +83,7 @@ API_ALERTS = ("RatesApiDown", "RatesApiErrors", "RatesApiSlow", "RatesApiDatabas
 
 def api_rule(helm, *json_sets: str) -> dict:
     args = ["template", "rates-api", str(API_CHART), "-n", NAMESPACE, "-f", str(API_CHART / "values-prod.yaml"),
-            "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"]
+            *API_FROM_TERRAFORM, "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"]
     for assignment in json_sets:
         args += ["--set-json", assignment]
     docs = [d for d in yaml.safe_load_all(helm(*args).stdout) if d]

@@ -49,7 +49,9 @@ CHART_LABEL = "rates-api-" + yaml.safe_load((CHART / "Chart.yaml").read_text())[
 # --- helpers -------------------------------------------------------------------------------
 
 def values_args(env: str | None) -> list[str]:
-    return ["-f", str(CHART / f"values-{env}.yaml")] if env else []
+    """An environment's values file with what Terraform's api_values hands it, as the
+    documented install gives both (the file alone refuses to render: see below)."""
+    return ["-f", str(CHART / f"values-{env}.yaml"), *FROM_TERRAFORM] if env else []
 
 
 def sets(*assignments: str) -> list[str]:
@@ -83,7 +85,10 @@ def kinds(docs: dict) -> set[str]:
 
 
 IAM_URL = "postgresql://rates_api@rates.abc.eu-west-1.rds.amazonaws.com:5432/rates?sslmode=require"
-IAM_VARIABLES = {"DATABASE_IAM_AUTH", "AWS_REGION", "AWS_DEFAULT_REGION"}
+FROM_TERRAFORM = ["--set", f"database.url={IAM_URL}", "--set", "aws.region=eu-west-1",
+                  "--set", "serviceAccount.iamRoleArn=arn:aws:iam::123456789012:role/rates-test-api"]
+# The tests' own database, as k8s/local/rates-api-values.yaml has it: no IAM tokens.
+LOCAL_DATABASE = ["--set", "database.iamAuth=false"]
 
 
 def api_container(docs: dict) -> dict:
@@ -351,13 +356,13 @@ def test_rendered_env_is_a_valid_api_configuration(render, env):
     assert len(env_vars) == len(container["env"]), "a variable is set twice"
 
     # Every variable is one the API reads (a typo would be ignored silently), and every one
-    # it reads is set, except DB_POOL_SIZE, which defaults to one connection per thread,
-    # and those of IAM authentication, which is off (see the test below).
-    assert set(env_vars) == documented_api_variables() - {"DB_POOL_SIZE", *IAM_VARIABLES}
+    # it reads is set, except DB_POOL_SIZE, which defaults to one connection per thread.
+    assert set(env_vars) == documented_api_variables() - {"DB_POOL_SIZE"}
 
     settings = Settings.from_env(env_vars)
     values = yaml.safe_load((CHART / f"values-{env}.yaml").read_text())
-    assert settings.database_url == DUMMY_DSN
+    # Every environment logs in as the read-only user with IAM tokens, never with the Secret.
+    assert settings.database_url == IAM_URL and settings.database_iam_auth
     assert settings.db_pool_size == values["config"]["gunicornThreads"]
     assert settings.log_level == values["config"]["logLevel"]
     assert settings.app_version == yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
@@ -580,15 +585,18 @@ def test_network_policies_select_the_api_and_migration_pods(render, env):
     assert not migrate_policy["spec"].get("ingress")
     assert not ingress_allowed(policies, pods["migrations"], pods["api"], 8000)
 
-    # Out: DNS and PostgreSQL, nothing else.
+    # Out: DNS and PostgreSQL, nothing else; and for the API, where it signs IAM tokens
+    # (every environment, with Terraform's values), HTTPS to STS.
     database = {"ports": [{"port": 5432, "protocol": "TCP"}]}
-    for p in (api_policy, migrate_policy):
-        assert p["spec"]["egress"] == [DNS_EGRESS, database], p["metadata"]["name"]
+    sts = [{"ports": [{"port": 443, "protocol": "TCP"}]}] if env else []
+    assert api_policy["spec"]["egress"] == [DNS_EGRESS, database, *sts]
+    assert migrate_policy["spec"]["egress"] == [DNS_EGRESS, database]
     rds = address("10.0.20.30")
     for component in ("api", "migrations"):
         assert egress_allowed(policies, pods[component], rds, 5432)
         assert egress_allowed(policies, pods[component], address("172.20.0.10"), 53, "UDP")
-        for port in (443, 80, 6443, 5433):
+        assert egress_allowed(policies, pods[component], rds, 443) == bool(component == "api" and sts)
+        for port in (80, 6443, 5433):
             assert not egress_allowed(policies, pods[component], rds, port), (component, port)
         assert not egress_allowed(policies, pods[component], address("169.254.169.254"), 80)  # no IMDS
 
@@ -653,9 +661,17 @@ def test_iam_authentication_opens_https_for_the_api_pods_only(render):
                        if e["name"] == "DATABASE_URL"]
     assert migration_url["valueFrom"]["secretKeyRef"] == {"name": "rates-database", "key": "url"}
 
-    docs = render("prod")
+    docs = render("prod", *LOCAL_DATABASE)
     policies = [d for (k, _), d in docs.items() if k == "NetworkPolicy"]
     assert not egress_allowed(policies, pod_of(pods_of(docs)["api"]), *https_anywhere)
+
+
+def test_an_environment_without_terraforms_values_refuses_to_render(helm):
+    """Every environment's API logs in with IAM tokens: its values file alone, without the
+    URL Terraform hands it, must fail, not fall back to the Secret's owner URL."""
+    for env in ENVS:
+        proc = helm("template", RELEASE, str(CHART), "-f", str(CHART / f"values-{env}.yaml"), check=False)
+        assert proc.returncode != 0 and "/database/url" in proc.stderr, (env, proc.stderr)
 
 
 def test_https_for_sts_can_be_pinned_to_the_vpc(render):
@@ -787,7 +803,7 @@ def test_install_upgrade_uninstall(helm, kube, namespace, empty_dsn, tmp_path, p
     policy = client.PolicyV1Api(kube.api_client)
     cluster = ["-n", namespace]
     upgrade = ["upgrade", "--install", RELEASE, str(CHART), *cluster, "-f", str(CHART / "values-dev.yaml"),
-               "--timeout", "90s"]
+               *LOCAL_DATABASE, "--timeout", "90s"]
     assert migrate.pending(empty_dsn)
 
     # Only while helm waits for the hook, and only the hook's pod: the API's own pods would
@@ -861,7 +877,7 @@ def test_a_failing_migration_fails_the_release_without_retries(helm, kube, names
     stops before any new pod exists; the failed Job stays for its logs."""
     create_database_secret(kube, namespace, "host=db.invalid dbname=rates")  # not a URL: permanent
     proc = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "-f", str(CHART / "values-dev.yaml"),
-                "--timeout", "60s", check=False)
+                *LOCAL_DATABASE, "--timeout", "60s", check=False)
     (job,) = kube.batch.list_namespaced_job(namespace).items
     pods = kube.core.list_namespaced_pod(namespace, label_selector=f"job-name={job.metadata.name}").items
     log = local_node.logs(namespace, pods[0].metadata.name)
@@ -890,7 +906,7 @@ def test_the_installed_release_serves_from_its_image(helm, kube, namespace, empt
     create_database_secret(kube, namespace, empty_dsn)
     port = free_port()
     helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "-f", str(CHART / "values-dev.yaml"),
-         *sets(f"containerPort={port}", "image.tag=v7"), "--wait", "--timeout", "120s")
+         *LOCAL_DATABASE, *sets(f"containerPort={port}", "image.tag=v7"), "--wait", "--timeout", "120s")
     [pod] = kube.core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/component=api").items
     base = f"http://127.0.0.1:{port}"
     wait_for_http(f"{base}/readyz", timeout=60)

@@ -18,6 +18,11 @@ output "master_user_secret_arn" {
   value       = aws_db_instance.this.master_user_secret[0].secret_arn
 }
 
+output "master_user_secret_kms_key_arn" {
+  description = "KMS key the master user secret is encrypted with: a reader of the secret also needs kms:Decrypt on it."
+  value       = aws_kms_key.this.arn
+}
+
 output "security_group_id" {
   description = "Security group of the database."
   value       = aws_security_group.this.id

@@ -11,7 +11,7 @@ locals {
       threshold = 0
       # Stays in alarm while a file waits there: a set-aside file needs someone.
       periods     = 1
-      description = "Price files are set aside in ${aws_sqs_queue.dead_letter.name}. Each message's reason attribute says why; once the file or the release is fixed, move the messages back to ${aws_sqs_queue.uploads.name} (README, \"Controller\"), or delete them."
+      description = "Price files are set aside in ${aws_sqs_queue.dead_letter.name}. Each message's reason attribute says why; once the file or the release is fixed, move the messages back with a redrive whose destination is ${aws_sqs_queue.uploads.name} (README, \"Controller\"), or delete them."
     }
     uploads-waiting = {
       queue     = aws_sqs_queue.uploads.name
