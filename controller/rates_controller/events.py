@@ -97,13 +97,17 @@ def _created_object(record) -> UploadedObject | None:
         raise PoisonMessage(f"an ObjectCreated record lacks {exc}") from None
     if not isinstance(key, str):
         raise PoisonMessage("an ObjectCreated record's key is not a string")
-    key = unquote_plus(key)
+    try:
+        # Strict: by default unquote_plus turns %FF into U+FFFD, a key that does not exist.
+        key = unquote_plus(key, errors="strict")
+        key.encode()  # a lone surrogate, from a \ud800 escape in the JSON
+    except UnicodeError:
+        raise PoisonMessage("an ObjectCreated record's key is not valid UTF-8") from None
     if not isinstance(bucket, str) or not bucket or not key:
         raise PoisonMessage("an ObjectCreated record has an empty bucket name or key")
-    try:
-        key.encode()
-    except UnicodeEncodeError:
-        raise PoisonMessage("an ObjectCreated record's key is not valid UTF-8") from None
+    if "\0" in key or "\0" in bucket:
+        # No process environment can hold it: the Job's pod would never start.
+        raise PoisonMessage("an ObjectCreated record's bucket name or key holds a NUL character")
     size = obj.get("size")
     size = size if isinstance(size, int) and not isinstance(size, bool) else None
     if key.endswith("/") and not size:

@@ -104,6 +104,9 @@ def test_a_missing_version_id_and_etag_are_none():
     (body(record("x.csv", eTag=["a"])), "eTag is not a string"),
     (body(record("x.csv", sequencer={})), "sequencer is not a string"),
     (body(record("\ud800.csv")), "not valid UTF-8"),
+    (body(record("a%FF.csv")), "not valid UTF-8"),  # percent-encoded bytes that are no UTF-8
+    (body(record("a%ED%A0%80.csv")), "not valid UTF-8"),  # an encoded surrogate
+    (body(record("a%00.csv")), "holds a NUL"),
 ])
 def test_anything_else_is_a_poison_message_with_the_reason(text, reason):
     with pytest.raises(PoisonMessage, match=reason):
