@@ -1,6 +1,7 @@
 """GET /rates: average daily price between two ports or regions."""
 
 import json
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, request
 
@@ -29,9 +30,11 @@ def get_rates():
 
 def _args():
     try:
+        # Werkzeug keeps a percent-encoded byte that is no UTF-8 (%FF) as the text "%FF",
+        # so origin=%FF would mean origin=%25FF: refuse it instead.
+        parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True, errors="strict")
         return request.args
     except UnicodeDecodeError:
-        # Raw, undecodable bytes in the query string: werkzeug refuses them.
         raise ApiError(400, "invalid_parameter", "the query string is not valid UTF-8") from None
 
 

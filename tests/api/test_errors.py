@@ -37,6 +37,18 @@ def test_malformed_parameters_are_400(world, client, params, fragment):
     assert response.get_json()["error"]["code"] == "invalid_parameter"
 
 
+@pytest.mark.parametrize("encoded", ["%FF", "CN%ED%A0%80", "%C3"])  # no UTF-8; a surrogate; cut short
+def test_percent_encoded_bytes_that_are_no_utf8_are_400(world, client, encoded):
+    query = "&".join(f"{k}={v}" for k, v in {**GOOD, "origin": encoded}.items())
+    response = client.get(f"/rates?{query}")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == {"code": "invalid_parameter",
+                                            "message": "the query string is not valid UTF-8"}
+    # While a percent-encoded UTF-8 name is read as that name.
+    response = client.get("/rates?" + query.replace(encoded, "%C3%A9"))
+    assert response.status_code == 404 and "'é'" in response.get_json()["error"]["message"]
+
+
 @pytest.mark.parametrize("repeated", [dict(origin=["CNSHA", "CNSHA"]), dict(orig_code="CNSHA")])
 def test_a_parameter_repeated_with_the_same_value_is_not_a_conflict(world, client, repeated):
     response = client.get("/rates", query_string={**GOOD, **repeated})
