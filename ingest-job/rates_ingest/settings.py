@@ -50,12 +50,22 @@ class Settings:
         return cls(
             database_url=database_url,
             database_iam_auth=iam_auth_enabled(database_url, environ),
-            bucket=bucket or env_str("S3_BUCKET", environ=environ),
-            key=key or env_str("S3_OBJECT_KEY", environ=environ),
-            version_id=version_id or environ.get("S3_VERSION_ID") or None,
+            bucket=_text("S3_BUCKET", bucket or env_str("S3_BUCKET", environ=environ)),
+            key=_text("S3_OBJECT_KEY", key or env_str("S3_OBJECT_KEY", environ=environ)),
+            version_id=_text("S3_VERSION_ID", version_id or environ.get("S3_VERSION_ID") or None),
             log_level=env_choice("LOG_LEVEL", "INFO", LEVELS, environ),
             work_mem=_memory("INGEST_WORK_MEM", BULK_LOAD_WORK_MEM, environ),
         )
+
+
+def _text(name: str, value: str | None) -> str | None:
+    # Bytes that are no UTF-8 (in argv or the environment) arrive as lone surrogates, which
+    # no S3 request or database row can carry: say so here rather than fail mid-run.
+    try:
+        value is None or value.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} is not valid UTF-8: {value!r}") from None
+    return value
 
 
 def _memory(name: str, default: str, environ: Mapping[str, str]) -> str:

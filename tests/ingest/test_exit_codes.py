@@ -167,6 +167,18 @@ def test_an_unknown_log_level_is_a_configuration_error(db, s3):
     assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got 'verbose'" in result.stdout
 
 
+def test_a_key_that_is_not_utf8_is_a_configuration_error(db, s3):
+    dsn, _ = db
+    result = run_cli(dsn, "--bucket", s3.name, "--key", b"bad\xff.csv")  # bytes, as a shell can pass them
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    [line] = log_lines(result.stdout)
+    assert line["error"].startswith("S3_OBJECT_KEY is not valid UTF-8")
+    with psycopg2.connect(dsn) as conn:
+        assert runs(conn) == []  # nothing recorded for a run that never began
+
+
 def test_a_killed_run_is_marked_failed_by_the_next_run(db, s3):
     dsn, conn = db
     s3.put("in/killed.csv", as_csv(ROWS))
