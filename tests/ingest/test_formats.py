@@ -83,6 +83,22 @@ def test_bad_utf8_in_a_json_array_is_reported_at_its_element(size):
         (2, "unknown port code '"), (4, "not valid UTF-8 (by")]
 
 
+@pytest.mark.parametrize("size", [3, 1000, 1 << 20])
+@pytest.mark.parametrize("kind, encoder", [("csv", as_csv), ("ndjson", as_ndjson)])
+def test_runs_of_blank_lines_are_skipped_and_lines_still_counted(kind, encoder, size):
+    body = encoder(ROWS)
+    first = body.index(b"\n") + 1  # after the header (CSV) or the first row (NDJSON)
+    blanks = b"\n" * 300_000 + b"  \n" + b"\r\n" * 5
+    padded = body[:first] + blanks + body[first:] + b"\n" * 70_000
+    assert parse(kind, split(padded, size)) == EXPECTED
+
+    bad = encoder([("CNSHA", "XXXXX", "2016-01-01", 5)]).splitlines()[-1] + b"\n"
+    with pytest.raises(formats.InvalidFile) as caught:
+        parse(kind, split(padded + bad, size))
+    # one header or row, the 300,006 blank lines, the other rows and the 70,000 blank lines
+    assert caught.value.bad_rows[0]["line"] == 1 + 300_006 + (len(ROWS) + (kind == "csv") - 1) + 70_000 + 1
+
+
 def test_concatenated_gzip_members_are_one_file():
     body = as_csv(ROWS)
     cut = body.index(b"\n", 40) + 1
