@@ -74,6 +74,11 @@ CASES = {
     # The second row's day is already known, so it takes the fast path of a seen day.
     "zero price on a day seen before": ("p.csv", as_csv([ROWS[0], ("CNSHA", "NLRTM", "2016-01-01", "0000")]),
                                         "between 1 and", 3),
+    # Above the bound on a day already seen: the CSV fast path's own bound decides.
+    "price too high on a day seen before": ("p.csv", as_csv([ROWS[0], ("CNSHA", "NLRTM", "2016-01-01", 10_000_001)]),
+                                            "between 1 and", 3),
+    "eight-digit price too high on a day seen before": ("p.csv", as_csv([ROWS[0], ("CNSHA", "NLRTM", "2016-01-01",
+                                                                                   99_999_999)]), "between 1 and", 3),
     "basic ISO date": ("p.csv", as_csv([("CNSHA", "NLRTM", "20160101", 5)]), "YYYY-MM-DD", 2),
     "ISO week date": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-W01-1", 5)]), "YYYY-MM-DD", 2),
 }
@@ -138,6 +143,18 @@ def test_quoted_fields_crlf_and_a_bom_are_fine(db, s3):
     assert run_job(dsn, s3.name, "excel.csv") == 0
 
     assert prices(conn) == [("CNNGB", "DEHAM", "2016-01-02", 900), ("CNSHA", "NLRTM", "2016-01-01", 1000)]
+
+
+def test_the_edge_prices_load_in_csv_on_a_day_seen_before(db, s3):
+    """The CSV fast path, which only rows of an already seen day take, keeps the bounds."""
+    dsn, conn = db
+    rows = [("CNSHA", "NLRTM", "2016-01-01", 5), ("CNSHA", "NLRTM", "2016-01-01", 1),
+            ("CNSHA", "NLRTM", "2016-01-01", 10_000_000), ("CNSHA", "NLRTM", "2016-01-01", 9_999_999)]
+    s3.put("p.csv", as_csv(rows))
+
+    assert run_job(dsn, s3.name, "p.csv") == 0
+
+    assert prices(conn) == sorted(rows)
 
 
 @pytest.mark.parametrize("kind, after_bom", [("json", b""), ("ndjson", b""), ("json", b"\n  "), ("ndjson", b"\n")])
