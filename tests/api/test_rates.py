@@ -33,6 +33,24 @@ def test_three_level_nesting_covers_every_port_below_a_region(world, rates):
     assert averages(rates(date_from=D1, date_to=D1, origin="china", destination="scandinavia")[1]) == [(D1, None)]
 
 
+def test_a_region_covers_ports_eight_levels_below_it(world, rates):
+    # world > europe > deep1 > ... > deep7, with NLRTM moved to the bottom.
+    chain = [f"deep{n}" for n in range(1, 8)]
+    with world.cursor() as cur:
+        for parent, slug in zip(["europe", *chain], chain):
+            cur.execute("INSERT INTO regions (slug, name, parent_slug) VALUES (%s, %s, %s)", (slug, slug, parent))
+        cur.execute("UPDATE ports SET parent_slug = 'deep7' WHERE code = 'NLRTM'")
+    world.commit()
+    insert_prices(world, [("CNSHA", "NLRTM", D1, p) for p in (100, 200, 600)])
+
+    for top in ("world", "europe", "deep1", "deep4", "deep7"):
+        assert averages(rates(date_from=D1, date_to=D1, origin="CNSHA", destination=top)[1]) == [(D1, 300)], top
+        assert averages(rates(date_from=D1, date_to=D1, origin="china", destination=top)[1]) == [(D1, 300)], top
+        assert averages(rates(date_from=D1, date_to=D1, origin=top, destination="CNSHA")[1]) == [(D1, None)], top
+    # A region beside the chain covers none of it.
+    assert averages(rates(date_from=D1, date_to=D1, origin="CNSHA", destination="north_europe")[1]) == [(D1, None)]
+
+
 def test_two_prices_give_null_and_three_give_an_average(world, rates):
     insert_prices(world, [
         ("CNSHA", "NLRTM", D1, 1000), ("CNSHA", "NLRTM", D1, 2000),
