@@ -13,7 +13,7 @@ from kubernetes.client.rest import ApiException
 from rates_controller import events, jobs
 from rates_controller import kube as kube_boundary
 from rates_controller.controller import Controller
-from rates_controller.metrics import Metrics
+from rates_controller.metrics import SET_ASIDE_REASONS, Metrics
 from rates_controller.queue import Queue
 from rates_controller.settings import JobSettings, Settings
 from rates_core import logs
@@ -56,6 +56,13 @@ def env_of(job) -> dict:
 def sample(metrics: Metrics, name: str, **labels) -> float:
     value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+def set_aside_reasons(metrics: Metrics) -> dict[str, float]:
+    """{reason: count} of rates_controller_files_set_aside_total, the reasons counted only."""
+    counts = {reason: sample(metrics, "rates_controller_files_set_aside_total", reason=reason)
+              for reason in SET_ASIDE_REASONS}
+    return {reason: count for reason, count in counts.items() if count}
 
 
 def creates_refused(kube, namespace: str, controller, message: str):

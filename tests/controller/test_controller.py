@@ -12,7 +12,7 @@ from kubernetes import client
 from rates_controller import controller as controller_module
 from rates_controller import jobs
 from rates_core.errors import TemporaryError
-from tests.controller.conftest import creates_refused, env_of, sample
+from tests.controller.conftest import creates_refused, env_of, sample, set_aside_reasons
 from tests.support.aws import unique_name
 from tests.support.poll import wait_for
 from tests.support.uploads import IMAGE, ingest_jobs
@@ -112,7 +112,7 @@ def test_a_poison_message_is_set_aside_with_its_reason_and_blocks_nothing(kube, 
     assert "not JSON" in dead["reason"]
     assert [j.metadata.annotations[jobs.KEY] for j in ingest_jobs(kube, namespace)] == ["after.csv"]
     assert sqs.counts() == (0, 0)
-    assert sample(controller.metrics, "rates_controller_files_set_aside_total", reason="poison") == 1
+    assert set_aside_reasons(controller.metrics) == {"poison": 1}
 
 
 def test_a_message_the_controller_fails_on_is_set_aside_and_the_loop_goes_on(kube, namespace, uploads, sqs,
@@ -135,6 +135,7 @@ def test_a_message_the_controller_fails_on_is_set_aside_and_the_loop_goes_on(kub
 
     [dead] = sqs.dead_letters()
     assert "odd.csv" in dead["body"] and "the controller failed on this message" in dead["reason"]
+    assert set_aside_reasons(controller.metrics) == {"unexpected": 1}
     assert [j.metadata.annotations[jobs.KEY] for j in ingest_jobs(kube, namespace)] == ["fine.csv"]
     assert sqs.counts() == (0, 0)
 
@@ -203,6 +204,7 @@ def test_a_message_whose_job_never_can_be_created_is_set_aside(uploads, sqs, mak
 
     [dead] = sqs.dead_letters()
     assert "no Job could be created in 2 deliveries" in dead["reason"] and "404" in dead["reason"]
+    assert set_aside_reasons(controller.metrics) == {"undeliverable": 1}
     assert json.loads(dead["body"])["Records"][0]["s3"]["object"]["key"] == "p.csv"
     assert sqs.counts() == (0, 0)
 
@@ -338,6 +340,7 @@ def test_a_job_the_api_server_refuses_is_set_aside(uploads, sqs, make_controller
     controller.step()
     [dead] = sqs.dead_letters()
     assert "422" in dead["reason"] and "must be less than or equal to memory limit" in dead["reason"]
+    assert set_aside_reasons(controller.metrics) == {"rejected": 1}
 
     uploads.put("q.csv", b"x")
     make_controller(job_cpu_request="lots").step()

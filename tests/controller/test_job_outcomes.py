@@ -11,7 +11,7 @@ from kubernetes.client.rest import ApiException
 
 from rates_controller import controller as controller_module
 from rates_controller import events, jobs
-from tests.controller.conftest import creates_refused, sample
+from tests.controller.conftest import creates_refused, sample, set_aside_reasons
 from tests.ingest.conftest import ROWS, as_csv, prices, runs
 from tests.support.poll import wait_for
 from tests.support.kube import admission_refusal
@@ -67,7 +67,7 @@ def test_an_invalid_file_is_set_aside_at_once_with_the_jobs_reason(dsn, world, k
                                    "unknown port code 'XXXXX' in dest_code")
     assert json.loads(dead["body"])["Records"][0]["s3"]["object"]["key"] == "bad.csv"
     assert [r["status"] for r in runs(conn)] == ["rejected"]
-    assert sample(controller.metrics, "rates_controller_files_set_aside_total", reason="invalid_file") == 1
+    assert set_aside_reasons(controller.metrics) == {"invalid_file": 1}
 
     # SQS delivers the upload's event again (at least once): the file stays set aside, once.
     again = json.loads(dead["body"])
@@ -97,6 +97,7 @@ def test_a_file_that_keeps_failing_is_retried_set_aside_and_loads_after_a_redriv
     assert "did not load in 2 Jobs (BackoffLimitExceeded" in dead["reason"]
     assert "the job said: connection to server at" in dead["reason"] and "Connection refused" in dead["reason"]
     assert dead["attempts"] == "2"
+    assert set_aside_reasons(controller.metrics) == {"attempts_exhausted": 1}
 
     # The operator fixes the cause and sends the file back (an SQS redrive does the same).
     job_runtime(dsn)
@@ -173,6 +174,7 @@ def test_a_retry_the_api_server_refuses_sets_the_file_aside_and_the_loop_goes_on
     assert list(handled(kube, namespace).values()) == ["set-aside"]
     [dead] = sqs.dead_letters()
     assert "its next Job cannot be created" in dead["reason"] and "422" in dead["reason"]
+    assert set_aside_reasons(broken.metrics) == {"rejected": 1}
 
 
 def test_a_retry_waits_for_a_free_slot(dsn, world, kube, namespace, uploads, sqs, make_controller,
@@ -229,7 +231,7 @@ def test_a_file_set_aside_whose_job_cannot_be_labelled_is_sent_to_the_dead_lette
 
     assert handled(kube, namespace) == {job.metadata.name: "set-aside"}
     assert sqs.dead_letters() == []  # none more
-    assert sample(controller.metrics, "rates_controller_files_set_aside_total", reason="invalid_file") == 1
+    assert set_aside_reasons(controller.metrics) == {"invalid_file": 1}
     assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="set-aside") == 1
 
 

@@ -17,8 +17,11 @@ def test_names_are_stable_per_object_and_attempt_and_fit_a_label_value():
     assert name == jobs.job_name(UploadedObject("uploads", "2016/jan.csv", None, "abc", 999), 1)
     others = {jobs.job_name(OBJ, 2), jobs.job_name(UploadedObject("uploads", "2016/jan.csv", "v2", "abc", 10), 1),
               jobs.job_name(UploadedObject("uploads", "2016/feb.csv", None, "abc", 10), 1),
-              jobs.job_name(UploadedObject("other", "2016/jan.csv", None, "abc", 10), 1)}
-    assert name not in others and len(others) == 4
+              jobs.job_name(UploadedObject("other", "2016/jan.csv", None, "abc", 10), 1),
+              jobs.job_name(UploadedObject("uploads", "2016/jan.csv", None, "abd", 10), 1),
+              # the same content uploaded again, in an unversioned bucket: a new load
+              jobs.job_name(UploadedObject("uploads", "2016/jan.csv", None, "abc", 10, sequencer="0055AED6"), 1)}
+    assert name not in others and len(others) == 6
     long_key = UploadedObject("b" * 63, "k" * 1024, "v" * 100, "e" * 40, 1)
     assert len(jobs.job_name(long_key, 10**6)) <= 63
 
