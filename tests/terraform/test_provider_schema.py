@@ -72,11 +72,14 @@ def problems_in(text: str, schema: Schema, where: str) -> list[str]:
 
 
 def test_the_schema_is_the_provider_version_the_stacks_allow(schema):
-    major = int(schema.provider_version.split(".")[0])
+    version = tuple(int(part) for part in schema.provider_version.split(".")[:2])
     for versions in TERRAFORM_ROOT.rglob("versions.tf"):
         text = versions.read_text()
         if "hashicorp/aws" in text:
-            assert f'">= {major}.0, < {major + 1}.0"' in text, versions
+            # 6.8 is the first that takes SQS's 1 MiB messages (the dead-letter queue's size).
+            [(low_major, low_minor, high)] = re.findall(r'">= (\d+)\.(\d+), < (\d+)\.0"', text)
+            assert (int(low_major), int(low_minor)) <= version < (int(high), 0), versions
+            assert (int(low_major), int(low_minor)) >= (6, 8), versions
     assert len(schema.resources) > 1000 and "aws_eks_cluster" in schema.resources
 
 

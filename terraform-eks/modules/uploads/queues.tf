@@ -1,8 +1,13 @@
 # SQS-managed encryption rather than a KMS key: S3 cannot send event notifications to a
 # queue encrypted with the AWS-managed SQS key, and this keeps the key out of S3's path.
+# The controller sets a message aside by sending its body to the dead-letter queue with a
+# reason of up to 4,000 characters in attributes, which count toward the size limit: the
+# dead-letter queue takes SQS's largest messages, four times the uploads queue's, so that
+# any message the uploads queue took (S3's events are a few kB) fits with its reason.
 resource "aws_sqs_queue" "dead_letter" {
   name                      = "${var.name}-dead-letter"
   message_retention_seconds = var.dead_letter_retention_days * 86400
+  max_message_size          = 1048576
   sqs_managed_sse_enabled   = true
 
   tags = var.tags
@@ -11,6 +16,7 @@ resource "aws_sqs_queue" "dead_letter" {
 resource "aws_sqs_queue" "uploads" {
   name                      = "${var.name}-uploads"
   message_retention_seconds = 4 * 86400
+  max_message_size          = 262144
   # The controller sets each message's visibility itself when it receives it.
   visibility_timeout_seconds = 60
   receive_wait_time_seconds  = 20
