@@ -98,6 +98,11 @@ def post_worker_init(worker):
         timer.start()
 
     signal.signal(signal.SIGTERM, drain_then_exit)
+    # A terminal's Ctrl-C signals every process of the group, the workers too, and the
+    # master then sends them SIGQUIT: a gthread worker met by both could deadlock in its
+    # quit handler and hold the stop for the whole graceful timeout. The master's SIGQUIT
+    # alone stops a worker at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def child_exit(server, worker):

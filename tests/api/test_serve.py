@@ -16,6 +16,7 @@ import requests
 
 from ratesctl.commands import GUNICORN_CONF
 from tests.support.net import free_port, wait_for_http
+from tests.support.poll import wait_for
 from tests.support.proc import stop_process
 
 
@@ -157,3 +158,40 @@ def test_the_own_metrics_directory_is_removed_on_exit_even_after_a_reload(dsn, t
         stop_process(process)
     assert not os.path.exists(own)
     assert set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) == before
+
+
+def _ignored_signals(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("SigIgn:")).split()[1], 16)
+
+
+def test_ctrl_c_in_a_terminal_stops_make_api_at_once(dsn, tmp_path):
+    """A terminal's Ctrl-C signals the whole process group, the workers as well as the
+    master, which then sends them SIGQUIT. A gthread worker hit by both could deadlock and
+    hold the stop for the graceful timeout (about one stop in four did): the workers leave
+    SIGINT to the master."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "WEB_CONCURRENCY": "2",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+           # A deadlocked stop would take this long: far past the wait below.
+           "GUNICORN_GRACEFUL_TIMEOUT": "300"}
+    env.pop("HOST", None)
+    process = subprocess.Popen([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
+        workers = [int(pid) for pid in open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()]
+        assert len(workers) == 2
+        # (the second worker may still be starting: /healthz needs one)
+        wait_for(lambda: all(_ignored_signals(pid) & (1 << (signal.SIGINT - 1)) for pid in workers),
+                 timeout=60, what="both workers to leave SIGINT to the master")
+        assert not _ignored_signals(process.pid) & (1 << (signal.SIGINT - 1))  # the master stops on it
+        for _ in range(3):
+            requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+
+        os.killpg(process.pid, signal.SIGINT)
+
+        assert process.wait(timeout=60) == 0
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+    finally:
+        stop_process(process, group=True)
