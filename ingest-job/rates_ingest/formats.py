@@ -11,7 +11,6 @@ invalid file never reaches a commit.
 import codecs
 import csv
 import datetime
-import itertools
 import json
 import re
 import sys
@@ -363,11 +362,13 @@ def _within_limit(line_no: int, lines: list[bytes], problems: Problems):
     return False
 
 
-def _next_nonempty(lines: list[bytes], start: int) -> int:
-    """Index of the first non-empty line from ``start`` on, or len(lines)."""
-    first = next(filter(None, itertools.islice(lines, start, None)), None)
-    # The first line equal to it from start on is that one: every line before it is empty.
-    return len(lines) if first is None else lines.index(first, start)
+def _blank_run_end(lines: list[bytes], start: int) -> int:
+    """Index of the first line from ``start`` on that is not blank, or len(lines). Looks
+    at the run's lines only, so that many short runs cost no more than one long one."""
+    end, count = start, len(lines)
+    while end < count and not lines[end].strip():
+        end += 1
+    return end
 
 
 class CsvParser(Parser):
@@ -401,15 +402,15 @@ class CsvParser(Parser):
             return self.suffix_bytes.join(lines) + self.suffix_bytes if lines else b""
         kept = lines[:bad]
         while bad >= 0 and not self.problems.full:
-            if lines[bad]:
+            if lines[bad].strip():
                 line = self._slow_line(first_no + bad, lines[bad])
                 if line is not None:
                     kept.append(line)
                 resume = bad + 1
             else:
-                # A run of empty lines, passed over at C speed: one by one through the slow
+                # A run of blank lines, passed over in one loop: one by one through the slow
                 # path they took a second a MiB, and a gzip of newlines is a thousandth of it.
-                resume = _next_nonempty(lines, bad)
+                resume = _blank_run_end(lines, bad)
             after = self._first_bad(lines, resume)
             kept.extend(lines[resume:] if after < 0 else lines[resume:after])
             bad = after
@@ -581,8 +582,8 @@ class NdjsonParser(Parser):
         for first_no, lines in _complete_lines(data, self.problems):
             out = []
             for offset, raw in enumerate(lines):
-                if not raw:
-                    continue  # blank: the common case of blank lines, without a call
+                if not raw.strip():
+                    continue  # blank, without the call (a BOM-only first line goes on to it)
                 line = self._line(first_no + offset, raw)
                 if line is not None:
                     out.append(line)

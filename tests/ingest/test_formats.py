@@ -98,6 +98,30 @@ def test_runs_of_blank_lines_are_skipped_and_lines_still_counted(kind, encoder, 
     # one header or row, the 300,006 blank lines, the other rows and the 70,000 blank lines
     assert caught.value.bad_rows[0]["line"] == 1 + 300_006 + (len(ROWS) + (kind == "csv") - 1) + 70_000 + 1
 
+    # Double-spaced, with blank lines of spaces, tabs and a lone CR between the rows.
+    header = body[:first] if kind == "csv" else b""
+    rows = body[len(header):].splitlines(keepends=True)
+    spaced = header + b"".join(row + b"\n \t\n\r\r\n" for row in rows * 2000)
+    assert parse(kind, split(spaced, size)) == EXPECTED * 2000
+
+
+def test_a_run_of_blank_lines_is_read_once():
+    """Only the run's own lines and the one after it: many short runs in a chunk must cost
+    no more than one long one (a scan from the chunk's start each time was quadratic)."""
+    seen = []
+
+    class Lines(list):
+        def __getitem__(self, index):
+            seen.append(index)
+            return super().__getitem__(index)
+
+    lines = Lines([b"a", b"", b"", b" \t", b"\r", b"b", b""] + [b"x", b""] * 1000)
+    assert formats._blank_run_end(lines, 1) == 5 and seen == [1, 2, 3, 4, 5]
+    seen.clear()
+    assert formats._blank_run_end(lines, 6) == 7 and seen == [6, 7]
+    seen.clear()
+    assert formats._blank_run_end(lines, len(lines) - 1) == len(lines) and seen == [len(lines) - 1]
+
 
 def test_concatenated_gzip_members_are_one_file():
     body = as_csv(ROWS)
