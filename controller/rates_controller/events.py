@@ -100,18 +100,31 @@ def _created_object(record) -> UploadedObject | None:
     try:
         # Strict: by default unquote_plus turns %FF into U+FFFD, a key that does not exist.
         key = unquote_plus(key, errors="strict")
-        key.encode()  # a lone surrogate, from a \ud800 escape in the JSON
     except UnicodeError:
         raise PoisonMessage("an ObjectCreated record's key is not valid UTF-8") from None
     if not isinstance(bucket, str) or not bucket or not key:
         raise PoisonMessage("an ObjectCreated record has an empty bucket name or key")
-    if "\0" in key or "\0" in bucket:
-        # No process environment can hold it: the Job's pod would never start.
-        raise PoisonMessage("an ObjectCreated record's bucket name or key holds a NUL character")
+    version_id = _optional_text(obj, "versionId")
+    _check_job_environment(bucket=bucket, key=key, versionId=version_id)
     size = obj.get("size")
     size = size if isinstance(size, int) and not isinstance(size, bool) else None
     if key.endswith("/") and not size:
         return None  # a "folder" made by the S3 console, not a file
-    return UploadedObject(bucket=bucket, key=key, version_id=_optional_text(obj, "versionId"),
+    return UploadedObject(bucket=bucket, key=key, version_id=version_id,
                           etag=_optional_text(obj, "eTag"), size=size,
                           sequencer=_optional_text(obj, "sequencer") or _optional_text(record, "eventTime"))
+
+
+def _check_job_environment(**values: str | None) -> None:
+    """What the Job gets in its environment must be UTF-8 (a lone surrogate comes from a
+    \\ud800 escape in the JSON) without NUL, which no process environment holds: the pod
+    would never start."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise PoisonMessage(f"an ObjectCreated record's {name} is not valid UTF-8") from None
+        if "\0" in value:
+            raise PoisonMessage(f"an ObjectCreated record's {name} holds a NUL character")

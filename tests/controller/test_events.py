@@ -106,7 +106,11 @@ def test_a_missing_version_id_and_etag_are_none():
     (body(record("\ud800.csv")), "not valid UTF-8"),
     (body(record("a%FF.csv")), "not valid UTF-8"),  # percent-encoded bytes that are no UTF-8
     (body(record("a%ED%A0%80.csv")), "not valid UTF-8"),  # an encoded surrogate
-    (body(record("a%00.csv")), "holds a NUL"),
+    (body(record("a%00.csv")), "key holds a NUL"),
+    (body(record("x.csv", versionId="v\x00")), "versionId holds a NUL"),
+    (body(record("x.csv", versionId="v\ud800")), "versionId is not valid UTF-8"),
+    (body(record("x.csv", bucket="up\x00loads")), "bucket holds a NUL"),
+    (body(record("x.csv", bucket="up\udc80loads")), "bucket is not valid UTF-8"),
 ])
 def test_anything_else_is_a_poison_message_with_the_reason(text, reason):
     with pytest.raises(PoisonMessage, match=reason):
