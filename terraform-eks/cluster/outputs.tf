@@ -39,6 +39,6 @@ output "repository_urls" {
 }
 
 output "cluster_security_group_id" {
-  description = "Security group of the cluster's private API endpoint: it admits the nodes only, so allow 443 in from a bastion's or runner's group to reach the API from inside the VPC."
+  description = "The cluster security group (the API endpoint's and the nodes'): it admits the cluster's own members only; allow 443 in from a bastion's or runner's group to reach the API from inside the VPC."
   value       = module.eks.cluster_security_group_id
 }
