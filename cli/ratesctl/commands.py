@@ -125,7 +125,7 @@ def up_command(port, prices, days, ports, start, seed) -> None:
         # As deployed: the API reads as its own user, which the local server trusts.
         _serve_until_interrupted(psycopg2.extensions.make_dsn(dsn, user=db.API_USER), port, start.date())
     finally:
-        click.echo("stopping PostgreSQL ...")
+        _say("stopping PostgreSQL ...")
         server.cleanup()
 
 
@@ -162,6 +162,14 @@ def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
         raise click.ClickException(f"the API exited with status {code}")
 
 
+def _say(text: str) -> None:
+    """Echo ``text`` if anyone still reads it: stopping must go on either way."""
+    try:
+        click.echo(text)
+    except OSError:  # BrokenPipeError: the reader (tee, a pager) has gone
+        pass
+
+
 def _check_port_free(port: int) -> None:
     # Otherwise gunicorn keeps retrying the bind while the banner's URL reaches whoever has the port.
     with socket.socket() as probe:
@@ -189,11 +197,13 @@ def _answers(url: str, api: subprocess.Popen, timeout_s: float = 60) -> bool:
 def _stop_api(api: subprocess.Popen) -> None:
     if api.poll() is not None:
         return
-    click.echo("stopping the API ...")
     # Further Ctrl-Cs must not cut the wait short and leave gunicorn running.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Signalled before anything is said: a Ctrl-C on `make up | tee log` ends tee too, and
+    # the echo into the closed pipe would leave gunicorn running without its stdout.
     api.send_signal(signal.SIGINT)
+    _say("stopping the API ...")
     try:
         api.wait(timeout=30)
     except subprocess.TimeoutExpired:

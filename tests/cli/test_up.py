@@ -1,0 +1,40 @@
+"""`make up` serves the API until Ctrl-C, and then stops it, whoever reads its output."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from tests.support.net import free_port
+from tests.support.poll import wait_for
+
+
+def test_ctrl_c_stops_the_api_even_when_the_output_pipe_has_gone(dsn, tmp_path):
+    """`make up | tee up.log`, then Ctrl-C: tee ends at once, so what `up` says next goes
+    into a closed pipe. The API must stop all the same (it was left running, answering
+    500 to everything, as its own log had nowhere to go)."""
+    port = free_port()
+    serve = ("import datetime\nfrom ratesctl.commands import _serve_until_interrupted\n"
+             f"_serve_until_interrupted({dsn!r}, {port}, datetime.date(2024, 1, 1))\n")
+    env = {**os.environ, "WEB_CONCURRENCY": "1", "SHUTDOWN_DRAIN_SECONDS": "0",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    up = subprocess.Popen([sys.executable, "-c", serve], env=env, cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    gunicorn = None
+    try:
+        for line in up.stdout:  # up to the banner: the API answers
+            if b"Ctrl-C stops" in line:
+                break
+        [gunicorn] = open(f"/proc/{up.pid}/task/{up.pid}/children").read().split()
+        up.stdout.close()  # tee has gone
+
+        up.send_signal(signal.SIGINT)
+
+        up.wait(timeout=60)
+        wait_for(lambda: not os.path.exists(f"/proc/{gunicorn}"), timeout=60, what="gunicorn to stop")
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        if gunicorn and os.path.exists(f"/proc/{gunicorn}"):
+            os.kill(int(gunicorn), signal.SIGKILL)  # its workers follow their master
