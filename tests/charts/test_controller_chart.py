@@ -807,6 +807,13 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
         "run on the control plane": lambda pod, c, labels: pod.update(
             tolerations=[{"operator": "Exists"}], nodeSelector={"node-role.kubernetes.io/control-plane": ""}),
         "pick its scheduler": lambda pod, c, labels: pod.update(schedulerName="another"),
+        # the job would report the Secret's value as its bucket, in the termination message the
+        # controller's token can read
+        "read a Secret through an S3 variable": lambda pod, c, labels: env_of(c, "S3_BUCKET").update(
+            {"value": None, "valueFrom": {"secretKeyRef": {"name": "rates-database", "key": "url"}}}),
+        "run an image of that name from another registry": lambda pod, c, labels: c.update(
+            image="registry.evil.example/rates-ingest:1"),
+        "run without a memory limit": lambda pod, c, labels: c["resources"]["limits"].pop("memory"),
     }
 
     def create(change) -> int:
