@@ -15,6 +15,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.support import dockerfile
+
 REPO = Path(__file__).resolve().parents[2]
 # folder -> its distribution; core is in every image.
 IMAGES = {"api": "rates-api", "ingest-job": "rates-ingest", "controller": "rates-controller"}
@@ -62,12 +64,22 @@ def test_every_module_a_deployable_imports_comes_with_its_declared_dependencies(
 
 @pytest.mark.parametrize("folder", sorted(IMAGES))
 def test_each_image_copies_and_installs_every_package_of_ours_its_deployable_needs(folder):
-    dockerfile = (REPO / folder / "Dockerfile").read_text()
+    text = (REPO / folder / "Dockerfile").read_text()
     ours = {dist: name for name, dist in FOLDERS.items()}
     needed = {ours[dist] for dist in installed_with(IMAGES[folder]) if dist in ours}
-    copied = set(re.findall(r"^COPY (\S+) /src/\1$", dockerfile, re.M)) - {"requirements.txt"}
-    install = re.search(r"pip install -c /src/requirements\.txt ([^\\\n&]+)", dockerfile).group(1)
-    assert needed == copied == {path.removeprefix("/src/") for path in install.split()}, dockerfile
+    copied = set(re.findall(r"^COPY (\S+) /src/\1$", text, re.M)) - {"requirements.txt"}
+    install = re.search(r"pip install -c /src/requirements\.txt ([^\\\n&]+)", text).group(1)
+    assert needed == copied == {path.removeprefix("/src/") for path in install.split()}, text
+
+
+@pytest.mark.parametrize("folder", sorted(IMAGES))
+def test_each_image_runs_as_a_numeric_user_and_group_that_are_not_root(folder):
+    """Numeric, so that a pod's runAsNonRoot can check it without a passwd file; not 0,
+    which checkov's own rule misses (it knows only the name root)."""
+    [*_, final] = dockerfile.parse((REPO / folder / "Dockerfile").read_text())
+    user, _, group = final.user.partition(":")
+    assert user.isdigit() and group.isdigit(), final.user
+    assert int(user) != 0 and int(group) != 0, final.user
 
 
 def test_the_check_finds_an_undeclared_import(tmp_path):
