@@ -109,6 +109,13 @@ def test_an_ipv6_host_is_bracketed_for_gunicorn(monkeypatch):
     assert conf["bind"] == "[::]:8000" and parse_address(conf["bind"]) == ("::", 8000)
 
 
+def test_idle_connections_outlive_the_load_balancers_by_default(monkeypatch):
+    # The ALB's idle timeout is 60 s unless set: gunicorn must close idle connections later,
+    # or the ALB may send a request into one that gunicorn is closing (a 502).
+    monkeypatch.delenv("GUNICORN_KEEPALIVE", raising=False)
+    assert runpy.run_path(str(GUNICORN_CONF))["keepalive"] == 75
+
+
 def test_a_failed_bind_leaves_no_metrics_directory(dsn, tmp_path):
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     before = set(glob.glob(os.path.join(shm, "rates-api-metrics-*")))

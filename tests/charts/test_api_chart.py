@@ -164,6 +164,11 @@ def test_lint_strict(helm, env):
     ("database.url=host=db user=rates_api", "/database/url"),
     ("database.iamAuth=true", "/database/url"),
     ("aws.region=Ireland", "/aws/region"),
+    ("serviceAccount.iamRoleArn=rates-api", "/serviceAccount/iamRoleArn"),
+    ("serviceAccount.iamRoleArn=arn:aws:iam::123:role/x", "/serviceAccount/iamRoleArn"),
+    ("image.tag=v1 or latest", "/image/tag"),
+    ("image.tag=-rc1", "/image/tag"),
+    ("containerPort=80", "/containerPort"),  # below 1024: a non-root process cannot bind it
 ])
 def test_schema_rejects_bad_values(helm, assignment, error):
     proc = helm("template", RELEASE, str(CHART), "--set", assignment, check=False)
@@ -520,6 +525,10 @@ def test_environments_differ_where_they_should(render):
         assert {"HorizontalPodAutoscaler", "PodDisruptionBudget"}.isdisjoint(kinds(render(env)))
     hpa = one(render("prod"), "HorizontalPodAutoscaler")["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 20)
+    # As the README's table says: at 70 % CPU, and a drain takes one pod of the three at a time.
+    [metric] = hpa["metrics"]
+    assert metric["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}
+    assert one(render("prod"), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
 
     def memory(d):
         value = d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
