@@ -130,6 +130,25 @@ def test_sqs_dead_letters_a_message_only_after_the_controller_gave_up_on_it(sett
         assert settings[f"environment/{env}"]["max_receive_count"] > merged_values(env)["controller"]["maxReceives"]
 
 
+def _uploads_resource(kind: str, name: str) -> dict:
+    tree = parse_hcl((TERRAFORM_ROOT / "modules/uploads/queues.tf").read_text())
+    [body] = [block[kind][name] for block in tree["resource"] if name in block.get(kind, {})]
+    return body
+
+
+def test_the_queue_hears_of_uploads_under_the_prices_prefix_only_and_gives_up_as_configured():
+    """Static, as no plan runs here: the notification's prefix is the one the Jobs' role
+    may read (any other upload would make a Job that fails with 403), and SQS's own
+    backstop uses the configured count that the test above compares with the chart's."""
+    [queue] = _uploads_resource("aws_s3_bucket_notification", "prices")["queue"]
+    assert queue["filter_prefix"] == '${var.prices_prefix == "" ? null : var.prices_prefix}'
+    assert queue["events"] == ["s3:ObjectCreated:*"]
+    redrive = _uploads_resource("aws_sqs_queue", "uploads")["redrive_policy"]
+    assert re.search(r"\bmaxReceiveCount = var\.max_receive_count\b", redrive), redrive
+    policies = (TERRAFORM_ROOT / "modules/iam-policies/main.tf").read_text()
+    assert 'Resource = "${var.bucket_arn}/${var.prices_prefix}*"' in policies
+
+
 @pytest.mark.kube  # helm
 def test_the_roles_trust_the_service_accounts_the_controller_chart_creates(settings, helm):
     for env in ENVIRONMENTS:
