@@ -61,10 +61,11 @@ class Settings:
 def _text(name: str, value: str | None) -> str | None:
     # Bytes that are no UTF-8 (in argv or the environment) arrive as lone surrogates, which
     # no S3 request or database row can carry: say so here rather than fail mid-run.
-    try:
-        value is None or value.encode()
-    except UnicodeEncodeError:
-        raise ConfigError(f"{name} is not valid UTF-8: {value!r}") from None
+    if value is not None:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ConfigError(f"{name} is not valid UTF-8: {value!r}") from None
     return value
 
 
