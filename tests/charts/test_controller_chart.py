@@ -52,6 +52,11 @@ REQUIRED = {
     "queue.deadLetterUrl": "https://sqs.eu-west-1.amazonaws.com/123456789012/rates-uploads-dead",
     "aws.region": "eu-west-1",
 }
+# What Terraform's controller_values adds for an environment, whose values file turns on
+# IAM authentication (the Jobs' login, no password).
+FROM_TERRAFORM = {"database.url": "postgresql://rates_ingest@db.example.internal:5432/rates?sslmode=require"}
+# The Secret's URL instead, as a cluster without RDS has it (k8s/local, the tests' own).
+FROM_SECRET = {"database.url": None, "database.iamAuth": False}
 ROLE_ARNS = {
     "serviceAccount.roleArn": "arn:aws:iam::123456789012:role/rates-controller",
     "jobs.serviceAccount.roleArn": "arn:aws:iam::123456789012:role/rates-ingest",
@@ -64,10 +69,10 @@ CHART_LABEL = "rates-controller-" + yaml.safe_load((CHART / "Chart.yaml").read_t
 
 
 def values_args(environment: str | None = None, sets: dict | None = None, json_sets: dict | None = None) -> list[str]:
-    """-f for the environment's values file, and --set for REQUIRED updated by ``sets``
-    (a value of None leaves the key out)."""
+    """-f for the environment's values file, and --set for REQUIRED (and FROM_TERRAFORM with
+    an environment) updated by ``sets`` (a value of None leaves the key out)."""
     args = ["-f", str(CHART / f"values-{environment}.yaml")] if environment else []
-    for key, value in {**REQUIRED, **(sets or {})}.items():
+    for key, value in {**REQUIRED, **(FROM_TERRAFORM if environment else {}), **(sets or {})}.items():
         if value is not None:
             args += ["--set-string" if isinstance(value, str) else "--set", f"{key}={value}"]
     for key, value in (json_sets or {}).items():
@@ -271,7 +276,7 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
                  id="database-url-with-a-password"),
     pytest.param({"database.url": "postgresql://rates_ingest@db/rates?password=secret"}, "at '/database/url'",
                  id="database-url-with-a-password-parameter"),
-    pytest.param({"database.iamAuth": True}, "at '/database/url'", id="iam-auth-without-a-url"),
+    pytest.param({"database.url": None, "database.iamAuth": True}, "at '/database/url'", id="iam-auth-without-a-url"),
     pytest.param({"jobs.env.DATABASE_IAM_AUTH": "true"}, "invalid propertyName 'DATABASE_IAM_AUTH'",
                  id="iam-auth-through-job-env"),
 ])
@@ -286,6 +291,16 @@ def test_the_queue_urls_and_region_are_required(helm):
     assert proc.returncode != 0
     for field in ("/queue/url", "/queue/deadLetterUrl", "/aws/region"):
         assert f"at '{field}'" in proc.stderr, proc.stderr
+
+
+def test_an_environment_without_terraforms_values_refuses_to_render(helm):
+    """Every environment's Jobs log in with IAM tokens: its values file with only the queues
+    and region, without the URL Terraform hands it, must fail, not fall back to the
+    rates-database Secret (the schema owner's password) for every Job."""
+    for environment in ENVIRONMENTS:
+        args = values_args(environment, {"database.url": None})
+        proc = helm("template", RELEASE, str(CHART), *args, check=False)
+        assert proc.returncode != 0 and "at '/database/url'" in proc.stderr, (environment, proc.stderr)
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
@@ -309,6 +324,7 @@ def test_the_deployment_is_a_valid_controller_configuration(helm, environment):
         job=JobSettings(
             namespace="rates-" + environment, image=f"rates-ingest:{yaml_app_version()}",
             service_account="rates-ingest", database_secret="rates-database", database_secret_key="url",
+            database_url=FROM_TERRAFORM["database.url"], database_iam_auth=True,
             env={"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1"},
             cpu_request=jobs["resources"]["requests"]["cpu"],
             memory_request=jobs["resources"]["requests"]["memory"],
@@ -578,7 +594,8 @@ def test_network_policy_values(helm):
 
 
 def test_install_upgrade_and_uninstall(helm, kube, namespace):
-    installed = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *values_args("dev", ROLE_ARNS))
+    installed = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace,
+                     *values_args("dev", {**ROLE_ARNS, **FROM_SECRET}))
     # NOTES.txt: how to check the Secret the chart does not make, and no warning with both roles set
     assert f"kubectl -n {namespace} get secret rates-database" in installed.stdout, installed.stdout
     assert "WARNING" not in installed.stdout
@@ -682,12 +699,12 @@ def test_the_job_policy_can_be_left_out(helm):
 
 def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else(helm, kube, namespace,
                                                                                  other_namespace):
-    installed = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *values_args("dev"))
+    installed = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *values_args("dev", FROM_SECRET))
     assert installed.stdout.count("roleArn is empty") == 2  # NOTES.txt: no IRSA role for either account
     as_controller = kube.client_for_token(token_for(kube, namespace, RELEASE))
     batch, core, rbac = (client.BatchV1Api(as_controller), client.CoreV1Api(as_controller),
                          client.RbacAuthorizationV1Api(as_controller))
-    job = release_job(helm, namespace, *values_args("dev"))
+    job = release_job(helm, namespace, *values_args("dev", FROM_SECRET))
     name = job["metadata"]["name"]
 
     # The calls of rates_controller/kube.py, with the controller's token.
@@ -697,7 +714,8 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
     wait_for(created, timeout=30, what="the chart's RoleBinding to take effect")
     allowed = {
         "check a Job (dry run)": lambda: batch.create_namespaced_job(namespace,
-                                                                     release_job(helm, namespace, *values_args("dev"),
+                                                                     release_job(helm, namespace,
+                                                                                 *values_args("dev", FROM_SECRET),
                                                                                  key="other.csv"),
                                                                      dry_run="All"),
         "read a Job": lambda: batch.read_namespaced_job(name, namespace),
@@ -732,7 +750,7 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
     assert {what: status_of(call) for what, call in denied.items()} == {what: 403 for what in denied}
 
     # Jobs it may create, but not these: the admission policy (rbac.jobPolicy) refuses them.
-    another = release_job(helm, namespace, *values_args("dev"), key="another.csv")
+    another = release_job(helm, namespace, *values_args("dev", FROM_SECRET), key="another.csv")
 
     def job_with(change) -> dict:
         job = copy.deepcopy(another)
@@ -836,7 +854,7 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
     # A release with another Job image: the controller still labels the Jobs made before
     # it, and the old pod, still running during the rollout, may still create its own.
     helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace,
-         *values_args("dev", {"jobs.image.tag": "next"}))
+         *values_args("dev", {**FROM_SECRET, "jobs.image.tag": "next"}))
     wait_for(lambda: create(lambda pod, c, labels: c.update(image="rates-ingest:other")) == 200
              and create(lambda pod, c, labels: c.update(image="busybox:next")) == 422,
              timeout=30, what="the new release's Job policy")
@@ -871,7 +889,7 @@ def test_the_real_controller_runs_with_the_charts_environment_and_rights(
         "dev",
         {"queue.url": sqs.uploads_url, "queue.deadLetterUrl": sqs.dead_url, "aws.region": "us-east-1",
          "metrics.port": port, "controller.pollWaitSeconds": 1, "controller.maxAttempts": 1,
-         "jobs.backoffLimit": 0, "database.existingSecret": "ingest-database"},
+         "jobs.backoffLimit": 0, **FROM_SECRET, "database.existingSecret": "ingest-database"},
         {"jobs.env": {**fake_credentials, "AWS_ENDPOINT_URL": moto_endpoint}}))
     # The Secret the chart names, made as its README says (an admin's job, not the chart's).
     kube.core.create_namespaced_secret(namespace, {"metadata": {"name": "ingest-database"}, "data": {
