@@ -4,6 +4,8 @@ import getpass
 import os
 import time
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from yoyo import get_backend, read_migrations
@@ -26,6 +28,12 @@ LOCK_TIMEOUT_MS = 2000
 LOCK_RETRY_PAUSE_S = 3.0
 LOCK_WAIT_S = 300
 LOCK_NOT_AVAILABLE = "55P03"
+# Every migrator holds this session-level advisory lock while it runs (two keys, a space
+# apart from the ingest job's locks). The server lets go of it when the session ends, also
+# when the process is killed (a hook pod's deadline, an eviction, an OOM kill), unlike
+# yoyo's lock, a row that only yoyo's own `finally` deletes: a killed migration left it,
+# and every later one, each deploy's hook, failed until someone ran `yoyo break-lock`.
+MIGRATION_LOCK = (7_201_602, 1)
 log = get_logger(__name__)
 
 
@@ -74,13 +82,42 @@ def pending(dsn: str) -> list[str]:
 def apply(dsn: str, lock_wait_s: float = LOCK_WAIT_S) -> list[str]:
     """Apply every migration not yet applied; return the ids applied now.
 
-    yoyo takes a lock table first, so two replicas migrating at once are safe. Errors
-    are TemporaryError (unreachable, locked: retry) or PermanentError (a failing migration).
-    A migration that cannot get a table's lock within LOCK_TIMEOUT_MS is tried again until
-    ``lock_wait_s`` has passed (see LOCK_TIMEOUT_MS).
+    The migration lock (MIGRATION_LOCK) makes two migrators at once safe: the second waits
+    for the first, up to ``lock_wait_s``. Errors are TemporaryError (unreachable, locked:
+    retry) or PermanentError (a failing migration). A migration that cannot get a table's
+    lock within LOCK_TIMEOUT_MS is tried again until ``lock_wait_s`` has passed (see
+    LOCK_TIMEOUT_MS).
     """
-    applied: dict[str, None] = {}  # ordered: the ids each attempt set out to apply
+    _yoyo_uri(dsn)  # a URL yoyo takes, before any connection
     deadline = time.monotonic() + lock_wait_s
+    with _migration_lock(dsn, deadline):
+        return _apply_until(dsn, deadline, lock_wait_s)
+
+
+@contextmanager
+def _migration_lock(dsn: str, deadline: float) -> Iterator[None]:
+    """Hold MIGRATION_LOCK on a connection of its own for the block; wait for another
+    migrator's until ``deadline``."""
+    conn = db.connect(dsn, application_name="rates-migrate-lock", autocommit=True,
+                      connect_timeout_s=CONNECT_TIMEOUT_S)
+    try:
+        with db.classified(), conn.cursor() as cur:
+            while True:
+                cur.execute("SELECT pg_try_advisory_lock(%s, %s)", MIGRATION_LOCK)
+                if cur.fetchone()[0]:
+                    break
+                if time.monotonic() + LOCK_RETRY_PAUSE_S > deadline:
+                    raise TemporaryError("another migration is running and did not end in time; "
+                                         "try again once it has")
+                log.info("another migration is running; waiting for it to end", retry_in_s=LOCK_RETRY_PAUSE_S)
+                time.sleep(LOCK_RETRY_PAUSE_S)
+        yield
+    finally:
+        conn.close()
+
+
+def _apply_until(dsn: str, deadline: float, lock_wait_s: float) -> list[str]:
+    applied: dict[str, None] = {}  # ordered: the ids each attempt set out to apply
     while True:
         try:
             _apply_pending(dsn, applied)
@@ -135,16 +172,30 @@ def _apply_pending(dsn: str, applied: dict[str, None]) -> None:
     with db.classified():
         backend = get_backend(_yoyo_uri(dsn))
         try:
+            _clear_left_yoyo_lock(backend)
             with backend.lock():
                 todo = backend.to_apply(migrations)
                 _warn_if_schema_is_newer(backend, migrations)
                 applied.update(dict.fromkeys(m.id for m in todo))
                 backend.apply_migrations(todo)
-        except LockTimeout as exc:
-            raise TemporaryError(f"another migration holds yoyo's lock ({exc}); if none is running, a killed "
-                                 "one left it: clear it with `yoyo break-lock --database $DATABASE_URL`") from exc
+        except LockTimeout as exc:  # taken since the check above: someone runs yoyo by hand
+            raise TemporaryError(f"something other than this project's migrations holds yoyo's lock ({exc}); "
+                                 "apply the migrations with `ratesctl migrate` instead") from exc
         finally:
             backend.connection.close()
+
+
+def _clear_left_yoyo_lock(backend) -> None:
+    """yoyo's lock row, left by a killed migration: ours, or one of a release before the
+    migration lock. Holding MIGRATION_LOCK, no other migrator of this project runs."""
+    backend.create_lock_table()  # as yoyo's lock() would, on a new database
+    with backend.transaction():
+        left = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchall()
+        if left:
+            backend.execute(f"DELETE FROM {backend.lock_table_quoted}")
+    if left:
+        log.warning("cleared yoyo's lock, which a killed migration left behind",
+                    locked_by_pid=left[0][0], locked_at=left[0][1].isoformat())
 
 
 def main() -> int:

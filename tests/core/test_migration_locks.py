@@ -2,6 +2,8 @@
 nor fails at once: it steps out of the lock queue and tries again until the ingest ends."""
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -80,6 +82,42 @@ def test_a_migration_that_never_gets_its_lock_fails_retryably_and_changes_nothin
         with pytest.raises(TemporaryError, match=r"could not get the locks it needs in 1 s.*lock timeout"):
             migrate.apply(dsn, lock_wait_s=1)
     assert migrate.pending(dsn) == [EXTRA] and not has_note_column(dsn)
+
+
+def test_a_migration_killed_mid_migration_leaves_nothing_that_stops_the_next(dsn, one_more_migration, tmp_path):
+    """A hook pod killed while it migrates (its deadline, an eviction, an OOM kill): the
+    next migration goes on at once, instead of finding yoyo's lock row for ever."""
+    script = ("import sys; from pathlib import Path; from rates_core import migrate; "
+              "migrate.MIGRATIONS_DIR = Path(sys.argv[1]); migrate.apply(sys.argv[2], 120)")
+    with ingest_in_progress(dsn), autocommit(dsn) as watcher:
+        killed = subprocess.Popen([sys.executable, "-c", script, str(migrate.MIGRATIONS_DIR), dsn])
+        try:
+            deadline = time.monotonic() + 60
+            while not lock_waiters(watcher, query_prefix="ALTER TABLE prices") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert lock_waiters(watcher, query_prefix="ALTER TABLE prices"), "the migration never queued"
+        finally:
+            killed.kill()
+            killed.wait()
+    assert migrate.apply(dsn, lock_wait_s=30) == [EXTRA] and has_note_column(dsn)
+
+
+def test_a_second_migration_waits_for_the_first(dsn, one_more_migration):
+    with autocommit(dsn) as first:
+        with first.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s, %s)", migrate.MIGRATION_LOCK)
+        with pytest.raises(TemporaryError, match="another migration is running"):
+            migrate.apply(dsn, lock_wait_s=1)
+        assert migrate.pending(dsn) == [EXTRA]
+        result = {}
+        second = threading.Thread(target=lambda: result.update(applied=migrate.apply(dsn, lock_wait_s=60)))
+        second.start()
+        time.sleep(1)
+        assert second.is_alive() and not has_note_column(dsn)
+        with first.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s, %s)", migrate.MIGRATION_LOCK)
+        second.join(60)
+    assert result["applied"] == [EXTRA] and has_note_column(dsn)
 
 
 def test_the_lock_timeout_comes_before_the_urls_own_options():
