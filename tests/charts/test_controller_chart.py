@@ -764,6 +764,14 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
             job["spec"]["template"]["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] = "true"
         if change is refused.get("add a pod annotation"):
             job["spec"]["template"]["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/ingest"] = "unconfined"
+        if change is refused.get("retry for ever"):  # no failure counts against backoffLimit
+            job["spec"]["podFailurePolicy"]["rules"].insert(0, {"action": "Ignore", "onExitCodes": {
+                "operator": "NotIn", "values": [0]}})
+        if change is refused.get("delete itself with its evidence"):
+            job["spec"]["ttlSecondsAfterFinished"] = 0
+        if change is refused.get("pick its own pods"):
+            # its selector matches every ingest Job's pods: it would adopt and count theirs
+            job["spec"].update(manualSelector=True, selector={"matchLabels": job["spec"]["template"]["metadata"]["labels"]})
         return job
 
     def env_of(c, name) -> dict:
@@ -832,6 +840,14 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
         "run an image of that name from another registry": lambda pod, c, labels: c.update(
             image="registry.evil.example/rates-ingest:1"),
         "run without a memory limit": lambda pod, c, labels: c["resources"]["limits"].pop("memory"),
+        "retry for ever": lambda pod, c, labels: None,  # a podFailurePolicy rule, below
+        "delete itself with its evidence": lambda pod, c, labels: None,  # a TTL of 0, below
+        "pick its own pods": lambda pod, c, labels: None,  # manualSelector, below
+        # the kubelet would mount the message file over a module of the image
+        "write its termination message over its code": lambda pod, c, labels: c.update(
+            terminationMessagePath="/usr/local/lib/python3.11/site-packages/rates_ingest/cli.py"),
+        "run from another directory": lambda pod, c, labels: c.update(workingDir="/tmp"),
+        "share its process namespace": lambda pod, c, labels: pod.update(shareProcessNamespace=True),
     }
 
     def create(change) -> int:
