@@ -290,12 +290,28 @@ class Controller:
                 round_job: int) -> bool:
         manifest = jobs.manifest(obj, self.settings.job, attempt, round_start=round_start, previous=previous,
                                  round_job=round_job)
-        created = self.kube.create(manifest)
+        try:
+            created = self.kube.create(manifest)
+        except TemporaryError:
+            # The create may have taken effect though its answer was lost (a timeout, a cut
+            # connection): set aside now, on a last delivery, the file would load regardless.
+            if not self._made_anyway(manifest):
+                raise
+            created = True
         if created:
             self.metrics.jobs_created.labels("first" if round_job == 1 else "retry").inc()
             self.log.info("job created", job=manifest["metadata"]["name"], bucket=obj.bucket, key=obj.key,
                           version_id=obj.version_id, attempt=attempt)
         return created
+
+    def _made_anyway(self, manifest: dict) -> bool:
+        """Whether the Job of ``manifest`` exists, as made from it, after a failed create."""
+        try:
+            existing = self.kube.get(manifest["metadata"]["name"])
+        except TemporaryError:
+            return False
+        found = (existing.metadata.annotations or {}) if existing is not None else {}
+        return existing is not None and all(found.get(k) == v for k, v in manifest["metadata"]["annotations"].items())
 
     def _retry_message(self, message: Message, done: list[Message], exc: TemporaryError) -> None:
         if message.receives >= self.settings.max_receives:

@@ -29,6 +29,7 @@ import pytest
 from rates_controller import controller as controller_module
 from rates_controller import jobs
 from rates_core.errors import TemporaryError
+from tests.controller.conftest import sample
 from tests.controller.worlds import (ROUND, SCENARIOS, Intercepted, Scenario, World, changes, check_outcome,
                                      run_until_settled, s3_event)
 
@@ -127,6 +128,60 @@ def sweep(new_world, scenario: Scenario, trace: list[tuple[str, bool]]) -> list[
         return [f for f in pool.map(failure, faults) if f]
 
 
+class CreateFails(Failing):
+    """The ``nth`` Job create fails, after it took effect (its answer lost) or before."""
+
+    def __init__(self, real, role: str, nth: int, after: bool, creates: list[str]):
+        super().__init__(real, role, (), [])
+        self._nth, self._after, self._creates = nth, after, creates
+
+    def _call(self, operation: str, method, *args):
+        if operation == "kube.create":
+            self._creates.append(args[0]["metadata"]["name"])
+            if len(self._creates) == self._nth:
+                if self._after:
+                    method(*args)
+                raise TemporaryError(f"kube.create: {'read timed out' if self._after else 'connection refused'}")
+        return super()._call(operation, method, *args)
+
+
+@pytest.mark.parametrize("after", [True, False], ids=["took-effect", "did-not"])
+def test_a_failed_create_on_the_last_delivery_is_checked_before_the_file_is_set_aside(after, new_world):
+    """On its last delivery a message whose Job cannot be created is set aside: not when the
+    create went through and only its answer was lost, as the Job then loads the file."""
+    scenario = SCENARIOS[0]
+    assert scenario.name == "loads"
+    world = new_world(scenario, max_receives=1)
+    scenario.start(world)
+    creates: list[str] = []
+    controller = world.controller(lambda real, role: CreateFails(real, role, 1, after, creates))
+    run_until_settled(world, Looping(controller))
+    dead = world.queues.dead_letters()
+    if after:
+        check_outcome(world, scenario, 1)
+        assert dead == [] and [j.metadata.labels[jobs.HANDLED] for j in world.jobs()] == ["succeeded"]
+        assert sample(controller.metrics, "rates_controller_jobs_created_total", attempt="first") == 1
+    else:
+        assert [d["reason"] for d in dead] == [
+            "no Job could be created in 1 deliveries: kube.create: connection refused"] and world.jobs() == []
+    assert len(creates) == 1
+
+
+def test_a_failed_create_of_a_retry_after_the_give_up_time_is_checked_too(new_world, monkeypatch):
+    # As if creates had failed for the whole hour already: the first failure gives up.
+    monkeypatch.setattr(controller_module, "RETRY_CREATE_GIVE_UP", -controller_module.RETRY_CREATE_GIVE_UP)
+    scenario = SCENARIOS[1]
+    assert scenario.name == "keeps-failing" and scenario.max_attempts == 2
+    world = new_world(scenario)
+    scenario.start(world)
+    creates: list[str] = []
+    controller = world.controller(lambda real, role: CreateFails(real, role, 2, True, creates))  # the retry's
+    run_until_settled(world, Looping(controller))
+    [dead] = world.queues.dead_letters()
+    assert dead["reason"].startswith("the file did not load in 2 Jobs"), dead
+    assert sorted(j.metadata.labels[jobs.HANDLED] for j in world.jobs()) == ["retried", "set-aside"]
+
+
 def two_uploads(world: World) -> None:
     """Two files in one batch: a failed create holds back the other message too."""
     world.queues.send(s3_event("2016/jan.csv"))
@@ -142,7 +197,8 @@ def check_both_files(world: World, fault: Fault, calls: list[tuple[str, bool]]) 
     assert done == {"2016/jan.csv": "succeeded", "2016/feb.csv": "succeeded"}, done
     operations = [operation for operation, _changed in calls]
     if fault.operation == "kube.create" and fault.at == operations.index("kube.create") + 1 and not fault.after:
-        assert operations[fault.at:fault.at + 2] == ["uploads.retry_later"] * 2, operations
+        # the check that the Job was not made after all, then both messages back
+        assert operations[fault.at:fault.at + 3] == ["kube.get"] + ["uploads.retry_later"] * 2, operations
 
 @pytest.mark.parametrize("scenario", [*SCENARIOS, TWO_FILES], ids=lambda s: s.name)
 def test_a_call_that_fails_once_changes_no_outcome(scenario, new_world, monkeypatch):
@@ -158,16 +214,17 @@ def test_a_call_that_fails_once_changes_no_outcome(scenario, new_world, monkeypa
 
 
 def test_a_call_made_only_after_a_failure_may_fail_too(new_world, monkeypatch):
-    # Hiding a message for its backoff happens only once its Job's create has failed, so
-    # the sweep above never makes it fail: here the create fails first, then each call
-    # that only that failure brings fails as well, before and after taking effect.
+    # Checking whether the failed create made the Job after all, and hiding the message for
+    # its backoff, happen only once its Job's create has failed, so the sweep above never
+    # makes them fail: here the create fails first, then each call that only that failure
+    # brings fails as well, before and after taking effect.
     monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
     scenario = SCENARIOS[0]
     clean = run(new_world(scenario), scenario)
     create = Fault(next(at for at, (op, _) in enumerate(clean, 1) if op == "kube.create"), False, "kube.create")
     trace = run(new_world(scenario), scenario, create)
     extra = [(at, op) for at, (op, _changed) in enumerate(trace, 1) if op not in {op for op, _ in clean}]
-    assert [op for _at, op in extra] == ["uploads.retry_later"], trace
+    assert [op for _at, op in extra] == ["kube.get", "uploads.retry_later"], trace
 
     failures = []
     for at, operation in extra:
