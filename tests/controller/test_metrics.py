@@ -1,8 +1,15 @@
 """The controller's metrics as Prometheus reads them."""
 
+from types import SimpleNamespace
+
+import requests
 from prometheus_client import generate_latest
 
-from rates_controller.metrics import SET_ASIDE_REASONS, Metrics
+from rates_controller.controller import Controller
+from rates_controller.metrics import SET_ASIDE_REASONS, Metrics, serve
+from rates_core import logs
+from rates_core.errors import TemporaryError
+from tests.support.net import free_port
 
 
 def test_every_set_aside_reason_is_exported_at_zero_before_it_happens():
@@ -15,3 +22,41 @@ def test_every_set_aside_reason_is_exported_at_zero_before_it_happens():
 def test_the_process_start_time_is_exported_for_the_restart_alert():
     exported = generate_latest(Metrics().registry).decode()
     assert "\nprocess_start_time_seconds " in exported
+
+
+def test_healthz_fails_once_the_loop_has_not_completed_a_pass_for_too_long():
+    # The liveness probe's only signal: a stalled loop must answer 503, so the pod restarts.
+    metrics = Metrics()
+    server = serve(metrics, free_port(), stale_after=60, host="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/healthz"
+        assert requests.get(url, timeout=5).status_code == 200
+        metrics.last_loop_at -= 61
+        stalled = requests.get(url, timeout=5)
+        assert stalled.status_code == 503 and "control loop stalled for 61 s" in stalled.text
+        metrics.loop_completed()
+        assert requests.get(url, timeout=5).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class DownPass(Controller):
+    """A controller whose every pass fails as when SQS or the API server is down."""
+
+    def step(self) -> None:
+        self.passes += 1
+        if self.passes == 2:
+            self.stopping.set()
+        raise TemporaryError("the API server is down")
+
+
+def test_a_pass_that_fails_for_a_service_outage_still_counts_as_alive(monkeypatch):
+    # Restarting the controller would not bring SQS or the API server back.
+    controller = DownPass(SimpleNamespace(), kube=None, uploads=None, dead_letters=None, metrics=Metrics(),
+                          log=logs.get_logger("test"))
+    controller.passes = 0
+    controller.metrics.last_loop_at = 0.0
+    monkeypatch.setattr(controller.stopping, "wait", lambda seconds: None)
+    controller.run()
+    assert controller.passes == 2 and controller.metrics.last_loop_at > 0
