@@ -124,6 +124,7 @@ class Controller:
             if self._guarded("handle_job", self._ended, ended) and retry_waits:
                 busy += 1
         self.metrics.active_jobs.set(running)
+        self.metrics.slots_in_use.set(busy)
         return busy
 
     def _ended(self, ended: jobs.Finished) -> None:

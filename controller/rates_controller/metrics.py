@@ -38,6 +38,11 @@ class Metrics:
         self.errors = Counter("rates_controller_errors", "Calls that failed and will be retried",
                               ["operation"], registry=r)
         self.active_jobs = Gauge("rates_controller_active_jobs", "Ingest Jobs not yet ended", registry=r)
+        # What holds uploads back: a failed file waiting for its retry keeps a slot too,
+        # with no Job running for it.
+        self.slots_in_use = Gauge("rates_controller_slots_in_use",
+                                  "Of MAX_ACTIVE_JOBS, the slots taken: running Jobs and retries waiting their turn",
+                                  registry=r)
         self.last_loop = Gauge("rates_controller_last_loop_timestamp_seconds",
                                "When the control loop last completed a pass", registry=r)
         self.loop_completed()

@@ -188,10 +188,12 @@ NEW_POD = {**CTL, "pod": "rates-controller-5f8c7-q7w2m"}  # after an upgrade
 
 
 def healthy_controller(active_jobs: int = 1, started: str = "100x60", set_aside: str = "0x60",
-                       errors: str = "0x60") -> list[dict]:
+                       errors: str = "0x60", slots_in_use: int | None = None) -> list[dict]:
+    slots = active_jobs if slots_in_use is None else slots_in_use
     return [series("up", CTL, "1x60"),
             series("process_start_time_seconds", POD, started),
             series("rates_controller_active_jobs", CTL, f"{active_jobs}x60"),
+            series("rates_controller_slots_in_use", CTL, f"{slots}x60"),
             # what the controller exports before anything was set aside (metrics.SET_ASIDE_REASONS)
             series("rates_controller_files_set_aside_total", {**POD, "reason": "invalid_file"}, set_aside),
             series("rates_controller_files_set_aside_total", {**POD, "reason": "poison"}, "0x60"),
@@ -243,6 +245,10 @@ def test_controller_alerts_fire_on_their_trouble_after_their_for(helm, promtool,
             ("RatesControllerErrors", "15m", []),
             ("RatesControllerErrors", "25m", [{"severity": "warning", "namespace": NAMESPACE, "operation": "receive"}])]),
         case(healthy_controller(active_jobs=full), [
+            ("RatesControllerAtCapacity", "20m", []),
+            ("RatesControllerAtCapacity", "35m", [{"severity": "warning", "namespace": NAMESPACE}])]),
+        # Failed files waiting for their retries hold every slot, with no Job running.
+        case(healthy_controller(active_jobs=0, slots_in_use=full), [
             ("RatesControllerAtCapacity", "20m", []),
             ("RatesControllerAtCapacity", "35m", [{"severity": "warning", "namespace": NAMESPACE}])]),
         case([series("up", CTL, "0x20")], [

@@ -272,6 +272,9 @@ def test_a_retry_whose_job_cannot_be_created_yet_keeps_its_slot(
         # q.csv's event is not even received.
         assert sqs.counts() == (1, 0)
         assert handled(kube, namespace) == {}
+        # No Job runs, and yet the one slot is taken: what the at-capacity alert watches.
+        assert sample(controller.metrics, "rates_controller_active_jobs") == 0
+        assert sample(controller.metrics, "rates_controller_slots_in_use") == 1
 
 
 def test_a_redrive_of_a_round_whose_first_job_reused_an_expired_name_starts_a_round(
