@@ -49,9 +49,16 @@ variable "public_endpoint_cidrs" {
 }
 
 variable "admin_principal_arns" {
-  description = "IAM roles or users that administer the cluster (EKS access entries)."
+  description = "IAM roles or users that administer the cluster (EKS access entries); at least one."
   type        = list(string)
   default     = []
+
+  validation {
+    # The cluster's creator gets no access of its own (bootstrap_cluster_creator_admin_permissions
+    # is off): without an administrator, nobody could reach the cluster after the apply.
+    condition     = length(var.admin_principal_arns) > 0
+    error_message = "Name at least one administrator in admin_principal_arns (-var='admin_principal_arns=[\"arn:aws:iam::<account>:role/<admins>\"]'): nobody else can reach the cluster."
+  }
 }
 
 variable "node_instance_types" {

@@ -22,6 +22,7 @@ from tests.support.infra import TERRAFORM_ROOT, parse_hcl, run, terraform_env
 TFVARS = sorted(TERRAFORM_ROOT.glob("*/environments/*.tfvars"))
 _STRAIGHT = re.compile(r"\$\{(var\.[\w.]+)\}")
 _META = {"source", "count", "for_each", "depends_on", "providers"}
+ADMIN = "arn:aws:iam::123456789012:role/platform-admins"
 
 
 def _expression(value) -> str:
@@ -51,10 +52,12 @@ def shadow(module_dir: Path, into: Path) -> None:
 
 @pytest.fixture(scope="module")
 def planner(terraform, tmp_path_factory):
-    """plan(stack, tfvars) -> CompletedProcess of `terraform plan` of the stack's shadow."""
+    """plan(stack, tfvars) -> CompletedProcess of `terraform plan` of the stack's shadow,
+    with the -var the README gives the cluster stack (its administrators) unless ``admins``
+    is False."""
     roots = {}
 
-    def plan(stack: str, tfvars: Path):
+    def plan(stack: str, tfvars: Path, admins: bool = True):
         if stack not in roots:
             work = tmp_path_factory.mktemp(f"shadow-{stack}")
             shadow(TERRAFORM_ROOT / stack, work / "root")
@@ -63,7 +66,8 @@ def planner(terraform, tmp_path_factory):
             assert init.returncode == 0, init.stdout + init.stderr
             roots[stack] = (work / "root", env)
         root, env = roots[stack]
-        return run([terraform, "plan", "-input=false", "-no-color", "-refresh=false", f"-var-file={tfvars}"],
+        extra = [f"-var=admin_principal_arns={json.dumps([ADMIN])}"] if stack == "cluster" and admins else []
+        return run([terraform, "plan", "-input=false", "-no-color", "-refresh=false", f"-var-file={tfvars}", *extra],
                    root, env)
 
     return plan
@@ -99,3 +103,10 @@ def test_a_value_a_module_refuses_is_found(planner, tmp_path, change, error):
     result = planner("cluster", bad)
     assert result.returncode != 0
     assert error in " ".join((result.stdout + result.stderr).split()), result.stdout + result.stderr
+
+
+def test_a_cluster_without_an_administrator_is_refused(planner):
+    # Its creator gets no access: applied without one, nobody could reach the cluster.
+    result = planner("cluster", TERRAFORM_ROOT / "cluster/environments/nonprod.tfvars", admins=False)
+    assert result.returncode != 0
+    assert "Name at least one administrator" in " ".join((result.stdout + result.stderr).split())
