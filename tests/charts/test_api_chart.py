@@ -474,6 +474,7 @@ def test_ingress_annotations(render):
     assert plain["alb.ingress.kubernetes.io/listen-ports"] == '[{"HTTP": 80}]'
     assert "alb.ingress.kubernetes.io/ssl-redirect" not in plain
     assert "alb.ingress.kubernetes.io/certificate-arn" not in plain
+    assert "alb.ingress.kubernetes.io/ssl-policy" not in plain
     assert one(render(None), "Ingress")["spec"]["rules"][0].get("host") is None
 
     arn = "arn:aws:acm:eu-west-1:123456789012:certificate/abc"
@@ -484,6 +485,8 @@ def test_ingress_annotations(render):
     assert json.loads(https["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
     assert https["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
     assert https["alb.ingress.kubernetes.io/certificate-arn"] == arn
+    # TLS 1.2 and 1.3 only, not the controller's default policy, which takes TLS 1.0
+    assert https["alb.ingress.kubernetes.io/ssl-policy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
     assert https["alb.ingress.kubernetes.io/scheme"] == "internal"
     assert https["alb.ingress.kubernetes.io/group.name"] == "shared"
     assert https["alb.ingress.kubernetes.io/success-codes"] == "200-299"  # values win
