@@ -192,10 +192,11 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
     rendered = helm("template", RELEASE, str(CHART), "--namespace", namespace, *args).stdout
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered) if d)
     # Two ServiceAccounts and two NetworkPolicies (controller, Jobs), the test hook's Pod,
-    # the Job policy and its binding; and no Secret, ever.
+    # the two Job policies (what the controller writes, what nobody deletes) and their
+    # bindings; and no Secret, ever.
     assert kinds == ["Deployment", "NetworkPolicy", "NetworkPolicy", "Pod", "Role", "RoleBinding", "Service",
-                     "ServiceAccount", "ServiceAccount", "ValidatingAdmissionPolicy",
-                     "ValidatingAdmissionPolicyBinding"]
+                     "ServiceAccount", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"]
 
     summary = kubeconform(kube_tools["kubeconform"], schemas, rendered)
     assert summary == {"valid": len(kinds), "invalid": 0, "errors": 0, "skipped": 0}, summary
@@ -691,10 +692,54 @@ def test_with_iam_authentication_the_job_policy_pins_the_database_url(helm, kube
     assert create(value_from={"secretKeyRef": {"name": "rates-database", "key": "url"}}) == 422
 
 
-def test_the_job_policy_can_be_left_out(helm):
+def test_the_job_policies_can_be_left_out(helm):
     # Where the installer may not create cluster-scoped admission policies.
-    kinds = {d["kind"] for d in render(helm, *values_args(sets={"rbac.jobPolicy": False}))}
+    def policies(**sets) -> list[str]:
+        return sorted(d["metadata"]["name"] for d in render(helm, *values_args(sets=sets))
+                      if d["kind"] == "ValidatingAdmissionPolicy")
+
+    assert policies() == ["rates-rates-controller-jobs", "rates-rates-controller-unhandled-jobs"]
+    assert policies(**{"rbac.jobPolicy": False}) == ["rates-rates-controller-unhandled-jobs"]
+    assert policies(**{"rbac.protectUnhandledJobs": False}) == ["rates-rates-controller-jobs"]
+    kinds = {d["kind"] for d in render(helm, *values_args(sets={"rbac.jobPolicy": False,
+                                                               "rbac.protectUnhandledJobs": False}))}
     assert "Role" in kinds and not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & kinds
+
+
+def test_nobody_deletes_a_job_the_controller_has_not_acted_on(helm, kube, namespace):
+    """Its upload message is gone: deleted before the controller acted on it, the Job would
+    take its file with it. Handled Jobs (the TTL's), a file dropped knowingly, and the
+    namespace's deletion go through."""
+    helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, *values_args("dev", FROM_SECRET))
+    made = [kube.batch.create_namespaced_job(namespace, release_job(helm, namespace, *values_args("dev", FROM_SECRET),
+                                                                    key=f"2024/{n}.csv")).metadata.name
+            for n in ("running", "handled", "dropped")]
+    running, handled, dropped = made
+
+    def delete(name: str, **dry_run) -> ApiException | None:
+        try:
+            kube.batch.delete_namespaced_job(name, namespace, propagation_policy="Background", **dry_run)
+        except ApiException as exc:
+            return exc
+        return None
+
+    # The API server compiles a new policy within moments (a dry run is judged the same).
+    wait_for(lambda: delete(running, dry_run="All") is not None, timeout=30, what="the policy to take effect")
+    refused = delete(running)
+    assert refused.status == 403, refused
+    assert f"has not yet acted on Job {running} (file s3://rates-uploads/2024/running.csv)" in refused.body
+    assert f"kubectl label job {running} {controller_jobs.HANDLED}=dropped" in refused.body
+    assert kube.batch.read_namespaced_job(running, namespace).metadata.deletion_timestamp is None
+
+    # What the controller does once the Job ended, and what an operator does to drop a file.
+    for name, how in ((handled, "succeeded"), (dropped, "dropped")):
+        kube.batch.patch_namespaced_job(name, namespace, {"metadata": {"labels": {controller_jobs.HANDLED: how}}})
+        assert delete(name) is None
+
+    # The namespace controller deletes the unhandled Job with everything else.
+    kube.core.delete_namespace(namespace)
+    wait_for(lambda: gone(lambda: kube.core.read_namespace(namespace)), timeout=120,
+             what="the namespace, unhandled Job and all, to be deleted")
 
 
 def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else(helm, kube, namespace,
