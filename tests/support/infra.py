@@ -73,6 +73,14 @@ def pinned_tool(name: str) -> Path:
         pytest.fail(str(exc), pytrace=False)
 
 
+def given_vars(stack: str) -> list[str]:
+    """The -var arguments the README's commands give ``stack`` beside its tfvars file: the
+    cluster's administrators, whom no tfvars file names."""
+    if stack != "cluster":
+        return []
+    return ['-var=admin_principal_arns=["arn:aws:iam::123456789012:role/platform-admins"]']
+
+
 @pytest.fixture(scope="session")
 def terraform() -> Path:
     return pinned_tool("terraform")

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.infra import TERRAFORM_ROOT, parse_hcl, run, terraform_env
+from tests.support.infra import TERRAFORM_ROOT, given_vars, parse_hcl, run, terraform_env
 
 TFVARS = sorted(TERRAFORM_ROOT.glob("*/environments/*.tfvars"))
 _STRAIGHT = re.compile(r"\$\{(var\.[\w.]+)\}")
 _META = {"source", "count", "for_each", "depends_on", "providers"}
-ADMIN = "arn:aws:iam::123456789012:role/platform-admins"
 
 
 def _expression(value) -> str:
@@ -66,7 +65,7 @@ def planner(terraform, tmp_path_factory):
             assert init.returncode == 0, init.stdout + init.stderr
             roots[stack] = (work / "root", env)
         root, env = roots[stack]
-        extra = [f"-var=admin_principal_arns={json.dumps([ADMIN])}"] if stack == "cluster" and admins else []
+        extra = given_vars(stack) if admins else []
         return run([terraform, "plan", "-input=false", "-no-color", "-refresh=false", f"-var-file={tfvars}", *extra],
                    root, env)
 

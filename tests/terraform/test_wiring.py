@@ -28,7 +28,7 @@ from tests.charts.test_controller_chart import CHART as CONTROLLER_CHART
 from tests.charts.test_controller_chart import container_env, merged_values, render, values_args
 from ratesctl import localdb
 from tests.support.db import autocommit, create_database, migrated_on_rds, table_privileges
-from tests.support.infra import TERRAFORM_ROOT, apply_module, parse_hcl, run, terraform_env
+from tests.support.infra import TERRAFORM_ROOT, apply_module, given_vars, parse_hcl, run, terraform_env
 
 ENVIRONMENTS = ["dev", "staging", "prod"]
 CHARTS = TERRAFORM_ROOT.parent / "charts"
@@ -49,7 +49,7 @@ def read_tfvars(terraform: Path, stack: str, tfvars: Path, tmp_path: Path) -> tu
     env = terraform_env(tmp_path)
     said = ""
     for args in (["init", "-input=false", "-no-color"],
-                 ["apply", "-input=false", "-auto-approve", "-no-color", f"-var-file={tfvars}"]):
+                 ["apply", "-input=false", "-auto-approve", "-no-color", f"-var-file={tfvars}", *given_vars(stack)]):
         result = run([terraform, *args], work, env)
         said += result.stdout + result.stderr
         assert result.returncode == 0, f"{stack} {tfvars.name}: terraform {args[0]}:\n{said}"
