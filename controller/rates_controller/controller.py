@@ -231,6 +231,7 @@ class Controller:
         """Act on one message of ``batch``; append it to ``done`` if it is to be deleted."""
         try:
             objects = events.uploaded_objects(message.body)
+            events.check_source(objects, self.settings.uploads_bucket, self.settings.uploads_prefix)
         except events.PoisonMessage as exc:
             self._set_aside_message(message, done, "poison", str(exc))
             return

@@ -115,6 +115,19 @@ def _created_object(record) -> UploadedObject | None:
                           sequencer=_optional_text(obj, "sequencer") or _optional_text(record, "eventTime"))
 
 
+def check_source(objects: list[UploadedObject], bucket: str, prefix: str) -> None:
+    """Refuse uploads from elsewhere than ``bucket`` (and under ``prefix``), when given: the
+    queue takes messages from anyone its policy lets send, and the Jobs' role reads only
+    there, so such a Job could only fail three times before the file was set aside."""
+    for obj in objects:
+        if bucket and obj.bucket != bucket:
+            raise PoisonMessage(f"an upload to s3://{obj.bucket}/{obj.key}, not to this controller's bucket "
+                                f"{bucket}")
+        if prefix and not obj.key.startswith(prefix):
+            raise PoisonMessage(f"an upload to s3://{obj.bucket}/{obj.key}, outside this controller's prefix "
+                                f"{prefix}")
+
+
 def _check_job_environment(**values: str | None) -> None:
     """What the Job gets in its environment must be UTF-8 (a lone surrogate comes from a
     \\ud800 escape in the JSON) without NUL, which no process environment holds: the pod

@@ -3,6 +3,9 @@
 QUEUE_URL                  SQS queue that receives the bucket's ObjectCreated events (required).
 DEAD_LETTER_QUEUE_URL      SQS queue where files that will not load are set aside, each
                            message with the reason (required).
+UPLOADS_BUCKET             the bucket whose uploads are loaded; an event for another bucket
+UPLOADS_PREFIX             or, with a prefix, for a key outside it is set aside as a poison
+                           message (default "": any bucket, any key).
 JOB_NAMESPACE              namespace of the ingest Jobs (default: POD_NAMESPACE, then the
                            service account's namespace when in a cluster).
 JOB_IMAGE                  the ingest job's image (required).
@@ -85,6 +88,8 @@ class Settings:
     queue_url: str
     dead_letter_queue_url: str
     job: JobSettings
+    uploads_bucket: str = ""
+    uploads_prefix: str = ""
     max_active_jobs: int = 4
     max_attempts: int = 3
     retry_delay_seconds: int = 60
@@ -101,6 +106,8 @@ class Settings:
             queue_url=env_str("QUEUE_URL", environ=environ),
             dead_letter_queue_url=env_str("DEAD_LETTER_QUEUE_URL", environ=environ),
             job=_job_settings(environ),
+            uploads_bucket=env_str("UPLOADS_BUCKET", "", environ),
+            uploads_prefix=env_str("UPLOADS_PREFIX", "", environ),
             max_active_jobs=env_int("MAX_ACTIVE_JOBS", 4, minimum=1, environ=environ),
             max_attempts=_bounded("MAX_ATTEMPTS", 3, 1, 100, environ),
             retry_delay_seconds=env_int("RETRY_DELAY_SECONDS", 60, minimum=0, environ=environ),

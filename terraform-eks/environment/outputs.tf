@@ -8,7 +8,13 @@ output "namespace" {
 output "controller_values" {
   description = "Values for the rates-controller release of this environment, as a values file."
   value = {
-    queue          = { url = module.uploads.queue_url, deadLetterUrl = module.uploads.dead_letter_queue_url }
+    queue = {
+      url           = module.uploads.queue_url
+      deadLetterUrl = module.uploads.dead_letter_queue_url
+      # Events for any other bucket or key are set aside as poison messages.
+      bucket = module.uploads.bucket_name
+      prefix = var.prices_prefix
+    }
     aws            = { region = var.region }
     serviceAccount = { name = var.service_accounts.controller, roleArn = module.controller_role.arn }
     jobs           = { serviceAccount = { name = var.service_accounts.ingest_job, roleArn = module.ingest_job_role.arn } }

@@ -54,7 +54,8 @@ REQUIRED = {
 }
 # What Terraform's controller_values adds for an environment, whose values file turns on
 # IAM authentication (the Jobs' login, no password).
-FROM_TERRAFORM = {"database.url": "postgresql://rates_ingest@db.example.internal:5432/rates?sslmode=require"}
+FROM_TERRAFORM = {"database.url": "postgresql://rates_ingest@db.example.internal:5432/rates?sslmode=require",
+                  "queue.bucket": "example-rates-prices", "queue.prefix": "prices/"}
 # The Secret's URL instead, as a cluster without RDS has it (k8s/local, the tests' own).
 FROM_SECRET = {"database.url": None, "database.iamAuth": False}
 ROLE_ARNS = {
@@ -322,6 +323,7 @@ def test_the_deployment_is_a_valid_controller_configuration(helm, environment):
     controller, jobs = values["controller"], values["jobs"]
     assert settings == Settings(
         queue_url=REQUIRED["queue.url"], dead_letter_queue_url=REQUIRED["queue.deadLetterUrl"],
+        uploads_bucket="example-rates-prices", uploads_prefix="prices/",
         job=JobSettings(
             namespace="rates-" + environment, image=f"rates-ingest:{yaml_app_version()}",
             service_account="rates-ingest", database_secret="rates-database", database_secret_key="url",
@@ -950,7 +952,8 @@ def test_the_real_controller_runs_with_the_charts_environment_and_rights(
         "dev",
         {"queue.url": sqs.uploads_url, "queue.deadLetterUrl": sqs.dead_url, "aws.region": "us-east-1",
          "metrics.port": port, "controller.pollWaitSeconds": 1, "controller.maxAttempts": 1,
-         "jobs.backoffLimit": 0, **FROM_SECRET, "database.existingSecret": "ingest-database"},
+         "jobs.backoffLimit": 0, **FROM_SECRET, "database.existingSecret": "ingest-database",
+         "queue.bucket": uploads.name, "queue.prefix": "2024/"},
         {"jobs.env": {**fake_credentials, "AWS_ENDPOINT_URL": moto_endpoint}}))
     # The Secret the chart names, made as its README says (an admin's job, not the chart's).
     kube.core.create_namespaced_secret(namespace, {"metadata": {"name": "ingest-database"}, "data": {

@@ -115,6 +115,30 @@ def test_a_poison_message_is_set_aside_with_its_reason_and_blocks_nothing(kube, 
     assert set_aside_reasons(controller.metrics) == {"poison": 1}
 
 
+def test_an_upload_from_elsewhere_than_its_bucket_and_prefix_is_set_aside_as_poison(
+        kube, namespace, s3, uploads, sqs, make_controller):
+    # The queue takes any sender its policy allows; the Jobs' role reads only the prices
+    # prefix of its bucket, so such a Job could only fail, three times, before a set-aside.
+    uploads.put("prices/jan.csv", b"x")
+    uploads.put("elsewhere/feb.csv", b"x")
+    controller = make_controller(uploads_bucket=s3.name, uploads_prefix="prices/")
+    for _ in range(3):  # the first pass also takes S3's test event
+        controller.step()
+    assert [j.metadata.annotations[jobs.KEY] for j in ingest_jobs(kube, namespace)] == ["prices/jan.csv"]
+    [dead] = sqs.dead_letters()
+    assert dead["reason"] == (f"an upload to s3://{s3.name}/elsewhere/feb.csv, outside this controller's "
+                              "prefix prices/")
+
+    uploads.put("prices/mar.csv", b"x")
+    other = make_controller(uploads_bucket="another-bucket")
+    for _ in range(3):
+        other.step()
+    assert len(ingest_jobs(kube, namespace)) == 1
+    [dead] = sqs.dead_letters()  # the one before has been taken
+    assert dead["reason"] == f"an upload to s3://{s3.name}/prices/mar.csv, not to this controller's bucket another-bucket"
+    assert set_aside_reasons(other.metrics) == {"poison": 1} and sqs.counts() == (0, 0)
+
+
 def test_a_message_the_controller_fails_on_is_set_aside_and_the_loop_goes_on(kube, namespace, uploads, sqs,
                                                                                make_controller, monkeypatch):
     from rates_controller import events

@@ -177,6 +177,10 @@ HANDED = {
                       "https://sqs.eu-west-1.amazonaws.com/123456789012/example-rates-dev-prices-uploads"),
         "queue.deadLetterUrl": ("module.uploads.dead_letter_queue_url",
                                 "https://sqs.eu-west-1.amazonaws.com/123456789012/example-rates-dev-prices-dead-letter"),
+        # the bucket whose events the controller takes, and the prefix its notification and
+        # the Jobs' role cover: any other is a poison message
+        "queue.bucket": ("module.uploads.bucket_name", "example-rates-dev-prices"),
+        "queue.prefix": ("var.prices_prefix", "prices/"),
         "aws.region": ("var.region", "eu-west-1"),
         "serviceAccount.name": ("var.service_accounts.controller", "rates-controller"),
         "serviceAccount.roleArn": ("module.controller_role.arn", "arn:aws:iam::123456789012:role/rates-dev-controller"),
