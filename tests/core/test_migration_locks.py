@@ -66,8 +66,10 @@ def test_reads_pass_while_a_migration_waits_for_an_ingest_and_it_applies_when_th
                 time.sleep(0.05)
             assert lock_waiters(watcher), "the migration never queued for the lock"
         # Queued behind the migration's request, a read waits until the migration gives up
-        # its place; without the lock timeout, until the ingest commits: never, here.
-        reader = psycopg2.connect(dsn, options="-c statement_timeout=30000")
+        # its place; without the lock timeout, until the ingest commits: never, here. The
+        # read runs under the API's own statement timeout (DB_STATEMENT_TIMEOUT_MS, 5000 by
+        # default): a lock timeout the API's reads would not outlast must fail here.
+        reader = psycopg2.connect(dsn, options="-c statement_timeout=5000")
         with reader.cursor() as cur:
             cur.execute("SELECT count(*) FROM prices")
             assert cur.fetchone() == (0,)
