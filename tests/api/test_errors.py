@@ -7,6 +7,7 @@ import pytest
 
 from rates_api.settings import Settings
 from tests.support.aws import without_credentials
+from tests.support.poll import wait_for
 
 GOOD = dict(date_from="2024-03-01", date_to="2024-03-02", origin="CNSHA", destination="NLRTM")
 
@@ -89,6 +90,20 @@ def test_database_down_is_503_not_500(settings, make_client):
     assert response.get_json()["error"]["code"] == "unavailable"
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
+
+
+def test_after_a_failed_connect_the_api_answers_503_at_once_for_a_second_then_tries_again(settings, make_client):
+    # The README promises a second of 503s at once after a failed attempt, and the 503s say
+    # Retry-After: 1; a longer window would go on refusing requests long after the database
+    # is back. The window is the pool's default, which the API's runtime relies on.
+    client = make_client(replace(settings, database_url="postgresql://nobody@127.0.0.1:1/none",
+                                 db_connect_timeout_s=1))
+    tried = client.get("/readyz").get_json()["error"]
+    assert "Connection refused" in tried and "unreachable" not in tried
+    held = client.get("/readyz")  # at once: within the window, the pool does not try
+    assert held.status_code == 503 and "the database was unreachable" in held.get_json()["error"]
+    wait_for(lambda: "unreachable" not in client.get("/readyz").get_json()["error"], timeout=5,
+             interval=0.05, what="the pool to try the database again about a second after it failed")
 
 
 def test_without_an_iam_role_the_api_is_unready_and_says_why(aws_env, make_client):
