@@ -34,6 +34,17 @@ def test_metrics_count_requests_by_route_and_status(world, client):
     assert 'rates_api_build_info{version="test-1"} 1.0' in text
 
 
+def test_metrics_count_the_connections_lent_out_while_they_are(settings, make_client):
+    # The pool-saturation alert reads rates_api_db_pool_in_use: a gauge stuck at 0 would never fire.
+    client = make_client(replace(settings, db_pool_size=2))
+    rt = client.application.extensions["rates_api"]
+    with client.application.app_context(), rt.connection():
+        held = client.get("/metrics").get_data(as_text=True)
+    assert "rates_api_db_pool_in_use 1.0" in held
+    # And given back, it is counted out again.
+    assert "rates_api_db_pool_in_use 0.0" in client.get("/metrics").get_data(as_text=True)
+
+
 def test_unknown_methods_share_one_metrics_label(client):
     for method in ("BREW", "AAAA", "ZZZZZZZZZ"):
         client.open("/rates", method=method)
