@@ -17,6 +17,14 @@ def averages(body):
     return [(row["day"], row["average_price"]) for row in body]
 
 
+def cache_hits(client) -> float:
+    """rates_api_cache_hits_total as /metrics reports it: how many answers the cache gave."""
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith("rates_api_cache_hits_total "):
+            return float(line.split()[1])
+    raise AssertionError("no rates_api_cache_hits_total in /metrics")
+
+
 def test_three_level_nesting_covers_every_port_below_a_region(world, rates):
     insert_prices(world, [
         ("CNSHA", "NOOSL", D1, 100),  # china -> scandinavia (europe > north_europe > scandinavia)
@@ -126,30 +134,35 @@ def test_aliases_orig_code_and_dest_code(world, rates):
     assert averages(rates(date_from=D1, date_to=D1, origin="CNSHA", dest_code="NLRTM")[1]) == expected
 
 
-def test_a_write_is_visible_to_the_next_request(world, rates):
+def test_a_write_is_visible_to_the_next_request(world, rates, client):
     """The response cache must never serve an answer older than the latest commit."""
     insert_prices(world, [("CNSHA", "NLRTM", D1, p) for p in (100, 200, 300)])
     query = dict(date_from=D1, date_to=D1, origin="china", destination="europe")
     assert averages(rates(**query)[1]) == [(D1, 200)]
     assert averages(rates(**query)[1]) == [(D1, 200)]  # now cached
+    # Served from the cache indeed: otherwise the rest proves nothing about it.
+    assert cache_hits(client) == 1
     insert_prices(world, [("CNNGB", "DEHAM", D1, 1000)])
     assert averages(rates(**query)[1]) == [(D1, 400)]
     with world.cursor() as cur:
         cur.execute("UPDATE ports SET parent_slug = 'asia' WHERE code = 'DEHAM'")
     assert averages(rates(**query)[1]) == [(D1, 200)]
+    assert cache_hits(client) == 1  # both computed anew
 
 
-def test_answers_of_different_ranges_are_cached_apart(world, rates):
+def test_answers_of_different_ranges_are_cached_apart(world, rates, client):
     insert_prices(world, [(o, "NLRTM", d, p) for d in (D1, D2) for o, p in (("CNSHA", 100), ("CNNGB", 200),
                                                                               ("CNSHA", 300))])
     query = dict(date_from=D1, origin="china", destination="NLRTM")
     assert averages(rates(**query, date_to=D1)[1]) == [(D1, 200)]
     assert averages(rates(**query, date_to=D2)[1]) == [(D1, 200), (D2, 200)]
     assert averages(rates(**{**query, "date_from": D2}, date_to=D2)[1]) == [(D2, 200)]
+    assert cache_hits(client) == 0  # three ranges, three answers
     assert averages(rates(**query, date_to=D1)[1]) == [(D1, 200)]
+    assert cache_hits(client) == 1  # the first range's, kept beside the others
 
 
-def test_a_commit_during_a_computation_is_seen_by_the_next_request(world, rates, monkeypatch):
+def test_a_commit_during_a_computation_is_seen_by_the_next_request(world, rates, client, monkeypatch):
     """The version is read before the answer: an answer computed while a write commits is
     stored under the older version, so the next request recomputes it."""
     from rates_api import queries
@@ -167,6 +180,10 @@ def test_a_commit_during_a_computation_is_seen_by_the_next_request(world, rates,
     query = dict(date_from=D1, date_to=D1, origin="CNSHA", destination="NLRTM")
     assert averages(rates(**query)[1]) == [(D1, 200)]
     assert averages(rates(**query)[1]) == [(D1, 400)]
+    # The cache is in use (the next request is served from it), so the second request
+    # recomputed because of the version, not because nothing is ever cached.
+    assert averages(rates(**query)[1]) == [(D1, 400)]
+    assert cache_hits(client) == 1
 
 
 def test_the_same_database_after_a_server_restart_is_a_new_epoch(world, settings, make_client):
@@ -212,15 +229,19 @@ def test_a_recreated_database_counting_to_the_same_version_is_not_served_from_th
         client = make_client(replace(settings, database_url=dsn))
         version = _seed(dsn, 100)
         assert client.get("/rates", query_string=query).get_json()[0]["average_price"] == 100
+        # The answer is cached: asked again, the cache gives it.
+        assert client.get("/rates", query_string=query).get_json()[0]["average_price"] == 100
+        assert cache_hits(client) == 1
         localdb.drop_database(admin_dsn, name)  # a reset staging database, say
         localdb.create_database(admin_dsn, name, TEMPLATE)
         assert _seed(dsn, 500, version=version) == version
         assert client.get("/rates", query_string=query).get_json()[0]["average_price"] == 500
+        assert cache_hits(client) == 1
     finally:
         localdb.drop_database(admin_dsn, name)
 
 
-def test_an_answer_is_of_one_state_of_the_data(world, dsn, rates, monkeypatch):
+def test_an_answer_is_of_one_state_of_the_data(world, dsn, rates, client, monkeypatch):
     # A write commits between resolving the places and reading their totals: a port added
     # to china along with its prices and more prices for an old port. Before it there is
     # no price (null); after it, 250. The old list of ports with the new totals gives 100.
@@ -245,6 +266,9 @@ def test_an_answer_is_of_one_state_of_the_data(world, dsn, rates, monkeypatch):
 
     assert averages(during[1]) == [(D1, None)]
     assert averages(after[1]) == [(D1, 250)]  # computed anew: the cache holds the answer under the old version
+    # The cache is in use, so it was the version that kept `during` from being served again.
+    assert averages(rates(date_from=D1, date_to=D1, origin="china", destination="NLRTM")[1]) == [(D1, 250)]
+    assert cache_hits(client) == 1
 
 
 def test_a_region_of_any_printable_name_can_be_asked_for(world, rates):
