@@ -97,6 +97,12 @@ def test_invalid_file_loads_nothing(db, s3, case):
     run = last_run(conn)
     assert run["status"] == "rejected" and run["finished_at"] is not None
     assert message in run["error"]
+    # What was downloaded, up to where checking stopped (README): some of the file, never
+    # more than it holds; nothing for an empty object or one refused by its name alone.
+    if body and case != "unknown extension":
+        assert 0 < run["bytes"] <= len(body), (run["bytes"], len(body))
+    else:
+        assert run["bytes"] in (None, 0)
     if position is not None:
         where = "element" if key.endswith(".json") else "line"
         assert run["bad_rows"][0][where] == position, run["bad_rows"]
@@ -124,7 +130,8 @@ def test_a_bad_row_after_many_good_ones_rolls_back_what_was_copied(db, s3):
     dsn, conn = db
     good = [("CNSHA", "NLRTM", f"2016-{m:02d}-{d:02d}", 100 + d) for m in range(1, 13) for d in range(1, 29)] * 300
     body = as_csv(good) + b"CNSHA,NLRTM,2016-13-01,5\n"
-    s3.put("big.csv.gz", gzip.compress(body, compresslevel=1))
+    compressed = gzip.compress(body, compresslevel=1)
+    s3.put("big.csv.gz", compressed)
 
     assert run_job(dsn, s3.name, "big.csv.gz") == 2
 
@@ -133,6 +140,8 @@ def test_a_bad_row_after_many_good_ones_rolls_back_what_was_copied(db, s3):
         cur.execute("SELECT count(*) FROM lane_totals UNION ALL SELECT count(*) FROM ingest_files")
         assert [n for (n,) in cur.fetchall()] == [0, 0]
     assert last_run(conn)["bad_rows"][0]["line"] == len(good) + 2
+    # The bad row is the last, so the whole object was downloaded: its stored (gzip) bytes.
+    assert last_run(conn)["bytes"] == len(compressed)
 
 
 def test_quoted_fields_crlf_and_a_bom_are_fine(db, s3):
