@@ -20,6 +20,11 @@ def test_each_format_loads(db, s3, extension):
     assert run["status"] == "loaded"
     assert (run["rows"], run["bytes"]) == (len(ROWS), len(body))
     assert run["etag"] and run["finished_at"] >= run["started_at"] and run["error"] is None
+    # The load's transaction records the end as it commits: the time then, not the time the
+    # transaction began, which its own ingest_files row holds (loaded_at, now() at the INSERT).
+    with conn.cursor() as cur:
+        cur.execute("SELECT loaded_at FROM ingest_files WHERE id = %s", (run["file_id"],))
+        assert run["finished_at"] > cur.fetchone()[0]
 
 
 @pytest.mark.parametrize("key", [
