@@ -126,11 +126,14 @@ def test_the_lock_timeout_comes_before_the_urls_own_options():
     uri = migrate._yoyo_uri("postgresql://u@db/rates?options=-c%20lock_timeout%3D0&sslmode=require")
     query = parse_qs(urlsplit(uri).query)
     assert query["options"][0].endswith(f"-c lock_timeout={migrate.LOCK_TIMEOUT_MS} -c lock_timeout=0")
+    # The README's figure: a migration statement waits at most 2 s for a lock.
+    assert "-c lock_timeout=2000 " in query["options"][0]
     assert query["sslmode"] == ["require"]
 
 
 def test_the_lock_wait_is_read_from_the_environment():
     assert migrate.lock_wait_from_env({}) == migrate.LOCK_WAIT_S
+    assert migrate.lock_wait_from_env({}) == 300  # the README's documented default
     assert migrate.lock_wait_from_env({"MIGRATION_LOCK_WAIT_SECONDS": "0"}) == 0
     with pytest.raises(ConfigError, match="MIGRATION_LOCK_WAIT_SECONDS"):
         migrate.lock_wait_from_env({"MIGRATION_LOCK_WAIT_SECONDS": "-1"})

@@ -177,6 +177,24 @@ def test_a_crlf_line_of_exactly_the_limit_is_accepted_wherever_the_chunks_split(
 
 
 @pytest.mark.parametrize("size", [1000, 1 << 20])
+def test_an_ndjson_line_of_the_documented_64_kib_is_accepted_and_one_byte_more_is_not(size):
+    # The README's figure, written out: a change of the code's limit must change the README too.
+    limit = 64 * 1024
+    start = b'{"orig_code":"CNSHA","dest_code":"NLRTM","day":"2016-01-01","price":'
+
+    def line(length: int) -> bytes:
+        return start + b" " * (length - len(start) - 2) + b"5}"
+
+    assert len(line(limit)) == limit
+    assert parse("ndjson", split(line(limit) + b"\n", size)) == b"CNSHA,NLRTM,2016-01-01,5,7\n"
+    with pytest.raises(formats.InvalidFile, match="longer than"):
+        parse("ndjson", split(line(limit + 1) + b"\n", size))
+    # "Any line, blank or not": a blank line is held to the limit too.
+    with pytest.raises(formats.InvalidFile, match="longer than"):
+        parse("ndjson", split(line(limit) + b"\n" + b" " * (limit + 1) + b"\n", size))
+
+
+@pytest.mark.parametrize("size", [1000, 1 << 20])
 def test_a_json_element_of_exactly_the_limit_is_accepted_and_one_more_is_not(size):
     start = b'{"orig_code":"CNSHA","dest_code":"NLRTM","day":"2016-01-01","price":'
 

@@ -67,6 +67,8 @@ def test_a_stream_cut_every_time_fails_retryably_and_loads_nothing(db, s3, cutti
     code = run_job_through(client, dsn, s3.name, "cut/always.csv")
 
     assert code == 1 and proxy.cut == s3source.Download.MAX_RESUMES + 1
+    # The README's "up to 5 times per file": the first GET and five resumes, all cut.
+    assert proxy.cut == 1 + 5
     assert prices(conn) == []
     run = last_run(conn)
     assert run["status"] == "failed" and f"S3 stream cut {proxy.cut} times" in run["error"]
