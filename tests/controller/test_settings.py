@@ -32,6 +32,10 @@ def test_the_namespace_defaults_to_the_pods_own():
     ("JOB_ENV", '{"A": 1}', "JOB_ENV must be a JSON object of strings"),
     ("JOB_ENV", '{"DATABASE_URL": "x"}', "may not set DATABASE_URL"),
     ("JOB_ENV", '{"DATABASE_IAM_AUTH": "true"}', "may not set DATABASE_IAM_AUTH"),
+    # The Job names its file with these, from the event: a second value would load another.
+    ("JOB_ENV", '{"S3_BUCKET": "other"}', "may not set S3_BUCKET"),
+    ("JOB_ENV", '{"S3_OBJECT_KEY": "other.csv"}', "may not set S3_OBJECT_KEY"),
+    ("JOB_ENV", '{"S3_VERSION_ID": "v1"}', "may not set S3_VERSION_ID"),
     ("JOB_DATABASE_URL", "postgresql://u:secret@db/rates", "JOB_DATABASE_URL may not hold a password"),
     ("JOB_DATABASE_URL", "postgresql://u@db/rates?sslmod=require", "JOB_DATABASE_URL: not a valid libpq URL"),
     ("JOB_DATABASE_IAM_AUTH", "true", "JOB_DATABASE_IAM_AUTH=true needs JOB_DATABASE_URL"),
