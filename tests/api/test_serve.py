@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import runpy
 import signal
 import socket
@@ -33,7 +34,8 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/readyz", process=process)
-        assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).json()["version"] == "9.9.9"
+        assert requests.get(f"http://127.0.0.1:{port}/", headers={"X-Request-ID": "serve-test-1"},
+                            timeout=5).json()["version"] == "9.9.9"
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'rates_api_requests_total{method="GET",route="/",status="200"} 1.0' in metrics
         _assert_gunicorns_own_errors_are_json(port)
@@ -45,7 +47,11 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "out.log").read_text().splitlines()]
     gunicorn = [line["event"] for line in lines if line.get("logger") == "gunicorn.error"]
     assert any(event.startswith("Booting worker") for event in gunicorn), gunicorn
-    assert any(line.get("path") == "/" for line in lines)  # the app's request line
+    # The app's request lines, one per request, each with its request id: the client's, or
+    # one made up (and sent back in X-Request-ID) when it gave none.
+    requested = {line["path"]: line for line in lines if line.get("event") == "request"}
+    assert requested["/"].get("request_id") == "serve-test-1", requested["/"]
+    assert re.fullmatch(r"[0-9a-f]{32}", requested["/metrics"].get("request_id", "")), requested["/metrics"]
 
 
 def _raw(port: int, request: bytes) -> tuple[int, str, dict]:
