@@ -122,6 +122,20 @@ def test_idle_connections_outlive_the_load_balancers_by_default(monkeypatch):
     assert runpy.run_path(str(GUNICORN_CONF))["keepalive"] == 75
 
 
+def test_gunicorn_takes_its_worker_timeout_from_gunicorn_timeout(monkeypatch):
+    # A worker silent for longer is killed with its requests: raising GUNICORN_TIMEOUT must
+    # reach gunicorn. Read as gunicorn itself reads the file, so a setting it would not
+    # know by that name fails here too.
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    monkeypatch.setattr(sys, "argv", ["gunicorn", "-c", str(GUNICORN_CONF)])
+    monkeypatch.delenv("GUNICORN_CMD_ARGS", raising=False)
+    monkeypatch.setenv("GUNICORN_TIMEOUT", "90")
+    assert WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").cfg.timeout == 90
+    monkeypatch.delenv("GUNICORN_TIMEOUT")
+    assert WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").cfg.timeout == 30  # the README's default
+
+
 def test_a_failed_bind_leaves_no_metrics_directory(dsn, tmp_path):
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     before = set(glob.glob(os.path.join(shm, "rates-api-metrics-*")))
