@@ -312,8 +312,10 @@ class Controller:
             existing = self.kube.get(manifest["metadata"]["name"])
         except TemporaryError:
             return False
-        found = (existing.metadata.annotations or {}) if existing is not None else {}
-        return existing is not None and all(found.get(k) == v for k, v in manifest["metadata"]["annotations"].items())
+        if existing is None:
+            return False
+        found = existing.metadata.annotations or {}
+        return all(found.get(k) == v for k, v in manifest["metadata"]["annotations"].items())
 
     def _retry_message(self, message: Message, done: list[Message], exc: TemporaryError) -> None:
         if message.receives >= self.settings.max_receives:
