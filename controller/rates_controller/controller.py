@@ -198,6 +198,12 @@ class Controller:
     def _set_aside_file(self, ended: jobs.Finished, why: str, summary: str) -> str:
         detail = jobs.last_words(self.kube.termination_message(ended.name))
         reason = f"{summary} ({ended.reason}: {ended.message})" + (f"; the job said: {detail}" if detail else "")
+        if not detail and ended.reason == "DeadlineExceeded":
+            # Not the file's fault, most likely, but the Job controller has deleted the pods
+            # by now, and with them what kept them from running: point where to look.
+            reason += ("; no pod of it left a word: it may never have started (an image that cannot be "
+                       "pulled, a missing Secret, no node for it), or was stopped before it could say why; "
+                       "the namespace's events say which")
         self.dead_letters.send(notification(ended.obj, ended.name, ended.uid), {
             "reason": reason, "job": ended.name, "attempts": str(ended.round_job)})
         self.metrics.set_aside.labels(why).inc()

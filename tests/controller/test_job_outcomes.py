@@ -177,6 +177,18 @@ def test_a_retry_the_api_server_refuses_sets_the_file_aside_and_the_loop_goes_on
     assert set_aside_reasons(broken.metrics) == {"rejected": 1}
 
 
+def test_a_file_whose_pod_never_starts_is_set_aside_saying_so(kube, namespace, uploads, sqs, make_controller):
+    # No node runs this namespace's pods: they stay Pending until the Job's deadline, as
+    # with an image that cannot be pulled; the reason must point there, not at the file.
+    controller = make_controller(max_attempts=1, job_deadline_seconds=2)
+    uploads.put("p.csv", as_csv(ROWS))
+    step_until(controller, lambda: list(handled(kube, namespace).values()) == ["set-aside"], timeout=60,
+               what="the Job to be set aside")
+    [dead] = sqs.dead_letters()
+    assert dead["reason"].startswith("the file did not load in 1 Jobs (DeadlineExceeded"), dead
+    assert "it may never have started (an image that cannot be pulled" in dead["reason"], dead
+
+
 def test_a_retry_waits_for_a_free_slot(dsn, world, kube, namespace, uploads, sqs, make_controller,
                                        job_runtime, local_node):
     job_runtime(DOWN)
