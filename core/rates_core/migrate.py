@@ -34,6 +34,7 @@ LOCK_NOT_AVAILABLE = "55P03"
 # yoyo's lock, a row that only yoyo's own `finally` deletes: a killed migration left it,
 # and every later one, each deploy's hook, failed until someone ran `yoyo break-lock`.
 MIGRATION_LOCK = (7_201_602, 1)
+LOCK_APPLICATION = "rates-migrate-lock"  # the sessions that hold or wait for it
 log = get_logger(__name__)
 
 
@@ -98,7 +99,7 @@ def apply(dsn: str, lock_wait_s: float = LOCK_WAIT_S) -> list[str]:
 def _migration_lock(dsn: str, deadline: float) -> Iterator[None]:
     """Hold MIGRATION_LOCK on a connection of its own for the block; wait for another
     migrator's until ``deadline``."""
-    conn = db.connect(dsn, application_name="rates-migrate-lock", autocommit=True,
+    conn = db.connect(dsn, application_name=LOCK_APPLICATION, autocommit=True,
                       connect_timeout_s=CONNECT_TIMEOUT_S)
     try:
         with db.classified(), conn.cursor() as cur:
@@ -120,7 +121,7 @@ def _apply_until(dsn: str, deadline: float, lock_wait_s: float) -> list[str]:
     applied: dict[str, None] = {}  # ordered: the ids each attempt set out to apply
     while True:
         try:
-            _apply_pending(dsn, applied)
+            _apply_pending(dsn, applied, deadline)
             break
         except TemporaryError as exc:
             if getattr(exc, "pgcode", None) != LOCK_NOT_AVAILABLE:
@@ -164,7 +165,7 @@ def _warn_if_schema_is_newer(backend, migrations) -> None:
                     unknown_migrations=newer)
 
 
-def _apply_pending(dsn: str, applied: dict[str, None]) -> None:
+def _apply_pending(dsn: str, applied: dict[str, None], deadline: float) -> None:
     """One attempt; ``applied`` gets the ids it sets out to apply, in order. A failed
     attempt has applied those before the failing one, and the next attempt goes on."""
     _name_the_os_user()
@@ -172,30 +173,48 @@ def _apply_pending(dsn: str, applied: dict[str, None]) -> None:
     with db.classified():
         backend = get_backend(_yoyo_uri(dsn))
         try:
-            _clear_left_yoyo_lock(backend)
+            _wait_for_yoyo_lock(backend, deadline)
             with backend.lock():
                 todo = backend.to_apply(migrations)
                 _warn_if_schema_is_newer(backend, migrations)
                 applied.update(dict.fromkeys(m.id for m in todo))
                 backend.apply_migrations(todo)
-        except LockTimeout as exc:  # taken since the check above: someone runs yoyo by hand
-            raise TemporaryError(f"something other than this project's migrations holds yoyo's lock ({exc}); "
-                                 "apply the migrations with `ratesctl migrate` instead") from exc
+        except LockTimeout as exc:  # taken since the wait above, by a migrator without MIGRATION_LOCK
+            raise TemporaryError(f"another migration took yoyo's lock ({exc}): one of a release before this "
+                                 "one, or yoyo run by hand; try again once it has ended") from exc
         finally:
             backend.connection.close()
 
 
-def _clear_left_yoyo_lock(backend) -> None:
-    """yoyo's lock row, left by a killed migration: ours, or one of a release before the
-    migration lock. Holding MIGRATION_LOCK, no other migrator of this project runs."""
+def _wait_for_yoyo_lock(backend, deadline: float) -> None:
+    """Wait until yoyo's lock row is free, or provably left behind, and clear it then.
+
+    A migrator without MIGRATION_LOCK (a release before it, yoyo run by hand) may hold the
+    row: it keeps a session open while it runs, as the same user as this one. A row while
+    no other session of that user is connected is one a killed run left: yoyo deletes its
+    row only in its own `finally`, so it stayed, and failed every later migration."""
     backend.create_lock_table()  # as yoyo's lock() would, on a new database
-    with backend.transaction():
-        left = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchall()
-        if left:
-            backend.execute(f"DELETE FROM {backend.lock_table_quoted}")
-    if left:
-        log.warning("cleared yoyo's lock, which a killed migration left behind",
-                    locked_by_pid=left[0][0], locked_at=left[0][1].isoformat())
+    while True:
+        with backend.transaction():
+            row = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchone()
+            others = backend.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = current_user"
+                " AND pid <> pg_backend_pid() AND application_name <> :ours", {"ours": LOCK_APPLICATION}).fetchone()[0]
+            if row and not others:
+                backend.execute(f"DELETE FROM {backend.lock_table_quoted}")
+        if row is None:
+            return
+        held = {"locked_by_pid": row[0], "locked_at": row[1].isoformat()}
+        if not others:
+            log.warning("cleared yoyo's lock, which a killed migration left behind", **held)
+            return
+        if time.monotonic() + LOCK_RETRY_PAUSE_S > deadline:
+            raise TemporaryError(f"another migration holds yoyo's lock (process {row[0]}, since {row[1]:%H:%M:%S} "
+                                 "UTC) and has not ended: one of a release before this one, or yoyo run by hand. If "
+                                 f"none runs, end the other sessions of this user ({others})")
+        log.info("another migration holds yoyo's lock; waiting for it to end", retry_in_s=LOCK_RETRY_PAUSE_S,
+                 sessions=others, **held)
+        time.sleep(LOCK_RETRY_PAUSE_S)
 
 
 def main() -> int:

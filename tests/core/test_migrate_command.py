@@ -55,19 +55,46 @@ def test_the_migrations_connect_with_the_timeouts_and_keepalives_of_every_connec
     assert query["keepalives_idle"] == ["30"] and query["connect_timeout"] == [str(migrate.CONNECT_TIMEOUT_S)]
 
 
-def test_yoyos_lock_row_left_behind_is_cleared_and_said(empty_dsn):
+HOLD_YOYOS_LOCK = """
+import sys, time
+from yoyo import get_backend
+from rates_core import migrate
+backend = get_backend(migrate._yoyo_uri(sys.argv[1]))
+with backend.lock():
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_yoyos_lock_row_left_by_a_killed_migration_is_cleared_and_said(empty_dsn):
     # What a hook killed mid-migration by an earlier release left: yoyo's row, which used to
     # fail every later hook (exit 1, retried, then the release) until cleared by hand.
+    killed = subprocess.Popen([sys.executable, "-c", HOLD_YOYOS_LOCK, empty_dsn], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline() == "locked\n"
+    killed.kill()
+    killed.wait()
+    result = run({"DATABASE_URL": empty_dsn})
+    assert result.returncode == 0, result.stdout + result.stderr
+    [cleared] = [line for line in map(json.loads, result.stdout.splitlines()) if "cleared" in line["event"]]
+    assert cleared["locked_by_pid"] == killed.pid, cleared
+    assert migrate.pending(empty_dsn) == []
+
+
+def test_a_running_migration_of_an_older_release_is_waited_for_not_run_beside(empty_dsn):
+    # An earlier release's migrator (or yoyo by hand) holds yoyo's lock, not the migration
+    # lock: its row is live while its session is, and must not be taken from it.
     backend = get_backend(migrate._yoyo_uri(empty_dsn))
     try:
         with backend.lock():
-            result = run({"DATABASE_URL": empty_dsn})
+            result = run({"DATABASE_URL": empty_dsn, "MIGRATION_LOCK_WAIT_SECONDS": "2"})
+            assert result.returncode == 1, result.stdout + result.stderr  # may pass on retry
+            assert "another migration holds yoyo's lock (process %d" % os.getpid() in result.stdout
+            with backend.transaction():
+                assert backend.execute(f"SELECT pid FROM {backend.lock_table_quoted}").fetchall() == [(os.getpid(),)]
     finally:
         backend.connection.close()
-    assert result.returncode == 0, result.stdout + result.stderr
-    [cleared] = [line for line in map(json.loads, result.stdout.splitlines()) if "cleared" in line["event"]]
-    assert cleared["locked_by_pid"] == os.getpid(), cleared
-    assert migrate.pending(empty_dsn) == []
+    assert migrate.pending(empty_dsn) != []
+    assert run({"DATABASE_URL": empty_dsn}).returncode == 0 and migrate.pending(empty_dsn) == []
 
 
 def test_a_schema_newer_than_the_code_is_said_and_is_not_an_error(empty_dsn):
