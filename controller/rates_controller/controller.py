@@ -28,6 +28,7 @@ import datetime
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote_plus
@@ -298,6 +299,7 @@ class Controller:
                 round_job: int) -> bool:
         manifest = jobs.manifest(obj, self.settings.job, attempt, round_start=round_start, previous=previous,
                                  round_job=round_job)
+        manifest["metadata"]["annotations"][jobs.CREATE_ID] = uuid.uuid4().hex
         try:
             created = self.kube.create(manifest)
         except TemporaryError:
@@ -318,10 +320,8 @@ class Controller:
             existing = self.kube.get(manifest["metadata"]["name"])
         except TemporaryError:
             return False
-        if existing is None:
-            return False
-        found = existing.metadata.annotations or {}
-        return all(found.get(k) == v for k, v in manifest["metadata"]["annotations"].items())
+        ours = manifest["metadata"]["annotations"][jobs.CREATE_ID]
+        return existing is not None and (existing.metadata.annotations or {}).get(jobs.CREATE_ID) == ours
 
     def _retry_message(self, message: Message, done: list[Message], exc: TemporaryError) -> None:
         if message.receives >= self.settings.max_receives:

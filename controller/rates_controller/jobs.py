@@ -39,6 +39,10 @@ REDRIVE_OF = PREFIX + "redrive-of"
 # A label set once the controller has acted on an ended Job (succeeded, retried, set
 # aside), so that it acts once, and lists only the Jobs it has not acted on yet.
 HANDLED = PREFIX + "handled"
+# A token per create call: after a create whose answer was lost, the Job found under its
+# name is the one that call made only if it carries the call's token (an older round's
+# Job of that name can carry every other annotation of ours).
+CREATE_ID = PREFIX + "create-id"
 
 LABELS = {"app.kubernetes.io/name": "rates-ingest", "app.kubernetes.io/component": "ingest",
           "app.kubernetes.io/managed-by": MANAGED_BY}

@@ -7,8 +7,11 @@ from types import SimpleNamespace
 import pytest
 
 from rates_controller import controller as controller_module
+from rates_controller import jobs
 from rates_controller.controller import Controller
+from rates_controller.events import UploadedObject
 from rates_controller.jobs import Finished
+from rates_controller.settings import JobSettings
 from rates_controller.metrics import Metrics
 from rates_controller.queue import Message
 from rates_core import logs
@@ -55,3 +58,33 @@ def test_a_message_whose_job_could_not_be_created_comes_back_after_a_doubling_ba
         controller._retry_message(Message("m", "{}", "r", receives), [], TemporaryError("down"))
     assert controller.uploads.delays == [5, 10, 20, 40, 80, 160, 320, 640, 900]
 
+
+
+class LostAnswers:
+    """A JobsApi whose creates fail as if their answers were lost; ``existing`` is what a
+    read of the name then finds: the call's own Job, or an older one of that name."""
+
+    def __init__(self, made_by_the_call: bool):
+        self.made_by_the_call, self.created = made_by_the_call, None
+
+    def create(self, manifest):
+        self.created = manifest
+        raise TemporaryError("creating Job: read timed out")
+
+    def get(self, name):
+        annotations = dict(self.created["metadata"]["annotations"])
+        if not self.made_by_the_call:  # an older round's Job: every annotation alike but the call's token
+            annotations[jobs.CREATE_ID] = "another call"
+        return SimpleNamespace(metadata=SimpleNamespace(name=name, annotations=annotations))
+
+
+@pytest.mark.parametrize("made_by_the_call", [True, False])
+def test_after_a_lost_answer_only_the_calls_own_job_counts_as_created(made_by_the_call):
+    controller = make(job=JobSettings(namespace="n", image="rates-ingest:1"))
+    controller.kube = LostAnswers(made_by_the_call)
+    obj = UploadedObject(bucket="b", key="k.csv", version_id=None, etag="e", size=1)
+    if made_by_the_call:
+        assert controller._create(obj, 1, 1, None, 1) is True
+    else:
+        with pytest.raises(TemporaryError, match="read timed out"):
+            controller._create(obj, 1, 1, None, 1)
