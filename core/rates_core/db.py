@@ -20,8 +20,11 @@ API_USER, INGEST_USER = "rates_api", "rates_ingest"
 PG_INT_MAX = 2**31 - 1
 
 # SQLSTATE classes after which the same statement may succeed on a new try:
-# connection loss, serialization/deadlock, resources, shutdown/cancel, system errors.
-_RETRYABLE_CLASSES = {"08", "40", "53", "55", "57", "58", "XX"}
+# connection loss, serialization/deadlock, resources, shutdown/cancel, system and
+# internal errors. Of class 55 only these two: the rest of it (55000, 55P02, 55P04) is
+# a statement that is wrong in its context and fails the same way every time.
+_RETRYABLE_CLASSES = {"08", "40", "53", "57", "58", "XX"}
+_RETRYABLE_CODES = {"55P03", "55006"}  # lock not available, object in use
 
 
 def classify(exc: BaseException) -> Exception:
@@ -30,9 +33,13 @@ def classify(exc: BaseException) -> Exception:
         return exc
     code = getattr(exc, "pgcode", None)
     if code:
-        retryable = code[:2] in _RETRYABLE_CLASSES
+        retryable = code[:2] in _RETRYABLE_CLASSES or code in _RETRYABLE_CODES
     else:
-        # No SQLSTATE: the connection failed or was lost before the server answered.
+        # No SQLSTATE: the connection was lost, could not be made, or the server refused
+        # it (libpq gives a FATAL at login no SQLSTATE). A refused login stays temporary on
+        # purpose: an IAM token or a role the migration hook is creating may be valid a
+        # moment later, and exit 2 would set an ingest Job's file aside for a fault of
+        # the platform, not of the file.
         retryable = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
     message = str(exc).strip() or type(exc).__name__
     if code in SCHEMA_MISSING:

@@ -26,6 +26,9 @@ def _raised(dsn, sqlstate: str) -> psycopg2.Error:
     ("40P01", TemporaryError),   # deadlock
     ("53300", TemporaryError),   # too many connections
     ("55P03", TemporaryError),   # lock not available
+    ("55006", TemporaryError),   # object in use
+    ("55000", PermanentError),   # object not in prerequisite state (e.g. currval before nextval)
+    ("55P04", PermanentError),   # unsafe use of a new enum value
     ("57014", TemporaryError),   # statement timeout
     ("57P01", TemporaryError),   # admin shutdown
     ("58030", TemporaryError),   # I/O error
@@ -50,3 +53,11 @@ def test_a_connection_lost_without_a_sqlstate_is_temporary(dsn):
         conn.cursor()
     assert lost.value.pgcode is None
     assert type(db.classify(lost.value)) is TemporaryError
+
+
+def test_a_login_the_server_refuses_is_temporary(dsn):
+    # Without a SQLSTATE from libpq; see classify for why a retry is allowed.
+    with pytest.raises(psycopg2.OperationalError) as refused:
+        psycopg2.connect(dsn, dbname="no_such_database")
+    assert refused.value.pgcode is None
+    assert type(db.classify(refused.value)) is TemporaryError
