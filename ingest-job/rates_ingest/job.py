@@ -63,7 +63,7 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict, ru
             password: db.PasswordSource) -> Outcome:
     """Load the object; ``seen`` keeps what is known so far for the record of a failure."""
     fmt = formats.detect(ref.key)
-    s3 = s3 or s3source.client()
+    s3 = s3 or s3source.client(settings.s3_retry_mode, settings.s3_max_attempts)
     termination.stops_retries(s3)
     info = seen["info"] = s3source.head(s3, ref)
     termination.check()  # botocore retries a request that the signal cut short

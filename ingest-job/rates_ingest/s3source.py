@@ -5,7 +5,6 @@ TemporaryError (S3 unreachable, throttled, timed out): nothing else sees botocor
 """
 
 import datetime
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,12 +57,11 @@ class ObjectInfo:
         return f"{self.etag}@{self.last_modified.isoformat()}"
 
 
-def client():
+def client(retry_mode: str = "standard", max_attempts: int = 5):
     """An S3 client from boto3's standard chain; AWS_ENDPOINT_URL(_S3) selects a local S3."""
-    # Standard retries unless AWS_RETRY_MODE / AWS_MAX_ATTEMPTS say otherwise.
-    retries = {"mode": os.environ.get("AWS_RETRY_MODE", "standard")}
-    if not os.environ.get("AWS_MAX_ATTEMPTS"):
-        retries["max_attempts"] = 5
+    # total_max_attempts counts the first try, as AWS_MAX_ATTEMPTS does; botocore's
+    # "max_attempts" here would count retries only (one more request than asked for).
+    retries = {"mode": retry_mode, "total_max_attempts": max_attempts}
     return boto3.client("s3", config=Config(connect_timeout=10, read_timeout=60, retries=retries))
 
 

@@ -10,7 +10,9 @@ LOG_LEVEL       DEBUG, INFO (default), WARNING or ERROR.
 INGEST_WORK_MEM PostgreSQL work_mem for the load transaction (default 64MB): the
                 statement trigger keeps the file's rows in a tuplestore of this size
                 before it spills to disk.
-AWS settings come from boto3's standard chain (AWS_DEFAULT_REGION, which this boto3 reads
+AWS_RETRY_MODE  botocore's retry mode for S3: legacy, standard (default) or adaptive.
+AWS_MAX_ATTEMPTS  S3 attempts per request, the first one included (default 5).
+Other AWS settings come from boto3's standard chain (AWS_DEFAULT_REGION, which this boto3 reads
 instead of AWS_REGION; AWS_ACCESS_KEY_ID, web identity, instance roles, ...);
 AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3 point it at a local S3 such as moto_server.
 A bad setting exits 1 (see the README: it is not the file's fault).
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from rates_core.db import BULK_LOAD_WORK_MEM, PG_INT_MAX
-from rates_core.env import ConfigError, env_choice, env_str
+from rates_core.env import ConfigError, env_choice, env_int, env_str
 from rates_core.logs import LEVELS
 from rates_core.rds_auth import iam_auth_enabled
 
@@ -30,6 +32,7 @@ _MEMORY = re.compile(r"([1-9][0-9]{0,9})(kB|MB|GB)")
 _KB_PER_UNIT = {"kB": 1, "MB": 1 << 10, "GB": 1 << 20}
 # PostgreSQL's bounds for work_mem: 64kB up to INT_MAX kilobytes.
 _WORK_MEM_KB = (64, PG_INT_MAX)
+_RETRY_MODES = ("LEGACY", "STANDARD", "ADAPTIVE")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Settings:
     database_iam_auth: bool = False
     log_level: str = "INFO"
     work_mem: str = BULK_LOAD_WORK_MEM
+    s3_retry_mode: str = "standard"
+    s3_max_attempts: int = 5
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, bucket: str | None = None,
@@ -55,6 +60,10 @@ class Settings:
             version_id=_text("S3_VERSION_ID", version_id or environ.get("S3_VERSION_ID") or None),
             log_level=env_choice("LOG_LEVEL", "INFO", LEVELS, environ),
             work_mem=_memory("INGEST_WORK_MEM", BULK_LOAD_WORK_MEM, environ),
+            # Read here, not left to botocore, so that a bad value fails at startup and
+            # an empty one means the default, as for every other setting.
+            s3_retry_mode=env_choice("AWS_RETRY_MODE", "STANDARD", _RETRY_MODES, environ).lower(),
+            s3_max_attempts=env_int("AWS_MAX_ATTEMPTS", 5, minimum=1, maximum=20, environ=environ),
         )
 
 

@@ -33,3 +33,20 @@ def test_any_other_log_level_is_refused_at_startup(value):
     with pytest.raises(ConfigError, match="LOG_LEVEL"):
         Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k",
                            "LOG_LEVEL": value})
+
+
+@pytest.mark.parametrize("env, mode, attempts", [
+    ({}, "standard", 5),
+    ({"AWS_RETRY_MODE": "", "AWS_MAX_ATTEMPTS": ""}, "standard", 5),
+    ({"AWS_RETRY_MODE": "Adaptive", "AWS_MAX_ATTEMPTS": "2"}, "adaptive", 2),
+])
+def test_s3_retries_come_from_the_standard_variables(env, mode, attempts):
+    settings = Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k", **env})
+    assert (settings.s3_retry_mode, settings.s3_max_attempts) == (mode, attempts)
+
+
+@pytest.mark.parametrize("env", [{"AWS_RETRY_MODE": "fast"}, {"AWS_MAX_ATTEMPTS": "0"},
+                                 {"AWS_MAX_ATTEMPTS": "five"}])
+def test_bad_s3_retry_settings_are_refused_at_startup(env):
+    with pytest.raises(ConfigError, match=next(iter(env))):
+        Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k", **env})
