@@ -1,4 +1,5 @@
-"""Command line entry point. Each command lives in the module named after what it does."""
+"""Command line entry point. The commands are in commands.py (their work in demodata.py
+and localdb.py) and the k8s-tools group in k8s_tools.py."""
 
 import click
 

@@ -82,7 +82,8 @@ class Controller:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.log = log
-        # Set by a signal handler; a long poll in progress is finished first.
+        # Set on SIGTERM/SIGINT by cli's watcher thread, never in the handler itself (see
+        # cli.py); a long poll in progress is finished first.
         self.stopping = threading.Event()
         # Ended Jobs whose file went to the dead-letter queue but whose label did not land
         # yet (the patch failed): the next pass only labels them, instead of sending again.

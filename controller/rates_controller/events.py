@@ -118,7 +118,7 @@ def _created_object(record) -> UploadedObject | None:
 def check_source(objects: list[UploadedObject], bucket: str, prefix: str) -> None:
     """Refuse uploads from elsewhere than ``bucket`` (and under ``prefix``), when given: the
     queue takes messages from anyone its policy lets send, and the Jobs' role reads only
-    there, so such a Job could only fail three times before the file was set aside."""
+    there, so such a Job could only fail MAX_ATTEMPTS times before the file was set aside."""
     for obj in objects:
         if bucket and obj.bucket != bucket:
             raise PoisonMessage(f"an upload to s3://{obj.bucket}/{obj.key}, not to this controller's bucket "

@@ -1,4 +1,4 @@
-"""The load transaction: lock the key, decide, replace the key's earlier rows, COPY.
+"""The load transaction: lock the key, decide, COPY, then delete the rows it replaces.
 
 The file is downloaded and validated in a thread a few chunks ahead of the COPY, so
 that the job's work overlaps the server's.
