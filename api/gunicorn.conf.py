@@ -15,7 +15,8 @@ import threading
 
 # The same reading rules as the app's settings: empty means the default, and a bad
 # value stops the master with the variable's name.
-from rates_core.env import env_float, env_int, env_str
+from rates_core.env import env_choice, env_float, env_int, env_str
+from rates_core.logs import LEVELS
 
 wsgi_app = "rates_api:create_app()"
 _host = env_str("HOST", "127.0.0.1")
@@ -35,7 +36,7 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # The app writes one JSON line per request itself.
 accesslog = None
 errorlog = "-"
-loglevel = env_str("LOG_LEVEL", "info").lower()
+loglevel = env_choice("LOG_LEVEL", "INFO", LEVELS).lower()  # checked as the app checks it
 # gunicorn's own lines (booting and stopping workers, a worker timeout, a port in use)
 # as JSON on stdout too, like every other line the pod writes.
 logconfig_dict = {

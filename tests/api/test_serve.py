@@ -115,6 +115,16 @@ def test_an_ipv6_host_is_bracketed_for_gunicorn(monkeypatch):
     assert conf["bind"] == "[::]:8000" and parse_address(conf["bind"]) == ("::", 8000)
 
 
+def test_gunicorn_reads_log_level_as_the_app_does(monkeypatch):
+    from rates_core.env import ConfigError
+
+    monkeypatch.setenv("LOG_LEVEL", "Warning")
+    assert runpy.run_path(str(GUNICORN_CONF))["loglevel"] == "warning"
+    monkeypatch.setenv("LOG_LEVEL", "verbose")  # gunicorn alone would quietly log at info
+    with pytest.raises(ConfigError, match="LOG_LEVEL"):
+        runpy.run_path(str(GUNICORN_CONF))
+
+
 def test_idle_connections_outlive_the_load_balancers_by_default(monkeypatch):
     # The ALB's idle timeout is 60 s unless set: gunicorn must close idle connections later,
     # or the ALB may send a request into one that gunicorn is closing (a 502).
