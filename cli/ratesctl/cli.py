@@ -4,7 +4,7 @@ and localdb.py) and the k8s-tools group in k8s_tools.py."""
 import click
 
 from rates_core.env import ConfigError
-from rates_core.errors import PermanentError, TemporaryError
+from rates_core.errors import EXIT_PERMANENT, EXIT_TEMPORARY, PermanentError, TemporaryError
 
 
 class Failed(click.ClickException):
@@ -22,11 +22,11 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except TemporaryError as exc:
-            raise Failed(f"{exc} (this may pass on retry)", 1) from exc
+            raise Failed(f"{exc} (this may pass on retry)", EXIT_TEMPORARY) from exc
         except PermanentError as exc:
-            raise Failed(str(exc), 2) from exc
+            raise Failed(str(exc), EXIT_PERMANENT) from exc
         except ConfigError as exc:  # a mistyped variable: one line, as for a bad invocation
-            raise Failed(str(exc), 2) from None
+            raise Failed(str(exc), EXIT_PERMANENT) from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

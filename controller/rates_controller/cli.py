@@ -10,14 +10,14 @@ import click
 from rates_core import logs
 from rates_core.env import ConfigError
 
-from rates_core.errors import PermanentError, TemporaryError
+from rates_core.errors import EXIT_PERMANENT, PermanentError, TemporaryError
 
 from . import jobs, kube, metrics, queue
 from .controller import Controller
 from .events import UploadedObject
 from .settings import Settings
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = EXIT_PERMANENT
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,13 +10,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from rates_core.errors import EXIT_PERMANENT
+
 from .events import UploadedObject
 from .settings import JobSettings
 
 CONTAINER = "ingest"
 MANAGED_BY = "rates-controller"
 # Exit code of the ingest job for "the file is invalid or gone": retrying cannot help.
-EXIT_INVALID = 2
+EXIT_INVALID = EXIT_PERMANENT
 
 PREFIX = "rates-platform/"
 BUCKET, KEY, VERSION_ID, ETAG, SEQUENCER = (

@@ -5,6 +5,13 @@ so callers decide on retries and exit codes without knowing the library.
 """
 
 
+# Exit codes of every program of the platform, one meaning each: the ingest Job's
+# podFailurePolicy, the controller and the migration hook act on them.
+EXIT_OK = 0
+EXIT_TEMPORARY = 1  # a retry may help
+EXIT_PERMANENT = 2  # it cannot (for the ingest job: the file is invalid or gone)
+
+
 class RatesError(Exception):
     """Base class for the platform's own errors."""
 

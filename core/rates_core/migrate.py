@@ -13,7 +13,7 @@ from yoyo.exceptions import LockTimeout
 
 from . import db
 from .env import env_int
-from .errors import PermanentError, TemporaryError
+from .errors import EXIT_OK, EXIT_PERMANENT, EXIT_TEMPORARY, PermanentError, TemporaryError
 from .logs import get_logger
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -231,14 +231,14 @@ def main() -> int:
     except ConfigError as exc:
         logs.configure()
         log.error("configuration error", error=str(exc))
-        return 2
+        return EXIT_PERMANENT
     except TemporaryError as exc:
         log.error("migrations failed; this may pass on retry", error=str(exc))
-        return 1
+        return EXIT_TEMPORARY
     except PermanentError as exc:
         log.error("migrations failed", error=str(exc))
-        return 2
-    return 0
+        return EXIT_PERMANENT
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Exit codes (the Helm chart's podFailurePolicy and the controller rely on them):
 import time
 
 from rates_core import db
-from rates_core.errors import PermanentError, TemporaryError
+from rates_core.errors import EXIT_OK, EXIT_PERMANENT, EXIT_TEMPORARY, PermanentError, TemporaryError
 from rates_core.logs import get_logger
 from rates_core.rds_auth import password_source
 
@@ -18,7 +18,8 @@ from .runs import CLIENT_CHECK_MS, Outcome, RunLog
 from .settings import Settings
 from .termination import termination
 
-EXIT_OK, EXIT_RETRY, EXIT_REJECTED = 0, 1, 2
+# The job's names for them, as the README and the controller speak of them.
+EXIT_RETRY, EXIT_REJECTED = EXIT_TEMPORARY, EXIT_PERMANENT
 # A server busy with I/O may stop reading a COPY for a while; only a much longer silence
 # means the host is gone (see rates_core.db).
 LOAD_TCP_USER_TIMEOUT_MS = 120_000
