@@ -1,13 +1,11 @@
 """``python -m rates_controller``: run the control loop until SIGTERM or SIGINT."""
 
-import os
 import signal
 import sys
-import threading
 
 import click
 
-from rates_core import logs
+from rates_core import logs, signals
 from rates_core.env import ConfigError
 
 from rates_core.errors import EXIT_PERMANENT, PermanentError, TemporaryError
@@ -57,27 +55,20 @@ def command() -> int:
 def stop_on_signals(controller) -> list[int]:
     """Have SIGTERM and SIGINT stop ``controller``'s loop; the list fills with the signals.
 
-    A Python signal handler runs on the main thread between two bytecodes: maybe in the
-    middle of a log line, or of the stop event's own wait, whose locks are not reentrant.
-    Taking either there would wait for ever on a lock its own thread holds, until the
-    kubelet's SIGKILL. So the handler does nothing; Python also writes each signal to a
-    wakeup pipe, and a thread of its own reads it and sets the event.
+    The handler does nothing: setting the stop event inside it could wait for ever on a
+    lock the interrupted main thread holds (see rates_core.signals), until the kubelet's
+    SIGKILL. A thread of its own sets it.
     """
     received: list[int] = []
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     wanted = (signal.SIGTERM, signal.SIGINT)
 
-    def watch():
-        while not controller.stopping.is_set():
-            received.extend(signum for signum in os.read(read_end, 16) if signum in wanted)
-            if received:
-                controller.stopping.set()
+    def stop(signum: int) -> None:
+        received.append(signum)
+        controller.stopping.set()
 
     for signum in wanted:
         signal.signal(signum, lambda _signum, _frame: None)
-    threading.Thread(target=watch, name="stop-on-signals", daemon=True).start()
+    signals.watch(wanted, stop, name="stop-on-signals")
     return received
 
 

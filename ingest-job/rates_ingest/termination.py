@@ -20,12 +20,11 @@ already have happened on the server, and the run only has to record it and exit,
 takes milliseconds. Raising then would record a committed load as failed.
 """
 
-import os
 import signal
-import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from rates_core import signals
 from rates_core.errors import TemporaryError
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -42,10 +41,7 @@ class Termination:
         """Install the handlers; call once, from the main thread."""
         for signum in _SIGNALS:
             signal.signal(signum, self._raise)
-        read_end, write_end = os.pipe()
-        os.set_blocking(write_end, False)
-        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-        threading.Thread(target=self._watch, args=(read_end,), name="termination", daemon=True).start()
+        signals.watch(_SIGNALS, self._cancel_load, name="termination")
 
     @contextmanager
     def cancels(self, conn) -> Iterator[None]:
@@ -74,18 +70,14 @@ class Termination:
         self._finishing = True
         self._cancel = None
 
-    def _watch(self, read_end: int) -> None:
-        while True:
-            data = os.read(read_end, 64)
-            received = [signum for signum in _SIGNALS if signum in data]
-            if received:
-                self.received = self.received or received[0]
-                cancel = None if self._finishing else self._cancel
-                if cancel is not None:
-                    try:
-                        cancel()
-                    except Exception:  # noqa: BLE001 - a closed connection has nothing to cancel
-                        pass
+    def _cancel_load(self, signum: int) -> None:
+        self.received = self.received or signum
+        cancel = None if self._finishing else self._cancel
+        if cancel is not None:
+            try:
+                cancel()
+            except Exception:  # noqa: BLE001 - a closed connection has nothing to cancel
+                pass
 
     def _raise(self, signum, _frame):
         self.received = signum
