@@ -189,10 +189,27 @@ def last_words(termination_message: str) -> str:
         try:
             error = json.loads(line).get("error")
         except (ValueError, AttributeError):
-            continue
+            error = _error_of_a_cut_line(line)
         if isinstance(error, str) and error:
             return error
     return lines[-1] if lines else ""
+
+
+_ERROR_FIELD = '"error": '
+
+
+def _error_of_a_cut_line(line: str) -> str | None:
+    """The error of a JSON log line whose start the 2 KiB tail cut off (a long S3 key, say):
+    the field comes late in the job's line, so it is often whole. Inside a JSON string a
+    quote is escaped, so the field's name cannot be confused with text."""
+    at = line.rfind(_ERROR_FIELD)
+    if at < 0:
+        return None
+    try:
+        error, _end = json.JSONDecoder().raw_decode(line, at + len(_ERROR_FIELD))
+    except ValueError:
+        return None
+    return error if isinstance(error, str) else None
 
 
 def _int(text: str | None, default: int) -> int:

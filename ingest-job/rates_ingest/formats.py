@@ -190,21 +190,23 @@ class Rules:
             if not isinstance(code, str):
                 return f"{name} must be a string"
             if code not in self.codes:
-                return f"unknown port code {code!r} in {name}"
+                return f"{name} is empty" if not code else f"unknown port code {_shown(code)} in {name}"
         if not isinstance(day, str) or not self.day_ok(day):
-            return f"day must be a date written YYYY-MM-DD, got {day!r}"
+            if isinstance(day, str) and _DATE_SHAPE.match(day):
+                return f"day {day!r} is not a date of the calendar"
+            return f"day must be a date written YYYY-MM-DD, got {_shown(day)}"
         if isinstance(price, str):
             if not (price.isascii() and price.isdigit()):
-                return f"price must be a whole number, got {price!r}"
+                return f"price must be a whole number, got {_shown(price)}"
             digits = price.lstrip("0")
             if len(digits) > len(str(MAX_PRICE)):
                 # int() of a very long string raises ValueError (CPython's 4300-digit limit).
                 return f"price must be between {MIN_PRICE} and {MAX_PRICE}, got {_shorten(price)}"
             price = int(digits or "0")
         if isinstance(price, float):
-            return f"price must be an integer, written without a fraction or exponent, got {price!r}"
+            return f"price must be an integer, written without a fraction or exponent, got {_shown(price)}"
         if isinstance(price, bool) or not isinstance(price, int):
-            return f"price must be a whole number, got {price!r}"
+            return f"price must be a whole number, got {_shown(price)}"
         if not MIN_PRICE <= price <= MAX_PRICE:
             return f"price must be between {MIN_PRICE} and {MAX_PRICE}, got {price}"
         return None
@@ -212,6 +214,19 @@ class Rules:
 
 def _shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A value quoted in an error: a string as Python quotes it, a JSON value as the file
+    spells it (true, null), and never more than about ``limit`` characters, because the
+    controller quotes the error from the log's last 2 KiB when it sets the file aside."""
+    shown = repr(value) if isinstance(value, str) else json.dumps(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}… ({len(shown)} characters)"
+
+
+def _listed(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(_shown(name) for name in names[:limit])
+    return f"[{shown}{f', and {len(names) - limit} more' if len(names) > limit else ''}]"
 
 
 def _csv_field(value: str) -> str:
@@ -266,7 +281,7 @@ class Parser:
     def _object_line(self, where: int, obj, text) -> str | None:
         """The COPY line for one JSON object, or None after recording why it is invalid."""
         if isinstance(obj, _RepeatedKeys):
-            self.problems.add(where, f"the object names {', '.join(obj.keys)} more than once", text)
+            self.problems.add(where, f"the object names {_listed(obj.keys)[1:-1]} more than once", text)
             return None
         if not isinstance(obj, dict):
             self.problems.add(where, "expected a JSON object", text)
@@ -275,7 +290,7 @@ class Parser:
             missing = [f for f in FIELDS if f not in obj]
             extra = sorted(k for k in obj if k not in FIELDS)
             self.problems.add(where, f"expected exactly the keys {', '.join(FIELDS)}; "
-                                     f"missing {missing}, unexpected {extra}", text)
+                                     f"missing {_listed(missing)}, unexpected {_listed(extra)}", text)
             return None
         orig, dest, day, price = (obj[f] for f in FIELDS)
         # Rules.error accepts digit strings, which is what CSV fields are; JSON says what
@@ -304,7 +319,7 @@ def _json_object(pairs: list[tuple]) -> dict | _RepeatedKeys:
     if len(obj) == len(pairs):
         return obj
     seen: set = set()
-    return _RepeatedKeys(sorted({repr(k) for k, _ in pairs if k in seen or seen.add(k)}))
+    return _RepeatedKeys(sorted({k for k, _ in pairs if k in seen or seen.add(k)}))
 
 
 def parser_for(fmt: Format, rules: Rules, source_id: int) -> Parser:
@@ -392,7 +407,9 @@ class CsvParser(Parser):
     def _header_ok(self, line: bytes) -> bool:
         if line.removeprefix(codecs.BOM_UTF8) == CSV_HEADER:
             return True
-        self.problems.add(1, f"the first line must be the header {CSV_HEADER.decode()}", line)
+        found = line.decode("utf-8", "backslashreplace")
+        self.problems.add(1, f"the first line must be the header {CSV_HEADER.decode()}, got {_shown(found, 60)}",
+                          line)
         return False
 
     def _chunk(self, lines: list[bytes], first_no: int) -> bytes:
@@ -523,8 +540,11 @@ class JsonArrayParser(Parser):
             return
         after = self._TRANSITIONS.get((self._state, char))
         if after is None:
+            # A .json file of one object per line is the commonest way to get here.
+            hint = "; a file of one object per line is NDJSON: name it .ndjson" if (
+                self._state == "open" and char == "{") else ""
             self.problems.add(self._index, f"malformed JSON array: expected {self._EXPECTED[self._state]}, "
-                                           f"got {char!r}", self._text[self._pos:self._pos + 200])
+                                           f"got {char!r}{hint}", self._text[self._pos:self._pos + 200])
             self._state = "broken"
             return
         self._pos += 1

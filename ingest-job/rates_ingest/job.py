@@ -23,6 +23,7 @@ EXIT_RETRY, EXIT_REJECTED = EXIT_TEMPORARY, EXIT_PERMANENT
 # A server busy with I/O may stop reading a COPY for a while; only a much longer silence
 # means the host is gone (see rates_core.db).
 LOAD_TCP_USER_TIMEOUT_MS = 120_000
+BRIEF_ERROR_CHARS = 1000
 log = get_logger("rates_ingest")
 
 
@@ -55,7 +56,7 @@ def run(settings: Settings, s3=None) -> int:
     level = bound.info if code == EXIT_OK else bound.error
     noted = {"signal": termination.received} if termination.received else {}
     level("ingest finished", status=outcome.status, rows=outcome.rows, bytes=outcome.bytes,
-          error=outcome.error, recorded=recorded, exit_code=code,
+          error=_brief(outcome.error), recorded=recorded, exit_code=code,
           duration_s=round(time.monotonic() - started, 3), **noted)
     return code
 
@@ -81,6 +82,15 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict, ru
             return loader.load(conn, ref, download, fmt, log, work_mem=settings.work_mem, run_id=run_id)
     finally:
         conn.close()
+
+
+def _brief(error: str | None) -> str | None:
+    # The controller quotes this line's error when it sets the file aside, from the pod's
+    # termination message: the log's last 2 KiB. A longer line would lose its start there,
+    # and the reason with it. The whole error is in the run's record.
+    if error is None or len(error) <= BRIEF_ERROR_CHARS:
+        return error
+    return f"{error[:BRIEF_ERROR_CHARS]}… (cut; the whole error is in ingest_runs)"
 
 
 def _failure(exc: BaseException) -> Outcome:

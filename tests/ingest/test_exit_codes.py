@@ -224,3 +224,30 @@ def test_a_live_run_is_not_swept(db):
     finally:
         alive.close()
         other.close()
+
+
+def test_the_controller_reads_the_reason_from_the_log_tail_a_kubelet_keeps(db, s3):
+    """A long key makes the last line longer than the 2 KiB a kubelet keeps of a failed
+    pod's log; the reason the controller quotes when it sets the file aside must survive."""
+    from rates_controller.jobs import last_words
+
+    dsn, conn = db
+    key = "prices/" + "long-name-" * 100 + ".csv"
+    result = run_cli(dsn, "--bucket", s3.name, "--key", key)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    last_line = result.stdout.encode().splitlines()[-1]
+    tail = result.stdout.encode()[-2048:].decode(errors="replace")  # as a kubelet keeps it
+    assert len(last_line) > 2048 and not tail.startswith("{")
+    reason = last_words(tail)
+    assert reason == json.loads(last_line)["error"] and reason.startswith(f"s3://{s3.name}/prices/long-name-")
+    assert last_run(conn)["error"] == f"s3://{s3.name}/{key} is gone: 404"  # the record keeps it whole
+
+
+def test_an_error_too_long_for_the_tail_is_cut_in_the_log_line_only():
+    from rates_ingest.job import BRIEF_ERROR_CHARS, _brief
+
+    assert _brief("short") == "short" and _brief(None) is None
+    brief = _brief("x" * 5000)
+    assert brief.startswith("x" * BRIEF_ERROR_CHARS) and brief.endswith("(cut; the whole error is in ingest_runs)")
+    assert len(brief.encode()) + 1000 < 2048  # room for the rest of the line, a long key's excepted

@@ -14,7 +14,8 @@ GOOD = as_csv(ROWS)
 CASES = {
     # name: (key, body, expected error fragment, position of the first bad row)
     "unknown port": ("p.csv", as_csv([ROWS[0], ("XXXXX", "NLRTM", "2016-01-01", 5)]), "unknown port code 'XXXXX'", 3),
-    "bad date": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-02-30", 5)]), "day must be a date", 2),
+    "bad date": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-02-30", 5)]), "day '2016-02-30' is not a date of the calendar",
+                 2),
     "date shape": ("p.csv", as_csv([("CNSHA", "NLRTM", "1/2/2016", 5)]), "day must be a date", 2),
     "negative price": ("p.csv", as_csv([ROWS[0], ROWS[1], ("CNSHA", "NLRTM", "2016-01-01", -5)]), "whole number", 4),
     "zero price": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-01-01", 0)]), "between 1 and 10000000", 2),
@@ -28,7 +29,10 @@ CASES = {
                                          b'"price":' + b"1" * 5000 + b"}\n", "longer than 4300 digits", 1),
     "deeply nested JSON": ("p.json", b"[" + b"[" * 5000 + b"]" * 5000 + b"]", "nested too deeply", 0),
     "missing column in header": ("p.csv", as_csv([r[:3] for r in ROWS], header="orig_code,dest_code,day"),
-                                 "header", 1),
+                                 "header orig_code,dest_code,day,price, got 'orig_code,dest_code,day'", 1),
+    # The header as found is quoted: a stray space or a capital shows.
+    "header with a trailing space": ("p.csv", as_csv(ROWS, header="orig_code,dest_code,day,price "),
+                                     "got 'orig_code,dest_code,day,price '", 1),
     "missing column in a row": ("p.csv", GOOD + b"CNSHA,NLRTM,2016-01-01\n", "expected 4 fields", len(ROWS) + 2),
     "extra column in a row": ("p.csv", GOOD + b"CNSHA,NLRTM,2016-01-01,5,6\n", "expected 4 fields", len(ROWS) + 2),
     "extra key in JSON": ("p.json", json.dumps([{"orig_code": "CNSHA", "dest_code": "NLRTM", "day": "2016-01-01",
@@ -47,6 +51,9 @@ CASES = {
     "non-UTF-8 JSON": ("p.json", '[{"orig_code": "CNSHA", "dest_code": "caf\xe9"}]'.encode("latin-1"),
                        "not valid UTF-8", 0),
     "JSON that is not an array": ("p.json", b'{"orig_code": "CNSHA"}', "expected '['", 0),
+    "NDJSON named .json": ("p.json", as_ndjson(ROWS), "got '{'; a file of one object per line is NDJSON: name it .ndjson",
+                           0),
+    "a spreadsheet's empty row": ("p.csv", GOOD + b",,,\n", "orig_code is empty", len(ROWS) + 2),
     "truncated JSON array": ("p.json", as_json(ROWS)[:-20], "truncated", 3),
     "unclosed JSON array": ("p.json", as_json(ROWS)[:-1], "not closed", 4),
     "malformed NDJSON line": ("p.ndjson", as_ndjson(ROWS) + b'{"orig_code": \n', "malformed JSON", len(ROWS) + 1),
@@ -70,7 +77,14 @@ CASES = {
                                    b'"price":1200.0}]', "without a fraction or exponent, got 1200.0", 0),
     "whitespace-only JSON": ("p.json", b"  \n", "holds no JSON array", 0),
     "true as a JSON price": ("p.json", json.dumps(as_objects([("CNSHA", "NLRTM", "2016-01-01", True)])).encode(),
-                             "a whole number", 0),
+                             "a whole number, got true", 0),
+    # Quoted values are cut short: the controller reads the reason from the log's last 2 KiB.
+    "a port code of 5,000 characters": ("p.csv", as_csv([("CNSHA", "N" * 5000, "2016-01-01", 5)]),
+                                        "unknown port code 'NNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNN… (5002 characters)",
+                                        2),
+    "ninety extra keys": ("p.json", json.dumps([{**as_objects([ROWS[0]])[0], **{f"column_{i:02}": i for i in range(90)}}])
+                          .encode(), "unexpected ['column_00', 'column_01', 'column_02', 'column_03', 'column_04', "
+                                     "and 85 more]", 0),
     # The second row's day is already known, so it takes the fast path of a seen day.
     "zero price on a day seen before": ("p.csv", as_csv([ROWS[0], ("CNSHA", "NLRTM", "2016-01-01", "0000")]),
                                         "between 1 and", 3),
