@@ -143,7 +143,10 @@ def test_the_queue_hears_of_uploads_under_the_prices_prefix_only_and_gives_up_as
     [queue] = _uploads_resource("aws_s3_bucket_notification", "prices")["queue"]
     assert queue["filter_prefix"] == '${var.prices_prefix == "" ? null : var.prices_prefix}'
     assert queue["events"] == ["s3:ObjectCreated:*"]
-    redrive = _uploads_resource("aws_sqs_queue", "uploads")["redrive_policy"]
+    uploads = _uploads_resource("aws_sqs_queue", "uploads")
+    # An expired message is dropped without reaching the dead-letter queue: keep the longest.
+    assert uploads["message_retention_seconds"] == "${14 * 86400}"
+    redrive = uploads["redrive_policy"]
     assert re.search(r"\bmaxReceiveCount = var\.max_receive_count\b", redrive), redrive
     policies = (TERRAFORM_ROOT / "modules/iam-policies/main.tf").read_text()
     assert 'Resource = "${var.bucket_arn}/${var.prices_prefix}*"' in policies

@@ -14,8 +14,10 @@ resource "aws_sqs_queue" "dead_letter" {
 }
 
 resource "aws_sqs_queue" "uploads" {
-  name                      = "${var.name}-uploads"
-  message_retention_seconds = 4 * 86400
+  name = "${var.name}-uploads"
+  # SQS's longest: an expired message is dropped, not dead-lettered, and its file never
+  # loads, so waiting files should outlast a long outage of the controller.
+  message_retention_seconds = 14 * 86400
   max_message_size          = 262144
   # The controller sets each message's visibility itself when it receives it.
   visibility_timeout_seconds = 60

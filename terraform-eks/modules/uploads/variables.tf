@@ -75,8 +75,8 @@ variable "upload_wait_alarm_seconds" {
   default     = 3600
 
   validation {
-    condition     = var.upload_wait_alarm_seconds >= 900 && var.upload_wait_alarm_seconds <= 345600
-    error_message = "upload_wait_alarm_seconds must be between 900 (the controller backs a message off for up to 15 minutes) and 345600 (the queue's four-day retention)."
+    condition     = var.upload_wait_alarm_seconds >= 900 && var.upload_wait_alarm_seconds <= 1209600
+    error_message = "upload_wait_alarm_seconds must be between 900 (the controller backs a message off for up to 15 minutes) and 1209600 (the queue's fourteen-day retention)."
   }
 }
 
