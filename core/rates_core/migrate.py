@@ -25,6 +25,7 @@ CONNECT_TIMEOUT_S = 10
 # back, steps out of the queue so that the reads behind it pass, and is tried again after
 # LOCK_RETRY_PAUSE_S, for up to MIGRATION_LOCK_WAIT_SECONDS in all.
 LOCK_TIMEOUT_MS = 2000
+CLIENT_CHECK_MS = 1000
 LOCK_RETRY_PAUSE_S = 3.0
 LOCK_WAIT_S = 300
 LOCK_NOT_AVAILABLE = "55P03"
@@ -65,7 +66,12 @@ def _yoyo_uri(dsn: str) -> str:
     # of every connection (rates_core.db) and the lock timeout go there, ahead of the URL's
     # own options, which may set others.
     own = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "options"]
+    # The client check ends a killed hook's statement within a second: a CONCURRENTLY
+    # build waiting for a load with no lock timeout would otherwise go on without it,
+    # holding the next hook up ("another migration holds yoyo's lock") and leaving an
+    # index it never records.
     options = " ".join(filter(None, [db.SERVER_KEEPALIVES, f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+                                     f"-c client_connection_check_interval={CLIENT_CHECK_MS}",
                                      given.get("options", "")]))
     query = urllib.parse.urlencode([*own, *added.items(), ("options", options)])
     return urllib.parse.urlunsplit(parts._replace(query=query))

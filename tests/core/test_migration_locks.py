@@ -104,6 +104,28 @@ def test_a_migration_killed_mid_migration_leaves_nothing_that_stops_the_next(dsn
     assert migrate.apply(dsn, lock_wait_s=30) == [EXTRA] and has_note_column(dsn)
 
 
+def test_a_killed_migrations_statement_that_waits_without_a_lock_timeout_ends_with_it(dsn, one_more_migration):
+    """As a CONCURRENTLY build does (README: it sets lock_timeout = 0): killed while it waits
+    for a load, its statement must not go on without it, blocking the next hook."""
+    (migrate.MIGRATIONS_DIR / f"{EXTRA}.sql").write_text("SET lock_timeout = 0;\nALTER TABLE prices ADD COLUMN note text;\n")
+    script = ("import sys; from pathlib import Path; from rates_core import migrate; "
+              "migrate.MIGRATIONS_DIR = Path(sys.argv[1]); migrate.apply(sys.argv[2], 120)")
+    with ingest_in_progress(dsn), autocommit(dsn) as watcher:
+        killed = subprocess.Popen([sys.executable, "-c", script, str(migrate.MIGRATIONS_DIR), dsn])
+        try:
+            deadline = time.monotonic() + 60
+            while not lock_waiters(watcher, query_prefix="ALTER TABLE prices") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert lock_waiters(watcher, query_prefix="ALTER TABLE prices"), "the migration never queued"
+        finally:
+            killed.kill()
+            killed.wait()
+        deadline = time.monotonic() + 10
+        while lock_waiters(watcher, query_prefix="ALTER TABLE prices") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not lock_waiters(watcher, query_prefix="ALTER TABLE prices")  # while the load still runs
+
+
 def test_a_second_migration_waits_for_the_first(dsn, one_more_migration):
     with autocommit(dsn) as first:
         with first.cursor() as cur:
@@ -125,7 +147,8 @@ def test_a_second_migration_waits_for_the_first(dsn, one_more_migration):
 def test_the_lock_timeout_comes_before_the_urls_own_options():
     uri = migrate._yoyo_uri("postgresql://u@db/rates?options=-c%20lock_timeout%3D0&sslmode=require")
     query = parse_qs(urlsplit(uri).query)
-    assert query["options"][0].endswith(f"-c lock_timeout={migrate.LOCK_TIMEOUT_MS} -c lock_timeout=0")
+    ours, theirs = query["options"][0].split(" -c lock_timeout=0")
+    assert theirs == "" and f"-c lock_timeout={migrate.LOCK_TIMEOUT_MS}" in ours  # the URL's last, so it wins
     # The README's figure: a migration statement waits at most 2 s for a lock.
     assert "-c lock_timeout=2000 " in query["options"][0]
     assert query["sslmode"] == ["require"]
