@@ -884,6 +884,32 @@ def test_install_upgrade_uninstall(helm, kube, namespace, empty_dsn, tmp_path, p
     assert json.loads(helm("list", *cluster, "-o", "json").stdout) == []
 
 
+def test_turning_autoscaling_on_keeps_the_running_pods(helm, kube, namespace):
+    """Without a count in the manifest, Helm would remove the field and Kubernetes would
+    scale the release down to 1 pod until the HPA caught up; the live count is kept."""
+    labels = {"app": "stand-in"}
+    kube.apps.create_namespaced_deployment(namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+            "name": "rates-api", "labels": {"app.kubernetes.io/managed-by": "Helm"},  # as a release's
+            "annotations": {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": namespace}},
+        "spec": {"replicas": 3, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "image": "none"}]}}}})
+
+    def replicas(*extra):  # as the upgrade would send them: lookups see the cluster
+        out = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "--dry-run=server",
+                   "-f", str(CHART / "values-dev.yaml"), *LOCAL_DATABASE, *extra).stdout
+        [deployment] = [d for d in yaml.safe_load_all(out.split("MANIFEST:", 1)[1].split("NOTES:", 1)[0])
+                        if d and d["kind"] == "Deployment"]
+        return deployment["spec"].get("replicas")
+
+    assert replicas(*sets("autoscaling.enabled=true", "autoscaling.minReplicas=2")) == 3
+    assert replicas() == 1  # autoscaling off: values-dev's replicaCount
+    kube.apps.delete_namespaced_deployment("rates-api", namespace)
+    wait_for(lambda: gone(lambda: kube.apps.read_namespaced_deployment("rates-api", namespace)), timeout=30,
+             what="the stand-in Deployment to go")
+    assert replicas(*sets("autoscaling.enabled=true", "autoscaling.minReplicas=2")) is None  # a new release
+
+
 def test_a_failing_migration_fails_the_release_without_retries(helm, kube, namespace, local_node):
     """Exit 2 (a migration that cannot pass on retry) fails the hook Job at once, so helm
     stops before any new pod exists; the failed Job stays for its logs."""
