@@ -36,9 +36,13 @@ def _single(args: MultiDict, *names: str) -> str:
     """The one value given under any of ``names`` (aliases); a conflict is an error."""
     values = {v for name in names for v in args.getlist(name)}
     if not values:
-        raise _bad(f"missing parameter '{names[0]}'")
+        raise _bad(f"missing parameter {' (or '.join(repr(n) for n in names)}{')' * (len(names) - 1)}")
     if len(values) > 1:
-        raise _bad(f"parameter '{names[0]}' is given more than once with different values")
+        # Named as the client sent it: an older client knows only the alias.
+        sent = [name for name in names if name in args]
+        if len(sent) == 1:
+            raise _bad(f"parameter '{sent[0]}' is given more than once with different values")
+        raise _bad(f"parameters {' and '.join(repr(n) for n in sent)} are both given, with different values")
     return values.pop()
 
 

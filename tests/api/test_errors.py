@@ -30,7 +30,10 @@ def without(name):
     ({**GOOD, "origin": "CN\x85SHA"}, "port code or a region slug"),  # a C1 control: NEL
     ({**GOOD, "origin": ""}, "origin"),
     ({**GOOD, "destination": "x" * 129}, "port code or a region slug"),
-    ({**GOOD, "orig_code": "CNNGB"}, "more than once"),
+    ({**GOOD, "orig_code": "CNNGB"}, "parameters 'origin' and 'orig_code' are both given, with different values"),
+    # Named as the client sent them: an older client knows only the aliases.
+    ({**without("origin"), "orig_code": ["CNSHA", "CNNGB"]}, "parameter 'orig_code' is given more than once"),
+    (without("destination"), "missing parameter 'destination' (or 'dest_code')"),
 ])
 def test_malformed_parameters_are_400(world, client, params, fragment):
     response = client.get("/rates", query_string=params)
