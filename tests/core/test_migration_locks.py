@@ -86,21 +86,27 @@ def test_a_migration_that_never_gets_its_lock_fails_retryably_and_changes_nothin
     assert migrate.pending(dsn) == [EXTRA] and not has_note_column(dsn)
 
 
+def kill_a_migration_queued_on_prices(dsn: str, watcher) -> None:
+    """Run the migrations in a process, wait until it queues for its lock on `prices`
+    (behind an ingest in progress), and SIGKILL it, as a hook pod's deadline would."""
+    script = ("import sys; from pathlib import Path; from rates_core import migrate; "
+              "migrate.MIGRATIONS_DIR = Path(sys.argv[1]); migrate.apply(sys.argv[2], 120)")
+    killed = subprocess.Popen([sys.executable, "-c", script, str(migrate.MIGRATIONS_DIR), dsn])
+    try:
+        deadline = time.monotonic() + 60
+        while not lock_waiters(watcher, query_prefix="ALTER TABLE prices") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock_waiters(watcher, query_prefix="ALTER TABLE prices"), "the migration never queued"
+    finally:
+        killed.kill()
+        killed.wait()
+
+
 def test_a_migration_killed_mid_migration_leaves_nothing_that_stops_the_next(dsn, one_more_migration, tmp_path):
     """A hook pod killed while it migrates (its deadline, an eviction, an OOM kill): the
     next migration goes on at once, instead of finding yoyo's lock row for ever."""
-    script = ("import sys; from pathlib import Path; from rates_core import migrate; "
-              "migrate.MIGRATIONS_DIR = Path(sys.argv[1]); migrate.apply(sys.argv[2], 120)")
     with ingest_in_progress(dsn), autocommit(dsn) as watcher:
-        killed = subprocess.Popen([sys.executable, "-c", script, str(migrate.MIGRATIONS_DIR), dsn])
-        try:
-            deadline = time.monotonic() + 60
-            while not lock_waiters(watcher, query_prefix="ALTER TABLE prices") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert lock_waiters(watcher, query_prefix="ALTER TABLE prices"), "the migration never queued"
-        finally:
-            killed.kill()
-            killed.wait()
+        kill_a_migration_queued_on_prices(dsn, watcher)
     assert migrate.apply(dsn, lock_wait_s=30) == [EXTRA] and has_note_column(dsn)
 
 
@@ -108,18 +114,8 @@ def test_a_killed_migrations_statement_that_waits_without_a_lock_timeout_ends_wi
     """As a CONCURRENTLY build does (README: it sets lock_timeout = 0): killed while it waits
     for a load, its statement must not go on without it, blocking the next hook."""
     (migrate.MIGRATIONS_DIR / f"{EXTRA}.sql").write_text("SET lock_timeout = 0;\nALTER TABLE prices ADD COLUMN note text;\n")
-    script = ("import sys; from pathlib import Path; from rates_core import migrate; "
-              "migrate.MIGRATIONS_DIR = Path(sys.argv[1]); migrate.apply(sys.argv[2], 120)")
     with ingest_in_progress(dsn), autocommit(dsn) as watcher:
-        killed = subprocess.Popen([sys.executable, "-c", script, str(migrate.MIGRATIONS_DIR), dsn])
-        try:
-            deadline = time.monotonic() + 60
-            while not lock_waiters(watcher, query_prefix="ALTER TABLE prices") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert lock_waiters(watcher, query_prefix="ALTER TABLE prices"), "the migration never queued"
-        finally:
-            killed.kill()
-            killed.wait()
+        kill_a_migration_queued_on_prices(dsn, watcher)
         deadline = time.monotonic() + 10
         while lock_waiters(watcher, query_prefix="ALTER TABLE prices") and time.monotonic() < deadline:
             time.sleep(0.1)
