@@ -36,7 +36,7 @@ def _single(args: MultiDict, *names: str) -> str:
     """The one value given under any of ``names`` (aliases); a conflict is an error."""
     values = {v for name in names for v in args.getlist(name)}
     if not values:
-        raise _bad(f"missing parameter {' (or '.join(repr(n) for n in names)}{')' * (len(names) - 1)}")
+        raise _bad(f"missing parameter {names[0]!r}" + "".join(f" (or {alias!r})" for alias in names[1:]))
     if len(values) > 1:
         # Named as the client sent it: an older client knows only the alias.
         sent = [name for name in names if name in args]

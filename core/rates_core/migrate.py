@@ -113,11 +113,8 @@ def _migration_lock(dsn: str, deadline: float) -> Iterator[None]:
                 cur.execute("SELECT pg_try_advisory_lock(%s, %s)", MIGRATION_LOCK)
                 if cur.fetchone()[0]:
                     break
-                if time.monotonic() + LOCK_RETRY_PAUSE_S > deadline:
-                    raise TemporaryError("another migration is running and did not end in time; "
-                                         "try again once it has")
-                log.info("another migration is running; waiting for it to end", retry_in_s=LOCK_RETRY_PAUSE_S)
-                time.sleep(LOCK_RETRY_PAUSE_S)
+                _pause_or_give_up(deadline, "another migration is running and did not end in time; try again "
+                                  "once it has", log.info, "another migration is running; waiting for it to end")
         yield
     finally:
         conn.close()
@@ -132,12 +129,10 @@ def _apply_until(dsn: str, deadline: float, lock_wait_s: float) -> list[str]:
         except TemporaryError as exc:
             if getattr(exc, "pgcode", None) != LOCK_NOT_AVAILABLE:
                 raise
-            if time.monotonic() + LOCK_RETRY_PAUSE_S > deadline:
-                raise TemporaryError(f"a migration could not get the locks it needs in {lock_wait_s:g} s: other "
-                                     f"transactions hold them (an ingest in progress?): {exc}") from exc
-            log.warning("a migration waits for a lock another transaction holds; trying again",
-                        retry_in_s=LOCK_RETRY_PAUSE_S, error=str(exc))
-            time.sleep(LOCK_RETRY_PAUSE_S)
+            _pause_or_give_up(deadline, f"a migration could not get the locks it needs in {lock_wait_s:g} s: other "
+                              f"transactions hold them (an ingest in progress?): {exc}", log.warning,
+                              "a migration waits for a lock another transaction holds; trying again",
+                              error=str(exc))
     log.info("migrations applied", applied=list(applied))
     return list(applied)
 
@@ -214,13 +209,20 @@ def _wait_for_yoyo_lock(backend, deadline: float) -> None:
         if not others:
             log.warning("cleared yoyo's lock, which a killed migration left behind", **held)
             return
-        if time.monotonic() + LOCK_RETRY_PAUSE_S > deadline:
-            raise TemporaryError(f"another migration holds yoyo's lock (process {row[0]}, since {row[1]:%H:%M:%S} "
-                                 "UTC) and has not ended: one of a release before this one, or yoyo run by hand. If "
-                                 f"none runs, end the other sessions of this user ({others})")
-        log.info("another migration holds yoyo's lock; waiting for it to end", retry_in_s=LOCK_RETRY_PAUSE_S,
-                 sessions=others, **held)
-        time.sleep(LOCK_RETRY_PAUSE_S)
+        _pause_or_give_up(deadline, f"another migration holds yoyo's lock (process {row[0]}, since "
+                          f"{row[1]:%H:%M:%S} UTC) and has not ended: one of a release before this one, or yoyo run "
+                          f"by hand. If none runs, end the other sessions of this user ({others})",
+                          log.info, "another migration holds yoyo's lock; waiting for it to end", sessions=others,
+                          **held)
+
+
+def _pause_or_give_up(deadline: float, give_up: str, level, event: str, **fields) -> None:
+    """Before the next try of a wait: sleep LOCK_RETRY_PAUSE_S, saying why at ``level``, or
+    raise TemporaryError(``give_up``) if that would pass ``deadline``."""
+    if time.monotonic() + LOCK_RETRY_PAUSE_S > deadline:
+        raise TemporaryError(give_up)
+    level(event, retry_in_s=LOCK_RETRY_PAUSE_S, **fields)
+    time.sleep(LOCK_RETRY_PAUSE_S)
 
 
 def main() -> int:

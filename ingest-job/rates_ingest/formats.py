@@ -220,13 +220,12 @@ def _shown(value, limit: int = 40) -> str:
     """A value quoted in an error: a string as Python quotes it, a JSON value as the file
     spells it (true, null), and never more than about ``limit`` characters, because the
     controller quotes the error from the log's last 2 KiB when it sets the file aside."""
-    shown = repr(value) if isinstance(value, str) else json.dumps(value)
-    return shown if len(shown) <= limit else f"{shown[:limit]}… ({len(shown)} characters)"
+    return _shorten(repr(value) if isinstance(value, str) else json.dumps(value), limit)
 
 
 def _listed(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(_shown(name) for name in names[:limit])
-    return f"[{shown}{f', and {len(names) - limit} more' if len(names) > limit else ''}]"
+    return shown + (f", and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _csv_field(value: str) -> str:
@@ -281,7 +280,7 @@ class Parser:
     def _object_line(self, where: int, obj, text) -> str | None:
         """The COPY line for one JSON object, or None after recording why it is invalid."""
         if isinstance(obj, _RepeatedKeys):
-            self.problems.add(where, f"the object names {_listed(obj.keys)[1:-1]} more than once", text)
+            self.problems.add(where, f"the object names {_listed(obj.keys)} more than once", text)
             return None
         if not isinstance(obj, dict):
             self.problems.add(where, "expected a JSON object", text)
@@ -290,7 +289,7 @@ class Parser:
             missing = [f for f in FIELDS if f not in obj]
             extra = sorted(k for k in obj if k not in FIELDS)
             self.problems.add(where, f"expected exactly the keys {', '.join(FIELDS)}; "
-                                     f"missing {_listed(missing)}, unexpected {_listed(extra)}", text)
+                                     f"missing [{_listed(missing)}], unexpected [{_listed(extra)}]", text)
             return None
         orig, dest, day, price = (obj[f] for f in FIELDS)
         # Rules.error accepts digit strings, which is what CSV fields are; JSON says what

@@ -11,9 +11,9 @@ from rates_controller import jobs
 from rates_controller.controller import Controller
 from rates_controller.events import UploadedObject
 from rates_controller.jobs import Finished
-from rates_controller.settings import JobSettings
 from rates_controller.metrics import Metrics
 from rates_controller.queue import Message
+from rates_controller.settings import JobSettings
 from rates_core import logs
 from rates_core.errors import TemporaryError
 
@@ -57,7 +57,6 @@ def test_a_message_whose_job_could_not_be_created_comes_back_after_a_doubling_ba
     for receives in range(1, 10):
         controller._retry_message(Message("m", "{}", "r", receives), [], TemporaryError("down"))
     assert controller.uploads.delays == [5, 10, 20, 40, 80, 160, 320, 640, 900]
-
 
 
 class LostAnswers:
