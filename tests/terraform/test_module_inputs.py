@@ -109,3 +109,20 @@ def test_a_cluster_without_an_administrator_is_refused(planner):
     result = planner("cluster", TERRAFORM_ROOT / "cluster/environments/nonprod.tfvars", admins=False)
     assert result.returncode != 0
     assert "Name at least one administrator" in " ".join((result.stdout + result.stderr).split())
+
+
+@pytest.mark.parametrize("storage, refused", [
+    ("{ allocated = 20, max = 21 }", True),   # RDS wants 10 % more than allocated: 22
+    ("{ allocated = 20, max = 22 }", False),
+    ("{ allocated = 100, max = 100 }", True),
+])
+def test_a_storage_ceiling_that_rds_would_refuse_at_apply_fails_the_plan(planner, tmp_path, storage, refused):
+    text = (TERRAFORM_ROOT / "environment/environments/dev.tfvars").read_text()
+    old = "storage_gib           = { allocated = 20, max = 50 }"
+    assert old in text
+    changed = tmp_path / "changed.tfvars"
+    changed.write_text(text.replace(old, f"storage_gib           = {storage}"))
+    result = planner("environment", changed)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert (result.returncode != 0) == refused, said
+    assert ("max at least 10 % above allocated" in said) == refused, said

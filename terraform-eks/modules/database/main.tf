@@ -143,6 +143,10 @@ resource "aws_iam_role" "monitoring" {
       Effect    = "Allow"
       Principal = { Service = "monitoring.rds.amazonaws.com" }
       Action    = "sts:AssumeRole"
+      # Only for this account's databases: the service cannot be made to act for another.
+      Condition = {
+        StringEquals = { "aws:SourceAccount" = data.aws_caller_identity.current.account_id }
+      }
     }]
   })
 
@@ -155,3 +159,4 @@ resource "aws_iam_role_policy_attachment" "monitoring" {
 }
 
 data "aws_partition" "current" {}
+data "aws_caller_identity" "current" {}

@@ -64,9 +64,11 @@ variable "storage_gib" {
   })
   default = { allocated = 20, max = 100 }
 
+  # RDS refuses a ceiling less than 10 % above the allocated storage (it recommends 26 %),
+  # and only at apply, after the plan has passed.
   validation {
-    condition     = var.storage_gib.allocated >= 20 && var.storage_gib.max >= var.storage_gib.allocated
-    error_message = "storage_gib needs allocated >= 20 and max >= allocated."
+    condition     = var.storage_gib.allocated >= 20 && var.storage_gib.max >= ceil(var.storage_gib.allocated * 1.1)
+    error_message = "storage_gib needs allocated >= 20 and max at least 10 % above allocated (26 % is what RDS recommends)."
   }
 }
 

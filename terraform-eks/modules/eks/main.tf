@@ -1,4 +1,6 @@
 data "aws_partition" "current" {}
+data "aws_default_tags" "current" {}
+
 
 locals {
   partition = data.aws_partition.current.partition

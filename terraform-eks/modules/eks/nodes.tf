@@ -45,17 +45,25 @@ resource "aws_launch_template" "node" {
     }
   }
 
+  # The provider's default_tags do not reach what a launch template tags (the instances
+  # and their disks), so they are added here: the nodes are most of the stack's cost.
   tag_specifications {
     resource_type = "instance"
-    tags          = merge(var.tags, { Name = "${var.name}-node" })
+    tags          = merge(data.aws_default_tags.current.tags, var.tags, { Name = "${var.name}-node" })
+  }
+
+  tag_specifications {
+    resource_type = "volume"
+    tags          = merge(data.aws_default_tags.current.tags, var.tags, { Name = "${var.name}-node" })
   }
 
   tags = var.tags
 }
 
 resource "aws_eks_node_group" "this" {
-  cluster_name    = aws_eks_cluster.this.name
-  node_group_name = "${var.name}-default"
+  cluster_name = aws_eks_cluster.this.name
+  # A prefix, so that a replacement can exist beside the group it replaces (see lifecycle).
+  node_group_name_prefix = "${var.name}-default-"
   # Follows the control plane when kubernetes_version is raised.
   version        = aws_eks_cluster.this.version
   node_role_arn  = aws_iam_role.node.arn
@@ -75,8 +83,8 @@ resource "aws_eks_node_group" "this" {
     max_size     = var.node_count.max
   }
 
-  # Node upgrades replace a third of the nodes at a time; the API's PodDisruptionBudget
-  # and the Jobs' disruption rule decide what may move.
+  # A new launch template or Kubernetes version replaces a third of the nodes at a time;
+  # the API's PodDisruptionBudget and the Jobs' disruption rule decide what may move.
   update_config {
     max_unavailable_percentage = 33
   }
@@ -86,6 +94,10 @@ resource "aws_eks_node_group" "this" {
   lifecycle {
     # A cluster autoscaler (or a person) owns the current size after creation.
     ignore_changes = [scaling_config[0].desired_size]
+    # Other instance types, capacity type or zones replace the whole group: the new one
+    # is made ready first, and EKS drains the old one's nodes as it deletes them.
+    # Destroyed first, the cluster's only group would take every pod down with it.
+    create_before_destroy = true
   }
 
   depends_on = [aws_iam_role_policy_attachment.node, aws_eks_addon.node]
