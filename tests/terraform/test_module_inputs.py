@@ -1,7 +1,7 @@
 """Each tfvars file against every validation it reaches, the modules' (and theirs) included.
 
-The stacks cannot be planned here (no AWS provider), but their variable validations do
-not need one. So each stack is copied as a "shadow": its variables.tf, and its module
+Their variable validations need no AWS provider (test_plan.py plans the stacks only where
+a local mirror has one). So each stack is copied as a "shadow": its variables.tf, and its module
 calls, each to a shadow of that module (again only variables and module calls). An
 argument that comes straight from a variable, or is a literal, is passed on as written;
 anything else (a resource's attribute, another module's output, a local) becomes an

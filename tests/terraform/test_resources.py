@@ -1,5 +1,5 @@
-"""Resource settings whose mistakes show only at apply or at a later change, read from the
-code as terraform would: no plan of the stacks runs here (see terraform-eks/README.md)."""
+"""Resource settings whose mistakes show only at apply or at a later change, which a plan
+of a new stack (test_plan.py) passes without a word; read from the code."""
 
 from tests.support.infra import TERRAFORM_ROOT, parse_hcl
 

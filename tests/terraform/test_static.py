@@ -1,7 +1,7 @@
 """The Terraform as code: formatted, linted, free of known security misconfigurations, and
-the policy module's own `terraform test` suite. All offline: no provider plugins needed
-except where noted (the AWS provider cannot be fetched here, so `terraform validate` of the
-stacks is not among these; see terraform-eks/README.md)."""
+the policy module's own `terraform test` suite. All offline, without provider plugins
+(the AWS provider cannot be fetched here; test_plan.py plans the stacks with a local
+mirror of one)."""
 
 import json
 import re

@@ -4,7 +4,7 @@ the values the environment stack hands to both charts, and the database users (t
 the pods log in with, the rds-db:connect grants of their roles and the users the schema
 migration makes).
 
-terraform cannot plan the stacks here (the AWS provider cannot be fetched), but it can
+Without the AWS provider (test_plan.py needs a local mirror of it), terraform can still
 read a stack's variables alone: each tfvars file is applied to a copy of the stack's
 variables.tf, so types, defaults and validations are terraform's own.
 """
