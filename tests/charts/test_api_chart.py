@@ -169,6 +169,9 @@ def test_lint_strict(helm, env):
     ("image.tag=v1 or latest", "/image/tag"),
     ("image.tag=-rc1", "/image/tag"),
     ("containerPort=80", "/containerPort"),  # below 1024: a non-root process cannot bind it
+    # PostgreSQL and libpq take 32-bit integers; the API would refuse to start
+    ("config.dbStatementTimeoutMs=2147483648", "/config/dbStatementTimeoutMs"),
+    ("config.dbConnectTimeoutSeconds=2147483648", "/config/dbConnectTimeoutSeconds"),
 ])
 def test_schema_rejects_bad_values(helm, assignment, error):
     proc = helm("template", RELEASE, str(CHART), "--set", assignment, check=False)

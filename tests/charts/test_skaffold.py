@@ -485,6 +485,7 @@ def test_motos_setup_makes_uploads_reach_the_controllers_queue(tmp_path):
         stop_moto(process)
 
 
+@pytest.mark.kube  # skaffold
 def test_image_tags_never_read_as_numbers(effective):
     # skaffold hands the tag to helm with --set: a short commit of digits only would be a
     # number, which the charts' schemas refuse (about one commit in 27 would not deploy).
