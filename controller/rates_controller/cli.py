@@ -16,6 +16,8 @@ from .events import UploadedObject
 from .settings import Settings
 
 EXIT_CONFIG = EXIT_PERMANENT
+# Every line carries it, as the API's carry "rates-api".
+SERVICE = "rates-controller"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,10 +27,10 @@ def command() -> int:
         settings = Settings.from_env()
         api = kube.api_client()
     except ConfigError as exc:
-        logs.configure()
+        logs.configure(service=SERVICE)
         logs.get_logger("rates_controller").error("configuration error", error=str(exc))
         return EXIT_CONFIG
-    logs.configure(settings.log_level, component="controller")
+    logs.configure(settings.log_level, service=SERVICE)
     log = logs.get_logger("rates_controller")
     jobs_api = kube.JobsApi(api, settings.job.namespace)
     try:

@@ -237,7 +237,7 @@ def main() -> int:
         logs.configure(env_choice("LOG_LEVEL", "INFO", logs.LEVELS), service="rates-migrate")
         apply(env_str("DATABASE_URL"), lock_wait_from_env())
     except ConfigError as exc:
-        logs.configure()
+        logs.configure(service="rates-migrate")
         log.error("configuration error", error=str(exc))
         return EXIT_PERMANENT
     except TemporaryError as exc:

@@ -11,6 +11,9 @@ from . import job
 from .settings import Settings
 from .termination import termination
 
+# Every line carries it, as the API's carry "rates-api".
+SERVICE = "rates-ingest"
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bucket", help="Bucket of the object [env S3_BUCKET].")
@@ -24,10 +27,10 @@ def command(bucket: str | None, key: str | None, version_id: str | None) -> int:
     try:
         settings = Settings.from_env(bucket=bucket, key=key, version_id=version_id)
     except ConfigError as exc:
-        logs.configure()
+        logs.configure(service=SERVICE)
         logs.get_logger("rates_ingest").error("configuration error", error=str(exc))
         return job.EXIT_RETRY
-    logs.configure(settings.log_level, component="ingest-job")
+    logs.configure(settings.log_level, service=SERVICE)
     termination.install()
     return job.run(settings)
 

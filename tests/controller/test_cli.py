@@ -19,8 +19,9 @@ def test_a_missing_setting_is_one_line_and_exit_2():
                             text=True, timeout=60)
 
     assert result.returncode == 2
-    [line] = result.stdout.splitlines()
-    assert json.loads(line)["error"] == "environment variable QUEUE_URL is required"
+    [line] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert line["error"] == "environment variable QUEUE_URL is required"
+    assert line["service"] == "rates-controller"  # as on every other line it writes
 
 
 @pytest.mark.kube
@@ -41,6 +42,7 @@ def test_it_creates_jobs_reports_metrics_and_stops_on_sigterm(kube, namespace, u
     lines = [json.loads(line) for line in (tmp_path / "controller.log").read_text().splitlines()]
     ours = [line["event"] for line in lines if "logger" not in line]  # libraries' lines name their logger
     assert ours[0] == "started" and ours[-1] == "stopped"
+    assert {line.get("service") for line in lines} == {"rates-controller"}
 
 
 @pytest.fixture

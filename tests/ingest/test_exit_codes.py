@@ -36,6 +36,7 @@ def test_loads_from_environment_variables_with_boto3_reading_the_endpoint_itself
     finished = [line for line in lines if line["event"] == "ingest finished"]
     assert finished and finished[0]["rows"] == len(ROWS) and finished[0]["run_id"] == last_run(conn)["id"]
     assert {"bucket", "key", "duration_s", "timestamp"} <= finished[0].keys()
+    assert {line.get("service") for line in lines} == {"rates-ingest"}  # libraries' lines too
 
 
 def test_a_missing_object_exits_2(db, s3):
@@ -155,7 +156,8 @@ def test_content_that_only_the_server_refuses_is_a_rejected_file(db, s3, monkeyp
 def test_missing_configuration_exits_1(s3):
     result = run_cli("", "--bucket", s3.name, "--key", "p.csv")
     assert result.returncode == 1
-    assert "DATABASE_URL" in result.stdout
+    [line] = log_lines(result.stdout)
+    assert "DATABASE_URL" in line["error"] and line["service"] == "rates-ingest"
 
 
 def test_an_unknown_log_level_is_a_configuration_error(db, s3):
