@@ -225,16 +225,26 @@ def _pause_or_give_up(deadline: float, give_up: str, level, event: str, **fields
     time.sleep(LOCK_RETRY_PAUSE_S)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m rates_core.migrate``: apply the migrations to $DATABASE_URL, as the
     API chart's pre-upgrade hook does (the API image has no ratesctl). Exit codes: 0 done,
     1 may pass on retry, 2 cannot (a failing migration, bad config: the hook fails the
     release instead of retrying)."""
+    import argparse
+
     from . import logs
     from .env import ConfigError, env_choice, env_str
 
+    # No arguments: a stray one (a typo'd flag) must not apply the migrations unasked.
+    argparse.ArgumentParser(
+        prog="python -m rates_core.migrate",
+        description="Apply the schema migrations to $DATABASE_URL. Exit status: 0 done, 1 may pass"
+                    " on retry, 2 cannot.",
+        epilog="Settings: DATABASE_URL, DATABASE_IAM_AUTH, MIGRATION_LOCK_WAIT_SECONDS, LOG_LEVEL.",
+    ).parse_args(argv)
     try:
         logs.configure(env_choice("LOG_LEVEL", "INFO", logs.LEVELS), service="rates-migrate")
+        _stop_on_termination()
         apply(env_str("DATABASE_URL"), lock_wait_from_env())
     except ConfigError as exc:
         logs.configure(service="rates-migrate")
@@ -247,6 +257,30 @@ def main() -> int:
         log.error("migrations failed", error=str(exc))
         return EXIT_PERMANENT
     return EXIT_OK
+
+
+def _stop_on_termination() -> None:
+    """SIGTERM (a hook's deadline, a drain) ends the process at once, as a kill would.
+
+    As a pod's first process, Python would never even see a signal it has no handler for.
+    Ending the process closes its connections: a transactional migration rolls back, and a
+    statement outside a transaction (CREATE INDEX CONCURRENTLY) ends within CLIENT_CHECK_MS,
+    leaving at most an invalid index, which the migration drops when it is run again.
+    """
+    import signal
+    import sys
+
+    from . import signals
+
+    def stop(signum: int) -> None:
+        log.warning("terminated; the migration in progress ends with its connection",
+                    signal=signal.Signals(signum).name)
+        sys.stdout.flush()
+        os._exit(EXIT_TEMPORARY)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)  # the watcher below acts on it
+    signals.watch((signal.SIGTERM, signal.SIGINT), stop, name="migrate-termination")
 
 
 if __name__ == "__main__":

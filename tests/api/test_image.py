@@ -14,6 +14,7 @@ from rates_core import migrate
 from tests.support.db import API_USER, as_user, autocommit
 from tests.support.images import container_pid, postgres_socket
 from tests.support.net import free_port, wait_for_http
+from tests.support.poll import wait_for
 from tests.support.proc import stop_process
 from tests.support.world import insert_prices, insert_world
 
@@ -38,6 +39,29 @@ def test_the_image_migrates_an_empty_database(api_image, empty_dsn):
     assert {user for _, user in log} == {"uid-10001"}  # the image's numeric user has no passwd entry
     again = api_image.run(command=MIGRATE, env={"DATABASE_URL": empty_dsn}, files=files)
     assert again.returncode == 0, again.stderr
+
+
+def test_the_migration_ends_on_sigterm_as_the_hook_pods_first_process(api_image, empty_dsn, tmp_path):
+    """A hook pod is stopped with SIGTERM (its deadline, a drain). A container's first
+    process never even sees a signal it has no handler for: the migration would go on until
+    the SIGKILL 30 s later, and might commit after helm had called the release failed."""
+    files = postgres_socket(empty_dsn)
+    output = tmp_path / "migrate.log"
+    with autocommit(empty_dsn) as other, other.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s, %s)", migrate.MIGRATION_LOCK)  # a migration in progress
+        with open(output, "wb") as log:
+            hook = api_image.start(command=MIGRATE, env={"DATABASE_URL": empty_dsn, "MIGRATION_LOCK_WAIT_SECONDS": "120"},
+                                   files=files, stdout=log, stderr=log)
+        try:
+            wait_for(lambda: "another migration is running" in output.read_text(), timeout=60,
+                     what="the migration to wait for the other one")
+            hook.send_signal(signal.SIGTERM)
+            code = hook.wait(timeout=15)
+        finally:
+            stop_process(hook)
+    last = json.loads(output.read_text().splitlines()[-1])
+    assert code == 1, output.read_text()  # may pass on retry
+    assert last["event"].startswith("terminated") and last["signal"] == "SIGTERM"
 
 
 def test_the_image_serves_rates_and_metrics_and_stops_cleanly_on_sigterm(api_image, dsn, conn, tmp_path):

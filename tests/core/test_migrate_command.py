@@ -112,3 +112,14 @@ def test_a_schema_newer_than_the_code_is_said_and_is_not_an_error(empty_dsn):
     assert result.returncode == 0, result.stdout + result.stderr
     [warning] = [json.loads(line) for line in result.stdout.splitlines() if '"warning"' in line]
     assert warning["unknown_migrations"] == ["9999_from_a_later_release"]
+
+
+def test_arguments_are_refused_and_help_applies_nothing(empty_dsn):
+    # The hook's command takes none: a typo'd flag must not apply the migrations unasked.
+    refused = subprocess.run([sys.executable, "-m", "rates_core.migrate", "--dry-run"], capture_output=True, text=True,
+                             env=os.environ | {"DATABASE_URL": empty_dsn}, timeout=60)
+    assert refused.returncode == 2 and "unrecognized arguments: --dry-run" in refused.stderr
+    helped = subprocess.run([sys.executable, "-m", "rates_core.migrate", "--help"], capture_output=True, text=True,
+                            env=os.environ | {"DATABASE_URL": empty_dsn}, timeout=60)
+    assert helped.returncode == 0 and "DATABASE_URL" in helped.stdout
+    assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("*.sql")))  # none applied
