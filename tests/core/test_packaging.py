@@ -118,3 +118,13 @@ def test_each_built_image_holds_its_deployable_and_its_dependencies_and_nothing_
     unpinned = {name: version for name, version in in_image.items() if name not in FOLDERS.values()
                 and pins.get(name) != version}
     assert not unpinned, f"not pinned in requirements.txt at these versions: {unpinned}"
+
+
+def test_the_build_context_leaves_out_local_build_output_and_terraform_state():
+    # setuptools packs whatever a non-editable install left in build/lib into the wheel: a
+    # migration deleted from the source would still be applied by the image's hook.
+    context = dockerfile.Context.of(REPO)
+    for leftover in ("core/build/lib/rates_core/migrations/0099_stale.sql", "api/dist/rates_api-0.1.0.whl",
+                     "terraform-eks/cluster/.terraform/providers/x", "terraform-eks/cluster/terraform.tfstate.backup"):
+        assert context.ignored(leftover), leftover
+    assert not context.ignored("core/rates_core/migrations/0001_base_tables.sql")
