@@ -94,6 +94,9 @@ def test_database_down_is_503_not_500(settings, make_client):
     assert response.get_json()["error"]["code"] == "unavailable"
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
+    # What the RatesApiNotReady alert reads, when no /rates request reaches a pod any more.
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'rates_api_requests_total{method="GET",route="/readyz",status="503"} 1.0' in metrics
 
 
 def test_after_a_failed_connect_the_api_answers_503_at_once_for_a_second_then_tries_again(settings, make_client):

@@ -78,7 +78,7 @@ def case(input_series: list[dict], alerts: list[tuple[str, str, list[dict]]]) ->
 
 # --- the API ---------------------------------------------------------------------------------
 
-API_ALERTS = ("RatesApiDown", "RatesApiErrors", "RatesApiSlow", "RatesApiDatabasePoolSaturated")
+API_ALERTS = ("RatesApiDown", "RatesApiErrors", "RatesApiNotReady", "RatesApiSlow", "RatesApiDatabasePoolSaturated")
 
 
 def api_rule(helm, *json_sets: str) -> dict:
@@ -91,9 +91,14 @@ def api_rule(helm, *json_sets: str) -> dict:
     return rule
 
 
-def requests(status: str, per_minute: int) -> dict:
-    labels = {**API, "route": "/rates", "method": "GET", "status": status}
+def requests(status: str, per_minute: int, route: str = "/rates") -> dict:
+    labels = {**API, "route": route, "method": "GET", "status": status}
     return series("rates_api_requests_total", labels, f"0+{per_minute}x40")
+
+
+def readiness(ready_per_minute: int, not_ready_per_minute: int) -> list[dict]:
+    """/readyz checks: 3 pods probed every 5 s by the kubelet, and the ALB's checks."""
+    return [requests("200", ready_per_minute, "/readyz"), requests("503", not_ready_per_minute, "/readyz")]
 
 
 def latency(fast_per_minute: int, slow_per_minute: int) -> list[dict]:
@@ -105,9 +110,10 @@ def latency(fast_per_minute: int, slow_per_minute: int) -> list[dict]:
             for le, n in buckets.items()]
 
 
-def healthy_api(errors_per_minute: int = 0, slow_per_minute: int = 0, pool_in_use: int = 6) -> list[dict]:
+def healthy_api(errors_per_minute: int = 0, slow_per_minute: int = 0, pool_in_use: int = 6,
+                not_ready_per_minute: int = 0) -> list[dict]:
     return [series("up", API, "1x40"), requests("200", 600), requests("503", errors_per_minute),
-            *latency(600, slow_per_minute),
+            *readiness(54 - not_ready_per_minute, not_ready_per_minute), *latency(600, slow_per_minute),
             series("rates_api_db_pool_in_use", API, f"{pool_in_use}x40"),
             series("rates_api_db_pool_size", API, "20x40")]
 
@@ -117,9 +123,22 @@ def quiet(names, at: str = "35m") -> list:
 
 
 def test_a_healthy_api_raises_no_alert(helm, promtool, tmp_path):
-    # 1 % of errors, 0.3 % slow requests and 18 of 20 connections lent: all below the thresholds.
+    # 1 % of errors, 0.3 % slow requests, 18 of 20 connections lent and one pod of three out
+    # of rotation: all below the thresholds.
     run_promtool(promtool, tmp_path, api_rule(helm), [
-        case(healthy_api(errors_per_minute=6, slow_per_minute=2, pool_in_use=18), quiet(API_ALERTS))])
+        case(healthy_api(errors_per_minute=6, slow_per_minute=2, pool_in_use=18, not_ready_per_minute=18),
+             quiet(API_ALERTS))])
+
+
+def test_a_database_outage_raises_not_ready_though_no_request_fails(helm, promtool, tmp_path):
+    # Every pod out of rotation: no /rates request reaches one, none fails, pods still scraped.
+    outage = [series("up", API, "1x40"), requests("200", 0), requests("503", 0), *readiness(0, 54),
+              *latency(0, 0), series("rates_api_db_pool_in_use", API, "0x40"),
+              series("rates_api_db_pool_size", API, "20x40")]
+    run_promtool(promtool, tmp_path, api_rule(helm), [
+        case(outage, [("RatesApiNotReady", "4m", []),
+                      ("RatesApiNotReady", "12m", [{"severity": "critical", "namespace": NAMESPACE}]),
+                      *quiet(set(API_ALERTS) - {"RatesApiNotReady"}, "12m")])])
 
 
 def test_api_alerts_fire_on_their_trouble_after_their_for(helm, promtool, tmp_path):
