@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote_plus
 
+from rates_core import logs
 from rates_core.errors import PermanentError, TemporaryError
 
 from . import events, jobs
@@ -229,9 +230,12 @@ class Controller:
         done: list[Message] = []
         batch = Batch(time.monotonic() + self.settings.visibility_timeout - sum(REQUEST_TIMEOUT))
         for message in messages:
-            if not self._guarded("handle_message", self.handle, message, done, batch):
-                self._guarded("set_aside_message", self._set_aside_message, message, done, "unexpected",
-                              "the controller failed on this message; see its log")
+            # Every line about the message, its Jobs' included, names it: an upload can be
+            # followed from its notification to its Job (whose name the ingest run records).
+            with logs.bound(message_id=message.id):
+                if not self._guarded("handle_message", self.handle, message, done, batch):
+                    self._guarded("set_aside_message", self._set_aside_message, message, done, "unexpected",
+                                  "the controller failed on this message; see its log")
         # After the batch: a crash before this redelivers the messages, and their Jobs exist.
         self._guarded("delete_messages", self.uploads.delete, done)
 
@@ -243,6 +247,12 @@ class Controller:
         except events.PoisonMessage as exc:
             self._set_aside_message(message, done, "poison", str(exc))
             return
+        # Only the first few: a hand-made message may hold many records.
+        with logs.bound(keys=[f"s3://{o.bucket}/{o.key}" for o in objects[:5]]):
+            self._handle_objects(message, objects, done, batch)
+
+    def _handle_objects(self, message: Message, objects: list[UploadedObject], done: list[Message],
+                        batch: Batch) -> None:
         if objects and batch.failed and self._held_back(message, batch):
             # Outside the handlers below: if SQS fails this too, the message comes back as
             # it is, and is not set aside for it.
@@ -255,12 +265,13 @@ class Controller:
             return
         except TemporaryError as exc:
             batch.failed = batch.failed or exc
+            self.metrics.errors.labels("create_job").inc()
             self._retry_message(message, done, exc)
             return
         done.append(message)
         outcome = "jobs_created" if created else "duplicate" if objects else "ignored"
         self.metrics.messages.labels(outcome).inc()
-        self.log.info("message handled", message_id=message.id, objects=len(objects), jobs_created=created)
+        self.log.info("message handled", objects=len(objects), jobs_created=created)
 
     def _held_back(self, message: Message, batch: Batch) -> bool:
         last = message.receives >= self.settings.max_receives
@@ -333,7 +344,7 @@ class Controller:
 
     def _back_off(self, message: Message, error: str) -> None:
         delay = message_backoff(message.receives)
-        self.log.warning("message will be retried", message_id=message.id, receives=message.receives,
+        self.log.warning("message will be retried", receives=message.receives,
                          retry_in_s=delay, error=error)
         self.metrics.messages.labels("retry_later").inc()
         self.uploads.retry_later(message, delay)
@@ -343,7 +354,7 @@ class Controller:
         done.append(message)
         self.metrics.messages.labels("set_aside").inc()
         self.metrics.set_aside.labels(why).inc()
-        self.log.warning("message set aside", message_id=message.id, reason=reason)
+        self.log.warning("message set aside", reason=reason)
 
     def _guarded(self, operation: str, action, *args) -> bool:
         """Run one item's action; a failure leaves the item for a later pass. True if it ran.

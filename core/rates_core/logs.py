@@ -57,3 +57,8 @@ def configure(level: str = "INFO", **static) -> None:
 
 def get_logger(name: str):
     return structlog.get_logger(name)
+
+
+def bound(**fields):
+    """A context manager: every line logged inside it, on this thread, carries ``fields``."""
+    return structlog.contextvars.bound_contextvars(**fields)

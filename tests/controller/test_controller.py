@@ -7,7 +7,9 @@ creates and what it does with messages. test_job_outcomes.py runs the Jobs.
 import json
 
 import pytest
+import structlog
 from kubernetes import client
+from structlog.testing import capture_logs
 
 from rates_controller import controller as controller_module
 from rates_controller import jobs
@@ -203,16 +205,26 @@ def test_a_job_that_cannot_be_created_waits_and_is_created_later(kube, namespace
     controller = make_controller(job_namespace=missing)
     uploads.put("p.csv", b"x")
 
-    controller.step()  # the namespace does not exist: 404 is not the file's fault
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logged:
+        controller.step()  # the namespace does not exist: 404 is not the file's fault
 
     assert sqs.counts() == (0, 1)  # hidden for the backoff, not deleted
     assert sample(controller.metrics, "rates_controller_messages_total", outcome="retry_later") == 1
+    # What RatesControllerErrors reads: a failing first create is a failing call too.
+    assert sample(controller.metrics, "rates_controller_errors_total", operation="create_job") == 1
+    # The line says which upload waits, so a search by key finds it.
+    [retried] = [line for line in logged if line["event"] == "message will be retried"]
+    assert retried["keys"] == [f"s3://{uploads.name}/p.csv"] and retried["message_id"]
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=missing)))
     try:
         wait_visible(sqs)
-        controller.step()
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logged:
+            controller.step()
         assert len(ingest_jobs(kube, missing)) == 1
         assert sqs.counts() == (0, 0)
+        # The Job's line names the notification it came from.
+        [created] = [line for line in logged if line["event"] == "job created"]
+        assert created["message_id"] == retried["message_id"] and created["key"] == "p.csv"
     finally:
         kube.core.delete_namespace(missing)
 

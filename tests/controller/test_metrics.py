@@ -1,6 +1,8 @@
 """The controller's metrics as Prometheus reads them."""
 
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import requests
@@ -18,6 +20,15 @@ def test_every_set_aside_reason_is_exported_at_zero_before_it_happens():
     exported = generate_latest(Metrics().registry).decode()
     for reason in SET_ASIDE_REASONS:
         assert f'rates_controller_files_set_aside_total{{reason="{reason}"}} 0.0' in exported
+
+
+def test_no_created_series_are_exported():
+    # In a process of its own: the API's module turns them off for the whole process too.
+    script = ("from prometheus_client import generate_latest; from rates_controller.metrics import Metrics;"
+              "m = Metrics(); m.jobs_created.labels('first').inc(); print(generate_latest(m.registry).decode())")
+    exported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert 'rates_controller_jobs_created_total{attempt="first"} 1.0' in exported
+    assert "_created" not in exported.replace("jobs_created", "")
 
 
 def test_the_process_start_time_is_exported_for_the_restart_alert():
