@@ -11,7 +11,8 @@ class Failed(click.ClickException):
     """A command failed; exit 1 if a retry may help, 2 if it cannot (as the ingest job does)."""
 
     def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
+        # libpq's messages run over lines (a hint on the next): one line for a log.
+        super().__init__(" ".join(message.split()))
         self.exit_code = exit_code
 
 

@@ -16,8 +16,10 @@ from tqdm import tqdm
 
 from rates_core import db, logs, migrate as migrations
 from rates_core.env import env_choice
+from rates_core.errors import EXIT_PERMANENT
 
 from . import demodata, localdb
+from .cli import Failed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO_ROOT / "api" / "gunicorn.conf.py"
@@ -70,7 +72,7 @@ def demo_data_command(prices, days, ports, start, seed, force) -> None:
     dsn = _database_url()
     migrations.apply(dsn)
     if not force and not _is_empty(dsn):
-        raise click.ClickException("the database already holds ports; use --force to add anyway")
+        raise Failed("the database already holds ports; use --force to add anyway", EXIT_PERMANENT)
     spec = demodata.Spec(prices=prices, days=days, ports=ports, start=start.date(), seed=seed)
     load_demo_data(dsn, spec)
 

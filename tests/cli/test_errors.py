@@ -17,6 +17,7 @@ def test_an_unreachable_database_exits_1_without_a_traceback():
         assert result.exit_code == 1, result.output
         assert "Connection refused" in result.output and "may pass on retry" in result.output
         assert "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output  # libpq's hint line joined
 
 
 def test_a_migration_that_cannot_apply_exits_2_and_says_why(empty_dsn):
