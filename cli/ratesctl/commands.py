@@ -16,10 +16,9 @@ from tqdm import tqdm
 
 from rates_core import db, logs, migrate as migrations
 from rates_core.env import env_choice
-from rates_core.errors import EXIT_PERMANENT
+from rates_core.errors import PermanentError
 
 from . import demodata, localdb
-from .cli import Failed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO_ROOT / "api" / "gunicorn.conf.py"
@@ -72,7 +71,7 @@ def demo_data_command(prices, days, ports, start, seed, force) -> None:
     dsn = _database_url()
     migrations.apply(dsn)
     if not force and not _is_empty(dsn):
-        raise Failed("the database already holds ports; use --force to add anyway", EXIT_PERMANENT)
+        raise PermanentError("the database already holds ports; use --force to add anyway")  # exits 2
     spec = demodata.Spec(prices=prices, days=days, ports=ports, start=start.date(), seed=seed)
     load_demo_data(dsn, spec)
 
