@@ -86,8 +86,8 @@ def post_worker_init(worker):
     # here, in the worker: see rates_api.gunicorn_errors.)
     from rates_api import gunicorn_errors
 
-    gunicorn_errors.install()
     runtime = worker.wsgi.extensions["rates_api"]
+    gunicorn_errors.install(runtime.metrics.answered_by_gunicorn)
 
     def drain_then_exit(signum, frame):
         if runtime.draining.is_set():

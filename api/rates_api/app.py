@@ -44,8 +44,10 @@ def _finish_request(response):
     route = request.url_rule.rule if request.url_rule else "<unmatched>"
     runtime().metrics.observe(route, request.method, response.status_code, elapsed)
     response.headers["X-Request-ID"] = g.get("request_id", "")
-    log.info("request", method=request.method, path=request.path, route=route,
-             query=request.query_string.decode("latin-1")[:512],
-             status=response.status_code, duration_ms=round(elapsed * 1000, 2))
+    # A failure of ours (the database, a bug) is a warning, so a filter on level finds it.
+    write = log.warning if response.status_code >= 500 else log.info
+    write("request", method=request.method, path=request.path, route=route,
+          query=request.query_string.decode("latin-1")[:512],
+          status=response.status_code, duration_ms=round(elapsed * 1000, 2))
     structlog.contextvars.clear_contextvars()
     return response

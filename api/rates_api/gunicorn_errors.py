@@ -14,6 +14,7 @@ set PROMETHEUS_MULTIPROC_DIR, or the workers would keep their metrics to themsel
 
 import json
 import re
+from collections.abc import Callable
 
 import gunicorn.util
 
@@ -50,5 +51,11 @@ def _as_sent(text: str) -> str:
         return text
 
 
-def install() -> None:
-    gunicorn.util.write_error = write_json_error
+def install(count: Callable[[int], None] | None = None) -> None:
+    """Replace gunicorn's error page; ``count(status)`` is called for each one written."""
+    def write_error(sock, status_int: int, reason: str, mesg: str) -> None:
+        if count is not None:
+            count(status_int)
+        write_json_error(sock, status_int, reason, mesg)
+
+    gunicorn.util.write_error = write_error

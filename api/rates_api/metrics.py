@@ -11,6 +11,8 @@ disable_created_metrics()
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+# The route label of what gunicorn answers itself (a URL too long, a request it cannot parse).
+GUNICORN_ROUTE = "<gunicorn>"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -39,6 +41,10 @@ class Metrics:
         labels = {"route": route, "method": method, "status": str(status)}
         self.requests.labels(**labels).inc()
         self.latency.labels(**labels).observe(seconds)
+
+    def answered_by_gunicorn(self, status: int) -> None:
+        """A request gunicorn refused itself, before the app (and its timing) saw it."""
+        self.requests.labels(route=GUNICORN_ROUTE, method="other", status=str(status)).inc()
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

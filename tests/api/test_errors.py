@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import psycopg2
 import pytest
+from structlog.testing import capture_logs
 
 from rates_api.settings import Settings
 from tests.support.aws import without_credentials
@@ -89,11 +90,16 @@ def test_unknown_route_and_method_are_json(client):
 def test_database_down_is_503_not_500(settings, make_client):
     client = make_client(replace(settings, database_url="postgresql://nobody@127.0.0.1:1/none",
                                  db_connect_timeout_s=1))
-    response = client.get("/rates", query_string=GOOD)
+    with capture_logs() as logged:
+        response = client.get("/rates", query_string=GOOD)
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.get_json()["error"]["code"] == "unavailable"
+    assert [line["log_level"] for line in logged if line["event"] == "request"] == ["warning"]
     assert client.get("/readyz").status_code == 503
-    assert client.get("/healthz").status_code == 200
+    with capture_logs() as logged:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/rates").status_code == 400  # the client's mistake: not a warning of ours
+    assert [line["log_level"] for line in logged if line["event"] == "request"] == ["info", "info"]
     # What the RatesApiNotReady alert reads, when no /rates request reaches a pod any more.
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'rates_api_requests_total{method="GET",route="/readyz",status="503"} 1.0' in metrics

@@ -39,6 +39,10 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'rates_api_requests_total{method="GET",route="/",status="200"} 1.0' in metrics
         _assert_gunicorns_own_errors_are_json(port)
+        # Counted, though the app never saw them (one worker: WEB_CONCURRENCY=1).
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'rates_api_requests_total{method="other",route="<gunicorn>",status="414"} 1.0' in metrics
+        assert 'rates_api_requests_total{method="other",route="<gunicorn>",status="400"} 5.0' in metrics
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
