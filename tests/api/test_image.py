@@ -1,6 +1,7 @@
 """The API's image, built from api/Dockerfile (tests/support/images.py) and run as its
 pods run it: as the image's non-root USER on a read-only root filesystem, with only /tmp
-and /dev/shm writable. The same image migrates the database, as the chart's hook Job does."""
+(the chart's emptyDir) and /dev/shm writable. The same image migrates the database, as the
+chart's hook Job does, with /tmp read-only: the hook mounts nothing there."""
 
 import json
 import signal
@@ -72,7 +73,8 @@ def test_the_image_serves_rates_and_metrics_and_stops_cleanly_on_sigterm(api_ima
     port = free_port()
     with open(tmp_path / "api.log", "wb") as log:
         server = api_image.start(env={"DATABASE_URL": url, "HOST": "127.0.0.1", "PORT": str(port),
-                                      "SHUTDOWN_DRAIN_SECONDS": "0.5"}, files=files, stdout=log, stderr=log)
+                                      "SHUTDOWN_DRAIN_SECONDS": "0.5"}, files=files, stdout=log, stderr=log,
+                                 writable_tmp=True)  # the chart's /tmp emptyDir
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/readyz", process=server, timeout=60)

@@ -974,7 +974,8 @@ def test_the_real_controller_runs_with_the_charts_environment_and_rights(
     log = tmp_path / "controller.log"
     with open(log, "wb") as out:
         process = image.start(env=env, files=files, user=identity.user, groups=identity.groups,
-                              capabilities=identity.capabilities, stdout=out, stderr=subprocess.STDOUT)
+                              capabilities=identity.capabilities, writable_tmp=identity.writable_tmp,
+                              stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
         uploads.put("2024/prices.csv", "orig_code,dest_code,day,price\nCNSHA,NLRTM,2024-01-01,1200\n")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.support.dockerfile import Context, DockerfileError, ignore_pattern, instructions, parse
-from tests.support.images import REPO_ROOT
+from tests.support.images import REPO_ROOT, PodIdentity
 from tests.support.poll import wait_for
 
 PROBE = f"REPO = {str(REPO_ROOT)!r}\n" + textwrap.dedent("""
@@ -60,14 +60,15 @@ def test_a_container_runs_as_the_images_user_without_privileges(probe):
     assert probe["home"] == "/"  # as a container runtime sets it for a user without a passwd entry
 
 
-def test_only_tmp_and_dev_shm_are_writable(probe, run_probe):
-    assert probe["tmp"] is True and probe["shm"] is True and probe["given"] == "handed in"
-    places = ("root", "venv", "etc", "run", "run_new")
+def test_only_dev_shm_is_writable_and_tmp_only_where_the_pod_mounts_a_volume(probe, run_probe):
+    assert probe["shm"] is True and probe["given"] == "handed in"
+    places = ("root", "venv", "etc", "run", "run_new", "tmp")
     assert {probe[place] for place in places} <= {"Permission denied", "Read-only file system"}
     # Read-only, not only someone else's: root in the container cannot write there either.
     as_root = run_probe(user="0:0")
     assert {as_root[place] for place in places} == {"Read-only file system"}
-    assert as_root["tmp"] is True
+    with_volume = run_probe(writable_tmp=True)  # an emptyDir at /tmp, as the API's chart mounts
+    assert with_volume["tmp"] is True and with_volume["root"] in {"Permission denied", "Read-only file system"}
 
 
 def test_root_in_a_container_cannot_undo_the_read_only_root(images):
@@ -163,7 +164,8 @@ ESCAPE = textwrap.dedent("""
 def test_root_cannot_climb_out_of_its_root(images):
     # The classic chroot escape, with Docker's default capabilities (CAP_SYS_CHROOT among them):
     # with pivot_root, there is no host root left above this one to climb to.
-    done = images("ingest-job").run(command=["python", "-c", f"REPO = {str(REPO_ROOT)!r}\n" + ESCAPE], user="0:0")
+    done = images("ingest-job").run(command=["python", "-c", f"REPO = {str(REPO_ROOT)!r}\n" + ESCAPE], user="0:0",
+                                    writable_tmp=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
 
@@ -205,3 +207,13 @@ def host_pids_with(marker: str, besides: int) -> list[int]:
         except (OSError, ValueError):
             continue
     return found
+
+
+def test_a_pods_tmp_is_writable_only_with_a_writable_emptydir_there():
+    container = {"volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}
+    assert PodIdentity.of({"volumes": [{"name": "tmp", "emptyDir": {}}]}, container).writable_tmp
+    assert not PodIdentity.of({}, {}).writable_tmp
+    assert not PodIdentity.of({"volumes": [{"name": "tmp", "emptyDir": {}}]},
+                              {"volumeMounts": [{"name": "tmp", "mountPath": "/tmp", "readOnly": True}]}).writable_tmp
+    assert not PodIdentity.of({"volumes": [{"name": "tmp", "emptyDir": {}}]},
+                              {"volumeMounts": [{"name": "tmp", "mountPath": "/var/tmp"}]}).writable_tmp

@@ -21,8 +21,9 @@ is done as each Dockerfile says (read by tests/support/dockerfile.py):
   the pod's capabilities (Docker's default set unless a securityContext drops them, as the
   charts drop all). ``/dev`` holds only null, zero, full, random, urandom and tty;
   ``/proc`` is the namespace's own, with ``/proc/sys`` and the like read-only as runc makes
-  them; ``/tmp`` and ``/dev/shm`` are fresh tmpfs, as the charts' ``emptyDir`` volumes are;
-  handed-in files (a service-account token, the test PostgreSQL's socket) are mounted
+  them; ``/dev/shm`` is a fresh tmpfs, and so is ``/tmp``, but read-only unless the pod
+  mounts a writable volume there (the API's chart does; the controller, the ingest Jobs and
+  the migration hook do not, so their ``/tmp`` is the read-only root's); handed-in files (a service-account token, the test PostgreSQL's socket) are mounted
   read-only at their paths under ``/run`` or ``/tmp``. The base system (``/usr``,
   ``/etc``, ``/usr/local``) stays read-only even in a writable root.
 
@@ -146,13 +147,16 @@ def _file_lines(root: Path, files: dict[str, Path]) -> list[str]:
     return lines + [f"mount -o remount,ro {q(str(root) + '/run')}"]
 
 
-def _sandbox_script(root: Path, *, mode: str, files: dict[str, Path], argv: list[str]) -> str:
+def _sandbox_script(root: Path, *, mode: str, files: dict[str, Path], argv: list[str],
+                    writable_tmp: bool = True) -> str:
     """Shell that mounts the container's root, makes it the root (``pivot_root``, so that
     the host's is not just hidden but gone from the namespace), then execs ``argv`` there
     (``mode``: READ_ONLY, WRITABLE or BUILD)."""
     q = shlex.quote
     lines = ["set -eu", *_root_lines(root, mode), *_system_lines(root), *_file_lines(root, files)]
     if mode == READ_ONLY:
+        if not writable_tmp:  # after the files handed in under it are in place
+            lines.append(f"mount -o remount,ro {q(str(root) + '/tmp')}")
         lines.append(f"mount -o remount,bind,ro {q(str(root))}")
     lines += [f"cd {q(str(root))}", "pivot_root . .", "umount -l .", "cd /",
               "exec " + " ".join(q(a) for a in argv)]
@@ -200,13 +204,14 @@ class Image:
 
     def start(self, args: list[str] | None = None, *, command: list[str] | None = None,
               env: dict[str, str] | None = None, user: str | None = None, groups: list[int] | None = None,
-              capabilities: frozenset[str] | None = None, read_only: bool = True,
+              capabilities: frozenset[str] | None = None, read_only: bool = True, writable_tmp: bool = False,
               files: dict[str, Path] | None = None, **popen) -> subprocess.Popen:
         """Start a container as Kubernetes would: ``command`` replaces the ENTRYPOINT and
         ``args`` the CMD; ``env`` adds to the image's; ``user`` ("uid:gid") replaces USER;
-        ``capabilities`` (default: Docker's) bound what root may do; ``files`` (container
-        path -> host file) are mounted read-only, under /run or /tmp. The process started
-        runs the container and exits with its status, as ``docker run`` does."""
+        ``capabilities`` (default: Docker's) bound what root may do; ``writable_tmp``: the
+        pod mounts an emptyDir at /tmp; ``files`` (container path -> host file) are mounted
+        read-only, under /run or /tmp. The process started runs the container and exits with
+        its status, as ``docker run`` does."""
         argv = (command if command is not None else self.entrypoint) + (
             args if args is not None else (self.cmd if command is None else []))
         if not argv:
@@ -215,7 +220,7 @@ class Image:
         inner = [*_identity(user or self.user, groups or [], DOCKER_CAPABILITIES if capabilities is None
                             else capabilities), *_env_argv(full_env, self.workdir, argv)]
         script = _sandbox_script(self.rootfs, mode=READ_ONLY if read_only else WRITABLE, files=files or {},
-                                 argv=inner)
+                                 argv=inner, writable_tmp=writable_tmp)
         return subprocess.Popen(_unshared(script), **popen)
 
     def run(self, args: list[str] | None = None, *, timeout: float = 120, **options) -> subprocess.CompletedProcess:
@@ -393,6 +398,7 @@ class PodIdentity:
     capabilities: frozenset[str]
     read_only: bool
     run_as_non_root: bool
+    writable_tmp: bool  # a writable volume (an emptyDir) is mounted at /tmp
 
     @classmethod
     def of(cls, pod_spec: dict, container: dict) -> "PodIdentity":
@@ -407,8 +413,11 @@ class PodIdentity:
         dropped = {c.lower().removeprefix("cap_") for c in wanted.get("drop") or []}
         added = frozenset(c.lower().removeprefix("cap_") for c in wanted.get("add") or [])
         capabilities = added if "all" in dropped else (DOCKER_CAPABILITIES - dropped) | added
+        volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
+        writable_tmp = any(m["mountPath"].rstrip("/") == "/tmp" and not m.get("readOnly")
+                           and "emptyDir" in volumes.get(m["name"], {}) for m in container.get("volumeMounts") or [])
         return cls(user, groups, capabilities, bool(own.get("readOnlyRootFilesystem")),
-                   bool(merged.get("runAsNonRoot")))
+                   bool(merged.get("runAsNonRoot")), writable_tmp)
 
     def refusal(self, image: Image) -> str | None:
         """The kubelet's reason not to start the container, or None."""

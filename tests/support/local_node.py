@@ -321,7 +321,8 @@ class LocalNode:
         expand = (lambda words: [_expand(w, env) for w in words] if words else None)
         return image.start(expand(container.args), command=expand(container.command),
                            env={"HOSTNAME": pod.metadata.name, **env}, user=identity.user, groups=identity.groups,
-                           capabilities=identity.capabilities, read_only=identity.read_only, files=self.files,
+                           capabilities=identity.capabilities, read_only=identity.read_only,
+                           writable_tmp=identity.writable_tmp, files=self.files,
                            **streams)
 
     def _report_exit(self, run: _Running) -> None:
