@@ -231,7 +231,8 @@ class Controller:
         batch = Batch(time.monotonic() + self.settings.visibility_timeout - sum(REQUEST_TIMEOUT))
         for message in messages:
             # Every line about the message, its Jobs' included, names it: an upload can be
-            # followed from its notification to its Job (whose name the ingest run records).
+            # followed from its notification to its Job (and on by the Job's bucket, key
+            # and version to the ingest run's record).
             with logs.bound(message_id=message.id):
                 if not self._guarded("handle_message", self.handle, message, done, batch):
                     self._guarded("set_aside_message", self._set_aside_message, message, done, "unexpected",

@@ -265,7 +265,8 @@ def _stop_on_termination() -> None:
     As a pod's first process, Python would never even see a signal it has no handler for.
     Ending the process closes its connections: a transactional migration rolls back, and a
     statement outside a transaction (CREATE INDEX CONCURRENTLY) ends within CLIENT_CHECK_MS,
-    leaving at most an invalid index, which the migration drops when it is run again.
+    leaving at most an invalid index, which such a migration drops first when it is run
+    again (README.md, "Database and migrations").
     """
     import signal
     import sys
