@@ -2,6 +2,7 @@
 
 import getpass
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from yoyo import get_backend, read_migrations
-from yoyo.exceptions import LockTimeout
+from yoyo.exceptions import BadMigration, LockTimeout
 
 from . import db
 from .env import env_int
@@ -179,12 +180,36 @@ def _apply_pending(dsn: str, applied: dict[str, None], deadline: float) -> None:
                 todo = backend.to_apply(migrations)
                 _warn_if_schema_is_newer(backend, migrations)
                 applied.update(dict.fromkeys(m.id for m in todo))
-                backend.apply_migrations(todo)
+                _apply_each(backend, todo)
         except LockTimeout as exc:  # taken since the wait above, by a migrator without MIGRATION_LOCK
             raise TemporaryError(f"another migration took yoyo's lock ({exc}): one of a release before this "
                                  "one, or yoyo run by hand; try again once it has ended") from exc
         finally:
             backend.connection.close()
+
+
+def _apply_each(backend, todo) -> None:
+    """yoyo's apply_migrations, each migration inside _one_migration: yoyo commits a
+    migration on a connection of its own, then records it on another, and a process that
+    ended between the two would leave it applied but not recorded, to fail every later run."""
+    for migration in todo:
+        with _one_migration():
+            try:
+                backend.apply_one(migration)
+            except BadMigration:  # as yoyo's own loop: a migration it cannot read is passed over
+                continue
+    with _one_migration():
+        backend.run_post_apply(todo)
+
+
+# Held while a migration is applied and recorded; a termination waits for it (see main).
+_MIGRATING = threading.Lock()
+
+
+@contextmanager
+def _one_migration() -> Iterator[None]:
+    with _MIGRATING:
+        yield
 
 
 def _wait_for_yoyo_lock(backend, deadline: float) -> None:
@@ -244,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     ).parse_args(argv)
     try:
         logs.configure(env_choice("LOG_LEVEL", "INFO", logs.LEVELS), service="rates-migrate")
-        _stop_on_termination()
         apply(env_str("DATABASE_URL"), lock_wait_from_env())
     except ConfigError as exc:
         logs.configure(service="rates-migrate")
@@ -259,14 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _stop_on_termination() -> None:
-    """SIGTERM (a hook's deadline, a drain) ends the process at once, as a kill would.
+def stop_on_termination() -> None:
+    """SIGTERM (a hook's deadline, a drain) ends the process as soon as no migration is
+    being applied: at once while it waits for a lock, else once the migration in progress
+    is applied and recorded. The hook's grace period bounds that wait (a SIGKILL then).
 
     As a pod's first process, Python would never even see a signal it has no handler for.
-    Ending the process closes its connections: a transactional migration rolls back, and a
-    statement outside a transaction (CREATE INDEX CONCURRENTLY) ends within CLIENT_CHECK_MS,
-    leaving at most an invalid index, which such a migration drops first when it is run
-    again (README.md, "Database and migrations").
+    For the process as a whole: call it once, from the main thread, as ``__main__`` does.
     """
     import signal
     import sys
@@ -274,8 +297,9 @@ def _stop_on_termination() -> None:
     from . import signals
 
     def stop(signum: int) -> None:
-        log.warning("terminated; the migration in progress ends with its connection",
-                    signal=signal.Signals(signum).name)
+        log.warning("terminated; stopping once no migration is being applied", signal=signal.Signals(signum).name)
+        _MIGRATING.acquire()  # held for good: no next migration starts
+        log.warning("stopped: the migrations not yet applied are applied by the next run")
         sys.stdout.flush()
         os._exit(EXIT_TEMPORARY)
 
@@ -287,4 +311,5 @@ def _stop_on_termination() -> None:
 if __name__ == "__main__":
     import sys
 
+    stop_on_termination()
     sys.exit(main())

@@ -60,9 +60,10 @@ def test_the_migration_ends_on_sigterm_as_the_hook_pods_first_process(api_image,
             code = hook.wait(timeout=15)
         finally:
             stop_process(hook)
-    last = json.loads(output.read_text().splitlines()[-1])
+    said = [json.loads(line) for line in output.read_text().splitlines()]
     assert code == 1, output.read_text()  # may pass on retry
-    assert last["event"].startswith("terminated") and last["signal"] == "SIGTERM"
+    assert said[-2]["event"].startswith("terminated") and said[-2]["signal"] == "SIGTERM"
+    assert said[-1]["event"].startswith("stopped")
 
 
 def test_the_image_serves_rates_and_metrics_and_stops_cleanly_on_sigterm(api_image, dsn, conn, tmp_path):

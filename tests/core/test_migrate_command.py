@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -123,3 +124,42 @@ def test_arguments_are_refused_and_help_applies_nothing(empty_dsn):
                             env=os.environ | {"DATABASE_URL": empty_dsn}, timeout=60)
     assert helped.returncode == 0 and "DATABASE_URL" in helped.stdout
     assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("*.sql")))  # none applied
+
+
+# The hook's command, with yoyo's recording of each applied migration slowed down, so that
+# a SIGTERM lands between the migration's commit and its record.
+_SLOW_RECORD = """
+import runpy, sys, time
+import yoyo.backends.base as base
+record = base.DatabaseBackend.mark_one
+def slow(self, migration, log=True):
+    print("RECORDING", migration.id, flush=True)
+    time.sleep(2)
+    return record(self, migration, log)
+base.DatabaseBackend.mark_one = slow
+sys.argv = ["rates_core.migrate"]
+runpy.run_module("rates_core.migrate", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_sigterm_lets_the_migration_in_progress_be_recorded_before_it_stops(empty_dsn):
+    # yoyo commits a migration, then records it on another connection: stopped between the
+    # two, the migration would be applied but not recorded, and every later run would fail
+    # on it ("relation already exists"), exit 2, until someone marked it by hand.
+    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"DATABASE_URL": empty_dsn}
+    hook = subprocess.Popen([sys.executable, "-c", _SLOW_RECORD], env=environ, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in hook.stdout:
+            if line.startswith("RECORDING"):
+                first = line.split()[1]
+                hook.send_signal(signal.SIGTERM)
+                break
+        rest = hook.stdout.read()
+        assert hook.wait(timeout=60) == 1, rest  # may pass on retry
+    finally:
+        hook.kill()
+        hook.wait()
+    assert first not in migrate.pending(empty_dsn)  # recorded: it was applied
+    assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("*.sql"))) - 1  # none after it
+    assert run({"DATABASE_URL": empty_dsn}).returncode == 0 and migrate.pending(empty_dsn) == []
