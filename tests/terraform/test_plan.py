@@ -7,8 +7,9 @@ No provider can be fetched here, but a filesystem mirror of one may be on the ma
 stacks need, a copy of them is planned with the least change that version takes, each
 checked to apply: the version constraint, the region's attribute name before 6.0, and the
 dead-letter queue's message size before 6.8 (SQS's 1 MiB limit came then). Everything else
-is the code as it ships. `terraform test` plans offline: fake credentials, and the data
-sources that would ask AWS are given values (`override_data`); nothing is applied.
+is the code as it ships, the stacks' provider blocks included (their region and default
+tags), with credentials that are never checked added. `terraform test` plans offline: the
+data sources that would ask AWS are given values (`override_data`); nothing is applied.
 """
 
 import os
@@ -23,15 +24,14 @@ from tests.support.infra import TERRAFORM_ROOT, given_vars, run, terraform_env
 MIRROR = Path(os.environ.get("RATES_TF_PROVIDER_MIRROR", "/opt/tf-plugins"))
 ACCOUNT = "123456789012"
 
-_PROVIDER = """
-provider "aws" {
-  region                      = "eu-west-1"
+# Added to the stack's own provider block (its region and default tags are planned too):
+# credentials that are never checked, and no call to AWS to learn the account.
+_OFFLINE = """
   access_key                  = "offline"
   secret_key                  = "offline"
   skip_credentials_validation = true
   skip_requesting_account_id  = true
   skip_metadata_api_check     = true
-}
 """
 
 _ACCOUNT = f'{{ account_id = "{ACCOUNT}" }}'
@@ -89,12 +89,14 @@ def _adapt(tree: Path, version: tuple[int, ...]) -> None:
     if version < (6, 8):
         _replace(tree / "modules/uploads/queues.tf", "max_message_size          = 1048576",
                  "max_message_size          = 262144")
+    for stack in _OVERRIDES:
+        _replace(tree / stack / "providers.tf", 'provider "aws" {\n', 'provider "aws" {\n' + _OFFLINE)
 
 
 def _test_file(stack: str) -> str:
     overrides = "".join(f"\noverride_data {{\n  target = {target}\n  values = {values}\n}}\n"
                         for target, values in _OVERRIDES[stack].items())
-    return _PROVIDER + overrides + '\nrun "plan" {\n  command = plan\n}\n'
+    return overrides + '\nrun "plan" {\n  command = plan\n}\n'
 
 
 @pytest.fixture(scope="module")
