@@ -118,6 +118,16 @@ def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
     found = cur.fetchone()
     if found:
         file_id, rows, size, current = found
+        if not current and not info.versioned:
+            # S3 holds only its latest upload here, so this is the replaced file's bytes
+            # uploaded again, in the second they were first uploaded (S3's times are to the
+            # second): nothing tells the two apart. Skipped as "superseded", the key would
+            # keep the later file's prices while S3 holds these.
+            raise formats.FileRejected(
+                f"s3://{ref.bucket}/{ref.key} holds the same bytes (ETag {info.etag}), uploaded in the same "
+                f"second ({info.last_modified:%Y-%m-%d %H:%M:%S} UTC), as a file of this key that a later one "
+                "replaced; in a bucket without versioning the two cannot be told apart, so the key keeps the "
+                "later file's prices: upload the file again")
         return Outcome("already_loaded" if current else "superseded", rows=rows, bytes=size,
                        file_id=file_id, info=info)
     cur.execute("""SELECT id, version, last_modified FROM ingest_files

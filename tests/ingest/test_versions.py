@@ -3,11 +3,13 @@
 import os
 import subprocess
 import sys
+import time
 
 import psycopg2
 import pytest
 
-from tests.ingest.conftest import ROWS, as_csv, as_tuples, encode, expected_totals, prices, run_job, runs, totals
+from tests.ingest.conftest import (ROWS, as_csv, as_tuples, encode, expected_totals, last_run, prices, run_job, runs,
+                                   totals)
 from tests.support.db import lock_waiters
 from tests.support.poll import wait_for
 from tests.support.world import insert_prices
@@ -196,3 +198,41 @@ def test_a_replacement_waits_for_the_totals_lock_only_at_the_end_of_its_copy(db,
         assert job.wait(60) == 0
     assert prices(conn) == as_tuples(V2_ROWS * 500)
     assert totals(conn) == expected_totals(V2_ROWS * 500)
+
+
+def test_the_replaced_files_bytes_uploaded_again_in_its_second_are_refused_not_skipped(db, s3):
+    # In a bucket without versioning a file is its ETag and upload time, to the second. A,
+    # then B, then A again within one second: the third is A's identity, a replaced file.
+    # Skipped as "superseded" (exit 0), the key would keep B's prices while S3 holds A.
+    dsn, conn = db
+    a, b = as_csv(ROWS), as_csv(V2_ROWS)
+    for attempt in range(5):  # until the three uploads fall in one second
+        key = f"aba-{attempt}.csv"
+        while time.time() % 1 > 0.2:
+            time.sleep(0.01)
+        s3.put(key, a)
+        first = s3.client.head_object(Bucket=s3.name, Key=key)["LastModified"]
+        assert run_job(dsn, s3.name, key) == 0
+        s3.put(key, b)
+        assert run_job(dsn, s3.name, key) == 0
+        s3.put(key, a)
+        if s3.client.head_object(Bucket=s3.name, Key=key)["LastModified"] == first:
+            break
+    else:
+        pytest.fail("five tries never put three uploads in one second")
+
+    assert run_job(dsn, s3.name, key) == 2  # a retry cannot help: told, and set aside
+    refused = last_run(conn)
+    assert refused["status"] == "rejected" and "upload the file again" in refused["error"], refused
+    assert prices_of(conn, key) == sorted(r[3] for r in V2_ROWS)  # as before: nothing half-done
+    time.sleep(1.1)
+    s3.put(key, a)  # as the error says: a new upload time, a new file
+    assert run_job(dsn, s3.name, key) == 0 and last_run(conn)["status"] == "loaded"
+    assert prices_of(conn, key) == sorted(r[3] for r in ROWS)
+
+
+def prices_of(conn, key: str) -> list[int]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT p.price FROM prices p JOIN ingest_files f ON f.id = p.source_id"
+                    " WHERE f.key = %s AND f.replaced_at IS NULL ORDER BY 1", (key,))
+        return [price for (price,) in cur]
