@@ -200,7 +200,8 @@ def test_no_message_is_taken_while_max_active_jobs_run(kube, namespace, uploads,
 
 def test_a_job_that_cannot_be_created_waits_and_is_created_later(kube, namespace, uploads, sqs,
                                                                  make_controller, monkeypatch):
-    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    # Long enough that the message is still hidden when counted, on a slow machine too.
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (3, 3))
     missing = unique_name("not-yet")
     controller = make_controller(job_namespace=missing)
     uploads.put("p.csv", b"x")
@@ -249,7 +250,8 @@ def test_once_a_create_fails_the_rest_of_the_batch_waits_its_backoff_untried(kub
                                                                              make_controller, monkeypatch):
     # Against a hung API server each try takes the read timeout: ten of them would
     # outlast the batch's visibility timeout, and the backoff of the messages with it.
-    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    # Long enough that the message is still hidden when counted, on a slow machine too.
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (3, 3))
     missing = unique_name("not-yet")
     controller = make_controller(job_namespace=missing)
     creates = []
@@ -354,7 +356,8 @@ def test_a_message_held_back_is_not_set_aside_when_sqs_fails_to_hide_it(kube, na
 def test_a_job_an_admission_policy_refuses_waits_and_is_created_later(kube, namespace, uploads, sqs,
                                                                      make_controller, monkeypatch):
     # As in a rollout: the new release's Job policy refuses what the old pod still makes.
-    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
+    # Long enough that the message is still hidden when counted, on a slow machine too.
+    monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (3, 3))
     controller = make_controller()
 
     with creates_refused(kube, namespace, controller, "not now"):

@@ -6,11 +6,13 @@ talks to moto and never to AWS.
 """
 
 import itertools
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 
@@ -36,6 +38,7 @@ FAKE_AWS_ENV = {
 
 def start_moto(port: int | None = None, log_path=None) -> tuple[subprocess.Popen, str]:
     """Start moto_server on 127.0.0.1; return the process and its endpoint URL once it answers."""
+    port_given = port is not None
     port = port or free_port()
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -45,14 +48,33 @@ def start_moto(port: int | None = None, log_path=None) -> tuple[subprocess.Popen
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            if answers(port) and not port_given:
+                # Another process bound the port between free_port() and moto: another port.
+                return start_moto(None, log_path)
             raise RuntimeError(f"moto_server exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        # Something else may answer on the port (see above): moto, if its own API does.
+        if answers(port) and _is_moto(port):
             return process, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
+        time.sleep(0.1)
     process.kill()
     raise RuntimeError("moto_server did not start within 30 s")
+
+
+def answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _is_moto(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/data.json", timeout=5) as answer:
+            json.loads(answer.read())
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def stop_moto(process: subprocess.Popen) -> None:

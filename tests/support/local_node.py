@@ -210,8 +210,9 @@ class LocalNode:
                 stop_process(run.proc, 5, group=True)
                 del self._running[uid]
             elif not run.reported and run.proc.poll() is not None:
-                self._report_exit(run)
-                run.reported = True
+                # Reported once written: a write the API server failed (a timeout under
+                # load) is tried again at the next sync, or the pod would run for ever.
+                run.reported = self._report_exit(run)
 
     def _bind(self, pod: client.V1Pod) -> None:
         body = client.V1Binding(
@@ -325,16 +326,20 @@ class LocalNode:
                            writable_tmp=identity.writable_tmp, files=self.files,
                            **streams)
 
-    def _report_exit(self, run: _Running) -> None:
+    def _report_exit(self, run: _Running) -> bool:
+        """Write the container's end into the pod's status; False if it must be tried again."""
         code = run.proc.returncode
         if code < 0:  # killed by a signal, report like a container runtime
             code = 128 - code
         meta = client.V1ObjectMeta(namespace=run.namespace, name=run.name)
         # As the kubelet does: the log's tail (at most 80 lines and 2048 bytes) on failure.
         message = _tail(run.log) if code and run.fallback_to_logs else ""
-        with contextlib.suppress(ApiException):
+        try:
             self._write_status(meta, run.container, run.started_at, exit_code=code,
                                reason="Completed" if code == 0 else "Error", message=message)
+        except ApiException as exc:
+            return exc.status == 404  # the pod is gone: nothing left to tell
+        return True
 
     def _write_status(self, meta, container: str, started: str, exit_code: int | None = None,
                       reason: str = "", message: str = "") -> None:
