@@ -32,8 +32,9 @@ def test_it_creates_jobs_reports_metrics_and_stops_on_sigterm(kube, namespace, u
 
     wait_for(lambda: ingest_jobs(kube, namespace), timeout=30, what="the controller to create a Job")
 
-    metrics = requests.get(f"{url}/metrics", timeout=5).text
-    assert 'rates_controller_jobs_created_total{attempt="first"} 1.0' in metrics
+    # Counted once the create's answer is read, which may come just after the Job shows.
+    wait_for(lambda: 'rates_controller_jobs_created_total{attempt="first"} 1.0'
+             in requests.get(f"{url}/metrics", timeout=5).text, timeout=10, what="the Job to be counted")
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
     wait_for(lambda: sqs.counts() == (0, 0), timeout=10, what="the message to be deleted")
 
