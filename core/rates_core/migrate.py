@@ -202,14 +202,22 @@ def _apply_each(backend, todo) -> None:
         backend.run_post_apply(todo)
 
 
-# Held while a migration is applied and recorded; a termination waits for it (see main).
+# Held while a migration is applied and recorded; a termination waits for it, and once
+# it is stopping no next migration starts (see stop_on_termination).
 _MIGRATING = threading.Lock()
+_STOPPING = threading.Event()
 
 
 @contextmanager
 def _one_migration() -> Iterator[None]:
-    with _MIGRATING:
+    _MIGRATING.acquire()
+    if _STOPPING.is_set():  # checked holding the lock: a Lock is not fair to its waiter
+        _MIGRATING.release()
+        threading.Event().wait()  # for the watcher to end the process
+    try:
         yield
+    finally:
+        _MIGRATING.release()
 
 
 def _wait_for_yoyo_lock(backend, deadline: float) -> None:
@@ -298,7 +306,8 @@ def stop_on_termination() -> None:
 
     def stop(signum: int) -> None:
         log.warning("terminated; stopping once no migration is being applied", signal=signal.Signals(signum).name)
-        _MIGRATING.acquire()  # held for good: no next migration starts
+        _STOPPING.set()
+        _MIGRATING.acquire()
         log.warning("stopped: the migrations not yet applied are applied by the next run")
         sys.stdout.flush()
         os._exit(EXIT_TEMPORARY)
