@@ -50,7 +50,9 @@ def configure(level: str = "INFO", **static) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write per line: print() writes the line and its newline apart, and a line of
+        # the standard library's logging (its own lock) from another thread could land between.
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,
     )
 

@@ -118,11 +118,13 @@ def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
     found = cur.fetchone()
     if found:
         file_id, rows, size, current = found
-        if not current and not info.versioned:
-            # S3 holds only its latest upload here, so this is the replaced file's bytes
-            # uploaded again, in the second they were first uploaded (S3's times are to the
-            # second): nothing tells the two apart. Skipped as "superseded", the key would
-            # keep the later file's prices while S3 holds these.
+        if not current and not info.versioned and download.current_identity() == info.identity:
+            # Without a version id, and S3 holds these bytes under the key now (asked under
+            # the key's lock): the replaced file's bytes uploaded again, in the second they
+            # were first uploaded (S3's times are to the second), and nothing tells the two
+            # apart. Skipped as "superseded", the key would keep the later file's prices
+            # while S3 holds these. (A "null" version that a newer one followed, or an
+            # upload since replaced, is not what S3 holds now: superseded, below.)
             raise formats.FileRejected(
                 f"s3://{ref.bucket}/{ref.key} holds the same bytes (ETag {info.etag}), uploaded in the same "
                 f"second ({info.last_modified:%Y-%m-%d %H:%M:%S} UTC), as a file of this key that a later one "

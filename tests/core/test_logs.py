@@ -1,5 +1,7 @@
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 import structlog
@@ -30,3 +32,26 @@ def test_library_lines_are_json_and_never_debug(capsys):
     assert [line["event"] for line in lines] == ["Found credentials in environment variables.",
                                                  "our own debug line"]
     assert lines[0]["logger"] == "botocore.credentials" and lines[0]["component"] == "x"
+
+
+_TWO_THREADS = """
+import logging, threading
+from rates_core import logs
+logs.configure("INFO", service="x")
+ours, library = logs.get_logger("ours"), logging.getLogger("library")
+def write(log, n):
+    for i in range(n):
+        log.info("a line %d", i) if log is library else log.info("a line", i=i)
+threads = [threading.Thread(target=write, args=(log, 20000)) for log in (ours, library)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+"""
+
+
+def test_lines_from_two_threads_never_mix():
+    # Our lines and a library's (the stdlib's handler, another lock) from two threads at
+    # once, as the migrator's termination watcher logs while yoyo does: each line whole.
+    out = subprocess.run([sys.executable, "-c", _TWO_THREADS], capture_output=True, text=True, timeout=120,
+                         check=True).stdout.splitlines()
+    assert len(out) == 40000
+    assert all(isinstance(json.loads(line), dict) for line in out)
