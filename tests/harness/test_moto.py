@@ -23,3 +23,17 @@ def test_a_port_taken_after_it_was_picked_gets_moto_another(monkeypatch):
             aws.stop_moto(process)
     finally:
         squatter.close()
+
+
+def test_another_sessions_moto_on_the_picked_port_is_not_taken_for_ours(monkeypatch):
+    theirs, their_url = aws.start_moto()
+    try:
+        picks = iter([int(their_url.rsplit(":", 1)[1])])
+        monkeypatch.setattr(aws, "free_port", lambda: next(picks, None) or free_port())
+        ours, our_url = aws.start_moto()
+        try:
+            assert our_url != their_url and ours.poll() is None
+        finally:
+            aws.stop_moto(ours)
+    finally:
+        aws.stop_moto(theirs)
