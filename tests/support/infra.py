@@ -138,3 +138,10 @@ def parse_hcl(text: str) -> dict:
     """HCL as python-hcl2 reads it, strings without their quotes, comments left out."""
     options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False)
     return hcl2.load(io.StringIO(text), serialization_options=options)
+
+
+def hcl_resource(path: str, kind: str, name: str) -> dict:
+    """The body of resource ``kind``.``name`` in ``path`` (relative to terraform-eks/)."""
+    tree = parse_hcl((TERRAFORM_ROOT / path).read_text())
+    [body] = [block[kind][name] for block in tree["resource"] if name in block.get(kind, {})]
+    return body

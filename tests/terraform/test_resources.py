@@ -1,19 +1,13 @@
 """Resource settings whose mistakes show only at apply or at a later change, which a plan
 of a new stack (test_plan.py) passes without a word; read from the code."""
 
-from tests.support.infra import TERRAFORM_ROOT, parse_hcl
-
-
-def _resource(path: str, kind: str, name: str) -> dict:
-    tree = parse_hcl((TERRAFORM_ROOT / path).read_text())
-    [body] = [block[kind][name] for block in tree["resource"] if name in block.get(kind, {})]
-    return body
+from tests.support.infra import hcl_resource
 
 
 def test_a_node_group_replacement_is_made_ready_before_the_old_group_goes():
     """The provider replaces a node group for other instance types, capacity type or
     subnets. Destroyed first, the cluster's only group would stop every pod at once."""
-    group = _resource("modules/eks/nodes.tf", "aws_eks_node_group", "this")
+    group = hcl_resource("modules/eks/nodes.tf", "aws_eks_node_group", "this")
     [lifecycle] = group["lifecycle"]
     assert lifecycle.get("create_before_destroy") is True
     # Both groups exist for a while, so the name must not be fixed.
@@ -23,7 +17,7 @@ def test_a_node_group_replacement_is_made_ready_before_the_old_group_goes():
 
 def test_the_nodes_and_their_disks_carry_the_stacks_tags():
     # The provider's default_tags skip what a launch template tags.
-    template = _resource("modules/eks/nodes.tf", "aws_launch_template", "node")
+    template = hcl_resource("modules/eks/nodes.tf", "aws_launch_template", "node")
     tagged = {spec["resource_type"]: spec["tags"] for spec in template["tag_specifications"]}
     assert set(tagged) == {"instance", "volume"}
     for tags in tagged.values():
@@ -34,5 +28,5 @@ def test_roles_for_aws_services_are_assumable_only_for_this_account():
     # Without aws:SourceAccount, the service could be asked to act for another account's
     # resource with this role (the confused deputy).
     for path, name in [("modules/database/main.tf", "monitoring"), ("modules/network/flow-logs.tf", "flow_logs")]:
-        trust = _resource(path, "aws_iam_role", name)["assume_role_policy"]
+        trust = hcl_resource(path, "aws_iam_role", name)["assume_role_policy"]
         assert '"aws:SourceAccount" = data.aws_caller_identity.current.account_id' in trust, (path, trust)

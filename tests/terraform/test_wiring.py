@@ -28,7 +28,7 @@ from tests.charts.test_controller_chart import CHART as CONTROLLER_CHART
 from tests.charts.test_controller_chart import container_env, merged_values, render, values_args
 from ratesctl import localdb
 from tests.support.db import autocommit, create_database, migrated_on_rds, table_privileges
-from tests.support.infra import TERRAFORM_ROOT, apply_module, given_vars, parse_hcl, run, terraform_env
+from tests.support.infra import TERRAFORM_ROOT, apply_module, given_vars, hcl_resource, parse_hcl, run, terraform_env
 
 ENVIRONMENTS = ["dev", "staging", "prod"]
 CHARTS = TERRAFORM_ROOT.parent / "charts"
@@ -131,9 +131,7 @@ def test_sqs_dead_letters_a_message_only_after_the_controller_gave_up_on_it(sett
 
 
 def _uploads_resource(kind: str, name: str) -> dict:
-    tree = parse_hcl((TERRAFORM_ROOT / "modules/uploads/queues.tf").read_text())
-    [body] = [block[kind][name] for block in tree["resource"] if name in block.get(kind, {})]
-    return body
+    return hcl_resource("modules/uploads/queues.tf", kind, name)
 
 
 def test_the_queue_hears_of_uploads_under_the_prices_prefix_only_and_gives_up_as_configured():
@@ -292,10 +290,7 @@ def _module_calls(stack: str) -> dict:
 
 
 def _database_instance() -> dict:
-    tree = parse_hcl((TERRAFORM_ROOT / "modules/database/main.tf").read_text())
-    [instance] = [named["this"] for block in tree["resource"] for kind, named in block.items()
-                  if kind == "aws_db_instance"]
-    return instance
+    return hcl_resource("modules/database/main.tf", "aws_db_instance", "this")
 
 
 @pytest.fixture(scope="module")
