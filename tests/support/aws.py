@@ -48,7 +48,7 @@ def start_moto(port: int | None = None, log_path=None) -> tuple[subprocess.Popen
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            if answers(port) and not port_given:
+            if _answers(port) and not port_given:
                 # Another process bound the port between free_port() and moto: another port.
                 return start_moto(None, log_path)
             raise RuntimeError(f"moto_server exited with {process.returncode}")
@@ -61,7 +61,7 @@ def start_moto(port: int | None = None, log_path=None) -> tuple[subprocess.Popen
     raise RuntimeError("moto_server did not start within 30 s")
 
 
-def answers(port: int) -> bool:
+def _answers(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
         return True

@@ -111,23 +111,22 @@ def planned_copy(terraform, tmp_path_factory):
     config = work / "terraformrc"
     config.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{MIRROR}"\n  }}\n}}\n')
     env = terraform_env(work) | {"TF_CLI_CONFIG_FILE": str(config)}
+    envs = {stack: env | {"TF_DATA_DIR": str(work / f".terraform-{stack}")} for stack in _OVERRIDES}
     for stack in _OVERRIDES:
         (tree / stack / "tests").mkdir()
         (tree / stack / "tests" / "plan.tftest.hcl").write_text(_test_file(stack))
-        env_stack = env | {"TF_DATA_DIR": str(work / f".terraform-{stack}")}
-        init = run([terraform, "init", "-input=false", "-no-color", "-backend=false"], tree / stack, env_stack)
+        init = run([terraform, "init", "-input=false", "-no-color", "-backend=false"], tree / stack, envs[stack])
         assert init.returncode == 0, init.stdout + init.stderr
-    return tree, env, terraform
+    return tree, envs, terraform
 
 
 @pytest.mark.parametrize("tfvars", sorted(TERRAFORM_ROOT.glob("*/environments/*.tfvars")),
                          ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
 def test_the_provider_accepts_every_resource_of_every_environment(planned_copy, tfvars):
-    tree, env, terraform = planned_copy
+    tree, envs, terraform = planned_copy
     stack = tfvars.parent.parent.name
-    env_stack = env | {"TF_DATA_DIR": str(tree.parent / f".terraform-{stack}")}
     result = run([terraform, "test", "-no-color", f"-var-file={tfvars}", *given_vars(stack)],
-                 tree / stack, env_stack, timeout=600)
+                 tree / stack, envs[stack], timeout=600)
     said = result.stdout + result.stderr
     assert result.returncode == 0, said
     assert "1 passed, 0 failed" in said, said
