@@ -1,0 +1,105 @@
+"""Upgrades of databases that applied a migration's earlier text.
+
+yoyo knows a migration by its id, so a database keeps whatever text of it it applied.
+0010 and 0011 changed after some databases had applied them; migration 0012 brings those
+to the state a fresh database gets. From 0012 on, test_every_migration_keeps_the_text_it_shipped_with
+makes sure that no shipped migration changes again.
+"""
+
+import hashlib
+
+import pytest
+from yoyo import get_backend, read_migrations
+
+from rates_core import migrate
+from tests.support.db import INGEST_USER, autocommit
+
+# What each earlier text of 0010 and 0011 left behind, against their texts of today.
+EARLIER_TEXTS = {
+    # 0010 as first shipped: the trigger ran as the loading user, who kept the totals itself.
+    "0010 before the definer trigger": f"""
+        GRANT SELECT, INSERT, UPDATE, DELETE ON lane_totals, region_totals TO {INGEST_USER};
+        GRANT SELECT, UPDATE ON data_version TO {INGEST_USER};
+        ALTER FUNCTION rates_prices_changed() SECURITY INVOKER RESET search_path;
+        GRANT EXECUTE ON FUNCTION rates_prices_changed() TO PUBLIC;
+    """,
+    # 0010's second text: the trigger ran as the owner, but anyone could attach it.
+    "0010 before the revoke": "GRANT EXECUTE ON FUNCTION rates_prices_changed() TO PUBLIC;",
+    # 0011 as first shipped: a replaced mark alone let the ingest user delete a file's rows.
+    "0011 before the newer-file check": """
+        CREATE OR REPLACE FUNCTION rates_delete_replaced_file(file_id bigint) RETURNS bigint
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp
+        AS $$
+        DECLARE
+            deleted bigint;
+        BEGIN
+            PERFORM FROM ingest_files WHERE id = file_id AND replaced_at IS NOT NULL;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'ingest file % is not a replaced file; its prices stay', file_id
+                    USING ERRCODE = 'object_not_in_prerequisite_state';
+            END IF;
+            DELETE FROM prices WHERE source_id = file_id;
+            GET DIAGNOSTICS deleted = ROW_COUNT;
+            RETURN deleted;
+        END
+        $$;
+    """,
+}
+
+
+def rights(dsn: str) -> dict:
+    """Who may do what to the schema's tables and functions, and how its functions run."""
+    with autocommit(dsn) as conn, conn.cursor() as cur:
+        cur.execute("""SELECT relname, relacl::text FROM pg_class
+                       WHERE relnamespace = 'public'::regnamespace ORDER BY 1""")
+        tables = cur.fetchall()
+        cur.execute("""SELECT proname, prosecdef, proconfig, proacl::text, prosrc FROM pg_proc
+                       WHERE pronamespace = 'public'::regnamespace ORDER BY 1""")
+        return {"tables": tables, "functions": cur.fetchall()}
+
+
+def _apply_through(dsn: str, last: str) -> None:
+    backend = get_backend(dsn)
+    migrations = read_migrations(str(migrate.MIGRATIONS_DIR)).filter(lambda m: m.id <= last)
+    with backend.lock():
+        backend.apply_migrations(backend.to_apply(migrations))
+
+
+@pytest.mark.parametrize("earlier", EARLIER_TEXTS)
+def test_a_database_that_applied_an_earlier_text_ends_as_a_fresh_one(empty_dsn, template_dsn, earlier):
+    _apply_through(empty_dsn, "0011_ingest_deletes_only_replaced_files")
+    with autocommit(empty_dsn) as conn, conn.cursor() as cur:
+        cur.execute(EARLIER_TEXTS[earlier])
+    assert rights(empty_dsn) != rights(template_dsn)  # the state it must leave
+
+    assert migrate.apply(empty_dsn) == ["0012_reassert_component_rights"]
+    assert rights(empty_dsn) == rights(template_dsn)
+
+
+# The text of every migration as it shipped. A database keeps the text it applied, so a
+# change to a shipped migration reaches only new databases: write a new migration instead.
+# A new migration is pinned here once it is final.
+SHIPPED = {
+    "0001_base_tables.sql": "6afbb6558fcadc6a79c5c7c14543e308aa5f9fb2eee7c68f4e7648baa21e298a",
+    "0002_daily_totals.sql": "d30217042401f73ad78a1e0bae3f802cacd903ac1ffd33b3a021ae71fcd95e94",
+    "0003_ingest.sql": "f568b793b9410b1a8072ac55b41fa2e248d45c84f124a08928b67652914dd841",
+    "0004_totals_lock_order.sql": "0ab3b29d3d7960880b8ea78cf31f3515d5a8527e5cb63a4eb51393e1dee75189",
+    "0005_totals_single_pass.sql": "8cee42f6492a2e995ba81a513874f504beb9740986a84c1112542c33438e5c6a",
+    "0006_prices_source_brin.sql": "6abf6b214e062bc9510fc0fa19088d3c52e37afb9aaa6483bda299e0b1079b29",
+    "0007_ingest_runs_running.sql": "6b2e5f9c044db23598484e056a06f0fe4646e90460170b573836913ee44555e3",
+    "0008_truncate_without_blocking_readers.sql": "a2428b1e2d2ef4ed39d134bb60ee3b72afb62ac4927fa75ad2c6c64da6bc2448",
+    "0009_region_totals_covering_key.sql": "09f58207d6a7c355b2a434b328afa7f9e92dc28f0b52dc66584a8a2a29ebff8d",
+    "0010_component_roles.sql": "feb094b8413e35158d54a58f6fa6b3cc2806847df066ff7498a54a0a5e6d7cf0",
+    "0011_ingest_deletes_only_replaced_files.sql": "8a2f5ef017a8f762d7f37152b3c27af8650cc5aba1a09f4f8e64077b3065400b",
+    "0012_reassert_component_rights.sql": "a7cf25e3491cd8de8ad6419478d4e4666bb8e1790af91526b76bfa7a1f30f265",
+}
+
+
+def test_every_migration_keeps_the_text_it_shipped_with():
+    found = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+             for path in sorted(migrate.MIGRATIONS_DIR.glob("*.sql"))}
+    changed = [name for name, digest in found.items() if SHIPPED.get(name, digest) != digest]
+    assert not changed, f"shipped migrations changed: {changed}; put the change in a new migration"
+    unpinned = sorted(found.keys() - SHIPPED.keys())
+    assert not unpinned, f"pin {unpinned} in SHIPPED once final (sha256 of the file)"
+    assert not SHIPPED.keys() - found.keys(), "a shipped migration is gone"
