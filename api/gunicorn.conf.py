@@ -43,7 +43,7 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "rates_core.logs.json_formatter", "service": "rates-api"}},
-    "handlers": {"json": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json"}},
+    "handlers": {"json": {"class": "rates_core.logs.StdoutHandler", "formatter": "json"}},
     "loggers": {"gunicorn.error": {"handlers": ["json"], "level": loglevel.upper(), "propagate": False}},
     # (gunicorn merges this over its defaults one key deep: the root logger must be given too)
     "root": {"handlers": ["json"], "level": loglevel.upper()},

@@ -1,7 +1,9 @@
 """Structured JSON logging shared by every component."""
 
+import io
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -30,6 +32,28 @@ def json_formatter(**static) -> logging.Formatter:
     )
 
 
+def whole_lines(stream: TextIO) -> TextIO:
+    """``stream``, or a text stream over its file that writes every line whole.
+
+    Under PYTHONUNBUFFERED (our images set it) sys.stdout hands each line to its file
+    descriptor in one write() and drops what a short write left out. A write to a full
+    pipe that a signal interrupts is short: the line was cut there and the rest of it lost
+    (a SIGTERM as the kubelet stops a pod, in the middle of a long line). A BufferedWriter
+    writes on until the whole line is out.
+    """
+    if not isinstance(getattr(stream, "buffer", None), io.RawIOBase):
+        return stream  # buffered already, or not a file (a test's capture)
+    raw = io.FileIO(stream.fileno(), "wb", closefd=False)
+    return io.TextIOWrapper(io.BufferedWriter(raw), encoding=stream.encoding, errors=stream.errors)
+
+
+class StdoutHandler(logging.StreamHandler):
+    """A handler that writes whole lines to stdout; gunicorn's logconfig_dict names it."""
+
+    def __init__(self):
+        super().__init__(whole_lines(sys.stdout))
+
+
 def configure(level: str = "INFO", **static) -> None:
     """Send JSON lines to stdout; ``static`` key/values go on every line.
 
@@ -37,7 +61,7 @@ def configure(level: str = "INFO", **static) -> None:
     yoyo) get the same JSON lines, so that every line a component writes can be parsed.
     """
     stamp = _stamp(static)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = StdoutHandler()
     handler.setFormatter(json_formatter(**static))
     logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
     for name in QUIET_LIBRARIES:
@@ -52,7 +76,7 @@ def configure(level: str = "INFO", **static) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         # One write per line: print() writes the line and its newline apart, and a line of
         # the standard library's logging (its own lock) from another thread could land between.
-        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(handler.stream),
         cache_logger_on_first_use=False,
     )
 

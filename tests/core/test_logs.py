@@ -1,7 +1,9 @@
 import json
 import logging
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 import structlog
@@ -55,3 +57,32 @@ def test_lines_from_two_threads_never_mix():
                          check=True).stdout.splitlines()
     assert len(out) == 40000
     assert all(isinstance(json.loads(line), dict) for line in out)
+
+
+_INTERRUPTED = """
+import logging, signal
+from rates_core import logs
+logs.configure("INFO")
+ours, library = logs.get_logger("ours"), logging.getLogger("library")
+signal.signal(signal.SIGALRM, lambda *_: None)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)  # a signal every millisecond
+for i in range(100):
+    ours.info("long", i=i, detail="x" * 100_000)
+    library.info("long %d %s", i, "y" * 100_000)
+signal.setitimer(signal.ITIMER_REAL, 0)
+"""
+
+
+def test_a_signal_while_a_long_line_waits_for_the_pipe_loses_nothing():
+    # A slow reader keeps the pipe full, so writes block; the signals cut them short. As
+    # the images run it, unbuffered: there, stdout's own text layer drops a short write's rest.
+    child = subprocess.Popen([sys.executable, "-c", _INTERRUPTED], stdout=subprocess.PIPE,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    chunks = []
+    while chunk := child.stdout.read1(16384):
+        chunks.append(chunk)
+        time.sleep(0.0005)
+    assert child.wait(timeout=60) == 0
+    lines = [json.loads(line) for line in b"".join(chunks).splitlines()]
+    assert sorted(line.get("detail", line["event"]) for line in lines) == sorted(
+        ["x" * 100_000] * 100 + [f"long {i} {'y' * 100_000}" for i in range(100)])
