@@ -86,8 +86,14 @@ def post_worker_init(worker):
     # here, in the worker: see rates_api.gunicorn_errors.)
     from rates_api import gunicorn_errors
 
+    from rates_core.db import give_up_on_silence
+
     runtime = worker.wsgi.extensions["rates_api"]
     gunicorn_errors.install(runtime.metrics.answered_by_gunicorn)
+    # A stalled database must not hold every thread (and /healthz with them) for as long
+    # as it stalls. Here, not in the app factory: the process-wide wait would refuse the
+    # COPY of anything else that runs the app in-process (the tests' ingest jobs).
+    give_up_on_silence(runtime.settings.db_connect_timeout_s, runtime.settings.db_statement_timeout_ms)
 
     def drain_then_exit(signum, frame):
         if runtime.draining.is_set():

@@ -311,3 +311,39 @@ def _closed_by_server(conn) -> bool:
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN)
     return bool(poller.poll(0))
+
+
+# How much longer than its statement timeout a server may stay silent before a client
+# that waits through give_up_on_silence() gives up on it.
+SILENCE_GRACE_S = 2.0
+
+
+def give_up_on_silence(connect_timeout_s: float, statement_timeout_ms: int) -> None:
+    """Have every connection of this process give up on a server that has sent nothing
+    for longer than it should: a statement's timeout plus SILENCE_GRACE_S, or, while
+    connecting, ``connect_timeout_s`` (libpq applies connect_timeout to blocking connects
+    only, and these no longer block).
+
+    statement_timeout is the server's to enforce, and tcp_user_timeout ends only a
+    connection whose bytes go unacknowledged. A server that stalls while its host's kernel
+    still acknowledges (a storage stall, a frozen process) holds each statement sent to it
+    for as long as the stall lasts: in the API every worker thread ends up waiting, and
+    /healthz behind them, until the liveness probe restarts every pod. Past the limit the
+    statement fails with OperationalError (a pool drops the connection; the API answers 503).
+
+    It is psycopg2's wait callback, so it applies to the whole process, and psycopg2
+    refuses COPY on connections that wait this way: for the API's workers only.
+    """
+    statement_limit_s = statement_timeout_ms / 1000 + SILENCE_GRACE_S if statement_timeout_ms > 0 else None
+
+    def wait(conn) -> None:
+        connecting = conn.status == psycopg2.extensions.STATUS_SETUP
+        limit_s = connect_timeout_s if connecting else statement_limit_s
+        while (state := conn.poll()) != psycopg2.extensions.POLL_OK:
+            poller = select.poll()  # anew each time: libpq may move to another socket while connecting
+            poller.register(conn.fileno(), select.POLLIN if state == psycopg2.extensions.POLL_READ else select.POLLOUT)
+            if not poller.poll(None if limit_s is None else limit_s * 1000):
+                what = "while connecting" if connecting else "for a statement"
+                raise psycopg2.OperationalError(f"the database sent nothing {what} in {limit_s:g} s; given up")
+
+    psycopg2.extensions.set_wait_callback(wait)

@@ -1,5 +1,8 @@
 """rates_core.db.connect: the options every component's connections carry."""
 
+import subprocess
+import sys
+
 from rates_core import db
 
 
@@ -60,3 +63,26 @@ def test_the_server_is_asked_to_find_a_vanished_client_as_soon_as_the_client_a_v
         # The DSN's own options come after, so that they win.
         assert options.startswith("-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 "
                                   "-c tcp_keepalives_count=3 ") and last in options, options
+
+
+# In a process of its own: the wait callback applies to the whole process.
+_SILENT_SERVER = """
+import socket, sys, psycopg2
+from rates_core import db
+db.give_up_on_silence(connect_timeout_s=1, statement_timeout_ms=500)
+silent = socket.create_server(("127.0.0.1", 0))  # accepts, and never says a word
+for dsn in (f"postgresql://x@127.0.0.1:{silent.getsockname()[1]}/db", sys.argv[1]):
+    try:
+        conn = psycopg2.connect(dsn)
+        conn.cursor().execute("SELECT pg_sleep(0.2)")  # within the limit: answered
+        conn.cursor().execute("SET statement_timeout = 0; SELECT pg_sleep(10)")  # past it
+    except psycopg2.OperationalError as exc:
+        print(exc)
+"""
+
+
+def test_a_process_that_gives_up_on_silence_does_so_connecting_and_waiting_for_a_statement(dsn):
+    out = subprocess.run([sys.executable, "-c", _SILENT_SERVER, dsn], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.splitlines()
+    assert out == ["the database sent nothing while connecting in 1 s; given up",
+                   "the database sent nothing for a statement in 2.5 s; given up"]

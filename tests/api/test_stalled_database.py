@@ -1,0 +1,67 @@
+"""A database that stalls while its host still acknowledges (a storage stall, a frozen
+process) holds no gunicorn thread for longer than a statement may take."""
+
+import os
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg2
+import pytest
+import requests
+
+from ratesctl.commands import gunicorn_argv
+from tests.support.net import free_port, wait_for_http
+from tests.support.proc import stop_process
+from tests.support.world import insert_prices
+
+THREADS = 2
+
+
+@pytest.fixture
+def gunicorn(dsn, world, tmp_path):
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "HOST": "127.0.0.1",
+           "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": str(THREADS), "DB_STATEMENT_TIMEOUT_MS": "1000",
+           "SHUTDOWN_DRAIN_SECONDS": "0", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    process = subprocess.Popen(gunicorn_argv(), env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", process=process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(process)
+
+
+def _api_backends(conn) -> list[int]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'rates-api' "
+                    "AND datname = current_database()")
+        return [pid for (pid,) in cur]
+
+
+def test_statements_on_a_stalled_server_give_up_and_healthz_keeps_answering(gunicorn, world, dsn):
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
+    url = gunicorn + "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=CNSHA&destination=NLRTM"
+    assert requests.get(url, timeout=10).status_code == 200
+    with psycopg2.connect(dsn) as conn:
+        stalled = _api_backends(conn)
+    conn.close()
+    assert len(stalled) == THREADS  # the worker's whole pool
+    for pid in stalled:
+        os.kill(pid, signal.SIGSTOP)  # their sockets stay open: the kernel still acknowledges
+    try:
+        with ThreadPoolExecutor(THREADS + 1) as pool:
+            held = [pool.submit(requests.get, url, timeout=20) for _ in range(THREADS)]
+            # Behind them, for a free thread: the liveness probe's path.
+            health = pool.submit(requests.get, gunicorn + "/healthz", timeout=20)
+            answers = [future.result() for future in held]  # a requests timeout fails the test
+            assert health.result().status_code == 200
+        assert [answer.status_code for answer in answers] == [503] * THREADS
+        assert all(answer.json()["error"]["code"] == "unavailable" and answer.headers["Retry-After"]
+                   for answer in answers)
+        # The stalled connections were dropped: new ones answer while the old stay frozen.
+        assert requests.get(url, timeout=10).json() == [{"day": "2024-03-01", "average_price": 20}]
+    finally:
+        for pid in stalled:
+            os.kill(pid, signal.SIGCONT)
