@@ -228,7 +228,8 @@ class Controller:
             self.metrics.errors.labels("receive").inc()
             raise
         done: list[Message] = []
-        batch = Batch(time.monotonic() + self.settings.visibility_timeout - sum(REQUEST_TIMEOUT))
+        # A create, and the read that checks whether it took effect when its answer was lost.
+        batch = Batch(time.monotonic() + self.settings.visibility_timeout - 2 * sum(REQUEST_TIMEOUT))
         for message in messages:
             # Every line about the message, its Jobs' included, names it: an upload can be
             # followed from its notification to its Job (and on by the Job's bucket, key

@@ -19,7 +19,8 @@ from rates_core.errors import PermanentError, TemporaryError
 
 from . import jobs
 
-# Every call ends in this many seconds (connect, read), so a hung API server cannot stall the loop.
+# Every call ends in this many seconds (connect, read), so a hung API server cannot stall the
+# loop. One try each (api_client): the loop tries again itself.
 REQUEST_TIMEOUT = (5, 15)
 _MERGE_PATCH = "application/merge-patch+json"
 
@@ -34,6 +35,9 @@ def api_client() -> client.ApiClient:
             config.load_kube_config(client_configuration=configuration)
         except (config.ConfigException, OSError) as exc:
             raise ConfigError(f"no Kubernetes configuration: not in a pod, and no usable KUBECONFIG: {exc}") from None
+    # urllib3 would try a GET or LIST up to four times, each for the whole REQUEST_TIMEOUT:
+    # against a hung API server one pass over a few ended Jobs took minutes.
+    configuration.retries = 0
     return client.ApiClient(configuration)
 
 

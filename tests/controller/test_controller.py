@@ -304,7 +304,8 @@ def test_a_message_on_its_last_delivery_is_tried_whatever_failed_before_it(kube,
     # One file's Job cannot be created: the other file, which arrived with it and so comes
     # back with it, must not be set aside untried.
     monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
-    controller = make_controller(max_receives=2)
+    # Long enough for a create and the read that checks it (2 x 20 s) begun after a.csv's.
+    controller = make_controller(max_receives=2, visibility_timeout=60)
     b_behind_a_refused(controller, uploads, sqs)
     controller.step()
     assert ingest_jobs(kube, namespace) == []  # b.csv came after a.csv in the batch: not tried

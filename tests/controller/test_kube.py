@@ -2,10 +2,16 @@
 are slow to make on a real cluster)."""
 
 import datetime
+import json
 from types import SimpleNamespace
 
-from rates_controller import jobs
+import pytest
+from kubernetes.config import kube_config
+
+from rates_controller import jobs, kube
 from rates_controller.kube import JobsApi
+from rates_core.errors import TemporaryError
+from tests.support.net import SilentServer
 
 
 def pod(finished_minute: int, message: str, exit_code: int = 1, container: str = jobs.CONTAINER):
@@ -35,3 +41,23 @@ def test_the_last_failed_try_of_a_job_is_the_one_quoted():
                    pod(7, "a sidecar", container="istio-proxy"))
     assert api.termination_message("j") == "second try"
     assert jobs_api().termination_message("j") == ""
+
+
+def test_a_call_to_a_hung_api_server_is_tried_once(tmp_path, monkeypatch):
+    # The control loop retries; urllib3's own retries multiplied each call's timeout.
+    kubeconfig = tmp_path / "kubeconfig"
+    with SilentServer() as silent:
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{silent.port}"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+        # (KUBECONFIG is read when the client is imported)
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        monkeypatch.setattr(kube, "REQUEST_TIMEOUT", (1, 0.2))
+        api = JobsApi(kube.api_client(), "n")
+        for call in (lambda: api.get("j"), api.unhandled, lambda: api.termination_message("j")):
+            before = len(silent.accepted)
+            with pytest.raises(TemporaryError, match="unreachable"):
+                call()
+            assert len(silent.accepted) - before == 1
