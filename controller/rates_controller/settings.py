@@ -29,7 +29,9 @@ JOB_BACKOFF_LIMIT          pod retries within one Job for a failure that may pas
 JOB_DEADLINE_SECONDS       a Job's activeDeadlineSeconds (default 3600).
 JOB_TTL_SECONDS            how long ended Jobs stay for inspection once the controller has acted
                            on them (default 86400).
-MAX_ATTEMPTS               Jobs per file before it is set aside, 1-100 (default 3).
+MAX_ATTEMPTS               Jobs per file before it is set aside, 1-100 (default 6: with the
+                           other defaults about 40 minutes of retries, through a database
+                           or S3 outage of that long).
 RETRY_DELAY_SECONDS        wait before the next Job of a file, doubled each attempt, at most a
                            day (default 60).
 MAX_RECEIVES               deliveries of a message whose Job cannot be created before it is
@@ -91,7 +93,7 @@ class Settings:
     uploads_bucket: str = ""
     uploads_prefix: str = ""
     max_active_jobs: int = 4
-    max_attempts: int = 3
+    max_attempts: int = 6
     retry_delay_seconds: int = 60
     max_receives: int = 10
     poll_wait_seconds: int = 20
@@ -109,7 +111,7 @@ class Settings:
             uploads_bucket=env_str("UPLOADS_BUCKET", "", environ),
             uploads_prefix=env_str("UPLOADS_PREFIX", "", environ),
             max_active_jobs=env_int("MAX_ACTIVE_JOBS", 4, minimum=1, environ=environ),
-            max_attempts=env_int("MAX_ATTEMPTS", 3, minimum=1, maximum=100, environ=environ),
+            max_attempts=env_int("MAX_ATTEMPTS", 6, minimum=1, maximum=100, environ=environ),
             retry_delay_seconds=env_int("RETRY_DELAY_SECONDS", 60, minimum=0, environ=environ),
             max_receives=env_int("MAX_RECEIVES", 10, minimum=1, environ=environ),
             # At least 1 s: a zero wait would turn an empty queue into a busy loop.

@@ -11,8 +11,18 @@ REQUIRED = {"QUEUE_URL": "http://q/uploads", "DEAD_LETTER_QUEUE_URL": "http://q/
 
 def test_defaults():
     settings = Settings.from_env(REQUIRED)
-    assert (settings.max_active_jobs, settings.max_attempts, settings.poll_wait_seconds) == (4, 3, 20)
+    assert (settings.max_active_jobs, settings.max_attempts, settings.poll_wait_seconds) == (4, 6, 20)
     assert (settings.job.namespace, settings.job.service_account, settings.job.env) == ("prod", "rates-ingest", {})
+
+
+def test_by_default_a_file_is_retried_through_a_half_hour_outage():
+    # The README's "about 40 minutes": the waits between a file's Jobs (the controller's)
+    # and between a Job's pod tries (the Job controller's 10 s, doubling), not counting
+    # the tries themselves.
+    settings = Settings.from_env(REQUIRED)
+    between_jobs = sum(settings.retry_delay_seconds * 2 ** n for n in range(settings.max_attempts - 1))
+    within_jobs = settings.max_attempts * sum(10 * 2 ** n for n in range(settings.job.backoff_limit))
+    assert 30 * 60 <= between_jobs + within_jobs <= 45 * 60
 
 
 def test_the_namespace_defaults_to_the_pods_own():
