@@ -3,6 +3,8 @@ controller (its own process) creates a Job on the real control plane, the Job's 
 ingest job, on the local node) loads PostgreSQL, and the API answers the new averages.
 A bad file ends in the dead-letter queue with its reason and changes nothing."""
 
+import json
+
 import pytest
 
 from tests.support.db import INGEST_USER, as_user
@@ -37,3 +39,33 @@ def test_an_uploaded_file_reaches_the_api_and_a_bad_one_is_set_aside(
     for job in jobs:
         [url] = [e.value for e in job.spec.template.spec.containers[0].env if e.name == "DATABASE_URL"]
         assert url.startswith(f"postgresql://{INGEST_USER}@")
+
+
+def _created_event(bucket: str, key: str, put: dict) -> str:
+    # As S3 sends it; moto's events carry no versionId, so every Job of theirs loads the latest.
+    return json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": bucket},
+        "object": {"key": key, "eTag": put["ETag"].strip('"'), "versionId": put["VersionId"]}}}]})
+
+
+def test_the_newest_version_of_a_key_wins_whatever_order_its_events_come_in(
+        dsn, world, rates, kube, namespace, s3, sqs, job_runtime, controller_process, local_node):
+    job_runtime(dsn)
+    controller_process(RETRY_DELAY_SECONDS="0", JOB_DATABASE_URL=as_user(dsn, INGEST_USER))
+    s3.enable_versioning()  # the Terraform's buckets are versioned
+    key = "2016/01/prices.csv"
+    older = s3.put(key, as_csv([("CNSHA", "NLRTM", DAY, p) for p in (900, 1000, 1100)]))
+    newer = s3.put(key, as_csv([("CNSHA", "NLRTM", DAY, p) for p in (1900, 2000, 2100)]))
+
+    # The newer version's event first: the older one's Job must not take its place.
+    sqs.send(_created_event(s3.name, key, newer))
+    wait_for(lambda: average(rates) == 2000, timeout=90, what="the newer version to reach the API")
+    sqs.send(_created_event(s3.name, key, older))
+    wait_for(lambda: len(ingest_jobs(kube, namespace)) == 2 and all(
+        job.status.succeeded for job in ingest_jobs(kube, namespace)), timeout=90, what="both Jobs to succeed")
+
+    assert average(rates) == 2000
+    with world.cursor() as cur:
+        cur.execute("SELECT version_id, status FROM ingest_runs ORDER BY id")
+        assert cur.fetchall() == [(newer["VersionId"], "loaded"), (older["VersionId"], "superseded")]
+    assert sqs.dead_letters() == [], local_node.errors
