@@ -2,7 +2,8 @@
 
 yoyo knows a migration by its id, so a database keeps whatever text of it it applied.
 0010 and 0011 changed after some databases had applied them; migration 0012 brings those
-to the state a fresh database gets. From 0012 on, test_every_migration_keeps_the_text_it_shipped_with
+to the state their texts of today give, and changes nothing elsewhere. From 0012 on,
+test_every_migration_keeps_the_text_it_shipped_with
 makes sure that no shipped migration changes again.
 """
 
@@ -12,7 +13,8 @@ import pytest
 from yoyo import get_backend, read_migrations
 
 from rates_core import migrate
-from tests.support.db import INGEST_USER, autocommit
+from ratesctl import localdb
+from tests.support.db import INGEST_USER, autocommit, create_database
 
 # What each earlier text of 0010 and 0011 left behind, against their texts of today.
 EARLIER_TEXTS = {
@@ -65,15 +67,33 @@ def _apply_through(dsn: str, last: str) -> None:
         backend.apply_migrations(backend.to_apply(migrations))
 
 
+@pytest.fixture
+def through_0011(pg_server, admin_dsn):
+    """A database migrated up to 0011 with its text of today, and its rights then."""
+    name = create_database(admin_dsn)
+    dsn = pg_server.get_uri(name)
+    _apply_through(dsn, "0011_ingest_deletes_only_replaced_files")
+    yield dsn, rights(dsn)
+    localdb.drop_database(admin_dsn, name)
+
+
+def test_0012_changes_nothing_where_today_s_texts_were_applied(through_0011):
+    dsn, before = through_0011
+    assert migrate.apply(dsn) == ["0012_reassert_component_rights"]
+    assert rights(dsn) == before
+
+
 @pytest.mark.parametrize("earlier", EARLIER_TEXTS)
-def test_a_database_that_applied_an_earlier_text_ends_as_a_fresh_one(empty_dsn, template_dsn, earlier):
+def test_a_database_that_applied_an_earlier_text_ends_as_if_it_had_applied_today_s(empty_dsn, through_0011,
+                                                                                   earlier):
+    _, today = through_0011
     _apply_through(empty_dsn, "0011_ingest_deletes_only_replaced_files")
     with autocommit(empty_dsn) as conn, conn.cursor() as cur:
         cur.execute(EARLIER_TEXTS[earlier])
-    assert rights(empty_dsn) != rights(template_dsn)  # the state it must leave
+    assert rights(empty_dsn) != today  # the state it must leave
 
     assert migrate.apply(empty_dsn) == ["0012_reassert_component_rights"]
-    assert rights(empty_dsn) == rights(template_dsn)
+    assert rights(empty_dsn) == today
 
 
 # The text of every migration as it shipped. A database keeps the text it applied, so a
@@ -91,7 +111,7 @@ SHIPPED = {
     "0009_region_totals_covering_key.sql": "09f58207d6a7c355b2a434b328afa7f9e92dc28f0b52dc66584a8a2a29ebff8d",
     "0010_component_roles.sql": "feb094b8413e35158d54a58f6fa6b3cc2806847df066ff7498a54a0a5e6d7cf0",
     "0011_ingest_deletes_only_replaced_files.sql": "8a2f5ef017a8f762d7f37152b3c27af8650cc5aba1a09f4f8e64077b3065400b",
-    "0012_reassert_component_rights.sql": "a7cf25e3491cd8de8ad6419478d4e4666bb8e1790af91526b76bfa7a1f30f265",
+    "0012_reassert_component_rights.sql": "6a26237cd6146b5135540d4d6c065ef570f65cd87d2228a31b3bd50942dec2e6",
 }
 
 

@@ -7,7 +7,7 @@
 -- which text it met, rates_ingest could still write the totals and data_version itself,
 -- any user could attach the definer trigger function to a table of its own, or the
 -- delete function asked only for a replaced mark. Everything here is a no-op on a database
--- that applied the texts as they are now. tests/schema/test_migrations.py pins every
+-- that applied the texts as they are now. tests/schema/test_upgrades.py pins every
 -- migration's text from now on, so that none is changed after it ships again.
 
 REVOKE ALL ON lane_totals, region_totals, data_version FROM rates_ingest;
