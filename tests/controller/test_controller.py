@@ -316,12 +316,16 @@ def test_a_message_on_its_last_delivery_is_tried_whatever_failed_before_it(kube,
     only_b_loaded_and_a_set_aside(kube, namespace, sqs)
 
 
+# Shorter than a create and the read that checks it may take (2 x 20 s): 30 s would fit
+# the create alone.
+@pytest.mark.parametrize("visibility_timeout", [10, 30])
 def test_a_last_delivery_too_late_in_its_batch_to_try_is_sent_back_not_set_aside(kube, namespace, uploads, sqs,
-                                                                                 make_controller, monkeypatch):
+                                                                                 make_controller, monkeypatch,
+                                                                                 visibility_timeout):
     # With a visibility timeout shorter than one create may take, no create begun after a
     # failed one could end in time: b.csv is sent back, and tried once a.csv is gone.
     monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (1, 1))
-    controller = make_controller(max_receives=2, visibility_timeout=10)
+    controller = make_controller(max_receives=2, visibility_timeout=visibility_timeout)
     b_behind_a_refused(controller, uploads, sqs)
     for _ in range(2):
         controller.step()
