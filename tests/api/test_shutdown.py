@@ -1,8 +1,6 @@
 """SIGTERM to gunicorn: /readyz turns 503 first, and every in-flight request finishes."""
 
-import os
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,10 +8,8 @@ import psycopg2
 import pytest
 import requests
 
-from ratesctl.commands import gunicorn_argv
+from tests.support.api import gunicorn_server
 from tests.support.db import lock_waiters
-from tests.support.net import free_port, wait_for_http
-from tests.support.proc import stop_process
 from tests.support.world import insert_prices
 
 IN_FLIGHT = 3
@@ -21,21 +17,11 @@ IN_FLIGHT = 3
 
 @pytest.fixture
 def gunicorn(dsn, world, tmp_path):
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "HOST": "127.0.0.1",
-           "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "8", "SHUTDOWN_DRAIN_SECONDS": "2",
-           # The held requests wait on a lock for as long as the test takes; on a busy machine
-           # that was longer than the default 5 s, and they ended early with 503.
-           "DB_STATEMENT_TIMEOUT_MS": "60000",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "APP_VERSION": "shutdown-test"}
-    process = subprocess.Popen(gunicorn_argv(), env=env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(base + "/readyz", process=process)
-        yield process, base
-    finally:
-        stop_process(process)
+    # The held requests wait on a lock for as long as the test takes; on a busy machine
+    # that was longer than the default 5 s statement timeout, and they ended early with 503.
+    with gunicorn_server(dsn, tmp_path, WEB_CONCURRENCY="2", GUNICORN_THREADS="8", SHUTDOWN_DRAIN_SECONDS="2",
+                         DB_STATEMENT_TIMEOUT_MS="60000", APP_VERSION="shutdown-test") as started:
+        yield started
 
 
 def test_sigterm_drains_readiness_first_and_finishes_in_flight_requests(gunicorn, world, dsn):

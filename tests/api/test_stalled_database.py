@@ -3,16 +3,13 @@ process) holds no gunicorn thread for longer than a statement may take."""
 
 import os
 import signal
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pytest
 import requests
 
-from ratesctl.commands import gunicorn_argv
-from tests.support.net import free_port, wait_for_http
-from tests.support.proc import stop_process
+from tests.support.api import gunicorn_server
 from tests.support.world import insert_prices
 
 THREADS = 2
@@ -20,17 +17,9 @@ THREADS = 2
 
 @pytest.fixture
 def gunicorn(dsn, world, tmp_path):
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "HOST": "127.0.0.1",
-           "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": str(THREADS), "DB_STATEMENT_TIMEOUT_MS": "1000",
-           "SHUTDOWN_DRAIN_SECONDS": "0", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-    process = subprocess.Popen(gunicorn_argv(), env=env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/readyz", process=process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(process)
+    with gunicorn_server(dsn, tmp_path, WEB_CONCURRENCY="1", GUNICORN_THREADS=str(THREADS),
+                         DB_STATEMENT_TIMEOUT_MS="1000", SHUTDOWN_DRAIN_SECONDS="0") as (_, base):
+        yield base
 
 
 def _api_backends(conn) -> list[int]:

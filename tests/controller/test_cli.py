@@ -9,6 +9,7 @@ import sys
 import pytest
 import requests
 
+from tests.support.kube import token_kubeconfig
 from tests.support.uploads import ingest_jobs
 from tests.support.poll import wait_for
 
@@ -100,10 +101,7 @@ def test_a_metrics_port_in_use_is_a_configuration_error(refused_at_start):
 
 
 def test_no_aws_region_is_a_configuration_error(tmp_path):
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
-                          "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
-                          "current-context: c\n")
+    kubeconfig = token_kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:1")
     env = {"PATH": "/usr/bin:/bin", "QUEUE_URL": "http://127.0.0.1:1/q", "DEAD_LETTER_QUEUE_URL": "http://127.0.0.1:1/d",
            "JOB_IMAGE": "i", "JOB_NAMESPACE": "n", "KUBECONFIG": str(kubeconfig), "METRICS_PORT": "0",
            "AWS_REGION": "eu-west-1", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}

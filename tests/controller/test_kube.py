@@ -2,7 +2,6 @@
 are slow to make on a real cluster)."""
 
 import datetime
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +10,7 @@ from kubernetes.config import kube_config
 from rates_controller import jobs, kube
 from rates_controller.kube import JobsApi
 from rates_core.errors import TemporaryError
+from tests.support.kube import token_kubeconfig
 from tests.support.net import SilentServer
 
 
@@ -45,13 +45,8 @@ def test_the_last_failed_try_of_a_job_is_the_one_quoted():
 
 def test_a_call_to_a_hung_api_server_is_tried_once(tmp_path, monkeypatch):
     # The control loop retries; urllib3's own retries multiplied each call's timeout.
-    kubeconfig = tmp_path / "kubeconfig"
     with SilentServer() as silent:
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{silent.port}"}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+        kubeconfig = token_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{silent.port}")
         # (KUBECONFIG is read when the client is imported)
         monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
         monkeypatch.setattr(kube, "REQUEST_TIMEOUT", (1, 0.2))

@@ -4,13 +4,41 @@
 * ``make_client``  make(settings) -> a test client; the apps' pools close after the test
 * ``client``       a test client of an app on this test's database
 * ``rates``        GET /rates with the given parameters -> (status, json)
+
+``gunicorn_server`` runs the API as the image does, under gunicorn, in a process of its own.
 """
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from rates_api import create_app
 from rates_api.settings import Settings
+from ratesctl.commands import gunicorn_argv
 from tests.support.db import API_USER, as_user
+from tests.support.net import free_port, wait_for_http
+from tests.support.proc import stop_process
+
+
+@contextmanager
+def gunicorn_server(dsn: str, tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """(process, base URL) of gunicorn serving the API on ``dsn`` until the block ends,
+    ready; ``env`` adds to or overrides the environment."""
+    port = free_port()
+    environ = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "HOST": "127.0.0.1",
+               "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **env}
+    process = subprocess.Popen(gunicorn_argv(), env=environ, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/readyz", process=process)
+        yield process, base
+    finally:
+        stop_process(process)
 
 
 @pytest.fixture

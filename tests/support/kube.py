@@ -15,7 +15,8 @@
 * ``kubectl``             (session) ``kubectl(*args, input=None)``: the pinned kubectl, likewise
 * ``schemas``             (session) kubeconform schemas exported from this API server
 
-Helpers: :func:`kubeconform` validates manifests offline, :func:`gone` tells a 404.
+Helpers: :func:`kubeconform` validates manifests offline, :func:`gone` tells a 404,
+:func:`token_kubeconfig` points a client at a server that is not the control plane.
 
 The tools are provided once per run, before the first test, when any ``kube``-marked test is
 selected (see ``ratesctl k8s-tools``; a cold build is not counted against the per-test
@@ -24,6 +25,7 @@ timeout); if they cannot be, those tests fail with the reason - they are never s
 
 from __future__ import annotations
 
+import json
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -338,3 +340,14 @@ def admission_refusal(kube: Kube, namespace: str, operation: str, expression: st
         admission.delete_validating_admission_policy_binding(name)
         admission.delete_validating_admission_policy(name)
         wait_for(lambda: not in_force(), timeout=30, what="the admission policy to go")
+
+
+def token_kubeconfig(path: Path, server: str) -> Path:
+    """Write a kubeconfig for ``server`` with a made-up token (for a server that is no API
+    server, or none at all) to ``path``; returns it."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    return path
