@@ -52,6 +52,10 @@ logconfig_dict = {
 # container, and several servers on one machine would fight over its path.
 control_socket_disable = True
 forwarded_allow_ips = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# gunicorn would also take SCRIPT_NAME and PATH_INFO headers from those proxies, and the
+# ALB passes on whatever a client sends: a client's SCRIPT_NAME header could then answer
+# 500 (a path outside it) or an HTML redirect. The API is served at the root, so none.
+forwarder_headers = ""
 
 # Workers share Prometheus metrics through files in PROMETHEUS_MULTIPROC_DIR, which must
 # exist before any worker imports prometheus_client. Without one given, the master makes

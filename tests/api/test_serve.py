@@ -43,6 +43,7 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'rates_api_requests_total{method="other",route="<gunicorn>",status="414"} 1.0' in metrics
         assert 'rates_api_requests_total{method="other",route="<gunicorn>",status="400"} 5.0' in metrics
+        _assert_a_client_cannot_move_the_root(port)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
@@ -53,7 +54,10 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
     assert any(event.startswith("Booting worker") for event in gunicorn), gunicorn
     # The app's request lines, one per request, each with its request id: the client's, or
     # one made up (and sent back in X-Request-ID) when it gave none.
-    requested = {line["path"]: line for line in lines if line.get("event") == "request"}
+    requested = {}
+    for line in lines:  # each path's first request
+        if line.get("event") == "request":
+            requested.setdefault(line["path"], line)
     assert requested["/"].get("request_id") == "serve-test-1", requested["/"]
     assert re.fullmatch(r"[0-9a-f]{32}", requested["/metrics"].get("request_id", "")), requested["/metrics"]
 
@@ -96,6 +100,16 @@ def _assert_gunicorns_own_errors_are_json(port: int) -> None:
     options = requests.options(f"http://127.0.0.1:{port}/rates", timeout=5)
     assert options.status_code == 405 and "GET" in options.headers["Allow"]
     assert options.json()["error"]["code"] == "method_not_allowed"
+
+
+def _assert_a_client_cannot_move_the_root(port: int) -> None:
+    # This client is a trusted proxy (FORWARDED_ALLOW_IPS's default 127.0.0.1), as the ALB
+    # is in a pod, and the ALB passes a client's SCRIPT_NAME header on. Obeyed, "/api"
+    # answered 500 (the path is outside it) and "/" an HTML redirect.
+    for script_name in (b"/api", b"/"):
+        answer = _raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nSCRIPT_NAME: %s\r\n\r\n"
+                      % script_name)
+        assert answer[:2] == (200, "application/json") and answer[2]["version"] == "9.9.9", answer
 
 
 @pytest.mark.parametrize("name, value", [("PORT", "abc"), ("DB_POOL_SIZE", "0"), ("LOG_LEVEL", "bogus"),
