@@ -11,7 +11,9 @@ from .runtime import runtime
 bp = Blueprint("health", __name__)
 
 
-@bp.get("/")
+# An absolute-form request line without a path ("GET http://host HTTP/1.1") arrives as an
+# empty path, which werkzeug would otherwise answer with an HTML redirect to "/".
+@bp.get("/", strict_slashes=False)
 def index():
     return jsonify({"service": "rates-api", "version": runtime().settings.app_version,
                     "message": "Hello world!"})

@@ -43,7 +43,7 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'rates_api_requests_total{method="other",route="<gunicorn>",status="414"} 1.0' in metrics
         assert 'rates_api_requests_total{method="other",route="<gunicorn>",status="400"} 5.0' in metrics
-        _assert_a_client_cannot_move_the_root(port)
+        _assert_the_root_answers_json_however_addressed(port)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
@@ -102,14 +102,14 @@ def _assert_gunicorns_own_errors_are_json(port: int) -> None:
     assert options.json()["error"]["code"] == "method_not_allowed"
 
 
-def _assert_a_client_cannot_move_the_root(port: int) -> None:
+def _assert_the_root_answers_json_however_addressed(port: int) -> None:
     # This client is a trusted proxy (FORWARDED_ALLOW_IPS's default 127.0.0.1), as the ALB
     # is in a pod, and the ALB passes a client's SCRIPT_NAME header on. Obeyed, "/api"
-    # answered 500 (the path is outside it) and "/" an HTML redirect.
-    for script_name in (b"/api", b"/"):
-        answer = _raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nSCRIPT_NAME: %s\r\n\r\n"
-                      % script_name)
-        assert answer[:2] == (200, "application/json") and answer[2]["version"] == "9.9.9", answer
+    # answered 500 (the path is outside it) and "/" an HTML redirect. An absolute-form
+    # target without a path got an HTML redirect too.
+    for target, extra in [(b"/", b"SCRIPT_NAME: /api\r\n"), (b"/", b"SCRIPT_NAME: /\r\n"), (b"http://x", b"")]:
+        answer = _raw(port, b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n" % (target, extra))
+        assert answer[:2] == (200, "application/json") and answer[2]["version"] == "9.9.9", (target, answer)
 
 
 @pytest.mark.parametrize("name, value", [("PORT", "abc"), ("DB_POOL_SIZE", "0"), ("LOG_LEVEL", "bogus"),
