@@ -482,7 +482,7 @@ def test_ingress_annotations(render):
 
     arn = "arn:aws:acm:eu-west-1:123456789012:certificate/abc"
     https = one(render(None, *sets("ingress.https=true", f"ingress.certificateArn={arn}",
-                                   "ingress.scheme=internal", "ingress.groupName=shared",
+                                   "ingress.scheme=internal", "ingress.groupName=shared", "ingress.hosts={api.example.com}",
                                    "ingress.annotations.alb\\.ingress\\.kubernetes\\.io/success-codes=200-299")),
                 "Ingress")["metadata"]["annotations"]
     assert json.loads(https["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
@@ -520,8 +520,41 @@ def test_the_load_balancer_forwards_the_public_routes_only(render, env):
     internal = {path for path, item in paths.items() if openapi.INTERNAL in item["get"].get("tags", ())}
     assert internal < routes
     for rule in one(render(env), "Ingress")["spec"]["rules"]:
-        assert {p["path"] for p in rule["http"]["paths"]} == routes - internal
-        assert {p["pathType"] for p in rule["http"]["paths"]} == {"Exact"}
+        forwarded = [p for p in rule["http"]["paths"] if p["backend"]["service"]["name"] == RELEASE]
+        assert {p["path"] for p in forwarded} == routes - internal
+        assert {p["pathType"] for p in forwarded} == {"Exact"}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_the_load_balancer_answers_other_paths_with_the_apis_json_404(render, env):
+    ingress = one(render(env), "Ingress")
+    action = json.loads(ingress["metadata"]["annotations"]["alb.ingress.kubernetes.io/actions.json-not-found"])
+    assert action["type"] == "fixed-response"
+    config = action["fixedResponseConfig"]
+    assert (config["statusCode"], config["contentType"]) == ("404", "application/json")
+    assert len(config["messageBody"]) <= 1024  # the ALB's limit for a fixed response
+    # The same body as the API's own 404 for a path it does not know.
+    app = create_app(Settings.from_env({"DATABASE_URL": DUMMY_DSN}))
+    answer = app.test_client().get("/no-such-path")
+    assert answer.status_code == 404 and json.loads(config["messageBody"]) == answer.get_json()
+    catch_all = {"path": "/", "pathType": "Prefix",
+                 "backend": {"service": {"name": "json-not-found", "port": {"name": "use-annotation"}}}}
+    for rule in ingress["spec"]["rules"]:
+        # Last: the ALB's rules keep the Ingress's order, so the exact paths match first.
+        assert rule["http"]["paths"][-1] == catch_all
+        assert catch_all not in rule["http"]["paths"][:-1]
+
+
+def test_the_json_404_can_be_left_to_the_alb_and_never_catches_a_shared_groups_hosts(render, helm):
+    off = one(render(None, *sets("ingress.jsonNotFound=false")), "Ingress")
+    assert not any(k.startswith("alb.ingress.kubernetes.io/actions.") for k in off["metadata"]["annotations"])
+    assert all(p["backend"]["service"]["name"] == RELEASE for p in off["spec"]["rules"][0]["http"]["paths"])
+    # In a shared IngressGroup a catch-all for every host would answer for the other Ingresses.
+    proc = helm("template", RELEASE, str(CHART), *sets("ingress.groupName=shared"), check=False)
+    assert proc.returncode != 0 and "ingress.jsonNotFound with ingress.groupName needs ingress.hosts" in proc.stderr
+    grouped = one(render(None, *sets("ingress.groupName=shared", "ingress.hosts={a.example.com}")), "Ingress")
+    assert grouped["spec"]["rules"][0]["host"] == "a.example.com"
+    assert grouped["spec"]["rules"][0]["http"]["paths"][-1]["backend"]["service"]["name"] == "json-not-found"
 
 
 def test_environments_differ_where_they_should(render):
