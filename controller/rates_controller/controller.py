@@ -175,7 +175,7 @@ class Controller:
                                               f"its next Job could not be created for {RETRY_CREATE_GIVE_UP}: {exc}")
         else:
             result = self._set_aside_file(ended, "attempts_exhausted",
-                                          f"the file did not load in {self.settings.max_attempts} Jobs")
+                                          f"the file did not load in {ended.round_job} Jobs")
         return result
 
     def _retries_left(self, ended: jobs.Finished) -> bool:

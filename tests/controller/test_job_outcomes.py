@@ -80,6 +80,24 @@ def test_an_invalid_file_is_set_aside_at_once_with_the_jobs_reason(dsn, world, k
     assert sample(controller.metrics, "rates_controller_messages_total", outcome="duplicate") == 1
 
 
+def test_a_lowered_max_attempts_sets_aside_with_the_jobs_the_file_had(
+        dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
+    # As after a rollback to a chart with fewer attempts: a file already past them is set
+    # aside when its Job ends, and its reason counts the Jobs it ran, not the setting.
+    job_runtime("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")  # down: exit 1
+    controller = make_controller(max_attempts=3, retry_delay_seconds=0, job_backoff_limit=0)
+    uploads.put("p.csv", as_csv(ROWS))
+    step_until(controller, lambda: len(ingest_jobs(kube, namespace)) == 2, what="a second Job")
+
+    lowered = make_controller(max_attempts=1, retry_delay_seconds=0, job_backoff_limit=0)
+    step_until(lowered, lambda: len(handled(kube, namespace)) == 2, what="the second Job to end")
+
+    assert len(ingest_jobs(kube, namespace)) == 2
+    [dead] = sqs.dead_letters()
+    assert dead["reason"].startswith("the file did not load in 2 Jobs (BackoffLimitExceeded"), dead
+    assert dead["attempts"] == "2"
+
+
 def test_a_file_that_keeps_failing_is_retried_set_aside_and_loads_after_a_redrive(
         dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
     conn = world
