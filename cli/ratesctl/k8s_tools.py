@@ -175,9 +175,18 @@ def _installed(tool: str, versions: dict[str, str]) -> Tool | None:
             if _matches(tool, found, pinned):
                 return Tool(tool, path.resolve(), found or pinned, source)
     cached = _cache_dir(tool, versions) / tool
+    # Checked like the others: a damaged build (a full disk, a cache restored elsewhere)
+    # would otherwise fail every later run with nothing naming the cache. It is rebuilt.
     if cached.is_file() and os.access(cached, os.X_OK):
-        return Tool(tool, cached, pinned, "cache")
+        found = binary_version(tool, cached)
+        if _matches(tool, found, pinned):
+            return Tool(tool, cached, found or pinned, "cache")
     return None
+
+
+def _damaged(tool: str, versions: dict[str, str]) -> bool:
+    """A cached build is there but did not pass ``_installed``'s check."""
+    return (_cache_dir(tool, versions) / tool).is_file()
 
 
 # --- building from Go modules -----------------------------------------------------------------
@@ -512,6 +521,24 @@ def _stderr(message: str) -> None:
     print(f"[k8s-tools] {message}", file=sys.__stderr__ or sys.stderr, flush=True)
 
 
+def _build_missing(missing: list[str], versions: dict[str, str], builder: "_Builder",
+                   log: Callable[[str], None]) -> None:
+    with _build_lock():
+        for stale in cache_root().glob(".build-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        for group in dict.fromkeys(_group(t) for t in missing):
+            # another process may have built it while we waited for the lock
+            members = [t for t in missing if _group(t) == group]
+            if all(_installed(t, versions) for t in members):
+                continue
+            outdir = _cache_dir(members[0], versions)
+            log(f"building {group} v{versions[group].lstrip('v')} into {outdir} "
+                "(one-time; the Kubernetes binaries take a while) ...")
+            started = time.monotonic()
+            _BUILDS[group](versions, builder, outdir)
+            log(f"{group} built in {time.monotonic() - started:.0f}s")
+
+
 def resolve_tools(
     *, build: bool = True, tools: tuple[str, ...] = ALL_TOOLS,
     log: Callable[[str], None] = _stderr,
@@ -527,6 +554,10 @@ def resolve_tools(
     missing = [t for t, tool in found.items() if tool is None]
     if not missing:
         return found  # type: ignore[return-value]
+    for t in missing:
+        if _damaged(t, versions):
+            log(f"the cached {t} does not run or report v{_pinned(t, versions)}: "
+                f"{_cache_dir(t, versions) / t}")
     if not build:
         why = "Not building them (--check)."
         raise ToolsUnavailable(_unavailable_message(missing, versions, why))
@@ -536,20 +567,12 @@ def resolve_tools(
             _unavailable_message(missing, versions, "No Go toolchain found to build them.")
         )
     builder = _Builder(go, log)
-    with _build_lock():
-        for stale in cache_root().glob(".build-*"):  # left by a killed build; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        for group in dict.fromkeys(_group(t) for t in missing):
-            # another process may have built it while we waited for the lock
-            members = [t for t in missing if _group(t) == group]
-            if all(_installed(t, versions) for t in members):
-                continue
-            outdir = _cache_dir(members[0], versions)
-            log(f"building {group} v{versions[group].lstrip('v')} into {outdir} "
-                "(one-time; the Kubernetes binaries take a while) ...")
-            started = time.monotonic()
-            _BUILDS[group](versions, builder, outdir)
-            log(f"{group} built in {time.monotonic() - started:.0f}s")
+    try:
+        _build_missing(missing, versions, builder, log)
+    except OSError as exc:  # the cache cannot be written: say where, not an INTERNALERROR
+        raise ToolsUnavailable(
+            _unavailable_message(missing, versions, f"The cache cannot be used: {exc}. "
+                                 "Point XDG_CACHE_HOME at a writable directory.")) from exc
     result: dict[str, Tool] = {}
     for t in tools:
         if found[t]:  # already checked (its --version ran) before the build

@@ -240,3 +240,33 @@ def test_a_prometheus_release_maps_to_its_go_module_version(version, module):
 def test_a_pin_with_no_go_module_version_is_refused_with_why(version):
     with pytest.raises(ToolsUnavailable, match="only a Prometheus 3.x.y release"):
         prometheus_module_version(version)
+
+
+def test_a_damaged_cached_build_is_named_and_built_again(isolated, tmp_path, monkeypatch):
+    versions = load_versions()
+    cached = k8s_tools._cache_dir("tflint", versions) / "tflint"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"\x7fELF" + b"\0" * 64)  # cut off, as by a full disk
+    cached.chmod(0o755)
+    said = []
+    with pytest.raises(ToolsUnavailable):
+        resolve_tools(build=False, tools=("tflint",), log=said.append)
+    assert said == [f"the cached tflint does not run or report v{PIN['tflint']}: {cached}"]
+
+    def build(versions, builder, outdir):
+        fake_tool(tmp_path, "tflint", REAL_OUTPUTS["tflint"][0])
+        os.replace(tmp_path / "tflint", outdir / "tflint")
+
+    monkeypatch.setattr(k8s_tools, "_BUILDS", {**k8s_tools._BUILDS, "tflint": build})
+    monkeypatch.setenv("GO", "/bin/true")
+    tool = resolve_tools(tools=("tflint",), log=said.append)["tflint"]
+    assert (tool.path, tool.source, tool.version) == (cached, "built", PIN["tflint"])
+    assert resolve_tools(build=False, tools=("tflint",))["tflint"].source == "cache"
+
+
+def test_a_cache_that_cannot_be_written_is_named_not_an_internal_error(isolated, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file" / "cache"))
+    monkeypatch.setenv("GO", "/bin/true")
+    with pytest.raises(ToolsUnavailable, match="The cache cannot be used: .*a-file.*XDG_CACHE_HOME"):
+        resolve_tools(tools=("tflint",), log=lambda _: None)

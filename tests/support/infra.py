@@ -38,6 +38,18 @@ def _checkov_version(path: str) -> str | None:
     return match.group(0) if match else None
 
 
+def _usable(venv: Path) -> bool:
+    """The virtualenv's checkov names its own python, and that python runs: neither holds
+    once the cache is restored under another path or the base interpreter is gone."""
+    python = venv / "bin" / "python"
+    try:
+        shebang = (venv / "bin" / "checkov").read_text().split("\n", 1)[0]
+        ran = subprocess.run([str(python), "-c", ""], timeout=60).returncode == 0
+    except (OSError, UnicodeError, subprocess.TimeoutExpired):
+        return False
+    return shebang == f"#!{python}" and ran
+
+
 def provide_checkov() -> Path:
     """The pinned checkov: from PATH, the cache, or installed into the cache now (about a minute)."""
     from ratesctl.k8s_tools import cache_root, load_versions
@@ -52,9 +64,9 @@ def provide_checkov() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / ".checkov.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
+        if not (done.exists() and _usable(venv)):
             # A virtualenv cannot be moved once made, so it is built in place; the marker
-            # says it finished, and an unfinished one is started over.
+            # says it finished, and an unfinished, moved or orphaned one is started over.
             shutil.rmtree(venv, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
