@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.support.dockerfile import Context, DockerfileError, ignore_pattern, instructions, parse
+from tests.support import images as images_module
 from tests.support.images import REPO_ROOT, PodIdentity
 from tests.support.poll import wait_for
 
@@ -148,6 +149,21 @@ def test_copy_takes_a_directory_as_docker_does(tmp_path):
     out = tmp_path / "out" / "pkg"
     assert sorted(p.name for p in out.iterdir()) == ["empty", "link", "m.py"]
     assert os.readlink(out / "link") == "m.py"
+
+
+def test_an_image_is_built_as_docker_builds_it_whatever_the_callers_umask(tmp_path):
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "m.py").write_text("print()")
+    stages = parse("FROM python:3.11-slim\nWORKDIR /app\nCOPY m.py /app/\nRUN mkdir -p /opt/made/deep\n")
+    previous = os.umask(0o077)  # a locked-down shell's
+    try:
+        images_module._build_into(tmp_path / "image", stages, Context.of(tmp_path / "ctx"), "probe")
+        assert os.umask(0o077) == 0o077  # given back
+    finally:
+        os.umask(previous)
+    rootfs = tmp_path / "image" / "rootfs"
+    for directory in ("app", "opt", "opt/made", "opt/made/deep", "usr"):
+        assert (rootfs / directory).stat().st_mode & 0o777 == 0o755, directory
 
 
 ESCAPE = textwrap.dedent("""

@@ -288,6 +288,9 @@ def _build_key(folder: str, stages: list[Stage], context: Context) -> str:
 
 def _build_into(path: Path, stages: list[Stage], context: Context, folder: str) -> None:
     work = Path(tempfile.mkdtemp(prefix=f".building-{folder}-", dir=path.parent))
+    # Docker builds under umask 022 whatever the caller's: under a shell's 077 the image's
+    # directories would shut its own user out, and that image would then be cached.
+    umask = os.umask(0o022)
     try:
         built: dict[str, Path] = {}
         for index, stage in enumerate(stages):
@@ -308,6 +311,7 @@ def _build_into(path: Path, stages: list[Stage], context: Context, folder: str) 
         (result / "scratch").mkdir()  # a writable container's overlay is mounted here
         result.rename(path)
     finally:
+        os.umask(umask)
         shutil.rmtree(work, ignore_errors=True)
 
 
