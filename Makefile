@@ -22,7 +22,8 @@ help:
 	@echo "make k8s-tools  pinned etcd, kube-apiserver, kubectl, helm, ... (TOOLS_ARGS=\"--tool skaffold\" or \"--all\" for terraform, tflint, skaffold, promtool)"
 
 $(STAMP): requirements.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# pip last: a virtualenv cut off while ensurepip ran has python but no pip, and is made again
+	@test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt $(foreach p,$(PACKAGES),-e ./$(p))
 	@touch $@
