@@ -1,9 +1,17 @@
 """tests/support/aws.py's start_moto: the session's S3 and SQS must be moto's."""
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 from tests.support import aws
 from tests.support.net import free_port
+from tests.support.poll import wait_for
+from tests.support.proc import stop_process
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_port_taken_after_it_was_picked_gets_moto_another(monkeypatch):
@@ -37,3 +45,27 @@ def test_another_sessions_moto_on_the_picked_port_is_not_taken_for_ours(monkeypa
             aws.stop_moto(ours)
     finally:
         aws.stop_moto(theirs)
+
+
+def test_moto_does_not_outlive_a_session_killed_outright():
+    # A CI timeout or the OOM killer sends SIGKILL: no fixture's teardown runs.
+    session = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom tests.support import aws\n"
+         "process, _ = aws.start_moto()\nprint(process.pid, flush=True)\ntime.sleep(120)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        moto = int(session.stdout.readline())
+        os.kill(moto, 0)  # running
+        session.kill()
+        session.wait()
+        wait_for(lambda: not _running(moto), timeout=10, what="moto to end with its session")
+    finally:
+        stop_process(session)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False

@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from tests.support.net import free_port
-from tests.support.proc import stop_process
+from tests.support.proc import die_with_parent, stop_process
 
 _names = itertools.count()
 
@@ -41,8 +41,9 @@ def start_moto(port: int | None = None, log_path=None) -> tuple[subprocess.Popen
     port_given = port is not None
     port = port or free_port()
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    # Gone with the session even when it is killed outright (a CI timeout, the OOM killer).
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=out, stderr=subprocess.STDOUT)
+                               stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     if log_path:
         out.close()  # the child has its own copy
     deadline = time.monotonic() + 30

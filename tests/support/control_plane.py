@@ -22,7 +22,6 @@ import base64
 import datetime
 import ipaddress
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support.net import free_ports
-from tests.support.proc import stop_process
+from tests.support.proc import die_with_parent, stop_process
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -394,28 +393,3 @@ class ControlPlane:
                 last = str(exc)
             time.sleep(0.1)
         raise ControlPlaneError(f"{name} not ready at {url} after {timeout:.0f}s ({last})")
-
-
-# --- process handling ------------------------------------------------------------------------
-
-
-def _load_prctl():
-    # Loaded here, in the parent: after fork() a child of a threaded parent should only
-    # make async-signal-safe calls before exec, and loading a library is not one.
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except OSError:
-        return None
-
-
-_PRCTL = _load_prctl()
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL the child if the (spawning thread of the) parent dies."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

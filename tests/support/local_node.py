@@ -55,7 +55,7 @@ from typing import Callable
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support.control_plane import die_with_parent
+from tests.support.proc import die_with_parent
 from tests.support.images import Image, PodIdentity
 from tests.support.proc import stop_process
 

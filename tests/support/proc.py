@@ -1,9 +1,11 @@
-"""Stopping a child process (or its process group) for good, whatever state it is in."""
+"""Stopping a child process (or its process group) for good, whatever state it is in,
+and children that do not outlive the session."""
 
 import contextlib
 import os
 import signal
 import subprocess
+import sys
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 10.0, *, group: bool = False) -> None:
@@ -28,3 +30,25 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0, *, group: bool = F
         send(signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+
+
+def _load_prctl():
+    # Loaded here, in the parent: after fork() a child of a threaded parent should only
+    # make async-signal-safe calls before exec, and loading a library is not one.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL the child if the (spawning thread of the) parent dies."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
