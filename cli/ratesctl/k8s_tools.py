@@ -159,9 +159,8 @@ def _matches(tool: str, found: str | None, pinned: str) -> bool:
     return found == pinned
 
 
-def _installed(tool: str, versions: dict[str, str]) -> Tool | None:
-    """A matching binary from KUBEBUILDER_ASSETS or PATH, or a cached build."""
-    pinned = _pinned(tool, versions)
+def _candidates(tool: str, versions: dict[str, str]) -> list[tuple[str, Path]]:
+    """Where ``tool`` may be, in order: KUBEBUILDER_ASSETS, PATH, the cache."""
     candidates: list[tuple[str, Path]] = []
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if assets:
@@ -169,24 +168,28 @@ def _installed(tool: str, versions: dict[str, str]) -> Tool | None:
     on_path = shutil.which(tool)
     if on_path:
         candidates.append(("PATH", Path(on_path)))
-    for source, path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            found = binary_version(tool, path)
-            if _matches(tool, found, pinned):
-                return Tool(tool, path.resolve(), found or pinned, source)
-    cached = _cache_dir(tool, versions) / tool
-    # Checked like the others: a damaged build (a full disk, a cache restored elsewhere)
-    # would otherwise fail every later run with nothing naming the cache. It is rebuilt.
-    if cached.is_file() and os.access(cached, os.X_OK):
-        found = binary_version(tool, cached)
+    # The cache is checked like the others: a damaged build (a full disk, a cache restored
+    # elsewhere) would otherwise fail every later run with nothing naming it. It is rebuilt.
+    candidates.append(("cache", _cache_dir(tool, versions) / tool))
+    return [(source, path) for source, path in candidates if path.is_file() and os.access(path, os.X_OK)]
+
+
+def _installed(tool: str, versions: dict[str, str]) -> Tool | None:
+    """A matching binary from KUBEBUILDER_ASSETS or PATH, or a cached build."""
+    pinned = _pinned(tool, versions)
+    for source, path in _candidates(tool, versions):
+        found = binary_version(tool, path)
         if _matches(tool, found, pinned):
-            return Tool(tool, cached, found or pinned, "cache")
+            return Tool(tool, path if source == "cache" else path.resolve(), found or pinned, source)
     return None
 
 
-def _damaged(tool: str, versions: dict[str, str]) -> bool:
-    """A cached build is there but did not pass ``_installed``'s check."""
-    return (_cache_dir(tool, versions) / tool).is_file()
+def _passed_over(tool: str, versions: dict[str, str]) -> list[str]:
+    """What was found of ``tool`` and why it was not taken, for the user."""
+    return [f"{source}'s {tool} ({path}) reports {found or 'no version (does it run?)'}, "
+            f"not {_pinned(tool, versions)}"
+            for source, path in _candidates(tool, versions)
+            for found in [binary_version(tool, path)]]
 
 
 # --- building from Go modules -----------------------------------------------------------------
@@ -555,9 +558,8 @@ def resolve_tools(
     if not missing:
         return found  # type: ignore[return-value]
     for t in missing:
-        if _damaged(t, versions):
-            log(f"the cached {t} does not run or report v{_pinned(t, versions)}: "
-                f"{_cache_dir(t, versions) / t}")
+        for note in _passed_over(t, versions):
+            log(f"passed over: {note}")
     if not build:
         why = "Not building them (--check)."
         raise ToolsUnavailable(_unavailable_message(missing, versions, why))

@@ -178,8 +178,10 @@ def test_only_the_tools_asked_for_are_resolved(isolated):
 def test_a_tool_of_another_version_is_missing_and_named(isolated):
     fake_tool(isolated, "tflint", "TFLint version 0.63.0\n")
     fake_tool(isolated, "terraform", f"Terraform v{PIN['terraform']}-dev\non linux_amd64\n")
+    said = []
     with pytest.raises(ToolsUnavailable) as exc:
-        resolve_tools(build=False, tools=("terraform", "tflint"))
+        resolve_tools(build=False, tools=("terraform", "tflint"), log=said.append)
+    assert f"passed over: PATH's tflint ({isolated / 'tflint'}) reports 0.63.0, not {PIN['tflint']}" in said
     assert f"terraform {PIN['terraform']}, tflint {PIN['tflint']}" in str(exc.value)
     assert "etcd" not in str(exc.value).split("\n")[0]
     with pytest.raises(ToolsUnavailable, match="No Go toolchain found"):
@@ -251,7 +253,7 @@ def test_a_damaged_cached_build_is_named_and_built_again(isolated, tmp_path, mon
     said = []
     with pytest.raises(ToolsUnavailable):
         resolve_tools(build=False, tools=("tflint",), log=said.append)
-    assert said == [f"the cached tflint does not run or report v{PIN['tflint']}: {cached}"]
+    assert said == [f"passed over: cache's tflint ({cached}) reports no version (does it run?), not {PIN['tflint']}"]
 
     def build(versions, builder, outdir):
         fake_tool(tmp_path, "tflint", REAL_OUTPUTS["tflint"][0])
