@@ -511,11 +511,16 @@ _BUILDS = {
 
 
 @contextmanager
-def _build_lock() -> Iterator[None]:
+def _build_lock(log: Callable[[str], None]) -> Iterator[None]:
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     with (root / ".lock").open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file is closed
+        except BlockingIOError:
+            # A cold Kubernetes build takes many minutes: say why nothing seems to happen.
+            log(f"waiting for another process's build to finish ({root / '.lock'}) ...")
+            fcntl.flock(fh, fcntl.LOCK_EX)
         yield
 
 
@@ -526,7 +531,7 @@ def _stderr(message: str) -> None:
 
 def _build_missing(missing: list[str], versions: dict[str, str], builder: "_Builder",
                    log: Callable[[str], None]) -> None:
-    with _build_lock():
+    with _build_lock(log):
         for stale in cache_root().glob(".build-*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         for group in dict.fromkeys(_group(t) for t in missing):

@@ -3,12 +3,14 @@ replace directives a build carries over, and which tools a call provides."""
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from ratesctl import k8s_tools
+from tests.support.poll import wait_for
 from ratesctl.k8s_tools import (
     ALL_TOOLS, INFRA_TOOLS, KNOWN_TOOLS, Replace, ToolsUnavailable, gomod_replaces, load_versions,
     module_replaces, parse_version, prometheus_module_version, resolve_tools,
@@ -272,3 +274,19 @@ def test_a_cache_that_cannot_be_written_is_named_not_an_internal_error(isolated,
     monkeypatch.setenv("GO", "/bin/true")
     with pytest.raises(ToolsUnavailable, match="The cache cannot be used: .*a-file.*XDG_CACHE_HOME"):
         resolve_tools(tools=("tflint",), log=lambda _: None)
+
+
+def test_a_build_waiting_for_another_says_so(isolated, monkeypatch):
+    import fcntl
+
+    root = k8s_tools.cache_root()
+    root.mkdir(parents=True)
+    said = []
+    with (root / ".lock").open("w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: k8s_tools._build_lock(said.append).__enter__())
+        waiter.start()
+        wait_for(lambda: said, timeout=10, what="the waiting note")
+        assert said == [f"waiting for another process's build to finish ({root / '.lock'}) ..."]
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()  # it got the lock once the other let go
