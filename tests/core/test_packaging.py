@@ -139,3 +139,14 @@ def test_the_build_context_leaves_out_local_build_output_and_terraform_state():
                      "terraform-eks/cluster/.terraform/providers/x", "terraform-eks/cluster/terraform.tfstate.backup"):
         assert context.ignored(leftover), leftover
     assert not context.ignored("core/rates_core/migrations/0001_base_tables.sql")
+
+
+def test_every_package_is_built_by_one_pinned_setuptools():
+    # pip's -c does not reach the isolated build environment: without an exact pin here,
+    # whatever setuptools is newest that day builds the images' wheels (and picks which
+    # package data, the migrations among them, they hold).
+    requires = {folder: tomllib.loads((REPO / folder / "pyproject.toml").read_text())["build-system"]["requires"]
+                for folder in FOLDERS}
+    assert len({tuple(r) for r in requires.values()}) == 1, requires
+    [[build]] = {tuple(r) for r in requires.values()}
+    assert Requirement(build).name == "setuptools" and next(iter(Requirement(build).specifier)).operator == "=="
