@@ -21,11 +21,11 @@ help:
 	@echo "make bench-controller  uploads to Jobs, against raw Job creates (see bench/README.md)"
 	@echo "make k8s-tools  pinned etcd, kube-apiserver, kubectl, helm, ... (TOOLS_ARGS=\"--tool skaffold\" or \"--all\" for terraform, tflint, skaffold, promtool)"
 
-$(STAMP): requirements.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
+$(STAMP): requirements.txt requirements-dev.txt constraints-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	@# pip last: a virtualenv cut off while ensurepip ran has python but no pip, and is made again
 	@test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt $(foreach p,$(PACKAGES),-e ./$(p))
+	$(BIN)/python -m pip install --quiet -c constraints-dev.txt --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints-dev.txt -r requirements-dev.txt $(foreach p,$(PACKAGES),-e ./$(p))
 	@touch $@
 
 venv: $(STAMP)

@@ -104,16 +104,29 @@ LIST_DISTRIBUTIONS = ("import json; from importlib import metadata; "
                       "print(json.dumps({d.metadata['Name']: d.version for d in metadata.distributions()}))")
 
 
-def runtime_pins() -> dict[str, str]:
+def runtime_pins(*files: str) -> dict[str, str]:
+    """{name: version} of requirements.txt's pins, or of ``files``' (-r lines aside)."""
     pins = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
-        requirement = line.split("#")[0].strip()
-        if requirement:
-            parsed = Requirement(requirement)
-            [specifier] = parsed.specifier  # exact pins only
-            assert specifier.operator == "==", line
-            pins[canonicalize_name(parsed.name)] = specifier.version
+    for name in files or ("requirements.txt",):
+        for line in (REPO / name).read_text().splitlines():
+            requirement = line.split("#")[0].strip()
+            if requirement and not requirement.startswith("-r "):
+                parsed = Requirement(requirement)
+                [specifier] = parsed.specifier  # exact pins only
+                assert specifier.operator == "==", line
+                pins[canonicalize_name(parsed.name)] = specifier.version
     return pins
+
+
+def test_the_test_environment_holds_only_pinned_versions():
+    # CI makes a fresh virtualenv every run: anything unpinned is whatever is newest that
+    # day. setuptools is the virtualenv's own (`python -m venv`); ours are editable.
+    pins = runtime_pins("requirements.txt", "requirements-dev.txt", "constraints-dev.txt")
+    held = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    unpinned = {name: version for name, version in held.items()
+                if name not in {*FOLDERS.values(), "setuptools"} and pins.get(name) != version}
+    assert not unpinned, (f"the test environment holds these, pinned nowhere at that version: {unpinned}; "
+                          "pin them in constraints-dev.txt (see its head), or make .venv again")
 
 
 @pytest.mark.parametrize("folder", sorted(IMAGES))

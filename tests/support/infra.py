@@ -24,6 +24,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM_ROOT = REPO_ROOT / "terraform-eks"
+CHECKOV_CONSTRAINTS = REPO_ROOT / "constraints-checkov.txt"
 
 # Not a secret: moto's fixed account id, so ARNs computed here match the ones moto returns.
 MOTO_ACCOUNT = "123456789012"
@@ -55,6 +56,7 @@ def provide_checkov() -> Path:
     from ratesctl.k8s_tools import cache_root, load_versions
 
     version = load_versions()["checkov"]
+    pins = CHECKOV_CONSTRAINTS.read_text()
     on_path = shutil.which("checkov")
     if on_path and _checkov_version(on_path) == version:
         return Path(on_path)
@@ -64,14 +66,16 @@ def provide_checkov() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / ".checkov.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (done.exists() and _usable(venv)):
+        if not (done.exists() and done.read_text() == pins and _usable(venv)):
             # A virtualenv cannot be moved once made, so it is built in place; the marker
-            # says it finished, and an unfinished, moved or orphaned one is started over.
+            # says it finished, with which pins, and an unfinished, moved or orphaned one,
+            # or one of other pins, is started over.
             shutil.rmtree(venv, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                            "--disable-pip-version-check", f"checkov=={version}"], check=True)
-            done.touch()
+                            "--disable-pip-version-check", "-c", str(CHECKOV_CONSTRAINTS),
+                            f"checkov=={version}"], check=True)
+            done.write_text(pins)
     return binary
 
 
