@@ -24,6 +24,8 @@ help:
 $(STAMP): requirements.txt requirements-dev.txt constraints-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	@# pip last: a virtualenv cut off while ensurepip ran has python but no pip, and is made again
 	@test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	@# The images run 3.11, and the image tests run this interpreter as theirs.
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "$(VENV) has Python %d.%d; 3.11 is needed: rm -rf $(VENV) and make again with PYTHON=python3.11" % sys.version_info[:2])'
 	$(BIN)/python -m pip install --quiet -c constraints-dev.txt --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints-dev.txt -r requirements-dev.txt $(foreach p,$(PACKAGES),-e ./$(p))
 	@touch $@
