@@ -80,6 +80,11 @@ def one(docs: dict, kind: str) -> dict:
     return found[0]
 
 
+def api_ingress(docs: dict) -> dict:
+    """The API's Ingress (in a shared IngressGroup the JSON 404 has one of its own)."""
+    return docs[("Ingress", RELEASE)]
+
+
 def kinds(docs: dict) -> set[str]:
     return {k for k, _ in docs}
 
@@ -214,6 +219,8 @@ def test_rendering_is_valid_for_the_apiserver(helm, kubectl, schemas, kube_tools
                 "ServiceAccount"]
     if env == "prod":
         expected = sorted([*expected, "HorizontalPodAutoscaler", "PodDisruptionBudget"])
+    else:  # dev and staging share an ALB: the JSON 404's Ingress is last in its group
+        expected = sorted([*expected, "Ingress"])
     assert sorted(d["kind"] for d in docs) == expected
 
     summary = kubeconform(kube_tools["kubeconform"], schemas, manifest)
@@ -281,7 +288,7 @@ def test_rollout_drops_no_request(render, env):
 
     # The ALB is done with a deregistered pod while it still serves, and always closes idle
     # connections before gunicorn does.
-    annotations = one(docs, "Ingress")["metadata"]["annotations"]
+    annotations = api_ingress(docs)["metadata"]["annotations"]
     attributes = dict(a.split("=") for a in
                       annotations["alb.ingress.kubernetes.io/target-group-attributes"].split(","))
     delay = int(attributes["deregistration_delay.timeout_seconds"])
@@ -464,7 +471,7 @@ def test_labels_and_selectors_agree(render):
     service = one(docs, "Service")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
-    ingress = one(docs, "Ingress")
+    ingress = api_ingress(docs)
     assert ingress["spec"]["ingressClassName"] == "alb"
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == "rates-api.example.com"
@@ -473,18 +480,19 @@ def test_labels_and_selectors_agree(render):
 
 
 def test_ingress_annotations(render):
-    plain = one(render(None), "Ingress")["metadata"]["annotations"]
+    plain = api_ingress(render(None))["metadata"]["annotations"]
     assert plain["alb.ingress.kubernetes.io/listen-ports"] == '[{"HTTP": 80}]'
     assert "alb.ingress.kubernetes.io/ssl-redirect" not in plain
     assert "alb.ingress.kubernetes.io/certificate-arn" not in plain
     assert "alb.ingress.kubernetes.io/ssl-policy" not in plain
-    assert one(render(None), "Ingress")["spec"]["rules"][0].get("host") is None
+    assert api_ingress(render(None))["spec"]["rules"][0].get("host") is None
 
     arn = "arn:aws:acm:eu-west-1:123456789012:certificate/abc"
-    https = one(render(None, *sets("ingress.https=true", f"ingress.certificateArn={arn}",
-                                   "ingress.scheme=internal", "ingress.groupName=shared", "ingress.hosts={api.example.com}",
-                                   "ingress.annotations.alb\\.ingress\\.kubernetes\\.io/success-codes=200-299")),
-                "Ingress")["metadata"]["annotations"]
+    https = api_ingress(render(None, *sets("ingress.https=true", f"ingress.certificateArn={arn}",
+                                           "ingress.scheme=internal", "ingress.groupName=shared",
+                                           "ingress.hosts={api.example.com}",
+                                           "ingress.annotations.alb\\.ingress\\.kubernetes\\.io/success-codes=200-299"))
+                        )["metadata"]["annotations"]
     assert json.loads(https["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
     assert https["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
     assert https["alb.ingress.kubernetes.io/certificate-arn"] == arn
@@ -519,16 +527,24 @@ def test_the_load_balancer_forwards_the_public_routes_only(render, env):
     paths = openapi.document("test")["paths"]
     internal = {path for path, item in paths.items() if openapi.INTERNAL in item["get"].get("tags", ())}
     assert internal < routes
-    for rule in one(render(env), "Ingress")["spec"]["rules"]:
+    for rule in api_ingress(render(env))["spec"]["rules"]:
         forwarded = [p for p in rule["http"]["paths"] if p["backend"]["service"]["name"] == RELEASE]
         assert {p["path"] for p in forwarded} == routes - internal
         assert {p["pathType"] for p in forwarded} == {"Exact"}
 
 
+ACTION = "alb.ingress.kubernetes.io/actions.json-not-found"
+CATCH_ALL = {"path": "/", "pathType": "Prefix",
+             "backend": {"service": {"name": "json-not-found", "port": {"name": "use-annotation"}}}}
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_the_load_balancer_answers_other_paths_with_the_apis_json_404(render, env):
-    ingress = one(render(env), "Ingress")
-    action = json.loads(ingress["metadata"]["annotations"]["alb.ingress.kubernetes.io/actions.json-not-found"])
+    docs = render(env)
+    api = api_ingress(docs)
+    own = docs.get(("Ingress", RELEASE + "-not-found"))
+    holder = own or api
+    action = json.loads(holder["metadata"]["annotations"][ACTION])
     assert action["type"] == "fixed-response"
     config = action["fixedResponseConfig"]
     assert (config["statusCode"], config["contentType"]) == ("404", "application/json")
@@ -537,24 +553,37 @@ def test_the_load_balancer_answers_other_paths_with_the_apis_json_404(render, en
     app = create_app(Settings.from_env({"DATABASE_URL": DUMMY_DSN}))
     answer = app.test_client().get("/no-such-path")
     assert answer.status_code == 404 and json.loads(config["messageBody"]) == answer.get_json()
-    catch_all = {"path": "/", "pathType": "Prefix",
-                 "backend": {"service": {"name": "json-not-found", "port": {"name": "use-annotation"}}}}
-    for rule in ingress["spec"]["rules"]:
-        # Last: the ALB's rules keep the Ingress's order, so the exact paths match first.
-        assert rule["http"]["paths"][-1] == catch_all
-        assert catch_all not in rule["http"]["paths"][:-1]
+
+    notes = api["metadata"]["annotations"]
+    if "alb.ingress.kubernetes.io/group.name" not in notes:  # its own ALB (prod)
+        # One Ingress: the controller puts its Exact paths before the Prefix one.
+        assert own is None
+        for rule in api["spec"]["rules"]:
+            assert [p for p in rule["http"]["paths"] if p["pathType"] == "Prefix"] == [CATCH_ALL]
+        return
+    # A shared ALB (dev and staging): the group orders Ingresses by group.order, then by
+    # name, so the catch-all is an Ingress of its own, last in the group, for the API's hosts.
+    assert ACTION not in notes and all(CATCH_ALL not in r["http"]["paths"] for r in api["spec"]["rules"])
+    assert own["metadata"]["annotations"].pop("alb.ingress.kubernetes.io/group.order") == "1000"
+    del own["metadata"]["annotations"][ACTION]
+    assert own["metadata"]["annotations"] == notes  # the group's listener settings must agree
+    assert [r["host"] for r in own["spec"]["rules"]] == [r["host"] for r in api["spec"]["rules"]]
+    assert all(r["http"]["paths"] == [CATCH_ALL] for r in own["spec"]["rules"])
 
 
 def test_the_json_404_can_be_left_to_the_alb_and_never_catches_a_shared_groups_hosts(render, helm):
-    off = one(render(None, *sets("ingress.jsonNotFound=false")), "Ingress")
-    assert not any(k.startswith("alb.ingress.kubernetes.io/actions.") for k in off["metadata"]["annotations"])
-    assert all(p["backend"]["service"]["name"] == RELEASE for p in off["spec"]["rules"][0]["http"]["paths"])
+    off = render(None, *sets("ingress.jsonNotFound=false"))
+    assert [name for kind, name in off if kind == "Ingress"] == [RELEASE]
+    assert not any(k.startswith("alb.ingress.kubernetes.io/actions.") for k in api_ingress(off)["metadata"]["annotations"])
+    assert all(p["backend"]["service"]["name"] == RELEASE for p in api_ingress(off)["spec"]["rules"][0]["http"]["paths"])
     # In a shared IngressGroup a catch-all for every host would answer for the other Ingresses.
     proc = helm("template", RELEASE, str(CHART), *sets("ingress.groupName=shared"), check=False)
     assert proc.returncode != 0 and "ingress.jsonNotFound with ingress.groupName needs ingress.hosts" in proc.stderr
-    grouped = one(render(None, *sets("ingress.groupName=shared", "ingress.hosts={a.example.com}")), "Ingress")
-    assert grouped["spec"]["rules"][0]["host"] == "a.example.com"
-    assert grouped["spec"]["rules"][0]["http"]["paths"][-1]["backend"]["service"]["name"] == "json-not-found"
+    # A group the chart cannot see, it cannot place the catch-all in.
+    proc = helm("template", RELEASE, str(CHART), "--set",
+                "ingress.hosts={a.example.com}", "--set",
+                "ingress.annotations.alb\\.ingress\\.kubernetes\\.io/group\\.name=shared", check=False)
+    assert proc.returncode != 0 and "give the IngressGroup as ingress.groupName" in proc.stderr
 
 
 def test_environments_differ_where_they_should(render):
@@ -574,7 +603,7 @@ def test_environments_differ_where_they_should(render):
         return int(value.removesuffix("Mi"))
 
     assert memory(dev) < memory(staging) < memory(prod)
-    prod_ingress = one(render("prod"), "Ingress")["metadata"]["annotations"]
+    prod_ingress = api_ingress(render("prod"))["metadata"]["annotations"]
     assert prod_ingress["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
 
 

@@ -3,6 +3,7 @@ the chart's version (and the app's), so two revisions of different templates und
 version cannot be told apart. A change to any file of a chart needs a new version, and its
 digest pinned here."""
 
+import fnmatch
 import hashlib
 from pathlib import Path
 
@@ -15,6 +16,7 @@ CHARTS = Path(__file__).resolve().parents[2] / "charts"
 PINS = {
     "rates-api": {
         "0.8.0": "c30acb1af357cad24e4969aa5f706aceb46ac768202c361842495579a6d0980d",
+        "0.9.0": "708a75ca72d433684aa4cfba36aef34782452f9200a2d39b454d7980bc3df5f0",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",
@@ -22,9 +24,21 @@ PINS = {
 }
 
 
+def packaged(chart: Path) -> list[Path]:
+    """The chart's files that `helm package` takes: .helmignore's patterns (ours are names
+    and globs, and directories with a trailing /) leave out an editor's swap files."""
+    ignore = [line.strip() for line in (chart / ".helmignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    def ignored(path: Path) -> bool:
+        relative = path.relative_to(chart)
+        return any(fnmatch.fnmatch(relative.name, p) or fnmatch.fnmatch(relative.as_posix(), p)
+                   or (p.endswith("/") and p.rstrip("/") in relative.parts[:-1]) for p in ignore)
+    return sorted(p for p in chart.rglob("*") if p.is_file() and not ignored(p))
+
+
 def digest(chart: Path) -> str:
     sha = hashlib.sha256()
-    for path in sorted(p for p in chart.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    for path in packaged(chart):
         sha.update(path.relative_to(chart).as_posix().encode() + b"\0")
         sha.update(hashlib.sha256(path.read_bytes()).digest())
     return sha.hexdigest()
@@ -43,8 +57,24 @@ def test_a_changed_chart_has_a_new_version(name):
         f"{name} {version}: pin it in {__file__} as its newest version")
     assert pins[version] == digest(chart), (
         f"{name}'s files are no longer those of {version}: give Chart.yaml a new version "
-        f"and pin it here with {digest(chart)}")
+        f"and pin it here with {digest(chart)} (never repin a version: it may be released)")
 
 
 def test_the_pins_cover_every_chart():
     assert {p.name for p in CHARTS.iterdir() if (p / "Chart.yaml").exists()} == set(PINS)
+
+
+def test_what_helm_leaves_out_does_not_count(tmp_path):
+    chart = tmp_path / "chart"
+    (chart / "templates").mkdir(parents=True)
+    (chart / ".helmignore").write_text("# comment\n*.swp\n*~\n.git/\n")
+    (chart / "Chart.yaml").write_text("version: 1.0.0\n")
+    (chart / "templates" / "a.yaml").write_text("a: 1\n")
+    before = digest(chart)
+    (chart / "templates" / ".a.yaml.swp").write_text("x")
+    (chart / "templates" / "a.yaml~").write_text("x")
+    (chart / ".git").mkdir()
+    (chart / ".git" / "HEAD").write_text("x")
+    assert digest(chart) == before
+    (chart / "templates" / "b.yaml").write_text("b: 1\n")
+    assert digest(chart) != before
