@@ -529,6 +529,14 @@ def _stderr(message: str) -> None:
     print(f"[k8s-tools] {message}", file=sys.__stderr__ or sys.stderr, flush=True)
 
 
+def _in_cache_path(filename: object) -> bool:
+    """``filename`` is the cache directory, one of its parents, or inside it."""
+    if not isinstance(filename, (str, os.PathLike)):
+        return False
+    path, root = Path(filename), cache_root()
+    return path == root or path in root.parents or root in path.parents
+
+
 def _build_missing(missing: list[str], versions: dict[str, str], builder: "_Builder",
                    log: Callable[[str], None]) -> None:
     with _build_lock(log):
@@ -576,7 +584,10 @@ def resolve_tools(
     builder = _Builder(go, log)
     try:
         _build_missing(missing, versions, builder, log)
-    except OSError as exc:  # the cache cannot be written: say where, not an INTERNALERROR
+    except OSError as exc:
+        if not _in_cache_path(exc.filename):
+            raise
+        # The cache cannot be made or written: say where, not a test session's INTERNALERROR.
         raise ToolsUnavailable(
             _unavailable_message(missing, versions, f"The cache cannot be used: {exc}. "
                                  "Point XDG_CACHE_HOME at a writable directory.")) from exc

@@ -274,6 +274,15 @@ def test_a_cache_that_cannot_be_written_is_named_not_an_internal_error(isolated,
     monkeypatch.setenv("GO", "/bin/true")
     with pytest.raises(ToolsUnavailable, match="The cache cannot be used: .*a-file.*XDG_CACHE_HOME"):
         resolve_tools(tools=("tflint",), log=lambda _: None)
+    # Anything else that fails is not blamed on the cache.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def build(versions, builder, outdir):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "broken-go"))
+
+    monkeypatch.setattr(k8s_tools, "_BUILDS", {**k8s_tools._BUILDS, "tflint": build})
+    with pytest.raises(FileNotFoundError, match="broken-go"):
+        resolve_tools(tools=("tflint",), log=lambda _: None)
 
 
 def test_a_build_waiting_for_another_says_so(isolated, monkeypatch):

@@ -15,6 +15,7 @@ from tests.support.dockerfile import Context, DockerfileError, ignore_pattern, i
 from tests.support import images as images_module
 from tests.support.images import REPO_ROOT, PodIdentity
 from tests.support.poll import wait_for
+from tests.support.proc import running
 
 PROBE = f"REPO = {str(REPO_ROOT)!r}\n" + textwrap.dedent("""
     import json, os, pathlib
@@ -217,8 +218,8 @@ def host_pids_with(marker: str, besides: int) -> list[int]:
     found = []
     for entry in (e for e in os.listdir("/proc") if e != str(besides)):
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline, open(f"/proc/{entry}/stat") as stat:
-                if marker.encode() in cmdline.read() and stat.read().rsplit(")", 1)[1].split()[0] != "Z":
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if marker.encode() in cmdline.read() and running(int(entry)):
                     found.append(int(entry))
         except (OSError, ValueError):
             continue

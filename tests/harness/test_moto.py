@@ -1,6 +1,7 @@
 """tests/support/aws.py's start_moto: the session's S3 and SQS must be moto's."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 from tests.support import aws
 from tests.support.net import free_port
 from tests.support.poll import wait_for
-from tests.support.proc import stop_process
+from tests.support.proc import running, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,19 +54,14 @@ def test_moto_does_not_outlive_a_session_killed_outright():
         [sys.executable, "-c", "import time\nfrom tests.support import aws\n"
          "process, _ = aws.start_moto()\nprint(process.pid, flush=True)\ntime.sleep(120)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
+    moto = 0
     try:
         moto = int(session.stdout.readline())
         os.kill(moto, 0)  # running
         session.kill()
         session.wait()
-        wait_for(lambda: not _running(moto), timeout=10, what="moto to end with its session")
+        wait_for(lambda: not running(moto), timeout=10, what="moto to end with its session")
     finally:
         stop_process(session)
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except FileNotFoundError:
-        return False
+        if moto and running(moto):  # the test failed: leave nothing behind
+            os.kill(moto, signal.SIGKILL)

@@ -21,6 +21,7 @@ import pytest
 from rates_core import migrate
 from rates_core.db import API_USER, INGEST_USER  # noqa: F401 - the tests' users, imported from here
 from ratesctl import localdb
+from tests.support.proc import proc_stat, running
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RATESTASK_SQL = REPO_ROOT.parent / "shared" / "data" / "ratestask" / "rates.sql"
@@ -63,12 +64,8 @@ PREFIX, OWNER = "rates-test-pg-", "owner"
 
 def _identity(pid: int) -> str | None:
     """A process's pid and start time, which a later process with its pid does not share."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else f"{pid} {fields[19]}"  # state, starttime
+    fields = proc_stat(pid)
+    return f"{pid} {fields[19]}" if running(pid) and fields else None  # starttime
 
 
 def sweep_orphans(directory: Path | None = None) -> list[Path]:

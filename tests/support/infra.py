@@ -10,6 +10,7 @@ that must not move the project's own pins. The virtualenv lives in
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hcl2
@@ -44,11 +46,13 @@ def _usable(venv: Path) -> bool:
     once the cache is restored under another path or the base interpreter is gone."""
     python = venv / "bin" / "python"
     try:
-        shebang = (venv / "bin" / "checkov").read_text().split("\n", 1)[0]
+        # pip writes "#!<python>", or for a long path a /bin/sh line that execs "<python>".
+        head = (venv / "bin" / "checkov").read_text()[:4096].splitlines()[:3]
         ran = subprocess.run([str(python), "-c", ""], timeout=60).returncode == 0
     except (OSError, UnicodeError, subprocess.TimeoutExpired):
         return False
-    return shebang == f"#!{python}" and ran
+    names_it = head[:1] == [f"#!{python}"] or any(f"'{python}'" in line for line in head[1:])
+    return names_it and ran
 
 
 def provide_checkov() -> Path:
@@ -56,26 +60,33 @@ def provide_checkov() -> Path:
     from ratesctl.k8s_tools import cache_root, load_versions
 
     version = load_versions()["checkov"]
-    pins = CHECKOV_CONSTRAINTS.read_text()
+    # Keyed by its pins too: checkouts with other pins (a branch that bumps them) each get
+    # their own, instead of taking turns to make one over while another runs it.
+    key = hashlib.sha256(CHECKOV_CONSTRAINTS.read_bytes()).hexdigest()[:12]
     on_path = shutil.which("checkov")
     if on_path and _checkov_version(on_path) == version:
         return Path(on_path)
     cache = cache_root().parent  # ${XDG_CACHE_HOME:-~/.cache}/rates-platform
-    venv = cache / f"checkov-{version}"
+    venv = cache / f"checkov-{version}-{key}"
     binary, done = venv / "bin" / "checkov", venv / ".complete"
     cache.mkdir(parents=True, exist_ok=True)
     with (cache / ".checkov.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (done.exists() and done.read_text() == pins and _usable(venv)):
+        if not (done.exists() and _usable(venv)):
             # A virtualenv cannot be moved once made, so it is built in place; the marker
-            # says it finished, with which pins, and an unfinished, moved or orphaned one,
-            # or one of other pins, is started over.
+            # says it finished, and an unfinished, moved or orphaned one is started over.
             shutil.rmtree(venv, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
                             "--disable-pip-version-check", "-c", str(CHECKOV_CONSTRAINTS),
                             f"checkov=={version}"], check=True)
-            done.write_text(pins)
+            done.touch()
+        os.utime(done)  # in use: another checkout's prune leaves it be
+        for other in cache.glob("checkov-*/.complete"):
+            # Of other pins or versions, unused for two weeks: a checkout that needs one
+            # again makes it again.
+            if other != done and time.time() - other.stat().st_mtime > 14 * 86400:
+                shutil.rmtree(other.parent, ignore_errors=True)
     return binary
 
 

@@ -55,9 +55,8 @@ from typing import Callable
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support.proc import die_with_parent
 from tests.support.images import Image, PodIdentity
-from tests.support.proc import stop_process
+from tests.support.proc import die_with_parent, stop_process
 
 POLL_INTERVAL = 0.2
 # the generated client would pick JSON-patch for a dict body

@@ -52,3 +52,18 @@ def die_with_parent() -> None:
     """Ask Linux to SIGKILL the child if the (spawning thread of the) parent dies."""
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command's name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def running(pid: int) -> bool:
+    """There is such a process, and it has not ended (a zombie has)."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
