@@ -29,6 +29,15 @@ CSV_HEADER = ",".join(FIELDS).encode()
 MAX_RECORD_BYTES = 64 * 1024
 # Upper bound on the bytes one gzip step may produce, against decompression bombs.
 MAX_INFLATE_BYTES = 1 << 20
+# The largest file (uncompressed) a Job loads unless INGEST_MAX_FILE_MIB says otherwise:
+# twice the 1 GB that a file is expected to reach. Every byte becomes about as much table
+# and WAL, so without a bound a small gzip that inflates on and on would fill the database
+# before the Job's deadline, and take its whole load to roll back.
+DEFAULT_MAX_FILE_BYTES = 2 << 30
+# No file of prices compresses this well (sorted lanes and days at one price: 11 times; one
+# row over and over: 400), so a gzip that does is refused once this much has come out of it.
+MAX_GZIP_RATIO = 100
+GZIP_RATIO_FROM_BYTES = 64 << 20
 _DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _KNOWN_DAYS_CAP = 100_000
 
@@ -72,8 +81,9 @@ def detect(key: str) -> Format:
     raise InvalidFile(f"unknown file extension in key {key!r}; expected one of {known}")
 
 
-def decoded(chunks: Iterable[bytes], fmt: Format) -> Iterator[bytes]:
-    """The file's bytes, gunzipped if the extension says so, checked against the content."""
+def decoded(chunks: Iterable[bytes], fmt: Format, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Iterator[bytes]:
+    """The file's bytes, gunzipped if the extension says so, checked against the content;
+    more than ``max_bytes`` of them is an invalid file."""
     chunks = iter(chunks)
     first = next((c for c in chunks if c), b"")
     if not first:
@@ -84,7 +94,17 @@ def decoded(chunks: Iterable[bytes], fmt: Format) -> Iterator[bytes]:
     if looks_gzip and not fmt.gzip:
         raise InvalidFile("the content is gzip-compressed but the key does not end in .gz")
     stream = _prepend(first, chunks)
-    return gunzip(stream) if fmt.gzip else stream
+    return _capped(gunzip(stream) if fmt.gzip else stream, max_bytes)
+
+
+def _capped(chunks: Iterator[bytes], max_bytes: int) -> Iterator[bytes]:
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > max_bytes:
+            raise InvalidFile(f"the file is larger than {max_bytes:,} bytes uncompressed (INGEST_MAX_FILE_MIB "
+                              f"{max_bytes >> 20}): split it into smaller files")
+        yield chunk
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
@@ -96,13 +116,19 @@ def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Inflate a (possibly multi-member) gzip stream in bounded steps."""
     inflater = zlib.decompressobj(wbits=31)
     padded = False
+    taken = given = 0
     try:
         for data in chunks:
+            taken += len(data)
             while True:
                 if padded:
                     _zero_padding(data)
                     break
                 out = inflater.decompress(data, MAX_INFLATE_BYTES)
+                given += len(out)
+                if given > GZIP_RATIO_FROM_BYTES and given > MAX_GZIP_RATIO * taken:
+                    raise InvalidFile(f"the gzip stream inflates more than {MAX_GZIP_RATIO} times ({given:,} bytes "
+                                      f"from {taken:,}): no file of prices compresses that well")
                 if out:
                     yield out
                 if inflater.eof:
@@ -238,9 +264,10 @@ def _csv_field(value: str) -> str:
 class Parser:
     """Base of the three parsers: counts rows, collects problems, tags rows with source_id."""
 
-    def __init__(self, fmt: Format, rules: Rules, source_id: int):
+    def __init__(self, fmt: Format, rules: Rules, source_id: int, max_bytes: int = DEFAULT_MAX_FILE_BYTES):
         self.fmt = fmt
         self.rules = rules
+        self.max_bytes = max_bytes
         self.rows = 0
         self.problems = Problems(fmt.position)
         self.suffix = f",{int(source_id)}\n"
@@ -248,7 +275,7 @@ class Parser:
 
     def copy_chunks(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """CSV chunks for COPY; raises InvalidFile (after the last chunk) if the file is bad."""
-        for out in self._parse(self._refuse_utf16(decoded(chunks, self.fmt))):
+        for out in self._parse(self._refuse_utf16(decoded(chunks, self.fmt, self.max_bytes))):
             if out and not self.problems:
                 yield out
             if self.problems.full:
@@ -321,8 +348,9 @@ def _json_object(pairs: list[tuple]) -> dict | _RepeatedKeys:
     return _RepeatedKeys(sorted({k for k, _ in pairs if k in seen or seen.add(k)}))
 
 
-def parser_for(fmt: Format, rules: Rules, source_id: int) -> Parser:
-    return {"csv": CsvParser, "json": JsonArrayParser, "ndjson": NdjsonParser}[fmt.kind](fmt, rules, source_id)
+def parser_for(fmt: Format, rules: Rules, source_id: int, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Parser:
+    kind = {"csv": CsvParser, "json": JsonArrayParser, "ndjson": NdjsonParser}[fmt.kind]
+    return kind(fmt, rules, source_id, max_bytes)
 
 
 _LINE_TOO_LONG = f"line longer than {MAX_RECORD_BYTES} bytes"

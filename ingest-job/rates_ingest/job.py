@@ -79,7 +79,8 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict, ru
     try:
         download = seen["download"] = s3source.Download(s3, ref, info, log)
         with termination.cancels(conn):
-            return loader.load(conn, ref, download, fmt, log, work_mem=settings.work_mem, run_id=run_id)
+            return loader.load(conn, ref, download, fmt, log, work_mem=settings.work_mem, run_id=run_id,
+                               max_file_bytes=settings.max_file_bytes)
     finally:
         conn.close()
 

@@ -45,13 +45,13 @@ class CopyStream:
 
 
 def load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, *, work_mem: str,
-         run_id: int) -> Outcome:
+         run_id: int, max_file_bytes: int = formats.DEFAULT_MAX_FILE_BYTES) -> Outcome:
     """Run the whole load in one transaction on ``conn``; roll back on any error."""
     try:
         with db.classified():
             with conn.cursor() as cur:
                 cur.execute("SET LOCAL work_mem = %s", (work_mem,))
-            outcome = _load(conn, ref, download, fmt, log)
+            outcome = _load(conn, ref, download, fmt, log, max_file_bytes)
             with conn.cursor() as cur:
                 # Committed with the load: if the run's own connection cannot record the end
                 # afterwards, the record still says what happened (and no sweep calls it abandoned).
@@ -67,7 +67,7 @@ def load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, *, 
                 pass
 
 
-def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log) -> Outcome:
+def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, max_file_bytes: int) -> Outcome:
     info = download.info
     with conn.cursor() as cur:
         # Taken before looking: of two runs for one key, the second waits, then sees the first's rows.
@@ -81,7 +81,7 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log) ->
                     (ref.bucket, ref.key, info.identity, info.last_modified))
         file_id = cur.fetchone()[0]
         cur.execute("SELECT code FROM ports")
-        parser = formats.parser_for(fmt, formats.Rules(code for (code,) in cur), file_id)
+        parser = formats.parser_for(fmt, formats.Rules(code for (code,) in cur), file_id, max_file_bytes)
         termination.check()  # _skip may have asked S3, whose client retries what a signal cuts short
         _copy(cur, parser, download)
         # The replaced file's rows go after the COPY: deleting them takes the totals' lock

@@ -10,6 +10,8 @@ LOG_LEVEL       DEBUG, INFO (default), WARNING or ERROR.
 INGEST_WORK_MEM PostgreSQL work_mem for the load transaction (default 64MB): the
                 statement trigger keeps the file's rows in a tuplestore of this size
                 before it spills to disk.
+INGEST_MAX_FILE_MIB  the largest file, uncompressed, in MiB (default 2048): a larger one
+                is rejected (exit 2), and so is a gzip that inflates more than 100 times.
 AWS_RETRY_MODE  botocore's retry mode for S3: legacy, standard (default) or adaptive.
 AWS_MAX_ATTEMPTS  S3 attempts per request, the first one included (default 5).
 Other AWS settings come from boto3's standard chain (AWS_DEFAULT_REGION, which this boto3 reads
@@ -27,6 +29,8 @@ from rates_core.db import BULK_LOAD_WORK_MEM, PG_INT_MAX
 from rates_core.env import ConfigError, env_choice, env_int, env_str
 from rates_core.logs import LEVELS
 from rates_core.rds_auth import iam_auth_enabled
+
+from .formats import DEFAULT_MAX_FILE_BYTES
 
 _MEMORY = re.compile(r"([1-9][0-9]{0,9})(kB|MB|GB)")
 _KB_PER_UNIT = {"kB": 1, "MB": 1 << 10, "GB": 1 << 20}
@@ -46,6 +50,7 @@ class Settings:
     work_mem: str = BULK_LOAD_WORK_MEM
     s3_retry_mode: str = "standard"
     s3_max_attempts: int = 5
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, bucket: str | None = None,
@@ -64,6 +69,8 @@ class Settings:
             # an empty one means the default, as for every other setting.
             s3_retry_mode=env_choice("AWS_RETRY_MODE", "STANDARD", _RETRY_MODES, environ).lower(),
             s3_max_attempts=env_int("AWS_MAX_ATTEMPTS", 5, minimum=1, maximum=20, environ=environ),
+            max_file_bytes=env_int("INGEST_MAX_FILE_MIB", DEFAULT_MAX_FILE_BYTES >> 20, minimum=1,
+                                   maximum=1 << 20, environ=environ) << 20,
         )
 
 

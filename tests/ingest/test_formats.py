@@ -1,5 +1,6 @@
 """The parsers on their own: chunk boundaries anywhere, gzip members, bounded output."""
 
+import datetime
 import gzip
 import json
 
@@ -205,3 +206,40 @@ def test_a_json_element_of_exactly_the_limit_is_accepted_and_one_more_is_not(siz
     assert parse("json", split(b"[" + element(formats.MAX_RECORD_BYTES) + b"]", size)) == b"CNSHA,NLRTM,2016-01-01,5,7\n"
     with pytest.raises(formats.InvalidFile, match="longer than"):
         parse("json", split(b"[" + element(formats.MAX_RECORD_BYTES + 1) + b"]", size))
+
+
+def sorted_prices(lanes: int = 20, days: int = 365) -> bytes:
+    """The best a real file compresses: lanes and days in order, at one price (11 times)."""
+    lines = [b"orig_code,dest_code,day,price"]
+    for o in range(lanes):
+        for d in range(lanes):
+            lines += [f"P{o:04d},P{d:04d},{day},1000".encode() for day in DAYS[:days]]
+    return b"\n".join(lines) + b"\n"
+
+
+DAYS = [str(datetime.date(2016, 1, 1) + datetime.timedelta(days=k)) for k in range(366)]
+
+
+def test_a_gzip_that_inflates_like_no_price_file_is_refused_soon(monkeypatch):
+    monkeypatch.setattr(formats, "GZIP_RATIO_FROM_BYTES", 1 << 20)  # 64 MiB in production
+    bomb = gzip.compress(b"orig_code,dest_code,day,price\n" + b"CNSHA,NLRTM,2016-01-01,100\n" * 200_000, 9)
+    given = 0
+    with pytest.raises(formats.InvalidFile, match="inflates more than 100 times"):
+        for out in formats.gunzip(split(bomb, 4096)):
+            given += len(out)
+    assert given <= (1 << 20) + formats.MAX_INFLATE_BYTES  # refused as soon as it could tell
+    real = sorted_prices()
+    assert len(real) > 3 << 20
+    assert b"".join(formats.gunzip(split(gzip.compress(real, 9), 65536))) == real
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_file_larger_than_the_limit_is_refused(gz):
+    body = as_csv(ROWS)
+    chunks = split(gzip.compress(body) if gz else body, 16)
+    fmt = formats.Format("csv", gz)
+    loads = formats.parser_for(fmt, formats.Rules(PORTS), source_id=7, max_bytes=len(body))
+    assert b"".join(loads.copy_chunks(iter(chunks))) == EXPECTED
+    refused = formats.parser_for(fmt, formats.Rules(PORTS), source_id=7, max_bytes=len(body) - 1)
+    with pytest.raises(formats.InvalidFile, match=f"larger than {len(body) - 1:,} bytes uncompressed"):
+        b"".join(refused.copy_chunks(iter(chunks)))

@@ -50,3 +50,12 @@ def test_s3_retries_come_from_the_standard_variables(env, mode, attempts):
 def test_bad_s3_retry_settings_are_refused_at_startup(env):
     with pytest.raises(ConfigError, match=next(iter(env))):
         Settings.from_env({"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k", **env})
+
+
+def test_the_file_size_limit_is_read_in_mib_and_refused_when_bad():
+    base = {"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k"}
+    assert Settings.from_env(base).max_file_bytes == 2 << 30
+    assert Settings.from_env({**base, "INGEST_MAX_FILE_MIB": "300"}).max_file_bytes == 300 << 20
+    for bad in ("0", "2GB", "-1"):
+        with pytest.raises(ConfigError, match="INGEST_MAX_FILE_MIB"):
+            Settings.from_env({**base, "INGEST_MAX_FILE_MIB": bad})
