@@ -1,5 +1,6 @@
 """Application factory: wires settings, the DB pool, metrics, logging and routes."""
 
+import re
 import time
 import uuid
 
@@ -13,6 +14,7 @@ from .runtime import Runtime, runtime
 from .settings import Settings
 
 log = logs.get_logger("rates_api.access")
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")  # printable ASCII, no spaces
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -35,7 +37,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def _start_request() -> None:
     g.started = time.perf_counter()
-    g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    given = request.headers.get("X-Request-ID", "")
+    # A client's id is echoed and put on every log line of its request: a bounded token
+    # only, or a client could write 8 KB into each line (and into the answer's headers).
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     structlog.contextvars.bind_contextvars(request_id=g.request_id)
 
 

@@ -1,3 +1,4 @@
+import re
 from dataclasses import replace
 
 from rates_api.settings import Settings
@@ -56,6 +57,11 @@ def test_unknown_methods_share_one_metrics_label(client):
 def test_request_id_is_echoed(client):
     assert client.get("/healthz", headers={"X-Request-ID": "abc123"}).headers["X-Request-ID"] == "abc123"
     assert len(client.get("/healthz").headers["X-Request-ID"]) == 32
+    # Only a bounded token is taken; anything else is replaced, not echoed and logged.
+    assert client.get("/healthz", headers={"X-Request-ID": "x" * 128}).headers["X-Request-ID"] == "x" * 128
+    for given in ("x" * 129, "two words", "caf\u00e9"):
+        answer = client.get("/healthz", headers={"X-Request-ID": given}).headers["X-Request-ID"]
+        assert re.fullmatch(r"[0-9a-f]{32}", answer), (given, answer)
 
 
 def test_openapi_describes_every_route(client):
