@@ -30,13 +30,14 @@ MAX_RECORD_BYTES = 64 * 1024
 # Upper bound on the bytes one gzip step may produce, against decompression bombs.
 MAX_INFLATE_BYTES = 1 << 20
 # The largest file (uncompressed) a Job loads unless INGEST_MAX_FILE_MIB says otherwise:
-# twice the 1 GB that a file is expected to reach. Every byte becomes about as much table
-# and WAL, so without a bound a small gzip that inflates on and on would fill the database
-# before the Job's deadline, and take its whole load to roll back.
+# twice the 1 GB that a file is expected to reach. This is what bounds a file's cost: every
+# byte becomes about as much table and WAL, so without it a small gzip that inflates on and
+# on would fill the database before the Job's deadline, and take its whole load to roll back.
 DEFAULT_MAX_FILE_BYTES = 2 << 30
-# No file of prices compresses this well (sorted lanes and days at one price: 11 times; one
-# row over and over: 400), so a gzip that does is refused once this much has come out of it.
-MAX_GZIP_RATIO = 100
+# The cheapest bombs are refused early too: no price file compresses this well (CSV sorted by
+# lane and day at one price: 11 times; JSON indented by 8 with CRLF: 61; one row over and
+# over: 400), so a gzip that does is refused once this much has come out of it.
+MAX_GZIP_RATIO = 200
 GZIP_RATIO_FROM_BYTES = 64 << 20
 _DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _KNOWN_DAYS_CAP = 100_000
@@ -52,6 +53,12 @@ class FileRejected(PermanentError):
 
 class InvalidFile(FileRejected):
     """The file's content breaks the format or the validation rules."""
+
+
+class FileTooLarge(InvalidFile):
+    def __init__(self, max_bytes: int):
+        super().__init__(f"the file is larger than {max_bytes:,} bytes uncompressed (INGEST_MAX_FILE_MIB "
+                         f"{max_bytes >> 20}): split it into smaller files")
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,7 @@ def _capped(chunks: Iterator[bytes], max_bytes: int) -> Iterator[bytes]:
     for chunk in chunks:
         total += len(chunk)
         if total > max_bytes:
-            raise InvalidFile(f"the file is larger than {max_bytes:,} bytes uncompressed (INGEST_MAX_FILE_MIB "
-                              f"{max_bytes >> 20}): split it into smaller files")
+            raise FileTooLarge(max_bytes)
         yield chunk
 
 
@@ -275,11 +281,16 @@ class Parser:
 
     def copy_chunks(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """CSV chunks for COPY; raises InvalidFile (after the last chunk) if the file is bad."""
-        for out in self._parse(self._refuse_utf16(decoded(chunks, self.fmt, self.max_bytes))):
-            if out and not self.problems:
-                yield out
-            if self.problems.full:
-                break
+        try:
+            for out in self._parse(self._refuse_utf16(decoded(chunks, self.fmt, self.max_bytes))):
+                if out and not self.problems:
+                    yield out
+                if self.problems.full:
+                    break
+        except FileTooLarge:
+            # Rows found bad on the way say more: split, the file would still be refused.
+            self.problems.raise_if_any(stopped_early=True)
+            raise
         self.problems.raise_if_any(stopped_early=self.problems.full)
         if self.rows == 0:
             raise InvalidFile("the file has no price rows")

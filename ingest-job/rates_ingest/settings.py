@@ -11,7 +11,7 @@ INGEST_WORK_MEM PostgreSQL work_mem for the load transaction (default 64MB): the
                 statement trigger keeps the file's rows in a tuplestore of this size
                 before it spills to disk.
 INGEST_MAX_FILE_MIB  the largest file, uncompressed, in MiB (default 2048): a larger one
-                is rejected (exit 2), and so is a gzip that inflates more than 100 times.
+                is rejected (exit 2), and so is a gzip that inflates more than 200 times.
 AWS_RETRY_MODE  botocore's retry mode for S3: legacy, standard (default) or adaptive.
 AWS_MAX_ATTEMPTS  S3 attempts per request, the first one included (default 5).
 Other AWS settings come from boto3's standard chain (AWS_DEFAULT_REGION, which this boto3 reads

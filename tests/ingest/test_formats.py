@@ -224,13 +224,21 @@ def test_a_gzip_that_inflates_like_no_price_file_is_refused_soon(monkeypatch):
     monkeypatch.setattr(formats, "GZIP_RATIO_FROM_BYTES", 1 << 20)  # 64 MiB in production
     bomb = gzip.compress(b"orig_code,dest_code,day,price\n" + b"CNSHA,NLRTM,2016-01-01,100\n" * 200_000, 9)
     given = 0
-    with pytest.raises(formats.InvalidFile, match="inflates more than 100 times"):
+    with pytest.raises(formats.InvalidFile, match="inflates more than 200 times"):
         for out in formats.gunzip(split(bomb, 4096)):
             given += len(out)
     assert given <= (1 << 20) + formats.MAX_INFLATE_BYTES  # refused as soon as it could tell
-    real = sorted_prices()
-    assert len(real) > 3 << 20
-    assert b"".join(formats.gunzip(split(gzip.compress(real, 9), 65536))) == real
+    # The best real files compress: CSV in order at one price (11 times), and JSON
+    # indented by 8 with CRLF line ends (61 times).
+    csv_file = sorted_prices()
+    rows = [{"orig_code": o, "dest_code": d, "day": day, "price": 1000 + k % 7}
+            for o, d in (("CNSHA", "NLRTM"), ("CNNGB", "DEHAM")) for k, day in enumerate(DAYS * 20)]
+    json_file = json.dumps(rows, indent=8).replace("\n", "\r\n").encode()
+    for real in (csv_file, json_file):
+        assert len(real) > 2 << 20
+        packed = gzip.compress(real, 9)
+        assert len(real) / len(packed) > (10 if real is csv_file else 40)
+        assert b"".join(formats.gunzip(split(packed, 65536))) == real
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -243,3 +251,13 @@ def test_a_file_larger_than_the_limit_is_refused(gz):
     refused = formats.parser_for(fmt, formats.Rules(PORTS), source_id=7, max_bytes=len(body) - 1)
     with pytest.raises(formats.InvalidFile, match=f"larger than {len(body) - 1:,} bytes uncompressed"):
         b"".join(refused.copy_chunks(iter(chunks)))
+
+
+def test_bad_rows_found_before_the_limit_are_what_is_reported():
+    # Split, the file would still be refused: the rows say why.
+    body = as_csv([("CNSHA", "NLRTM", "2016-13-01", 5)] + ROWS * 50)
+    parser = formats.parser_for(formats.Format("csv", False), formats.Rules(PORTS), source_id=7,
+                                max_bytes=len(body) // 2)
+    with pytest.raises(formats.InvalidFile, match="invalid row.*line 2") as refused:
+        b"".join(parser.copy_chunks(iter(split(body, 64))))
+    assert refused.value.bad_rows[0]["line"] == 2
