@@ -166,6 +166,7 @@ def test_lint_strict(helm, env):
     ("networkPolicy.ingress=x", "additional properties 'ingress' not allowed"),
     ("database.url=postgresql://rates_api:secret@db/rates", "/database/url"),
     ("database.url=postgresql://rates_api@db/rates?sslmode=require&password=secret", "/database/url"),
+    ("database.url=postgresql://rates_api@db/rates?pass%77ord=secret", "/database/url"),  # libpq decodes keys
     ("database.url=host=db user=rates_api", "/database/url"),
     ("database.iamAuth=true", "/database/url"),
     ("aws.region=Ireland", "/aws/region"),

@@ -278,6 +278,8 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
                  id="database-url-with-a-password"),
     pytest.param({"database.url": "postgresql://rates_ingest@db/rates?password=secret"}, "at '/database/url'",
                  id="database-url-with-a-password-parameter"),
+    pytest.param({"database.url": "postgresql://rates_ingest@db/rates?pass%77ord=secret"}, "at '/database/url'",
+                 id="database-url-with-a-percent-encoded-password-parameter"),
     pytest.param({"database.url": None, "database.iamAuth": True}, "at '/database/url'", id="iam-auth-without-a-url"),
     # "prices" would let prices-archive/ through
     pytest.param({"queue.prefix": "prices"}, "at '/queue/prefix'", id="prefix-without-a-slash"),
