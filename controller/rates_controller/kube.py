@@ -3,7 +3,7 @@
 ``ApiException`` and connection errors are mapped here, once: 409 is AlreadyExists (on
 create: a duplicate delivery) or Conflict (on a write that names the version it read:
 the object changed since), 404 NotFound, 400/422 mean the Job itself is unacceptable
-(retrying cannot help) unless an admission policy said so, and everything else - 403
+(retrying cannot help) unless an admission policy or webhook said so, and everything else - 403
 included, which is also how a ResourceQuota says "full" - may pass on retry.
 """
 
@@ -54,9 +54,11 @@ class NotFound(TemporaryError):
     """404: the object, or its namespace, does not exist (yet)."""
 
 
-# An admission policy's refusal can pass: during a rollout the old pod still makes Jobs
-# with the settings that the new release's policy (the chart's rbac.jobPolicy) refuses.
-_ADMISSION_POLICY = "ValidatingAdmissionPolicy"
+# An admission refusal can pass: during a rollout the old pod still makes Jobs with the
+# settings that the new release's policy (the chart's rbac.jobPolicy) refuses, and a
+# webhook's policy (Kyverno's, say) may be mended. The API server words a webhook's
+# refusal as below, and answers it 400 unless the webhook gave a code.
+_ADMISSION_REFUSALS = ("ValidatingAdmissionPolicy", 'admission webhook "')
 
 
 @contextlib.contextmanager
@@ -65,7 +67,7 @@ def classified(what: str):
         yield
     except ApiException as exc:
         detail = f"{what}: {exc.status} {exc.reason}: {_message(exc)}"
-        if exc.status in (400, 422) and _ADMISSION_POLICY not in detail:
+        if exc.status in (400, 422) and not any(marker in detail for marker in _ADMISSION_REFUSALS):
             raise PermanentError(detail) from exc
         if exc.status == 409:
             raise (Conflict if _reason(exc) == "Conflict" else AlreadyExists)(detail) from exc

@@ -19,7 +19,7 @@ from rates_controller.settings import JobSettings, Settings
 from rates_core import logs
 from tests.controller.worlds import STAND_IN, Scenario, SharedNode, World
 from tests.support.aws import FAKE_AWS_ENV, unique_name
-from tests.support.kube import admission_refusal
+from tests.support.kube import admission_refusal, webhook_refusal
 from tests.support.uploads import IMAGE, JOB_SERVICE_ACCOUNT, Queues, new_queues
 
 
@@ -65,9 +65,10 @@ def set_aside_reasons(metrics: Metrics) -> dict[str, float]:
     return {reason: count for reason, count in counts.items() if count}
 
 
-def creates_refused(kube, namespace: str, controller, message: str):
+def creates_refused(kube, namespace: str, controller, message: str, *, webhook: bool = False):
     """While inside, the API server refuses every Job create in this namespace with
-    ``message`` (an admission policy, as a rollout's new Job policy or a full quota would)."""
+    ``message``: an admission policy's (as a rollout's new Job policy or a full quota would),
+    or with ``webhook`` an admission webhook's."""
     def in_force() -> bool:
         probe = jobs.manifest(events.UploadedObject("b", "probe.csv", None, None, None), controller.settings.job)
         try:
@@ -76,6 +77,8 @@ def creates_refused(kube, namespace: str, controller, message: str):
             return message in str(exc.body)
         return False
 
+    if webhook:
+        return webhook_refusal(kube, namespace, message, in_force)
     return admission_refusal(kube, namespace, "CREATE", "false", message, in_force)
 
 

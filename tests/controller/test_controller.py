@@ -358,14 +358,16 @@ def test_a_message_held_back_is_not_set_aside_when_sqs_fails_to_hide_it(kube, na
     only_b_loaded_and_a_set_aside(kube, namespace, sqs)
 
 
+@pytest.mark.parametrize("webhook", [False, True], ids=["policy", "webhook"])
 def test_a_job_an_admission_policy_refuses_waits_and_is_created_later(kube, namespace, uploads, sqs,
-                                                                     make_controller, monkeypatch):
+                                                                     make_controller, monkeypatch, webhook):
     # As in a rollout: the new release's Job policy refuses what the old pod still makes.
+    # A webhook's refusal (Kyverno's, say) comes as a 400 like an invalid Job's.
     # Long enough that the message is still hidden when counted, on a slow machine too.
     monkeypatch.setattr(controller_module, "MESSAGE_BACKOFF_SECONDS", (3, 3))
     controller = make_controller()
 
-    with creates_refused(kube, namespace, controller, "not now"):
+    with creates_refused(kube, namespace, controller, "not now", webhook=webhook):
         uploads.put("p.csv", b"x")
         controller.step()
         assert sqs.counts() == (0, 1)  # hidden for the backoff, not set aside

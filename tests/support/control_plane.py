@@ -96,7 +96,7 @@ def _pem_cert(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-class _CA:
+class CA:
     def __init__(self) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rates-test-ca")])
@@ -113,6 +113,10 @@ class _CA:
             )
             .sign(self.key, hashes.SHA256())
         )
+
+    @property
+    def pem(self) -> bytes:
+        return _pem_cert(self.cert)
 
     def issue(
         self, common_name: str, *, orgs: tuple[str, ...] = (), server: bool = False,
@@ -248,8 +252,8 @@ class ControlPlane:
         pki = self.workdir / "pki"
         pki.mkdir(parents=True, exist_ok=True)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        ca = _CA()
-        self.ca_pem = _pem_cert(ca.cert)
+        ca = CA()
+        self.ca_pem = ca.pem
         service_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
         serving = ca.issue(
             "kube-apiserver", server=True,

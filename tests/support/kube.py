@@ -342,6 +342,64 @@ def admission_refusal(kube: Kube, namespace: str, operation: str, expression: st
         wait_for(lambda: not in_force(), timeout=30, what="the admission policy to go")
 
 
+@contextmanager
+def webhook_refusal(kube: Kube, namespace: str, message: str, in_force) -> Iterator[None]:
+    """While inside, a validating admission webhook (a local HTTPS server, as Kyverno or a
+    hand-written one would answer) refuses every Job create in ``namespace`` with
+    ``message`` and no status code of its own: the API server then answers 400."""
+    import base64
+    import http.server
+    import ssl
+    import tempfile
+    import threading
+
+    from kubernetes import client
+
+    from tests.support.control_plane import CA
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+                "uid": review["request"]["uid"], "allowed": False, "status": {"message": message}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    ca = CA()
+    cert, key = ca.issue("webhook", server=True, ips=("127.0.0.1",))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as work:
+        Path(work, "cert.pem").write_bytes(cert)
+        Path(work, "key.pem").write_bytes(key)
+        context.load_cert_chain(Path(work, "cert.pem"), Path(work, "key.pem"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    admission = client.AdmissionregistrationV1Api(kube.api_client)
+    name = f"refuse-webhook-{namespace}"[:63]
+    admission.create_validating_webhook_configuration({"metadata": {"name": name}, "webhooks": [{
+        "name": "refuse.rates.test", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+        "failurePolicy": "Fail",
+        "clientConfig": {"url": f"https://127.0.0.1:{server.server_address[1]}/",
+                         "caBundle": base64.b64encode(ca.pem).decode()},
+        "rules": [{"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"]}],
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}]})
+    try:
+        wait_for(in_force, timeout=30, what="the admission webhook to apply")
+        yield
+    finally:
+        admission.delete_validating_webhook_configuration(name)
+        wait_for(lambda: not in_force(), timeout=30, what="the admission webhook to go")
+        server.shutdown()
+        server.server_close()
+
+
 def token_kubeconfig(path: Path, server: str) -> Path:
     """Write a kubeconfig for ``server`` with a made-up token (for a server that is no API
     server, or none at all) to ``path``; returns it."""
