@@ -24,7 +24,9 @@ PG_INT_MAX = 2**31 - 1
 # internal errors. Of class 55 only these two: the rest of it (55000, 55P02, 55P04) is
 # a statement that is wrong in its context and fails the same way every time.
 _RETRYABLE_CLASSES = {"08", "40", "53", "57", "58", "XX"}
-_RETRYABLE_CODES = {"55P03", "55006"}  # lock not available, object in use
+# And a read-only transaction: a failover, while the writer's name still leads to the old
+# primary, or a switchover's moment of read-only.
+_RETRYABLE_CODES = {"55P03", "55006", "25006"}  # lock not available, object in use, read-only
 
 
 def classify(exc: BaseException) -> Exception:

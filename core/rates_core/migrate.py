@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg2.errors
 from yoyo import get_backend, read_migrations
 from yoyo.exceptions import BadMigration, LockTimeout
 
@@ -227,7 +228,7 @@ def _wait_for_yoyo_lock(backend, deadline: float) -> None:
     row: it keeps a session open while it runs, as the same user as this one. A row while
     no other session of that user is connected is one a killed run left: yoyo deletes its
     row only in its own `finally`, so it stayed, and failed every later migration."""
-    backend.create_lock_table()  # as yoyo's lock() would, on a new database
+    _prepare_yoyo_lock(backend)
     while True:
         with backend.transaction():
             row = backend.execute(f"SELECT pid, ctime FROM {backend.lock_table_quoted}").fetchone()
@@ -247,6 +248,25 @@ def _wait_for_yoyo_lock(backend, deadline: float) -> None:
                           f"by hand. If none runs, end the other sessions of this user ({others})",
                           log.info, "another migration holds yoyo's lock; waiting for it to end", sessions=others,
                           **held)
+
+
+def _prepare_yoyo_lock(backend) -> None:
+    """Create yoyo's lock table as its lock() would, and write a lock row once, rolled back.
+
+    yoyo ignores any error creating the table and retries any inserting its row for 10 s:
+    a read-only database (a failover) or a user without CREATE came out as a missing table
+    (exit 2) or as a lock that another migration holds. Here the error is itself."""
+    lock_table = backend.lock_table_quoted
+    with backend.transaction():
+        exists = backend.execute("SELECT to_regclass(:name) IS NOT NULL", {"name": lock_table}).fetchone()[0]
+    if not exists:
+        try:
+            with backend.transaction():
+                backend.execute(backend.format_sql(backend.create_lock_table_sql))
+        except psycopg2.errors.DuplicateTable:  # made meanwhile, by a migrator of a release before this one
+            pass
+    with backend.transaction(rollback_on_exit=True):
+        backend.execute(f"INSERT INTO {lock_table} (locked, ctime, pid) VALUES (1, now(), 0) ON CONFLICT DO NOTHING")
 
 
 def _pause_or_give_up(deadline: float, give_up: str, level, event: str, **fields) -> None:

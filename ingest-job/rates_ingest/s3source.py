@@ -22,7 +22,10 @@ CHUNK_BYTES = 1 << 20
 # Error codes that mean the object (or its version, or its bucket) is not there and
 # will not appear by retrying: a new upload arrives as a new event and a new run.
 _GONE = {"404", "NoSuchKey", "NoSuchVersion", "NoSuchBucket", "405", "MethodNotAllowed",
-         "InvalidArgument", "InvalidObjectState"}
+         "InvalidArgument"}
+# Archived (Glacier, Deep Archive): there, but not to be read until restored, which takes
+# hours; the reason says what to do, since "gone" would send someone looking for a deletion.
+_ARCHIVED = "InvalidObjectState"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ def mapped_errors(ref: ObjectRef) -> Iterator[None]:
         where = f"s3://{ref.bucket}/{ref.key}" + (f" (version {ref.version_id})" if ref.version_id else "")
         if code in _GONE or status == 404:
             raise FileRejected(f"{where} is gone: {code or status}") from exc
+        if code == _ARCHIVED:
+            raise FileRejected(f"{where} is archived ({code}): restore it in S3, then send its message back "
+                               "from the dead-letter queue") from exc
         raise TemporaryError(f"S3 error for {where}: {code or status}: {exc}") from exc
     except botocore.exceptions.ParamValidationError as exc:
         # Checked before any request: a bucket name S3 cannot have names no object.

@@ -27,6 +27,8 @@ def _raised(dsn, sqlstate: str) -> psycopg2.Error:
     ("53300", TemporaryError),   # too many connections
     ("55P03", TemporaryError),   # lock not available
     ("55006", TemporaryError),   # object in use
+    ("25006", TemporaryError),   # read-only transaction (a failover under way)
+    ("25P02", PermanentError),   # in failed transaction: a statement after an error
     ("55000", PermanentError),   # object not in prerequisite state (e.g. currval before nextval)
     ("55P04", PermanentError),   # unsafe use of a new enum value
     ("57014", TemporaryError),   # statement timeout

@@ -11,6 +11,7 @@ import urllib.parse
 from yoyo import get_backend
 
 from rates_core import migrate
+from tests.support.db import as_user, autocommit
 from tests.support.net import SilentServer
 
 
@@ -163,3 +164,41 @@ def test_sigterm_lets_the_migration_in_progress_be_recorded_before_it_stops(empt
     assert first not in migrate.pending(empty_dsn)  # recorded: it was applied
     assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("*.sql"))) - 1  # none after it
     assert run({"DATABASE_URL": empty_dsn}).returncode == 0 and migrate.pending(empty_dsn) == []
+
+
+def last_error(result: subprocess.CompletedProcess) -> str:
+    return json.loads(result.stdout.splitlines()[-1])["error"]
+
+
+def test_a_read_only_database_is_said_as_such_and_may_pass_on_retry(empty_dsn, admin_dsn):
+    # As during a failover, while the writer endpoint still points at the old primary. yoyo
+    # ignores any error creating its lock table and retries any inserting its row, so this
+    # came out as a missing table (exit 2: the hook's Job failed for good) on a new
+    # database, and as a lock another migration held (after 10 s) on a migrated one.
+    name = urllib.parse.urlsplit(empty_dsn).path.lstrip("/")
+    with autocommit(admin_dsn) as conn, conn.cursor() as cur:
+        for migrated in (False, True):
+            if migrated:
+                cur.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+                assert run({"DATABASE_URL": empty_dsn}).returncode == 0
+            cur.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            started = time.monotonic()
+            result = run({"DATABASE_URL": empty_dsn})
+            assert result.returncode == 1, result.stdout + result.stderr
+            assert "read-only transaction" in last_error(result), result.stdout
+            assert time.monotonic() - started < 8  # not yoyo's 10 s of tries
+
+
+def test_a_user_who_may_not_create_tables_is_told_so(empty_dsn, admin_dsn):
+    # PostgreSQL 15 and later give PUBLIC no CREATE on schema public.
+    with autocommit(admin_dsn) as conn, conn.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS rates_no_create; CREATE ROLE rates_no_create LOGIN")
+    with autocommit(empty_dsn) as conn, conn.cursor() as cur:
+        cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    try:
+        result = run({"DATABASE_URL": as_user(empty_dsn, "rates_no_create")})
+        assert result.returncode == 2, result.stdout + result.stderr  # a retry cannot help
+        assert "permission denied for schema public" in last_error(result), result.stdout
+    finally:
+        with autocommit(admin_dsn) as conn, conn.cursor() as cur:
+            cur.execute("DROP ROLE rates_no_create")

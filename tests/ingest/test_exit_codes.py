@@ -48,6 +48,19 @@ def test_a_missing_object_exits_2(db, s3):
     assert run["status"] == "rejected" and "gone" in run["error"]
 
 
+def test_an_archived_object_exits_2_and_says_to_restore_it(db, s3):
+    # S3 keeps it, but answers a GET with InvalidObjectState until it is restored, which
+    # takes hours: more than a Job's retries, so it is set aside with what to do.
+    dsn, conn = db
+    s3.client.put_object(Bucket=s3.name, Key="old/p.csv", Body=as_csv(ROWS), StorageClass="GLACIER")
+    result = run_cli(dsn, "--bucket", s3.name, "--key", "old/p.csv")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    run = last_run(conn)
+    assert run["status"] == "rejected" and "is archived (InvalidObjectState): restore it" in run["error"]
+    assert prices(conn) == []
+
+
 def test_a_bucket_name_s3_cannot_have_exits_2(db, s3):
     # botocore refuses it before sending anything; no retry can change that.
     dsn, conn = db
