@@ -47,6 +47,11 @@ class CopyStream:
 def load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, *, work_mem: str,
          run_id: int, max_file_bytes: int = formats.DEFAULT_MAX_FILE_BYTES) -> Outcome:
     """Run the whole load in one transaction on ``conn``; roll back on any error."""
+    # Whatever the database's default: the key's lock is taken first and what it guards
+    # read after it (see _load), and the totals are updated after the COPY. Under repeatable
+    # read the snapshot would predate both, and every load that committed meanwhile would
+    # fail this one's update of the totals.
+    conn.isolation_level = psycopg2.extensions.ISOLATION_LEVEL_READ_COMMITTED
     try:
         with db.classified():
             with conn.cursor() as cur:

@@ -204,6 +204,32 @@ def test_a_replacement_waits_for_the_totals_lock_only_at_the_end_of_its_copy(db,
     assert totals(conn) == expected_totals(V2_ROWS * 500)
 
 
+def test_a_load_is_read_committed_whatever_the_database_says(db, s3):
+    # Under a default of repeatable read (a parameter group's, a role's) a load's snapshot
+    # predates the other loads that commit while it copies, and its update of the totals
+    # failed on every such commit: retried, each retry downloading the whole file again.
+    dsn, conn = db
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        cur.execute(f'ALTER DATABASE "{cur.fetchone()[0]}" SET default_transaction_isolation = \'repeatable read\'')
+    conn.commit()
+    s3.put("p.csv", as_csv(ROWS * 500))
+    other_load = psycopg2.connect(dsn)  # holds the totals' lock, then commits a change to them
+    other_load.cursor().execute("UPDATE data_version SET version = version + 1")
+    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"],
+                           env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: lock_waiters(conn, application_name="rates-ingest", query_prefix="COPY prices"),
+                 timeout=30, interval=0.05, what="the load to wait for the totals' lock")
+        other_load.commit()
+    finally:
+        other_load.close()
+        output = job.communicate(timeout=60)[0].decode()
+    assert job.returncode == 0, output
+    assert prices(conn) == as_tuples(ROWS * 500)
+    assert totals(conn) == expected_totals(ROWS * 500)
+
+
 def test_the_replaced_files_bytes_uploaded_again_in_its_second_are_refused_not_skipped(db, s3):
     # In a bucket without versioning a file is its ETag and upload time, to the second. A,
     # then B, then A again within one second: the third is A's identity, a replaced file.
