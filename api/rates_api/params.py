@@ -8,7 +8,7 @@ from werkzeug.datastructures import MultiDict
 
 from .errors import ApiError
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits: \d takes any script's
 # Port codes are 5 letters/digits and region slugs lower-case words joined by '_', but the
 # tables take any text: whatever a region was named, it can be asked for. Only control
 # characters and names longer than any real one are refused.

@@ -26,6 +26,7 @@ MAX_ACTIVE_JOBS. tests/controller/test_two_controllers.py runs two, one call at 
 
 import datetime
 import json
+import math
 import threading
 import time
 import uuid
@@ -53,6 +54,8 @@ MAX_CHAIN = 1000
 # reason that may pass (an admission policy, a full quota, the API server down) before
 # the file is set aside. Counted by this process: a restart starts the clock again.
 RETRY_CREATE_GIVE_UP = datetime.timedelta(hours=1)
+# The largest ttlSecondsAfterFinished (an int32).
+INT32_MAX = 2**31 - 1
 
 SUCCEEDED, RETRIED, SET_ASIDE = "succeeded", "retried", "set-aside"
 
@@ -90,7 +93,8 @@ class Controller:
         # yet (the patch failed): the next pass only labels them, instead of sending again.
         self._set_aside: set[str] = set()
         # When creating an ended Job's retry first failed for a reason that may pass, by its uid.
-        self._retry_failing_since: dict[str, datetime.datetime] = {}
+        # A duration in this process, so on the monotonic clock: a clock step must not end it.
+        self._retry_failing_since: dict[str, float] = {}
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -148,13 +152,22 @@ class Controller:
         """Label the ended Job with ``result``; False if another controller labelled it
         since it was listed (two at once: both acted on it, one label lands)."""
         try:
-            self.kube.mark_handled(ended.name, result, self.settings.job.ttl_seconds, ended.resource_version)
+            self.kube.mark_handled(ended.name, result, self._ttl_from_now(ended), ended.resource_version)
             return True
         except Conflict:
             job = self.kube.get(ended.name)
             if job is not None and jobs.HANDLED not in (job.metadata.labels or {}):
                 raise  # changed for another reason: the next pass lists it as it is now
             return False
+
+    def _ttl_from_now(self, ended: jobs.Finished) -> int:
+        """JOB_TTL_SECONDS from now, as ttlSecondsAfterFinished, which Kubernetes counts from
+        the Job's end: a Job acted on later than that (a retry not yet due, every slot
+        taken, the controller down) was deleted, pods and logs, the moment it was labelled."""
+        ttl = self.settings.job.ttl_seconds
+        if ended.ended_at is not None:
+            ttl += max(0, math.ceil((_now() - ended.ended_at).total_seconds()))
+        return min(ttl, INT32_MAX)
 
     def _act_on(self, ended: jobs.Finished) -> str:
         """Retry the ended Job's file or set it aside, as its end calls for; the result."""
@@ -169,7 +182,8 @@ class Controller:
             except PermanentError as exc:
                 result = self._set_aside_file(ended, "rejected", f"its next Job cannot be created: {exc}")
             except TemporaryError as exc:
-                if _now() - self._retry_failing_since.setdefault(ended.uid, _now()) < RETRY_CREATE_GIVE_UP:
+                since = self._retry_failing_since.setdefault(ended.uid, time.monotonic())
+                if time.monotonic() - since < RETRY_CREATE_GIVE_UP.total_seconds():
                     raise
                 result = self._set_aside_file(ended, "rejected",
                                               f"its next Job could not be created for {RETRY_CREATE_GIVE_UP}: {exc}")

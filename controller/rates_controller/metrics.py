@@ -53,7 +53,10 @@ class Metrics:
         self.loop_completed()
 
     def loop_completed(self) -> None:
+        # The gauge is a time of day; /healthz measures the age on the monotonic clock, so
+        # that a clock stepped back cannot hide a stalled loop from the liveness probe.
         self.last_loop_at = time.time()
+        self.last_loop_monotonic = time.monotonic()
         self.last_loop.set(self.last_loop_at)
 
 
@@ -72,7 +75,7 @@ def serve(metrics: Metrics, port: int, stale_after: float, host: str = "") -> WS
 
     def app(environ, start_response):
         if environ.get("PATH_INFO") == "/healthz":
-            age = time.time() - metrics.last_loop_at
+            age = time.monotonic() - metrics.last_loop_monotonic
             healthy = age <= stale_after
             start_response("200 OK" if healthy else "503 Service Unavailable",
                            [("Content-Type", "text/plain")])

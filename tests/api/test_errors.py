@@ -24,6 +24,7 @@ def without(name):
     (without("destination"), "destination"),
     ({**GOOD, "date_from": "2024-3-1"}, "YYYY-MM-DD"),
     ({**GOOD, "date_from": "20240301"}, "YYYY-MM-DD"),
+    ({**GOOD, "date_from": "２０２４-０３-０１"}, "YYYY-MM-DD"),  # full-width digits: a form, not a calendar, error
     ({**GOOD, "date_to": "2024-02-30"}, "not a valid date"),
     ({**GOOD, "date_to": "2023-02-29"}, "not a valid date"),
     ({**GOOD, "date_from": "2024-03-05"}, "after"),

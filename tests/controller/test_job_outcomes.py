@@ -44,10 +44,27 @@ def test_a_loaded_file_ends_its_job(dsn, world, kube, namespace, uploads, sqs, m
     step_until(controller, lambda: handled(kube, namespace), what="the Job to end")
 
     assert list(handled(kube, namespace).values()) == ["succeeded"], local_node.errors
-    assert ingest_jobs(kube, namespace)[0].spec.ttl_seconds_after_finished == 86400  # from now on
+    # From now on: Kubernetes counts it from the Job's end, a moment ago.
+    assert 86400 <= ingest_jobs(kube, namespace)[0].spec.ttl_seconds_after_finished <= 86400 + 60
     assert len(prices(conn)) == len(ROWS)
     assert sample(controller.metrics, "rates_controller_jobs_finished_total", result="succeeded") == 1
     assert sqs.dead_letters() == []
+
+
+def test_a_job_acted_on_hours_after_it_ended_is_kept_for_the_ttl_from_then(
+        dsn, world, kube, namespace, uploads, make_controller, job_runtime, local_node, monkeypatch):
+    # ttlSecondsAfterFinished counts from the Job's end: as JOB_TTL_SECONDS alone, a Job
+    # acted on later than that (a retry not yet due, the controller down) was deleted, with
+    # its pods and logs, the moment it was labelled.
+    job_runtime(dsn)
+    controller = make_controller(job_ttl_seconds=600)
+    uploads.put("p.csv", as_csv(ROWS))
+    real_now = controller_module._now
+    monkeypatch.setattr(controller_module, "_now", lambda: real_now() + datetime.timedelta(hours=2))
+
+    step_until(controller, lambda: handled(kube, namespace), what="the Job to end")
+
+    assert 7200 + 600 <= ingest_jobs(kube, namespace)[0].spec.ttl_seconds_after_finished <= 7200 + 600 + 60
 
 
 def test_an_invalid_file_is_set_aside_at_once_with_the_jobs_reason(dsn, world, kube, namespace, uploads, sqs,
@@ -277,6 +294,11 @@ def test_a_retry_the_api_server_keeps_refusing_for_a_while_sets_the_file_aside_i
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
     monkeypatch.setattr(controller_module, "_now", lambda: later)
     with creates_refused(kube, namespace, controller, "quota of this namespace"):
+        controller.step()
+        assert handled(kube, namespace) == {} and sqs.dead_letters() == []
+        # Counted on the monotonic clock: a step of the time of day (an NTP step, a VM
+        # resumed) is not an hour of failures.
+        monkeypatch.setattr(controller_module, "_now", lambda: later + datetime.timedelta(hours=2))
         controller.step()
         assert handled(kube, namespace) == {} and sqs.dead_letters() == []
         # ...but not for ever: the failed Job would hold a slot of MAX_ACTIVE_JOBS for good.

@@ -97,6 +97,7 @@ CASES = {
                                                                                    99_999_999)]), "between 1 and", 3),
     "basic ISO date": ("p.csv", as_csv([("CNSHA", "NLRTM", "20160101", 5)]), "YYYY-MM-DD", 2),
     "ISO week date": ("p.csv", as_csv([("CNSHA", "NLRTM", "2016-W01-1", 5)]), "YYYY-MM-DD", 2),
+    "Arabic-Indic digits": ("p.csv", as_csv([("CNSHA", "NLRTM", "٢٠١٦-٠١-٠٥", 5)]), "YYYY-MM-DD", 2),
 }
 
 
