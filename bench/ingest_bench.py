@@ -8,7 +8,7 @@
 It starts its own throwaway PostgreSQL (ratesctl.localdb) and moto_server, generates a
 CSV of --rows prices over --ports generated ports, uploads it, and measures the following,
 each in a fresh database cloned from one migrated template (so that no measurement meets
-another's dead rows or autovacuum) and after a CHECKPOINT. With --rounds N the four
+another's dead rows or autovacuum) and after a CHECKPOINT. With --rounds N they
 alternate N times and each figure is the median:
 
   ours         `python -m rates_ingest` as a subprocess, wall clock from exec to exit:
@@ -16,6 +16,9 @@ alternate N times and each figure is the median:
                (derived totals) and index, commit. Peak RSS from wait4(). Also its
                own duration_s (from its settings to its last log line), which leaves
                out the interpreter's start and imports.
+  ours, no totals  the same job into a database whose prices trigger is disabled: no
+               derived totals at all (the API could not answer from it). What the job
+               itself (download, validation, COPY) reaches on this machine.
   raw COPY     the physical limit: COPY of the same local file into an unindexed copy
                of prices with no triggers.
   prices COPY  COPY of the same local file straight into prices (triggers + index), no
@@ -160,11 +163,17 @@ class Databases:
         migrate.apply(template)
         create_world(template, ports)
 
-    def fresh(self) -> tuple[str, str]:
-        """A new database with the schema and ports, after a checkpoint: (name, DSN)."""
+    def fresh(self, totals: bool = True) -> tuple[str, str]:
+        """A new database with the schema and ports, after a checkpoint: (name, DSN).
+        Without ``totals``, loads into prices leave the derived totals alone."""
         self.count += 1
         name = f"bench_{self.count}"
         localdb.create_database(self.admin_dsn, name, template=self.TEMPLATE)
+        if not totals:
+            conn = psycopg2.connect(self.server.get_uri(name))
+            with conn, conn.cursor() as cur:
+                cur.execute("ALTER TABLE prices DISABLE TRIGGER prices_totals_insert")
+            conn.close()
         # Otherwise the previous measurement's dirty pages would be written during this one.
         conn = psycopg2.connect(self.admin_dsn)
         conn.autocommit = True
@@ -177,15 +186,16 @@ class Databases:
         localdb.drop_database(self.admin_dsn, name)
 
 
-def check_loaded(dsn: str, rows: int) -> int:
-    """Fail unless every row is loaded and totalled; the number of (lane, day) totals."""
+def check_loaded(dsn: str, rows: int, totals: bool = True) -> int:
+    """Fail unless every row is loaded and totalled (or, without ``totals``, none is);
+    the number of (lane, day) totals."""
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*), (SELECT sum(price_count) FROM lane_totals), (SELECT count(*) FROM lane_totals) "
-                    "FROM prices")
+        cur.execute("SELECT count(*), (SELECT coalesce(sum(price_count), 0) FROM lane_totals), "
+                    "(SELECT count(*) FROM lane_totals) FROM prices")
         count, totalled, lane_days = cur.fetchone()
     conn.close()
-    if (count, totalled) != (rows, rows):
+    if (count, totalled) != (rows, rows if totals else 0):
         sys.exit(f"expected {rows} rows loaded and totalled, found {count} and {totalled}")
     return lane_days
 
@@ -204,7 +214,8 @@ def upload(endpoint: str, path: Path, key: str, compress: bool) -> int:
 
 
 def report(args, size, uploaded, rounds: list[dict]) -> None:
-    median = {name: statistics.median(r[name] for r in rounds) for name in ("ours", "inside", "raw", "floor")}
+    median = {name: statistics.median(r[name] for r in rounds)
+              for name in ("ours", "inside", "bare", "bare_inside", "raw", "floor")}
     ours, inside, raw, floor = median["ours"], median["inside"], median["raw"], median["floor"]
     rss, naive = max(r["rss"] for r in rounds), rounds[0]["naive"]
     last_line, lane_days = rounds[-1]["last_line"], rounds[0]["lane_days"]
@@ -221,12 +232,16 @@ def report(args, size, uploaded, rounds: list[dict]) -> None:
     print(f"{'':14}{'seconds':>10}{'rows/s':>14}")
     print(f"{'ours':14}{ours:10.2f}{rate:14,.0f}   peak RSS {rss / mb:.0f} MiB   (exec to exit)")
     print(f"{'ours in-job':14}{inside:10.2f}{args.rows / inside:14,.0f}   (its duration_s: no interpreter start)")
+    print(f"{'ours no totals':14}{median['bare']:10.2f}{args.rows / median['bare']:14,.0f}   "
+          f"(in-job {median['bare_inside']:.2f} s; the prices trigger disabled)")
     print(f"{'raw COPY':14}{raw:10.2f}{args.rows / raw:14,.0f}")
     print(f"{'prices COPY':14}{floor:10.2f}{args.rows / floor:14,.0f}   (triggers + index, no validation)")
     print(f"{'naive':14}{args.rows / naive:10.2f}{naive:14,.0f}   (extrapolated from {args.naive_rows:,} rows)")
     print()
     print(f"ours / raw COPY     {rate / (args.rows / raw):6.2f}x   (target >= 0.7; in-job {raw / inside:.2f}x)")
     print(f"ours / prices COPY  {rate / (args.rows / floor):6.2f}x")
+    print(f"no totals / raw     {raw / median['bare']:6.2f}x   (the job alone, with no derived data; in-job "
+          f"{raw / median['bare_inside']:.2f}x)")
     print(f"ours / naive        {rate / naive:6.1f}x   (target >= 20)")
     print(f"job's last log line: {json.dumps(last_line)}")
 
@@ -234,13 +249,18 @@ def report(args, size, uploaded, rounds: list[dict]) -> None:
 def measure_round(dbs: Databases, args, path: Path, endpoint: str, key: str, *, naive: bool) -> dict:
     """One of each measurement, each in its own fresh database."""
     figures = {}
-    for name, step in (("raw", "raw COPY"), ("floor", "COPY into prices (rolled back)"), ("ours", "ours")):
+    for name, step in (("raw", "raw COPY"), ("floor", "COPY into prices (rolled back)"), ("ours", "ours"),
+                       ("bare", "ours, no totals")):
         print(f"{step} ...", flush=True)
-        db, dsn = dbs.fresh()
+        db, dsn = dbs.fresh(totals=name != "bare")
         if name == "ours":
             elapsed, figures["rss"], last_line = run_ours(dsn, endpoint, "bench", key)
             figures.update(ours=elapsed, inside=last_line["duration_s"], last_line=last_line,
                            lane_days=check_loaded(dsn, args.rows))
+        elif name == "bare":
+            elapsed, _rss, last_line = run_ours(dsn, endpoint, "bench", key)
+            check_loaded(dsn, args.rows, totals=False)
+            figures.update(bare=elapsed, bare_inside=last_line["duration_s"])
         else:
             figures[name] = copy_file(dsn, path, "prices_raw" if name == "raw" else "prices",
                                       commit=name == "raw", work_mem=Settings.work_mem)
