@@ -167,12 +167,22 @@ def test_other_keys_are_untouched_by_a_replacement(db, s3):
     assert prices(conn) == as_tuples(ROWS[:1] + V2_ROWS)
 
 
+def start_job(dsn: str, bucket: str, key: str, stdout) -> subprocess.Popen:
+    """The job as a process of its own, as a Kubernetes Job runs it."""
+    return subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", bucket, "--key", key],
+                            env={**os.environ, "DATABASE_URL": dsn}, stdout=stdout, stderr=subprocess.STDOUT)
+
+
+def wait_at_the_end_of_copy(conn, what: str) -> None:
+    """Until the job waits for a lock in its COPY: for the totals', at the COPY's end."""
+    wait_for(lambda: lock_waiters(conn, application_name="rates-ingest", query_prefix="COPY prices"),
+             timeout=30, interval=0.05, what=what)
+
+
 def test_two_concurrent_runs_for_one_object_load_it_once(db, s3):
     dsn, conn = db
     s3.put("p.csv", as_csv(ROWS * 2000))
-    command = [sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"]
-    both = [subprocess.Popen(command, env={**os.environ, "DATABASE_URL": dsn},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    both = [start_job(dsn, s3.name, "p.csv", stdout=subprocess.PIPE) for _ in range(2)]
     codes = [p.wait(120) for p in both]
     for p in both:
         p.stdout.close()
@@ -192,11 +202,9 @@ def test_a_replacement_waits_for_the_totals_lock_only_at_the_end_of_its_copy(db,
     s3.put("p.csv", as_csv(V2_ROWS * 500))
     blocker = psycopg2.connect(dsn)  # another writer, between its own writes and its commit
     blocker.cursor().execute("SELECT version FROM data_version FOR UPDATE")
-    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"],
-                           env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    job = start_job(dsn, s3.name, "p.csv", stdout=subprocess.DEVNULL)
     try:
-        wait_for(lambda: lock_waiters(conn, application_name="rates-ingest", query_prefix="COPY prices"),
-                 timeout=30, interval=0.05, what="the replacement to wait at the end of its COPY")
+        wait_at_the_end_of_copy(conn, "the replacement to wait at the end of its COPY")
     finally:
         blocker.close()
         assert job.wait(60) == 0
@@ -216,11 +224,9 @@ def test_a_load_is_read_committed_whatever_the_database_says(db, s3):
     s3.put("p.csv", as_csv(ROWS * 500))
     other_load = psycopg2.connect(dsn)  # holds the totals' lock, then commits a change to them
     other_load.cursor().execute("UPDATE data_version SET version = version + 1")
-    job = subprocess.Popen([sys.executable, "-m", "rates_ingest", "--bucket", s3.name, "--key", "p.csv"],
-                           env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    job = start_job(dsn, s3.name, "p.csv", stdout=subprocess.PIPE)
     try:
-        wait_for(lambda: lock_waiters(conn, application_name="rates-ingest", query_prefix="COPY prices"),
-                 timeout=30, interval=0.05, what="the load to wait for the totals' lock")
+        wait_at_the_end_of_copy(conn, "the load to wait for the totals' lock")
         other_load.commit()
     finally:
         other_load.close()
