@@ -1,4 +1,4 @@
-"""The ratesctl commands: migrate, demo-data, serve and up."""
+"""The ratesctl commands: migrate, demo-data, serve, up and reconcile."""
 
 import os
 import runpy
@@ -18,7 +18,7 @@ from rates_core import db, logs, migrate as migrations
 from rates_core.env import env_choice
 from rates_core.errors import PermanentError
 
-from . import demodata, localdb
+from . import demodata, localdb, reconcile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO_ROOT / "api" / "gunicorn.conf.py"
@@ -210,3 +210,42 @@ def _stop_api(api: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         api.kill()
         api.wait()
+
+
+@click.command("reconcile")
+@click.option("--bucket", required=True, help="The uploads bucket.")
+@click.option("--prefix", default="", help="Only the keys under this prefix (the controller's UPLOADS_PREFIX).")
+@click.option("--send", is_flag=True, help="Send an upload event for each file found to the uploads queue.")
+@click.option("--queue-url", envvar="QUEUE_URL", help="The uploads queue, for --send (default: $QUEUE_URL).")
+@click.option("--include-rejected", is_flag=True,
+              help="Send also the files whose last run rejected them (after fixing, e.g., unknown ports).")
+def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None:
+    """List the uploads whose latest version in S3 is not the file loaded for its key in
+    $DATABASE_URL (after a restore, a rebuild, lost events); --send loads them again."""
+    import boto3
+
+    from rates_ingest import s3source
+
+    if send and not queue_url:
+        raise click.UsageError("--send needs --queue-url or QUEUE_URL")
+    conn = db.connect(_database_url(), application_name="ratesctl")
+    try:
+        found = reconcile.missing(s3source.client(), conn, bucket, prefix)
+    finally:
+        conn.close()
+    for upload in found:
+        click.echo(f"s3://{bucket}/{upload.key}  {upload.info.identity}  {_why(upload)}")
+    to_send = [u for u in found if include_rejected or not u.last_run or u.last_run[0] != "rejected"]
+    if send and to_send:
+        reconcile.send(boto3.client("sqs"), queue_url, bucket, to_send)
+    held = len(found) - len(to_send)
+    click.echo(f"{len(found)} upload(s) under s3://{bucket}/{prefix} not loaded as S3 holds them"
+               + (f"; {len(to_send)} sent to the uploads queue" if send else "")
+               + (f"; {held} rejected by their last run, not sent (--include-rejected)" if held else ""))
+
+
+def _why(upload: reconcile.Upload) -> str:
+    if upload.last_run and upload.last_run[0] == "rejected":
+        return f"rejected: {upload.last_run[1]}"
+    state = f"another file is loaded ({upload.loaded})" if upload.loaded else "not loaded"
+    return state + (f"; last run {upload.last_run[0]}: {upload.last_run[1]}" if upload.last_run else "")

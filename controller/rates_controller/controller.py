@@ -25,16 +25,14 @@ MAX_ACTIVE_JOBS. tests/controller/test_two_controllers.py runs two, one call at 
 """
 
 import datetime
-import json
 import math
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import quote_plus
 
-from rates_core import logs
+from rates_core import logs, s3events
 from rates_core.errors import PermanentError, TemporaryError
 
 from . import events, jobs
@@ -408,9 +406,6 @@ def notification(obj: UploadedObject, set_aside_by: str, uid: str | None = None)
     """An S3 ObjectCreated notification for ``obj``, marked as set aside by the Job named
     ``set_aside_by`` (of UID ``uid``): what a redrive from the dead-letter queue needs to
     start the file again, once."""
-    record = {"bucket": {"name": obj.bucket}, "object": {"key": quote_plus(obj.key, safe="/")}}
-    for name, value in (("versionId", obj.version_id), ("eTag", obj.etag), ("sequencer", obj.sequencer)):
-        if value:
-            record["object"][name] = value
-    return json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": record}],
-                       events.SET_ASIDE_BY: set_aside_by, **({events.SET_ASIDE_UID: uid} if uid else {})})
+    marks = {events.SET_ASIDE_BY: set_aside_by, **({events.SET_ASIDE_UID: uid} if uid else {})}
+    return s3events.object_created(obj.bucket, obj.key, version_id=obj.version_id, etag=obj.etag,
+                                   sequencer=obj.sequencer, **marks)

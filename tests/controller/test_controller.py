@@ -8,15 +8,18 @@ import json
 
 import pytest
 import structlog
+from click.testing import CliRunner
 from kubernetes import client
 from structlog.testing import capture_logs
 
 from rates_controller import controller as controller_module
 from rates_controller import jobs
 from rates_core.errors import TemporaryError
+from ratesctl.cli import cli
 from tests.controller.conftest import creates_refused, env_of, sample, set_aside_reasons
 from tests.support.aws import unique_name
 from tests.support.poll import wait_for
+from tests.ingest.conftest import ROWS, as_csv
 from tests.support.uploads import IMAGE, ingest_jobs
 
 pytestmark = pytest.mark.kube
@@ -406,3 +409,24 @@ def test_more_active_jobs_than_one_receive_takes_still_receives(kube, namespace,
 
 def wait_visible(sqs):
     wait_for(lambda: sqs.counts()[0] == 1, timeout=10, interval=0.2, what="the message to be visible again")
+
+
+def test_the_controller_starts_a_job_for_a_sent_upload_whose_first_job_is_still_kept(
+        dsn, world, kube, namespace, uploads, sqs, make_controller):
+    # The first event's Job is kept (once ended, for the TTL: a week in prod) when the
+    # database loses the file (a restore to an earlier time). The same event sent again is
+    # a duplicate delivery, which changes nothing while that Job is kept; reconcile's is not.
+    controller = make_controller()
+    uploads.put("p.csv", as_csv(ROWS))
+    controller.step()
+    controller.step()  # the first pass may take S3's test event alone
+    assert len(ingest_jobs(kube, namespace)) == 1
+
+    for _ in range(2):  # and each reconcile's anew, as the first Job it made is kept too
+        sent = CliRunner().invoke(cli, ["reconcile", "--bucket", uploads.name, "--send", "--queue-url",
+                                        sqs.uploads_url], env={"DATABASE_URL": dsn})
+        assert sent.exit_code == 0 and "1 sent" in sent.output, sent.output
+        controller.step()
+
+    assert len({job.metadata.name for job in ingest_jobs(kube, namespace)}) == 3
+    assert sample(controller.metrics, "rates_controller_messages_total", outcome="duplicate") == 0

@@ -18,6 +18,8 @@ ROWS = [
     ("CNNGB", "DEHAM", "2016-01-02", 900),
     ("HKHKG", "NOOSL", "2016-01-03", 1500),
 ]
+# A later version of the file of ROWS.
+V2_ROWS = [("CNSHA", "NLRTM", "2016-01-01", 2000), ("FRLEH", "SEGOT", "2016-01-05", 300)]
 
 
 def as_csv(rows, header="orig_code,dest_code,day,price") -> bytes:

@@ -21,14 +21,13 @@ import psycopg2
 import pytest
 
 from rates_ingest.s3source import CHUNK_BYTES
-from tests.ingest.conftest import ROWS, as_csv, as_tuples, expected_totals, prices, run_cli, run_job, runs, totals
+from tests.ingest.conftest import ROWS, V2_ROWS, as_csv, as_tuples, expected_totals, prices, run_cli, run_job, runs, totals
 from tests.support.aws import Bucket
 from tests.support.db import INGEST_USER, as_user, lock_waiters
 from tests.support.faults import CuttingProxy
 from tests.support.poll import wait_for
 from tests.support.world import PORTS
 
-V2_ROWS = [("CNSHA", "NLRTM", "2016-01-01", 2000), ("FRLEH", "SEGOT", "2016-01-05", 300)]
 # The server takes in a chunk (one COPY message) only once the next one pushes out the tail
 # that libpq keeps back, so the download is held in the third chunk.
 HOLD_AT = CHUNK_BYTES * 5 // 2

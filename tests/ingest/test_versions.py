@@ -8,13 +8,12 @@ import time
 import psycopg2
 import pytest
 
-from tests.ingest.conftest import (ROWS, as_csv, as_tuples, encode, expected_totals, last_run, prices, run_job, runs,
-                                   totals)
+from tests.ingest.conftest import (ROWS, V2_ROWS, as_csv, as_tuples, encode, expected_totals, last_run, prices,
+                                   run_job, runs, totals)
 from tests.support.db import lock_waiters
 from tests.support.poll import wait_for
 from tests.support.world import insert_prices
 
-V2_ROWS = [("CNSHA", "NLRTM", "2016-01-01", 2000), ("FRLEH", "SEGOT", "2016-01-05", 300)]
 LEGACY = [("DEHAM", "NLRTM", "2015-12-31", 50)]
 
 

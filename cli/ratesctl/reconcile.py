@@ -1,0 +1,109 @@
+"""``ratesctl reconcile``: the uploads whose latest version in S3 is not the file the
+database has loaded for its key, and, with ``--send``, a new event for each on the uploads
+queue.
+
+Nothing else compares the bucket with the database. After a restore to an earlier time, a
+database rebuilt empty, a queue or bucket notification lost, or a namespace deleted with
+Jobs in flight, the API would serve old prices with no error anywhere.
+"""
+
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import botocore.exceptions
+
+from rates_core import db, s3events
+from rates_core.errors import PermanentError, TemporaryError
+from rates_ingest.s3source import ObjectInfo
+
+# As S3 writes it, so that the controller takes the event as an upload's own.
+EVENT_VERSION = "2.1"
+_SQS_BATCH = 10
+
+
+@dataclass(frozen=True)
+class Upload:
+    key: str
+    info: ObjectInfo
+    loaded: str | None  # the identity of the key's loaded file, if another
+    last_run: tuple[str, str | None] | None  # (status, error) of this version's last run
+
+
+def missing(s3, conn, bucket: str, prefix: str) -> list[Upload]:
+    """The keys under ``prefix`` whose latest version (not deleted) is not their loaded file."""
+    loaded = _loaded_files(conn, bucket, prefix)
+    runs = _last_runs(conn, bucket, prefix)
+    found = []
+    for key, info in _latest_versions(s3, bucket, prefix):
+        if loaded.get(key) != info.identity:
+            run = runs.get((key, info.version_id)) or runs.get((key, info.etag))
+            found.append(Upload(key, info, loaded.get(key), run))
+    return found
+
+
+def _latest_versions(s3, bucket: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
+    pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+    with _mapped(f"listing s3://{bucket}/{prefix}"):
+        for page in pages:
+            # A key whose latest is a delete marker is left out: its prices stay, as after any deletion.
+            for version in page.get("Versions", []):
+                if version["IsLatest"] and not version["Key"].endswith("/"):
+                    yield version["Key"], ObjectInfo(version_id=version["VersionId"], etag=version["ETag"],
+                                                     size=version["Size"], last_modified=version["LastModified"])
+
+
+def _loaded_files(conn, bucket: str, prefix: str) -> dict[str, str]:
+    with db.classified(), conn.cursor() as cur:
+        cur.execute("""SELECT key, version FROM ingest_files
+                       WHERE bucket = %s AND starts_with(key, %s) AND replaced_at IS NULL""", (bucket, prefix))
+        return dict(cur.fetchall())
+
+
+def _last_runs(conn, bucket: str, prefix: str) -> dict[tuple[str, str], tuple[str, str | None]]:
+    """(key, version id or, unversioned, ETag) -> (status, error) of its last finished run."""
+    with db.classified(), conn.cursor() as cur:
+        cur.execute("""SELECT DISTINCT ON (key, coalesce(version_id, etag)) key, coalesce(version_id, etag),
+                              status, error
+                       FROM ingest_runs
+                       WHERE bucket = %s AND starts_with(key, %s) AND status <> 'running'
+                       ORDER BY key, coalesce(version_id, etag), id DESC""", (bucket, prefix))
+        return {(key, version): (status, error) for key, version, status, error in cur.fetchall()}
+
+
+def send(sqs, queue_url: str, bucket: str, uploads: list[Upload]) -> None:
+    """An ObjectCreated event for each, with a sequencer of its own: the controller then
+    starts a Job for it even where a Job of the upload's first event is still kept."""
+    round_id = uuid.uuid4().hex[:12]
+    for start in range(0, len(uploads), _SQS_BATCH):
+        entries = [{"Id": str(n), "MessageBody": s3events.object_created(
+                        bucket, upload.key, version_id=upload.info.version_id if upload.info.versioned else None,
+                        etag=upload.info.etag,
+                        size=upload.info.size, sequencer=f"reconcile-{round_id}-{start + n}",
+                        event_version=EVENT_VERSION)}
+                   for n, upload in enumerate(uploads[start:start + _SQS_BATCH])]
+        with _mapped("sending to the uploads queue"):
+            failed = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
+        if failed:
+            raise TemporaryError(f"the uploads queue refused {len(failed)} event(s), e.g. {failed[0]}; "
+                                 f"{start} sent before them; run reconcile again")
+
+
+@contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    """botocore's errors as the platform's: a refusal of the request (4xx) cannot pass on
+    retry; throttling, 5xx and the network may."""
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = str(error.get("Code"))
+        throttled = status == 429 or "Throttl" in code or code == "SlowDown"
+        message = f"{what}: {code}: {error.get('Message')}"
+        raise (PermanentError if 400 <= status < 500 and not throttled else TemporaryError)(message) from exc
+    except botocore.exceptions.ParamValidationError as exc:
+        raise PermanentError(f"{what}: {exc}") from exc
+    except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        raise TemporaryError(f"{what}: {type(exc).__name__}: {exc}") from exc

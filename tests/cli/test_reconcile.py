@@ -1,0 +1,111 @@
+"""ratesctl reconcile: the uploads S3 holds that the database has not loaded, sent again."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from rates_controller import events
+from ratesctl.cli import cli
+from tests.ingest.conftest import ROWS, V2_ROWS, as_csv, as_tuples, prices, run_job
+from tests.support.uploads import Queues, new_queues
+
+pytestmark = pytest.mark.usefixtures("moto_endpoint")
+
+
+@pytest.fixture
+def queue(moto_endpoint) -> Queues:
+    import boto3
+
+    return new_queues(boto3.client("sqs", endpoint_url=moto_endpoint))
+
+
+def reconcile(dsn, *args):
+    result = CliRunner().invoke(cli, ["reconcile", *args], env={"DATABASE_URL": dsn})
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()
+
+
+def sent(queue: Queues) -> list[events.UploadedObject]:
+    """The uploads that the queue's messages announce, read as the controller reads them."""
+    found = []
+    while messages := queue.client.receive_message(QueueUrl=queue.uploads_url, MaxNumberOfMessages=10,
+                                                   WaitTimeSeconds=0).get("Messages"):
+        for message in messages:
+            found += events.uploaded_objects(message["Body"])
+            queue.client.delete_message(QueueUrl=queue.uploads_url, ReceiptHandle=message["ReceiptHandle"])
+    return sorted(found, key=lambda obj: obj.key)
+
+
+def test_it_lists_what_s3_holds_and_the_database_does_not_and_sends_it_again(dsn, world, s3, queue):
+    # As after a restore to an earlier time: the database never saw some uploads, or an
+    # older version of them, and nothing else tells.
+    conn = world
+    s3.enable_versioning()
+    s3.put("in/a.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "in/a.csv") == 0
+    newer_a = s3.put("in/a.csv", as_csv(V2_ROWS))["VersionId"]
+    odd_key = "in/b c+d é.csv"  # S3 writes keys URL-encoded into events
+    b = s3.put(odd_key, as_csv(ROWS[:1]))["VersionId"]
+    s3.put("in/c.csv", as_csv(ROWS[:2]))
+    assert run_job(dsn, s3.name, "in/c.csv") == 0
+    s3.put("in/bad.csv", as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)]))
+    assert run_job(dsn, s3.name, "in/bad.csv") == 2
+    s3.put("in/gone.csv", as_csv(ROWS))
+    s3.client.delete_object(Bucket=s3.name, Key="in/gone.csv")  # a delete marker: its prices stay
+    s3.put("elsewhere/d.csv", as_csv(ROWS))
+
+    *listed, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/")
+    assert [line.split("  ")[0] for line in listed] == [
+        f"s3://{s3.name}/in/a.csv", f"s3://{s3.name}/{odd_key}", f"s3://{s3.name}/in/bad.csv"]
+    assert "another file is loaded" in listed[0] and newer_a in listed[0]
+    assert listed[1].endswith("not loaded") and "rejected: 1 invalid row(s)" in listed[2]
+    assert summary.startswith("3 upload(s)") and "1 rejected by their last run, not sent" in summary
+    assert sent(queue) == []  # only listed
+
+    reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--queue-url", queue.uploads_url)
+    again = sent(queue)
+    assert [(obj.key, obj.version_id, obj.redriven) for obj in again] == [
+        ("in/a.csv", newer_a, False), (odd_key, b, False)]
+    assert all(obj.sequencer.startswith("reconcile-") for obj in again)  # a new Job, not a duplicate event
+
+    for obj in again:  # as the controller's Jobs would
+        assert run_job(dsn, obj.bucket, obj.key, obj.version_id) == 0
+    assert prices(conn) == sorted(as_tuples(V2_ROWS + ROWS[:1] + ROWS[:2]))
+    assert reconcile(dsn, "--bucket", s3.name, "--prefix", "in/")[:-1] == [listed[2]]
+
+
+def test_in_a_bucket_without_versioning_an_overwritten_object_is_found_by_its_etag_and_time(dsn, world, s3, queue):
+    conn = world
+    s3.put("p.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    assert reconcile(dsn, "--bucket", s3.name) == [f"0 upload(s) under s3://{s3.name}/ not loaded as S3 holds them"]
+    s3.put("p.csv", as_csv(V2_ROWS))
+
+    reconcile(dsn, "--bucket", s3.name, "--send", "--queue-url", queue.uploads_url)
+    [obj] = sent(queue)
+    assert obj.version_id is None and obj.etag
+    assert run_job(dsn, obj.bucket, obj.key, obj.version_id) == 0
+    assert prices(conn) == as_tuples(V2_ROWS)
+
+
+def test_send_without_a_queue_is_refused_and_a_missing_bucket_is_one_line(dsn, world, s3):
+    refused = CliRunner().invoke(cli, ["reconcile", "--bucket", s3.name, "--send"], env={"DATABASE_URL": dsn,
+                                                                                           "QUEUE_URL": ""})
+    assert refused.exit_code == 2 and "--send needs --queue-url" in refused.output
+    missing = CliRunner().invoke(cli, ["reconcile", "--bucket", "no-such-bucket-here"], env={"DATABASE_URL": dsn})
+    assert missing.exit_code == 2 and "NoSuchBucket" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1, missing.output
+
+
+def test_the_controllers_own_set_aside_messages_are_unchanged_by_the_shared_builder():
+    # The controller's dead-letter messages and reconcile's events come from one builder.
+    from rates_controller.controller import notification
+
+    body = json.loads(notification(events.UploadedObject("b", "a b+c.csv", "v1", '"e"', 5, "s1"), "ingest-x-1",
+                                   "uid-1"))
+    assert body == {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": "b"}, "object": {"key": "a+b%2Bc.csv", "versionId": "v1", "eTag": '"e"',
+                                            "sequencer": "s1"}}}],
+        events.SET_ASIDE_BY: "ingest-x-1", events.SET_ASIDE_UID: "uid-1"}
+
