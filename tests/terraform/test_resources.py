@@ -30,3 +30,15 @@ def test_roles_for_aws_services_are_assumable_only_for_this_account():
     for path, name in [("modules/database/main.tf", "monitoring"), ("modules/network/flow-logs.tf", "flow_logs")]:
         trust = hcl_resource(path, "aws_iam_role", name)["assume_role_policy"]
         assert '"aws:SourceAccount" = data.aws_caller_identity.current.account_id' in trust, (path, trust)
+
+
+def test_what_a_rebuild_of_the_database_needs_outlives_a_deletion():
+    # A deleted key's last file, for a rebuild from the bucket (ratesctl reconcile): without
+    # newer_noncurrent_versions it expired with the other earlier versions.
+    [rule] = hcl_resource("modules/uploads/main.tf", "aws_s3_bucket_lifecycle_configuration", "prices")["rule"]
+    [expiration] = rule["noncurrent_version_expiration"]
+    assert expiration["newer_noncurrent_versions"] == 1
+    # The automated backups (point-in-time recovery) outlive a deleted instance outside dev.
+    database = hcl_resource("modules/database/main.tf", "aws_db_instance", "this")
+    assert database["delete_automated_backups"] == "${!var.deletion_protection}"
+    assert database["skip_final_snapshot"] == "${!var.deletion_protection}"

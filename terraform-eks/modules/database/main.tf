@@ -117,7 +117,10 @@ resource "aws_db_instance" "this" {
   deletion_protection                 = var.deletion_protection
   skip_final_snapshot                 = !var.deletion_protection
   final_snapshot_identifier           = var.deletion_protection ? "${var.name}-final" : null
-  auto_minor_version_upgrade          = true
+  # Kept after the instance is deleted, for their retention period, outside throwaway
+  # environments: the final snapshot alone has no point-in-time recovery.
+  delete_automated_backups   = !var.deletion_protection
+  auto_minor_version_upgrade = true
   #checkov:skip=CKV_AWS_293:deletion_protection is on unless the environment is declared throwaway (dev)
   # Major upgrades are a reviewed change of engine_version, applied in the maintenance window.
   allow_major_version_upgrade = false

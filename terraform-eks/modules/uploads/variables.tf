@@ -42,7 +42,7 @@ variable "dead_letter_retention_days" {
 }
 
 variable "noncurrent_version_days" {
-  description = "Days an overwritten or deleted price file's earlier version is kept (a Job that is retried still reads the version it was created for)."
+  description = "Days an overwritten or deleted price file's earlier versions are kept (a Job that is retried still reads the version it was created for); the newest earlier version of each key is kept whatever its age."
   type        = number
   default     = 30
 
