@@ -214,7 +214,9 @@ def _stop_api(api: subprocess.Popen) -> None:
 
 @click.command("reconcile")
 @click.option("--bucket", required=True, help="The uploads bucket.")
-@click.option("--prefix", default="", help="Only the keys under this prefix (the controller's UPLOADS_PREFIX).")
+@click.option("--prefix", required=True,
+              help="The keys under this prefix: the controller's UPLOADS_PREFIX (`prices/` by the Terraform); "
+                   "the controller sets aside an event for any other key. '' for the whole bucket.")
 @click.option("--send", is_flag=True, help="Send an upload event for each file found to the uploads queue.")
 @click.option("--queue-url", envvar="QUEUE_URL", help="The uploads queue, for --send (default: $QUEUE_URL).")
 @click.option("--include-rejected", is_flag=True,
@@ -222,8 +224,6 @@ def _stop_api(api: subprocess.Popen) -> None:
 def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None:
     """List the uploads whose latest version in S3 is not the file loaded for its key in
     $DATABASE_URL (after a restore, a rebuild, lost events); --send loads them again."""
-    import boto3
-
     from rates_ingest import s3source
 
     if send and not queue_url:
@@ -237,7 +237,7 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
         click.echo(f"s3://{bucket}/{upload.key}  {upload.info.identity}  {_why(upload)}")
     to_send = [u for u in found if include_rejected or not u.last_run or u.last_run[0] != "rejected"]
     if send and to_send:
-        reconcile.send(boto3.client("sqs"), queue_url, bucket, to_send)
+        reconcile.send(reconcile.sqs_client(), queue_url, bucket, to_send)
     held = len(found) - len(to_send)
     click.echo(f"{len(found)} upload(s) under s3://{bucket}/{prefix} not loaded as S3 holds them"
                + (f"; {len(to_send)} sent to the uploads queue" if send else "")

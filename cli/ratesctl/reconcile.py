@@ -12,10 +12,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+import boto3
 import botocore.exceptions
 
 from rates_core import db, s3events
 from rates_core.errors import PermanentError, TemporaryError
+from rates_ingest import formats
 from rates_ingest.s3source import ObjectInfo
 
 # As S3 writes it, so that the controller takes the event as an upload's own.
@@ -38,9 +40,19 @@ def missing(s3, conn, bucket: str, prefix: str) -> list[Upload]:
     found = []
     for key, info in _latest_versions(s3, bucket, prefix):
         if loaded.get(key) != info.identity:
-            run = runs.get((key, info.version_id)) or runs.get((key, info.etag))
+            run = _not_a_price_file(key) or runs.get((key, info.version_id)) or runs.get((key, info.etag))
             found.append(Upload(key, info, loaded.get(key), run))
     return found
+
+
+def _not_a_price_file(key: str) -> tuple[str, str] | None:
+    """A key the job rejects by its name alone, as a rejected run: the job refuses it before
+    it reads the object, so that run names no version or ETag to find it by."""
+    try:
+        formats.detect(key)
+    except formats.FileRejected as exc:
+        return "rejected", str(exc)
+    return None
 
 
 def _latest_versions(s3, bucket: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
@@ -76,6 +88,7 @@ def send(sqs, queue_url: str, bucket: str, uploads: list[Upload]) -> None:
     """An ObjectCreated event for each, with a sequencer of its own: the controller then
     starts a Job for it even where a Job of the upload's first event is still kept."""
     round_id = uuid.uuid4().hex[:12]
+    sent = 0
     for start in range(0, len(uploads), _SQS_BATCH):
         entries = [{"Id": str(n), "MessageBody": s3events.object_created(
                         bucket, upload.key, version_id=upload.info.version_id if upload.info.versioned else None,
@@ -84,10 +97,21 @@ def send(sqs, queue_url: str, bucket: str, uploads: list[Upload]) -> None:
                         event_version=EVENT_VERSION)}
                    for n, upload in enumerate(uploads[start:start + _SQS_BATCH])]
         with _mapped("sending to the uploads queue"):
-            failed = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed", [])
-        if failed:
-            raise TemporaryError(f"the uploads queue refused {len(failed)} event(s), e.g. {failed[0]}; "
-                                 f"{start} sent before them; run reconcile again")
+            answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        sent += len(answer.get("Successful", []))
+        if answer.get("Failed"):
+            refused = [uploads[start + int(entry["Id"])].key for entry in answer["Failed"]]
+            raise TemporaryError(f"the uploads queue refused the events of {refused} "
+                                 f"({answer['Failed'][0].get('Message')}); {sent} sent, which load as usual; "
+                                 "run reconcile again for the rest")
+
+
+def sqs_client():
+    """An SQS client from boto3's standard chain; AWS_ENDPOINT_URL(_SQS) selects a local one."""
+    try:
+        return boto3.client("sqs")
+    except botocore.exceptions.NoRegionError:
+        raise PermanentError("no AWS region for the uploads queue: set AWS_REGION") from None
 
 
 @contextmanager

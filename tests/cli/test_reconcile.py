@@ -1,11 +1,15 @@
 """ratesctl reconcile: the uploads S3 holds that the database has not loaded, sent again."""
 
+import datetime
 import json
 
 import pytest
 from click.testing import CliRunner
 
 from rates_controller import events
+from rates_core.errors import TemporaryError
+from rates_ingest.s3source import ObjectInfo
+from ratesctl import reconcile as reconcile_module
 from ratesctl.cli import cli
 from tests.ingest.conftest import ROWS, V2_ROWS, as_csv, as_tuples, prices, run_job
 from tests.support.uploads import Queues, new_queues
@@ -79,10 +83,16 @@ def test_in_a_bucket_without_versioning_an_overwritten_object_is_found_by_its_et
     conn = world
     s3.put("p.csv", as_csv(ROWS))
     assert run_job(dsn, s3.name, "p.csv") == 0
-    assert reconcile(dsn, "--bucket", s3.name) == [f"0 upload(s) under s3://{s3.name}/ not loaded as S3 holds them"]
+    assert reconcile(dsn, "--bucket", s3.name, "--prefix", "") == [
+        f"0 upload(s) under s3://{s3.name}/ not loaded as S3 holds them"]
     s3.put("p.csv", as_csv(V2_ROWS))
+    # Refused by its name before the job reads it, so its run names no ETag to find it by.
+    s3.put("notes.txt", b"not prices")
+    assert run_job(dsn, s3.name, "notes.txt") == 2
 
-    reconcile(dsn, "--bucket", s3.name, "--send", "--queue-url", queue.uploads_url)
+    *listed, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "", "--send", "--queue-url",
+                                 queue.uploads_url)
+    assert "rejected: unknown file extension" in listed[0] and "1 rejected by their last run" in summary
     [obj] = sent(queue)
     assert obj.version_id is None and obj.etag
     assert run_job(dsn, obj.bucket, obj.key, obj.version_id) == 0
@@ -90,12 +100,41 @@ def test_in_a_bucket_without_versioning_an_overwritten_object_is_found_by_its_et
 
 
 def test_send_without_a_queue_is_refused_and_a_missing_bucket_is_one_line(dsn, world, s3):
-    refused = CliRunner().invoke(cli, ["reconcile", "--bucket", s3.name, "--send"], env={"DATABASE_URL": dsn,
-                                                                                           "QUEUE_URL": ""})
+    def run(*args, **env):
+        return CliRunner().invoke(cli, ["reconcile", "--prefix", "", *args], env={"DATABASE_URL": dsn, **env})
+
+    refused = run("--bucket", s3.name, "--send", QUEUE_URL="")
     assert refused.exit_code == 2 and "--send needs --queue-url" in refused.output
-    missing = CliRunner().invoke(cli, ["reconcile", "--bucket", "no-such-bucket-here"], env={"DATABASE_URL": dsn})
+    missing = run("--bucket", "no-such-bucket-here")
     assert missing.exit_code == 2 and "NoSuchBucket" in missing.output
     assert len(missing.output.strip().splitlines()) == 1, missing.output
+    s3.put("p.csv", as_csv(ROWS))
+    no_region = run("--bucket", s3.name, "--send", "--queue-url", "http://127.0.0.1:1/q", AWS_REGION=None,
+                    AWS_DEFAULT_REGION=None)
+    assert no_region.exit_code == 2 and no_region.output.splitlines()[-1] == (
+        "Error: no AWS region for the uploads queue: set AWS_REGION"), no_region.output
+    # Without a prefix, every key of the bucket would be sent, which the controller refuses.
+    assert "Missing option '--prefix'" in CliRunner().invoke(cli, ["reconcile", "--bucket", s3.name]).output
+
+
+class PartlyRefusing:
+    """An SQS client that refuses the fourth event of the second batch."""
+
+    def __init__(self):
+        self.batches = []
+
+    def send_message_batch(self, QueueUrl, Entries):  # noqa: N803 - boto3's names
+        self.batches.append(Entries)
+        failed = [e for e in Entries if len(self.batches) == 2 and e["Id"] == "3"]
+        return {"Successful": [{"Id": e["Id"]} for e in Entries if e not in failed],
+                "Failed": [{"Id": e["Id"], "Code": "X", "Message": "refused", "SenderFault": False} for e in failed]}
+
+
+def test_a_batch_refused_in_part_says_which_and_how_many_were_sent():
+    uploads = [reconcile_module.Upload(f"k{n}.csv", ObjectInfo("v", '"e"', 1, datetime.datetime(2026, 1, 1)),
+                                       None, None) for n in range(15)]
+    with pytest.raises(TemporaryError, match=r"refused the events of \['k13.csv'\] \(refused\); 14 sent"):
+        reconcile_module.send(PartlyRefusing(), "q", "b", uploads)
 
 
 def test_the_controllers_own_set_aside_messages_are_unchanged_by_the_shared_builder():

@@ -423,8 +423,8 @@ def test_the_controller_starts_a_job_for_a_sent_upload_whose_first_job_is_still_
     assert len(ingest_jobs(kube, namespace)) == 1
 
     for _ in range(2):  # and each reconcile's anew, as the first Job it made is kept too
-        sent = CliRunner().invoke(cli, ["reconcile", "--bucket", uploads.name, "--send", "--queue-url",
-                                        sqs.uploads_url], env={"DATABASE_URL": dsn})
+        sent = CliRunner().invoke(cli, ["reconcile", "--bucket", uploads.name, "--prefix", "", "--send",
+                                        "--queue-url", sqs.uploads_url], env={"DATABASE_URL": dsn})
         assert sent.exit_code == 0 and "1 sent" in sent.output, sent.output
         controller.step()
 
