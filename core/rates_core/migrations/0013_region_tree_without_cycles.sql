@@ -7,6 +7,28 @@
 -- the ports of the cycle, and the two regions in it each covered the other's: a change of
 -- meaning with no error anywhere.
 
+-- A cycle made before this migration is refused too: the API's answers are wrong while it
+-- is there, and the trigger below would only notice once one of its rows is edited.
+DO $$
+DECLARE
+    looped text;
+BEGIN
+    WITH RECURSIVE up (start, above, path) AS (
+        SELECT slug, parent_slug, ARRAY[slug] FROM regions WHERE parent_slug IS NOT NULL
+        UNION ALL
+        SELECT up.start, r.parent_slug, up.path || up.above
+        FROM up JOIN regions r ON r.slug = up.above
+        WHERE r.parent_slug IS NOT NULL AND NOT up.above = ANY (up.path)
+    )
+    SELECT string_agg(DISTINCT start, ', ') INTO looped FROM up WHERE above = start;
+    IF looped IS NOT NULL THEN
+        RAISE EXCEPTION 'the regions % are each below themselves (a cycle of parent_slug)', looped
+            USING ERRCODE = 'check_violation',
+                  HINT = 'give one region of each cycle a parent outside it, then migrate again';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION rates_regions_refuse_cycle() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = public, pg_temp
