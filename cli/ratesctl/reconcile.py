@@ -36,13 +36,10 @@ class Upload:
 def missing(s3, conn, bucket: str, prefix: str) -> list[Upload]:
     """The keys under ``prefix`` whose latest version (not deleted) is not their loaded file."""
     loaded = _loaded_files(conn, bucket, prefix)
-    runs = _last_runs(conn, bucket, prefix)
-    found = []
-    for key, info in _latest_versions(s3, bucket, prefix):
-        if loaded.get(key) != info.identity:
-            run = _not_a_price_file(key) or runs.get((key, info.version_id)) or runs.get((key, info.etag))
-            found.append(Upload(key, info, loaded.get(key), run))
-    return found
+    unloaded = [(key, info) for key, info in _latest_versions(s3, bucket, prefix) if loaded.get(key) != info.identity]
+    runs = _last_runs(conn, bucket, unloaded)
+    return [Upload(key, info, loaded.get(key), _not_a_price_file(key) or runs.get((key, info.version_id)))
+            for key, info in unloaded]
 
 
 def _not_a_price_file(key: str) -> tuple[str, str] | None:
@@ -73,14 +70,19 @@ def _loaded_files(conn, bucket: str, prefix: str) -> dict[str, str]:
         return dict(cur.fetchall())
 
 
-def _last_runs(conn, bucket: str, prefix: str) -> dict[tuple[str, str], tuple[str, str | None]]:
-    """(key, version id or, unversioned, ETag) -> (status, error) of its last finished run."""
+def _last_runs(conn, bucket: str, uploads: list[tuple[str, ObjectInfo]]) -> dict[tuple[str, str], tuple]:
+    """(key, version id) -> (status, error) of the last finished run of each of ``uploads``;
+    one without versioning is its ETag in a run that names no version. Only theirs: a
+    year of runs is millions of rows."""
+    keys = [key for key, _ in uploads]
     with db.classified(), conn.cursor() as cur:
-        cur.execute("""SELECT DISTINCT ON (key, coalesce(version_id, etag)) key, coalesce(version_id, etag),
-                              status, error
-                       FROM ingest_runs
-                       WHERE bucket = %s AND starts_with(key, %s) AND status <> 'running'
-                       ORDER BY key, coalesce(version_id, etag), id DESC""", (bucket, prefix))
+        cur.execute("""SELECT DISTINCT ON (u.key, u.version_id) u.key, u.version_id, r.status, r.error
+                       FROM unnest(%s::text[], %s::text[], %s::text[]) AS u (key, version_id, etag)
+                       JOIN ingest_runs r ON r.bucket = %s AND r.key = u.key
+                        AND (r.version_id = u.version_id OR (r.version_id IS NULL AND r.etag = u.etag))
+                       WHERE r.status <> 'running'
+                       ORDER BY u.key, u.version_id, r.id DESC""",
+                    (keys, [info.version_id for _, info in uploads], [info.etag for _, info in uploads], bucket))
         return {(key, version): (status, error) for key, version, status, error in cur.fetchall()}
 
 

@@ -89,10 +89,13 @@ def test_in_a_bucket_without_versioning_an_overwritten_object_is_found_by_its_et
     # Refused by its name before the job reads it, so its run names no ETag to find it by.
     s3.put("notes.txt", b"not prices")
     assert run_job(dsn, s3.name, "notes.txt") == 2
+    s3.put("bad.csv", as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)]))  # its run is found by its ETag
+    assert run_job(dsn, s3.name, "bad.csv") == 2
 
     *listed, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "", "--send", "--queue-url",
                                  queue.uploads_url)
-    assert "rejected: unknown file extension" in listed[0] and "1 rejected by their last run" in summary
+    assert "rejected: 1 invalid row(s)" in listed[0] and "rejected: unknown file extension" in listed[1]
+    assert "2 rejected by their last run" in summary
     [obj] = sent(queue)
     assert obj.version_id is None and obj.etag
     assert run_job(dsn, obj.bucket, obj.key, obj.version_id) == 0
