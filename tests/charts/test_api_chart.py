@@ -587,6 +587,46 @@ def test_the_json_404_can_be_left_to_the_alb_and_never_catches_a_shared_groups_h
     assert proc.returncode != 0 and "give the IngressGroup as ingress.groupName" in proc.stderr
 
 
+def test_a_release_that_would_change_its_groups_shared_settings_is_refused(helm, kube, kubectl, namespace):
+    # dev and staging share one ALB, which takes these settings from all of the group's
+    # Ingresses as one: staging's HTTPS redirect would send dev's HTTP traffic away, and two
+    # idle timeouts stop the load balancer controller from reconciling the group at all.
+    from kubernetes import client
+
+    staging = f"staging-{namespace}"[:63]
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=staging)))
+    try:
+        kubectl("apply", "-n", staging, "-f", "-", input=helm(
+            "template", RELEASE, str(CHART), "-n", staging, *values_args("staging"),
+            "--show-only", "templates/ingress.yaml").stdout)
+
+        def install_dev(*extra):
+            return helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "--dry-run=server",
+                        *values_args("dev"), *extra, check=False)
+
+        assert install_dev().returncode == 0, install_dev().stderr
+        for change, setting in [(sets("ingress.https=true"), "listen-ports"),
+                                (sets("ingress.idleTimeoutSeconds=120", "config.gunicornKeepalive=150"),
+                                 "load-balancer-attributes"),
+                                (sets("ingress.scheme=internet-facing"), "scheme")]:
+            refused = install_dev(*change)
+            assert refused.returncode != 0, change
+            assert f"the Ingress {staging}/rates-api of the IngressGroup rates-nonprod has " \
+                   f"alb.ingress.kubernetes.io/{setting}" in refused.stderr, refused.stderr
+        assert install_dev(*sets("ingress.https=true", "ingress.checkGroupSettings=false")).returncode == 0
+    finally:
+        kube.core.delete_namespace(staging)
+
+
+def test_an_ingress_in_a_group_needs_hosts_whatever_else_is_set(helm):
+    # Hostless, its paths would take every host's, another environment's too.
+    for extra in (sets("ingress.groupName=shared", "ingress.jsonNotFound=false"),
+                  ["--set", "ingress.jsonNotFound=false", "--set",
+                   "ingress.annotations.alb\\.ingress\\.kubernetes\\.io/group\\.name=shared"]):
+        proc = helm("template", RELEASE, str(CHART), *extra, check=False)
+        assert proc.returncode != 0 and "an Ingress in an IngressGroup needs ingress.hosts" in proc.stderr
+
+
 def test_environments_differ_where_they_should(render):
     dev, staging, prod = (one(render(e), "Deployment") for e in ENVS)
     assert dev["spec"]["replicas"] == staging["spec"]["replicas"] == 1
