@@ -112,7 +112,7 @@ def test_0013_refuses_a_database_whose_regions_already_form_a_cycle(empty_dsn):
         migrate.apply(empty_dsn)
     with autocommit(empty_dsn) as conn, conn.cursor() as cur:
         cur.execute("UPDATE regions SET parent_slug = 'world' WHERE slug IN ('a', 'd')")
-    assert migrate.apply(empty_dsn) == ["0013_region_tree_without_cycles"]
+    assert migrate.apply(empty_dsn)[0] == "0013_region_tree_without_cycles"
 
 
 # The text of every migration as it shipped. A database keeps the text it applied, so a
@@ -132,6 +132,7 @@ SHIPPED = {
     "0011_ingest_deletes_only_replaced_files.sql": "8a2f5ef017a8f762d7f37152b3c27af8650cc5aba1a09f4f8e64077b3065400b",
     "0012_reassert_component_rights.sql": "6a26237cd6146b5135540d4d6c065ef570f65cd87d2228a31b3bd50942dec2e6",
     "0013_region_tree_without_cycles.sql": "8a02b7c1338ac2d7a8659323c19bb878670ebbbfc125bd8013b36563b40936cc",
+    "0014_prices_source_btree.sql": "e6d02694e19d2df1d477050b451a39efc2f11c0faf4d08c8109ca903e4484b99",
 }
 
 
