@@ -42,3 +42,13 @@ def test_what_a_rebuild_of_the_database_needs_outlives_a_deletion():
     database = hcl_resource("modules/database/main.tf", "aws_db_instance", "this")
     assert database["delete_automated_backups"] == "${!var.deletion_protection}"
     assert database["skip_final_snapshot"] == "${!var.deletion_protection}"
+
+
+def test_a_forgotten_transaction_cannot_hold_back_vacuum_for_long():
+    # The totals tables churn with every load; an operator's idle BEGIN would stop their
+    # vacuum, and nothing would say so.
+    group = hcl_resource("modules/database/main.tf", "aws_db_parameter_group", "this")
+    parameters = {p["name"]: p["value"] for p in group["parameter"]}
+    assert parameters["idle_in_transaction_session_timeout"] == "600000"
+    assert parameters["log_autovacuum_min_duration"] == "1000"
+    assert parameters["rds.force_ssl"] == "1"

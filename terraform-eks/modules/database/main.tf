@@ -52,6 +52,21 @@ resource "aws_db_parameter_group" "this" {
     value = "1"
   }
 
+  # A session left in a transaction (an operator's BEGIN in psql, forgotten) holds back
+  # vacuum on every table, and the totals tables churn with every load: ended after 10
+  # minutes. No component idles in a transaction (the API reads in autocommit, a load is
+  # busy until it commits).
+  parameter {
+    name  = "idle_in_transaction_session_timeout"
+    value = "600000"
+  }
+
+  # Autovacuum runs that take over a second are logged, so its falling behind shows.
+  parameter {
+    name  = "log_autovacuum_min_duration"
+    value = "1000"
+  }
+
   tags = var.tags
 
   lifecycle {
