@@ -133,6 +133,7 @@ SHIPPED = {
     "0012_reassert_component_rights.sql": "6a26237cd6146b5135540d4d6c065ef570f65cd87d2228a31b3bd50942dec2e6",
     "0013_region_tree_without_cycles.sql": "8a02b7c1338ac2d7a8659323c19bb878670ebbbfc125bd8013b36563b40936cc",
     "0014_prices_source_btree.sql": "e6d02694e19d2df1d477050b451a39efc2f11c0faf4d08c8109ca903e4484b99",
+    "0015_totals_vacuum_settings.sql": "b81c04b563cd39ec0914a6505ccaae68145a07d228e41ae88672654f4024d004",
 }
 
 
