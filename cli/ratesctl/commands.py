@@ -228,7 +228,9 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
 
     if send and not queue_url:
         raise click.UsageError("--send needs --queue-url or QUEUE_URL")
-    conn = db.connect(_database_url(), application_name="ratesctl")
+    # Autocommit: listing a big bucket takes minutes, and a transaction left open meanwhile
+    # would be ended by the database's idle_in_transaction_session_timeout.
+    conn = db.connect(_database_url(), application_name="ratesctl", autocommit=True)
     try:
         found = reconcile.missing(s3source.client(), conn, bucket, prefix)
     finally:

@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -151,3 +152,20 @@ def test_the_controllers_own_set_aside_messages_are_unchanged_by_the_shared_buil
                                             "sequencer": "s1"}}}],
         events.SET_ASIDE_BY: "ingest-x-1", events.SET_ASIDE_UID: "uid-1"}
 
+
+def test_a_listing_longer_than_the_idle_transaction_timeout_does_not_end_the_session(dsn, world, s3,
+                                                                                     monkeypatch):
+    # RDS ends a session idle in a transaction after 10 minutes (the Terraform's parameter
+    # group); listing a year's bucket takes longer than that.
+    with world.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        cur.execute(f'ALTER DATABASE "{cur.fetchone()[0]}" SET idle_in_transaction_session_timeout = \'1s\'')
+    s3.put("p.csv", as_csv(ROWS))
+    listed = reconcile_module._latest_versions
+
+    def slow_listing(*args):
+        time.sleep(1.5)
+        yield from listed(*args)
+
+    monkeypatch.setattr(reconcile_module, "_latest_versions", slow_listing)
+    assert reconcile(dsn, "--bucket", s3.name, "--prefix", "")[-1].startswith("1 upload(s)")

@@ -54,8 +54,8 @@ resource "aws_db_parameter_group" "this" {
 
   # A session left in a transaction (an operator's BEGIN in psql, forgotten) holds back
   # vacuum on every table, and the totals tables churn with every load: ended after 10
-  # minutes. No component idles in a transaction (the API reads in autocommit, a load is
-  # busy until it commits).
+  # minutes. The components' sessions are autocommit but for a load's, which waits
+  # inside its transaction only on S3 calls, each given up within a few minutes.
   parameter {
     name  = "idle_in_transaction_session_timeout"
     value = "600000"
