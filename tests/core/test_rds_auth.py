@@ -12,7 +12,7 @@ from rates_core.env import ConfigError, env_bool
 from rates_core.errors import TemporaryError
 from tests.support.aws import without_credentials
 from tests.support.db import as_user, autocommit
-from tests.support.net import SilentServer
+from tests.support.net import SilentServer, answer
 
 IAM_URL = "postgresql://rates_api@rates.abc123.eu-west-1.rds.amazonaws.com:5432/rates?sslmode=require"
 PROBE = "rates_password_probe"
@@ -65,11 +65,7 @@ class _RefusingSts(http.server.BaseHTTPRequestHandler):
         body = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
                 b"<Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity"
                 b"</Message></Error><RequestId>1</RequestId></ErrorResponse>")
-        self.send_response(403)
-        self.send_header("Content-Type", "text/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer(self, 403, "text/xml", body)
 
     def log_message(self, *_):
         pass

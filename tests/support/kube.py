@@ -356,17 +356,14 @@ def webhook_refusal(kube: Kube, namespace: str, message: str, in_force) -> Itera
     from kubernetes import client
 
     from tests.support.control_plane import CA
+    from tests.support.net import answer
 
     class Refuse(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
                 "uid": review["request"]["uid"], "allowed": False, "status": {"message": message}}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            answer(self, 200, "application/json", body)
 
         def log_message(self, *args):
             pass

@@ -7,6 +7,15 @@ import time
 import requests
 
 
+def answer(handler, status: int, content_type: str, body: bytes) -> None:
+    """Send a whole response from an http.server request handler."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def free_port() -> int:
     return free_ports(1)[0]
 
