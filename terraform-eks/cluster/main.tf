@@ -12,15 +12,16 @@ module "network" {
 module "eks" {
   source = "../modules/eks"
 
-  name                  = var.name
-  kubernetes_version    = var.kubernetes_version
-  subnet_ids            = module.network.private_subnet_ids
-  public_endpoint_cidrs = var.public_endpoint_cidrs
-  admin_principal_arns  = var.admin_principal_arns
-  node_instance_types   = var.node_instance_types
-  node_capacity_type    = var.node_capacity_type
-  node_count            = var.node_count
-  log_retention_days    = var.log_retention_days
+  name                    = var.name
+  kubernetes_version      = var.kubernetes_version
+  subnet_ids              = module.network.private_subnet_ids
+  public_endpoint_cidrs   = var.public_endpoint_cidrs
+  admin_principal_arns    = var.admin_principal_arns
+  node_instance_types     = var.node_instance_types
+  node_capacity_type      = var.node_capacity_type
+  node_count              = var.node_count
+  log_retention_days      = var.log_retention_days
+  control_plane_log_types = var.control_plane_log_types
 }
 
 # Images are promoted between environments by tag, so every cluster's stack would create

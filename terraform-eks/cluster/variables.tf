@@ -83,6 +83,12 @@ variable "node_count" {
   default = { min = 2, desired = 3, max = 6 }
 }
 
+variable "control_plane_log_types" {
+  description = "Control-plane log types sent to CloudWatch Logs (the eks module checks them; audit is always kept)."
+  type        = list(string)
+  default     = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+}
+
 variable "log_retention_days" {
   description = "Days to keep control-plane and VPC flow logs."
   type        = number

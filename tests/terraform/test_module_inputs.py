@@ -92,6 +92,10 @@ def test_every_tfvars_file_passes_every_validation_it_reaches(planner, tfvars):
     # the eks module's, on an object the stack passes through
     (("node_count          = { min = 1, desired = 2, max = 4 }",
       "node_count          = { min = 3, desired = 2, max = 4 }"), "node_count needs 1 <= min <= desired <= max."),
+    (('control_plane_log_types = ["audit", "authenticator"]', 'control_plane_log_types = ["audit", "kubelet"]'),
+     "control_plane_log_types are among api, audit"),
+    (('control_plane_log_types = ["audit", "authenticator"]', 'control_plane_log_types = ["authenticator"]'),
+     "control_plane_log_types keeps audit"),
 ])
 def test_a_value_a_module_refuses_is_found(planner, tmp_path, change, error):
     text = (TERRAFORM_ROOT / "cluster/environments/nonprod.tfvars").read_text()

@@ -464,6 +464,15 @@ def _cpu_at_full_scale(env: str) -> float:
             + controller["controller"]["maxActiveJobs"] * _cpu(controller["jobs"]["resources"]["requests"]["cpu"]))
 
 
+def test_the_shared_nonprod_cluster_sends_fewer_control_plane_logs_and_every_cluster_its_audit_log(settings):
+    # Each log type is paid per GB ingested; the audit log is what an incident needs.
+    cluster = hcl_resource("modules/eks/main.tf", "aws_eks_cluster", "this")
+    assert cluster["enabled_cluster_log_types"] == "${var.control_plane_log_types}"
+    nonprod, prod = (settings[f"cluster/{name}"]["control_plane_log_types"] for name in ("nonprod", "prod"))
+    assert set(nonprod) < set(prod) and "audit" in nonprod
+    assert set(prod) == {"api", "audit", "authenticator", "controllerManager", "scheduler"}
+
+
 def test_each_cluster_can_hold_its_environments_at_full_scale(settings):
     for name, cluster in settings.items():
         if not name.startswith("cluster/"):

@@ -9,3 +9,6 @@ node_instance_types = ["t3.large", "t3a.large", "m6i.large"]
 node_capacity_type  = "SPOT"
 node_count          = { min = 1, desired = 2, max = 4 }
 log_retention_days  = 14
+
+# The control plane's audit and sign-in logs only: api's is the largest, and each is paid per GB.
+control_plane_log_types = ["audit", "authenticator"]

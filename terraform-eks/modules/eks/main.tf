@@ -69,7 +69,7 @@ resource "aws_eks_cluster" "this" {
     }
   }
 
-  enabled_cluster_log_types = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+  enabled_cluster_log_types = var.control_plane_log_types
 
   # Standard support only: a version past it is upgraded by AWS rather than billed as
   # extended support. Keep kubernetes_version current instead.

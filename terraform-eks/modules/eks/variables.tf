@@ -101,6 +101,22 @@ variable "admin_principal_arns" {
   }
 }
 
+variable "control_plane_log_types" {
+  description = "Control-plane log types sent to CloudWatch Logs. Each is paid per GB ingested; api and audit are the large ones. audit is always kept: it says who changed what."
+  type        = list(string)
+  default     = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+
+  validation {
+    condition     = alltrue([for t in var.control_plane_log_types : contains(["api", "audit", "authenticator", "controllerManager", "scheduler"], t)])
+    error_message = "control_plane_log_types are among api, audit, authenticator, controllerManager and scheduler."
+  }
+
+  validation {
+    condition     = contains(var.control_plane_log_types, "audit")
+    error_message = "control_plane_log_types keeps audit: without it nobody can tell who changed or deleted what."
+  }
+}
+
 variable "log_retention_days" {
   description = "Days to keep control-plane logs in CloudWatch Logs."
   type        = number
