@@ -318,6 +318,8 @@ def _closed_by_server(conn) -> bool:
 # How much longer than its statement timeout a server may stay silent before a client
 # that waits through give_up_on_silence() gives up on it.
 SILENCE_GRACE_S = 2.0
+# The longest wait poll() takes (a C int of milliseconds, about 24.8 days).
+_POLL_MAX_MS = 2**31 - 1
 
 
 def give_up_on_silence(connect_timeout_s: float, statement_timeout_ms: int) -> None:
@@ -344,7 +346,7 @@ def give_up_on_silence(connect_timeout_s: float, statement_timeout_ms: int) -> N
         while (state := conn.poll()) != psycopg2.extensions.POLL_OK:
             poller = select.poll()  # anew each time: libpq may move to another socket while connecting
             poller.register(conn.fileno(), select.POLLIN if state == psycopg2.extensions.POLL_READ else select.POLLOUT)
-            if not poller.poll(None if limit_s is None else limit_s * 1000):
+            if not poller.poll(None if limit_s is None else min(limit_s * 1000, _POLL_MAX_MS)):
                 what = "while connecting" if connecting else "for a statement"
                 raise psycopg2.OperationalError(f"the database sent nothing {what} in {limit_s:g} s; given up")
 

@@ -86,3 +86,20 @@ def test_a_process_that_gives_up_on_silence_does_so_connecting_and_waiting_for_a
                          timeout=60, check=True).stdout.splitlines()
     assert out == ["the database sent nothing while connecting in 1 s; given up",
                    "the database sent nothing for a statement in 2.5 s; given up"]
+
+
+_LARGEST_LIMITS = """
+import sys, psycopg2
+from rates_core import db
+db.give_up_on_silence(connect_timeout_s=2**31 - 1, statement_timeout_ms=2**31 - 1)
+conn = psycopg2.connect(sys.argv[1])
+with conn.cursor() as cur:
+    cur.execute("SELECT 1")
+    print(cur.fetchone()[0])
+"""
+
+
+def test_the_largest_timeouts_the_settings_accept_still_let_statements_run(dsn):
+    # poll() takes at most 2**31 - 1 ms; beyond it, every statement failed with OverflowError.
+    done = subprocess.run([sys.executable, "-c", _LARGEST_LIMITS, dsn], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
