@@ -202,6 +202,13 @@ def test_schema_rejects_a_string_where_a_number_belongs(helm):
      "minReplicas must not exceed"),
     (["autoscaling.enabled=true", "resources.requests.cpu=null"], "needs resources.requests.cpu"),
     (["migrations.lockWaitSeconds=600"], "lockWaitSeconds (600) must be below migrations.activeDeadlineSeconds (600)"),
+    # 5 s to connect + 23.001 s + 2 s of silence, rounded up: 31 s against 30
+    (["config.dbStatementTimeoutMs=23001"], "(31 s, a request held to its timeouts) must be below shutdown.gracefulTimeoutSeconds (30)"),
+    (["config.dbStatementTimeoutMs=120000", "shutdown.gracefulTimeoutSeconds=200",
+      "shutdown.terminationGracePeriodSeconds=300", "config.gunicornKeepalive=250", "ingress.idleTimeoutSeconds=200"],
+     "(127 s, a request held to its timeouts) must be below ingress.deregistrationDelaySeconds (30)"),
+    (["config.dbConnectTimeoutSeconds=20", "ingress.deregistrationDelaySeconds=40", "ingress.idleTimeoutSeconds=25",
+      "config.gunicornKeepalive=30"], "(27 s, a request held to its timeouts) must be below ingress.idleTimeoutSeconds (25)"),
 ])
 def test_timings_that_would_drop_requests_are_refused(helm, assignments, error):
     # --set-json: plain --set makes 5.5 a string

@@ -19,7 +19,7 @@ PINS = {
         "0.9.0": "708a75ca72d433684aa4cfba36aef34782452f9200a2d39b454d7980bc3df5f0",
         "0.10.0": "a7bdaf18e47e171976b819e636f8763bb29f7e1995eb8a5e46e228e5942dcd20",
         "0.11.0": "efffd148018a1d4c9bc2ba40567254fa5ff2de116a69c785c1d706e2ebce17bb",
-        "0.12.0": "a54b154cef989b5d5eeaec1b95746a7e49520e9673a63e08f2b1d7d2acca2e7b",
+        "0.12.0": "311aa79714b237d23d28250ff7edb83dd00e86ff968a9ae2b92ea7fa2e6b5379",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",

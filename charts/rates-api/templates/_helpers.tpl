@@ -151,9 +151,22 @@ dropped; rendering stops with the reason rather than shipping a chart that loses
 {{- if le ($s.terminationGracePeriodSeconds | int) $serving }}
 {{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + ceil(drainSeconds) + gracefulTimeoutSeconds (%d), or the kubelet kills gunicorn while requests are in flight" ($s.terminationGracePeriodSeconds | int) $serving) }}
 {{- end }}
+{{- /* A request held to its limits: a connection opened, then a statement answered just
+       before the API would give up on it (its timeout plus 2 s of silence, rates_core.db). */}}
+{{- $request := add (.Values.config.dbConnectTimeoutSeconds | int) (ceil (addf (divf .Values.config.dbStatementTimeoutMs 1000) 2) | int) }}
+{{- $requestWhat := printf "config.dbConnectTimeoutSeconds + ceil(config.dbStatementTimeoutMs / 1000 + 2) (%d s, a request held to its timeouts)" $request }}
+{{- if ge $request ($s.gracefulTimeoutSeconds | int) }}
+{{- fail (printf "%s must be below shutdown.gracefulTimeoutSeconds (%d), or gunicorn stops workers with such a request in flight" $requestWhat ($s.gracefulTimeoutSeconds | int)) }}
+{{- end }}
 {{- if .Values.ingress.enabled }}
 {{- if ge (.Values.ingress.deregistrationDelaySeconds | int) $serving }}
 {{- fail (printf "ingress.deregistrationDelaySeconds (%d) must be below preStopSleepSeconds + ceil(drainSeconds) + gracefulTimeoutSeconds (%d), so the ALB is done with a pod before it stops serving" (.Values.ingress.deregistrationDelaySeconds | int) $serving) }}
+{{- end }}
+{{- if ge $request (.Values.ingress.deregistrationDelaySeconds | int) }}
+{{- fail (printf "%s must be below ingress.deregistrationDelaySeconds (%d), or the ALB cuts such a request off a pod being replaced" $requestWhat (.Values.ingress.deregistrationDelaySeconds | int)) }}
+{{- end }}
+{{- if ge $request (.Values.ingress.idleTimeoutSeconds | int) }}
+{{- fail (printf "%s must be below ingress.idleTimeoutSeconds (%d), or the ALB answers 504 to such a request" $requestWhat (.Values.ingress.idleTimeoutSeconds | int)) }}
 {{- end }}
 {{- if le (.Values.config.gunicornKeepalive | int) (.Values.ingress.idleTimeoutSeconds | int) }}
 {{- fail (printf "config.gunicornKeepalive (%d) must exceed ingress.idleTimeoutSeconds (%d), so the ALB closes idle connections first and never sends a request into one gunicorn is closing" (.Values.config.gunicornKeepalive | int) (.Values.ingress.idleTimeoutSeconds | int)) }}
