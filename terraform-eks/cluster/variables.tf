@@ -37,9 +37,9 @@ variable "interface_endpoints" {
 }
 
 variable "kubernetes_version" {
-  description = "Kubernetes minor version."
+  description = "Kubernetes minor version, 1.30 or later (the default is versions.json's kubernetes_minor, which the tests run)."
   type        = string
-  default     = "1.34"
+  default     = "1.36"
 }
 
 variable "public_endpoint_cidrs" {

@@ -8,6 +8,7 @@ first minor that serves each kind at the version rendered, and each newer field 
 default. A kind or field the charts start to render must be added to it.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -16,8 +17,11 @@ import yaml
 
 from tests.charts import test_api_chart as api_chart
 from tests.charts import test_controller_chart as controller_chart
+from tests.support.infra import TERRAFORM_ROOT, parse_hcl
 
 pytestmark = pytest.mark.kube
+
+REPO = Path(__file__).resolve().parents[2]
 
 # (apiVersion, kind) -> the first minor that serves it; None for a custom resource, which
 # the cluster's add-ons serve (Prometheus Operator), whatever its Kubernetes.
@@ -122,3 +126,16 @@ def test_an_older_kubernetes_is_refused_before_anything_is_installed(helm, name)
     assert result.returncode != 0
     assert "incompatible with Kubernetes" in result.stderr, result.stderr
 
+
+def test_terraform_s_default_kubernetes_is_the_one_the_tests_run():
+    """The clusters Terraform makes by default run the Kubernetes minor the tests run, and one
+    that both charts admit."""
+    tested = json.loads((REPO / "versions.json").read_text())
+    assert tested["kubernetes"].startswith(tested["kubernetes_minor"] + ".")
+    for stack in ("cluster", "modules/eks"):
+        variables = parse_hcl((TERRAFORM_ROOT / stack / "variables.tf").read_text())["variable"]
+        [default] = [v["kubernetes_version"]["default"] for v in variables if "kubernetes_version" in v]
+        assert default == tested["kubernetes_minor"], f"terraform-eks/{stack}: {default}"
+    minor = tuple(int(p) for p in tested["kubernetes_minor"].split("."))
+    for name, (chart, _) in CHARTS.items():
+        assert lower_bound(chart) <= minor, name

@@ -87,6 +87,9 @@ def test_every_tfvars_file_passes_every_validation_it_reaches(planner, tfvars):
      "without the com.amazonaws.<region>. prefix"),
     (("single_nat_gateway = true", 'single_nat_gateway = true\ninterface_endpoints = ["sts", "sts"]'),
      "interface_endpoints are distinct service names"),
+    # the eks module's: the controller chart's admission policies need 1.30
+    (("single_nat_gateway = true", 'single_nat_gateway = true\nkubernetes_version = "1.29"'),
+     "kubernetes_version is a minor version of 1.30 or later"),
     # the log-group module's, two modules down (cluster -> eks -> log-group)
     (("log_retention_days  = 14", "log_retention_days  = 10"), "retention_days must be a retention period"),
     # the eks module's, on an object the stack passes through
