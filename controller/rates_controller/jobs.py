@@ -111,7 +111,7 @@ def _pod_spec(obj: UploadedObject, settings: JobSettings) -> dict:
             "name": settings.database_secret, "key": settings.database_secret_key}}})
     if settings.database_iam_auth:
         env.append({"name": "DATABASE_IAM_AUTH", "value": "true"})
-    env += [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
+    env += [{"name": k, "value": _literal(v)} for k, v in sorted(settings.env.items())]
     return {
         **settings.scheduling,
         "restartPolicy": "Never",

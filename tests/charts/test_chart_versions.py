@@ -24,7 +24,7 @@ PINS = {
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",
         "0.10.0": "4a00140f4d25d7584bb47f25a3ef6768b96a7cd13ea233dd8c3f4a6f8aa9acb9",
-        "0.11.0": "9b0b2882ee4743c5a4e96fc02f9c8de2ce5b4f814dd2898b1c7afb5daaf8fbca",
+        "0.11.0": "e9f7141c6c4641cf4a69e987fa8967f049d4d4dfc1de48044789c9eeacec84c3",
     },
 }
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from rates_controller import jobs
 from rates_controller.events import UploadedObject
 from rates_controller.settings import JobSettings
+from tests.support import local_node
 
 OBJ = UploadedObject(bucket="uploads", key="2016/jan.csv", version_id=None, etag="abc", size=10)
 SETTINGS = JobSettings(namespace="prod", image="registry.invalid/rates-ingest:1.2.3")
@@ -53,6 +54,17 @@ def test_extra_environment_follows_the_objects_address():
     settings = JobSettings(namespace="prod", image="i", env={"AWS_REGION": "eu-west-1"})
     env = jobs.manifest(OBJ, settings)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["name"] for e in env] == ["S3_BUCKET", "S3_OBJECT_KEY", "DATABASE_URL", "AWS_REGION"]
+
+
+def test_the_pod_gets_the_extra_environment_as_written():
+    # The kubelet expands $(VAR) and $$ in env values, in order (tests/support/local_node).
+    written = {"HTTPS_PROXY": "http://u:pa$$w0rd@proxy:3128", "NOTE": "cost $(S3_BUCKET)", "PLAIN": "x"}
+    settings = JobSettings(namespace="prod", image="i", env=written)
+    seen: dict[str, str] = {}
+    for var in jobs.manifest(OBJ, settings)["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if "value" in var:
+            seen[var["name"]] = local_node._expand(var["value"], seen)
+    assert {name: seen[name] for name in written} == written
 
 
 def test_the_database_url_comes_from_the_secret_unless_one_without_a_password_is_given():
