@@ -286,17 +286,23 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from . import logs
-    from .env import ConfigError, env_choice, env_str
+    from .env import ConfigError, env_bool, env_choice, env_str
 
     # No arguments: a stray one (a typo'd flag) must not apply the migrations unasked.
     argparse.ArgumentParser(
         prog="python -m rates_core.migrate",
         description="Apply the schema migrations to $DATABASE_URL. Exit status: 0 done, 1 may pass"
                     " on retry, 2 cannot.",
-        epilog="Settings: DATABASE_URL, DATABASE_IAM_AUTH, MIGRATION_LOCK_WAIT_SECONDS, LOG_LEVEL.",
+        epilog="Settings: DATABASE_URL (the schema owner's, with its password), MIGRATION_LOCK_WAIT_SECONDS,"
+               " LOG_LEVEL.",
     ).parse_args(argv)
     try:
         logs.configure(env_choice("LOG_LEVEL", "INFO", logs.LEVELS), service="rates-migrate")
+        if env_bool("DATABASE_IAM_AUTH", False):
+            # The owner logs in with a password (README, "Database users"); ignoring the
+            # setting would try the URL without one and fail as a login error instead.
+            raise ConfigError("DATABASE_IAM_AUTH=true is for the API and the ingest job; the migrations "
+                              "log in as the schema owner, with the password in DATABASE_URL")
         apply(env_str("DATABASE_URL"), lock_wait_from_env())
     except ConfigError as exc:
         logs.configure(service="rates-migrate")

@@ -38,6 +38,14 @@ def test_a_missing_database_url_is_one_line_and_exit_2():
     assert json.loads(result.stdout.splitlines()[-1])["error"] == "environment variable DATABASE_URL is required"
 
 
+def test_iam_authentication_is_refused_in_one_line_not_ignored(empty_dsn):
+    result = run({"DATABASE_URL": empty_dsn, "DATABASE_IAM_AUTH": "true"})
+    assert result.returncode == 2
+    assert "the migrations log in as the schema owner" in json.loads(result.stdout.splitlines()[-1])["error"]
+    assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("*.sql")))  # none applied
+    assert run({"DATABASE_URL": empty_dsn, "DATABASE_IAM_AUTH": "false"}).returncode == 0
+
+
 def test_a_database_that_never_answers_fails_the_migration_in_seconds():
     # A host that takes the connection and then says nothing (a black-holed address): without
     # a connect timeout the migration hook would hang until helm gave up on it.
