@@ -6,6 +6,7 @@ keeps serving for SHUTDOWN_DRAIN_SECONDS; then it stops accepting and lets in-fl
 requests finish (up to GUNICORN_GRACEFUL_TIMEOUT). SIGINT/SIGQUIT still stop at once.
 """
 
+import ipaddress
 import math
 import os
 import shutil
@@ -15,13 +16,13 @@ import threading
 
 # The same reading rules as the app's settings: empty means the default, and a bad
 # value stops the master with the variable's name.
-from rates_core.env import env_choice, env_float, env_int, env_str
+from rates_core.env import ConfigError, env_choice, env_float, env_int, env_str
 from rates_core.logs import LEVELS
 
 wsgi_app = "rates_api:create_app()"
 _host = env_str("HOST", "127.0.0.1")
 # An IPv6 address (HOST=:: for a dual-stack pod) needs brackets before the port.
-bind = f"{f'[{_host}]' if ':' in _host else _host}:{env_int('PORT', 8000, minimum=1)}"
+bind = f"{f'[{_host}]' if ':' in _host else _host}:{env_int('PORT', 8000, minimum=1, maximum=65535)}"
 workers = env_int("WEB_CONCURRENCY", 2, minimum=1)
 worker_class = "gthread"
 threads = env_int("GUNICORN_THREADS", 4, minimum=1)
@@ -51,7 +52,22 @@ logconfig_dict = {
 # The runtime control socket would be written under $HOME, which is read-only in the
 # container, and several servers on one machine would fight over its path.
 control_socket_disable = True
-forwarded_allow_ips = env_str("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def _proxies(name: str, default: str) -> str:
+    # Checked as gunicorn checks it (strictly: 10.0.1.0/16 has host bits set), but naming
+    # the variable, which gunicorn's own error does not.
+    value = env_str(name, default)
+    for item in [part.strip() for part in value.split(",") if part]:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item)
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {name}: {exc}") from None
+    return value
+
+
+forwarded_allow_ips = _proxies("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # gunicorn would also take SCRIPT_NAME and PATH_INFO headers from those proxies, and the
 # ALB passes on whatever a client sends: a client's SCRIPT_NAME header could then answer
 # 500 (a path outside it) or an HTML redirect. The API is served at the root, so none.

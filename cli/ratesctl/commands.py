@@ -1,7 +1,6 @@
 """The ratesctl commands: migrate, demo-data, serve, up and reconcile."""
 
 import os
-import runpy
 import signal
 import socket
 import subprocess
@@ -101,10 +100,9 @@ def serve_command() -> None:
 def _check_server_settings() -> None:
     """Read the API's and gunicorn's variables here, so a mistyped one is one line, not a
     traceback from the master and from every worker."""
-    from rates_api.settings import Settings
+    from rates_api.serve import check
 
-    Settings.from_env()
-    runpy.run_path(str(GUNICORN_CONF))  # only reads the environment
+    check(str(GUNICORN_CONF))
 
 
 @click.command("up")

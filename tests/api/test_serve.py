@@ -112,8 +112,8 @@ def _assert_the_root_answers_json_however_addressed(port: int) -> None:
         assert answer[:2] == (200, "application/json") and answer[2]["version"] == "9.9.9", (target, answer)
 
 
-@pytest.mark.parametrize("name, value", [("PORT", "abc"), ("DB_POOL_SIZE", "0"), ("LOG_LEVEL", "bogus"),
-                                         ("WEB_CONCURRENCY", "two"),
+@pytest.mark.parametrize("name, value", [("PORT", "abc"), ("PORT", "65536"), ("DB_POOL_SIZE", "0"), ("LOG_LEVEL", "bogus"),
+                                         ("WEB_CONCURRENCY", "two"), ("FORWARDED_ALLOW_IPS", "10.0.1.0/16"),
                                          # PostgreSQL's integer range: every connection would fail
                                          ("DB_STATEMENT_TIMEOUT_MS", "2147483648")])
 def test_ratesctl_serve_names_a_bad_setting_in_one_line(dsn, tmp_path, name, value):
@@ -122,6 +122,37 @@ def test_ratesctl_serve_names_a_bad_setting_in_one_line(dsn, tmp_path, name, val
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert name in result.stderr and "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("name, value", [("PORT", "abc"), ("PORT", "99999"), ("DB_POOL_SIZE", "0"),
+                                         ("LOG_LEVEL", "bogus"), ("WEB_CONCURRENCY", "0"),
+                                         ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,10.0.1.0/16")])
+def test_the_images_command_names_a_bad_setting_in_one_json_line(dsn, tmp_path, name, value):
+    # What the image runs (api/Dockerfile), where a pod's logs must say what is wrong.
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(free_port()), "WEB_CONCURRENCY": "1", name: value}
+    result = subprocess.run([sys.executable, "-m", "rates_api.serve", str(GUNICORN_CONF)], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert line["event"] == "configuration error" and name in line["error"], line
+    assert result.stderr == "", result.stderr
+
+
+def test_the_images_command_becomes_gunicorn(dsn, tmp_path):
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "WEB_CONCURRENCY": "1",
+           "SHUTDOWN_DRAIN_SECONDS": "0", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    process = subprocess.Popen([sys.executable, "-m", "rates_api.serve", str(GUNICORN_CONF)], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", process=process)
+        # The same process (PID 1 in a pod, which Kubernetes signals) is gunicorn's master.
+        with open(f"/proc/{process.pid}/cmdline", "rb") as cmdline:
+            assert b"gunicorn" in cmdline.read()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        stop_process(process)
 
 
 def test_an_ipv6_host_is_bracketed_for_gunicorn(monkeypatch):
