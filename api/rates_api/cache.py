@@ -13,9 +13,15 @@ from typing import Hashable
 
 
 class VersionedCache:
-    def __init__(self, max_entries: int):
+    """At most ``max_entries`` answers of at most ``max_bytes`` in all: an answer's size
+    grows with its date range (about 42 bytes a day), so a count alone would let a wide
+    MAX_RANGE_DAYS take hundreds of MB per worker."""
+
+    def __init__(self, max_entries: int, max_bytes: int | None = None):
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[Hashable, tuple[Hashable, bytes]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, version) -> bytes | None:
@@ -24,22 +30,32 @@ class VersionedCache:
             if entry is None:
                 return None
             if entry[0] != version:
-                del self._entries[key]
+                self._drop(key)
                 return None
             self._entries.move_to_end(key)
             return entry[1]
 
     def put(self, key: Hashable, version, body: bytes) -> None:
-        if self.max_entries <= 0:
+        if self.max_entries <= 0 or (self.max_bytes is not None and len(body) > self.max_bytes):
             return
         with self._lock:
             current = self._entries.get(key)
             if current is not None and current[0] > version:
                 return  # a slower request computed this under an older version: keep the newer one
+            if current is not None:
+                self._drop(key)
             self._entries[key] = (version, body)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._bytes += len(body)
+            while len(self._entries) > self.max_entries or (
+                    self.max_bytes is not None and self._bytes > self.max_bytes):
+                self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: Hashable) -> None:
+        self._bytes -= len(self._entries.pop(key)[1])
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -25,7 +25,7 @@ class Runtime:
                          statement_timeout_ms=settings.db_statement_timeout_ms,
                          connect_timeout_s=settings.db_connect_timeout_s,
                          password=password_source(settings.database_url, settings.database_iam_auth))
-        self.cache = VersionedCache(settings.response_cache_size)
+        self.cache = VersionedCache(settings.response_cache_size, settings.response_cache_mib << 20)
         self.metrics = Metrics(settings.app_version)
         self.metrics.pool_size.set(settings.db_pool_size)
         # Set when SIGTERM arrives (see api/gunicorn.conf.py): /readyz fails from then on.

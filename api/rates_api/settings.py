@@ -18,6 +18,7 @@ class Settings:
     db_connect_timeout_s: int = 5
     max_range_days: int = 366
     response_cache_size: int = 2048
+    response_cache_mib: int = 64
     app_version: str = "dev"
     log_level: str = "INFO"
 
@@ -37,6 +38,7 @@ class Settings:
             db_connect_timeout_s=get_int("DB_CONNECT_TIMEOUT_S", 5, 1, PG_INT_MAX),
             max_range_days=get_int("MAX_RANGE_DAYS", 366, 1),
             response_cache_size=get_int("RESPONSE_CACHE_SIZE", 2048, 0),
+            response_cache_mib=get_int("RESPONSE_CACHE_MIB", 64, 1, 1 << 20),
             app_version=env_str("APP_VERSION", "dev", environ),
             log_level=env_choice("LOG_LEVEL", "INFO", LEVELS, environ),
         )

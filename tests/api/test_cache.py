@@ -31,3 +31,34 @@ def test_size_zero_caches_nothing():
     cache = VersionedCache(0)
     cache.put("q", 1, b"x")
     assert cache.get("q", 1) is None and len(cache) == 0
+
+
+def test_the_bytes_held_stay_within_the_budget_and_the_oldest_go_first():
+    cache = VersionedCache(100, max_bytes=10)
+    cache.put("a", 1, b"aaaa")
+    cache.put("b", 1, b"bbbb")
+    cache.get("a", 1)
+    cache.put("c", 1, b"cccc")  # 12 bytes: b, the least recently used, goes
+    assert (cache.get("a", 1), cache.get("b", 1), cache.get("c", 1)) == (b"aaaa", None, b"cccc")
+    assert cache.bytes == 8
+    cache.put("a", 2, b"a")  # a newer answer replaces the older one's bytes
+    assert cache.bytes == 5
+    cache.get("c", 2)  # a stale entry dropped on a miss gives its bytes back
+    assert cache.bytes == 1 and len(cache) == 1
+
+
+def test_an_answer_larger_than_the_budget_is_not_cached():
+    cache = VersionedCache(100, max_bytes=10)
+    cache.put("small", 1, b"x")
+    cache.put("wide", 1, b"y" * 11)
+    assert cache.get("wide", 1) is None and cache.get("small", 1) == b"x"
+
+
+def test_the_app_gives_its_cache_the_configured_budget():
+    from rates_api import create_app
+    from rates_api.settings import Settings
+
+    app = create_app(Settings(database_url="postgresql://rates_api@db.invalid/rates", response_cache_size=9,
+                              response_cache_mib=3))
+    cache = app.extensions["rates_api"].cache
+    assert (cache.max_entries, cache.max_bytes) == (9, 3 << 20)

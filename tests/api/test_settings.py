@@ -19,3 +19,10 @@ def test_a_response_cache_of_zero_turns_it_off():
     assert Settings.from_env({**URL, "RESPONSE_CACHE_SIZE": "0"}).response_cache_size == 0
     with pytest.raises(ConfigError, match="RESPONSE_CACHE_SIZE"):
         Settings.from_env({**URL, "RESPONSE_CACHE_SIZE": "-1"})
+
+
+def test_the_response_cache_has_a_byte_budget():
+    assert Settings.from_env(URL).response_cache_mib == 64
+    assert Settings.from_env({**URL, "RESPONSE_CACHE_MIB": "8"}).response_cache_mib == 8
+    with pytest.raises(ConfigError, match="RESPONSE_CACHE_MIB"):
+        Settings.from_env({**URL, "RESPONSE_CACHE_MIB": "0"})

@@ -405,13 +405,14 @@ def test_every_api_setting_reaches_the_api(render):
         "image.tag=abc123", "config.host=::", "containerPort=8080", "database.iamAuth=true",
         f"database.url={IAM_URL}", "aws.region=eu-west-1"),
         # JSON numbers are floats, like every number from a values file: 1e+06 must not show
-        "--set-json", "config.responseCacheSize=1000000", "--set-json", "shutdown.drainSeconds=2.5"))
+        "--set-json", "config.responseCacheSize=1000000", "--set-json", "config.responseCacheMiB=48",
+        "--set-json", "shutdown.drainSeconds=2.5"))
     env_vars = plain_env(container)
     assert set(env_vars) == documented_api_variables()
     assert env_vars["AWS_REGION"] == env_vars["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert Settings.from_env(env_vars) == Settings(
         database_url=IAM_URL, database_iam_auth=True, db_pool_size=2, db_statement_timeout_ms=1500,
-        db_connect_timeout_s=3, max_range_days=31, response_cache_size=1_000_000,
+        db_connect_timeout_s=3, max_range_days=31, response_cache_size=1_000_000, response_cache_mib=48,
         app_version="abc123", log_level="WARNING")
     gunicorn = gunicorn_config(env_vars)
     assert gunicorn["bind"] == "[::]:8080" and gunicorn["threads"] == 6
