@@ -80,7 +80,8 @@ def mapped_errors(ref: ObjectRef) -> Iterator[None]:
             raise FileRejected(f"{where} is gone: {code or status}") from exc
         if code == _ARCHIVED:
             raise FileRejected(f"{where} is archived ({code}): restore it in S3, then send its message back "
-                               "from the dead-letter queue") from exc
+                               "from the dead-letter queue (nothing needs doing if only its storage class "
+                               "changed after it loaded: the prices of its earlier version are the same)") from exc
         raise TemporaryError(f"S3 error for {where}: {code or status}: {exc}") from exc
     except botocore.exceptions.ParamValidationError as exc:
         # Checked before any request: a bucket name S3 cannot have names no object.

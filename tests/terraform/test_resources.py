@@ -1,7 +1,9 @@
 """Resource settings whose mistakes show only at apply or at a later change, which a plan
 of a new stack (test_plan.py) passes without a word; read from the code."""
 
-from tests.support.infra import hcl_resource
+import json
+
+from tests.support.infra import apply_module, hcl_resource
 
 
 def test_a_node_group_replacement_is_made_ready_before_the_old_group_goes():
@@ -52,3 +54,28 @@ def test_a_forgotten_transaction_cannot_hold_back_vacuum_for_long():
     assert parameters["idle_in_transaction_session_timeout"] == "600000"
     assert parameters["log_autovacuum_min_duration"] == "1000"
     assert parameters["rds.force_ssl"] == "1"
+
+
+def test_uploads_the_ingest_jobs_could_not_read_are_refused_at_the_bucket(terraform, tmp_path):
+    """A customer-provided key (SSE-C), or a KMS key other than the bucket's, which the Jobs'
+    role may not use: each would be retried for most of an hour, then set aside. The bucket
+    policy, as terraform renders it (its references given stand-in values), denies them."""
+    policy = hcl_resource("modules/uploads/main.tf", "aws_s3_bucket_policy", "prices")["policy"]
+    stand_ins = {"local.tls_only.bucket": "{}", "aws_s3_bucket.prices.arn": '"arn:aws:s3:::b"',
+                 "aws_kms_key.prices.arn": '"arn:aws:kms:eu-west-1:1:key/k"', "aws_kms_key.prices.key_id": '"k"'}
+    expression = policy.removeprefix("${").removesuffix("}")
+    for name, value in stand_ins.items():
+        expression = expression.replace("${" + name + "}", value.strip('"')).replace(name, value)
+    module = tmp_path / "source" / "policy"
+    module.mkdir(parents=True)
+    (module / "main.tf").write_text(f"output \"policy\" {{\n  value = {expression}\n}}\n")
+    statements = {s.get("Sid"): s for s in json.loads(apply_module(terraform, module, {}, tmp_path)["policy"])["Statement"]}
+    for sid in ("NoCustomerProvidedKeys", "NoOtherKmsKeys"):
+        assert (statements[sid]["Effect"], statements[sid]["Action"], statements[sid]["Resource"]) == (
+            "Deny", "s3:PutObject", "arn:aws:s3:::b/*")
+    assert statements["NoCustomerProvidedKeys"]["Condition"] == {
+        "Null": {"s3:x-amz-server-side-encryption-customer-algorithm": "false"}}
+    # Only when a key is named: uploads without one take the bucket's default encryption.
+    assert statements["NoOtherKmsKeys"]["Condition"] == {
+        "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "false"},
+        "StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": ["arn:aws:kms:eu-west-1:1:key/k", "k"]}}

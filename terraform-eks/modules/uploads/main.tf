@@ -77,8 +77,32 @@ locals {
 resource "aws_s3_bucket_policy" "prices" {
   bucket = aws_s3_bucket.prices.id
   policy = jsonencode({
-    Version   = "2012-10-17"
-    Statement = [local.tls_only.bucket]
+    Version = "2012-10-17"
+    Statement = [
+      local.tls_only.bucket,
+      # Files the ingest Jobs could not read, refused at the upload rather than retried for
+      # the better part of an hour and then set aside: a customer-provided key (SSE-C), or a
+      # KMS key other than the bucket's, which the Jobs' role may not use.
+      {
+        Sid       = "NoCustomerProvidedKeys"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "s3:PutObject"
+        Resource  = "${aws_s3_bucket.prices.arn}/*"
+        Condition = { Null = { "s3:x-amz-server-side-encryption-customer-algorithm" = "false" } }
+      },
+      {
+        Sid       = "NoOtherKmsKeys"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "s3:PutObject"
+        Resource  = "${aws_s3_bucket.prices.arn}/*"
+        Condition = {
+          Null            = { "s3:x-amz-server-side-encryption-aws-kms-key-id" = "false" }
+          StringNotEquals = { "s3:x-amz-server-side-encryption-aws-kms-key-id" = [aws_kms_key.prices.arn, aws_kms_key.prices.key_id] }
+        }
+      },
+    ]
   })
 
   depends_on = [aws_s3_bucket_public_access_block.prices]
