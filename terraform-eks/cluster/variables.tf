@@ -39,7 +39,7 @@ variable "interface_endpoints" {
 variable "kubernetes_version" {
   description = "Kubernetes minor version, 1.30 or later (the default is versions.json's kubernetes_minor, which the tests run)."
   type        = string
-  default     = "1.36"
+  default     = "1.35"
 }
 
 variable "public_endpoint_cidrs" {

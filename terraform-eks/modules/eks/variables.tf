@@ -11,14 +11,14 @@ variable "name" {
 }
 
 variable "kubernetes_version" {
-  description = "Kubernetes minor version of the control plane and nodes (the charts and tests are checked against versions.json's kubernetes_minor, 1.36; the controller chart needs 1.30 or later)."
+  description = "Kubernetes minor version of the control plane and nodes (the charts and tests are checked against versions.json's kubernetes_minor, 1.35; the controller chart needs 1.30 or later)."
   type        = string
-  default     = "1.36"
+  default     = "1.35"
 
   validation {
     # The controller chart's admission policies are admissionregistration.k8s.io/v1, new in 1.30.
     condition     = can(regex("^1\\.([3-9][0-9]|[1-9][0-9]{2})$", var.kubernetes_version))
-    error_message = "kubernetes_version is a minor version of 1.30 or later, such as \"1.36\"."
+    error_message = "kubernetes_version is a minor version of 1.30 or later, such as \"1.35\"."
   }
 }
 
