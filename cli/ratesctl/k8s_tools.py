@@ -57,7 +57,7 @@ KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kubectl")
 ALL_TOOLS = ("etcd", *KUBE_TOOLS, "helm", "kubeconform")
 # Provided only when asked for by name (terraform, its linter, local development, the
 # charts' alerting rules).
-INFRA_TOOLS = ("terraform", "tflint", "skaffold", "promtool")
+INFRA_TOOLS = ("terraform", "tflint", "skaffold", "promtool", "helm4")
 KNOWN_TOOLS = (*ALL_TOOLS, *INFRA_TOOLS)
 
 
@@ -104,6 +104,7 @@ _VERSION_ARGS = {
     "kube-controller-manager": ["--version"],
     "kubectl": ["version", "--client"],
     "helm": ["version", "--short"],
+    "helm4": ["version", "--short"],
     "kubeconform": ["-v"],
     "terraform": ["version"],
     "tflint": ["--version"],
@@ -403,18 +404,24 @@ def _build_etcd(versions: dict[str, str], builder: _Builder, outdir: Path) -> No
                   {"etcd": "go.etcd.io/etcd/server/v3"}, outdir)
 
 
-def _build_helm(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
-    version = versions["helm"].lstrip("v")
-    gomod = builder.module_gomod("helm.sh/helm/v3", f"v{version}", outdir)
+def _build_helm(versions: dict[str, str], builder: _Builder, outdir: Path, tool: str = "helm") -> None:
+    version = versions[tool].lstrip("v")
+    module = f"helm.sh/helm/v{version.split('.')[0]}"
+    gomod = builder.module_gomod(module, f"v{version}", outdir)
+    ldflags = [f"-X {module}/internal/version.version=v{version}",
+               f"-X {module}/internal/version.gitTreeState=clean"]
+    # Helm 3's default Kubernetes version (template, lint) is set at build time; Helm 4
+    # reads it from the client-go version in the binary's build info.
     client_go = re.search(r"k8s\.io/client-go v0\.(\d+)\.", gomod)
-    ldflags = [f"-X helm.sh/helm/v3/internal/version.version=v{version}",
-               "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"]
-    if client_go:
-        for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+    if module.endswith("/v3") and client_go:
+        for pkg in (f"{module}/pkg/lint/rules", f"{module}/pkg/chartutil"):
             ldflags += [f"-X {pkg}.k8sVersionMajor=1",
                         f"-X {pkg}.k8sVersionMinor={client_go.group(1)}"]
-    builder.build("helm.sh/helm/v3", f"v{version}", {"helm": "helm.sh/helm/v3/cmd/helm"},
-                  outdir, ldflags=ldflags)
+    builder.build(module, f"v{version}", {tool: f"{module}/cmd/helm"}, outdir, ldflags=ldflags)
+
+
+def _build_helm4(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
+    _build_helm(versions, builder, outdir, tool="helm4")
 
 
 def _build_kubeconform(versions: dict[str, str], builder: _Builder, outdir: Path) -> None:
@@ -504,7 +511,7 @@ def _build_terraform(versions: dict[str, str], builder: _Builder, outdir: Path) 
 
 # How each group of versions.json is built; versions.json and this table move together.
 _BUILDS = {
-    "kubernetes": _build_kubernetes, "etcd": _build_etcd, "helm": _build_helm,
+    "kubernetes": _build_kubernetes, "etcd": _build_etcd, "helm": _build_helm, "helm4": _build_helm4,
     "kubeconform": _build_kubeconform, "terraform": _build_terraform, "tflint": _build_tflint,
     "skaffold": _build_skaffold, "promtool": _build_promtool,
 }

@@ -17,7 +17,7 @@ from ratesctl.k8s_tools import (
 )
 
 # The pins, so that a version bump in versions.json does not break these for the wrong reason.
-PIN = {tool: load_versions()[tool] for tool in ("terraform", "tflint", "skaffold", "promtool")}
+PIN = {tool: load_versions()[tool] for tool in ("terraform", "tflint", "skaffold", "promtool", "helm4")}
 NEWER_TERRAFORM = "{}.{}.0".format(PIN["terraform"].split(".")[0], int(PIN["terraform"].split(".")[1]) + 1)
 # What the pinned release binaries print (captured from them), and what a build that
 # differs must not pass for.
@@ -28,6 +28,7 @@ REAL_OUTPUTS = {
     "promtool": (f"promtool, version {PIN['promtool']} (branch: HEAD, revision: unknown)\n  build user:       \n"
                  "  go version:       go1.26.8\n  platform:         linux/amd64\n", PIN["promtool"]),
     "helm": ("v3.22.0\n", "3.22.0"),
+    "helm4": (f"v{PIN['helm4']}\n", PIN["helm4"]),
     "kubectl": ("Client Version: v1.34.4\nKustomize Version: v5.7.1\n", "1.34.4"),
 }
 
