@@ -5,6 +5,7 @@ TemporaryError (S3 unreachable, throttled, timed out): nothing else sees botocor
 """
 
 import datetime
+import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,7 +121,7 @@ def _explain_bad_request(s3, ref: ObjectRef) -> None:
 
 
 class Download:
-    """The bytes of exactly the version that ``head`` saw, in chunks; counts them.
+    """The bytes of exactly the version that ``head`` saw, in chunks; counts and hashes them.
 
     A stream cut short (a reset, a read timeout, a proxy giving up) is resumed from the
     first missing byte with a ranged GET of the same version, up to ``MAX_RESUMES`` times
@@ -135,6 +136,7 @@ class Download:
         self.s3, self.ref, self.info, self.log = s3, ref, info, log
         self.bytes = 0
         self.resumes = 0
+        self._sha256 = hashlib.sha256()
 
     def chunks(self) -> Iterator[bytes]:
         while True:
@@ -142,6 +144,7 @@ class Download:
             try:
                 for chunk in body.iter_chunks(CHUNK_BYTES):
                     self.bytes += len(chunk)
+                    self._sha256.update(chunk)
                     yield chunk
                 return  # botocore compares with Content-Length: a short body raises instead
             except botocore.exceptions.FlexibleChecksumError as exc:
@@ -160,6 +163,11 @@ class Download:
                 time.sleep(self.RESUME_DELAY_S * self.resumes)
             finally:
                 body.close()
+
+    @property
+    def sha256(self) -> bytes:
+        """The SHA-256 of the bytes read so far: the whole object's once they all are."""
+        return self._sha256.digest()
 
     def current_identity(self) -> str | None:
         """The identity of what S3 holds under the key now; None if the key is gone."""
