@@ -34,17 +34,12 @@ class Upload:
 
 
 def missing(s3, conn, bucket: str, prefix: str) -> list[Upload]:
-    """The keys under ``prefix`` whose latest version (not deleted) is not their loaded file,
-    nor a file loaded under another key (a move or copy within the prefix) that still is."""
+    """The keys under ``prefix`` whose latest version (not deleted) is not their loaded file."""
     loaded = _loaded_files(conn, bucket, prefix)
     unloaded = [(key, info) for key, info in _latest_versions(s3, bucket, prefix) if loaded.get(key) != info.identity]
     runs = _last_runs(conn, bucket, unloaded)
-    found = []
-    for key, info in unloaded:
-        status, error, elsewhere = runs.get((key, info.version_id), (None, None, False))
-        if not elsewhere:
-            found.append(Upload(key, info, loaded.get(key), _not_a_price_file(key) or (status and (status, error))))
-    return found
+    return [Upload(key, info, loaded.get(key), _not_a_price_file(key) or runs.get((key, info.version_id)))
+            for key, info in unloaded]
 
 
 def _not_a_price_file(key: str) -> tuple[str, str] | None:
@@ -76,23 +71,19 @@ def _loaded_files(conn, bucket: str, prefix: str) -> dict[str, str]:
 
 
 def _last_runs(conn, bucket: str, uploads: list[tuple[str, ObjectInfo]]) -> dict[tuple[str, str], tuple]:
-    """(key, version id) -> (status, error, loaded elsewhere) of the last finished run of
-    each of ``uploads``; one without versioning is its ETag in a run that names no version.
-    Loaded elsewhere: the run found the same bytes loaded under another key (its file_id),
-    which still holds them. Only theirs: a year of runs is millions of rows."""
+    """(key, version id) -> (status, error) of the last finished run of each of ``uploads``;
+    one without versioning is its ETag in a run that names no version. Only theirs: a
+    year of runs is millions of rows."""
     keys = [key for key, _ in uploads]
     with db.classified(), conn.cursor() as cur:
-        cur.execute("""SELECT DISTINCT ON (u.key, u.version_id) u.key, u.version_id, r.status, r.error,
-                              r.status = 'already_loaded' AND f.key <> u.key AND f.replaced_at IS NULL
+        cur.execute("""SELECT DISTINCT ON (u.key, u.version_id) u.key, u.version_id, r.status, r.error
                        FROM unnest(%s::text[], %s::text[], %s::text[]) AS u (key, version_id, etag)
                        JOIN ingest_runs r ON r.bucket = %s AND r.key = u.key
                         AND (r.version_id = u.version_id OR (r.version_id IS NULL AND r.etag = u.etag))
-                       LEFT JOIN ingest_files f ON f.id = r.file_id
                        WHERE r.status <> 'running'
                        ORDER BY u.key, u.version_id, r.id DESC""",
                     (keys, [info.version_id for _, info in uploads], [info.etag for _, info in uploads], bucket))
-        return {(key, version): (status, error, bool(elsewhere))
-                for key, version, status, error, elsewhere in cur.fetchall()}
+        return {(key, version): (status, error) for key, version, status, error in cur.fetchall()}
 
 
 def send(sqs, queue_url: str, bucket: str, uploads: list[Upload]) -> None:

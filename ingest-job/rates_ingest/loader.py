@@ -80,8 +80,6 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, ma
         skipped = _skip(cur, ref, download)
         if skipped:
             return skipped
-        # Undone if the file turns out to be loaded under another key (below).
-        cur.execute("SAVEPOINT load")
         retired = _retire_current(cur, ref)
         cur.execute("""INSERT INTO ingest_files (bucket, key, version, last_modified, rows, bytes)
                        VALUES (%s, %s, %s, %s, 0, 0) RETURNING id""",
@@ -91,45 +89,34 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, ma
         parser = formats.parser_for(fmt, formats.Rules(code for (code,) in cur), file_id, max_file_bytes)
         termination.check()  # _skip may have asked S3, whose client retries what a signal cuts short
         _copy(cur, parser, download)
-        elsewhere = _loaded_elsewhere(cur, ref, download, file_id)
-        if elsewhere:
-            cur.execute("ROLLBACK TO SAVEPOINT load")
-            return _already_elsewhere(ref, download, retired, *elsewhere)
         # The replaced file's rows go after the COPY: deleting them takes the totals' lock
         # (data_version's row) until commit, and taken before the COPY it would make
         # replacement loads wait for each other's whole COPY instead of only its end.
         replaced = _delete_prices(cur, retired) if retired else None
         cur.execute("UPDATE ingest_files SET rows = %s, bytes = %s, sha256 = %s WHERE id = %s",
                     (parser.rows, download.bytes, download.sha256, file_id))
+        twin = _loaded_elsewhere(cur, ref, download, file_id)
     log.info("file copied", file_id=file_id, rows=parser.rows, bytes=download.bytes, replaced=replaced)
-    return Outcome("loaded", rows=parser.rows, bytes=download.bytes, file_id=file_id, info=info)
+    note = None
+    if twin:
+        note = (f"the same file ({download.bytes} bytes) is also loaded as s3://{ref.bucket}/{twin}, so its "
+                "prices count twice: a move, rename or copy within the prefix loads a file again")
+        log.warning("file loaded under two keys", other_key=twin)
+    return Outcome("loaded", rows=parser.rows, bytes=download.bytes, file_id=file_id, info=info, error=note)
 
 
-def _loaded_elsewhere(cur, ref: ObjectRef, download: Download, file_id: int) -> tuple | None:
-    """(id, key, rows) of the file with the same bytes loaded under another key, if any.
+def _loaded_elsewhere(cur, ref: ObjectRef, download: Download, file_id: int) -> str | None:
+    """The key of a file with the same bytes loaded under another key, if any.
 
-    Asked after the COPY, whose trigger holds the totals' lock until commit: every load
-    that reached this point before has committed, and this statement sees it.
+    Each key stays its own file's truth (a copy loads), so this only tells: skipping a copy
+    would lose its prices once the other key got a new file, and which of two keys holding
+    the same bytes should count them is for a person to say.
     """
-    cur.execute("""SELECT id, key, rows FROM ingest_files
+    cur.execute("""SELECT key FROM ingest_files
                    WHERE bucket = %s AND sha256 = %s AND replaced_at IS NULL AND id <> %s
                    ORDER BY id LIMIT 1""", (ref.bucket, download.sha256, file_id))
-    return cur.fetchone()
-
-
-def _already_elsewhere(ref: ObjectRef, download: Download, retired: int | None,
-                       other_id: int, other_key: str, rows: int) -> Outcome:
-    """A file whose bytes are loaded under another key: S3 makes a move, a rename or a copy
-    within the prefix a new upload, and loaded again its prices would count twice."""
-    where = (f"the same file ({download.bytes} bytes, SHA-256 {download.sha256.hex()[:16]}...) "
-             f"is loaded as s3://{ref.bucket}/{other_key}")
-    if retired:
-        # Another file's bytes over a key that held a file of its own: which of the two
-        # the key should count is for a person to say.
-        raise formats.FileRejected(f"{where}, and this key already has a file of its own, which it keeps: "
-                                   "upload this key's own file again, or delete one of the two keys' prices")
-    return Outcome("already_loaded", rows=rows, bytes=download.bytes, file_id=other_id, info=download.info,
-                   error=f"{where}: not loaded again (a move, rename or copy within the prefix)")
+    row = cur.fetchone()
+    return row[0] if row else None
 
 
 def _copy(cur, parser: formats.Parser, download: Download) -> None:

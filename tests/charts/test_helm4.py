@@ -71,7 +71,7 @@ def test_a_release_installed_client_side_rolls_back_past_the_hpa(helm4, kube, na
     assert kube.apps.read_namespaced_deployment(api_chart.RELEASE, namespace).spec.replicas == 4
 
 
-def test_helm_4s_default_server_side_apply_is_refused_once_the_hpa_has_scaled(helm4, kube, namespace):
+def test_helm_4s_default_server_side_apply_refuses_a_rollback_once_the_hpa_has_scaled(helm4, kube, namespace):
     # Why the READMEs ask for --server-side=false: should a Helm release stop refusing this,
     # the advice can go.
     rolled = api_releases(helm4, kube, namespace, [])

@@ -169,19 +169,3 @@ def test_a_listing_longer_than_the_idle_transaction_timeout_does_not_end_the_ses
 
     monkeypatch.setattr(reconcile_module, "_latest_versions", slow_listing)
     assert reconcile(dsn, "--bucket", s3.name, "--prefix", "")[-1].startswith("1 upload(s)")
-
-
-def test_a_file_moved_within_the_prefix_is_not_missing_while_its_bytes_are_loaded_elsewhere(dsn, world, s3):
-    s3.put("in/a.csv", as_csv(ROWS))
-    assert run_job(dsn, s3.name, "in/a.csv") == 0
-    s3.put("in/done/a.csv", as_csv(ROWS))  # moved: loaded as in/a.csv, whose key is now gone
-    s3.client.delete_object(Bucket=s3.name, Key="in/a.csv")
-    assert run_job(dsn, s3.name, "in/done/a.csv") == 0
-    assert reconcile(dsn, "--bucket", s3.name, "--prefix", "in/") == [
-        f"0 upload(s) under s3://{s3.name}/in/ not loaded as S3 holds them"]
-
-    s3.put("in/a.csv", as_csv(V2_ROWS))  # the old key's new file replaces the moved one's prices
-    assert run_job(dsn, s3.name, "in/a.csv") == 0
-    *listed, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/")
-    assert [line.split("  ")[0] for line in listed] == [f"s3://{s3.name}/in/done/a.csv"]
-    assert "last run already_loaded" in listed[0] and summary.startswith("1 upload(s)")

@@ -134,7 +134,7 @@ SHIPPED = {
     "0013_region_tree_without_cycles.sql": "8a02b7c1338ac2d7a8659323c19bb878670ebbbfc125bd8013b36563b40936cc",
     "0014_prices_source_btree.sql": "e6d02694e19d2df1d477050b451a39efc2f11c0faf4d08c8109ca903e4484b99",
     "0015_totals_vacuum_settings.sql": "b81c04b563cd39ec0914a6505ccaae68145a07d228e41ae88672654f4024d004",
-    "0016_ingest_files_content.sql": "5c9add3bbb9fb4674ca6c103c254f4f0a815d674da114079cf2a274a67e2e44c",
+    "0016_ingest_files_content.sql": "590d550227bd7995898aaed515867ab658aabfe6802de21f49847a8b794e3253",
 }
 
 
