@@ -186,6 +186,12 @@ def test_schema_rejects_bad_values(helm, assignment, error):
     assert error in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("limit, cache_mib", [("0.5Gi", 96), ("402653184", 64), ("1Gi", 224)])
+def test_caches_within_half_the_memory_limit_render(helm, limit, cache_mib):
+    helm("template", RELEASE, str(CHART), "--set-string", f"resources.limits.memory={limit}",
+         "--set-json", f"config.responseCacheMiB={cache_mib}")
+
+
 def test_schema_rejects_a_string_where_a_number_belongs(helm):
     proc = helm("template", RELEASE, str(CHART), "--set-string", "config.webConcurrency=2",
                 check=False)
@@ -209,6 +215,10 @@ def test_schema_rejects_a_string_where_a_number_belongs(helm):
      "(127 s, a request held to its timeouts) must be below ingress.deregistrationDelaySeconds (30)"),
     (["config.dbConnectTimeoutSeconds=20", "ingress.deregistrationDelaySeconds=40", "ingress.idleTimeoutSeconds=25",
       "config.gunicornKeepalive=30"], "(27 s, a request held to its timeouts) must be below ingress.idleTimeoutSeconds (25)"),
+    # 2 workers x 65 MiB of cache + 64 MiB of /dev/shm against half of 384 MiB
+    (["config.responseCacheMiB=65"], "(194 MiB) must be at most half of resources.limits.memory (384 MiB)"),
+    (['resources.limits.memory="400M"'], "(192 MiB) must be at most half of resources.limits.memory (381 MiB)"),
+    (['resources.limits.memory="384Xi"'], '"384Xi" is not a memory quantity this chart reads'),
 ])
 def test_timings_that_would_drop_requests_are_refused(helm, assignments, error):
     # --set-json: plain --set makes 5.5 a string

@@ -172,6 +172,13 @@ dropped; rendering stops with the reason rather than shipping a chart that loses
 {{- fail (printf "config.gunicornKeepalive (%d) must exceed ingress.idleTimeoutSeconds (%d), so the ALB closes idle connections first and never sends a request into one gunicorn is closing" (.Values.config.gunicornKeepalive | int) (.Values.ingress.idleTimeoutSeconds | int)) }}
 {{- end }}
 {{- end }}
+{{- with dig "limits" "memory" "" .Values.resources }}
+{{- $limit := include "rates-api.mebibytes" . | float64 }}
+{{- $held := addf (mulf ($.Values.config.webConcurrency | float64) ($.Values.config.responseCacheMiB | float64)) (include "rates-api.mebibytes" $.Values.shmSizeLimit | float64) }}
+{{- if gt $held (divf $limit 2) }}
+{{- fail (printf "config.webConcurrency x config.responseCacheMiB + shmSizeLimit (%.0f MiB) must be at most half of resources.limits.memory (%.0f MiB): the workers themselves (idle, about 45 MiB each and the master 32) need the rest, or full caches get the pod OOM-killed" $held $limit) }}
+{{- end }}
+{{- end }}
 {{- if .Values.autoscaling.enabled }}
 {{- if gt (.Values.autoscaling.minReplicas | int) (.Values.autoscaling.maxReplicas | int) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
@@ -180,6 +187,20 @@ dropped; rendering stops with the reason rather than shipping a chart that loses
 {{- fail "autoscaling on CPU utilization needs resources.requests.cpu" }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+MiB in a Kubernetes memory quantity ("384Mi", "1Gi", "500M", "1073741824").
+*/}}
+{{- define "rates-api.mebibytes" -}}
+{{- $q := toString . }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $unit := trimPrefix $number $q }}
+{{- $per := get (dict "" 0.00000095367431640625 "Ki" 0.0009765625 "Mi" 1.0 "Gi" 1024.0 "Ti" 1048576.0 "k" 0.00095367431640625 "M" 0.95367431640625 "G" 976.5625 "T" 953674.31640625) $unit }}
+{{- if not (kindIs "float64" $per) }}
+{{- fail (printf "%q is not a memory quantity this chart reads (a number, then Ki, Mi, Gi, Ti, k, M, G or T)" $q) }}
+{{- end }}
+{{- mulf ($number | float64) $per }}
 {{- end }}
 
 {{/*
