@@ -59,6 +59,7 @@ module "database" {
   multi_az                  = var.database.multi_az
   backup_retention_days     = var.database.backup_retention_days
   performance_insights      = var.database.performance_insights
+  engine_version            = var.database.engine_version
   log_retention_days        = var.log_retention_days
   deletion_protection       = !var.throwaway
 }

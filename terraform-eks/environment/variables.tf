@@ -54,13 +54,14 @@ variable "sts_endpoint_in_vpc" {
 }
 
 variable "database" {
-  description = "Database size and resilience."
+  description = "Database size and resilience; engine_version is PostgreSQL's major version (the database module's default when left out)."
   type = object({
     instance_class        = string
     storage_gib           = object({ allocated = number, max = number })
     multi_az              = bool
     backup_retention_days = number
     performance_insights  = optional(bool, true)
+    engine_version        = optional(string)
   })
 }
 

