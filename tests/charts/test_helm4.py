@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 from tests.charts import test_api_chart as api_chart
 from tests.charts import test_controller_chart as controller_chart
 from tests.support.infra import pinned_tool
+from tests.support.kube import helm_runner
 
 pytestmark = pytest.mark.kube
 
@@ -25,16 +26,8 @@ CONFLICT = 'conflict with "kube-controller-manager" with subresource "scale"'
 
 @pytest.fixture(scope="module")
 def helm4(kubeconfig, tmp_path_factory):
-    binary = pinned_tool("helm4")
-    home = tmp_path_factory.mktemp("helm4-home")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data"),
-           "KUBECONFIG": str(kubeconfig)}
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(binary), *args], cwd=home, env=env, capture_output=True, text=True, timeout=120)
-
-    return run
+    run = helm_runner(pinned_tool("helm4"), kubeconfig, tmp_path_factory.mktemp("helm4-home"))
+    return lambda *args: run(*args, check=False)
 
 
 def scale_as(kube, namespace: str, name: str, replicas: int, manager: str) -> None:

@@ -277,23 +277,28 @@ def local_node(kube: Kube, namespace: str, tmp_path: Path, pod_images, pg_server
         yield node
 
 
-@pytest.fixture(scope="session")
-def helm(kube_tools: dict[str, Path], kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory):
+def helm_runner(binary: Path, kubeconfig: Path, home: Path):
+    """run(*args, check=True): ``binary`` (a helm) against ``kubeconfig``, with a home of its
+    own (no user's repositories, plugins or cache)."""
     import subprocess
 
-    home = tmp_path_factory.mktemp("helm-home")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "HELM_CACHE_HOME": str(home / "cache"),
            "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data"),
            "KUBECONFIG": str(kubeconfig)}
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(kube_tools["helm"]), *args], cwd=home, env=env,
+        proc = subprocess.run([str(binary), *args], cwd=home, env=env,
                               capture_output=True, text=True, timeout=120)
         if check:
             assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
         return proc
 
     return run
+
+
+@pytest.fixture(scope="session")
+def helm(kube_tools: dict[str, Path], kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory):
+    return helm_runner(kube_tools["helm"], kubeconfig, tmp_path_factory.mktemp("helm-home"))
 
 
 @pytest.fixture(scope="session")
