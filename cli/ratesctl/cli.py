@@ -42,6 +42,7 @@ cli.add_command(commands.demo_data_command)
 cli.add_command(commands.serve_command)
 cli.add_command(commands.up_command)
 cli.add_command(commands.reconcile_command)
+cli.add_command(commands.withdraw_command)
 
 from .k8s_tools import k8s_tools  # noqa: E402
 cli.add_command(k8s_tools)

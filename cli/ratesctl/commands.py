@@ -1,6 +1,7 @@
-"""The ratesctl commands: migrate, demo-data, serve, up and reconcile."""
+"""The ratesctl commands: migrate, demo-data, serve, up, reconcile and withdraw."""
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from rates_core import db, logs, migrate as migrations
 from rates_core.env import env_choice
 from rates_core.errors import PermanentError
 
-from . import demodata, localdb, reconcile
+from . import demodata, localdb, reconcile, withdraw
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO_ROOT / "api" / "gunicorn.conf.py"
@@ -247,5 +248,44 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
 def _why(upload: reconcile.Upload) -> str:
     if upload.last_run and upload.last_run[0] == "rejected":
         return f"rejected: {upload.last_run[1]}"
-    state = f"another file is loaded ({upload.loaded})" if upload.loaded else "not loaded"
+    state = "not loaded"
+    if upload.loaded:
+        state = (f"another file was loaded ({upload.loaded}) and withdrawn" if upload.withdrawn
+                 else f"another file is loaded ({upload.loaded})")
     return state + (f"; last run {upload.last_run[0]}: {upload.last_run[1]}" if upload.last_run else "")
+
+
+@click.command("withdraw")
+@click.option("--bucket", required=True, help="The uploads bucket.")
+@click.option("--key", required=True, help="The object's key, as S3 lists it.")
+@click.option("--version", help="The loaded file's version, as this command prints it without --version.")
+@click.option("--reason", help="Why, for the record: the withdrawal's run in ingest_runs keeps it.")
+def withdraw_command(bucket, key, version, reason) -> None:
+    """Take the prices of the file loaded for a key out of $DATABASE_URL (the schema
+    owner's). Without --version and --reason, only show that file."""
+    if (version is None) != (reason is None) or (reason is not None and not reason.strip()):
+        raise click.UsageError("give both --version and a --reason to withdraw, or neither to look")
+    conn = db.connect(_database_url(), application_name=withdraw.APPLICATION_NAME)
+    try:
+        if version is None:
+            _show_loaded_file(withdraw.loaded_file(conn, bucket, key), bucket, key)
+            return
+        found, deleted = withdraw.withdraw(conn, bucket, key, version, reason.strip())
+    finally:
+        conn.close()
+    if deleted is None:
+        click.echo(f"s3://{bucket}/{key} version {found.version} was withdrawn before, at {found.withdrawn_at}")
+        return
+    click.echo(f"withdrew s3://{bucket}/{key} version {found.version}: {deleted} price(s) deleted; the key's next "
+               "upload loads as usual. Delete the object too (or move it out of the prefix): after a restore or "
+               "a rebuild, `ratesctl reconcile` would load it again.")
+
+
+def _show_loaded_file(found: withdraw.LoadedFile | None, bucket: str, key: str) -> None:
+    if found is None:
+        raise PermanentError(f"no file is loaded for s3://{bucket}/{key}")
+    click.echo(f"s3://{bucket}/{key}: version {found.version}, {found.rows} price(s), loaded at {found.loaded_at}"
+               + (f", withdrawn at {found.withdrawn_at}" if found.withdrawn_at else ""))
+    if not found.withdrawn_at:
+        args = ["ratesctl", "withdraw", "--bucket", bucket, "--key", key, "--version", found.version]
+        click.echo(f"to take its prices out: {shlex.join(args)} --reason '...'")

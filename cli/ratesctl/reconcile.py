@@ -31,15 +31,21 @@ class Upload:
     info: ObjectInfo
     loaded: str | None  # the identity of the key's loaded file, if another
     last_run: tuple[str, str | None] | None  # (status, error) of this version's last run
+    withdrawn: bool = False  # whether the loaded file's prices were withdrawn
 
 
 def missing(s3, conn, bucket: str, prefix: str) -> list[Upload]:
     """The keys under ``prefix`` whose latest version (not deleted) is not their loaded file."""
     loaded = _loaded_files(conn, bucket, prefix)
-    unloaded = [(key, info) for key, info in _latest_versions(s3, bucket, prefix) if loaded.get(key) != info.identity]
+    unloaded = [(key, info) for key, info in _latest_versions(s3, bucket, prefix)
+                if loaded.get(key, (None,))[0] != info.identity]
     runs = _last_runs(conn, bucket, unloaded)
-    return [Upload(key, info, loaded.get(key), _not_a_price_file(key) or runs.get((key, info.version_id)))
-            for key, info in unloaded]
+    uploads = []
+    for key, info in unloaded:
+        version, withdrawn = loaded.get(key, (None, False))
+        uploads.append(Upload(key, info, version, _not_a_price_file(key) or runs.get((key, info.version_id)),
+                              withdrawn))
+    return uploads
 
 
 def _not_a_price_file(key: str) -> tuple[str, str] | None:
@@ -63,11 +69,13 @@ def _latest_versions(s3, bucket: str, prefix: str) -> Iterator[tuple[str, Object
                                                      size=version["Size"], last_modified=version["LastModified"])
 
 
-def _loaded_files(conn, bucket: str, prefix: str) -> dict[str, str]:
+def _loaded_files(conn, bucket: str, prefix: str) -> dict[str, tuple[str, bool]]:
+    """key -> (version, withdrawn) of each key's current file. A withdrawn one counts as
+    loaded: what S3 holds under its key was taken out on purpose."""
     with db.classified(), conn.cursor() as cur:
-        cur.execute("""SELECT key, version FROM ingest_files
+        cur.execute("""SELECT key, version, withdrawn_at IS NOT NULL FROM ingest_files
                        WHERE bucket = %s AND starts_with(key, %s) AND replaced_at IS NULL""", (bucket, prefix))
-        return dict(cur.fetchall())
+        return {key: (version, withdrawn) for key, version, withdrawn in cur.fetchall()}
 
 
 def _last_runs(conn, bucket: str, uploads: list[tuple[str, ObjectInfo]]) -> dict[tuple[str, str], tuple]:

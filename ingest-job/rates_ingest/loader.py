@@ -76,7 +76,7 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, ma
     info = download.info
     with conn.cursor() as cur:
         # Taken before looking: of two runs for one key, the second waits, then sees the first's rows.
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{ref.bucket}/{ref.key}",))
+        lock_key(cur, ref.bucket, ref.key)
         skipped = _skip(cur, ref, download)
         if skipped:
             return skipped
@@ -105,6 +105,12 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, ma
     return Outcome("loaded", rows=parser.rows, bytes=download.bytes, file_id=file_id, info=info, error=note)
 
 
+def lock_key(cur, bucket: str, key: str) -> None:
+    """Take the key's lock until the transaction ends: whatever changes which of the key's
+    files counts (a load, a withdrawal) holds it."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{bucket}/{key}",))
+
+
 def _loaded_elsewhere(cur, ref: ObjectRef, download: Download, file_id: int) -> str | None:
     """The key of a file with the same bytes loaded under another key, if any.
 
@@ -114,6 +120,7 @@ def _loaded_elsewhere(cur, ref: ObjectRef, download: Download, file_id: int) -> 
     """
     cur.execute("""SELECT key FROM ingest_files
                    WHERE bucket = %s AND sha256 = %s AND replaced_at IS NULL AND id <> %s
+                     AND withdrawn_at IS NULL
                    ORDER BY id LIMIT 1""", (ref.bucket, download.sha256, file_id))
     row = cur.fetchone()
     return row[0] if row else None
@@ -138,11 +145,14 @@ def _copy(cur, parser: formats.Parser, download: Download) -> None:
 def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
     """An outcome if this object needs no load: loaded before, or older than what is loaded."""
     info = download.info
-    cur.execute("""SELECT id, rows, bytes, replaced_at IS NULL FROM ingest_files
+    cur.execute("""SELECT id, rows, bytes, replaced_at IS NULL, withdrawn_at FROM ingest_files
                    WHERE bucket = %s AND key = %s AND version = %s""", (ref.bucket, ref.key, info.identity))
     found = cur.fetchone()
     if found:
-        file_id, rows, size, current = found
+        file_id, rows, size, current, withdrawn_at = found
+        if current and withdrawn_at:
+            return Outcome("superseded", file_id=file_id, info=info,
+                           error=_withdrawn(cur, ref, file_id, withdrawn_at, "this file's prices were withdrawn"))
         if not current and not info.versioned and download.current_identity() == info.identity:
             # Without a version id, and S3 holds these bytes under the key now (asked under
             # the key's lock): the replaced file's bytes uploaded again, in the second they
@@ -157,14 +167,28 @@ def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
                 "later file's prices: upload the file again")
         return Outcome("already_loaded" if current else "superseded", rows=rows, bytes=size,
                        file_id=file_id, info=info)
-    cur.execute("""SELECT id, version, last_modified FROM ingest_files
+    cur.execute("""SELECT id, version, last_modified, withdrawn_at FROM ingest_files
                    WHERE bucket = %s AND key = %s AND replaced_at IS NULL""", (ref.bucket, ref.key))
     current = cur.fetchone()
     if current and _newer_than_ours(current[1], current[2], download):
         # An event for an older version arrived after a newer version was loaded.
-        return Outcome("superseded", file_id=current[0], info=info,
-                       error="a newer version of this key is already loaded")
+        error = "a newer version of this key is already loaded"
+        if current[3]:
+            error = _withdrawn(cur, ref, current[0], current[3], "a newer version of this key was loaded, and its "
+                                                            "prices withdrawn")
+        return Outcome("superseded", file_id=current[0], info=info, error=error)
     return None
+
+
+def _withdrawn(cur, ref: ObjectRef, file_id: int, withdrawn_at, what: str) -> str:
+    """Why a withdrawn file keeps this one from loading, with the withdrawal's reason."""
+    # By the key first: the runs' index is on it, and a year of runs is millions of rows.
+    cur.execute("""SELECT error FROM ingest_runs
+                   WHERE bucket = %s AND key = %s AND file_id = %s AND status = 'withdrawn'
+                   ORDER BY id DESC LIMIT 1""", (ref.bucket, ref.key, file_id))
+    reason = cur.fetchone()
+    return (f"{what} on {withdrawn_at:%Y-%m-%d %H:%M} UTC ({reason[0] if reason else 'no reason recorded'}); "
+            "a new upload of the key loads as usual")
 
 
 def _newer_than_ours(version: str, last_modified, download: Download) -> bool:

@@ -115,6 +115,24 @@ def test_0013_refuses_a_database_whose_regions_already_form_a_cycle(empty_dsn):
     assert migrate.apply(empty_dsn)[0] == "0013_region_tree_without_cycles"
 
 
+def test_0017_keeps_every_run_and_can_run_again_after_stopping_part_way(empty_dsn):
+    _apply_through(empty_dsn, "0016_ingest_files_content")
+    old = ["running", "loaded", "already_loaded", "superseded", "rejected", "failed"]
+    with autocommit(empty_dsn) as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO ingest_runs (bucket, key, status) VALUES ('b', 'k', %s)", [(s,) for s in old])
+    assert _apply_through(empty_dsn, "0017_withdrawn_files") == ["0017_withdrawn_files"]
+    text = (migrate.MIGRATIONS_DIR / "0017_withdrawn_files.sql").read_text()
+    with autocommit(empty_dsn) as conn, conn.cursor() as cur:
+        cur.execute(text)  # each statement again, as a retry after a failure between two would
+        cur.execute("""SELECT convalidated, pg_get_constraintdef(oid) FROM pg_constraint
+                       WHERE conrelid = 'ingest_runs'::regclass AND contype = 'c'""")
+        [(validated, definition)] = cur.fetchall()
+        assert validated and "'withdrawn'" in definition
+        cur.execute("INSERT INTO ingest_runs (bucket, key, status) VALUES ('b', 'k', 'withdrawn')")
+        cur.execute("SELECT status FROM ingest_runs ORDER BY id")
+        assert [s for (s,) in cur.fetchall()] == old + ["withdrawn"]
+
+
 # The text of every migration as it shipped. A database keeps the text it applied, so a
 # change to a shipped migration reaches only new databases: write a new migration instead.
 # A new migration is pinned here once it is final.
@@ -135,6 +153,7 @@ SHIPPED = {
     "0014_prices_source_btree.sql": "e6d02694e19d2df1d477050b451a39efc2f11c0faf4d08c8109ca903e4484b99",
     "0015_totals_vacuum_settings.sql": "b81c04b563cd39ec0914a6505ccaae68145a07d228e41ae88672654f4024d004",
     "0016_ingest_files_content.sql": "590d550227bd7995898aaed515867ab658aabfe6802de21f49847a8b794e3253",
+    "0017_withdrawn_files.sql": "1cd60bcfda56f3ea7651817a6c9e1a3f972dfa1b56a671f4261feda62bbe78d0",
 }
 
 

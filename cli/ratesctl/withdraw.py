@@ -1,0 +1,73 @@
+"""``ratesctl withdraw``: take the prices of a key's loaded file out, as the schema's owner.
+
+Deleting an object takes nothing out (the uploads queue gets ObjectCreated events only),
+and no upload can empty a key, so a file that should never have loaded (the wrong month,
+a copy under a second key) stays counted until someone withdraws it. The file stays its
+key's current file, marked withdrawn (migration 0017): events for it or for an older
+version are still skipped, and the key's next upload loads as usual.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from rates_core import db
+from rates_core.errors import PermanentError
+from rates_ingest.loader import lock_key
+
+APPLICATION_NAME = "ratesctl-withdraw"
+
+
+@dataclass(frozen=True)
+class LoadedFile:
+    id: int
+    version: str  # the version id, or ETag and upload time without versioning (as ingest_files has it)
+    rows: int
+    loaded_at: datetime
+    withdrawn_at: datetime | None
+
+
+def loaded_file(conn, bucket: str, key: str) -> LoadedFile | None:
+    """The key's current file, withdrawn or not; None if the key has none."""
+    with db.classified(), conn.cursor() as cur:
+        return _current(cur, bucket, key)
+
+
+def withdraw(conn, bucket: str, key: str, version: str, reason: str) -> tuple[LoadedFile, int | None]:
+    """Delete the prices of the key's current file if it is ``version``, and record why.
+
+    Returns the file and the prices deleted (None if it was withdrawn before). The version
+    is asked for so that a file loaded since the caller looked is never the one withdrawn.
+    """
+    # On any error the caller closes the connection, which rolls the whole withdrawal back.
+    with db.classified():
+        with conn.cursor() as cur:
+            # A load of the key in progress finishes first; the file it loads is then current.
+            lock_key(cur, bucket, key)
+            found = _current(cur, bucket, key)
+            _check(found, bucket, key, version)
+            if found.withdrawn_at:
+                return found, None
+            # The prices triggers take the file's rows out of the totals and bump data_version.
+            cur.execute("DELETE FROM prices WHERE source_id = %s", (found.id,))
+            deleted = cur.rowcount
+            cur.execute("UPDATE ingest_files SET withdrawn_at = now() WHERE id = %s", (found.id,))
+            cur.execute("""INSERT INTO ingest_runs (bucket, key, status, file_id, rows, finished_at, error)
+                           VALUES (%s, %s, 'withdrawn', %s, %s, now(), %s)""",
+                        (bucket, key, found.id, deleted, reason))
+        conn.commit()
+    return found, deleted
+
+
+def _check(found: LoadedFile | None, bucket: str, key: str, version: str) -> None:
+    if found is None:
+        raise PermanentError(f"no file is loaded for s3://{bucket}/{key}")
+    if found.version != version:
+        raise PermanentError(f"the file loaded for s3://{bucket}/{key} is version {found.version}, not {version} "
+                             "(a newer upload has loaded since?): nothing withdrawn; look again")
+
+
+def _current(cur, bucket: str, key: str) -> LoadedFile | None:
+    cur.execute("""SELECT id, version, rows, loaded_at, withdrawn_at FROM ingest_files
+                   WHERE bucket = %s AND key = %s AND replaced_at IS NULL""", (bucket, key))
+    row = cur.fetchone()
+    return LoadedFile(*row) if row else None

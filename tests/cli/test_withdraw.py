@@ -1,0 +1,146 @@
+"""ratesctl withdraw: a loaded file's prices taken out, and what its key's events do after."""
+
+import pytest
+from click.testing import CliRunner
+
+from ratesctl.cli import cli
+from tests.ingest.conftest import (ROWS, V2_ROWS, as_csv, as_tuples, expected_totals, last_run, prices, run_job,
+                                   runs, totals)
+from tests.support.db import INGEST_USER, as_user
+
+pytestmark = pytest.mark.usefixtures("moto_endpoint")
+
+DAY = "2016-01-01"
+# Three china -> north_europe quotes on DAY (the API averages from three on), and one more.
+LANE_ROWS = [("CNSHA", "NLRTM", DAY, 1000), ("CNNGB", "DEHAM", DAY, 1200), ("CNSHA", "DEHAM", DAY, 1400)]
+
+
+def withdraw(dsn, *args):
+    return CliRunner().invoke(cli, ["withdraw", *args], env={"DATABASE_URL": dsn})
+
+
+def loaded_version(dsn, bucket, key) -> str:
+    """The version `ratesctl withdraw` shows for the key, read from its suggested command."""
+    shown = withdraw(dsn, "--bucket", bucket, "--key", key)
+    assert shown.exit_code == 0, shown.output
+    suggested = shown.output.splitlines()[-1]
+    return suggested.split(" --version ")[1].split(" --reason ")[0].strip("'")
+
+
+def average(rates):
+    status, body = rates(date_from=DAY, date_to=DAY, origin="china", destination="north_europe")
+    assert status == 200, body
+    return body[0]["average_price"]
+
+
+def test_withdrawing_takes_a_files_prices_out_and_its_events_no_longer_load_it(dsn, world, s3, rates):
+    conn = world
+    s3.enable_versioning()
+    s3.put("in/good.csv", as_csv(LANE_ROWS))
+    assert run_job(dsn, s3.name, "in/good.csv") == 0
+    wrong = s3.put("in/wrong month.csv", as_csv([("CNSHA", "NLRTM", DAY, 9000)] + ROWS[2:]))["VersionId"]
+    assert run_job(dsn, s3.name, "in/wrong month.csv") == 0
+    assert average(rates) == 3150
+
+    shown = withdraw(dsn, "--bucket", s3.name, "--key", "in/wrong month.csv")
+    assert f"version {wrong}, 3 price(s)" in shown.output
+    assert "--key 'in/wrong month.csv'" in shown.output  # a command to paste
+    assert loaded_version(dsn, s3.name, "in/wrong month.csv") == wrong
+    done = withdraw(dsn, "--bucket", s3.name, "--key", "in/wrong month.csv", "--version", wrong,
+                    "--reason", "December's prices under January's name")
+    assert done.exit_code == 0, done.output
+    assert "3 price(s) deleted" in done.output
+    assert prices(conn) == as_tuples(LANE_ROWS)
+    assert totals(conn) == expected_totals(LANE_ROWS)  # the triggers took its rows out of the totals
+    assert average(rates) == 1200  # and the API's answers, cached ones included, follow
+    record = last_run(conn)
+    assert (record["status"], record["rows"], record["error"]) == (
+        "withdrawn", 3, "December's prices under January's name")
+
+    # The event delivered again (or reconcile after a restore that kept the withdrawal): skipped.
+    assert run_job(dsn, s3.name, "in/wrong month.csv", wrong) == 0
+    skipped = last_run(conn)
+    assert skipped["status"] == "superseded"
+    assert "this file's prices were withdrawn" in skipped["error"]
+    assert "December's prices under January's name" in skipped["error"]
+    assert prices(conn) == as_tuples(LANE_ROWS)
+    again = withdraw(dsn, "--bucket", s3.name, "--key", "in/wrong month.csv", "--version", wrong, "--reason", "x")
+    assert again.exit_code == 0 and "withdrawn before" in again.output
+
+    # The key's next upload is a new file, and loads as any replacement does.
+    s3.put("in/wrong month.csv", as_csv(V2_ROWS))
+    assert run_job(dsn, s3.name, "in/wrong month.csv") == 0
+    assert last_run(conn)["status"] == "loaded"
+    assert prices(conn) == as_tuples(LANE_ROWS + V2_ROWS)
+    assert totals(conn) == expected_totals(LANE_ROWS + V2_ROWS)
+
+
+def test_an_older_version_arriving_after_a_withdrawal_stays_out(dsn, world, s3):
+    conn = world
+    s3.enable_versioning()
+    older = s3.put("p.csv", as_csv(ROWS))["VersionId"]
+    newer = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv", newer) == 0
+    assert withdraw(dsn, "--bucket", s3.name, "--key", "p.csv", "--version", newer, "--reason", "bad").exit_code == 0
+
+    assert run_job(dsn, s3.name, "p.csv", older) == 0  # its event came late
+    late = last_run(conn)
+    assert late["status"] == "superseded"
+    assert "a newer version of this key was loaded, and its prices withdrawn" in late["error"]
+    assert prices(conn) == []
+
+
+def test_a_withdrawn_file_is_not_named_as_the_one_a_copy_duplicates(dsn, world, s3):
+    conn = world
+    s3.put("a.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "a.csv") == 0
+    version = loaded_version(dsn, s3.name, "a.csv")
+    assert withdraw(dsn, "--bucket", s3.name, "--key", "a.csv", "--version", version,
+                    "--reason", "moved to b.csv").exit_code == 0
+    s3.put("b.csv", as_csv(ROWS))  # its prices count once: a.csv's are out
+    assert run_job(dsn, s3.name, "b.csv") == 0
+    assert last_run(conn)["error"] is None
+    assert prices(conn) == as_tuples(ROWS)
+
+
+def test_a_withdrawn_key_is_not_listed_by_reconcile_until_it_has_a_new_upload(dsn, world, s3):
+    s3.enable_versioning()
+    first = s3.put("in/a.csv", as_csv(ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "in/a.csv") == 0
+    assert withdraw(dsn, "--bucket", s3.name, "--key", "in/a.csv", "--version", first,
+                    "--reason", "wrong").exit_code == 0
+
+    def listed():
+        result = CliRunner().invoke(cli, ["reconcile", "--bucket", s3.name, "--prefix", "in/"],
+                                    env={"DATABASE_URL": dsn})
+        assert result.exit_code == 0, result.output
+        return result.output.splitlines()[:-1]
+
+    assert listed() == []  # taken out on purpose: sending it again would undo the withdrawal
+    newer = s3.put("in/a.csv", as_csv(V2_ROWS))["VersionId"]  # and its event lost
+    [line] = listed()
+    assert newer in line and f"another file was loaded ({first}) and withdrawn" in line
+
+
+def test_nothing_is_withdrawn_on_a_wrong_version_a_missing_key_or_without_the_owners_rights(dsn, world, s3):
+    conn = world
+    s3.put("p.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    version = loaded_version(dsn, s3.name, "p.csv")
+    before = runs(conn)
+
+    stale = withdraw(dsn, "--bucket", s3.name, "--key", "p.csv", "--version", "an-older-one", "--reason", "r")
+    assert stale.exit_code == 2
+    assert f"the file loaded for s3://{s3.name}/p.csv is version {version}, not an-older-one" in stale.output
+    missing = withdraw(dsn, "--bucket", s3.name, "--key", "q.csv", "--version", version, "--reason", "r")
+    assert missing.exit_code == 2 and f"no file is loaded for s3://{s3.name}/q.csv" in missing.output
+    # The ingest job's user deletes only replaced files' prices (migration 0011).
+    ingest = withdraw(as_user(dsn, INGEST_USER), "--bucket", s3.name, "--key", "p.csv", "--version", version,
+                      "--reason", "r")
+    assert ingest.exit_code == 2 and "permission denied" in ingest.output
+    for half in (["--version", version], ["--reason", "r"], ["--version", version, "--reason", " "]):
+        refused = withdraw(dsn, "--bucket", s3.name, "--key", "p.csv", *half)
+        assert refused.exit_code == 2 and "give both --version and a --reason" in refused.output
+
+    assert prices(conn) == as_tuples(ROWS)
+    assert runs(conn) == before
