@@ -1040,6 +1040,9 @@ def test_turning_autoscaling_on_keeps_the_running_pods(helm, kube, namespace):
 
     assert replicas(*sets("autoscaling.enabled=true", "autoscaling.minReplicas=2")) == 3
     assert replicas() == 1  # autoscaling off: values-dev's replicaCount
+    # Scaled to zero for a weekend: a deploy meanwhile leaves it there, not at Kubernetes' 1.
+    kube.apps.patch_namespaced_deployment_scale("rates-api", namespace, {"spec": {"replicas": 0}})
+    assert replicas(*sets("autoscaling.enabled=true", "autoscaling.minReplicas=2")) == 0
     kube.apps.delete_namespaced_deployment("rates-api", namespace)
     wait_for(lambda: gone(lambda: kube.apps.read_namespaced_deployment("rates-api", namespace)), timeout=30,
              what="the stand-in Deployment to go")

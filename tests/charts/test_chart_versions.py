@@ -20,6 +20,7 @@ PINS = {
         "0.10.0": "a7bdaf18e47e171976b819e636f8763bb29f7e1995eb8a5e46e228e5942dcd20",
         "0.11.0": "efffd148018a1d4c9bc2ba40567254fa5ff2de116a69c785c1d706e2ebce17bb",
         "0.12.0": "dcc99a6fd0f72432cce4031bd6a74386d6fefe369a84e849b2e88ae3e5f26ba3",
+        "0.13.0": "ee8f9a098f223f1b60575aa5b1ebcf568279052311ca6cfda2ccabee5b37a9f1",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",
