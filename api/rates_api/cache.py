@@ -30,8 +30,9 @@ class VersionedCache:
             if entry is None:
                 return None
             if entry[0] != version:
-                self._drop(key)
-                return None
+                if not _newer(entry[0], version):
+                    self._drop(key)
+                return None  # a request that read the version before a write: the newer entry stays
             self._entries.move_to_end(key)
             return entry[1]
 
@@ -40,7 +41,7 @@ class VersionedCache:
             return
         with self._lock:
             current = self._entries.get(key)
-            if current is not None and current[0] > version:
+            if current is not None and _newer(current[0], version):
                 return  # a slower request computed this under an older version: keep the newer one
             if current is not None:
                 self._drop(key)
@@ -59,3 +60,13 @@ class VersionedCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _newer(version, than) -> bool:
+    """Whether ``version`` is a later data_version of the same database than ``than``.
+
+    Versions are (epoch, number) tuples in the app, plain numbers in tests; of two epochs,
+    neither is newer: the entry is for another database."""
+    if isinstance(version, tuple) and isinstance(than, tuple):
+        return version[0] == than[0] and version[1] > than[1]
+    return version > than

@@ -22,6 +22,12 @@ SELECT n.name,
 FROM unnest(ARRAY[%(origin)s, %(destination)s]::text[]) AS n(name)
 """
 
+# Every table an answer reads, locked before the snapshot is taken (LOCK takes none): a
+# TRUNCATE or a table-rewriting ALTER (a migration refilling the totals, an owner
+# reseeding ports) is not MVCC-safe, and a snapshot from before its commit would read the
+# table empty if the request touched it only after. ACCESS SHARE waits only for those.
+_LOCK_READ_TABLES = "LOCK TABLE regions, ports, lane_totals, region_totals IN ACCESS SHARE MODE;"
+
 # The days are date + integer: generate_series over dates would step in timestamptz, so in
 # a session time zone whose daylight saving starts at midnight the last day would be lost.
 _DAILY = """
@@ -72,7 +78,7 @@ def database_epoch(cur) -> tuple:
 def resolve(cur, origin: str, destination: str, begin_snapshot: bool = False) -> tuple[Place, Place]:
     """Both ends as Places; ``begin_snapshot`` first begins a read-only transaction whose
     statements share one snapshot, in the same round trip."""
-    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" if begin_snapshot else ""
+    begin = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" + _LOCK_READ_TABLES) if begin_snapshot else ""
     cur.execute(begin + _RESOLVE, {"origin": origin, "destination": destination})
     places = {}
     for name, is_port, regions, ports in cur.fetchall():

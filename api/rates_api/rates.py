@@ -45,9 +45,10 @@ def _compute(cur, query: params.RatesQuery) -> bytes:
     own: a write committed between resolving the places and reading their totals (a port
     added to a region along with its prices) would give an answer of neither state. The
     transaction begins with the first statement, in the same round trip, so it costs one
-    more (the ROLLBACK), on cache misses only. The answer may be newer than the version it
-    is cached under, read before; it is then never served again, as every later request
-    reads the newer version.
+    more (the ROLLBACK), on cache misses only. The tables are locked before the snapshot is
+    taken (see queries.resolve), so a TRUNCATE or table rewrite that commits meanwhile is
+    not read as empty. The answer may be newer than the version it is cached under, read
+    before; it is then never served again, as every later request reads the newer version.
     """
     origin, destination = queries.resolve(cur, query.origin, query.destination, begin_snapshot=True)
     unknown = [f"{label} '{place.name}' is not a known port code or region slug"

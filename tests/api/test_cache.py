@@ -62,3 +62,20 @@ def test_the_app_gives_its_cache_the_configured_budget():
                               response_cache_mib=3))
     cache = app.extensions["rates_api"].cache
     assert (cache.max_entries, cache.max_bytes) == (9, 3 << 20)
+
+
+def test_a_request_that_read_an_older_version_leaves_the_newer_entry_in_place():
+    cache = VersionedCache(10)
+    cache.put("q", 7, b"seven")
+    assert cache.get("q", 6) is None  # it read the version just before a write committed
+    assert cache.get("q", 7) == b"seven"
+
+
+def test_an_entry_of_another_database_epoch_is_never_newer():
+    cache = VersionedCache(10)
+    cache.put("q", (("restored", 2), 9), b"before the restore")
+    assert cache.get("q", (("restored", 3), 5)) is None
+    assert len(cache) == 0  # dropped: the database it came from is gone
+    cache.put("q", (("restored", 3), 5), b"now")
+    cache.put("q", (("restored", 2), 9), b"a slow request on the old database")
+    assert cache.get("q", (("restored", 3), 5)) is None  # never served for the new one
