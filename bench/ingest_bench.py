@@ -24,6 +24,8 @@ alternate N times and each figure is the median:
   prices COPY  COPY of the same local file straight into prices (triggers + index), no
                validation, with the job's work_mem, rolled back: what the schema
                itself costs per row.
+  withdraw     `ratesctl withdraw` of the file that `ours` loaded: its prices deleted
+               (the triggers take them out of the totals), in one transaction.
   naive        executemany() of single-row INSERTs into prices in one transaction, on
                the first --naive-rows rows (rolled back); its rate is extrapolated.
 """
@@ -49,9 +51,9 @@ import psycopg2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rates_core import migrate  # noqa: E402
+from rates_core import db as rates_db, migrate  # noqa: E402
 from rates_ingest.settings import Settings  # noqa: E402
-from ratesctl import localdb  # noqa: E402
+from ratesctl import localdb, withdraw  # noqa: E402
 from tests.support.aws import FAKE_AWS_ENV, start_moto, stop_moto  # noqa: E402
 
 COLUMNS = "orig_code, dest_code, day, price"
@@ -186,6 +188,18 @@ class Databases:
         localdb.drop_database(self.admin_dsn, name)
 
 
+def run_withdraw(dsn: str, key: str) -> float:
+    """Seconds that withdrawing the key's loaded file takes."""
+    conn = rates_db.connect(dsn, application_name="bench")
+    try:
+        version = withdraw.loaded_file(conn, "bench", key).version
+        started = time.perf_counter()
+        withdraw.withdraw(conn, "bench", key, version, "bench")
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
 def check_loaded(dsn: str, rows: int, totals: bool = True) -> int:
     """Fail unless every row is loaded and totalled (or, without ``totals``, none is);
     the number of (lane, day) totals."""
@@ -215,7 +229,7 @@ def upload(endpoint: str, path: Path, key: str, compress: bool) -> int:
 
 def report(args, size, uploaded, rounds: list[dict]) -> None:
     median = {name: statistics.median(r[name] for r in rounds)
-              for name in ("ours", "inside", "bare", "bare_inside", "raw", "floor")}
+              for name in ("ours", "inside", "bare", "bare_inside", "raw", "floor", "withdraw")}
     ours, inside, raw, floor = median["ours"], median["inside"], median["raw"], median["floor"]
     rss, naive = max(r["rss"] for r in rounds), rounds[0]["naive"]
     last_line, lane_days = rounds[-1]["last_line"], rounds[0]["lane_days"]
@@ -236,6 +250,8 @@ def report(args, size, uploaded, rounds: list[dict]) -> None:
           f"(in-job {median['bare_inside']:.2f} s; the prices trigger disabled)")
     print(f"{'raw COPY':14}{raw:10.2f}{args.rows / raw:14,.0f}")
     print(f"{'prices COPY':14}{floor:10.2f}{args.rows / floor:14,.0f}   (triggers + index, no validation)")
+    print(f"{'withdraw':14}{median['withdraw']:10.2f}{args.rows / median['withdraw']:14,.0f}   "
+          "(the file ours loaded: its prices and totals out)")
     print(f"{'naive':14}{args.rows / naive:10.2f}{naive:14,.0f}   (extrapolated from {args.naive_rows:,} rows)")
     print()
     print(f"ours / raw COPY     {rate / (args.rows / raw):6.2f}x   (target >= 0.7; in-job {raw / inside:.2f}x)")
@@ -243,6 +259,7 @@ def report(args, size, uploaded, rounds: list[dict]) -> None:
     print(f"no totals / raw     {raw / median['bare']:6.2f}x   (the job alone, with no derived data; in-job "
           f"{raw / median['bare_inside']:.2f}x)")
     print(f"ours / naive        {rate / naive:6.1f}x   (target >= 20)")
+    print(f"withdraw / ours     {median['withdraw'] / ours:6.2f}x   (time to take the file out, against its load)")
     print(f"job's last log line: {json.dumps(last_line)}")
 
 
@@ -257,6 +274,9 @@ def measure_round(dbs: Databases, args, path: Path, endpoint: str, key: str, *, 
             elapsed, figures["rss"], last_line = run_ours(dsn, endpoint, "bench", key)
             figures.update(ours=elapsed, inside=last_line["duration_s"], last_line=last_line,
                            lane_days=check_loaded(dsn, args.rows))
+            print("withdraw ...", flush=True)
+            figures["withdraw"] = run_withdraw(dsn, key)
+            check_loaded(dsn, 0)
         elif name == "bare":
             elapsed, _rss, last_line = run_ours(dsn, endpoint, "bench", key)
             check_loaded(dsn, args.rows, totals=False)

@@ -29,6 +29,9 @@ CSV_HEADER = ",".join(FIELDS).encode()
 MAX_RECORD_BYTES = 64 * 1024
 # Upper bound on the bytes one gzip step may produce, against decompression bombs.
 MAX_INFLATE_BYTES = 1 << 20
+# gunzip's input steps (see _slices), and the least it gives the parser at a time.
+GUNZIP_INPUT_BYTES = 16 * 1024
+GUNZIP_OUTPUT_BYTES = 1 << 20
 # The largest file (uncompressed) a Job loads unless INGEST_MAX_FILE_MIB says otherwise:
 # twice the 1 GB that a file is expected to reach. This is what bounds a file's cost: every
 # byte becomes about as much table and WAL, so without it a small gzip that inflates on and
@@ -101,7 +104,16 @@ def decoded(chunks: Iterable[bytes], fmt: Format, max_bytes: int = DEFAULT_MAX_F
     if looks_gzip and not fmt.gzip:
         raise InvalidFile("the content is gzip-compressed but the key does not end in .gz")
     stream = _prepend(first, chunks)
-    return _capped(gunzip(stream) if fmt.gzip else stream, max_bytes)
+    return _capped(_gzipped_once(gunzip(stream)) if fmt.gzip else stream, max_bytes)
+
+
+def _gzipped_once(inflated: Iterator[bytes]) -> Iterator[bytes]:
+    first = next(inflated, b"")
+    if first[:2] == b"\x1f\x8b":
+        raise InvalidFile("the content is gzip-compressed twice: compress the file once")
+    if first:
+        yield first
+    yield from inflated
 
 
 def _capped(chunks: Iterator[bytes], max_bytes: int) -> Iterator[bytes]:
@@ -119,7 +131,30 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Inflate a (possibly multi-member) gzip stream in bounded steps."""
+    """Inflate a (possibly multi-member) gzip stream in bounded steps, in pieces of at
+    least GUNZIP_OUTPUT_BYTES (but the last)."""
+    pieces: list[bytes] = []
+    size = 0
+    for out in _inflate(_slices(chunks, GUNZIP_INPUT_BYTES)):
+        pieces.append(out)
+        size += len(out)
+        if size >= GUNZIP_OUTPUT_BYTES:
+            yield b"".join(pieces)
+            pieces, size = [], 0
+    if pieces:
+        yield b"".join(pieces)
+
+
+def _slices(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    # At the end of each gzip member zlib copies the rest of its input into unused_data,
+    # which the next member's inflater then takes: with whole 1 MiB downloads, a file of
+    # many small members (appended with `gzip >>`, a row each) was copied a MiB a member.
+    for chunk in chunks:
+        for start in range(0, len(chunk), size):
+            yield chunk[start:start + size]
+
+
+def _inflate(chunks: Iterable[bytes]) -> Iterator[bytes]:
     inflater = zlib.decompressobj(wbits=31)
     padded = False
     taken = given = 0
@@ -321,7 +356,10 @@ class Parser:
             self.problems.add(where, f"the object names {_listed(obj.keys)} more than once", text)
             return None
         if not isinstance(obj, dict):
-            self.problems.add(where, "expected a JSON object", text)
+            found = _JSON_KINDS.get(type(obj), "a value")
+            hint = ("; a file that is one JSON array is JSON: name it .json"
+                    if isinstance(obj, list) and isinstance(self, NdjsonParser) else "")
+            self.problems.add(where, f"expected a JSON object, got {found}{hint}", text)
             return None
         if obj.keys() != _FIELD_SET:
             missing = [f for f in FIELDS if f not in obj]
@@ -443,7 +481,8 @@ class CsvParser(Parser):
             yield self._chunk(lines, first_no)
 
     def _header_ok(self, line: bytes) -> bool:
-        if line.removeprefix(codecs.BOM_UTF8) == CSV_HEADER:
+        # Quoted names are the same header: R, PowerShell and "quote all" exports write them.
+        if _header_fields(line.removeprefix(codecs.BOM_UTF8)) == FIELDS:
             return True
         found = line.decode("utf-8", "backslashreplace")
         self.problems.add(1, f"the first line must be the header {CSV_HEADER.decode()}, got {_shown(found, 60)}",
@@ -503,12 +542,58 @@ class CsvParser(Parser):
         if len(fields) != len(FIELDS):
             self.problems.add(line_no, f"expected {len(FIELDS)} fields ({','.join(FIELDS)}), got {len(fields)}", line)
             return None
-        error = self.rules.error(*fields)
+        error = _misplaced_row(fields) or self.rules.error(*fields)
         if error:
             self.problems.add(line_no, error, line)
             return None
         orig, dest, day, price = fields
         return f"{_csv_field(orig)},{_csv_field(dest)},{day},{int(price.lstrip('0'))}".encode()
+
+
+def _object_hint(text: str, pos: int) -> str:
+    """What a .json file that opens with an object (not an array) most likely is, as advice."""
+    line_end = text.find("\n", pos)
+    try:
+        first_line = json.loads(text[pos:line_end if line_end >= 0 else len(text)])
+    except ValueError:
+        first_line = None
+    if isinstance(first_line, dict) and line_end >= 0 and text[line_end:].strip():
+        return "; a file of one object per line is NDJSON: name it .ndjson"
+    try:
+        obj, _end = json.JSONDecoder().raw_decode(text, pos)
+    except ValueError:
+        return ""  # cut off in this buffer, or not JSON: the plain message says enough
+    values = list(obj.values()) if isinstance(obj, dict) else []
+    if values and all(isinstance(v, dict) for v in values):
+        return ("; an object of columns, as pandas' to_json writes by default: write "
+                "to_json(orient='records') for an array of objects")
+    if any(isinstance(v, list) for v in values):
+        return "; the array of prices must be the whole file, not a value inside an object"
+    return ("; objects one after another: put them in one array ([{...}, {...}]), or write one per line "
+            "(jq -c) and name the file .ndjson")
+
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+               type(None): "null"}
+
+
+def _misplaced_row(fields: list[str]) -> str | None:
+    """What a row that is no price is, when a spreadsheet or a concatenation put it there."""
+    if not any(fields):
+        return "a row of empty cells (a spreadsheet's): delete it"
+    if [fields[0].removeprefix("\ufeff"), *fields[1:]] == list(FIELDS):
+        return "the header again (files joined together?): keep only the first line's"
+    return None
+
+
+def _header_fields(line: bytes) -> tuple[str, ...] | None:
+    """The field names of a CSV header line, quoted or not; None if it is no CSV line."""
+    if line == CSV_HEADER:
+        return FIELDS
+    try:
+        return tuple(next(csv.reader([line.decode("utf-8")], strict=True)))
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        return None
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
@@ -578,9 +663,7 @@ class JsonArrayParser(Parser):
             return
         after = self._TRANSITIONS.get((self._state, char))
         if after is None:
-            # A .json file of one object per line is the commonest way to get here.
-            hint = "; a file of one object per line is NDJSON: name it .ndjson" if (
-                self._state == "open" and char == "{") else ""
+            hint = _object_hint(self._text, self._pos) if self._state == "open" and char == "{" else ""
             self.problems.add(self._index, f"malformed JSON array: expected {self._EXPECTED[self._state]}, "
                                            f"got {char!r}{hint}", self._text[self._pos:self._pos + 200])
             self._state = "broken"
