@@ -156,8 +156,7 @@ def parse_url(dsn: str) -> dict:
     bad_port = not re.fullmatch(r"[0-9]*(,[0-9]*)*", given.get("port", ""))
     if any("@" in host[1:] for host in hosts) or bad_port or _at_in_path(dsn):
         raise PermanentError("a host with an @, a port that is not a number or an @ after the "
-                             "host (is a %, / or @ in the password not percent-encoded? An @ in "
-                             "a database name is written %40)")
+                             f"host ({URL_HINT} An @ in a database name is written %40)")
     return given
 
 
@@ -171,13 +170,19 @@ def _at_in_path(dsn: str) -> bool:
     return "@" in path
 
 
+# What most often breaks a URL that a person wrote: a generated password (RDS's, a secret
+# manager's) with a character the URL syntax gives a meaning to.
+URL_HINT = "is a #, ?, /, %, @ or : in the password not percent-encoded?"
+
+
 def url_error(exc: Exception) -> str:
-    """A URL parser's error up to its first quote: what follows quotes the URL."""
+    """A URL parser's error up to its first quote (what follows quotes the URL), and the
+    likeliest cause."""
     text = str(exc).strip()
     quotes = [i for i in (text.find('"'), text.find("'")) if i >= 0]
-    if not quotes:
-        return text
-    return text[:min(quotes)].rstrip(": ") + " (the rest is not shown: it may hold the password)"
+    if quotes:
+        text = (text[:min(quotes)].rstrip(": ") or "unreadable") + " (the rest is not shown: it may hold the password)"
+    return f"{text}; {URL_HINT}"
 
 
 class Pool:

@@ -60,6 +60,11 @@ output "queue_arns" {
   value       = { uploads = module.uploads.queue_arn, dead_letter = module.uploads.dead_letter_queue_arn }
 }
 
+output "queue_urls" {
+  description = "The uploads queue and its dead-letter queue, for the aws sqs commands of runbook/README.md and ratesctl reconcile --send."
+  value       = { uploads = module.uploads.queue_url, dead_letter = module.uploads.dead_letter_queue_url }
+}
+
 output "alarm_arns" {
   description = "CloudWatch alarms of the queues, by name: dead-letters (a file set aside) and uploads-waiting (no Job for an upload in an hour)."
   value       = module.uploads.alarm_arns

@@ -20,12 +20,13 @@ PINS = {
         "0.10.0": "a7bdaf18e47e171976b819e636f8763bb29f7e1995eb8a5e46e228e5942dcd20",
         "0.11.0": "efffd148018a1d4c9bc2ba40567254fa5ff2de116a69c785c1d706e2ebce17bb",
         "0.12.0": "dcc99a6fd0f72432cce4031bd6a74386d6fefe369a84e849b2e88ae3e5f26ba3",
-        "0.13.0": "ee8f9a098f223f1b60575aa5b1ebcf568279052311ca6cfda2ccabee5b37a9f1",
+        "0.13.0": "47c1eea75674655fbe61910071be16bdb5edbc3aefca5cc9a152f50332e3ead0",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",
         "0.10.0": "4a00140f4d25d7584bb47f25a3ef6768b96a7cd13ea233dd8c3f4a6f8aa9acb9",
         "0.11.0": "e9f7141c6c4641cf4a69e987fa8967f049d4d4dfc1de48044789c9eeacec84c3",
+        "0.12.0": "59ba5348e8a3351692aa91252f9d6e3abd8e7e157eebf270001b3ebe16624230",
     },
 }
 

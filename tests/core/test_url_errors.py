@@ -34,6 +34,7 @@ def test_an_unreadable_url_is_refused_without_its_password(reader, url, why):
     assert "secret" not in message and "Ab3" not in message and "Gq2" not in message, message
     assert "\u0661" not in message, message
     assert "URL" in message
+    assert "in the password not percent-encoded?" in message, message  # the likeliest cause
     if why:
         assert why in message
     # Nor in what a traceback would print: the library's own error is not chained.
@@ -52,3 +53,15 @@ def test_urls_libpq_takes_are_taken(url):
 def test_the_migrations_say_they_take_one_host():
     with pytest.raises(PermanentError, match="takes one host"):
         migrate.pending("postgresql://u@h1:5432,h2:5433/db")
+
+
+@pytest.mark.parametrize("password", ["Gq2#secret", "Gq2?secret"])
+def test_a_password_that_urllib_cuts_short_is_refused_by_the_migrations_with_the_likely_cause(password):
+    # libpq finds the host past a # or a ?, but yoyo's urllib ends the authority there, and
+    # reads "Gq2" as the port: an RDS-generated password did that at a first deploy's hook.
+    assert db.parse_url(f"postgresql://rates_admin:{password}@db:5432/rates")["password"] == password
+    with pytest.raises(PermanentError) as refused:
+        migrate.pending(f"postgresql://rates_admin:{password}@db:5432/rates")
+    message = str(refused.value)
+    assert "secret" not in message and "Gq2" not in message, message
+    assert message.endswith("is a #, ?, /, %, @ or : in the password not percent-encoded?"), message
