@@ -420,7 +420,7 @@ def _complete_lines(data: Iterator[bytes], problems: Problems) -> Iterator[tuple
         if not cut:
             # A final \r may be half of a CRLF, which the measure of whole lines leaves out.
             if len(pending) - pending.endswith(b"\r") > MAX_RECORD_BYTES:
-                problems.add(line_no, _LINE_TOO_LONG, pending[:200])
+                problems.add(line_no, _too_long(pending), pending[:200])
                 return
             continue
         lines = _split_lines(pending[:cut])
@@ -449,8 +449,15 @@ def _within_limit(line_no: int, lines: list[bytes], problems: Problems):
     long_at = next(i for i, line in enumerate(lines) if len(line) > MAX_RECORD_BYTES)
     if long_at:  # the lines before it first, so that problems stay in file order
         yield line_no, lines[:long_at]
-    problems.add(line_no + long_at, _LINE_TOO_LONG, lines[long_at][:200])
+    problems.add(line_no + long_at, _too_long(lines[long_at]), lines[long_at][:200])
     return False
+
+
+def _too_long(line: bytes) -> str:
+    # Old Mac spreadsheets end lines in a lone CR: the whole file is then one line.
+    if b"\r" in line[:MAX_RECORD_BYTES]:
+        return f"{_LINE_TOO_LONG}; its lines end in a lone CR (an old Mac format): save it with LF or CRLF line ends"
+    return _LINE_TOO_LONG
 
 
 def _blank_run_end(lines: list[bytes], start: int) -> int:
@@ -485,7 +492,9 @@ class CsvParser(Parser):
         if _header_fields(line.removeprefix(codecs.BOM_UTF8)) == FIELDS:
             return True
         found = line.decode("utf-8", "backslashreplace")
-        self.problems.add(1, f"the first line must be the header {CSV_HEADER.decode()}, got {_shown(found, 60)}",
+        cr = "; its lines end in a lone CR (an old Mac format): save it with LF or CRLF line ends" if (
+            b"\r" in line) else ""
+        self.problems.add(1, f"the first line must be the header {CSV_HEADER.decode()}, got {_shown(found, 60)}{cr}",
                           line)
         return False
 
