@@ -7,6 +7,7 @@ Everything happens in one transaction, so a file's rows (and the derived totals 
 the triggers on prices keep) appear all at once or not at all.
 """
 
+from datetime import timezone
 from typing import Iterator
 
 import psycopg2
@@ -187,7 +188,8 @@ def _withdrawn(cur, ref: ObjectRef, file_id: int, withdrawn_at, what: str) -> st
                    WHERE bucket = %s AND key = %s AND file_id = %s AND status = 'withdrawn'
                    ORDER BY id DESC LIMIT 1""", (ref.bucket, ref.key, file_id))
     reason = cur.fetchone()
-    return (f"{what} on {withdrawn_at:%Y-%m-%d %H:%M} UTC ({reason[0] if reason else 'no reason recorded'}); "
+    when = withdrawn_at.astimezone(timezone.utc)  # the session's time zone may be any
+    return (f"{what} on {when:%Y-%m-%d %H:%M} UTC ({reason[0] if reason else 'no reason recorded'}); "
             "a new upload of the key loads as usual")
 
 
