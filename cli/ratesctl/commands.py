@@ -270,15 +270,18 @@ def withdraw_command(bucket, key, version, reason) -> None:
         if version is None:
             _show_loaded_file(withdraw.loaded_file(conn, bucket, key), bucket, key)
             return
-        found, deleted = withdraw.withdraw(conn, bucket, key, version, reason.strip())
+        found, deleted = withdraw.withdraw(conn, bucket, key, version, reason.strip(), waiting=lambda: click.echo(
+            f"a load of s3://{bucket}/{key} is in progress: waiting for it to commit (a Ctrl-C takes effect only "
+            "then, and withdraws nothing)", err=True))
     finally:
         conn.close()
     if deleted is None:
         click.echo(f"s3://{bucket}/{key} version {found.version} was withdrawn before, at {found.withdrawn_at}")
         return
     click.echo(f"withdrew s3://{bucket}/{key} version {found.version}: {deleted} price(s) deleted; the key's next "
-               "upload loads as usual. Delete the object too (or move it out of the prefix): after a restore or "
-               "a rebuild, `ratesctl reconcile` would load it again.")
+               "upload loads as usual. Delete the object too (or move it out of the prefix), or a rebuild from S3 "
+               "(`ratesctl reconcile --send`) loads it again; a restore of the database to before now brings its "
+               "prices back: withdraw it again then.")
 
 
 def _show_loaded_file(found: withdraw.LoadedFile | None, bucket: str, key: str) -> None:

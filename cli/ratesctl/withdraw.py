@@ -9,10 +9,13 @@ version are still skipped, and the key's next upload loads as usual.
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Callable
+
+import psycopg2.extensions
 
 from rates_core import db
 from rates_core.errors import PermanentError
-from rates_ingest.loader import lock_key
+from rates_ingest.loader import lock_key, try_lock_key
 
 APPLICATION_NAME = "ratesctl-withdraw"
 
@@ -32,25 +35,35 @@ def loaded_file(conn, bucket: str, key: str) -> LoadedFile | None:
         return _current(cur, bucket, key)
 
 
-def withdraw(conn, bucket: str, key: str, version: str, reason: str) -> tuple[LoadedFile, int | None]:
+def withdraw(conn, bucket: str, key: str, version: str, reason: str,
+             waiting: Callable[[], None] = lambda: None) -> tuple[LoadedFile, int | None]:
     """Delete the prices of the key's current file if it is ``version``, and record why.
 
-    Returns the file and the prices deleted (None if it was withdrawn before). The version
-    is asked for so that a file loaded since the caller looked is never the one withdrawn.
+    Returns the file and the prices deleted (None if it was withdrawn before and holds
+    none). The version is asked for so that a file loaded since the caller looked is never
+    the one withdrawn. ``waiting`` is called if a load of the key holds its lock.
     """
+    # Whatever the database's default: under repeatable read the snapshot would predate
+    # the wait for the key's lock, and a load committed meanwhile would fail the delete.
+    conn.isolation_level = psycopg2.extensions.ISOLATION_LEVEL_READ_COMMITTED
     # On any error the caller closes the connection, which rolls the whole withdrawal back.
     with db.classified():
         with conn.cursor() as cur:
             # A load of the key in progress finishes first; the file it loads is then current.
-            lock_key(cur, bucket, key)
+            if not try_lock_key(cur, bucket, key):
+                waiting()
+                lock_key(cur, bucket, key)
             found = _current(cur, bucket, key)
             _check(found, bucket, key, version)
-            if found.withdrawn_at:
-                return found, None
-            # The prices triggers take the file's rows out of the totals and bump data_version.
+            # Also when marked withdrawn before: the mark alone (which the ingest user may
+            # write) must not keep prices in.
             cur.execute("DELETE FROM prices WHERE source_id = %s", (found.id,))
             deleted = cur.rowcount
-            cur.execute("UPDATE ingest_files SET withdrawn_at = now() WHERE id = %s", (found.id,))
+            if found.withdrawn_at and not deleted:
+                return found, None
+            # The prices triggers took the file's rows out of the totals and bumped data_version.
+            cur.execute("""UPDATE ingest_files SET withdrawn_at = coalesce(withdrawn_at, now()), withdrawn_reason = %s
+                           WHERE id = %s""", (reason, found.id))
             cur.execute("""INSERT INTO ingest_runs (bucket, key, status, file_id, rows, finished_at, error)
                            VALUES (%s, %s, 'withdrawn', %s, %s, now(), %s)""",
                         (bucket, key, found.id, deleted, reason))

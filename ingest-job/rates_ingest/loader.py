@@ -112,6 +112,12 @@ def lock_key(cur, bucket: str, key: str) -> None:
     cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{bucket}/{key}",))
 
 
+def try_lock_key(cur, bucket: str, key: str) -> bool:
+    """Take the key's lock if it is free; whether it was."""
+    cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (f"{bucket}/{key}",))
+    return cur.fetchone()[0]
+
+
 def _loaded_elsewhere(cur, ref: ObjectRef, download: Download, file_id: int) -> str | None:
     """The key of a file with the same bytes loaded under another key, if any.
 
@@ -146,14 +152,14 @@ def _copy(cur, parser: formats.Parser, download: Download) -> None:
 def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
     """An outcome if this object needs no load: loaded before, or older than what is loaded."""
     info = download.info
-    cur.execute("""SELECT id, rows, bytes, replaced_at IS NULL, withdrawn_at FROM ingest_files
+    cur.execute("""SELECT id, rows, bytes, replaced_at IS NULL, withdrawn_at, withdrawn_reason FROM ingest_files
                    WHERE bucket = %s AND key = %s AND version = %s""", (ref.bucket, ref.key, info.identity))
     found = cur.fetchone()
     if found:
-        file_id, rows, size, current, withdrawn_at = found
+        file_id, rows, size, current, withdrawn_at, reason = found
         if current and withdrawn_at:
             return Outcome("superseded", file_id=file_id, info=info,
-                           error=_withdrawn(cur, ref, file_id, withdrawn_at, "this file's prices were withdrawn"))
+                           error=_withdrawn("this file's prices were withdrawn", withdrawn_at, reason))
         if not current and not info.versioned and download.current_identity() == info.identity:
             # Without a version id, and S3 holds these bytes under the key now (asked under
             # the key's lock): the replaced file's bytes uploaded again, in the second they
@@ -168,29 +174,22 @@ def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
                 "later file's prices: upload the file again")
         return Outcome("already_loaded" if current else "superseded", rows=rows, bytes=size,
                        file_id=file_id, info=info)
-    cur.execute("""SELECT id, version, last_modified, withdrawn_at FROM ingest_files
+    cur.execute("""SELECT id, version, last_modified, withdrawn_at, withdrawn_reason FROM ingest_files
                    WHERE bucket = %s AND key = %s AND replaced_at IS NULL""", (ref.bucket, ref.key))
     current = cur.fetchone()
     if current and _newer_than_ours(current[1], current[2], download):
         # An event for an older version arrived after a newer version was loaded.
         error = "a newer version of this key is already loaded"
         if current[3]:
-            error = _withdrawn(cur, ref, current[0], current[3], "a newer version of this key was loaded, and its "
-                                                            "prices withdrawn")
+            error = _withdrawn("a newer version of this key was loaded, and its prices withdrawn", *current[3:])
         return Outcome("superseded", file_id=current[0], info=info, error=error)
     return None
 
 
-def _withdrawn(cur, ref: ObjectRef, file_id: int, withdrawn_at, what: str) -> str:
+def _withdrawn(what: str, withdrawn_at, reason: str | None) -> str:
     """Why a withdrawn file keeps this one from loading, with the withdrawal's reason."""
-    # By the key first: the runs' index is on it, and a year of runs is millions of rows.
-    cur.execute("""SELECT error FROM ingest_runs
-                   WHERE bucket = %s AND key = %s AND file_id = %s AND status = 'withdrawn'
-                   ORDER BY id DESC LIMIT 1""", (ref.bucket, ref.key, file_id))
-    reason = cur.fetchone()
     when = withdrawn_at.astimezone(timezone.utc)  # the session's time zone may be any
-    return (f"{what} on {when:%Y-%m-%d %H:%M} UTC ({reason[0] if reason else 'no reason recorded'}); "
-            "a new upload of the key loads as usual")
+    return f"{what} on {when:%Y-%m-%d %H:%M} UTC ({reason or 'no reason recorded'}); a new upload of the key loads"
 
 
 def _newer_than_ours(version: str, last_modified, download: Download) -> bool:

@@ -1,8 +1,15 @@
 """ratesctl withdraw: a loaded file's prices taken out, and what its key's events do after."""
 
+import threading
+
+import psycopg2
 import pytest
 from click.testing import CliRunner
 
+from rates_core import db
+from rates_core.errors import PermanentError
+from rates_ingest.loader import lock_key
+from ratesctl import withdraw as withdraw_module
 from ratesctl.cli import cli
 from tests.ingest.conftest import (ROWS, V2_ROWS, as_csv, as_tuples, expected_totals, last_run, prices, run_job,
                                    runs, totals)
@@ -144,3 +151,67 @@ def test_nothing_is_withdrawn_on_a_wrong_version_a_missing_key_or_without_the_ow
 
     assert prices(conn) == as_tuples(ROWS)
     assert runs(conn) == before
+
+
+def test_the_reason_outlives_the_runs_pruned_by_the_retention_advice(dsn, world, s3):
+    conn = world
+    s3.enable_versioning()
+    version = s3.put("p.csv", as_csv(ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    assert withdraw(dsn, "--bucket", s3.name, "--key", "p.csv", "--version", version,
+                    "--reason", "ticket 9").exit_code == 0
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM ingest_runs")  # as the README's monthly prune would, in time
+    assert run_job(dsn, s3.name, "p.csv", version) == 0
+    assert "(ticket 9)" in last_run(conn)["error"]
+
+
+def test_a_withdrawal_that_waits_for_a_load_withdraws_nothing_if_the_load_replaced_the_file(dsn, world, s3):
+    # Whatever the database's default isolation: under repeatable read the snapshot would be
+    # from before the wait, and the withdrawal would fail on the file the load replaced.
+    conn = world
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        cur.execute(f"ALTER DATABASE {cur.fetchone()[0]} SET default_transaction_isolation = 'repeatable read'")
+    s3.put("p.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    first = loaded_version(dsn, s3.name, "p.csv")
+    load = psycopg2.connect(dsn)  # stands in for a load of a newer file, holding the key's lock
+    with load.cursor() as cur:
+        lock_key(cur, s3.name, "p.csv")
+        cur.execute("UPDATE ingest_files SET replaced_at = now() WHERE key = 'p.csv'")
+        cur.execute("""INSERT INTO ingest_files (bucket, key, version, rows, bytes)
+                       VALUES (%s, 'p.csv', 'newer', 0, 0)""", (s3.name,))
+    waited, outcome = threading.Event(), {}
+
+    def run():
+        owner = db.connect(dsn, application_name="test-withdraw")
+        try:
+            withdraw_module.withdraw(owner, s3.name, "p.csv", first, "wrong", waiting=waited.set)
+        except Exception as exc:  # noqa: BLE001 - the test looks at what it was
+            outcome["error"] = exc
+        finally:
+            owner.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert waited.wait(10)
+    load.commit()
+    load.close()
+    thread.join(30)
+    assert isinstance(outcome.get("error"), PermanentError), outcome
+    assert "is version newer, not" in str(outcome["error"]) and "look again" in str(outcome["error"])
+    assert prices(conn) == as_tuples(ROWS)
+
+
+def test_a_withdrawn_mark_alone_keeps_no_prices_in(dsn, world, s3):
+    # The ingest user records files, so it can write the mark; a real withdrawal still deletes.
+    conn = world
+    s3.put("p.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    version = loaded_version(dsn, s3.name, "p.csv")
+    with psycopg2.connect(as_user(dsn, INGEST_USER)) as ingest, ingest.cursor() as cur:
+        cur.execute("UPDATE ingest_files SET withdrawn_at = now() WHERE key = 'p.csv'")
+    done = withdraw(dsn, "--bucket", s3.name, "--key", "p.csv", "--version", version, "--reason", "for real")
+    assert done.exit_code == 0 and "4 price(s) deleted" in done.output, done.output
+    assert prices(conn) == [] and last_run(conn)["status"] == "withdrawn"

@@ -153,7 +153,7 @@ SHIPPED = {
     "0014_prices_source_btree.sql": "e6d02694e19d2df1d477050b451a39efc2f11c0faf4d08c8109ca903e4484b99",
     "0015_totals_vacuum_settings.sql": "b81c04b563cd39ec0914a6505ccaae68145a07d228e41ae88672654f4024d004",
     "0016_ingest_files_content.sql": "590d550227bd7995898aaed515867ab658aabfe6802de21f49847a8b794e3253",
-    "0017_withdrawn_files.sql": "1cd60bcfda56f3ea7651817a6c9e1a3f972dfa1b56a671f4261feda62bbe78d0",
+    "0017_withdrawn_files.sql": "3f5f9ba27a59ef245f500429b68eb6b71c1ec3892d65bd95f7467821b7171b1c",
 }
 
 
