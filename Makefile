@@ -19,7 +19,7 @@ help:
 	@echo "make bench-api  API benchmark against a naive baseline (see bench/README.md)"
 	@echo "make bench-ingest  ingest job against raw COPY and a naive baseline (see bench/README.md)"
 	@echo "make bench-controller  uploads to Jobs, against raw Job creates (see bench/README.md)"
-	@echo "make k8s-tools  pinned etcd, kube-apiserver, kubectl, helm, ... (TOOLS_ARGS=\"--tool skaffold\" or \"--all\" for terraform, tflint, skaffold, promtool)"
+	@echo "make k8s-tools  pinned etcd, kube-apiserver, kubectl, helm, ... (TOOLS_ARGS=\"--tool skaffold\" or \"--all\" for terraform, tflint, skaffold, promtool, helm4)"
 
 $(STAMP): requirements.txt requirements-dev.txt constraints-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	@# pip last: a virtualenv cut off while ensurepip ran has python but no pip, and is made again
@@ -61,7 +61,7 @@ bench-controller: venv
 
 # Pinned etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubeconform (versions.json):
 # found via $KUBEBUILDER_ASSETS/PATH or built once into ~/.cache/rates-platform/k8s. `make test` does it too.
-# terraform, tflint, skaffold and promtool only when asked: TOOLS_ARGS="--tool terraform --tool tflint", or "--all".
+# terraform, tflint, skaffold, promtool and helm4 only when asked: TOOLS_ARGS="--tool terraform --tool tflint", or "--all".
 .PHONY: k8s-tools
 k8s-tools: venv
 	$(BIN)/ratesctl k8s-tools $(TOOLS_ARGS)

@@ -621,7 +621,7 @@ def ensure_tools(*, build: bool = True, tools: tuple[str, ...] = ALL_TOOLS) -> d
 @click.option("--tool", "names", multiple=True, type=click.Choice(KNOWN_TOOLS),
               help="Provide this tool (repeatable) instead of the Kubernetes test set.")
 @click.option("--all", "all_tools", is_flag=True,
-              help="The Kubernetes test set and terraform, tflint, skaffold and promtool.")
+              help="The Kubernetes test set and terraform, tflint, skaffold, promtool and helm4 (Helm 4).")
 def k8s_tools(check: bool, names: tuple[str, ...], all_tools: bool) -> None:
     """Provide the pinned tools and print their paths: by default the Kubernetes test set
     (etcd, kube-apiserver, kube-controller-manager, kubectl, helm, kubeconform)."""
