@@ -54,6 +54,10 @@ class VersionedCache:
     def _drop(self, key: Hashable) -> None:
         self._bytes -= len(self._entries.pop(key)[1])
 
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key`` has an entry, of any version."""
+        return key in self._entries
+
     @property
     def bytes(self) -> int:
         return self._bytes

@@ -22,11 +22,14 @@ SELECT n.name,
 FROM unnest(ARRAY[%(origin)s, %(destination)s]::text[]) AS n(name)
 """
 
-# Every table an answer reads, locked before the snapshot is taken (LOCK takes none): a
-# TRUNCATE or a table-rewriting ALTER (a migration refilling the totals, an owner
-# reseeding ports) is not MVCC-safe, and a snapshot from before its commit would read the
-# table empty if the request touched it only after. ACCESS SHARE waits only for those.
-_LOCK_READ_TABLES = "LOCK TABLE regions, ports, lane_totals, region_totals IN ACCESS SHARE MODE;"
+# The storage files of the tables an answer reads. A TRUNCATE or a table-rewriting ALTER
+# (a migration refilling the totals, an owner reseeding ports) gives a table new ones, and
+# is not MVCC-safe: a snapshot from before its commit reads the new files as empty. Read
+# before the snapshot and after the answer, they tell such an answer (see rates._compute).
+# Locking the tables first instead would queue every request behind any pending ACCESS
+# EXCLUSIVE lock on any of them, even one the request does not read.
+_FILES = ("ARRAY[pg_relation_filenode('regions'), pg_relation_filenode('ports'),"
+          " pg_relation_filenode('lane_totals'), pg_relation_filenode('region_totals')]::text")
 
 # The days are date + integer: generate_series over dates would step in timestamptz, so in
 # a session time zone whose daylight saving starts at midnight the last day would be lost.
@@ -62,6 +65,23 @@ class Place:
         return self.is_port or bool(self.regions)
 
 
+def data_state(cur, files: bool) -> tuple[int, str | None]:
+    """data_version, and with ``files`` the tables' files (see _FILES), in one statement."""
+    cur.execute(f"SELECT version, {_FILES if files else 'NULL'} FROM data_version")
+    return cur.fetchone()
+
+
+def table_files(cur) -> str:
+    cur.execute(f"SELECT {_FILES}")
+    return cur.fetchone()[0]
+
+
+def end_snapshot(cur) -> str:
+    """End the read-only transaction; the tables' files as they are now."""
+    cur.execute(f"ROLLBACK; SELECT {_FILES}")
+    return cur.fetchone()[0]
+
+
 def data_version(cur) -> int:
     cur.execute("SELECT version FROM data_version")
     return cur.fetchone()[0]
@@ -78,7 +98,7 @@ def database_epoch(cur) -> tuple:
 def resolve(cur, origin: str, destination: str, begin_snapshot: bool = False) -> tuple[Place, Place]:
     """Both ends as Places; ``begin_snapshot`` first begins a read-only transaction whose
     statements share one snapshot, in the same round trip."""
-    begin = ("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" + _LOCK_READ_TABLES) if begin_snapshot else ""
+    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;" if begin_snapshot else ""
     cur.execute(begin + _RESOLVE, {"origin": origin, "destination": destination})
     places = {}
     for name, is_port, regions, ports in cur.fetchall():

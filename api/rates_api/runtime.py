@@ -33,12 +33,14 @@ class Runtime:
         # A connection belongs to one database for its whole life, so its epoch is read once.
         self._epochs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def data_version(self, conn, cur) -> tuple:
-        """The cache's version: the database's epoch and its data_version."""
+    def data_state(self, conn, cur, files: bool) -> tuple[tuple, str | None]:
+        """The cache's version (the database's epoch and its data_version), and with
+        ``files`` those of the tables an answer reads (queries.data_state)."""
         epoch = self._epochs.get(conn)
         if epoch is None:
             epoch = self._epochs[conn] = queries.database_epoch(cur)
-        return epoch, queries.data_version(cur)
+        version, found = queries.data_state(cur, files)
+        return (epoch, version), found
 
     @contextmanager
     def connection(self):

@@ -4,7 +4,8 @@ TRUNCATE and a rewriting ALTER TABLE are not MVCC-safe: a transaction whose snap
 predates their commit, and that first touches the table after it, sees the table empty.
 A migration that refills the totals, or an owner reseeding ports, committed while a
 request was between its first statement and its totals read, made that request answer
-nulls (or 404), and the null answer stayed cached when nothing bumped data_version.
+nulls (or 404), and the null answer stayed cached when nothing bumped data_version. Such an
+answer is now read again (the tables' storage files changed under it).
 """
 
 import threading
@@ -12,6 +13,7 @@ import threading
 import psycopg2
 import pytest
 
+from rates_api import queries
 from tests.support.db import lock_waiters
 from tests.support.world import insert_prices
 from tests.support.poll import wait_for
@@ -66,3 +68,39 @@ def test_a_rewrite_of_the_totals_during_a_request_is_not_read_as_empty(dsn, load
 def test_ports_reseeded_during_a_request_are_still_known(dsn, loaded, client):
     status, body = answer_across(dsn, loaded, client, PORTS, RESEED_PORTS)
     assert (status, body) == (200, [{"day": DAY, "average_price": 100}])
+
+
+def test_a_migration_waiting_for_region_totals_does_not_hold_back_port_answers(dsn, loaded, client):
+    # Locking every table an answer might read up front made every request queue behind
+    # any pending ACCESS EXCLUSIVE lock, and could deadlock a migration taking two.
+    reader = psycopg2.connect(dsn)  # a long report, or a load's last phase, on region_totals
+    with reader.cursor() as cur:
+        cur.execute("SELECT count(*) FROM region_totals")
+    migration = psycopg2.connect(dsn)
+    alter = threading.Thread(target=lambda: migration.cursor().execute(
+        "ALTER TABLE region_totals ADD COLUMN note text"))
+    alter.start()
+    try:
+        wait_for(lambda: lock_waiters(loaded) > 0, timeout=10, what="the ALTER to queue for its lock")
+        response = client.get("/rates", query_string=PORTS)
+        assert response.status_code == 200 and response.get_json() == [{"day": DAY, "average_price": 100}]
+    finally:
+        reader.rollback()
+        alter.join(30)
+        migration.rollback()
+        reader.close()
+        migration.close()
+
+
+def test_an_answer_rewritten_under_it_every_time_is_a_503_not_a_guess(loaded, client, monkeypatch):
+    files = iter(range(100))
+    monkeypatch.setattr(queries, "end_snapshot", lambda cur: (cur.execute("ROLLBACK"), str(next(files)))[1])
+    response = client.get("/rates", query_string=ASIA)
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "unavailable"
+    assert next(files) == 3  # read three times, then given up
+
+
+def test_a_stale_cached_answer_is_recomputed_as_safely(dsn, loaded, client):
+    assert client.get("/rates", query_string=ASIA).status_code == 200  # cached
+    insert_prices(loaded, [("CNSHA", "NLRTM", DAY, 100)])  # a write: the entry is stale
+    assert answer_across(dsn, loaded, client, ASIA, REFILL_TOTALS) == (200, [{"day": DAY, "average_price": 229}])
