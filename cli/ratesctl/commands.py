@@ -279,16 +279,18 @@ def withdraw_command(bucket, key, version, reason) -> None:
         click.echo(f"s3://{bucket}/{key} version {found.version} was withdrawn before, at {found.withdrawn_at}")
         return
     click.echo(f"withdrew s3://{bucket}/{key} version {found.version}: {deleted} price(s) deleted; the key's next "
-               "upload loads as usual. Delete the object too (or move it out of the prefix), or a rebuild from S3 "
-               "(`ratesctl reconcile --send`) loads it again; a restore of the database to before now brings its "
-               "prices back: withdraw it again then.")
+               "upload loads as usual. Delete the object too (or move it out of the prefix), or loading everything "
+               "again from S3 (runbook/sql/reload_all.sql, then `ratesctl reconcile --send`) loads it again; a restore "
+               "of the database to before now brings its prices back: withdraw it again then.")
 
 
 def _show_loaded_file(found: withdraw.LoadedFile | None, bucket: str, key: str) -> None:
     if found is None:
         raise PermanentError(f"no file is loaded for s3://{bucket}/{key}")
-    click.echo(f"s3://{bucket}/{key}: version {found.version}, {found.rows} price(s), loaded at {found.loaded_at}"
-               + (f", withdrawn at {found.withdrawn_at}" if found.withdrawn_at else ""))
-    if not found.withdrawn_at:
-        args = ["ratesctl", "withdraw", "--bucket", bucket, "--key", key, "--version", found.version]
-        click.echo(f"to take its prices out: {shlex.join(args)} --reason '...'")
+    if found.withdrawn_at:
+        click.echo(f"s3://{bucket}/{key}: version {found.version}, loaded at {found.loaded_at} with "
+                   f"{found.rows} price(s), withdrawn at {found.withdrawn_at}")
+        return
+    click.echo(f"s3://{bucket}/{key}: version {found.version}, {found.rows} price(s), loaded at {found.loaded_at}")
+    args = ["ratesctl", "withdraw", "--bucket", bucket, "--key", key, "--version", found.version]
+    click.echo(f"to take its prices out: {shlex.join(args)} --reason '...'")

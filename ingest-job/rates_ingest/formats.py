@@ -357,8 +357,9 @@ class Parser:
             return None
         if not isinstance(obj, dict):
             found = _JSON_KINDS.get(type(obj), "a value")
-            hint = ("; a file that is one JSON array is JSON: name it .json"
-                    if isinstance(obj, list) and isinstance(self, NdjsonParser) else "")
+            hint = ("; a file that is one JSON array of objects is JSON: name it .json"
+                    if isinstance(obj, list) and obj and isinstance(obj[0], dict) and isinstance(self, NdjsonParser)
+                    else "")
             self.problems.add(where, f"expected a JSON object, got {found}{hint}", text)
             return None
         if obj.keys() != _FIELD_SET:
@@ -403,6 +404,8 @@ def parser_for(fmt: Format, rules: Rules, source_id: int, max_bytes: int = DEFAU
 
 
 _LINE_TOO_LONG = f"line longer than {MAX_RECORD_BYTES} bytes"
+_CR_ADVICE = ("; it holds a CR (\\r) that ends no CRLF, as the lone CR line ends of old Mac spreadsheets do: "
+              "save it with LF or CRLF line ends")
 
 
 def _complete_lines(data: Iterator[bytes], problems: Problems) -> Iterator[tuple[int, list[bytes]]]:
@@ -455,9 +458,7 @@ def _within_limit(line_no: int, lines: list[bytes], problems: Problems):
 
 def _too_long(line: bytes) -> str:
     # Old Mac spreadsheets end lines in a lone CR: the whole file is then one line.
-    if b"\r" in line[:MAX_RECORD_BYTES]:
-        return f"{_LINE_TOO_LONG}; its lines end in a lone CR (an old Mac format): save it with LF or CRLF line ends"
-    return _LINE_TOO_LONG
+    return _LINE_TOO_LONG + (_CR_ADVICE if b"\r" in line[:MAX_RECORD_BYTES] else "")
 
 
 def _blank_run_end(lines: list[bytes], start: int) -> int:
@@ -492,8 +493,7 @@ class CsvParser(Parser):
         if _header_fields(line.removeprefix(codecs.BOM_UTF8)) == FIELDS:
             return True
         found = line.decode("utf-8", "backslashreplace")
-        cr = "; its lines end in a lone CR (an old Mac format): save it with LF or CRLF line ends" if (
-            b"\r" in line) else ""
+        cr = _CR_ADVICE if b"\r" in line else ""
         self.problems.add(1, f"the first line must be the header {CSV_HEADER.decode()}, got {_shown(found, 60)}{cr}",
                           line)
         return False
@@ -559,24 +559,27 @@ class CsvParser(Parser):
         return f"{_csv_field(orig)},{_csv_field(dest)},{day},{int(price.lstrip('0'))}".encode()
 
 
+# An object whose first value opens an object or an array: {"key": { or {"key": [
+_FIRST_VALUE = re.compile(r'\{\s*"(?:[^"\\]|\\.)*"\s*:\s*([\[{])')
+
+
 def _object_hint(text: str, pos: int) -> str:
-    """What a .json file that opens with an object (not an array) most likely is, as advice."""
+    """What a .json file that opens with an object (not an array) most likely is, as advice.
+
+    Told from the first line and the opening bytes only: the first object may be the whole
+    file, larger than the buffer (or nested too deep to decode)."""
     line_end = text.find("\n", pos)
     try:
-        first_line = json.loads(text[pos:line_end if line_end >= 0 else len(text)])
-    except ValueError:
+        first_line = json.loads(text[pos:line_end]) if 0 <= line_end - pos <= MAX_RECORD_BYTES else None
+    except (ValueError, RecursionError):
         first_line = None
-    if isinstance(first_line, dict) and line_end >= 0 and text[line_end:].strip():
+    if isinstance(first_line, dict) and text[line_end:].strip():
         return "; a file of one object per line is NDJSON: name it .ndjson"
-    try:
-        obj, _end = json.JSONDecoder().raw_decode(text, pos)
-    except ValueError:
-        return ""  # cut off in this buffer, or not JSON: the plain message says enough
-    values = list(obj.values()) if isinstance(obj, dict) else []
-    if values and all(isinstance(v, dict) for v in values):
+    opening = _FIRST_VALUE.match(text, pos, pos + 4096)
+    if opening and opening.group(1) == "{":
         return ("; an object of columns, as pandas' to_json writes by default: write "
                 "to_json(orient='records') for an array of objects")
-    if any(isinstance(v, list) for v in values):
+    if opening:
         return "; the array of prices must be the whole file, not a value inside an object"
     return ("; objects one after another: put them in one array ([{...}, {...}]), or write one per line "
             "(jq -c) and name the file .ndjson")
@@ -599,6 +602,8 @@ def _header_fields(line: bytes) -> tuple[str, ...] | None:
     """The field names of a CSV header line, quoted or not; None if it is no CSV line."""
     if line == CSV_HEADER:
         return FIELDS
+    if b"\r" in line:  # csv.reader would take a CR for a line end, and the rows' CRs stay
+        return None
     try:
         return tuple(next(csv.reader([line.decode("utf-8")], strict=True)))
     except (UnicodeDecodeError, csv.Error, StopIteration):

@@ -320,3 +320,21 @@ def test_a_json_file_of_objects_is_told_what_it_most_likely_is(body, advice):
         parse("json", [body])
     error = caught.value.bad_rows[0]["error"]
     assert error.startswith("malformed JSON array: expected '[', got '{'") and advice in error, error
+
+
+
+@pytest.mark.parametrize("body, advice", [
+    (_pandas_columns(ROWS * 50_000), "to_json(orient='records')"),
+    (json.dumps({"data": json.loads(as_json(ROWS * 50_000))}).encode(), "must be the whole file, not a value inside"),
+], ids=["pandas columns", "wrapped array"])
+def test_the_advice_holds_for_files_larger_than_a_download_chunk(body, advice):
+    assert len(body) > 2 << 20
+    with pytest.raises(formats.InvalidFile) as caught:
+        parse("json", split(body, 1 << 20))
+    assert advice in caught.value.bad_rows[0]["error"]
+
+
+def test_ndjson_rows_as_arrays_of_values_are_not_told_to_be_json():
+    with pytest.raises(formats.InvalidFile) as caught:
+        parse("ndjson", [b'["CNSHA","NLRTM","2016-01-01",100]\n'])
+    assert caught.value.bad_rows[0]["error"] == "expected a JSON object, got an array"
