@@ -31,6 +31,10 @@ CLIENT_CHECK_MS = 1000
 LOCK_RETRY_PAUSE_S = 3.0
 LOCK_WAIT_S = 300
 LOCK_NOT_AVAILABLE = "55P03"
+# A migration that locks two tables can deadlock with a transaction that reads both (an
+# API request, a report); PostgreSQL ends one of the two, and the migration is then tried
+# again as after a lock timeout.
+DEADLOCK_DETECTED = "40P01"
 # Every migrator holds this session-level advisory lock while it runs (two keys, a space
 # apart from the ingest job's locks). The server lets go of it when the session ends, also
 # when the process is killed (a hook pod's deadline, an eviction, an OOM kill), unlike
@@ -129,7 +133,7 @@ def _apply_until(dsn: str, deadline: float, lock_wait_s: float) -> list[str]:
             _apply_pending(dsn, applied, deadline)
             break
         except TemporaryError as exc:
-            if getattr(exc, "pgcode", None) != LOCK_NOT_AVAILABLE:
+            if getattr(exc, "pgcode", None) not in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED):
                 raise
             _pause_or_give_up(deadline, f"a migration could not get the locks it needs in {lock_wait_s:g} s: other "
                               f"transactions hold them (an ingest in progress?): {exc}", log.warning,

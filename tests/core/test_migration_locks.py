@@ -217,3 +217,38 @@ def test_a_migrations_session_asks_the_server_for_the_keepalives_as_every_other_
         backend.connection.close()
     assert rows == [("tcp_keepalives_count", "client"), ("tcp_keepalives_idle", "client"),
                     ("tcp_keepalives_interval", "client")]
+
+
+def test_a_migration_that_deadlocks_with_a_reader_is_tried_again(dsn, tmp_path, monkeypatch):
+    folder = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, folder)
+    (folder / "9999_two_tables.sql").write_text("ALTER TABLE region_totals ADD COLUMN note text;\n"
+                                                "ALTER TABLE lane_totals ADD COLUMN note text;\n")
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", folder)
+    monkeypatch.setattr(migrate, "LOCK_RETRY_PAUSE_S", 0.2)
+    reader = psycopg2.connect(dsn)  # a transaction that reads lane_totals, then region_totals
+    with reader.cursor() as cur:
+        cur.execute("SELECT count(*) FROM lane_totals")
+    watcher = psycopg2.connect(dsn)
+    watcher.autocommit = True
+
+    def read_region_totals_once_the_migration_waits():
+        # The migration holds region_totals and waits for lane_totals: the cycle closes here,
+        # and the migration, waiting longest, finds it (deadlock_timeout) and is ended.
+        time.sleep(0.1)
+        while not lock_waiters(watcher, query_prefix="ALTER TABLE lane_totals"):
+            time.sleep(0.02)
+        try:
+            with reader.cursor() as cur:
+                cur.execute("SELECT count(*) FROM region_totals")
+        finally:
+            reader.rollback()
+
+    second = threading.Thread(target=read_region_totals_once_the_migration_waits)
+    second.start()
+    try:
+        assert "9999_two_tables" in migrate.apply(dsn, lock_wait_s=30)
+    finally:
+        second.join(30)
+        reader.close()
+        watcher.close()
