@@ -211,7 +211,8 @@ def test_a_failed_bind_leaves_no_metrics_directory(dsn, tmp_path):
     # It failed for the port, and said so in JSON.
     last = json.loads(result.stdout.splitlines()[-1])
     assert last["logger"] == "gunicorn.error" and last["event"] == f"Can't connect to ('127.0.0.1', {port})"
-    assert set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) == before
+    # None left behind (another process on the machine may remove its own meanwhile).
+    assert set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) - before == set()
 
 
 def test_the_own_metrics_directory_is_removed_on_exit_even_after_a_reload(dsn, tmp_path):
@@ -243,7 +244,8 @@ def test_the_own_metrics_directory_is_removed_on_exit_even_after_a_reload(dsn, t
     finally:
         stop_process(process)
     assert not os.path.exists(own)
-    assert set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) == before
+    # None left behind (another process on the machine may remove its own meanwhile).
+    assert set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) - before == set()
 
 
 def _ignored_signals(pid: int) -> int:
