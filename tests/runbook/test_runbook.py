@@ -109,3 +109,16 @@ def test_the_runbooks_job_listing_shows_each_jobs_key_and_state(kube, kubectl, n
     assert header.split() == ["JOB", "KEY", "ATTEMPT", "DONE", "FAILED", "HANDLED"]
     assert row.startswith("rates-ingest-0123abcd   prices/2016/jan copy.csv   2 "), out
     assert row.split()[-1] == "succeeded"
+
+
+def test_every_alert_and_every_terraform_output_the_runbook_names_exists_and_every_alert_is_named():
+    text = (RUNBOOK / "README.md").read_text()
+    charts = RUNBOOK.parent / "charts"
+    alerts = {name for rules in charts.glob("*/templates/prometheusrule.yaml")
+              for name in re.findall(r"- alert: (\w+)", rules.read_text())}
+    assert len(alerts) == 10
+    assert [a for a in sorted(alerts) if a not in text] == []
+    outputs = set(re.findall(r'^output "(\w+)"', (RUNBOOK.parent / "terraform-eks/environment/outputs.tf").read_text(),
+                             re.M))
+    named = set(re.findall(r"terraform output (?:-raw |-json )?(\w+)", text))
+    assert named and named <= outputs, named - outputs
