@@ -74,7 +74,9 @@ def test_key_runs_and_rejected_for_find_a_files_runs_and_what_an_unknown_port_he
     s3.put("prices/a.csv", as_csv([("CNSHA", "ZZZZZ", DAY, 5)]))
     s3.put("prices/b.csv", as_csv([("CNSHA", "YYYYY", DAY, 5)]))
     s3.put("prices/c.csv", as_csv([("CNSHA", "ZZZZZ", DAY, 5)]))
-    for key in ("prices/a.csv", "prices/b.csv", "prices/c.csv"):
+    # Its error names only its first bad row, YYYYY; ZZZZZ is in its second.
+    s3.put("prices/d.csv", as_csv([("CNSHA", "YYYYY", DAY, 5), ("ZZZZZ", "NLRTM", DAY, 5)]))
+    for key in ("prices/a.csv", "prices/b.csv", "prices/c.csv", "prices/d.csv"):
         assert run_job(dsn, s3.name, key) == 2
     with world.cursor() as cur:
         cur.execute("INSERT INTO ports (code, name, parent_slug) VALUES ('ZZZZZ', 'New', 'north_europe')")
@@ -85,7 +87,21 @@ def test_key_runs_and_rejected_for_find_a_files_runs_and_what_an_unknown_port_he
     assert [r["status"] for r in runs] == ["loaded", "rejected"]
     assert "unknown port code 'ZZZZZ'" in runs[1]["error"] and "ZZZZZ" in runs[1]["bad_rows"]
     held = psql(dsn, "rejected_for.sql", bucket=s3.name, code="ZZZZZ")
-    assert [r["key"] for r in held] == ["prices/a.csv"]
+    assert [r["key"] for r in held] == ["prices/a.csv", "prices/d.csv"]
+
+
+def test_withdrawn_lists_the_withdrawn_files_still_current(dsn, world, s3):
+    s3.enable_versioning()
+    for key in ("prices/a.csv", "prices/b.csv", "prices/c.csv"):
+        s3.put(key, as_csv([("CNSHA", "NLRTM", DAY, 5)]))
+        assert run_job(dsn, s3.name, key) == 0
+    with world.cursor() as cur:
+        cur.execute("""UPDATE ingest_files SET withdrawn_at = now(), withdrawn_reason = 'wrong month'
+                       WHERE key IN ('prices/a.csv', 'prices/b.csv')""")
+    s3.put("prices/b.csv", as_csv([("CNSHA", "NLRTM", DAY, 6)]))  # its next upload replaced it
+    assert run_job(dsn, s3.name, "prices/b.csv") == 0
+    found = psql(dsn, "withdrawn.sql", bucket=s3.name)
+    assert [(r["key"], r["withdrawn_reason"]) for r in found] == [("prices/a.csv", "wrong month")]
 
 
 def _custom_columns() -> str:
