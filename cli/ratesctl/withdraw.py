@@ -64,11 +64,20 @@ def withdraw(conn, bucket: str, key: str, version: str, reason: str,
             # The prices triggers took the file's rows out of the totals and bumped data_version.
             cur.execute("""UPDATE ingest_files SET withdrawn_at = coalesce(withdrawn_at, now()), withdrawn_reason = %s
                            WHERE id = %s""", (reason, found.id))
-            cur.execute("""INSERT INTO ingest_runs (bucket, key, status, file_id, rows, finished_at, error)
-                           VALUES (%s, %s, 'withdrawn', %s, %s, now(), %s)""",
-                        (bucket, key, found.id, deleted, reason))
+            cur.execute("""INSERT INTO ingest_runs (bucket, key, version_id, etag, status, file_id, rows,
+                                                   finished_at, error)
+                           VALUES (%s, %s, %s, %s, 'withdrawn', %s, %s, now(), %s)""",
+                        (bucket, key, *_run_ids(found.version), found.id, deleted, reason))
         conn.commit()
     return found, deleted
+
+
+def _run_ids(version: str) -> tuple[str | None, str | None]:
+    """(version_id, etag) for the run's record, as a load's run names its object: a file's
+    version is its version id, or, without versioning, its quoted ETag, "@" and upload time."""
+    if version.startswith('"') and "@" in version:
+        return None, version.rpartition("@")[0]
+    return version, None
 
 
 def _check(found: LoadedFile | None, bucket: str, key: str, version: str) -> None:

@@ -61,8 +61,8 @@ def test_withdrawing_takes_a_files_prices_out_and_its_events_no_longer_load_it(d
     assert totals(conn) == expected_totals(LANE_ROWS)  # the triggers took its rows out of the totals
     assert average(rates) == 1200  # and the API's answers, cached ones included, follow
     record = last_run(conn)
-    assert (record["status"], record["rows"], record["error"]) == (
-        "withdrawn", 3, "December's prices under January's name")
+    assert (record["status"], record["rows"], record["error"], record["version_id"], record["etag"]) == (
+        "withdrawn", 3, "December's prices under January's name", wrong, None)
 
     # The event delivered again (or reconcile after a restore that kept the withdrawal): skipped.
     assert run_job(dsn, s3.name, "in/wrong month.csv", wrong) == 0
@@ -104,6 +104,8 @@ def test_a_withdrawn_file_is_not_named_as_the_one_a_copy_duplicates(dsn, world, 
     version = loaded_version(dsn, s3.name, "a.csv")
     assert withdraw(dsn, "--bucket", s3.name, "--key", "a.csv", "--version", version,
                     "--reason", "moved to b.csv").exit_code == 0
+    record = last_run(conn)  # without versioning, the run names the file by its ETag, as a load's does
+    assert record["version_id"] is None and record["etag"] == runs(conn)[0]["etag"]
     s3.put("b.csv", as_csv(ROWS))  # its prices count once: a.csv's are out
     assert run_job(dsn, s3.name, "b.csv") == 0
     assert last_run(conn)["error"] is None
