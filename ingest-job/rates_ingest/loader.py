@@ -172,18 +172,29 @@ def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
                 f"second ({info.last_modified:%Y-%m-%d %H:%M:%S} UTC), as a file of this key that a later one "
                 "replaced; in a bucket without versioning the two cannot be told apart, so the key keeps the "
                 "later file's prices: upload the file again")
-        return Outcome("already_loaded" if current else "superseded", rows=rows, bytes=size,
-                       file_id=file_id, info=info)
-    cur.execute("""SELECT id, version, last_modified, withdrawn_at, withdrawn_reason FROM ingest_files
-                   WHERE bucket = %s AND key = %s AND replaced_at IS NULL""", (ref.bucket, ref.key))
-    current = cur.fetchone()
+        if current:
+            return Outcome("already_loaded", rows=rows, bytes=size, file_id=file_id, info=info)
+        return Outcome("superseded", rows=rows, bytes=size, file_id=file_id, info=info,
+                       error=_why_superseded(_current_file(cur, ref)))
+    current = _current_file(cur, ref)
     if current and _newer_than_ours(current[1], current[2], download):
         # An event for an older version arrived after a newer version was loaded.
-        error = "a newer version of this key is already loaded"
-        if current[3]:
-            error = _withdrawn("a newer version of this key was loaded, and its prices withdrawn", *current[3:])
-        return Outcome("superseded", file_id=current[0], info=info, error=error)
+        return Outcome("superseded", file_id=current[0], info=info, error=_why_superseded(current))
     return None
+
+
+def _current_file(cur, ref: ObjectRef) -> tuple | None:
+    cur.execute("""SELECT id, version, last_modified, withdrawn_at, withdrawn_reason FROM ingest_files
+                   WHERE bucket = %s AND key = %s AND replaced_at IS NULL""", (ref.bucket, ref.key))
+    return cur.fetchone()
+
+
+def _why_superseded(current: tuple | None) -> str:
+    # The operator reading this run wants the withdrawal's reason above all, or an older
+    # file's event would look like a plain skip beside an empty key.
+    if current and current[3]:
+        return _withdrawn("a newer version of this key was loaded, and its prices withdrawn", *current[3:])
+    return "a newer version of this key is already loaded"
 
 
 def _withdrawn(what: str, withdrawn_at, reason: str | None) -> str:

@@ -97,6 +97,23 @@ def test_an_older_version_arriving_after_a_withdrawal_stays_out(dsn, world, s3):
     assert prices(conn) == []
 
 
+def test_a_version_loaded_and_replaced_before_the_withdrawal_quotes_its_reason(dsn, world, s3):
+    conn = world
+    s3.enable_versioning()
+    older = s3.put("p.csv", as_csv(ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv", older) == 0
+    newer = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv", newer) == 0
+    assert withdraw(dsn, "--bucket", s3.name, "--key", "p.csv", "--version", newer,
+                    "--reason", "sent twice").exit_code == 0
+
+    assert run_job(dsn, s3.name, "p.csv", older) == 0  # its event delivered again
+    again = last_run(conn)
+    assert again["status"] == "superseded"
+    assert "its prices withdrawn" in again["error"] and "sent twice" in again["error"]
+    assert prices(conn) == []
+
+
 def test_a_withdrawn_file_is_not_named_as_the_one_a_copy_duplicates(dsn, world, s3):
     conn = world
     s3.put("a.csv", as_csv(ROWS))
