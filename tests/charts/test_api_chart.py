@@ -193,6 +193,12 @@ def test_caches_within_half_the_memory_limit_render(helm, limit, cache_mib):
          "--set-json", f"config.responseCacheMiB={cache_mib}")
 
 
+def test_a_cache_turned_off_holds_no_memory(helm):
+    # 2 workers x 200 MiB would be refused against half of 384 MiB, were the cache on.
+    helm("template", RELEASE, str(CHART), "--set-json", "config.responseCacheMiB=200",
+         "--set-json", "config.responseCacheSize=0")
+
+
 def test_a_byte_count_unquoted_in_a_values_file_is_read_as_bytes(helm, tmp_path):
     # YAML makes it a float, which Go prints as 1.073741824e+09.
     values = tmp_path / "memory.yaml"

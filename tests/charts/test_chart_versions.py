@@ -21,6 +21,7 @@ PINS = {
         "0.11.0": "efffd148018a1d4c9bc2ba40567254fa5ff2de116a69c785c1d706e2ebce17bb",
         "0.12.0": "dcc99a6fd0f72432cce4031bd6a74386d6fefe369a84e849b2e88ae3e5f26ba3",
         "0.13.0": "47c1eea75674655fbe61910071be16bdb5edbc3aefca5cc9a152f50332e3ead0",
+        "0.13.1": "b93e6cb1d1f8d0149ae5d780306aa51a9a3067f35ddec01fcea40c6e5bdab706",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",
