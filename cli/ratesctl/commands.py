@@ -271,8 +271,8 @@ def withdraw_command(bucket, key, version, reason) -> None:
             _show_loaded_file(withdraw.loaded_file(conn, bucket, key), bucket, key)
             return
         found, deleted = withdraw.withdraw(conn, bucket, key, version, reason.strip(), waiting=lambda: click.echo(
-            f"a load of s3://{bucket}/{key} is in progress: waiting for it to commit (a Ctrl-C takes effect only "
-            "then, and withdraws nothing)", err=True))
+            f"a load of s3://{bucket}/{key} is in progress: waiting for it to commit (Ctrl-C stops here and "
+            "withdraws nothing)", err=True))
     finally:
         conn.close()
     if deleted is None:

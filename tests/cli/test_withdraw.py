@@ -1,5 +1,9 @@
 """ratesctl withdraw: a loaded file's prices taken out, and what its key's events do after."""
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 import psycopg2
@@ -234,3 +238,26 @@ def test_a_withdrawn_mark_alone_keeps_no_prices_in(dsn, world, s3):
     done = withdraw(dsn, "--bucket", s3.name, "--key", "p.csv", "--version", version, "--reason", "for real")
     assert done.exit_code == 0 and "4 price(s) deleted" in done.output, done.output
     assert prices(conn) == [] and last_run(conn)["status"] == "withdrawn"
+
+
+def test_a_ctrl_c_while_waiting_for_a_load_stops_the_withdrawal_at_once(dsn, world, s3):
+    conn = world
+    s3.put("p.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    version = loaded_version(dsn, s3.name, "p.csv")
+    load = psycopg2.connect(dsn)  # stands in for a load of the key, holding its lock throughout
+    try:
+        with load.cursor() as cur:
+            lock_key(cur, s3.name, "p.csv")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ratesctl.cli", "withdraw", "--bucket", s3.name, "--key", "p.csv",
+             "--version", version, "--reason", "r"],
+            env={**os.environ, "DATABASE_URL": dsn}, stderr=subprocess.PIPE, text=True)
+        assert "waiting for it to commit" in proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        # The lock is still held: an exit now is the Ctrl-C's, not the load's commit.
+        assert proc.wait(timeout=60) != 0
+    finally:
+        load.close()
+    assert prices(conn) == as_tuples(ROWS)
+    assert last_run(conn)["status"] == "loaded"
