@@ -9,10 +9,11 @@ import contextlib
 import re
 from dataclasses import dataclass
 
-import boto3
+import boto3.session
 import botocore.config
 import botocore.exceptions
 
+from rates_core import aws
 from rates_core.env import ConfigError
 from rates_core.errors import TemporaryError
 
@@ -37,7 +38,7 @@ def sqs_client(poll_wait_seconds: int):
     cfg = botocore.config.Config(connect_timeout=5, read_timeout=poll_wait_seconds + 10,
                                  retries={"mode": "standard", "max_attempts": 3})
     try:
-        return boto3.client("sqs", config=cfg)
+        return boto3.session.Session(botocore_session=aws.session()).client("sqs", config=cfg)
     except botocore.exceptions.NoRegionError:
         raise ConfigError("no AWS region: set AWS_DEFAULT_REGION (boto3 does not read AWS_REGION)") from None
 
@@ -49,7 +50,8 @@ def classified(what: str):
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         raise TemporaryError(f"SQS {what}: {code}: {exc}") from exc
-    except botocore.exceptions.BotoCoreError as exc:
+    except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        # OSError: IRSA's token file, read again at each credential refresh, missing.
         raise TemporaryError(f"SQS {what}: {type(exc).__name__}: {exc}") from exc
 
 

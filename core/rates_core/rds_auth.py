@@ -78,13 +78,6 @@ def password_source(dsn: str, iam_auth: bool) -> Callable[[], str] | None:
     return token_source(dsn) if iam_auth else None
 
 
-# IRSA's credentials come from STS on first use and at each hourly refresh, and a token is
-# asked for under the connection pool's lock: a silent STS must fail in seconds, not after
-# botocore's default 60 s timeouts, tried 3 times: here two tries of at most 5 s each.
-_STS_CLIENT_CONFIG = {"connect_timeout": 2, "read_timeout": 3,
-                      "retries": {"total_max_attempts": 2, "mode": "standard"}}
-
-
 def token_source(dsn: str) -> Callable[[], str]:
     """A callable returning a new token for the DSN's host, port and user.
 
@@ -98,14 +91,9 @@ def token_source(dsn: str) -> Callable[[], str]:
     def client():
         with lock:
             if not clients:
-                import botocore.config  # only where IAM authentication is used
-                import botocore.session
+                from . import aws  # botocore, only where IAM authentication is used
 
-                session = botocore.session.Session()
-                # Applies to every client the session makes, the STS client of its
-                # credential provider included.
-                session.set_default_client_config(botocore.config.Config(**_STS_CLIENT_CONFIG))
-                clients.append(session.create_client("rds", region_name=_region(os.environ)))
+                clients.append(aws.session().create_client("rds", region_name=_region(os.environ)))
             return clients[0]
 
     def token() -> str:

@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-import boto3
+import boto3.session
 import botocore.exceptions
 from botocore.config import Config
 
+from rates_core import aws
 from rates_core.errors import TemporaryError
 
 from .formats import FileRejected
@@ -66,7 +67,8 @@ def client(retry_mode: str = "standard", max_attempts: int = 5):
     # total_max_attempts counts the first try, as AWS_MAX_ATTEMPTS does; botocore's
     # "max_attempts" here would count retries only (one more request than asked for).
     retries = {"mode": retry_mode, "total_max_attempts": max_attempts}
-    return boto3.client("s3", config=Config(connect_timeout=10, read_timeout=60, retries=retries))
+    config = Config(connect_timeout=10, read_timeout=60, retries=retries)
+    return boto3.session.Session(botocore_session=aws.session()).client("s3", config=config)
 
 
 @contextmanager

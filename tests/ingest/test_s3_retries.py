@@ -7,6 +7,9 @@ import pytest
 
 from rates_core.errors import TemporaryError
 from rates_ingest import s3source
+from rates_ingest.s3source import ObjectRef
+from tests.support.aws import without_credentials
+from tests.support.net import SilentServer
 
 
 class _Unavailable(http.server.BaseHTTPRequestHandler):
@@ -45,3 +48,19 @@ def test_max_attempts_counts_the_first_request(unavailable_s3, kwargs, sent):
     with pytest.raises(TemporaryError, match="503"):
         s3source.head(s3source.client(**kwargs), s3source.ObjectRef("bucket", "key.csv"))
     assert unavailable_s3.requests == sent
+
+
+@pytest.mark.timeout(60)  # botocore's defaults would hang for 3 minutes before the first S3 request
+def test_a_silent_sts_gives_up_in_seconds(aws_env, tmp_path):
+    (tmp_path / "token").write_text("eyJ.a.b")
+    without_credentials(aws_env)
+    aws_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/rates-prod-ingest")
+    aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))
+    sts = SilentServer()
+    try:
+        aws_env.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{sts.port}")
+        with pytest.raises(TemporaryError, match="S3 unavailable"):
+            s3source.head(s3source.client(), ObjectRef("uploads", "p.csv"))
+        assert len(sts.accepted) == 2  # it did ask STS, and tried once more only
+    finally:
+        sts.close()
