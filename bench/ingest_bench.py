@@ -26,6 +26,11 @@ alternate N times and each figure is the median:
                itself costs per row.
   withdraw     `ratesctl withdraw` of the file that `ours` loaded: its prices deleted
                (the triggers take them out of the totals), in one transaction.
+  port add, port move  before that, in the same database: adding a port (two probes of
+               lane_totals) and moving a port with prices to another region (a rebuild
+               of the region totals), each rolled back.
+  prices COPY without 0018's index  prices COPY into a database without migration
+               0018's index on lane_totals(dest_code): what that index costs a load.
   naive        executemany() of single-row INSERTs into prices in one transaction, on
                the first --naive-rows rows (rolled back); its rate is extrapolated.
 """
@@ -165,16 +170,20 @@ class Databases:
         migrate.apply(template)
         create_world(template, ports)
 
-    def fresh(self, totals: bool = True) -> tuple[str, str]:
+    def fresh(self, totals: bool = True, dest_index: bool = True) -> tuple[str, str]:
         """A new database with the schema and ports, after a checkpoint: (name, DSN).
-        Without ``totals``, loads into prices leave the derived totals alone."""
+        Without ``totals``, loads into prices leave the derived totals alone; without
+        ``dest_index``, lane_totals lacks migration 0018's index."""
         self.count += 1
         name = f"bench_{self.count}"
         localdb.create_database(self.admin_dsn, name, template=self.TEMPLATE)
-        if not totals:
+        if not totals or not dest_index:
             conn = psycopg2.connect(self.server.get_uri(name))
             with conn, conn.cursor() as cur:
-                cur.execute("ALTER TABLE prices DISABLE TRIGGER prices_totals_insert")
+                if not totals:
+                    cur.execute("ALTER TABLE prices DISABLE TRIGGER prices_totals_insert")
+                if not dest_index:
+                    cur.execute("DROP INDEX lane_totals_dest_code_idx")
             conn.close()
         # Otherwise the previous measurement's dirty pages would be written during this one.
         conn = psycopg2.connect(self.admin_dsn)
@@ -198,6 +207,24 @@ def run_withdraw(dsn: str, key: str) -> float:
         return time.perf_counter() - started
     finally:
         conn.close()
+
+
+def run_port_edits(dsn: str) -> tuple[float, float]:
+    """Seconds to add a port, and to move a port with prices to another region, each
+    rolled back."""
+    conn = psycopg2.connect(dsn)
+    timings = []
+    try:
+        for statement in ("INSERT INTO ports VALUES ('PNEW', 'New port', 'r0')",
+                          "UPDATE ports SET parent_slug = 'r1' WHERE code = 'P0000'"):
+            with conn.cursor() as cur:
+                started = time.perf_counter()
+                cur.execute(statement)
+                timings.append(time.perf_counter() - started)
+            conn.rollback()
+    finally:
+        conn.close()
+    return timings[0], timings[1]
 
 
 def check_loaded(dsn: str, rows: int, totals: bool = True) -> int:
@@ -229,7 +256,8 @@ def upload(endpoint: str, path: Path, key: str, compress: bool) -> int:
 
 def report(args, size, uploaded, rounds: list[dict]) -> None:
     median = {name: statistics.median(r[name] for r in rounds)
-              for name in ("ours", "inside", "bare", "bare_inside", "raw", "floor", "withdraw")}
+              for name in ("ours", "inside", "bare", "bare_inside", "raw", "floor", "floor_noidx", "withdraw",
+                           "port_add", "port_move")}
     ours, inside, raw, floor = median["ours"], median["inside"], median["raw"], median["floor"]
     rss, naive = max(r["rss"] for r in rounds), rounds[0]["naive"]
     last_line, lane_days = rounds[-1]["last_line"], rounds[0]["lane_days"]
@@ -250,6 +278,10 @@ def report(args, size, uploaded, rounds: list[dict]) -> None:
           f"(in-job {median['bare_inside']:.2f} s; the prices trigger disabled)")
     print(f"{'raw COPY':14}{raw:10.2f}{args.rows / raw:14,.0f}")
     print(f"{'prices COPY':14}{floor:10.2f}{args.rows / floor:14,.0f}   (triggers + index, no validation)")
+    print(f"{'prices COPY-':14}{median['floor_noidx']:10.2f}{args.rows / median['floor_noidx']:14,.0f}   "
+          "(the same without 0018's index on lane_totals(dest_code))")
+    print(f"{'port add':14}{median['port_add']:10.4f}{'':14}   (a port with no prices: two index probes)")
+    print(f"{'port move':14}{median['port_move']:10.2f}{'':14}   (a port with prices to another region: a rebuild)")
     print(f"{'withdraw':14}{median['withdraw']:10.2f}{args.rows / median['withdraw']:14,.0f}   "
           "(the file ours loaded: its prices and totals out)")
     print(f"{'naive':14}{args.rows / naive:10.2f}{naive:14,.0f}   (extrapolated from {args.naive_rows:,} rows)")
@@ -260,6 +292,8 @@ def report(args, size, uploaded, rounds: list[dict]) -> None:
           f"{raw / median['bare_inside']:.2f}x)")
     print(f"ours / naive        {rate / naive:6.1f}x   (target >= 20)")
     print(f"withdraw / ours     {median['withdraw'] / ours:6.2f}x   (time to take the file out, against its load)")
+    print(f"prices COPY, with / without 0018's index  {floor / median['floor_noidx']:6.2f}x")
+    print(f"port move / ours    {median['port_move'] / ours:6.2f}x   (the rebuild, against the load)")
     print(f"job's last log line: {json.dumps(last_line)}")
 
 
@@ -267,13 +301,16 @@ def measure_round(dbs: Databases, args, path: Path, endpoint: str, key: str, *, 
     """One of each measurement, each in its own fresh database."""
     figures = {}
     for name, step in (("raw", "raw COPY"), ("floor", "COPY into prices (rolled back)"), ("ours", "ours"),
+                       ("floor_noidx", "COPY into prices without 0018's index (rolled back)"),
                        ("bare", "ours, no totals")):
         print(f"{step} ...", flush=True)
-        db, dsn = dbs.fresh(totals=name != "bare")
+        db, dsn = dbs.fresh(totals=name != "bare", dest_index=name != "floor_noidx")
         if name == "ours":
             elapsed, figures["rss"], last_line = run_ours(dsn, endpoint, "bench", key)
             figures.update(ours=elapsed, inside=last_line["duration_s"], last_line=last_line,
                            lane_days=check_loaded(dsn, args.rows))
+            print("port edits ...", flush=True)
+            figures["port_add"], figures["port_move"] = run_port_edits(dsn)
             print("withdraw ...", flush=True)
             figures["withdraw"] = run_withdraw(dsn, key)
             check_loaded(dsn, 0)

@@ -200,3 +200,34 @@ def test_a_region_query_can_be_answered_from_the_index_alone(world):
                          destinations=["europe", "north_europe"]))
         plan = "\n".join(line for (line,) in cur.fetchall())
     assert "Index Only Scan using region_totals_pkey" in plan and "Heap Fetches: 0" in plan, plan
+
+
+def test_adding_a_port_probes_lane_totals_by_index_not_by_scanning_it(world):
+    """A port without prices (the runbook's usual edit) is checked for lanes with two index
+    probes: at years of history a scan took seconds under the totals' lock (0018)."""
+    with world.cursor() as cur:
+        # Lanes of codes that ports does not know: enough rows that a scan would cost.
+        cur.execute("""INSERT INTO lane_totals (orig_code, dest_code, day, price_sum, price_count)
+                       SELECT 'X' || (i % 400), 'Y' || (i / 400), DATE '2024-01-01', 100, 1
+                       FROM generate_series(1, 200000) i""")
+        cur.execute("ANALYZE lane_totals")
+        cur.execute("SELECT count(*) FROM region_totals")
+        regions_before = cur.fetchone()
+        scans = "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'lane_totals'"
+        cur.execute("BEGIN")  # the counts are the transaction's
+        cur.execute(scans)
+        before = cur.fetchone()
+        cur.execute("INSERT INTO ports VALUES ('ZZNEW', 'New', %s)", (SLUGS[-1],))
+        cur.execute(scans)
+        after = cur.fetchone()
+        cur.execute("COMMIT")
+        assert (after[0] - before[0], after[1] - before[1]) == (0, 2)  # no scan; one probe each way
+        cur.execute("SELECT count(*) FROM region_totals")
+        assert cur.fetchone() == regions_before
+        # A port that is only ever a lane's destination: found by the second probe.
+        cur.execute("INSERT INTO ports VALUES ('X3', 'Three', %s)", (SLUGS[0],))
+        cur.execute("INSERT INTO ports VALUES ('Y7', 'Seven', %s)", (SLUGS[-1],))
+        cur.execute("SELECT price_sum, price_count FROM region_totals WHERE (orig_region, dest_region) = (%s, %s)",
+                    (SLUGS[0], SLUGS[-1]))
+        assert cur.fetchall() == [(100, 1)]  # the lane X3 -> Y7
+        assert recomputed_equal_stored(cur) is False  # lane_totals was written directly, without prices
