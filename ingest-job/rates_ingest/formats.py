@@ -181,6 +181,11 @@ def _inflate(chunks: Iterable[bytes]) -> Iterator[bytes]:
                     # ignores them, and no member starts with one.
                     padded = data.startswith(b"\0")
                     if not padded:
+                        # Anything else must be another member; a stray byte or two (a newline
+                        # an uploader added) would otherwise read as a member cut short.
+                        if not _GZIP_MAGIC.startswith(data[:2]):
+                            raise InvalidFile(f"the gzip stream has data after its end that starts no gzip "
+                                              f"member (it starts {_shown(data[:8].decode('utf-8', 'backslashreplace'))})")
                         inflater = zlib.decompressobj(wbits=31)
                     continue
                 data = inflater.unconsumed_tail
@@ -191,6 +196,9 @@ def _inflate(chunks: Iterable[bytes]) -> Iterator[bytes]:
             raise InvalidFile("the gzip stream is truncated (it ends before its end marker)")
     except zlib.error as exc:
         raise InvalidFile(f"the content is not valid gzip: {exc}") from None
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _zero_padding(data: bytes) -> None:
@@ -340,11 +348,15 @@ class Parser:
             if not chunk:
                 continue
             # (UTF-32 LE starts with UTF-16 LE's mark.)
-            if chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)):
+            marked = chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE))
+            # Without a mark (.NET's Encoding.Unicode without its preamble, bcp -w): the NULs
+            # of ASCII characters. No header or JSON opening has a NUL among its first bytes.
+            unmarked = len(chunk) >= 4 and (chunk[1] == chunk[3] == 0 or chunk[0] == chunk[2] == 0)
+            if marked or unmarked:
                 # Spreadsheets save "Unicode text" this way; every other error would be a symptom.
+                how = "it starts with a byte order mark" if marked else "NUL bytes between its first characters"
                 self.problems.add(0 if self.fmt.position == "element" else 1,
-                                  "the file is UTF-16 or UTF-32 (it starts with a byte order mark); "
-                                  "save it as UTF-8", None)
+                                  f"the file is UTF-16 or UTF-32 ({how}); save it as UTF-8", None)
                 self.problems.raise_if_any(stopped_early=False)  # now: a parser would add symptoms
             yield chunk
             break
@@ -542,6 +554,11 @@ class CsvParser(Parser):
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             self.problems.add(line_no, f"not valid UTF-8 (byte {line[exc.start]:#04x} at column {exc.start + 1})", line)
+            return None
+        if "\r" in text:
+            # csv.reader would take a final CR for the line's end and drop it, where a line
+            # without quotes keeps it in its last field: the same row, two verdicts.
+            self.problems.add(line_no, "a CR (\\r) that ends no CRLF" + _CR_ADVICE.split("ends no CRLF", 1)[1], line)
             return None
         try:
             fields = next(csv.reader([text], strict=True)) if '"' in text else text.split(",")
