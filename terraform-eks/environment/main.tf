@@ -62,6 +62,7 @@ module "database" {
   engine_version            = var.database.engine_version
   log_retention_days        = var.log_retention_days
   deletion_protection       = !var.throwaway
+  alarm_actions             = var.alarm_actions
 }
 
 module "policies" {

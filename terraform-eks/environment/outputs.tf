@@ -66,8 +66,8 @@ output "queue_urls" {
 }
 
 output "alarm_arns" {
-  description = "CloudWatch alarms of the queues, by name: dead-letters (a file set aside) and uploads-waiting (no Job for an upload in an hour)."
-  value       = module.uploads.alarm_arns
+  description = "CloudWatch alarms, by name: the queues' dead-letters (a file set aside) and uploads-waiting (no Job for an upload in an hour), and the database's free-storage (running out with autoscaling adding none)."
+  value       = merge(module.uploads.alarm_arns, module.database.alarm_arns)
 }
 
 output "database_address" {

@@ -36,7 +36,7 @@ variable "max_receive_count" {
 }
 
 variable "alarm_actions" {
-  description = "ARNs (e.g. an SNS topic's) notified when a queue alarm changes state: a file set aside in the dead-letter queue, or uploads waiting over an hour. None: the alarms show in CloudWatch only."
+  description = "ARNs (e.g. an SNS topic's) notified when an alarm changes state: a file set aside in the dead-letter queue, uploads waiting over an hour, or the database running out of storage. None: the alarms show in CloudWatch only."
   type        = list(string)
   default     = []
 }

@@ -517,3 +517,18 @@ def test_the_waiting_alarm_waits_longer_than_the_controller_backs_off_a_message_
         receives = merged_values(env)["controller"]["maxReceives"]
         backed_off = sum(message_backoff(n) for n in range(1, receives))
         assert variables["upload_wait_alarm_seconds"]["default"] > backed_off, (env, backed_off)
+
+
+def test_the_database_alarm_watches_its_own_free_storage_and_tells_whom_the_environment_names():
+    tree = parse_hcl((TERRAFORM_ROOT / "modules/database/alarms.tf").read_text())
+    alarm = tree["resource"][0]["aws_cloudwatch_metric_alarm"]["free_storage"]
+    assert (alarm["namespace"], alarm["metric_name"]) == ("AWS/RDS", "FreeStorageSpace")
+    assert alarm["dimensions"] == {"DBInstanceIdentifier": "${aws_db_instance.this.identifier}"}
+    assert (alarm["statistic"], alarm["comparison_operator"]) == ("Minimum", "LessThanThreshold")
+    # Half of autoscaling's trigger (10 % of the allocated size) at its least: below it,
+    # autoscaling is not adding storage.
+    assert tree["locals"][0]["free_storage_alarm_bytes"] == "${floor(var.storage_gib.allocated * pow(1024, 3) / 20)}"
+    assert alarm["alarm_actions"] == alarm["ok_actions"] == "${var.alarm_actions}"
+    calls = [body for block in parse_hcl((TERRAFORM_ROOT / "environment/main.tf").read_text())["module"]
+             for body in block.values() if body["source"] == "../modules/database"]
+    assert [call["alarm_actions"] for call in calls] == ["${var.alarm_actions}"]

@@ -5,7 +5,8 @@ cluster_name = "rates-prod"
 bucket_name  = "example-rates-prod-prices"
 
 log_retention_days = 365
-# Who hears of a file set aside or uploads left waiting (the queues' CloudWatch alarms), e.g.
+# Who hears of a file set aside, uploads left waiting or the database's storage running
+# out (the CloudWatch alarms), e.g.
 # alarm_actions = ["arn:aws:sns:eu-west-1:<account>:<on-call topic>"]
 # The rates-prod cluster has an STS interface endpoint (its interface_endpoints).
 sts_endpoint_in_vpc = true

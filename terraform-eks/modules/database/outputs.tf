@@ -37,3 +37,8 @@ output "resource_id" {
   description = "The instance's resource id (db-...), which names it in rds-db:connect ARNs (IAM database authentication)."
   value       = aws_db_instance.this.resource_id
 }
+
+output "alarm_arns" {
+  description = "The database's CloudWatch alarm: free storage running out with autoscaling adding none."
+  value       = { free-storage = aws_cloudwatch_metric_alarm.free_storage.arn }
+}

@@ -108,6 +108,17 @@ variable "performance_insights" {
   default     = true
 }
 
+variable "alarm_actions" {
+  description = "ARNs notified when the free-storage alarm changes state, e.g. an SNS topic's. None: the alarm is only seen in CloudWatch."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.alarm_actions : startswith(arn, "arn:")])
+    error_message = "alarm_actions are ARNs (arn:...)."
+  }
+}
+
 variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)
