@@ -7,6 +7,7 @@ key's current file, marked withdrawn (migration 0017): events for it or for an o
 version are still skipped, and the key's next upload loads as usual.
 """
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
@@ -15,9 +16,12 @@ import psycopg2.extensions
 
 from rates_core import db
 from rates_core.errors import PermanentError
-from rates_ingest.loader import lock_key, try_lock_key
+from rates_ingest.loader import try_lock_key
 
 APPLICATION_NAME = "ratesctl-withdraw"
+# Asked for again and again rather than waited for in the server: psycopg2 holds a Ctrl-C
+# back until a blocking statement returns, here when the load commits.
+LOCK_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,13 @@ class LoadedFile:
 
 def loaded_file(conn, bucket: str, key: str) -> LoadedFile | None:
     """The key's current file, withdrawn or not; None if the key has none."""
-    with db.classified(), conn.cursor() as cur:
-        return _current(cur, bucket, key)
+    with db.classified():
+        with conn.cursor() as cur:
+            found = _current(cur, bucket, key)
+        # Ended, so that the caller may withdraw next on this connection (which sets its
+        # isolation level, refused inside a transaction) and holds no snapshot meanwhile.
+        conn.rollback()
+    return found
 
 
 def withdraw(conn, bucket: str, key: str, version: str, reason: str,
@@ -52,7 +61,8 @@ def withdraw(conn, bucket: str, key: str, version: str, reason: str,
             # A load of the key in progress finishes first; the file it loads is then current.
             if not try_lock_key(cur, bucket, key):
                 waiting()
-                lock_key(cur, bucket, key)
+                while not try_lock_key(cur, bucket, key):
+                    time.sleep(LOCK_POLL_SECONDS)
             found = _current(cur, bucket, key)
             _check(found, bucket, key, version)
             # Also when marked withdrawn before: the mark alone (which the ingest user may

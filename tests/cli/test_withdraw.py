@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import psycopg2
 import pytest
@@ -254,6 +255,7 @@ def test_a_ctrl_c_while_waiting_for_a_load_stops_the_withdrawal_at_once(dsn, wor
              "--version", version, "--reason", "r"],
             env={**os.environ, "DATABASE_URL": dsn}, stderr=subprocess.PIPE, text=True)
         assert "waiting for it to commit" in proc.stderr.readline()
+        time.sleep(1)  # into the wait itself, past the message
         proc.send_signal(signal.SIGINT)
         # The lock is still held: an exit now is the Ctrl-C's, not the load's commit.
         assert proc.wait(timeout=60) != 0
@@ -261,3 +263,16 @@ def test_a_ctrl_c_while_waiting_for_a_load_stops_the_withdrawal_at_once(dsn, wor
         load.close()
     assert prices(conn) == as_tuples(ROWS)
     assert last_run(conn)["status"] == "loaded"
+
+
+def test_looking_then_withdrawing_on_one_connection(dsn, world, s3):
+    # As a script (or the benchmark) would: look up the version, then withdraw it.
+    s3.put("p.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    owner = db.connect(dsn, application_name="test-withdraw")
+    try:
+        found = withdraw_module.loaded_file(owner, s3.name, "p.csv")
+        assert withdraw_module.withdraw(owner, s3.name, "p.csv", found.version, "scripted")[1] == len(ROWS)
+    finally:
+        owner.close()
+    assert prices(world) == []
