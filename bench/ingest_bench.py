@@ -29,8 +29,6 @@ alternate N times and each figure is the median:
   port add, port move  before that, in the same database: adding a port (two probes of
                lane_totals) and moving a port with prices to another region (a rebuild
                of the region totals), each rolled back.
-  prices COPY without 0018's index  prices COPY into a database without migration
-               0018's index on lane_totals(dest_code): what that index costs a load.
   naive        executemany() of single-row INSERTs into prices in one transaction, on
                the first --naive-rows rows (rolled back); its rate is extrapolated.
 """
@@ -170,20 +168,16 @@ class Databases:
         migrate.apply(template)
         create_world(template, ports)
 
-    def fresh(self, totals: bool = True, dest_index: bool = True) -> tuple[str, str]:
+    def fresh(self, totals: bool = True) -> tuple[str, str]:
         """A new database with the schema and ports, after a checkpoint: (name, DSN).
-        Without ``totals``, loads into prices leave the derived totals alone; without
-        ``dest_index``, lane_totals lacks migration 0018's index."""
+        Without ``totals``, loads into prices leave the derived totals alone."""
         self.count += 1
         name = f"bench_{self.count}"
         localdb.create_database(self.admin_dsn, name, template=self.TEMPLATE)
-        if not totals or not dest_index:
+        if not totals:
             conn = psycopg2.connect(self.server.get_uri(name))
             with conn, conn.cursor() as cur:
-                if not totals:
-                    cur.execute("ALTER TABLE prices DISABLE TRIGGER prices_totals_insert")
-                if not dest_index:
-                    cur.execute("DROP INDEX lane_totals_dest_code_idx")
+                cur.execute("ALTER TABLE prices DISABLE TRIGGER prices_totals_insert")
             conn.close()
         # Otherwise the previous measurement's dirty pages would be written during this one.
         conn = psycopg2.connect(self.admin_dsn)
@@ -256,7 +250,7 @@ def upload(endpoint: str, path: Path, key: str, compress: bool) -> int:
 
 def report(args, size, uploaded, rounds: list[dict]) -> None:
     median = {name: statistics.median(r[name] for r in rounds)
-              for name in ("ours", "inside", "bare", "bare_inside", "raw", "floor", "floor_noidx", "withdraw",
+              for name in ("ours", "inside", "bare", "bare_inside", "raw", "floor", "withdraw",
                            "port_add", "port_move")}
     ours, inside, raw, floor = median["ours"], median["inside"], median["raw"], median["floor"]
     rss, naive = max(r["rss"] for r in rounds), rounds[0]["naive"]
@@ -278,9 +272,7 @@ def report(args, size, uploaded, rounds: list[dict]) -> None:
           f"(in-job {median['bare_inside']:.2f} s; the prices trigger disabled)")
     print(f"{'raw COPY':14}{raw:10.2f}{args.rows / raw:14,.0f}")
     print(f"{'prices COPY':14}{floor:10.2f}{args.rows / floor:14,.0f}   (triggers + index, no validation)")
-    print(f"{'prices COPY-':14}{median['floor_noidx']:10.2f}{args.rows / median['floor_noidx']:14,.0f}   "
-          "(the same without 0018's index on lane_totals(dest_code))")
-    print(f"{'port add':14}{median['port_add']:10.4f}{'':14}   (a port with no prices: two index probes)")
+    print(f"{'port add':14}{median['port_add']:10.4f}{'':14}   (a port with no prices: probes of lane_totals' key)")
     print(f"{'port move':14}{median['port_move']:10.2f}{'':14}   (a port with prices to another region: a rebuild)")
     print(f"{'withdraw':14}{median['withdraw']:10.2f}{args.rows / median['withdraw']:14,.0f}   "
           "(the file ours loaded: its prices and totals out)")
@@ -292,7 +284,6 @@ def report(args, size, uploaded, rounds: list[dict]) -> None:
           f"{raw / median['bare_inside']:.2f}x)")
     print(f"ours / naive        {rate / naive:6.1f}x   (target >= 20)")
     print(f"withdraw / ours     {median['withdraw'] / ours:6.2f}x   (time to take the file out, against its load)")
-    print(f"prices COPY, with / without 0018's index  {floor / median['floor_noidx']:6.2f}x")
     print(f"port move / ours    {median['port_move'] / ours:6.2f}x   (the rebuild, against the load)")
     print(f"job's last log line: {json.dumps(last_line)}")
 
@@ -301,10 +292,9 @@ def measure_round(dbs: Databases, args, path: Path, endpoint: str, key: str, *, 
     """One of each measurement, each in its own fresh database."""
     figures = {}
     for name, step in (("raw", "raw COPY"), ("floor", "COPY into prices (rolled back)"), ("ours", "ours"),
-                       ("floor_noidx", "COPY into prices without 0018's index (rolled back)"),
                        ("bare", "ours, no totals")):
         print(f"{step} ...", flush=True)
-        db, dsn = dbs.fresh(totals=name != "bare", dest_index=name != "floor_noidx")
+        db, dsn = dbs.fresh(totals=name != "bare")
         if name == "ours":
             elapsed, figures["rss"], last_line = run_ours(dsn, endpoint, "bench", key)
             figures.update(ours=elapsed, inside=last_line["duration_s"], last_line=last_line,

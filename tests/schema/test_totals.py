@@ -203,8 +203,8 @@ def test_a_region_query_can_be_answered_from_the_index_alone(world):
 
 
 def test_adding_a_port_probes_lane_totals_by_index_not_by_scanning_it(world):
-    """A port without prices (the runbook's usual edit) is checked for lanes with two index
-    probes: at years of history a scan took seconds under the totals' lock (0018)."""
+    """A port without prices (the runbook's usual edit) is checked for lanes through the
+    primary key: at years of history a scan took seconds under the totals' lock (0018)."""
     with world.cursor() as cur:
         # Lanes of codes that ports does not know: enough rows that a scan would cost.
         cur.execute("""INSERT INTO lane_totals (orig_code, dest_code, day, price_sum, price_count)
@@ -221,7 +221,7 @@ def test_adding_a_port_probes_lane_totals_by_index_not_by_scanning_it(world):
         cur.execute(scans)
         after = cur.fetchone()
         cur.execute("COMMIT")
-        assert (after[0] - before[0], after[1] - before[1]) == (0, 2)  # no scan; one probe each way
+        assert after[0] == before[0] and after[1] > before[1]  # probed by the key, never scanned
         cur.execute("SELECT count(*) FROM region_totals")
         assert cur.fetchone() == regions_before
         # A port that is only ever a lane's destination: found by the second probe.

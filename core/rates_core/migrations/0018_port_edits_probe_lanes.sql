@@ -1,4 +1,3 @@
--- transactional: false
 -- depends: 0017_withdrawn_files
 --
 -- Adding a port no longer reads all of lane_totals.
@@ -7,36 +6,34 @@
 -- region totals. It asked with `orig_code IN (...) OR dest_code IN (...)`, which only a
 -- sequential scan answers: 2.4 s at five years of history (9M lane-days) for a port that
 -- has no prices at all, the runbook's usual edit, all of it holding the totals' lock that
--- every load's commit waits for. Two probes now, each by an index: the primary key for
--- the origin, a new index on dest_code for the destination. B-tree deduplication keeps it
--- small (a port's code is stored once per leaf page), and a load adds to it only for
--- lane-days new to lane_totals.
+-- every load's commit waits for. Now each side is probed through the primary key
+-- (orig_code, dest_code, day): the origin directly, the destination once per distinct
+-- origin, which a recursive query walks in the key's order (a loose index scan: one
+-- descent per port that has lanes, milliseconds for a thousand ports).
 --
--- A port with lanes that moves, goes or comes back still rebuilds the region totals:
--- a rebuild is right whichever of two triggers in one statement runs first (a statement
--- may write prices and ports together), and it costs minutes at years of history (see the
--- README: pause ingest first).
+-- Not an index on dest_code: it made every load's COPY 1.22x slower where each price is a
+-- lane-day of its own (bench/README.md), to save seconds on a rare edit.
 --
 -- The probes run with sequential scans off: the planner costs an EXISTS as if a match came
 -- early, and chose to scan for a port that has no lanes, which is exactly when a scan reads
 -- the whole table. Only the probes: the rebuild wants its scans.
 --
--- The index is built CONCURRENTLY, as 0014's is: loads go on meanwhile, and after a
--- failure the migration starts over. The function is replaced after it, in a statement
--- of its own.
-
-SET lock_timeout = 0;
-
-DROP INDEX CONCURRENTLY IF EXISTS lane_totals_dest_code_idx;
-
-CREATE INDEX CONCURRENTLY lane_totals_dest_code_idx ON lane_totals (dest_code);
-
-RESET lock_timeout;
+-- A port with lanes that moves, goes or comes back still rebuilds the region totals:
+-- a rebuild is right whichever of two triggers in one statement runs first (a statement
+-- may write prices and ports together), and it costs minutes at years of history (see the
+-- README: pause ingest first).
 
 CREATE OR REPLACE FUNCTION rates_ports_have_lanes(codes text[]) RETURNS boolean
 LANGUAGE sql STABLE SET enable_seqscan = off AS $$
+    WITH RECURSIVE origins (code) AS (
+            (SELECT orig_code FROM lane_totals ORDER BY orig_code LIMIT 1)
+        UNION ALL
+            SELECT (SELECT l.orig_code FROM lane_totals l WHERE l.orig_code > o.code ORDER BY l.orig_code LIMIT 1)
+            FROM origins o WHERE o.code IS NOT NULL
+    )
     SELECT EXISTS (SELECT 1 FROM lane_totals WHERE orig_code = ANY (codes))
-        OR EXISTS (SELECT 1 FROM lane_totals WHERE dest_code = ANY (codes))
+        OR EXISTS (SELECT 1 FROM origins o
+                   WHERE EXISTS (SELECT 1 FROM lane_totals l WHERE l.orig_code = o.code AND l.dest_code = ANY (codes)))
 $$;
 
 CREATE OR REPLACE FUNCTION rates_ports_changed() RETURNS trigger LANGUAGE plpgsql AS $$
