@@ -3,6 +3,7 @@ of writes: INSERT, COPY, UPDATE, DELETE, TRUNCATE and ports moving between regio
 
 import io
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -231,3 +232,70 @@ def test_adding_a_port_probes_lane_totals_by_index_not_by_scanning_it(world):
                     (SLUGS[0], SLUGS[-1]))
         assert cur.fetchall() == [(100, 1)]  # the lane X3 -> Y7
         assert recomputed_equal_stored(cur) is False  # lane_totals was written directly, without prices
+
+
+REGION_WRITES = """SELECT n_tup_ins, n_tup_upd, n_tup_del,
+                          (SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'lane_totals')
+                   FROM pg_stat_xact_user_tables WHERE relname = 'region_totals'"""
+
+
+def region_rows(cur) -> dict:
+    """(orig_region, dest_region, day): ((price_sum, price_count), xmin) of every region total."""
+    cur.execute("SELECT orig_region, dest_region, day, price_sum, price_count, xmin::text FROM region_totals")
+    return {(o, d, day): ((s, n), xmin) for o, d, day, s, n, xmin in cur.fetchall()}
+
+
+def test_a_port_move_writes_only_the_region_totals_that_change(world):
+    """Only totals of the regions a port leaves and joins are computed again, and of those
+    only the ones whose value changed are written (0018); a rebuild wrote every row."""
+    from tests.support.world import insert_prices
+
+    codes = [code for code, _n, _p in PORTS]
+    insert_prices(world, [(o, d, DAYS[0], 10 * i + j) for i, o in enumerate(codes) for j, d in enumerate(codes)])
+    # A day without DEHAM: the totals of its regions stay as they are.
+    insert_prices(world, [(o, d, DAYS[1], 7) for o in codes for d in codes if "DEHAM" not in (o, d)])
+    # A day where DEHAM is north_europe's only port: those totals go, and asia's come.
+    insert_prices(world, [("DEHAM", "CNSHA", DAYS[2], 5), ("FRLEH", "DEHAM", DAYS[2], 6)])
+    with world.cursor() as cur:
+        before = region_rows(cur)
+        cur.execute("BEGIN")  # the counts are the transaction's
+        cur.execute(REGION_WRITES)
+        writes_before = cur.fetchone()
+        cur.execute("UPDATE ports SET parent_slug = 'asia' WHERE code = 'DEHAM'")
+        cur.execute(REGION_WRITES)
+        writes = tuple(a - b for a, b in zip(cur.fetchone(), writes_before))
+        after = region_rows(cur)
+        assert recomputed_equal_stored(cur)
+        cur.execute("COMMIT")
+    inserted = after.keys() - before.keys()
+    deleted = before.keys() - after.keys()
+    updated = {k for k in before.keys() & after.keys() if before[k][0] != after[k][0]}
+    assert (len(inserted), len(deleted)) == (2, 2)
+    assert writes == (len(inserted), len(updated), len(deleted), 0)  # and lane_totals read by its key only
+    # Every other row is the row it was, not a copy with the same values.
+    kept = {k for k in before.keys() & after.keys() if k not in updated}
+    assert kept and all(before[k][1] == after[k][1] for k in kept)
+    assert any(set(k[:2]) & {"north_europe", "asia"} for k in kept)  # of the two regions, too
+
+
+
+@pytest.mark.parametrize("statement", [
+    # The prices trigger runs first: it deletes the lane CNSHA -> DEHAM, and takes its
+    # price out of (china, asia), where DEHAM is now, leaving a row of count -1 there.
+    "WITH m AS (UPDATE ports SET parent_slug = 'asia' WHERE code = 'DEHAM' RETURNING 1) "
+    "DELETE FROM prices WHERE orig_code = 'CNSHA'",
+    # The ports trigger runs first.
+    "WITH d AS (DELETE FROM prices WHERE orig_code = 'CNSHA' RETURNING 1) "
+    "UPDATE ports SET parent_slug = 'asia' WHERE code = 'DEHAM'",
+])
+def test_a_move_in_one_statement_with_a_delete_of_its_prices_leaves_no_stale_total(world, statement):
+    """The row (china, north_europe) of the deleted lane has no lane left to be found by:
+    the move finds the rows to delete in region_totals itself (0018)."""
+    from tests.support.world import insert_prices
+
+    insert_prices(world, [("CNSHA", "DEHAM", DAYS[0], 10), ("NOOSL", "DEHAM", DAYS[1], 20)])
+    with world.cursor() as cur:
+        cur.execute(statement)
+        assert recomputed_equal_stored(cur)
+        cur.execute("SELECT orig_region, dest_region, price_sum, price_count FROM region_totals")
+        assert cur.fetchall() == [("scandinavia", "asia", 20, 1)]
