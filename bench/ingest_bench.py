@@ -26,9 +26,11 @@ alternate N times and each figure is the median:
                itself costs per row.
   withdraw     `ratesctl withdraw` of the file that `ours` loaded: its prices deleted
                (the triggers take them out of the totals), in one transaction.
-  port add, port move  before that, in the same database: adding a port (two probes of
-               lane_totals) and moving a port with prices to another region (a rebuild
-               of the region totals), each rolled back.
+  port add, port move, rebuild  before that, in the same database: adding a port (probes
+               of lane_totals' key), moving a port with prices to another region (the
+               totals of its two regions computed again, 0018) and, for comparison, a
+               rebuild of all the region totals (what such a move cost before 0018),
+               each rolled back.
   naive        executemany() of single-row INSERTs into prices in one transaction, on
                the first --naive-rows rows (rolled back); its rate is extrapolated.
 """
@@ -203,14 +205,15 @@ def run_withdraw(dsn: str, key: str) -> float:
         conn.close()
 
 
-def run_port_edits(dsn: str) -> tuple[float, float]:
-    """Seconds to add a port, and to move a port with prices to another region, each
-    rolled back."""
+def run_port_edits(dsn: str) -> tuple[float, float, float]:
+    """Seconds to add a port, to move a port with prices to another region, and to rebuild
+    the region totals as a move did before 0018, each rolled back."""
     conn = psycopg2.connect(dsn)
     timings = []
     try:
         for statement in ("INSERT INTO ports VALUES ('PNEW', 'New port', 'r0')",
-                          "UPDATE ports SET parent_slug = 'r1' WHERE code = 'P0000'"):
+                          "UPDATE ports SET parent_slug = 'r1' WHERE code = 'P0000'",
+                          "SELECT rates_rebuild_region_totals()"):
             with conn.cursor() as cur:
                 started = time.perf_counter()
                 cur.execute(statement)
@@ -218,7 +221,7 @@ def run_port_edits(dsn: str) -> tuple[float, float]:
             conn.rollback()
     finally:
         conn.close()
-    return timings[0], timings[1]
+    return timings[0], timings[1], timings[2]
 
 
 def check_loaded(dsn: str, rows: int, totals: bool = True) -> int:
@@ -251,7 +254,7 @@ def upload(endpoint: str, path: Path, key: str, compress: bool) -> int:
 def report(args, size, uploaded, rounds: list[dict]) -> None:
     median = {name: statistics.median(r[name] for r in rounds)
               for name in ("ours", "inside", "bare", "bare_inside", "raw", "floor", "withdraw",
-                           "port_add", "port_move")}
+                           "port_add", "port_move", "rebuild")}
     ours, inside, raw, floor = median["ours"], median["inside"], median["raw"], median["floor"]
     rss, naive = max(r["rss"] for r in rounds), rounds[0]["naive"]
     last_line, lane_days = rounds[-1]["last_line"], rounds[0]["lane_days"]
@@ -273,7 +276,9 @@ def report(args, size, uploaded, rounds: list[dict]) -> None:
     print(f"{'raw COPY':14}{raw:10.2f}{args.rows / raw:14,.0f}")
     print(f"{'prices COPY':14}{floor:10.2f}{args.rows / floor:14,.0f}   (triggers + index, no validation)")
     print(f"{'port add':14}{median['port_add']:10.4f}{'':14}   (a port with no prices: probes of lane_totals' key)")
-    print(f"{'port move':14}{median['port_move']:10.2f}{'':14}   (a port with prices to another region: a rebuild)")
+    print(f"{'port move':14}{median['port_move']:10.2f}{'':14}   (a port with prices to another region: its two "
+          "regions' totals)")
+    print(f"{'rebuild':14}{median['rebuild']:10.2f}{'':14}   (all the region totals: a port move before 0018)")
     print(f"{'withdraw':14}{median['withdraw']:10.2f}{args.rows / median['withdraw']:14,.0f}   "
           "(the file ours loaded: its prices and totals out)")
     print(f"{'naive':14}{args.rows / naive:10.2f}{naive:14,.0f}   (extrapolated from {args.naive_rows:,} rows)")
@@ -284,7 +289,8 @@ def report(args, size, uploaded, rounds: list[dict]) -> None:
           f"{raw / median['bare_inside']:.2f}x)")
     print(f"ours / naive        {rate / naive:6.1f}x   (target >= 20)")
     print(f"withdraw / ours     {median['withdraw'] / ours:6.2f}x   (time to take the file out, against its load)")
-    print(f"port move / ours    {median['port_move'] / ours:6.2f}x   (the rebuild, against the load)")
+    print(f"port move / ours    {median['port_move'] / ours:6.2f}x   (the move, against the load)")
+    print(f"rebuild / port move {median['rebuild'] / median['port_move']:6.2f}x   (a move before 0018, against now)")
     print(f"job's last log line: {json.dumps(last_line)}")
 
 
@@ -300,7 +306,7 @@ def measure_round(dbs: Databases, args, path: Path, endpoint: str, key: str, *, 
             figures.update(ours=elapsed, inside=last_line["duration_s"], last_line=last_line,
                            lane_days=check_loaded(dsn, args.rows))
             print("port edits ...", flush=True)
-            figures["port_add"], figures["port_move"] = run_port_edits(dsn)
+            figures["port_add"], figures["port_move"], figures["rebuild"] = run_port_edits(dsn)
             print("withdraw ...", flush=True)
             figures["withdraw"] = run_withdraw(dsn, key)
             check_loaded(dsn, 0)
