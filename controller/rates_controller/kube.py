@@ -3,8 +3,8 @@
 ``ApiException`` and connection errors are mapped here, once: 409 is AlreadyExists (on
 create: a duplicate delivery) or Conflict (on a write that names the version it read:
 the object changed since), 404 NotFound, 400/422 mean the Job itself is unacceptable
-(retrying cannot help) unless an admission policy or webhook said so, and everything else - 403
-included, which is also how a ResourceQuota says "full" - may pass on retry.
+(retrying cannot help) unless an admission policy or webhook said so, a 403 that says
+"exceeded quota" is QuotaFull, and everything else - other 403s included - may pass on retry.
 """
 
 import contextlib
@@ -61,6 +61,11 @@ class NotFound(TemporaryError):
 _ADMISSION_REFUSALS = ("ValidatingAdmissionPolicy", 'admission webhook "')
 
 
+class QuotaFull(TemporaryError):
+    """A ResourceQuota of the namespace has no room for another Job (count/jobs.batch, or
+    the Jobs' pods' requests): it passes once Jobs go, at their TTL."""
+
+
 @contextlib.contextmanager
 def classified(what: str):
     try:
@@ -71,6 +76,8 @@ def classified(what: str):
             raise PermanentError(detail) from exc
         if exc.status == 409:
             raise (Conflict if _reason(exc) == "Conflict" else AlreadyExists)(detail) from exc
+        if exc.status == 403 and "exceeded quota" in detail:
+            raise QuotaFull(detail) from exc
         raise (NotFound if exc.status == 404 else TemporaryError)(detail) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise TemporaryError(f"{what}: Kubernetes API unreachable: {type(exc).__name__}: {exc}") from exc

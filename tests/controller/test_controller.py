@@ -430,3 +430,44 @@ def test_the_controller_starts_a_job_for_a_sent_upload_whose_first_job_is_still_
 
     assert len({job.metadata.name for job in ingest_jobs(kube, namespace)}) == 3
     assert sample(controller.metrics, "rates_controller_messages_total", outcome="duplicate") == 0
+
+
+def job_quota(kube, namespace: str, jobs_allowed: int) -> None:
+    """The namespace's count/jobs.batch quota, as dev and staging have one, in force."""
+    body = client.V1ResourceQuota(metadata=client.V1ObjectMeta(name="jobs"),
+                                  spec=client.V1ResourceQuotaSpec(hard={"count/jobs.batch": str(jobs_allowed)}))
+    try:
+        kube.core.replace_namespaced_resource_quota("jobs", namespace, body)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        kube.core.create_namespaced_resource_quota(namespace, body)
+    wait_for(lambda: (kube.core.read_namespaced_resource_quota("jobs", namespace).status.hard or {})
+             .get("count/jobs.batch") == str(jobs_allowed), timeout=30, interval=0.2, what="the quota to count")
+
+
+def test_messages_whose_jobs_a_full_quota_refuses_are_held_not_received_again(kube, namespace, uploads, sqs,
+                                                                              make_controller, monkeypatch):
+    # A backfill fills dev's Job quota for hours (Jobs go at their TTL): sent back, every
+    # waiting file would be received again and again, and set aside for it.
+    monkeypatch.setattr(controller_module, "QUOTA_RECHECK_SECONDS", 0)
+    job_quota(kube, namespace, 0)
+    controller = make_controller(max_receives=2)
+    receives = []
+    receive = controller.uploads.receive
+    monkeypatch.setattr(controller.uploads, "receive", lambda *a: receives.append(1) or receive(*a))
+    uploads.put("a.csv", b"x")
+    uploads.put("b.csv", b"x")
+    wait_for(lambda: sqs.counts() == (3, 0), timeout=10, interval=0.2, what="the notifications and S3's test event")
+
+    for _ in range(4):  # more passes than max_receives: nothing is set aside
+        controller.step()
+    assert len(receives) == 1  # both came in one receive, and were never received again
+    assert sqs.counts() == (0, 2) and sqs.dead_letters() == [] and ingest_jobs(kube, namespace) == []
+    assert sample(controller.metrics, "rates_controller_messages_total", outcome="held") == 2
+    assert sample(controller.metrics, "rates_controller_slots_in_use") == 0
+
+    job_quota(kube, namespace, 5)  # as when Jobs reach their TTL
+    controller.step()
+    assert len(ingest_jobs(kube, namespace)) == 2 and sqs.counts() == (0, 0) and sqs.dead_letters() == []
+    assert sample(controller.metrics, "rates_controller_slots_in_use") == 2  # counted once created

@@ -58,6 +58,9 @@ CONTROLLERS = (
     "clusterrole-aggregation-controller",
     "root-ca-certificate-publisher-controller",
     "pod-garbage-collector-controller",
+    # Counts what a ResourceQuota has used, without which admission refuses everything
+    # the quota covers (the dev and staging Job quotas).
+    "resourcequota-controller",
 )
 
 STARTUP_TIMEOUT = 90.0
