@@ -231,18 +231,38 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
     # would be ended by the database's idle_in_transaction_session_timeout.
     conn = db.connect(_database_url(), application_name="ratesctl", autocommit=True)
     try:
-        found = reconcile.missing(s3source.client(), conn, bucket, prefix)
+        found, examined = reconcile.missing(s3source.client(), conn, bucket, prefix)
     finally:
         conn.close()
-    for upload in found:
-        click.echo(f"s3://{bucket}/{upload.key}  {upload.info.identity}  {_why(upload)}")
-    to_send = [u for u in found if include_rejected or not u.last_run or u.last_run[0] != "rejected"]
+    listed = _echo_lines(f"s3://{bucket}/{upload.key}  {upload.info.identity}  {_why(upload)}" for upload in found)
+    # A key the job refuses by its name never loads, whatever --include-rejected says.
+    to_send = [u for u in found if not u.never_loads
+               and (include_rejected or not u.last_run or u.last_run[0] != "rejected")]
     if send and to_send:
         reconcile.send(reconcile.sqs_client(), queue_url, bucket, to_send)
     held = len(found) - len(to_send)
-    click.echo(f"{len(found)} upload(s) under s3://{bucket}/{prefix} not loaded as S3 holds them"
+    summary = (f"{len(found)} upload(s) of the {examined} under s3://{bucket}/{prefix} not loaded as S3 holds them"
                + (f"; {len(to_send)} sent to the uploads queue" if send else "")
-               + (f"; {held} rejected by their last run, not sent (--include-rejected)" if held else ""))
+               + (f"; {held} rejected, not sent (--include-rejected sends those rejected for their content)"
+                  if held else ""))
+    click.echo(summary, err=not listed)
+    if not examined:
+        click.echo(f"S3 holds no object under s3://{bucket}/{prefix}: is the prefix right (it is case-sensitive)?",
+                   err=True)
+
+
+def _echo_lines(lines) -> bool:
+    """Echo the lines; False, and stdout sent to /dev/null, once its reader has gone (`| head`):
+    the rest of the command (the sends) must happen all the same."""
+    try:
+        for line in lines:
+            click.echo(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # or Python's exit would fail to flush it
+        return False
+    return True
 
 
 def _why(upload: reconcile.Upload) -> str:

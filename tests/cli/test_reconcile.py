@@ -2,6 +2,9 @@
 
 import datetime
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -65,7 +68,7 @@ def test_it_lists_what_s3_holds_and_the_database_does_not_and_sends_it_again(dsn
         f"s3://{s3.name}/in/a.csv", f"s3://{s3.name}/{odd_key}", f"s3://{s3.name}/in/bad.csv"]
     assert "another file is loaded" in listed[0] and newer_a in listed[0]
     assert listed[1].endswith("not loaded") and "rejected: 1 invalid row(s)" in listed[2]
-    assert summary.startswith("3 upload(s)") and "1 rejected by their last run, not sent" in summary
+    assert summary.startswith("3 upload(s) of the 4 under") and "1 rejected, not sent" in summary
     assert sent(queue) == []  # only listed
 
     reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--queue-url", queue.uploads_url)
@@ -73,6 +76,10 @@ def test_it_lists_what_s3_holds_and_the_database_does_not_and_sends_it_again(dsn
     assert [(obj.key, obj.version_id, obj.redriven) for obj in again] == [
         ("in/a.csv", newer_a, False), (odd_key, b, False)]
     assert all(obj.sequencer.startswith("reconcile-") for obj in again)  # a new Job, not a duplicate event
+    # Sent again before they ran (a second run, or one after a Ctrl-C): the same events,
+    # which the controller takes for duplicates, not a second Job each.
+    reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--queue-url", queue.uploads_url)
+    assert [obj.sequencer for obj in sent(queue)] == [obj.sequencer for obj in again]
 
     for obj in again:  # as the controller's Jobs would
         assert run_job(dsn, obj.bucket, obj.key, obj.version_id) == 0
@@ -85,7 +92,7 @@ def test_in_a_bucket_without_versioning_an_overwritten_object_is_found_by_its_et
     s3.put("p.csv", as_csv(ROWS))
     assert run_job(dsn, s3.name, "p.csv") == 0
     assert reconcile(dsn, "--bucket", s3.name, "--prefix", "") == [
-        f"0 upload(s) under s3://{s3.name}/ not loaded as S3 holds them"]
+        f"0 upload(s) of the 1 under s3://{s3.name}/ not loaded as S3 holds them"]
     s3.put("p.csv", as_csv(V2_ROWS))
     # Refused by its name before the job reads it, so its run names no ETag to find it by.
     s3.put("notes.txt", b"not prices")
@@ -96,7 +103,7 @@ def test_in_a_bucket_without_versioning_an_overwritten_object_is_found_by_its_et
     *listed, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "", "--send", "--queue-url",
                                  queue.uploads_url)
     assert "rejected: 1 invalid row(s)" in listed[0] and "rejected: unknown file extension" in listed[1]
-    assert "2 rejected by their last run" in summary
+    assert "2 rejected, not sent" in summary
     [obj] = sent(queue)
     assert obj.version_id is None and obj.etag
     assert run_job(dsn, obj.bucket, obj.key, obj.version_id) == 0
@@ -169,3 +176,42 @@ def test_a_listing_longer_than_the_idle_transaction_timeout_does_not_end_the_ses
 
     monkeypatch.setattr(reconcile_module, "_latest_versions", slow_listing)
     assert reconcile(dsn, "--bucket", s3.name, "--prefix", "")[-1].startswith("1 upload(s)")
+
+
+def test_a_run_since_makes_the_event_new_and_a_key_no_job_can_load_is_never_sent(dsn, world, s3, queue):
+    s3.enable_versioning()
+    s3.put("in/bad.csv", as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)]))
+    assert run_job(dsn, s3.name, "in/bad.csv") == 2
+    s3.put("in/readme.txt", b"notes")  # refused by its name: it would only be set aside
+    args = ("--bucket", s3.name, "--prefix", "in/", "--send", "--include-rejected", "--queue-url", queue.uploads_url)
+
+    *_, summary = reconcile(dsn, *args)
+    [first] = sent(queue)
+    assert first.key == "in/bad.csv" and "1 sent" in summary and "1 rejected, not sent" in summary
+    # Its Job rejected it again (the port was still unknown); once fixed, a new event.
+    assert run_job(dsn, s3.name, "in/bad.csv", first.version_id) == 2
+    reconcile(dsn, *args)
+    [second] = sent(queue)
+    assert second.sequencer != first.sequencer
+
+
+def test_a_prefix_with_nothing_under_it_says_so(dsn, world, s3):
+    s3.put("prices/p.csv", as_csv(ROWS))
+    result = CliRunner().invoke(cli, ["reconcile", "--bucket", s3.name, "--prefix", "Prices/"],
+                                env={"DATABASE_URL": dsn})
+    assert result.exit_code == 0
+    assert "0 upload(s) of the 0 under" in result.output and "S3 holds no object under" in result.output
+
+
+def test_a_listing_whose_reader_has_gone_still_sends(dsn, world, s3, queue):
+    # `ratesctl reconcile --send ... | head`: the sends must not die with the pipe.
+    for n in range(3):
+        s3.put(f"in/{n}.csv", as_csv(ROWS))
+    proc = subprocess.Popen([sys.executable, "-m", "ratesctl.cli", "reconcile", "--bucket", s3.name, "--prefix", "in/",
+                             "--send", "--queue-url", queue.uploads_url],
+                            env={**os.environ, "DATABASE_URL": dsn}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader gone before the first line
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "3 sent to the uploads queue" in err.decode()
+    assert len(sent(queue)) == 3
