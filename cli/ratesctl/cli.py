@@ -32,7 +32,8 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """Developer commands for the rates platform."""
+    """Commands for the rates platform: local development (up, serve, demo-data,
+    k8s-tools) and operations on $DATABASE_URL (migrate, reconcile, withdraw)."""
 
 
 from . import commands  # noqa: E402
@@ -47,5 +48,22 @@ cli.add_command(commands.withdraw_command)
 from .k8s_tools import k8s_tools  # noqa: E402
 cli.add_command(k8s_tools)
 
-if __name__ == "__main__":
+# Commands that apply migrations: a Ctrl-C between a migration's commit and its record
+# would leave it applied but not recorded, and the next run failing on it.
+_MIGRATING_COMMANDS = ("migrate", "demo-data")
+
+
+def main() -> None:
+    """The ``ratesctl`` program. Signals are handled for the process as a whole, so here
+    and not in the commands, which tests also run inside their own process."""
+    import sys
+
+    from rates_core import migrate
+
+    if [arg for arg in sys.argv[1:] if not arg.startswith("-")][:1] in ([c] for c in _MIGRATING_COMMANDS):
+        migrate.stop_on_termination()  # as the migration hook's command does
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -155,7 +155,9 @@ def _mapped(what: str) -> Iterator[None]:
         throttled = status == 429 or "Throttl" in code or code == "SlowDown"
         message = f"{what}: {code}: {error.get('Message')}"
         raise (PermanentError if 400 <= status < 500 and not throttled else TemporaryError)(message) from exc
-    except botocore.exceptions.ParamValidationError as exc:
+    except (botocore.exceptions.ParamValidationError, botocore.exceptions.NoCredentialsError,
+            botocore.exceptions.PartialCredentialsError) as exc:
+        # No credentials at all is the caller's setup, not something a retry changes.
         raise PermanentError(f"{what}: {exc}") from exc
     except (botocore.exceptions.BotoCoreError, OSError) as exc:
         raise TemporaryError(f"{what}: {type(exc).__name__}: {exc}") from exc

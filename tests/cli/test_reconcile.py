@@ -124,6 +124,11 @@ def test_send_without_a_queue_is_refused_and_a_missing_bucket_is_one_line(dsn, w
                     AWS_DEFAULT_REGION=None)
     assert no_region.exit_code == 2 and no_region.output.splitlines()[-1] == (
         "Error: no AWS region for the uploads queue: set AWS_REGION"), no_region.output
+    no_credentials = run("--bucket", s3.name, AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None,
+                         AWS_SESSION_TOKEN=None, AWS_PROFILE=None, AWS_EC2_METADATA_DISABLED="true",
+                         AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent")
+    assert no_credentials.exit_code == 2 and "Unable to locate credentials" in no_credentials.output, \
+        no_credentials.output  # not "may pass on retry"
     # Without a prefix, every key of the bucket would be sent, which the controller refuses.
     assert "Missing option '--prefix'" in CliRunner().invoke(cli, ["reconcile", "--bucket", s3.name]).output
 

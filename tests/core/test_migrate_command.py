@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.parse
 
+import pytest
 from yoyo import get_backend
 
 from rates_core import migrate
@@ -151,18 +152,24 @@ runpy.run_module("rates_core.migrate", run_name="__main__", alter_sys=True)
 """
 
 
-def test_sigterm_lets_the_migration_in_progress_be_recorded_before_it_stops(empty_dsn):
+_SLOW_RECORD_RATESCTL = _SLOW_RECORD.replace('sys.argv = ["rates_core.migrate"]', 'sys.argv = ["ratesctl", "migrate"]') \
+    .replace('run_module("rates_core.migrate"', 'run_module("ratesctl.cli"')
+
+
+@pytest.mark.parametrize("command, signum", [(_SLOW_RECORD, signal.SIGTERM),
+                                             (_SLOW_RECORD_RATESCTL, signal.SIGINT)], ids=["hook", "ratesctl"])
+def test_a_signal_lets_the_migration_in_progress_be_recorded_before_it_stops(empty_dsn, command, signum):
     # yoyo commits a migration, then records it on another connection: stopped between the
     # two, the migration would be applied but not recorded, and every later run would fail
     # on it ("relation already exists"), exit 2, until someone marked it by hand.
     environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"DATABASE_URL": empty_dsn}
-    hook = subprocess.Popen([sys.executable, "-c", _SLOW_RECORD], env=environ, stdout=subprocess.PIPE,
+    hook = subprocess.Popen([sys.executable, "-c", command], env=environ, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         for line in hook.stdout:
             if line.startswith("RECORDING"):
                 first = line.split()[1]
-                hook.send_signal(signal.SIGTERM)
+                hook.send_signal(signum)  # a Ctrl-C, for ratesctl
                 break
         rest = hook.stdout.read()
         assert hook.wait(timeout=60) == 1, rest  # may pass on retry
