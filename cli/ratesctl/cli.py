@@ -3,6 +3,7 @@ and localdb.py) and the k8s-tools group in k8s_tools.py."""
 
 import click
 
+from rates_core.db import SchemaMissing
 from rates_core.env import ConfigError
 from rates_core.errors import EXIT_PERMANENT, EXIT_TEMPORARY, PermanentError, TemporaryError
 
@@ -24,6 +25,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except TemporaryError as exc:
             raise Failed(f"{exc} (this may pass on retry)", EXIT_TEMPORARY) from exc
+        except SchemaMissing as exc:
+            raise Failed(f"{exc} (the database's schema is older than this ratesctl: apply the migrations, "
+                         "`ratesctl migrate`, or use the ratesctl of the release it runs)", EXIT_PERMANENT) from exc
         except PermanentError as exc:
             raise Failed(str(exc), EXIT_PERMANENT) from exc
         except ConfigError as exc:  # a mistyped variable: one line, as for a bad invocation

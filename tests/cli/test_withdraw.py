@@ -276,3 +276,8 @@ def test_looking_then_withdrawing_on_one_connection(dsn, world, s3):
     finally:
         owner.close()
     assert prices(world) == []
+
+
+def test_a_database_without_the_schema_is_told_to_migrate(empty_dsn):
+    result = withdraw(empty_dsn, "--bucket", "b", "--key", "k")
+    assert result.exit_code == 2 and "apply the migrations" in result.output, result.output
