@@ -1,5 +1,6 @@
 """The ratesctl commands: migrate, demo-data, serve, up, reconcile and withdraw."""
 
+import contextlib
 import os
 import shlex
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import click
 import psycopg2.extensions
+import psycopg2.extras
 from tqdm import tqdm
 
 from rates_core import db, logs, migrate as migrations
@@ -290,9 +292,10 @@ def withdraw_command(bucket, key, version, reason) -> None:
         if version is None:
             _show_loaded_file(withdraw.loaded_file(conn, bucket, key), bucket, key)
             return
-        found, deleted = withdraw.withdraw(conn, bucket, key, version, reason.strip(), waiting=lambda: click.echo(
-            f"a load of s3://{bucket}/{key} is in progress: waiting for it to commit (Ctrl-C stops here and "
-            "withdraws nothing)", err=True))
+        with _ctrl_c_cancels_statements():
+            found, deleted = withdraw.withdraw(conn, bucket, key, version, reason.strip(), waiting=lambda: click.echo(
+                f"a load of s3://{bucket}/{key} is in progress: waiting for it to commit (Ctrl-C stops here and "
+                "withdraws nothing)", err=True))
     finally:
         conn.close()
     if deleted is None:
@@ -302,6 +305,20 @@ def withdraw_command(bucket, key, version, reason) -> None:
                "upload loads as usual. Delete the object too (or move it out of the prefix), or loading everything "
                "again from S3 (runbook/sql/reload_all.sql, then `ratesctl reconcile --send`) loads it again; a restore "
                "of the database to before now brings its prices back: withdraw it again then.")
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels_statements():
+    """psycopg2 waits in Python meanwhile, so that a Ctrl-C cancels the statement running
+    (a big file's DELETE takes minutes): blocked in libpq, it would be held back until the
+    statement ended. For this process's connections, only while inside (psycopg2 refuses
+    COPY on connections that wait this way)."""
+    previous = psycopg2.extensions.get_wait_callback()
+    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+    try:
+        yield
+    finally:
+        psycopg2.extensions.set_wait_callback(previous)
 
 
 def _show_loaded_file(found: withdraw.LoadedFile | None, bucket: str, key: str) -> None:

@@ -19,6 +19,7 @@ from ratesctl.cli import cli
 from tests.ingest.conftest import (ROWS, V2_ROWS, as_csv, as_tuples, expected_totals, last_run, prices, run_job,
                                    runs, totals)
 from tests.support.db import INGEST_USER, as_user
+from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.usefixtures("moto_endpoint")
 
@@ -281,3 +282,33 @@ def test_looking_then_withdrawing_on_one_connection(dsn, world, s3):
 def test_a_database_without_the_schema_is_told_to_migrate(empty_dsn):
     result = withdraw(empty_dsn, "--bucket", "b", "--key", "k")
     assert result.exit_code == 2 and "apply the migrations" in result.output, result.output
+
+
+def test_a_ctrl_c_during_the_delete_cancels_it(dsn, world, s3):
+    # A big file's DELETE takes minutes; here one waits on a row another transaction holds.
+    s3.put("p.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    version = loaded_version(dsn, s3.name, "p.csv")
+    holder = psycopg2.connect(dsn)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT 1 FROM prices FOR UPDATE")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ratesctl.cli", "withdraw", "--bucket", s3.name, "--key", "p.csv",
+             "--version", version, "--reason", "r"],
+            env={**os.environ, "DATABASE_URL": dsn}, stderr=subprocess.PIPE, text=True)
+        with world.cursor() as cur:
+            def deleting() -> bool:
+                cur.execute("""SELECT 1 FROM pg_stat_activity WHERE application_name = %s
+                               AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM prices%%'""",
+                            (withdraw_module.APPLICATION_NAME,))
+                return cur.fetchone() is not None
+            wait_for(deleting, timeout=30, interval=0.1, what="the withdrawal's DELETE to wait")
+        proc.send_signal(signal.SIGINT)
+        # The row is still held: an exit now is the Ctrl-C's.
+        assert proc.wait(timeout=60) != 0
+        assert "canceling statement" in proc.stderr.read()
+    finally:
+        holder.close()
+    assert prices(world) == as_tuples(ROWS)
+    assert last_run(world)["status"] == "loaded"
