@@ -20,7 +20,7 @@ from tests.controller.conftest import creates_refused, env_of, sample, set_aside
 from tests.support.aws import unique_name
 from tests.support.poll import wait_for
 from tests.ingest.conftest import ROWS, as_csv
-from tests.support.uploads import IMAGE, ingest_jobs
+from tests.support.uploads import IMAGE, ingest_jobs, replace_or_create
 
 pytestmark = pytest.mark.kube
 
@@ -436,12 +436,8 @@ def job_quota(kube, namespace: str, jobs_allowed: int) -> None:
     """The namespace's count/jobs.batch quota, as dev and staging have one, in force."""
     body = client.V1ResourceQuota(metadata=client.V1ObjectMeta(name="jobs"),
                                   spec=client.V1ResourceQuotaSpec(hard={"count/jobs.batch": str(jobs_allowed)}))
-    try:
-        kube.core.replace_namespaced_resource_quota("jobs", namespace, body)
-    except client.ApiException as exc:
-        if exc.status != 404:
-            raise
-        kube.core.create_namespaced_resource_quota(namespace, body)
+    replace_or_create(kube.core.replace_namespaced_resource_quota, kube.core.create_namespaced_resource_quota,
+                      "jobs", namespace, body)
     wait_for(lambda: (kube.core.read_namespaced_resource_quota("jobs", namespace).status.hard or {})
              .get("count/jobs.batch") == str(jobs_allowed), timeout=30, interval=0.2, what="the quota to count")
 

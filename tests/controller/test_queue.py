@@ -4,8 +4,7 @@ import pytest
 
 from rates_controller.queue import MAX_REASON_CHARS, Message, Queue, sqs_client
 from rates_core.errors import TemporaryError
-from tests.support.aws import without_credentials
-from tests.support.net import SilentServer
+from tests.support.aws import silent_sts, web_identity
 
 
 def test_a_reason_with_characters_sqs_refuses_still_sets_the_file_aside(sqs):
@@ -50,10 +49,7 @@ def test_messages_sqs_did_not_delete_are_reported(sqs):
 
 
 def _web_identity(aws_env, token_file) -> None:
-    """IRSA's environment, as EKS's webhook sets it, and no static credentials."""
-    without_credentials(aws_env)
-    aws_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/rates-prod-controller")
-    aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+    web_identity(aws_env, token_file, "rates-prod-controller")
 
 
 def test_a_missing_irsa_token_file_is_a_retry_not_a_crash(aws_env, tmp_path):
@@ -66,14 +62,8 @@ def test_a_missing_irsa_token_file_is_a_retry_not_a_crash(aws_env, tmp_path):
 
 @pytest.mark.timeout(60)  # botocore's defaults would hang for 3 minutes, past the liveness limit
 def test_a_silent_sts_gives_up_in_seconds(aws_env, tmp_path):
-    (tmp_path / "token").write_text("eyJ.a.b")
-    _web_identity(aws_env, tmp_path / "token")
-    sts = SilentServer()
-    try:
-        aws_env.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{sts.port}")
+    with silent_sts(aws_env, tmp_path / "token", "rates-prod-controller") as sts:
         queue = Queue(sqs_client(20), "https://sqs.eu-west-1.amazonaws.com/123456789012/uploads")
         with pytest.raises(TemporaryError, match="SQS receive: "):
             queue.receive(10, 1, 30)
         assert len(sts.accepted) == 2  # it did ask STS, and tried once more only
-    finally:
-        sts.close()

@@ -10,9 +10,9 @@ from psycopg2 import sql
 from rates_core import db, rds_auth
 from rates_core.env import ConfigError, env_bool
 from rates_core.errors import TemporaryError
-from tests.support.aws import without_credentials
+from tests.support.aws import silent_sts, web_identity, without_credentials
 from tests.support.db import as_user, autocommit
-from tests.support.net import SilentServer, answer
+from tests.support.net import answer
 
 IAM_URL = "postgresql://rates_api@rates.abc123.eu-west-1.rds.amazonaws.com:5432/rates?sslmode=require"
 PROBE = "rates_password_probe"
@@ -30,10 +30,7 @@ def test_a_token_is_a_presigned_connect_for_the_urls_host_port_and_user(aws_env)
 
 
 def _web_identity(aws_env, token_file) -> None:
-    """IRSA's environment, as EKS's webhook sets it, and no static credentials."""
-    without_credentials(aws_env)
-    aws_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/rates-prod-api")
-    aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+    web_identity(aws_env, token_file, "rates-prod-api")
 
 
 def test_a_missing_irsa_token_file_is_no_token_and_a_retry_may_help(aws_env, tmp_path):
@@ -45,16 +42,10 @@ def test_a_missing_irsa_token_file_is_no_token_and_a_retry_may_help(aws_env, tmp
 @pytest.mark.timeout(60)  # botocore's defaults would hang for 3 minutes
 def test_a_silent_sts_gives_up_in_seconds(aws_env, tmp_path):
     # The token is asked for under the pool's lock: every other request waits meanwhile.
-    (tmp_path / "token").write_text("eyJ.a.b")
-    _web_identity(aws_env, tmp_path / "token")
-    sts = SilentServer()
-    try:
-        aws_env.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{sts.port}")
+    with silent_sts(aws_env, tmp_path / "token", "rates-prod-api") as sts:
         with pytest.raises(TemporaryError, match="no RDS IAM token for rates_api@"):
             rds_auth.token_source(IAM_URL)()
         assert len(sts.accepted) == 2  # it did ask STS, and tried once more only
-    finally:
-        sts.close()
 
 
 class _RefusingSts(http.server.BaseHTTPRequestHandler):

@@ -8,8 +8,7 @@ import pytest
 from rates_core.errors import TemporaryError
 from rates_ingest import s3source
 from rates_ingest.s3source import ObjectRef
-from tests.support.aws import without_credentials
-from tests.support.net import SilentServer
+from tests.support.aws import silent_sts
 
 
 class _Unavailable(http.server.BaseHTTPRequestHandler):
@@ -52,15 +51,7 @@ def test_max_attempts_counts_the_first_request(unavailable_s3, kwargs, sent):
 
 @pytest.mark.timeout(60)  # botocore's defaults would hang for 3 minutes before the first S3 request
 def test_a_silent_sts_gives_up_in_seconds(aws_env, tmp_path):
-    (tmp_path / "token").write_text("eyJ.a.b")
-    without_credentials(aws_env)
-    aws_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/rates-prod-ingest")
-    aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))
-    sts = SilentServer()
-    try:
-        aws_env.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{sts.port}")
+    with silent_sts(aws_env, tmp_path / "token", "rates-prod-ingest") as sts:
         with pytest.raises(TemporaryError, match="S3 unavailable"):
             s3source.head(s3source.client(), ObjectRef("uploads", "p.csv"))
         assert len(sts.accepted) == 2  # it did ask STS, and tried once more only
-    finally:
-        sts.close()

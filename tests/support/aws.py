@@ -5,6 +5,7 @@ every boto3 client (in this process and in subprocesses that inherit the environ
 talks to moto and never to AWS.
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -136,6 +137,13 @@ def without_credentials(monkeypatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+def web_identity(monkeypatch, token_file, role: str) -> None:
+    """IRSA's environment, as EKS's webhook sets it, and no static credentials."""
+    without_credentials(monkeypatch)
+    monkeypatch.setenv("AWS_ROLE_ARN", f"arn:aws:iam::123456789012:role/{role}")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{next(_names)}-{uuid.uuid4().hex[:8]}"
 
@@ -163,3 +171,19 @@ def s3(moto_endpoint) -> Bucket:
     bucket = Bucket(client, unique_name("test"))
     client.create_bucket(Bucket=bucket.name)
     return bucket
+
+
+@contextlib.contextmanager
+def silent_sts(monkeypatch, token_file, role: str):
+    """IRSA's environment (``web_identity``) with an STS that accepts connections and never
+    answers; yields the server, whose ``accepted`` counts the connections."""
+    from tests.support.net import SilentServer
+
+    token_file.write_text("eyJ.a.b")
+    web_identity(monkeypatch, token_file, role)
+    sts = SilentServer()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", f"http://127.0.0.1:{sts.port}")
+        yield sts
+    finally:
+        sts.close()

@@ -104,12 +104,8 @@ def job_runtime(kube, namespace):
     def set_database_url(url: str) -> None:
         body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rates-database"},
                 "data": {"url": base64.b64encode(url.encode()).decode()}}
-        try:
-            kube.core.replace_namespaced_secret("rates-database", namespace, body)
-        except client.ApiException as exc:
-            if exc.status != 404:
-                raise
-            kube.core.create_namespaced_secret(namespace, body)
+        replace_or_create(kube.core.replace_namespaced_secret, kube.core.create_namespaced_secret,
+                          "rates-database", namespace, body)
 
     return set_database_url
 
@@ -150,3 +146,15 @@ def controller_process(sqs, namespace, moto_endpoint, kubeconfig, tmp_path):
     yield start
     for process in started:
         stop_process(process)
+
+
+def replace_or_create(replace, create, name: str, namespace: str, body) -> None:
+    """``replace(name, namespace, body)``, or ``create(namespace, body)`` if there is none yet."""
+    from kubernetes import client
+
+    try:
+        replace(name, namespace, body)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        create(namespace, body)
