@@ -7,7 +7,7 @@ database rebuilt empty, a queue or bucket notification lost, or a namespace dele
 Jobs in flight, the API would serve old prices with no error anywhere.
 """
 
-import hashlib
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -32,7 +32,6 @@ class Upload:
     loaded: str | None  # the identity of the key's loaded file, if another
     last_run: tuple[str, str | None] | None  # (status, error) of this version's last run
     withdrawn: bool = False  # whether the loaded file's prices were withdrawn
-    last_run_id: int | None = None  # ingest_runs.id of that run
     never_loads: bool = False  # its name is no price file's (the job refuses it unread)
 
 
@@ -47,9 +46,8 @@ def missing(s3, conn, bucket: str, prefix: str) -> tuple[list[Upload], int]:
     for key, info in unloaded:
         version, withdrawn = loaded.get(key, (None, False))
         named = _not_a_price_file(key)
-        status, error, run_id = runs.get((key, info.version_id), (None, None, None))
-        uploads.append(Upload(key, info, version, named or ((status, error) if status else None), withdrawn,
-                              run_id, named is not None))
+        uploads.append(Upload(key, info, version, named or runs.get((key, info.version_id)), withdrawn,
+                              named is not None))
     return uploads, len(latest)
 
 
@@ -89,35 +87,34 @@ def _last_runs(conn, bucket: str, uploads: list[tuple[str, ObjectInfo]]) -> dict
     year of runs is millions of rows."""
     keys = [key for key, _ in uploads]
     with db.classified(), conn.cursor() as cur:
-        cur.execute("""SELECT DISTINCT ON (u.key, u.version_id) u.key, u.version_id, r.status, r.error, r.id
+        cur.execute("""SELECT DISTINCT ON (u.key, u.version_id) u.key, u.version_id, r.status, r.error
                        FROM unnest(%s::text[], %s::text[], %s::text[]) AS u (key, version_id, etag)
                        JOIN ingest_runs r ON r.bucket = %s AND r.key = u.key
                         AND (r.version_id = u.version_id OR (r.version_id IS NULL AND r.etag = u.etag))
                        WHERE r.status <> 'running'
                        ORDER BY u.key, u.version_id, r.id DESC""",
                     (keys, [info.version_id for _, info in uploads], [info.etag for _, info in uploads], bucket))
-        return {(key, version): (status, error, run_id) for key, version, status, error, run_id in cur.fetchall()}
-
-
-def sequencer(bucket: str, upload: Upload) -> str:
-    """The sequencer of reconcile's event for ``upload``: not the upload's own, so the
-    controller starts a Job even where a Job of the upload's first event is still kept;
-    and the same while the upload's last run is, so a second reconcile (or one run again
-    after a Ctrl-C) sends what the controller takes for the first one's duplicate, not a
-    second Job. A run since (a rejection, say, before the cause was fixed) makes it new."""
-    seen = f"{bucket}\0{upload.key}\0{upload.info.identity}\0{upload.last_run_id}"
-    return "reconcile-" + hashlib.sha256(seen.encode()).hexdigest()[:24]
+        return {(key, version): (status, error) for key, version, status, error in cur.fetchall()}
 
 
 def send(sqs, queue_url: str, bucket: str, uploads: list[Upload]) -> int:
-    """An ObjectCreated event for each (see ``sequencer``); how many were sent. Cut short
-    (a refusal, a Ctrl-C), the error says how many were."""
+    """An ObjectCreated event for each, with a sequencer of its own: the controller then
+    starts a Job for it even where a Job of the upload's first event, or of an earlier
+    reconcile's, is still kept. How many were sent; cut short (a refusal, a Ctrl-C), the
+    error says how many were.
+
+    Random, not derived from the upload: whatever it were derived from, an emptied or
+    restored database can bring back, and the event would then be taken for a duplicate
+    of a Job still kept from before, and load nothing.
+    """
+    round_id = uuid.uuid4().hex[:12]
     sent = 0
     try:
         for start in range(0, len(uploads), _SQS_BATCH):
             entries = [{"Id": str(n), "MessageBody": s3events.object_created(
                             bucket, upload.key, version_id=upload.info.version_id if upload.info.versioned else None,
-                            etag=upload.info.etag, size=upload.info.size, sequencer=sequencer(bucket, upload),
+                            etag=upload.info.etag, size=upload.info.size,
+                            sequencer=f"reconcile-{round_id}-{start + n}",
                             event_version=EVENT_VERSION)}
                        for n, upload in enumerate(uploads[start:start + _SQS_BATCH])]
             with _mapped("sending to the uploads queue"):
@@ -127,10 +124,10 @@ def send(sqs, queue_url: str, bucket: str, uploads: list[Upload]) -> int:
                 refused = [uploads[start + int(entry["Id"])].key for entry in answer["Failed"]]
                 raise TemporaryError(f"the uploads queue refused the events of {refused} "
                                      f"({answer['Failed'][0].get('Message')}); {sent} sent, which load as usual; "
-                                     "run reconcile again for the rest: what was sent is not sent twice")
+                                     "run reconcile without --send to see what is left")
     except KeyboardInterrupt:
-        raise TemporaryError(f"stopped: {sent} of {len(uploads)} sent, which load as usual; run reconcile again "
-                             "for the rest: what was sent is not sent twice") from None
+        raise TemporaryError(f"stopped: {sent} of {len(uploads)} sent, which load as usual; run reconcile "
+                             "without --send to see what is left") from None
     return sent
 
 
