@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import select
 import shlex
 import signal
 import socket
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import click
 import psycopg2.extensions
-import psycopg2.extras
 from tqdm import tqdm
 
 from rates_core import db, logs, migrate as migrations
@@ -314,11 +314,28 @@ def _ctrl_c_cancels_statements():
     statement ended. For this process's connections, only while inside (psycopg2 refuses
     COPY on connections that wait this way)."""
     previous = psycopg2.extensions.get_wait_callback()
-    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+    psycopg2.extensions.set_wait_callback(_wait_cancelling)
     try:
         yield
     finally:
         psycopg2.extensions.set_wait_callback(previous)
+
+
+def _wait_cancelling(conn) -> None:
+    # psycopg2.extras.wait_select cancels too, but swallows the Ctrl-C: one that lands on a
+    # statement that ends anyway (a lock poll) would be lost, and the command go on.
+    interrupted = False
+    while (state := conn.poll()) != psycopg2.extensions.POLL_OK:
+        try:
+            if state == psycopg2.extensions.POLL_READ:
+                select.select([conn.fileno()], [], [])
+            else:
+                select.select([], [conn.fileno()], [])
+        except KeyboardInterrupt:
+            conn.cancel()
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _show_loaded_file(found: withdraw.LoadedFile | None, bucket: str, key: str) -> None:
