@@ -120,6 +120,7 @@ class Controller:
         # Again after the creates: between a pass that sees its Jobs end and the next, the
         # gauge would dip below full during a backlog, and reset the at-capacity alert.
         self.metrics.slots_in_use.set(busy + self._created)
+        self.metrics.held.set(len(self._held))
         self.metrics.loop_completed()
 
     # --- ended Jobs -------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_the_thresholds_come_from_the_values(helm, promtool, tmp_path):
 # --- the controller --------------------------------------------------------------------------
 
 CONTROLLER_ALERTS = ("RatesControllerDown", "RatesControllerRestarting", "RatesControllerFileSetAside",
-                     "RatesControllerErrors", "RatesControllerAtCapacity")
+                     "RatesControllerErrors", "RatesControllerAtCapacity", "RatesControllerQuotaFull")
 
 
 def controller_rule(helm) -> dict:
@@ -207,12 +207,13 @@ NEW_POD = {**CTL, "pod": "rates-controller-5f8c7-q7w2m"}  # after an upgrade
 
 
 def healthy_controller(active_jobs: int = 1, started: str = "100x60", set_aside: str = "0x60",
-                       errors: str = "0x60", slots_in_use: int | None = None) -> list[dict]:
+                       errors: str = "0x60", slots_in_use: int | None = None, held: int = 0) -> list[dict]:
     slots = active_jobs if slots_in_use is None else slots_in_use
     return [series("up", CTL, "1x60"),
             series("process_start_time_seconds", POD, started),
             series("rates_controller_active_jobs", CTL, f"{active_jobs}x60"),
             series("rates_controller_slots_in_use", CTL, f"{slots}x60"),
+            series("rates_controller_messages_held", CTL, f"{held}x60"),
             # what the controller exports before anything was set aside (metrics.SET_ASIDE_REASONS)
             series("rates_controller_files_set_aside_total", {**POD, "reason": "invalid_file"}, set_aside),
             series("rates_controller_files_set_aside_total", {**POD, "reason": "poison"}, "0x60"),
@@ -270,6 +271,10 @@ def test_controller_alerts_fire_on_their_trouble_after_their_for(helm, promtool,
         case(healthy_controller(active_jobs=0, slots_in_use=full), [
             ("RatesControllerAtCapacity", "20m", []),
             ("RatesControllerAtCapacity", "35m", [{"severity": "warning", "namespace": NAMESPACE}])]),
+        # A full Job quota holds uploads: warned after 30 minutes of it.
+        case(healthy_controller(active_jobs=0, held=2), [
+            ("RatesControllerQuotaFull", "20m", []),
+            ("RatesControllerQuotaFull", "35m", [{"severity": "warning", "namespace": NAMESPACE}])]),
         case([series("up", CTL, "0x20")], [
             ("RatesControllerDown", "4m", []), ("RatesControllerDown", "6m", [{"severity": "critical", "namespace": NAMESPACE}])]),
     ])

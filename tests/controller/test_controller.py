@@ -462,8 +462,10 @@ def test_messages_whose_jobs_a_full_quota_refuses_are_held_not_received_again(ku
     assert sqs.counts() == (0, 2) and sqs.dead_letters() == [] and ingest_jobs(kube, namespace) == []
     assert sample(controller.metrics, "rates_controller_messages_total", outcome="held") == 2
     assert sample(controller.metrics, "rates_controller_slots_in_use") == 0
+    assert sample(controller.metrics, "rates_controller_messages_held") == 2  # RatesControllerQuotaFull's
 
     job_quota(kube, namespace, 5)  # as when Jobs reach their TTL
     controller.step()
     assert len(ingest_jobs(kube, namespace)) == 2 and sqs.counts() == (0, 0) and sqs.dead_letters() == []
     assert sample(controller.metrics, "rates_controller_slots_in_use") == 2  # counted once created
+    assert sample(controller.metrics, "rates_controller_messages_held") == 0

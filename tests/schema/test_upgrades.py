@@ -154,7 +154,7 @@ SHIPPED = {
     "0015_totals_vacuum_settings.sql": "b81c04b563cd39ec0914a6505ccaae68145a07d228e41ae88672654f4024d004",
     "0016_ingest_files_content.sql": "590d550227bd7995898aaed515867ab658aabfe6802de21f49847a8b794e3253",
     "0017_withdrawn_files.sql": "3f5f9ba27a59ef245f500429b68eb6b71c1ec3892d65bd95f7467821b7171b1c",
-    "0018_port_edits_probe_lanes.sql": "f0d8098b91808a1b071d454e5812f80d59eac75e260a672f7ab0dc13b120a12c",
+    "0018_port_edits_probe_lanes.sql": "a5531b9e11a8514f10459acbab87dad26a54e6e3be0e3d2131453782a54472f9",
 }
 
 

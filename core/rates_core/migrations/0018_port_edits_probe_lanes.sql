@@ -59,9 +59,11 @@
 --
 -- TRUNCATE ports still rebuilds. The lock order of 0004 is kept: data_version's row
 -- first, then the totals.
--- A known limit, as before: a statement that deletes every price of a port and
--- moves it, with the prices trigger running first, leaves the port no lanes for the
--- probe to find (tests/schema/test_totals_property.py does not generate it).
+-- A known limit, as before 0018: one statement that edits a port and leaves it no lanes
+-- (deletes every price of it, or points them at another code, as it moves or goes), with
+-- the prices trigger running first, leaves the probe no lanes to find, and the totals of
+-- the port's old region stale (tests/schema/test_totals_property.py does not generate it;
+-- edit ports and prices in separate statements).
 
 CREATE OR REPLACE FUNCTION rates_ports_have_lanes(codes text[]) RETURNS boolean
 LANGUAGE sql STABLE SET enable_seqscan = off AS $$

@@ -19,7 +19,7 @@ locals {
       threshold = var.upload_wait_alarm_seconds
       # Two periods: a burst of uploads beyond the controller's capacity waits a while by design.
       periods     = 2
-      description = "An upload has waited in ${aws_sqs_queue.uploads.name} for over ${var.upload_wait_alarm_seconds} s without its Job: is the controller running (RatesControllerDown), or at MAX_ACTIVE_JOBS (RatesControllerAtCapacity)?"
+      description = "An upload has waited in ${aws_sqs_queue.uploads.name} for over ${var.upload_wait_alarm_seconds} s without its Job: is the controller running (RatesControllerDown), at MAX_ACTIVE_JOBS (RatesControllerAtCapacity), or held by a full Job quota (RatesControllerQuotaFull)?"
     }
   }
 }
