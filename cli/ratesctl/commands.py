@@ -288,16 +288,22 @@ def withdraw_command(bucket, key, version, reason) -> None:
     if (version is None) != (reason is None) or (reason is not None and not reason.strip()):
         raise click.UsageError("give both --version and a --reason to withdraw, or neither to look")
     conn = db.connect(_database_url(), application_name=withdraw.APPLICATION_NAME)
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         if version is None:
             _show_loaded_file(withdraw.loaded_file(conn, bucket, key), bucket, key)
             return
-        with _ctrl_c_cancels_statements():
+        with _ctrl_c_cancels_statements() as committing:
             found, deleted = withdraw.withdraw(conn, bucket, key, version, reason.strip(), waiting=lambda: click.echo(
                 f"a load of s3://{bucket}/{key} is in progress: waiting for it to commit (Ctrl-C stops here and "
-                "withdraws nothing)", err=True))
+                "withdraws nothing)", err=True), committing=committing)
+        _say_withdrawn(bucket, key, found, deleted)
     finally:
         conn.close()
+        signal.signal(signal.SIGINT, sigint)
+
+
+def _say_withdrawn(bucket: str, key: str, found: withdraw.LoadedFile, deleted: int | None) -> None:
     if deleted is None:
         click.echo(f"s3://{bucket}/{key} version {found.version} was withdrawn before, at {found.withdrawn_at}")
         return
@@ -312,11 +318,21 @@ def _ctrl_c_cancels_statements():
     """psycopg2 waits in Python meanwhile, so that a Ctrl-C cancels the statement running
     (a big file's DELETE takes minutes): blocked in libpq, it would be held back until the
     statement ended. For this process's connections, only while inside (psycopg2 refuses
-    COPY on connections that wait this way)."""
+    COPY on connections that wait this way).
+
+    Yields what to call just before the commit: a COMMIT under way commits whatever a
+    cancel says, so from then on a Ctrl-C is ignored (the caller restores SIGINT once it
+    has said what it did), and would otherwise report a done withdrawal as aborted.
+    """
     previous = psycopg2.extensions.get_wait_callback()
+
+    def committing() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        psycopg2.extensions.set_wait_callback(previous)
+
     psycopg2.extensions.set_wait_callback(_wait_cancelling)
     try:
-        yield
+        yield committing
     finally:
         psycopg2.extensions.set_wait_callback(previous)
 
@@ -325,8 +341,12 @@ def _wait_cancelling(conn) -> None:
     # psycopg2.extras.wait_select cancels too, but swallows the Ctrl-C: one that lands on a
     # statement that ends anyway (a lock poll) would be lost, and the command go on.
     interrupted = False
-    while (state := conn.poll()) != psycopg2.extensions.POLL_OK:
+    while True:
         try:
+            # poll() inside too: a Ctrl-C handled just after it returns must cancel as well.
+            state = conn.poll()
+            if state == psycopg2.extensions.POLL_OK:
+                break
             if state == psycopg2.extensions.POLL_READ:
                 select.select([conn.fileno()], [], [])
             else:

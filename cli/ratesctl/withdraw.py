@@ -45,12 +45,14 @@ def loaded_file(conn, bucket: str, key: str) -> LoadedFile | None:
 
 
 def withdraw(conn, bucket: str, key: str, version: str, reason: str,
-             waiting: Callable[[], None] = lambda: None) -> tuple[LoadedFile, int | None]:
+             waiting: Callable[[], None] = lambda: None,
+             committing: Callable[[], None] = lambda: None) -> tuple[LoadedFile, int | None]:
     """Delete the prices of the key's current file if it is ``version``, and record why.
 
     Returns the file and the prices deleted (None if it was withdrawn before and holds
     none). The version is asked for so that a file loaded since the caller looked is never
-    the one withdrawn. ``waiting`` is called if a load of the key holds its lock.
+    the one withdrawn. ``waiting`` is called if a load of the key holds its lock,
+    ``committing`` just before the commit, from which the withdrawal cannot be stopped.
     """
     # Whatever the database's default: under repeatable read the snapshot would predate
     # the wait for the key's lock, and a load committed meanwhile would fail the delete.
@@ -78,6 +80,7 @@ def withdraw(conn, bucket: str, key: str, version: str, reason: str,
                                                    finished_at, error)
                            VALUES (%s, %s, %s, %s, 'withdrawn', %s, %s, now(), %s)""",
                         (bucket, key, *_run_ids(found.version), found.id, deleted, reason))
+        committing()
         conn.commit()
     return found, deleted
 

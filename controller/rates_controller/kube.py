@@ -62,8 +62,9 @@ _ADMISSION_REFUSALS = ("ValidatingAdmissionPolicy", 'admission webhook "')
 
 
 class QuotaFull(TemporaryError):
-    """A ResourceQuota of the namespace has no room for another Job (count/jobs.batch, or
-    the Jobs' pods' requests): it passes once Jobs go, at their TTL."""
+    """A ResourceQuota of the namespace has no room for another Job (count/jobs.batch, which
+    counts ended Jobs too): it passes once Jobs go, at their TTL. Quotas on pods are met by
+    the Job controller when it makes the pod, not here."""
 
 
 @contextlib.contextmanager

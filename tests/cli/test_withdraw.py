@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from rates_core import db
 from rates_core.errors import PermanentError
 from rates_ingest.loader import lock_key
+from ratesctl import commands
 from ratesctl import withdraw as withdraw_module
 from ratesctl.cli import cli
 from tests.ingest.conftest import (ROWS, V2_ROWS, as_csv, as_tuples, expected_totals, last_run, prices, run_job,
@@ -26,6 +27,12 @@ pytestmark = pytest.mark.usefixtures("moto_endpoint")
 DAY = "2016-01-01"
 # Three china -> north_europe quotes on DAY (the API averages from three on), and one more.
 LANE_ROWS = [("CNSHA", "NLRTM", DAY, 1000), ("CNNGB", "DEHAM", DAY, 1200), ("CNSHA", "DEHAM", DAY, 1400)]
+
+
+def ctrl_c_acts() -> None:
+    # A background job's shell starts its children with SIGINT ignored (CI may run so),
+    # and Python then leaves it ignored: the test's Ctrl-C would do nothing.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def withdraw(dsn, *args):
@@ -254,7 +261,7 @@ def test_a_ctrl_c_while_waiting_for_a_load_stops_the_withdrawal_at_once(dsn, wor
         proc = subprocess.Popen(
             [sys.executable, "-m", "ratesctl.cli", "withdraw", "--bucket", s3.name, "--key", "p.csv",
              "--version", version, "--reason", "r"],
-            env={**os.environ, "DATABASE_URL": dsn}, stderr=subprocess.PIPE, text=True)
+            env={**os.environ, "DATABASE_URL": dsn}, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_acts)
         assert "waiting for it to commit" in proc.stderr.readline()
         time.sleep(1)  # into the wait itself, past the message
         proc.send_signal(signal.SIGINT)
@@ -296,7 +303,7 @@ def test_a_ctrl_c_during_the_delete_cancels_it(dsn, world, s3):
         proc = subprocess.Popen(
             [sys.executable, "-m", "ratesctl.cli", "withdraw", "--bucket", s3.name, "--key", "p.csv",
              "--version", version, "--reason", "r"],
-            env={**os.environ, "DATABASE_URL": dsn}, stderr=subprocess.PIPE, text=True)
+            env={**os.environ, "DATABASE_URL": dsn}, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_acts)
         with world.cursor() as cur:
             def deleting() -> bool:
                 cur.execute("""SELECT 1 FROM pg_stat_activity WHERE application_name = %s
@@ -312,3 +319,20 @@ def test_a_ctrl_c_during_the_delete_cancels_it(dsn, world, s3):
         holder.close()
     assert prices(world) == as_tuples(ROWS)
     assert last_run(world)["status"] == "loaded"
+
+
+def test_from_the_commit_on_a_ctrl_c_is_ignored_until_the_command_has_said_what_it_did(dsn, world, s3):
+    # A COMMIT under way commits whatever a cancel says: "Aborted!" would then be false.
+    default = signal.getsignal(signal.SIGINT)
+    with commands._ctrl_c_cancels_statements() as committing:
+        assert psycopg2.extensions.get_wait_callback() is commands._wait_cancelling
+        committing()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert psycopg2.extensions.get_wait_callback() is None  # the COMMIT waits in libpq
+    signal.signal(signal.SIGINT, default)
+    s3.put("p.csv", as_csv(ROWS))
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    done = withdraw(dsn, "--bucket", s3.name, "--key", "p.csv", "--version", loaded_version(dsn, s3.name, "p.csv"),
+                    "--reason", "r")
+    assert done.exit_code == 0 and "price(s) deleted" in done.output
+    assert signal.getsignal(signal.SIGINT) is default  # given back once said
