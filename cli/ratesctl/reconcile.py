@@ -39,8 +39,12 @@ def missing(s3, conn, bucket: str, prefix: str) -> tuple[list[Upload], int]:
     """The keys under ``prefix`` whose latest version (not deleted) is not their loaded
     file, and how many keys S3 holds there (a mistyped prefix holds none)."""
     loaded = _loaded_files(conn, bucket, prefix)
-    latest = list(_latest_versions(s3, bucket, prefix))
-    unloaded = [(key, info) for key, info in latest if loaded.get(key, (None,))[0] != info.identity]
+    examined = 0
+    unloaded = []
+    for key, info in _latest_versions(s3, bucket, prefix):  # kept only if not loaded: a bucket may hold millions
+        examined += 1
+        if loaded.get(key, (None,))[0] != info.identity:
+            unloaded.append((key, info))
     runs = _last_runs(conn, bucket, unloaded)
     uploads = []
     for key, info in unloaded:
@@ -48,7 +52,7 @@ def missing(s3, conn, bucket: str, prefix: str) -> tuple[list[Upload], int]:
         named = _not_a_price_file(key)
         uploads.append(Upload(key, info, version, named or runs.get((key, info.version_id)), withdrawn,
                               named is not None))
-    return uploads, len(latest)
+    return uploads, examined
 
 
 def _not_a_price_file(key: str) -> tuple[str, str] | None:
