@@ -15,7 +15,7 @@ from typing import Iterator
 import boto3
 import botocore.exceptions
 
-from rates_core import db, s3events
+from rates_core import aws, db, s3events
 from rates_core.errors import PermanentError, TemporaryError
 from rates_ingest import formats
 from rates_ingest.s3source import ObjectInfo
@@ -136,11 +136,13 @@ def send(sqs, queue_url: str, bucket: str, uploads: list[Upload]) -> int:
 
 
 def sqs_client():
-    """An SQS client from boto3's standard chain; AWS_ENDPOINT_URL(_SQS) selects a local one."""
+    """An SQS client from boto3's standard chain; AWS_ENDPOINT_URL(_SQS) selects a local one.
+    Its credential refreshes give up in seconds, as the controller's do (rates_core.aws)."""
     try:
-        return boto3.client("sqs")
+        return boto3.session.Session(botocore_session=aws.session()).client("sqs")
     except botocore.exceptions.NoRegionError:
-        raise PermanentError("no AWS region for the uploads queue: set AWS_REGION") from None
+        # This boto3 reads AWS_DEFAULT_REGION only: naming AWS_REGION sent operators round.
+        raise PermanentError("no AWS region for the uploads queue: set AWS_DEFAULT_REGION") from None
 
 
 @contextmanager

@@ -119,7 +119,7 @@ def test_send_without_a_queue_is_refused_and_a_missing_bucket_is_one_line(dsn, w
     no_region = run("--bucket", s3.name, "--send", "--queue-url", "http://127.0.0.1:1/q", AWS_REGION=None,
                     AWS_DEFAULT_REGION=None)
     assert no_region.exit_code == 2 and no_region.output.splitlines()[-1] == (
-        "Error: no AWS region for the uploads queue: set AWS_REGION"), no_region.output
+        "Error: no AWS region for the uploads queue: set AWS_DEFAULT_REGION"), no_region.output
     no_credentials = run("--bucket", s3.name, AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None,
                          AWS_SESSION_TOKEN=None, AWS_PROFILE=None, AWS_EC2_METADATA_DISABLED="true",
                          AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent")
@@ -210,3 +210,16 @@ def test_a_listing_whose_reader_has_gone_still_sends(dsn, world, s3, queue):
     assert proc.returncode == 0, err
     assert "3 sent to the uploads queue" in err.decode()
     assert len(sent(queue)) == 3
+
+
+@pytest.mark.timeout(60)  # botocore's defaults would hold an operator's --send for minutes
+def test_a_silent_sts_stops_send_in_seconds(aws_env, tmp_path):
+    from tests.support.aws import silent_sts
+
+    with silent_sts(aws_env, tmp_path / "token", "rates-prod-operator") as sts:
+        upload = reconcile_module.Upload("prices/a.csv", ObjectInfo(version_id="v1", etag='"e"', size=1,
+                                                                    last_modified=None), None, None)
+        with pytest.raises(TemporaryError, match="sending to the uploads queue: "):
+            reconcile_module.send(reconcile_module.sqs_client(),
+                                  "https://sqs.eu-west-1.amazonaws.com/123456789012/uploads", "b", [upload])
+        assert len(sts.accepted) == 2  # it did ask STS, and tried once more only
