@@ -3,7 +3,7 @@
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from rates_core.db import SchemaMissing
+from rates_core.db import RightsMissing, SchemaMissing
 from rates_core.errors import PermanentError, TemporaryError
 from rates_core.logs import get_logger
 
@@ -46,6 +46,13 @@ def register(app: Flask) -> None:
         # The migrations have not run yet; they will, so this is not the request's fault.
         log.error("database schema is missing or older than the code", error=str(exc))
         return _unavailable("the rates database is not migrated yet; retry later", retry_after=5)
+
+    @app.errorhandler(RightsMissing)
+    def _rights_missing(exc: RightsMissing):
+        # Not the request's fault either: the API's user lacks a right (a restored database
+        # before its next migration, or a wrong DATABASE_URL user).
+        log.error("the database refuses the API's user", error=str(exc))
+        return _unavailable("the rates database refuses this service's queries; retry later", retry_after=5)
 
     @app.errorhandler(PermanentError)
     def _permanent(exc: PermanentError):

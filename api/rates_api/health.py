@@ -2,7 +2,7 @@
 
 from flask import Blueprint, Response, jsonify
 
-from rates_core.db import PoolExhausted, SchemaMissing
+from rates_core.db import PoolExhausted, RightsMissing, SchemaMissing
 from rates_core.errors import TemporaryError
 
 from . import queries
@@ -41,6 +41,8 @@ def readyz():
         return jsonify({"status": "database unavailable", "error": str(exc)}), 503
     except SchemaMissing as exc:
         return jsonify({"status": "database not migrated", "error": str(exc)}), 503
+    except RightsMissing as exc:
+        return jsonify({"status": "database refuses access", "error": str(exc)}), 503
     return jsonify({"status": "ok"})
 
 

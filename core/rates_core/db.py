@@ -46,6 +46,8 @@ def classify(exc: BaseException) -> Exception:
     message = str(exc).strip() or type(exc).__name__
     if code in SCHEMA_MISSING:
         wrapped = SchemaMissing(message)
+    elif code == INSUFFICIENT_PRIVILEGE:
+        wrapped = RightsMissing(message)
     else:
         wrapped = (TemporaryError if retryable else PermanentError)(message)
     wrapped.pgcode = code
@@ -73,6 +75,15 @@ SCHEMA_MISSING = frozenset({"42P01", "42703", "42883"})
 class SchemaMissing(PermanentError):
     """The schema is older than the code (SCHEMA_MISSING). Permanent for the statement,
     so a failing migration still exits 2; a server may report it as "not migrated yet"."""
+
+
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+class RightsMissing(PermanentError):
+    """The database refused the statement to this user (42501): a wrong user, or a
+    database restored without the users' rights, which the next migration gives back. A
+    server is then unavailable, not broken, and says so."""
 
 
 # work_mem for a bulk load into prices: the statement trigger keeps the statement's rows

@@ -2,6 +2,7 @@ import re
 from dataclasses import replace
 
 from rates_api.settings import Settings
+from tests.support.db import API_USER
 
 
 def test_index_reports_service_and_version(client):
@@ -107,3 +108,17 @@ def test_a_missing_column_is_not_migrated_either(world, settings, make_client):
     rates = client.get("/rates?date_from=2016-01-01&date_to=2016-01-02&origin=CNSHA&destination=NLRTM")
     assert ready.status_code == 503 and ready.get_json()["status"] == "database not migrated"
     assert rates.status_code == 503 and rates.headers["Retry-After"] == "5"
+
+
+def test_a_right_the_api_user_lacks_is_not_ready_and_rates_answers_503(world, settings, make_client):
+    # A database restored without its users' rights, until the next migration gives them back.
+    with world.cursor() as cur:
+        cur.execute(f"REVOKE SELECT ON data_version, lane_totals, region_totals FROM {API_USER}")
+    client = make_client(settings)
+    ready = client.get("/readyz")
+    rates = client.get("/rates?date_from=2016-01-01&date_to=2016-01-02&origin=CNSHA&destination=NLRTM")
+    assert ready.status_code == 503 and ready.get_json()["status"] == "database refuses access"
+    assert "permission denied" in ready.get_json()["error"]
+    assert rates.status_code == 503 and rates.headers["Retry-After"] == "5"
+    assert rates.get_json()["error"] == {"code": "unavailable",
+                                         "message": "the rates database refuses this service's queries; retry later"}

@@ -37,7 +37,7 @@ def _raised(dsn, sqlstate: str) -> psycopg2.Error:
     ("XX000", TemporaryError),   # internal error
     ("23505", PermanentError),   # unique violation
     ("22P02", PermanentError),   # invalid text representation
-    ("42501", PermanentError),   # insufficient privilege
+    ("42501", db.RightsMissing),  # insufficient privilege (a PermanentError)
     ("42P01", db.SchemaMissing),  # undefined table
     ("42703", db.SchemaMissing),  # undefined column
     ("42883", db.SchemaMissing),  # undefined function

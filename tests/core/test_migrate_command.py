@@ -43,7 +43,7 @@ def test_iam_authentication_is_refused_in_one_line_not_ignored(empty_dsn):
     result = run({"DATABASE_URL": empty_dsn, "DATABASE_IAM_AUTH": "true"})
     assert result.returncode == 2
     assert "the migrations log in as the schema owner" in json.loads(result.stdout.splitlines()[-1])["error"]
-    assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("*.sql")))  # none applied
+    assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("[0-9]*.sql")))  # none applied
     assert run({"DATABASE_URL": empty_dsn, "DATABASE_IAM_AUTH": "false"}).returncode == 0
 
 
@@ -133,7 +133,7 @@ def test_arguments_are_refused_and_help_applies_nothing(empty_dsn):
     helped = subprocess.run([sys.executable, "-m", "rates_core.migrate", "--help"], capture_output=True, text=True,
                             env=os.environ | {"DATABASE_URL": empty_dsn}, timeout=60)
     assert helped.returncode == 0 and "DATABASE_URL" in helped.stdout
-    assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("*.sql")))  # none applied
+    assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("[0-9]*.sql")))  # none applied
 
 
 # The hook's command, with yoyo's recording of each applied migration slowed down, so that
@@ -177,7 +177,7 @@ def test_a_signal_lets_the_migration_in_progress_be_recorded_before_it_stops(emp
         hook.kill()
         hook.wait()
     assert first not in migrate.pending(empty_dsn)  # recorded: it was applied
-    assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("*.sql"))) - 1  # none after it
+    assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("[0-9]*.sql"))) - 1  # none after it
     assert run({"DATABASE_URL": empty_dsn}).returncode == 0 and migrate.pending(empty_dsn) == []
 
 

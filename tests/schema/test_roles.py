@@ -94,15 +94,19 @@ def test_the_ingest_user_deletes_a_replaced_file_s_prices_and_no_others(world, d
         assert cur.fetchall() == [(datetime.date(2016, 1, 1), 3), (datetime.date(2016, 1, 2), 2)]
 
 
-def test_every_function_that_runs_as_its_owner_fixes_its_search_path(conn):
-    # Otherwise a caller's temporary table (pg_temp is searched first) could stand in for
-    # ingest_files or prices inside a function that runs with the owner's rights.
+def test_every_function_fixes_its_search_path(conn):
+    # A definer's, or a caller's temporary table (pg_temp is searched first) could stand in
+    # for ingest_files or prices inside a function that runs with the owner's rights; and
+    # every other's, or pg_dump's empty search_path breaks the triggers (0019).
     with conn.cursor() as cur:
-        cur.execute("""SELECT p.proname, p.proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                       WHERE n.nspname = 'public' AND p.prosecdef ORDER BY 1""")
-        definers = dict(cur.fetchall())
-    assert {"rates_prices_changed", "rates_delete_replaced_file"} <= set(definers)
-    assert all(config == ["search_path=public, pg_temp"] for config in definers.values()), definers
+        cur.execute("""SELECT p.proname, p.prosecdef, p.proconfig FROM pg_proc p
+                       JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' ORDER BY 1""")
+        functions = {name: (definer, config or []) for name, definer, config in cur.fetchall()}
+    assert {name for name, (definer, _) in functions.items() if definer} == {
+        "rates_prices_changed", "rates_delete_replaced_file"}
+    unfixed = {name: config for name, (_, config) in functions.items()
+               if "search_path=public, pg_temp" not in config}
+    assert not unfixed and len(functions) >= 9, functions
 
 
 def test_the_ingest_user_cannot_borrow_the_totals_trigger_for_rows_of_its_own(world, dsn):

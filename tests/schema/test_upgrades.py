@@ -62,12 +62,13 @@ def rights(dsn: str) -> dict:
 
 
 def _apply_through(dsn: str, last: str) -> list[str]:
-    """Apply the migrations up to ``last``; the ids applied."""
+    """Apply the migrations up to ``last``; the ids applied. Not the post-apply hook, which
+    is written for the schema of today (``migrate.apply`` runs it)."""
     backend = get_backend(dsn)
     migrations = read_migrations(str(migrate.MIGRATIONS_DIR)).filter(lambda m: m.id <= last)
     with backend.lock():
         todo = backend.to_apply(migrations)
-        backend.apply_migrations(todo)
+        backend.apply_migrations_only(todo)
     return [m.id for m in todo]
 
 
@@ -155,12 +156,13 @@ SHIPPED = {
     "0016_ingest_files_content.sql": "590d550227bd7995898aaed515867ab658aabfe6802de21f49847a8b794e3253",
     "0017_withdrawn_files.sql": "3f5f9ba27a59ef245f500429b68eb6b71c1ec3892d65bd95f7467821b7171b1c",
     "0018_port_edits_probe_lanes.sql": "a5531b9e11a8514f10459acbab87dad26a54e6e3be0e3d2131453782a54472f9",
+    "0019_functions_fix_search_path.sql": "914e6adb59e5b8262768ef03f11824560f9a52f25b3e5b74395914401d038d83",
 }
 
 
 def test_every_migration_keeps_the_text_it_shipped_with():
     found = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-             for path in sorted(migrate.MIGRATIONS_DIR.glob("*.sql"))}
+             for path in sorted(migrate.MIGRATIONS_DIR.glob("[0-9]*.sql"))}
     changed = [name for name, digest in found.items() if SHIPPED.get(name, digest) != digest]
     assert not changed, f"shipped migrations changed: {changed}; put the change in a new migration"
     unpinned = sorted(found.keys() - SHIPPED.keys())
