@@ -125,7 +125,8 @@ def up_command(port, prices, days, ports, start, seed) -> None:
             load_demo_data(dsn, demodata.Spec(prices=prices, days=days, ports=ports,
                                               start=start.date(), seed=seed))
         # As deployed: the API reads as its own user, which the local server trusts.
-        _serve_until_interrupted(psycopg2.extensions.make_dsn(dsn, user=db.API_USER), port, start.date())
+        _serve_until_interrupted(psycopg2.extensions.make_dsn(dsn, user=db.API_USER), port, start.date(),
+                                 owner_dsn=dsn)
     finally:
         _say("stopping PostgreSQL ...")
         server.cleanup()
@@ -135,7 +136,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
+def _serve_until_interrupted(dsn: str, port: int, first_day, owner_dsn: str | None = None) -> None:
     # Stop on Ctrl-C or SIGTERM even when started from a script that ignores SIGINT.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -153,7 +154,9 @@ def _serve_until_interrupted(dsn: str, port: int, first_day) -> None:
         click.echo(f"\nRates API: {url}\n\nTry:\n"
                    f"  curl '{url}/rates?{week}&origin=CNSHA&destination=NLRTM'\n"
                    f"  curl '{url}/rates?{week}&origin=asia&destination=europe_north'\n\n"
-                   "Ctrl-C stops the API and the database.\n")
+                   + (f"The database, for the other make targets (its socket is where the server put it):\n"
+                      f"  export DATABASE_URL='{owner_dsn}'\n\n" if owner_dsn else "")
+                   + "Ctrl-C stops the API and the database.\n")
         code = api.wait()
     except KeyboardInterrupt:
         code = None

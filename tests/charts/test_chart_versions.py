@@ -3,14 +3,21 @@ the chart's version (and the app's), so two revisions of different templates und
 version cannot be told apart. A change to any file of a chart needs a new version, and its
 digest pinned here."""
 
+import ast
 import fnmatch
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-CHARTS = Path(__file__).resolve().parents[2] / "charts"
+REPO = Path(__file__).resolve().parents[2]
+CHARTS = REPO / "charts"
+# Every commit of main may reach dev (its image tag is the commit), so a version pinned in
+# any commit is released. Before this one, versions were pinned again within a session:
+# rates-api 0.12.0 and 0.13.0, rates-controller 0.11.0 and 0.12.1 name several contents.
+PINS_FROZEN_SINCE = "43e108a"
 
 # version -> SHA-256 of the chart's files, oldest first; the last is the current one.
 PINS = {
@@ -22,6 +29,7 @@ PINS = {
         "0.12.0": "dcc99a6fd0f72432cce4031bd6a74386d6fefe369a84e849b2e88ae3e5f26ba3",
         "0.13.0": "47c1eea75674655fbe61910071be16bdb5edbc3aefca5cc9a152f50332e3ead0",
         "0.13.1": "b93e6cb1d1f8d0149ae5d780306aa51a9a3067f35ddec01fcea40c6e5bdab706",
+        "0.14.0": "f42bc82d5c7262994ff85343096f27d2ec65f3f0ec0a66abea1817d21bb7d5c9",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",
@@ -87,3 +95,25 @@ def test_what_helm_leaves_out_does_not_count(tmp_path):
     assert digest(chart) == before
     (chart / "templates" / "b.yaml").write_text("b: 1\n")
     assert digest(chart) != before
+
+
+def _pins_at(commit: str) -> dict:
+    text = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:{Path(__file__).relative_to(REPO)}"],
+                          capture_output=True, text=True, check=True).stdout
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PINS":
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def test_no_committed_version_is_pinned_again():
+    """The test above compares the chart with PINS as they are now, which the same change
+    can edit: here every commit's PINS since PINS_FROZEN_SINCE must agree with today's."""
+    log = subprocess.run(["git", "-C", str(REPO), "log", "--format=%H", f"{PINS_FROZEN_SINCE}..HEAD", "--",
+                          str(Path(__file__).relative_to(REPO))], capture_output=True, text=True)
+    if log.returncode != 0:
+        pytest.skip(f"no git history here: {log.stderr.strip()}")
+    repinned = {(name, version, commit[:9])
+                for commit in [PINS_FROZEN_SINCE, *log.stdout.split()] for name, pins in _pins_at(commit).items()
+                for version, pinned in pins.items() if PINS.get(name, {}).get(version, pinned) != pinned}
+    assert not repinned, f"versions pinned again with other contents (give the chart a new version): {repinned}"

@@ -15,16 +15,20 @@ def test_ctrl_c_stops_the_api_even_when_the_output_pipe_has_gone(dsn, tmp_path):
     500 to everything, as its own log had nowhere to go)."""
     port = free_port()
     serve = ("import datetime\nfrom ratesctl.commands import _serve_until_interrupted\n"
-             f"_serve_until_interrupted({dsn!r}, {port}, datetime.date(2024, 1, 1))\n")
+             f"_serve_until_interrupted({dsn!r}, {port}, datetime.date(2024, 1, 1), owner_dsn={dsn!r})\n")
     env = {**os.environ, "WEB_CONCURRENCY": "1", "SHUTDOWN_DRAIN_SECONDS": "0",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     up = subprocess.Popen([sys.executable, "-c", serve], env=env, cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     gunicorn = None
+    banner = []
     try:
         for line in up.stdout:  # up to the banner: the API answers
+            banner.append(line.decode())
             if b"Ctrl-C stops" in line:
                 break
+        # The socket may not be where the README's line expects it (a long checkout path).
+        assert f"  export DATABASE_URL='{dsn}'\n" in banner, banner
         [gunicorn] = open(f"/proc/{up.pid}/task/{up.pid}/children").read().split()
         up.stdout.close()  # tee has gone
 

@@ -110,6 +110,7 @@ def _custom_columns() -> str:
     return columns
 
 
+@pytest.mark.kube
 def test_the_runbooks_job_listing_shows_each_jobs_key_and_state(kube, kubectl, namespace):
     from rates_controller import jobs
 

@@ -178,7 +178,7 @@ dropped; rendering stops with the reason rather than shipping a chart that loses
 {{- $cacheMiB := ternary 0 $.Values.config.responseCacheMiB (eq ($.Values.config.responseCacheSize | int) 0) }}
 {{- $held := addf (mulf ($.Values.config.webConcurrency | float64) ($cacheMiB | float64)) (include "rates-api.mebibytes" $.Values.shmSizeLimit | float64) }}
 {{- if gt $held (divf $limit 2) }}
-{{- fail (printf "config.webConcurrency x config.responseCacheMiB + shmSizeLimit (%.1f MiB) must be at most half of resources.limits.memory (%.1f MiB): the workers themselves (idle, about 45 MiB each and the master 32) need the rest, or full caches get the pod OOM-killed" $held $limit) }}
+{{- fail (printf "config.webConcurrency x config.responseCacheMiB + shmSizeLimit (%.1f MiB) must be at most half of resources.limits.memory (%.1f MiB): the workers themselves (idle, about 45 MiB each, 70 with database.iamAuth, and the master 32) need the rest, or full caches get the pod OOM-killed" $held $limit) }}
 {{- end }}
 {{- end }}
 {{- if .Values.autoscaling.enabled }}
