@@ -197,10 +197,11 @@ def url_error(exc: Exception) -> str:
 
 
 class Pool:
-    """A thread-safe connection pool, opened on first use and kept full afterwards.
+    """A thread-safe connection pool; each connection is opened when a thread first needs
+    it and kept open afterwards.
 
     Opening lazily lets a process start (and report itself unready) while the database
-    is down; keeping every connection open avoids a new connection per request.
+    is down; keeping the connections open avoids a new connection per request.
     Connections are in autocommit mode: the API only reads, and an explicit transaction
     would cost a BEGIN and a ROLLBACK round trip per request. The one read of several
     statements that must share a snapshot (a /rates cache miss) opens its own.
@@ -238,7 +239,9 @@ class Pool:
             raise TemporaryError("the database is not answering; connections are still being opened")
         try:
             waited = time.monotonic() - self._failed_at
-            if waited < self._retry_after_s:
+            # An idle connection is lent all the same: the opening that failed may have been
+            # one more than the server allows (max_connections), not an outage.
+            if waited < self._retry_after_s and not (self._pool and self._pool.idle()):
                 raise TemporaryError(f"the database was unreachable {waited:.1f}s ago: {self._failure}")
             try:
                 if self._pool is None:
@@ -311,9 +314,17 @@ class _ThreadedPool(psycopg2.pool.ThreadedConnectionPool):
     refills itself long after it started, when the first token has expired."""
 
     def __init__(self, size: int, password: PasswordSource, **connect_args):
-        self._password = password  # before __init__, which opens the first connections
-        # psycopg2 closes returned connections beyond minconn, so minconn = maxconn.
-        super().__init__(size, size, **connect_args)
+        self._password = password
+        # Opened one by one as threads need them, not all at once: near the server's
+        # max_connections a worker that could open 3 of 4 opened none, and answered 503 to
+        # everything, fast, so it took most of the pod's traffic. psycopg2 closes returned
+        # connections beyond minconn, so minconn is raised to maxconn once none are opened.
+        super().__init__(0, size, **connect_args)
+        self.minconn = size
+
+    def idle(self) -> int:
+        """How many opened connections wait to be lent."""
+        return len(self._pool)
 
     def _connect(self, key=None):
         if self._password is not None:

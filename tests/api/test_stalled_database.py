@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from tests.support.api import gunicorn_server
+from tests.support.poll import wait_for
 from tests.support.world import insert_prices
 
 THREADS = 2
@@ -33,10 +34,17 @@ def test_statements_on_a_stalled_server_give_up_and_healthz_keeps_answering(guni
     insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
     url = gunicorn + "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=CNSHA&destination=NLRTM"
     assert requests.get(url, timeout=10).status_code == 200
-    with psycopg2.connect(dsn) as conn:
-        stalled = _api_backends(conn)
-    conn.close()
-    assert len(stalled) == THREADS  # the worker's whole pool
+
+    def whole_pool() -> list[int]:
+        # The pool opens a connection when a thread first needs one: requests at once until
+        # each thread has needed its own.
+        with ThreadPoolExecutor(THREADS) as burst:
+            list(burst.map(lambda _: requests.get(url, timeout=10), range(4 * THREADS)))
+        with psycopg2.connect(dsn) as conn:
+            backends = _api_backends(conn)
+        conn.close()
+        return backends if len(backends) == THREADS else []
+    stalled = wait_for(whole_pool, timeout=30, what="the worker's whole pool to be open")
     for pid in stalled:
         os.kill(pid, signal.SIGSTOP)  # their sockets stay open: the kernel still acknowledges
     try:

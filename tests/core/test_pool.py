@@ -2,12 +2,13 @@
 
 import threading
 
+import psycopg2.extensions
 import pytest
 from psycopg2 import sql
 
 from rates_core.db import Pool, PoolExhausted
 from rates_core.errors import TemporaryError
-from tests.support.db import autocommit
+from tests.support.db import as_user, autocommit
 from tests.support.net import SilentServer
 from tests.support.poll import wait_for
 
@@ -30,7 +31,8 @@ def _select_pid(pool: Pool) -> int:
 def test_connections_the_server_closed_are_replaced_not_failed(dsn, conn):
     pool = Pool(dsn, size=3, application_name=APP, statement_timeout_ms=0)
     try:
-        _select_pid(pool)
+        with pool.connection(), pool.connection(), pool.connection():
+            pass
         old = _backend_pids(conn)
         assert len(old) == 3
         with conn.cursor() as cur:  # what a database restart or failover does to them
@@ -212,3 +214,26 @@ def test_a_transaction_left_open_is_ended_when_the_connection_comes_back(dsn, co
             assert cur.fetchone()[0] is True
     finally:
         pool.close()
+
+
+def test_a_pool_near_the_server_s_connection_limit_lends_what_it_could_open(dsn, admin_conn):
+    # As near max_connections: the role may hold one connection. A pool that opened all of
+    # its connections at once or none answered every request with an error.
+    with admin_conn.cursor() as cur:
+        cur.execute("CREATE ROLE pool_limited LOGIN CONNECTION LIMIT 1")
+        cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO pool_limited").format(
+            sql.Identifier(psycopg2.extensions.parse_dsn(dsn)["dbname"])))
+    pool = Pool(as_user(dsn, "pool_limited"), size=3, application_name=APP, statement_timeout_ms=0,
+                retry_after_s=0.2)
+    try:
+        with pool.connection() as lent, lent.cursor() as cur:
+            cur.execute("SELECT 1")
+            with pytest.raises(TemporaryError, match="too many connections"):
+                with pool.connection():
+                    pass
+        assert _select_pid(pool)  # at once: an idle connection is lent while openings are refused
+    finally:
+        pool.close()
+        with admin_conn.cursor() as cur:
+            cur.execute("DROP OWNED BY pool_limited")
+            cur.execute("DROP ROLE pool_limited")
