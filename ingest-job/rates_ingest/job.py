@@ -45,7 +45,7 @@ def run(settings: Settings, s3=None) -> int:
         termination.check()  # the sweep in runs.start() tolerates errors, the signal's among them
         outcome = _ingest(settings, ref, s3, bound, seen, run_id, password)
     except BaseException as exc:  # noqa: BLE001 - every ending is recorded, then mapped to an exit code
-        outcome = _failure(exc)
+        outcome = _failure(exc, bound)
         outcome.info = seen.get("info")
         outcome.bytes = seen["download"].bytes if "download" in seen else None
     # The outcome is known: a signal from here on must not turn a rejected file's exit 2 into 1.
@@ -96,14 +96,20 @@ def _brief(error: str | None) -> str | None:
     return f"{error[:BRIEF_ERROR_CHARS]}… (cut; the whole error is in ingest_runs)"
 
 
-def _failure(exc: BaseException) -> Outcome:
+def _failure(exc: BaseException, log) -> Outcome:
     if termination.received:
         # Terminated runs are retried, whatever error the termination surfaced as.
         error = f"terminated by signal {termination.received}"
         return Outcome("failed", error=error if error in str(exc) else f"{error} ({type(exc).__name__}: {exc})")
     if isinstance(exc, formats.FileRejected):
         return Outcome("rejected", error=str(exc), bad_rows=exc.bad_rows)
-    log.debug("ingest error", exc_info=exc)
+    if isinstance(exc, (TemporaryError, PermanentError)):
+        log.debug("ingest error", exc_info=exc)
+    else:
+        # Not an error the job knows (S3 or the database down): a bug, most likely, and its
+        # record and last line say only "KeyError: 'x'". The traceback goes on a line of its
+        # own, before the last one, which the controller reads as the reason.
+        log.error("unexpected error", exc_info=exc)
     return Outcome("failed", error=f"{type(exc).__name__}: {exc}")
 
 

@@ -139,6 +139,8 @@ def test_an_unreachable_s3_exits_1_and_is_recorded(db, s3):
     assert result.returncode == 1
     run = last_run(conn)
     assert run["status"] == "failed" and "S3 unavailable" in run["error"]
+    # An outage the job knows is no bug: no traceback at the default level.
+    assert not [line for line in log_lines(result.stdout) if "exception" in line]
 
 
 def test_a_database_error_outside_the_copy_is_not_blamed_on_the_file(db, s3):
@@ -266,3 +268,35 @@ def test_an_error_too_long_for_the_tail_is_cut_in_the_log_line_only():
     brief = _brief("x" * 5000)
     assert brief.startswith("x" * BRIEF_ERROR_CHARS) and brief.endswith("(cut; the whole error is in ingest_runs)")
     assert len(brief.encode()) + 1000 < 2048  # room for the rest of the line, a long key's excepted
+
+
+# Runs the job with a bug in the load: a KeyError out of loader.load.
+_BUG_IN_THE_LOAD = """
+import sys
+from rates_ingest import cli, job
+
+def load(*args, **kwargs):
+    raise KeyError("x")
+
+job.loader.load = load
+sys.exit(cli.main())
+"""
+
+
+def test_a_bug_in_the_load_logs_its_traceback_before_the_last_line(db, s3):
+    # At the default level: the run is retried and set aside, and only the traceback tells
+    # a bug from an outage.
+    dsn, conn = db
+    s3.put("p.csv", as_csv(ROWS))
+    result = subprocess.run([sys.executable, "-c", _BUG_IN_THE_LOAD, "--bucket", s3.name, "--key", "p.csv"],
+                            env={**os.environ, "DATABASE_URL": as_user(dsn, INGEST_USER)}, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = log_lines(result.stdout)
+    [bug] = [line for line in lines if line["event"] == "unexpected error"]
+    assert bug["level"] == "error" and bug["key"] == "p.csv" and "run_id" in bug
+    assert "Traceback" in bug["exception"] and "KeyError: 'x'" in bug["exception"]
+    # The controller reads the reason from the last line.
+    assert (lines[-1]["event"], lines[-1]["error"]) == ("ingest finished", "KeyError: 'x'")
+    assert last_run(conn)["error"] == "KeyError: 'x'"
