@@ -36,8 +36,11 @@ def run(settings: Settings, s3=None) -> int:
         runs = RunLog(settings.database_url, password)
         run_id = runs.start(ref)
     except (TemporaryError, PermanentError) as exc:
-        # Nowhere to record it: the log line is the only trace. A retry may find the database.
-        bound.error("ingest failed before it could be recorded", error=str(exc))
+        # Nowhere to record it: the log line is the only trace, so it has the fields of the
+        # last line of a recorded run (README, "Logs"). A retry may find the database.
+        bound.error("ingest failed before it could be recorded", status="failed", rows=None, bytes=None,
+                    error=_brief(str(exc)), recorded=False, exit_code=EXIT_RETRY,
+                    duration_s=round(time.monotonic() - started, 3))
         return EXIT_RETRY
     bound = bound.bind(run_id=run_id)
     seen: dict = {}

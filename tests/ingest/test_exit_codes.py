@@ -115,7 +115,13 @@ def test_an_unreachable_database_exits_1(s3):
     result = run_cli(UNREACHABLE_DB, "--bucket", s3.name, "--key", "p.csv")
 
     assert result.returncode == 1
-    assert any(line["event"] == "ingest failed before it could be recorded" for line in log_lines(result.stdout))
+    last = log_lines(result.stdout)[-1]
+    assert last["event"] == "ingest failed before it could be recorded" and last["level"] == "error"
+    # The fields of every run's last line (README, "Logs"), for the searches and dashboards on them.
+    assert {k: last[k] for k in ("bucket", "key", "status", "rows", "bytes", "exit_code", "recorded")} == {
+        "bucket": s3.name, "key": "p.csv", "status": "failed", "rows": None, "bytes": None, "exit_code": 1,
+        "recorded": False}
+    assert isinstance(last["duration_s"], float) and "127.0.0.1" in last["error"]
 
 
 def test_without_an_iam_role_there_is_no_database_token_and_the_job_exits_1(s3):
