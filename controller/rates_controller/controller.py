@@ -78,6 +78,14 @@ class Batch:
     failed: TemporaryError | None = None
 
 
+class PassFailed(TemporaryError):
+    """A call the whole pass needs failed; ``operation`` names it, as the errors metric does."""
+
+    def __init__(self, operation: str, error: TemporaryError):
+        super().__init__(str(error))
+        self.operation = operation
+
+
 class Controller:
     def __init__(self, settings: Settings, kube: JobsApi, uploads: Queue, dead_letters: Queue,
                  metrics: Metrics, log):
@@ -108,7 +116,10 @@ class Controller:
             try:
                 self.step()
             except TemporaryError as exc:
-                self.log.warning("control loop pass failed; retrying", error=str(exc))
+                # A "will retry" line with the operation, as _guarded writes: the errors
+                # alert and the runbook send operators to these lines.
+                operation = exc.operation if isinstance(exc, PassFailed) else None
+                self.log.warning("will retry", operation=operation, error=str(exc))
                 # Alive, even so: restarting would not bring SQS or the API back.
                 self.metrics.loop_completed()
                 self.stopping.wait(5)
@@ -129,9 +140,9 @@ class Controller:
         """Act on Jobs that ended; the number of slots taken (running Jobs and due retries)."""
         try:
             listed = self.kube.unhandled()
-        except TemporaryError:
+        except TemporaryError as exc:
             self.metrics.errors.labels("list_jobs").inc()
-            raise
+            raise PassFailed("list_jobs", exc) from exc
         ended_jobs = [ended for ended in map(jobs.finished, listed) if ended is not None]
         running = len(listed) - len(ended_jobs)
         busy = running
@@ -254,9 +265,9 @@ class Controller:
         try:
             messages = self.uploads.receive(capacity, self.settings.poll_wait_seconds,
                                             self.settings.visibility_timeout)
-        except TemporaryError:
+        except TemporaryError as exc:
             self.metrics.errors.labels("receive").inc()
-            raise
+            raise PassFailed("receive", exc) from exc
         done: list[Message] = []
         # A create, and the read that checks whether it took effect when its answer was lost.
         batch = Batch(time.monotonic() + self.settings.visibility_timeout - 2 * sum(REQUEST_TIMEOUT))

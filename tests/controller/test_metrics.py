@@ -5,8 +5,10 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
 import requests
 from prometheus_client import generate_latest
+from structlog.testing import capture_logs
 
 from rates_controller.controller import Controller
 from rates_controller.metrics import SET_ASIDE_REASONS, Metrics, serve
@@ -72,3 +74,32 @@ def test_a_pass_that_fails_for_a_service_outage_still_counts_as_alive(monkeypatc
     monkeypatch.setattr(controller.stopping, "wait", lambda seconds: None)
     controller.run()
     assert controller.passes == 2 and controller.metrics.last_loop_at > 0
+
+
+class DownService:
+    """The API server's Jobs list, or SQS's receive, as when the service is down."""
+
+    def unhandled(self):
+        raise TemporaryError("the API server is down")
+
+    def receive(self, *args):
+        raise TemporaryError("SQS is down")
+
+
+@pytest.mark.parametrize("kube, uploads, operation, error", [
+    (DownService(), None, "list_jobs", "the API server is down"),
+    (SimpleNamespace(unhandled=lambda: []), DownService(), "receive", "SQS is down"),
+])
+def test_a_pass_that_fails_says_will_retry_with_the_operation_the_errors_metric_counts(
+        monkeypatch, kube, uploads, operation, error):
+    # RatesControllerErrors and the runbook send operators to the "will retry" lines.
+    settings = SimpleNamespace(max_active_jobs=4, poll_wait_seconds=1, visibility_timeout=30)
+    controller = Controller(settings, kube=kube, uploads=uploads, dead_letters=None, metrics=Metrics(),
+                            log=logs.get_logger("test"))
+    monkeypatch.setattr(controller.stopping, "wait", lambda seconds: controller.stopping.set())
+    with capture_logs() as logged:
+        controller.run()
+    assert [line for line in logged if line["log_level"] == "warning"] == [
+        {"event": "will retry", "operation": operation, "error": error, "log_level": "warning"}]
+    assert controller.metrics.registry.get_sample_value("rates_controller_errors_total",
+                                                        {"operation": operation}) == 1
