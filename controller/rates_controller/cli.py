@@ -8,7 +8,7 @@ import click
 from rates_core import logs, signals
 from rates_core.env import ConfigError
 
-from rates_core.errors import EXIT_PERMANENT, PermanentError, TemporaryError
+from rates_core.errors import EXIT_PERMANENT, EXIT_TEMPORARY, PermanentError, TemporaryError
 
 from . import jobs, kube, metrics, queue
 from .controller import Controller
@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except click.Abort:
         return 1
+    except Exception as exc:  # noqa: BLE001 - a bug; SystemExit and KeyboardInterrupt go on as before
+        # One JSON line with the traceback, as every other line: Python's own, in plain text
+        # on stderr, would be split by the log pipeline into an event per line.
+        logs.configure(service=SERVICE)
+        logs.get_logger("rates_controller").exception("unexpected error", error=f"{type(exc).__name__}: {exc}")
+        return EXIT_TEMPORARY
 
 
 if __name__ == "__main__":

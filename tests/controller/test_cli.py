@@ -159,3 +159,40 @@ def test_a_signal_inside_the_stop_events_wait_stops_the_loop():
                             text=True, timeout=30)  # hung: TimeoutExpired
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", f"[{int(signal.SIGTERM)}]"]
+
+
+def _env_without_a_cluster(tmp_path, **settings) -> dict:
+    """A controller's environment whose API server and SQS are not there (connections refused)."""
+    kubeconfig = token_kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:1")
+    return {"PATH": "/usr/bin:/bin", "QUEUE_URL": "http://127.0.0.1:1/q", "DEAD_LETTER_QUEUE_URL": "http://127.0.0.1:1/d",
+            "JOB_IMAGE": "i", "JOB_NAMESPACE": "n", "KUBECONFIG": str(kubeconfig), "METRICS_PORT": "0",
+            "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", **settings}
+
+
+# A bug in the control loop: an exception that is no TemporaryError escapes it.
+_BUG_IN_THE_LOOP = """
+import sys
+from rates_controller import cli
+from rates_controller.controller import Controller
+
+def run(self):
+    raise KeyError("x")
+
+Controller.run = run
+sys.exit(cli.main())
+"""
+
+
+def test_a_bug_is_one_json_line_with_its_traceback_and_exit_1(tmp_path):
+    # Python's plain-text traceback on stderr would be split into an event per line.
+    result = subprocess.run([sys.executable, "-c", _BUG_IN_THE_LOOP], env=_env_without_a_cluster(tmp_path),
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 1 and result.stderr == "", result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]  # every one of them JSON
+    last = lines[-1]
+    assert lines[-2]["event"] == "started"
+    assert (last["event"], last["level"], last["error"], last["service"]) == (
+        "unexpected error", "error", "KeyError: 'x'", "rates-controller")
+    assert "Traceback" in last["exception"] and last["exception"].rstrip().endswith("KeyError: 'x'")

@@ -306,3 +306,29 @@ def test_a_bug_in_the_load_logs_its_traceback_before_the_last_line(db, s3):
     # The controller reads the reason from the last line.
     assert (lines[-1]["event"], lines[-1]["error"]) == ("ingest finished", "KeyError: 'x'")
     assert last_run(conn)["error"] == "KeyError: 'x'"
+
+
+# A bug outside the run's own handling: job.run itself raises.
+_BUG_OUTSIDE_THE_RUN = """
+import sys
+from rates_ingest import cli, job
+
+def run(settings):
+    raise KeyError("x")
+
+job.run = run
+sys.exit(cli.main())
+"""
+
+
+def test_a_bug_outside_the_run_is_one_json_line_with_its_traceback_and_exit_1(s3):
+    # Python's plain-text traceback on stderr would be split into an event per line.
+    result = subprocess.run([sys.executable, "-c", _BUG_OUTSIDE_THE_RUN, "--bucket", s3.name, "--key", "p.csv"],
+                            env={**os.environ, "DATABASE_URL": UNREACHABLE_DB}, capture_output=True, text=True,
+                            timeout=60)
+
+    assert result.returncode == 1 and result.stderr == "", result.stderr
+    [line] = log_lines(result.stdout)
+    assert (line["event"], line["level"], line["error"], line["service"]) == (
+        "unexpected error", "error", "KeyError: 'x'", "rates-ingest")
+    assert "Traceback" in line["exception"] and line["exception"].rstrip().endswith("KeyError: 'x'")
