@@ -37,8 +37,7 @@ def command() -> int:
         _check_job_settings(jobs_api, settings, log)
         measured = metrics.Metrics()
         if settings.metrics_port:
-            # A pass takes at most one long poll plus a few bounded API calls.
-            metrics.serve(measured, settings.metrics_port, stale_after=3 * (settings.poll_wait_seconds + 60))
+            _serve_metrics(measured, settings)
         sqs = queue.sqs_client(settings.poll_wait_seconds)
     except (ConfigError, OSError) as exc:
         log.error("configuration error", error=str(exc))
@@ -72,6 +71,14 @@ def stop_on_signals(controller) -> list[int]:
         signal.signal(signum, lambda _signum, _frame: None)
     signals.watch(wanted, stop, name="stop-on-signals")
     return received
+
+
+def _serve_metrics(measured: metrics.Metrics, settings: Settings) -> None:
+    try:
+        # A pass takes at most one long poll plus a few bounded API calls.
+        metrics.serve(measured, settings.metrics_port, stale_after=3 * (settings.poll_wait_seconds + 60))
+    except OSError as exc:  # "[Errno 98] Address already in use" alone names neither port nor variable
+        raise ConfigError(f"METRICS_PORT {settings.metrics_port}: {exc}") from None
 
 
 def _check_job_settings(jobs_api: kube.JobsApi, settings: Settings, log) -> None:

@@ -196,3 +196,20 @@ def test_a_bug_is_one_json_line_with_its_traceback_and_exit_1(tmp_path):
     assert (last["event"], last["level"], last["error"], last["service"]) == (
         "unexpected error", "error", "KeyError: 'x'", "rates-controller")
     assert "Traceback" in last["exception"] and last["exception"].rstrip().endswith("KeyError: 'x'")
+
+
+def test_a_metrics_port_in_use_is_a_configuration_error_that_names_it(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "rates_controller"],
+                                env=_env_without_a_cluster(tmp_path, METRICS_PORT=str(port)),
+                                capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["event"] == "configuration error"
+    assert last["error"] == f"METRICS_PORT {port}: [Errno 98] Address already in use"  # which port, which variable
