@@ -18,7 +18,11 @@ JOB_DATABASE_URL           the Jobs' database URL written into each Job instead,
 JOB_DATABASE_IAM_AUTH      true: the Jobs connect with RDS IAM tokens as JOB_DATABASE_URL's
                            user (their DATABASE_IAM_AUTH); default false.
 JOB_ENV                    extra environment for the Jobs, a JSON object of strings, e.g.
-                           {"AWS_DEFAULT_REGION": "eu-west-1"} (default {}).
+                           {"AWS_DEFAULT_REGION": "eu-west-1"} (default {}); not names that
+                           carry secrets (SECRET_NAMES, or PASSWORD, SECRET or TOKEN in
+                           them), which every Job would show.
+JOB_ENV_ALLOW_SECRETS      true: JOB_ENV may set them all the same, for the fake credentials
+                           of a local S3 such as moto (k8s/local, the tests); default false.
 JOB_SCHEDULING             where the Jobs' pods may run: a JSON object with any of nodeSelector,
                            tolerations, affinity, priorityClassName and
                            topologySpreadConstraints, as in a pod spec (default {}).
@@ -58,6 +62,13 @@ from rates_core.logs import LEVELS
 
 # The pod spec fields JOB_SCHEDULING may set: where a pod runs, nothing about what it runs.
 SCHEDULING_FIELDS = ("nodeSelector", "tolerations", "affinity", "priorityClassName", "topologySpreadConstraints")
+# Names whose values are secrets, besides any with PASSWORD, SECRET or TOKEN in them. A
+# Job's spec is in plain text to anyone who may read Jobs, as JOB_DATABASE_URL's password is.
+SECRET_NAMES = frozenset({"PGPASSWORD", "PGPASSFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                          "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
+SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN")
+# Named like secrets, holding none: the path of IRSA's token file, which EKS sets itself.
+NOT_SECRETS = frozenset({"AWS_WEB_IDENTITY_TOKEN_FILE"})
 # What Kubernetes accepts as an environment variable's name.
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -174,7 +185,19 @@ def _job_env(environ: Mapping[str, str]) -> dict[str, str]:
     invalid = sorted(name for name in env if not _ENV_NAME.fullmatch(name))
     if invalid:
         raise ConfigError(f"environment variable JOB_ENV has names Kubernetes refuses: {', '.join(invalid)}")
+    secrets = _secret_names(env)
+    if secrets and not env_bool("JOB_ENV_ALLOW_SECRETS", False, environ):
+        raise ConfigError(f"environment variable JOB_ENV may not set {', '.join(secrets)}: every Job would "
+                          "show their values to anyone who may read Jobs; give the Jobs' service account an IAM role "
+                          "(IRSA), or the database URL by DATABASE_SECRET (JOB_ENV_ALLOW_SECRETS=true only "
+                          "for the fake credentials of a local S3)")
     return env
+
+
+def _secret_names(env: Mapping[str, str]) -> list[str]:
+    # Case-insensitively: aws_secret_access_key is read too (by the AWS CLI's own config, say).
+    return sorted(name for name in env if name.upper() not in NOT_SECRETS and (
+        name.upper() in SECRET_NAMES or any(word in name.upper() for word in SECRET_WORDS)))
 
 
 def _job_scheduling(environ: Mapping[str, str]) -> dict[str, object]:

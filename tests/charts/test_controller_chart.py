@@ -958,7 +958,8 @@ def test_the_real_controller_runs_with_the_charts_environment_and_rights(
          "metrics.port": port, "controller.pollWaitSeconds": 1, "controller.maxAttempts": 1,
          "jobs.backoffLimit": 0, **FROM_SECRET, "database.existingSecret": "ingest-database",
          "queue.bucket": uploads.name, "queue.prefix": "2024/"},
-        {"jobs.env": {**fake_credentials, "AWS_ENDPOINT_URL": moto_endpoint}}))
+        {"jobs.env": {**fake_credentials, "AWS_ENDPOINT_URL": moto_endpoint},
+         "extraEnv": [{"name": "JOB_ENV_ALLOW_SECRETS", "value": "true"}]}))  # moto's fake credentials
     # The Secret the chart names, made as its README says (an admin's job, not the chart's).
     kube.core.create_namespaced_secret(namespace, {"metadata": {"name": "ingest-database"}, "data": {
         "url": base64.b64encode(b"postgresql://nobody@127.0.0.1:1/none?connect_timeout=2").decode()}})

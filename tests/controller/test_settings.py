@@ -74,6 +74,31 @@ def test_job_env_is_read():
     assert settings.job.env == {"AWS_REGION": "eu-west-1"}
 
 
+@pytest.mark.parametrize("name", [
+    "PGPASSWORD", "PGPASSFILE", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+    "AWS_SECURITY_TOKEN", "SMTP_PASSWORD", "api_token", "Client_Secret",
+])
+def test_job_env_may_not_set_a_secret_that_every_job_would_show(name):
+    # As JOB_DATABASE_URL's password: anyone who may read Jobs would read it.
+    with pytest.raises(ConfigError, match=f"JOB_ENV may not set {name}: every Job would show"):
+        Settings.from_env({**REQUIRED, "JOB_ENV": json.dumps({"AWS_DEFAULT_REGION": "eu-west-1", name: "x"})})
+
+
+def test_job_env_names_every_secret_it_refuses():
+    env = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AWS_REGION": "eu-west-1"}
+    with pytest.raises(ConfigError, match="may not set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: "):
+        Settings.from_env({**REQUIRED, "JOB_ENV": json.dumps(env)})
+
+
+def test_job_env_may_set_names_that_only_look_like_secrets_or_fake_credentials_when_allowed():
+    irsa = {"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"}
+    assert Settings.from_env({**REQUIRED, "JOB_ENV": json.dumps(irsa)}).job.env == irsa
+    # moto's, in k8s/local and the tests.
+    fake = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_SESSION_TOKEN": "local"}
+    allowed = Settings.from_env({**REQUIRED, "JOB_ENV": json.dumps(fake), "JOB_ENV_ALLOW_SECRETS": "true"})
+    assert allowed.job.env == fake
+
+
 def test_job_scheduling_is_read():
     scheduling = {"nodeSelector": {"workload": "batch"},
                   "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],

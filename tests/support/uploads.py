@@ -117,6 +117,7 @@ def controller_env(sqs: Queues, namespace: str, moto_endpoint: str, kubeconfig, 
     return {**os.environ, "QUEUE_URL": sqs.uploads_url, "DEAD_LETTER_QUEUE_URL": sqs.dead_url,
             "JOB_IMAGE": IMAGE, "JOB_NAMESPACE": namespace, "JOB_SERVICE_ACCOUNT": JOB_SERVICE_ACCOUNT,
             "JOB_ENV": json.dumps({**FAKE_AWS_ENV, "AWS_ENDPOINT_URL": moto_endpoint}),
+            "JOB_ENV_ALLOW_SECRETS": "true",  # moto's fake credentials
             "KUBECONFIG": str(kubeconfig), "METRICS_PORT": str(metrics_port), "POLL_WAIT_SECONDS": "1"}
 
 
