@@ -23,6 +23,9 @@ wsgi_app = "rates_api:create_app()"
 _host = env_str("HOST", "127.0.0.1")
 # An IPv6 address (HOST=:: for a dual-stack pod) needs brackets before the port.
 bind = f"{f'[{_host}]' if ':' in _host else _host}:{env_int('PORT', 8000, minimum=1, maximum=65535)}"
+# The readiness and liveness paths again, on a port of their own that no request queues
+# on (rates_api.probes); 0: none.
+probe_port = env_int("PROBE_PORT", 0, minimum=0, maximum=65535)
 workers = env_int("WEB_CONCURRENCY", 2, minimum=1)
 worker_class = "gthread"
 threads = env_int("GUNICORN_THREADS", 4, minimum=1)
@@ -130,6 +133,13 @@ def post_worker_init(worker):
     # quit handler and hold the stop for the whole graceful timeout. The master's SIGQUIT
     # alone stops a worker at once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Last, and not in a worker that a SIGTERM met while it booted (gunicorn's own handler
+    # then ran, and it stops as soon as it starts): a worker that stops without draining
+    # closes its share of the port at once, and the kernel resets the probes queued on it.
+    if probe_port and worker.alive:
+        from rates_api import probes
+
+        probes.serve(worker.wsgi, _host, probe_port)
 
 
 def child_exit(server, worker):

@@ -116,7 +116,7 @@ def gunicorn_config(env: dict[str, str]) -> dict:
     """What api/gunicorn.conf.py itself makes of this environment (it reads os.environ)."""
     code = ("import json, runpy; c = runpy.run_path('api/gunicorn.conf.py'); "
             "print(json.dumps({k: c[k] for k in ('bind', 'workers', 'threads', 'keepalive', "
-            "'timeout', 'graceful_timeout', 'drain_seconds', 'loglevel')}))")
+            "'timeout', 'graceful_timeout', 'drain_seconds', 'loglevel', 'probe_port')}))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={"PATH": "/usr/bin:/bin", **env},
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
@@ -333,13 +333,17 @@ def test_rollout_drops_no_request(render, env):
     assert int(idle.removeprefix("idle_timeout.timeout_seconds=")) < gunicorn["keepalive"]
 
     # Probes: readiness is the database check, liveness and startup never touch it.
-    port = container["ports"][0]
+    port, probe = container["ports"]
     assert port["name"] == "http" and str(port["containerPort"]) == plain_env(container)["PORT"]
     assert gunicorn["bind"].endswith(f":{port['containerPort']}")
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # Readiness on the workers' probe threads, which no request queues before (rates_api.probes).
+    assert probe["name"] == "probe" and str(probe["containerPort"]) == plain_env(container)["PROBE_PORT"]
+    assert gunicorn["probe_port"] == probe["containerPort"] != port["containerPort"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probe"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == "/readyz"
+    assert annotations["alb.ingress.kubernetes.io/healthcheck-port"] == str(probe["containerPort"])
     assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
 
     # With the HPA on, the Deployment leaves replicas alone; a PDB only where it can help.
@@ -723,17 +727,20 @@ def test_network_policies_select_the_api_and_migration_pods(render, env):
     # The helm test pod must reach the API through its Service: nothing confines it.
     assert egress_allowed(policies, pods["test"], address("203.0.113.7"), 8443)
 
-    # The API: in on the container port named http only, from anywhere (the ALB, in-cluster
-    # clients, the kubelet's probes); the migration pods: nothing in at all.
+    # The API: in on the container ports named http and probe only, from anywhere (the ALB,
+    # in-cluster clients, the kubelet's probes); the migration pods: nothing in at all.
     assert api_policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     container = api_container(docs)
-    http = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
-    assert api_policy["spec"]["ingress"] == [{"ports": [{"port": http, "protocol": "TCP"}]}]
-    assert container["readinessProbe"]["httpGet"]["port"] == "http"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    http, probe = ports["http"], ports["probe"]
+    assert api_policy["spec"]["ingress"] == [{"ports": [{"port": http, "protocol": "TCP"},
+                                                         {"port": probe, "protocol": "TCP"}]}]
+    assert container["readinessProbe"]["httpGet"]["port"] == "probe"
     for source in (address("10.0.3.4"), pods["test"], pods["migrations"]):
-        assert ingress_allowed(policies, pods["api"], source, http)
+        for allowed in (http, probe):
+            assert ingress_allowed(policies, pods["api"], source, allowed)
+            assert not ingress_allowed(policies, pods["api"], source, allowed, "UDP")
         assert not ingress_allowed(policies, pods["api"], source, http + 1)
-        assert not ingress_allowed(policies, pods["api"], source, http, "UDP")
     assert connection_allowed(policies, pods["test"], pods["api"], http)  # the helm test
     assert migrate_policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert not migrate_policy["spec"].get("ingress")

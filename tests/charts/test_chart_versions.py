@@ -30,6 +30,7 @@ PINS = {
         "0.13.0": "47c1eea75674655fbe61910071be16bdb5edbc3aefca5cc9a152f50332e3ead0",
         "0.13.1": "b93e6cb1d1f8d0149ae5d780306aa51a9a3067f35ddec01fcea40c6e5bdab706",
         "0.14.0": "f42bc82d5c7262994ff85343096f27d2ec65f3f0ec0a66abea1817d21bb7d5c9",
+        "0.15.0": "1c8bec404aa9b0845132cae275d0997a6cadb2c90aadea5f4b4fcc40f73c320e",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",

@@ -172,6 +172,9 @@ dropped; rendering stops with the reason rather than shipping a chart that loses
 {{- fail (printf "config.gunicornKeepalive (%d) must exceed ingress.idleTimeoutSeconds (%d), so the ALB closes idle connections first and never sends a request into one gunicorn is closing" (.Values.config.gunicornKeepalive | int) (.Values.ingress.idleTimeoutSeconds | int)) }}
 {{- end }}
 {{- end }}
+{{- if eq (.Values.probePort | int) (.Values.containerPort | int) }}
+{{- fail "probePort must differ from containerPort: gunicorn listens on one, the workers' probe threads on the other" }}
+{{- end }}
 {{- with dig "limits" "memory" "" .Values.resources }}
 {{- $limit := include "rates-api.mebibytes" . | float64 }}
 {{- /* RESPONSE_CACHE_SIZE 0 turns the cache off, whatever its MiB budget says */}}

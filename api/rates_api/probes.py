@@ -1,0 +1,49 @@
+"""The probes' own port: /readyz and /healthz answered outside gunicorn's thread pool.
+
+gunicorn's gthread worker hands each connection to its threads in arrival order, so on
+the API's port a probe waits behind every request the worker has taken. A pod whose
+threads were all busy answered its readiness probe late, failed it and left the Service
+while it was serving; its load then went to the others, which left in turn (a review
+measured 5 of 10 probes failing under load). Each worker also serves the two probe paths
+on PROBE_PORT from a thread of its own, and the busy pool reads as ready there ("busy"),
+as /readyz intends. The workers share the port (SO_REUSEPORT): the kernel spreads the
+probes over them, and a worker that has gone takes its socket with it.
+"""
+
+import socket
+import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+PATHS = frozenset({"/readyz", "/healthz"})
+_NOT_HERE = b'{"error": {"code": "not_found", "message": "this port serves /readyz and /healthz only"}}\n'
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a probe in flight must not hold the worker's exit
+
+    def server_bind(self):
+        # Every worker of the pod binds the same port; only processes of one user may share it.
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - http.server's name
+        pass  # the app writes a JSON line per request itself
+
+
+def serve(app, host: str, port: int) -> WSGIServer:
+    """Serve ``app``'s probe paths on ``host``:``port`` from a daemon thread; the server."""
+    def probes_only(environ, start_response):
+        if environ.get("PATH_INFO") not in PATHS:
+            start_response("404 Not Found", [("Content-Type", "application/json")])
+            return [_NOT_HERE]
+        return app(environ, start_response)
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("ProbeServer", (_Server,), {"address_family": family})
+    server = server_class((host, port), _Handler)
+    server.set_app(probes_only)
+    threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
+    return server

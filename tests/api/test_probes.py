@@ -1,0 +1,90 @@
+"""PROBE_PORT: the probes answered while every thread of every worker is busy, which on
+the API's own port they wait behind (rates_api.probes)."""
+
+import contextlib
+import json
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg2
+import pytest
+import requests
+
+from tests.support.api import gunicorn_server
+from tests.support.db import lock_waiters
+from tests.support.net import free_port
+from tests.support.poll import wait_for
+from tests.support.world import insert_prices
+
+THREADS = 2
+
+
+@pytest.fixture
+def serve(dsn, world, tmp_path):
+    """A function that starts gunicorn with ``workers`` and a probe port, for the test."""
+    with contextlib.ExitStack() as stack:
+        def start(workers: int, drain_s: int = 2):
+            probe = free_port()
+            process, base = stack.enter_context(gunicorn_server(
+                dsn, tmp_path, WEB_CONCURRENCY=str(workers), GUNICORN_THREADS=str(THREADS),
+                PROBE_PORT=str(probe), DB_STATEMENT_TIMEOUT_MS="60000", SHUTDOWN_DRAIN_SECONDS=str(drain_s)))
+            return process, base, f"http://127.0.0.1:{probe}"
+        yield start
+
+
+def test_a_pod_whose_every_thread_is_busy_is_still_ready_on_the_probe_port(serve, world, dsn):
+    # One worker: gunicorn's workers take connections unevenly, and this one must be full.
+    _, base, probes = serve(workers=1)
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
+    blocker = psycopg2.connect(dsn)  # /rates waits on it for as long as the test likes
+    busy = 3 * THREADS  # every thread, and more queued behind them
+    try:
+        blocker.cursor().execute("LOCK TABLE lane_totals IN ACCESS EXCLUSIVE MODE")
+        url = base + "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=CNSHA&destination=NLRTM"
+        with ThreadPoolExecutor(busy) as clients:
+            held = [clients.submit(requests.get, url, timeout=60) for _ in range(busy)]
+            try:
+                wait_for(lambda: lock_waiters(world, application_name="rates-api") == THREADS,
+                         timeout=20, what="every thread to wait on the lock")
+                # While no request can end, each worker answers here: the pool is only busy.
+                answers = [requests.get(probes + "/readyz", timeout=5) for _ in range(8)]
+                assert {a.status_code for a in answers} == {200}
+                assert {json.dumps(a.json(), sort_keys=True) for a in answers} == {
+                    '{"database": "busy", "status": "ok"}'}
+                assert requests.get(probes + "/healthz", timeout=5).status_code == 200
+                assert not [f for f in held if f.done()], "a request ended before the lock was released"
+            finally:
+                blocker.rollback()
+            assert [f.result().status_code for f in held] == [200] * busy
+    finally:
+        blocker.close()
+
+
+def test_the_probe_port_serves_the_probes_only_and_drains_with_the_workers(serve):
+    process, _, probes = serve(workers=2, drain_s=5)  # both bind the port; a busy machine is slow to look
+    assert requests.get(probes + "/readyz", timeout=5).json() == {"status": "ok"}
+    refused = requests.get(probes + "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=a&destination=b",
+                           timeout=5)
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
+
+    process.send_signal(signal.SIGTERM)
+    def draining():
+        answer = requests.get(probes + "/readyz", timeout=5)
+        return answer.json() if answer.status_code == 503 else None  # (a 503 Response is falsy)
+    assert wait_for(draining, timeout=5, what="the probe port to say draining") == {"status": "draining"}
+    assert process.wait(timeout=30) == 0
+    with pytest.raises(requests.ConnectionError):  # the workers took their sockets with them
+        requests.get(probes + "/healthz", timeout=2)
+
+
+def test_a_probe_port_in_use_stops_the_server(dsn, tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(RuntimeError, match="server exited"):  # a worker that cannot bind does not boot
+            with gunicorn_server(dsn, tmp_path, WEB_CONCURRENCY="1", PROBE_PORT=str(taken.getsockname()[1])):
+                pass
+    finally:
+        taken.close()
