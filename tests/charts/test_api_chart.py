@@ -1094,12 +1094,14 @@ def test_the_installed_release_serves_from_its_image(helm, kube, namespace, empt
     the empty database and the Deployment's pod serves, both as the API image with the
     chart's environment and securityContext."""
     create_database_secret(kube, namespace, empty_dsn)
-    port = free_port()
+    port, probe = free_port(), free_port()
     helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "-f", str(CHART / "values-dev.yaml"),
-         *LOCAL_DATABASE, *sets(f"containerPort={port}", "image.tag=v7"), "--wait", "--timeout", "120s")
+         *LOCAL_DATABASE, *sets(f"containerPort={port}", f"probePort={probe}", "image.tag=v7"),
+         "--wait", "--timeout", "120s")
     [pod] = kube.core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/component=api").items
     base = f"http://127.0.0.1:{port}"
     wait_for_http(f"{base}/readyz", timeout=60)
+    wait_for_http(f"http://127.0.0.1:{probe}/readyz", timeout=10)  # the readiness probe's own port
     with autocommit(empty_dsn) as conn:
         insert_world(conn)
         insert_prices(conn, [("CNSHA", "NLRTM", "2016-01-05", 1000), ("CNNGB", "DEHAM", "2016-01-05", 1400),
