@@ -147,7 +147,7 @@ def test_lint_strict(helm, env):
     ("database.existingSecret=null", "missing property 'existingSecret'"),
     ("database.existingSecret=", "/database/existingSecret"),
     ("database.secretKey=null", "missing property 'secretKey'"),
-    ("replicaCount=0", "/replicaCount"),
+    ("replicaCount=-1", "/replicaCount"),
     ("replicas=3", "additional properties 'replicas' not allowed"),
     ("config.workers=3", "additional properties 'workers' not allowed"),
     ("config.logLevel=TRACE", "/config/logLevel"),
@@ -378,6 +378,8 @@ def test_hpa_and_pdb_follow_the_values(render):
 
     # One pod, or an HPA that can never go above one: a PDB could only block node drains.
     assert "PodDisruptionBudget" not in kinds(render(None, *sets("replicaCount=1")))
+    parked = render("dev", *sets("replicaCount=0"))  # runbook, "Parking dev and staging"
+    assert one(parked, "Deployment")["spec"]["replicas"] == 0 and "PodDisruptionBudget" not in kinds(parked)
     assert "PodDisruptionBudget" not in kinds(render(None, *sets(
         "autoscaling.enabled=true", "autoscaling.minReplicas=1", "autoscaling.maxReplicas=1")))
 

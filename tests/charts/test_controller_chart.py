@@ -455,6 +455,16 @@ def test_the_service_monitor_scrapes_the_metrics_service(helm):
     assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
 
 
+def test_a_paused_controller_runs_no_pod_and_raises_no_alert(helm):
+    # Its uploads wait in the queue; RatesControllerDown would fire for the whole pause.
+    watched = {"metrics.serviceMonitor.enabled": True, "metrics.prometheusRule.enabled": True}
+    running = render(helm, *values_args("dev", sets=watched))
+    assert one(running, "Deployment")["spec"]["replicas"] == 1 and one(running, "PrometheusRule")
+    paused = render(helm, *values_args("dev", sets={**watched, "controller.paused": True}))
+    assert one(paused, "Deployment")["spec"]["replicas"] == 0
+    assert not [d for d in paused if d["kind"] == "PrometheusRule"]
+
+
 def test_the_helm_test_hook_fails_unless_healthz_answers_200(helm, tmp_path):
     """The hook pod's own script, run here against a server that answers 503, then 200."""
     docs = render(helm, *values_args())

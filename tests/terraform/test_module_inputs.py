@@ -93,8 +93,11 @@ def test_every_tfvars_file_passes_every_validation_it_reaches(planner, tfvars):
     # the log-group module's, two modules down (cluster -> eks -> log-group)
     (("log_retention_days  = 14", "log_retention_days  = 10"), "retention_days must be a retention period"),
     # the eks module's, on an object the stack passes through
-    (("node_count          = { min = 1, desired = 2, max = 4 }",
-      "node_count          = { min = 3, desired = 2, max = 4 }"), "node_count needs 1 <= min <= desired <= max."),
+    (("node_count          = { min = 0, desired = 2, max = 4 }",
+      "node_count          = { min = 3, desired = 2, max = 4 }"), "node_count needs 0 <= min <= desired <= max, and desired >= 1."),
+    # min 0 parks the group by hand; a new group still starts with a node
+    (("node_count          = { min = 0, desired = 2, max = 4 }",
+      "node_count          = { min = 0, desired = 0, max = 4 }"), "node_count needs 0 <= min <= desired <= max, and desired >= 1."),
     (('control_plane_log_types = ["audit", "authenticator"]', 'control_plane_log_types = ["audit", "kubelet"]'),
      "control_plane_log_types are among api, audit"),
     (('control_plane_log_types = ["audit", "authenticator"]', 'control_plane_log_types = ["authenticator"]'),

@@ -7,7 +7,7 @@ single_nat_gateway = true
 
 node_instance_types = ["t3.large", "t3a.large", "m6i.large"]
 node_capacity_type  = "SPOT"
-node_count          = { min = 1, desired = 2, max = 4 }
+node_count          = { min = 0, desired = 2, max = 4 }
 log_retention_days  = 14
 
 # The control plane's audit and sign-in logs only: api's is the largest, and each is paid per GB.

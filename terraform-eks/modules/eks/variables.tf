@@ -75,8 +75,10 @@ variable "node_count" {
   default = { min = 2, desired = 3, max = 6 }
 
   validation {
-    condition     = var.node_count.min >= 1 && var.node_count.min <= var.node_count.desired && var.node_count.desired <= var.node_count.max
-    error_message = "node_count needs 1 <= min <= desired <= max."
+    # min 0 lets a group be scaled to no node by hand (runbook, "Parking dev and staging");
+    # a new group still starts with one.
+    condition     = var.node_count.min >= 0 && var.node_count.min <= var.node_count.desired && var.node_count.desired >= 1 && var.node_count.desired <= var.node_count.max
+    error_message = "node_count needs 0 <= min <= desired <= max, and desired >= 1."
   }
 }
 
