@@ -3,6 +3,8 @@ of writes: INSERT, COPY, UPDATE, DELETE, TRUNCATE and ports moving between regio
 
 import io
 
+import psycopg2.errors
+
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -299,3 +301,21 @@ def test_a_move_in_one_statement_with_a_delete_of_its_prices_leaves_no_stale_tot
         assert recomputed_equal_stored(cur)
         cur.execute("SELECT orig_region, dest_region, price_sum, price_count FROM region_totals")
         assert cur.fetchall() == [("scandinavia", "asia", 20, 1)]
+
+
+def test_a_port_with_prices_keeps_its_code_and_the_hint_says_how_to_move_them(world):
+    # prices name their ports by code: recoded, the port's history would count nowhere (0020).
+    with world.cursor() as cur:
+        cur.execute("INSERT INTO prices (orig_code, dest_code, day, price) VALUES ('CNSHA', 'NOOSL', '2016-01-01', 10),"
+                    " ('CNNGB', 'NOOSL', '2016-01-01', 20), ('HKHKG', 'NOOSL', '2016-01-01', 30)")
+        with pytest.raises(psycopg2.errors.RestrictViolation, match="port NOOSL has prices") as refused:
+            cur.execute("UPDATE ports SET code = 'NOOS2' WHERE code = 'NOOSL'")
+        assert "move its prices" in refused.value.diag.message_hint
+        cur.execute("UPDATE ports SET code = 'FRLE2' WHERE code = 'FRLEH'")  # no prices: as before
+        # The hint's way, each step a statement of its own: nothing is lost on the way.
+        cur.execute("INSERT INTO ports (code, name, parent_slug) VALUES ('NOOS2', 'Oslo', 'scandinavia')")
+        cur.execute("UPDATE prices SET dest_code = 'NOOS2' WHERE dest_code = 'NOOSL'")
+        cur.execute("DELETE FROM ports WHERE code = 'NOOSL'")
+        cur.execute("SELECT sum(price_sum), sum(price_count) FROM lane_totals WHERE dest_code = 'NOOS2'")
+        assert cur.fetchall() == [(60, 3)]
+        assert recomputed_equal_stored(cur)

@@ -151,7 +151,7 @@ def apply(cur, op, state):
         try:
             cur.execute("UPDATE ports SET code = %s WHERE code = %s", (op[2], op[1]))
             cur.execute("RELEASE SAVEPOINT pc")
-        except psycopg2.errors.UniqueViolation:
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.RestrictViolation):  # taken; has prices (0020)
             cur.execute("ROLLBACK TO SAVEPOINT pc")
             return False
     elif kind == "port_delete":
@@ -237,7 +237,7 @@ def apply(cur, op, state):
                         "WHERE orig_code = %s OR dest_code = %s",
                         (op[2], op[1], op[1], op[2], op[1], op[2], op[1], op[1]))
             cur.execute("RELEASE SAVEPOINT rp")
-        except psycopg2.errors.UniqueViolation:
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.RestrictViolation):  # taken; has prices (0020)
             cur.execute("ROLLBACK TO SAVEPOINT rp")
             return False
     elif kind == "failing_stmt":
