@@ -98,12 +98,14 @@ def test_database_down_is_503_not_500(settings, make_client):
     assert [line["log_level"] for line in logged if line["event"] == "request"] == ["warning"]
     assert client.get("/readyz").status_code == 503
     with capture_logs() as logged:
-        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz").status_code == 200  # every few seconds: DEBUG, below the level
         assert client.get("/rates").status_code == 400  # the client's mistake: not a warning of ours
-    assert [line["log_level"] for line in logged if line["event"] == "request"] == ["info", "info"]
+        assert client.get("/readyz").status_code == 503  # the database down: a warning
+    assert [(line["path"], line["log_level"]) for line in logged if line["event"] == "request"] == [
+        ("/rates", "info"), ("/readyz", "warning")]
     # What the RatesApiNotReady alert reads, when no /rates request reaches a pod any more.
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'rates_api_requests_total{method="GET",route="/readyz",status="503"} 1.0' in metrics
+    assert 'rates_api_requests_total{method="GET",route="/readyz",status="503"} 2.0' in metrics
 
 
 def test_after_a_failed_connect_the_api_answers_503_at_once_for_a_second_then_tries_again(settings, make_client):
