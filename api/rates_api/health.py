@@ -1,6 +1,6 @@
 """Service identity, liveness, readiness and metrics endpoints."""
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from rates_core.db import PoolExhausted, RightsMissing, SchemaMissing
 from rates_core.errors import TemporaryError
@@ -9,6 +9,8 @@ from . import queries
 from .runtime import runtime
 
 bp = Blueprint("health", __name__)
+# Set in the WSGI environ of the requests the probe port serves (rates_api.probes).
+PROBE_PORT = "rates_api.probe_port"
 
 
 # An absolute-form request line without a path ("GET http://host HTTP/1.1") arrives as an
@@ -31,7 +33,7 @@ def readyz():
     if rt.draining.is_set():
         return jsonify({"status": "draining"}), 503
     try:
-        with rt.connection() as conn, conn.cursor() as cur:
+        with rt.readiness_connection(request.environ.get(PROBE_PORT, False)) as conn, conn.cursor() as cur:
             # Not just SELECT 1: pods may start before the migrations have run.
             queries.data_version(cur)
     except PoolExhausted:

@@ -15,8 +15,15 @@ import threading
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from .health import PROBE_PORT
+
 PATHS = frozenset({"/readyz", "/healthz"})
 _NOT_HERE = b'{"error": {"code": "not_found", "message": "this port serves /readyz and /healthz only"}}\n'
+# Probes at once per worker (the kubelet's, the ALB nodes'); a connection beyond them is
+# closed unanswered, so that idle connections cannot pile threads up in the worker.
+MAX_AT_ONCE = 8
+# Seconds a connection may take to send its request.
+READ_TIMEOUT_S = 5
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -26,9 +33,25 @@ class _Server(ThreadingMixIn, WSGIServer):
         # Every worker of the pod binds the same port; only processes of one user may share it.
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+        self._slots = threading.BoundedSemaphore(MAX_AT_ONCE)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Handler(WSGIRequestHandler):
+    timeout = READ_TIMEOUT_S
+    server_version, sys_version = "rates-api-probes", ""
+
     def log_message(self, format, *args):  # noqa: A002 - http.server's name
         pass  # the app writes a JSON line per request itself
 
@@ -39,6 +62,7 @@ def serve(app, host: str, port: int) -> WSGIServer:
         if environ.get("PATH_INFO") not in PATHS:
             start_response("404 Not Found", [("Content-Type", "application/json")])
             return [_NOT_HERE]
+        environ[PROBE_PORT] = True  # /readyz then checks on a connection of its own
         return app(environ, start_response)
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -25,6 +25,13 @@ class Runtime:
                          statement_timeout_ms=settings.db_statement_timeout_ms,
                          connect_timeout_s=settings.db_connect_timeout_s,
                          password=password_source(settings.database_url, settings.database_iam_auth))
+        # /readyz on the probe port (rates_api.probes) runs beside the gunicorn threads: on
+        # their pool it could take the connection a request was about to need, which then
+        # answered 503. One connection of its own, opened on the first probe.
+        self.probe_pool = Pool(settings.database_url, size=1, application_name="rates-api-probe",
+                               statement_timeout_ms=settings.db_statement_timeout_ms,
+                               connect_timeout_s=settings.db_connect_timeout_s,
+                               password=password_source(settings.database_url, settings.database_iam_auth))
         self.cache = VersionedCache(settings.response_cache_size, settings.response_cache_mib << 20)
         self.metrics = Metrics(settings.app_version)
         self.metrics.pool_size.set(settings.db_pool_size)
@@ -50,6 +57,11 @@ class Runtime:
                 yield conn
         finally:
             self.metrics.pool_in_use.dec()
+
+
+    def readiness_connection(self, probe_port: bool):
+        """A connection for /readyz: the probe port's own, else one of the pool's."""
+        return self.probe_pool.connection() if probe_port else self.connection()
 
 
 def runtime() -> Runtime:

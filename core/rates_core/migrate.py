@@ -193,6 +193,14 @@ def _apply_pending(dsn: str, applied: dict[str, None], deadline: float) -> None:
             backend.connection.close()
 
 
+# post-apply.sql's own test of whether it has anything to do, for the log.
+_USERS_HOLD_THEIR_RIGHTS = """
+    SELECT CASE WHEN (SELECT count(*) FROM pg_roles WHERE rolname IN ('rates_api', 'rates_ingest')) = 2
+                THEN has_table_privilege('rates_api', 'public.data_version', 'SELECT')
+                     AND has_table_privilege('rates_ingest', 'public.ingest_runs', 'INSERT')
+                ELSE false END"""
+
+
 def _apply_each(backend, todo) -> None:
     """yoyo's apply_migrations, each migration inside _one_migration: yoyo commits a
     migration on a connection of its own, then records it on another, and a process that
@@ -204,6 +212,9 @@ def _apply_each(backend, todo) -> None:
             except BadMigration:  # as yoyo's own loop: a migration it cannot read is passed over
                 continue
     with _one_migration():
+        if not backend.execute(_USERS_HOLD_THEIR_RIGHTS).fetchone()[0]:
+            log.warning("the database users are missing or have lost their rights (a restore from a logical "
+                        "dump?): migrations/post-apply.sql makes and grants them again")
         backend.run_post_apply(todo)
 
 

@@ -39,7 +39,7 @@ def run(settings: Settings, s3=None) -> int:
         # Nowhere to record it: the log line is the only trace, so it has the fields of the
         # last line of a recorded run (README, "Logs"). A retry may find the database.
         bound.error("ingest failed before it could be recorded", status="failed", rows=None, bytes=None,
-                    error=_brief(str(exc)), recorded=False, exit_code=EXIT_RETRY,
+                    error=_brief(str(exc), recorded=False), recorded=False, exit_code=EXIT_RETRY,
                     duration_s=round(time.monotonic() - started, 3))
         return EXIT_RETRY
     bound = bound.bind(run_id=run_id)
@@ -90,13 +90,13 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict, ru
         conn.close()
 
 
-def _brief(error: str | None) -> str | None:
+def _brief(error: str | None, recorded: bool = True) -> str | None:
     # The controller quotes this line's error when it sets the file aside, from the pod's
     # termination message: the log's last 2 KiB. A longer line would lose its start there,
-    # and the reason with it. The whole error is in the run's record.
+    # and the reason with it. The whole error is in the run's record, if there is one.
     if error is None or len(error) <= BRIEF_ERROR_CHARS:
         return error
-    return f"{error[:BRIEF_ERROR_CHARS]}… (cut; the whole error is in ingest_runs)"
+    return f"{error[:BRIEF_ERROR_CHARS]}… (cut{'; the whole error is in ingest_runs' if recorded else ''})"
 
 
 def _failure(exc: BaseException, log) -> Outcome:

@@ -47,11 +47,16 @@ def test_a_pod_whose_every_thread_is_busy_is_still_ready_on_the_probe_port(serve
             try:
                 wait_for(lambda: lock_waiters(world, application_name="rates-api") == THREADS,
                          timeout=20, what="every thread to wait on the lock")
-                # While no request can end, each worker answers here: the pool is only busy.
+                # While no request can end, the worker answers here, from a connection of its
+                # own: one of the pool's could be the one a request was about to need.
                 answers = [requests.get(probes + "/readyz", timeout=5) for _ in range(8)]
                 assert {a.status_code for a in answers} == {200}
-                assert {json.dumps(a.json(), sort_keys=True) for a in answers} == {
-                    '{"database": "busy", "status": "ok"}'}
+                assert {json.dumps(a.json(), sort_keys=True) for a in answers} == {'{"status": "ok"}'}
+                with psycopg2.connect(dsn) as watcher, watcher.cursor() as cur:
+                    cur.execute("""SELECT application_name, count(*) FROM pg_stat_activity
+                                   WHERE application_name LIKE 'rates-api%' GROUP BY 1""")
+                    assert dict(cur.fetchall()) == {"rates-api": THREADS, "rates-api-probe": 1}
+                watcher.close()
                 assert requests.get(probes + "/healthz", timeout=5).status_code == 200
                 assert not [f for f in held if f.done()], "a request ended before the lock was released"
             finally:
@@ -88,3 +93,24 @@ def test_a_probe_port_in_use_stops_the_server(dsn, tmp_path):
                 pass
     finally:
         taken.close()
+
+
+def test_idle_connections_to_the_probe_port_hold_a_few_threads_for_seconds_only(serve):
+    from rates_api import probes as probe_server
+
+    _, _, probes = serve(workers=1)
+    port = int(probes.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(probe_server.MAX_AT_ONCE + 3)]
+    try:
+        for extra in idle[probe_server.MAX_AT_ONCE:]:
+            assert extra.recv(1) == b""  # closed unanswered: every probe thread is taken
+        # The held ones time out and the threads come free.
+        def answered() -> bool:
+            try:
+                return requests.get(probes + "/healthz", timeout=5).status_code == 200
+            except requests.ConnectionError:  # closed unanswered while they are held
+                return False
+        wait_for(answered, timeout=3 * probe_server.READ_TIMEOUT_S, what="a probe thread to come free")
+    finally:
+        for sock in idle:
+            sock.close()

@@ -378,8 +378,11 @@ def test_hpa_and_pdb_follow_the_values(render):
 
     # One pod, or an HPA that can never go above one: a PDB could only block node drains.
     assert "PodDisruptionBudget" not in kinds(render(None, *sets("replicaCount=1")))
-    parked = render("dev", *sets("replicaCount=0"))  # runbook, "Parking dev and staging"
+    watched = ("metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true")
+    assert "PrometheusRule" in kinds(render("staging", *sets(*watched)))
+    parked = render("staging", *sets("replicaCount=0", *watched))  # runbook, "Parking dev and staging"
     assert one(parked, "Deployment")["spec"]["replicas"] == 0 and "PodDisruptionBudget" not in kinds(parked)
+    assert "PrometheusRule" not in kinds(parked)  # RatesApiDown would fire all night
     assert "PodDisruptionBudget" not in kinds(render(None, *sets(
         "autoscaling.enabled=true", "autoscaling.minReplicas=1", "autoscaling.maxReplicas=1")))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg2.errors
 import pytest
+from structlog.testing import capture_logs
 
 from rates_core import migrate
 from ratesctl import localdb
@@ -126,8 +127,10 @@ def test_a_plain_restore_without_the_users_is_mended_by_the_next_migrate(dsn, du
     restore = _restore(dump, target)
     assert restore.returncode == 1 and 'role "rates_api" does not exist' in restore.stderr
     assert rights(target) != rights(dsn)
-    migrate.apply(target)
+    with capture_logs() as logged:
+        migrate.apply(target)
     assert rights(target) == rights(dsn)
+    assert any("lost their rights" in line["event"] for line in logged), logged
     _serves_and_loads(target)
 
 
@@ -136,8 +139,10 @@ def test_migrate_grants_nothing_where_the_users_have_their_rights(conn, dsn):
     with conn.cursor() as cur:
         cur.execute(f"REVOKE SELECT ON ports FROM {INGEST_USER}")
     before = rights(dsn)
-    migrate.apply(dsn)
+    with capture_logs() as logged:
+        migrate.apply(dsn)
     assert rights(dsn) == before
+    assert not [line for line in logged if line["log_level"] == "warning"], logged
 
 
 def test_a_data_only_dump_of_the_reference_data_loads_into_a_migrated_database(world, dsn, empty_dsn, tmp_path):
