@@ -237,6 +237,10 @@ def test_schema_rejects_a_string_where_a_number_belongs(helm):
     (["config.responseCacheMiB=65"], "(194.0 MiB) must be at most half of resources.limits.memory (384.0 MiB)"),
     (['resources.limits.memory="400M"'], "(192.0 MiB) must be at most half of resources.limits.memory (381.5 MiB)"),
     (['resources.limits.memory="384Xi"'], '"384Xi" is not a memory quantity this chart reads'),
+    # 5 workers x (16 MiB of cache + 45 of their own) + 32 + 64 of /dev/shm: under half of the
+    # limit by the check above, yet more than all of it
+    (["config.webConcurrency=5", "config.responseCacheMiB=16"],
+     "+ shmSizeLimit (401.0 MiB) must fit resources.limits.memory (384.0 MiB)"),
 ])
 def test_timings_that_would_drop_requests_are_refused(helm, assignments, error):
     # --set-json: plain --set makes 5.5 a string

@@ -183,6 +183,12 @@ dropped; rendering stops with the reason rather than shipping a chart that loses
 {{- if gt $held (divf $limit 2) }}
 {{- fail (printf "config.webConcurrency x config.responseCacheMiB + shmSizeLimit (%.1f MiB) must be at most half of resources.limits.memory (%.1f MiB): the workers themselves (idle, about 45 MiB each, 70 with database.iamAuth, and the master 32) need the rest, or full caches get the pod OOM-killed" $held $limit) }}
 {{- end }}
+{{- /* And the workers themselves, measured idle: many workers with small caches pass the half above */}}
+{{- $worker := ternary 70.0 45.0 (eq (toString $.Values.database.iamAuth) "true") }}
+{{- $whole := addf (mulf ($.Values.config.webConcurrency | float64) (addf ($cacheMiB | float64) $worker)) 32.0 (include "rates-api.mebibytes" $.Values.shmSizeLimit | float64) }}
+{{- if gt $whole $limit }}
+{{- fail (printf "config.webConcurrency x (config.responseCacheMiB + a worker's own %.0f MiB) + the master's 32 MiB + shmSizeLimit (%.1f MiB) must fit resources.limits.memory (%.1f MiB), or the pod is OOM-killed once its caches fill" $worker $whole $limit) }}
+{{- end }}
 {{- end }}
 {{- if .Values.autoscaling.enabled }}
 {{- if gt (.Values.autoscaling.minReplicas | int) (.Values.autoscaling.maxReplicas | int) }}
