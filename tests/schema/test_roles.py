@@ -103,7 +103,7 @@ def test_every_function_fixes_its_search_path(conn):
                        JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' ORDER BY 1""")
         functions = {name: (definer, config or []) for name, definer, config in cur.fetchall()}
     assert {name for name, (definer, _) in functions.items() if definer} == {
-        "rates_prices_changed", "rates_delete_replaced_file"}
+        "rates_prices_changed", "rates_delete_replaced_file", "rates_ports_for_load"}
     unfixed = {name: config for name, (_, config) in functions.items()
                if "search_path=public, pg_temp" not in config}
     assert not unfixed and len(functions) >= 9, functions
@@ -121,3 +121,22 @@ def test_the_ingest_user_cannot_borrow_the_totals_trigger_for_rows_of_its_own(wo
 
 def test_rds_iam_is_granted_where_the_server_has_it(admin_conn, empty_dsn):
     assert migrated_on_rds(admin_conn, empty_dsn) == {API_USER, INGEST_USER}
+
+
+def test_a_load_holds_its_ports_against_deletes_not_moves(world, dsn):
+    # The ingest job reads the codes it validates a file against through this (0021): a port
+    # deleted while the file loads would leave its rows counted nowhere.
+    with _as(dsn, INGEST_USER) as loader, loader.cursor() as load:
+        load.execute("BEGIN")
+        load.execute("SELECT rates_ports_for_load()")
+        assert {code for (code,) in load.fetchall()} == {"NOOSL", "SEGOT", "DEHAM", "NLRTM", "FRLEH", "CNSHA",
+                                                          "CNNGB", "HKHKG"}
+        with world.cursor() as owner:
+            owner.execute("SET lock_timeout = '300ms'")
+            owner.execute("UPDATE ports SET parent_slug = 'europe' WHERE code = 'DEHAM'")  # a move does not wait
+            with pytest.raises(psycopg2.errors.LockNotAvailable):
+                owner.execute("DELETE FROM ports WHERE code = 'FRLEH'")
+        load.execute("ROLLBACK")
+    with _as(dsn, API_USER) as api, api.cursor() as cur:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("SELECT rates_ports_for_load()")  # it locks rows as the owner: the ingest job's only

@@ -158,6 +158,7 @@ SHIPPED = {
     "0018_port_edits_probe_lanes.sql": "a5531b9e11a8514f10459acbab87dad26a54e6e3be0e3d2131453782a54472f9",
     "0019_functions_fix_search_path.sql": "914e6adb59e5b8262768ef03f11824560f9a52f25b3e5b74395914401d038d83",
     "0020_ports_keep_their_code.sql": "4b8da07bbe904a3ccdde10c22c18798ba6586fa7e23dd0c82dfb9abe16920738",
+    "0021_loads_hold_their_ports.sql": "43858b9cd4877e17306711de8dc7f3f509084a0cabc24190ed5622a197692521",
 }
 
 

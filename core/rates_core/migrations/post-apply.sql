@@ -8,7 +8,7 @@
 -- RDS instance), pg_restore failed every GRANT, the REVOKE from PUBLIC beside one with it,
 -- and `migrate` had nothing to apply: the API could not log in, and once its user was
 -- made by hand every query was refused. Now the next `migrate` (each deploy's hook) makes
--- the users and gives them the rights the migrations gave (0010-0012); the runbook's
+-- the users and gives them the rights the migrations gave (0010-0012, 0021); the runbook's
 -- restore procedure ends with it.
 --
 -- Where the users hold their rights (every database but a restored one) it grants nothing:
@@ -45,5 +45,7 @@ BEGIN
     REVOKE EXECUTE ON FUNCTION rates_prices_changed() FROM PUBLIC;
     REVOKE EXECUTE ON FUNCTION rates_delete_replaced_file(bigint) FROM PUBLIC;
     GRANT EXECUTE ON FUNCTION rates_delete_replaced_file(bigint) TO rates_ingest;
+    REVOKE EXECUTE ON FUNCTION rates_ports_for_load() FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION rates_ports_for_load() TO rates_ingest;
 END
 $$;
