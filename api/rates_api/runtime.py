@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from flask import current_app
 
 from rates_core.db import Pool
+from rates_core.errors import TemporaryError
 from rates_core.rds_auth import password_source
 
 from . import queries
@@ -20,18 +21,24 @@ class Runtime:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        # One token source for both pools: each is a botocore session and RDS client (with
+        # IAM auth), about 15 MiB a worker.
+        password = password_source(settings.database_url, settings.database_iam_auth)
         self.pool = Pool(settings.database_url, size=settings.db_pool_size,
                          application_name="rates-api",
                          statement_timeout_ms=settings.db_statement_timeout_ms,
-                         connect_timeout_s=settings.db_connect_timeout_s,
-                         password=password_source(settings.database_url, settings.database_iam_auth))
+                         connect_timeout_s=settings.db_connect_timeout_s, password=password)
         # /readyz on the probe port (rates_api.probes) runs beside the gunicorn threads: on
         # their pool it could take the connection a request was about to need, which then
-        # answered 503. One connection of its own, opened on the first probe.
+        # answered 503. One connection of its own, opened on the first probe; probes take
+        # turns on it, so that "busy" never stands for "another probe is checking".
         self.probe_pool = Pool(settings.database_url, size=1, application_name="rates-api-probe",
                                statement_timeout_ms=settings.db_statement_timeout_ms,
-                               connect_timeout_s=settings.db_connect_timeout_s,
-                               password=password_source(settings.database_url, settings.database_iam_auth))
+                               connect_timeout_s=settings.db_connect_timeout_s, password=password)
+        self._probe_turn = threading.Lock()
+        # A check holds its turn at most this long: connecting, then its statement and the
+        # silence after which a statement gives up (rates_core.db.give_up_on_silence).
+        self._probe_turn_s = settings.db_connect_timeout_s + settings.db_statement_timeout_ms / 1000 + 2
         self.cache = VersionedCache(settings.response_cache_size, settings.response_cache_mib << 20)
         self.metrics = Metrics(settings.app_version)
         self.metrics.pool_size.set(settings.db_pool_size)
@@ -59,9 +66,20 @@ class Runtime:
             self.metrics.pool_in_use.dec()
 
 
+    @contextmanager
     def readiness_connection(self, probe_port: bool):
-        """A connection for /readyz: the probe port's own, else one of the pool's."""
-        return self.probe_pool.connection() if probe_port else self.connection()
+        """A connection for /readyz: the probe port's own, in turn, else one of the pool's."""
+        if not probe_port:
+            with self.connection() as conn:
+                yield conn
+            return
+        if not self._probe_turn.acquire(timeout=self._probe_turn_s):
+            raise TemporaryError("the readiness check before this one is still waiting for the database")
+        try:
+            with self.probe_pool.connection() as conn:
+                yield conn
+        finally:
+            self._probe_turn.release()
 
 
 def runtime() -> Runtime:

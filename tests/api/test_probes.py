@@ -5,6 +5,7 @@ import contextlib
 import json
 import signal
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
@@ -114,3 +115,23 @@ def test_idle_connections_to_the_probe_port_hold_a_few_threads_for_seconds_only(
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_probes_that_overlap_take_turns_on_the_database_check(serve, world, dsn):
+    # With one connection for the probes, the second of two would have found it taken and
+    # answered "busy", 200, while the first was about to fail: each checks in turn.
+    _, _, probes = serve(workers=1)
+    blocker = psycopg2.connect(dsn)
+    try:
+        blocker.cursor().execute("LOCK TABLE data_version IN ACCESS EXCLUSIVE MODE")  # /readyz reads it
+        with ThreadPoolExecutor(2) as clients:
+            first = clients.submit(requests.get, probes + "/readyz", timeout=30)
+            wait_for(lambda: lock_waiters(world, application_name="rates-api-probe") == 1, timeout=10,
+                     what="the first check to wait on the lock")
+            second = clients.submit(requests.get, probes + "/readyz", timeout=30)
+            time.sleep(1)
+            assert not second.done(), second.result().json()  # it waits its turn: no "busy" meanwhile
+            blocker.rollback()
+            assert [f.result().json() for f in (first, second)] == [{"status": "ok"}] * 2
+    finally:
+        blocker.close()
