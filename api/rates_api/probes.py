@@ -5,9 +5,10 @@ the API's port a probe waits behind every request the worker has taken. A pod wh
 threads were all busy answered its readiness probe late, failed it and left the Service
 while it was serving; its load then went to the others, which left in turn (a review
 measured 5 of 10 probes failing under load). Each worker also serves the two probe paths
-on PROBE_PORT from a thread of its own, and the busy pool reads as ready there ("busy"),
-as /readyz intends. The workers share the port (SO_REUSEPORT): the kernel spreads the
-probes over them, and a worker that has gone takes its socket with it.
+on PROBE_PORT from a thread of its own, where /readyz checks the database on a connection
+of its own (Runtime.readiness_connection), so a pod whose threads are all busy reads as
+ready. The workers share the port (SO_REUSEPORT): the kernel spreads the probes over
+them, and a worker that has gone takes its socket with it.
 """
 
 import socket
