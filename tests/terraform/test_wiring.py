@@ -114,6 +114,20 @@ def test_only_dev_is_disposable_and_only_prod_has_a_standby(settings):
         {"dev": False, "staging": False, "prod": True}
 
 
+def test_the_cheap_environments_stay_as_cheap_as_terraform_eks_readme_says(settings):
+    # Each of these is tens of dollars a month (a cost review: Spot alone is ~$89), and a
+    # change of one passed every other test. The README's table is the reference.
+    nonprod, prod = settings["cluster/nonprod"], settings["cluster/prod"]
+    assert (nonprod["single_nat_gateway"], nonprod["node_capacity_type"], nonprod["interface_endpoints"]) == (
+        True, "SPOT", [])
+    assert (prod["single_nat_gateway"], prod["node_capacity_type"], prod["interface_endpoints"]) == (
+        False, "ON_DEMAND", ["sts"])
+    databases = {env: settings[f"environment/{env}"]["database"] for env in ENVIRONMENTS}
+    assert {env: (db["instance_class"], db["multi_az"], db["performance_insights"]) for env, db in databases.items()} == {
+        "dev": ("db.t4g.micro", False, False), "staging": ("db.t4g.medium", False, True),
+        "prod": ("db.r7g.large", True, True)}
+
+
 def test_an_environment_pins_sts_to_the_vpc_only_in_a_cluster_with_an_sts_endpoint(settings):
     clusters = {values["name"]: values for name, values in settings.items() if name.startswith("cluster/")}
     expects = {env: settings[f"environment/{env}"]["sts_endpoint_in_vpc"] for env in ENVIRONMENTS}
