@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         return 1
     except Exception as exc:  # noqa: BLE001 - a bug; SystemExit and KeyboardInterrupt go on as before
-        # One JSON line with the traceback, as every other line: Python's own, in plain text
-        # on stderr, would be split by the log pipeline into an event per line.
-        logs.configure(service=SERVICE)
-        logs.get_logger("rates_controller").exception("unexpected error", error=f"{type(exc).__name__}: {exc}")
+        logs.crashed(exc, SERVICE, "rates_controller")
         return EXIT_TEMPORARY
 
 

@@ -81,6 +81,14 @@ def configure(level: str = "INFO", **static) -> None:
     )
 
 
+def crashed(exc: BaseException, service: str, name: str) -> None:
+    """Log an exception that escaped a program's main() as one JSON line with its
+    traceback: Python's own, in plain text on stderr, would be split by a log pipeline into
+    an event per line."""
+    configure(service=service)
+    get_logger(name).exception("unexpected error", error=f"{type(exc).__name__}: {exc}")
+
+
 def get_logger(name: str):
     return structlog.get_logger(name)
 

@@ -47,11 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         return job.EXIT_RETRY
     except Exception as exc:  # noqa: BLE001 - a bug; SystemExit and KeyboardInterrupt go on as before
-        # One JSON line with the traceback, as every other line: Python's own, in plain text
-        # on stderr, would be split by the log pipeline into an event per line. Its error is
-        # the reason the controller quotes if the file is set aside.
-        logs.configure(service=SERVICE)
-        logs.get_logger("rates_ingest").exception("unexpected error", error=f"{type(exc).__name__}: {exc}")
+        # Its error is the reason the controller quotes if the file is set aside.
+        logs.crashed(exc, SERVICE, "rates_ingest")
         return job.EXIT_RETRY
 
 
