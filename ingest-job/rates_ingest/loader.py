@@ -13,6 +13,7 @@ from typing import Iterator
 import psycopg2
 
 from rates_core import db
+from rates_core.errors import TemporaryError
 
 from . import formats
 from .readahead import read_ahead
@@ -145,6 +146,11 @@ def _copy(cur, parser: formats.Parser, download: Download) -> None:
         if isinstance(exc, psycopg2.DataError):
             # Class 22 from COPY: the content got past validation but not past the server.
             raise formats.InvalidFile(f"the database refused the file's content: {exc}".strip()) from exc
+        if exc.pgcode is None and cur.connection.closed:
+            # libpq may lose the server's last words (a PANIC on a full WAL disk reaches
+            # only stderr, and the error is then "invalid socket"): say what happened.
+            raise TemporaryError(f"lost the database connection during the COPY ({str(exc).strip()}): the "
+                                 "server ended it or stopped; its log says why") from exc
         raise
     finally:
         chunks.close()

@@ -8,7 +8,9 @@ session advisory lock on its id for as long as its process lives, and every new 
 first marks as failed the runs still recorded as running whose lock nobody holds.
 """
 
+import itertools
 import json
+import time
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -18,6 +20,7 @@ from rates_core.errors import TemporaryError
 from rates_core.logs import get_logger
 
 from .s3source import ObjectInfo, ObjectRef
+from .termination import termination
 
 APPLICATION_NAME = "rates-ingest-runs"
 # The first key of the two-key advisory locks on run ids (a space apart from the one-key
@@ -28,7 +31,11 @@ RUN_LOCK_CLASS = 7_201_601
 # statement, which could be long: a run's connection holds the run's advisory lock, and a
 # sweeping run's also the lock of the run it sweeps.
 CLIENT_CHECK_MS = 1000
-ABANDONED = "abandoned: the run's process ended without recording an outcome (killed, or its node was lost)"
+ABANDONED = ("abandoned: the run ended without recording an outcome (its process was killed or its node "
+             "lost, or the database stayed out of reach while it tried; the Job's log says which)")
+# A run that lost the database retries its record this long: a server that crashed (a
+# full disk) or restarted takes seconds to take connections again.
+RECORD_FOR_S = 10.0
 log = get_logger(__name__)
 
 
@@ -91,20 +98,25 @@ class RunLog:
         return swept
 
     def finish(self, run_id: int, outcome: Outcome) -> bool:
-        """Record the outcome; on a lost connection try once more on a new one.
+        """Record the outcome; on a lost connection try again on new ones for RECORD_FOR_S.
 
         Returns False if it could not be recorded (the run then stays 'running').
         """
-        for attempt in (1, 2):
+        give_up = time.monotonic() + RECORD_FOR_S
+        for attempt in itertools.count(1):
             try:
-                if attempt == 2 or self.conn.closed:
+                if attempt > 1:
+                    time.sleep(min(2 ** (attempt - 2) / 2, max(0.0, give_up - time.monotonic())))
+                if attempt > 1 or self.conn.closed:
                     self.close()
                     self.conn = self._connect()
                 self._update(run_id, outcome)
                 return True
             except Exception as exc:  # noqa: BLE001 - the outcome is logged whatever happens here
                 log.warning("could not record the run's outcome", run_id=run_id, attempt=attempt, error=str(exc))
-        return False
+            # A terminated run has its grace period to exit in; the next run's sweep records it.
+            if termination.received or time.monotonic() >= give_up:
+                return False
 
     def _connect(self):
         return db.connect(self.dsn, application_name=APPLICATION_NAME, autocommit=True, password=self.password,

