@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.before_request(_start_request)
     app.after_request(_finish_request)
+    app.teardown_request(_end_request)
     return app
 
 
@@ -40,6 +41,7 @@ _QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def _start_request() -> None:
     g.started = time.perf_counter()
+    g.in_flight = runtime().in_flight.start()
     given = request.headers.get("X-Request-ID", "")
     # A client's id is echoed and put on every log line of its request: a bounded token
     # only, or a client could write 8 KB into each line (and into the answer's headers).
@@ -66,3 +68,8 @@ def _finish_request(response):
           status=response.status_code, duration_ms=round(elapsed * 1000, 2))
     structlog.contextvars.clear_contextvars()
     return response
+
+
+def _end_request(_error) -> None:
+    # Before the server writes the body: a slow reader is gunicorn's business, not a hang.
+    runtime().in_flight.end(g.pop("in_flight", None))

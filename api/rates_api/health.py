@@ -23,7 +23,14 @@ def index():
 
 @bp.get("/healthz")
 def healthz():
-    # Liveness only says the process answers; a DB outage must not restart pods.
+    # Liveness: the worker answers (on the probe port even while its threads are all busy)
+    # and none of its requests has hung. Never the database: an outage must not restart
+    # pods, and every request gives up on the database within its budget, so a request
+    # this old is a thread that will not come back.
+    rt = runtime()
+    age = rt.in_flight.oldest_age()
+    if age > rt.hung_after_s:
+        return jsonify({"status": "hung", "oldest_request_s": round(age, 1)}), 503
     return jsonify({"status": "ok"})
 
 

@@ -71,8 +71,10 @@ def document(version: str) -> dict:
             "/rates": {"get": _RATES},
             "/": {"get": {"summary": "Service identity and version", "responses": {
                 "200": _json({"$ref": "#/components/schemas/Service"}, "Service identity")}}},
-            "/healthz": {"get": _internal({"summary": "Liveness: the process answers (no database call)",
-                                 "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Alive")}})},
+            "/healthz": {"get": _internal({"summary": "Liveness: the process answers and none of its requests "
+                                                      "has hung (no database call)",
+                                 "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Alive"),
+                                               "503": _json({"$ref": "#/components/schemas/Status"}, "Hung")}})},
             "/readyz": {"get": _internal({"summary": "Readiness: the database is reachable and migrated, and no shutdown has begun",
                                 "responses": {
                                     "200": _json({"$ref": "#/components/schemas/Status"}, "Ready"),
@@ -96,7 +98,8 @@ def document(version: str) -> dict:
             "Status": {"type": "object", "properties": {
                 "status": {"type": "string"},
                 "database": {"type": "string", "description": "busy: every pooled connection is in use"},
-                "error": {"type": "string"}}},
+                "error": {"type": "string"},
+                "oldest_request_s": {"type": "number", "description": "hung: seconds the oldest request has run"}}},
         }},
     }
 

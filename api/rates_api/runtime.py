@@ -12,8 +12,13 @@ from rates_core.rds_auth import password_source
 
 from . import queries
 from .cache import VersionedCache
+from .inflight import InFlight
 from .metrics import Metrics
 from .settings import Settings
+
+
+# Liveness fails on a request older than this at least (see Runtime.hung_after_s).
+HUNG_AFTER_MIN_S = 30.0
 
 
 class Runtime:
@@ -39,6 +44,10 @@ class Runtime:
         # A check holds its turn at most this long: connecting, then its statement and the
         # silence after which a statement gives up (rates_core.db.give_up_on_silence).
         self._probe_turn_s = settings.db_connect_timeout_s + settings.db_statement_timeout_ms / 1000 + 2
+        # A request gives the database no longer than that either; one that has run a few
+        # times as long is a thread that will not come back, which /healthz reports.
+        self.in_flight = InFlight()
+        self.hung_after_s = max(HUNG_AFTER_MIN_S, 3 * self._probe_turn_s)
         self.cache = VersionedCache(settings.response_cache_size, settings.response_cache_mib << 20)
         self.metrics = Metrics(settings.app_version)
         self.metrics.pool_size.set(settings.db_pool_size)

@@ -135,3 +135,37 @@ def test_probes_that_overlap_take_turns_on_the_database_check(serve, world, dsn)
             assert [f.result().json() for f in (first, second)] == [{"status": "ok"}] * 2
     finally:
         blocker.close()
+
+
+def test_liveness_fails_once_a_request_has_run_far_past_any_budget(dsn, world, make_client):
+    from rates_api.settings import Settings
+    from tests.support.db import API_USER, as_user
+
+    client = make_client(Settings.from_env({"DATABASE_URL": as_user(dsn, API_USER),
+                                            "DB_STATEMENT_TIMEOUT_MS": "60000"}))
+    runtime = client.application.extensions["rates_api"]
+    assert runtime.hung_after_s == 3 * (5 + 60 + 2)  # three times what a request may give the database
+    runtime.hung_after_s = 1.0  # for the test: a request held on a lock for a second has "hung"
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", 10)])
+    blocker = psycopg2.connect(dsn)
+    try:
+        blocker.cursor().execute("LOCK TABLE lane_totals IN ACCESS EXCLUSIVE MODE")
+        with ThreadPoolExecutor(1) as one:
+            held = one.submit(client.get, "/rates?date_from=2024-03-01&date_to=2024-03-01"
+                                          "&origin=CNSHA&destination=NLRTM")
+            wait_for(lambda: lock_waiters(world, application_name="rates-api") == 1, timeout=20,
+                     what="the request to wait on the lock")
+            hung = wait_for(lambda: _hung(client),
+                            timeout=10, what="liveness to fail")
+            assert hung["status"] == "hung" and hung["oldest_request_s"] >= 1.0
+            blocker.rollback()
+            assert held.result(timeout=30).status_code == 200
+        # The request that hung has ended: the worker is alive again.
+        assert client.get("/healthz").get_json() == {"status": "ok"}
+    finally:
+        blocker.close()
+
+
+def _hung(client) -> dict | None:
+    answer = client.get("/healthz")
+    return answer.get_json() if answer.status_code == 503 else None

@@ -344,7 +344,8 @@ def test_rollout_drops_no_request(render, env):
     assert probe["name"] == "probe" and str(probe["containerPort"]) == plain_env(container)["PROBE_PORT"]
     assert gunicorn["probe_port"] == probe["containerPort"] != port["containerPort"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probe"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Liveness too: on http it queued behind the requests (rates_api.health.healthz).
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probe"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == "/readyz"
     assert annotations["alb.ingress.kubernetes.io/healthcheck-port"] == str(probe["containerPort"])
