@@ -59,9 +59,10 @@ class InvalidFile(FileRejected):
 
 
 class FileTooLarge(InvalidFile):
-    def __init__(self, max_bytes: int):
-        super().__init__(f"the file is larger than {max_bytes:,} bytes uncompressed (INGEST_MAX_FILE_MIB "
-                         f"{max_bytes >> 20}): split it into smaller files")
+    def __init__(self, max_bytes: int, compressed: bool = False):
+        what = ("the gzip object is larger than {:,} bytes, and so its content" if compressed
+                else "the file is larger than {:,} bytes uncompressed").format(max_bytes)
+        super().__init__(f"{what} (INGEST_MAX_FILE_MIB {max_bytes >> 20}): split it into smaller files")
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,11 @@ def _ingest(settings: Settings, ref: s3source.ObjectRef, s3, log, seen: dict, ru
     termination.check()  # botocore retries a request that the signal cut short
     log.info("ingest started", etag=info.etag, object_version=info.version_id, size=info.size, format=fmt.kind,
              gzip=fmt.gzip)
-    if not fmt.gzip and info.size is not None and info.size > settings.max_file_bytes:
-        raise formats.FileTooLarge(settings.max_file_bytes)  # before a byte of it reaches COPY
+    if info.size is not None and info.size > settings.max_file_bytes:
+        # Before a byte of it reaches COPY. A gzip object too: a price file inflates, and
+        # one of empty gzip members inflates to nearly nothing, so the cap on what comes
+        # out of it would let its whole download run (and hold its slot) to the deadline.
+        raise formats.FileTooLarge(settings.max_file_bytes, compressed=fmt.gzip)
     # If this process dies without closing the connection (SIGKILL), the server notices
     # within a second instead of finishing the statement first, holding its locks.
     conn = db.connect(settings.database_url, application_name=loader.APPLICATION_NAME,

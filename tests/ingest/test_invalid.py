@@ -241,3 +241,20 @@ def test_a_file_over_ingest_max_file_mib_is_rejected_whole(db, s3, key):
         assert run["bytes"] in (None, 0), run
     assert run_cli(dsn, "--bucket", s3.name, "--key", key, env={"INGEST_MAX_FILE_MIB": "2"}).returncode == 0
     assert len(prices(conn)) == len(rows)
+
+
+def test_a_gzip_object_over_ingest_max_file_mib_is_rejected_before_its_download(db, s3):
+    """Empty gzip members inflate to nothing: only the object's own size bounds the work."""
+    dsn, conn = db
+    body = gzip.compress(as_csv([("CNSHA", "NLRTM", "2016-01-01", 100)])) + gzip.compress(b"") * 60_000
+    assert len(body) > 1 << 20
+    s3.put("padded.csv.gz", body)
+
+    done = run_cli(dsn, "--bucket", s3.name, "--key", "padded.csv.gz", env={"INGEST_MAX_FILE_MIB": "1"})
+
+    assert done.returncode == 2, done.stderr
+    run = last_run(conn)
+    assert run["status"] == "rejected" and run["bytes"] in (None, 0), run
+    assert run["error"] == ("the gzip object is larger than 1,048,576 bytes, and so its content "
+                            "(INGEST_MAX_FILE_MIB 1): split it into smaller files")
+    assert prices(conn) == []
