@@ -82,6 +82,7 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, ma
         skipped = _skip(cur, ref, download)
         if skipped:
             return skipped
+        cur.execute("SAVEPOINT before_load")  # undone whole for a withdrawn file's bytes (below)
         retired = _retire_current(cur, ref)
         cur.execute("""INSERT INTO ingest_files (bucket, key, version, last_modified, rows, bytes)
                        VALUES (%s, %s, %s, %s, 0, 0) RETURNING id""",
@@ -92,6 +93,10 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, ma
         parser = formats.parser_for(fmt, formats.Rules(code for (code,) in cur), file_id, max_file_bytes)
         termination.check()  # _skip may have asked S3, whose client retries what a signal cuts short
         _copy(cur, parser, download)
+        withdrawn = _withdrawn_twin(cur, retired, download) if retired else None
+        if withdrawn:
+            cur.execute("ROLLBACK TO SAVEPOINT before_load")
+            return Outcome("superseded", file_id=retired, info=info, error=withdrawn)
         # The replaced file's rows go after the COPY: deleting them takes the totals' lock
         # (data_version's row) until commit, and taken before the COPY it would make
         # replacement loads wait for each other's whole COPY instead of only its end.
@@ -133,6 +138,21 @@ def _loaded_elsewhere(cur, ref: ObjectRef, download: Download, file_id: int) -> 
                    ORDER BY id LIMIT 1""", (ref.bucket, download.sha256, file_id))
     row = cur.fetchone()
     return row[0] if row else None
+
+
+def _withdrawn_twin(cur, file_id: int, download: Download) -> str | None:
+    """Why the key's current file, if it was withdrawn and held these very bytes, keeps
+    them out. A copy of an object onto itself (an edit of its storage class, encryption or
+    metadata in the S3 console, a Batch Operations re-encryption) is a new version with an
+    ObjectCreated event, and would otherwise bring withdrawn prices back unnoticed."""
+    cur.execute("""SELECT withdrawn_at, withdrawn_reason FROM ingest_files
+                   WHERE id = %s AND withdrawn_at IS NOT NULL AND sha256 = %s""", (file_id, download.sha256))
+    found = cur.fetchone()
+    if not found:
+        return None
+    return _withdrawn("this key's file with the same bytes was withdrawn", *found,
+                      then="a changed file uploaded to the key loads; the same bytes again, as a copy in place "
+                           "makes them, do not")
 
 
 def _copy(cur, parser: formats.Parser, download: Download) -> None:
@@ -204,10 +224,10 @@ def _why_superseded(current: tuple | None) -> str:
     return "a newer version of this key is already loaded"
 
 
-def _withdrawn(what: str, withdrawn_at, reason: str | None) -> str:
+def _withdrawn(what: str, withdrawn_at, reason: str | None, then: str = "a new upload of the key loads") -> str:
     """Why a withdrawn file keeps this one from loading, with the withdrawal's reason."""
     when = withdrawn_at.astimezone(timezone.utc)  # the session's time zone may be any
-    return f"{what} on {when:%Y-%m-%d %H:%M} UTC ({reason or 'no reason recorded'}); a new upload of the key loads"
+    return f"{what} on {when:%Y-%m-%d %H:%M} UTC ({reason or 'no reason recorded'}); {then}"
 
 
 def _newer_than_ours(version: str, last_modified, download: Download) -> bool:

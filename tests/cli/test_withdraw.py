@@ -95,6 +95,36 @@ def test_withdrawing_takes_a_files_prices_out_and_its_events_no_longer_load_it(d
     assert totals(conn) == expected_totals(LANE_ROWS + V2_ROWS)
 
 
+def test_a_copy_in_place_of_a_withdrawn_file_keeps_its_prices_out(dsn, world, s3):
+    """An edit of the object's storage class (or encryption, or metadata) copies it onto
+    itself: a new version with an ObjectCreated event, and the same bytes."""
+    conn = world
+    s3.enable_versioning()
+    first = s3.put("in/jan.csv", as_csv(LANE_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "in/jan.csv") == 0
+    assert withdraw(dsn, "--bucket", s3.name, "--key", "in/jan.csv", "--version", first,
+                    "--reason", "quoted in the wrong currency").exit_code == 0
+
+    copied = s3.client.copy_object(Bucket=s3.name, Key="in/jan.csv", StorageClass="STANDARD_IA",
+                                   CopySource={"Bucket": s3.name, "Key": "in/jan.csv", "VersionId": first})
+    assert run_job(dsn, s3.name, "in/jan.csv", copied["VersionId"]) == 0
+
+    skipped = last_run(conn)
+    assert skipped["status"] == "superseded", skipped
+    assert "same bytes was withdrawn" in skipped["error"] and "quoted in the wrong currency" in skipped["error"]
+    assert prices(conn) == []
+    assert totals(conn) == expected_totals([])
+    with conn.cursor() as cur:  # the withdrawn file stays the key's current one, and nothing else was added
+        cur.execute("SELECT version, withdrawn_at IS NOT NULL, replaced_at IS NULL FROM ingest_files WHERE key = %s",
+                    ("in/jan.csv",))
+        assert cur.fetchall() == [(first, True, True)]
+
+    # A changed file loads as the key's next upload.
+    s3.put("in/jan.csv", as_csv(LANE_ROWS[:2]))
+    assert run_job(dsn, s3.name, "in/jan.csv") == 0
+    assert prices(conn) == as_tuples(LANE_ROWS[:2])
+
+
 def test_an_older_version_arriving_after_a_withdrawal_stays_out(dsn, world, s3):
     conn = world
     s3.enable_versioning()
