@@ -3,7 +3,10 @@
 A message body is an S3 notification (``{"Records": [...]}``), S3's one-off
 ``s3:TestEvent``, or either of these wrapped in an SNS envelope (for a bucket that fans
 out through a topic). Anything else is a poison message: :class:`PoisonMessage` says why,
-and retrying it cannot help.
+and retrying it cannot help. EventBridge's events of S3 are not taken (the Terraform sends
+S3's notifications to the queue directly, and EventBridge's key is not documented as
+encoded the same way): one is set aside saying what it is, as is SNS's confirmation of a
+subscription, which only whoever subscribed the queue can act on.
 """
 
 import json
@@ -46,8 +49,10 @@ class UploadedObject:
 def uploaded_objects(body: str) -> list[UploadedObject]:
     """The created objects that ``body`` announces; [] for a test event or other event types."""
     document = _json(body, "the message body")
+    _refuse_sns_confirmation(document)
     if isinstance(document, dict) and document.get("Type") == "Notification" and "Message" in document:
         document = _json(document["Message"], "the SNS notification's Message")
+    _refuse_eventbridge(document)
     if not isinstance(document, dict):
         raise PoisonMessage(f"not an S3 event notification: the body is a JSON {type(document).__name__}")
     if document.get("Event") == "s3:TestEvent":
@@ -61,6 +66,33 @@ def uploaded_objects(body: str) -> list[UploadedObject]:
         isinstance(r, dict) and "eventVersion" in r for r in records)
     return [replace(obj, redriven=redriven, set_aside_uid=set_aside_uid) if redriven else obj
             for obj in map(_created_object, records) if obj is not None]
+
+
+# SNS sends these to a subscribed queue itself, not on behalf of the bucket.
+_SNS_CONFIRMATIONS = {
+    "SubscriptionConfirmation": "whoever subscribed this queue to the topic must confirm the subscription "
+                                "(the message's SubscribeURL) before S3's notifications come through it",
+    "UnsubscribeConfirmation": "the topic's subscription of this queue was deleted, so S3's notifications "
+                               "sent through that topic no longer come here (the message's SubscribeURL "
+                               "subscribes it again)",
+}
+
+
+def _refuse_sns_confirmation(document) -> None:
+    kind = document.get("Type") if isinstance(document, dict) else None
+    if isinstance(kind, str) and kind in _SNS_CONFIRMATIONS:
+        raise PoisonMessage(f"an SNS {kind}, not an S3 event notification: {_SNS_CONFIRMATIONS[kind]}")
+
+
+def _refuse_eventbridge(document) -> None:
+    """An S3 event routed through EventBridge: named, so that the reason says where the
+    bucket's events are wired wrong instead of only what the message lacks."""
+    if not isinstance(document, dict) or document.get("source") != "aws.s3" or "detail-type" not in document:
+        return
+    kind = document["detail-type"]
+    named = f" ({kind[:100]})" if isinstance(kind, str) and kind else ""
+    raise PoisonMessage(f"an EventBridge event{named}: this controller takes S3 event notifications sent to "
+                        "SQS directly or through SNS")
 
 
 def _json(text, what: str):

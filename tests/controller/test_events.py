@@ -80,6 +80,41 @@ def test_a_notification_wrapped_by_sns_is_unwrapped():
     assert [o.key for o in uploaded_objects(envelope)] == ["x.csv"]
 
 
+EVENTBRIDGE = {"version": "0", "id": "17793124-05d4-b198-2fde-7ededc63b103", "detail-type": "Object Created",
+               "source": "aws.s3", "account": "111122223333", "time": "2021-11-12T00:00:00Z",
+               "region": "ca-central-1", "resources": ["arn:aws:s3:::uploads"],
+               "detail": {"version": "0", "bucket": {"name": "uploads"},
+                          "object": {"key": "prices/jan.csv", "size": 5, "etag": "b1946ac9",
+                                     "version-id": "IYV3p45BT0ac8hjHg1houSdS1a.Mro8e", "sequencer": "617f08299329d189"},
+                          "request-id": "N4N7GDK58NMKJ12R", "requester": "123456789012",
+                          "source-ip-address": "1.2.3.4", "reason": "PutObject"}}
+
+
+def test_an_eventbridge_event_is_set_aside_saying_it_is_not_supported():
+    # Its shape has no Records; the reason must say where the bucket's events are wired wrong.
+    with pytest.raises(PoisonMessage) as caught:
+        uploaded_objects(json.dumps(EVENTBRIDGE))
+    assert str(caught.value) == ("an EventBridge event (Object Created): this controller takes S3 event "
+                                 "notifications sent to SQS directly or through SNS")
+    # Delivered through an SNS topic all the same, and with no detail-type the reason can name.
+    envelope = {"Type": "Notification", "Message": json.dumps({**EVENTBRIDGE, "detail-type": 5})}
+    with pytest.raises(PoisonMessage, match=r"^an EventBridge event: this controller takes"):
+        uploaded_objects(json.dumps(envelope))
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("SubscriptionConfirmation", "whoever subscribed this queue to the topic must confirm the subscription"),
+    ("UnsubscribeConfirmation", "the topic's subscription of this queue was deleted"),
+])
+def test_an_sns_subscription_message_is_set_aside_naming_it(kind, says):
+    envelope = json.dumps({"Type": kind, "MessageId": "165545c9", "Token": "2336412f37",
+                           "TopicArn": "arn:aws:sns:eu-west-1:1:t", "Message": "You have chosen to ...",
+                           "SubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription"})
+    with pytest.raises(PoisonMessage) as caught:
+        uploaded_objects(envelope)
+    assert str(caught.value).startswith(f"an SNS {kind}, not an S3 event notification: {says}")
+
+
 def test_a_missing_version_id_and_etag_are_none():
     rec = record("x.csv")
     del rec["s3"]["object"]["eTag"]
