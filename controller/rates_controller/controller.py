@@ -321,17 +321,18 @@ class Controller:
     def handle(self, message: Message, done: list[Message], batch: Batch) -> None:
         """Act on one message of ``batch``; append it to ``done`` if it is to be deleted."""
         try:
-            objects = events.uploaded_objects(message.body)
-            events.check_source(objects, self.settings.uploads_bucket, self.settings.uploads_prefix)
+            announced = events.announcement(message.body)
+            events.check_source(announced.objects, self.settings.uploads_bucket, self.settings.uploads_prefix)
         except events.PoisonMessage as exc:
             self._set_aside_message(message, done, "poison", str(exc))
             return
         # Only the first few: a hand-made message may hold many records.
-        with logs.bound(keys=[f"s3://{o.bucket}/{o.key}" for o in objects[:5]]):
-            self._handle_objects(message, objects, done, batch)
+        with logs.bound(keys=[f"s3://{o.bucket}/{o.key}" for o in announced.objects[:5]]):
+            self._handle_objects(message, announced, done, batch)
 
-    def _handle_objects(self, message: Message, objects: list[UploadedObject], done: list[Message],
+    def _handle_objects(self, message: Message, announced: events.Announcement, done: list[Message],
                         batch: Batch) -> None:
+        objects = announced.objects
         if objects and isinstance(batch.failed, QuotaFull):
             self._hold(message, batch.failed)  # not tried: the quota is as full for it
             return
@@ -358,7 +359,8 @@ class Controller:
         done.append(message)
         outcome = "jobs_created" if created else "duplicate" if objects else "ignored"
         self.metrics.messages.labels(outcome).inc()
-        self.log.info("message handled", objects=len(objects), jobs_created=created)
+        self.log.info("message handled", objects=len(objects), jobs_created=created, outcome=outcome,
+                      **_made_no_job(announced))
 
     def _held_back(self, message: Message, batch: Batch) -> bool:
         last = message.receives >= self.settings.max_receives
@@ -465,6 +467,17 @@ def message_backoff(receives: int) -> int:
     """Seconds a message whose Job could not be created waits after its ``receives``-th delivery."""
     low, high = MESSAGE_BACKOFF_SECONDS
     return min(low * 2 ** min(receives - 1, 20), high)
+
+
+def _made_no_job(announced: events.Announcement) -> dict:
+    """For the "message handled" line: the records of the message that made no Job, so that
+    an operator who looks for an upload's Job sees why there is none."""
+    said = {}
+    if announced.skipped:
+        said["skipped"] = announced.skipped[:5]  # the first few, as for the keys
+    if announced.test_event:
+        said["test_event"] = True
+    return said
 
 
 def _annotation(job, name: str) -> str | None:

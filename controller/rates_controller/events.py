@@ -10,7 +10,7 @@ subscription, which only whoever subscribed the queue can act on.
 """
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote_plus
 
 from rates_core.errors import PermanentError
@@ -46,8 +46,23 @@ class UploadedObject:
     set_aside_uid: str | None = None
 
 
+@dataclass(frozen=True)
+class Announcement:
+    """What one message announces: the created objects to load, and, for the log, what in
+    it makes no Job."""
+
+    objects: list[UploadedObject]
+    skipped: list[str] = field(default_factory=list)  # the event names of records that make no Job
+    test_event: bool = False  # S3's s3:TestEvent, sent when the bucket's notifications are set
+
+
 def uploaded_objects(body: str) -> list[UploadedObject]:
     """The created objects that ``body`` announces; [] for a test event or other event types."""
+    return announcement(body).objects
+
+
+def announcement(body: str) -> Announcement:
+    """What ``body`` announces (PoisonMessage if it is not an S3 notification)."""
     document = _json(body, "the message body")
     _refuse_sns_confirmation(document)
     if isinstance(document, dict) and document.get("Type") == "Notification" and "Message" in document:
@@ -56,7 +71,7 @@ def uploaded_objects(body: str) -> list[UploadedObject]:
     if not isinstance(document, dict):
         raise PoisonMessage(f"not an S3 event notification: the body is a JSON {type(document).__name__}")
     if document.get("Event") == "s3:TestEvent":
-        return []
+        return Announcement(objects=[], test_event=True)
     records = document.get("Records")
     if not isinstance(records, list) or not records:
         raise PoisonMessage("not an S3 event notification: no Records list")
@@ -64,8 +79,22 @@ def uploaded_objects(body: str) -> list[UploadedObject]:
     set_aside_uid = uid if isinstance(uid, str) and uid else None
     redriven = isinstance(document.get(SET_ASIDE_BY), str) or not any(
         isinstance(r, dict) and "eventVersion" in r for r in records)
-    return [replace(obj, redriven=redriven, set_aside_uid=set_aside_uid) if redriven else obj
-            for obj in map(_created_object, records) if obj is not None]
+    objects, skipped = [], []
+    for record in records:
+        obj = _created_object(record)
+        if obj is None:
+            skipped.append(_skipped_name(record))
+        else:
+            objects.append(replace(obj, redriven=redriven, set_aside_uid=set_aside_uid) if redriven else obj)
+    return Announcement(objects=objects, skipped=skipped)
+
+
+def _skipped_name(record: dict) -> str:
+    """A record that makes no Job, as the log names it: its event name, and for a created
+    object, that it was a folder (the only ObjectCreated record that makes none)."""
+    name = record.get("eventName")
+    name = name[:100] if isinstance(name, str) and name else "a record without an eventName"
+    return f"{name} (a folder)" if name.startswith("ObjectCreated:") else name
 
 
 # SNS sends these to a subscribed queue itself, not on behalf of the bucket.

@@ -148,14 +148,14 @@ def test_a_message_the_controller_fails_on_is_set_aside_and_the_loop_goes_on(kub
                                                                                make_controller, monkeypatch):
     from rates_controller import events
 
-    parse = events.uploaded_objects
+    parse = events.announcement
 
     def fails_on_one(body):  # stands for a bug that only one odd message meets
         if "odd.csv" in body:
             raise ValueError("a bug")
         return parse(body)
 
-    monkeypatch.setattr(events, "uploaded_objects", fails_on_one)
+    monkeypatch.setattr(events, "announcement", fails_on_one)
     uploads.put("odd.csv", b"x")
     uploads.put("fine.csv", b"x")
     controller = make_controller()
@@ -169,15 +169,28 @@ def test_a_message_the_controller_fails_on_is_set_aside_and_the_loop_goes_on(kub
     assert sqs.counts() == (0, 0)
 
 
-def test_test_events_and_removals_are_deleted_without_a_job(kube, namespace, sqs, make_controller):
+def test_test_events_and_removals_are_deleted_without_a_job_and_the_log_says_why(kube, namespace, sqs,
+                                                                               make_controller):
     sqs.send(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}))
     sqs.send(json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete",
                                       "s3": {"bucket": {"name": "b"}, "object": {"key": "gone.csv"}}}]}))
+    sqs.send(json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                                      "s3": {"bucket": {"name": "b"}, "object": {"key": "2016/", "size": 0}}}]}))
+    wait_for(lambda: sqs.counts() == (3, 0), timeout=10, interval=0.2, what="the three messages")
 
-    make_controller().step()
+    with capture_logs() as logged:
+        make_controller().step()
 
     assert ingest_jobs(kube, namespace) == []
     assert sqs.counts() == (0, 0)
+    # An operator looking for an upload's Job finds why there is none, as the metric counts it.
+    said = sorted(({k: v for k, v in line.items() if k not in ("event", "log_level")}
+                   for line in logged if line["event"] == "message handled"), key=str)
+    assert said == sorted([
+        {"objects": 0, "jobs_created": 0, "outcome": "ignored", "test_event": True},
+        {"objects": 0, "jobs_created": 0, "outcome": "ignored", "skipped": ["ObjectRemoved:Delete"]},
+        {"objects": 0, "jobs_created": 0, "outcome": "ignored", "skipped": ["ObjectCreated:Put (a folder)"]},
+    ], key=str)
 
 
 def test_no_message_is_taken_while_max_active_jobs_run(kube, namespace, uploads, sqs, make_controller):

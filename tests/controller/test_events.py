@@ -7,7 +7,7 @@ import pytest
 
 from rates_controller import jobs
 from rates_controller.controller import notification
-from rates_controller.events import PoisonMessage, UploadedObject, uploaded_objects
+from rates_controller.events import PoisonMessage, UploadedObject, announcement, uploaded_objects
 
 
 def record(key, event="ObjectCreated:Put", bucket="uploads", **obj):
@@ -40,6 +40,16 @@ def test_every_created_record_of_a_message_counts_and_other_events_do_not():
     objects = uploaded_objects(body(record("a.csv"), record("b.csv", event="ObjectRemoved:Delete"),
                                     record("c.csv", event="ObjectCreated:CompleteMultipartUpload")))
     assert [o.key for o in objects] == ["a.csv", "c.csv"]
+
+
+def test_records_that_make_no_job_are_named_by_their_event_for_the_log():
+    announced = announcement(body(record("a.csv"), record("b.csv", event="ObjectRemoved:Delete"),
+                                  record("2016/", size=0), {"eventSource": "aws:s3"}))
+    assert [o.key for o in announced.objects] == ["a.csv"]
+    assert announced.skipped == ["ObjectRemoved:Delete", "ObjectCreated:Put (a folder)",
+                                 "a record without an eventName"]
+    assert not announced.test_event
+    assert announcement(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"})).test_event
 
 
 def test_s3s_test_event_and_console_folders_announce_nothing():
