@@ -69,7 +69,7 @@ def announcement(body: str) -> Announcement:
         document = _json(document["Message"], "the SNS notification's Message")
     _refuse_eventbridge(document)
     if not isinstance(document, dict):
-        raise PoisonMessage(f"not an S3 event notification: the body is a JSON {type(document).__name__}")
+        raise PoisonMessage(f"not an S3 event notification: the body is a JSON {_json_type(document)}")
     if document.get("Event") == "s3:TestEvent":
         return Announcement(objects=[], test_event=True)
     records = document.get("Records")
@@ -126,7 +126,7 @@ def _refuse_eventbridge(document) -> None:
 
 def _json(text, what: str):
     if not isinstance(text, str):
-        raise PoisonMessage(f"{what} is not a string")
+        raise PoisonMessage(f"{what} is a JSON {_json_type(text)}, not a string")
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -135,12 +135,47 @@ def _json(text, what: str):
         raise PoisonMessage(f"{what} is JSON nested too deeply") from None
 
 
-def _optional_text(obj: dict, name: str) -> str | None:
-    value = obj.get(name)
+# JSON's names for what json.loads makes: a reason is read by whoever wrote the message,
+# who knows no Python. bool before int, which it is a kind of.
+_JSON_TYPES = ((type(None), "null"), (bool, "boolean"), (int, "number"), (float, "number"), (str, "string"),
+               (list, "array"), (dict, "object"))
+
+
+def _json_type(value) -> str:
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), type(value).__name__)
+
+
+def _field(record: dict, path: str):
+    """The value at ``path`` in an ObjectCreated record; the path, dotted, is how reasons
+    name a field (s3.bucket.name and s3.object.key are both a name)."""
+    value, walked = record, []
+    for name in path.split("."):
+        if not isinstance(value, dict):
+            raise PoisonMessage(f"an ObjectCreated record's {'.'.join(walked)} is a JSON {_json_type(value)}, "
+                                "not an object")
+        if name not in value:
+            raise PoisonMessage(f"an ObjectCreated record lacks {path}")
+        value = value[name]
+        walked.append(name)
+    return value
+
+
+def _text(record: dict, path: str) -> str:
+    value = _field(record, path)
+    if not isinstance(value, str):
+        raise PoisonMessage(f"an ObjectCreated record's {path} is a JSON {_json_type(value)}, not a string")
+    if not value:
+        raise PoisonMessage(f"an ObjectCreated record's {path} is empty")
+    return value
+
+
+def _optional_text(record: dict, path: str) -> str | None:
+    parent, _, name = path.rpartition(".")
+    value = (_field(record, parent) if parent else record).get(name)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise PoisonMessage(f"an ObjectCreated record's {name} is not a string")
+        raise PoisonMessage(f"an ObjectCreated record's {path} is a JSON {_json_type(value)}, not a string")
     return value
 
 
@@ -149,31 +184,25 @@ def _created_object(record) -> UploadedObject | None:
         raise PoisonMessage("not an S3 event notification: a record's eventSource is not aws:s3")
     if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
         return None  # a removal or restore: nothing to load
-    try:
-        s3 = record["s3"]
-        bucket = s3["bucket"]["name"]
-        obj = s3["object"]
-        key = obj["key"]
-    except (KeyError, TypeError) as exc:
-        raise PoisonMessage(f"an ObjectCreated record lacks {exc}") from None
-    if not isinstance(key, str):
-        raise PoisonMessage("an ObjectCreated record's key is not a string")
+    bucket = _text(record, "s3.bucket.name")
+    key = _text(record, "s3.object.key")
     try:
         # Strict: by default unquote_plus turns %FF into U+FFFD, a key that does not exist.
         key = unquote_plus(key, errors="strict")
     except UnicodeError:
-        raise PoisonMessage("an ObjectCreated record's key is not valid UTF-8") from None
-    if not isinstance(bucket, str) or not bucket or not key:
-        raise PoisonMessage("an ObjectCreated record has an empty bucket name or key")
-    version_id = _optional_text(obj, "versionId")
-    _check_job_environment(bucket=bucket, key=key, versionId=version_id)
-    size = obj.get("size")
+        raise PoisonMessage("an ObjectCreated record's s3.object.key is not valid UTF-8") from None
+    if not key:
+        raise PoisonMessage("an ObjectCreated record's s3.object.key is empty")
+    version_id = _optional_text(record, "s3.object.versionId")
+    _check_job_environment({"s3.bucket.name": bucket, "s3.object.key": key, "s3.object.versionId": version_id})
+    size = record["s3"]["object"].get("size")
     size = size if isinstance(size, int) and not isinstance(size, bool) else None
     if key.endswith("/") and not size:
         return None  # a "folder" made by the S3 console, not a file
     return UploadedObject(bucket=bucket, key=key, version_id=version_id,
-                          etag=_optional_text(obj, "eTag"), size=size,
-                          sequencer=_optional_text(obj, "sequencer") or _optional_text(record, "eventTime"))
+                          etag=_optional_text(record, "s3.object.eTag"), size=size,
+                          sequencer=_optional_text(record, "s3.object.sequencer")
+                          or _optional_text(record, "eventTime"))
 
 
 def check_source(objects: list[UploadedObject], bucket: str, prefix: str) -> None:
@@ -189,7 +218,7 @@ def check_source(objects: list[UploadedObject], bucket: str, prefix: str) -> Non
                                 f"{prefix}")
 
 
-def _check_job_environment(**values: str | None) -> None:
+def _check_job_environment(values: dict[str, str | None]) -> None:
     """What the Job gets in its environment must be UTF-8 (a lone surrogate comes from a
     \\ud800 escape in the JSON) without NUL, which no process environment holds: the pod
     would never start."""

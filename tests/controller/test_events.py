@@ -131,32 +131,58 @@ def test_a_missing_version_id_and_etag_are_none():
     assert uploaded_objects(body(rec))[0] == UploadedObject("uploads", "x.csv", None, None, 10)
 
 
+CREATED = '{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": %s}]}'
+
+
+# Reasons name types as JSON does, and fields by their path in the record: whoever reads one
+# wrote JSON, and both the bucket's and the object's field are called "name" or "key".
 @pytest.mark.parametrize("text, reason", [
     ("not json", "is not JSON"),
-    ("[1, 2]", "the body is a JSON list"),
+    ("[1, 2]", "not an S3 event notification: the body is a JSON array"),
+    ("null", "not an S3 event notification: the body is a JSON null"),
+    ('"x"', "not an S3 event notification: the body is a JSON string"),
+    ("1.5", "not an S3 event notification: the body is a JSON number"),
+    ("true", "not an S3 event notification: the body is a JSON boolean"),
     ("{}", "no Records list"),
     ('{"Records": []}', "no Records list"),
     ('{"Records": [{"eventSource": "aws:sqs"}]}', "eventSource is not aws:s3"),
     ('{"Records": ["x"]}', "eventSource is not aws:s3"),
-    ('{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put"}]}', "lacks 's3'"),
-    ('{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", '
-     '"s3": {"bucket": {"name": "b"}, "object": {"key": 7}}}]}', "key is not a string"),
-    ('{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", '
-     '"s3": {"bucket": {"name": ""}, "object": {"key": "k"}}}]}', "empty bucket name or key"),
+    ('{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put"}]}',
+     "an ObjectCreated record lacks s3.bucket.name"),
+    (CREATED % '{"bucket": {"name": "b"}}', "an ObjectCreated record lacks s3.object.key"),
+    (CREATED % '{"bucket": {"arn": "arn:aws:s3:::b"}, "object": {"key": "k"}}',
+     "an ObjectCreated record lacks s3.bucket.name"),
+    (CREATED % '{"bucket": "b", "object": {"key": "k"}}',
+     "an ObjectCreated record's s3.bucket is a JSON string, not an object"),
+    (CREATED % '[]', "an ObjectCreated record's s3 is a JSON array, not an object"),
+    (CREATED % '{"bucket": {"name": "b"}, "object": {"key": 7}}',
+     "an ObjectCreated record's s3.object.key is a JSON number, not a string"),
+    (CREATED % '{"bucket": {"name": null}, "object": {"key": "k"}}',
+     "an ObjectCreated record's s3.bucket.name is a JSON null, not a string"),
+    (CREATED % '{"bucket": {"name": ""}, "object": {"key": "k"}}', "an ObjectCreated record's s3.bucket.name is empty"),
+    (CREATED % '{"bucket": {"name": "b"}, "object": {"key": ""}}', "an ObjectCreated record's s3.object.key is empty"),
     ('{"Type": "Notification", "Message": "nope"}', "SNS notification's Message is not JSON"),
+    ('{"Type": "Notification", "Message": {"Records": []}}',
+     "the SNS notification's Message is a JSON object, not a string"),
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    (body(record("x.csv", versionId=5)), "versionId is not a string"),
-    (body(record("x.csv", eTag=["a"])), "eTag is not a string"),
-    (body(record("x.csv", sequencer={})), "sequencer is not a string"),
-    (body(record("\ud800.csv")), "not valid UTF-8"),
-    (body(record("a%FF.csv")), "not valid UTF-8"),  # percent-encoded bytes that are no UTF-8
-    (body(record("a%ED%A0%80.csv")), "not valid UTF-8"),  # an encoded surrogate
-    (body(record("a%00.csv")), "key holds a NUL"),
-    (body(record("x.csv", versionId="v\x00")), "versionId holds a NUL"),
-    (body(record("x.csv", versionId="v\ud800")), "versionId is not valid UTF-8"),
-    (body(record("x.csv", bucket="up\x00loads")), "bucket holds a NUL"),
-    (body(record("x.csv", bucket="up\udc80loads")), "bucket is not valid UTF-8"),
+    (body(record("x.csv", versionId=5)),
+     "an ObjectCreated record's s3.object.versionId is a JSON number, not a string"),
+    (body(record("x.csv", versionId=True)),
+     "an ObjectCreated record's s3.object.versionId is a JSON boolean, not a string"),
+    (body(record("x.csv", eTag=["a"])), "an ObjectCreated record's s3.object.eTag is a JSON array, not a string"),
+    (body(record("x.csv", sequencer={})),
+     "an ObjectCreated record's s3.object.sequencer is a JSON object, not a string"),
+    (body({**record("x.csv"), "eventTime": 1}), "an ObjectCreated record's eventTime is a JSON number, not a string"),
+    (body(record("\ud800.csv")), "s3.object.key is not valid UTF-8"),
+    (body(record("a%FF.csv")), "s3.object.key is not valid UTF-8"),  # percent-encoded bytes that are no UTF-8
+    (body(record("a%ED%A0%80.csv")), "s3.object.key is not valid UTF-8"),  # an encoded surrogate
+    (body(record("a%00.csv")), "s3.object.key holds a NUL"),
+    (body(record("x.csv", versionId="v\x00")), "s3.object.versionId holds a NUL"),
+    (body(record("x.csv", versionId="v\ud800")), "s3.object.versionId is not valid UTF-8"),
+    (body(record("x.csv", bucket="up\x00loads")), "s3.bucket.name holds a NUL"),
+    (body(record("x.csv", bucket="up\udc80loads")), "s3.bucket.name is not valid UTF-8"),
 ])
 def test_anything_else_is_a_poison_message_with_the_reason(text, reason):
-    with pytest.raises(PoisonMessage, match=reason):
+    with pytest.raises(PoisonMessage) as caught:
         uploaded_objects(text)
+    assert reason in str(caught.value)
