@@ -77,6 +77,7 @@ def announcement(body: str) -> Announcement:
         raise PoisonMessage("not an S3 event notification: no Records list")
     uid = document.get(SET_ASIDE_UID)
     set_aside_uid = uid if isinstance(uid, str) and uid else None
+    _check_job_text("the notification's", {SET_ASIDE_UID: set_aside_uid})  # the first Job's annotation
     redriven = isinstance(document.get(SET_ASIDE_BY), str) or not any(
         isinstance(r, dict) and "eventVersion" in r for r in records)
     objects, skipped = [], []
@@ -193,16 +194,20 @@ def _created_object(record) -> UploadedObject | None:
         raise PoisonMessage("an ObjectCreated record's s3.object.key is not valid UTF-8") from None
     if not key:
         raise PoisonMessage("an ObjectCreated record's s3.object.key is empty")
-    version_id = _optional_text(record, "s3.object.versionId")
-    _check_job_environment({"s3.bucket.name": bucket, "s3.object.key": key, "s3.object.versionId": version_id})
+    # Each reaches the Job: its name (a hash of them all), its annotations, and for the
+    # first three its environment.
+    job_text = {"s3.bucket.name": bucket, "s3.object.key": key,
+                "s3.object.versionId": _optional_text(record, "s3.object.versionId"),
+                "s3.object.eTag": _optional_text(record, "s3.object.eTag")}
+    sequenced_by = "s3.object.sequencer" if _optional_text(record, "s3.object.sequencer") else "eventTime"
+    job_text[sequenced_by] = _optional_text(record, sequenced_by)
+    _check_job_text("an ObjectCreated record's", job_text)
     size = record["s3"]["object"].get("size")
     size = size if isinstance(size, int) and not isinstance(size, bool) else None
     if key.endswith("/") and not size:
         return None  # a "folder" made by the S3 console, not a file
-    return UploadedObject(bucket=bucket, key=key, version_id=version_id,
-                          etag=_optional_text(record, "s3.object.eTag"), size=size,
-                          sequencer=_optional_text(record, "s3.object.sequencer")
-                          or _optional_text(record, "eventTime"))
+    return UploadedObject(bucket=bucket, key=key, version_id=job_text["s3.object.versionId"],
+                          etag=job_text["s3.object.eTag"], size=size, sequencer=job_text[sequenced_by])
 
 
 def check_source(objects: list[UploadedObject], bucket: str, prefix: str) -> None:
@@ -218,16 +223,16 @@ def check_source(objects: list[UploadedObject], bucket: str, prefix: str) -> Non
                                 f"{prefix}")
 
 
-def _check_job_environment(values: dict[str, str | None]) -> None:
-    """What the Job gets in its environment must be UTF-8 (a lone surrogate comes from a
-    \\ud800 escape in the JSON) without NUL, which no process environment holds: the pod
-    would never start."""
+def _check_job_text(whose: str, values: dict[str, str | None]) -> None:
+    """What reaches the Job must be UTF-8 (a lone surrogate comes from a \\ud800 escape in
+    the JSON), or hashing it into the Job's name fails; and hold no NUL, which no process
+    environment holds (the pod would never start) and no upload's key, ETag or time has."""
     for name, value in values.items():
         if value is None:
             continue
         try:
             value.encode()
         except UnicodeEncodeError:
-            raise PoisonMessage(f"an ObjectCreated record's {name} is not valid UTF-8") from None
+            raise PoisonMessage(f"{whose} {name} is not valid UTF-8") from None
         if "\0" in value:
-            raise PoisonMessage(f"an ObjectCreated record's {name} holds a NUL character")
+            raise PoisonMessage(f"{whose} {name} holds a NUL character")

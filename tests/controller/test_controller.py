@@ -120,6 +120,27 @@ def test_a_poison_message_is_set_aside_with_its_reason_and_blocks_nothing(kube, 
     assert set_aside_reasons(controller.metrics) == {"poison": 1}
 
 
+@pytest.mark.parametrize("etag, reason", [
+    ("\ud800", "an ObjectCreated record's s3.object.eTag is not valid UTF-8"),
+    ("a\x00b", "an ObjectCreated record's s3.object.eTag holds a NUL character"),
+])
+def test_an_event_whose_etag_no_job_can_hold_is_set_aside_as_poison(kube, namespace, sqs, make_controller,
+                                                                     etag, reason):
+    # The ETag is hashed into the Job's name and written in its annotations: a lone
+    # surrogate (a \ud800 escape in the JSON) failed the hash, and the message was set
+    # aside as the controller's own failure, with a traceback.
+    sqs.send(json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": "b"}, "object": {"key": "p.csv", "eTag": etag}}}]}))
+    controller = make_controller()
+
+    controller.step()
+
+    [dead] = sqs.dead_letters()
+    assert dead["reason"] == reason
+    assert set_aside_reasons(controller.metrics) == {"poison": 1}
+    assert ingest_jobs(kube, namespace) == [] and sqs.counts() == (0, 0)
+
+
 def test_an_upload_from_elsewhere_than_its_bucket_and_prefix_is_set_aside_as_poison(
         kube, namespace, s3, uploads, sqs, make_controller):
     # The queue takes any sender its policy allows; the Jobs' role reads only the prices

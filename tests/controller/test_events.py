@@ -7,6 +7,7 @@ import pytest
 
 from rates_controller import jobs
 from rates_controller.controller import notification
+from rates_controller.settings import JobSettings
 from rates_controller.events import PoisonMessage, UploadedObject, announcement, uploaded_objects
 
 
@@ -125,6 +126,22 @@ def test_an_sns_subscription_message_is_set_aside_naming_it(kind, says):
     assert str(caught.value).startswith(f"an SNS {kind}, not an S3 event notification: {says}")
 
 
+def test_the_events_time_is_not_checked_where_the_sequencer_stands_for_it():
+    # Only what reaches the Job is: with a sequencer, the time is not part of its name.
+    rec = {**record("x.csv", sequencer="0A"), "eventTime": "\ud800"}
+    assert uploaded_objects(body(rec))[0].sequencer == "0A"
+
+
+def test_every_object_an_event_announces_makes_a_job_manifest():
+    # What passes the checks can be hashed into a name and written into the Job.
+    rec = {**record("x\u00e5\U0001F600.csv", versionId="v\u00e9", eTag="\u00e9", sequencer="\U0001F600"),
+           "eventTime": "2026"}
+    [obj] = uploaded_objects(json.dumps({"Records": [rec], "RatesSetAsideBy": "j", "RatesSetAsideUid": "\u00fc"}))
+    manifest = jobs.manifest(obj, JobSettings(namespace="prod", image="i"))
+    json.dumps(manifest).encode()
+    assert manifest["metadata"]["annotations"][jobs.REDRIVE_OF] == "\u00fc"
+
+
 def test_a_missing_version_id_and_etag_are_none():
     rec = record("x.csv")
     del rec["s3"]["object"]["eTag"]
@@ -181,6 +198,18 @@ CREATED = '{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Pu
     (body(record("x.csv", versionId="v\ud800")), "s3.object.versionId is not valid UTF-8"),
     (body(record("x.csv", bucket="up\x00loads")), "s3.bucket.name holds a NUL"),
     (body(record("x.csv", bucket="up\udc80loads")), "s3.bucket.name is not valid UTF-8"),
+    # Not in the Job's environment, but hashed into its name and written in its annotations.
+    (body(record("x.csv", eTag="ab\ud800")), "an ObjectCreated record's s3.object.eTag is not valid UTF-8"),
+    (body(record("x.csv", eTag="ab\x00")), "an ObjectCreated record's s3.object.eTag holds a NUL character"),
+    (body(record("x.csv", sequencer="0A\udfff")), "an ObjectCreated record's s3.object.sequencer is not valid UTF-8"),
+    (body(record("x.csv", sequencer="0A\x00")), "an ObjectCreated record's s3.object.sequencer holds a NUL"),
+    (body({**record("x.csv"), "eventTime": "2026-11-29T04:00:00\ud800"}),
+     "an ObjectCreated record's eventTime is not valid UTF-8"),
+    (body({**record("x.csv"), "eventTime": "2026-11-29\x00"}), "an ObjectCreated record's eventTime holds a NUL"),
+    (json.dumps({"Records": [record("x.csv")], "RatesSetAsideBy": "ingest-0123-2", "RatesSetAsideUid": "u\ud800"}),
+     "the notification's RatesSetAsideUid is not valid UTF-8"),
+    (json.dumps({"Records": [record("x.csv")], "RatesSetAsideBy": "ingest-0123-2", "RatesSetAsideUid": "u\x00"}),
+     "the notification's RatesSetAsideUid holds a NUL"),
 ])
 def test_anything_else_is_a_poison_message_with_the_reason(text, reason):
     with pytest.raises(PoisonMessage) as caught:
