@@ -236,9 +236,9 @@ class Controller:
                           round_job=ended.round_job + 1)
 
     def _set_aside_file(self, ended: jobs.Finished, why: str, summary: str) -> str:
-        detail = jobs.last_words(self.kube.termination_message(ended.name))
-        reason = f"{summary} ({ended.reason}: {ended.message})" + (f"; the job said: {detail}" if detail else "")
-        if not detail and ended.reason == "DeadlineExceeded":
+        words = jobs.pod_words(self.kube.termination_message(ended.name))
+        reason = f"{summary} ({ended.reason}: {ended.message})" + (f"; {words}" if words else "")
+        if not words and ended.reason == "DeadlineExceeded":
             # Not the file's fault, most likely, but the Job controller has deleted the pods
             # by now, and with them what kept them from running: point where to look.
             reason += ("; no pod of it left a word: it may never have started (an image that cannot be "

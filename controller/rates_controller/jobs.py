@@ -127,8 +127,9 @@ def _pod_spec(obj: UploadedObject, settings: JobSettings) -> dict:
             "env": env,
             "resources": {"requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
                           "limits": {"memory": settings.memory_limit}},
-            # The job's last log line is its error (JSON); the controller quotes it when it
-            # sets a file aside.
+            # The job writes no message file: a failed pod's message is then its log's tail,
+            # whose last JSON line with an error the controller quotes when it sets a file
+            # aside (pod_words).
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]}},
@@ -181,9 +182,53 @@ def finished(job) -> Finished | None:
                     resource_version=job.metadata.resource_version)
 
 
+@dataclass(frozen=True)
+class Termination:
+    """How the ingest container of a Job's failed pod ended, as its kubelet wrote it."""
+
+    reason: str  # "Error" when the job exited by itself; "OOMKilled", say, when it was ended
+    exit_code: int
+    # The job writes no message file, so with FallbackToLogsOnError: its log's tail (80
+    # lines, 2 KiB at most).
+    message: str
+
+
+# The kubelet's reasons for a container that exited by itself. Any other ended it from
+# outside (the kernel's OOM killer, a runtime that could not start it), before the job
+# could log why, so the reason must come from the kubelet.
+_OWN_EXITS = ("", "Completed", "Error")
+_WHAT_TO_DO = {
+    "OOMKilled": "the ingest pod ran out of memory; raise the Jobs' memory limit (JOB_MEMORY_LIMIT, the "
+                 "chart's jobs.resources.limits.memory)",
+}
+_LAST_LINE_CHARS = 200
+
+
+def pod_words(end: Termination | None) -> str:
+    """What a failed pod's end says went wrong, for a set-aside reason: the kubelet's reason
+    if something else ended it (e.g. ``OOMKilled (exit 137): ...``), then the job's error,
+    else what its last log line was; '' if there is nothing to say."""
+    if end is None:
+        return ""
+    words = []
+    ended_from_outside = end.reason not in _OWN_EXITS
+    if ended_from_outside:
+        what_to_do = _WHAT_TO_DO.get(end.reason)
+        words.append(f"{end.reason} (exit {end.exit_code})" + (f": {what_to_do}" if what_to_do else ""))
+    # Stopped from outside, the job never logged its error: an earlier line's error is a
+    # warning it had gone on from.
+    error = "" if ended_from_outside else last_words(end.message)
+    if error:
+        words.append(f"the job said: {error}")
+    elif last := _last_line(end.message):
+        words.append(f"its last log line: {last}")
+    return "; ".join(words)
+
+
 def last_words(termination_message: str) -> str:
     """What a failed pod's termination message (its log's tail) says went wrong: the
-    ``error`` of its last JSON log line that has one, else its last line."""
+    ``error`` of its last JSON log line that has one; '' if none has (a line without one
+    is not the job's error, however last it is)."""
     lines = [line.strip() for line in termination_message.splitlines() if line.strip()]
     for line in reversed(lines):
         try:
@@ -192,7 +237,20 @@ def last_words(termination_message: str) -> str:
             error = _error_of_a_cut_line(line)
         if isinstance(error, str) and error:
             return error
-    return lines[-1] if lines else ""
+    return ""
+
+
+def _last_line(termination_message: str) -> str:
+    """The log tail's last line, briefly: a JSON line's event, else the line, cut."""
+    lines = [line.strip() for line in termination_message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    try:
+        event = json.loads(lines[-1]).get("event")
+    except (ValueError, AttributeError):
+        event = None
+    line = event if isinstance(event, str) and event else lines[-1]
+    return line if len(line) <= _LAST_LINE_CHARS else line[:_LAST_LINE_CHARS] + "…"
 
 
 _ERROR_FIELD = '"error": '

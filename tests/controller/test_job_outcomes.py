@@ -224,6 +224,43 @@ def test_a_file_whose_pod_never_starts_is_set_aside_saying_so(kube, namespace, u
     assert "it may never have started (an image that cannot be pulled" in dead["reason"], dead
 
 
+def oom_killed(kube, namespace: str, job_name: str, log_tail: str) -> None:
+    """The Job's pod ended as a kubelet reports an OOM kill: reason OOMKilled, exit 137 and,
+    as the Job's FallbackToLogsOnError has it, the log's tail as the message. Written into
+    the pod's status (as tests/support/local_node.py writes an exit): no kernel here kills."""
+    [pod] = wait_for(lambda: kube.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items,
+                     timeout=30, what="the Job's pod")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    kube.core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
+        "phase": "Failed", "startTime": now,
+        "containerStatuses": [{"name": jobs.CONTAINER, "ready": False, "restartCount": 0, "image": "local",
+                               "imageID": "", "state": {"terminated": {
+                                   "exitCode": 137, "reason": "OOMKilled", "message": log_tail,
+                                   "startedAt": now, "finishedAt": now}}}]}})
+
+
+def test_a_file_whose_pod_ran_out_of_memory_is_set_aside_saying_so(kube, namespace, uploads, sqs, make_controller,
+                                                                   job_runtime):
+    # The kernel kills the job mid-load, so its log ends at an info line; as "the job said"
+    # that line read as the file's error, and the OOM kill was named nowhere.
+    controller = make_controller(max_attempts=1, job_backoff_limit=0)
+    uploads.put("p.csv", as_csv(ROWS))
+    [job] = step_until(controller, lambda: ingest_jobs(kube, namespace), what="the Job")
+    started = json.dumps({"service": "rates-ingest", "bucket": uploads.name, "key": "p.csv", "size": 91234567,
+                          "format": "csv", "event": "ingest started", "level": "info"})
+    oom_killed(kube, namespace, job.metadata.name, started + "\n")
+
+    step_until(controller, lambda: list(handled(kube, namespace).values()) == ["set-aside"], timeout=60,
+               what="the Job to be set aside")
+
+    [dead] = sqs.dead_letters()
+    assert dead["reason"].startswith("the file did not load in 1 Jobs (BackoffLimitExceeded: "), dead
+    assert dead["reason"].endswith(
+        "); OOMKilled (exit 137): the ingest pod ran out of memory; raise the Jobs' memory limit "
+        "(JOB_MEMORY_LIMIT, the chart's jobs.resources.limits.memory); its last log line: ingest started"), dead
+    assert set_aside_reasons(controller.metrics) == {"attempts_exhausted": 1}
+
+
 def test_a_retry_waits_for_a_free_slot(dsn, world, kube, namespace, uploads, sqs, make_controller,
                                        job_runtime, local_node):
     job_runtime(DOWN)

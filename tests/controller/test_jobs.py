@@ -100,8 +100,45 @@ def test_last_words_are_the_error_of_the_last_json_line_that_has_one():
         json.dumps({"event": "bye", "level": "info"}),
     ])
     assert jobs.last_words(log) == "unknown port code 'XX'"
-    assert jobs.last_words("plain text\nTraceback ...\nKeyError: 'x'\n") == "KeyError: 'x'"
+    # A line without an error is not passed off as the job's error, however last it is.
+    assert jobs.last_words("plain text\nTraceback ...\nKeyError: 'x'\n") == ""
+    assert jobs.last_words(json.dumps({"event": "ingest started", "level": "info"})) == ""
     assert jobs.last_words("") == ""
+
+
+INGEST_STARTED = json.dumps({"service": "rates-ingest", "bucket": "uploads", "key": "2016/jan.csv",
+                             "etag": "abc", "size": 91234567, "format": "csv", "event": "ingest started",
+                             "level": "info", "timestamp": "2026-11-30T10:00:00Z"})
+STREAM_CUT = json.dumps({"service": "rates-ingest", "event": "s3 stream cut; resuming", "at_byte": 1024,
+                         "error": "ReadTimeoutError: Read timed out.", "level": "warning"})
+FAILED = json.dumps({"service": "rates-ingest", "event": "ingest finished", "status": "failed",
+                     "error": "connection to server at 10.0.0.5 port 5432 failed: Connection refused",
+                     "level": "error"})
+
+
+def test_a_pod_the_kernel_killed_for_memory_is_named_with_what_to_do():
+    # FallbackToLogsOnError: the message is the log's tail, which an OOM kill cut off at
+    # an info line (or at a warning the job had gone on from).
+    said = jobs.pod_words(jobs.Termination("OOMKilled", 137, INGEST_STARTED))
+    assert said == ("OOMKilled (exit 137): the ingest pod ran out of memory; raise the Jobs' memory limit "
+                    "(JOB_MEMORY_LIMIT, the chart's jobs.resources.limits.memory); its last log line: ingest started")
+    said = jobs.pod_words(jobs.Termination("OOMKilled", 137, INGEST_STARTED + "\n" + STREAM_CUT))
+    assert said.endswith("; its last log line: s3 stream cut; resuming") and "the job said" not in said
+    assert jobs.pod_words(jobs.Termination("OOMKilled", 137, "")).startswith("OOMKilled (exit 137): the ingest pod")
+    # Another end from outside is named as the kubelet names it.
+    assert jobs.pod_words(jobs.Termination("ContainerCannotRun", 128, "")) == "ContainerCannotRun (exit 128)"
+
+
+def test_a_pod_that_exited_by_itself_is_quoted_by_its_error_else_by_its_last_line():
+    assert jobs.pod_words(jobs.Termination("Error", 1, INGEST_STARTED + "\n" + FAILED)) == (
+        "the job said: connection to server at 10.0.0.5 port 5432 failed: Connection refused")
+    assert jobs.pod_words(jobs.Termination("Error", 1, INGEST_STARTED)) == "its last log line: ingest started"
+    assert jobs.pod_words(jobs.Termination("Error", 1, "Traceback ...\nKeyError: 'x'")) == (
+        "its last log line: KeyError: 'x'")
+    cut = jobs.pod_words(jobs.Termination("Error", 1, "x" * 2000))
+    assert cut == "its last log line: " + "x" * 200 + "…"
+    assert jobs.pod_words(jobs.Termination("Error", 1, "")) == ""
+    assert jobs.pod_words(None) == ""
 
 
 def _ended(annotations: dict):

@@ -14,8 +14,9 @@ from tests.support.kube import token_kubeconfig
 from tests.support.net import SilentServer
 
 
-def pod(finished_minute: int, message: str, exit_code: int = 1, container: str = jobs.CONTAINER):
-    ended = SimpleNamespace(exit_code=exit_code, message=message, started_at=None,
+def pod(finished_minute: int, message: str | None, exit_code: int = 1, container: str = jobs.CONTAINER,
+        reason: str = "Error"):
+    ended = SimpleNamespace(exit_code=exit_code, reason=reason, message=message, started_at=None,
                             finished_at=datetime.datetime(2026, 1, 1, 0, finished_minute, tzinfo=datetime.timezone.utc))
     status = SimpleNamespace(name=container, state=SimpleNamespace(terminated=ended))
     return SimpleNamespace(status=SimpleNamespace(container_statuses=[status]))
@@ -39,8 +40,14 @@ def test_the_last_failed_try_of_a_job_is_the_one_quoted():
     # With retries inside a Job (backoffLimit > 0) its pods fail one after another.
     api = jobs_api(pod(5, "second try"), pod(1, "first try"), pod(9, "ok", exit_code=0),
                    pod(7, "a sidecar", container="istio-proxy"))
-    assert api.termination_message("j") == "second try"
-    assert jobs_api().termination_message("j") == ""
+    assert api.termination_message("j") == jobs.Termination("Error", 1, "second try")
+    assert jobs_api().termination_message("j") is None
+
+
+def test_a_try_killed_before_it_logged_anything_is_the_one_quoted_all_the_same():
+    # An OOM kill of a pod that had logged nothing leaves no message: its reason is the news.
+    api = jobs_api(pod(1, "first try"), pod(5, None, exit_code=137, reason="OOMKilled"))
+    assert api.termination_message("j") == jobs.Termination("OOMKilled", 137, "")
 
 
 def test_a_call_to_a_hung_api_server_is_tried_once(tmp_path, monkeypatch):
