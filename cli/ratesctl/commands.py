@@ -239,7 +239,8 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
         found, examined = reconcile.missing(s3source.client(), conn, bucket, prefix)
     finally:
         conn.close()
-    listed = _echo_lines(f"s3://{bucket}/{upload.key}  {upload.info.identity}  {_why(upload)}" for upload in found)
+    listed = _echo_lines(f"s3://{bucket}/{shown(upload.key)}  {upload.info.identity}  {_why(upload)}"
+                         for upload in found)
     # A key the job refuses by its name never loads, whatever --include-rejected says.
     to_send = [u for u in found if not u.never_loads
                and (include_rejected or not u.last_run or u.last_run[0] != "rejected")]
@@ -254,6 +255,12 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
     if not examined:
         click.echo(f"S3 holds no object under s3://{bucket}/{prefix}: is the prefix right (it is case-sensitive)?",
                    err=True)
+
+
+def shown(key: str) -> str:
+    """An uploader's key as a terminal may show it: control and format characters escaped
+    (\\u202e would reverse the rest of the line, a newline would make a second entry)."""
+    return "".join(char if char.isprintable() else f"\\u{ord(char):04x}" for char in key)
 
 
 def _echo_lines(lines) -> bool:

@@ -223,3 +223,13 @@ def test_a_silent_sts_stops_send_in_seconds(aws_env, tmp_path):
             reconcile_module.send(reconcile_module.sqs_client(),
                                   "https://sqs.eu-west-1.amazonaws.com/123456789012/uploads", "b", [upload])
         assert len(sts.accepted) == 2  # it did ask STS, and tried once more only
+
+
+def test_keys_are_listed_with_control_and_format_characters_escaped(dsn, world, s3):
+    # An uploader names the key: a right-to-left override would reverse the rest of the
+    # operator's line. (moto refuses a newline in a key, which S3 takes.)
+    s3.put("in/jan-\u202evsc.2024.csv", as_csv(ROWS))
+    s3.put("in/a\tb.csv", as_csv(ROWS))
+    *listed, _ = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/")
+    assert sorted(line.split("  ")[0] for line in listed) == [
+        f"s3://{s3.name}/in/a\\u0009b.csv", f"s3://{s3.name}/in/jan-\\u202evsc.2024.csv"]
