@@ -71,7 +71,7 @@ def test_uploads_the_ingest_jobs_could_not_read_are_refused_at_the_bucket(terraf
     module.mkdir(parents=True)
     (module / "main.tf").write_text(f"output \"policy\" {{\n  value = {expression}\n}}\n")
     statements = {s.get("Sid"): s for s in json.loads(apply_module(terraform, module, {}, tmp_path)["policy"])["Statement"]}
-    for sid in ("NoCustomerProvidedKeys", "NoOtherKmsKeys"):
+    for sid in ("NoCustomerProvidedKeys", "NoOtherKmsKeys", "NoOtherEncryption"):
         assert (statements[sid]["Effect"], statements[sid]["Action"], statements[sid]["Resource"]) == (
             "Deny", "s3:PutObject", "arn:aws:s3:::b/*")
     assert statements["NoCustomerProvidedKeys"]["Condition"] == {
@@ -80,6 +80,11 @@ def test_uploads_the_ingest_jobs_could_not_read_are_refused_at_the_bucket(terraf
     assert statements["NoOtherKmsKeys"]["Condition"] == {
         "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "false"},
         "StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": ["arn:aws:kms:eu-west-1:1:key/k", "k"]}}
+    # SSE-S3 asked for by name (AES256) bypasses the bucket's key. KMS without a key id
+    # stays allowed (which key S3 then takes is not verified here, without AWS).
+    assert statements["NoOtherEncryption"]["Condition"] == {
+        "Null": {"s3:x-amz-server-side-encryption": "false"},
+        "StringNotEquals": {"s3:x-amz-server-side-encryption": ["aws:kms", "aws:kms:dsse"]}}
 
 
 def test_the_databases_default_postgresql_is_the_one_the_tests_run():

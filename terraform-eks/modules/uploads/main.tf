@@ -102,6 +102,19 @@ resource "aws_s3_bucket_policy" "prices" {
           StringNotEquals = { "s3:x-amz-server-side-encryption-aws-kms-key-id" = [aws_kms_key.prices.arn, aws_kms_key.prices.key_id] }
         }
       },
+      # And S3's own keys (SSE-S3) asked for by name: readable, but outside the bucket key's
+      # policy, rotation and KMS audit trail. Uploads that ask for nothing get the bucket's.
+      {
+        Sid       = "NoOtherEncryption"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "s3:PutObject"
+        Resource  = "${aws_s3_bucket.prices.arn}/*"
+        Condition = {
+          Null            = { "s3:x-amz-server-side-encryption" = "false" }
+          StringNotEquals = { "s3:x-amz-server-side-encryption" = ["aws:kms", "aws:kms:dsse"] }
+        }
+      },
     ]
   })
 
