@@ -11,8 +11,11 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
+
+from gunicorn.arbiter import Arbiter
 
 # The same reading rules as the app's settings: empty means the default, and a bad
 # value stops the master with the variable's name.
@@ -102,6 +105,26 @@ def when_ready(server):
     if _own_metrics_dir and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         directory = tempfile.mkdtemp(prefix="rates-api-metrics-", dir=worker_tmp_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_OWN] = directory
+
+
+# A worker's metric files take a few tens of KiB as it serves (prometheus_client mmaps them).
+METRICS_MIN_FREE_BYTES = 1 << 20
+
+
+def post_fork(server, worker):
+    # Before the app is made (it sets its first metric): a write to a mapped page of a full
+    # tmpfs is a SIGBUS, not an error, so every new worker would die as it booted, and be
+    # replaced, without end or a word. The boot error stops the master instead, and the
+    # restarted container starts with the directory emptied (on_starting).
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    stats = os.statvfs(directory)
+    free = stats.f_bavail * stats.f_frsize
+    if free < METRICS_MIN_FREE_BYTES:
+        worker.log.error("the metrics directory %s has %d bytes free, too few for a worker's metrics (files "
+                         "of killed workers fill it; the chart's shmSizeLimit sizes it): stopping", directory, free)
+        sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
 def post_worker_init(worker):

@@ -284,3 +284,38 @@ def test_ctrl_c_in_a_terminal_stops_make_api_at_once(dsn, tmp_path):
         assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
     finally:
         stop_process(process, group=True)
+
+
+def test_a_full_metrics_directory_stops_the_server_instead_of_killing_every_worker(dsn, tmp_path):
+    """prometheus_client writes through mmap: on a full tmpfs a worker's first new page is a
+    SIGBUS. A new worker then died as it booted, over and over; now the master stops (a
+    container restart empties the directory)."""
+    import shlex
+
+    from tests.support.images import SANDBOX, can_run_images
+    from tests.support.proc import children
+
+    if reason := can_run_images():
+        pytest.skip(reason)
+    metrics, port = tmp_path / "metrics", free_port()
+    metrics.mkdir()
+    script = (f"mount -t tmpfs -o size=4m metrics {shlex.quote(str(metrics))} && exec "
+              + shlex.join([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)]))
+    log = tmp_path / "gunicorn.log"
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "WEB_CONCURRENCY": "2",
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, str(SANDBOX), script], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", process=process)
+        [gunicorn] = wait_for(lambda: children(process.pid), timeout=10, what="gunicorn")
+        # Fill the tmpfs, as the files of many killed workers would, through the server's own view.
+        inside = f"/proc/{gunicorn}/root{metrics}"
+        subprocess.run(["dd", "if=/dev/zero", f"of={inside}/filler", "bs=64k"], capture_output=True)
+        workers = wait_for(lambda: children(gunicorn), timeout=10, what="the workers")
+        os.kill(workers[0], signal.SIGKILL)  # as the OOM killer would: the master forks another
+        assert process.wait(timeout=60) == 3  # gunicorn's "worker failed to boot"
+    finally:
+        stop_process(process)
+    assert "too few for a worker's metrics" in log.read_text()

@@ -67,3 +67,12 @@ def running(pid: int) -> bool:
     """There is such a process, and it has not ended (a zombie has)."""
     fields = proc_stat(pid)
     return fields is not None and fields[0] != "Z"
+
+
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (its main thread's), as this process's /proc sees them."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as found:
+            return [int(child) for child in found.read().split()]
+    except OSError:
+        return []
