@@ -1,7 +1,9 @@
-"""The Kubernetes boundary's reading of pods (plain fakes: pods with several failed tries
-are slow to make on a real cluster)."""
+"""The Kubernetes boundary: its reading of pods (plain fakes: pods with several failed
+tries are slow to make on a real cluster), and its calls against servers that misbehave."""
 
 import datetime
+import http.server
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +13,7 @@ from rates_controller import jobs, kube
 from rates_controller.kube import JobsApi
 from rates_core.errors import TemporaryError
 from tests.support.kube import token_kubeconfig
-from tests.support.net import SilentServer
+from tests.support.net import SilentServer, answer
 
 
 def pod(finished_minute: int, message: str | None, exit_code: int = 1, container: str = jobs.CONTAINER,
@@ -63,3 +65,48 @@ def test_a_call_to_a_hung_api_server_is_tried_once(tmp_path, monkeypatch):
             with pytest.raises(TemporaryError, match="unreachable"):
                 call()
             assert len(silent.accepted) - before == 1
+
+
+class _Throttling(http.server.BaseHTTPRequestHandler):
+    """An API server over its clients' share (API Priority and Fairness): 429 with
+    Retry-After to the first ``refusals`` requests, then 201."""
+
+    refusals = 0
+    seen: list[str] = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append(self.path)
+        if len(self.seen) <= self.refusals:
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"kind": "Status", "reason": "TooManyRequests", "message": "too many requests"}')
+            return
+        answer(self, 201, "application/json", b'{"kind": "Job"}')
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("refusals, created", [(kube.THROTTLED_TRIES - 1, True), (kube.THROTTLED_TRIES, False)])
+def test_a_throttled_create_is_tried_again_inside_the_call(tmp_path, monkeypatch, refusals, created):
+    # Otherwise one 429 sent the whole batch of messages back, each delivery counted.
+    handler = type("Handler", (_Throttling,), {"refusals": refusals, "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        kubeconfig = token_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        api = JobsApi(kube.api_client(), "n")
+        manifest = {"metadata": {"name": "ingest-x-1"}}
+        if created:
+            assert api.create(manifest) is True
+        else:
+            with pytest.raises(kube.Throttled, match="429"):
+                api.create(manifest)
+        assert len(handler.seen) == min(refusals + 1, kube.THROTTLED_TRIES)
+    finally:
+        server.shutdown()
+        server.server_close()
