@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHARTS = REPO / "charts"
 # Every commit of main may reach dev (its image tag is the commit), so a version pinned in
 # any commit is released. Before this one, versions were pinned again within a session:
-# rates-api 0.12.0 and 0.13.0, rates-controller 0.11.0 and 0.12.1 name several contents.
+# rates-api 0.12.0 and 0.13.0, rates-controller 0.11.0 and 0.12.1 name several contents (as
+# do most versions from before pinning: rates-api up to 0.7.0, rates-controller up to 0.9.0).
 PINS_FROZEN_SINCE = "43e108a"
 
 # version -> SHA-256 of the chart's files, oldest first; the last is the current one.
@@ -36,6 +37,7 @@ PINS = {
         "0.15.3": "3c2d248f85349b0f29b5553d15213f6e77c25e159097f00af435c2e31b002a52",
         "0.15.4": "fce53d304d80458ade360867dff4094d53f4df801ac53e299caf70856512cefd",
         "0.16.0": "fa84b2e6c213678f125cac5f34c1e4a7e38dafeb6207aed430ec280ac5583c94",
+        "0.16.1": "6d917a2bfada38147064683f8e15727e5472c0ed4f7a318e42d09876c1e917a6",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",
