@@ -1,4 +1,4 @@
-"""``python -m rates_ingest [--bucket B --key K [--version-id V]]``."""
+"""``python -m rates_ingest [--bucket B --key K [--version-id V] [--uploaded-by P]]``."""
 
 import sys
 
@@ -19,13 +19,15 @@ SERVICE = "rates-ingest"
 @click.option("--bucket", help="Bucket of the object [env S3_BUCKET].")
 @click.option("--key", help="Key of the object, decoded (not URL-encoded) [env S3_OBJECT_KEY].")
 @click.option("--version-id", help="Version to load [env S3_VERSION_ID]; default: the latest.")
-def command(bucket: str | None, key: str | None, version_id: str | None) -> int:
+@click.option("--uploaded-by", help="Who uploaded it, as S3's event names them (its principalId), for the run's "
+                                    "record [env S3_UPLOADED_BY].")
+def command(bucket: str | None, key: str | None, version_id: str | None, uploaded_by: str | None) -> int:
     """Load one uploaded price file from S3 into PostgreSQL.
 
     Exit status: 0 loaded or nothing to do, 2 the file is invalid or gone, 1 try again.
     """
     try:
-        settings = Settings.from_env(bucket=bucket, key=key, version_id=version_id)
+        settings = Settings.from_env(bucket=bucket, key=key, version_id=version_id, uploaded_by=uploaded_by)
     except ConfigError as exc:
         logs.configure(service=SERVICE)
         logs.get_logger("rates_ingest").error("configuration error", error=str(exc))

@@ -34,7 +34,7 @@ def run(settings: Settings, s3=None) -> int:
     password = password_source(settings.database_url, settings.database_iam_auth)
     try:
         runs = RunLog(settings.database_url, password)
-        run_id = runs.start(ref)
+        run_id = runs.start(ref, settings.uploaded_by)
     except (TemporaryError, PermanentError) as exc:
         # Nowhere to record it: the log line is the only trace, so it has the fields of the
         # last line of a recorded run (README, "Logs"). A retry may find the database.

@@ -62,7 +62,9 @@ class RunLog:
         self.password = password
         self.conn = self._connect()
 
-    def start(self, ref: ObjectRef) -> int:
+    def start(self, ref: ObjectRef, uploaded_by: str | None = None) -> int:
+        """Record the run as running; its id. ``uploaded_by``: who uploaded the file, as S3's
+        event names them (None when the event did not say)."""
         try:
             self.sweep()
         except TemporaryError as exc:
@@ -73,8 +75,8 @@ class RunLog:
             cur.execute("SELECT nextval(pg_get_serial_sequence('ingest_runs', 'id'))")
             run_id = cur.fetchone()[0]
             cur.execute("SELECT pg_advisory_lock(%s, %s)", (RUN_LOCK_CLASS, _lock_key(run_id)))
-            cur.execute("INSERT INTO ingest_runs (id, bucket, key, version_id) VALUES (%s, %s, %s, %s)",
-                        (run_id, ref.bucket, ref.key, ref.version_id))
+            cur.execute("""INSERT INTO ingest_runs (id, bucket, key, version_id, uploaded_by)
+                           VALUES (%s, %s, %s, %s, %s)""", (run_id, ref.bucket, ref.key, ref.version_id, uploaded_by))
             return run_id
 
     def sweep(self) -> list[int]:

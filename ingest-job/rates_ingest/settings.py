@@ -6,6 +6,8 @@ DATABASE_IAM_AUTH  true: connect with an RDS IAM token as DATABASE_URL's user (n
 S3_BUCKET       bucket of the object to load, when --bucket is not given.
 S3_OBJECT_KEY   key of the object (decoded, not URL-encoded), when --key is not given.
 S3_VERSION_ID   version to load (optional); without it, the latest version.
+S3_UPLOADED_BY  who uploaded it, as S3's event names them (optional), when --uploaded-by
+                is not given: recorded in the run's row (ingest_runs.uploaded_by).
 LOG_LEVEL       DEBUG, INFO (default), WARNING or ERROR.
 INGEST_WORK_MEM PostgreSQL work_mem for the load transaction (default 64MB): the
                 statement trigger keeps the file's rows in a tuplestore of this size
@@ -45,6 +47,7 @@ class Settings:
     bucket: str
     key: str
     version_id: str | None = None
+    uploaded_by: str | None = None
     database_iam_auth: bool = False
     log_level: str = "INFO"
     work_mem: str = BULK_LOAD_WORK_MEM
@@ -54,7 +57,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, bucket: str | None = None,
-                 key: str | None = None, version_id: str | None = None) -> "Settings":
+                 key: str | None = None, version_id: str | None = None,
+                 uploaded_by: str | None = None) -> "Settings":
         environ = os.environ if environ is None else environ
         database_url = env_str("DATABASE_URL", environ=environ)
         return cls(
@@ -63,6 +67,7 @@ class Settings:
             bucket=_text("S3_BUCKET", bucket or env_str("S3_BUCKET", environ=environ)),
             key=_text("S3_OBJECT_KEY", key or env_str("S3_OBJECT_KEY", environ=environ)),
             version_id=_text("S3_VERSION_ID", version_id or environ.get("S3_VERSION_ID") or None),
+            uploaded_by=_text("S3_UPLOADED_BY", uploaded_by or environ.get("S3_UPLOADED_BY") or None),
             log_level=env_choice("LOG_LEVEL", "INFO", LEVELS, environ),
             work_mem=_memory("INGEST_WORK_MEM", BULK_LOAD_WORK_MEM, environ),
             # Read here, not left to botocore, so that a bad value fails at startup and

@@ -39,6 +39,23 @@ def test_loads_from_environment_variables_with_boto3_reading_the_endpoint_itself
     assert {line.get("service") for line in lines} == {"rates-ingest"}  # libraries' lines too
 
 
+def test_the_run_records_who_uploaded_the_file_from_the_environment_or_the_option(db, s3, moto_endpoint):
+    dsn, conn = db
+    s3.put("in/p.csv", as_csv(ROWS))
+    env = {"S3_BUCKET": s3.name, "S3_OBJECT_KEY": "in/p.csv", "AWS_ENDPOINT_URL": moto_endpoint}
+
+    # As the controller's Job passes it; then by hand, as a second run for the same file.
+    by_env = run_cli(dsn, env={**env, "S3_UPLOADED_BY": "AWS:AROAEXAMPLE:jane@example.com"})
+    by_option = run_cli(dsn, "--uploaded-by", "AWS:AIDAEXAMPLE", env=env)
+    nobody = run_cli(dsn, env=env)  # ratesctl reconcile's events name nobody
+
+    assert [r.returncode for r in (by_env, by_option, nobody)] == [0, 0, 0], by_env.stdout + by_option.stdout
+    with conn.cursor() as cur:
+        cur.execute("SELECT status, uploaded_by FROM ingest_runs ORDER BY id")
+        assert cur.fetchall() == [("loaded", "AWS:AROAEXAMPLE:jane@example.com"),
+                                  ("already_loaded", "AWS:AIDAEXAMPLE"), ("already_loaded", None)]
+
+
 def test_a_missing_object_exits_2(db, s3):
     dsn, conn = db
     result = run_cli(dsn, "--bucket", s3.name, "--key", "nothing-here.csv")

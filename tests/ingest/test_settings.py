@@ -59,3 +59,15 @@ def test_the_file_size_limit_is_read_in_mib_and_refused_when_bad():
     for bad in ("0", "2GB", "-1"):
         with pytest.raises(ConfigError, match="INGEST_MAX_FILE_MIB"):
             Settings.from_env({**base, "INGEST_MAX_FILE_MIB": bad})
+
+
+def test_who_uploaded_the_file_is_read_as_the_objects_address_is():
+    base = {"DATABASE_URL": "postgresql:///x", "S3_BUCKET": "b", "S3_OBJECT_KEY": "k"}
+    assert Settings.from_env(base).uploaded_by is None
+    assert Settings.from_env({**base, "S3_UPLOADED_BY": ""}).uploaded_by is None
+    assert Settings.from_env({**base, "S3_UPLOADED_BY": "AWS:AIDAEXAMPLE"}).uploaded_by == "AWS:AIDAEXAMPLE"
+    # The option wins, as --bucket and --key do.
+    assert Settings.from_env({**base, "S3_UPLOADED_BY": "AWS:AIDAEXAMPLE"},
+                             uploaded_by="AWS:AROAEXAMPLE:jane").uploaded_by == "AWS:AROAEXAMPLE:jane"
+    with pytest.raises(ConfigError, match="S3_UPLOADED_BY is not valid UTF-8"):
+        Settings.from_env({**base, "S3_UPLOADED_BY": "AWS:\udcff"})

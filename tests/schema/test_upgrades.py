@@ -15,7 +15,7 @@ from yoyo import get_backend, read_migrations
 from rates_core import migrate
 from rates_core.errors import PermanentError
 from ratesctl import localdb
-from tests.support.db import INGEST_USER, autocommit, create_database
+from tests.support.db import INGEST_USER, as_user, autocommit, create_database
 
 # What each earlier text of 0010 and 0011 left behind, against their texts of today.
 EARLIER_TEXTS = {
@@ -134,6 +134,19 @@ def test_0017_keeps_every_run_and_can_run_again_after_stopping_part_way(empty_ds
         assert [s for (s,) in cur.fetchall()] == old + ["withdrawn"]
 
 
+def test_0022_keeps_every_run_as_naming_no_uploader_and_the_runs_of_older_jobs_go_on(empty_dsn):
+    _apply_through(empty_dsn, "0021_loads_hold_their_ports")
+    with autocommit(empty_dsn) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO ingest_runs (bucket, key, status) VALUES ('b', 'old.csv', 'loaded')")
+    assert _apply_through(empty_dsn, "0022_ingest_runs_uploaded_by") == ["0022_ingest_runs_uploaded_by"]
+    # The ingest user writes it with the table's rights; a job of the release before names no column of it.
+    with autocommit(as_user(empty_dsn, INGEST_USER)) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO ingest_runs (bucket, key, version_id) VALUES ('b', 'older-job.csv', NULL)")
+        cur.execute("INSERT INTO ingest_runs (bucket, key, uploaded_by) VALUES ('b', 'new.csv', 'AWS:AIDAEXAMPLE')")
+        cur.execute("SELECT key, uploaded_by FROM ingest_runs ORDER BY id")
+        assert cur.fetchall() == [("old.csv", None), ("older-job.csv", None), ("new.csv", "AWS:AIDAEXAMPLE")]
+
+
 # The text of every migration as it shipped. A database keeps the text it applied, so a
 # change to a shipped migration reaches only new databases: write a new migration instead.
 # A new migration is pinned here once it is final.
@@ -159,6 +172,7 @@ SHIPPED = {
     "0019_functions_fix_search_path.sql": "914e6adb59e5b8262768ef03f11824560f9a52f25b3e5b74395914401d038d83",
     "0020_ports_keep_their_code.sql": "4b8da07bbe904a3ccdde10c22c18798ba6586fa7e23dd0c82dfb9abe16920738",
     "0021_loads_hold_their_ports.sql": "43858b9cd4877e17306711de8dc7f3f509084a0cabc24190ed5622a197692521",
+    "0022_ingest_runs_uploaded_by.sql": "9aa58e3932648e57fd38abcac0b11b59af2011fa868c5d31697366565359c2c4",
 }
 
 
