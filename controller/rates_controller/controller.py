@@ -491,7 +491,7 @@ def _now() -> datetime.datetime:
 def notification(obj: UploadedObject, set_aside_by: str, uid: str | None = None) -> str:
     """An S3 ObjectCreated notification for ``obj``, marked as set aside by the Job named
     ``set_aside_by`` (of UID ``uid``): what a redrive from the dead-letter queue needs to
-    start the file again, once."""
+    start the file again, once, with who uploaded it."""
     marks = {events.SET_ASIDE_BY: set_aside_by, **({events.SET_ASIDE_UID: uid} if uid else {})}
     return s3events.object_created(obj.bucket, obj.key, version_id=obj.version_id, etag=obj.etag,
-                                   sequencer=obj.sequencer, **marks)
+                                   sequencer=obj.sequencer, principal_id=obj.uploaded_by, **marks)

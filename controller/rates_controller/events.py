@@ -44,6 +44,11 @@ class UploadedObject:
     redriven: bool = False
     # The UID of the Job that set it aside, which the notification gives (None if it does not).
     set_aside_uid: str | None = None
+    # Who uploaded it, as S3 names them (userIdentity.principalId, e.g. AWS:AIDAEXAMPLE, or
+    # AWS:AROAEXAMPLE:session-name for a role's session). None where the message has none:
+    # ratesctl reconcile's, and those set aside before it was kept. Not part of the Job's
+    # name, so Jobs made for one event before and after it was read are one Job.
+    uploaded_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,30 @@ def _created_object(record) -> UploadedObject | None:
     if key.endswith("/") and not size:
         return None  # a "folder" made by the S3 console, not a file
     return UploadedObject(bucket=bucket, key=key, version_id=job_text["s3.object.versionId"],
-                          etag=job_text["s3.object.eTag"], size=size, sequencer=job_text[sequenced_by])
+                          etag=job_text["s3.object.eTag"], size=size, sequencer=job_text[sequenced_by],
+                          uploaded_by=_uploader(record))
+
+
+# S3's principal ids are a prefix, an id of 21 characters and, for a role's session, the
+# session's name (at most 64): far fewer than this, which bounds what a hand-made message
+# puts into every Job of the file.
+UPLOADED_BY_CHARS = 256
+
+
+def _uploader(record: dict) -> str | None:
+    """Who S3 says uploaded the object (userIdentity.principalId), cut to UPLOADED_BY_CHARS;
+    None if the record does not say."""
+    identity = record.get("userIdentity")
+    if identity is None:
+        return None
+    if not isinstance(identity, dict):
+        raise PoisonMessage(f"an ObjectCreated record's userIdentity is a JSON {_json_type(identity)}, "
+                            "not an object")
+    principal = _optional_text(record, "userIdentity.principalId")
+    principal = principal[:UPLOADED_BY_CHARS] if principal else None
+    # Not in the Job's name, but in its annotations and its environment.
+    _check_job_text("an ObjectCreated record's", {"userIdentity.principalId": principal})
+    return principal
 
 
 def check_source(objects: list[UploadedObject], bucket: str, prefix: str) -> None:

@@ -38,6 +38,9 @@ PREVIOUS = PREFIX + "retry-of"
 # second delivery of that notification, or a second copy of it in the dead-letter queue,
 # finds its round begun, even once the round has ended.
 REDRIVE_OF = PREFIX + "redrive-of"
+# Who uploaded the file, as S3's event names them (events.UploadedObject.uploaded_by); the
+# job records it in the run's row too. Kept on the Job so that its retries carry it on.
+UPLOADED_BY = PREFIX + "uploaded-by"
 # A label set once the controller has acted on an ended Job (succeeded, retried, set
 # aside), so that it acts once, and lists only the Jobs it has not acted on yet.
 HANDLED = PREFIX + "handled"
@@ -68,7 +71,7 @@ def manifest(obj: UploadedObject, settings: JobSettings, attempt: int = 1, round
              previous: str | None = None, round_job: int = 1) -> dict:
     annotations = {BUCKET: obj.bucket, KEY: obj.key, ATTEMPT: str(attempt), ROUND_START: str(round_start),
                    ROUND_JOB: str(round_job), PREVIOUS: previous, VERSION_ID: obj.version_id, ETAG: obj.etag,
-                   SEQUENCER: obj.sequencer, REDRIVE_OF: obj.set_aside_uid}
+                   SEQUENCER: obj.sequencer, REDRIVE_OF: obj.set_aside_uid, UPLOADED_BY: obj.uploaded_by}
     annotations = {name: value for name, value in annotations.items() if value}
     return {
         "apiVersion": "batch/v1",
@@ -104,6 +107,8 @@ def _pod_spec(obj: UploadedObject, settings: JobSettings) -> dict:
            {"name": "S3_OBJECT_KEY", "value": _literal(obj.key)}]
     if obj.version_id:
         env.append({"name": "S3_VERSION_ID", "value": _literal(obj.version_id)})
+    if obj.uploaded_by:
+        env.append({"name": "S3_UPLOADED_BY", "value": _literal(obj.uploaded_by)})
     if settings.database_url:
         env.append({"name": "DATABASE_URL", "value": _literal(settings.database_url)})
     else:
@@ -170,7 +175,7 @@ def finished(job) -> Finished | None:
     notes = job.metadata.annotations or {}
     obj = UploadedObject(bucket=notes.get(BUCKET, ""), key=notes.get(KEY, ""),
                          version_id=notes.get(VERSION_ID), etag=notes.get(ETAG), size=None,
-                         sequencer=notes.get(SEQUENCER))
+                         sequencer=notes.get(SEQUENCER), uploaded_by=notes.get(UPLOADED_BY))
     attempt = _int(notes.get(ATTEMPT), 1)
     round_start = min(_int(notes.get(ROUND_START), 1), attempt)
     # Jobs made before ROUND_JOB existed: their round had no gaps, or was counted this way.

@@ -179,7 +179,8 @@ def _job_database(environ: Mapping[str, str]) -> dict:
 def _job_env(environ: Mapping[str, str]) -> dict[str, str]:
     env = _string_map("JOB_ENV", environ)
     # The Job sets these from the event and the Secret; a second value would be ambiguous.
-    reserved = sorted(set(env) & {"S3_BUCKET", "S3_OBJECT_KEY", "S3_VERSION_ID", "DATABASE_URL", rds_auth.ENV_NAME})
+    reserved = sorted(set(env) & {"S3_BUCKET", "S3_OBJECT_KEY", "S3_VERSION_ID", "S3_UPLOADED_BY", "DATABASE_URL",
+                                  rds_auth.ENV_NAME})
     if reserved:
         raise ConfigError(f"environment variable JOB_ENV may not set {', '.join(reserved)}: the Job sets them")
     invalid = sorted(name for name in env if not _ENV_NAME.fullmatch(name))

@@ -146,12 +146,13 @@ def yaml_app_version() -> str:
     return yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 
 
-def release_job(helm, namespace: str, *args: str, key: str = "2024/prices.csv") -> dict:
+def release_job(helm, namespace: str, *args: str, key: str = "2024/prices.csv", uploaded_by: str | None = None) -> dict:
     """A Job as the controller of the release rendered with ``args`` makes it: the Job
     settings of its Deployment's environment."""
     [deployment] = [d for d in render(helm, *args, namespace=namespace) if d["kind"] == "Deployment"]
     settings = Settings.from_env(container_env(deployment["spec"]["template"]["spec"]["containers"][0], namespace))
-    obj = UploadedObject(bucket="rates-uploads", key=key, version_id=None, etag="abc", size=1)
+    obj = UploadedObject(bucket="rates-uploads", key=key, version_id=None, etag="abc", size=1,
+                         uploaded_by=uploaded_by)
     return controller_jobs.manifest(obj, settings.job)
 
 
@@ -285,6 +286,9 @@ def test_rendered_manifests_pass_kubeconform_and_a_server_dry_run(helm, kubectl,
     pytest.param({"queue.prefix": "prices"}, "at '/queue/prefix'", id="prefix-without-a-slash"),
     pytest.param({"jobs.env.DATABASE_IAM_AUTH": "true"}, "invalid propertyName 'DATABASE_IAM_AUTH'",
                  id="iam-auth-through-job-env"),
+    # every Job would name one uploader, whoever sent its file
+    pytest.param({"jobs.env.S3_UPLOADED_BY": "AWS:AIDAEXAMPLE"}, "invalid propertyName 'S3_UPLOADED_BY'",
+                 id="uploader-through-job-env"),
 ])
 def test_bad_values_are_refused(helm, sets, error):
     proc = helm("template", RELEASE, str(CHART), *values_args("dev", sets), check=False)
@@ -900,6 +904,10 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
         # controller's token can read
         "read a Secret through an S3 variable": lambda pod, c, labels: env_of(c, "S3_BUCKET").update(
             {"value": None, "valueFrom": {"secretKeyRef": {"name": "rates-database", "key": "url"}}}),
+        "read a Secret as its uploader": lambda pod, c, labels: c["env"].append(
+            {"name": "S3_UPLOADED_BY", "valueFrom": {"secretKeyRef": {"name": "rates-database", "key": "url"}}}),
+        "expand a variable as its uploader": lambda pod, c, labels: c["env"].append(
+            {"name": "S3_UPLOADED_BY", "value": "$(DATABASE_URL)"}),
         "run an image of that name from another registry": lambda pod, c, labels: c.update(
             image="registry.evil.example/rates-ingest:1"),
         "run without a memory limit": lambda pod, c, labels: c["resources"]["limits"].pop("memory"),
@@ -922,6 +930,10 @@ def test_the_controller_account_can_do_what_the_controller_does_and_nothing_else
     assert statuses == {what: 422 for what in refused}
     # What the controller itself writes: a key that looks like a reference arrives escaped ($$).
     assert create(lambda pod, c, labels: c["env"][1].update(value="x$$(S3_BUCKET) $$$$.csv")) == 200
+    # And who uploaded the file, when S3's event names them: a role's session name is the uploader's to choose.
+    uploaded = release_job(helm, namespace, *values_args("dev", FROM_SECRET), key="uploaded.csv",
+                           uploaded_by="AWS:AROAEXAMPLE:jane$(DATABASE_URL)")
+    assert status_of(lambda: batch.create_namespaced_job(namespace, uploaded, dry_run="All")) == 200
     # A controller from before the pods' annotations, still running during a rollout.
     bare = job_with(lambda pod, c, labels: None)
     del bare["spec"]["template"]["metadata"]["annotations"]

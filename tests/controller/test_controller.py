@@ -104,6 +104,29 @@ def test_the_events_version_id_is_the_version_the_job_loads(kube, namespace, sqs
     assert sorted(env_of(j)["S3_VERSION_ID"] for j in ingest_jobs(kube, namespace)) == ["v1", "v2"]
 
 
+def test_who_uploaded_the_file_is_on_its_job_and_in_the_jobs_environment(kube, namespace, sqs, make_controller):
+    # As AWS writes it (moto's events name nobody): an IAM role's session, here one whose
+    # name looks like a variable reference, which must reach the job as written.
+    uploader = "AWS:AROAEXAMPLEID123456:jane$(S3_BUCKET)"
+    sqs.send(json.dumps({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "eu-west-1",
+        "eventTime": "2026-11-29T04:00:00.123Z", "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": uploader}, "requestParameters": {"sourceIPAddress": "203.0.113.7"},
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": "b", "arn": "arn:aws:s3:::b"},
+               "object": {"key": "p.csv", "size": 5, "eTag": "e", "versionId": "v1", "sequencer": "01"}}}]}))
+    sqs.send(json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": "b"}, "object": {"key": "q.csv", "eTag": "e", "sequencer": "02"}}}]}))
+
+    make_controller().step()
+
+    by_key = {j.metadata.annotations[jobs.KEY]: j for j in ingest_jobs(kube, namespace)}
+    assert by_key["p.csv"].metadata.annotations[jobs.UPLOADED_BY] == uploader
+    assert env_of(by_key["p.csv"])["S3_UPLOADED_BY"] == uploader.replace("$", "$$")  # the kubelet reads one $
+    # A message that names nobody (ratesctl reconcile's): neither.
+    assert jobs.UPLOADED_BY not in by_key["q.csv"].metadata.annotations
+    assert "S3_UPLOADED_BY" not in env_of(by_key["q.csv"])
+
+
 def test_a_poison_message_is_set_aside_with_its_reason_and_blocks_nothing(kube, namespace, uploads, sqs,
                                                                           make_controller):
     sqs.send("this is not an S3 event")

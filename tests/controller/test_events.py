@@ -26,6 +26,30 @@ def test_an_object_created_record_becomes_the_object_to_load():
         UploadedObject(bucket="uploads", key="2016/jan.csv", version_id="v1", etag="abc", size=10, sequencer="0A")]
 
 
+def test_who_uploaded_it_is_s3s_principal_id_and_leaves_the_jobs_name_alone():
+    user = {**record("a.csv", sequencer="0A"), "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"}}
+    role = {**record("b.csv"), "userIdentity": {"principalId": "AWS:AROAEXAMPLE:jane@example.com"}}
+    assert [o.uploaded_by for o in uploaded_objects(body(user, role))] == [
+        "AWS:AIDAEXAMPLE", "AWS:AROAEXAMPLE:jane@example.com"]
+    # Jobs made for one event before the uploader was read, and after, are one Job.
+    [without] = uploaded_objects(body(record("a.csv", sequencer="0A")))
+    [with_it] = uploaded_objects(body(user))
+    assert without.uploaded_by is None and jobs.job_name(with_it, 1) == jobs.job_name(without, 1)
+
+
+@pytest.mark.parametrize("identity", [{}, {"principalId": None}, {"principalId": ""}])
+def test_a_record_that_names_no_uploader_has_none(identity):
+    assert uploaded_objects(body({**record("a.csv"), "userIdentity": identity}))[0].uploaded_by is None
+
+
+def test_an_uploader_longer_than_s3_writes_is_cut():
+    rec = {**record("a.csv"), "userIdentity": {"principalId": "AWS:AROAEXAMPLE:" + "x" * 1000 + "\ud800"}}
+    [obj] = uploaded_objects(body(rec))
+    assert obj.uploaded_by == ("AWS:AROAEXAMPLE:" + "x" * 1000)[:256]
+    # Only what reaches the Job is checked: the lone surrogate was cut off with the rest.
+    json.dumps(jobs.manifest(obj, JobSettings(namespace="prod", image="i"))).encode()
+
+
 @pytest.mark.parametrize("encoded, key", [
     ("prices+2016+01.csv", "prices 2016 01.csv"),      # S3 writes a space as +
     ("a%2Bb.csv", "a+b.csv"),                          # and a + as %2B
@@ -71,7 +95,7 @@ def test_without_a_sequencer_the_events_time_tells_uploads_of_one_content_apart(
 
 def test_what_the_controller_sets_aside_comes_back_as_the_same_object_sent_back():
     obj = UploadedObject(bucket="uploads", key="2016/jan prices+1.csv", version_id="v1", etag="abc", size=None,
-                         sequencer="0A")
+                         sequencer="0A", uploaded_by="AWS:AROAEXAMPLE:jane")
     [back] = uploaded_objects(notification(obj, "ingest-0123-2", "uid-2"))
     assert back == replace(obj, redriven=True, set_aside_uid="uid-2")
     # Marked before the UID was: sent back all the same, but with no round to be a copy of.
@@ -206,6 +230,15 @@ CREATED = '{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Pu
     (body({**record("x.csv"), "eventTime": "2026-11-29T04:00:00\ud800"}),
      "an ObjectCreated record's eventTime is not valid UTF-8"),
     (body({**record("x.csv"), "eventTime": "2026-11-29\x00"}), "an ObjectCreated record's eventTime holds a NUL"),
+    # Not in the Job's name, but in its annotations and environment.
+    (body({**record("x.csv"), "userIdentity": {"principalId": "AWS:AIDA\ud800"}}),
+     "an ObjectCreated record's userIdentity.principalId is not valid UTF-8"),
+    (body({**record("x.csv"), "userIdentity": {"principalId": "AWS:AIDA\x00"}}),
+     "an ObjectCreated record's userIdentity.principalId holds a NUL character"),
+    (body({**record("x.csv"), "userIdentity": {"principalId": 7}}),
+     "an ObjectCreated record's userIdentity.principalId is a JSON number, not a string"),
+    (body({**record("x.csv"), "userIdentity": "AWS:AIDAEXAMPLE"}),
+     "an ObjectCreated record's userIdentity is a JSON string, not an object"),
     (json.dumps({"Records": [record("x.csv")], "RatesSetAsideBy": "ingest-0123-2", "RatesSetAsideUid": "u\ud800"}),
      "the notification's RatesSetAsideUid is not valid UTF-8"),
     (json.dumps({"Records": [record("x.csv")], "RatesSetAsideBy": "ingest-0123-2", "RatesSetAsideUid": "u\x00"}),

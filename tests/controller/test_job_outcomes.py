@@ -165,6 +165,32 @@ def test_a_key_that_looks_like_a_kubernetes_variable_reference_loads_as_written(
 DOWN = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
 
 
+def test_who_uploaded_the_file_reaches_its_run_through_retries_and_a_redrive(
+        dsn, world, kube, namespace, s3, sqs, make_controller, job_runtime, local_node):
+    conn = world
+    job_runtime(DOWN)
+    controller = make_controller(max_attempts=2, retry_delay_seconds=0, job_backoff_limit=0)
+    etag = s3.put("p.csv", as_csv(ROWS))["ETag"].strip('"')
+    uploader = "AWS:AROAEXAMPLEID123456:jane$(HOME)"  # a session name is the uploader's to choose
+    # As AWS writes it: moto's events name nobody.
+    sqs.send(json.dumps({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "eventTime": "2026-11-29T04:00:00.123Z",
+        "eventName": "ObjectCreated:Put", "userIdentity": {"principalId": uploader},
+        "s3": {"bucket": {"name": s3.name}, "object": {"key": "p.csv", "size": 91, "eTag": etag}}}]}))
+    step_until(controller, lambda: len(handled(kube, namespace)) == 2, what="two Jobs to end")
+    [dead] = sqs.dead_letters()
+
+    job_runtime(dsn)
+    sqs.send(dead["body"])  # sent back once the database is up
+    step_until(controller, lambda: len(handled(kube, namespace)) == 3, what="the third Job to end")
+
+    assert [j.metadata.annotations[jobs.UPLOADED_BY] for j in ingest_jobs(kube, namespace)] == [uploader] * 3
+    # The database was down for the first two: only the third recorded a run.
+    with conn.cursor() as cur:
+        cur.execute("SELECT status, uploaded_by FROM ingest_runs ORDER BY id")
+        assert cur.fetchall() == [("loaded", uploader)]
+
+
 def test_a_retry_goes_past_an_older_chains_job_of_the_same_name(
         dsn, world, kube, namespace, uploads, sqs, make_controller, job_runtime, local_node):
     job_runtime(DOWN)

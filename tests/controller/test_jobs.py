@@ -2,6 +2,7 @@
 of the manifest is in test_controller.py)."""
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 from rates_controller import jobs
@@ -54,6 +55,24 @@ def test_extra_environment_follows_the_objects_address():
     settings = JobSettings(namespace="prod", image="i", env={"AWS_REGION": "eu-west-1"})
     env = jobs.manifest(OBJ, settings)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["name"] for e in env] == ["S3_BUCKET", "S3_OBJECT_KEY", "DATABASE_URL", "AWS_REGION"]
+
+
+def test_who_uploaded_the_file_is_on_the_job_and_in_the_jobs_environment_as_written():
+    uploader = "AWS:AROAEXAMPLE:$(DATABASE_URL) $$"  # a session name is the uploader's to choose
+    manifest = jobs.manifest(replace(OBJ, uploaded_by=uploader), SETTINGS)
+    assert manifest["metadata"]["annotations"][jobs.UPLOADED_BY] == uploader
+    seen: dict[str, str] = {}
+    for var in manifest["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if "value" in var:
+            seen[var["name"]] = local_node._expand(var["value"], seen)
+    assert seen["S3_UPLOADED_BY"] == uploader
+    # A retry is made from the ended Job: it says so too.
+    assert jobs.finished(_ended(manifest["metadata"]["annotations"])).obj.uploaded_by == uploader
+    # An event that names nobody (ratesctl reconcile's): neither.
+    plain = jobs.manifest(OBJ, SETTINGS)
+    assert jobs.UPLOADED_BY not in plain["metadata"]["annotations"]
+    assert "S3_UPLOADED_BY" not in {e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert jobs.finished(_ended(plain["metadata"]["annotations"])).obj.uploaded_by is None
 
 
 def test_the_pod_gets_the_extra_environment_as_written():

@@ -46,6 +46,8 @@ def test_the_namespace_defaults_to_the_pods_own():
     ("JOB_ENV", '{"S3_BUCKET": "other"}', "may not set S3_BUCKET"),
     ("JOB_ENV", '{"S3_OBJECT_KEY": "other.csv"}', "may not set S3_OBJECT_KEY"),
     ("JOB_ENV", '{"S3_VERSION_ID": "v1"}', "may not set S3_VERSION_ID"),
+    # The Job says who uploaded its file, from the event: JOB_ENV would name one for all.
+    ("JOB_ENV", '{"S3_UPLOADED_BY": "AWS:AIDAEXAMPLE"}', "may not set S3_UPLOADED_BY"),
     ("JOB_DATABASE_URL", "postgresql://u:secret@db/rates", "JOB_DATABASE_URL may not hold a password"),
     ("JOB_DATABASE_URL", "postgresql://u@db/rates?sslmod=require", "JOB_DATABASE_URL: not a valid libpq URL"),
     ("JOB_DATABASE_IAM_AUTH", "true", "JOB_DATABASE_IAM_AUTH=true needs JOB_DATABASE_URL"),
