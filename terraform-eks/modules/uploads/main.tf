@@ -9,7 +9,7 @@ resource "aws_kms_key" "prices" {
 }
 
 resource "aws_s3_bucket" "prices" {
-  #checkov:skip=CKV_AWS_18:who uploaded or read which file is recorded by the account's CloudTrail S3 data events, not per-bucket access logs
+  #checkov:skip=CKV_AWS_18:no access logs: each run records its file's uploader (S3's principal id, ingest_runs.uploaded_by); the complete record of who uploaded or read a file is CloudTrail S3 data events, which this Terraform does not configure (billed per event; see terraform-eks/README.md)
   #checkov:skip=CKV_AWS_144:no replica: a price file is an analyst's upload that can be uploaded again, and versioning keeps overwritten ones
   bucket        = var.name
   force_destroy = var.force_destroy
