@@ -259,8 +259,14 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
 
 def shown(key: str) -> str:
     """An uploader's key as a terminal may show it: control and format characters escaped
-    (\\u202e would reverse the rest of the line, a newline would make a second entry)."""
-    return "".join(char if char.isprintable() else f"\\u{ord(char):04x}" for char in key)
+    (\\u202e would reverse the rest of the line, a newline would make a second entry), as
+    Python writes them, and backslashes too, so that an escape is never the key's own text."""
+    return "".join(char if char.isprintable() and char != "\\" else _escaped(char) for char in key)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return "\\\\" if char == "\\" else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _echo_lines(lines) -> bool:
@@ -318,7 +324,8 @@ def _say_withdrawn(bucket: str, key: str, found: withdraw.LoadedFile, deleted: i
         click.echo(f"s3://{bucket}/{key} version {found.version} was withdrawn before, at {found.withdrawn_at}")
         return
     click.echo(f"withdrew s3://{bucket}/{key} version {found.version}: {deleted} price(s) deleted; the key's next "
-               "upload loads as usual. Delete the object too (or move it out of the prefix), or loading everything "
+               "upload of a changed file loads as usual (these same bytes again do not, as a copy or a restore of "
+               "this version). Delete the object too (or move it out of the prefix), or loading everything "
                "again from S3 (runbook/sql/reload_all.sql, then `ratesctl reconcile --send`) loads it again; a restore "
                "of the database to before now brings its prices back: withdraw it again then.")
 

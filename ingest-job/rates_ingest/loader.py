@@ -93,10 +93,10 @@ def _load(conn, ref: ObjectRef, download: Download, fmt: formats.Format, log, ma
         parser = formats.parser_for(fmt, formats.Rules(code for (code,) in cur), file_id, max_file_bytes)
         termination.check()  # _skip may have asked S3, whose client retries what a signal cuts short
         _copy(cur, parser, download)
-        withdrawn = _withdrawn_twin(cur, retired, download) if retired else None
+        withdrawn = _withdrawn_twin(cur, ref, download)
         if withdrawn:
             cur.execute("ROLLBACK TO SAVEPOINT before_load")
-            return Outcome("superseded", file_id=retired, info=info, error=withdrawn)
+            return _withdrawn_again(cur, ref, download, *withdrawn)
         # The replaced file's rows go after the COPY: deleting them takes the totals' lock
         # (data_version's row) until commit, and taken before the COPY it would make
         # replacement loads wait for each other's whole COPY instead of only its end.
@@ -140,19 +140,38 @@ def _loaded_elsewhere(cur, ref: ObjectRef, download: Download, file_id: int) -> 
     return row[0] if row else None
 
 
-def _withdrawn_twin(cur, file_id: int, download: Download) -> str | None:
-    """Why the key's current file, if it was withdrawn and held these very bytes, keeps
-    them out. A copy of an object onto itself (an edit of its storage class, encryption or
-    metadata in the S3 console, a Batch Operations re-encryption) is a new version with an
-    ObjectCreated event, and would otherwise bring withdrawn prices back unnoticed."""
-    cur.execute("""SELECT withdrawn_at, withdrawn_reason FROM ingest_files
-                   WHERE id = %s AND withdrawn_at IS NOT NULL AND sha256 = %s""", (file_id, download.sha256))
-    found = cur.fetchone()
-    if not found:
-        return None
-    return _withdrawn("this key's file with the same bytes was withdrawn", *found,
-                      then="a changed file uploaded to the key loads; the same bytes again, as a copy in place "
-                           "makes them, do not")
+def _withdrawn_twin(cur, ref: ObjectRef, download: Download) -> tuple | None:
+    """(version, withdrawn_at, reason) of a file of the key with these very bytes whose
+    prices were withdrawn, if any. A copy of an object onto itself (an edit of its storage
+    class, encryption or metadata in the S3 console, a Batch Operations re-encryption) is a
+    new version with an ObjectCreated event, and so is the console's restore of an older
+    version: either would otherwise bring withdrawn prices back unnoticed. (Files loaded
+    before 0016 have no hash, and are not found.)"""
+    cur.execute("""SELECT version, withdrawn_at, withdrawn_reason FROM ingest_files
+                   WHERE bucket = %s AND key = %s AND withdrawn_at IS NOT NULL AND sha256 = %s
+                   ORDER BY id DESC LIMIT 1""", (ref.bucket, ref.key, download.sha256))
+    return cur.fetchone()
+
+
+def _withdrawn_again(cur, ref: ObjectRef, download: Download, version: str, withdrawn_at,
+                     reason: str | None) -> Outcome:
+    """Make the upload the key's file, as any upload is, but withdrawn as its twin was, and
+    without prices: it is what S3 holds under the key now (so reconcile finds nothing to
+    send), and the prices of the file it replaces go, as a replacement's do."""
+    info = download.info
+    retired = _retire_current(cur, ref)
+    cur.execute("""INSERT INTO ingest_files (bucket, key, version, last_modified, rows, bytes, sha256,
+                                             withdrawn_at, withdrawn_reason)
+                   VALUES (%s, %s, %s, %s, 0, %s, %s, %s, %s) RETURNING id""",
+                (ref.bucket, ref.key, info.identity, info.last_modified, download.bytes, download.sha256,
+                 withdrawn_at, reason))
+    file_id = cur.fetchone()[0]
+    replaced = _delete_prices(cur, retired) if retired else None
+    taken = (replaced or {}).get("rows")
+    error = _withdrawn(f"the same bytes as this key's version {version}, whose prices were withdrawn", withdrawn_at,
+                       reason, then="a changed file uploaded to the key loads; the same bytes again do not"
+                       + (f"; the {taken} price(s) of the key's previous file were taken out" if taken else ""))
+    return Outcome("superseded", bytes=download.bytes, file_id=file_id, info=info, error=error)
 
 
 def _copy(cur, parser: formats.Parser, download: Download) -> None:

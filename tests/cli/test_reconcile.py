@@ -230,6 +230,8 @@ def test_keys_are_listed_with_control_and_format_characters_escaped(dsn, world, 
     # operator's line. (moto refuses a newline in a key, which S3 takes.)
     s3.put("in/jan-\u202evsc.2024.csv", as_csv(ROWS))
     s3.put("in/a\tb.csv", as_csv(ROWS))
+    s3.put("in/c\\u202ed \U000e0041 é.csv", as_csv(ROWS))  # the escape's own text, a tag character
     *listed, _ = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/")
     assert sorted(line.split("  ")[0] for line in listed) == [
-        f"s3://{s3.name}/in/a\\u0009b.csv", f"s3://{s3.name}/in/jan-\\u202evsc.2024.csv"]
+        f"s3://{s3.name}/in/a\\u0009b.csv", f"s3://{s3.name}/in/c\\\\u202ed \\U000e0041 é.csv",
+        f"s3://{s3.name}/in/jan-\\u202evsc.2024.csv"]

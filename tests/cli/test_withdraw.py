@@ -111,18 +111,58 @@ def test_a_copy_in_place_of_a_withdrawn_file_keeps_its_prices_out(dsn, world, s3
 
     skipped = last_run(conn)
     assert skipped["status"] == "superseded", skipped
-    assert "same bytes was withdrawn" in skipped["error"] and "quoted in the wrong currency" in skipped["error"]
+    assert f"the same bytes as this key's version {first}" in skipped["error"]
+    assert "quoted in the wrong currency" in skipped["error"]
     assert prices(conn) == []
     assert totals(conn) == expected_totals([])
-    with conn.cursor() as cur:  # the withdrawn file stays the key's current one, and nothing else was added
-        cur.execute("SELECT version, withdrawn_at IS NOT NULL, replaced_at IS NULL FROM ingest_files WHERE key = %s",
-                    ("in/jan.csv",))
-        assert cur.fetchall() == [(first, True, True)]
+    # The copy is the key's file now, withdrawn as its twin: what S3 holds, so reconcile
+    # has nothing to send again.
+    assert key_files(conn, "in/jan.csv") == [(first, True, False), (copied["VersionId"], True, True)]
+    *listed, summary = reconcile_lines(dsn, s3.name)
+    assert listed == [] and summary.startswith("0 upload(s)"), summary
 
     # A changed file loads as the key's next upload.
     s3.put("in/jan.csv", as_csv(LANE_ROWS[:2]))
     assert run_job(dsn, s3.name, "in/jan.csv") == 0
     assert prices(conn) == as_tuples(LANE_ROWS[:2])
+
+
+def test_a_withdrawn_version_restored_over_a_newer_one_stays_out(dsn, world, s3):
+    """The S3 console restores an older version by copying it over the key: its bytes were
+    withdrawn, so the key holds no prices after it, as after any upload of those bytes."""
+    conn = world
+    s3.enable_versioning()
+    first = s3.put("in/jan.csv", as_csv(LANE_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "in/jan.csv") == 0
+    assert withdraw(dsn, "--bucket", s3.name, "--key", "in/jan.csv", "--version", first,
+                    "--reason", "wrong month").exit_code == 0
+    s3.put("in/jan.csv", as_csv(V2_ROWS))
+    assert run_job(dsn, s3.name, "in/jan.csv") == 0
+    assert prices(conn) == as_tuples(V2_ROWS)
+
+    restored = s3.client.copy_object(Bucket=s3.name, Key="in/jan.csv",
+                                     CopySource={"Bucket": s3.name, "Key": "in/jan.csv", "VersionId": first})
+    assert run_job(dsn, s3.name, "in/jan.csv", restored["VersionId"]) == 0
+
+    run = last_run(conn)
+    assert run["status"] == "superseded" and "wrong month" in run["error"], run
+    assert f"the {len(V2_ROWS)} price(s) of the key's previous file were taken out" in run["error"]
+    assert prices(conn) == [] and totals(conn) == expected_totals([])
+    assert key_files(conn, "in/jan.csv")[-1] == (restored["VersionId"], True, True)
+
+
+def key_files(conn, key: str) -> list[tuple]:
+    """(version, withdrawn, current) of the key's files, in the order they were recorded."""
+    with conn.cursor() as cur:
+        cur.execute("""SELECT version, withdrawn_at IS NOT NULL, replaced_at IS NULL FROM ingest_files
+                       WHERE key = %s ORDER BY id""", (key,))
+        return cur.fetchall()
+
+
+def reconcile_lines(dsn, bucket: str) -> list[str]:
+    done = CliRunner().invoke(cli, ["reconcile", "--bucket", bucket, "--prefix", "in/"], env={"DATABASE_URL": dsn})
+    assert done.exit_code == 0, done.output
+    return done.output.splitlines()
 
 
 def test_an_older_version_arriving_after_a_withdrawal_stays_out(dsn, world, s3):
