@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 
 from gunicorn.arbiter import Arbiter
 
@@ -163,6 +164,23 @@ def post_worker_init(worker):
         from rates_api import probes
 
         probes.serve(worker.wsgi, _host, probe_port)
+    threading.Thread(target=_replace_when_hung, args=(worker, runtime), name="hung-requests", daemon=True).start()
+
+
+def _replace_when_hung(worker, runtime):
+    # A request past any budget is a thread that will not come back. The worker stops taking
+    # requests and finishes its others; gunicorn then ends it (its heartbeat has stopped)
+    # and starts another. Not liveness alone: the probe port's kernel spreads the probes over
+    # the workers, so a pod with one hung worker passed about half of them, and was
+    # restarted after some twenty minutes on average, if at all.
+    every = min(5.0, runtime.hung_after_s / 4)
+    while worker.alive:
+        time.sleep(every)
+        age = runtime.in_flight.oldest_age()
+        if age > runtime.hung_after_s and worker.alive:
+            worker.log.error("a request has run for %.0f s, past any budget (%.0f s): this worker stops taking "
+                             "requests, and gunicorn replaces it", age, runtime.hung_after_s)
+            worker.alive = False
 
 
 def child_exit(server, worker):

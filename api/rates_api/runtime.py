@@ -45,9 +45,10 @@ class Runtime:
         # silence after which a statement gives up (rates_core.db.give_up_on_silence).
         self._probe_turn_s = settings.db_connect_timeout_s + settings.db_statement_timeout_ms / 1000 + 2
         # A request gives the database no longer than that either; one that has run a few
-        # times as long is a thread that will not come back, which /healthz reports.
+        # times as long is a thread that will not come back: its worker is replaced
+        # (api/gunicorn.conf.py), and /healthz reports it meanwhile.
         self.in_flight = InFlight()
-        self.hung_after_s = max(HUNG_AFTER_MIN_S, 3 * self._probe_turn_s)
+        self.hung_after_s = float(settings.hung_request_s) or max(HUNG_AFTER_MIN_S, 3 * self._probe_turn_s)
         self.cache = VersionedCache(settings.response_cache_size, settings.response_cache_mib << 20)
         self.metrics = Metrics(settings.app_version)
         self.metrics.pool_size.set(settings.db_pool_size)

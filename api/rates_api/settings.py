@@ -21,6 +21,7 @@ class Settings:
     response_cache_mib: int = 64
     app_version: str = "dev"
     log_level: str = "INFO"
+    hung_request_s: int = 0  # 0: three times what a request may give the database, 30 at least
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -41,4 +42,5 @@ class Settings:
             response_cache_mib=get_int("RESPONSE_CACHE_MIB", 64, 1, 1 << 20),
             app_version=env_str("APP_VERSION", "dev", environ),
             log_level=env_choice("LOG_LEVEL", "INFO", LEVELS, environ),
+            hung_request_s=get_int("HUNG_REQUEST_S", 0, 0),
         )

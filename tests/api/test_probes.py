@@ -169,3 +169,39 @@ def test_liveness_fails_once_a_request_has_run_far_past_any_budget(dsn, world, m
 def _hung(client) -> dict | None:
     answer = client.get("/healthz")
     return answer.get_json() if answer.status_code == 503 else None
+
+
+def test_a_worker_with_a_hung_request_is_replaced(dsn, world, tmp_path):
+    """Liveness alone could not do it: the probe port's kernel spreads the probes over the
+    workers, and a pod whose one worker had hung passed about half of them."""
+    from tests.support.proc import children
+
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
+    url = "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=CNSHA&destination=NLRTM"
+    blocker = psycopg2.connect(dsn)  # holds a request for longer than it may take, here 2 s
+    try:
+        with gunicorn_server(dsn, tmp_path, WEB_CONCURRENCY="1", GUNICORN_THREADS=str(THREADS),
+                             HUNG_REQUEST_S="2", DB_STATEMENT_TIMEOUT_MS="60000", GUNICORN_TIMEOUT="3",
+                             GUNICORN_GRACEFUL_TIMEOUT="1", SHUTDOWN_DRAIN_SECONDS="0") as (process, base):
+            [first] = wait_for(lambda: children(process.pid), timeout=10, what="the worker")
+            blocker.cursor().execute("LOCK TABLE lane_totals IN ACCESS EXCLUSIVE MODE")
+            with ThreadPoolExecutor(1) as one:
+                hung = one.submit(requests.get, base + url, timeout=60)
+                replaced = wait_for(lambda: [pid for pid in children(process.pid) if pid != first], timeout=60,
+                                    what="a new worker")
+                blocker.rollback()
+                assert first not in children(process.pid)
+                with pytest.raises(requests.ConnectionError):  # its worker was ended under it
+                    hung.result()
+            answer = wait_for(lambda: _answer(base + url), timeout=20, what="the new worker to answer")
+            assert answer.json() == [{"day": "2024-03-01", "average_price": 20}] and replaced
+    finally:
+        blocker.close()
+
+
+def _answer(url: str):
+    try:
+        answer = requests.get(url, timeout=5)
+    except requests.ConnectionError:
+        return None
+    return answer if answer.status_code == 200 else None
