@@ -124,7 +124,9 @@ def test_a_server_crash_mid_load_is_recorded_once_the_server_is_back(s3, tmp_pat
 
     parent = Path(tempfile.mkdtemp(prefix="rates-crash-pg-"))
     parent.chmod(0o755)
-    server = localdb.start(parent / "data", throwaway=True)
+    # Commits durable before they answer: a crash loses what a throwaway server's
+    # asynchronous commit had not flushed yet, the run's first record among them.
+    server = localdb.start(parent / "data", throwaway=True, settings={"synchronous_commit": "on"})
     try:
         dsn = localdb.ensure_database(server, "rates")
         migrate.apply(dsn)
