@@ -8,7 +8,7 @@ import pytest
 from rates_controller import jobs
 from rates_controller.controller import notification
 from rates_controller.settings import JobSettings
-from rates_controller.events import PoisonMessage, UploadedObject, announcement, uploaded_objects
+from rates_controller.events import PoisonMessage, UploadedObject, announcement, check_source, uploaded_objects
 
 
 def record(key, event="ObjectCreated:Put", bucket="uploads", **obj):
@@ -248,3 +248,18 @@ def test_anything_else_is_a_poison_message_with_the_reason(text, reason):
     with pytest.raises(PoisonMessage) as caught:
         uploaded_objects(text)
     assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize("bucket, key, refused", [
+    ("uploads", "prices/2016/jan.csv", None),
+    ("uploads", "prices-archive/jan.csv", "outside this controller's prefix prices/"),  # the stem alone is not it
+    ("uploads", "Prices/jan.csv", "outside this controller's prefix prices/"),
+    ("uploads-old", "prices/jan.csv", "not to this controller's bucket uploads"),
+])
+def test_only_uploads_to_the_bucket_and_under_the_whole_prefix_are_taken(bucket, key, refused):
+    objects = uploaded_objects(body(record(key, bucket=bucket)))
+    if refused is None:
+        check_source(objects, "uploads", "prices/")
+    else:
+        with pytest.raises(PoisonMessage, match=refused):
+            check_source(objects, "uploads", "prices/")
