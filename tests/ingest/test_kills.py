@@ -376,3 +376,21 @@ def test_a_kill_while_a_second_run_waits_for_the_key_leaves_one_load(db, s3, mot
     assert_abandoned(recorded[victim_run])
     assert recorded[max(recorded)]["status"] == "already_loaded"
     assert_holds_exactly(conn, ROWS)
+
+
+def test_a_load_mid_copy_holds_the_ports_it_validated_against(db, s3, moto_endpoint):
+    """0021 through the loader itself: a port deleted while a file that may name it loads
+    would leave its rows counted nowhere. Held mid-COPY, before its totals take any lock a
+    port's delete also needs (a test of the function alone passed with a loader that read
+    the ports without it)."""
+    dsn, conn = db
+    _, body = file_for(copying_mid_file, ROWS)
+    s3.put("p.csv", body)
+    t = target(db, s3, moto_endpoint, "p.csv", body)
+    with ExitStack() as holds:
+        copying_mid_file(t, holds)
+        with conn.cursor() as owner:
+            owner.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(psycopg2.errors.LockNotAvailable):
+                owner.execute("DELETE FROM ports WHERE code = 'HKHKG'")  # no price names it
+            owner.execute("RESET lock_timeout")
