@@ -220,8 +220,17 @@ def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
                 "later file's prices: upload the file again")
         if current:
             return Outcome("already_loaded", rows=rows, bytes=size, file_id=file_id, info=info)
+        loaded = _current_file(cur, ref)
+        if info.versioned and loaded and download.current_identity() == info.identity:
+            # The newer version was deleted, so S3 holds this one again; the key keeps the
+            # deleted one's prices. (A replaced file's row cannot be made current again: its
+            # key's newer files could no longer be replaced, 0011.)
+            return Outcome("superseded", rows=rows, bytes=size, file_id=file_id, info=info,
+                           error=f"the key's loaded version {loaded[1]} is newer, though S3 no longer holds it "
+                                 "(deleted?), and holds this one again: this version does not load twice; to load "
+                                 "its prices again, upload it again (a copy of the version makes a new one)")
         return Outcome("superseded", rows=rows, bytes=size, file_id=file_id, info=info,
-                       error=_why_superseded(_current_file(cur, ref)))
+                       error=_why_superseded(loaded))
     current = _current_file(cur, ref)
     if current and _newer_than_ours(current[1], current[2], download):
         # An event for an older version arrived after a newer version was loaded.

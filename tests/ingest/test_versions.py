@@ -117,6 +117,30 @@ def test_when_s3_holds_neither_the_later_time_wins_and_s3s_order_breaks_a_tie(db
     assert runs(conn)[-1]["status"] == status
 
 
+def test_an_older_version_that_s3_holds_again_after_a_delete_says_how_to_load_it(db, s3):
+    """Deleting the newest version of a key (to roll back) leaves the older one current in
+    S3; its event again does not load it a second time (nor set the file aside): the run
+    says so, and a copy of the version, a new upload, loads."""
+    dsn, conn = db
+    s3.enable_versioning()
+    v1 = s3.put("p.csv", as_csv(ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
+    v2 = s3.put("p.csv", as_csv(V2_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv", version_id=v2) == 0
+    s3.client.delete_object(Bucket=s3.name, Key="p.csv", VersionId=v2)
+
+    assert run_job(dsn, s3.name, "p.csv", version_id=v1) == 0
+    run = runs(conn)[-1]
+    assert run["status"] == "superseded" and f"loaded version {v2} is newer, though S3 no longer holds it" in \
+        run["error"], run
+    assert prices(conn) == as_tuples(V2_ROWS)
+
+    v3 = s3.client.copy_object(Bucket=s3.name, Key="p.csv",
+                               CopySource={"Bucket": s3.name, "Key": "p.csv", "VersionId": v1})["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv", version_id=v3) == 0
+    assert prices(conn) == as_tuples(ROWS)
+
+
 def test_the_null_version_from_before_versioning_loads_after_a_newer_upload(db, s3):
     """An event for the pre-versioning ("null") object, handled after versioning and a new upload."""
     dsn, conn = db
