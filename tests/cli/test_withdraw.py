@@ -99,11 +99,7 @@ def test_a_copy_in_place_of_a_withdrawn_file_keeps_its_prices_out(dsn, world, s3
     """An edit of the object's storage class (or encryption, or metadata) copies it onto
     itself: a new version with an ObjectCreated event, and the same bytes."""
     conn = world
-    s3.enable_versioning()
-    first = s3.put("in/jan.csv", as_csv(LANE_ROWS))["VersionId"]
-    assert run_job(dsn, s3.name, "in/jan.csv") == 0
-    assert withdraw(dsn, "--bucket", s3.name, "--key", "in/jan.csv", "--version", first,
-                    "--reason", "quoted in the wrong currency").exit_code == 0
+    first = loaded_then_withdrawn(dsn, s3, "in/jan.csv", "quoted in the wrong currency")
 
     copied = s3.client.copy_object(Bucket=s3.name, Key="in/jan.csv", StorageClass="STANDARD_IA",
                                    CopySource={"Bucket": s3.name, "Key": "in/jan.csv", "VersionId": first})
@@ -131,11 +127,7 @@ def test_a_withdrawn_version_restored_over_a_newer_one_stays_out(dsn, world, s3)
     """The S3 console restores an older version by copying it over the key: its bytes were
     withdrawn, so the key holds no prices after it, as after any upload of those bytes."""
     conn = world
-    s3.enable_versioning()
-    first = s3.put("in/jan.csv", as_csv(LANE_ROWS))["VersionId"]
-    assert run_job(dsn, s3.name, "in/jan.csv") == 0
-    assert withdraw(dsn, "--bucket", s3.name, "--key", "in/jan.csv", "--version", first,
-                    "--reason", "wrong month").exit_code == 0
+    first = loaded_then_withdrawn(dsn, s3, "in/jan.csv", "wrong month")
     s3.put("in/jan.csv", as_csv(V2_ROWS))
     assert run_job(dsn, s3.name, "in/jan.csv") == 0
     assert prices(conn) == as_tuples(V2_ROWS)
@@ -149,6 +141,15 @@ def test_a_withdrawn_version_restored_over_a_newer_one_stays_out(dsn, world, s3)
     assert f"the {len(V2_ROWS)} price(s) of the key's previous file were taken out" in run["error"]
     assert prices(conn) == [] and totals(conn) == expected_totals([])
     assert key_files(conn, "in/jan.csv")[-1] == (restored["VersionId"], True, True)
+
+
+def loaded_then_withdrawn(dsn, s3, key: str, reason: str) -> str:
+    """Upload LANE_ROWS to ``key`` of a versioned bucket, load and withdraw them; the version."""
+    s3.enable_versioning()
+    version = s3.put(key, as_csv(LANE_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, key) == 0
+    assert withdraw(dsn, "--bucket", s3.name, "--key", key, "--version", version, "--reason", reason).exit_code == 0
+    return version
 
 
 def key_files(conn, key: str) -> list[tuple]:
