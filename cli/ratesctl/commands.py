@@ -260,13 +260,18 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
 def shown(key: str) -> str:
     """An uploader's key as a terminal may show it: control and format characters escaped
     (\\u202e would reverse the rest of the line, a newline would make a second entry), as
-    Python writes them, and backslashes too, so that an escape is never the key's own text."""
-    return "".join(char if char.isprintable() and char != "\\" else _escaped(char) for char in key)
+    Python writes them. A backslash before a u or U is doubled, so that an escape is never
+    the key's own text; others stay, so that a key from Windows can be pasted back."""
+    return "".join(_escaped(char, key[at + 1:at + 2]) for at, char in enumerate(key))
 
 
-def _escaped(char: str) -> str:
+def _escaped(char: str, following: str) -> str:
+    if char == "\\":
+        return "\\\\" if following in ("u", "U") else char
+    if char.isprintable():
+        return char
     code = ord(char)
-    return "\\\\" if char == "\\" else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _echo_lines(lines) -> bool:

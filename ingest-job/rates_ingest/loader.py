@@ -160,12 +160,13 @@ def _withdrawn_again(cur, ref: ObjectRef, download: Download, version: str, with
     send), and the prices of the file it replaces go, as a replacement's do."""
     info = download.info
     retired = _retire_current(cur, ref)
+    # Withdrawn now, for the reason its twin was: what a later look at the key shows.
     cur.execute("""INSERT INTO ingest_files (bucket, key, version, last_modified, rows, bytes, sha256,
                                              withdrawn_at, withdrawn_reason)
-                   VALUES (%s, %s, %s, %s, 0, %s, %s, %s, %s) RETURNING id""",
+                   VALUES (%s, %s, %s, %s, 0, %s, %s, now(), %s) RETURNING id, withdrawn_at""",
                 (ref.bucket, ref.key, info.identity, info.last_modified, download.bytes, download.sha256,
-                 withdrawn_at, reason))
-    file_id = cur.fetchone()[0]
+                 f"the same bytes as version {version}, withdrawn: {reason or 'no reason recorded'}"))
+    file_id, _ = cur.fetchone()
     replaced = _delete_prices(cur, retired) if retired else None
     taken = (replaced or {}).get("rows")
     error = _withdrawn(f"the same bytes as this key's version {version}, whose prices were withdrawn", withdrawn_at,
@@ -252,7 +253,8 @@ def _why_superseded(current: tuple | None) -> str:
     return "a newer version of this key is already loaded"
 
 
-def _withdrawn(what: str, withdrawn_at, reason: str | None, then: str = "a new upload of the key loads") -> str:
+def _withdrawn(what: str, withdrawn_at, reason: str | None,
+               then: str = "a changed file uploaded to the key loads; the same bytes again do not") -> str:
     """Why a withdrawn file keeps this one from loading, with the withdrawal's reason."""
     when = withdrawn_at.astimezone(timezone.utc)  # the session's time zone may be any
     return f"{what} on {when:%Y-%m-%d %H:%M} UTC ({reason or 'no reason recorded'}); {then}"

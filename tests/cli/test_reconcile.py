@@ -231,7 +231,8 @@ def test_keys_are_listed_with_control_and_format_characters_escaped(dsn, world, 
     s3.put("in/jan-\u202evsc.2024.csv", as_csv(ROWS))
     s3.put("in/a\tb.csv", as_csv(ROWS))
     s3.put("in/c\\u202ed \U000e0041 é.csv", as_csv(ROWS))  # the escape's own text, a tag character
+    s3.put("in/win\\2016.csv", as_csv(ROWS))  # a Windows path: shown as it is, to paste back
     *listed, _ = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/")
     assert sorted(line.split("  ")[0] for line in listed) == [
         f"s3://{s3.name}/in/a\\u0009b.csv", f"s3://{s3.name}/in/c\\\\u202ed \\U000e0041 é.csv",
-        f"s3://{s3.name}/in/jan-\\u202evsc.2024.csv"]
+        f"s3://{s3.name}/in/jan-\\u202evsc.2024.csv", f"s3://{s3.name}/in/win\\2016.csv"]
