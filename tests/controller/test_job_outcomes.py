@@ -250,19 +250,27 @@ def test_a_file_whose_pod_never_starts_is_set_aside_saying_so(kube, namespace, u
     assert "it may never have started (an image that cannot be pulled" in dead["reason"], dead
 
 
-def oom_killed(kube, namespace: str, job_name: str, log_tail: str) -> None:
-    """The Job's pod ended as a kubelet reports an OOM kill: reason OOMKilled, exit 137 and,
-    as the Job's FallbackToLogsOnError has it, the log's tail as the message. Written into
-    the pod's status (as tests/support/local_node.py writes an exit): no kernel here kills."""
+def pod_exited(kube, namespace: str, job_name: str, exit_code: int, reason: str = "Error",
+               message: str = "") -> None:
+    """The Job's pod ended with ``exit_code``, as a kubelet reports it, written into the
+    pod's status (as tests/support/local_node.py writes an exit): for a Job whose pod no
+    node runs, so that it stays active until the test ends it."""
     [pod] = wait_for(lambda: kube.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items,
                      timeout=30, what="the Job's pod")
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     kube.core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": {
-        "phase": "Failed", "startTime": now,
+        "phase": "Succeeded" if exit_code == 0 else "Failed", "startTime": now,
         "containerStatuses": [{"name": jobs.CONTAINER, "ready": False, "restartCount": 0, "image": "local",
                                "imageID": "", "state": {"terminated": {
-                                   "exitCode": 137, "reason": "OOMKilled", "message": log_tail,
+                                   "exitCode": exit_code, "reason": reason, "message": message,
                                    "startedAt": now, "finishedAt": now}}}]}})
+
+
+def oom_killed(kube, namespace: str, job_name: str, log_tail: str) -> None:
+    """The Job's pod ended as a kubelet reports an OOM kill: reason OOMKilled, exit 137 and,
+    as the Job's FallbackToLogsOnError has it, the log's tail as the message. No kernel
+    here kills."""
+    pod_exited(kube, namespace, job_name, 137, "OOMKilled", log_tail)
 
 
 def test_a_file_whose_pod_ran_out_of_memory_is_set_aside_saying_so(kube, namespace, uploads, sqs, make_controller,
@@ -306,6 +314,47 @@ def test_a_retry_waits_for_a_free_slot(dsn, world, kube, namespace, uploads, sqs
 
     assert most == 1
     assert len(ingest_jobs(kube, namespace)) == 4
+
+
+def active_jobs(kube, namespace) -> list[str]:
+    return [j.metadata.name for j in ingest_jobs(kube, namespace) if jobs.finished(j) is None]
+
+
+def test_a_due_retry_waits_while_running_jobs_take_every_slot(kube, namespace, uploads, sqs, make_controller,
+                                                              job_runtime):
+    # No node runs this namespace's pods: the Jobs stay active until the test ends a pod.
+    # Three run, started before a rollout lowered MAX_ACTIVE_JOBS from 3 to 2.
+    before = make_controller(max_active_jobs=3, job_backoff_limit=0)
+    for key in ("p.csv", "q.csv", "r.csv"):
+        uploads.put(key, as_csv(ROWS))
+    step_until(before, lambda: len(ingest_jobs(kube, namespace)) == 3, what="three Jobs")
+    job_of = {j.metadata.annotations[jobs.KEY]: j.metadata.name for j in ingest_jobs(kube, namespace)}
+    controller = make_controller(max_active_jobs=2, retry_delay_seconds=0, job_backoff_limit=0)
+    pod_exited(kube, namespace, job_of["p.csv"], 1)
+    wait_for(lambda: job_of["p.csv"] not in active_jobs(kube, namespace), timeout=30, what="p.csv's Job to fail")
+
+    # p.csv's retry is due, but q.csv's and r.csv's Jobs take both slots: it waits.
+    for _ in range(3):
+        controller.step()
+        assert sorted(active_jobs(kube, namespace)) == sorted([job_of["q.csv"], job_of["r.csv"]])
+    assert handled(kube, namespace) == {}
+
+    # q.csv loads: its slot goes to p.csv's retry, and no more Jobs than that run.
+    pod_exited(kube, namespace, job_of["q.csv"], 0)
+    most = 0
+
+    def retried():
+        nonlocal most
+        most = max(most, len(active_jobs(kube, namespace)))
+        return handled(kube, namespace) == {job_of["q.csv"]: "succeeded", job_of["p.csv"]: "retried"}
+
+    step_until(controller, retried, timeout=60, what="p.csv's Job to be retried")
+
+    assert most <= 2
+    [retry] = [j for j in ingest_jobs(kube, namespace) if j.metadata.name not in job_of.values()]
+    assert (retry.metadata.annotations[jobs.KEY], retry.metadata.annotations[jobs.ATTEMPT]) == ("p.csv", "2")
+    assert sorted(active_jobs(kube, namespace)) == sorted([job_of["r.csv"], retry.metadata.name])
+    assert sqs.dead_letters() == []
 
 
 def labelling_refused(kube, namespace: str, job_name: str):
