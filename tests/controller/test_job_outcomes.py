@@ -8,6 +8,7 @@ import time
 
 import pytest
 from kubernetes.client.rest import ApiException
+from structlog.testing import capture_logs
 
 from rates_controller import controller as controller_module
 from rates_controller import events, jobs
@@ -355,6 +356,36 @@ def test_a_due_retry_waits_while_running_jobs_take_every_slot(kube, namespace, u
     assert (retry.metadata.annotations[jobs.KEY], retry.metadata.annotations[jobs.ATTEMPT]) == ("p.csv", "2")
     assert sorted(active_jobs(kube, namespace)) == sorted([job_of["r.csv"], retry.metadata.name])
     assert sqs.dead_letters() == []
+
+
+def test_the_upload_event_delivered_again_after_its_file_was_set_aside_makes_no_job(
+        kube, namespace, sqs, make_controller, job_runtime):
+    # No node runs this namespace's pods: the test fails each of them.
+    controller = make_controller(max_attempts=2, retry_delay_seconds=0, job_backoff_limit=0)
+    event = json.dumps({"Records": [{  # as S3 writes it (eventVersion): not a redrive
+        "eventVersion": "2.1", "eventSource": "aws:s3", "eventTime": "2026-11-29T04:00:00.123Z",
+        "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {
+            "key": "p.csv", "size": 91, "eTag": "e", "sequencer": "0A"}}}]})
+    sqs.send(event)
+    for attempt in (1, 2):
+        [job] = step_until(controller, lambda: active_jobs(kube, namespace), what=f"Job {attempt}")
+        pod_exited(kube, namespace, job, 1)
+        wait_for(lambda: job not in active_jobs(kube, namespace), timeout=30, what=f"Job {attempt} to fail")
+    step_until(controller, lambda: len(handled(kube, namespace)) == 2, what="the file to be set aside")
+    assert list(handled(kube, namespace).values()) == ["retried", "set-aside"]
+    [dead] = sqs.dead_letters()
+    assert dead["attempts"] == "2"
+
+    # SQS delivers the upload's event again (at least once): the file stays set aside.
+    sqs.send(event)
+    with capture_logs() as logged:
+        step_until(controller, lambda: sqs.counts() == (0, 0), what="the message to be handled")
+
+    assert len(ingest_jobs(kube, namespace)) == 2
+    assert sqs.dead_letters() == []  # none more
+    assert sample(controller.metrics, "rates_controller_messages_total", outcome="duplicate") == 1
+    assert [(line["outcome"], line["jobs_created"]) for line in logged if line["event"] == "message handled"] == [
+        ("duplicate", 0)]
 
 
 def labelling_refused(kube, namespace: str, job_name: str):
