@@ -169,18 +169,26 @@ def post_worker_init(worker):
 
 def _replace_when_hung(worker, runtime):
     # A request past any budget is a thread that will not come back. The worker stops taking
-    # requests and finishes its others; gunicorn then ends it (its heartbeat has stopped)
-    # and starts another. Not liveness alone: the probe port's kernel spreads the probes over
-    # the workers, so a pod with one hung worker passed about half of them, and was
-    # restarted after some twenty minutes on average, if at all.
+    # requests (and its /readyz fails), finishes its other requests, within a request's
+    # budget, and ends; gunicorn starts another at once. Not liveness alone: the probe
+    # port's kernel spreads the probes over the workers, so a pod with one hung worker passed
+    # about half of them, and was restarted after some twenty minutes on average, if at all.
+    # Nor a plain stop: gunicorn's graceful wait for the hung request and Python's exit,
+    # which waits for its thread, kept the worker, serving nothing, for some 65 s.
     every = min(5.0, runtime.hung_after_s / 4)
     while worker.alive:
         time.sleep(every)
         age = runtime.in_flight.oldest_age()
         if age > runtime.hung_after_s and worker.alive:
             worker.log.error("a request has run for %.0f s, past any budget (%.0f s): this worker stops taking "
-                             "requests, and gunicorn replaces it", age, runtime.hung_after_s)
+                             "requests, finishes its others and exits, and gunicorn replaces it",
+                             age, runtime.hung_after_s)
+            runtime.draining.set()
             worker.alive = False
+            finish_by = time.monotonic() + runtime.request_budget_s
+            while runtime.in_flight.younger_than(runtime.hung_after_s) and time.monotonic() < finish_by:
+                time.sleep(0.1)
+            os._exit(1)  # not 3 or 4: gunicorn stops altogether for a worker that exits so
 
 
 def child_exit(server, worker):

@@ -8,6 +8,7 @@ from flask import current_app
 
 from rates_core.db import Pool
 from rates_core.errors import TemporaryError
+from rates_core.logs import get_logger
 from rates_core.rds_auth import password_source
 
 from . import queries
@@ -17,6 +18,7 @@ from .metrics import Metrics
 from .settings import Settings
 
 
+log = get_logger(__name__)
 # Liveness fails on a request older than this at least (see Runtime.hung_after_s).
 HUNG_AFTER_MIN_S = 30.0
 
@@ -43,12 +45,16 @@ class Runtime:
         self._probe_turn = threading.Lock()
         # A check holds its turn at most this long: connecting, then its statement and the
         # silence after which a statement gives up (rates_core.db.give_up_on_silence).
-        self._probe_turn_s = settings.db_connect_timeout_s + settings.db_statement_timeout_ms / 1000 + 2
+        self.request_budget_s = settings.db_connect_timeout_s + settings.db_statement_timeout_ms / 1000 + 2
         # A request gives the database no longer than that either; one that has run a few
         # times as long is a thread that will not come back: its worker is replaced
         # (api/gunicorn.conf.py), and /healthz reports it meanwhile.
         self.in_flight = InFlight()
-        self.hung_after_s = float(settings.hung_request_s) or max(HUNG_AFTER_MIN_S, 3 * self._probe_turn_s)
+        self.hung_after_s = float(settings.hung_request_s) or max(HUNG_AFTER_MIN_S, 3 * self.request_budget_s)
+        if self.hung_after_s < 2 * self.request_budget_s:
+            log.warning("HUNG_REQUEST_S is below twice what a request may take (DB_CONNECT_TIMEOUT_S + "
+                        "DB_STATEMENT_TIMEOUT_MS + 2 s): a request waiting on a lock would replace its worker",
+                        hung_request_s=self.hung_after_s, request_budget_s=self.request_budget_s)
         self.cache = VersionedCache(settings.response_cache_size, settings.response_cache_mib << 20)
         self.metrics = Metrics(settings.app_version)
         self.metrics.pool_size.set(settings.db_pool_size)
@@ -83,7 +89,7 @@ class Runtime:
             with self.connection() as conn:
                 yield conn
             return
-        if not self._probe_turn.acquire(timeout=self._probe_turn_s):
+        if not self._probe_turn.acquire(timeout=self.request_budget_s):
             raise TemporaryError("the readiness check before this one is still waiting for the database")
         try:
             with self.probe_pool.connection() as conn:
