@@ -179,16 +179,31 @@ def _replace_when_hung(worker, runtime):
     while worker.alive:
         time.sleep(every)
         age = runtime.in_flight.oldest_age()
-        if age > runtime.hung_after_s and worker.alive:
+        # Not while a SIGTERM drains the worker: gunicorn's graceful stop bounds it already,
+        # and no other worker would be started meanwhile.
+        if age > runtime.hung_after_s and worker.alive and not runtime.draining.is_set():
             worker.log.error("a request has run for %.0f s, past any budget (%.0f s): this worker stops taking "
                              "requests, finishes its others and exits, and gunicorn replaces it",
                              age, runtime.hung_after_s)
             runtime.draining.set()
-            worker.alive = False
-            finish_by = time.monotonic() + runtime.request_budget_s
-            while runtime.in_flight.younger_than(runtime.hung_after_s) and time.monotonic() < finish_by:
-                time.sleep(0.1)
+            _stop_but_the_hung(worker, runtime)
             os._exit(1)  # not 3 or 4: gunicorn stops altogether for a worker that exits so
+
+
+def _stop_but_the_hung(worker, runtime):
+    # gunicorn's own graceful stop, woken at once as its SIGTERM handler wakes it: it stops
+    # accepting, answers a request on a kept-alive connection with "Connection: close" and
+    # closes those, and writes every answer in progress. Its connections count down to the
+    # hung requests' own (a request is counted until its answer is written), or a request's
+    # budget runs out.
+    worker.alive = False
+    worker.method_queue.defer(lambda: None)
+    finish_by = time.monotonic() + runtime.request_budget_s
+    while time.monotonic() < finish_by:
+        hung = runtime.in_flight.count() - runtime.in_flight.younger_than(runtime.hung_after_s)
+        if worker.nr_conns <= hung:
+            return
+        time.sleep(0.1)
 
 
 def child_exit(server, worker):

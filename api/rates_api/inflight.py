@@ -23,6 +23,10 @@ class InFlight:
         with self._lock:
             self._started.pop(token, None)
 
+    def count(self) -> int:
+        with self._lock:
+            return len(self._started)
+
     def younger_than(self, age_s: float) -> int:
         """How many requests in progress have run for less than ``age_s`` seconds."""
         since = time.monotonic() - age_s

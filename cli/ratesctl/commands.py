@@ -260,14 +260,17 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
 def shown(key: str) -> str:
     """An uploader's key as a terminal may show it: control and format characters escaped
     (\\u202e would reverse the rest of the line, a newline would make a second entry), as
-    Python writes them. A backslash before a u or U is doubled, so that an escape is never
-    the key's own text; others stay, so that a key from Windows can be pasted back."""
+    Python writes them. A backslash before a u, a U or an escaped character is doubled, so
+    that an escape is never the key's own text; others stay, so that most keys from Windows
+    can be pasted back."""
     return "".join(_escaped(char, key[at + 1:at + 2]) for at, char in enumerate(key))
 
 
 def _escaped(char: str, following: str) -> str:
     if char == "\\":
-        return "\\\\" if following in ("u", "U") else char
+        # Before a u, a U or a character that is escaped itself, the key's own backslash
+        # would read as the escape's.
+        return "\\\\" if following in ("u", "U") or (following and not following.isprintable()) else char
     if char.isprintable():
         return char
     code = ord(char)

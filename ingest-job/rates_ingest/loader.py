@@ -147,9 +147,10 @@ def _withdrawn_twin(cur, ref: ObjectRef, download: Download) -> tuple | None:
     new version with an ObjectCreated event, and so is the console's restore of an older
     version: either would otherwise bring withdrawn prices back unnoticed. (Files loaded
     before 0016 have no hash, and are not found.)"""
+    # The file whose prices were withdrawn (it had rows), before a copy marked withdrawn for it.
     cur.execute("""SELECT version, withdrawn_at, withdrawn_reason FROM ingest_files
                    WHERE bucket = %s AND key = %s AND withdrawn_at IS NOT NULL AND sha256 = %s
-                   ORDER BY id DESC LIMIT 1""", (ref.bucket, ref.key, download.sha256))
+                   ORDER BY rows = 0, id DESC LIMIT 1""", (ref.bucket, ref.key, download.sha256))
     return cur.fetchone()
 
 
@@ -205,8 +206,9 @@ def _skip(cur, ref: ObjectRef, download: Download) -> Outcome | None:
     if found:
         file_id, rows, size, current, withdrawn_at, reason = found
         if current and withdrawn_at:
-            return Outcome("superseded", file_id=file_id, info=info,
-                           error=_withdrawn("this file's prices were withdrawn", withdrawn_at, reason))
+            what = ("this file's prices were withdrawn" if rows else
+                    "this file, the bytes of a withdrawn one, was kept out")
+            return Outcome("superseded", file_id=file_id, info=info, error=_withdrawn(what, withdrawn_at, reason))
         if not current and not info.versioned and download.current_identity() == info.identity:
             # Without a version id, and S3 holds these bytes under the key now (asked under
             # the key's lock): the replaced file's bytes uploaded again, in the second they

@@ -206,3 +206,44 @@ def _answer(url: str):
     except requests.ConnectionError:
         return None
     return answer if answer.status_code == 200 else None
+
+
+def test_replacing_a_worker_for_a_hung_request_drops_no_other_request(dsn, world, tmp_path):
+    """Its kept-alive clients get "Connection: close", new ones another worker or the next,
+    and answers in progress are written whole before it exits."""
+    import threading
+
+    from tests.support.proc import children
+
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", 10)])
+    blocker = psycopg2.connect(dsn)
+    try:
+        with gunicorn_server(dsn, tmp_path, WEB_CONCURRENCY="1", GUNICORN_THREADS="4", HUNG_REQUEST_S="2",
+                             DB_STATEMENT_TIMEOUT_MS="60000") as (process, base):
+            [first] = wait_for(lambda: children(process.pid), timeout=10, what="the worker")
+            stop, answered, failed = threading.Event(), [], []
+
+            def ask(session):
+                while not stop.is_set():
+                    try:
+                        answered.append(session.get(base + "/", timeout=30).status_code)
+                    except requests.RequestException as exc:
+                        failed.append(repr(exc))
+
+            blocker.cursor().execute("LOCK TABLE lane_totals IN ACCESS EXCLUSIVE MODE")
+            with ThreadPoolExecutor(6) as clients:
+                askers = [clients.submit(ask, requests.Session()) for _ in range(3)]  # kept alive
+                askers += [clients.submit(ask, requests) for _ in range(2)]  # a connection each
+                hung = clients.submit(requests.get, base + "/rates?date_from=2024-03-01&date_to=2024-03-01"
+                                      "&origin=CNSHA&destination=NLRTM", timeout=60)
+                wait_for(lambda: first not in children(process.pid), timeout=45, what="the worker to be replaced")
+                time.sleep(1)  # and the new worker serves them for a while
+                stop.set()
+                for asker in askers:
+                    asker.result()
+                blocker.rollback()
+                with pytest.raises(requests.ConnectionError):
+                    hung.result()
+            assert failed == [] and set(answered) == {200}, failed[:5]
+    finally:
+        blocker.close()

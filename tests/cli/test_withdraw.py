@@ -116,6 +116,16 @@ def test_a_copy_in_place_of_a_withdrawn_file_keeps_its_prices_out(dsn, world, s3
     assert key_files(conn, "in/jan.csv") == [(first, True, False), (copied["VersionId"], True, True)]
     *listed, summary = reconcile_lines(dsn, s3.name)
     assert listed == [] and summary.startswith("0 upload(s)"), summary
+    # A copy of the copy still names the file that was withdrawn, and its reason once.
+    again = s3.client.copy_object(Bucket=s3.name, Key="in/jan.csv", StorageClass="STANDARD",
+                                  CopySource={"Bucket": s3.name, "Key": "in/jan.csv"})
+    assert run_job(dsn, s3.name, "in/jan.csv", again["VersionId"]) == 0
+    assert f"the same bytes as this key's version {first}" in last_run(conn)["error"]
+    with conn.cursor() as cur:
+        cur.execute("SELECT withdrawn_reason FROM ingest_files WHERE version = %s", (again["VersionId"],))
+        assert cur.fetchone()[0] == f"the same bytes as version {first}, withdrawn: quoted in the wrong currency"
+    assert run_job(dsn, s3.name, "in/jan.csv", again["VersionId"]) == 0  # its event again
+    assert "this file, the bytes of a withdrawn one, was kept out" in last_run(conn)["error"]
 
     # A changed file loads as the key's next upload.
     s3.put("in/jan.csv", as_csv(LANE_ROWS[:2]))
