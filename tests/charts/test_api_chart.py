@@ -444,6 +444,7 @@ def test_every_api_setting_reaches_the_api(render):
     container = api_container(render(None, *sets(
         "config.dbPoolSize=2", "config.gunicornThreads=6", "config.dbStatementTimeoutMs=1500",
         "config.dbConnectTimeoutSeconds=3", "config.maxRangeDays=31", "config.logLevel=WARNING",
+        "config.hungRequestSeconds=90",
         "image.tag=abc123", "config.host=::", "containerPort=8080", "database.iamAuth=true",
         f"database.url={IAM_URL}", "aws.region=eu-west-1"),
         # JSON numbers are floats, like every number from a values file: 1e+06 must not show
@@ -455,7 +456,7 @@ def test_every_api_setting_reaches_the_api(render):
     assert Settings.from_env(env_vars) == Settings(
         database_url=IAM_URL, database_iam_auth=True, db_pool_size=2, db_statement_timeout_ms=1500,
         db_connect_timeout_s=3, max_range_days=31, response_cache_size=1_000_000, response_cache_mib=48,
-        app_version="abc123", log_level="WARNING")
+        app_version="abc123", log_level="WARNING", hung_request_s=90)
     gunicorn = gunicorn_config(env_vars)
     assert gunicorn["bind"] == "[::]:8080" and gunicorn["threads"] == 6
     assert gunicorn["drain_seconds"] == 2.5 and gunicorn["graceful_timeout"] == 3 + 30
