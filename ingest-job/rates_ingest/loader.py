@@ -164,10 +164,10 @@ def _withdrawn_again(cur, ref: ObjectRef, download: Download, version: str, with
     # Withdrawn now, for the reason its twin was: what a later look at the key shows.
     cur.execute("""INSERT INTO ingest_files (bucket, key, version, last_modified, rows, bytes, sha256,
                                              withdrawn_at, withdrawn_reason)
-                   VALUES (%s, %s, %s, %s, 0, %s, %s, now(), %s) RETURNING id, withdrawn_at""",
+                   VALUES (%s, %s, %s, %s, 0, %s, %s, now(), %s) RETURNING id""",
                 (ref.bucket, ref.key, info.identity, info.last_modified, download.bytes, download.sha256,
                  f"the same bytes as version {version}, withdrawn: {reason or 'no reason recorded'}"))
-    file_id, _ = cur.fetchone()
+    file_id = cur.fetchone()[0]
     replaced = _delete_prices(cur, retired) if retired else None
     taken = (replaced or {}).get("rows")
     error = _withdrawn(f"the same bytes as this key's version {version}, whose prices were withdrawn", withdrawn_at,
