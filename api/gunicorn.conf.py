@@ -200,7 +200,7 @@ def _stop_but_the_hung(worker, runtime):
     worker.method_queue.defer(lambda: None)
     finish_by = time.monotonic() + runtime.request_budget_s
     while time.monotonic() < finish_by:
-        hung = runtime.in_flight.count() - runtime.in_flight.younger_than(runtime.hung_after_s)
+        hung = runtime.in_flight.older_than(runtime.hung_after_s)
         if worker.nr_conns <= hung:
             return
         time.sleep(0.1)

@@ -27,11 +27,11 @@ class InFlight:
         with self._lock:
             return len(self._started)
 
-    def younger_than(self, age_s: float) -> int:
-        """How many requests in progress have run for less than ``age_s`` seconds."""
+    def older_than(self, age_s: float) -> int:
+        """How many requests in progress have run for more than ``age_s`` seconds."""
         since = time.monotonic() - age_s
         with self._lock:
-            return sum(1 for started in self._started.values() if started > since)
+            return sum(1 for started in self._started.values() if started < since)
 
     def oldest_age(self) -> float:
         """Seconds the oldest request in progress has run; 0 with none."""
