@@ -5,7 +5,6 @@ from flask import Blueprint, Response, jsonify, request
 from rates_core.db import PoolExhausted, RightsMissing, SchemaMissing
 from rates_core.errors import TemporaryError
 
-from . import queries
 from .runtime import runtime
 
 bp = Blueprint("health", __name__)
@@ -40,9 +39,7 @@ def readyz():
     if rt.draining.is_set():
         return jsonify({"status": "draining"}), 503
     try:
-        with rt.readiness_connection(request.environ.get(PROBE_PORT, False)) as conn, conn.cursor() as cur:
-            # Not just SELECT 1: pods may start before the migrations have run.
-            queries.data_version(cur)
+        rt.check_database(request.environ.get(PROBE_PORT, False))
     except PoolExhausted:
         # Busy, not unreachable: taking loaded pods out of rotation would only load the rest more.
         return jsonify({"status": "ok", "database": "busy"})

@@ -6,7 +6,7 @@ threads were all busy answered its readiness probe late, failed it and left the 
 while it was serving; its load then went to the others, which left in turn (a review
 measured 5 of 10 probes failing under load). Each worker also serves the two probe paths
 on PROBE_PORT from a thread of its own, where /readyz checks the database on a connection
-of its own (Runtime.readiness_connection), so a pod whose threads are all busy reads as
+of its own (Runtime.check_database), so a pod whose threads are all busy reads as
 ready. The workers share the port (SO_REUSEPORT): the kernel spreads the probes over
 them, and a worker that has gone takes its socket with it.
 """

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 from flask import current_app
 
-from rates_core.db import Pool
+from rates_core.db import Pool, PoolExhausted
 from rates_core.errors import TemporaryError
 from rates_core.logs import get_logger
 from rates_core.rds_auth import password_source
@@ -82,13 +82,39 @@ class Runtime:
             self.metrics.pool_in_use.dec()
 
 
-    @contextmanager
-    def readiness_connection(self, probe_port: bool):
-        """A connection for /readyz: the probe port's own, in turn, else one of the pool's."""
+    def check_database(self, probe_port: bool) -> None:
+        """Readiness: raise what keeps this worker's requests from the database
+        (TemporaryError, PoolExhausted, SchemaMissing, RightsMissing)."""
         if not probe_port:
-            with self.connection() as conn:
-                yield conn
+            self._check(self.connection)
             return
+        try:
+            self._check(self._probe_connection)
+        except TemporaryError as refused:
+            # Near max_connections the probe's own connection may be refused while the
+            # pool's serve: a pod that answers is not taken out of rotation for it.
+            if not self.pool.serving():
+                raise
+            try:
+                self._check(self.connection)
+            except (TemporaryError, PoolExhausted):
+                raise refused from None
+            return
+        if self.pool.opened_none():
+            # The probe's connection came first, and the server then refused the pool's
+            # (its max_connections): every request answers 503, fast, so the balancer kept
+            # sending this pod its share. Tried here, as no request comes to an unready pod.
+            self._check(self.connection)
+
+    @staticmethod
+    def _check(connection) -> None:
+        with connection() as conn, conn.cursor() as cur:
+            # Not just SELECT 1: pods may start before the migrations have run.
+            queries.data_version(cur)
+
+    @contextmanager
+    def _probe_connection(self):
+        """The probe port's own connection, in turn."""
         if not self._probe_turn.acquire(timeout=self.request_budget_s):
             raise TemporaryError("the readiness check before this one is still waiting for the database")
         try:

@@ -302,6 +302,18 @@ class Pool:
             else:
                 pool.putconn(conn, close=broken or bool(conn.closed))
 
+    def opened_none(self) -> bool:
+        """Whether the pool holds no connection and its last opening failed: every borrower
+        fails, though another pool of the process (the API's probe's) may open. Read
+        without the lock, which an opening holds for up to its connect timeout."""
+        pool = self._pool
+        return not self._reachable and (pool is None or pool.opened() == 0)
+
+    def serving(self) -> bool:
+        """Whether the pool holds connections and its last checkout did not fail."""
+        pool = self._pool
+        return self._reachable and pool is not None and pool.opened() > 0
+
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:
@@ -325,6 +337,10 @@ class _ThreadedPool(psycopg2.pool.ThreadedConnectionPool):
     def idle(self) -> int:
         """How many opened connections wait to be lent."""
         return len(self._pool)
+
+    def opened(self) -> int:
+        """How many connections are open, lent or idle."""
+        return len(self._pool) + len(self._used)
 
     def _connect(self, key=None):
         if self._password is not None:

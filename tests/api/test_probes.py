@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.support.api import gunicorn_server
-from tests.support.db import lock_waiters
+from tests.support.db import API_USER, as_user, lock_waiters
 from tests.support.net import free_port
 from tests.support.poll import wait_for
 from tests.support.world import insert_prices
@@ -247,3 +247,83 @@ def test_replacing_a_worker_for_a_hung_request_drops_no_other_request(dsn, world
             assert failed == [] and set(answered) == {200}, failed[:5]
     finally:
         blocker.close()
+
+
+@contextlib.contextmanager
+def api_role_limited(dsn):
+    """A function that caps the API's role at the server, as its max_connections would at
+    HPA max (a superuser's connections are not capped, so the API logs in as its own role)."""
+    admin = psycopg2.connect(dsn)
+    admin.autocommit = True
+
+    def limit(connections: int, end: str | None = None) -> None:
+        with admin.cursor() as cur:
+            cur.execute(f"ALTER ROLE {API_USER} CONNECTION LIMIT {int(connections)}")
+            if end:
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                            (end,))
+                cur.execute("SELECT pg_stat_clear_snapshot()")
+        wait_for(lambda: not end or not connections_of(admin).get(end), timeout=10, what=f"{end} to end")
+    try:
+        yield limit
+    finally:
+        limit(-1)
+        admin.close()
+
+
+def connections_of(admin) -> dict[str, int]:
+    with admin.cursor() as cur:
+        cur.execute("""SELECT application_name, count(*) FROM pg_stat_activity
+                       WHERE application_name LIKE 'rates-api%' GROUP BY 1""")
+        return dict(cur.fetchall())
+
+
+RATES = "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=CNSHA&destination=NLRTM"
+
+
+def test_a_worker_the_server_gives_no_connection_is_not_ready_until_it_does(dsn, world, tmp_path):
+    # At HPA max: the kubelet's probe opened the probe's connection first, and the server
+    # then refused the pool's. Every request got a fast 503 while /readyz said ok, so the
+    # balancer kept sending the pod its share (a review measured 13733 such 503s in 10 s).
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
+    probe = free_port()
+    with api_role_limited(dsn) as limit, gunicorn_server(
+            as_user(dsn, API_USER), tmp_path, WEB_CONCURRENCY="1", GUNICORN_THREADS="4",
+            PROBE_PORT=str(probe)) as (_, base):
+        probes = f"http://127.0.0.1:{probe}"
+        assert requests.get(probes + "/readyz", timeout=10).status_code == 200
+        limit(1, end="rates-api")  # the probe's connection is all the role may have
+
+        assert {requests.get(base + RATES, timeout=10).status_code for _ in range(5)} == {503}
+        ready = [requests.get(probes + "/readyz", timeout=10) for _ in range(3)]
+        assert {r.status_code for r in ready} == {503}
+        assert "connection" in ready[0].json()["error"]
+
+        limit(-1)  # no request reaches an unready pod: its probe tries the pool again
+        wait_for(lambda: requests.get(probes + "/readyz", timeout=10).status_code == 200, timeout=10,
+                 interval=0.5, what="the worker to be ready once the server gives it connections")
+        assert requests.get(base + RATES, timeout=10).status_code == 200
+
+
+def test_a_worker_whose_probe_connection_is_refused_while_its_pool_serves_stays_ready(dsn, world, tmp_path):
+    # The other way round, as when every pod reconnects at once near max_connections: a
+    # pod answering every request must not leave the Service for its probe's connection.
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
+    probe = free_port()
+    with api_role_limited(dsn) as limit, gunicorn_server(
+            as_user(dsn, API_USER), tmp_path, WEB_CONCURRENCY="1", GUNICORN_THREADS="4",
+            PROBE_PORT=str(probe)) as (_, base):
+        probes = f"http://127.0.0.1:{probe}"
+        assert requests.get(base + RATES, timeout=10).status_code == 200
+        assert requests.get(probes + "/readyz", timeout=10).status_code == 200
+        with psycopg2.connect(dsn) as admin:
+            pooled = connections_of(admin)["rates-api"]
+        admin.close()
+        limit(pooled, end="rates-api-probe")
+
+        ready = [requests.get(probes + "/readyz", timeout=10) for _ in range(3)]
+        assert [r.status_code for r in ready] == [200] * 3, [r.text for r in ready]
+        assert requests.get(base + RATES, timeout=10).status_code == 200
+        with psycopg2.connect(dsn) as admin:
+            assert "rates-api-probe" not in connections_of(admin)  # it was refused, not reopened
+        admin.close()
