@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import date
 from pathlib import Path
 
 import click
@@ -25,6 +26,8 @@ from . import demodata, localdb, reconcile, withdraw
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO_ROOT / "api" / "gunicorn.conf.py"
 LOCAL_PGDATA = REPO_ROOT / ".local" / "pgdata"
+# The days of the example requests `up` prints, from --start on.
+EXAMPLE_DAYS = 7
 
 
 def _database_url() -> str:
@@ -56,6 +59,20 @@ def _spec_options(fn):
     return fn
 
 
+def _check_start(start: date, days: int, *, example_week: bool = False) -> None:
+    """A usage error (exit 2) if the days from ``start`` (and the example week of `up`'s
+    banner) would run past the last date there is: the demo data then failed midway through
+    its COPY, with "date value out of range" and "this may pass on retry"."""
+    span = max(days, EXAMPLE_DAYS) if example_week else days
+    latest = date.max.toordinal() - (span - 1)
+    if latest < 1:
+        raise click.UsageError(f"--days {days} is more days than the calendar has ({date.max.toordinal()})")
+    if start.toordinal() > latest:
+        what = f"its {span} day(s) of demo data" if span == days else "the week of the example requests it prints"
+        raise click.UsageError(f"--start {start}: {what} would end after {date.max}, the last date there is; "
+                               f"the last start allowed is {date.fromordinal(latest)}")
+
+
 def load_demo_data(dsn: str, spec: demodata.Spec) -> None:
     conn = db.connect(dsn, application_name="ratesctl")
     try:
@@ -70,6 +87,7 @@ def load_demo_data(dsn: str, spec: demodata.Spec) -> None:
 @click.option("--force", is_flag=True, help="Load even if the database already has ports.")
 def demo_data_command(prices, days, ports, start, seed, force) -> None:
     """Generate the deterministic demo dataset into $DATABASE_URL (migrated first)."""
+    _check_start(start.date(), days)
     dsn = _database_url()
     migrations.apply(dsn)
     if not force and not _is_empty(dsn):
@@ -115,6 +133,7 @@ def up_command(port, prices, days, ports, start, seed) -> None:
     """Local database in .local/, migrations, demo data if empty, and the API (Ctrl-C stops all)."""
     # What this command does is echoed as it goes; of the log lines, only warnings add to it.
     logs.configure("WARNING", service="ratesctl")
+    _check_start(start.date(), days, example_week=True)
     _check_port_free(port)
     click.echo(f"starting PostgreSQL (data in {LOCAL_PGDATA.relative_to(REPO_ROOT)}) ...")
     server = localdb.start(LOCAL_PGDATA)
@@ -148,7 +167,7 @@ def _serve_until_interrupted(dsn: str, port: int, first_day, owner_dsn: str | No
     api = subprocess.Popen(gunicorn_argv(), env=env, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        week = f"date_from={first_day}&date_to={first_day.fromordinal(first_day.toordinal() + 6)}"
+        week = f"date_from={first_day}&date_to={first_day.fromordinal(first_day.toordinal() + EXAMPLE_DAYS - 1)}"
         if not _answers(f"{url}/healthz", api):
             raise click.ClickException(f"the API did not start (exit status {api.poll()})")
         click.echo(f"\nRates API: {url}\n\nTry:\n"

@@ -81,3 +81,26 @@ def test_every_day_of_the_readme_port_example_has_an_average():
             counts[day.isoformat()] = counts.get(day.isoformat(), 0) + 1
     assert sorted(counts) == [f"2024-01-0{d}" for d in range(1, 8)]
     assert min(counts.values()) >= MIN_PRICES, counts
+
+
+def test_days_past_the_last_date_are_a_usage_error_naming_the_last_start(dsn):
+    """It failed midway through the COPY, exit 1 and 'this may pass on retry'."""
+    from click.testing import CliRunner
+
+    from ratesctl.cli import cli
+
+    args = ["demo-data", "--prices", "30", "--ports", "30", "--days", "3"]
+    runner = CliRunner()
+    refused = runner.invoke(cli, args + ["--start", "9999-12-30"], env={"DATABASE_URL": dsn})
+    assert refused.exit_code == 2, refused.output
+    assert "the last start allowed is 9999-12-29" in refused.output and "retry" not in refused.output
+    too_many = runner.invoke(cli, ["demo-data", "--days", "3652060"], env={"DATABASE_URL": dsn})
+    assert too_many.exit_code == 2 and "more days than the calendar has" in too_many.output, too_many.output
+    # The last start allowed loads, up to the last date.
+    done = runner.invoke(cli, args + ["--start", "9999-12-29"], env={"DATABASE_URL": dsn})
+    assert done.exit_code == 0, done.output
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT min(day)::text, max(day)::text, count(*) FROM prices")
+        assert cur.fetchone() == ("9999-12-29", "9999-12-31", 30)
+    conn.close()

@@ -5,6 +5,10 @@ import signal
 import subprocess
 import sys
 
+from click.testing import CliRunner
+
+from ratesctl import commands
+from ratesctl.cli import cli
 from tests.support.net import free_port
 from tests.support.poll import wait_for
 
@@ -42,3 +46,27 @@ def test_ctrl_c_stops_the_api_even_when_the_output_pipe_has_gone(dsn, tmp_path):
             up.wait()
         if gunicorn and os.path.exists(f"/proc/{gunicorn}"):
             os.kill(int(gunicorn), signal.SIGKILL)  # its workers follow their master
+
+
+class ServerStarted(Exception):
+    pass
+
+
+def test_a_start_whose_example_week_ends_past_the_last_date_is_a_usage_error(monkeypatch):
+    """The banner's example requests ask for the week from --start: past 9999-12-31 it was a
+    traceback, once the local server had started and the demo data loaded."""
+    def start(pgdata):
+        raise ServerStarted(pgdata)
+
+    monkeypatch.setattr(commands.localdb, "start", start)  # nothing here starts a server
+    # Nor sends this process's log lines to the runner's output, closed once it returns.
+    monkeypatch.setattr(commands.logs, "configure", lambda *args, **kwargs: None)
+    port = str(free_port())
+    refused = CliRunner().invoke(cli, ["up", "--port", port, "--days", "3", "--start", "9999-12-26"])
+    assert refused.exit_code == 2, refused.output
+    assert "the last start allowed is 9999-12-25" in refused.output
+    longer = CliRunner().invoke(cli, ["up", "--port", port, "--days", "10", "--start", "9999-12-25"])
+    assert longer.exit_code == 2 and "the last start allowed is 9999-12-22" in longer.output, longer.output
+    # The last start allowed goes on to start the server.
+    allowed = CliRunner().invoke(cli, ["up", "--port", port, "--days", "3", "--start", "9999-12-25"])
+    assert isinstance(allowed.exception, ServerStarted), allowed.output
