@@ -348,7 +348,8 @@ def withdraw_command(bucket, key, version, reason) -> None:
 
 def _say_withdrawn(bucket: str, key: str, found: withdraw.LoadedFile, deleted: int | None) -> None:
     if deleted is None:
-        click.echo(f"s3://{bucket}/{key} version {found.version} was withdrawn before, at {found.withdrawn_at}")
+        click.echo(f"s3://{bucket}/{key} version {found.version} was withdrawn before, at "
+                   f"{db.in_utc(found.withdrawn_at)}")
         return
     click.echo(f"withdrew s3://{bucket}/{key} version {found.version}: {deleted} price(s) deleted; the key's next "
                "upload of a changed file loads as usual (these same bytes again do not, as a copy or a restore of "
@@ -406,9 +407,10 @@ def _show_loaded_file(found: withdraw.LoadedFile | None, bucket: str, key: str) 
     if found is None:
         raise PermanentError(f"no file is loaded for s3://{bucket}/{key}")
     if found.withdrawn_at:
-        click.echo(f"s3://{bucket}/{key}: version {found.version}, loaded at {found.loaded_at} with "
-                   f"{found.rows} price(s), withdrawn at {found.withdrawn_at}")
+        click.echo(f"s3://{bucket}/{key}: version {found.version}, loaded at {db.in_utc(found.loaded_at)} with "
+                   f"{found.rows} price(s), withdrawn at {db.in_utc(found.withdrawn_at)}")
         return
-    click.echo(f"s3://{bucket}/{key}: version {found.version}, {found.rows} price(s), loaded at {found.loaded_at}")
+    click.echo(f"s3://{bucket}/{key}: version {found.version}, {found.rows} price(s), loaded at "
+               f"{db.in_utc(found.loaded_at)}")
     args = ["ratesctl", "withdraw", "--bucket", bucket, "--key", key, "--version", found.version]
     click.echo(f"to take its prices out: {shlex.join(args)} --reason '...'")

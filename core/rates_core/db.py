@@ -5,6 +5,7 @@ import select
 import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 import psycopg2
@@ -89,6 +90,13 @@ class RightsMissing(PermanentError):
 # work_mem for a bulk load into prices: the statement trigger keeps the statement's rows
 # in a tuplestore of this size before spilling them to disk (about 15 % faster than 4MB).
 BULK_LOAD_WORK_MEM = "64MB"
+
+
+def in_utc(when: datetime) -> str:
+    """A timestamptz read from the database, as messages show it: in UTC, to the minute
+    ("2026-12-01 01:12 UTC"). psycopg2 gives it in the session's time zone, which may be
+    any (the server's, the database's or the user's setting, PGTZ)."""
+    return f"{when.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
 
 
 # When the database host vanishes without closing its sockets (a failover, a lost zone),

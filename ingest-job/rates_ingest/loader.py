@@ -7,7 +7,6 @@ Everything happens in one transaction, so a file's rows (and the derived totals 
 the triggers on prices keep) appear all at once or not at all.
 """
 
-from datetime import timezone
 from typing import Iterator
 
 import psycopg2
@@ -258,8 +257,7 @@ def _why_superseded(current: tuple | None) -> str:
 def _withdrawn(what: str, withdrawn_at, reason: str | None,
                then: str = "a changed file uploaded to the key loads; the same bytes again do not") -> str:
     """Why a withdrawn file keeps this one from loading, with the withdrawal's reason."""
-    when = withdrawn_at.astimezone(timezone.utc)  # the session's time zone may be any
-    return f"{what} on {when:%Y-%m-%d %H:%M} UTC ({reason or 'no reason recorded'}); {then}"
+    return f"{what} on {db.in_utc(withdrawn_at)} ({reason or 'no reason recorded'}); {then}"
 
 
 def _newer_than_ours(version: str, last_modified, download: Download) -> bool:

@@ -176,6 +176,32 @@ def reconcile_lines(dsn, bucket: str) -> list[str]:
     return done.output.splitlines()
 
 
+def test_times_are_shown_in_utc_whatever_the_sessions_time_zone(dsn, world, s3):
+    """As the runs' messages and S3's times are: psycopg2 gave them in the session's time
+    zone, "2026-11-30 21:42:18.764816-03:30" beside a message's "2026-12-01 01:12 UTC"."""
+    conn = world
+    s3.enable_versioning()
+    version = s3.put("p.csv", as_csv(ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "p.csv") == 0
+    env = {"DATABASE_URL": dsn, "PGTZ": "America/St_Johns"}  # UTC-03:30 or -02:30, never UTC
+
+    def utc(column: str) -> str:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') FROM ingest_files")
+            return cur.fetchone()[0] + " UTC"
+
+    shown = CliRunner().invoke(cli, ["withdraw", "--bucket", s3.name, "--key", "p.csv"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert f"price(s), loaded at {utc('loaded_at')}\n" in shown.output
+    args = ["withdraw", "--bucket", s3.name, "--key", "p.csv", "--version", version, "--reason", "wrong"]
+    assert CliRunner().invoke(cli, args, env=env).exit_code == 0
+    shown = CliRunner().invoke(cli, ["withdraw", "--bucket", s3.name, "--key", "p.csv"], env=env)
+    assert shown.output == (f"s3://{s3.name}/p.csv: version {version}, loaded at {utc('loaded_at')} with "
+                            f"{len(ROWS)} price(s), withdrawn at {utc('withdrawn_at')}\n")
+    again = CliRunner().invoke(cli, args, env=env)
+    assert again.output == f"s3://{s3.name}/p.csv version {version} was withdrawn before, at {utc('withdrawn_at')}\n"
+
+
 def test_an_older_version_arriving_after_a_withdrawal_stays_out(dsn, world, s3):
     conn = world
     s3.enable_versioning()
