@@ -39,7 +39,7 @@ from . import events, jobs
 from .events import UploadedObject
 from .kube import REQUEST_TIMEOUT, Conflict, JobsApi, QuotaFull
 from .metrics import Metrics
-from .queue import Message, Queue
+from .queue import MAX_HIDDEN_S, Message, Queue
 from .settings import Settings
 
 # Backoff for a message whose Job could not be created: 5 s, doubling, at most 15 min.
@@ -59,6 +59,9 @@ SUCCEEDED, RETRIED, SET_ASIDE = "succeeded", "retried", "set-aside"
 
 # How often the Jobs of messages held for a full quota are tried again (see _hold).
 QUOTA_RECHECK_SECONDS = 10
+# A held message is let go this long before SQS's limit on hiding it: the monotonic clock
+# starts when the receive's answer arrives, after SQS's own.
+HIDDEN_MARGIN_S = 60
 
 
 @dataclass
@@ -308,10 +311,18 @@ class Controller:
         A full quota is no fault of the file's, and waits for Jobs to reach their TTL
         (hours in dev and staging): sent back, the message would be received again and
         again meanwhile, and each delivery counts towards setting it aside, here and by
-        SQS's own maxReceiveCount. Held, it is received once. If the controller stops, it
+        SQS's own maxReceiveCount. Held, it is received once every 12 hours, as SQS hides
+        a message for that long after its receive at most. If the controller stops, it
         comes back after its visibility timeout.
         """
-        self.uploads.retry_later(message, max(self.settings.visibility_timeout, 3 * QUOTA_RECHECK_SECONDS))
+        # SQS refused an extension past the 12 hours, and the message dropped out of the held
+        # ones unsaid: the gauge fell to 0 and the message came back as a new delivery.
+        left = int(MAX_HIDDEN_S - (time.monotonic() - message.received_at)) - HIDDEN_MARGIN_S
+        if left <= QUOTA_RECHECK_SECONDS:
+            self.log.info("held message let go: SQS hides a message 12 h after its receive at most; it comes "
+                          "back, one more delivery, and is held again while the quota is full")
+            return
+        self.uploads.retry_later(message, min(max(self.settings.visibility_timeout, 3 * QUOTA_RECHECK_SECONDS), left))
         self._held.append(message)
         if refused is not None and message.id not in self._held_before:  # once, not at each try
             self.metrics.errors.labels("create_job").inc()

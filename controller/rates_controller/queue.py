@@ -7,7 +7,8 @@ TemporaryError and the message waits.
 
 import contextlib
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import boto3.session
 import botocore.config
@@ -19,6 +20,8 @@ from rates_core.errors import TemporaryError
 
 # SQS caps one receive at 10 messages, and a message attribute value at the message size.
 MAX_BATCH = 10
+# SQS refuses to keep a message hidden for longer than this after it was received.
+MAX_HIDDEN_S = 12 * 3600
 MAX_REASON_CHARS = 4000
 # Characters SQS refuses in a message or attribute (it allows XML's): a job's error text
 # may hold any of them, and a refused send would keep a file from ever being set aside.
@@ -31,6 +34,7 @@ class Message:
     body: str
     receipt: str
     receives: int  # ApproximateReceiveCount: 1 on the first delivery
+    received_at: float = field(default_factory=time.monotonic)  # SQS hides it 12 h from then, at most
 
 
 def sqs_client(poll_wait_seconds: int):

@@ -397,6 +397,52 @@ def test_a_last_delivery_too_late_in_its_batch_to_try_is_sent_back_not_set_aside
     only_b_loaded_and_a_set_aside(kube, namespace, sqs)
 
 
+def test_a_message_held_with_the_longest_visibility_timeout_stays_held(kube, namespace, uploads, sqs,
+                                                                       make_controller, monkeypatch):
+    # SQS hides a message 12 h after its receive at most, and refuses a longer extension:
+    # the refusal dropped the message from the held ones, to wait out the 12 hours after
+    # the quota had room again.
+    monkeypatch.setattr(controller_module, "QUOTA_RECHECK_SECONDS", 0)
+    job_quota(kube, namespace, 0)
+    controller = make_controller(visibility_timeout=43200)
+    uploads.put("a.csv", b"x")
+    wait_for(lambda: sqs.counts() == (2, 0), timeout=10, interval=0.2, what="the notification and S3's test event")
+
+    controller.step()
+    controller.step()
+    assert sample(controller.metrics, "rates_controller_messages_held") == 1
+    job_quota(kube, namespace, 5)
+    controller.step()
+
+    assert len(ingest_jobs(kube, namespace)) == 1 and sqs.counts() == (0, 0) and sqs.dead_letters() == []
+
+
+def test_a_message_held_for_sqs_longest_is_let_go_and_held_again(kube, namespace, uploads, sqs,
+                                                                 make_controller, monkeypatch):
+    # 12 hours of a full quota, here 3 s: the message is let go before SQS would refuse to
+    # hide it longer, comes back, and is held again, not set aside.
+    monkeypatch.setattr(controller_module, "QUOTA_RECHECK_SECONDS", 0)
+    monkeypatch.setattr(controller_module, "MAX_HIDDEN_S", controller_module.HIDDEN_MARGIN_S + 3)
+    job_quota(kube, namespace, 0)
+    controller = make_controller(max_receives=1, visibility_timeout=10)
+    uploads.put("a.csv", b"x")
+    wait_for(lambda: sqs.counts() == (2, 0), timeout=10, interval=0.2, what="the notification and S3's test event")
+
+    with capture_logs() as logged:
+        controller.step()
+        assert sqs.counts() == (0, 1) and sample(controller.metrics, "rates_controller_messages_held") == 1
+        wait_for(lambda: controller.step() or sqs.counts() == (1, 0), timeout=20, interval=0.5,
+                 what="the message to come back after 3 s, not the visibility timeout's 10")
+        controller.step()
+    assert [line for line in logged if line["event"].startswith("held message let go")]
+    assert sqs.counts() == (0, 1) and sample(controller.metrics, "rates_controller_messages_held") == 1
+    assert sqs.dead_letters() == []
+    job_quota(kube, namespace, 5)
+    controller.step()
+
+    assert len(ingest_jobs(kube, namespace)) == 1 and sqs.counts() == (0, 0) and sqs.dead_letters() == []
+
+
 def test_a_message_held_back_is_not_set_aside_when_sqs_fails_to_hide_it(kube, namespace, uploads, sqs,
                                                                          make_controller, monkeypatch):
     # Every delivery is the last (max_receives=1), and too late to try after a.csv's failed
