@@ -31,7 +31,7 @@ variable "max_receive_count" {
 }
 
 variable "dead_letter_retention_days" {
-  description = "Days a set-aside file's message stays in the dead-letter queue (SQS allows at most 14)."
+  description = "Days a set-aside file's message stays in the dead-letter queue (SQS allows at most 14). A message SQS moves there itself, after max_receive_count deliveries, keeps the time it first entered the uploads queue, so it stays this long less the days it spent there; the ones the controller sets aside are sent anew and stay the whole time."
   type        = number
   default     = 14
 
