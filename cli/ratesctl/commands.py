@@ -135,7 +135,7 @@ def up_command(port, prices, days, ports, start, seed) -> None:
     logs.configure("WARNING", service="ratesctl")
     _check_start(start.date(), days, example_week=True)
     _check_port_free(port)
-    click.echo(f"starting PostgreSQL (data in {LOCAL_PGDATA.relative_to(REPO_ROOT)}) ...")
+    click.echo(f"starting PostgreSQL (data in {_shown_path(LOCAL_PGDATA)}) ...")
     server = localdb.start(LOCAL_PGDATA)
     try:
         dsn = localdb.ensure_database(server, "rates")
@@ -149,6 +149,14 @@ def up_command(port, prices, days, ports, start, seed) -> None:
     finally:
         _say("stopping PostgreSQL ...")
         server.cleanup()
+
+
+def _shown_path(path: Path) -> Path:
+    """``path`` relative to the checkout, as is if it lies elsewhere (a test's server)."""
+    try:
+        return path.relative_to(REPO_ROOT)
+    except ValueError:
+        return path
 
 
 def _interrupt(signum, frame):
