@@ -133,22 +133,26 @@ def up_command(port, prices, days, ports, start, seed) -> None:
     """Local database in .local/, migrations, demo data if empty, and the API (Ctrl-C stops all)."""
     # What this command does is echoed as it goes; of the log lines, only warnings add to it.
     logs.configure("WARNING", service="ratesctl")
-    _check_start(start.date(), days, example_week=True)
-    _check_port_free(port)
-    click.echo(f"starting PostgreSQL (data in {_shown_path(LOCAL_PGDATA)}) ...")
-    server = localdb.start(LOCAL_PGDATA)
-    try:
-        dsn = localdb.ensure_database(server, "rates")
-        click.echo(f"applied migrations: {migrations.apply(dsn) or 'none, already current'}")
-        if _is_empty(dsn):
-            load_demo_data(dsn, demodata.Spec(prices=prices, days=days, ports=ports,
-                                              start=start.date(), seed=seed))
-        # As deployed: the API reads as its own user, which the local server trusts.
-        _serve_until_interrupted(psycopg2.extensions.make_dsn(dsn, user=db.API_USER), port, start.date(),
-                                 owner_dsn=dsn)
-    finally:
-        _say("stopping PostgreSQL ...")
-        server.cleanup()
+    # From here on: a signal before the API's start (during the demo data's load, say) killed
+    # this process at once, and the server it had started went on running.
+    with _stop_signals_interrupt():
+        _check_start(start.date(), days, example_week=True)
+        _check_port_free(port)
+        click.echo(f"starting PostgreSQL (data in {_shown_path(LOCAL_PGDATA)}) ...")
+        server = localdb.start(LOCAL_PGDATA)
+        try:
+            dsn = localdb.ensure_database(server, "rates")
+            click.echo(f"applied migrations: {migrations.apply(dsn) or 'none, already current'}")
+            if _is_empty(dsn):
+                load_demo_data(dsn, demodata.Spec(prices=prices, days=days, ports=ports,
+                                                  start=start.date(), seed=seed))
+            # As deployed: the API reads as its own user, which the local server trusts.
+            _serve_until_interrupted(psycopg2.extensions.make_dsn(dsn, user=db.API_USER), port, start.date(),
+                                     owner_dsn=dsn)
+        finally:
+            _ignore_stop_signals()  # a second Ctrl-C must not cut the stop short either
+            _say("stopping PostgreSQL ...")
+            server.cleanup()
 
 
 def _shown_path(path: Path) -> Path:
@@ -159,19 +163,45 @@ def _shown_path(path: Path) -> Path:
         return path
 
 
+# Ctrl-C, a kill's SIGTERM, and SIGHUP when the terminal closes or an SSH connection drops.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _stop_signals_interrupt():
+    """Inside, the stop signals raise KeyboardInterrupt, so that what was started is stopped
+    (by default SIGTERM and SIGHUP end Python at once); as they were afterwards."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # (one set outside Python is not known, nor restored)
+                signal.signal(signum, handler)
+
+
+def _ignore_stop_signals() -> None:
+    # Programs started from now on (pg_ctl stop) ignore them too.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _serve_until_interrupted(dsn: str, port: int, first_day, owner_dsn: str | None = None) -> None:
-    # Stop on Ctrl-C or SIGTERM even when started from a script that ignores SIGINT.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Stop on Ctrl-C, SIGTERM or SIGHUP even when started from a script that ignores SIGINT.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupt)
     env = {**os.environ, "DATABASE_URL": dsn, "HOST": "127.0.0.1", "PORT": str(port)}
     env.setdefault("APP_VERSION", "local")
     # Its own session: Ctrl-C reaches only us, and we pass one SIGINT on to the master.
     # (When the terminal signals every gunicorn process at once, a gthread worker can
-    # receive SIGINT and then SIGQUIT and deadlock inside its own quit handler.)
+    # receive SIGINT and then SIGQUIT and deadlock inside its own quit handler.) The hang-up
+    # of a closed terminal does not reach it either: we pass it on as that SIGINT.
     api = subprocess.Popen(gunicorn_argv(), env=env, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -229,9 +259,8 @@ def _answers(url: str, api: subprocess.Popen, timeout_s: float = 60) -> bool:
 def _stop_api(api: subprocess.Popen) -> None:
     if api.poll() is not None:
         return
-    # Further Ctrl-Cs must not cut the wait short and leave gunicorn running.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Further Ctrl-Cs (or a hang-up after one) must not cut the wait short and leave gunicorn running.
+    _ignore_stop_signals()
     # Signalled before anything is said: a Ctrl-C on `make up | tee log` ends tee too, and
     # the echo into the closed pipe would leave gunicorn running without its stdout.
     api.send_signal(signal.SIGINT)

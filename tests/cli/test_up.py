@@ -4,6 +4,8 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -11,6 +13,17 @@ from ratesctl import commands
 from ratesctl.cli import cli
 from tests.support.net import free_port
 from tests.support.poll import wait_for
+from tests.support.proc import children, running, stop_process
+
+# `ratesctl up` with its server's data elsewhere: never in the checkout's .local/pgdata.
+UP = """
+import sys
+from pathlib import Path
+from ratesctl import cli, commands
+commands.LOCAL_PGDATA = Path(sys.argv.pop(1))
+cli.main()
+"""
+TINY = ("--prices", "2000", "--ports", "12", "--days", "7")
 
 
 def test_ctrl_c_stops_the_api_even_when_the_output_pipe_has_gone(dsn, tmp_path):
@@ -70,3 +83,74 @@ def test_a_start_whose_example_week_ends_past_the_last_date_is_a_usage_error(mon
     # The last start allowed goes on to start the server.
     allowed = CliRunner().invoke(cli, ["up", "--port", port, "--days", "3", "--start", "9999-12-25"])
     assert isinstance(allowed.exception, ServerStarted), allowed.output
+
+
+class Up:
+    """A `ratesctl up` running in a process group of its own, as a shell runs a job."""
+
+    def __init__(self, proc: subprocess.Popen, port: int):
+        self.proc, self.port = proc, port
+        self.gunicorn: int | None = None
+
+    def banner(self) -> list[str]:
+        """Its output up to the end of the banner: the API answers."""
+        lines = []
+        for line in self.proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                [self.gunicorn] = children(self.proc.pid)
+                return lines
+        raise AssertionError(f"up ended before its banner (exit status {self.proc.wait()}): {lines}")
+
+
+@contextmanager
+def running_up(pgdata: Path, tmp_path: Path, *args: str, stderr=subprocess.DEVNULL):
+    """`ratesctl up` with its server in ``pgdata``; its gunicorn is killed afterwards if it
+    is still running (and the own_pgdata fixture stops a server left running)."""
+    env = {**os.environ, "WEB_CONCURRENCY": "1", "SHUTDOWN_DRAIN_SECONDS": "0",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", UP, str(pgdata), "up", "--port", str(port), *args],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                            start_new_session=True)
+    up = Up(proc, port)
+    try:
+        yield up
+    finally:
+        stop_process(proc, group=True)
+        if up.gunicorn and running(up.gunicorn):
+            os.killpg(up.gunicorn, signal.SIGKILL)  # its own session: the group is its master's
+
+
+def postmaster(pgdata: Path) -> int:
+    return int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
+def test_a_hang_up_stops_the_api_and_the_database(own_pgdata, tmp_path):
+    """The terminal of `make up` closes, or its SSH connection drops: the job's process group
+    gets SIGHUP. It ended `up` at once, and gunicorn (in a session of its own, which the
+    hang-up does not reach) and PostgreSQL went on running."""
+    with running_up(own_pgdata, tmp_path, *TINY) as up:
+        assert f"starting PostgreSQL (data in {own_pgdata}) ...\n" in up.banner()
+        server = postmaster(own_pgdata)
+
+        os.killpg(up.proc.pid, signal.SIGHUP)
+
+        up.proc.wait(timeout=120)
+        wait_for(lambda: not running(up.gunicorn), what="gunicorn to stop")
+        wait_for(lambda: not running(server), what="PostgreSQL to stop")
+
+
+def test_a_sigterm_while_the_demo_data_loads_stops_the_database(own_pgdata, tmp_path):
+    """SIGTERM (a kill, a supervisor stopping it) before the API had started ended `up` at
+    once, and left its PostgreSQL running."""
+    progress = tmp_path / "stderr"
+    with progress.open("w") as stderr, running_up(own_pgdata, tmp_path, "--prices", "10000000",
+                                                  stderr=stderr) as up:
+        wait_for(lambda: "demo data" in progress.read_text(), what="the demo data's load to start")
+        server = postmaster(own_pgdata)
+
+        up.proc.send_signal(signal.SIGTERM)
+
+        up.proc.wait(timeout=120)
+        wait_for(lambda: not running(server), what="PostgreSQL to stop")
