@@ -21,13 +21,11 @@ from rates_core import db, logs, migrate as migrations
 from rates_core.env import env_choice
 from rates_core.errors import PermanentError
 
-from . import demodata, localdb, reconcile, withdraw
+from . import demodata, examples, localdb, reconcile, withdraw
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO_ROOT / "api" / "gunicorn.conf.py"
 LOCAL_PGDATA = REPO_ROOT / ".local" / "pgdata"
-# The days of the example requests `up` prints, from --start on.
-EXAMPLE_DAYS = 7
 
 
 def _database_url() -> str:
@@ -59,18 +57,16 @@ def _spec_options(fn):
     return fn
 
 
-def _check_start(start: date, days: int, *, example_week: bool = False) -> None:
-    """A usage error (exit 2) if the days from ``start`` (and the example week of `up`'s
-    banner) would run past the last date there is: the demo data then failed midway through
-    its COPY, with "date value out of range" and "this may pass on retry"."""
-    span = max(days, EXAMPLE_DAYS) if example_week else days
-    latest = date.max.toordinal() - (span - 1)
+def _check_start(start: date, days: int) -> None:
+    """A usage error (exit 2) if the days from ``start`` would run past the last date there
+    is: the demo data then failed midway through its COPY, with "date value out of range"
+    and "this may pass on retry"."""
+    latest = date.max.toordinal() - (days - 1)
     if latest < 1:
         raise click.UsageError(f"--days {days} is more days than the calendar has ({date.max.toordinal()})")
     if start.toordinal() > latest:
-        what = f"its {span} day(s) of demo data" if span == days else "the week of the example requests it prints"
-        raise click.UsageError(f"--start {start}: {what} would end after {date.max}, the last date there is; "
-                               f"the last start allowed is {date.fromordinal(latest)}")
+        raise click.UsageError(f"--start {start}: its {days} day(s) of demo data would end after {date.max}, "
+                               f"the last date there is; the last start allowed is {date.fromordinal(latest)}")
 
 
 def load_demo_data(dsn: str, spec: demodata.Spec) -> None:
@@ -136,7 +132,7 @@ def up_command(port, prices, days, ports, start, seed) -> None:
     # From here on: a signal before the API's start (during the demo data's load, say) killed
     # this process at once, and the server it had started went on running.
     with _stop_signals_interrupt():
-        _check_start(start.date(), days, example_week=True)
+        _check_start(start.date(), days)
         _check_port_free(port)
         click.echo(f"starting PostgreSQL (data in {_shown_path(LOCAL_PGDATA)}) ...")
         server = localdb.start(LOCAL_PGDATA)
@@ -147,8 +143,8 @@ def up_command(port, prices, days, ports, start, seed) -> None:
                 load_demo_data(dsn, demodata.Spec(prices=prices, days=days, ports=ports,
                                                   start=start.date(), seed=seed))
             # As deployed: the API reads as its own user, which the local server trusts.
-            _serve_until_interrupted(psycopg2.extensions.make_dsn(dsn, user=db.API_USER), port, start.date(),
-                                     owner_dsn=dsn)
+            _serve_until_interrupted(psycopg2.extensions.make_dsn(dsn, user=db.API_USER), port,
+                                     examples.requests(dsn), owner_dsn=dsn)
         finally:
             _ignore_stop_signals()  # a second Ctrl-C must not cut the stop short either
             _say("stopping PostgreSQL ...")
@@ -192,7 +188,8 @@ def _ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _serve_until_interrupted(dsn: str, port: int, first_day, owner_dsn: str | None = None) -> None:
+def _serve_until_interrupted(dsn: str, port: int, example_requests: list[str],
+                             owner_dsn: str | None = None) -> None:
     # Stop on Ctrl-C, SIGTERM or SIGHUP even when started from a script that ignores SIGINT.
     for signum in STOP_SIGNALS:
         signal.signal(signum, _interrupt)
@@ -205,12 +202,9 @@ def _serve_until_interrupted(dsn: str, port: int, first_day, owner_dsn: str | No
     api = subprocess.Popen(gunicorn_argv(), env=env, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        week = f"date_from={first_day}&date_to={first_day.fromordinal(first_day.toordinal() + EXAMPLE_DAYS - 1)}"
         if not _answers(f"{url}/healthz", api):
             raise click.ClickException(f"the API did not start (exit status {api.poll()})")
-        click.echo(f"\nRates API: {url}\n\nTry:\n"
-                   f"  curl '{url}/rates?{week}&origin=CNSHA&destination=NLRTM'\n"
-                   f"  curl '{url}/rates?{week}&origin=asia&destination=europe_north'\n\n"
+        click.echo(f"\nRates API: {url}\n\n{_try(url, example_requests)}\n"
                    + (f"The database, for the other make targets (its socket is where the server put it):\n"
                       f"  export DATABASE_URL='{owner_dsn}'\n\n" if owner_dsn else "")
                    + "Ctrl-C stops the API and the database.\n")
@@ -222,6 +216,14 @@ def _serve_until_interrupted(dsn: str, port: int, first_day, owner_dsn: str | No
         _stop_api(api)
     if code:
         raise click.ClickException(f"the API exited with status {code}")
+
+
+def _try(url: str, example_requests: list[str]) -> str:
+    if not example_requests:
+        return ("The database holds no prices between known ports yet; a request reads:\n"
+                f"  curl '{url}/rates?date_from=YYYY-MM-DD&date_to=YYYY-MM-DD"
+                "&origin=PORT_OR_REGION&destination=PORT_OR_REGION'\n")
+    return "Try:\n" + "".join(f"  curl '{url}/rates?{query}'\n" for query in example_requests)
 
 
 def _say(text: str) -> None:

@@ -1,12 +1,14 @@
 """`make up` serves the API until Ctrl-C, and then stops it, whoever reads its output."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import requests
 from click.testing import CliRunner
 
 from ratesctl import commands
@@ -31,8 +33,8 @@ def test_ctrl_c_stops_the_api_even_when_the_output_pipe_has_gone(dsn, tmp_path):
     into a closed pipe. The API must stop all the same (it was left running, answering
     500 to everything, as its own log had nowhere to go)."""
     port = free_port()
-    serve = ("import datetime\nfrom ratesctl.commands import _serve_until_interrupted\n"
-             f"_serve_until_interrupted({dsn!r}, {port}, datetime.date(2024, 1, 1), owner_dsn={dsn!r})\n")
+    serve = ("from ratesctl.commands import _serve_until_interrupted\n"
+             f"_serve_until_interrupted({dsn!r}, {port}, [], owner_dsn={dsn!r})\n")
     env = {**os.environ, "WEB_CONCURRENCY": "1", "SHUTDOWN_DRAIN_SECONDS": "0",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     up = subprocess.Popen([sys.executable, "-c", serve], env=env, cwd=tmp_path,
@@ -65,9 +67,10 @@ class ServerStarted(Exception):
     pass
 
 
-def test_a_start_whose_example_week_ends_past_the_last_date_is_a_usage_error(monkeypatch):
-    """The banner's example requests ask for the week from --start: past 9999-12-31 it was a
-    traceback, once the local server had started and the demo data loaded."""
+def test_a_start_whose_days_end_past_the_last_date_is_a_usage_error(monkeypatch):
+    """Demo data past 9999-12-31 failed midway through its load, once the local server had
+    started. (The example requests of the banner are of days the database has, whatever
+    --start says.)"""
     def start(pgdata):
         raise ServerStarted(pgdata)
 
@@ -75,13 +78,13 @@ def test_a_start_whose_example_week_ends_past_the_last_date_is_a_usage_error(mon
     # Nor sends this process's log lines to the runner's output, closed once it returns.
     monkeypatch.setattr(commands.logs, "configure", lambda *args, **kwargs: None)
     port = str(free_port())
-    refused = CliRunner().invoke(cli, ["up", "--port", port, "--days", "3", "--start", "9999-12-26"])
+    refused = CliRunner().invoke(cli, ["up", "--port", port, "--days", "3", "--start", "9999-12-30"])
     assert refused.exit_code == 2, refused.output
-    assert "the last start allowed is 9999-12-25" in refused.output
+    assert "the last start allowed is 9999-12-29" in refused.output
     longer = CliRunner().invoke(cli, ["up", "--port", port, "--days", "10", "--start", "9999-12-25"])
     assert longer.exit_code == 2 and "the last start allowed is 9999-12-22" in longer.output, longer.output
     # The last start allowed goes on to start the server.
-    allowed = CliRunner().invoke(cli, ["up", "--port", port, "--days", "3", "--start", "9999-12-25"])
+    allowed = CliRunner().invoke(cli, ["up", "--port", port, "--days", "3", "--start", "9999-12-29"])
     assert isinstance(allowed.exception, ServerStarted), allowed.output
 
 
@@ -154,3 +157,20 @@ def test_a_sigterm_while_the_demo_data_loads_stops_the_database(own_pgdata, tmp_
 
         up.proc.wait(timeout=120)
         wait_for(lambda: not running(server), what="PostgreSQL to stop")
+
+
+def test_the_example_requests_answer_with_averages_whatever_data_was_loaded(own_pgdata, tmp_path):
+    """The banner named CNSHA to NLRTM and asia to europe_north over the week from --start:
+    with --ports 4 the first answered unknown_location for NLRTM and the second only nulls,
+    and with --days 3 the week ran past the data."""
+    with running_up(own_pgdata, tmp_path, "--ports", "4", "--days", "3", "--prices", "300") as up:
+        banner = "".join(up.banner())
+        urls = re.findall(r"^  curl '([^']*)'$", banner, re.MULTILINE)
+        assert len(urls) == 2, banner
+        for url in urls:
+            assert url.startswith(f"http://127.0.0.1:{up.port}/rates?"), banner
+            response = requests.get(url, timeout=30)
+            assert response.status_code == 200, (url, response.text)
+            days = response.json()
+            assert any(day["average_price"] is not None for day in days), (url, days)
+            assert all(day["day"] <= "2024-01-03" for day in days), (url, days)  # the data's last day

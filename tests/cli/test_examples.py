@@ -1,0 +1,37 @@
+"""The example requests of `up`'s banner come from the data the database holds."""
+
+import pytest
+
+from ratesctl import examples
+from tests.support.world import insert_prices
+
+
+def test_a_database_without_prices_has_no_examples(dsn, world):
+    """Ports but no prices: `up` loads no demo data into it, and the banner says how a
+    request reads instead."""
+    assert examples.requests(dsn) == []
+
+
+def test_the_lane_with_the_most_averages_over_its_days_within_a_week(dsn, world):
+    insert_prices(world, [
+        *[("XXXXX", "NLRTM", "2024-03-02", 100)] * 30,  # no such port: it would answer unknown_location
+        *[("HKHKG", "DEHAM", "2024-03-01", 100)] * 10,  # the most prices, on one day
+        *[("CNSHA", "NLRTM", "2024-03-01", 100)] * 2,  # too few for an average
+        *[("CNSHA", "NLRTM", "2024-03-02", 100)] * 3,
+        *[("CNSHA", "NLRTM", "2024-03-05", 100)] * 3,
+        *[("CNSHA", "NLRTM", "2024-03-09", 100)] * 3,  # past the week from 03-02
+    ])
+    days = "date_from=2024-03-02&date_to=2024-03-05"
+    assert examples.requests(dsn) == [f"{days}&origin=CNSHA&destination=NLRTM",
+                                      f"{days}&origin=asia&destination=europe"]
+
+
+@pytest.mark.parametrize("orig, dest, regions", [
+    ("CNSHA", "NLRTM", ("asia", "europe")),  # not the world above both
+    ("FRLEH", "DEHAM", ("europe", "north_europe")),  # nothing above Le Havre is not above Hamburg
+    ("CNSHA", "CNNGB", ("china", "china")),
+])
+def test_the_regions_are_the_highest_above_one_port_not_above_the_other(dsn, world, orig, dest, regions):
+    insert_prices(world, [(orig, dest, "2024-03-02", 100)] * 3)
+    origin, destination = regions
+    assert examples.requests(dsn)[1] == f"date_from=2024-03-02&date_to=2024-03-02&origin={origin}&destination={destination}"
