@@ -1,5 +1,6 @@
 """read_ahead: the producer thread between the download/validation and COPY."""
 
+import itertools
 import threading
 import time
 
@@ -65,3 +66,29 @@ def test_closing_early_stops_the_producer_and_closes_its_source():
     reader.close()
     assert closed.wait(5)
     assert not any(t.name == "read-ahead" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_closed_reader_takes_nothing_more_from_an_endless_source():
+    # A download the consumer gave up on (a rejected file) may have gigabytes left: the
+    # producer must stop at the abort, not read the rest of it into nowhere first.
+    produced, closed, test_over = [0], threading.Event(), threading.Event()
+
+    def items():
+        try:
+            for i in itertools.count():
+                if test_over.is_set():  # only so that a producer which kept going ends with the test
+                    return
+                produced[0] += 1
+                yield i
+        finally:
+            closed.set()
+
+    reader = read_ahead(items(), depth=2)
+    try:
+        assert next(reader) == 0
+        reader.close()
+        assert closed.wait(5), "the source was not closed"
+        # The item handed over, the queue's 2, and one more blocked on put() at most.
+        assert produced[0] <= 2 + 2, produced[0]
+    finally:
+        test_over.set()
