@@ -1,5 +1,6 @@
 """Idempotence: the same object twice loads once; a new version replaces the key's rows."""
 
+import datetime
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 import psycopg2
 import pytest
 
+from rates_ingest.s3source import ObjectInfo
 from tests.ingest.conftest import (ROWS, V2_ROWS, as_csv, as_tuples, encode, expected_totals, last_run, prices,
                                    run_job, runs, totals)
 from tests.support.db import lock_waiters
@@ -15,6 +17,28 @@ from tests.support.poll import wait_for
 from tests.support.world import insert_prices
 
 LEGACY = [("DEHAM", "NLRTM", "2015-12-31", 50)]
+
+
+def test_an_object_is_its_version_else_its_etag_and_upload_time():
+    # What "the same object" means below, without S3: the one S3-backed test of the upload
+    # time's part (same bytes, A B A, in one second) depends on the machine's speed.
+    at = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+    later = at + datetime.timedelta(seconds=1)
+
+    def info(version_id, etag='"e"', last_modified=at):
+        return ObjectInfo(version_id=version_id, etag=etag, size=1, last_modified=last_modified)
+
+    # The same bytes uploaded again to an unversioned key, a second later: a new file.
+    assert info(None).identity == info(None).identity
+    assert info(None).identity != info(None, last_modified=later).identity
+    assert info(None).identity != info(None, etag='"f"').identity
+    # "null", the version of an object written before versioning was enabled, can be
+    # overwritten in place: it names no content, and counts as no version.
+    assert not info(None).versioned and not info("null").versioned
+    assert info("null").identity == info(None).identity != info("null", last_modified=later).identity
+    # A real version id names its content whatever the ETag and time.
+    assert info("v1").versioned
+    assert info("v1").identity == info("v1", etag='"f"', last_modified=later).identity == "v1"
 
 
 def test_loading_the_same_object_twice_loads_it_once(db, s3):
