@@ -60,11 +60,36 @@ def test_a_call_to_a_hung_api_server_is_tried_once(tmp_path, monkeypatch):
         monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
         monkeypatch.setattr(kube, "REQUEST_TIMEOUT", (1, 0.2))
         api = JobsApi(kube.api_client(), "n")
-        for call in (lambda: api.get("j"), api.unhandled, lambda: api.termination_message("j")):
+        manifest = {"metadata": {"name": "j"}}
+        calls = {"get": lambda: api.get("j"), "unhandled": api.unhandled,
+                 "termination_message": lambda: api.termination_message("j"),
+                 "create": lambda: api.create(manifest), "validate": lambda: api.validate(manifest),
+                 "mark_handled": lambda: api.mark_handled("j", "done", 3600)}
+        for name, call in calls.items():
             before = len(silent.accepted)
-            with pytest.raises(TemporaryError, match="unreachable"):
-                call()
-            assert len(silent.accepted) - before == 1
+            # Each call gives up after REQUEST_TIMEOUT's 0.2 s; one without it would wait for ever.
+            raised = _raised_within(10, call, name)
+            assert isinstance(raised, TemporaryError) and "unreachable" in str(raised), (name, raised)
+            assert len(silent.accepted) - before == 1, name
+
+
+def _raised_within(seconds: float, call, what: str) -> BaseException | None:
+    """What ``call()`` raised (None if it returned); fails if it did neither within ``seconds``."""
+    raised = []
+
+    def run():
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            raised.append(exc)
+        else:
+            raised.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)  # a call that hangs must not hold pytest's exit
+    thread.start()
+    thread.join(seconds)
+    assert raised, f"{what} still waited after {seconds} s"
+    return raised[0]
 
 
 class _Throttling(http.server.BaseHTTPRequestHandler):
