@@ -1,10 +1,12 @@
 """The Kubernetes boundary: its reading of pods (plain fakes: pods with several failed
 tries are slow to make on a real cluster), and its calls against servers that misbehave."""
 
+import contextlib
 import datetime
 import http.server
 import threading
 from types import SimpleNamespace
+from typing import Iterator
 
 import pytest
 from kubernetes.config import kube_config
@@ -97,6 +99,7 @@ class _Throttling(http.server.BaseHTTPRequestHandler):
     Retry-After to the first ``refusals`` requests, then 201."""
 
     refusals = 0
+    retry_after = "0"
     seen: list[str] = []
 
     def do_POST(self):
@@ -104,7 +107,7 @@ class _Throttling(http.server.BaseHTTPRequestHandler):
         self.seen.append(self.path)
         if len(self.seen) <= self.refusals:
             self.send_response(429)
-            self.send_header("Retry-After", "0")
+            self.send_header("Retry-After", self.retry_after)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(b'{"kind": "Status", "reason": "TooManyRequests", "message": "too many requests"}')
@@ -115,16 +118,25 @@ class _Throttling(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("refusals, created", [(kube.THROTTLED_TRIES - 1, True), (kube.THROTTLED_TRIES, False)])
-def test_a_throttled_create_is_tried_again_inside_the_call(tmp_path, monkeypatch, refusals, created):
-    # Otherwise one 429 sent the whole batch of messages back, each delivery counted.
-    handler = type("Handler", (_Throttling,), {"refusals": refusals, "seen": []})
+@contextlib.contextmanager
+def _throttling_api(tmp_path, monkeypatch, **handler_settings) -> Iterator[tuple[JobsApi, type[_Throttling]]]:
+    """A JobsApi on a _Throttling server with ``handler_settings``; (api, handler class)."""
+    handler = type("Handler", (_Throttling,), {"seen": [], **handler_settings})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         kubeconfig = token_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{server.server_port}")
         monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-        api = JobsApi(kube.api_client(), "n")
+        yield JobsApi(kube.api_client(), "n"), handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("refusals, created", [(kube.THROTTLED_TRIES - 1, True), (kube.THROTTLED_TRIES, False)])
+def test_a_throttled_create_is_tried_again_inside_the_call(tmp_path, monkeypatch, refusals, created):
+    # Otherwise one 429 sent the whole batch of messages back, each delivery counted.
+    with _throttling_api(tmp_path, monkeypatch, refusals=refusals) as (api, handler):
         manifest = {"metadata": {"name": "ingest-x-1"}}
         if created:
             assert api.create(manifest) is True
@@ -132,6 +144,12 @@ def test_a_throttled_create_is_tried_again_inside_the_call(tmp_path, monkeypatch
             with pytest.raises(kube.Throttled, match="429"):
                 api.create(manifest)
         assert len(handler.seen) == min(refusals + 1, kube.THROTTLED_TRIES)
-    finally:
-        server.shutdown()
-        server.server_close()
+
+
+def test_a_throttled_call_waits_no_longer_than_throttled_wait_max_s_whatever_retry_after_asks(tmp_path,
+                                                                                              monkeypatch):
+    # The control loop is one thread: an hour's wait asked for would stall every message.
+    with _throttling_api(tmp_path, monkeypatch, refusals=1, retry_after="3600") as (api, handler):
+        bound = 3 * kube.THROTTLED_WAIT_MAX_S  # it waits THROTTLED_WAIT_MAX_S, then creates
+        assert _raised_within(bound, lambda: api.create({"metadata": {"name": "ingest-x-1"}}), "create") is None
+        assert len(handler.seen) == 2
