@@ -135,6 +135,28 @@ def test_a_plain_restore_without_the_users_is_mended_by_the_next_migrate(dsn, du
     _serves_and_loads(target)
 
 
+def test_a_restore_on_rds_gives_the_new_users_rds_iam(dsn, dump, restored_into, bare_server):
+    # On RDS they log in with IAM tokens only: made without rds_iam, neither could log in.
+    # The migrations that granted it (0010) are recorded in the dump, and run no more.
+    admin = bare_server.get_uri("postgres")
+    with autocommit(admin) as conn, conn.cursor() as cur:
+        cur.execute("CREATE ROLE rds_iam NOLOGIN")
+        # As RDS's master user may (through rds_superuser); not a member itself.
+        cur.execute(f"GRANT rds_iam TO {OWNER} WITH ADMIN OPTION, INHERIT FALSE, SET FALSE")
+    try:
+        target = restored_into()
+        restore = _restore(dump, target, "--no-privileges", "--exit-on-error")
+        assert restore.returncode == 0, restore.stderr
+        assert migrate.apply(target) == []
+        with autocommit(admin) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_has_role(%s, 'rds_iam', 'MEMBER'), pg_has_role(%s, 'rds_iam', 'MEMBER')",
+                        (API_USER, INGEST_USER))
+            assert cur.fetchone() == (True, True)
+    finally:
+        with autocommit(admin) as conn, conn.cursor() as cur:
+            cur.execute("DROP ROLE rds_iam")
+
+
 def test_migrate_grants_nothing_where_the_users_have_their_rights(conn, dsn):
     # Nor gives back a right a later migration took away: here, one taken by hand.
     with conn.cursor() as cur:
