@@ -1,7 +1,11 @@
 """PROBE_PORT's own limits, as the README gives them (at most 8 probes at once per worker,
-each given 5 s to send its request): rates_api.probes under gunicorn, as the image runs it."""
+each given 5 s to send its request), and its address family: rates_api.probes under
+gunicorn, as the image runs it."""
 
 import socket
+
+import pytest
+import requests
 
 from rates_api import probes
 from tests.support.api import gunicorn_server
@@ -50,3 +54,20 @@ def _open(sock: socket.socket) -> bool:
         return True
     finally:
         sock.setblocking(True)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_the_probe_port_of_a_dual_stack_pod_answers_over_ipv6(dsn, tmp_path):
+    # HOST=:: (a dual-stack pod): the kubelet may probe the pod's IPv6 address.
+    probe = free_port()
+    with gunicorn_server(dsn, tmp_path, HOST="::", WEB_CONCURRENCY="1", PROBE_PORT=str(probe)):
+        assert requests.get(f"http://[::1]:{probe}/healthz", timeout=5).status_code == 200
