@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from ratesctl.commands import GUNICORN_CONF
+from tests.support.api import gunicorn_server
 from tests.support.net import free_port, wait_for_http
 from tests.support.poll import wait_for
 from tests.support.proc import stop_process
@@ -249,6 +250,24 @@ def test_the_own_metrics_directory_is_removed_on_exit_even_after_a_reload(dsn, t
     assert not os.path.exists(own)
     # None left behind (another process on the machine may remove its own meanwhile).
     assert set(glob.glob(os.path.join(shm, "rates-api-metrics-*"))) - before == set()
+
+
+def test_metrics_files_an_earlier_run_left_in_the_directory_are_removed_at_start(dsn, tmp_path):
+    # A restarted container finds its emptyDir as the last run left it: summed in, the old
+    # run's counters would be counted again, a jump in every rate.
+    counted = 'rates_api_requests_total{method="GET",route="/",status="200"}'
+    metrics = tmp_path / "metrics"  # gunicorn_server's PROMETHEUS_MULTIPROC_DIR, the same for both runs
+    with gunicorn_server(dsn, tmp_path, WEB_CONCURRENCY="1", SHUTDOWN_DRAIN_SECONDS="0") as (_, base):
+        for _ in range(5):
+            requests.get(base + "/", timeout=5)
+        assert f"{counted} 5.0" in requests.get(base + "/metrics", timeout=5).text
+    left = {path.name for path in metrics.iterdir()}
+    assert any(name.startswith("counter_") for name in left), left
+
+    with gunicorn_server(dsn, tmp_path, WEB_CONCURRENCY="1", SHUTDOWN_DRAIN_SECONDS="0") as (_, base):
+        requests.get(base + "/", timeout=5)
+        assert f"{counted} 1.0" in requests.get(base + "/metrics", timeout=5).text
+        assert left.isdisjoint(path.name for path in metrics.iterdir())
 
 
 def _ignored_signals(pid: int) -> int:
