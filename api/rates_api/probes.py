@@ -1,4 +1,4 @@
-"""The probes' own port: /readyz and /healthz answered outside gunicorn's thread pool.
+"""The probes' own port: /readyz, /healthz and /metrics answered outside gunicorn's thread pool.
 
 gunicorn's gthread worker hands each connection to its threads in arrival order, so on
 the API's port a probe waits behind every request the worker has taken. A pod whose
@@ -9,6 +9,12 @@ on PROBE_PORT from a thread of its own, where /readyz checks the database on a c
 of its own (Runtime.check_database), so a pod whose threads are all busy reads as
 ready. The workers share the port (SO_REUSEPORT): the kernel spreads the probes over
 them, and a worker that has gone takes its socket with it.
+
+Prometheus scrapes /metrics here too, for the same reason: on the API's port a scrape
+queued behind the requests of a saturated pod and timed out (a review saw 7 of 7 time out
+at 10 s with every thread held on a lock), so the pod read as down, and the alerts on its
+requests and its pool went blind just when they were needed. Any worker can answer: the
+multiprocess collector reads every worker's files.
 """
 
 import socket
@@ -18,10 +24,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from .health import PROBE_PORT
 
-PATHS = frozenset({"/readyz", "/healthz"})
-_NOT_HERE = b'{"error": {"code": "not_found", "message": "this port serves /readyz and /healthz only"}}\n'
-# Probes at once per worker (the kubelet's, the ALB nodes'); a connection beyond them is
-# closed unanswered, so that idle connections cannot pile threads up in the worker.
+PATHS = frozenset({"/readyz", "/healthz", "/metrics"})
+_NOT_HERE = b'{"error": {"code": "not_found", "message": "this port serves /readyz, /healthz and /metrics only"}}\n'
+# Probes at once per worker (the kubelet's, the ALB nodes', Prometheus's scrapes); a
+# connection beyond them is closed unanswered, so that idle connections cannot pile threads
+# up in the worker.
 MAX_AT_ONCE = 8
 # Seconds a connection may take to send its request.
 READ_TIMEOUT_S = 5
@@ -58,7 +65,7 @@ class _Handler(WSGIRequestHandler):
 
 
 def serve(app, host: str, port: int) -> WSGIServer:
-    """Serve ``app``'s probe paths on ``host``:``port`` from a daemon thread; the server."""
+    """Serve ``app``'s probe paths and /metrics on ``host``:``port`` from a daemon thread; the server."""
     def probes_only(environ, start_response):
         if environ.get("PATH_INFO") not in PATHS:
             start_response("404 Not Found", [("Content-Type", "application/json")])

@@ -67,9 +67,59 @@ def test_a_pod_whose_every_thread_is_busy_is_still_ready_on_the_probe_port(serve
         blocker.close()
 
 
+@contextlib.contextmanager
+def every_thread_held(base: str, dsn: str, world, workers: int):
+    """Every thread of every worker waits on a lock of the totals (/rates reads them), and
+    as many requests again queue behind them; at the end of the block they are all
+    released and answered."""
+    url = base + "/rates?date_from=2024-03-10&date_to=2024-03-10&origin=CNSHA&destination=NLRTM"
+    threads, most = workers * THREADS, 20 * workers * THREADS
+    blocker = psycopg2.connect(dsn)
+    try:
+        blocker.cursor().execute("LOCK TABLE lane_totals IN ACCESS EXCLUSIVE MODE")
+        with ThreadPoolExecutor(most + threads) as clients:
+            held = []
+            try:
+                # One at a time: sent at once, nearly all went to the worker that accepted first.
+                while lock_waiters(world, application_name="rates-api") < threads:
+                    assert len(held) < most, "the workers took too few of the requests"
+                    held.append(clients.submit(requests.get, url, timeout=60))
+                    time.sleep(0.1)  # for a worker to take it
+                held += [clients.submit(requests.get, url, timeout=60) for _ in range(threads)]  # queued
+                yield
+                assert not [f for f in held if f.done()], "a request ended before the lock was released"
+            finally:
+                blocker.rollback()
+            assert [f.result().status_code for f in held] == [200] * len(held)
+    finally:
+        blocker.close()
+
+
+def test_prometheus_scrapes_a_pod_whose_every_thread_is_busy_on_the_probe_port(serve, world, dsn):
+    # On the API's port the scrape queued behind the held requests and timed out: the pod
+    # read as down, and the alerts on its requests went blind (a review: 7 of 7 scrapes).
+    workers = 2
+    _, base, probes = serve(workers=workers)
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-%02d" % day, p) for day in (1, 10) for p in (10, 20, 30)])
+    served = 5
+    for _ in range(served):
+        assert requests.get(base + "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=CNSHA"
+                                   "&destination=NLRTM", timeout=10).status_code == 200
+    with every_thread_held(base, dsn, world, workers):
+        # Whichever worker the kernel hands a scrape to, it reports every worker's requests.
+        for _ in range(4 * workers):
+            scrape = requests.get(probes + "/metrics", timeout=10)
+            assert scrape.status_code == 200 and scrape.headers["Content-Type"].startswith("text/plain")
+            assert f'rates_api_requests_total{{method="GET",route="/rates",status="200"}} {served:.1f}' \
+                in scrape.text.splitlines()
+            assert "rates_api_request_duration_seconds_bucket" in scrape.text
+
+
 def test_the_probe_port_serves_the_probes_only_and_drains_with_the_workers(serve):
-    process, _, probes = serve(workers=2, drain_s=5)  # both bind the port; a busy machine is slow to look
+    process, base, probes = serve(workers=2, drain_s=5)  # both bind the port; a busy machine is slow to look
     assert requests.get(probes + "/readyz", timeout=5).json() == {"status": "ok"}
+    # /metrics on the API's own port as before, for whatever scrapes it there.
+    assert "rates_api_build_info" in requests.get(base + "/metrics", timeout=5).text
     refused = requests.get(probes + "/rates?date_from=2024-03-01&date_to=2024-03-01&origin=a&destination=b",
                            timeout=5)
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
