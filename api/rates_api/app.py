@@ -41,7 +41,11 @@ _QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def _start_request() -> None:
     g.started = time.perf_counter()
-    g.in_flight = runtime().in_flight.start()
+    rt = runtime()
+    g.in_flight = rt.in_flight.start()
+    if not request.environ.get(health.PROBE_PORT):  # not one of gunicorn's threads
+        rt.metrics.in_progress.inc()
+        g.in_progress = True
     given = request.headers.get("X-Request-ID", "")
     # A client's id is echoed and put on every log line of its request: a bounded token
     # only, or a client could write 8 KB into each line (and into the answer's headers).
@@ -72,4 +76,7 @@ def _finish_request(response):
 
 def _end_request(_error) -> None:
     # Before the server writes the body: a slow reader is gunicorn's business, not a hang.
-    runtime().in_flight.end(g.pop("in_flight", None))
+    rt = runtime()
+    rt.in_flight.end(g.pop("in_flight", None))
+    if g.pop("in_progress", False):
+        rt.metrics.in_progress.dec()

@@ -29,6 +29,16 @@ class Metrics:
                                  multiprocess_mode="livesum", registry=self.registry)
         self.pool_size = Gauge("rates_api_db_pool_size", "DB pool capacity",
                                multiprocess_mode="livesum", registry=self.registry)
+        # A request waits for a free thread unseen: gunicorn queues it before the app starts
+        # its clock, so the latency histogram leaves that wait out. Threads all busy, for
+        # long, is that wait (RatesApiSaturated). The probe port's requests have threads of
+        # their own and are not counted.
+        self.in_progress = Gauge("rates_api_requests_in_progress",
+                                 "Requests being served by gunicorn's threads",
+                                 multiprocess_mode="livesum", registry=self.registry)
+        self.threads = Gauge("rates_api_request_threads",
+                             "gunicorn threads that serve requests (GUNICORN_THREADS a worker)",
+                             multiprocess_mode="livesum", registry=self.registry)
         self.cache_hits = Counter("rates_api_cache_hits_total", "Responses served from the cache",
                                   registry=self.registry)
         self.build_info = Gauge("rates_api_build_info", "Build information", ["version"],

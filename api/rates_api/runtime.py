@@ -58,6 +58,7 @@ class Runtime:
         self.cache = VersionedCache(settings.response_cache_size, settings.response_cache_mib << 20)
         self.metrics = Metrics(settings.app_version)
         self.metrics.pool_size.set(settings.db_pool_size)
+        self.metrics.threads.set(settings.gunicorn_threads)
         # Set when SIGTERM arrives (see api/gunicorn.conf.py): /readyz fails from then on.
         self.draining = threading.Event()
         # A connection belongs to one database for its whole life, so its epoch is read once.

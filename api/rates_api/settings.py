@@ -14,6 +14,7 @@ class Settings:
     database_url: str
     database_iam_auth: bool = False
     db_pool_size: int = 4
+    gunicorn_threads: int = 4  # gunicorn's (GUNICORN_THREADS); exported as rates_api_request_threads
     db_statement_timeout_ms: int = 5000
     db_connect_timeout_s: int = 5
     max_range_days: int = 366
@@ -29,11 +30,13 @@ class Settings:
             return env_int(name, default, minimum=minimum, maximum=maximum, environ=environ)
 
         database_url = env_str("DATABASE_URL", environ=environ)
+        threads = get_int("GUNICORN_THREADS", 4, 1)
         return cls(
             database_url=database_url,
             database_iam_auth=iam_auth_enabled(database_url, environ),
             # One connection per gunicorn thread means a request never waits for one.
-            db_pool_size=get_int("DB_POOL_SIZE", get_int("GUNICORN_THREADS", 4, 1), 1),
+            db_pool_size=get_int("DB_POOL_SIZE", threads, 1),
+            gunicorn_threads=threads,
             # PostgreSQL and libpq take 32-bit integers; beyond, every connection would fail.
             db_statement_timeout_ms=get_int("DB_STATEMENT_TIMEOUT_MS", 5000, 1, PG_INT_MAX),
             db_connect_timeout_s=get_int("DB_CONNECT_TIMEOUT_S", 5, 1, PG_INT_MAX),

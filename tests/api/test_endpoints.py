@@ -33,6 +33,8 @@ def test_metrics_count_requests_by_route_and_status(world, client):
     assert "rates_api_request_duration_seconds_bucket" in text
     assert "rates_api_db_pool_size 4.0" in text
     assert "rates_api_db_pool_in_use 0.0" in text
+    assert "rates_api_request_threads 4.0" in text  # GUNICORN_THREADS' default
+    assert "rates_api_requests_in_progress 1.0" in text  # the scrape itself, on a thread of the API's
     assert 'rates_api_build_info{version="test-1"} 1.0' in text
 
 

@@ -115,6 +115,31 @@ def test_prometheus_scrapes_a_pod_whose_every_thread_is_busy_on_the_probe_port(s
             assert "rates_api_request_duration_seconds_bucket" in scrape.text
 
 
+def test_the_requests_in_progress_and_the_threads_are_counted_over_every_worker(serve, world, dsn):
+    # Requests that wait for a thread are timed by no histogram (gunicorn queues them before
+    # the app starts its clock): threads busy against threads at all is what shows the wait.
+    workers = 2
+    _, base, probes = serve(workers=workers)
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-10", p) for p in (10, 20, 30)])
+
+    def gauges() -> dict[str, float]:
+        text = requests.get(probes + "/metrics", timeout=10).text
+        samples = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+        return {name: float(value) for name, value in samples
+                if name in ("rates_api_requests_in_progress", "rates_api_request_threads")}
+
+    idle = {"rates_api_requests_in_progress": 0.0, "rates_api_request_threads": workers * THREADS}
+    # Each worker counts its threads once it has booted (the server is ready with the first).
+    assert wait_for(lambda: gauges() == idle, timeout=10, what="every worker to boot and count its threads")
+    with every_thread_held(base, dsn, world, workers):
+        # Each worker's threads, the queued requests not (they have none yet), nor the
+        # scrape itself, which the probe port serves from a thread of its own.
+        for _ in range(2 * workers):
+            assert gauges() == {"rates_api_requests_in_progress": workers * THREADS,
+                                "rates_api_request_threads": workers * THREADS}
+    assert gauges() == idle  # counted out before each answer was written
+
+
 def test_the_probe_port_serves_the_probes_only_and_drains_with_the_workers(serve):
     process, base, probes = serve(workers=2, drain_s=5)  # both bind the port; a busy machine is slow to look
     assert requests.get(probes + "/readyz", timeout=5).json() == {"status": "ok"}

@@ -11,6 +11,7 @@ URL = {"DATABASE_URL": "postgresql://rates_api@db/rates"}
 def test_the_pool_has_a_connection_per_gunicorn_thread_unless_told():
     # Fewer would answer the extra threads' requests with an instant 503.
     assert Settings.from_env({**URL, "GUNICORN_THREADS": "8"}).db_pool_size == 8
+    assert Settings.from_env({**URL, "GUNICORN_THREADS": "8"}).gunicorn_threads == 8
     assert Settings.from_env({**URL, "GUNICORN_THREADS": "8", "DB_POOL_SIZE": "3"}).db_pool_size == 3
     assert Settings.from_env(URL).db_pool_size == 4
 

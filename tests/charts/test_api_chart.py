@@ -454,9 +454,9 @@ def test_every_api_setting_reaches_the_api(render):
     assert set(env_vars) == documented_api_variables()
     assert env_vars["AWS_REGION"] == env_vars["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert Settings.from_env(env_vars) == Settings(
-        database_url=IAM_URL, database_iam_auth=True, db_pool_size=2, db_statement_timeout_ms=1500,
-        db_connect_timeout_s=3, max_range_days=31, response_cache_size=1_000_000, response_cache_mib=48,
-        app_version="abc123", log_level="WARNING", hung_request_s=90)
+        database_url=IAM_URL, database_iam_auth=True, db_pool_size=2, gunicorn_threads=6,
+        db_statement_timeout_ms=1500, db_connect_timeout_s=3, max_range_days=31, response_cache_size=1_000_000,
+        response_cache_mib=48, app_version="abc123", log_level="WARNING", hung_request_s=90)
     gunicorn = gunicorn_config(env_vars)
     assert gunicorn["bind"] == "[::]:8080" and gunicorn["threads"] == 6
     assert gunicorn["drain_seconds"] == 2.5 and gunicorn["graceful_timeout"] == 3 + 30
