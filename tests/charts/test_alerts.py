@@ -78,7 +78,10 @@ def case(input_series: list[dict], alerts: list[tuple[str, str, list[dict]]]) ->
 
 # --- the API ---------------------------------------------------------------------------------
 
-API_ALERTS = ("RatesApiDown", "RatesApiErrors", "RatesApiNotReady", "RatesApiSlow", "RatesApiDatabasePoolSaturated")
+API_ALERTS = ("RatesApiDown", "RatesApiErrors", "RatesApiNotReady", "RatesApiSlow", "RatesApiDatabasePoolSaturated",
+              "RatesApiSaturated", "RatesApiAtMaxReplicas")
+# kube-state-metrics' series of the release's HPA (its own job; the object's namespace and name).
+HPA = {"job": "kube-state-metrics", "namespace": NAMESPACE, "horizontalpodautoscaler": "rates-api"}
 
 
 def api_rule(helm, *json_sets: str) -> dict:
@@ -110,12 +113,26 @@ def latency(fast_per_minute: int, slow_per_minute: int) -> list[dict]:
             for le, n in buckets.items()]
 
 
+def threads(in_progress: str, of: int = 24) -> list[dict]:
+    """gunicorn's request threads (3 pods of 2 workers x 4) and those serving a request."""
+    return [series("rates_api_requests_in_progress", API, in_progress),
+            series("rates_api_request_threads", API, f"{of}x40")]
+
+
+def autoscaler(current: str, most: int = 20, **other: str) -> list[dict]:
+    """An HPA's pods and its maximum, as kube-state-metrics exports them; the release's, or
+    another with ``other`` labels."""
+    labels = {**HPA, **other}
+    return [series("kube_horizontalpodautoscaler_status_current_replicas", labels, current),
+            series("kube_horizontalpodautoscaler_spec_max_replicas", labels, f"{most}x40")]
+
+
 def healthy_api(errors_per_minute: int = 0, slow_per_minute: int = 0, pool_in_use: int = 6,
-                not_ready_per_minute: int = 0) -> list[dict]:
+                not_ready_per_minute: int = 0, in_progress: str = "5x40", pods: str = "3x40") -> list[dict]:
     return [series("up", API, "1x40"), requests("200", 600), requests("503", errors_per_minute),
             *readiness(54 - not_ready_per_minute, not_ready_per_minute), *latency(600, slow_per_minute),
             series("rates_api_db_pool_in_use", API, f"{pool_in_use}x40"),
-            series("rates_api_db_pool_size", API, "20x40")]
+            series("rates_api_db_pool_size", API, "20x40"), *threads(in_progress), *autoscaler(pods)]
 
 
 def quiet(names, at: str = "35m") -> list:
@@ -123,11 +140,29 @@ def quiet(names, at: str = "35m") -> list:
 
 
 def test_a_healthy_api_raises_no_alert(helm, promtool, tmp_path):
-    # 1 % of errors, 0.3 % slow requests, 18 of 20 connections lent and one pod of three out
-    # of rotation: all below the thresholds.
+    # 1 % of errors, 0.3 % slow requests, 18 of 20 connections lent, one pod of three out
+    # of rotation, 21 of 24 threads busy and the HPA one pod below its maximum: all below
+    # the thresholds.
     run_promtool(promtool, tmp_path, api_rule(helm), [
-        case(healthy_api(errors_per_minute=6, slow_per_minute=2, pool_in_use=18, not_ready_per_minute=18),
+        case(healthy_api(errors_per_minute=6, slow_per_minute=2, pool_in_use=18, not_ready_per_minute=18,
+                         in_progress="21x40", pods="19x40"),
              quiet(API_ALERTS))])
+
+
+def test_an_idle_environment_raises_no_errors_alert_for_a_few_failed_requests(helm, promtool, tmp_path):
+    # Staging at night: no /rates traffic but two requests, both 503 (an RDS maintenance
+    # blip), 4 minutes apart. 100 % of the traffic failed, but it is two requests.
+    idle = [series("up", API, "1x60"),
+            series("rates_api_requests_total", {**API, "route": "/rates", "method": "GET", "status": "503"},
+                   "0x2 1x3 2x54"),
+            series("rates_api_requests_total", {**API, "route": "/rates", "method": "GET", "status": "200"}, "0x60")]
+    run_promtool(promtool, tmp_path, api_rule(helm), [
+        case(idle, [("RatesApiErrors", at, []) for at in ("3m", "5m", "7m", "9m", "12m", "20m")])])
+    # Few requests, but above the minimum, still raise it: 2 of 8 a minute (0.13 a second) fail.
+    few = [series("up", API, "1x40"), requests("200", 6), requests("503", 2)]
+    run_promtool(promtool, tmp_path, api_rule(helm), [
+        case(few, [("RatesApiErrors", "4m", []),
+                   ("RatesApiErrors", "12m", [{"severity": "critical", "namespace": NAMESPACE}])])])
 
 
 def test_a_database_outage_raises_not_ready_though_no_request_fails(helm, promtool, tmp_path):
@@ -155,6 +190,18 @@ def test_api_alerts_fire_on_their_trouble_after_their_for(helm, promtool, tmp_pa
         case(healthy_api(pool_in_use=19), [
             ("RatesApiDatabasePoolSaturated", "5m", []),
             ("RatesApiDatabasePoolSaturated", "12m", [{"severity": "warning", "namespace": NAMESPACE}])]),
+        # 23 of 24 threads busy (one taking the next queued request): saturated after 10 minutes.
+        case(healthy_api(in_progress=" ".join(["23 24 24 23 24 24 24 23"] * 5)), [
+            ("RatesApiSaturated", "9m", []),
+            ("RatesApiSaturated", "12m", [{"severity": "warning", "namespace": NAMESPACE}]),
+            *quiet({"RatesApiSlow", "RatesApiDatabasePoolSaturated", "RatesApiErrors"}, "12m")]),
+        # The HPA at its maximum: warned after 15 minutes of it.
+        case(healthy_api(pods="3x2 6x2 12x2 20x34"), [
+            ("RatesApiAtMaxReplicas", "20m", []),
+            ("RatesApiAtMaxReplicas", "25m", [{"severity": "warning", "namespace": NAMESPACE}])]),
+        # Another release's HPA at its maximum (another namespace, another name) is not this one's.
+        case([*healthy_api(), *autoscaler("20x40", namespace="staging"),
+              *autoscaler("20x40", horizontalpodautoscaler="other")], quiet({"RatesApiAtMaxReplicas"})),
         # Every scrape fails; then no series of this namespace at all (every pod deleted).
         case([series("up", API, "0x20")], [("RatesApiDown", "4m", []),
                                            ("RatesApiDown", "6m", [{"severity": "critical", "namespace": NAMESPACE}])]),
@@ -182,6 +229,37 @@ def test_the_thresholds_come_from_the_values(helm, promtool, tmp_path):
     rule = api_rule(helm, "metrics.prometheusRule.errorRatio=0.2", "metrics.prometheusRule.latencyP99Seconds=4")
     run_promtool(promtool, tmp_path, rule, [
         case(healthy_api(errors_per_minute=60, slow_per_minute=20), quiet({"RatesApiErrors", "RatesApiSlow"}))])
+    # 660 requests a minute are 11 a second: below a minimum of 12.
+    rule = api_rule(helm, "metrics.prometheusRule.errorMinRequestsPerSecond=12")
+    run_promtool(promtool, tmp_path, rule, [case(healthy_api(errors_per_minute=60), quiet({"RatesApiErrors"}))])
+
+
+def test_an_overload_that_queues_requests_for_threads_raises_saturated(helm, promtool, tmp_path):
+    """The review's overload (a lock on the totals taken and released again and again, 60
+    clients, one pod of 2 workers x 4 threads): clients waited 2.0 s at the median and 6.0 s
+    at the 99th percentile, but for a thread, before the app starts its clock. Its histogram
+    (the bucket counts measured, a minute's worth) put the 99th percentile at 0.99 s, and the
+    pool lent 3 to 7 of its 8 connections: neither RatesApiSlow nor the pool's alert fired."""
+    labels = {**API, "route": "/rates", "method": "GET", "status": "200"}
+    measured = {"0.0025": 109, "0.005": 211, "0.01": 499, "0.025": 845, "0.05": 917, "0.1": 955, "0.25": 966,
+                "0.5": 966, "1.0": 1666, "2.5": 1666, "5.0": 1666, "+Inf": 1666}
+    overload = [series("up", API, "1x40"), requests("200", 1666), requests("503", 0),
+                *(series("rates_api_request_duration_seconds_bucket", {**labels, "le": le}, f"0+{n}x40")
+                  for le, n in measured.items()),
+                series("rates_api_db_pool_in_use", API, " ".join(["7 6 5 3 7 6"] * 7)),
+                series("rates_api_db_pool_size", API, "8x40"),
+                *threads("8x40", of=8)]
+    run_promtool(promtool, tmp_path, api_rule(helm), [
+        case(overload, [("RatesApiSaturated", "8m", []),
+                        ("RatesApiSaturated", "12m", [{"severity": "warning", "namespace": NAMESPACE}]),
+                        *quiet({"RatesApiSlow", "RatesApiDatabasePoolSaturated", "RatesApiErrors"}, "20m")])])
+
+
+def test_the_autoscaler_alert_is_left_out_without_autoscaling(helm):
+    rule = api_rule(helm, "autoscaling.enabled=false")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts == set(API_ALERTS) - {"RatesApiAtMaxReplicas"}
+    assert "RatesApiAtMaxReplicas" in {r["alert"] for g in api_rule(helm)["spec"]["groups"] for r in g["rules"]}
 
 
 # --- the controller --------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from tests.support.images import postgres_socket
 from tests.support.kube import gone, kubeconform
 from tests.support.local_node import LocalNode
 from tests.support.net import free_port, wait_for_http
-from tests.support.netpol import address, connection_allowed, egress_allowed, ingress_allowed, pod_of, selects
+from tests.support.netpol import Pod, address, connection_allowed, egress_allowed, ingress_allowed, pod_of, selects
 from tests.support.poll import wait_for
 from tests.support.world import insert_prices, insert_world
 
@@ -522,7 +522,8 @@ def test_labels_and_selectors_agree(render):
 
     service = one(docs, "Service")
     assert service["spec"]["type"] == "ClusterIP"
-    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                                        {"name": "probe", "port": 8081, "targetPort": "probe", "protocol": "TCP"}]
     ingress = api_ingress(docs)
     assert ingress["spec"]["ingressClassName"] == "alb"
     (rule,) = ingress["spec"]["rules"]
@@ -568,7 +569,23 @@ def test_the_service_monitor_scrapes_every_api_pod(render):
     assert selects(monitor["spec"]["selector"], service["metadata"]["labels"])
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
     [endpoint] = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["path"] == "/metrics"
+    # On the probe port, where each worker answers beside gunicorn's threads: on http the
+    # scrapes of a pod whose threads were all busy queued behind its requests and timed out.
+    [port] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    container = api_container(docs)
+    assert port["targetPort"] == "probe" == container["readinessProbe"]["httpGet"]["port"]
+    probe = {p["name"]: p["containerPort"] for p in container["ports"]}["probe"]
+    assert port["port"] == probe and plain_env(container)["PROBE_PORT"] == str(probe)
+    # Prometheus, in a namespace of its own, may connect there.
+    prometheus = Pod(labels={"app.kubernetes.io/name": "prometheus"}, namespace="monitoring",
+                     namespace_labels={"kubernetes.io/metadata.name": "monitoring"})
+    policies = [d for (k, _), d in docs.items() if k == "NetworkPolicy"]
+    assert ingress_allowed(policies, pod_of(one(docs, "Deployment")["spec"]["template"]), prometheus, probe)
+    # The load balancer still forwards to http only.
+    [backend_port] = {path["backend"]["service"]["port"]["name"] for rule in api_ingress(docs)["spec"]["rules"]
+                      for path in rule["http"]["paths"] if path["backend"]["service"]["name"] == RELEASE}
+    assert backend_port == "http"
 
 
 @pytest.mark.parametrize("env", ENVS)

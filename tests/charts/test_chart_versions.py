@@ -41,6 +41,7 @@ PINS = {
         "0.16.2": "3155b63399d167f4b9e1619fedcac0be75c8f956a95167e0723df3097ef33ef1",
         "0.16.3": "1db99e215fea07f692769022dd22c07c6067957bb759c1aac2aec25e1bdb1c71",
         "0.16.4": "0d02794cb299f550edf8ae8093a7d6cfbac2d63a47a3348d201c4cdd6d24d1d8",
+        "0.17.0": "feeb4656baf3a7dfaf280c4a755161504dd04023f9f7453f0f9901d8404b9fd6",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",

@@ -323,7 +323,7 @@ def test_port_forward_targets_the_api_service_port(effective, rendered):
     [forward] = effective(None)["rates"]["portForward"]
     service = one(rendered(None), "Service", forward["resourceName"])
     assert forward["resourceType"] == "service"
-    [port] = service["spec"]["ports"]
+    [port] = [p for p in service["spec"]["ports"] if p["name"] == "http"]  # (probe is the ServiceMonitor's)
     assert forward["port"] == port["port"] == 80
     api = one(rendered(None), "Deployment", "rates-api")["spec"]["template"]["spec"]["containers"][0]
     assert {p["name"]: p["containerPort"] for p in api["ports"]}[port["targetPort"]] == int(env_of(api)["PORT"])
@@ -378,9 +378,10 @@ def test_the_network_policies_let_the_local_connections_through(rendered, profil
         doc = one(docs, kind, name)
         return pod_of(doc if kind == "Pod" else doc["spec"]["template"], "local")
 
-    def service_target(name):
-        """(the pod behind Service ``name``, the port a policy sees after its DNAT)."""
-        [port] = one(docs, "Service", name)["spec"]["ports"]
+    def service_target(name, port_name=None):
+        """(the pod behind Service ``name``, the port a policy sees after its DNAT): of its
+        only port, or of the one named ``port_name``."""
+        [port] = [p for p in one(docs, "Service", name)["spec"]["ports"] if port_name in (None, p["name"])]
         [backend] = [d for d in docs if d["kind"] == "Deployment" and one(docs, "Service", name)["spec"][
             "selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
         pod = pod_of(backend["spec"]["template"], "local")
@@ -390,7 +391,7 @@ def test_the_network_policies_let_the_local_connections_through(rendered, profil
     dns = Pod(labels={"k8s-app": "kube-dns"}, namespace="kube-system",
               namespace_labels={"kubernetes.io/metadata.name": "kube-system"}, port_names={"dns": 53})
     postgres, postgres_port = service_target("rates-postgres")
-    api, api_port = service_target("rates-api")
+    api, api_port = service_target("rates-api", "http")
     clients = {"api": api, "migrations": workload("Job", "rates-api-migrate")}
     needs = [(clients["api"], postgres, postgres_port), (clients["migrations"], postgres, postgres_port),
              # the helm test, through the Service
