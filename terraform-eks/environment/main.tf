@@ -40,11 +40,12 @@ locals {
 module "uploads" {
   source = "../modules/uploads"
 
-  name              = var.bucket_name
-  prices_prefix     = var.prices_prefix
-  max_receive_count = var.max_receive_count
-  alarm_actions     = var.alarm_actions
-  force_destroy     = var.throwaway
+  name                      = var.bucket_name
+  prices_prefix             = var.prices_prefix
+  max_receive_count         = var.max_receive_count
+  alarm_actions             = var.alarm_actions
+  upload_wait_alarm_seconds = var.upload_wait_alarm_seconds
+  force_destroy             = var.throwaway
 }
 
 module "database" {

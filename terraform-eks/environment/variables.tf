@@ -36,9 +36,20 @@ variable "max_receive_count" {
 }
 
 variable "alarm_actions" {
-  description = "ARNs (e.g. an SNS topic's) notified when an alarm changes state: a file set aside in the dead-letter queue, uploads waiting over an hour, or the database running out of storage. None: the alarms show in CloudWatch only."
+  description = "ARNs (e.g. an SNS topic's) notified when an alarm changes state: a file set aside in the dead-letter queue, uploads waiting over upload_wait_alarm_seconds, or the database running out of storage. None: the alarms show in CloudWatch only."
   type        = list(string)
   default     = []
+}
+
+variable "upload_wait_alarm_seconds" {
+  description = "Age of the oldest waiting upload, in seconds, above which the uploads-waiting alarm fires. Keep it above the time a burst of uploads waits for MAX_ACTIVE_JOBS."
+  type        = number
+  default     = 3600
+
+  validation {
+    condition     = var.upload_wait_alarm_seconds >= 900 && var.upload_wait_alarm_seconds <= 1209600
+    error_message = "upload_wait_alarm_seconds must be between 900 (the controller backs a message off for up to 15 minutes) and 1209600 (the queue's fourteen-day retention)."
+  }
 }
 
 variable "throwaway" {

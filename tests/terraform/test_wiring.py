@@ -517,20 +517,35 @@ def test_the_queue_alarms_watch_their_own_queues_and_tell_whom_the_environment_n
     assert [call["alarm_actions"] for call in calls] == ["${var.alarm_actions}"]
 
 
-def test_the_waiting_alarm_waits_longer_than_the_controller_backs_off_a_message_it_cannot_place():
+def _variables(stack: str) -> dict[str, dict]:
+    return {name: body for block in parse_hcl((TERRAFORM_ROOT / stack / "variables.tf").read_text())["variable"]
+            for name, body in block.items()}
+
+
+def test_the_waiting_alarm_waits_longer_than_the_controller_backs_off_a_message_it_cannot_place(settings):
     # A message whose Job cannot be created is backed off, then set aside (the dead-letter
     # alarm's business); uploads-waiting is for no controller polling, or a backlog.
     from rates_controller.controller import MESSAGE_BACKOFF_SECONDS, message_backoff
 
-    variables = {name: body for block in parse_hcl((TERRAFORM_ROOT / "modules/uploads/variables.tf").read_text())
-                 ["variable"] for name, body in block.items()}
-    minimum = int(re.search(r"upload_wait_alarm_seconds >= (\d+)",
-                            variables["upload_wait_alarm_seconds"]["validation"][0]["condition"]).group(1))
-    assert minimum >= MESSAGE_BACKOFF_SECONDS[1]
+    for stack in ("modules/uploads", "environment"):
+        variable = _variables(stack)["upload_wait_alarm_seconds"]
+        minimum = int(re.search(r"upload_wait_alarm_seconds >= (\d+)", variable["validation"][0]["condition"]).group(1))
+        assert minimum >= MESSAGE_BACKOFF_SECONDS[1], stack
     for env in ENVIRONMENTS:
         receives = merged_values(env)["controller"]["maxReceives"]
         backed_off = sum(message_backoff(n) for n in range(1, receives))
-        assert variables["upload_wait_alarm_seconds"]["default"] > backed_off, (env, backed_off)
+        assert settings[f"environment/{env}"]["upload_wait_alarm_seconds"] > backed_off, (env, backed_off)
+
+
+def test_each_environment_sets_its_waiting_alarm_as_the_module_takes_it():
+    # Declared on modules/uploads alone, it kept the module's default in every environment.
+    module, environment = (_variables(stack)["upload_wait_alarm_seconds"] for stack in ("modules/uploads", "environment"))
+    assert environment["type"] == module["type"] and environment["default"] == module["default"]
+    assert environment["validation"] == module["validation"]
+    assert environment["description"] == module["description"]
+    calls = [body for block in parse_hcl((TERRAFORM_ROOT / "environment/main.tf").read_text())["module"]
+             for body in block.values() if body["source"] == "../modules/uploads"]
+    assert [call.get("upload_wait_alarm_seconds") for call in calls] == ["${var.upload_wait_alarm_seconds}"]
 
 
 def test_the_database_alarm_watches_its_own_free_storage_and_tells_whom_the_environment_names():
