@@ -38,7 +38,7 @@ from rates_core.errors import PermanentError, TemporaryError
 from . import events, jobs
 from .events import UploadedObject
 from .kube import REQUEST_TIMEOUT, Conflict, JobsApi, QuotaFull
-from .metrics import Metrics
+from .metrics import JOB_RESULTS, Metrics
 from .queue import MAX_HIDDEN_S, Message, Queue
 from .settings import Settings
 
@@ -55,7 +55,7 @@ RETRY_CREATE_GIVE_UP = datetime.timedelta(hours=1)
 # The largest ttlSecondsAfterFinished (an int32).
 INT32_MAX = 2**31 - 1
 
-SUCCEEDED, RETRIED, SET_ASIDE = "succeeded", "retried", "set-aside"
+SUCCEEDED, RETRIED, SET_ASIDE = JOB_RESULTS
 
 # How often the Jobs of messages held for a full quota are tried again (see _hold).
 QUOTA_RECHECK_SECONDS = 10

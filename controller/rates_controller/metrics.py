@@ -20,6 +20,9 @@ disable_created_metrics()
 # an alert on increase() cannot see a counter's first sample, so without this the first
 # file set aside for a reason would raise no alert.
 SET_ASIDE_REASONS = ("invalid_file", "rejected", "attempts_exhausted", "poison", "undeliverable", "unexpected")
+# What the controller does with an ended Job (its rates-platform/handled label), each series
+# at 0 from the start for the same reason: RatesControllerJobsRetried counts the retries.
+JOB_RESULTS = ("succeeded", "retried", "set-aside")
 
 
 class Metrics:
@@ -35,6 +38,8 @@ class Metrics:
         self.jobs_finished = Counter("rates_controller_jobs_finished",
                                      "Ingest Jobs that ended, by what the controller did next", ["result"],
                                      registry=r)
+        for result in JOB_RESULTS:
+            self.jobs_finished.labels(result)
         self.set_aside = Counter("rates_controller_files_set_aside",
                                  "Messages and files sent to the dead-letter queue, by reason", ["reason"],
                                  registry=r)

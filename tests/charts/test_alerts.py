@@ -265,7 +265,8 @@ def test_the_autoscaler_alert_is_left_out_without_autoscaling(helm):
 # --- the controller --------------------------------------------------------------------------
 
 CONTROLLER_ALERTS = ("RatesControllerDown", "RatesControllerRestarting", "RatesControllerFileSetAside",
-                     "RatesControllerErrors", "RatesControllerAtCapacity", "RatesControllerQuotaFull")
+                     "RatesControllerJobsRetried", "RatesControllerErrors", "RatesControllerAtCapacity",
+                     "RatesControllerQuotaFull")
 
 
 def controller_rule(helm) -> dict:
@@ -285,9 +286,14 @@ NEW_POD = {**CTL, "pod": "rates-controller-5f8c7-q7w2m"}  # after an upgrade
 
 
 def healthy_controller(active_jobs: int = 1, started: str = "100x60", set_aside: str = "0x60",
-                       errors: str = "0x60", slots_in_use: int | None = None, held: int = 0) -> list[dict]:
+                       errors: str = "0x60", slots_in_use: int | None = None, held: int = 0,
+                       retried: str = "0x60") -> list[dict]:
     slots = active_jobs if slots_in_use is None else slots_in_use
     return [series("up", CTL, "1x60"),
+            # what the controller exports before any Job ended (metrics.JOB_RESULTS); one loads a minute
+            series("rates_controller_jobs_finished_total", {**POD, "result": "succeeded"}, "0+1x60"),
+            series("rates_controller_jobs_finished_total", {**POD, "result": "retried"}, retried),
+            series("rates_controller_jobs_finished_total", {**POD, "result": "set-aside"}, "0x60"),
             series("process_start_time_seconds", POD, started),
             series("rates_controller_active_jobs", CTL, f"{active_jobs}x60"),
             series("rates_controller_slots_in_use", CTL, f"{slots}x60"),
@@ -338,6 +344,23 @@ def test_controller_alerts_fire_on_their_trouble_after_their_for(helm, promtool,
         case([*healthy_controller(started="100x10 _x50"),
               series("process_start_time_seconds", NEW_POD, "_x10 700x50")],
              quiet({"RatesControllerRestarting"}, "15m")),
+        # A Job failed at minute 10 and its file got another: warned at once, for the hour
+        # the retry stays in the window, as a file whose Jobs keep failing is set aside hours later.
+        case(healthy_controller(retried="0x10 1x70"), [
+            ("RatesControllerJobsRetried", "9m", []),
+            ("RatesControllerJobsRetried", "11m", [{"severity": "warning", "namespace": NAMESPACE}]),
+            ("RatesControllerJobsRetried", "65m", [{"severity": "warning", "namespace": NAMESPACE}]),
+            ("RatesControllerJobsRetried", "75m", []),
+            *quiet({"RatesControllerFileSetAside"}, "11m")]),
+        # A new pod whose first pass retried a Job that ended during the upgrade, before its
+        # first scrape: its series starts at 1; it alerts while the process is young.
+        case([*healthy_controller(started="100x10 _x50", retried="0x10 _x50"),
+              series("process_start_time_seconds", NEW_POD, "_x10 590x80"),
+              series("rates_controller_jobs_finished_total", {**NEW_POD, "result": "retried"}, "_x10 1x80")], [
+            ("RatesControllerJobsRetried", "9m", []),
+            ("RatesControllerJobsRetried", "11m", [{"severity": "warning", "namespace": NAMESPACE}]),
+            ("RatesControllerJobsRetried", "65m", [{"severity": "warning", "namespace": NAMESPACE}]),
+            ("RatesControllerJobsRetried", "75m", [])]),
         # Receives fail every minute from minute 5 on: warned after 15 minutes of it.
         case(healthy_controller(errors="0x5 1+1x55"), [
             ("RatesControllerErrors", "15m", []),

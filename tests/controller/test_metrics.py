@@ -24,6 +24,13 @@ def test_every_set_aside_reason_is_exported_at_zero_before_it_happens():
         assert f'rates_controller_files_set_aside_total{{reason="{reason}"}} 0.0' in exported
 
 
+def test_every_job_result_is_exported_at_zero_before_it_happens():
+    # The same for the retries: RatesControllerJobsRetried would not see a pod's first.
+    exported = generate_latest(Metrics().registry).decode()
+    for result in ("succeeded", "retried", "set-aside"):  # the Jobs' rates-platform/handled labels
+        assert f'rates_controller_jobs_finished_total{{result="{result}"}} 0.0' in exported
+
+
 def test_no_created_series_are_exported():
     # In a process of its own: the API's module turns them off for the whole process too.
     script = ("from prometheus_client import generate_latest; from rates_controller.metrics import Metrics;"
