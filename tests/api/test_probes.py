@@ -325,9 +325,11 @@ def test_replacing_a_worker_for_a_hung_request_drops_no_other_request(dsn, world
 
 
 @contextlib.contextmanager
-def api_role_limited(dsn):
-    """A function that caps the API's role at the server, as its max_connections would at
-    HPA max (a superuser's connections are not capped, so the API logs in as its own role)."""
+def limited_api(dsn, world, tmp_path):
+    """gunicorn serving the API as its own role, with a probe port, and a function that caps
+    the role at the server, as its max_connections would at HPA max (a superuser's
+    connections are not capped); yields (limit, base URL, probe URL)."""
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
     admin = psycopg2.connect(dsn)
     admin.autocommit = True
 
@@ -337,10 +339,12 @@ def api_role_limited(dsn):
             if end:
                 cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
                             (end,))
-                cur.execute("SELECT pg_stat_clear_snapshot()")
         wait_for(lambda: not end or not connections_of(admin).get(end), timeout=10, what=f"{end} to end")
+    probe = free_port()
     try:
-        yield limit
+        with gunicorn_server(as_user(dsn, API_USER), tmp_path, WEB_CONCURRENCY="1", GUNICORN_THREADS="4",
+                             PROBE_PORT=str(probe)) as (_, base):
+            yield limit, base, f"http://127.0.0.1:{probe}"
     finally:
         limit(-1)
         admin.close()
@@ -360,12 +364,7 @@ def test_a_worker_the_server_gives_no_connection_is_not_ready_until_it_does(dsn,
     # At HPA max: the kubelet's probe opened the probe's connection first, and the server
     # then refused the pool's. Every request got a fast 503 while /readyz said ok, so the
     # balancer kept sending the pod its share (a review measured 13733 such 503s in 10 s).
-    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
-    probe = free_port()
-    with api_role_limited(dsn) as limit, gunicorn_server(
-            as_user(dsn, API_USER), tmp_path, WEB_CONCURRENCY="1", GUNICORN_THREADS="4",
-            PROBE_PORT=str(probe)) as (_, base):
-        probes = f"http://127.0.0.1:{probe}"
+    with limited_api(dsn, world, tmp_path) as (limit, base, probes):
         assert requests.get(probes + "/readyz", timeout=10).status_code == 200
         limit(1, end="rates-api")  # the probe's connection is all the role may have
 
@@ -383,12 +382,7 @@ def test_a_worker_the_server_gives_no_connection_is_not_ready_until_it_does(dsn,
 def test_a_worker_whose_probe_connection_is_refused_while_its_pool_serves_stays_ready(dsn, world, tmp_path):
     # The other way round, as when every pod reconnects at once near max_connections: a
     # pod answering every request must not leave the Service for its probe's connection.
-    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-01", p) for p in (10, 20, 30)])
-    probe = free_port()
-    with api_role_limited(dsn) as limit, gunicorn_server(
-            as_user(dsn, API_USER), tmp_path, WEB_CONCURRENCY="1", GUNICORN_THREADS="4",
-            PROBE_PORT=str(probe)) as (_, base):
-        probes = f"http://127.0.0.1:{probe}"
+    with limited_api(dsn, world, tmp_path) as (limit, base, probes):
         assert requests.get(base + RATES, timeout=10).status_code == 200
         assert requests.get(probes + "/readyz", timeout=10).status_code == 200
         with psycopg2.connect(dsn) as admin:
