@@ -285,7 +285,8 @@ def _stop_api(api: subprocess.Popen) -> None:
               help="Send also the files whose last run rejected them (after fixing, e.g., unknown ports).")
 def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None:
     """List the uploads whose latest version in S3 is not the file loaded for its key in
-    $DATABASE_URL (after a restore, a rebuild, lost events); --send loads them again."""
+    $DATABASE_URL (after a restore, a rebuild, lost events), and the earlier versions of a
+    key with no file at all, in case the newer is rejected; --send loads them again."""
     from rates_ingest import s3source
 
     if send and not queue_url:
@@ -305,7 +306,9 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
     if send and to_send:
         reconcile.send(reconcile.sqs_client(), queue_url, bucket, to_send)
     held = len(found) - len(to_send)
+    older = sum(upload.older for upload in found)
     summary = (f"{len(found)} upload(s) of the {examined} under s3://{bucket}/{prefix} not loaded as S3 holds them"
+               + (f" ({older} of them earlier versions of keys with no file loaded)" if older else "")
                + (f"; {len(to_send)} sent to the uploads queue" if send else "")
                + (f"; {held} rejected, not sent (--include-rejected sends those rejected for their content)"
                   if held else ""))
@@ -351,7 +354,11 @@ def _echo_lines(lines) -> bool:
 
 def _why(upload: reconcile.Upload) -> str:
     if upload.last_run and upload.last_run[0] == "rejected":
-        return f"rejected: {upload.last_run[1]}"
+        older = " (an older version; the key has no file loaded)" if upload.older else ""
+        return f"rejected{older}: {upload.last_run[1]}"
+    if upload.older:
+        return "older version, sent in case the newer does not load (the key has no file loaded)" + (
+            f"; last run {upload.last_run[0]}: {upload.last_run[1]}" if upload.last_run else "")
     state = "not loaded"
     if upload.loaded:
         state = (f"another file was loaded ({upload.loaded}) and withdrawn" if upload.withdrawn

@@ -1,10 +1,21 @@
 """``ratesctl reconcile``: the uploads whose latest version in S3 is not the file the
 database has loaded for its key, and, with ``--send``, a new event for each on the uploads
-queue.
+queue. For a key with no file recorded at all, the earlier versions S3 still holds too.
 
 Nothing else compares the bucket with the database. After a restore to an earlier time, a
 database rebuilt empty, a queue or bucket notification lost, or a namespace deleted with
 Jobs in flight, the API would serve old prices with no error anywhere.
+
+Why the earlier versions: a rejected upload does not replace its key's file, so a key
+whose newest upload was rejected keeps an older version's prices. In a database emptied
+(runbook/sql/reload_all.sql) or rebuilt, the latest version alone would be rejected again,
+and those prices would be gone for good. Sent all, the key ends with the file it had: the
+job keeps a key's newest file that loads whatever the order its events are handled in
+(rates_ingest.loader: a version older than the loaded one is ``superseded``; a newer one
+that is rejected leaves the older loaded). Each earlier version that loads and is then
+replaced costs about its load again. Versions listed behind a delete marker are left out,
+as a key whose latest is one is: a rebuild does not bring back what was deleted (a
+withdrawn file's object, which the README says to delete, for one).
 """
 
 import uuid
@@ -33,25 +44,36 @@ class Upload:
     last_run: tuple[str, str | None] | None  # (status, error) of this version's last run
     withdrawn: bool = False  # whether the loaded file's prices were withdrawn
     never_loads: bool = False  # its name is no price file's (the job refuses it unread)
+    older: bool = False  # an earlier version of a key with no file recorded, sent in case the newer does not load
 
 
 def missing(s3, conn, bucket: str, prefix: str) -> tuple[list[Upload], int]:
     """The keys under ``prefix`` whose latest version (not deleted) is not their loaded
-    file, and how many keys S3 holds there (a mistyped prefix holds none)."""
+    file, and how many keys S3 holds there (a mistyped prefix holds none). A key with no
+    file recorded at all (none loaded, none withdrawn) comes with its earlier versions too,
+    newest first (see above)."""
     loaded = _loaded_files(conn, bucket, prefix)
     examined = 0
     unloaded = []
-    for key, info in _latest_versions(s3, bucket, prefix):  # kept only if not loaded: a bucket may hold millions
-        examined += 1
-        if loaded.get(key, (None,))[0] != info.identity:
-            unloaded.append((key, info))
-    runs = _last_runs(conn, bucket, unloaded)
+    earlier = False  # whether the earlier versions of the key listed now are wanted
+    for key, info, latest in _versions(s3, bucket, prefix):  # kept only if not loaded: a bucket may hold millions
+        if latest:
+            examined += 1
+            # A key refused by its name is refused in every version: its latest says so.
+            earlier = key not in loaded and _not_a_price_file(key) is None
+            if loaded.get(key, (None,))[0] != info.identity:
+                unloaded.append((key, info, False))
+        elif earlier and info.versioned:
+            # An earlier "null" version (written before versioning was enabled) cannot be
+            # named in an event: the job would read the key's latest instead.
+            unloaded.append((key, info, True))
+    runs = _last_runs(conn, bucket, [(key, info) for key, info, _ in unloaded])
     uploads = []
-    for key, info in unloaded:
+    for key, info, older in unloaded:
         version, withdrawn = loaded.get(key, (None, False))
         named = _not_a_price_file(key)
         uploads.append(Upload(key, info, version, named or runs.get((key, info.version_id)), withdrawn,
-                              named is not None))
+                              named is not None, older))
     return uploads, examined
 
 
@@ -65,15 +87,34 @@ def _not_a_price_file(key: str) -> tuple[str, str] | None:
     return None
 
 
-def _latest_versions(s3, bucket: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
+def _versions(s3, bucket: str, prefix: str) -> Iterator[tuple[str, ObjectInfo, bool]]:
+    """(key, version, whether it is the latest) of the versions under ``prefix``: each key's
+    latest, then its earlier ones newest first, down to its newest earlier delete marker.
+    Nothing of a key whose latest is a delete marker: its prices stay, as after any deletion,
+    and a rebuild does not bring them back (README)."""
     pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+    key, behind_marker = None, False
     with _mapped(f"listing s3://{bucket}/{prefix}"):
         for page in pages:
-            # A key whose latest is a delete marker is left out: its prices stay, as after any deletion.
-            for version in page.get("Versions", []):
-                if version["IsLatest"] and not version["Key"].endswith("/"):
-                    yield version["Key"], ObjectInfo(version_id=version["VersionId"], etag=version["ETag"],
-                                                     size=version["Size"], last_modified=version["LastModified"])
+            # S3 lists a key's versions and delete markers in one order, newest first (a key's
+            # may run on to the next pages), but boto3 splits each page into two lists. Merged
+            # again by time, the latest first, and a delete marker before a version of its
+            # second (S3's times have a one-second resolution): so a version is never taken
+            # to be newer than a delete marker that is newer than it, though a version put
+            # in the second of a deletion, or a multipart upload begun before it (its time
+            # is its start), is taken to be behind it, and left out.
+            entries = sorted([(version, False) for version in page.get("Versions", [])]
+                             + [(marker, True) for marker in page.get("DeleteMarkers", [])],
+                             key=lambda entry: (entry[0]["Key"], not entry[0]["IsLatest"],
+                                                -entry[0]["LastModified"].timestamp(), not entry[1]))
+            for entry, is_marker in entries:
+                if entry["Key"] != key:
+                    key, behind_marker = entry["Key"], False
+                behind_marker = behind_marker or is_marker
+                if behind_marker or key.endswith("/"):
+                    continue
+                yield key, ObjectInfo(version_id=entry["VersionId"], etag=entry["ETag"], size=entry["Size"],
+                                      last_modified=entry["LastModified"]), entry["IsLatest"]
 
 
 def _loaded_files(conn, bucket: str, prefix: str) -> dict[str, tuple[str, bool]]:

@@ -169,13 +169,13 @@ def test_a_listing_longer_than_the_idle_transaction_timeout_does_not_end_the_ses
         cur.execute("SELECT current_database()")
         cur.execute(f'ALTER DATABASE "{cur.fetchone()[0]}" SET idle_in_transaction_session_timeout = \'1s\'')
     s3.put("p.csv", as_csv(ROWS))
-    listed = reconcile_module._latest_versions
+    listed = reconcile_module._versions
 
     def slow_listing(*args):
         time.sleep(1.5)
         yield from listed(*args)
 
-    monkeypatch.setattr(reconcile_module, "_latest_versions", slow_listing)
+    monkeypatch.setattr(reconcile_module, "_versions", slow_listing)
     assert reconcile(dsn, "--bucket", s3.name, "--prefix", "")[-1].startswith("1 upload(s)")
 
 
@@ -236,3 +236,138 @@ def test_keys_are_listed_with_control_and_format_characters_escaped(dsn, world, 
     assert sorted(line.split("  ")[0] for line in listed) == [
         f"s3://{s3.name}/in/a\\u0009b.csv", f"s3://{s3.name}/in/c\\\\u202ed \\U000e0041 é.csv",
         f"s3://{s3.name}/in/jan-\\u202evsc.2024.csv", f"s3://{s3.name}/in/win\\2016.csv"]
+
+
+BAD = as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)])  # rejected: an unknown port
+
+
+def loaded(conn) -> tuple[list, list]:
+    """The keys' current files (key, version), and each loaded price with its key."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT key, version FROM ingest_files WHERE replaced_at IS NULL ORDER BY key")
+        files = cur.fetchall()
+        cur.execute("""SELECT f.key, p.orig_code, p.dest_code, p.day::text, p.price FROM prices p
+                       JOIN ingest_files f ON f.id = p.source_id ORDER BY 1, 2, 3, 4, 5""")
+        return files, cur.fetchall()
+
+
+def test_loading_everything_again_keeps_the_older_file_of_a_key_whose_newest_upload_was_rejected(dsn, world, s3,
+                                                                                                queue):
+    # The runbook's "Loading everything again". A rejected upload does not replace its key's
+    # file, so in/kept.csv kept its first version; the latest alone would be rejected again
+    # after the reload, and the first version's prices would be gone for good.
+    from tests.runbook.test_runbook import psql
+
+    s3.enable_versioning()
+    kept = s3.put("in/kept.csv", as_csv(ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "in/kept.csv") == 0
+    rejected = s3.put("in/kept.csv", BAD)["VersionId"]
+    assert run_job(dsn, s3.name, "in/kept.csv") == 2
+    first = s3.put("in/replaced.csv", as_csv(ROWS[:1]))["VersionId"]
+    assert run_job(dsn, s3.name, "in/replaced.csv") == 0
+    newest = s3.put("in/replaced.csv", as_csv(V2_ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "in/replaced.csv") == 0
+    before = loaded(world)
+    assert before[0] == [("in/kept.csv", kept), ("in/replaced.csv", newest)]
+    newest_first = [rejected, kept, newest, first]
+
+    for order in (1, -1):  # the Jobs run in either order: the newest first, or the oldest
+        psql(dsn, "reload_all.sql")
+        assert loaded(world) == ([], [])
+        *listed, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--queue-url",
+                                     queue.uploads_url)
+        again = sent(queue)
+        for obj in sorted(again, key=lambda obj: (obj.key, order * newest_first.index(obj.version_id))):
+            assert run_job(dsn, obj.bucket, obj.key, obj.version_id) == (2 if obj.version_id == rejected else 0)
+        assert loaded(world) == before, order
+        assert sorted((obj.key, obj.version_id) for obj in again) == sorted(
+            [("in/kept.csv", rejected), ("in/kept.csv", kept), ("in/replaced.csv", newest), ("in/replaced.csv", first)])
+        # Listed as sent: each key's latest, then its earlier versions, newest first.
+        assert [line.split("  ")[1] for line in listed] == newest_first
+        assert listed[1].endswith("older version, sent in case the newer does not load (the key has no file loaded)")
+        assert summary.startswith("4 upload(s) of the 2 under") and "(2 of them earlier versions" in summary
+        # The runbook's last check: nothing but the rejected file, now beside a loaded one.
+        [left] = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/")[:-1]
+        assert left.startswith(f"s3://{s3.name}/in/kept.csv  {rejected}  rejected: 1 invalid row(s)"), left
+
+
+def test_earlier_versions_are_listed_only_for_a_key_with_no_file_and_never_behind_a_delete_marker(dsn, world, s3,
+                                                                                                   queue):
+    s3.enable_versioning()
+    for rows in (ROWS, ROWS[:1]):
+        s3.put("in/loaded.csv", as_csv(rows))
+        assert run_job(dsn, s3.name, "in/loaded.csv") == 0
+    pending = s3.put("in/loaded.csv", as_csv(V2_ROWS))["VersionId"]  # its event lost: only it is sent
+    s3.put("in/deleted.csv", as_csv(ROWS))
+    s3.client.delete_object(Bucket=s3.name, Key="in/deleted.csv")  # nothing of it: a delete marker is its latest
+    lost = [s3.put("in/lost.csv", as_csv(rows))["VersionId"] for rows in (ROWS, V2_ROWS)]  # no event came
+    bad = []
+    for _ in range(2):
+        bad.append(s3.put("in/bad.csv", BAD)["VersionId"])
+        assert run_job(dsn, s3.name, "in/bad.csv") == 2
+    s3.put("in/notes.txt", b"a")  # refused by its name, every version alike: listed once
+    s3.put("in/notes.txt", b"b")
+
+    found, examined = reconcile_module.missing(s3.client, world, s3.name, "in/")
+    assert [(u.key, u.info.version_id) for u in found] == [
+        ("in/bad.csv", bad[1]), ("in/bad.csv", bad[0]), ("in/loaded.csv", pending), ("in/lost.csv", lost[1]),
+        ("in/lost.csv", lost[0]), ("in/notes.txt", found[-1].info.version_id)]
+    assert [u.older for u in found] == [False, True, False, False, True, False] and examined == 4
+
+    class PagesOfOne:
+        """S3's listing one entry a page: a key's versions and delete markers on pages of their own."""
+
+        def get_paginator(self, name):
+            paginator = s3.client.get_paginator(name)
+            return type("P", (), {"paginate": lambda _, **kw: paginator.paginate(**kw, PaginationConfig={
+                "PageSize": 1})})()
+
+    assert reconcile_module.missing(PagesOfOne(), world, s3.name, "in/") == (found, examined)
+
+    *listed, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--queue-url",
+                                 queue.uploads_url)
+    assert "rejected (an older version; the key has no file loaded): 1 invalid row(s)" in listed[1]
+    assert sorted((obj.key, obj.version_id) for obj in sent(queue)) == sorted(
+        [("in/loaded.csv", pending), ("in/lost.csv", lost[1]), ("in/lost.csv", lost[0])])
+    assert "3 sent" in summary and "3 rejected, not sent" in summary
+    reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--include-rejected", "--queue-url",
+              queue.uploads_url)
+    assert [obj.version_id for obj in sent(queue) if obj.key == "in/bad.csv"] == bad[::-1]
+
+
+def test_a_rebuild_loads_no_version_behind_a_delete_marker_so_a_deleted_withdrawn_file_stays_out(dsn, world, s3,
+                                                                                                  queue):
+    # The README: withdraw a file, then delete its object, or a rebuild loads it again. An
+    # upload to the key since, rejected, leaves the withdrawn file the key's: its earlier
+    # versions sent after the reload would bring the withdrawn prices back.
+    from tests.runbook.test_runbook import psql
+
+    s3.enable_versioning()
+    withdrawn = s3.put("in/withdrawn.csv", as_csv(ROWS))["VersionId"]
+    assert run_job(dsn, s3.name, "in/withdrawn.csv") == 0
+    result = CliRunner().invoke(cli, ["withdraw", "--bucket", s3.name, "--key", "in/withdrawn.csv", "--version",
+                                      withdrawn, "--reason", "wrong month"], env={"DATABASE_URL": dsn})
+    assert result.exit_code == 0, result.output
+    s3.client.delete_object(Bucket=s3.name, Key="in/withdrawn.csv")
+    # A key deleted, then uploaded to again: the versions since the delete marker count.
+    s3.put("in/again.csv", as_csv(V2_ROWS))
+    assert run_job(dsn, s3.name, "in/again.csv") == 0
+    s3.client.delete_object(Bucket=s3.name, Key="in/again.csv")
+    time.sleep(1.1)  # S3's times are to the second: a version of the delete's second counts as behind it
+    s3.put("in/withdrawn.csv", BAD)
+    assert run_job(dsn, s3.name, "in/withdrawn.csv") == 2
+    kept = s3.put("in/again.csv", as_csv(ROWS[:2]))["VersionId"]
+    assert run_job(dsn, s3.name, "in/again.csv") == 0
+    s3.put("in/again.csv", BAD)
+    assert run_job(dsn, s3.name, "in/again.csv") == 2
+    _, prices_before = loaded(world)
+    assert {key for key, *_ in prices_before} == {"in/again.csv"}
+
+    psql(dsn, "reload_all.sql")
+    reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--queue-url", queue.uploads_url)
+    again = sent(queue)
+    assert sorted((obj.key, obj.version_id == kept) for obj in again) == [
+        ("in/again.csv", False), ("in/again.csv", True), ("in/withdrawn.csv", False)]
+    for obj in again:
+        run_job(dsn, obj.bucket, obj.key, obj.version_id)
+    assert loaded(world) == ([("in/again.csv", kept)], prices_before)
