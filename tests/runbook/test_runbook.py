@@ -139,3 +139,15 @@ def test_every_alert_and_every_terraform_output_the_runbook_names_exists_and_eve
                              re.M))
     named = set(re.findall(r"terraform output (?:-raw |-json )?(\w+)", text))
     assert named and named <= outputs, named - outputs
+
+
+def test_the_dump_and_restore_client_the_runbook_names_is_of_the_terraforms_default_major_version():
+    # pg_dump refuses a server of a newer major version ("server version mismatch"), and
+    # pg_restore a newer pg_dump's file: a default raised without the runbook would send
+    # the on-call engineer to a client that fails in the middle of a restore.
+    variables = (RUNBOOK.parent / "terraform-eks/modules/database/variables.tf").read_text()
+    [default] = re.findall(r'variable "engine_version" \{[^}]*?default\s*=\s*"(\d+)"', variables)
+    text = (RUNBOOK / "README.md").read_text()
+    assert re.findall(r"^PG=postgres:(\d+) ", text, re.M) == [default]
+    assert re.findall(r"`database\.engine_version`, (\d+) by default", text) == [default]
+    assert re.findall(r"RDS's default is (\d+)", text) == [default]
