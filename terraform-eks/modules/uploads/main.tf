@@ -131,7 +131,8 @@ resource "aws_s3_bucket_lifecycle_configuration" "prices" {
     filter {}
 
     # The newest earlier version of each key stays whatever its age: a deleted key's last
-    # file, which a rebuild of the database may bring back by hand (README, "Uploads the database missed").
+    # file, which a rebuild of the database may bring back by hand, and the file kept by a
+    # key whose newest upload was rejected, which a rebuild sends (README, "Uploads the database missed").
     noncurrent_version_expiration {
       noncurrent_days           = var.noncurrent_version_days
       newer_noncurrent_versions = 1
