@@ -93,12 +93,17 @@ class Runtime:
             self._check(self._probe_connection)
         except TemporaryError as refused:
             # Near max_connections the probe's own connection may be refused while the
-            # pool's serve: a pod that answers is not taken out of rotation for it.
-            if not self.pool.serving():
+            # pool's serve: a pod that answers is not taken out of rotation for it. Every
+            # one of them lent is PoolExhausted, busy, as on the API's port.
+            if not self.pool.holds_connections():
                 raise
+            if self.pool.lends_all():
+                raise PoolExhausted("every connection of the pool is serving a request") from None
             try:
                 self._check(self.connection)
-            except (TemporaryError, PoolExhausted):
+            except PoolExhausted:
+                raise
+            except TemporaryError:
                 raise refused from None
             return
         if self.pool.opened_none():

@@ -317,10 +317,16 @@ class Pool:
         pool = self._pool
         return not self._reachable and (pool is None or pool.opened() == 0)
 
-    def serving(self) -> bool:
-        """Whether the pool holds connections and its last checkout did not fail."""
+    def lends_all(self) -> bool:
+        """Whether every connection the pool holds is lent (and it holds some)."""
         pool = self._pool
-        return self._reachable and pool is not None and pool.opened() > 0
+        return pool is not None and pool.opened() > 0 and pool.idle() == 0
+
+    def holds_connections(self) -> bool:
+        """Whether the pool holds open connections, lent or idle (whether or not its last
+        opening failed: near max_connections some open and the next is refused)."""
+        pool = self._pool
+        return pool is not None and pool.opened() > 0
 
     def close(self) -> None:
         with self._lock:

@@ -396,3 +396,24 @@ def test_a_worker_whose_probe_connection_is_refused_while_its_pool_serves_stays_
         with psycopg2.connect(dsn) as admin:
             assert "rates-api-probe" not in connections_of(admin)  # it was refused, not reopened
         admin.close()
+
+
+def test_a_busy_worker_whose_probe_connection_is_refused_stays_ready(dsn, world, tmp_path):
+    # Every connection of the pool lent, the probe's refused: busy, as on the API's port,
+    # not unavailable (taking loaded pods out of rotation only loads the rest more).
+    with limited_api(dsn, world, tmp_path) as (limit, base, probes):
+        blocker = psycopg2.connect(dsn)
+        try:
+            blocker.cursor().execute("LOCK TABLE lane_totals IN ACCESS EXCLUSIVE MODE")
+            with ThreadPoolExecutor(4) as clients:
+                held = [clients.submit(requests.get, base + RATES, timeout=60) for _ in range(4)]
+                wait_for(lambda: lock_waiters(world, application_name="rates-api") == 4, timeout=20,
+                         what="every thread to wait on the lock")
+                limit(4, end="rates-api-probe")
+                ready = [requests.get(probes + "/readyz", timeout=10) for _ in range(3)]
+                blocker.rollback()
+                assert [r.status_code for r in ready] == [200] * 3, [r.text for r in ready]
+                assert {r.json().get("database") for r in ready} == {"busy"}
+                assert [f.result().status_code for f in held] == [200] * 4
+        finally:
+            blocker.close()
