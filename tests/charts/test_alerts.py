@@ -262,6 +262,12 @@ def test_the_autoscaler_alert_is_left_out_without_autoscaling(helm):
     assert "RatesApiAtMaxReplicas" in {r["alert"] for g in api_rule(helm)["spec"]["groups"] for r in g["rules"]}
 
 
+def test_the_autoscaler_alert_is_left_out_for_an_autoscaler_held_at_one_size(helm):
+    # At its maximum whatever the load: a warning that never cleared (diff review).
+    pinned = api_rule(helm, "autoscaling.minReplicas=4", "autoscaling.maxReplicas=4")
+    assert "RatesApiAtMaxReplicas" not in {r["alert"] for g in pinned["spec"]["groups"] for r in g["rules"]}
+
+
 # --- the controller --------------------------------------------------------------------------
 
 CONTROLLER_ALERTS = ("RatesControllerDown", "RatesControllerRestarting", "RatesControllerFileSetAside",
