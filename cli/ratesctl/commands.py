@@ -285,8 +285,8 @@ def _stop_api(api: subprocess.Popen) -> None:
               help="Send also the files whose last run rejected them (after fixing, e.g., unknown ports).")
 def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None:
     """List the uploads whose latest version in S3 is not the file loaded for its key in
-    $DATABASE_URL (after a restore, a rebuild, lost events), and the earlier versions of a
-    key with no file at all, in case the newer is rejected; --send loads them again."""
+    $DATABASE_URL (after a restore, a rebuild, lost events), and their earlier versions newer
+    than that file, in case the newer is rejected; --send loads them again."""
     from rates_ingest import s3source
 
     if send and not queue_url:
@@ -308,7 +308,7 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
     held = len(found) - len(to_send)
     older = sum(upload.older for upload in found)
     summary = (f"{len(found)} upload(s) of the {examined} under s3://{bucket}/{prefix} not loaded as S3 holds them"
-               + (f" ({older} of them earlier versions of keys with no file loaded)" if older else "")
+               + (f" ({older} of them earlier versions)" if older else "")
                + (f"; {len(to_send)} sent to the uploads queue" if send else "")
                + (f"; {held} rejected, not sent (--include-rejected sends those rejected for their content)"
                   if held else ""))
@@ -354,10 +354,10 @@ def _echo_lines(lines) -> bool:
 
 def _why(upload: reconcile.Upload) -> str:
     if upload.last_run and upload.last_run[0] == "rejected":
-        older = " (an older version; the key has no file loaded)" if upload.older else ""
+        older = " (an older version, newer than the key's file)" if upload.older else ""
         return f"rejected{older}: {upload.last_run[1]}"
     if upload.older:
-        return "older version, sent in case the newer does not load (the key has no file loaded)" + (
+        return "older version, newer than the key's file, sent in case the newer does not load" + (
             f"; last run {upload.last_run[0]}: {upload.last_run[1]}" if upload.last_run else "")
     state = "not loaded"
     if upload.loaded:

@@ -1,6 +1,7 @@
 """``ratesctl reconcile``: the uploads whose latest version in S3 is not the file the
 database has loaded for its key, and, with ``--send``, a new event for each on the uploads
-queue. For a key with no file recorded at all, the earlier versions S3 still holds too.
+queue. With it, the earlier versions S3 still holds that are newer than the key's file (all
+of them for a key with no file recorded).
 
 Nothing else compares the bucket with the database. After a restore to an earlier time, a
 database rebuilt empty, a queue or bucket notification lost, or a namespace deleted with
@@ -9,7 +10,8 @@ Jobs in flight, the API would serve old prices with no error anywhere.
 Why the earlier versions: a rejected upload does not replace its key's file, so a key
 whose newest upload was rejected keeps an older version's prices. In a database emptied
 (runbook/sql/reload_all.sql) or rebuilt, the latest version alone would be rejected again,
-and those prices would be gone for good. Sent all, the key ends with the file it had: the
+and those prices would be gone for good; after a restore to an earlier time, or an event
+lost, a version between the key's file and a rejected latest would never load. Sent all, the key ends with the file it had: the
 job keeps a key's newest file that loads whatever the order its events are handled in
 (rates_ingest.loader: a version older than the loaded one is ``superseded``; a newer one
 that is rejected leaves the older loaded). Each earlier version that loads and is then
@@ -44,25 +46,28 @@ class Upload:
     last_run: tuple[str, str | None] | None  # (status, error) of this version's last run
     withdrawn: bool = False  # whether the loaded file's prices were withdrawn
     never_loads: bool = False  # its name is no price file's (the job refuses it unread)
-    older: bool = False  # an earlier version of a key with no file recorded, sent in case the newer does not load
+    older: bool = False  # an earlier version newer than the key's file (if any), sent in case the newer does not load
 
 
 def missing(s3, conn, bucket: str, prefix: str) -> tuple[list[Upload], int]:
     """The keys under ``prefix`` whose latest version (not deleted) is not their loaded
-    file, and how many keys S3 holds there (a mistyped prefix holds none). A key with no
-    file recorded at all (none loaded, none withdrawn) comes with its earlier versions too,
-    newest first (see above)."""
+    file, and how many keys S3 holds there (a mistyped prefix holds none). Such a key comes
+    with its earlier versions newer than its file too, newest first (all of them for a key
+    with no file recorded: none loaded, none withdrawn; see above)."""
     loaded = _loaded_files(conn, bucket, prefix)
     examined = 0
     unloaded = []
     earlier = False  # whether the earlier versions of the key listed now are wanted
     for key, info, latest in _versions(s3, bucket, prefix):  # kept only if not loaded: a bucket may hold millions
+        recorded = loaded.get(key, (None,))[0]
         if latest:
             examined += 1
             # A key refused by its name is refused in every version: its latest says so.
-            earlier = key not in loaded and _not_a_price_file(key) is None
-            if loaded.get(key, (None,))[0] != info.identity:
+            earlier = recorded != info.identity and _not_a_price_file(key) is None
+            if recorded != info.identity:
                 unloaded.append((key, info, False))
+        elif earlier and recorded == info.identity:
+            earlier = False  # the key's file, and what is older than it, stay as they are
         elif earlier and info.versioned:
             # An earlier "null" version (written before versioning was enabled) cannot be
             # named in an event: the job would read the key's latest instead.

@@ -284,7 +284,7 @@ def test_loading_everything_again_keeps_the_older_file_of_a_key_whose_newest_upl
             [("in/kept.csv", rejected), ("in/kept.csv", kept), ("in/replaced.csv", newest), ("in/replaced.csv", first)])
         # Listed as sent: each key's latest, then its earlier versions, newest first.
         assert [line.split("  ")[1] for line in listed] == newest_first
-        assert listed[1].endswith("older version, sent in case the newer does not load (the key has no file loaded)")
+        assert listed[1].endswith("older version, newer than the key's file, sent in case the newer does not load")
         assert summary.startswith("4 upload(s) of the 2 under") and "(2 of them earlier versions" in summary
         # The runbook's last check: nothing but the rejected file, now beside a loaded one.
         [left] = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/")[:-1]
@@ -326,13 +326,37 @@ def test_earlier_versions_are_listed_only_for_a_key_with_no_file_and_never_behin
 
     *listed, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--queue-url",
                                  queue.uploads_url)
-    assert "rejected (an older version; the key has no file loaded): 1 invalid row(s)" in listed[1]
+    assert "rejected (an older version, newer than the key's file): 1 invalid row(s)" in listed[1]
     assert sorted((obj.key, obj.version_id) for obj in sent(queue)) == sorted(
         [("in/loaded.csv", pending), ("in/lost.csv", lost[1]), ("in/lost.csv", lost[0])])
     assert "3 sent" in summary and "3 rejected, not sent" in summary
     reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--include-rejected", "--queue-url",
               queue.uploads_url)
     assert [obj.version_id for obj in sent(queue) if obj.key == "in/bad.csv"] == bad[::-1]
+
+
+def test_a_version_between_the_keys_file_and_a_rejected_latest_is_sent(dsn, world, s3, queue):
+    # A lost event (or a restore to before it loaded): the key's file is its first version,
+    # its second never ran, and its third was rejected. Listed alone, the rejected latest
+    # was held back, the second never showed, and the key kept the first's older prices
+    # with the runbook's last check passing (last-commits review).
+    s3.enable_versioning()
+    first = s3.put("in/k.csv", as_csv(ROWS[:1]))["VersionId"]
+    assert run_job(dsn, s3.name, "in/k.csv") == 0
+    middle = s3.put("in/k.csv", as_csv(V2_ROWS))["VersionId"]  # its event lost
+    rejected = s3.put("in/k.csv", BAD)["VersionId"]
+    assert run_job(dsn, s3.name, "in/k.csv") == 2
+    assert loaded(world)[0] == [("in/k.csv", first)]
+
+    *listed, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--queue-url",
+                                 queue.uploads_url)
+    assert [line.split("  ")[1] for line in listed] == [rejected, middle]  # not the key's file, nor older
+    assert [(obj.key, obj.version_id) for obj in sent(queue)] == [("in/k.csv", middle)]
+    assert run_job(dsn, s3.name, "in/k.csv", middle) == 0
+
+    assert loaded(world)[0] == [("in/k.csv", middle)]
+    [left] = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/")[:-1]
+    assert left.startswith(f"s3://{s3.name}/in/k.csv  {rejected}  rejected: "), left
 
 
 def test_a_rebuild_loads_no_version_behind_a_delete_marker_so_a_deleted_withdrawn_file_stays_out(dsn, world, s3,
