@@ -17,6 +17,7 @@ import threading
 import time
 
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 
 # The same reading rules as the app's settings: empty means the default, and a bad
 # value stops the master with the variable's name.
@@ -112,20 +113,23 @@ def when_ready(server):
 METRICS_MIN_FREE_BYTES = 1 << 20
 
 
-def post_fork(server, worker):
-    # Before the app is made (it sets its first metric): a write to a mapped page of a full
+def pre_fork(server, worker):
+    # In the master, before the fork: a worker's first write to a mapped page of a full
     # tmpfs is a SIGBUS, not an error, so every new worker would die as it booted, and be
-    # replaced, without end or a word. The boot error stops the master instead, and the
-    # restarted container starts with the directory emptied (on_starting).
+    # replaced, without end or a word. The master stops instead, and the restarted
+    # container starts with the directory emptied (on_starting). Not a boot error from the
+    # worker: two workers replaced at once both failed, and gunicorn's halt, reaping the
+    # second, died of its own error (exit 1 and a traceback).
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
         return
     stats = os.statvfs(directory)
     free = stats.f_bavail * stats.f_frsize
     if free < METRICS_MIN_FREE_BYTES:
-        worker.log.error("the metrics directory %s has %d bytes free, too few for a worker's metrics (files "
+        server.log.error("the metrics directory %s has %d bytes free, too few for a worker's metrics (files "
                          "of killed workers fill it; the chart's shmSizeLimit sizes it): stopping", directory, free)
-        sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        worker.tmp.close()
+        raise HaltServer("the metrics directory is full", Arbiter.WORKER_BOOT_ERROR)
 
 
 def post_worker_init(worker):
