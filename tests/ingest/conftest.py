@@ -50,8 +50,9 @@ def encode(extension: str, rows) -> bytes:
 
 
 # The job connects as its own database user, as deployed: a grant it lacks fails the tests.
-def run_job(dsn, bucket, key, version_id=None) -> int:
-    return job.run(Settings(database_url=as_user(dsn, INGEST_USER), bucket=bucket, key=key, version_id=version_id))
+def run_job(dsn, bucket, key, version_id=None, s3=None) -> int:
+    settings = Settings(database_url=as_user(dsn, INGEST_USER), bucket=bucket, key=key, version_id=version_id)
+    return job.run(settings, s3=s3)
 
 
 def run_cli(dsn, *args, env=None, **kwargs) -> subprocess.CompletedProcess:
