@@ -1,0 +1,146 @@
+"""rates_core.httpserver: the probes' and /metrics' server, which slow or idle clients must
+not take over (a cap on connections at once, a deadline for each request's head)."""
+
+import contextlib
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from rates_core import httpserver
+from tests.support.poll import wait_for
+
+AT_ONCE = 2
+READ_S = 1.0
+# Time enough, on a loaded machine, for what takes READ_S or less on an idle one.
+GENEROUS_S = 15 * READ_S
+
+
+def _hello(environ, start_response):
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello " + body]
+
+
+@pytest.fixture
+def server():
+    server = httpserver.serve(_hello, "127.0.0.1", 0, max_at_once=AT_ONCE, read_timeout_s=READ_S,
+                              thread_name="test-http", server_version="test")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def connect(server):
+    """Open a connection to the server; all are closed after the test."""
+    with contextlib.ExitStack() as stack:
+        def open_one() -> socket.socket:
+            sock = socket.create_connection(("127.0.0.1", server.server_port), timeout=GENEROUS_S)
+            return stack.enter_context(sock)
+        yield open_one
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (waiting for it at most the socket's timeout)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:  # closed with a dribbled byte unread
+        return True
+
+
+def _url(server) -> str:
+    return f"http://127.0.0.1:{server.server_port}/"
+
+
+def test_it_answers_a_request(server):
+    answer = requests.post(_url(server), data=b"world", timeout=GENEROUS_S)
+    assert (answer.status_code, answer.content) == (200, b"hello world")
+
+
+def test_a_client_sending_its_head_a_byte_at_a_time_is_closed_at_the_deadline(server, connect):
+    # Each byte well within the per-recv timeout: only a deadline for the whole head ends it.
+    sock = connect()
+    stop = threading.Event()
+
+    def dribble():
+        for byte in b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 1000:
+            if stop.wait(READ_S / 4):
+                return
+            try:
+                sock.send(bytes([byte]))
+            except OSError:  # closed by the server
+                return
+
+    dribbler = threading.Thread(target=dribble, daemon=True)
+    dribbler.start()
+    try:
+        assert _closed(sock)
+    finally:
+        stop.set()
+        dribbler.join()
+    assert requests.get(_url(server), timeout=GENEROUS_S).status_code == 200
+
+
+def test_connections_past_the_cap_are_closed_at_once_and_take_no_thread(server, connect):
+    threads = threading.active_count()
+    held = [connect() for _ in range(AT_ONCE)]
+    extras = [connect() for _ in range(3)]
+    for extra in extras:  # accepted after the held ones: then every connection has been
+        assert _closed(extra)
+    assert threading.active_count() <= threads + AT_ONCE
+    for sock in held:  # idle: closed at the deadline, and their threads come free
+        assert _closed(sock)
+    wait_for(lambda: threading.active_count() <= threads, timeout=GENEROUS_S, what="the threads to end")
+    assert requests.get(_url(server), timeout=GENEROUS_S).status_code == 200
+
+
+def test_the_deadline_is_for_the_head_only_a_body_may_take_longer():
+    # Each part of the body well within the per-recv timeout, the whole past the deadline.
+    read_s = 3.0
+    server = httpserver.serve(_hello, "127.0.0.1", 0, max_at_once=AT_ONCE, read_timeout_s=read_s,
+                              thread_name="test-http-body", server_version="test")
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=GENEROUS_S) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+            for part in (b"ab", b"cd", b"ef", b"gh"):
+                time.sleep(read_s / 3)
+                sock.sendall(part)
+            answer = sock.makefile("rb").read()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.startswith(b"HTTP/1.0 200 OK\r\n") and answer.endswith(b"hello abcdefgh")
+
+
+def test_timed_out_clients_leave_no_traceback_in_the_log(server, connect, capfd):
+    # socketserver prints one to stderr for every connection that fails.
+    sock = connect()
+    sock.sendall(b"GET / HT")
+    assert _closed(sock)
+    sock = connect()
+    sock.sendall(b"GET / HTTP/1.1\r\n")
+    sock.close()  # gone mid-head
+    assert requests.get(_url(server), timeout=GENEROUS_S).status_code == 200
+    assert capfd.readouterr().err == ""
+
+
+def test_processes_may_share_the_port_only_when_asked_to(server):
+    # The API's workers all bind PROBE_PORT; elsewhere a port taken is an error.
+    port = server.server_port
+    with pytest.raises(OSError):
+        httpserver.serve(_hello, "127.0.0.1", port, max_at_once=1, read_timeout_s=READ_S,
+                         thread_name="test-http-2", server_version="test")
+    shared = [httpserver.serve(_hello, "127.0.0.1", 0, max_at_once=1, read_timeout_s=READ_S,
+                               thread_name="test-http-3", server_version="test", reuse_port=True)]
+    try:
+        shared.append(httpserver.serve(_hello, "127.0.0.1", shared[0].server_port, max_at_once=1,
+                                       read_timeout_s=READ_S, thread_name="test-http-4",
+                                       server_version="test", reuse_port=True))
+        assert requests.get(f"http://127.0.0.1:{shared[0].server_port}/", timeout=GENEROUS_S).ok
+    finally:
+        for one in shared:
+            one.shutdown()
+            one.server_close()
