@@ -15,12 +15,15 @@ queued behind the requests of a saturated pod and timed out (a review saw 7 of 7
 at 10 s with every thread held on a lock), so the pod read as down, and the alerts on its
 requests and its pool went blind just when they were needed. Any worker can answer: the
 multiprocess collector reads every worker's files.
+
+The port takes at most MAX_AT_ONCE connections at once, each given READ_TIMEOUT_S in all to
+send its request (rates_core.httpserver), so that idle or dribbling clients cannot hold its
+threads and fail the pod's probes.
 """
 
-import socket
-import threading
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import WSGIServer
+
+from rates_core import httpserver
 
 from .health import PROBE_PORT
 
@@ -30,38 +33,8 @@ _NOT_HERE = b'{"error": {"code": "not_found", "message": "this port serves /read
 # connection beyond them is closed unanswered, so that idle connections cannot pile threads
 # up in the worker.
 MAX_AT_ONCE = 8
-# Seconds a connection may take to send its request.
+# Seconds a connection may take to send its request line and headers, in all.
 READ_TIMEOUT_S = 5
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a probe in flight must not hold the worker's exit
-
-    def server_bind(self):
-        # Every worker of the pod binds the same port; only processes of one user may share it.
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-        self._slots = threading.BoundedSemaphore(MAX_AT_ONCE)
-
-    def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
-class _Handler(WSGIRequestHandler):
-    timeout = READ_TIMEOUT_S
-    server_version, sys_version = "rates-api-probes", ""
-
-    def log_message(self, format, *args):  # noqa: A002 - http.server's name
-        pass  # the app writes a JSON line per request itself
 
 
 def serve(app, host: str, port: int) -> WSGIServer:
@@ -73,9 +46,7 @@ def serve(app, host: str, port: int) -> WSGIServer:
         environ[PROBE_PORT] = True  # /readyz then checks on a connection of its own
         return app(environ, start_response)
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server_class = type("ProbeServer", (_Server,), {"address_family": family})
-    server = server_class((host, port), _Handler)
-    server.set_app(probes_only)
-    threading.Thread(target=server.serve_forever, name="probes", daemon=True).start()
-    return server
+    # Every worker of the pod binds the port (SO_REUSEPORT); the app writes a JSON line per
+    # request itself.
+    return httpserver.serve(probes_only, host, port, max_at_once=MAX_AT_ONCE, read_timeout_s=READ_TIMEOUT_S,
+                            thread_name="probes", server_version="rates-api-probes", reuse_port=True)

@@ -3,6 +3,7 @@ each given 5 s to send its request), and its address family: rates_api.probes un
 gunicorn, as the image runs it."""
 
 import socket
+import threading
 
 import pytest
 import requests
@@ -10,6 +11,7 @@ import requests
 from rates_api import probes
 from tests.support.api import gunicorn_server
 from tests.support.net import free_port
+from tests.support.poll import wait_for
 
 # The README's figures: a probe port that held more connections, or held them longer,
 # would let idle ones pile threads up in every worker.
@@ -43,6 +45,58 @@ def test_connections_past_the_limit_are_closed_at_once_and_the_held_ones_within_
         finally:
             for sock in idle:
                 sock.close()
+
+
+def test_clients_sending_their_request_a_byte_at_a_time_are_closed_and_the_probes_answered(dsn, tmp_path):
+    # Each byte within the time a recv is given: only a deadline for the whole request ends
+    # them. Without one, they held every probe thread of the worker for as long as they
+    # liked, and the kubelet's probes were closed unanswered (security review).
+    probe = free_port()
+    with gunicorn_server(dsn, tmp_path, WEB_CONCURRENCY="1", PROBE_PORT=str(probe)):
+        dribbling = [socket.create_connection(("127.0.0.1", probe), timeout=10)
+                     for _ in range(probes.MAX_AT_ONCE)]
+        stop = threading.Event()
+        every_s = probes.READ_TIMEOUT_S - 1
+        dribbler = threading.Thread(target=_dribble, args=(dribbling, every_s, stop), daemon=True)
+        dribbler.start()
+        try:
+            for sock in dribbling:
+                sock.settimeout(3 * DOCUMENTED_READ_S)  # the deadline, and room for a loaded machine
+                assert _closed(sock), "a client sending a byte at a time was answered"
+            wait_for(lambda: _healthz(probe) == 200, timeout=3 * DOCUMENTED_READ_S,
+                     what="/healthz on the probe port")
+        finally:
+            stop.set()
+            dribbler.join()
+            for sock in dribbling:
+                sock.close()
+
+
+def _dribble(socks: list[socket.socket], every_s: float, stop: threading.Event) -> None:
+    """Send each of ``socks`` its request a byte at a time, a byte every ``every_s``."""
+    for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 1000:
+        for sock in socks:
+            try:
+                sock.send(bytes([byte]))
+            except OSError:  # closed by the server
+                pass
+        if stop.wait(every_s):
+            return
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server closes ``sock`` within its timeout, answering nothing."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:  # closed with a byte sent unread
+        return True
+
+
+def _healthz(port: int) -> int | None:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code
+    except requests.ConnectionError:  # closed unanswered while every probe thread is taken
+        return None
 
 
 def _open(sock: socket.socket) -> bool:
