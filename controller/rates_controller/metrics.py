@@ -1,15 +1,19 @@
 """Prometheus metrics, and the small HTTP server for /metrics and /healthz.
 
 Each controller has its own registry, so that several can live in one process (tests).
+The server takes at most MAX_AT_ONCE connections at once, each given READ_TIMEOUT_S in all
+to send its request (rates_core.httpserver): with a thread per connection and no limit,
+idle connections grew the controller's threads toward its memory limit (a review held 922
+in 40 s), and the liveness probe could wait behind them.
 """
 
-import threading
 import time
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, disable_created_metrics
 from prometheus_client import make_wsgi_app
+
+from rates_core import httpserver
 
 # *_created series (one per counter series) double the output and nothing reads them; the
 # API leaves them out too.
@@ -23,6 +27,11 @@ SET_ASIDE_REASONS = ("invalid_file", "rejected", "attempts_exhausted", "poison",
 # What the controller does with an ended Job (its rates-platform/handled label), each series
 # at 0 from the start for the same reason: RatesControllerJobsRetried counts the retries.
 JOB_RESULTS = ("succeeded", "retried", "set-aside")
+# Connections handled at once (the kubelet's liveness probe, Prometheus's scrapes); one
+# beyond them is closed unanswered.
+MAX_AT_ONCE = 8
+# Seconds a connection may take to send its request line and headers, in all.
+READ_TIMEOUT_S = 5
 
 
 class Metrics:
@@ -68,15 +77,6 @@ class Metrics:
         self.last_loop.set(self.last_loop_at)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args) -> None:  # probes every few seconds would flood the JSON log
-        pass
-
-
 def serve(metrics: Metrics, port: int, stale_after: float, host: str = "") -> WSGIServer:
     """Serve /metrics, and /healthz (503 once the loop has not completed a pass for ``stale_after`` s)."""
     prometheus = make_wsgi_app(metrics.registry)
@@ -90,6 +90,5 @@ def serve(metrics: Metrics, port: int, stale_after: float, host: str = "") -> WS
             return [b"ok\n" if healthy else f"control loop stalled for {age:.0f} s\n".encode()]
         return prometheus(environ, start_response)
 
-    server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+    return httpserver.serve(app, host, port, max_at_once=MAX_AT_ONCE, read_timeout_s=READ_TIMEOUT_S,
+                            thread_name="metrics", server_version="rates-controller")

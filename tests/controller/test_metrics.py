@@ -1,8 +1,10 @@
 """The controller's metrics as Prometheus reads them."""
 
 import re
+import socket
 import subprocess
 import sys
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +17,12 @@ from rates_controller.metrics import SET_ASIDE_REASONS, Metrics, serve
 from rates_core import logs
 from rates_core.errors import TemporaryError
 from tests.support.net import free_port
+from tests.support.poll import wait_for
+
+# The README's figures for the server: one that held more connections, or held them
+# longer, would let idle ones pile threads up in the controller.
+DOCUMENTED_AT_ONCE_AT_MOST = 8
+DOCUMENTED_READ_S = 5
 
 
 def test_every_set_aside_reason_is_exported_at_zero_before_it_happens():
@@ -60,6 +68,44 @@ def test_healthz_fails_once_the_loop_has_not_completed_a_pass_for_too_long():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_idle_connections_hold_a_few_threads_for_seconds_only_and_the_probes_still_answer():
+    # With a thread per connection and no limit, a review held 922 idle connections in 40 s,
+    # each a thread, toward the pod's memory limit.
+    server = serve(Metrics(), free_port(), stale_after=60, host="127.0.0.1")
+    base = f"http://127.0.0.1:{server.server_port}"
+    threads = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.server_port), timeout=3 * DOCUMENTED_READ_S)
+            for _ in range(3 * DOCUMENTED_AT_ONCE_AT_MOST)]
+    try:
+        # The last one is accepted after all the others; past the limit, it is closed.
+        assert _closed(idle[-1])
+        assert threading.active_count() <= threads + DOCUMENTED_AT_ONCE_AT_MOST
+        for sock in idle:  # those held are closed at the deadline for a request
+            assert _closed(sock)
+        for path in ("/healthz", "/metrics"):
+            wait_for(lambda: _status(base + path) == 200, timeout=3 * DOCUMENTED_READ_S, what=path)
+    finally:
+        for sock in idle:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server closes ``sock`` within its timeout, answering nothing."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _status(url: str) -> int | None:
+    try:
+        return requests.get(url, timeout=5).status_code
+    except requests.ConnectionError:  # closed unanswered while every thread is taken
+        return None
 
 
 class DownPass(Controller):
