@@ -144,3 +144,15 @@ def test_processes_may_share_the_port_only_when_asked_to(server):
         for one in shared:
             one.shutdown()
             one.server_close()
+
+
+def test_a_burst_of_connections_waits_in_the_listen_queue_while_the_server_is_busy():
+    # A server not accepting for the moment (its thread waiting for the GIL) keeps the burst
+    # queued; past a full queue the kernel drops the SYN, and the client waits 1, 3, 7 s.
+    server = httpserver._Server(("127.0.0.1", 0), AT_ONCE, READ_S, False, "test")  # not serving yet
+    try:
+        with contextlib.ExitStack() as stack:
+            for _ in range(32):
+                stack.enter_context(socket.create_connection(server.server_address, timeout=5))
+    finally:
+        server.server_close()
