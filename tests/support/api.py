@@ -25,14 +25,21 @@ from tests.support.proc import stop_process
 
 
 @contextmanager
-def gunicorn_server(dsn: str, tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+def gunicorn_server(dsn: str, tmp_path: Path, *, output: Path | None = None,
+                    **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """(process, base URL) of gunicorn serving the API on ``dsn`` until the block ends,
-    ready; ``env`` adds to or overrides the environment."""
+    ready; ``env`` adds to or overrides the environment. Its stdout and stderr go to the
+    file ``output``, if given."""
     port = free_port()
     environ = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "HOST": "127.0.0.1",
                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **env}
-    process = subprocess.Popen(gunicorn_argv(), env=environ, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if output is None:
+        process = subprocess.Popen(gunicorn_argv(), env=environ, cwd=tmp_path,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        with open(output, "wb") as out:
+            process = subprocess.Popen(gunicorn_argv(), env=environ, cwd=tmp_path,
+                                       stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(base + "/readyz", process=process)
