@@ -32,7 +32,10 @@ bind = f"{f'[{_host}]' if ':' in _host else _host}:{env_int('PORT', 8000, minimu
 # on (rates_api.probes); 0: none.
 probe_port = env_int("PROBE_PORT", 0, minimum=0, maximum=65535)
 workers = env_int("WEB_CONCURRENCY", 2, minimum=1)
-worker_class = "gthread"
+# gthread, with a deadline for a request's line and headers: a client that sent part of
+# them and then nothing held a thread for good (rates_api.worker). By name: the master
+# must not import the app before PROMETHEUS_MULTIPROC_DIR is set (when_ready).
+worker_class = "rates_api.worker.HeaderDeadlineWorker"
 threads = env_int("GUNICORN_THREADS", 4, minimum=1)
 # Longer than the AWS load balancer's 60 s idle timeout, so the balancer always closes
 # idle connections first and never sends a request into one that gunicorn is closing.
@@ -141,6 +144,7 @@ def post_worker_init(worker):
 
     runtime = worker.wsgi.extensions["rates_api"]
     gunicorn_errors.install(runtime.metrics.answered_by_gunicorn)
+    worker.on_header_timeout = runtime.metrics.header_timeouts.inc
     # A stalled database must not hold every thread (and /healthz with them) for as long
     # as it stalls. Here, not in the app factory: the process-wide wait would refuse the
     # COPY of anything else that runs the app in-process (the tests' ingest jobs).

@@ -39,6 +39,11 @@ class Metrics:
         self.threads = Gauge("rates_api_request_threads",
                              "gunicorn threads that serve requests (GUNICORN_THREADS a worker)",
                              multiprocess_mode="livesum", registry=self.registry)
+        # Connections that held a thread without sending a request's line and headers in
+        # time, closed by the worker (rates_api.worker): never requests, so not counted above.
+        self.header_timeouts = Counter("rates_api_header_timeouts_total",
+                                       "Connections closed for not sending a request's line and headers in time",
+                                       registry=self.registry)
         self.cache_hits = Counter("rates_api_cache_hits_total", "Responses served from the cache",
                                   registry=self.registry)
         self.build_info = Gauge("rates_api_build_info", "Build information", ["version"],
