@@ -35,3 +35,19 @@ def test_the_regions_are_the_highest_above_one_port_not_above_the_other(dsn, wor
     insert_prices(world, [(orig, dest, "2024-03-02", 100)] * 3)
     origin, destination = regions
     assert examples.requests(dsn)[1] == f"date_from=2024-03-02&date_to=2024-03-02&origin={origin}&destination={destination}"
+
+
+def test_a_lane_with_no_average_anywhere_shows_its_first_day_with_prices(dsn, world):
+    insert_prices(world, [("CNSHA", "NLRTM", "2024-03-04", 100), ("CNSHA", "NLRTM", "2024-03-06", 100)])
+    assert examples.requests(dsn)[0] == "date_from=2024-03-04&date_to=2024-03-06&origin=CNSHA&destination=NLRTM"
+
+
+def test_lanes_with_as_many_days_with_an_average_are_told_apart_by_their_prices(dsn, world):
+    insert_prices(world, [*[("CNSHA", "NLRTM", "2024-03-02", 100)] * 3,
+                          *[("HKHKG", "DEHAM", "2024-03-02", 100)] * 5])  # CNSHA first by name, HKHKG by prices
+    assert examples.requests(dsn)[0].endswith("&origin=HKHKG&destination=DEHAM")
+
+
+def test_a_lane_to_a_code_with_no_port_is_not_an_example(dsn, world):
+    insert_prices(world, [*[("CNSHA", "XXXXX", "2024-03-02", 100)] * 30, *[("HKHKG", "DEHAM", "2024-03-02", 100)] * 3])
+    assert examples.requests(dsn)[0].endswith("&origin=HKHKG&destination=DEHAM")

@@ -87,3 +87,19 @@ def test_a_handle_whose_pid_another_process_took_is_forgotten(own_pgdata):
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_killed_handle_its_parent_has_not_collected_is_forgotten(own_pgdata):
+    """A killed `up` whose parent (a shell, a supervisor) has not collected it yet is a
+    zombie: its pid answers, with its own start time, but it will never clean up."""
+    zombie, postmaster, _ = attach(own_pgdata)
+    try:
+        zombie.kill()
+        # Not waited for: this process is its parent, and leaves it a zombie.
+        wait_for(lambda: not running(zombie.pid), what="the killed handle to be a zombie")
+
+        attach_and_leave(own_pgdata)
+
+        wait_for(lambda: not running(postmaster), what="PostgreSQL to stop")
+    finally:
+        zombie.wait()
