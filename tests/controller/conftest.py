@@ -20,7 +20,8 @@ from rates_core import logs
 from tests.controller.worlds import STAND_IN, Scenario, SharedNode, World
 from tests.support.aws import FAKE_AWS_ENV, unique_name
 from tests.support.kube import admission_refusal, webhook_refusal
-from tests.support.uploads import IMAGE, JOB_SERVICE_ACCOUNT, Queues, new_queues
+from tests.support.poll import wait_for
+from tests.support.uploads import IMAGE, JOB_SERVICE_ACCOUNT, Queues, new_queues, replace_or_create
 
 
 def settings_for(sqs: Queues, namespace: str, moto_endpoint: str, **overrides) -> Settings:
@@ -80,6 +81,16 @@ def creates_refused(kube, namespace: str, controller, message: str, *, webhook: 
     if webhook:
         return webhook_refusal(kube, namespace, message, in_force)
     return admission_refusal(kube, namespace, "CREATE", "false", message, in_force)
+
+
+def job_quota(kube, namespace: str, jobs_allowed: int) -> None:
+    """The namespace's count/jobs.batch quota, as dev and staging have one, in force."""
+    body = client.V1ResourceQuota(metadata=client.V1ObjectMeta(name="jobs"),
+                                  spec=client.V1ResourceQuotaSpec(hard={"count/jobs.batch": str(jobs_allowed)}))
+    replace_or_create(kube.core.replace_namespaced_resource_quota, kube.core.create_namespaced_resource_quota,
+                      "jobs", namespace, body)
+    wait_for(lambda: (kube.core.read_namespaced_resource_quota("jobs", namespace).status.hard or {})
+             .get("count/jobs.batch") == str(jobs_allowed), timeout=30, interval=0.2, what="the quota to count")
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,11 @@ from rates_controller import controller as controller_module
 from rates_controller import jobs
 from rates_core.errors import TemporaryError
 from ratesctl.cli import cli
-from tests.controller.conftest import creates_refused, env_of, sample, set_aside_reasons
+from tests.controller.conftest import creates_refused, env_of, job_quota, sample, set_aside_reasons
 from tests.support.aws import unique_name
 from tests.support.poll import wait_for
 from tests.ingest.conftest import ROWS, as_csv
-from tests.support.uploads import IMAGE, ingest_jobs, replace_or_create
+from tests.support.uploads import IMAGE, ingest_jobs
 
 pytestmark = pytest.mark.kube
 
@@ -533,16 +533,6 @@ def test_the_controller_starts_a_job_for_a_sent_upload_whose_first_job_is_still_
 
     assert len({job.metadata.name for job in ingest_jobs(kube, namespace)}) == 3
     assert sample(controller.metrics, "rates_controller_messages_total", outcome="duplicate") == 0
-
-
-def job_quota(kube, namespace: str, jobs_allowed: int) -> None:
-    """The namespace's count/jobs.batch quota, as dev and staging have one, in force."""
-    body = client.V1ResourceQuota(metadata=client.V1ObjectMeta(name="jobs"),
-                                  spec=client.V1ResourceQuotaSpec(hard={"count/jobs.batch": str(jobs_allowed)}))
-    replace_or_create(kube.core.replace_namespaced_resource_quota, kube.core.create_namespaced_resource_quota,
-                      "jobs", namespace, body)
-    wait_for(lambda: (kube.core.read_namespaced_resource_quota("jobs", namespace).status.hard or {})
-             .get("count/jobs.batch") == str(jobs_allowed), timeout=30, interval=0.2, what="the quota to count")
 
 
 def test_messages_whose_jobs_a_full_quota_refuses_are_held_not_received_again(kube, namespace, uploads, sqs,
