@@ -49,15 +49,17 @@ MAX_RETRY_DELAY = datetime.timedelta(days=1)
 # A chain of Jobs for one object longer than this is a bug, not a retry policy.
 MAX_CHAIN = 1000
 # How long a retry's Job may keep failing to be created, from the first failure, for a
-# reason that may pass (an admission policy, a full quota, the API server down) before
-# the file is set aside. Counted by this process: a restart starts the clock again.
+# reason that may pass (an admission policy or webhook, the API server down) before the
+# file is set aside. Counted by this process: a restart starts the clock again. Not for a
+# full quota, which the retry waits out however long it lasts (see _hold_retry).
 RETRY_CREATE_GIVE_UP = datetime.timedelta(hours=1)
 # The largest ttlSecondsAfterFinished (an int32).
 INT32_MAX = 2**31 - 1
 
 SUCCEEDED, RETRIED, SET_ASIDE = JOB_RESULTS
 
-# How often the Jobs of messages held for a full quota are tried again (see _hold).
+# How often the Jobs of messages and retries held for a full quota are tried again (see
+# _hold and _hold_retry).
 QUOTA_RECHECK_SECONDS = 10
 # A held message is let go this long before SQS's limit on hiding it: the monotonic clock
 # starts when the receive's answer arrives, after SQS's own.
@@ -107,6 +109,9 @@ class Controller:
         # When creating an ended Job's retry first failed for a reason that may pass, by its uid.
         # A duration in this process, so on the monotonic clock: a clock step must not end it.
         self._retry_failing_since: dict[str, float] = {}
+        # Ended Jobs whose retry a full ResourceQuota refused, by uid: since when, and when to
+        # try again (time.monotonic()). See _hold_retry.
+        self._retries_held: dict[str, tuple[float, float]] = {}
         # Messages whose Job a full ResourceQuota refused: kept hidden and tried again each
         # pass, never received again meanwhile (see _hold).
         self._held: list[Message] = []
@@ -134,7 +139,7 @@ class Controller:
         # Again after the creates: between a pass that sees its Jobs end and the next, the
         # gauge would dip below full during a backlog, and reset the at-capacity alert.
         self.metrics.slots_in_use.set(busy + self._created)
-        self.metrics.held.set(len(self._held))
+        self.metrics.held.set(len(self._held) + len(self._retries_held))
         self.metrics.loop_completed()
 
     # --- ended Jobs -------------------------------------------------------------
@@ -149,9 +154,15 @@ class Controller:
         ended_jobs = [ended for ended in map(jobs.finished, listed) if ended is not None]
         running = len(listed) - len(ended_jobs)
         busy = running
+        # Those another controller has acted on since, or that were deleted, are waited for no more.
+        uids = {ended.uid for ended in ended_jobs}
+        for waiting in (self._retries_held, self._retry_failing_since):
+            for uid in waiting.keys() - uids:
+                del waiting[uid]
         for ended in ended_jobs:
             retry_waits = not ended.succeeded and not ended.file_is_invalid and self._retries_left(ended)
-            if retry_waits and (busy >= self.settings.max_active_jobs or not self._retry_due(ended)):
+            if retry_waits and (busy >= self.settings.max_active_jobs or not self._retry_due(ended)
+                                or time.monotonic() < self._retries_held.get(ended.uid, (0, 0))[1]):
                 busy += 1  # its retry will take a slot: hold one for it
                 continue
             if self._guarded("handle_job", self._ended, ended) and retry_waits:
@@ -163,16 +174,20 @@ class Controller:
     def _ended(self, ended: jobs.Finished) -> None:
         # Sent to the dead-letter queue by an earlier pass whose label did not land: only label it.
         result = SET_ASIDE if ended.uid in self._set_aside else self._act_on(ended)
+        if result is None:
+            return  # its retry is held for a full quota: the Job stays as it is
         if result == SET_ASIDE:
             self._set_aside.add(ended.uid)
         labelled = self._label(ended, result)
         self._set_aside.discard(ended.uid)
         self._retry_failing_since.pop(ended.uid, None)
+        held = self._retries_held.pop(ended.uid, None)
         if labelled:
             self.metrics.jobs_finished.labels(result).inc()
         self.log.info("job ended", job=ended.name, bucket=ended.obj.bucket, key=ended.obj.key,
                       attempt=ended.attempt, reason=ended.reason, result=result,
-                      labelled_by="this controller" if labelled else "another controller")
+                      labelled_by="this controller" if labelled else "another controller",
+                      **({"held_for_quota_s": round(time.monotonic() - held[0])} if held else {}))
 
     def _label(self, ended: jobs.Finished, result: str) -> bool:
         """Label the ended Job with ``result``; False if another controller labelled it
@@ -195,8 +210,9 @@ class Controller:
             ttl += max(0, math.ceil((_now() - ended.ended_at).total_seconds()))
         return min(ttl, INT32_MAX)
 
-    def _act_on(self, ended: jobs.Finished) -> str:
-        """Retry the ended Job's file or set it aside, as its end calls for; the result."""
+    def _act_on(self, ended: jobs.Finished) -> str | None:
+        """Retry the ended Job's file or set it aside, as its end calls for; the result, or
+        None if a full quota refused the retry (held, see _hold_retry)."""
         if ended.succeeded:
             result = SUCCEEDED
         elif ended.file_is_invalid:
@@ -207,7 +223,11 @@ class Controller:
                 result = RETRIED
             except PermanentError as exc:
                 result = self._set_aside_file(ended, "rejected", f"its next Job cannot be created: {exc}")
+            except QuotaFull as exc:
+                self._hold_retry(ended, exc)
+                return None
             except TemporaryError as exc:
+                self._retries_held.pop(ended.uid, None)  # another failure now: tried each pass, and given up
                 since = self._retry_failing_since.setdefault(ended.uid, time.monotonic())
                 if time.monotonic() - since < RETRY_CREATE_GIVE_UP.total_seconds():
                     raise
@@ -217,6 +237,30 @@ class Controller:
             result = self._set_aside_file(ended, "attempts_exhausted",
                                           f"the file did not load in {ended.round_job} Jobs")
         return result
+
+    def _hold_retry(self, ended: jobs.Finished, refused: QuotaFull) -> None:
+        """Keep the ended Job as it is, with its slot, and try its retry again in
+        QUOTA_RECHECK_SECONDS, as a held message's Job (_hold).
+
+        A full quota is no fault of the file's and lasts until Jobs reach their TTL (hours
+        in dev and staging, in a backfill): tried each pass and set aside after
+        RETRY_CREATE_GIVE_UP, every file that failed once meanwhile went to the dead-letter
+        queue. So it waits as long as the quota is full, as held messages do: the slot it
+        keeps could take no other Job meanwhile. A restart loses nothing: the Job, not yet
+        labelled, is listed again, and the new process holds its retry in its turn. The failed
+        Job counts in the quota too, with no TTL until it is acted on, so a quota no larger
+        than the slots can be filled by such Jobs alone: then only raising it lets them go on.
+        """
+        # The quota is the API server's last admission check (after the admission policies
+        # and webhooks): a refusal by it is an answer, so whatever failed before has passed.
+        self._retry_failing_since.pop(ended.uid, None)
+        now = time.monotonic()
+        since = self._retries_held[ended.uid][0] if ended.uid in self._retries_held else now
+        if ended.uid not in self._retries_held:  # once, not at each try
+            self.metrics.errors.labels("handle_job").inc()
+            self.log.warning("retry held: the namespace's quota has no room for its Job", job=ended.name,
+                             bucket=ended.obj.bucket, key=ended.obj.key, attempt=ended.attempt, error=str(refused))
+        self._retries_held[ended.uid] = (since, now + QUOTA_RECHECK_SECONDS)
 
     def _retries_left(self, ended: jobs.Finished) -> bool:
         return ended.round_job < self.settings.max_attempts

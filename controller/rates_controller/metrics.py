@@ -62,9 +62,10 @@ class Metrics:
         self.slots_in_use = Gauge("rates_controller_slots_in_use",
                                   "Of MAX_ACTIVE_JOBS, the slots taken: running Jobs and retries waiting their turn",
                                   registry=r)
+        # A failed file's retry counts too: RatesControllerQuotaFull watches it.
         self.held = Gauge("rates_controller_messages_held",
-                          "Messages whose Job the namespace's ResourceQuota refused, held until it has room",
-                          registry=r)
+                          "Messages, and failed files' retries, whose Job the namespace's ResourceQuota "
+                          "refused, held until it has room", registry=r)
         self.last_loop = Gauge("rates_controller_last_loop_timestamp_seconds",
                                "When the control loop last completed a pass", registry=r)
         self.loop_completed()

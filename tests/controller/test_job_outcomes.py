@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from rates_controller import controller as controller_module
 from rates_controller import events, jobs
-from tests.controller.conftest import creates_refused, sample, set_aside_reasons
+from tests.controller.conftest import creates_refused, job_quota, sample, set_aside_reasons
 from tests.ingest.conftest import ROWS, as_csv, prices, runs
 from tests.support.poll import wait_for
 from tests.support.kube import admission_refusal
@@ -470,6 +470,55 @@ def test_a_retry_whose_job_cannot_be_created_yet_keeps_its_slot(
         # No Job runs, and yet the one slot is taken: what the at-capacity alert watches.
         assert sample(controller.metrics, "rates_controller_active_jobs") == 0
         assert sample(controller.metrics, "rates_controller_slots_in_use") == 1
+
+
+def test_a_retry_a_full_quota_refuses_is_held_until_it_has_room_not_set_aside(
+        kube, namespace, uploads, sqs, make_controller, job_runtime, monkeypatch):
+    # Dev's and staging's quota stays full for hours in a backfill (ended Jobs count until
+    # their TTL): a file that failed once then waits for room as a held message does,
+    # tried again every QUOTA_RECHECK_SECONDS, said and counted once, and not given up.
+    controller = make_controller(retry_delay_seconds=0, job_backoff_limit=0)
+    uploads.put("a.csv", b"x")
+    [job] = step_until(controller, lambda: ingest_jobs(kube, namespace), what="the Job")
+    job_quota(kube, namespace, 1)  # the one Job fills it, ended too
+    pod_exited(kube, namespace, job.metadata.name, 1)
+    wait_for(lambda: kube.batch.read_namespaced_job(job.metadata.name, namespace).status.failed, timeout=30,
+             what="the Job to fail")
+    # The give-up for creates that keep failing (an hour), long passed below: not for a full quota.
+    monkeypatch.setattr(controller_module, "RETRY_CREATE_GIVE_UP", datetime.timedelta(seconds=1))
+    creates = []
+    create = controller.kube.create
+    monkeypatch.setattr(controller.kube, "create", lambda manifest: creates.append(1) or create(manifest))
+
+    started = time.monotonic()
+    with capture_logs() as logged:
+        while time.monotonic() - started < 10:  # some ten passes
+            controller.step()
+
+    assert handled(kube, namespace) == {} and sqs.dead_letters() == [] and set_aside_reasons(controller.metrics) == {}
+    assert 1 <= len(creates) <= 2, creates  # not at each pass
+    warnings = [line["event"] for line in logged if line["log_level"] == "warning"]
+    assert warnings == ["retry held: the namespace's quota has no room for its Job"]
+    assert sample(controller.metrics, "rates_controller_errors_total", operation="handle_job") == 1
+    assert sample(controller.metrics, "rates_controller_messages_held") == 1  # RatesControllerQuotaFull's
+    assert sample(controller.metrics, "rates_controller_slots_in_use") == 1  # the retry keeps its slot
+
+    # A restart forgets the wait but not the file: its failed Job, not labelled, still says
+    # what to retry, and the new controller holds it in its turn.
+    restarted = make_controller(retry_delay_seconds=0, job_backoff_limit=0)
+    restarted.step()
+    assert handled(kube, namespace) == {} and sqs.dead_letters() == []
+    assert sample(restarted.metrics, "rates_controller_messages_held") == 1
+
+    job_quota(kube, namespace, 5)  # as when Jobs reach their TTL
+    with capture_logs() as logged:
+        step_until(restarted, lambda: len(ingest_jobs(kube, namespace)) == 2, timeout=40, what="the retry")
+    assert handled(kube, namespace) == {job.metadata.name: "retried"} and sqs.dead_letters() == []
+    assert sample(restarted.metrics, "rates_controller_jobs_created_total", attempt="retry") == 1
+    assert sample(restarted.metrics, "rates_controller_messages_held") == 0
+    assert [line for line in logged if line["log_level"] == "warning"] == []
+    [ended] = [line for line in logged if line["event"] == "job ended"]
+    assert ended["result"] == "retried" and ended["held_for_quota_s"] >= 0, ended
 
 
 def test_a_redrive_of_a_round_whose_first_job_reused_an_expired_name_starts_a_round(
