@@ -53,10 +53,8 @@ def test_a_pod_whose_every_thread_is_busy_is_still_ready_on_the_probe_port(serve
                 answers = [requests.get(probes + "/readyz", timeout=5) for _ in range(8)]
                 assert {a.status_code for a in answers} == {200}
                 assert {json.dumps(a.json(), sort_keys=True) for a in answers} == {'{"status": "ok"}'}
-                with psycopg2.connect(dsn) as watcher, watcher.cursor() as cur:
-                    cur.execute("""SELECT application_name, count(*) FROM pg_stat_activity
-                                   WHERE application_name LIKE 'rates-api%' GROUP BY 1""")
-                    assert dict(cur.fetchall()) == {"rates-api": THREADS, "rates-api-probe": 1}
+                with psycopg2.connect(dsn) as watcher:
+                    assert connections_of(watcher) == {"rates-api": THREADS, "rates-api-probe": 1}
                 watcher.close()
                 assert requests.get(probes + "/healthz", timeout=5).status_code == 200
                 assert not [f for f in held if f.done()], "a request ended before the lock was released"
@@ -337,8 +335,8 @@ def limited_api(dsn, world, tmp_path):
         with admin.cursor() as cur:
             cur.execute(f"ALTER ROLE {API_USER} CONNECTION LIMIT {int(connections)}")
             if end:
-                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                            (end,))
+                cur.execute("""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                               WHERE application_name = %s AND datname = current_database()""", (end,))
         wait_for(lambda: not end or not connections_of(admin).get(end), timeout=10, what=f"{end} to end")
     probe = free_port()
     try:
@@ -350,10 +348,13 @@ def limited_api(dsn, world, tmp_path):
         admin.close()
 
 
-def connections_of(admin) -> dict[str, int]:
-    with admin.cursor() as cur:
+def connections_of(conn) -> dict[str, int]:
+    """The API's sessions on ``conn``'s database (the test's), by application name: the
+    session's one server also lists those of earlier tests' servers, maybe still closing."""
+    with conn.cursor() as cur:
         cur.execute("""SELECT application_name, count(*) FROM pg_stat_activity
-                       WHERE application_name LIKE 'rates-api%' GROUP BY 1""")
+                       WHERE application_name LIKE 'rates-api%' AND datname = current_database()
+                       GROUP BY 1""")
         return dict(cur.fetchall())
 
 

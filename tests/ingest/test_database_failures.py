@@ -322,7 +322,8 @@ def test_a_killed_job_s_session_ends_without_waiting_for_its_statement(db, s3):
 
 def _loader_sessions(conn) -> int:
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rates-ingest'")
+        cur.execute("""SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'rates-ingest' AND datname = current_database()""")
         return cur.fetchone()[0]
 
 
