@@ -14,7 +14,7 @@ import requests
 
 from tests.support.api import gunicorn_server
 from tests.support.db import API_USER, as_user, lock_waiters
-from tests.support.net import free_port
+from tests.support.net import free_ports
 from tests.support.poll import wait_for
 from tests.support.world import insert_prices
 
@@ -26,9 +26,9 @@ def serve(dsn, world, tmp_path):
     """A function that starts gunicorn with ``workers`` and a probe port, for the test."""
     with contextlib.ExitStack() as stack:
         def start(workers: int, drain_s: int = 2):
-            probe = free_port()
+            port, probe = free_ports(2)  # two free_port calls could both return one port
             process, base = stack.enter_context(gunicorn_server(
-                dsn, tmp_path, WEB_CONCURRENCY=str(workers), GUNICORN_THREADS=str(THREADS),
+                dsn, tmp_path, WEB_CONCURRENCY=str(workers), GUNICORN_THREADS=str(THREADS), PORT=str(port),
                 PROBE_PORT=str(probe), DB_STATEMENT_TIMEOUT_MS="60000", SHUTDOWN_DRAIN_SECONDS=str(drain_s)))
             return process, base, f"http://127.0.0.1:{probe}"
         yield start
@@ -338,10 +338,10 @@ def limited_api(dsn, world, tmp_path):
                 cur.execute("""SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                                WHERE application_name = %s AND datname = current_database()""", (end,))
         wait_for(lambda: not end or not connections_of(admin).get(end), timeout=10, what=f"{end} to end")
-    probe = free_port()
+    port, probe = free_ports(2)
     try:
         with gunicorn_server(as_user(dsn, API_USER), tmp_path, WEB_CONCURRENCY="1", GUNICORN_THREADS="4",
-                             PROBE_PORT=str(probe)) as (_, base):
+                             PORT=str(port), PROBE_PORT=str(probe)) as (_, base):
             yield limit, base, f"http://127.0.0.1:{probe}"
     finally:
         limit(-1)

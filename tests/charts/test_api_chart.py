@@ -31,7 +31,7 @@ from tests.support.db import autocommit
 from tests.support.images import postgres_socket
 from tests.support.kube import gone, kubeconform
 from tests.support.local_node import LocalNode
-from tests.support.net import free_port, wait_for_http
+from tests.support.net import free_ports, wait_for_http
 from tests.support.netpol import Pod, address, connection_allowed, egress_allowed, ingress_allowed, pod_of, selects
 from tests.support.poll import wait_for
 from tests.support.world import insert_prices, insert_world
@@ -1122,7 +1122,7 @@ def test_the_installed_release_serves_from_its_image(helm, kube, namespace, empt
     the empty database and the Deployment's pod serves, both as the API image with the
     chart's environment and securityContext."""
     create_database_secret(kube, namespace, empty_dsn)
-    port, probe = free_port(), free_port()
+    port, probe = free_ports(2)  # two free_port calls could both return one port
     helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "-f", str(CHART / "values-dev.yaml"),
          *LOCAL_DATABASE, *sets(f"containerPort={port}", f"probePort={probe}", "image.tag=v7"),
          "--wait", "--timeout", "120s")

@@ -28,9 +28,10 @@ from tests.support.proc import stop_process
 def gunicorn_server(dsn: str, tmp_path: Path, *, output: Path | None = None,
                     **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """(process, base URL) of gunicorn serving the API on ``dsn`` until the block ends,
-    ready; ``env`` adds to or overrides the environment. Its stdout and stderr go to the
-    file ``output``, if given."""
-    port = free_port()
+    ready; ``env`` adds to or overrides the environment (PORT too: a test that needs another
+    port as well, the probes', takes both from one free_ports call, which can't repeat one).
+    Its stdout and stderr go to the file ``output``, if given."""
+    port = int(env["PORT"]) if "PORT" in env else free_port()
     environ = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "HOST": "127.0.0.1",
                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **env}
     if output is None:
