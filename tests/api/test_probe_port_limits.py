@@ -10,7 +10,7 @@ import requests
 
 from rates_api import probes
 from tests.support.api import gunicorn_server
-from tests.support.net import free_port
+from tests.support.net import free_port, free_ports
 from tests.support.poll import wait_for
 
 # The README's figures: a probe port that held more connections, or held them longer,
@@ -25,8 +25,8 @@ def test_the_probe_port_s_limits_are_within_the_documented_ones():
 
 
 def test_connections_past_the_limit_are_closed_at_once_and_the_held_ones_within_seconds(dsn, tmp_path):
-    probe = free_port()
-    with gunicorn_server(dsn, tmp_path, WEB_CONCURRENCY="1", PROBE_PORT=str(probe)):
+    port, probe = free_ports(2)  # one call: two could give the same port
+    with gunicorn_server(dsn, tmp_path, PORT=str(port), WEB_CONCURRENCY="1", PROBE_PORT=str(probe)):
         # Not probes.MAX_AT_ONCE of them: a limit raised far past the documented one would
         # then be met exactly, and look kept.
         idle = [socket.create_connection(("127.0.0.1", probe), timeout=10)
@@ -51,8 +51,8 @@ def test_clients_sending_their_request_a_byte_at_a_time_are_closed_and_the_probe
     # Each byte within the time a recv is given: only a deadline for the whole request ends
     # them. Without one, they held every probe thread of the worker for as long as they
     # liked, and the kubelet's probes were closed unanswered (security review).
-    probe = free_port()
-    with gunicorn_server(dsn, tmp_path, WEB_CONCURRENCY="1", PROBE_PORT=str(probe)):
+    port, probe = free_ports(2)  # one call: two could give the same port
+    with gunicorn_server(dsn, tmp_path, PORT=str(port), WEB_CONCURRENCY="1", PROBE_PORT=str(probe)):
         dribbling = [socket.create_connection(("127.0.0.1", probe), timeout=10)
                      for _ in range(probes.MAX_AT_ONCE)]
         stop = threading.Event()

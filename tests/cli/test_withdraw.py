@@ -414,7 +414,7 @@ def test_a_ctrl_c_during_the_delete_cancels_it(dsn, world, s3):
         with world.cursor() as cur:
             def deleting() -> bool:
                 cur.execute("""SELECT 1 FROM pg_stat_activity WHERE application_name = %s
-                               AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM prices%%'""",
+                               AND datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM prices%%'""",
                             (withdraw_module.APPLICATION_NAME,))
                 return cur.fetchone() is not None
             wait_for(deleting, timeout=30, interval=0.1, what="the withdrawal's DELETE to wait")

@@ -200,7 +200,8 @@ def _load_for_5_s(dsn: str) -> None:
 
 def _sleeping(dsn: str) -> bool:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'")
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'"
+                    " AND datname = current_database()")
         found = cur.fetchone()[0] == 1
     conn.close()
     return found
