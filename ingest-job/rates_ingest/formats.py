@@ -353,6 +353,11 @@ class Parser:
             # Without a mark (.NET's Encoding.Unicode without its preamble, bcp -w): the NULs
             # of ASCII characters. No header or JSON opening has a NUL among its first bytes.
             unmarked = len(chunk) >= 4 and (chunk[1] == chunk[3] == 0 or chunk[0] == chunk[2] == 0)
+            if chunk.startswith(b"\0\0\0\0"):  # no text in any encoding: a zero-filled or broken upload
+                self.problems.add(0 if self.fmt.position == "element" else 1,
+                                  "the file starts with NUL bytes, not text (zero-filled or corrupt?); upload it "
+                                  "again", None)
+                self.problems.raise_if_any(stopped_early=False)
             if marked or unmarked:
                 # Spreadsheets save "Unicode text" this way; every other error would be a symptom.
                 how = "it starts with a byte order mark" if marked else "NUL bytes between its first characters"

@@ -79,6 +79,10 @@ CASES = {
                                         "data after its end that starts no gzip member (it starts '\\n')", None),
     "UTF-16 CSV without a byte order mark": ("p.csv", GOOD.decode().encode("utf-16-le"),
                                              "NUL bytes between its first characters); save it as UTF-8", 1),
+    # Not "UTF-16": re-encoding would not help a file with no text in it.
+    "a zero-filled CSV": ("p.csv", b"\0" * 4096, "the file starts with NUL bytes, not text", 1),
+    "a zero-filled JSON file": ("p.json", b"\0" * 4096, "the file starts with NUL bytes, not text", 0),
+    "a gzip of zeros": ("p.csv.gz", gzip.compress(b"\0" * 4096), "the file starts with NUL bytes, not text", 1),
     "UTF-16 BE JSON without a byte order mark": ("p.json", as_json(ROWS).decode().encode("utf-16-be"),
                                                  "save it as UTF-8", 0),
     "a .json object nested too deeply": ("p.json", b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"\n", "expected '['", 0),
