@@ -569,6 +569,8 @@ class CsvParser(Parser):
         try:
             fields = next(csv.reader([text], strict=True)) if '"' in text else text.split(",")
         except csv.Error as exc:
+            if text.rstrip("\n").count('"') % 2:  # csv's "unexpected end of data" would not say why
+                exc = "a quoted field not closed on its line (a line break inside quotes is not supported)"
             self.problems.add(line_no, f"malformed CSV: {exc}", line)
             return None
         if len(fields) != len(FIELDS):

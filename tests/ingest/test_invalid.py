@@ -79,6 +79,10 @@ CASES = {
                                         "data after its end that starts no gzip member (it starts '\\n')", None),
     "UTF-16 CSV without a byte order mark": ("p.csv", GOOD.decode().encode("utf-16-le"),
                                              "NUL bytes between its first characters); save it as UTF-8", 1),
+    # RFC 4180 allows it; no field of a price row holds one, and csv's own error said only
+    # "unexpected end of data".
+    "a line break inside a quoted field": ("p.csv", b'orig_code,dest_code,day,price\n"CNSHA","NL\nRTM",2016-01-01,5\n',
+                                           "a quoted field not closed on its line", 2),
     # Not "UTF-16": re-encoding would not help a file with no text in it.
     "a zero-filled CSV": ("p.csv", b"\0" * 4096, "the file starts with NUL bytes, not text", 1),
     "a zero-filled JSON file": ("p.json", b"\0" * 4096, "the file starts with NUL bytes, not text", 0),
