@@ -95,7 +95,13 @@ class _Server(ThreadingMixIn, WSGIServer):
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)  # closed unanswered: no thread, no queue
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            # No thread (the pod's pids limit): its slot is not taken, or after a few such
+            # failures every connection would be closed unanswered for good.
+            self._slots.release()
+            raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:

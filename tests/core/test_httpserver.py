@@ -156,3 +156,25 @@ def test_a_burst_of_connections_waits_in_the_listen_queue_while_the_server_is_bu
                 stack.enter_context(socket.create_connection(server.server_address, timeout=5))
     finally:
         server.server_close()
+
+
+def test_a_connection_whose_thread_could_not_start_gives_its_slot_back(server, connect, monkeypatch):
+    # A pod at its pids limit: the connection is closed, and once threads start again the
+    # server answers. (With the slot kept, AT_ONCE such failures closed every connection.)
+    start = threading.Thread.start
+    failed = []
+
+    def start_unless_a_handler(thread):
+        if getattr(thread, "_target", None) == server.process_request_thread:
+            failed.append(thread)
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_unless_a_handler)
+    for _ in range(AT_ONCE):
+        sock = connect()
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert _closed(sock)
+    assert len(failed) == AT_ONCE
+    monkeypatch.setattr(threading.Thread, "start", start)
+    assert requests.get(_url(server), timeout=GENEROUS_S).status_code == 200
