@@ -79,7 +79,7 @@ def case(input_series: list[dict], alerts: list[tuple[str, str, list[dict]]]) ->
 # --- the API ---------------------------------------------------------------------------------
 
 API_ALERTS = ("RatesApiDown", "RatesApiErrors", "RatesApiNotReady", "RatesApiSlow", "RatesApiDatabasePoolSaturated",
-              "RatesApiSaturated", "RatesApiAtMaxReplicas")
+              "RatesApiSaturated", "RatesApiSlowClients", "RatesApiAtMaxReplicas")
 # kube-state-metrics' series of the release's HPA (its own job; the object's namespace and name).
 HPA = {"job": "kube-state-metrics", "namespace": NAMESPACE, "horizontalpodautoscaler": "rates-api"}
 
@@ -127,12 +127,20 @@ def autoscaler(current: str, most: int = 20, **other: str) -> list[dict]:
             series("kube_horizontalpodautoscaler_spec_max_replicas", labels, f"{most}x40")]
 
 
+def header_timeouts(values: str, pod: str = "rates-api-6c9f8-a1") -> dict:
+    """Connections a pod's workers closed for sending no request line and headers in 10 s
+    (one counter a pod: the workers' files summed)."""
+    return series("rates_api_header_timeouts_total", {**API, "pod": pod}, values)
+
+
 def healthy_api(errors_per_minute: int = 0, slow_per_minute: int = 0, pool_in_use: int = 6,
-                not_ready_per_minute: int = 0, in_progress: str = "5x40", pods: str = "3x40") -> list[dict]:
+                not_ready_per_minute: int = 0, in_progress: str = "5x40", pods: str = "3x40",
+                timeouts: str = "0x40") -> list[dict]:
     return [series("up", API, "1x40"), requests("200", 600), requests("503", errors_per_minute),
             *readiness(54 - not_ready_per_minute, not_ready_per_minute), *latency(600, slow_per_minute),
             series("rates_api_db_pool_in_use", API, f"{pool_in_use}x40"),
-            series("rates_api_db_pool_size", API, "20x40"), *threads(in_progress), *autoscaler(pods)]
+            series("rates_api_db_pool_size", API, "20x40"), *threads(in_progress), *autoscaler(pods),
+            header_timeouts(timeouts)]
 
 
 def quiet(names, at: str = "35m") -> list:
@@ -165,6 +173,18 @@ def test_an_idle_environment_raises_no_errors_alert_for_a_few_failed_requests(he
                    ("RatesApiErrors", "12m", [{"severity": "critical", "namespace": NAMESPACE}])])])
 
 
+def test_a_stray_slow_client_raises_no_alert(helm, promtool, tmp_path):
+    # One connection cut every 10 minutes; a burst of 30 at once (a client's bad minute),
+    # which holds the 5-minute rate above 1 a minute for 5 minutes, not 15; and no series at
+    # all (pods that export none): all quiet.
+    run_promtool(promtool, tmp_path, api_rule(helm), [
+        case(healthy_api(timeouts="0x10 1x10 2x10 3x10"),
+             [("RatesApiSlowClients", at, []) for at in ("12m", "22m", "32m", "40m")]),
+        case(healthy_api(timeouts="0x10 30x30"), [("RatesApiSlowClients", at, []) for at in ("12m", "20m", "30m")]),
+        case([s for s in healthy_api() if not s["series"].startswith("rates_api_header_timeouts_total")],
+             quiet({"RatesApiSlowClients"}, "30m"))])
+
+
 def test_a_database_outage_raises_not_ready_though_no_request_fails(helm, promtool, tmp_path):
     # Every pod out of rotation: no /rates request reaches one, none fails, pods still scraped.
     outage = [series("up", API, "1x40"), requests("200", 0), requests("503", 0), *readiness(0, 54),
@@ -195,6 +215,18 @@ def test_api_alerts_fire_on_their_trouble_after_their_for(helm, promtool, tmp_pa
             ("RatesApiSaturated", "9m", []),
             ("RatesApiSaturated", "12m", [{"severity": "warning", "namespace": NAMESPACE}]),
             *quiet({"RatesApiSlow", "RatesApiDatabasePoolSaturated", "RatesApiErrors"}, "12m")]),
+        # 2 connections a minute cut for sending no headers, from minute 0: the 5-minute rate
+        # passes 1 a minute at minute 3 (1.2), and the alert fires 15 minutes after that.
+        case(healthy_api(timeouts="0+2x40"), [
+            ("RatesApiSlowClients", "17m", []),
+            ("RatesApiSlowClients", "19m", [{"severity": "warning", "namespace": NAMESPACE}]),
+            *quiet({"RatesApiSaturated", "RatesApiErrors"}, "19m")]),
+        # Summed over the pods: two with 0.6 a minute each are 1.2 a minute (above 1 from
+        # minute 5); one alone is not.
+        case([*healthy_api(timeouts="0+0.6x40"), header_timeouts("0+0.6x40", pod="rates-api-6c9f8-b2")], [
+            ("RatesApiSlowClients", "19m", []),
+            ("RatesApiSlowClients", "21m", [{"severity": "warning", "namespace": NAMESPACE}])]),
+        case(healthy_api(timeouts="0+0.6x40"), quiet({"RatesApiSlowClients"}, "35m")),
         # The HPA at its maximum: warned after 15 minutes of it.
         case(healthy_api(pods="3x2 6x2 12x2 20x34"), [
             ("RatesApiAtMaxReplicas", "20m", []),
@@ -222,6 +254,10 @@ def test_api_alerts_say_how_bad_it_is(helm, promtool, tmp_path):
         annotated_case(healthy_api(slow_per_minute=20), "17m", [
             ("RatesApiSlow", {"severity": "warning", "namespace": NAMESPACE},
              expanded(rule, "RatesApiSlow", {"{{ $value | humanizeDuration }}": "3.45s"}))]),
+        # 2 connections cut a minute.
+        annotated_case(healthy_api(timeouts="0+2x40"), "19m", [
+            ("RatesApiSlowClients", {"severity": "warning", "namespace": NAMESPACE},
+             expanded(rule, "RatesApiSlowClients", {"{{ $value | humanize }}": "2"}))]),
     ], annotations=True)
 
 

@@ -43,6 +43,7 @@ PINS = {
         "0.16.4": "0d02794cb299f550edf8ae8093a7d6cfbac2d63a47a3348d201c4cdd6d24d1d8",
         "0.17.0": "feeb4656baf3a7dfaf280c4a755161504dd04023f9f7453f0f9901d8404b9fd6",
         "0.17.1": "1155b1ea869b16dfb08987dff60bde845f72d0312d17de46571f23dd096b2c9a",
+        "0.17.2": "48311f122468e54c80e06ae1731576e0ccaa37fdfd2ff09234407d7bccc49eeb",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",
