@@ -133,7 +133,7 @@ def test_every_alert_and_every_terraform_output_the_runbook_names_exists_and_eve
     charts = RUNBOOK.parent / "charts"
     alerts = {name for rules in charts.glob("*/templates/prometheusrule.yaml")
               for name in re.findall(r"- alert: (\w+)", rules.read_text())}
-    assert len(alerts) == 14
+    assert len(alerts) == 15
     assert [a for a in sorted(alerts) if a not in text] == []
     outputs = set(re.findall(r'^output "(\w+)"', (RUNBOOK.parent / "terraform-eks/environment/outputs.tf").read_text(),
                              re.M))
