@@ -241,6 +241,12 @@ def test_schema_rejects_a_string_where_a_number_belongs(helm):
     # limit by the check above, yet more than all of it
     (["config.webConcurrency=5", "config.responseCacheMiB=16"],
      "+ shmSizeLimit (401.0 MiB) must fit resources.limits.memory (384.0 MiB)"),
+    # A budget that lets no pod go at the fewest holds every node drain (an EKS node group
+    # update fails after 15 minutes), as maxUnavailable 0 would, which the schema refuses.
+    (["replicaCount=2", "podDisruptionBudget.minAvailable=2"], "minAvailable: 2 of 2 pods (the fewest) leaves none"),
+    (["autoscaling.enabled=true", "autoscaling.minReplicas=3", "autoscaling.maxReplicas=20",
+      'podDisruptionBudget.minAvailable="3"'], "minAvailable: 3 of 3 pods (the fewest) leaves none"),
+    (["replicaCount=3", 'podDisruptionBudget.minAvailable="100%"'], "minAvailable: 100% leaves no pod to evict"),
 ])
 def test_timings_that_would_drop_requests_are_refused(helm, assignments, error):
     # --set-json: plain --set makes 5.5 a string
