@@ -561,3 +561,34 @@ def test_the_database_alarm_watches_its_own_free_storage_and_tells_whom_the_envi
     calls = [body for block in parse_hcl((TERRAFORM_ROOT / "environment/main.tf").read_text())["module"]
              for body in block.values() if body["source"] == "../modules/database"]
     assert [call["alarm_actions"] for call in calls] == ["${var.alarm_actions}"]
+
+
+# Memory of the RDS classes the environments use (GiB): RDS's default max_connections is
+# LEAST(DBInstanceClassMemory / 9531392, 5000). A class not here fails the test below: add it.
+_RDS_CLASS_GIB = {"db.t4g.micro": 1, "db.t4g.small": 2, "db.t4g.medium": 4, "db.t4g.large": 8,
+                  "db.m7g.large": 8, "db.m7g.xlarge": 16, "db.r7g.large": 16, "db.r7g.xlarge": 32}
+
+
+def _connections_at_full_scale(env: str) -> int:
+    """The environment's database connections at its peak, as the API chart's README counts
+    them: twice the API's steady figure (a rollout's surge and the old pods still draining),
+    two for each ingest Job, and ten for migrations and ratesctl."""
+    api, controller = merged_values(env, CHARTS / "rates-api"), merged_values(env, CONTROLLER_CHART)
+    pods = api["autoscaling"]["maxReplicas"] if api["autoscaling"]["enabled"] else api["replicaCount"]
+    pool = api["config"]["dbPoolSize"] or api["config"]["gunicornThreads"]
+    steady = pods * api["config"]["webConcurrency"] * (pool + 1)  # + 1: the readiness probe's
+    return 2 * steady + 2 * controller["controller"]["maxActiveJobs"] + 10
+
+
+def test_each_database_takes_its_environment_s_connections_at_full_scale(settings):
+    # A later maxReplicas, thread count or smaller class must not pass the database's limit
+    # unnoticed: past it, new connections are refused and requests get 503s.
+    for env in ENVIRONMENTS:
+        database = settings[f"environment/{env}"]["database"]
+        assert "max_connections" not in json.dumps(database), "the parameter group sets it: count with that"
+        gib = _RDS_CLASS_GIB[database["instance_class"]]
+        # DBInstanceClassMemory is what the engine is left, some tenth below the class's
+        # memory; 3 are reserved for superusers.
+        limit = min(int(gib * 2**30 * 0.85 / 9531392), 5000) - 3
+        needed = _connections_at_full_scale(env)
+        assert needed <= limit, f"{env}: {needed} connections at full scale, {database['instance_class']} allows ~{limit}"
