@@ -243,10 +243,16 @@ def test_schema_rejects_a_string_where_a_number_belongs(helm):
      "+ shmSizeLimit (401.0 MiB) must fit resources.limits.memory (384.0 MiB)"),
     # A budget that lets no pod go at the fewest holds every node drain (an EKS node group
     # update fails after 15 minutes), as maxUnavailable 0 would, which the schema refuses.
-    (["replicaCount=2", "podDisruptionBudget.minAvailable=2"], "minAvailable: 2 of 2 pods (the fewest) leaves none"),
+    (["replicaCount=2", "podDisruptionBudget.minAvailable=2"], "minAvailable: 2 of 2 pods (the fewest) keeps 2 up"),
     (["autoscaling.enabled=true", "autoscaling.minReplicas=3", "autoscaling.maxReplicas=20",
-      'podDisruptionBudget.minAvailable="3"'], "minAvailable: 3 of 3 pods (the fewest) leaves none"),
-    (["replicaCount=3", 'podDisruptionBudget.minAvailable="100%"'], "minAvailable: 100% leaves no pod to evict"),
+      'podDisruptionBudget.minAvailable="3"'], "minAvailable: 3 of 3 pods (the fewest) keeps 3 up"),
+    (["replicaCount=3", 'podDisruptionBudget.minAvailable="100%"'], "minAvailable: 100% of 3 pods (the fewest) keeps 3"),
+    # Kubernetes rounds a share up: 67 % of 3 pods is 3, and 50 % of an HPA's 1 is 1.
+    (["replicaCount=3", 'podDisruptionBudget.minAvailable="67%"'], "minAvailable: 67% of 3 pods (the fewest) keeps 3"),
+    (["autoscaling.enabled=true", "autoscaling.minReplicas=1", "autoscaling.maxReplicas=5",
+      'podDisruptionBudget.minAvailable="50%"'], "minAvailable: 50% of 1 pods (the fewest) keeps 1"),
+    # Read as octal by sprig's int, and as 100 % by Kubernetes.
+    (["replicaCount=2", 'podDisruptionBudget.minAvailable="0100%"'], "/podDisruptionBudget/minAvailable"),
 ])
 def test_timings_that_would_drop_requests_are_refused(helm, assignments, error):
     # --set-json: plain --set makes 5.5 a string
@@ -386,6 +392,8 @@ def test_hpa_and_pdb_follow_the_values(render):
     min_available = render(None, *sets("replicaCount=3", "podDisruptionBudget.minAvailable=2"))
     assert "maxUnavailable" not in one(min_available, "PodDisruptionBudget")["spec"]
     assert one(min_available, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    half = render(None, *sets("replicaCount=3", "podDisruptionBudget.minAvailable=50%"))  # 2 of 3
+    assert one(half, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
 
     # One pod, or an HPA that can never go above one: a PDB could only block node drains.
     assert "PodDisruptionBudget" not in kinds(render(None, *sets("replicaCount=1")))

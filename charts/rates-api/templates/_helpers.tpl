@@ -227,18 +227,18 @@ Milliseconds in a Prometheus duration of the kind the schema takes ("1m30s": ms,
 {{- $ms }}
 {{- end }}
 
-{{- /* A budget that allows no eviction at the fewest pods (minAvailable of them all, or
-100%) holds every node drain, and an EKS node group update fails after 15 minutes; the
-schema refuses maxUnavailable 0 for the same reason. */}}
+{{- /* A budget that allows no eviction at the fewest pods (minAvailable of them all, or a
+share that Kubernetes rounds up to all) holds every node drain, and an EKS node group
+update fails after 15 minutes; the schema refuses maxUnavailable 0 for the same reason. */}}
 {{- define "rates-api.pdbLeavesAnEviction" -}}
 {{- $min := toString .Values.podDisruptionBudget.minAvailable }}
 {{- $fewest := .Values.replicaCount | int }}
 {{- if .Values.autoscaling.enabled }}{{ $fewest = .Values.autoscaling.minReplicas | int }}{{ end }}
+{{- $need := atoi $min }}
 {{- if hasSuffix "%" $min }}
-{{- if ge (trimSuffix "%" $min | int) 100 }}
-{{- fail "podDisruptionBudget.minAvailable: 100% leaves no pod to evict, so a node drain (and an EKS node group update) waits for ever; use less, or maxUnavailable" }}
+{{- $need = div (add (mul (trimSuffix "%" $min | atoi) $fewest) 99) 100 }}
 {{- end }}
-{{- else if ge ($min | int) $fewest }}
-{{- fail (printf "podDisruptionBudget.minAvailable: %s of %d pods (the fewest) leaves none to evict, so a node drain (and an EKS node group update) waits for ever; use fewer, or maxUnavailable" $min $fewest) }}
+{{- if ge $need $fewest }}
+{{- fail (printf "podDisruptionBudget.minAvailable: %s of %d pods (the fewest) keeps %d up, which leaves none to evict, so a node drain (and an EKS node group update) waits for ever; use fewer, or maxUnavailable" $min $fewest $need) }}
 {{- end }}
 {{- end }}
