@@ -569,7 +569,9 @@ class CsvParser(Parser):
         try:
             fields = next(csv.reader([text], strict=True)) if '"' in text else text.split(",")
         except csv.Error as exc:
-            if text.rstrip("\n").count('"') % 2:  # csv's "unexpected end of data" would not say why
+            # One line, strict, no escape character: csv says this only when the line ends
+            # inside quotes, and would not say why.
+            if str(exc) == "unexpected end of data":
                 exc = "a quoted field not closed on its line (a line break inside quotes is not supported)"
             self.problems.add(line_no, f"malformed CSV: {exc}", line)
             return None

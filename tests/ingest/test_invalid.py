@@ -83,6 +83,10 @@ CASES = {
     # "unexpected end of data".
     "a line break inside a quoted field": ("p.csv", b'orig_code,dest_code,day,price\n"CNSHA","NL\nRTM",2016-01-01,5\n',
                                            "a quoted field not closed on its line", 2),
+    "a line break in quotes after a stray quote": ("p.csv", b'orig_code,dest_code,day,price\nCN"SHA,"NL\nRTM",2016-01-01,5\n',
+                                                   "a quoted field not closed on its line", 2),
+    "an unescaped quote in a quoted field": ("p.csv", b'orig_code,dest_code,day,price\n"CNSHA","NL"RTM",2016-01-01,5\n',
+                                             "malformed CSV: ',' expected after '\"'", 2),
     # Not "UTF-16": re-encoding would not help a file with no text in it.
     "a zero-filled CSV": ("p.csv", b"\0" * 4096, "the file starts with NUL bytes, not text", 1),
     "a zero-filled JSON file": ("p.json", b"\0" * 4096, "the file starts with NUL bytes, not text", 0),
