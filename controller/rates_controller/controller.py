@@ -162,7 +162,7 @@ class Controller:
         for ended in ended_jobs:
             retry_waits = not ended.succeeded and not ended.file_is_invalid and self._retries_left(ended)
             if retry_waits and (busy >= self.settings.max_active_jobs or not self._retry_due(ended)
-                                or time.monotonic() < self._retries_held.get(ended.uid, (0, 0))[1]):
+                                or self._retry_held(ended)):
                 busy += 1  # its retry will take a slot: hold one for it
                 continue
             if self._guarded("handle_job", self._ended, ended) and retry_waits:
@@ -255,12 +255,17 @@ class Controller:
         # and webhooks): a refusal by it is an answer, so whatever failed before has passed.
         self._retry_failing_since.pop(ended.uid, None)
         now = time.monotonic()
-        since = self._retries_held[ended.uid][0] if ended.uid in self._retries_held else now
-        if ended.uid not in self._retries_held:  # once, not at each try
+        held = self._retries_held.get(ended.uid)
+        if held is None:  # once, not at each try
             self.metrics.errors.labels("handle_job").inc()
             self.log.warning("retry held: the namespace's quota has no room for its Job", job=ended.name,
                              bucket=ended.obj.bucket, key=ended.obj.key, attempt=ended.attempt, error=str(refused))
-        self._retries_held[ended.uid] = (since, now + QUOTA_RECHECK_SECONDS)
+        self._retries_held[ended.uid] = (held[0] if held else now, now + QUOTA_RECHECK_SECONDS)
+
+    def _retry_held(self, ended: jobs.Finished) -> bool:
+        """Whether the ended Job's retry, refused by a full quota, waits for its next try."""
+        held = self._retries_held.get(ended.uid)
+        return held is not None and time.monotonic() < held[1]
 
     def _retries_left(self, ended: jobs.Finished) -> bool:
         return ended.round_job < self.settings.max_attempts
