@@ -1104,6 +1104,49 @@ def test_turning_autoscaling_on_keeps_the_running_pods(helm, kube, namespace):
     assert replicas(*sets("autoscaling.enabled=true", "autoscaling.minReplicas=2")) is None  # a new release
 
 
+def test_an_upgrade_from_pods_without_the_probe_port_health_checks_the_http_port(helm, kube, namespace):
+    """The ALB health-checks every target on one port. Moved to probePort while the running
+    pods (rates-api 0.14.x or earlier, or another probePort) do not listen there, it would
+    fail every old pod during the rollout, and only the surge's pods would get traffic: the
+    upgrade keeps it on the http port, where every image answers /readyz, and says so."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    http, probe = defaults["containerPort"], defaults["probePort"]
+    key = "alb.ingress.kubernetes.io/healthcheck-port"
+
+    def upgrade(*extra):  # as the upgrade would send it: lookups see the cluster
+        out = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "--dry-run=server",
+                   "-f", str(CHART / "values-dev.yaml"), *LOCAL_DATABASE, *extra).stdout
+        manifest, notes = out.split("MANIFEST:", 1)[1].split("NOTES:", 1)
+        [ingress] = [d for d in yaml.safe_load_all(manifest)
+                     if d and d["kind"] == "Ingress" and d["metadata"]["name"] == RELEASE]
+        return ingress["metadata"]["annotations"][key], "traffic-port" in notes
+
+    assert upgrade() == (str(probe), False)  # a new release: its pods will have the port
+    labels = {"app": "stand-in"}
+    kube.apps.create_namespaced_deployment(namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+            "name": "rates-api", "labels": {"app.kubernetes.io/managed-by": "Helm"},  # as a release's
+            "annotations": {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": namespace}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels}, "spec": {"containers": [{
+                "name": "api", "image": "none", "ports": [{"name": "http", "containerPort": http}]}]}}}})
+
+    def live_ports(*ports):
+        kube.apps.patch_namespaced_deployment("rates-api", namespace, [  # a list: a JSON patch
+            {"op": "replace", "path": "/spec/template/spec/containers/0/ports",
+             "value": [{"name": name, "containerPort": number} for name, number in ports]}])
+
+    # As rates-api 0.14.x left it: the http port only.
+    assert upgrade() == ("traffic-port", True)
+    # A user's own annotation still wins, and then there is nothing to say.
+    assert upgrade("--set-string", f"ingress.annotations.{key.replace('.', chr(92) + '.')}={probe}") == (str(probe), False)
+    # The pods listen on the probe port: the check moves there.
+    live_ports(("http", http), ("probe", probe))
+    assert upgrade() == (str(probe), False)
+    # probePort changed: the running pods listen on the old one only.
+    assert upgrade(*sets(f"probePort={probe + 10}")) == ("traffic-port", True)
+
+
 def test_a_failing_migration_fails_the_release_without_retries(helm, kube, namespace, local_node):
     """Exit 2 (a migration that cannot pass on retry) fails the hook Job at once, so helm
     stops before any new pod exists; the failed Job stays for its logs."""

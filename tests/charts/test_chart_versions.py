@@ -46,6 +46,7 @@ PINS = {
         "0.17.2": "48311f122468e54c80e06ae1731576e0ccaa37fdfd2ff09234407d7bccc49eeb",
         "0.17.3": "d1b2bab4c99e13b0f5e56fe24f0bd31e428d599fddd18e4a4d6cf7a3b688f69a",
         "0.17.4": "e17cd938b7990abe1ad3777ada8409731eb3533e86d7039084aa028179d14114",
+        "0.17.5": "830a6bfe1a9fdf7726e0c4fe35e4a4aac135089d71b29ce6083c3e465f2901ed",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",

@@ -242,3 +242,32 @@ update fails after 15 minutes; the schema refuses maxUnavailable 0 for the same 
 {{- fail (printf "podDisruptionBudget.minAvailable: %s of %d pods (the fewest) keeps %d up, which leaves none to evict, so a node drain (and an EKS node group update) waits for ever; use fewer, or maxUnavailable" $min $fewest $need) }}
 {{- end }}
 {{- end }}
+
+{{- /* The port the ALB health-checks /readyz on: probePort, or "traffic-port" (the http
+port, where every image of the API answers /readyz too) while the live Deployment's api
+container has no probe port of that number. Upgrading from rates-api 0.14.x or earlier,
+or changing probePort, the running pods do not listen there yet: moved at once, the
+target group's check would fail every old pod during the rollout, and only the surge's
+new pods would get traffic. This upgrade keeps the check on the http port; the next one
+finds the probe port live and moves it. lookup sees the cluster on install and upgrade
+only: helm template and GitOps tools that render without it get probePort. */}}
+{{- define "rates-api.albHealthcheckPort" -}}
+{{- $port := .Values.probePort | int | toString }}
+{{- $live := lookup "apps/v1" "Deployment" .Release.Namespace (include "rates-api.fullname" .) }}
+{{- if $live }}
+{{- $listening := false }}
+{{- range (dig "spec" "template" "spec" "containers" (list) $live) }}
+{{- if eq (.name | default "") "api" }}
+{{- range (.ports | default (list)) }}
+{{- if and (eq (.name | default "") "probe") (eq (.containerPort | int | toString) $port) }}
+{{- $listening = true }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not $listening }}
+{{- $port = "traffic-port" }}
+{{- end }}
+{{- end }}
+{{- $port }}
+{{- end }}
