@@ -126,7 +126,11 @@ def _check_server_settings() -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @_spec_options
 def up_command(port, prices, days, ports, start, seed) -> None:
-    """Local database in .local/, migrations, demo data if empty, and the API (Ctrl-C stops all)."""
+    """Local database in .local/, migrations, demo data if empty, and the API (Ctrl-C stops all).
+
+    The demo data's options are used only for an empty database: for other demo data,
+    stop up and remove .local/pgdata (the whole local database) first.
+    """
     # What this command does is echoed as it goes; of the log lines, only warnings add to it.
     logs.configure("WARNING", service="ratesctl")
     # From here on: a signal before the API's start (during the demo data's load, say) killed
@@ -142,6 +146,8 @@ def up_command(port, prices, days, ports, start, seed) -> None:
             if _is_empty(dsn):
                 load_demo_data(dsn, demodata.Spec(prices=prices, days=days, ports=ports,
                                                   start=start.date(), seed=seed))
+            else:
+                _say_demo_options_unused()
             # As deployed: the API reads as its own user, which the local server trusts.
             _serve_until_interrupted(psycopg2.extensions.make_dsn(dsn, user=db.API_USER), port,
                                      examples.requests(dsn), owner_dsn=dsn)
@@ -149,6 +155,21 @@ def up_command(port, prices, days, ports, start, seed) -> None:
             _ignore_stop_signals()  # a second Ctrl-C must not cut the stop short either
             _say("stopping PostgreSQL ...")
             server.cleanup()
+
+
+DEMO_OPTIONS = ("prices", "days", "ports", "start", "seed")
+
+
+def _say_demo_options_unused() -> None:
+    """Say so when demo data options were given to an `up` whose database holds data
+    already: they were ignored without a word, and the API served the data of before."""
+    ctx = click.get_current_context()
+    given = [f"--{name}" for name in DEMO_OPTIONS
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        click.echo(f"the database holds data already, so {', '.join(given)} changed nothing (they are used only "
+                   f"for an empty database): to load other demo data, stop up, remove {_shown_path(LOCAL_PGDATA)} "
+                   "(the whole local database) and run it again")
 
 
 def _shown_path(path: Path) -> Path:

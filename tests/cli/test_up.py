@@ -174,3 +174,26 @@ def test_the_example_requests_answer_with_averages_whatever_data_was_loaded(own_
             days = response.json()
             assert any(day["average_price"] is not None for day in days), (url, days)
             assert all(day["day"] <= "2024-01-03" for day in days), (url, days)  # the data's last day
+
+
+def test_demo_data_options_for_a_database_with_data_say_they_change_nothing(monkeypatch, world, dsn):
+    """`up --prices ...` on the database of an earlier `up` served the earlier data, and
+    nothing said that the options had been ignored."""
+    class Server:
+        def cleanup(self):
+            pass
+
+    monkeypatch.setattr(commands.localdb, "start", lambda pgdata: Server())
+    monkeypatch.setattr(commands.localdb, "ensure_database", lambda server, name: dsn)  # holds ports
+    monkeypatch.setattr(commands, "_serve_until_interrupted", lambda *args, **kwargs: None)
+    monkeypatch.setattr(commands, "_ignore_stop_signals", lambda: None)  # not this process's Ctrl-C
+    monkeypatch.setattr(commands.logs, "configure", lambda *args, **kwargs: None)
+    port = str(free_port())
+
+    given = CliRunner().invoke(cli, ["up", "--port", port, "--prices", "5000", "--seed", "7"])
+    assert given.exit_code == 0, given.output
+    assert "so --prices, --seed changed nothing (they are used only for an empty database)" in given.output
+    assert "remove .local/pgdata" in given.output
+    plain = CliRunner().invoke(cli, ["up", "--port", port])
+    assert plain.exit_code == 0 and "changed nothing" not in plain.output, plain.output
+    assert "used only for an empty database" in CliRunner().invoke(cli, ["up", "--help"]).output
