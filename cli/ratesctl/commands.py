@@ -312,6 +312,10 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
 
     if send and not queue_url:
         raise click.UsageError("--send needs --queue-url or QUEUE_URL")
+    sqs = None
+    if send:  # before the listing, which takes minutes on a big bucket
+        sqs = reconcile.sqs_client()
+        reconcile.check_queue(sqs, queue_url)
     # Autocommit: listing a big bucket takes minutes, and a transaction left open meanwhile
     # would be ended by the database's idle_in_transaction_session_timeout.
     conn = db.connect(_database_url(), application_name="ratesctl", autocommit=True)
@@ -325,7 +329,7 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
     to_send = [u for u in found if not u.never_loads
                and (include_rejected or not u.last_run or u.last_run[0] != "rejected")]
     if send and to_send:
-        reconcile.send(reconcile.sqs_client(), queue_url, bucket, to_send)
+        reconcile.send(sqs, queue_url, bucket, to_send)
     held = len(found) - len(to_send)
     older = sum(upload.older for upload in found)
     summary = (f"{len(found)} upload(s) of the {examined} under s3://{bucket}/{prefix} not loaded as S3 holds them"

@@ -191,6 +191,14 @@ def sqs_client():
         raise PermanentError("no AWS region for the uploads queue: set AWS_DEFAULT_REGION") from None
 
 
+def check_queue(sqs, queue_url: str) -> None:
+    """Fail now if the uploads queue cannot be reached as ``queue_url`` (a mistyped URL, the
+    wrong region or account, no rights): before the listing, which takes minutes on a big
+    bucket, not after it."""
+    with _mapped(f"checking the uploads queue {queue_url}"):
+        sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+
+
 @contextmanager
 def _mapped(what: str) -> Iterator[None]:
     """botocore's errors as the platform's: a refusal of the request (4xx) cannot pass on

@@ -129,6 +129,27 @@ def test_send_without_a_queue_is_refused_and_a_missing_bucket_is_one_line(dsn, w
     assert "Missing option '--prefix'" in CliRunner().invoke(cli, ["reconcile", "--bucket", s3.name]).output
 
 
+def test_send_checks_the_region_and_the_queue_before_listing(dsn, world, s3, queue, monkeypatch):
+    """Both were found out only when sending, after a listing that takes minutes on a big
+    bucket."""
+    def listing(*args):
+        raise AssertionError("listed the bucket")
+
+    monkeypatch.setattr(reconcile_module, "missing", listing)
+
+    def run(queue_url, **env):
+        return CliRunner().invoke(cli, ["reconcile", "--bucket", s3.name, "--prefix", "", "--send", "--queue-url",
+                                        queue_url], env={"DATABASE_URL": dsn, **env})
+
+    no_region = run(queue.uploads_url, AWS_REGION=None, AWS_DEFAULT_REGION=None)
+    assert no_region.exit_code == 2, no_region.output
+    assert no_region.output == "Error: no AWS region for the uploads queue: set AWS_DEFAULT_REGION\n"
+    wrong = run(queue.uploads_url + "-mistyped")
+    assert wrong.exit_code == 2, wrong.output
+    assert wrong.output.startswith(f"Error: checking the uploads queue {queue.uploads_url}-mistyped: "), wrong.output
+    assert "NonExistentQueue" in wrong.output and "may pass on retry" not in wrong.output, wrong.output
+
+
 class PartlyRefusing:
     """An SQS client that refuses the fourth event of the second batch."""
 
