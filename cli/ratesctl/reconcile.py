@@ -29,7 +29,7 @@ import boto3
 import botocore.exceptions
 
 from rates_core import aws, db, s3events
-from rates_core.errors import PermanentError, TemporaryError
+from rates_core.errors import PermanentError, RatesError, TemporaryError
 from rates_ingest import formats
 from rates_ingest.s3source import ObjectInfo
 
@@ -173,12 +173,19 @@ def send(sqs, queue_url: str, bucket: str, uploads: list[Upload]) -> int:
             if answer.get("Failed"):
                 refused = [uploads[start + int(entry["Id"])].key for entry in answer["Failed"]]
                 raise TemporaryError(f"the uploads queue refused the events of {refused} "
-                                     f"({answer['Failed'][0].get('Message')}); {sent} sent, which load as usual; "
-                                     "run reconcile without --send to see what is left")
+                                     f"({answer['Failed'][0].get('Message')})")
     except KeyboardInterrupt:
-        raise TemporaryError(f"stopped: {sent} of {len(uploads)} sent, which load as usual; run reconcile "
-                             "without --send to see what is left") from None
+        raise TemporaryError(f"stopped: {_so_far(sent, uploads)}") from None
+    except RatesError as exc:
+        # Whether a retry helps is the error's; a second --send would start second Jobs
+        # for those sent already, so it says how many were.
+        raise (PermanentError if isinstance(exc, PermanentError) else TemporaryError)(
+            f"{exc}; {_so_far(sent, uploads)}") from exc
     return sent
+
+
+def _so_far(sent: int, uploads: list[Upload]) -> str:
+    return f"{sent} of {len(uploads)} sent, which load as usual; run reconcile without --send to see what is left"
 
 
 def sqs_client():

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from rates_controller import events
-from rates_core.errors import TemporaryError
+from rates_core.errors import PermanentError, RatesError, TemporaryError
 from rates_ingest.s3source import ObjectInfo
 from ratesctl import reconcile as reconcile_module
 from ratesctl.cli import cli
@@ -166,8 +166,37 @@ class PartlyRefusing:
 def test_a_batch_refused_in_part_says_which_and_how_many_were_sent():
     uploads = [reconcile_module.Upload(f"k{n}.csv", ObjectInfo("v", '"e"', 1, datetime.datetime(2026, 1, 1)),
                                        None, None) for n in range(15)]
-    with pytest.raises(TemporaryError, match=r"refused the events of \['k13.csv'\] \(refused\); 14 sent"):
+    with pytest.raises(TemporaryError, match=r"refused the events of \['k13.csv'\] \(refused\); 14 of 15 sent"):
         reconcile_module.send(PartlyRefusing(), "q", "b", uploads)
+
+
+class FailingSecondBatch:
+    """An SQS client whose second batch fails whole, with the given HTTP status."""
+
+    def __init__(self, status: int):
+        self.status, self.batches = status, 0
+
+    def send_message_batch(self, QueueUrl, Entries):  # noqa: N803 - boto3's names
+        import botocore.exceptions
+
+        self.batches += 1
+        if self.batches == 2:
+            raise botocore.exceptions.ClientError({"Error": {"Code": "X", "Message": "no"},
+                                                   "ResponseMetadata": {"HTTPStatusCode": self.status}},
+                                                  "SendMessageBatch")
+        return {"Successful": [{"Id": e["Id"]} for e in Entries]}
+
+
+@pytest.mark.parametrize("status, error", [(500, TemporaryError), (403, PermanentError)])
+def test_a_send_that_fails_partway_says_how_many_were_sent(status, error):
+    """An operator who ran --send again, not knowing that some went, started second Jobs."""
+    uploads = [reconcile_module.Upload(f"k{n}.csv", ObjectInfo("v", '"e"', 1, datetime.datetime(2026, 1, 1)),
+                                       None, None) for n in range(25)]
+    with pytest.raises(RatesError) as failed:
+        reconcile_module.send(FailingSecondBatch(status), "q", "b", uploads)
+    assert type(failed.value) is error  # whether a retry helps, as before
+    assert str(failed.value) == ("sending to the uploads queue: X: no; 10 of 25 sent, which load as usual; "
+                                 "run reconcile without --send to see what is left")
 
 
 def test_the_controllers_own_set_aside_messages_are_unchanged_by_the_shared_builder():
