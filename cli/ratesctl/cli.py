@@ -3,7 +3,7 @@ and localdb.py) and the k8s-tools group in k8s_tools.py."""
 
 import click
 
-from rates_core.db import SchemaMissing
+from rates_core.db import API_USER, INGEST_USER, RightsMissing, SchemaMissing
 from rates_core.env import ConfigError
 from rates_core.errors import EXIT_PERMANENT, EXIT_TEMPORARY, PermanentError, TemporaryError
 
@@ -28,10 +28,26 @@ class Group(click.Group):
         except SchemaMissing as exc:
             raise Failed(f"{exc} (the database's schema is older than this ratesctl: apply the migrations, "
                          "`ratesctl migrate`, or use the ratesctl of the release it runs)", EXIT_PERMANENT) from exc
+        except RightsMissing as exc:  # "permission denied for table prices" named no user to use
+            raise Failed(f"{exc} ({rights_needed(ctx.invoked_subcommand)})", EXIT_PERMANENT) from exc
         except PermanentError as exc:
             raise Failed(str(exc), EXIT_PERMANENT) from exc
         except ConfigError as exc:  # a mistyped variable: one line, as for a bad invocation
             raise Failed(str(exc), EXIT_PERMANENT) from None
+
+
+# The user the schema's owner is: the migrations and the edits of data only it may make.
+SCHEMA_OWNER = ("the schema's owner (on RDS the master user, rates_admin; under `make up` postgres), "
+                f"not {API_USER} or {INGEST_USER}")
+
+
+def rights_needed(command: str | None) -> str:
+    """Which database user ``command`` needs, for a refusal of the database (README,
+    "Database users")."""
+    if command == "reconcile":  # it reads ingest_files and ingest_runs, and writes nothing
+        return (f"reconcile needs a user that may read ingest_files and ingest_runs: DATABASE_URL as the schema's "
+                f"owner or {INGEST_USER}, whose rights `ratesctl migrate` gives back after a restore from a dump")
+    return f"this command needs the schema owner's rights: DATABASE_URL as {SCHEMA_OWNER}"
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

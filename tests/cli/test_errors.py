@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from ratesctl.cli import cli
-from tests.support.db import autocommit
+from tests.support.db import API_USER, INGEST_USER, as_user, autocommit
 
 
 def run(*args, dsn):
@@ -52,3 +52,20 @@ def test_an_unknown_log_level_is_a_usage_error():
     result = CliRunner().invoke(cli, ["migrate"], env={"DATABASE_URL": "postgresql://u@127.0.0.1:1/db",
                                                        "LOG_LEVEL": "verbose"})
     assert result.exit_code == 2 and "LOG_LEVEL must be one of" in result.output
+
+
+@pytest.mark.parametrize("user, args, needed", [
+    (API_USER, ["migrate"], "this command needs the schema owner's rights: DATABASE_URL as the schema's owner "
+                            "(on RDS the master user, rates_admin; under `make up` postgres), not rates_api or "
+                            "rates_ingest"),
+    (INGEST_USER, ["demo-data", "--force", "--prices", "10"], "this command needs the schema owner's rights"),
+    (API_USER, ["reconcile", "--bucket", "b", "--prefix", ""],
+     "reconcile needs a user that may read ingest_files and ingest_runs: DATABASE_URL as the schema's owner or "
+     "rates_ingest"),
+])
+def test_a_refusal_of_the_database_says_which_user_the_command_needs(dsn, user, args, needed):
+    """"permission denied for table yoyo_lock" left the operator to guess the user to use."""
+    result = CliRunner().invoke(cli, args, env={"DATABASE_URL": as_user(dsn, user), "AWS_DEFAULT_REGION": "us-east-1"})
+    assert result.exit_code == 2, result.output
+    assert "permission denied for table" in result.output and needed in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

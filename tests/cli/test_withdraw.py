@@ -284,6 +284,7 @@ def test_nothing_is_withdrawn_on_a_wrong_version_a_missing_key_or_without_the_ow
     ingest = withdraw(as_user(dsn, INGEST_USER), "--bucket", s3.name, "--key", "p.csv", "--version", version,
                       "--reason", "r")
     assert ingest.exit_code == 2 and "permission denied" in ingest.output
+    assert "(this command needs the schema owner's rights: DATABASE_URL as the schema's owner" in ingest.output
     for half in (["--version", version], ["--reason", "r"], ["--version", version, "--reason", " "]):
         refused = withdraw(dsn, "--bucket", s3.name, "--key", "p.csv", *half)
         assert refused.exit_code == 2 and "give both --version and a --reason" in refused.output
