@@ -7,13 +7,16 @@ from rates_core.db import API_USER, INGEST_USER, RightsMissing, SchemaMissing
 from rates_core.env import ConfigError
 from rates_core.errors import EXIT_PERMANENT, EXIT_TEMPORARY, PermanentError, TemporaryError
 
+from .terminal import shown
+
 
 class Failed(click.ClickException):
     """A command failed; exit 1 if a retry may help, 2 if it cannot (as the ingest job does)."""
 
     def __init__(self, message: str, exit_code: int):
-        # libpq's messages run over lines (a hint on the next): one line for a log.
-        super().__init__(" ".join(message.split()))
+        # libpq's messages run over lines (a hint on the next): one line for a log. An
+        # uploader's key in it is escaped as everywhere (a \u202e would reverse the line).
+        super().__init__(shown(" ".join(message.split())))
         self.exit_code = exit_code
 
 

@@ -3,7 +3,6 @@
 import contextlib
 import os
 import select
-import shlex
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from rates_core.env import env_choice
 from rates_core.errors import PermanentError
 
 from . import demodata, examples, localdb, reconcile, withdraw
+from .terminal import shell_word, shown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO_ROOT / "api" / "gunicorn.conf.py"
@@ -343,26 +343,6 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
                    err=True)
 
 
-def shown(key: str) -> str:
-    """An uploader's key as a terminal may show it: control and format characters escaped
-    (\\u202e would reverse the rest of the line, a newline would make a second entry), as
-    Python writes them. A backslash before a u, a U or an escaped character is doubled, so
-    that an escape is never the key's own text; others stay, so that most keys from Windows
-    can be pasted back."""
-    return "".join(_escaped(char, key[at + 1:at + 2]) for at, char in enumerate(key))
-
-
-def _escaped(char: str, following: str) -> str:
-    if char == "\\":
-        # Before a u, a U or a character that is escaped itself, the key's own backslash
-        # would read as the escape's.
-        return "\\\\" if following in ("u", "U") or (following and not following.isprintable()) else char
-    if char.isprintable():
-        return char
-    code = ord(char)
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-
-
 def _echo_lines(lines) -> bool:
     """Echo the lines; False, and stdout sent to /dev/null, once its reader has gone (`| head`):
     the rest of the command (the sends) must happen all the same."""
@@ -409,7 +389,7 @@ def withdraw_command(bucket, key, version, reason) -> None:
             return
         with _ctrl_c_cancels_statements() as committing:
             found, deleted = withdraw.withdraw(conn, bucket, key, version, reason.strip(), waiting=lambda: click.echo(
-                f"a load of s3://{bucket}/{key} is in progress: waiting for it to commit (Ctrl-C stops here and "
+                f"a load of s3://{bucket}/{shown(key)} is in progress: waiting for it to commit (Ctrl-C stops here and "
                 "withdraws nothing)", err=True), committing=committing)
         _say_withdrawn(bucket, key, found, deleted)
     finally:
@@ -419,12 +399,12 @@ def withdraw_command(bucket, key, version, reason) -> None:
 
 def _say_withdrawn(bucket: str, key: str, found: withdraw.LoadedFile, deleted: int | None) -> None:
     if deleted is None:
-        click.echo(f"s3://{bucket}/{key} version {found.version} was withdrawn before, at "
+        click.echo(f"s3://{bucket}/{shown(key)} version {found.version} was withdrawn before, at "
                    f"{db.in_utc(found.withdrawn_at)}")
         return
-    click.echo(f"withdrew s3://{bucket}/{key} version {found.version}: {deleted} price(s) deleted; the key's next "
-               "upload of a changed file loads as usual (these same bytes again do not, as a copy or a restore of "
-               "this version). Delete the object too (or move it out of the prefix), or loading everything "
+    click.echo(f"withdrew s3://{bucket}/{shown(key)} version {found.version}: {deleted} price(s) deleted; the "
+               "key's next upload of a changed file loads as usual (these same bytes again do not, as a copy or a "
+               "restore of this version). Delete the object too (or move it out of the prefix), or loading everything "
                "again from S3 (runbook/sql/reload_all.sql, then `ratesctl reconcile --send`) loads it again; a restore "
                "of the database to before now brings its prices back: withdraw it again then.")
 
@@ -478,10 +458,11 @@ def _show_loaded_file(found: withdraw.LoadedFile | None, bucket: str, key: str) 
     if found is None:
         raise PermanentError(f"no file is loaded for s3://{bucket}/{key}")
     if found.withdrawn_at:
-        click.echo(f"s3://{bucket}/{key}: version {found.version}, loaded at {db.in_utc(found.loaded_at)} with "
+        click.echo(f"s3://{bucket}/{shown(key)}: version {found.version}, loaded at {db.in_utc(found.loaded_at)} with "
                    f"{found.rows} price(s), withdrawn at {db.in_utc(found.withdrawn_at)}")
         return
-    click.echo(f"s3://{bucket}/{key}: version {found.version}, {found.rows} price(s), loaded at "
+    click.echo(f"s3://{bucket}/{shown(key)}: version {found.version}, {found.rows} price(s), loaded at "
                f"{db.in_utc(found.loaded_at)}")
-    args = ["ratesctl", "withdraw", "--bucket", bucket, "--key", key, "--version", found.version]
-    click.echo(f"to take its prices out: {shlex.join(args)} --reason '...'")
+    args = ["ratesctl", "withdraw", "--bucket", shell_word(bucket), "--key", shell_word(key),
+            "--version", shell_word(found.version)]
+    click.echo(f"to take its prices out: {' '.join(args)} --reason '...'")

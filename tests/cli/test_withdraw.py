@@ -444,3 +444,28 @@ def test_from_the_commit_on_a_ctrl_c_is_ignored_until_the_command_has_said_what_
                     "--reason", "r")
     assert done.exit_code == 0 and "price(s) deleted" in done.output
     assert signal.getsignal(signal.SIGINT) is default  # given back once said
+
+
+def test_keys_are_shown_escaped_and_the_suggested_command_gives_the_key_back(dsn, world, s3):
+    """reconcile escaped an uploader's \\u202e, withdraw printed it raw: it reversed the rest
+    of the line, the suggested command's arguments included."""
+    key = "in/jan-\u202evsc.2024 it's\\u.csv"
+    s3.put(key, as_csv(ROWS))
+    assert run_job(dsn, s3.name, key) == 0
+    shown = withdraw(dsn, "--bucket", s3.name, "--key", key)
+    assert shown.exit_code == 0, shown.output
+    *_, suggested = shown.output.splitlines()
+    version = loaded_version(dsn, s3.name, key)
+    done = withdraw(dsn, "--bucket", s3.name, "--key", key, "--version", version, "--reason", "r")
+    again = withdraw(dsn, "--bucket", s3.name, "--key", key, "--version", version, "--reason", "r")
+    missing = withdraw(dsn, "--bucket", s3.name, "--key", key + "\u202e", "--version", version, "--reason", "r")
+    assert [done.exit_code, again.exit_code, missing.exit_code] == [0, 0, 2], missing.output
+    for output in (shown.output, done.output, again.output, missing.output):
+        assert all(line.isprintable() for line in output.splitlines()), output
+    assert f"s3://{s3.name}/in/jan-\\u202evsc.2024 it's\\\\u.csv: version {version}" in shown.output
+    assert "was withdrawn before" in again.output and "\\u202e" in missing.output
+    # Pasted into a shell, the suggested command names the key itself.
+    words = suggested.split("to take its prices out: ", 1)[1].removesuffix(" --reason '...'")
+    argv = subprocess.run(["bash", "-c", f'printf "%s\\0" {words}'], capture_output=True, check=True).stdout
+    assert argv.decode().split("\0")[:-1] == ["ratesctl", "withdraw", "--bucket", s3.name, "--key", key,
+                                              "--version", version]

@@ -1,0 +1,41 @@
+"""Uploaders' keys in what ratesctl prints: as a terminal may show them, and as a shell
+reads them back."""
+
+import shlex
+
+
+def shown(key: str) -> str:
+    """An uploader's key as a terminal may show it: control and format characters escaped
+    (\\u202e would reverse the rest of the line, a newline would make a second entry), as
+    Python writes them. A backslash before a u, a U or an escaped character is doubled, so
+    that an escape is never the key's own text; others stay, so that most keys from Windows
+    can be pasted back."""
+    return "".join(_escaped(char, key[at + 1:at + 2]) for at, char in enumerate(key))
+
+
+def _escaped(char: str, following: str) -> str:
+    if char == "\\":
+        # Before a u, a U or a character that is escaped itself, the key's own backslash
+        # would read as the escape's.
+        return "\\\\" if following in ("u", "U") or (following and not following.isprintable()) else char
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def shell_word(key: str) -> str:
+    """``key`` as one shell word that gives it back, for a command to paste: quoted as
+    shlex does, or, with a character shown() escapes, in $'...' (bash, zsh, ksh), that
+    character as its UTF-8 bytes, so that the line holds none (a \\u202e would reverse it)."""
+    if all(char.isprintable() for char in key):
+        return shlex.quote(key)
+    return "$'" + "".join(_shell_escaped(char) for char in key) + "'"
+
+
+def _shell_escaped(char: str) -> str:
+    if char in "\\'":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return "".join(f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogatepass"))
