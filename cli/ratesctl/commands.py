@@ -35,11 +35,21 @@ def _database_url() -> str:
     return url
 
 
+def _settings_of_migrating(log_level: str = "INFO") -> int:
+    """LOG_LEVEL (``log_level`` if unset) and MIGRATION_LOCK_WAIT_SECONDS, as every command
+    that migrates reads them: a mistyped one exits 2 before anything starts. The logs are
+    configured; returns the lock wait for migrations.apply."""
+    level = env_choice("LOG_LEVEL", log_level, logs.LEVELS)
+    lock_wait = migrations.lock_wait_from_env()
+    logs.configure(level, service="ratesctl")
+    return lock_wait
+
+
 @click.command("migrate")
 def migrate_command() -> None:
     """Apply the schema migrations to $DATABASE_URL (safe to run again)."""
-    logs.configure(env_choice("LOG_LEVEL", "INFO", logs.LEVELS), service="ratesctl")
-    applied = migrations.apply(_database_url(), migrations.lock_wait_from_env())
+    lock_wait = _settings_of_migrating()
+    applied = migrations.apply(_database_url(), lock_wait)
     click.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none, already current'}")
 
 
@@ -83,9 +93,10 @@ def load_demo_data(dsn: str, spec: demodata.Spec) -> None:
 @click.option("--force", is_flag=True, help="Load even if the database already has ports.")
 def demo_data_command(prices, days, ports, start, seed, force) -> None:
     """Generate the deterministic demo dataset into $DATABASE_URL (migrated first)."""
+    lock_wait = _settings_of_migrating()
     _check_start(start.date(), days)
     dsn = _database_url()
-    migrations.apply(dsn)
+    migrations.apply(dsn, lock_wait)
     if not force and not _is_empty(dsn):
         raise PermanentError("the database already holds ports; use --force to add anyway")  # exits 2
     spec = demodata.Spec(prices=prices, days=days, ports=ports, start=start.date(), seed=seed)
@@ -131,8 +142,9 @@ def up_command(port, prices, days, ports, start, seed) -> None:
     The demo data's options are used only for an empty database: for other demo data,
     stop up and remove .local/pgdata (the whole local database) first.
     """
-    # What this command does is echoed as it goes; of the log lines, only warnings add to it.
-    logs.configure("WARNING", service="ratesctl")
+    # What this command does is echoed as it goes; of the log lines, only warnings add to it
+    # (unless LOG_LEVEL says otherwise).
+    lock_wait = _settings_of_migrating("WARNING")
     # From here on: a signal before the API's start (during the demo data's load, say) killed
     # this process at once, and the server it had started went on running.
     with _stop_signals_interrupt():
@@ -142,7 +154,7 @@ def up_command(port, prices, days, ports, start, seed) -> None:
         server = localdb.start(LOCAL_PGDATA)
         try:
             dsn = localdb.ensure_database(server, "rates")
-            click.echo(f"applied migrations: {migrations.apply(dsn) or 'none, already current'}")
+            click.echo(f"applied migrations: {migrations.apply(dsn, lock_wait) or 'none, already current'}")
             if _is_empty(dsn):
                 load_demo_data(dsn, demodata.Spec(prices=prices, days=days, ports=ports,
                                                   start=start.date(), seed=seed))

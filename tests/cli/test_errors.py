@@ -1,5 +1,7 @@
 """ratesctl failures: one line saying whether a retry can help, and an exit code to match."""
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -69,3 +71,27 @@ def test_a_refusal_of_the_database_says_which_user_the_command_needs(dsn, user, 
     assert result.exit_code == 2, result.output
     assert "permission denied for table" in result.output and needed in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("command", ["migrate", "demo-data", "up"])
+@pytest.mark.parametrize("variable, value", [("MIGRATION_LOCK_WAIT_SECONDS", "abc"), ("LOG_LEVEL", "loud")])
+def test_every_command_that_migrates_refuses_a_mistyped_setting(monkeypatch, command, variable, value):
+    """demo-data and up migrated with the default lock wait and logs whatever these said."""
+    from ratesctl import commands
+
+    def start(pgdata):
+        raise AssertionError("started a server")
+
+    monkeypatch.setattr(commands.localdb, "start", start)
+    result = CliRunner().invoke(cli, [command], env={"DATABASE_URL": "postgresql://u@127.0.0.1:1/db", variable: value})
+    assert result.exit_code == 2, result.output
+    assert variable in result.output and "Traceback" not in result.output, result.output
+
+
+def test_demo_data_logs_the_migrations_as_json_lines(empty_dsn):
+    """As `migrate` does: a console-formatted line among the JSON ones a log pipeline reads."""
+    result = CliRunner().invoke(cli, ["demo-data", "--prices", "10", "--ports", "3", "--days", "1"],
+                                env={"DATABASE_URL": empty_dsn, "LOG_LEVEL": "INFO"})
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.output.splitlines() if "migrations applied" in line]
+    assert json.loads(line)["event"] == "migrations applied", line
