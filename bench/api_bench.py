@@ -3,10 +3,11 @@
     make bench-api                                  # 10M prices (generated once, cached in .local/bench)
     make bench-api BENCH_ARGS="--prices 1000000"    # smaller
 
-For each mix it runs wrk against three servers started from the same dataset:
-ours (derived totals + versioned cache), ours with the cache off, and the naive
-baseline (bench/naive_app.py). It also measures /healthz as the HTTP stack's ceiling,
-checks that ours and naive give the same answers, and prints ratios.
+It starts four servers from the same dataset: ours (derived totals + versioned cache),
+ours with the cache off, the naive baseline (bench/naive_app.py), and ours with gunicorn's
+plain gthread worker. wrk runs each mix against the first three, and /healthz, the HTTP
+stack's ceiling, against ours and the plain gthread one (the cost of rates_api.worker's
+header deadline). It checks that ours and naive give the same answers, and prints ratios.
 """
 
 import argparse

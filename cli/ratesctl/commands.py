@@ -3,6 +3,7 @@
 import contextlib
 import os
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -154,7 +155,7 @@ def up_command(port, prices, days, ports, start, seed) -> None:
         server = localdb.start(LOCAL_PGDATA)
         try:
             dsn = localdb.ensure_database(server, "rates")
-            click.echo(f"applied migrations: {migrations.apply(dsn, lock_wait) or 'none, already current'}")
+            click.echo(f"applied migrations: {', '.join(migrations.apply(dsn, lock_wait)) or 'none, already current'}")
             if _is_empty(dsn):
                 load_demo_data(dsn, demodata.Spec(prices=prices, days=days, ports=ports,
                                                   start=start.date(), seed=seed))
@@ -239,7 +240,7 @@ def _serve_until_interrupted(dsn: str, port: int, example_requests: list[str],
             raise click.ClickException(f"the API did not start (exit status {api.poll()})")
         click.echo(f"\nRates API: {url}\n\n{_try(url, example_requests)}\n"
                    + (f"The database, for the other make targets (its socket is where the server put it):\n"
-                      f"  export DATABASE_URL='{owner_dsn}'\n\n" if owner_dsn else "")
+                      f"  export DATABASE_URL={shlex.quote(owner_dsn)}\n\n" if owner_dsn else "")
                    + "Ctrl-C stops the API and the database.\n")
         code = api.wait()
     except KeyboardInterrupt:

