@@ -56,7 +56,11 @@ def rights_needed(command: str | None) -> str:
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Commands for the rates platform: local development (up, serve, demo-data,
-    k8s-tools) and operations on $DATABASE_URL (migrate, reconcile, withdraw)."""
+    k8s-tools) and operations on $DATABASE_URL (migrate, reconcile, withdraw).
+
+    Exit status: 0 done, 1 failed and a retry may help (the database unreachable, a lock
+    held), 2 a retry cannot help (a mistyped option or setting, a refusal, a failing migration).
+    """
 
 
 from . import commands  # noqa: E402

@@ -95,3 +95,9 @@ def test_demo_data_logs_the_migrations_as_json_lines(empty_dsn):
     assert result.exit_code == 0, result.output
     [line] = [line for line in result.output.splitlines() if "migrations applied" in line]
     assert json.loads(line)["event"] == "migrations applied", line
+
+
+def test_the_help_says_what_the_exit_statuses_mean():
+    # As `python -m rates_ingest --help` does: a script around ratesctl decides on them.
+    shown = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
+    assert "Exit status: 0 done, 1 failed and a retry may help" in shown and "2 a retry cannot help" in shown
