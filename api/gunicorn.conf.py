@@ -27,10 +27,16 @@ from rates_core.logs import LEVELS
 wsgi_app = "rates_api:create_app()"
 _host = env_str("HOST", "127.0.0.1")
 # An IPv6 address (HOST=:: for a dual-stack pod) needs brackets before the port.
-bind = f"{f'[{_host}]' if ':' in _host else _host}:{env_int('PORT', 8000, minimum=1, maximum=65535)}"
+_port = env_int("PORT", 8000, minimum=1, maximum=65535)
+bind = f"{f'[{_host}]' if ':' in _host else _host}:{_port}"
 # The readiness and liveness paths again, on a port of their own that no request queues
 # on (rates_api.probes); 0: none.
 probe_port = env_int("PROBE_PORT", 0, minimum=0, maximum=65535)
+if probe_port == _port:
+    # Each worker binds it on the same host once gunicorn listens on PORT: every worker
+    # failed to boot with "Address already in use" and the master stopped (exit 3).
+    raise ConfigError(f"environment variable PROBE_PORT must differ from PORT ({_port}): the probes need a "
+                      f"port of their own (0: none)")
 workers = env_int("WEB_CONCURRENCY", 2, minimum=1)
 # gthread, with a deadline for a request's line and headers: a client that sent part of
 # them and then nothing held a thread for good (rates_api.worker). By name: the master

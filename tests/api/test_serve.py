@@ -117,9 +117,12 @@ def _assert_the_root_answers_json_however_addressed(port: int) -> None:
 @pytest.mark.parametrize("name, value", [("PORT", "abc"), ("PORT", "65536"), ("DB_POOL_SIZE", "0"), ("LOG_LEVEL", "bogus"),
                                          ("WEB_CONCURRENCY", "two"), ("FORWARDED_ALLOW_IPS", "10.0.1.0/16"),
                                          # PostgreSQL's integer range: every connection would fail
-                                         ("DB_STATEMENT_TIMEOUT_MS", "2147483648")])
+                                         ("DB_STATEMENT_TIMEOUT_MS", "2147483648"),
+                                         # every worker failed to boot, and exit 3 (a full /dev/shm's)
+                                         ("PROBE_PORT", "$PORT")])
 def test_ratesctl_serve_names_a_bad_setting_in_one_line(dsn, tmp_path, name, value):
-    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(free_port()), "WEB_CONCURRENCY": "1", name: value}
+    port = str(free_port())
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": port, "WEB_CONCURRENCY": "1", name: value.replace("$PORT", port)}
     result = subprocess.run([sys.executable, "-m", "ratesctl.cli", "serve"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
@@ -128,10 +131,11 @@ def test_ratesctl_serve_names_a_bad_setting_in_one_line(dsn, tmp_path, name, val
 
 @pytest.mark.parametrize("name, value", [("PORT", "abc"), ("PORT", "99999"), ("DB_POOL_SIZE", "0"),
                                          ("LOG_LEVEL", "bogus"), ("WEB_CONCURRENCY", "0"),
-                                         ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,10.0.1.0/16")])
+                                         ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,10.0.1.0/16"), ("PROBE_PORT", "$PORT")])
 def test_the_images_command_names_a_bad_setting_in_one_json_line(dsn, tmp_path, name, value):
     # What the image runs (api/Dockerfile), where a pod's logs must say what is wrong.
-    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(free_port()), "WEB_CONCURRENCY": "1", name: value}
+    port = str(free_port())
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": port, "WEB_CONCURRENCY": "1", name: value.replace("$PORT", port)}
     result = subprocess.run([sys.executable, "-m", "rates_api.serve", str(GUNICORN_CONF)], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -173,6 +177,22 @@ def test_gunicorn_reads_log_level_as_the_app_does(monkeypatch):
     assert runpy.run_path(str(GUNICORN_CONF))["loglevel"] == "warning"
     monkeypatch.setenv("LOG_LEVEL", "verbose")  # gunicorn alone would quietly log at info
     with pytest.raises(ConfigError, match="LOG_LEVEL"):
+        runpy.run_path(str(GUNICORN_CONF))
+
+
+def test_a_probe_port_equal_to_port_is_refused(monkeypatch):
+    from rates_core.env import ConfigError
+
+    monkeypatch.setenv("PORT", "8123")
+    monkeypatch.setenv("PROBE_PORT", "8124")
+    assert runpy.run_path(str(GUNICORN_CONF))["probe_port"] == 8124
+    # Both on the same host: every worker failed to bind it, as it booted.
+    monkeypatch.setenv("PROBE_PORT", "8123")
+    with pytest.raises(ConfigError, match="PROBE_PORT"):
+        runpy.run_path(str(GUNICORN_CONF))
+    monkeypatch.delenv("PORT")  # PORT's default, 8000, too
+    monkeypatch.setenv("PROBE_PORT", "8000")
+    with pytest.raises(ConfigError, match="PROBE_PORT"):
         runpy.run_path(str(GUNICORN_CONF))
 
 
