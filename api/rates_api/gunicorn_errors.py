@@ -34,17 +34,30 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     if status_int == 500:
         code, mesg = "internal_error", "internal error"  # as the app's own 500s
     else:
-        code, mesg = re.sub(r"[^a-z]+", "_", reason.lower()).strip("_") or "error", _as_sent(mesg)
+        code, mesg = re.sub(r"[^a-z]+", "_", reason.lower()).strip("_") or "error", _explained(mesg)
     body = json.dumps({"error": {"code": code, "message": mesg or reason}}).encode()
     head = (f"HTTP/1.1 {int(status_int)} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
+def _explained(mesg: str) -> str:
+    # gunicorn's own words name no cause, and raw non-ASCII in the URL is the usual one (a
+    # client that sends "Göteborg" as typed): the client is told what to send instead.
+    if mesg.startswith("Invalid Request Line") and not _unescaped(mesg).isascii():
+        return f"{_as_sent(mesg)}: percent-encode non-ASCII characters (UTF-8)"
+    return _as_sent(mesg)
+
+
+def _unescaped(text: str) -> str:
+    """gunicorn's text with repr()'s \\xNN escapes back as the Latin-1 characters they stand for."""
+    return _REPR_ESCAPE.sub(lambda m: m[1] + chr(int(m[2], 16)), text)
+
+
 def _as_sent(text: str) -> str:
     """gunicorn reads the request's bytes as Latin-1 and quotes them with repr(); quoted
     back, UTF-8 reads as sent. Anything else stays as gunicorn wrote it."""
-    raw = _REPR_ESCAPE.sub(lambda m: m[1] + chr(int(m[2], 16)), text)
+    raw = _unescaped(text)
     try:
         return raw.encode("latin-1").decode("utf-8")
     except UnicodeError:

@@ -42,7 +42,7 @@ def test_ratesctl_serve_binds_port_and_reports_version(dsn, tmp_path):
         # Counted, though the app never saw them (one worker: WEB_CONCURRENCY=1).
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'rates_api_requests_total{method="other",route="<gunicorn>",status="414"} 1.0' in metrics
-        assert 'rates_api_requests_total{method="other",route="<gunicorn>",status="400"} 5.0' in metrics
+        assert 'rates_api_requests_total{method="other",route="<gunicorn>",status="400"} 6.0' in metrics
         _assert_the_root_answers_json_however_addressed(port)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
@@ -94,8 +94,14 @@ def _assert_gunicorns_own_errors_are_json(port: int) -> None:
         assert answer[2]["error"]["code"] and answer[2]["error"]["message"], answer
         if status == 501:
             assert answer[2]["error"]["code"] == "not_implemented", answer
-        if b"/rates?" in request:  # the URL is quoted as it was sent
+        if b"/rates?" in request:  # the URL is quoted as it was sent, and the cure named (the README's)
             assert any(f"origin={name}&" in answer[2]["error"]["message"] for name in names), answer
+            assert "percent-encode non-ASCII characters (UTF-8)" in answer[2]["error"]["message"], answer
+        else:  # not for an ASCII request line
+            assert "percent-encode" not in answer[2]["error"]["message"], answer
+    # A byte that is not UTF-8 (Latin-1's ö) is non-ASCII too.
+    latin1 = _raw(port, b"GET /rates?origin=G\xf6teborg HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert latin1[0] == 400 and "percent-encode" in latin1[2]["error"]["message"], latin1
     too_long = _raw(port, b"GET /" + b"x" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert too_long[0] == 414 and too_long[2]["error"]["code"] == "uri_too_long", too_long
     # OPTIONS is a method like any other the API does not serve.
