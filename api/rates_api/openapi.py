@@ -28,8 +28,9 @@ _DATE = {"type": "string", "format": "date"}
 
 _RATES = {
     "summary": "Average price per day between two ports or regions",
-    "description": ("Each of origin and destination is a 5-character port code or a region slug; "
-                    "a region covers every port below it at any depth. average_price is the mean "
+    "description": (f"Each of origin and destination is a port code or a region slug (1 to {PLACE_MAX} "
+                    "characters, matched exactly); a region covers every port below it at any depth. "
+                    "A name that is both a port code and a region slug means the port. average_price is the mean "
                     "of all prices that day over every (origin port, destination port) pair, "
                     "rounded half away from zero, or null when fewer than 3 prices exist."),
     "parameters": [

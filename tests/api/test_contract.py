@@ -1,6 +1,7 @@
 """The API's answers conform to its own OpenAPI document (GET /openapi.json): every
 status, header, content type and body that schemathesis' default checks look at."""
 
+import re
 from datetime import date, timedelta
 
 import pytest
@@ -29,6 +30,22 @@ SETTINGS = settings(max_examples=40, derandomize=True, database=None, deadline=N
 
 def test_the_document_is_valid_openapi():
     schema.validate()
+
+
+def test_the_rates_description_gives_the_names_lengths_as_the_schema_does():
+    # It said "a 5-character port code", and the schema (and the README) take 1 to 128
+    # characters: a client validating by the words refused codes the API serves.
+    from rates_api.openapi import document
+
+    rates = document("test")["paths"]["/rates"]["get"]
+    lengths = {(p["schema"]["minLength"], p["schema"]["maxLength"]) for p in rates["parameters"]
+               if p["name"] in ("origin", "destination", "orig_code", "dest_code")}
+    [(shortest, longest)] = lengths
+    words = " ".join([rates["summary"], rates["description"], *(p["description"] for p in rates["parameters"])])
+    # Any length the words give is one of the schema's bounds.
+    assert set(map(int, re.findall(r"(\d+)[- ]characters?", words))) <= {shortest, longest}, words
+    assert "-character" not in words, words  # a fixed length, whichever
+    assert f"{shortest} to {longest} characters" in rates["description"], rates["description"]
 
 
 @pytest.fixture
