@@ -511,8 +511,8 @@ class CsvParser(Parser):
         if _header_fields(line.removeprefix(codecs.BOM_UTF8)) == FIELDS:
             return True
         found = line.decode("utf-8", "backslashreplace")
-        cr = _CR_ADVICE if b"\r" in line else ""
-        self.problems.add(1, f"the first line must be the header {CSV_HEADER.decode()}, got {_shown(found, 60)}{cr}",
+        why = _header_advice(line.removeprefix(codecs.BOM_UTF8)) + (_CR_ADVICE if b"\r" in line else "")
+        self.problems.add(1, f"the first line must be the header {CSV_HEADER.decode()}, got {_shown(found, 60)}{why}",
                           line)
         return False
 
@@ -625,16 +625,37 @@ def _misplaced_row(fields: list[str]) -> str | None:
     return None
 
 
-def _header_fields(line: bytes) -> tuple[str, ...] | None:
+def _header_fields(line: bytes, separator: str = ",") -> tuple[str, ...] | None:
     """The field names of a CSV header line, quoted or not; None if it is no CSV line."""
-    if line == CSV_HEADER:
+    if line == CSV_HEADER and separator == ",":
         return FIELDS
     if b"\r" in line:  # csv.reader would take a CR for a line end, and the rows' CRs stay
         return None
     try:
-        return tuple(next(csv.reader([line.decode("utf-8")], strict=True)))
+        return tuple(next(csv.reader([line.decode("utf-8")], delimiter=separator, strict=True)))
     except (UnicodeDecodeError, csv.Error, StopIteration):
         return None
+
+
+# What pandas names an index column that it read back from a CSV and saved again.
+_PANDAS_INDEX_NAMES = ("", "Unnamed: 0")
+
+
+def _header_advice(line: bytes) -> str:
+    """Why a header naming the right columns is refused, when a tool's default wrote it so:
+    a spreadsheet in a decimal-comma locale separates with ";", and pandas' to_csv writes
+    its index first, under no name. The plain "must be the header" named neither."""
+    for separator in ",;\t":
+        names = _header_fields(line, separator) or ()
+        index = names[:1] != () and names[0] in _PANDAS_INDEX_NAMES
+        if (names[1:] if index else names) != FIELDS:
+            continue
+        reasons = [f"the separator must be a comma, not {separator!r}"] if separator != "," else []
+        if index:
+            reasons.append("its first column looks like a saved pandas index (to_csv's default): "
+                           "save with to_csv(index=False)")
+        return ": " + ", and ".join(reasons)
+    return ""
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")

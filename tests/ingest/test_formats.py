@@ -303,6 +303,36 @@ def test_a_quoted_header_with_other_names_is_refused(header):
     assert "the first line must be the header orig_code,dest_code,day,price" in caught.value.bad_rows[0]["error"]
 
 
+@pytest.mark.parametrize("header, reasons", [
+    ("orig_code;dest_code;day;price", ["the separator must be a comma, not ';'"]),
+    ('"orig_code";"dest_code";"day";"price"', ["the separator must be a comma, not ';'"]),
+    # pandas' to_csv writes its index first, with no name; read back and saved, "Unnamed: 0"
+    (",orig_code,dest_code,day,price", ["saved pandas index", "index=False"]),
+    ("\ufeff,orig_code,dest_code,day,price", ["saved pandas index", "index=False"]),
+    ("Unnamed: 0,orig_code,dest_code,day,price", ["saved pandas index", "index=False"]),
+    (";orig_code;dest_code;day;price", ["the separator must be a comma, not ';'", "saved pandas index"]),
+], ids=["semicolon", "semicolon quoted", "pandas index", "pandas index after a BOM", "pandas index read back",
+        "both"])
+def test_a_header_a_tool_wrote_so_is_refused_with_its_reason(header, reasons):
+    # The README promises the reason; the plain "must be the header" named neither cause.
+    separator = ";" if ";" in header else ","
+    index = [] if header.startswith("orig_code") or header.startswith('"') else [0]
+    body = (header + "\n" + "".join(separator.join(map(str, [*index, *row])) + "\n" for row in ROWS)).encode()
+    with pytest.raises(formats.InvalidFile) as caught:
+        parse("csv", [body])
+    [problem] = caught.value.bad_rows
+    assert problem["line"] == 1 and problem["error"].startswith("the first line must be the header"), problem
+    for reason in reasons:
+        assert reason in problem["error"], problem
+
+
+def test_a_header_with_other_names_is_given_no_tools_reason():
+    with pytest.raises(formats.InvalidFile) as caught:
+        parse("csv", [as_csv(ROWS, header="orig;dest;day;price")])
+    assert caught.value.bad_rows[0]["error"] == ("the first line must be the header orig_code,dest_code,day,price, "
+                                                 "got 'orig;dest;day;price'")
+
+
 def _pandas_columns(rows) -> bytes:
     return json.dumps({field: {str(i): row[n] for i, row in enumerate(rows)}
                        for n, field in enumerate(formats.FIELDS)}).encode()
