@@ -78,7 +78,9 @@ def mapped_errors(ref: ObjectRef) -> Iterator[None]:
     except botocore.exceptions.ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        where = f"s3://{ref.bucket}/{ref.key}" + (f" (version {ref.version_id})" if ref.version_id else "")
+        where = _where(ref)
+        if code == "NoSuchBucket":
+            raise FileRejected(_no_bucket(ref)) from exc
         if code in _GONE or status == 404:
             raise FileRejected(f"{where} is gone: {code or status}") from exc
         if code == _ARCHIVED:
@@ -103,6 +105,10 @@ def head(s3, ref: ObjectRef) -> ObjectInfo:
         if ref.version_id and _bare_bad_request(exc.__cause__):
             _explain_bad_request(s3, ref)
         raise
+    except FileRejected as exc:
+        if _bare_not_found(exc.__cause__):
+            _explain_not_found(s3, ref)
+        raise
     # The version asked for, if S3 does not name it (moto leaves out "null", for one).
     return ObjectInfo(version_id=response.get("VersionId") or ref.version_id, etag=response["ETag"],
                       size=response["ContentLength"], last_modified=response["LastModified"])
@@ -114,6 +120,35 @@ def _bare_bad_request(exc: BaseException | None) -> bool:
     return (isinstance(exc, botocore.exceptions.ClientError)
             and exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 400
             and exc.response.get("Error", {}).get("Code") in ("400", "BadRequest"))
+
+
+def _where(ref: ObjectRef) -> str:
+    return f"s3://{ref.bucket}/{ref.key}" + (f" (version {ref.version_id})" if ref.version_id else "")
+
+
+def _no_bucket(ref: ObjectRef) -> str:
+    # Still exit 2: the upload's event named the bucket, so a bucket gone since took the
+    # file with it (a new bucket of that name is a new upload and event); a mistyped
+    # --bucket fails the same way on every try.
+    return f"{_where(ref)} is gone: the bucket {ref.bucket} does not exist (NoSuchBucket)"
+
+
+def _bare_not_found(exc: BaseException | None) -> bool:
+    # The same bodiless HEAD: a missing key and a missing bucket are both a bare 404.
+    return (isinstance(exc, botocore.exceptions.ClientError)
+            and exc.response.get("Error", {}).get("Code") in ("404", "NotFound"))
+
+
+def _explain_not_found(s3, ref: ObjectRef) -> None:
+    """Raise FileRejected naming the bucket if it is the bucket that is missing."""
+    try:
+        s3.head_bucket(Bucket=ref.bucket)
+    except botocore.exceptions.ClientError as exc:
+        # A 403 (no s3:ListBucket) says nothing either way: the object's 404 stands.
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            raise FileRejected(_no_bucket(ref)) from exc
+    except (botocore.exceptions.BotoCoreError, OSError):
+        pass  # the question failed, not the answer: the object is gone all the same
 
 
 def _explain_bad_request(s3, ref: ObjectRef) -> None:

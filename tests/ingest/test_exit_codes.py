@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import psycopg2
+import pytest
 
 from rates_ingest.runs import ABANDONED, RunLog
+from rates_ingest import s3source
+from rates_ingest.formats import FileRejected
 from rates_ingest.s3source import ObjectRef
 from tests.ingest.conftest import ROWS, as_csv, as_tuples, last_run, prices, run_cli, run_job, runs
 from tests.support.db import INGEST_USER, as_user, lock_waiters, sessions
@@ -99,6 +102,33 @@ def test_a_missing_version_exits_2(db, s3):
     assert prices(conn) == []
     run = last_run(conn)
     assert run["status"] == "rejected" and "is gone" in run["error"] and "no-such-version" in run["error"]
+
+
+@pytest.mark.parametrize("version", [[], ["--version-id", "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"]], ids=["key", "version"])
+def test_a_missing_bucket_exits_2_saying_so(db, s3, version):
+    # HEAD has no error body: S3 answers a missing bucket with the bare 404 of a missing
+    # key, and the reason said "is gone: 404", as if the key were mistyped.
+    dsn, conn = db
+    bucket = s3.name + "-nosuch"
+
+    result = run_cli(dsn, "--bucket", bucket, "--key", "p.csv", *version)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"the bucket {bucket} does not exist" in last_run(conn)["error"], last_run(conn)
+
+
+def test_a_bucket_gone_after_the_head_is_named_too(s3):
+    # A GET's error has a body: NoSuchBucket, said as the HEAD's is.
+    ref = ObjectRef(s3.name + "-nosuch", "p.csv")
+    with pytest.raises(FileRejected, match=f"the bucket {ref.bucket} does not exist"):
+        with s3source.mapped_errors(ref):
+            s3.client.get_object(Bucket=ref.bucket, Key=ref.key)
+
+
+def test_a_missing_key_still_says_only_that_it_is_gone(s3):
+    with pytest.raises(FileRejected) as rejected:
+        s3source.head(s3.client, ObjectRef(s3.name, "no/such.csv"))
+    assert str(rejected.value) == f"s3://{s3.name}/no/such.csv is gone: 404"
 
 
 def test_a_version_id_that_s3_answers_400_to_exits_2(db, s3):
