@@ -341,9 +341,11 @@ def test_ctrl_c_in_a_terminal_stops_make_api_at_once(dsn, tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
-        workers = [int(pid) for pid in open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()]
-        assert len(workers) == 2
-        # (the second worker may still be starting: /healthz needs one)
+        # The master forks its workers one after another, so the first may answer /healthz
+        # before the second exists (1 run in 8 beside other tests), let alone has started.
+        children = f"/proc/{process.pid}/task/{process.pid}/children"
+        wait_for(lambda: len(open(children).read().split()) == 2, timeout=60, what="the master to fork both workers")
+        workers = [int(pid) for pid in open(children).read().split()]
         wait_for(lambda: all(_ignored_signals(pid) & (1 << (signal.SIGINT - 1)) for pid in workers),
                  timeout=60, what="both workers to leave SIGINT to the master")
         assert not _ignored_signals(process.pid) & (1 << (signal.SIGINT - 1))  # the master stops on it
