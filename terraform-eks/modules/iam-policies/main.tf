@@ -33,6 +33,10 @@ locals {
     api        = "rates_api"
     ingest_job = "rates_ingest"
   }
+  # S3 asks KMS in the bucket's region, and an SSE-KMS bucket's key is always in that
+  # region: the key's ARN says where (arn, partition, kms, region, account, key/ID).
+  bucket_region = split(":", var.bucket_kms_key_arn)[3]
+
   database_user_arns = {
     for key, user in local.database_users :
     key => "arn:${local.database_arn[1]}:rds-db:${local.database_arn[3]}:${local.database_arn[4]}:dbuser:${var.database_resource_id}/${user}"
@@ -92,6 +96,9 @@ locals {
         Effect   = "Allow"
         Action   = "kms:Decrypt"
         Resource = var.bucket_kms_key_arn
+        # Only for S3 reading the files on the Job's behalf: the role's credentials, used
+        # directly against KMS, decrypt nothing with the key.
+        Condition = { StringEquals = { "kms:ViaService" = "s3.${local.bucket_region}.amazonaws.com" } }
       },
       {
         Sid      = "ConnectAsIngestUser"

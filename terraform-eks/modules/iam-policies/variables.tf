@@ -82,8 +82,13 @@ variable "prices_prefix" {
 }
 
 variable "bucket_kms_key_arn" {
-  description = "KMS key that encrypts the price files."
+  description = "ARN of the KMS key that encrypts the price files (arn:PARTITION:kms:REGION:ACCOUNT:key/ID): the Jobs may decrypt with it through S3 in its region only."
   type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$", var.bucket_kms_key_arn))
+    error_message = "bucket_kms_key_arn must be a KMS key ARN, arn:aws:kms:REGION:ACCOUNT:key/ID (not a key id or an alias)."
+  }
 }
 
 variable "queue_arn" {

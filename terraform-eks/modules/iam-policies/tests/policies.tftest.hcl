@@ -97,6 +97,13 @@ run "ingest_job_reads_only_under_the_prefix" {
   }
 
   assert {
+    condition = jsonencode([for s in jsondecode(output.ingest_job_policy).Statement : lookup(s, "Condition", null) if s.Sid == "DecryptPriceFiles"][0]) == jsonencode({
+      StringEquals = { "kms:ViaService" = "s3.eu-west-1.amazonaws.com" }
+    })
+    error_message = "The ingest job decrypts with the bucket's key only through S3, in the key's region (kms:ViaService), never by calling KMS itself."
+  }
+
+  assert {
     condition     = [for s in jsondecode(output.ingest_job_policy).Statement : lookup(s, "Condition", null) if s.Sid == "TellMissingFromForbidden"][0] == null
     error_message = "ListBucket has no condition: S3 asks for it, without a prefix, to answer 404 for a missing key."
   }
@@ -148,6 +155,29 @@ run "database_grants_follow_the_instance" {
     error_message = "The ingest job's grant is in the instance's partition, region and account, for the ingest user."
   }
 
+}
+
+run "decrypting_follows_the_keys_region" {
+  command = plan
+
+  variables {
+    bucket_kms_key_arn = "arn:aws:kms:us-east-2:123456789012:key/11111111-2222-3333-4444-555555555555"
+  }
+
+  assert {
+    condition     = [for s in jsondecode(output.ingest_job_policy).Statement : s.Condition.StringEquals["kms:ViaService"] if s.Sid == "DecryptPriceFiles"][0] == "s3.us-east-2.amazonaws.com"
+    error_message = "kms:ViaService names S3 in the key's (and so the bucket's) region."
+  }
+}
+
+run "bucket_key_is_a_key_arn" {
+  command = plan
+
+  variables {
+    bucket_kms_key_arn = "alias/rates-prices"
+  }
+
+  expect_failures = [var.bucket_kms_key_arn]
 }
 
 run "whole_bucket_when_no_prefix" {
