@@ -27,6 +27,59 @@ def test_the_nodes_and_their_disks_carry_the_stacks_tags():
         assert "data.aws_default_tags.current.tags" in tags and "var.tags" in tags
 
 
+def _rendered(terraform, tmp_path, expression: str, stand_ins: dict) -> object:
+    """An expression of the code, as terraform evaluates it with its references given stand-in values."""
+    expression = expression.removeprefix("${").removesuffix("}")
+    for name, value in stand_ins.items():
+        expression = expression.replace("${" + name + "}", value.strip('"')).replace(name, value)
+    module = tmp_path / "source" / "expression"
+    module.mkdir(parents=True)
+    # Encoded: terraform leaves an output that is null out of `terraform output`.
+    (module / "main.tf").write_text(f"output \"value\" {{\n  value = jsonencode({expression})\n}}\n")
+    return json.loads(apply_module(terraform, module, {}, tmp_path)["value"])
+
+
+def test_only_the_vpc_cni_holds_the_cni_policy_through_its_own_role(terraform, tmp_path):
+    """On the node role, AmazonEKS_CNI_Policy (create, attach and delete network interfaces,
+    assign addresses) was every host-network pod's; the CNI gets it through IRSA instead."""
+    nodes = hcl_resource("modules/eks/nodes.tf", "aws_iam_role_policy_attachment", "node")
+    assert nodes["role"] == "${aws_iam_role.node.name}"
+    assert re.findall(r'"(\w+)"', nodes["for_each"]) == ["AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly"]
+    code = "".join(json.dumps(parse_hcl(p.read_text())) for p in (TERRAFORM_ROOT / "modules/eks").glob("*.tf"))
+    assert code.count("AmazonEKS_CNI_Policy") == 1  # comments left out
+    cni = hcl_resource("modules/eks/main.tf", "aws_iam_role_policy_attachment", "vpc_cni")
+    assert (cni["role"], cni["policy_arn"]) == ("${aws_iam_role.vpc_cni.name}",
+                                                "arn:${local.partition}:iam::aws:policy/AmazonEKS_CNI_Policy")
+
+    # The role trusts kube-system's aws-node ServiceAccount of this cluster only, for STS.
+    issuer = "oidc.eks.eu-west-1.amazonaws.com/id/ABC123"
+    provider = f"arn:aws:iam::123456789012:oidc-provider/{issuer}"
+    trust = json.loads(_rendered(terraform, tmp_path, hcl_resource("modules/eks/main.tf", "aws_iam_role", "vpc_cni")[
+        "assume_role_policy"], {"aws_iam_openid_connect_provider.this.arn": f'"{provider}"',
+                                "local.oidc_issuer": f'"{issuer}"'}))
+    assert trust["Statement"] == [{
+        "Effect": "Allow", "Principal": {"Federated": provider}, "Action": "sts:AssumeRoleWithWebIdentity",
+        "Condition": {"StringEquals": {f"{issuer}:sub": "system:serviceaccount:kube-system:aws-node",
+                                       f"{issuer}:aud": "sts.amazonaws.com"}}}]
+    [issuer_local] = [block["oidc_issuer"] for block in parse_hcl(
+        (TERRAFORM_ROOT / "modules/eks/main.tf").read_text())["locals"] if "oidc_issuer" in block]
+    assert issuer_local == '${replace(aws_eks_cluster.this.identity[0].oidc[0].issuer, "https://", "")}'
+
+    # The vpc-cni add-on (and no other) runs with that role, which holds its policy before
+    # the add-on, and so before the nodes (they wait for the add-on).
+    addons = hcl_resource("modules/eks/main.tf", "aws_eks_addon", "node")
+    roles = {addon: _rendered(terraform, tmp_path / addon, addons["service_account_role_arn"], {
+        "local.addon_roles": '{ "vpc-cni" = "arn:aws:iam::123456789012:role/cni" }', "each.key": f'"{addon}"'})
+        for addon in ("vpc-cni", "kube-proxy")}
+    assert roles == {"vpc-cni": "arn:aws:iam::123456789012:role/cni", "kube-proxy": None}
+    [addon_roles] = [block["addon_roles"] for block in parse_hcl(
+        (TERRAFORM_ROOT / "modules/eks/main.tf").read_text())["locals"] if "addon_roles" in block]
+    assert addon_roles == {"vpc-cni": "${aws_iam_role.vpc_cni.arn}"}
+    assert "${aws_iam_role_policy_attachment.vpc_cni}" in addons["depends_on"]
+    group = hcl_resource("modules/eks/nodes.tf", "aws_eks_node_group", "this")
+    assert "${aws_eks_addon.node}" in group["depends_on"]
+
+
 def test_roles_for_aws_services_are_assumable_only_for_this_account():
     # Without aws:SourceAccount, the service could be asked to act for another account's
     # resource with this role (the confused deputy).
@@ -64,13 +117,7 @@ def test_uploads_the_ingest_jobs_could_not_read_are_refused_at_the_bucket(terraf
     policy = hcl_resource("modules/uploads/main.tf", "aws_s3_bucket_policy", "prices")["policy"]
     stand_ins = {"local.tls_only.bucket": "{}", "aws_s3_bucket.prices.arn": '"arn:aws:s3:::b"',
                  "aws_kms_key.prices.arn": '"arn:aws:kms:eu-west-1:1:key/k"', "aws_kms_key.prices.key_id": '"k"'}
-    expression = policy.removeprefix("${").removesuffix("}")
-    for name, value in stand_ins.items():
-        expression = expression.replace("${" + name + "}", value.strip('"')).replace(name, value)
-    module = tmp_path / "source" / "policy"
-    module.mkdir(parents=True)
-    (module / "main.tf").write_text(f"output \"policy\" {{\n  value = {expression}\n}}\n")
-    statements = {s.get("Sid"): s for s in json.loads(apply_module(terraform, module, {}, tmp_path)["policy"])["Statement"]}
+    statements = {s.get("Sid"): s for s in json.loads(_rendered(terraform, tmp_path, policy, stand_ins))["Statement"]}
     for sid in ("NoCustomerProvidedKeys", "NoOtherKmsKeys", "NoOtherEncryption"):
         assert (statements[sid]["Effect"], statements[sid]["Action"], statements[sid]["Resource"]) == (
             "Deny", "s3:PutObject", "arn:aws:s3:::b/*")

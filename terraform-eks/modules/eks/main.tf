@@ -93,6 +93,38 @@ resource "aws_iam_openid_connect_provider" "this" {
   tags = var.tags
 }
 
+locals {
+  oidc_issuer = replace(aws_eks_cluster.this.identity[0].oidc[0].issuer, "https://", "")
+}
+
+# The VPC CNI's own role (IRSA), instead of AmazonEKS_CNI_Policy on the node role: there,
+# every pod on the host network could create and attach network interfaces and assign
+# addresses. Trusted like the environments' roles: this one ServiceAccount's token, for STS.
+resource "aws_iam_role" "vpc_cni" {
+  name_prefix = "${var.name}-vpc-cni-"
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Federated = aws_iam_openid_connect_provider.this.arn }
+      Action    = "sts:AssumeRoleWithWebIdentity"
+      Condition = {
+        StringEquals = {
+          "${local.oidc_issuer}:sub" = "system:serviceaccount:kube-system:aws-node"
+          "${local.oidc_issuer}:aud" = "sts.amazonaws.com"
+        }
+      }
+    }]
+  })
+
+  tags = var.tags
+}
+
+resource "aws_iam_role_policy_attachment" "vpc_cni" {
+  role       = aws_iam_role.vpc_cni.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonEKS_CNI_Policy"
+}
+
 resource "aws_eks_access_entry" "admin" {
   for_each = toset(var.admin_principal_arns)
 
@@ -125,6 +157,10 @@ locals {
     "vpc-cni"    = jsonencode({ enableNetworkPolicy = "true" })
     "kube-proxy" = null
   }
+  # The add-ons' IRSA roles: EKS annotates their ServiceAccounts with them.
+  addon_roles = {
+    "vpc-cni" = aws_iam_role.vpc_cni.arn
+  }
   workload_addons = {
     "coredns" = null
     # Feeds the API chart's HorizontalPodAutoscaler.
@@ -149,11 +185,20 @@ resource "aws_eks_addon" "node" {
   addon_name           = each.key
   addon_version        = data.aws_eks_addon_version.this[each.key].version
   configuration_values = each.value
+  # The role exists (and holds its policy) before the add-on: the OIDC provider is made
+  # right after the cluster, and the node group waits for these add-ons, so the CNI has its
+  # role when the first node joins.
+  service_account_role_arn = lookup(local.addon_roles, each.key, null)
   # EKS installs self-managed copies of these at bootstrap; the managed add-on takes them over.
   resolve_conflicts_on_create = "OVERWRITE"
   resolve_conflicts_on_update = "OVERWRITE"
 
   tags = var.tags
+
+  # The role's policy before the CNI uses the role. (Not the node role's attachments: a
+  # cluster that had the CNI policy there moves with -target on this resource first, and
+  # that must leave them alone; README, "A cluster applied before ...".)
+  depends_on = [aws_iam_role_policy_attachment.vpc_cni]
 }
 
 resource "aws_eks_addon" "workload" {

@@ -12,10 +12,11 @@ resource "aws_iam_role" "node" {
   tags = var.tags
 }
 
+# Not AmazonEKS_CNI_Policy: the VPC CNI has its own role (main.tf), which pods on the
+# host network cannot borrow.
 resource "aws_iam_role_policy_attachment" "node" {
   for_each = toset([
     "AmazonEKSWorkerNodePolicy",
-    "AmazonEKS_CNI_Policy",
     "AmazonEC2ContainerRegistryPullOnly",
   ])
 
