@@ -14,6 +14,7 @@ module "eks" {
 
   name                    = var.name
   kubernetes_version      = var.kubernetes_version
+  addon_versions          = var.addon_versions
   subnet_ids              = module.network.private_subnet_ids
   public_endpoint_cidrs   = var.public_endpoint_cidrs
   admin_principal_arns    = var.admin_principal_arns

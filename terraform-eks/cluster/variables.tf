@@ -42,6 +42,12 @@ variable "kubernetes_version" {
   default     = "1.35"
 }
 
+variable "addon_versions" {
+  description = "Versions to pin the cluster's add-ons at, by name (vpc-cni, kube-proxy, coredns, metrics-server); an add-on left out takes EKS's default version for kubernetes_version. (The eks module checks it.)"
+  type        = map(string)
+  default     = {}
+}
+
 variable "public_endpoint_cidrs" {
   description = "CIDRs allowed to reach the Kubernetes API from the internet; empty for a private endpoint."
   type        = list(string)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.infra import TERRAFORM_ROOT, given_vars, run, terraform_env
+from tests.support.infra import TERRAFORM_ROOT, given_vars, hcl_resource, parse_hcl, run, terraform_env
 
 MIRROR = Path(os.environ.get("RATES_TF_PROVIDER_MIRROR", "/opt/tf-plugins"))
 ACCOUNT = "123456789012"
@@ -131,3 +131,80 @@ def test_the_provider_accepts_every_resource_of_every_environment(planned_copy, 
     assert result.returncode == 0, said
     assert "1 passed, 0 failed" in said, said
     assert "Warning" not in said, said
+
+
+# The eks module planned alone, as the root (a test's assertions reach the root module's
+# resources only): which version each add-on is planned at.
+_ADDONS_TEST = """
+provider "aws" {
+  region = "eu-west-1"
+%(offline)s}
+
+# Read at apply only (it waits for the cluster): an add-on left unpinned has no version
+# in this plan, so the test below reads how the code takes it.
+override_data {
+  target = data.aws_eks_addon_version.this
+  values = { version = "v9.9.9-eksbuild.1" }
+}
+
+override_data {
+  target = module.logs.data.aws_caller_identity.current
+  values = %(account)s
+}
+
+variables {
+  name                 = "rates-test"
+  subnet_ids           = ["subnet-0a", "subnet-0b"]
+  admin_principal_arns = ["arn:aws:iam::%(account_id)s:role/platform-admins"]
+}
+
+run "pinned_version" {
+  command = plan
+
+  variables {
+    addon_versions = { coredns = "v1.11.4-eksbuild.2", "vpc-cni" = "v1.19.2-eksbuild.1" }
+  }
+
+  assert {
+    condition     = aws_eks_addon.workload["coredns"].addon_version == "v1.11.4-eksbuild.2" && aws_eks_addon.node["vpc-cni"].addon_version == "v1.19.2-eksbuild.1"
+    error_message = "A version in addon_versions is the add-on's."
+  }
+}
+
+run "unknown_addon_refused" {
+  command = plan
+
+  variables {
+    addon_versions = { "aws-ebs-csi-driver" = "v1.0.0-eksbuild.1" }
+  }
+
+  expect_failures = [var.addon_versions]
+}
+"""
+
+
+def test_the_add_ons_take_eks_s_default_version_unless_pinned(planned_copy):
+    # most_recent = true moved the add-ons (with OVERWRITE) at any apply after AWS published
+    # a build; EKS's default for the Kubernetes minor moves with kubernetes_version.
+    [reads] = [block["aws_eks_addon_version"]["this"] for block in parse_hcl(
+        (TERRAFORM_ROOT / "modules/eks/main.tf").read_text())["data"] if "aws_eks_addon_version" in block]
+    assert reads["most_recent"] is False
+    assert reads["kubernetes_version"] == "${aws_eks_cluster.this.version}"
+    for addons in ("node", "workload"):
+        assert hcl_resource("modules/eks/main.tf", "aws_eks_addon", addons)["addon_version"] == \
+            "${lookup(var.addon_versions, each.key, data.aws_eks_addon_version.this[each.key].version)}"
+    calls = [body["eks"] for body in parse_hcl((TERRAFORM_ROOT / "cluster/main.tf").read_text())["module"] if "eks" in body]
+    assert [call["addon_versions"] for call in calls] == ["${var.addon_versions}"]
+
+    tree, envs, terraform = planned_copy
+    module = tree / "modules" / "eks"
+    (module / "tests").mkdir()
+    (module / "tests" / "addons.tftest.hcl").write_text(_ADDONS_TEST % {
+        "offline": _OFFLINE, "account": _ACCOUNT, "account_id": ACCOUNT})
+    env = envs["cluster"] | {"TF_DATA_DIR": str(tree.parent / ".terraform-eks-module")}
+    init = run([terraform, "init", "-input=false", "-no-color", "-backend=false"], module, env)
+    assert init.returncode == 0, init.stdout + init.stderr
+    result = run([terraform, "test", "-no-color"], module, env, timeout=600)
+    said = result.stdout + result.stderr
+    assert result.returncode == 0, said
+    assert "2 passed, 0 failed" in said, said

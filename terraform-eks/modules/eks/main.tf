@@ -168,14 +168,17 @@ locals {
   }
 }
 
-# The newest build of each add-on for the cluster's version: raising kubernetes_version
-# moves the add-ons (and the nodes, below) along with the control plane.
+# EKS's default build of each add-on for the cluster's version, not the newest: the newest
+# moves whenever AWS publishes one, and every apply would then upgrade the CNI, kube-proxy
+# and CoreDNS in production (over local changes: OVERWRITE) unasked. Raising
+# kubernetes_version moves the add-ons (and the nodes) along with the control plane;
+# addon_versions pins any of them.
 data "aws_eks_addon_version" "this" {
   for_each = merge(local.node_addons, local.workload_addons)
 
   addon_name         = each.key
   kubernetes_version = aws_eks_cluster.this.version
-  most_recent        = true
+  most_recent        = false
 }
 
 resource "aws_eks_addon" "node" {
@@ -183,7 +186,7 @@ resource "aws_eks_addon" "node" {
 
   cluster_name         = aws_eks_cluster.this.name
   addon_name           = each.key
-  addon_version        = data.aws_eks_addon_version.this[each.key].version
+  addon_version        = lookup(var.addon_versions, each.key, data.aws_eks_addon_version.this[each.key].version)
   configuration_values = each.value
   # The role exists (and holds its policy) before the add-on: the OIDC provider is made
   # right after the cluster, and the node group waits for these add-ons, so the CNI has its
@@ -206,7 +209,7 @@ resource "aws_eks_addon" "workload" {
 
   cluster_name                = aws_eks_cluster.this.name
   addon_name                  = each.key
-  addon_version               = data.aws_eks_addon_version.this[each.key].version
+  addon_version               = lookup(var.addon_versions, each.key, data.aws_eks_addon_version.this[each.key].version)
   configuration_values        = each.value
   resolve_conflicts_on_create = "OVERWRITE"
   resolve_conflicts_on_update = "OVERWRITE"

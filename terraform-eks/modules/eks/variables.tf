@@ -120,6 +120,22 @@ variable "control_plane_log_types" {
   }
 }
 
+variable "addon_versions" {
+  description = "Versions to pin add-ons at, by name (vpc-cni, kube-proxy, coredns, metrics-server), such as { coredns = \"v1.11.4-eksbuild.2\" } (aws eks describe-addon-versions lists them). An add-on left out takes EKS's default version for kubernetes_version."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for name in keys(var.addon_versions) : contains(["vpc-cni", "kube-proxy", "coredns", "metrics-server"], name)])
+    error_message = "addon_versions names add-ons among vpc-cni, kube-proxy, coredns and metrics-server."
+  }
+
+  validation {
+    condition     = alltrue([for version in values(var.addon_versions) : can(regex("^v[0-9]+\\.[0-9]+\\.[0-9]+-eksbuild\\.[0-9]+$", version))])
+    error_message = "addon_versions are EKS add-on versions such as \"v1.19.0-eksbuild.1\"."
+  }
+}
+
 variable "log_retention_days" {
   description = "Days to keep control-plane logs in CloudWatch Logs."
   type        = number
