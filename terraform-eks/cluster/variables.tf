@@ -14,8 +14,14 @@ variable "region" {
 }
 
 variable "availability_zones" {
-  description = "Zones to spread subnets and nodes over: two or three. (The network module checks it.)"
+  description = "Zones of the region to spread subnets and nodes over: two or three. (The network module checks the number.)"
   type        = list(string)
+
+  validation {
+    # Another region's zones plan without a word, and fail only at apply, on the subnets.
+    condition     = alltrue([for zone in var.availability_zones : startswith(zone, var.region) && can(regex("^[a-z]$", trimprefix(zone, var.region)))])
+    error_message = "availability_zones are zones of the region, ${var.region}: its name and a letter, such as \"${var.region}a\"."
+  }
 }
 
 variable "vpc_cidr" {

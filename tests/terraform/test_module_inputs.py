@@ -83,6 +83,11 @@ def test_every_tfvars_file_passes_every_validation_it_reaches(planner, tfvars):
     (('availability_zones = ["eu-west-1a", "eu-west-1b"]',
       'availability_zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c", "eu-west-1d"]'),
      "Give two or three availability zones."),
+    # the stack's own: zones of another region plan, and fail at apply
+    (('availability_zones = ["eu-west-1a", "eu-west-1b"]', 'availability_zones = ["eu-west-1a", "eu-central-1b"]'),
+     'availability_zones are zones of the region, eu-west-1: its name and a letter, such as "eu-west-1a".'),
+    (('availability_zones = ["eu-west-1a", "eu-west-1b"]', 'availability_zones = ["eu-west-1a", "eu-west-1-lax-1a"]'),
+     "availability_zones are zones of the region, eu-west-1"),
     (("single_nat_gateway = true", 'single_nat_gateway = true\ninterface_endpoints = ["com.amazonaws.eu-west-1.sts"]'),
      "without the com.amazonaws.<region>. prefix"),
     (("single_nat_gateway = true", 'single_nat_gateway = true\ninterface_endpoints = ["sts", "sts"]'),

@@ -196,15 +196,67 @@ def test_the_add_ons_take_eks_s_default_version_unless_pinned(planned_copy):
     calls = [body["eks"] for body in parse_hcl((TERRAFORM_ROOT / "cluster/main.tf").read_text())["module"] if "eks" in body]
     assert [call["addon_versions"] for call in calls] == ["${var.addon_versions}"]
 
+    said = _test_module(planned_copy, "eks", _ADDONS_TEST)
+    assert "2 passed, 0 failed" in said, said
+
+
+def _test_module(planned_copy, name: str, test: str) -> str:
+    """`terraform test` of the (adapted) module ``name`` as the root, with ``test``: its output."""
     tree, envs, terraform = planned_copy
-    module = tree / "modules" / "eks"
+    module = tree / "modules" / name
     (module / "tests").mkdir()
-    (module / "tests" / "addons.tftest.hcl").write_text(_ADDONS_TEST % {
+    (module / "tests" / "plan.tftest.hcl").write_text(test % {
         "offline": _OFFLINE, "account": _ACCOUNT, "account_id": ACCOUNT})
-    env = envs["cluster"] | {"TF_DATA_DIR": str(tree.parent / ".terraform-eks-module")}
+    env = envs["cluster"] | {"TF_DATA_DIR": str(tree.parent / f".terraform-module-{name}")}
     init = run([terraform, "init", "-input=false", "-no-color", "-backend=false"], module, env)
     assert init.returncode == 0, init.stdout + init.stderr
     result = run([terraform, "test", "-no-color"], module, env, timeout=600)
     said = result.stdout + result.stderr
     assert result.returncode == 0, said
+    return said
+
+
+_ZONES_TEST = """
+provider "aws" {
+  region = "eu-west-1"
+%(offline)s}
+
+override_data {
+  target = data.aws_caller_identity.current
+  values = %(account)s
+}
+
+override_data {
+  target = module.flow_logs.data.aws_caller_identity.current
+  values = %(account)s
+}
+
+variables {
+  name = "rates-test"
+}
+
+run "the_regions_zones" {
+  command = plan
+
+  variables {
+    availability_zones = ["eu-west-1a", "eu-west-1b"]
+  }
+}
+
+run "another_regions_zones" {
+  command = plan
+
+  variables {
+    availability_zones = ["eu-west-1a", "us-east-1b"]
+  }
+
+  expect_failures = [aws_vpc.this]
+}
+"""
+
+
+def test_the_network_refuses_zones_of_another_region_than_the_provider_s(planned_copy):
+    # The cluster stack's own validation compares them with its region variable; the
+    # module with the region its resources are really made in.
+    said = _test_module(planned_copy, "network", _ZONES_TEST)
     assert "2 passed, 0 failed" in said, said

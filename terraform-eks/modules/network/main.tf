@@ -14,6 +14,15 @@ resource "aws_vpc" "this" {
   enable_dns_hostnames = true
 
   tags = merge(var.tags, { Name = var.name })
+
+  lifecycle {
+    # Zones of another region than the provider's plan without a word, and fail only at
+    # apply, on the subnets, with the VPC already made.
+    precondition {
+      condition     = alltrue([for zone in var.availability_zones : startswith(zone, data.aws_region.current.region) && can(regex("^[a-z]$", trimprefix(zone, data.aws_region.current.region)))])
+      error_message = "availability_zones are zones of the provider's region, ${data.aws_region.current.region}: its name and a letter, such as \"${data.aws_region.current.region}a\"."
+    }
+  }
 }
 
 # The default security group allows all traffic between its members; nothing should use it.
