@@ -36,9 +36,15 @@ variable "max_receive_count" {
 }
 
 variable "alarm_actions" {
-  description = "ARNs (e.g. an SNS topic's) notified when an alarm changes state: a file set aside in the dead-letter queue, uploads waiting over upload_wait_alarm_seconds, or the database running out of storage. None: the alarms show in CloudWatch only."
+  description = "ARNs (e.g. an SNS topic's) notified when an alarm changes state: a file set aside in the dead-letter queue, uploads waiting over upload_wait_alarm_seconds, or the database running out of storage. None: the alarms show in CloudWatch only, which prod refuses."
   type        = list(string)
   default     = []
+
+  validation {
+    # Left empty, production's alarms would fire with nobody told.
+    condition     = var.environment != "prod" || length(var.alarm_actions) > 0
+    error_message = "prod needs alarm_actions, whom its alarms notify: -var='alarm_actions=[\"arn:aws:sns:<region>:<account>:<on-call topic>\"]' (or set it in prod.tfvars)."
+  }
 }
 
 variable "upload_wait_alarm_seconds" {

@@ -100,12 +100,18 @@ def pinned_tool(name: str) -> Path:
         pytest.fail(str(exc), pytrace=False)
 
 
-def given_vars(stack: str) -> list[str]:
-    """The -var arguments the README's commands give ``stack`` beside its tfvars file: the
-    cluster's administrators, whom no tfvars file names."""
-    if stack != "cluster":
-        return []
-    return ['-var=admin_principal_arns=["arn:aws:iam::123456789012:role/platform-admins"]']
+# What the README's commands give beside a tfvars file, which no tfvars file names.
+PROD_ALARM_ACTIONS = '-var=alarm_actions=["arn:aws:sns:eu-west-1:123456789012:rates-on-call"]'
+
+
+def given_vars(stack: str, tfvars: Path) -> list[str]:
+    """The -var arguments the README's commands give ``stack`` beside ``tfvars``: the
+    cluster's administrators, and whom production's alarms notify."""
+    if stack == "cluster":
+        return ['-var=admin_principal_arns=["arn:aws:iam::123456789012:role/platform-admins"]']
+    if tfvars.stem == "prod":
+        return [PROD_ALARM_ACTIONS]
+    return []
 
 
 @pytest.fixture(scope="session")

@@ -52,11 +52,11 @@ def shadow(module_dir: Path, into: Path) -> None:
 @pytest.fixture(scope="module")
 def planner(terraform, tmp_path_factory):
     """plan(stack, tfvars) -> CompletedProcess of `terraform plan` of the stack's shadow,
-    with the -var the README gives the cluster stack (its administrators) unless ``admins``
-    is False."""
+    with the -var the README gives beside the file (the cluster's administrators, whom
+    production's alarms notify) unless ``given`` is False."""
     roots = {}
 
-    def plan(stack: str, tfvars: Path, admins: bool = True):
+    def plan(stack: str, tfvars: Path, given: bool = True):
         if stack not in roots:
             work = tmp_path_factory.mktemp(f"shadow-{stack}")
             shadow(TERRAFORM_ROOT / stack, work / "root")
@@ -65,7 +65,7 @@ def planner(terraform, tmp_path_factory):
             assert init.returncode == 0, init.stdout + init.stderr
             roots[stack] = (work / "root", env)
         root, env = roots[stack]
-        extra = given_vars(stack) if admins else []
+        extra = given_vars(stack, tfvars) if given else []
         return run([terraform, "plan", "-input=false", "-no-color", "-refresh=false", f"-var-file={tfvars}", *extra],
                    root, env)
 
@@ -121,9 +121,21 @@ def test_a_value_a_module_refuses_is_found(planner, tmp_path, change, error):
 
 def test_a_cluster_without_an_administrator_is_refused(planner):
     # Its creator gets no access: applied without one, nobody could reach the cluster.
-    result = planner("cluster", TERRAFORM_ROOT / "cluster/environments/nonprod.tfvars", admins=False)
+    result = planner("cluster", TERRAFORM_ROOT / "cluster/environments/nonprod.tfvars", given=False)
     assert result.returncode != 0
     assert "Name at least one administrator" in " ".join((result.stdout + result.stderr).split())
+
+
+def test_production_without_whom_its_alarms_notify_is_refused(planner):
+    # Its alarms (a file set aside, uploads waiting, the disk filling) would tell nobody.
+    result = planner("environment", TERRAFORM_ROOT / "environment/environments/prod.tfvars", given=False)
+    assert result.returncode != 0
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "prod needs alarm_actions, whom its alarms notify" in said, said
+    # The cheaper environments may go without.
+    for env in ("dev", "staging"):
+        assert planner("environment", TERRAFORM_ROOT / f"environment/environments/{env}.tfvars",
+                       given=False).returncode == 0, env
 
 
 @pytest.mark.parametrize("storage, refused", [

@@ -125,7 +125,7 @@ def planned_copy(terraform, tmp_path_factory):
 def test_the_provider_accepts_every_resource_of_every_environment(planned_copy, tfvars):
     tree, envs, terraform = planned_copy
     stack = tfvars.parent.parent.name
-    result = run([terraform, "test", "-no-color", f"-var-file={tfvars}", *given_vars(stack)],
+    result = run([terraform, "test", "-no-color", f"-var-file={tfvars}", *given_vars(stack, tfvars)],
                  tree / stack, envs[stack], timeout=600)
     said = result.stdout + result.stderr
     assert result.returncode == 0, said

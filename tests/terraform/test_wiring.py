@@ -49,7 +49,7 @@ def read_tfvars(terraform: Path, stack: str, tfvars: Path, tmp_path: Path) -> tu
     env = terraform_env(tmp_path)
     said = ""
     for args in (["init", "-input=false", "-no-color"],
-                 ["apply", "-input=false", "-auto-approve", "-no-color", f"-var-file={tfvars}", *given_vars(stack)]):
+                 ["apply", "-input=false", "-auto-approve", "-no-color", f"-var-file={tfvars}", *given_vars(stack, tfvars)]):
         result = run([terraform, *args], work, env)
         said += result.stdout + result.stderr
         assert result.returncode == 0, f"{stack} {tfvars.name}: terraform {args[0]}:\n{said}"

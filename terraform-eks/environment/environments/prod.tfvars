@@ -5,9 +5,10 @@ cluster_name = "rates-prod"
 bucket_name  = "example-rates-prod-prices"
 
 log_retention_days = 365
-# Who hears of a file set aside, uploads left waiting or the database's storage running
-# out (the CloudWatch alarms), e.g.
-# alarm_actions = ["arn:aws:sns:eu-west-1:<account>:<on-call topic>"]
+# alarm_actions, who hears of a file set aside, uploads left waiting or the database's
+# storage running out (the CloudWatch alarms), is not here: the plan refuses prod without
+# it, so give your on-call topic, -var='alarm_actions=["arn:aws:sns:eu-west-1:<account>:<topic>"]'
+# (terraform-eks/README.md, "Apply"), or set it here.
 # The rates-prod cluster has an STS interface endpoint (its interface_endpoints).
 sts_endpoint_in_vpc = true
 
