@@ -8,6 +8,8 @@ output "namespace" {
 output "controller_values" {
   description = "Values for the rates-controller release of this environment, as a values file."
   value = {
+    # The chart refuses these values in another namespace: the roles trust this one's only.
+    terraformEnvironment = var.environment
     queue = {
       url           = module.uploads.queue_url
       deadLetterUrl = module.uploads.dead_letter_queue_url
@@ -30,6 +32,8 @@ output "controller_values" {
 output "api_values" {
   description = "Values for the rates-api release of this environment, as a values file."
   value = {
+    # The chart refuses these values in another namespace: the role trusts this one's only.
+    terraformEnvironment = var.environment
     # The ALB connects from addresses in the VPC; trust its X-Forwarded-* headers only.
     config         = { forwardedAllowIps = data.aws_vpc.this.cidr_block }
     networkPolicy  = { database = { cidrs = local.database_cidrs }, sts = { cidrs = local.sts_cidrs } }

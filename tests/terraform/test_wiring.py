@@ -188,6 +188,9 @@ DATABASE_URLS = {
 SAMPLE_DATABASE_ADDRESS = "rates-dev.c1a2b3c4d5e6.eu-west-1.rds.amazonaws.com"
 HANDED = {
     "rates-controller": {
+        # the environment the values are for: the chart refuses them in another namespace
+        # (_render_handed gives the environment it renders for)
+        "terraformEnvironment": ("var.environment", "dev"),
         "queue.url": ("module.uploads.queue_url",
                       "https://sqs.eu-west-1.amazonaws.com/123456789012/example-rates-dev-prices-uploads"),
         "queue.deadLetterUrl": ("module.uploads.dead_letter_queue_url",
@@ -208,6 +211,7 @@ HANDED = {
         "database.iamAuth": (True, True),
     },
     "rates-api": {
+        "terraformEnvironment": ("var.environment", "dev"),
         "config.forwardedAllowIps": ("data.aws_vpc.this.cidr_block", "10.41.0.0/16"),
         "networkPolicy.database.cidrs": ("local.database_cidrs", ["10.41.0.0/18", "10.41.64.0/18"]),
         "networkPolicy.sts.cidrs": ("local.sts_cidrs", ["10.41.0.0/16"]),
@@ -270,14 +274,37 @@ def _handed(chart: str) -> dict:
     return _leaves(outputs[OUTPUTS[chart]]["value"])
 
 
+def _handed_values(chart: str, env: str, tmp_path: Path) -> Path:
+    """A values file of the samples of what Terraform hands ``chart`` for ``env``."""
+    values = tmp_path / f"{chart}-{env}-from-terraform.json"
+    samples = {path: sample for path, (_, sample) in HANDED[chart].items()} | {"terraformEnvironment": env}
+    values.write_text(json.dumps(_nest(samples)))
+    return values
+
+
 def _render_handed(helm, chart: str, env: str, tmp_path: Path) -> list[dict]:
     """``chart`` as the release of its own name in ``env``'s namespace, with the values
     file and the samples of what Terraform hands it."""
-    values = tmp_path / f"{chart}-{env}-from-terraform.json"
-    values.write_text(json.dumps(_nest({path: sample for path, (_, sample) in HANDED[chart].items()})))
     out = helm("template", chart, str(CHARTS / chart), "--namespace", env,
-               "-f", str(CHARTS / chart / f"values-{env}.yaml"), "-f", str(values)).stdout
+               "-f", str(CHARTS / chart / f"values-{env}.yaml"), "-f", str(_handed_values(chart, env, tmp_path))).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.mark.kube  # helm
+@pytest.mark.parametrize("chart", sorted(HANDED))
+def test_one_environment_s_handed_values_are_refused_in_another_s_namespace(chart, helm, tmp_path):
+    """staging's role ARNs in namespace dev: the roles trust staging's ServiceAccounts only,
+    so the pods could not assume them (and the API's install would wait out --wait)."""
+    handed = str(_handed_values(chart, "staging", tmp_path))
+    for values_file in ("values-staging.yaml", "values-dev.yaml"):
+        result = helm("template", chart, str(CHARTS / chart), "--namespace", "dev",
+                      "-f", str(CHARTS / chart / values_file), "-f", handed, check=False)
+        assert result.returncode != 0, values_file
+        assert ('terraformEnvironment is "staging" (these values are Terraform\'s outputs for staging) but the '
+                'release is in namespace "dev"') in result.stderr, result.stderr
+    # In its own namespace the same values render.
+    helm("template", chart, str(CHARTS / chart), "--namespace", "staging",
+         "-f", str(CHARTS / chart / "values-staging.yaml"), "-f", handed)
 
 
 # --- the database logins ------------------------------------------------------------------

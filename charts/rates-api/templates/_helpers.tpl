@@ -146,6 +146,11 @@ Cross-field rules the schema cannot express. Each one protects a request from be
 dropped; rendering stops with the reason rather than shipping a chart that loses some.
 */}}
 {{- define "rates-api.validate" -}}
+{{- with .Values.terraformEnvironment }}
+{{- if ne . $.Release.Namespace }}
+{{- fail (printf "terraformEnvironment is %q (these values are Terraform's outputs for %s) but the release is in namespace %q: the IAM roles in them trust %s's ServiceAccounts only, so the pods could not assume them. Install into namespace %s, or use %s's own outputs (terraform output -json api_values, in its state)" . . $.Release.Namespace . . $.Release.Namespace) }}
+{{- end }}
+{{- end }}
 {{- $s := .Values.shutdown }}
 {{- $serving := add ($s.preStopSleepSeconds | int) (include "rates-api.gunicornStopSeconds" . | int) }}
 {{- if le ($s.terminationGracePeriodSeconds | int) $serving }}

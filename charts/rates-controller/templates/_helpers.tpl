@@ -175,6 +175,11 @@ seccompProfile:
 Checks that span several values, which values.schema.json cannot express.
 */}}
 {{- define "rates-controller.validate" -}}
+{{- with .Values.terraformEnvironment }}
+{{- if ne . $.Release.Namespace }}
+{{- fail (printf "terraformEnvironment is %q (these values are Terraform's outputs for %s) but the release is in namespace %q: the IAM roles in them trust %s's ServiceAccounts only, so the pods could not assume them. Install into namespace %s, or use %s's own outputs (terraform output -json controller_values, in its state)" . . $.Release.Namespace . . $.Release.Namespace) }}
+{{- end }}
+{{- end }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.controller.pollWaitSeconds) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed controller.pollWaitSeconds (%d): the controller finishes its long poll before it exits" (int .Values.terminationGracePeriodSeconds) (int .Values.controller.pollWaitSeconds)) }}
 {{- end }}
