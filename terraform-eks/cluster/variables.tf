@@ -49,7 +49,7 @@ variable "kubernetes_version" {
 }
 
 variable "addon_versions" {
-  description = "Versions to pin the cluster's add-ons at, by name (vpc-cni, kube-proxy, coredns, metrics-server); an add-on left out takes EKS's default version for kubernetes_version. (The eks module checks it.)"
+  description = "Versions to pin the cluster's add-ons at, by name (vpc-cni, kube-proxy, coredns, metrics-server); an add-on left out takes the newest build for kubernetes_version. (The eks module checks it.)"
   type        = map(string)
   default     = {}
 }

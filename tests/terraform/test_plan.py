@@ -183,12 +183,12 @@ run "unknown_addon_refused" {
 """
 
 
-def test_the_add_ons_take_eks_s_default_version_unless_pinned(planned_copy):
-    # most_recent = true moved the add-ons (with OVERWRITE) at any apply after AWS published
-    # a build; EKS's default for the Kubernetes minor moves with kubernetes_version.
+def test_the_add_ons_take_the_newest_build_unless_pinned(planned_copy):
+    # EKS's default build (most_recent = false) is usually older than the newest, which
+    # clusters applied before this pin run: it would have downgraded their add-ons.
     [reads] = [block["aws_eks_addon_version"]["this"] for block in parse_hcl(
         (TERRAFORM_ROOT / "modules/eks/main.tf").read_text())["data"] if "aws_eks_addon_version" in block]
-    assert reads["most_recent"] is False
+    assert reads["most_recent"] is True
     assert reads["kubernetes_version"] == "${aws_eks_cluster.this.version}"
     for addons in ("node", "workload"):
         assert hcl_resource("modules/eks/main.tf", "aws_eks_addon", addons)["addon_version"] == \

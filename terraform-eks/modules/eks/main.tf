@@ -168,17 +168,17 @@ locals {
   }
 }
 
-# EKS's default build of each add-on for the cluster's version, not the newest: the newest
-# moves whenever AWS publishes one, and every apply would then upgrade the CNI, kube-proxy
-# and CoreDNS in production (over local changes: OVERWRITE) unasked. Raising
-# kubernetes_version moves the add-ons (and the nodes) along with the control plane;
-# addon_versions pins any of them.
+# The newest build of each add-on for the cluster's version: raising kubernetes_version
+# moves the add-ons (and the nodes, below) along with the control plane. So does AWS
+# publishing a build, at the next apply (over local changes: OVERWRITE); addon_versions pins
+# any of them. Not EKS's default build: usually older than the newest, it would downgrade
+# the add-ons of every cluster applied before.
 data "aws_eks_addon_version" "this" {
   for_each = merge(local.node_addons, local.workload_addons)
 
   addon_name         = each.key
   kubernetes_version = aws_eks_cluster.this.version
-  most_recent        = false
+  most_recent        = true
 }
 
 resource "aws_eks_addon" "node" {

@@ -121,7 +121,7 @@ variable "control_plane_log_types" {
 }
 
 variable "addon_versions" {
-  description = "Versions to pin add-ons at, by name (vpc-cni, kube-proxy, coredns, metrics-server), such as { coredns = \"v1.11.4-eksbuild.2\" } (aws eks describe-addon-versions lists them). An add-on left out takes EKS's default version for kubernetes_version."
+  description = "Versions to pin add-ons at, by name (vpc-cni, kube-proxy, coredns, metrics-server), such as { coredns = \"v1.11.4-eksbuild.2\" } (aws eks describe-addon-versions lists them). An add-on left out takes the newest build for kubernetes_version."
   type        = map(string)
   default     = {}
 
