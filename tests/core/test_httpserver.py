@@ -25,8 +25,14 @@ def _hello(environ, start_response):
 
 
 @pytest.fixture
-def server():
-    server = httpserver.serve(_hello, "127.0.0.1", 0, max_at_once=AT_ONCE, read_timeout_s=READ_S,
+def read_timeout_s() -> float:
+    """The server's read_timeout_s; a test parametrizes it to change it."""
+    return READ_S
+
+
+@pytest.fixture
+def server(read_timeout_s):
+    server = httpserver.serve(_hello, "127.0.0.1", 0, max_at_once=AT_ONCE, read_timeout_s=read_timeout_s,
                               thread_name="test-http", server_version="test")
     yield server
     server.shutdown()
@@ -97,6 +103,26 @@ def test_connections_past_the_cap_are_closed_at_once_and_take_no_thread(server, 
     assert requests.get(_url(server), timeout=GENEROUS_S).status_code == 200
 
 
+def _handler_threads(server) -> int:
+    return sum(getattr(t, "_target", None) == server.process_request_thread for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("read_timeout_s", [4 * GENEROUS_S])
+def test_a_connection_past_the_cap_is_closed_while_the_held_ones_are_still_held(server, connect):
+    """Closed at once, not queued for a slot: a queued probe would wait for a held
+    connection's deadline (here 4 * GENEROUS_S, which the wait for the close stays far
+    below), and idle connections would pile up in the queue. The cap is exactly AT_ONCE:
+    each held connection has a thread, and is served once it sends its request."""
+    held = [connect() for _ in range(AT_ONCE)]
+    # Each held one taken by a thread first: the next connection is the one past the cap.
+    wait_for(lambda: _handler_threads(server) == AT_ONCE, timeout=GENEROUS_S, what="a thread per held connection")
+    assert _closed(connect())  # within the socket's timeout, GENEROUS_S
+    assert _handler_threads(server) == AT_ONCE
+    for sock in held:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert sock.makefile("rb").read().endswith(b"\r\n\r\nhello ")
+
+
 def test_the_deadline_is_for_the_head_only_a_body_may_take_longer():
     # Each part of the body well within the per-recv timeout, the whole past the deadline.
     read_s = 3.0
@@ -113,6 +139,18 @@ def test_the_deadline_is_for_the_head_only_a_body_may_take_longer():
         server.shutdown()
         server.server_close()
     assert answer.startswith(b"HTTP/1.0 200 OK\r\n") and answer.endswith(b"hello abcdefgh")
+
+
+def test_a_body_that_stops_coming_is_closed_after_the_per_recv_timeout(server, connect):
+    """Past the head the deadline is off, but each recv still has read_timeout_s: a client
+    that stops mid-body holds its slot that long, not for ever. The bound, 8 * READ_S, is
+    generous for a close due after READ_S, and below what a recv timeout of 10 * READ_S
+    would take."""
+    sock = connect()
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nab")
+    started = time.monotonic()
+    sock.makefile("rb").read()  # to the close (wsgiref's 500 for the failed read, or nothing)
+    assert time.monotonic() - started < 8 * READ_S
 
 
 def test_timed_out_clients_leave_no_traceback_in_the_log(server, connect, capfd):
@@ -178,3 +216,16 @@ def test_a_connection_whose_thread_could_not_start_gives_its_slot_back(server, c
     assert len(failed) == AT_ONCE
     monkeypatch.setattr(threading.Thread, "start", start)
     assert requests.get(_url(server), timeout=GENEROUS_S).status_code == 200
+
+
+def test_a_read_once_the_head_deadline_has_passed_is_a_timeout_even_with_bytes_waiting():
+    """A client still sending gets no read past the deadline. Refused before the recv, as a
+    TimeoutError (an OSError: no traceback in the log), not a socket timeout of what is left
+    of the deadline, which is negative then (a ValueError, and a traceback)."""
+    left, right = socket.socketpair()
+    with left, right:
+        reads = httpserver._HeadReads(left, READ_S)
+        right.sendall(b"x")
+        reads.deadline = time.monotonic() - READ_S / 10
+        with pytest.raises(TimeoutError):
+            reads.readinto(bytearray(1))
