@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import requests
@@ -359,39 +360,78 @@ def test_ctrl_c_in_a_terminal_stops_make_api_at_once(dsn, tmp_path):
         stop_process(process, group=True)
 
 
+def _gunicorn_on_a_small_tmpfs(dsn, tmp_path, filled_before: str = "") -> tuple[subprocess.Popen, int, Path]:
+    """gunicorn (2 workers) in a sandbox whose PROMETHEUS_MULTIPROC_DIR is on a tmpfs of 4 MiB
+    ($SHM), as the chart's shmSizeLimit makes one; ``filled_before``, a shell command run in
+    the sandbox before gunicorn, may fill it. Its output in gunicorn.log. Skips where
+    sandboxes cannot run."""
+    import shlex
+
+    from tests.support.images import SANDBOX, can_run_images
+
+    if reason := can_run_images():
+        pytest.skip(reason)
+    shm, port = tmp_path / "shm", free_port()
+    shm.mkdir()
+    metrics = shm / "metrics"  # made by on_starting
+    script = (f'mount -t tmpfs -o size=4m shm "$SHM" && {filled_before or "true"} && exec '
+              + shlex.join([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)]))
+    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "WEB_CONCURRENCY": "2",
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics), "SHM": str(shm)}
+    with open(tmp_path / "gunicorn.log", "wb") as out:
+        process = subprocess.Popen([sys.executable, str(SANDBOX), script], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    return process, port, metrics
+
+
+def _exit_status_once_the_metrics_fill(dsn, tmp_path, left: int) -> int:
+    """gunicorn's exit status when, serving, its metrics tmpfs fills (up to ``left`` bytes
+    free, or to 64 KiB less) and both its workers are killed. The metrics filled as the files of
+    many killed workers would, and the workers killed as the OOM killer would, both at once:
+    the master replaces both. (Two boot errors together stopped gunicorn's halt with an error
+    of its own: exit 1, not 3.)"""
+    from tests.support.proc import children
+
+    process, port, metrics = _gunicorn_on_a_small_tmpfs(dsn, tmp_path)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", process=process)
+        [gunicorn] = wait_for(lambda: children(process.pid), timeout=10, what="gunicorn")
+        inside = f"/proc/{gunicorn}/root{metrics}"  # the tmpfs, through the server's own view
+        stats = os.statvfs(inside)
+        count = [f"count={(stats.f_bavail * stats.f_frsize - left) // (64 << 10)}"] if left else []  # else: full
+        subprocess.run(["dd", "if=/dev/zero", f"of={inside}/filler", "bs=64k", *count], capture_output=True)
+        workers = wait_for(lambda: children(gunicorn), timeout=10, what="the workers")
+        for worker in workers:
+            os.kill(worker, signal.SIGKILL)
+        return process.wait(timeout=60)
+    finally:
+        stop_process(process)
+
+
 def test_a_full_metrics_directory_stops_the_server_instead_of_killing_every_worker(dsn, tmp_path):
     """prometheus_client writes through mmap: on a full tmpfs a worker's first new page is a
     SIGBUS. A new worker then died as it booted, over and over; now the master stops (a
     container restart empties the directory)."""
-    import shlex
+    assert _exit_status_once_the_metrics_fill(dsn, tmp_path, left=0) == 3  # gunicorn's "worker failed to boot"
+    assert "too few for a worker's metrics" in (tmp_path / "gunicorn.log").read_text()
 
-    from tests.support.images import SANDBOX, can_run_images
-    from tests.support.proc import children
 
-    if reason := can_run_images():
-        pytest.skip(reason)
-    metrics, port = tmp_path / "metrics", free_port()
-    metrics.mkdir()
-    script = (f"mount -t tmpfs -o size=4m metrics {shlex.quote(str(metrics))} && exec "
-              + shlex.join([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)]))
-    log = tmp_path / "gunicorn.log"
-    env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "WEB_CONCURRENCY": "2",
-           "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, str(SANDBOX), script], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
+def test_a_nearly_full_metrics_directory_stops_the_server_too(dsn, tmp_path):
+    """A worker's files take a few tens of KiB as it serves: a quarter of
+    METRICS_MIN_FREE_BYTES (1 MiB) left would let new workers boot, and die of a SIGBUS
+    once their files grow."""
+    assert _exit_status_once_the_metrics_fill(dsn, tmp_path, left=256 << 10) == 3
+    assert "too few for a worker's metrics" in (tmp_path / "gunicorn.log").read_text()
+
+
+def test_a_server_whose_metrics_filesystem_is_full_as_it_starts_forks_no_worker(dsn, tmp_path):
+    """on_starting empties the metrics directory, not what else fills its filesystem: the
+    first workers are checked as the replacements are, and none is forked to die of a SIGBUS."""
+    process, _, _ = _gunicorn_on_a_small_tmpfs(
+        dsn, tmp_path, filled_before='(dd if=/dev/zero of="$SHM/filler" bs=64k 2>/dev/null; true)')
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/readyz", process=process)
-        [gunicorn] = wait_for(lambda: children(process.pid), timeout=10, what="gunicorn")
-        # Fill the tmpfs, as the files of many killed workers would, through the server's own view.
-        inside = f"/proc/{gunicorn}/root{metrics}"
-        subprocess.run(["dd", "if=/dev/zero", f"of={inside}/filler", "bs=64k"], capture_output=True)
-        workers = wait_for(lambda: children(gunicorn), timeout=10, what="the workers")
-        # As the OOM killer would, both at once: the master replaces both. (Two boot errors
-        # together stopped gunicorn's halt with an error of its own: exit 1, not 3.)
-        for worker in workers:
-            os.kill(worker, signal.SIGKILL)
-        assert process.wait(timeout=60) == 3  # gunicorn's "worker failed to boot"
+        assert process.wait(timeout=60) == 3
     finally:
         stop_process(process)
-    assert "too few for a worker's metrics" in log.read_text()
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "too few for a worker's metrics" in log and "Booting worker" not in log, log
