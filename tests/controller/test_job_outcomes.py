@@ -472,11 +472,9 @@ def test_a_retry_whose_job_cannot_be_created_yet_keeps_its_slot(
         assert sample(controller.metrics, "rates_controller_slots_in_use") == 1
 
 
-def test_a_retry_a_full_quota_refuses_is_held_until_it_has_room_not_set_aside(
-        kube, namespace, uploads, sqs, make_controller, job_runtime, monkeypatch):
-    # Dev's and staging's quota stays full for hours in a backfill (ended Jobs count until
-    # their TTL): a file that failed once then waits for room as a held message does,
-    # tried again every QUOTA_RECHECK_SECONDS, said and counted once, and not given up.
+def a_job_whose_retry_a_full_quota_refuses(kube, namespace, uploads, make_controller):
+    """A controller, and its Job that failed with its retry due at once, in a namespace whose
+    quota that Job fills (ended Jobs count until their TTL)."""
     controller = make_controller(retry_delay_seconds=0, job_backoff_limit=0)
     uploads.put("a.csv", b"x")
     [job] = step_until(controller, lambda: ingest_jobs(kube, namespace), what="the Job")
@@ -484,6 +482,15 @@ def test_a_retry_a_full_quota_refuses_is_held_until_it_has_room_not_set_aside(
     pod_exited(kube, namespace, job.metadata.name, 1)
     wait_for(lambda: kube.batch.read_namespaced_job(job.metadata.name, namespace).status.failed, timeout=30,
              what="the Job to fail")
+    return controller, job
+
+
+def test_a_retry_a_full_quota_refuses_is_held_until_it_has_room_not_set_aside(
+        kube, namespace, uploads, sqs, make_controller, job_runtime, monkeypatch):
+    # Dev's and staging's quota stays full for hours in a backfill (ended Jobs count until
+    # their TTL): a file that failed once then waits for room as a held message does,
+    # tried again every QUOTA_RECHECK_SECONDS, said and counted once, and not given up.
+    controller, job = a_job_whose_retry_a_full_quota_refuses(kube, namespace, uploads, make_controller)
     # The give-up for creates that keep failing (an hour), long passed below: not for a full quota.
     monkeypatch.setattr(controller_module, "RETRY_CREATE_GIVE_UP", datetime.timedelta(seconds=1))
     creates = []
@@ -519,6 +526,86 @@ def test_a_retry_a_full_quota_refuses_is_held_until_it_has_room_not_set_aside(
     assert [line for line in logged if line["log_level"] == "warning"] == []
     [ended] = [line for line in logged if line["event"] == "job ended"]
     assert ended["result"] == "retried" and ended["held_for_quota_s"] >= 0, ended
+
+
+def test_a_held_retry_is_tried_each_recheck_said_once_and_held_for_its_whole_wait(
+        kube, namespace, uploads, sqs, make_controller, job_runtime, monkeypatch):
+    """Over many tries, not only the first two: each try comes QUOTA_RECHECK_SECONDS after the
+    last (a try each pass would load the API server for hours in a backfill), the hold is
+    said and counted once (else RatesControllerErrors fires for a quota the operators know
+    is full), and held_for_quota_s is the whole wait, not the time since the last try. A
+    pass takes about a second (the receive's wait), so tries each pass would come closer."""
+    recheck = 3
+    monkeypatch.setattr(controller_module, "QUOTA_RECHECK_SECONDS", recheck)
+    controller, job = a_job_whose_retry_a_full_quota_refuses(kube, namespace, uploads, make_controller)
+    tried_at = []
+    create = controller.kube.create
+    monkeypatch.setattr(controller.kube, "create",
+                        lambda manifest: tried_at.append(time.monotonic()) or create(manifest))
+
+    with capture_logs() as logged:
+        step_until(controller, lambda: len(tried_at) >= 3, timeout=120, what="three tries")
+
+    assert handled(kube, namespace) == {} and sqs.dead_letters() == []
+    gaps = [later - earlier for earlier, later in zip(tried_at, tried_at[1:])]
+    assert all(gap >= recheck for gap in gaps), gaps  # the next try is due RECHECK after the last refusal
+    warnings = [line["event"] for line in logged if line["log_level"] == "warning"]
+    assert warnings == ["retry held: the namespace's quota has no room for its Job"]
+    assert sample(controller.metrics, "rates_controller_errors_total", operation="handle_job") == 1
+
+    job_quota(kube, namespace, 5)
+    with capture_logs() as logged:
+        step_until(controller, lambda: len(ingest_jobs(kube, namespace)) == 2, timeout=60, what="the retry")
+    assert len(tried_at) >= 4
+    [ended] = [line for line in logged if line["event"] == "job ended"]
+    # Held from the first refusal, and each of the 3 or more tries since came RECHECK after the last.
+    assert ended["result"] == "retried" and ended["held_for_quota_s"] >= 3 * recheck, ended
+
+
+def test_the_hold_of_a_retry_whose_job_is_gone_is_forgotten(kube, namespace, uploads, sqs, make_controller,
+                                                            job_runtime):
+    """Deleted by an operator (or acted on by another controller in a rollout's overlap):
+    its hold would keep rates_controller_messages_held, and RatesControllerQuotaFull, up
+    until the controller restarts."""
+    controller, job = a_job_whose_retry_a_full_quota_refuses(kube, namespace, uploads, make_controller)
+    controller.step()
+    assert sample(controller.metrics, "rates_controller_messages_held") == 1
+    kube.batch.delete_namespaced_job(job.metadata.name, namespace, propagation_policy="Background")
+    wait_for(lambda: not ingest_jobs(kube, namespace), timeout=30, what="the Job to be gone")
+    controller.step()
+    assert sample(controller.metrics, "rates_controller_messages_held") == 0
+
+
+def test_a_quota_refusal_restarts_the_give_up_clock_of_a_retry(
+        kube, namespace, uploads, sqs, make_controller, job_runtime, monkeypatch):
+    """The quota is the API server's last admission check: its refusal says that what
+    refused the create before (a policy, a webhook) has passed. A refusal after the hold is
+    a new failure, with the whole RETRY_CREATE_GIVE_UP to pass, not the file set aside at
+    once for a failure that began before the hold."""
+    give_up_s = 5
+    monkeypatch.setattr(controller_module, "QUOTA_RECHECK_SECONDS", 0)  # a held retry is tried each pass
+    controller = make_controller(retry_delay_seconds=0, job_backoff_limit=0)
+    uploads.put("a.csv", b"x")
+    [job] = step_until(controller, lambda: ingest_jobs(kube, namespace), what="the Job")
+    pod_exited(kube, namespace, job.metadata.name, 1)
+    wait_for(lambda: kube.batch.read_namespaced_job(job.metadata.name, namespace).status.failed, timeout=30,
+             what="the Job to fail")
+    with creates_refused(kube, namespace, controller, "not now"):
+        controller.step()  # the give-up clock starts
+    first_failure_by = time.monotonic()
+    job_quota(kube, namespace, 1)  # the failed Job fills it
+    # Until the quota refuses: a policy just removed may still refuse a moment (and
+    # RETRY_CREATE_GIVE_UP is an hour until below).
+    step_until(controller, lambda: sample(controller.metrics, "rates_controller_messages_held") == 1, timeout=60,
+               what="the retry to be held")
+    time.sleep(max(0.0, first_failure_by + give_up_s + 1 - time.monotonic()))  # give_up_s since the first failure
+    monkeypatch.setattr(controller_module, "RETRY_CREATE_GIVE_UP", datetime.timedelta(seconds=give_up_s))
+    errors = sample(controller.metrics, "rates_controller_errors_total", operation="handle_job")
+    with creates_refused(kube, namespace, controller, "not now"):
+        controller.step()
+    assert handled(kube, namespace) == {} and sqs.dead_letters() == []
+    # Tried, and refused (not passed over as still held).
+    assert sample(controller.metrics, "rates_controller_errors_total", operation="handle_job") == errors + 1
 
 
 def test_a_redrive_of_a_round_whose_first_job_reused_an_expired_name_starts_a_round(
