@@ -1075,16 +1075,25 @@ def test_install_upgrade_uninstall(helm, kube, namespace, empty_dsn, tmp_path, p
     assert json.loads(helm("list", *cluster, "-o", "json").stdout) == []
 
 
+def create_stand_in(kube, namespace, replicas: int, container: dict, name: str = RELEASE,
+                    strategy: dict | None = None) -> None:
+    """A Deployment as a release of the chart leaves it (Helm's label and annotations), for
+    the lookups of an upgrade to find. The control plane's controllers make its ReplicaSets
+    and pods; with no node here, the pods never run, so a rolling update never finishes."""
+    labels = {"app": f"stand-in-{name}"}
+    kube.apps.create_namespaced_deployment(namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+            "name": name, "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": namespace}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                 **({"strategy": strategy} if strategy else {}),
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}}})
+
+
 def test_turning_autoscaling_on_keeps_the_running_pods(helm, kube, namespace):
     """Without a count in the manifest, Helm would remove the field and Kubernetes would
     scale the release down to 1 pod until the HPA caught up; the live count is kept."""
-    labels = {"app": "stand-in"}
-    kube.apps.create_namespaced_deployment(namespace, {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
-            "name": "rates-api", "labels": {"app.kubernetes.io/managed-by": "Helm"},  # as a release's
-            "annotations": {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": namespace}},
-        "spec": {"replicas": 3, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "image": "none"}]}}}})
+    create_stand_in(kube, namespace, 3, {"name": "c", "image": "none"})
 
     def replicas(*extra):  # as the upgrade would send them: lookups see the cluster
         out = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "--dry-run=server",
@@ -1104,6 +1113,38 @@ def test_turning_autoscaling_on_keeps_the_running_pods(helm, kube, namespace):
     assert replicas(*sets("autoscaling.enabled=true", "autoscaling.minReplicas=2")) is None  # a new release
 
 
+HEALTHCHECK_PORT = "alb.ingress.kubernetes.io/healthcheck-port"
+
+
+def healthcheck_port(helm, namespace, *extra: str) -> tuple[str, bool]:
+    """The API Ingress's health-check port as an upgrade would send it (lookups see the
+    cluster), and whether NOTES.txt explains traffic-port."""
+    out = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "--dry-run=server",
+               "-f", str(CHART / "values-dev.yaml"), *LOCAL_DATABASE, *extra).stdout
+    manifest, notes = out.split("MANIFEST:", 1)[1].split("NOTES:", 1)
+    [ingress] = [d for d in yaml.safe_load_all(manifest)
+                 if d and d["kind"] == "Ingress" and d["metadata"]["name"] == RELEASE]
+    return ingress["metadata"]["annotations"][HEALTHCHECK_PORT], "traffic-port" in notes
+
+
+def api_ports(kube, namespace, ports) -> None:
+    """Changes the stand-in's api container ports, as an upgrade's template would."""
+    kube.apps.patch_namespaced_deployment(RELEASE, namespace, [  # a list: a JSON patch
+        {"op": "replace", "path": "/spec/template/spec/containers/0/ports",
+         "value": [{"name": name, "containerPort": number} for name, number in ports]}])
+
+
+def replica_sets(kube, namespace) -> list[tuple[list[int], int, int]]:
+    """The stand-in's ReplicaSets: their api container's port numbers, spec.replicas and
+    status.replicas, sorted."""
+    deployment = kube.apps.read_namespaced_deployment(RELEASE, namespace)
+    return sorted(
+        ([p.container_port for p in rs.spec.template.spec.containers[0].ports or []],
+         rs.spec.replicas, rs.status.replicas or 0)
+        for rs in kube.apps.list_namespaced_replica_set(namespace).items
+        if any(o.uid == deployment.metadata.uid for o in rs.metadata.owner_references or []))
+
+
 def test_an_upgrade_from_pods_without_the_probe_port_health_checks_the_http_port(helm, kube, namespace):
     """The ALB health-checks every target on one port. Moved to probePort while the running
     pods (rates-api 0.14.x or earlier, or another probePort) do not listen there, it would
@@ -1111,40 +1152,54 @@ def test_an_upgrade_from_pods_without_the_probe_port_health_checks_the_http_port
     upgrade keeps it on the http port, where every image answers /readyz, and says so."""
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     http, probe = defaults["containerPort"], defaults["probePort"]
-    key = "alb.ingress.kubernetes.io/healthcheck-port"
 
-    def upgrade(*extra):  # as the upgrade would send it: lookups see the cluster
-        out = helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "--dry-run=server",
-                   "-f", str(CHART / "values-dev.yaml"), *LOCAL_DATABASE, *extra).stdout
-        manifest, notes = out.split("MANIFEST:", 1)[1].split("NOTES:", 1)
-        [ingress] = [d for d in yaml.safe_load_all(manifest)
-                     if d and d["kind"] == "Ingress" and d["metadata"]["name"] == RELEASE]
-        return ingress["metadata"]["annotations"][key], "traffic-port" in notes
-
-    assert upgrade() == (str(probe), False)  # a new release: its pods will have the port
-    labels = {"app": "stand-in"}
-    kube.apps.create_namespaced_deployment(namespace, {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
-            "name": "rates-api", "labels": {"app.kubernetes.io/managed-by": "Helm"},  # as a release's
-            "annotations": {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": namespace}},
-        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels}, "spec": {"containers": [{
-                "name": "api", "image": "none", "ports": [{"name": "http", "containerPort": http}]}]}}}})
-
-    def live_ports(*ports):
-        kube.apps.patch_namespaced_deployment("rates-api", namespace, [  # a list: a JSON patch
-            {"op": "replace", "path": "/spec/template/spec/containers/0/ports",
-             "value": [{"name": name, "containerPort": number} for name, number in ports]}])
+    assert healthcheck_port(helm, namespace) == (str(probe), False)  # a new release: its pods will have the port
+    # Recreate: a template change empties the old ReplicaSet at once (its pods, never
+    # scheduled, go at once), as a finished rollout leaves it.
+    create_stand_in(kube, namespace, 2, {"name": "api", "image": "none", "ports": [
+        {"name": "http", "containerPort": http}]}, strategy={"type": "Recreate"})
 
     # As rates-api 0.14.x left it: the http port only.
-    assert upgrade() == ("traffic-port", True)
+    assert healthcheck_port(helm, namespace) == ("traffic-port", True)
     # A user's own annotation still wins, and then there is nothing to say.
-    assert upgrade("--set-string", f"ingress.annotations.{key.replace('.', chr(92) + '.')}={probe}") == (str(probe), False)
+    own = f"ingress.annotations.{HEALTHCHECK_PORT.replace('.', chr(92) + '.')}={probe}"
+    assert healthcheck_port(helm, namespace, "--set-string", own) == (str(probe), False)
     # The pods listen on the probe port: the check moves there.
-    live_ports(("http", http), ("probe", probe))
-    assert upgrade() == (str(probe), False)
+    api_ports(kube, namespace, [("http", http), ("probe", probe)])
+    wait_for(lambda: replica_sets(kube, namespace) == [([http], 0, 0), ([http, probe], 2, 2)], timeout=30,
+             what="the rollout to the probe port to empty the old ReplicaSet")
+    assert healthcheck_port(helm, namespace) == (str(probe), False)
     # probePort changed: the running pods listen on the old one only.
-    assert upgrade(*sets(f"probePort={probe + 10}")) == ("traffic-port", True)
+    assert healthcheck_port(helm, namespace, *sets(f"probePort={probe + 10}")) == ("traffic-port", True)
+
+
+def test_an_unfinished_rollout_from_pods_without_the_probe_port_health_checks_the_http_port(
+        helm, kube, namespace):
+    """An upgrade from 0.14.x that timed out under --wait leaves the Deployment's template
+    with the probe port while the old ReplicaSet's pods, without it, still serve: the next
+    upgrade keeps the check on the http port until no ReplicaSet of the Deployment with
+    pods lacks the probe port. Another Deployment's ReplicaSets do not count."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    http, probe = defaults["containerPort"], defaults["probePort"]
+    create_stand_in(kube, namespace, 1, {"name": "api", "image": "none", "ports": [
+        {"name": "http", "containerPort": http}]}, name="rates-controller")
+    # The default rolling update (maxSurge 1 of 2, maxUnavailable 0) with pods that never
+    # get ready: the surge's pod is made and the old two stay, as a timed-out rollout.
+    create_stand_in(kube, namespace, 2, {"name": "api", "image": "none", "ports": [
+        {"name": "http", "containerPort": http}]})
+    wait_for(lambda: replica_sets(kube, namespace) == [([http], 2, 2)], timeout=30,
+             what="the stand-in's pods")
+    api_ports(kube, namespace, [("http", http), ("probe", probe)])
+    wait_for(lambda: replica_sets(kube, namespace) == [([http], 2, 2), ([http, probe], 1, 1)], timeout=30,
+             what="the rollout to the probe port to start")
+    assert healthcheck_port(helm, namespace) == ("traffic-port", True)
+
+    # The rollout finishes (here by letting every old pod go at once): the check moves.
+    kube.apps.patch_namespaced_deployment(RELEASE, namespace, {"spec": {"strategy": {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "100%"}}}})
+    wait_for(lambda: replica_sets(kube, namespace) == [([http], 0, 0), ([http, probe], 2, 2)], timeout=30,
+             what="the rollout to the probe port to empty the old ReplicaSet")
+    assert healthcheck_port(helm, namespace) == (str(probe), False)
 
 
 def test_a_failing_migration_fails_the_release_without_retries(helm, kube, namespace, local_node):

@@ -249,25 +249,34 @@ update fails after 15 minutes; the schema refuses maxUnavailable 0 for the same 
 {{- end }}
 
 {{- /* The port the ALB health-checks /readyz on: probePort, or "traffic-port" (the http
-port, where every image of the API answers /readyz too) while the live Deployment's api
-container has no probe port of that number. Upgrading from rates-api 0.14.x or earlier,
-or changing probePort, the running pods do not listen there yet: moved at once, the
-target group's check would fail every old pod during the rollout, and only the surge's
-new pods would get traffic. This upgrade keeps the check on the http port; the next one
-finds the probe port live and moves it. lookup sees the cluster on install and upgrade
-only: helm template and GitOps tools that render without it get probePort. */}}
+port, where every image of the API answers /readyz too) while any pod that may serve does
+not listen on it. Upgrading from rates-api 0.14.x or earlier, or changing probePort, the
+running pods do not listen there yet: moved at once, the target group's check would fail
+every old pod during the rollout, and only the surge's new pods would get traffic. So the
+probe port needs the live Deployment's template to have it, and every ReplicaSet the
+Deployment owns that still has pods, or is meant to, too: an upgrade from 0.14.x that
+timed out under --wait leaves the template with the port while the old ReplicaSet's pods
+(without it) still serve. Such a ReplicaSet counts by status.replicas (the pods there are:
+an old one's spec drops to 0 before its pods have gone) or spec.replicas (the pods it is
+about to make: a rollback scales an old one up). This upgrade keeps the check on the http
+port; the next one, once the rollout is done, moves it. lookup sees the cluster on install
+and upgrade only: helm template and GitOps tools that render without it get probePort. */}}
 {{- define "rates-api.albHealthcheckPort" -}}
 {{- $port := .Values.probePort | int | toString }}
 {{- $live := lookup "apps/v1" "Deployment" .Release.Namespace (include "rates-api.fullname" .) }}
 {{- if $live }}
-{{- $listening := false }}
-{{- range (dig "spec" "template" "spec" "containers" (list) $live) }}
-{{- if eq (.name | default "") "api" }}
-{{- range (.ports | default (list)) }}
-{{- if and (eq (.name | default "") "probe") (eq (.containerPort | int | toString) $port) }}
-{{- $listening = true }}
+{{- $listening := include "rates-api.listensOnProbePort" (dict "template" (dig "spec" "template" dict $live) "port" $port) }}
+{{- $uid := dig "metadata" "uid" "" $live }}
+{{- range (lookup "apps/v1" "ReplicaSet" .Release.Namespace "").items | default (list) }}
+{{- $owned := false }}
+{{- range (dig "metadata" "ownerReferences" (list) .) }}
+{{- if and (eq (.kind | default "") "Deployment") (eq (.uid | default "") $uid) }}
+{{- $owned = true }}
 {{- end }}
 {{- end }}
+{{- $pods := max (dig "status" "replicas" 0 . | int) (dig "spec" "replicas" 0 . | int) }}
+{{- if and $owned (gt $pods 0) (not (include "rates-api.listensOnProbePort" (dict "template" (dig "spec" "template" dict .) "port" $port))) }}
+{{- $listening = "" }}
 {{- end }}
 {{- end }}
 {{- if not $listening }}
@@ -275,4 +284,21 @@ only: helm template and GitOps tools that render without it get probePort. */}}
 {{- end }}
 {{- end }}
 {{- $port }}
+{{- end }}
+
+{{- /* "true" when a pod template's api container has a port named probe of the number
+given (a string), else empty. */}}
+{{- define "rates-api.listensOnProbePort" -}}
+{{- $port := .port }}
+{{- $found := false }}
+{{- range (dig "spec" "containers" (list) .template) }}
+{{- if eq (.name | default "") "api" }}
+{{- range (.ports | default (list)) }}
+{{- if and (eq (.name | default "") "probe") (eq (.containerPort | int | toString) $port) }}
+{{- $found = true }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $found }}true{{ end }}
 {{- end }}
