@@ -7,16 +7,17 @@ from rates_core.db import API_USER, INGEST_USER, RightsMissing, SchemaMissing
 from rates_core.env import ConfigError
 from rates_core.errors import EXIT_PERMANENT, EXIT_TEMPORARY, PermanentError, TemporaryError
 
-from .terminal import shown
+from .terminal import printable
 
 
 class Failed(click.ClickException):
     """A command failed; exit 1 if a retry may help, 2 if it cannot (as the ingest job does)."""
 
     def __init__(self, message: str, exit_code: int):
-        # libpq's messages run over lines (a hint on the next): one line for a log. An
-        # uploader's key in it is escaped as everywhere (a \u202e would reverse the line).
-        super().__init__(shown(" ".join(message.split())))
+        # libpq's messages run over lines (a hint on the next): one line for a log. Any
+        # other control or format character is escaped (a \u202e would reverse the line);
+        # an uploader's key was shown() where the message was made.
+        super().__init__(printable(" ".join(message.split())))
         self.exit_code = exit_code
 
 

@@ -469,7 +469,7 @@ def _wait_cancelling(conn) -> None:
 
 def _show_loaded_file(found: withdraw.LoadedFile | None, bucket: str, key: str) -> None:
     if found is None:
-        raise PermanentError(f"no file is loaded for s3://{bucket}/{key}")
+        raise PermanentError(f"no file is loaded for s3://{bucket}/{shown(key)}")
     if found.withdrawn_at:
         click.echo(f"s3://{bucket}/{shown(key)}: version {found.version}, loaded at {db.in_utc(found.loaded_at)} with "
                    f"{found.rows} price(s), withdrawn at {db.in_utc(found.withdrawn_at)}")

@@ -33,6 +33,8 @@ from rates_core.errors import PermanentError, RatesError, TemporaryError
 from rates_ingest import formats
 from rates_ingest.s3source import ObjectInfo
 
+from .terminal import shown
+
 # As S3 writes it, so that the controller takes the event as an upload's own.
 EVENT_VERSION = "2.1"
 _SQS_BATCH = 10
@@ -171,8 +173,8 @@ def send(sqs, queue_url: str, bucket: str, uploads: list[Upload]) -> int:
                 answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
             sent += len(answer.get("Successful", []))
             if answer.get("Failed"):
-                refused = [uploads[start + int(entry["Id"])].key for entry in answer["Failed"]]
-                raise TemporaryError(f"the uploads queue refused the events of {refused} "
+                refused = [shown(uploads[start + int(entry["Id"])].key) for entry in answer["Failed"]]
+                raise TemporaryError(f"the uploads queue refused the events of {', '.join(refused)} "
                                      f"({answer['Failed'][0].get('Message')})")
     except KeyboardInterrupt:
         raise TemporaryError(f"stopped: {_so_far(sent, uploads)}") from None

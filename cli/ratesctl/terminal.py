@@ -18,8 +18,18 @@ def _escaped(char: str, following: str) -> str:
         # Before a u, a U or a character that is escaped itself, the key's own backslash
         # would read as the escape's.
         return "\\\\" if following in ("u", "U") or (following and not following.isprintable()) else char
-    if char.isprintable():
-        return char
+    return char if char.isprintable() else _code(char)
+
+
+def printable(message: str) -> str:
+    """A message as a terminal may show it: control and format characters escaped as
+    shown() escapes them, backslashes left alone. The keys in a message are shown() where
+    it is built, and text that repr() or shown() escaped, or a Windows path, would read
+    wrong with its backslashes doubled."""
+    return "".join(char if char.isprintable() else _code(char) for char in message)
+
+
+def _code(char: str) -> str:
     code = ord(char)
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 

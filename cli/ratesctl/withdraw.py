@@ -18,6 +18,8 @@ from rates_core import db
 from rates_core.errors import PermanentError
 from rates_ingest.loader import try_lock_key
 
+from .terminal import shown
+
 APPLICATION_NAME = "ratesctl-withdraw"
 # Asked for again and again rather than waited for in the server: psycopg2 holds a Ctrl-C
 # back until a blocking statement returns, here when the load commits.
@@ -95,10 +97,10 @@ def _run_ids(version: str) -> tuple[str | None, str | None]:
 
 def _check(found: LoadedFile | None, bucket: str, key: str, version: str) -> None:
     if found is None:
-        raise PermanentError(f"no file is loaded for s3://{bucket}/{key}")
+        raise PermanentError(f"no file is loaded for s3://{bucket}/{shown(key)}")
     if found.version != version:
-        raise PermanentError(f"the file loaded for s3://{bucket}/{key} is version {found.version}, not {version} "
-                             "(a newer upload has loaded since?): nothing withdrawn; look again")
+        raise PermanentError(f"the file loaded for s3://{bucket}/{shown(key)} is version {found.version}, "
+                             f"not {version} (a newer upload has loaded since?): nothing withdrawn; look again")
 
 
 def _current(cur, bucket: str, key: str) -> LoadedFile | None:

@@ -88,6 +88,26 @@ def test_every_command_that_migrates_refuses_a_mistyped_setting(monkeypatch, com
     assert variable in result.output and "Traceback" not in result.output, result.output
 
 
+def test_a_message_keeps_its_backslashes_and_escapes_what_a_terminal_would_act_on():
+    """Escaped as a key, a Windows path read C:\\Users and a repr() \\\\u202e; a control or
+    format character in a message is still escaped."""
+    from ratesctl.cli import Failed
+
+    path = r"could not open C:\Users\me\rates.csv"
+    assert Failed(path, 2).message == path
+    quoted = repr("a\u202eb")  # as ConfigError quotes a setting
+    assert Failed(f"got {quoted} at\nC:\\Users", 2).message == r"got 'a\u202eb' at C:\Users"
+    assert Failed("a\u202eb\x00", 2).message == r"a\u202eb\u0000"
+
+
+def test_a_mistyped_setting_is_quoted_as_given():
+    value = r"C:\Users\me\wait.txt"
+    result = CliRunner().invoke(cli, ["migrate"], env={"DATABASE_URL": "postgresql://u@127.0.0.1:1/db",
+                                                       "MIGRATION_LOCK_WAIT_SECONDS": value})
+    assert result.exit_code == 2, result.output
+    assert result.output.endswith(f"must be an integer, got {value!r}\n"), result.output
+
+
 def test_demo_data_logs_the_migrations_as_json_lines(empty_dsn):
     """As `migrate` does: a console-formatted line among the JSON ones a log pipeline reads."""
     result = CliRunner().invoke(cli, ["demo-data", "--prices", "10", "--ports", "3", "--days", "1"],

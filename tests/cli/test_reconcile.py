@@ -15,6 +15,7 @@ from rates_core.errors import PermanentError, RatesError, TemporaryError
 from rates_ingest.s3source import ObjectInfo
 from ratesctl import reconcile as reconcile_module
 from ratesctl.cli import cli
+from ratesctl.terminal import shown
 from tests.ingest.conftest import ROWS, V2_ROWS, as_csv, as_tuples, prices, run_job
 from tests.support.uploads import Queues, new_queues
 
@@ -166,8 +167,34 @@ class PartlyRefusing:
 def test_a_batch_refused_in_part_says_which_and_how_many_were_sent():
     uploads = [reconcile_module.Upload(f"k{n}.csv", ObjectInfo("v", '"e"', 1, datetime.datetime(2026, 1, 1)),
                                        None, None) for n in range(15)]
-    with pytest.raises(TemporaryError, match=r"refused the events of \['k13.csv'\] \(refused\); 14 of 15 sent"):
+    with pytest.raises(TemporaryError, match=r"refused the events of k13.csv \(refused\); 14 of 15 sent"):
         reconcile_module.send(PartlyRefusing(), "q", "b", uploads)
+
+
+class Refusing:
+    """An SQS client that has the queue and refuses every event."""
+
+    def get_queue_attributes(self, QueueUrl, AttributeNames):  # noqa: N803 - boto3's names
+        return {"Attributes": {"QueueArn": "arn:aws:sqs:eu-west-1:123456789012:uploads"}}
+
+    def send_message_batch(self, QueueUrl, Entries):  # noqa: N803 - boto3's names
+        return {"Successful": [],
+                "Failed": [{"Id": e["Id"], "Code": "X", "Message": "refused", "SenderFault": False} for e in Entries]}
+
+
+def test_a_refused_key_is_shown_escaped_once(dsn, world, s3, monkeypatch):
+    """The error named the keys as a list's repr, which the CLI's escaping then escaped
+    again: ['in/jan-\\\\u202evsc.csv']. The key is shown as the listing shows it."""
+    key = "in/jan-\u202evsc.csv"
+    s3.put(key, as_csv(ROWS))
+    monkeypatch.setattr(reconcile_module, "sqs_client", Refusing)
+    result = CliRunner().invoke(cli, ["reconcile", "--bucket", s3.name, "--prefix", "in/", "--send",
+                                      "--queue-url", "q"], env={"DATABASE_URL": dsn})
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == (
+        f"Error: the uploads queue refused the events of {shown(key)} (refused); 0 of 1 sent, which load as usual; "
+        "run reconcile without --send to see what is left (this may pass on retry)")
+    assert shown(key) == "in/jan-\\u202evsc.csv"
 
 
 class FailingSecondBatch:

@@ -17,6 +17,7 @@ from rates_ingest.loader import lock_key
 from ratesctl import commands
 from ratesctl import withdraw as withdraw_module
 from ratesctl.cli import cli
+from ratesctl.terminal import shown
 from tests.ingest.conftest import (ROWS, V2_ROWS, as_csv, as_tuples, expected_totals, last_run, prices, run_job,
                                    runs, totals)
 from tests.support.db import INGEST_USER, as_user
@@ -280,6 +281,12 @@ def test_nothing_is_withdrawn_on_a_wrong_version_a_missing_key_or_without_the_ow
     assert f"the file loaded for s3://{s3.name}/p.csv is version {version}, not an-older-one" in stale.output
     missing = withdraw(dsn, "--bucket", s3.name, "--key", "q.csv", "--version", version, "--reason", "r")
     assert missing.exit_code == 2 and f"no file is loaded for s3://{s3.name}/q.csv" in missing.output
+    # An uploader's key is escaped where the message names it, once (a \u202e reverses the line).
+    odd_key = "q\u202e\\u.csv"
+    for args in (["--version", version, "--reason", "r"], []):  # withdrawing, and showing what is loaded
+        odd = withdraw(dsn, "--bucket", s3.name, "--key", odd_key, *args)
+        assert odd.exit_code == 2 and odd.output == (
+            f"Error: no file is loaded for s3://{s3.name}/{shown(odd_key)}\n"), odd.output
     # The ingest job's user deletes only replaced files' prices (migration 0011).
     ingest = withdraw(as_user(dsn, INGEST_USER), "--bucket", s3.name, "--key", "p.csv", "--version", version,
                       "--reason", "r")
