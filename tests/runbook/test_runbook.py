@@ -1,15 +1,19 @@
-"""runbook/: its SQL files through psql, and its kubectl listing of Jobs, on real servers."""
+"""runbook/: its SQL files through psql, and its kubectl listing of Jobs and wait for the migration Job, on real
+servers."""
 
 import csv
 import io
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ratesctl import localdb
 from tests.ingest.conftest import as_csv, run_job
+from tests.support.local_node import LocalNode
 from tests.support.world import insert_prices
 
 RUNBOOK = Path(__file__).resolve().parents[2] / "runbook"
@@ -126,6 +130,33 @@ def test_the_runbooks_job_listing_shows_each_jobs_key_and_state(kube, kubectl, n
     assert header.split() == ["JOB", "KEY", "ATTEMPT", "DONE", "FAILED", "HANDLED"]
     assert row.startswith("rates-ingest-0123abcd   prices/2016/jan copy.csv   2 "), out
     assert row.split()[-1] == "succeeded"
+
+
+@pytest.mark.kube
+def test_the_migration_job_the_runbook_waits_for_is_the_one_the_next_deploy_deletes(helm, kube, kubectl, namespace,
+                                                                                      tmp_path):
+    """A deploy after a killed one deletes the migration Job still running (the same name,
+    before-hook-creation), so the runbook has it waited for: its commands, as written, on
+    the Job the chart makes, and a timeout past the Job's deadline."""
+    text = (RUNBOOK / "README.md").read_text()
+    [listing] = re.findall(r"^ *(kubectl -n \$ENV get jobs -l app.kubernetes.io/component=migrations)", text, re.M)
+    [wait] = re.findall(r"^ *(kubectl -n \$ENV wait --for=condition=complete job/.*)$", text, re.M)
+    listing, wait = (shlex.split(c.split("#")[0].replace("$ENV", namespace))[1:] for c in (listing, wait))
+    chart = yaml.safe_load(helm("template", "rates-api", str(RUNBOOK.parent / "charts" / "rates-api"),
+                                "-s", "templates/migrations-job.yaml").stdout)
+    assert f"job/{chart['metadata']['name']}" in wait
+    assert "before-hook-creation" in chart["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    [timeout] = [a.removeprefix("--timeout=") for a in wait if a.startswith("--timeout=")]
+    assert int(timeout.removesuffix("m")) * 60 > chart["spec"]["activeDeadlineSeconds"]
+
+    job = {**chart, "metadata": {"name": chart["metadata"]["name"], "labels": chart["metadata"]["labels"]},
+           "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+               {"name": "migrate", "image": "none", "command": ["python", "-c", "import time; time.sleep(2)"]}]}}}}
+    kube.batch.create_namespaced_job(namespace, job)
+    assert chart["metadata"]["name"] in kubectl(*listing).stdout
+    with LocalNode(kube.api_client, name=f"node-{namespace}"[:63], namespaces=[namespace], logdir=tmp_path / "logs"):
+        waited = kubectl(*wait)
+    assert waited.returncode == 0 and "condition met" in waited.stdout, waited.stderr
 
 
 def test_every_alert_and_every_terraform_output_the_runbook_names_exists_and_every_alert_is_named():
