@@ -136,10 +136,6 @@ def test_the_provider_accepts_every_resource_of_every_environment(planned_copy, 
 # The eks module planned alone, as the root (a test's assertions reach the root module's
 # resources only): which version each add-on is planned at.
 _ADDONS_TEST = """
-provider "aws" {
-  region = "eu-west-1"
-%(offline)s}
-
 # Read at apply only (it waits for the cluster): an add-on left unpinned has no version
 # in this plan, so the test below reads how the code takes it.
 override_data {
@@ -200,12 +196,20 @@ def test_the_add_ons_take_the_newest_build_unless_pinned(planned_copy):
     assert "2 passed, 0 failed" in said, said
 
 
+# Each module test's provider: the region the tests' zones and ARNs are in, offline.
+_PROVIDER = """
+provider "aws" {
+  region = "eu-west-1"
+%(offline)s}
+"""
+
+
 def _test_module(planned_copy, name: str, test: str) -> str:
     """`terraform test` of the (adapted) module ``name`` as the root, with ``test``: its output."""
     tree, envs, terraform = planned_copy
     module = tree / "modules" / name
     (module / "tests").mkdir()
-    (module / "tests" / "plan.tftest.hcl").write_text(test % {
+    (module / "tests" / "plan.tftest.hcl").write_text((_PROVIDER + test) % {
         "offline": _OFFLINE, "account": _ACCOUNT, "account_id": ACCOUNT})
     env = envs["cluster"] | {"TF_DATA_DIR": str(tree.parent / f".terraform-module-{name}")}
     init = run([terraform, "init", "-input=false", "-no-color", "-backend=false"], module, env)
@@ -217,10 +221,6 @@ def _test_module(planned_copy, name: str, test: str) -> str:
 
 
 _ZONES_TEST = """
-provider "aws" {
-  region = "eu-west-1"
-%(offline)s}
-
 override_data {
   target = data.aws_caller_identity.current
   values = %(account)s
