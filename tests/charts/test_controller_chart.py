@@ -1010,7 +1010,11 @@ def test_the_real_controller_runs_with_the_charts_environment_and_rights(
         [dead] = wait_for(sqs.dead_letters, timeout=60, what="the file to be set aside")
         assert dead["reason"].startswith("the file did not load in 1 Jobs (BackoffLimitExceeded"), dead
         assert "; the job said: " in dead["reason"], dead  # read from its pod: Pods list
-        [job] = ingest_jobs(kube, namespace)
+        # Labelled after the dead letter is sent (a label lost is redone; a message lost is
+        # not): the label may land a moment after the message is seen.
+        [job] = wait_for(lambda: [job for job in ingest_jobs(kube, namespace)
+                                  if (job.metadata.labels or {}).get(controller_jobs.HANDLED)],
+                         timeout=60, what="the Job to be labelled")
         assert job.metadata.labels[controller_jobs.HANDLED] == "set-aside"  # Jobs patch
         spec = job.spec.template.spec
         assert spec.service_account_name == "rates-ingest" and spec.automount_service_account_token is False
