@@ -22,7 +22,7 @@ from rates_core.env import env_choice
 from rates_core.errors import PermanentError
 
 from . import demodata, examples, localdb, reconcile, withdraw
-from .terminal import shell_word, shown
+from .terminal import printable, shell_word, shown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO_ROOT / "api" / "gunicorn.conf.py"
@@ -336,7 +336,8 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
         found, examined = reconcile.missing(s3source.client(), conn, bucket, prefix)
     finally:
         conn.close()
-    listed = _echo_lines(f"s3://{bucket}/{shown(upload.key)}  {upload.info.identity}  {_why(upload)}"
+    # A run's error may quote the key as the job saw it: raw, so it is escaped here too.
+    listed = _echo_lines(f"s3://{bucket}/{shown(upload.key)}  {upload.info.identity}  {printable(_why(upload))}"
                          for upload in found)
     # A key the job refuses by its name never loads, whatever --include-rejected says.
     to_send = [u for u in found if not u.never_loads

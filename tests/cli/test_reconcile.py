@@ -7,12 +7,14 @@ import subprocess
 import sys
 import time
 
+import botocore.exceptions
 import pytest
 from click.testing import CliRunner
 
 from rates_controller import events
 from rates_core.errors import PermanentError, RatesError, TemporaryError
-from rates_ingest.s3source import ObjectInfo
+from rates_ingest import s3source
+from rates_ingest.s3source import ObjectInfo, ObjectRef
 from ratesctl import reconcile as reconcile_module
 from ratesctl.cli import cli
 from ratesctl.terminal import shown
@@ -313,6 +315,26 @@ def test_keys_are_listed_with_control_and_format_characters_escaped(dsn, world, 
     assert sorted(line.split("  ")[0] for line in listed) == [
         f"s3://{s3.name}/in/a\\u0009b.csv", f"s3://{s3.name}/in/c\\\\u202ed \\U000e0041 é.csv",
         f"s3://{s3.name}/in/jan-\\u202evsc.2024.csv", f"s3://{s3.name}/in/win\\2016.csv"]
+
+
+def test_a_runs_error_that_quotes_the_key_raw_is_listed_escaped(dsn, world, s3):
+    # The job's error for an S3 refusal names the object with its key as S3 gave it.
+    key = "in/q1-\u202evsc.\u009b2Jprices.csv"  # a right-to-left override and a C1 CSI
+    s3.put(key, as_csv(ROWS))
+    denied = botocore.exceptions.ClientError(
+        {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+        "HeadObject")
+    with pytest.raises(TemporaryError) as caught, s3source.mapped_errors(ObjectRef(s3.name, key, None)):
+        raise denied
+    assert key in str(caught.value)  # or the test would prove nothing
+    with world.cursor() as cur:
+        cur.execute("INSERT INTO ingest_runs (bucket, key, status, error, etag, finished_at) "
+                    "VALUES (%s, %s, 'failed', %s, %s, now())",
+                    (s3.name, key, str(caught.value), s3.client.head_object(Bucket=s3.name, Key=key)["ETag"]))
+    world.commit()
+    [line, _] = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/")
+    assert "\u202e" not in line and "\u009b" not in line
+    assert "last run failed: S3 error for s3://" in line and "q1-\\u202evsc.\\u009b2Jprices.csv" in line
 
 
 BAD = as_csv([("CNSHA", "XXXXX", "2016-01-01", 5)])  # rejected: an unknown port
