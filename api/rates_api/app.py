@@ -58,6 +58,9 @@ def _finish_request(response):
     route = request.url_rule.rule if request.url_rule else "<unmatched>"
     runtime().metrics.observe(route, request.method, response.status_code, elapsed)
     response.headers["X-Request-ID"] = g.get("request_id", "")
+    # Error answers quote the client's input (a 404's path): a browser must not read that
+    # as HTML or script because of what it contains.
+    response.headers["X-Content-Type-Options"] = "nosniff"
     # A failure of ours (the database, a bug) is a warning, so a filter on level finds it.
     # The probes' and Prometheus's answers come every few seconds from each of them: at
     # INFO they were most of a quiet pod's lines (about 45,000 a day).

@@ -67,6 +67,14 @@ def test_request_id_is_echoed(client):
         assert re.fullmatch(r"[0-9a-f]{32}", answer), (given, answer)
 
 
+def test_no_answer_may_be_sniffed_as_another_type(client):
+    # A 404 quotes the path it was asked for; a browser sniffing it could run it as HTML.
+    answers = [client.get("/<script>alert(1)</script>"), client.get("/rates?origin=%3Cb%3E"), client.get("/healthz"),
+               client.open("/rates", method="BREW")]
+    assert [a.headers.get("X-Content-Type-Options") for a in answers] == ["nosniff"] * 4
+    assert all(a.mimetype == "application/json" for a in answers[:2])
+
+
 def test_openapi_describes_every_route(client):
     document = client.get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.")
