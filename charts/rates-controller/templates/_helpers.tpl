@@ -128,6 +128,16 @@ only notifies a queue in its own region), so the Jobs get aws.region unless jobs
 names another; as AWS_DEFAULT_REGION too, the only one boto3 reads.
 */}}
 {{- define "rates-controller.jobEnv" -}}
+{{- /* Here, not in the schema: helm's schema errors for a property's name point at
+another value altogether. */}}
+{{- range $name := keys .Values.jobs.env | sortAlpha }}
+{{- if has $name (list "S3_BUCKET" "S3_OBJECT_KEY" "S3_VERSION_ID" "S3_UPLOADED_BY" "DATABASE_URL" "DATABASE_IAM_AUTH") }}
+{{- fail (printf "jobs.env may not set %s: the controller sets it for each Job (the uploaded object's S3_*, and DATABASE_* from database.*)" $name) }}
+{{- end }}
+{{- if not (regexMatch "^[-._a-zA-Z][-._a-zA-Z0-9]*$" $name) }}
+{{- fail (printf "jobs.env: %q is not a name Kubernetes takes for an environment variable (letters, digits, '_', '-' and '.', not a digit first)" $name) }}
+{{- end }}
+{{- end }}
 {{- $region := dict "AWS_REGION" .Values.aws.region "AWS_DEFAULT_REGION" .Values.aws.region }}
 {{- $env := merge (deepCopy .Values.jobs.env) $region }}
 {{- toJson $env }}
