@@ -9,6 +9,9 @@ from rates_core.logs import LEVELS
 from rates_core.rds_auth import iam_auth_enabled
 
 
+MAX_RANGE_DAYS_LIMIT = 3660  # ten years
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -40,7 +43,9 @@ class Settings:
             # PostgreSQL and libpq take 32-bit integers; beyond, every connection would fail.
             db_statement_timeout_ms=get_int("DB_STATEMENT_TIMEOUT_MS", 5000, 1, PG_INT_MAX),
             db_connect_timeout_s=get_int("DB_CONNECT_TIMEOUT_S", 5, 1, PG_INT_MAX),
-            max_range_days=get_int("MAX_RANGE_DAYS", 366, 1),
+            # An answer is built in memory, about 42 bytes a day: ten years is 150 KB, while
+            # a mistyped 4,000,000 let any client make a worker build 150 MB.
+            max_range_days=get_int("MAX_RANGE_DAYS", 366, 1, MAX_RANGE_DAYS_LIMIT),
             response_cache_size=get_int("RESPONSE_CACHE_SIZE", 2048, 0),
             response_cache_mib=get_int("RESPONSE_CACHE_MIB", 64, 1, 1 << 20),
             app_version=env_str("APP_VERSION", "dev", environ),

@@ -27,3 +27,10 @@ def test_the_response_cache_has_a_byte_budget():
     assert Settings.from_env({**URL, "RESPONSE_CACHE_MIB": "8"}).response_cache_mib == 8
     with pytest.raises(ConfigError, match="RESPONSE_CACHE_MIB"):
         Settings.from_env({**URL, "RESPONSE_CACHE_MIB": "0"})
+
+
+def test_the_longest_range_is_bounded_at_ten_years():
+    # Each answer is built in memory: a mistyped value would let any client cost a worker MBs.
+    assert Settings.from_env({**URL, "MAX_RANGE_DAYS": "3660"}).max_range_days == 3660
+    with pytest.raises(ConfigError, match="MAX_RANGE_DAYS"):
+        Settings.from_env({**URL, "MAX_RANGE_DAYS": "3661"})
