@@ -37,7 +37,7 @@ from rates_core.errors import PermanentError, TemporaryError
 
 from . import events, jobs
 from .events import UploadedObject
-from .kube import REQUEST_TIMEOUT, Conflict, JobsApi, QuotaFull
+from .kube import REQUEST_TIMEOUT, Conflict, JobsApi, QuotaFull, Unreachable
 from .metrics import JOB_RESULTS, Metrics
 from .queue import MAX_HIDDEN_S, Message, Queue
 from .settings import Settings
@@ -150,6 +150,11 @@ class Controller:
             listed = self.kube.unhandled()
         except TemporaryError as exc:
             self.metrics.errors.labels("list_jobs").inc()
+            # Not known until a list is answered: the last pass's figures would show a
+            # backlog (and keep the at-capacity alert going) or an idle controller, either
+            # of which may have ended since.
+            self.metrics.active_jobs.set(math.nan)
+            self.metrics.slots_in_use.set(math.nan)
             raise PassFailed("list_jobs", exc) from exc
         ended_jobs = [ended for ended in map(jobs.finished, listed) if ended is not None]
         running = len(listed) - len(ended_jobs)
@@ -159,13 +164,22 @@ class Controller:
         for waiting in (self._retries_held, self._retry_failing_since):
             for uid in waiting.keys() - uids:
                 del waiting[uid]
+        # Once the API server leaves a call unanswered, the rest wait for the next pass (they
+        # are listed again): each would wait as long, and against a hung server a pass over
+        # a few ended Jobs outlasted the liveness probe's patience.
+        unreachable = False
         for ended in ended_jobs:
             retry_waits = not ended.succeeded and not ended.file_is_invalid and self._retries_left(ended)
-            if retry_waits and (busy >= self.settings.max_active_jobs or not self._retry_due(ended)
-                                or self._retry_held(ended)):
-                busy += 1  # its retry will take a slot: hold one for it
+            if unreachable or retry_waits and (busy >= self.settings.max_active_jobs or not self._retry_due(ended)
+                                               or self._retry_held(ended)):
+                if retry_waits:
+                    busy += 1  # its retry will take a slot: hold one for it
                 continue
-            if self._guarded("handle_job", self._ended, ended) and retry_waits:
+            try:
+                handled = self._guarded("handle_job", self._ended, ended, stop_on=Unreachable)
+            except Unreachable:
+                unreachable = handled = True
+            if handled and retry_waits:
                 busy += 1
         self.metrics.active_jobs.set(running)
         self.metrics.slots_in_use.set(busy)
@@ -306,6 +320,10 @@ class Controller:
     # --- new messages ----------------------------------------------------------
 
     def poll(self, capacity: int) -> None:
+        if self.stopping.is_set():
+            # Stopped during the pass over ended Jobs: a batch taken now could be cut off
+            # by the kill at the end of the grace period, hidden for its visibility timeout.
+            return
         if self._held:
             capacity = self._try_held(capacity)
         if capacity <= 0:
@@ -505,10 +523,12 @@ class Controller:
         self.metrics.set_aside.labels(why).inc()
         self.log.warning("message set aside", reason=reason)
 
-    def _guarded(self, operation: str, action, *args) -> bool:
+    def _guarded(self, operation: str, action, *args, stop_on: type | tuple = ()) -> bool:
         """Run one item's action; a failure leaves the item for a later pass. True if it ran.
 
         Any exception is caught: one odd message or Job must not stop the loop for all others.
+        A TemporaryError of a ``stop_on`` type is counted, logged, then raised again, for the
+        caller to stop the other items' actions too.
         """
         try:
             action(*args)
@@ -516,6 +536,8 @@ class Controller:
         except TemporaryError as exc:
             self.metrics.errors.labels(operation).inc()
             self.log.warning("will retry", operation=operation, error=str(exc))
+            if isinstance(exc, stop_on):
+                raise
             return True  # not the item's fault: it is retried as it is
         except Exception:  # noqa: BLE001 - see the docstring
             self.metrics.errors.labels(operation).inc()

@@ -78,6 +78,11 @@ class Throttled(TemporaryError):
         self.retry_after = retry_after
 
 
+class Unreachable(TemporaryError):
+    """No answer: the connection was refused or cut, or timed out. Whatever the next call
+    is, it would most likely wait as long for nothing."""
+
+
 class QuotaFull(TemporaryError):
     """A ResourceQuota of the namespace has no room for another Job (count/jobs.batch, which
     counts ended Jobs too): it passes once Jobs go, at their TTL. Quotas on pods are met by
@@ -100,7 +105,7 @@ def classified(what: str):
             raise Throttled(detail, _retry_after(exc)) from exc
         raise (NotFound if exc.status == 404 else TemporaryError)(detail) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise TemporaryError(f"{what}: Kubernetes API unreachable: {type(exc).__name__}: {exc}") from exc
+        raise Unreachable(f"{what}: Kubernetes API unreachable: {type(exc).__name__}: {exc}") from exc
 
 
 def _message(exc: ApiException) -> str:

@@ -22,16 +22,18 @@ failing in turn.
 """
 
 from concurrent.futures import ThreadPoolExecutor
+import math
 from dataclasses import dataclass, field, replace
 
 import pytest
 
 from rates_controller import controller as controller_module
 from rates_controller import jobs
+from rates_controller.kube import Unreachable
 from rates_core.errors import TemporaryError
 from tests.controller.conftest import sample
 from tests.controller.worlds import (ROUND, SCENARIOS, Intercepted, Scenario, World, changes, check_outcome,
-                                     run_until_settled, s3_event)
+                                     run_until_settled, s3_event, upload)
 
 pytestmark = pytest.mark.kube
 
@@ -72,7 +74,8 @@ def _fired(fault: Fault, operation: str, what: str) -> TemporaryError:
     # Where the run went another way than the recorded one, the fault would test nothing.
     assert operation == fault.operation, f"call {fault.at} is {operation}, not {fault}"
     fault.fired.append(operation)
-    return TemporaryError(f"{operation}: {what}")
+    # A refused connection and a timeout are what the Kubernetes boundary calls Unreachable.
+    return (Unreachable if operation.startswith("kube.") else TemporaryError)(f"{operation}: {what}")
 
 
 class Looping:
@@ -239,3 +242,84 @@ def test_a_call_made_only_after_a_failure_may_fail_too(new_world, monkeypatch):
                 failures.append(f"{second}: {exc}")
 
     assert not failures, "\n".join(failures)
+
+
+def test_an_unanswered_call_for_an_ended_job_leaves_the_other_ended_jobs_for_the_next_pass(new_world):
+    # Against a hung API server each call waits its whole timeout: a pass that went on to
+    # every ended Job outlasted the liveness probe's patience, and the probe's restart
+    # loses what the controller holds in memory.
+    world = new_world(TWO_FILES)
+    clean = run(world, TWO_FILES)
+    label = Fault(next(at for at, (op, _) in enumerate(clean, 1) if op == "kube.mark_handled"), False,
+                  "kube.mark_handled")
+    world = new_world(TWO_FILES)
+    calls = run(world, TWO_FILES, label)
+
+    operations = [operation for operation, _changed in calls]
+    assert label.fired == ["kube.mark_handled"]
+    assert operations[label.at] != "kube.mark_handled", operations  # the other Job waits
+    assert operations.count("kube.mark_handled") == 3, operations  # both, in the next pass
+    check_outcome(world, TWO_FILES, copies=1)
+    check_both_files(world, label, calls)
+
+
+class Recording(Intercepted):
+    def __init__(self, real, role: str, calls: list[str], on_call=lambda operation: None):
+        super().__init__(real, role)
+        self._calls, self._on_call = calls, on_call
+
+    def _call(self, operation: str, method, *args):
+        self._calls.append(operation)
+        self._on_call(operation)
+        return method(*args)
+
+
+def test_a_stop_asked_for_during_the_pass_over_ended_jobs_takes_no_new_message(new_world):
+    # A batch taken after SIGTERM may be cut off by the kill at the end of the grace period,
+    # and stay hidden for its visibility timeout, each message's delivery counted.
+    world = new_world(SCENARIOS[0], visibility_timeout=60)
+    upload(world)
+    calls: list[str] = []
+    stopping = []
+
+    def stop_while_listing(operation: str) -> None:
+        if operation == "kube.unhandled":
+            stopping[0].set()
+
+    controller = world.controller(lambda real, role: Recording(real, role, calls, stop_while_listing))
+    stopping.append(controller.stopping)
+
+    controller.step()
+
+    assert calls == ["kube.unhandled"]
+    assert world.queues.counts() == (1, 0)  # still there for the next pod, not in flight
+    assert world.jobs() == []
+
+
+def test_what_runs_is_unknown_while_the_jobs_cannot_be_listed(new_world):
+    # The figures of the last pass that listed them would keep an at-capacity alert going
+    # through an outage (or show an idle controller) whatever has ended or started since.
+    world = new_world(SCENARIOS[0])
+    upload(world)
+    down = []
+
+    def outage(operation: str) -> None:
+        if down and operation.startswith("kube."):
+            raise Unreachable(f"{operation}: connection refused")
+
+    controller = world.controller(lambda real, role: Recording(real, role, [], outage))
+    controller.step()
+    controller.step()  # its Job runs
+    registry = controller.metrics.registry
+    assert registry.get_sample_value("rates_controller_active_jobs") == 1
+    assert registry.get_sample_value("rates_controller_slots_in_use") == 1
+
+    down.append(True)
+    with pytest.raises(TemporaryError):
+        controller.step()
+
+    assert math.isnan(registry.get_sample_value("rates_controller_active_jobs"))
+    assert math.isnan(registry.get_sample_value("rates_controller_slots_in_use"))
+    down.clear()
+    controller.step()
+    assert registry.get_sample_value("rates_controller_active_jobs") == 1
