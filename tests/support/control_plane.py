@@ -1,10 +1,16 @@
 """A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) run as
 plain local processes for tests.
 
-Everything listens on free 127.0.0.1 ports and lives in one temporary directory:
+Everything listens on free 127.0.0.1 ports and lives in one temporary directory (mode 0700):
 certificates (a throwaway CA, the apiserver serving certificate, client certificates for
-the admin and the controller manager), the service-account signing key, etcd's data and one
-log file per component. The binaries come from :func:`ratesctl.k8s_tools.ensure_tools`.
+the admin and the controller manager; a second throwaway CA for etcd, its serving
+certificate and the apiserver's client certificate for it), the service-account signing
+key, etcd's data and one log file per component.
+
+Loopback ports are open to every local user, and the machine may be shared: etcd takes
+only clients with a certificate from its own CA (whoever reads etcd reads every Secret,
+and writes bypass RBAC), and the apiserver takes no anonymous requests. The binaries come
+from :func:`ratesctl.k8s_tools.ensure_tools`.
 
 There is no scheduler and no kubelet: :mod:`tests.support.local_node` plays both for tests
 whose Pods must run.
@@ -100,9 +106,9 @@ def _pem_cert(cert: x509.Certificate) -> bytes:
 
 
 class CA:
-    def __init__(self) -> None:
+    def __init__(self, name: str = "rates-test-ca") -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rates-test-ca")])
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         self.cert = (
             _certificate(name, name, self.key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -123,20 +129,22 @@ class CA:
 
     def issue(
         self, common_name: str, *, orgs: tuple[str, ...] = (), server: bool = False,
-        dns: tuple[str, ...] = (), ips: tuple[str, ...] = (),
+        peer: bool = False, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (),
     ) -> tuple[bytes, bytes]:
+        """(certificate, key) as PEM: a client certificate, or with ``server`` a serving
+        one, or with ``peer`` one for both (an etcd member's: it serves its peers and
+        connects to them)."""
         key = ec.generate_private_key(ec.SECP256R1())
+        if peer:
+            usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        else:
+            usages = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
         builder = (
             _certificate(x509.Name(attrs), self.cert.subject, key.public_key())
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if dns or ips:
             names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
@@ -196,7 +204,10 @@ class ControlPlane:
         self.ports: dict[str, int] = {}
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.server = ""
-        self.ca_file = self.workdir / "pki" / "ca.crt"
+        self.pki = self.workdir / "pki"
+        self.ca_file = self.pki / "ca.crt"
+        self.etcd_url = ""
+        self.etcd_ca_file = self.pki / "etcd-ca.crt"
 
     # context manager ---------------------------------------------------------------------
     def __enter__(self) -> "ControlPlane":
@@ -252,10 +263,14 @@ class ControlPlane:
 
     # pieces -------------------------------------------------------------------------------
     def _write_pki(self) -> None:
-        pki = self.workdir / "pki"
+        pki = self.pki
         pki.mkdir(parents=True, exist_ok=True)
         self.logdir.mkdir(parents=True, exist_ok=True)
         ca = CA()
+        # etcd trusts a CA of its own, as kubeadm's clusters do: the admin's and the
+        # controller manager's certificates (and any the controller manager signs with
+        # the cluster CA) authenticate to the apiserver, never to etcd.
+        etcd_ca = CA("rates-test-etcd-ca")
         self.ca_pem = ca.pem
         service_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
         serving = ca.issue(
@@ -264,14 +279,23 @@ class ControlPlane:
                  "kubernetes.default.svc.cluster.local"),
             ips=("127.0.0.1", service_ip),
         )
-        self.admin_cert = ca.issue("rates-test-admin", orgs=("system:masters",))
+        admin = ca.issue("rates-test-admin", orgs=("system:masters",))
         kcm = ca.issue("system:kube-controller-manager")
+        etcd = etcd_ca.issue("etcd", peer=True, dns=("localhost",), ips=("127.0.0.1",))
+        etcd_client = etcd_ca.issue("kube-apiserver-etcd-client")
         sa_key = ec.generate_private_key(ec.SECP256R1())
         files = {
             "ca.crt": self.ca_pem,
             "ca.key": _pem_key(ca.key),
             "apiserver.crt": serving[0],
             "apiserver.key": serving[1],
+            "admin.crt": admin[0],
+            "admin.key": admin[1],
+            "etcd-ca.crt": etcd_ca.pem,  # its key is not kept: nothing more is signed with it
+            "etcd.crt": etcd[0],
+            "etcd.key": etcd[1],
+            "etcd-client.crt": etcd_client[0],
+            "etcd-client.key": etcd_client[1],
             "sa.key": _pem_key(sa_key),
             "sa.pub": sa_key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -283,8 +307,9 @@ class ControlPlane:
         names = ("etcd-client", "etcd-peer", "apiserver", "kcm")
         self.ports.update(zip(names, free_ports(len(names))))
         self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+        self.etcd_url = f"https://127.0.0.1:{self.ports['etcd-client']}"
         self.kubeconfig.write_text(
-            _kubeconfig(self.server, self.ca_pem, *self.admin_cert, user="admin")
+            _kubeconfig(self.server, self.ca_pem, *admin, user="admin")
         )
         (self.workdir / "kcm.kubeconfig").write_text(
             _kubeconfig(self.server, self.ca_pem, *kcm, user="kube-controller-manager")
@@ -303,8 +328,9 @@ class ControlPlane:
         return proc
 
     def _start_etcd(self) -> None:
-        client = f"http://127.0.0.1:{self.ports['etcd-client']}"
-        peer = f"http://127.0.0.1:{self.ports['etcd-peer']}"
+        pki = self.pki
+        client = self.etcd_url
+        peer = f"https://127.0.0.1:{self.ports['etcd-peer']}"
         proc = self._spawn("etcd", [
             "--name=rates-test",
             f"--data-dir={self.workdir / 'etcd'}",
@@ -313,15 +339,27 @@ class ControlPlane:
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=rates-test={peer}",
+            # TLS with client certificates from etcd's CA only, on both ports.
+            f"--cert-file={pki / 'etcd.crt'}",
+            f"--key-file={pki / 'etcd.key'}",
+            f"--trusted-ca-file={pki / 'etcd-ca.crt'}",
+            "--client-cert-auth=true",
+            f"--peer-cert-file={pki / 'etcd.crt'}",
+            f"--peer-key-file={pki / 'etcd.key'}",
+            f"--peer-trusted-ca-file={pki / 'etcd-ca.crt'}",
+            "--peer-client-cert-auth=true",
             "--unsafe-no-fsync=true",  # test data only
             "--log-level=warn",
         ])
-        self._wait_http("etcd", proc, f"{client}/health", None)
+        self._wait_http("etcd", proc, f"{client}/health", self.etcd_client_context())
 
     def _start_apiserver(self) -> None:
-        pki = self.workdir / "pki"
+        pki = self.pki
         proc = self._spawn("kube-apiserver", [
-            f"--etcd-servers=http://127.0.0.1:{self.ports['etcd-client']}",
+            f"--etcd-servers={self.etcd_url}",
+            f"--etcd-cafile={pki / 'etcd-ca.crt'}",
+            f"--etcd-certfile={pki / 'etcd-client.crt'}",
+            f"--etcd-keyfile={pki / 'etcd-client.key'}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             f"--secure-port={self.ports['apiserver']}",
@@ -329,6 +367,9 @@ class ControlPlane:
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
+            # Every client here has a certificate or a token; without this, any local user
+            # could read /version, /healthz and whatever RBAC grants system:anonymous.
+            "--anonymous-auth=false",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
@@ -338,10 +379,10 @@ class ControlPlane:
             "--profiling=false",
             "--v=1",
         ])
-        self._wait_http("kube-apiserver", proc, f"{self.server}/readyz", self._ssl_context())
+        self._wait_http("kube-apiserver", proc, f"{self.server}/readyz", self.admin_context())
 
     def _start_controller_manager(self) -> None:
-        pki = self.workdir / "pki"
+        pki = self.pki
         kcm_kubeconfig = self.workdir / "kcm.kubeconfig"
         proc = self._spawn("kube-controller-manager", [
             f"--kubeconfig={kcm_kubeconfig}",
@@ -372,17 +413,18 @@ class ControlPlane:
         # Proves the controllers run and makes Pod admission work right away.
         url = f"{self.server}/api/v1/namespaces/default/serviceaccounts/default"
         self._wait_http("kube-controller-manager", self.procs["kube-controller-manager"], url,
-                        self._ssl_context())
+                        self.admin_context())
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
-        pki = self.workdir / "pki"
-        cert, key = pki / "admin.crt", pki / "admin.key"
-        if not cert.exists():
-            cert.write_bytes(self.admin_cert[0])
-            key.write_bytes(self.admin_cert[1])
-            key.chmod(0o600)
-        ctx.load_cert_chain(cert, key)
+    def admin_context(self) -> ssl.SSLContext:
+        """For the apiserver, as the admin."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        ctx.load_cert_chain(self.pki / "admin.crt", self.pki / "admin.key")
+        return ctx
+
+    def etcd_client_context(self) -> ssl.SSLContext:
+        """For etcd, with the apiserver's client certificate."""
+        ctx = ssl.create_default_context(cafile=self.etcd_ca_file)
+        ctx.load_cert_chain(self.pki / "etcd-client.crt", self.pki / "etcd-client.key")
         return ctx
 
     def _wait_http(self, name: str, proc: subprocess.Popen, url: str,
