@@ -59,7 +59,7 @@ def _spec_options(fn):
         click.option("--prices", default=demodata.Spec.prices, show_default=True, type=click.IntRange(1),
                      help="Number of prices (10000000 for the benchmark size)."),
         click.option("--days", default=demodata.Spec.days, show_default=True, type=click.IntRange(1)),
-        click.option("--ports", default=demodata.Spec.ports, show_default=True, type=click.IntRange(2)),
+        click.option("--ports", default=demodata.Spec.ports, show_default=True, type=click.IntRange(2, demodata.MAX_PORTS)),
         click.option("--start", default=str(demodata.Spec.start), show_default=True,
                      type=click.DateTime(["%Y-%m-%d"])),
         click.option("--seed", default=demodata.Spec.seed, show_default=True),

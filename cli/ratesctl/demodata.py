@@ -14,6 +14,7 @@ from datetime import date, timedelta
 from typing import Iterator
 
 from psycopg2 import sql
+from psycopg2.extras import execute_values
 
 from rates_core import db
 
@@ -42,6 +43,11 @@ KNOWN_PORTS = [
     ("USNYC", "New York", "north_america_east_main"),
     ("BRSSZ", "Santos", "south_america_east_main"),
 ]
+
+
+# More than the world's ports, many times over; the codes run out at 37 countries x 26^3
+# (650,312), where the loop that draws them would never end.
+MAX_PORTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,9 @@ def load(conn, spec: Spec, progress=None, batch_rows: int = 1_000_000) -> int:
         # Existing regions and ports are kept, so that --force can add prices to a demo database.
         cur.executemany("INSERT INTO regions (slug, name, parent_slug) VALUES (%s, %s, %s) "
                         "ON CONFLICT (slug) DO NOTHING", regions())
-        cur.executemany("INSERT INTO ports (code, name, parent_slug) VALUES (%s, %s, %s) "
-                        "ON CONFLICT (code) DO NOTHING", port_rows)
+        # One statement a page: executemany's round trip a port took minutes for 100,000.
+        execute_values(cur, "INSERT INTO ports (code, name, parent_slug) VALUES %s "
+                            "ON CONFLICT (code) DO NOTHING", port_rows, page_size=5000)
         rows = price_rows(spec, lanes(spec, port_rows))
         copy = sql.SQL("COPY prices (orig_code, dest_code, day, price) FROM STDIN")
         remaining = spec.prices

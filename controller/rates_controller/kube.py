@@ -13,6 +13,7 @@ import json
 import time
 
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -42,8 +43,11 @@ def api_client() -> client.ApiClient:
     except config.ConfigException:
         try:
             config.load_kube_config(client_configuration=configuration)
-        except (config.ConfigException, OSError) as exc:
-            raise ConfigError(f"no Kubernetes configuration: not in a pod, and no usable KUBECONFIG: {exc}") from None
+        except (config.ConfigException, OSError, yaml.YAMLError, TypeError, ValueError, AttributeError) as exc:
+            # The client reads the file as YAML and walks it without checking its shape: a
+            # file that is not a kubeconfig fails with whatever the walk meets first.
+            raise ConfigError(f"no Kubernetes configuration: not in a pod, and no usable KUBECONFIG: "
+                              f"{type(exc).__name__}: {exc}") from None
     # urllib3 would try a GET or LIST up to four times, each for the whole REQUEST_TIMEOUT:
     # against a hung API server one pass over a few ended Jobs took minutes.
     configuration.retries = 0

@@ -104,3 +104,14 @@ def test_days_past_the_last_date_are_a_usage_error_naming_the_last_start(dsn):
         cur.execute("SELECT min(day)::text, max(day)::text, count(*) FROM prices")
         assert cur.fetchone() == ("9999-12-29", "9999-12-31", 30)
     conn.close()
+
+
+def test_more_ports_than_it_can_name_is_a_usage_error():
+    """Past 650,312 the loop that draws the codes never ended."""
+    from click.testing import CliRunner
+
+    from ratesctl.cli import cli
+
+    refused = CliRunner().invoke(cli, ["demo-data", "--ports", str(demodata.MAX_PORTS + 1)], env={"DATABASE_URL": ""})
+    assert refused.exit_code == 2, refused.output
+    assert "--ports" in refused.output and f"2<=x<={demodata.MAX_PORTS}" in refused.output, refused.output

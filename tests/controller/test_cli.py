@@ -112,6 +112,22 @@ def test_no_aws_region_is_a_configuration_error(tmp_path):
     assert "set AWS_DEFAULT_REGION" in json.loads(result.stdout.splitlines()[-1])["error"]
 
 
+
+@pytest.mark.parametrize("text", ["a: [\n", "garbage\n", "users: 3\n"], ids=["not-yaml", "a-string", "wrong-shape"])
+def test_a_malformed_kubeconfig_is_a_configuration_error(tmp_path, text):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(text)
+    env = {"PATH": "/usr/bin:/bin", "QUEUE_URL": "http://127.0.0.1:1/q", "DEAD_LETTER_QUEUE_URL": "http://127.0.0.1:1/d",
+           "JOB_IMAGE": "i", "JOB_NAMESPACE": "n", "KUBECONFIG": str(kubeconfig), "METRICS_PORT": "0",
+           "AWS_DEFAULT_REGION": "eu-west-1", "AWS_CONFIG_FILE": "/dev/null",
+           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+    result = subprocess.run([sys.executable, "-m", "rates_controller"], env=env, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert "no usable KUBECONFIG" in line["error"] and "exception" not in line, line
+
 # The control loop logs on the main thread, where signal handlers run too.
 _LOGGING_WHEN_SIGNALLED = """
 import os, signal, threading, time
