@@ -344,13 +344,16 @@ def reconcile_command(bucket, prefix, send, queue_url, include_rejected) -> None
                and (include_rejected or not u.last_run or u.last_run[0] != "rejected")]
     if send and to_send:
         reconcile.send(sqs, queue_url, bucket, to_send)
-    held = len(found) - len(to_send)
+    by_name = sum(upload.never_loads for upload in found)
+    held = len(found) - len(to_send) - by_name  # rejected for their content: none with --include-rejected
     older = sum(upload.older for upload in found)
     summary = (f"{len(found)} upload(s) of the {examined} under s3://{bucket}/{prefix} not loaded as S3 holds them"
                + (f" ({older} of them earlier versions)" if older else "")
                + (f"; {len(to_send)} sent to the uploads queue" if send else "")
                + (f"; {held} rejected, not sent (--include-rejected sends those rejected for their content)"
-                  if held else ""))
+                  if held else "")
+               + (f"; {by_name} never sent: no price file by the name (the job refuses it unread)"
+                  if by_name else ""))
     click.echo(summary, err=not listed)
     if not examined:
         click.echo(f"S3 holds no object under s3://{bucket}/{prefix}: is the prefix right (it is case-sensitive)?",

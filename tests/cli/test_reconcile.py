@@ -102,7 +102,7 @@ def test_in_a_bucket_without_versioning_an_overwritten_object_is_found_by_its_et
     *listed, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "", "--send", "--queue-url",
                                  queue.uploads_url)
     assert "rejected: 1 invalid row(s)" in listed[0] and "rejected: unknown file extension" in listed[1]
-    assert "2 rejected, not sent" in summary
+    assert "1 rejected, not sent" in summary and "1 never sent: no price file by the name" in summary
     [obj] = sent(queue)
     assert obj.version_id is None and obj.etag
     assert run_job(dsn, obj.bucket, obj.key, obj.version_id) == 0
@@ -266,7 +266,9 @@ def test_a_key_no_job_can_load_is_never_sent(dsn, world, s3, queue):
     *_, summary = reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--include-rejected",
                             "--queue-url", queue.uploads_url)
     assert [obj.key for obj in sent(queue)] == ["in/bad.csv"]
-    assert "1 sent" in summary and "1 rejected, not sent" in summary
+    # --include-rejected was given, and could not send it: the summary does not suggest it.
+    assert "1 sent" in summary and "rejected, not sent" not in summary and "--include-rejected" not in summary
+    assert "1 never sent: no price file by the name" in summary
 
 
 def test_a_prefix_with_nothing_under_it_says_so(dsn, world, s3):
@@ -428,7 +430,7 @@ def test_earlier_versions_are_listed_only_for_a_key_with_no_file_and_never_behin
     assert "rejected (an older version, newer than the key's file): 1 invalid row(s)" in listed[1]
     assert sorted((obj.key, obj.version_id) for obj in sent(queue)) == sorted(
         [("in/loaded.csv", pending), ("in/lost.csv", lost[1]), ("in/lost.csv", lost[0])])
-    assert "3 sent" in summary and "3 rejected, not sent" in summary
+    assert "3 sent" in summary and "2 rejected, not sent" in summary and "1 never sent" in summary
     reconcile(dsn, "--bucket", s3.name, "--prefix", "in/", "--send", "--include-rejected", "--queue-url",
               queue.uploads_url)
     assert [obj.version_id for obj in sent(queue) if obj.key == "in/bad.csv"] == bad[::-1]
