@@ -25,8 +25,9 @@ import yaml
 from kubernetes import client
 
 from rates_api import create_app, openapi
-from rates_api.settings import Settings
+from rates_api.settings import MAX_RANGE_DAYS_LIMIT, Settings
 from rates_core import migrate
+from rates_core.env import ConfigError
 from tests.support.db import autocommit
 from tests.support.images import postgres_socket
 from tests.support.kube import gone, kubeconform
@@ -185,6 +186,18 @@ def test_schema_rejects_bad_values(helm, assignment, error):
     assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
     assert error in proc.stderr, proc.stderr
 
+
+def test_max_range_days_stops_where_the_api_does(render, helm):
+    # The API refuses to start above its limit: helm refuses first, not a crash-looping rollout.
+    env = plain_env(api_container(render(None, *sets(f"config.maxRangeDays={MAX_RANGE_DAYS_LIMIT}"))))
+    assert Settings.from_env(env).max_range_days == MAX_RANGE_DAYS_LIMIT == 3660
+    with pytest.raises(ConfigError, match="MAX_RANGE_DAYS must be <= 3660"):
+        Settings.from_env({**env, "MAX_RANGE_DAYS": str(MAX_RANGE_DAYS_LIMIT + 1)})
+    proc = helm("template", RELEASE, str(CHART), *sets(f"config.maxRangeDays={MAX_RANGE_DAYS_LIMIT + 1}"),
+                check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
+    assert "/config/maxRangeDays" in proc.stderr, proc.stderr
 
 @pytest.mark.parametrize("limit, cache_mib", [("0.5Gi", 96), (".5Gi", 96), ("402653184", 64), ("1Gi", 224),
                                               (" 1Gi ", 224), ("1073741824000m", 224), ("537e6", 96)])
@@ -698,6 +711,71 @@ def test_a_release_that_would_change_its_groups_shared_settings_is_refused(helm,
         assert install_dev(*sets("ingress.https=true", "ingress.checkGroupSettings=false")).returncode == 0
     finally:
         kube.core.delete_namespace(staging)
+
+
+SCHEME = "alb.ingress.kubernetes.io/scheme"
+
+
+def deploy_ingress(helm, namespace, *extra: str, check: bool = True):
+    """A real install or upgrade of the chart's defaults, without the migration hook (no
+    database here): the Ingress lands in the API server, where the next upgrade's lookup
+    finds it. No --wait: the pods never run, and the Ingress is all these tests read."""
+    return helm("upgrade", "--install", RELEASE, str(CHART), "-n", namespace,
+                *sets("migrations.enabled=false"), *extra, check=check)
+
+
+def live_scheme(kube, namespace) -> str:
+    return client.NetworkingV1Api(kube.api_client).read_namespaced_ingress(
+        RELEASE, namespace).metadata.annotations[SCHEME]
+
+
+def revisions(helm, namespace) -> list[tuple[int, str]]:
+    return [(r["revision"], r["status"])
+            for r in json.loads(helm("history", RELEASE, "-n", namespace, "-o", "json").stdout)]
+
+
+def api_ingress_of(manifests: str) -> dict:
+    [ingress] = [d for d in yaml.safe_load_all(manifests) if d and d["kind"] == "Ingress"
+                 and d["metadata"]["name"] == RELEASE]
+    return ingress
+
+
+def test_a_fresh_install_makes_an_internal_alb(helm, kube, namespace):
+    # Private unless asked: values-prod.yaml says internet-facing itself.
+    deploy_ingress(helm, namespace)
+    assert live_scheme(kube, namespace) == "internal"
+    assert api_ingress_of(helm("template", RELEASE, str(CHART)).stdout)["metadata"]["annotations"][SCHEME] \
+        == "internal"
+
+
+def test_an_upgrade_that_would_change_the_alb_scheme_is_refused(helm, kube, namespace):
+    """Another scheme makes the load balancer controller replace the ALB (a new DNS name,
+    the old one's connections dropped): an upgrade that changes it is refused, the live
+    Ingress untouched, unless ingress.allowSchemeChange says it is meant."""
+    deploy_ingress(helm, namespace, *sets("ingress.scheme=internet-facing"))  # as the old default made it
+    deploy_ingress(helm, namespace, *sets("ingress.scheme=internet-facing", "image.tag=v2"))  # kept: prod's path
+    refused = deploy_ingress(helm, namespace, check=False)  # the new default, internal
+    assert refused.returncode != 0
+    assert 'has scheme "internet-facing"' in refused.stderr and 'renders "internal"' in refused.stderr, refused.stderr
+    assert "ingress.scheme=internet-facing" in refused.stderr and "ingress.allowSchemeChange=true" in refused.stderr
+    assert live_scheme(kube, namespace) == "internet-facing"
+    assert revisions(helm, namespace) == [(1, "superseded"), (2, "deployed")]
+    # helm template cannot see the cluster: nothing to compare with, nothing refused.
+    assert api_ingress_of(helm("template", RELEASE, str(CHART), "-n", namespace).stdout)[
+        "metadata"]["annotations"][SCHEME] == "internal"
+
+    deploy_ingress(helm, namespace, *sets("ingress.allowSchemeChange=true"))
+    assert live_scheme(kube, namespace) == "internal"
+    assert revisions(helm, namespace)[-1] == (3, "deployed")
+    deploy_ingress(helm, namespace)  # the scheme is now the live one: no need to allow anything
+    assert revisions(helm, namespace)[-1] == (4, "deployed")
+
+
+def test_an_upgrade_that_keeps_the_alb_scheme_passes(helm, kube, namespace):
+    deploy_ingress(helm, namespace)
+    deploy_ingress(helm, namespace, *sets("image.tag=v2", "ingress.hosts={api.example.com}"))
+    assert live_scheme(kube, namespace) == "internal"
+    assert revisions(helm, namespace) == [(1, "superseded"), (2, "deployed")]
 
 
 def test_an_ingress_in_a_group_needs_hosts_whatever_else_is_set(helm):

@@ -49,6 +49,7 @@ PINS = {
         "0.17.5": "830a6bfe1a9fdf7726e0c4fe35e4a4aac135089d71b29ce6083c3e465f2901ed",
         "0.17.6": "e994c50ffba015aef854fd889ed831c90e905071de2260ebe3ad0dba7dfbb3af",
         "0.17.7": "729905b31df5e36ad44e0463f2a9a743e4f3e7a71eddb113a77c4f14e398b478",
+        "0.18.0": "bcc31bf4cc35610622953e1b47fcdae215208d5257c61826a0b67ae4b4446668",
     },
     "rates-controller": {
         "0.9.0": "cf6bb74814a8a7d772f09e2d8294dd812ee848db0954022fa67b2a750a38a2fc",
