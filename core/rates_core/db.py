@@ -29,6 +29,15 @@ _RETRYABLE_CLASSES = {"08", "40", "53", "57", "58", "XX"}
 # primary, or a switchover's moment of read-only.
 _RETRYABLE_CODES = {"55P03", "55006", "25006"}  # lock not available, object in use, read-only
 
+# libpq's own refusals of a connection option (a URL's ?sslmode=bogus, ?connect_timeout=abc,
+# a port above 65535), made before it sends anything: the same every time, so not
+# temporary as a refused login is. Those it checks per host follow "connection to server
+# ... failed: ", where the server's own refusals say "FATAL:". (Matched in English: a
+# libpq that translates its messages leaves them temporary.)
+_LIBPQ_OPTION_ERROR = re.compile(r"(connection to server .*? failed: )?"
+                                 r"(invalid (\w+ value|port number|connection option)\b"
+                                 r"|could not match \d+ \w+ \w+ to \d+|could not parse network address)")
+
 
 def classify(exc: BaseException) -> Exception:
     """Return a TemporaryError or PermanentError that wraps a psycopg2 error."""
@@ -43,7 +52,8 @@ def classify(exc: BaseException) -> Exception:
         # purpose: an IAM token or a role the migration hook is creating may be valid a
         # moment later, and exit 2 would set an ingest Job's file aside for a fault of
         # the platform, not of the file.
-        retryable = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+        retryable = (isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+                     and not _LIBPQ_OPTION_ERROR.match(str(exc)))
     message = str(exc).strip() or type(exc).__name__
     if code in SCHEMA_MISSING:
         wrapped = SchemaMissing(message)

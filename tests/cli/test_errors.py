@@ -22,6 +22,15 @@ def test_an_unreachable_database_exits_1_without_a_traceback():
         assert len(result.output.strip().splitlines()) == 1, result.output  # libpq's hint line joined
 
 
+@pytest.mark.parametrize("option, said", [("sslmode=bogus", 'invalid sslmode value: "bogus"'),
+                                          ("connect_timeout=abc", 'invalid integer value "abc"')])
+def test_an_option_libpq_refuses_exits_2_not_may_pass_on_retry(empty_dsn, option, said):
+    for command in ("migrate", "demo-data"):
+        result = run(command, dsn=f"{empty_dsn}&{option}")
+        assert result.exit_code == 2, result.output
+        assert said in result.output and "may pass on retry" not in result.output, result.output
+
+
 def test_a_migration_that_cannot_apply_exits_2_and_says_why(empty_dsn):
     with autocommit(empty_dsn) as conn:
         with conn.cursor() as cur:  # a table in the way of migration 0002

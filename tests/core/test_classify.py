@@ -3,6 +3,7 @@
 Every component decides on this alone whether to answer 503 or 4xx, exit 1 or 2."""
 
 import psycopg2
+import psycopg2.extensions
 import pytest
 
 from rates_core import db
@@ -63,3 +64,25 @@ def test_a_login_the_server_refuses_is_temporary(dsn):
         psycopg2.connect(dsn, dbname="no_such_database")
     assert refused.value.pgcode is None
     assert type(db.classify(refused.value)) is TemporaryError
+
+
+@pytest.mark.parametrize("option, said", [
+    ({"sslmode": "bogus"}, 'invalid sslmode value: "bogus"'),
+    ({"target_session_attrs": "primary-ish"}, "invalid target_session_attrs value"),
+    ({"connect_timeout": "abc"}, 'invalid integer value "abc" for connection option "connect_timeout"'),
+    ({"port": "99999"}, "invalid port number"),
+    ({"hostaddr": "db.example"}, "could not parse network address"),  # a number, never a name
+])
+def test_an_option_libpq_refuses_before_connecting_is_permanent(dsn, option, said):
+    # The same every time: exit 2, not "this may pass on retry" for a mistyped URL.
+    with pytest.raises(psycopg2.OperationalError) as refused:
+        psycopg2.connect(psycopg2.extensions.make_dsn(dsn, **option))
+    assert refused.value.pgcode is None and said in str(refused.value)
+    assert type(db.classify(refused.value)) is PermanentError
+
+
+def test_a_server_that_is_not_there_stays_temporary(dsn):
+    # libpq's "connection to server ... failed": it may be starting, or failing over.
+    with pytest.raises(psycopg2.OperationalError) as unreachable:
+        psycopg2.connect(psycopg2.extensions.make_dsn(dsn, host="127.0.0.1", port="1", connect_timeout="2"))
+    assert type(db.classify(unreachable.value)) is TemporaryError

@@ -33,6 +33,16 @@ def test_an_unreachable_database_may_pass_on_retry():
     assert result.returncode == 1, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("option", ["sslmode=bogus", "connect_timeout=abc"])
+def test_an_option_libpq_refuses_is_exit_2_not_a_retry(empty_dsn, option):
+    # Refused by libpq before it connects, the same on every try of the hook.
+    result = run({"DATABASE_URL": f"{empty_dsn}&{option}"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = [json.loads(line) for line in result.stdout.splitlines() if '"error"' in line]
+    assert option.split("=")[1] in line["error"] and "retry" not in line["event"], line
+    assert len(migrate.pending(empty_dsn)) == len(list(migrate.MIGRATIONS_DIR.glob("[0-9]*.sql")))  # none applied
+
+
 def test_a_missing_database_url_is_one_line_and_exit_2():
     result = run({})
     assert result.returncode == 2
