@@ -11,8 +11,9 @@ import os
 import runpy
 import sys
 
-from rates_core import logs
+from rates_core import db, logs
 from rates_core.env import ConfigError
+from rates_core.errors import PermanentError
 
 log = logs.get_logger(__name__)
 EXIT_CONFIG = 2
@@ -22,8 +23,17 @@ def check(gunicorn_conf: str) -> None:
     """Raise ConfigError for the first bad setting of the app or of gunicorn's config file."""
     from .settings import Settings
 
-    Settings.from_env()
+    _check_database_url(Settings.from_env().database_url)
     runpy.run_path(gunicorn_conf)  # it only reads the environment
+
+
+def _check_database_url(url: str) -> None:
+    """libpq's reading of DATABASE_URL: one it cannot read was a traceback from every
+    worker, whose pool reads it, and exit 3. The reason never quotes the URL's password."""
+    try:
+        db.parse_url(url)
+    except PermanentError as exc:
+        raise ConfigError(f"environment variable DATABASE_URL is not a valid libpq URL: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

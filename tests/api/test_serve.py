@@ -126,7 +126,9 @@ def _assert_the_root_answers_json_however_addressed(port: int) -> None:
                                          # PostgreSQL's integer range: every connection would fail
                                          ("DB_STATEMENT_TIMEOUT_MS", "2147483648"),
                                          # every worker failed to boot, and exit 3 (a full /dev/shm's)
-                                         ("PROBE_PORT", "$PORT")])
+                                         ("PROBE_PORT", "$PORT"),
+                                         # a traceback from every worker, and exit 3
+                                         ("DATABASE_URL", "garbage")])
 def test_ratesctl_serve_names_a_bad_setting_in_one_line(dsn, tmp_path, name, value):
     port = str(free_port())
     env = {**os.environ, "DATABASE_URL": dsn, "PORT": port, "WEB_CONCURRENCY": "1", name: value.replace("$PORT", port)}
@@ -138,7 +140,10 @@ def test_ratesctl_serve_names_a_bad_setting_in_one_line(dsn, tmp_path, name, val
 
 @pytest.mark.parametrize("name, value", [("PORT", "abc"), ("PORT", "99999"), ("DB_POOL_SIZE", "0"),
                                          ("LOG_LEVEL", "bogus"), ("WEB_CONCURRENCY", "0"),
-                                         ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,10.0.1.0/16"), ("PROBE_PORT", "$PORT")])
+                                         ("FORWARDED_ALLOW_IPS", "10.0.0.0/8,10.0.1.0/16"), ("PROBE_PORT", "$PORT"),
+                                         ("DATABASE_URL", "garbage"),
+                                         # without quoting the password, whose unencoded % it stumbled on
+                                         ("DATABASE_URL", "postgresql://rates_api:Xy7%Gq2secret@db/rates")])
 def test_the_images_command_names_a_bad_setting_in_one_json_line(dsn, tmp_path, name, value):
     # What the image runs (api/Dockerfile), where a pod's logs must say what is wrong.
     port = str(free_port())
@@ -148,6 +153,7 @@ def test_the_images_command_names_a_bad_setting_in_one_json_line(dsn, tmp_path, 
     assert result.returncode == 2, result.stdout + result.stderr
     [line] = [json.loads(line) for line in result.stdout.splitlines()]
     assert line["event"] == "configuration error" and name in line["error"], line
+    assert "secret" not in result.stdout + result.stderr
     assert result.stderr == "", result.stderr
 
 
