@@ -126,12 +126,34 @@ def serve_command() -> None:
     os.execv(sys.executable, gunicorn_argv())
 
 
-def _check_server_settings() -> None:
+def _check_server_settings(given: dict[str, str] | None = None) -> None:
     """Read the API's and gunicorn's variables here, so a mistyped one is one line, not a
-    traceback from the master and from every worker."""
+    traceback from the master and from every worker. ``given``: those the API will be
+    started with over this environment (as `up` starts it)."""
     from rates_api.serve import check
 
-    check(str(GUNICORN_CONF))
+    with _environ(given or {}):
+        check(str(GUNICORN_CONF))
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """os.environ with ``values`` for the block (the check reads only os.environ)."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _api_env(dsn: str, port: int) -> dict[str, str]:
+    """The variables `up` starts its API with, over the environment it was given."""
+    return {"DATABASE_URL": dsn, "HOST": "127.0.0.1", "PORT": str(port)}
 
 
 @click.command("up")
@@ -150,6 +172,12 @@ def up_command(port, prices, days, ports, start, seed) -> None:
     # this process at once, and the server it had started went on running.
     with _stop_signals_interrupt():
         _check_start(start.date(), days)
+        # The API's settings, before anything starts: a mistyped one (WEB_CONCURRENCY=abc)
+        # was a traceback once PostgreSQL, the migrations and the demo data were done. Its
+        # DATABASE_URL is `up`'s own, of the same form as this stand-in (the server says
+        # where its socket is only once started).
+        _check_server_settings(_api_env(psycopg2.extensions.make_dsn(
+            host=str(LOCAL_PGDATA), dbname="rates", user=db.API_USER), port))
         _check_port_free(port)
         click.echo(f"starting PostgreSQL (data in {_shown_path(LOCAL_PGDATA)}) ...")
         server = localdb.start(LOCAL_PGDATA)
@@ -227,7 +255,7 @@ def _serve_until_interrupted(dsn: str, port: int, example_requests: list[str],
     # Stop on Ctrl-C, SIGTERM or SIGHUP even when started from a script that ignores SIGINT.
     for signum in STOP_SIGNALS:
         signal.signal(signum, _interrupt)
-    env = {**os.environ, "DATABASE_URL": dsn, "HOST": "127.0.0.1", "PORT": str(port)}
+    env = {**os.environ, **_api_env(dsn, port)}
     env.setdefault("APP_VERSION", "local")
     # Its own session: Ctrl-C reaches only us, and we pass one SIGINT on to the master.
     # (When the terminal signals every gunicorn process at once, a gthread worker can

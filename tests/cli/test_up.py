@@ -8,6 +8,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import requests
 from click.testing import CliRunner
 
@@ -86,6 +87,19 @@ def test_a_start_whose_days_end_past_the_last_date_is_a_usage_error(monkeypatch)
     # The last start allowed goes on to start the server.
     allowed = CliRunner().invoke(cli, ["up", "--port", port, "--days", "3", "--start", "9999-12-29"])
     assert isinstance(allowed.exception, ServerStarted), allowed.output
+
+
+@pytest.mark.parametrize("name, value", [("WEB_CONCURRENCY", "abc"), ("MAX_RANGE_DAYS", "abc")])
+def test_a_mistyped_api_setting_is_one_line_before_anything_starts(own_pgdata, tmp_path, name, value):
+    """It was a traceback from the API (or from each worker) once PostgreSQL had started and
+    the migrations and the demo data were done. The DATABASE_URL given is not the API's:
+    `up` gives it its own."""
+    env = {**os.environ, name: value, "DATABASE_URL": "garbage"}
+    result = subprocess.run([sys.executable, "-c", UP, str(own_pgdata), "up", "--port", str(free_port()), *TINY],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == f"Error: environment variable {name} must be an integer, got 'abc'\n", result.stderr
+    assert "starting PostgreSQL" not in result.stdout and not own_pgdata.exists(), result.stdout
 
 
 class Up:
