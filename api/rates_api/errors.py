@@ -3,7 +3,7 @@
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from rates_core.db import RightsMissing, SchemaMissing
+from rates_core.db import RightsMissing, SchemaMissing, SettingsRefused
 from rates_core.errors import PermanentError, TemporaryError
 from rates_core.logs import get_logger
 
@@ -53,6 +53,12 @@ def register(app: Flask) -> None:
         # before its next migration, or a wrong DATABASE_URL user).
         log.error("the database refuses the API's user", error=str(exc))
         return _unavailable("the rates database refuses this service's queries; retry later", retry_after=5)
+
+    @app.errorhandler(SettingsRefused)
+    def _settings_refused(exc: SettingsRefused):
+        # The server's DATABASE_URL, not the request: the operators mend it and roll out.
+        log.error("libpq refuses the API's database settings (DATABASE_URL)", error=str(exc))
+        return _unavailable("the rates database is unavailable; retry later", retry_after=5)
 
     @app.errorhandler(PermanentError)
     def _permanent(exc: PermanentError):

@@ -2,7 +2,7 @@
 
 from flask import Blueprint, Response, jsonify, request
 
-from rates_core.db import PoolExhausted, RightsMissing, SchemaMissing
+from rates_core.db import PoolExhausted, RightsMissing, SchemaMissing, SettingsRefused
 from rates_core.errors import TemporaryError
 
 from .runtime import runtime
@@ -49,6 +49,8 @@ def readyz():
         return jsonify({"status": "database not migrated", "error": str(exc)}), 503
     except RightsMissing as exc:
         return jsonify({"status": "database refuses access", "error": str(exc)}), 503
+    except SettingsRefused as exc:
+        return jsonify({"status": "database settings refused", "error": str(exc)}), 503
     return jsonify({"status": "ok"})
 
 

@@ -52,10 +52,11 @@ def classify(exc: BaseException) -> Exception:
         # purpose: an IAM token or a role the migration hook is creating may be valid a
         # moment later, and exit 2 would set an ingest Job's file aside for a fault of
         # the platform, not of the file.
-        retryable = (isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
-                     and not _LIBPQ_OPTION_ERROR.match(str(exc)))
+        retryable = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
     message = str(exc).strip() or type(exc).__name__
-    if code in SCHEMA_MISSING:
+    if not code and retryable and _LIBPQ_OPTION_ERROR.match(message):
+        wrapped = SettingsRefused(message)
+    elif code in SCHEMA_MISSING:
         wrapped = SchemaMissing(message)
     elif code == INSUFFICIENT_PRIVILEGE:
         wrapped = RightsMissing(message)
@@ -95,6 +96,12 @@ class RightsMissing(PermanentError):
     """The database refused the statement to this user (42501): a wrong user, or a
     database restored without the users' rights, which the next migration gives back. A
     server is then unavailable, not broken, and says so."""
+
+
+class SettingsRefused(PermanentError):
+    """libpq refused an option of the connection's settings (_LIBPQ_OPTION_ERROR) before
+    connecting: a mistyped DATABASE_URL, the same at every try. A server is then
+    unavailable until its settings are mended, not broken by the request, and says so."""
 
 
 # work_mem for a bulk load into prices: the statement trigger keeps the statement's rows

@@ -120,6 +120,21 @@ def test_a_missing_column_is_not_migrated_either(world, settings, make_client):
     assert rates.status_code == 503 and rates.headers["Retry-After"] == "5"
 
 
+def test_an_option_libpq_refuses_is_not_ready_and_rates_answers_503(dsn, make_client):
+    # The check at start reads the URL, but libpq checks an option's value only when it
+    # connects: a mistyped sslmode is the server's fault, never a 500.
+    settings = Settings.from_env({"DATABASE_URL": dsn + ("&" if "?" in dsn else "?") + "sslmode=bogus"})
+    # A client each: after one failed opening, the pool answers the next second's requests
+    # "unreachable" without trying.
+    ready = make_client(settings).get("/readyz")
+    rates = make_client(settings).get("/rates?date_from=2016-01-01&date_to=2016-01-02&origin=CNSHA&destination=NLRTM")
+    assert ready.status_code == 503 and ready.get_json()["status"] == "database settings refused"
+    assert "sslmode" in ready.get_json()["error"]
+    assert rates.status_code == 503 and rates.headers["Retry-After"] == "5"
+    assert rates.get_json()["error"] == {"code": "unavailable",
+                                         "message": "the rates database is unavailable; retry later"}
+
+
 def test_a_right_the_api_user_lacks_is_not_ready_and_rates_answers_503(world, settings, make_client):
     # A database restored without its users' rights, until the next migration gives them back.
     with world.cursor() as cur:
