@@ -78,7 +78,7 @@ def test_an_option_libpq_refuses_before_connecting_is_permanent(dsn, option, sai
     with pytest.raises(psycopg2.OperationalError) as refused:
         psycopg2.connect(psycopg2.extensions.make_dsn(dsn, **option))
     assert refused.value.pgcode is None and said in str(refused.value)
-    assert type(db.classify(refused.value)) is PermanentError
+    assert type(db.classify(refused.value)) is db.SettingsRefused  # a PermanentError
 
 
 def test_a_server_that_is_not_there_stays_temporary(dsn):
