@@ -300,3 +300,77 @@ def test_a_build_waiting_for_another_says_so(isolated, monkeypatch):
         assert said == [f"waiting for another process's build to finish ({root / '.lock'}) ..."]
     waiter.join(timeout=10)
     assert not waiter.is_alive()  # it got the lock once the other let go
+
+
+# --- building side by side ------------------------------------------------------------------
+
+def test_every_buildable_group_has_a_place_in_the_build_order():
+    assert sorted(k8s_tools._SLOWEST_FIRST) == sorted(k8s_tools._BUILDS)
+
+
+def fake_build(tmp_path: Path, tool: str, before=lambda: None):
+    """A _BUILDS entry that runs ``before`` and then puts a fake ``tool`` into place."""
+    def build(versions, builder, outdir):
+        before()
+        outdir.mkdir(parents=True, exist_ok=True)
+        fake_tool(tmp_path, tool, REAL_OUTPUTS[tool][0])
+        os.replace(tmp_path / tool, outdir / tool)
+    return build
+
+
+def test_two_groups_are_built_at_once_slowest_first(isolated, tmp_path, monkeypatch):
+    """A cold cache builds two groups side by side: skaffold's build does not end until
+    tflint's has begun (it would wait forever, one at a time)."""
+    started = {name: threading.Event() for name in ("skaffold", "tflint")}
+    order = []
+
+    def builds(name, other):
+        def before():
+            order.append(name)
+            started[name].set()
+            assert started[other].wait(timeout=30), f"{other} did not start while {name} was building"
+        return fake_build(tmp_path, name, before)
+
+    monkeypatch.setattr(k8s_tools, "_BUILDS", {**k8s_tools._BUILDS, "tflint": builds("tflint", "skaffold"),
+                                               "skaffold": builds("skaffold", "tflint")})
+    monkeypatch.setenv("GO", "/bin/true")
+    found = resolve_tools(tools=("tflint", "skaffold"), log=lambda _: None)
+    assert {t.source for t in found.values()} == {"built"}
+    assert order[0] == "skaffold"  # asked for second, the slower one starts first
+
+
+def test_after_a_failed_build_no_other_starts_and_the_failure_is_raised(isolated, tmp_path, monkeypatch):
+    monkeypatch.setattr(k8s_tools, "PARALLEL_BUILDS", 1)
+    called = []
+
+    def broken(versions, builder, outdir):
+        called.append("skaffold")
+        raise ToolsUnavailable("skaffold's build failed")
+
+    monkeypatch.setattr(k8s_tools, "_BUILDS", {**k8s_tools._BUILDS, "skaffold": broken,
+                                               "tflint": fake_build(tmp_path, "tflint", lambda: called.append("tflint"))})
+    monkeypatch.setenv("GO", "/bin/true")
+    with pytest.raises(ToolsUnavailable, match="skaffold's build failed"):
+        resolve_tools(tools=("tflint", "skaffold"), log=lambda _: None)
+    assert called == ["skaffold"]
+
+
+def test_promtool_is_built_without_the_service_discoveries(tmp_path, monkeypatch):
+    """The SDKs of every cloud's service discovery were most of promtool's cold build;
+    `check rules` and `test rules` use none of them."""
+    runs = []
+
+    def fake_run(self, args, cwd, logfile):
+        runs.append(args)
+        if args[1:3] == ["mod", "download"]:
+            (tmp_path / "VERSION").write_text(PIN["promtool"] + "\n")
+            return f'{{"Dir": "{tmp_path}"}}'
+        if args[1] == "build":
+            Path(args[args.index("-o") + 1]).write_text("#!/bin/sh\n")
+        return ""
+
+    monkeypatch.setattr(k8s_tools._Builder, "_run", fake_run)
+    builder = k8s_tools._Builder(Path("/bin/true"), log=lambda _: None)
+    k8s_tools._build_promtool(load_versions(), builder, tmp_path / "out")
+    (build,) = [args for args in runs if args[1] == "build"]
+    assert build[build.index("-tags") + 1] == "remove_all_sd"

@@ -154,6 +154,7 @@ _TOOLS = pytest.StashKey[object]()
 # the first test, only when a selected test uses that fixture (kube marker or not).
 _FIXTURE_TOOLS = ("skaffold",  # tests/charts/test_skaffold.py
                   "promtool",  # tests/charts/test_alerts.py
+                  "helm4",  # tests/charts/test_helm4.py
                   "terraform", "tflint")  # tests/terraform
 
 
@@ -163,14 +164,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     when `kube` tests are selected; the others when a selected test uses their fixture."""
     if config.option.collectonly:
         return
-    from ratesctl.k8s_tools import ToolsUnavailable, ensure_tools
+    from ratesctl.k8s_tools import ALL_TOOLS, ToolsUnavailable, ensure_tools
 
-    if any(i.get_closest_marker("kube") for i in items):
+    kube = any(i.get_closest_marker("kube") for i in items)
+    extra = tuple(tool for tool in _FIXTURE_TOOLS if any(tool in getattr(i, "fixturenames", ()) for i in items))
+    try:
+        if kube or extra:  # in one call, so that a cold cache builds them side by side
+            ensure_tools(tools=(*(ALL_TOOLS if kube else ()), *extra))
+    except ToolsUnavailable:
+        pass  # one of them could not be had: the calls below say which, and to whom
+    if kube:
         try:
             config.stash[_TOOLS] = ensure_tools()
         except ToolsUnavailable as exc:
             config.stash[_TOOLS] = exc  # each kube test fails with the reason, others run
-    extra = tuple(tool for tool in _FIXTURE_TOOLS if any(tool in getattr(i, "fixturenames", ()) for i in items))
     if extra:
         try:
             ensure_tools(tools=extra)
