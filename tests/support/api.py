@@ -20,7 +20,8 @@ from rates_api import create_app
 from rates_api.settings import Settings
 from ratesctl.commands import gunicorn_argv
 from tests.support.db import API_USER, as_user
-from tests.support.net import free_port, wait_for_http
+from tests.support.net import free_port, listens, wait_for_http
+from tests.support.poll import wait_for
 from tests.support.proc import stop_process
 
 
@@ -43,6 +44,10 @@ def gunicorn_server(dsn: str, tmp_path: Path, *, output: Path | None = None,
                                        stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
+        # Another process (the other test worker's) may have taken the port since free_port():
+        # answers count once ours holds it, or it would be another server that answered.
+        wait_for(lambda: listens(process.pid, port) or process.poll() is not None, timeout=30,
+                 what=f"gunicorn to listen on port {port}")
         wait_for_http(base + "/readyz", process=process)
         yield process, base
     finally:

