@@ -12,7 +12,7 @@ STAMP    := $(VENV)/.installed
 
 help:
 	@echo "make up         local database + demo data + API on http://127.0.0.1:8000 (UP_ARGS=\"--port 8001\")"
-	@echo "make test       the whole test suite (starts what it needs)"
+	@echo "make test       the whole test suite (starts what it needs; TEST_WORKERS=2 processes, 0 for one)"
 	@echo "make migrate    apply migrations to \$$DATABASE_URL"
 	@echo "make demo-data  load the generated demo dataset into the empty database at \$$DATABASE_URL"
 	@echo "make api        serve the API with gunicorn on \$$HOST:\$$PORT against \$$DATABASE_URL"
