@@ -168,11 +168,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     kube = any(i.get_closest_marker("kube") for i in items)
     extra = tuple(tool for tool in _FIXTURE_TOOLS if any(tool in getattr(i, "fixturenames", ()) for i in items))
-    try:
-        if kube or extra:  # in one call, so that a cold cache builds them side by side
-            ensure_tools(tools=(*(ALL_TOOLS if kube else ()), *extra))
+    if not (kube or extra):
+        return
+    try:  # in one call, so that a cold cache builds them side by side
+        tools = ensure_tools(tools=(*(ALL_TOOLS if kube else ()), *extra))
     except ToolsUnavailable:
         pass  # one of them could not be had: the calls below say which, and to whom
+    else:
+        if kube:
+            config.stash[_TOOLS] = {name: tools[name] for name in ALL_TOOLS}
+        return
     if kube:
         try:
             config.stash[_TOOLS] = ensure_tools()
